@@ -1,0 +1,51 @@
+# polyregion: active-active PostgreSQL replication across regions.
+#
+#   make demo   start three local regions, write conflicting traffic, check convergence
+#   make test   unit tests, fuzz seeds and the real-PostgreSQL integration tests
+#   make bench  benchmarks
+#   make build  build bin/polyregion
+#   make lint   gofmt + go vet
+
+GO      ?= go
+BIN     ?= bin/polyregion
+PKGS    ?= ./...
+TESTFLAGS ?= -count=1 -timeout 40m
+
+.PHONY: all build setup demo test unit fuzz bench lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/polyregion
+
+# setup installs what the tests and the demo need and a fresh machine may lack:
+# the PostgreSQL server binaries and, when run as root, an unprivileged user
+# for the clusters (PostgreSQL refuses to run as root).
+setup:
+	@./.ci/setup
+
+demo: setup build
+	./$(BIN) demo
+
+test: setup lint
+	$(GO) test $(TESTFLAGS) $(PKGS)
+
+unit:
+	$(GO) test -count=1 -short ./conflict/... ./regions/... ./replicator/...
+
+fuzz:
+	$(GO) test -run=XXX -fuzz=FuzzDecideSymmetric -fuzztime=30s ./conflict/
+	$(GO) test -run=XXX -fuzz=FuzzArrivalOrder -fuzztime=30s ./conflict/
+	$(GO) test -run=XXX -fuzz=FuzzMerge -fuzztime=15s ./conflict/
+	$(GO) test -run=XXX -fuzz=FuzzCounter -fuzztime=15s ./conflict/
+
+bench: setup build
+	$(GO) test -run=XXX -bench=. -benchtime=1x -timeout 60m ./integration/
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet $(PKGS)
+
+clean:
+	rm -rf bin

@@ -1,0 +1,139 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator/link"
+	"github.com/polyregion/polyregion/replicator/node"
+)
+
+// fileConfig is the YAML layout of one region's configuration file.
+type fileConfig struct {
+	Region   string      `yaml:"region"`
+	Database string      `yaml:"database"`
+	Listen   string      `yaml:"listen"`
+	TLS      tlsConfig   `yaml:"tls"`
+	Regions  []string    `yaml:"regions"`
+	Peers    []peerFile  `yaml:"peers"`
+	Tables   []tableFile `yaml:"tables"`
+	Log      struct {
+		Format string `yaml:"format"` // text | json
+		Level  string `yaml:"level"`  // debug | info | warn | error
+	} `yaml:"log"`
+}
+
+type tlsConfig struct {
+	CertFile   string `yaml:"cert_file"`
+	KeyFile    string `yaml:"key_file"`
+	CAFile     string `yaml:"ca_file"`
+	ServerName string `yaml:"server_name"`
+}
+
+func (t tlsConfig) files() link.TLSFiles {
+	return link.TLSFiles{CertFile: t.CertFile, KeyFile: t.KeyFile, CAFile: t.CAFile, ServerName: t.ServerName}
+}
+
+type peerFile struct {
+	ID        string    `yaml:"id"`
+	URL       string    `yaml:"url"`
+	Token     string    `yaml:"token"`
+	TokenFile string    `yaml:"token_file"`
+	TLS       tlsConfig `yaml:"tls"`
+}
+
+type tableFile struct {
+	Name     string   `yaml:"name"`
+	Policy   string   `yaml:"policy"`
+	Priority []string `yaml:"priority"`
+	Deletes  string   `yaml:"deletes"`
+	Counters []string `yaml:"counters"`
+	Resolver string   `yaml:"resolver"`
+}
+
+var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
+
+// expandEnv replaces ${NAME} with the environment variable's value; an unset
+// variable is an error (a silently empty secret is worse than a refusal).
+func expandEnv(b []byte) ([]byte, error) {
+	var missing []string
+	out := envRef.ReplaceAllFunc(b, func(m []byte) []byte {
+		name := string(envRef.FindSubmatch(m)[1])
+		v, ok := os.LookupEnv(name)
+		if !ok {
+			missing = append(missing, name)
+		}
+		return []byte(v)
+	})
+	if len(missing) > 0 {
+		return nil, fmt.Errorf("environment variable(s) referenced by the config are not set: %s", strings.Join(missing, ", "))
+	}
+	return out, nil
+}
+
+// loadConfig reads, expands and validates a region's config file.
+func loadConfig(path string) (node.Config, fileConfig, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return node.Config{}, fileConfig{}, fmt.Errorf("config: %w", err)
+	}
+	raw, err = expandEnv(raw)
+	if err != nil {
+		return node.Config{}, fileConfig{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	var fc fileConfig
+	dec := yaml.NewDecoder(bytes.NewReader(raw))
+	dec.KnownFields(true)
+	if err := dec.Decode(&fc); err != nil {
+		return node.Config{}, fileConfig{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	cfg, err := fc.toNode()
+	if err != nil {
+		return node.Config{}, fileConfig{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := cfg.Validate(); err != nil {
+		return node.Config{}, fileConfig{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, fc, nil
+}
+
+func (fc fileConfig) toNode() (node.Config, error) {
+	cfg := node.Config{
+		Region:   conflict.RegionID(fc.Region),
+		Database: fc.Database,
+		Listen:   fc.Listen,
+		TLS:      fc.TLS.files(),
+	}
+	for _, r := range fc.Regions {
+		cfg.Cluster.Regions = append(cfg.Cluster.Regions, conflict.RegionID(r))
+	}
+	for i, p := range fc.Peers {
+		tok := p.Token
+		if p.TokenFile != "" {
+			if tok != "" {
+				return cfg, fmt.Errorf("peers[%d] (%s): set token or token_file, not both", i, p.ID)
+			}
+			b, err := os.ReadFile(p.TokenFile)
+			if err != nil {
+				return cfg, fmt.Errorf("peers[%d] (%s): token_file: %w", i, p.ID, err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		cfg.Peers = append(cfg.Peers, node.Peer{ID: conflict.RegionID(p.ID), URL: p.URL, Token: tok, TLS: p.TLS.files()})
+	}
+	for _, t := range fc.Tables {
+		pol := conflict.Policy{Kind: conflict.PolicyKind(t.Policy), Deletes: conflict.DeleteRule(t.Deletes), Counters: t.Counters, Resolver: t.Resolver}
+		for _, r := range t.Priority {
+			pol.Priority = append(pol.Priority, conflict.RegionID(r))
+		}
+		cfg.Cluster.Tables = append(cfg.Cluster.Tables, regions.Table{Name: t.Name, Policy: pol})
+	}
+	return cfg, nil
+}

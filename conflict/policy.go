@@ -1,0 +1,226 @@
+package conflict
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+)
+
+// PolicyKind selects how concurrent writes to a row are resolved.
+type PolicyKind string
+
+// Policy kinds.
+const (
+	// LastWriterWins is the default: the higher HLC wins, and for equal HLCs
+	// the higher Origin (byte order) wins.
+	LastWriterWins PolicyKind = "last_writer_wins"
+	// RegionPriority: the Origin listed earlier in Policy.Priority wins.
+	// Regions not listed rank after all listed ones. Ties go to
+	// last_writer_wins.
+	RegionPriority PolicyKind = "region_priority"
+	// CustomSQL: resolved outside this package by the SQL function named in
+	// Policy.Resolver (see External and ResolveExternal).
+	CustomSQL PolicyKind = "custom_sql"
+)
+
+// DeleteRule says how an update (or insert) that is concurrent with a delete
+// is resolved.
+type DeleteRule string
+
+// Delete rules.
+const (
+	// DeleteByPolicy decides update against delete like any other pair, by
+	// the policy kind.
+	DeleteByPolicy DeleteRule = ""
+	// DeleteWins: the deleting side always wins.
+	DeleteWins DeleteRule = "delete_wins"
+	// UpdateWins: the live side always wins (the row is resurrected).
+	UpdateWins DeleteRule = "update_wins"
+)
+
+// maxIdentLen is PostgreSQL's identifier limit (NAMEDATALEN-1).
+const maxIdentLen = 63
+
+// Policy is a table's conflict policy. It must be identical in all regions
+// (compare Fingerprints).
+type Policy struct {
+	Kind     PolicyKind // "" means LastWriterWins
+	Priority []RegionID // for RegionPriority: highest priority first
+	Deletes  DeleteRule
+	Counters []string // column names merged by adding deltas (see MergeCounter)
+	Resolver string   // for CustomSQL: schema-qualified function name "schema.func"
+}
+
+// kind returns the effective kind ("" means LastWriterWins).
+func (p Policy) kind() PolicyKind {
+	if p.Kind == "" {
+		return LastWriterWins
+	}
+	return p.Kind
+}
+
+// Validate reports every problem with p in one error, or nil. Problems: an
+// unknown kind or delete rule; an empty, invalid or repeated region in
+// Priority, or Priority set for a kind other than region_priority; a
+// Resolver missing or not of the form schema.name (identifiers
+// [a-z_][a-z0-9_]*, at most 63 bytes) for custom_sql, or set for another
+// kind; and an empty, overlong or repeated counter column.
+func (p Policy) Validate() error {
+	var problems []string
+	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
+
+	kind := p.kind()
+	switch kind {
+	case LastWriterWins, RegionPriority, CustomSQL:
+	default:
+		add("unknown kind %q (want %s, %s or %s)", string(p.Kind), LastWriterWins, RegionPriority, CustomSQL)
+	}
+
+	switch p.Deletes {
+	case DeleteByPolicy, DeleteWins, UpdateWins:
+	default:
+		add("unknown delete rule %q (want %s, %s or empty to decide by the policy kind)", string(p.Deletes), DeleteWins, UpdateWins)
+	}
+
+	switch {
+	case kind == RegionPriority && len(p.Priority) == 0:
+		add("%s needs a non-empty priority list", RegionPriority)
+	case kind != RegionPriority && len(p.Priority) > 0:
+		add("priority is only used by %s, not by %s", RegionPriority, kind)
+	}
+	firstAt := map[RegionID]int{}
+	for i, r := range p.Priority {
+		if msg := regionProblem(r); msg != "" {
+			add("priority[%d]: invalid region id %q: %s", i, string(r), msg)
+			continue
+		}
+		if j, dup := firstAt[r]; dup {
+			add("priority[%d]: duplicate region %q (already at priority[%d])", i, string(r), j)
+			continue
+		}
+		firstAt[r] = i
+	}
+
+	switch {
+	case kind == CustomSQL:
+		if msg := resolverProblem(p.Resolver); msg != "" {
+			add("resolver %q: %s", clip(p.Resolver), msg)
+		}
+	case p.Resolver != "":
+		add("resolver is only used by %s, not by %s", CustomSQL, kind)
+	}
+
+	seen := map[string]int{}
+	for i, c := range p.Counters {
+		switch {
+		case c == "":
+			add("counters[%d]: empty column name", i)
+		case len(c) > maxIdentLen:
+			add("counters[%d]: column name %q is longer than %d bytes", i, clip(c), maxIdentLen)
+		case strings.IndexByte(c, 0) >= 0:
+			add("counters[%d]: column name %q contains a NUL byte", i, c)
+		default:
+			if j, dup := seen[c]; dup {
+				add("counters[%d]: duplicate counter column %q (already at counters[%d])", i, c, j)
+			} else {
+				seen[c] = i
+			}
+		}
+	}
+
+	if len(problems) == 0 {
+		return nil
+	}
+	return errors.New(strings.Join(problems, "; "))
+}
+
+// resolverProblem describes what is wrong with a resolver name ("" when fine).
+func resolverProblem(name string) string {
+	if name == "" {
+		return fmt.Sprintf("%s needs a resolver function named schema.name", CustomSQL)
+	}
+	schema, fn, ok := strings.Cut(name, ".")
+	if !ok || strings.Contains(fn, ".") {
+		return "must be a schema-qualified function name schema.name"
+	}
+	if msg := identProblem(schema); msg != "" {
+		return "schema " + msg
+	}
+	if msg := identProblem(fn); msg != "" {
+		return "function name " + msg
+	}
+	return ""
+}
+
+// identProblem checks a plain lower-case SQL identifier [a-z_][a-z0-9_]*.
+func identProblem(s string) string {
+	if s == "" {
+		return "is empty"
+	}
+	if len(s) > maxIdentLen {
+		return fmt.Sprintf("%q is longer than %d bytes", clip(s), maxIdentLen)
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		ok := c == '_' || (c >= 'a' && c <= 'z') || (i > 0 && c >= '0' && c <= '9')
+		if !ok {
+			return fmt.Sprintf("%q is not a plain lower-case identifier [a-z_][a-z0-9_]*", s)
+		}
+	}
+	return ""
+}
+
+// IsCounter reports whether col is one of p's counter columns (exact,
+// case-sensitive match).
+func (p Policy) IsCounter(col string) bool { return slices.Contains(p.Counters, col) }
+
+// Fingerprint returns a stable canonical string of the policy. Regions
+// compare it to check that they agree. Kind "" is written as
+// last_writer_wins. Counters are a set, so they are sorted and deduplicated;
+// Priority order matters and is kept. Every string is quoted, so different
+// policies give different fingerprints.
+func (p Policy) Fingerprint() string {
+	var b strings.Builder
+	b.WriteString("kind=")
+	b.WriteString(strconv.Quote(string(p.kind())))
+	b.WriteString(";priority=[")
+	for i, r := range p.Priority {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Quote(string(r)))
+	}
+	b.WriteString("];deletes=")
+	b.WriteString(strconv.Quote(string(p.Deletes)))
+	b.WriteString(";counters=[")
+	counters := slices.Clone(p.Counters)
+	slices.Sort(counters)
+	counters = slices.Compact(counters)
+	for i, c := range counters {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Quote(c))
+	}
+	b.WriteString("];resolver=")
+	b.WriteString(strconv.Quote(p.Resolver))
+	return b.String()
+}
+
+// priorityRank returns r's position in p.Priority, or len(p.Priority) when
+// r is not listed (all unlisted regions tie, after every listed one).
+func (p Policy) priorityRank(r RegionID) int {
+	if i := slices.Index(p.Priority, r); i >= 0 {
+		return i
+	}
+	return len(p.Priority)
+}
+
+func (p Policy) rankText(r RegionID) string {
+	if i := slices.Index(p.Priority, r); i >= 0 {
+		return "priority " + strconv.Itoa(i+1)
+	}
+	return "unlisted"
+}

@@ -1,0 +1,133 @@
+package conflict
+
+import (
+	"strings"
+	"testing"
+)
+
+func TestPolicyValidateOK(t *testing.T) {
+	ok := []Policy{
+		{},
+		{Kind: LastWriterWins},
+		{Kind: LastWriterWins, Deletes: DeleteWins},
+		{Deletes: UpdateWins, Counters: []string{"hits", "Balance", "with space"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu"}, Deletes: DeleteWins},
+		{Kind: CustomSQL, Resolver: "public.resolve"},
+		{Kind: CustomSQL, Resolver: "_s1.f_2", Counters: []string{"n"}},
+		{Kind: CustomSQL, Resolver: strings.Repeat("s", 63) + "." + strings.Repeat("f", 63)},
+	}
+	for _, p := range ok {
+		if err := p.Validate(); err != nil {
+			t.Errorf("%+v.Validate() = %v, want nil", p, err)
+		}
+	}
+}
+
+func TestPolicyValidateErrors(t *testing.T) {
+	tests := []struct {
+		name string
+		p    Policy
+		want []string
+	}{
+		{"unknown kind", Policy{Kind: "lww"}, []string{`unknown kind "lww"`, "last_writer_wins"}},
+		{"unknown delete rule", Policy{Deletes: "deletes_win"}, []string{`unknown delete rule "deletes_win"`}},
+		{"priority empty", Policy{Kind: RegionPriority}, []string{"region_priority needs a non-empty priority list"}},
+		{"priority for lww", Policy{Priority: []RegionID{"eu"}}, []string{"priority is only used by region_priority, not by last_writer_wins"}},
+		{"duplicate region", Policy{Kind: RegionPriority, Priority: []RegionID{"eu", "us", "eu"}}, []string{`priority[2]: duplicate region "eu" (already at priority[0])`}},
+		{"invalid region", Policy{Kind: RegionPriority, Priority: []RegionID{"EU"}}, []string{`priority[0]: invalid region id "EU"`}},
+		{"missing resolver", Policy{Kind: CustomSQL}, []string{`resolver ""`, "custom_sql needs a resolver"}},
+		{"unqualified resolver", Policy{Kind: CustomSQL, Resolver: "resolve"}, []string{`resolver "resolve"`, "schema-qualified"}},
+		{"three-part resolver", Policy{Kind: CustomSQL, Resolver: "a.b.c"}, []string{"schema-qualified"}},
+		{"uppercase schema", Policy{Kind: CustomSQL, Resolver: "Public.f"}, []string{`schema "Public" is not a plain lower-case identifier`}},
+		{"digit-led function", Policy{Kind: CustomSQL, Resolver: "public.1f"}, []string{`function name "1f" is not`}},
+		{"empty function", Policy{Kind: CustomSQL, Resolver: "public."}, []string{"function name is empty"}},
+		{"empty schema", Policy{Kind: CustomSQL, Resolver: ".f"}, []string{"schema is empty"}},
+		{"quote in resolver", Policy{Kind: CustomSQL, Resolver: `public.f"; drop`}, []string{"function name"}},
+		{"overlong identifier", Policy{Kind: CustomSQL, Resolver: "public." + strings.Repeat("f", 64)}, []string{"longer than 63 bytes"}},
+		{"resolver for lww", Policy{Resolver: "public.f"}, []string{"resolver is only used by custom_sql"}},
+		{"duplicate counter", Policy{Counters: []string{"a", "b", "a"}}, []string{`counters[2]: duplicate counter column "a" (already at counters[0])`}},
+		{"empty counter", Policy{Counters: []string{""}}, []string{"counters[0]: empty column name"}},
+		{"overlong counter", Policy{Counters: []string{strings.Repeat("c", 64)}}, []string{"longer than 63 bytes"}},
+		{"NUL counter", Policy{Counters: []string{"a\x00b"}}, []string{"NUL"}},
+		{"several problems reported together", Policy{Kind: RegionPriority, Deletes: "x", Counters: []string{"a", "a"}},
+			[]string{"non-empty priority list", `unknown delete rule "x"`, `duplicate counter column "a"`}},
+	}
+	for _, tt := range tests {
+		err := tt.p.Validate()
+		if err == nil {
+			t.Errorf("%s: Validate() = nil, want error", tt.name)
+			continue
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(err.Error(), w) {
+				t.Errorf("%s: Validate() = %q, want it to mention %q", tt.name, err, w)
+			}
+		}
+	}
+}
+
+func TestPolicyIsCounter(t *testing.T) {
+	p := Policy{Counters: []string{"hits", "Balance"}}
+	for col, want := range map[string]bool{"hits": true, "Balance": true, "balance": false, "": false, "other": false} {
+		if got := p.IsCounter(col); got != want {
+			t.Errorf("IsCounter(%q) = %v, want %v", col, got, want)
+		}
+	}
+	if (Policy{}).IsCounter("hits") {
+		t.Errorf("empty policy has counters")
+	}
+}
+
+func TestPolicyFingerprint(t *testing.T) {
+	base := Policy{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: DeleteWins, Counters: []string{"b", "a", "c"}}
+	fp := base.Fingerprint()
+	if fp != base.Fingerprint() {
+		t.Fatalf("Fingerprint not stable")
+	}
+	want := `kind="region_priority";priority=["eu","us"];deletes="delete_wins";counters=["a","b","c"];resolver=""`
+	if fp != want {
+		t.Errorf("Fingerprint = %s\nwant          %s", fp, want)
+	}
+
+	same := []Policy{
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: DeleteWins, Counters: []string{"c", "b", "a"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: DeleteWins, Counters: []string{"a", "b", "c"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: DeleteWins, Counters: []string{"a", "c", "b", "a"}},
+	}
+	for _, p := range same {
+		if got := p.Fingerprint(); got != fp {
+			t.Errorf("%+v: Fingerprint = %s, want %s", p, got, fp)
+		}
+	}
+	// Counters order must not be changed in the caller's slice.
+	if base.Counters[0] != "b" {
+		t.Errorf("Fingerprint sorted the caller's Counters slice")
+	}
+
+	different := []Policy{
+		{Kind: RegionPriority, Priority: []RegionID{"us", "eu"}, Deletes: DeleteWins, Counters: []string{"a", "b", "c"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: UpdateWins, Counters: []string{"a", "b", "c"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Counters: []string{"a", "b", "c"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: DeleteWins, Counters: []string{"a", "b"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu", "us"}, Deletes: DeleteWins, Counters: []string{"a,b", "c"}},
+		{Kind: RegionPriority, Priority: []RegionID{"eu"}, Deletes: DeleteWins, Counters: []string{"a", "b", "c"}},
+		{Kind: LastWriterWins, Deletes: DeleteWins, Counters: []string{"a", "b", "c"}},
+	}
+	seen := map[string]int{fp: -1}
+	for i, p := range different {
+		got := p.Fingerprint()
+		if j, dup := seen[got]; dup {
+			t.Errorf("policies %d and %d share fingerprint %s", i, j, got)
+		}
+		seen[got] = i
+	}
+
+	// Kind "" is last_writer_wins.
+	if (Policy{}).Fingerprint() != (Policy{Kind: LastWriterWins}).Fingerprint() {
+		t.Errorf("empty kind and last_writer_wins fingerprint differently")
+	}
+	if (Policy{Kind: CustomSQL, Resolver: "a.b"}).Fingerprint() == (Policy{Kind: CustomSQL, Resolver: "a.c"}).Fingerprint() {
+		t.Errorf("resolver not in fingerprint")
+	}
+}

@@ -1,0 +1,408 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"gopkg.in/yaml.v3"
+)
+
+// TableSpec is one replicated table in a harness run, as it appears in the
+// regions' config files.
+type TableSpec struct {
+	Name     string   `yaml:"name"`
+	Policy   string   `yaml:"policy,omitempty"`
+	Priority []string `yaml:"priority,omitempty"`
+	Deletes  string   `yaml:"deletes,omitempty"`
+	Counters []string `yaml:"counters,omitempty"`
+	Resolver string   `yaml:"resolver,omitempty"`
+}
+
+// Spec describes a local multi-region setup.
+type Spec struct {
+	// Regions names the regions, e.g. us, eu, ap.
+	Regions []string
+	// SchemaSQL creates the application's tables; it runs in every region as
+	// the application role, which therefore owns them.
+	SchemaSQL []string
+	Tables    []TableSpec
+	// Dir holds data directories, configs and logs. Required.
+	Dir string
+	// Binary is the replicator executable.
+	Binary string
+	// ClusterOptions applies to every region's cluster.
+	ClusterOptions ClusterOptions
+	// LogLevel for the replicators (default info).
+	LogLevel string
+}
+
+// Region is one region of a harness: its PostgreSQL cluster and its
+// replicator process.
+type Region struct {
+	Name       string
+	Cluster    *Cluster
+	Listen     string
+	ConfigPath string
+	LogPath    string
+
+	h    *Harness
+	mu   sync.Mutex
+	proc *exec.Cmd
+	done chan struct{}
+	pool *pgxpool.Pool
+}
+
+// Harness is a running multi-region setup.
+type Harness struct {
+	Spec    Spec
+	Regions []*Region
+}
+
+// AppDB is the application database in every region.
+const AppDB = "app"
+
+// BuildBinary builds the replicator into dir and returns its path.
+func BuildBinary(ctx context.Context, dir string) (string, error) {
+	root, err := ModuleRoot()
+	if err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, "polyregion")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/polyregion")
+	cmd.Dir = root
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build replicator: %w\n%s", err, b)
+	}
+	return out, nil
+}
+
+// ModuleRoot finds the repository root (the directory holding go.mod).
+func ModuleRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+			return dir, nil
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", errors.New("go.mod not found above the working directory")
+		}
+		dir = parent
+	}
+}
+
+func token() string {
+	b := make([]byte, 16)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Start creates every region's cluster, roles, database and schema, writes
+// the replicators' configs (it does not start the replicators).
+func Start(ctx context.Context, spec Spec) (*Harness, error) {
+	if spec.Dir == "" || spec.Binary == "" {
+		return nil, errors.New("harness: Dir and Binary are required")
+	}
+	h := &Harness{Spec: spec}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	errs := make([]error, len(spec.Regions))
+	for i, name := range spec.Regions {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c, err := NewCluster(ctx, spec.Dir, name, spec.ClusterOptions)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			r := &Region{Name: name, Cluster: c, h: h}
+			mu.Lock()
+			h.Regions = append(h.Regions, r)
+			mu.Unlock()
+			errs[i] = r.setupDatabase(ctx, spec.SchemaSQL)
+		}()
+	}
+	wg.Wait()
+	sort.Slice(h.Regions, func(i, j int) bool {
+		return indexOf(spec.Regions, h.Regions[i].Name) < indexOf(spec.Regions, h.Regions[j].Name)
+	})
+	if err := errors.Join(errs...); err != nil {
+		h.Close()
+		return nil, err
+	}
+	if err := h.writeConfigs(); err != nil {
+		h.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// Roles: "app" owns the application's tables; "polyregion" replicates. It
+// has REPLICATION and membership in app (PostgreSQL requires table
+// ownership to add tables to a publication) and nothing of a superuser's.
+func (r *Region) setupDatabase(ctx context.Context, schema []string) error {
+	c := r.Cluster
+	if err := c.Exec(ctx, "postgres",
+		`CREATE ROLE app LOGIN`,
+		`CREATE ROLE polyregion LOGIN REPLICATION IN ROLE app`,
+		`CREATE DATABASE app OWNER app`,
+	); err != nil {
+		return err
+	}
+	stmts := []string{
+		`GRANT CREATE ON DATABASE app TO polyregion`,
+		`GRANT EXECUTE ON FUNCTION pg_catalog.pg_replication_origin_session_setup(text),
+			pg_catalog.pg_replication_origin_create(text),
+			pg_catalog.pg_replication_origin_xact_setup(pg_lsn, timestamptz) TO polyregion`,
+		`SET ROLE app`,
+	}
+	stmts = append(stmts, schema...)
+	return c.Exec(ctx, AppDB, stmts...)
+}
+
+type regionFile struct {
+	Region   string      `yaml:"region"`
+	Database string      `yaml:"database"`
+	Listen   string      `yaml:"listen"`
+	Regions  []string    `yaml:"regions"`
+	Peers    []peerEntry `yaml:"peers"`
+	Tables   []TableSpec `yaml:"tables"`
+	Log      struct {
+		Format string `yaml:"format"`
+		Level  string `yaml:"level"`
+	} `yaml:"log"`
+}
+
+type peerEntry struct {
+	ID    string `yaml:"id"`
+	URL   string `yaml:"url"`
+	Token string `yaml:"token"`
+}
+
+func (h *Harness) writeConfigs() error {
+	for _, r := range h.Regions {
+		port, err := FreePort()
+		if err != nil {
+			return err
+		}
+		r.Listen = fmt.Sprintf("127.0.0.1:%d", port)
+	}
+	tokens := map[string]string{}
+	pair := func(a, b string) string {
+		if a > b {
+			a, b = b, a
+		}
+		k := a + "|" + b
+		if tokens[k] == "" {
+			tokens[k] = token()
+		}
+		return tokens[k]
+	}
+	for _, r := range h.Regions {
+		f := regionFile{Region: r.Name, Database: r.Cluster.URL("polyregion", AppDB), Listen: r.Listen, Regions: h.Spec.Regions, Tables: h.Spec.Tables}
+		f.Log.Format = "json"
+		f.Log.Level = h.Spec.LogLevel
+		if f.Log.Level == "" {
+			f.Log.Level = "info"
+		}
+		for _, p := range h.Regions {
+			if p == r {
+				continue
+			}
+			f.Peers = append(f.Peers, peerEntry{ID: p.Name, URL: "http://" + p.Listen, Token: pair(r.Name, p.Name)})
+		}
+		b, err := yaml.Marshal(f)
+		if err != nil {
+			return err
+		}
+		r.ConfigPath = filepath.Join(h.Spec.Dir, r.Name+".yaml")
+		r.LogPath = filepath.Join(h.Spec.Dir, r.Name+"-replicator.log")
+		if err := os.WriteFile(r.ConfigPath, b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Region returns the named region.
+func (h *Harness) Region(name string) *Region {
+	for _, r := range h.Regions {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// StartReplicators starts every region's replicator.
+func (h *Harness) StartReplicators() error {
+	for _, r := range h.Regions {
+		if err := r.StartReplicator(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// StartReplicator starts this region's replicator process.
+func (r *Region) StartReplicator() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc != nil {
+		return fmt.Errorf("replicator %s already running", r.Name)
+	}
+	logf, err := os.OpenFile(r.LogPath, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	cmd := exec.Command(r.h.Spec.Binary, "run", "--config", r.ConfigPath)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		logf.Close()
+		return fmt.Errorf("start replicator %s: %w", r.Name, err)
+	}
+	done := make(chan struct{})
+	go func() {
+		_ = cmd.Wait()
+		logf.Close()
+		close(done)
+	}()
+	r.proc, r.done = cmd, done
+	return nil
+}
+
+// Signal sends sig to the replicator process.
+func (r *Region) Signal(sig syscall.Signal) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		return fmt.Errorf("replicator %s is not running", r.Name)
+	}
+	return r.proc.Process.Signal(sig)
+}
+
+// StopReplicator ends the replicator: SIGTERM (graceful) or SIGKILL
+// (crash), and waits for it to exit.
+func (r *Region) StopReplicator(sig syscall.Signal) error {
+	r.mu.Lock()
+	proc, done := r.proc, r.done
+	r.proc = nil
+	r.mu.Unlock()
+	if proc == nil {
+		return nil
+	}
+	_ = proc.Process.Signal(syscall.SIGCONT)
+	_ = proc.Process.Signal(sig)
+	select {
+	case <-done:
+		return nil
+	case <-time.After(20 * time.Second):
+		_ = proc.Process.Kill()
+		<-done
+		return fmt.Errorf("replicator %s did not exit within 20s of %v; killed", r.Name, sig)
+	}
+}
+
+// Running reports whether the replicator process is alive.
+func (r *Region) Running() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil {
+		return false
+	}
+	select {
+	case <-r.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Pool returns a connection pool to the region's application database as
+// the application role.
+func (r *Region) Pool(ctx context.Context) (*pgxpool.Pool, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.pool != nil {
+		return r.pool, nil
+	}
+	cfg, err := pgxpool.ParseConfig(r.Cluster.URL("app", AppDB))
+	if err != nil {
+		return nil, err
+	}
+	cfg.MaxConns = 8
+	p, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	r.pool = p
+	return p, nil
+}
+
+// Conn opens a single session to the application database as the superuser.
+func (r *Region) Conn(ctx context.Context) (*pgx.Conn, error) {
+	return r.Cluster.Connect(ctx, AppDB)
+}
+
+// Logs returns the tail of the replicator's log.
+func (r *Region) Logs(maxBytes int) string {
+	b, _ := os.ReadFile(r.LogPath)
+	if len(b) > maxBytes {
+		b = b[len(b)-maxBytes:]
+	}
+	return string(b)
+}
+
+// Close stops every replicator and cluster. Files stay in Spec.Dir.
+func (h *Harness) Close() {
+	for _, r := range h.Regions {
+		_ = r.StopReplicator(syscall.SIGKILL)
+		r.mu.Lock()
+		if r.pool != nil {
+			r.pool.Close()
+			r.pool = nil
+		}
+		r.mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	for _, r := range h.Regions {
+		_ = r.Cluster.Stop(ctx, "immediate")
+	}
+}
+
+// Describe is a short text naming where everything is, for failure output.
+func (h *Harness) Describe() string {
+	var b strings.Builder
+	for _, r := range h.Regions {
+		fmt.Fprintf(&b, "region %s: postgres 127.0.0.1:%d (log %s), replicator %s (log %s)\n", r.Name, r.Cluster.Port, r.Cluster.LogFile, r.Listen, r.LogPath)
+	}
+	return b.String()
+}

@@ -1,0 +1,143 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "polyregion-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	binary, err = BuildBinary(ctx, dir)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// testDir makes a directory the clusters' unprivileged user can enter; it is
+// removed when the test passes and kept (and named) when it fails.
+func testDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "polyregion-"+strings.ReplaceAll(t.Name(), "/", "_")+"-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("files and logs kept in %s", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
+	return dir
+}
+
+// startRegions starts a harness and its replicators, and waits until the
+// replicators are up. On failure it prints where the logs are and their tails.
+func startRegions(t *testing.T, spec Spec) *Harness {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: needs PostgreSQL clusters (run without -short)")
+	}
+	spec.Dir = testDir(t)
+	spec.Binary = binary
+	if len(spec.Regions) == 0 {
+		spec.Regions = []string{"us", "eu", "ap"}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	h, err := Start(ctx, spec)
+	if err != nil {
+		t.Fatalf("start regions: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(h.Describe())
+			for _, r := range h.Regions {
+				t.Logf("---- replicator %s (tail) ----\n%s", r.Name, r.Logs(3000))
+			}
+		}
+		h.Close()
+	})
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, tableNames(spec.Tables), time.Minute); err != nil {
+		t.Fatalf("replicators did not come up: %v", err)
+	}
+	return h
+}
+
+func tableNames(ts []TableSpec) []string {
+	out := make([]string, len(ts))
+	for i, t := range ts {
+		out[i] = t.Name
+	}
+	return out
+}
+
+func ctxFor(t *testing.T, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func mustExec(t *testing.T, ctx context.Context, r *Region, sql string, args ...any) {
+	t.Helper()
+	pool, err := r.Pool(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pool.Exec(ctx, sql, args...); err != nil {
+		t.Fatalf("%s: %s: %v", r.Name, sql, err)
+	}
+}
+
+func queryInt(t *testing.T, ctx context.Context, r *Region, sql string, args ...any) int64 {
+	t.Helper()
+	conn, err := r.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var n int64
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&n); err != nil {
+		t.Fatalf("%s: %s: %v", r.Name, sql, err)
+	}
+	return n
+}
+
+func queryString(t *testing.T, ctx context.Context, r *Region, sql string, args ...any) string {
+	t.Helper()
+	conn, err := r.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var s *string
+	if err := conn.QueryRow(ctx, sql, args...).Scan(&s); err != nil {
+		t.Fatalf("%s: %s: %v", r.Name, sql, err)
+	}
+	if s == nil {
+		return "<null>"
+	}
+	return *s
+}

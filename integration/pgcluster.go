@@ -1,0 +1,273 @@
+// Package integration is the local multi-region harness: real PostgreSQL
+// clusters started from the installed server binaries, replicators run as
+// separate processes, fault injection, and the validators that decide
+// whether the regions converged and nothing was lost. Tests, the demo and
+// the benchmarks all use it.
+package integration
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// PGBinDir finds the PostgreSQL server binaries: $PG_BINDIR, then
+// `pg_config --bindir`, then the Debian locations.
+func PGBinDir() (string, error) {
+	if d := os.Getenv("PG_BINDIR"); d != "" {
+		return d, nil
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		d := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			return d, nil
+		}
+	}
+	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/initdb")
+	if len(matches) > 0 {
+		return filepath.Dir(matches[len(matches)-1]), nil
+	}
+	return "", errors.New("PostgreSQL server binaries not found: install postgresql (Debian: apt-get install postgresql-15) or set PG_BINDIR")
+}
+
+// Cluster is one local PostgreSQL cluster.
+type Cluster struct {
+	Name    string
+	Dir     string // data directory
+	Port    int
+	BinDir  string
+	LogFile string
+	cred    *syscall.Credential
+	uid     int
+	gid     int
+}
+
+// ClusterOptions tunes a new cluster.
+type ClusterOptions struct {
+	// Settings are extra postgresql.conf lines.
+	Settings map[string]string
+	// WalLevel overrides wal_level (default logical).
+	WalLevel string
+}
+
+// runAs returns the credential to run server binaries with: PostgreSQL
+// refuses to run as root, so as root the harness uses $POLYREGION_PG_USER
+// (default "postgres").
+func runAs() (*syscall.Credential, int, int, error) {
+	if os.Geteuid() != 0 {
+		return nil, os.Getuid(), os.Getgid(), nil
+	}
+	name := os.Getenv("POLYREGION_PG_USER")
+	if name == "" {
+		name = "postgres"
+	}
+	u, err := user.Lookup(name)
+	if err != nil {
+		return nil, 0, 0, fmt.Errorf("running as root, PostgreSQL needs an unprivileged user: %q: %w (create it, or set POLYREGION_PG_USER)", name, err)
+	}
+	uid, _ := strconv.Atoi(u.Uid)
+	gid, _ := strconv.Atoi(u.Gid)
+	return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}, uid, gid, nil
+}
+
+// FreePort returns a TCP port on loopback that was free a moment ago.
+func FreePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// NewCluster runs initdb in dir/name and starts the server on a free
+// loopback port.
+func NewCluster(ctx context.Context, dir, name string, opt ClusterOptions) (*Cluster, error) {
+	bin, err := PGBinDir()
+	if err != nil {
+		return nil, err
+	}
+	cred, uid, gid, err := runAs()
+	if err != nil {
+		return nil, err
+	}
+	port, err := FreePort()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Name: name, Dir: filepath.Join(dir, name), Port: port, BinDir: bin, cred: cred, uid: uid, gid: gid}
+	c.LogFile = filepath.Join(dir, name+".log")
+	for _, d := range []string{dir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+		if cred != nil {
+			_ = os.Chown(d, uid, gid)
+		}
+	}
+	if err := c.run(ctx, "initdb", "-D", c.Dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+		return nil, err
+	}
+	wal := opt.WalLevel
+	if wal == "" {
+		wal = "logical"
+	}
+	settings := map[string]string{
+		"listen_addresses":          "'127.0.0.1'",
+		"port":                      strconv.Itoa(port),
+		"unix_socket_directories":   "'" + c.Dir + "'",
+		"wal_level":                 wal,
+		"track_commit_timestamp":    "on",
+		"max_replication_slots":     "20",
+		"max_wal_senders":           "20",
+		"max_connections":           "100",
+		"shared_buffers":            "128MB",
+		"fsync":                     "off",
+		"full_page_writes":          "off",
+		"logical_decoding_work_mem": "64MB",
+		"log_min_messages":          "warning",
+		"log_line_prefix":           "'%m [%p] %a '",
+	}
+	for k, v := range opt.Settings {
+		settings[k] = v
+	}
+	var conf strings.Builder
+	conf.WriteString("\n# polyregion harness\n")
+	for k, v := range settings {
+		fmt.Fprintf(&conf, "%s = %s\n", k, v)
+	}
+	f, err := os.OpenFile(filepath.Join(c.Dir, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	_, err = f.WriteString(conf.String())
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Start(ctx); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func (c *Cluster) run(ctx context.Context, prog string, args ...string) error {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.BinDir, prog), args...)
+	if c.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	}
+	cmd.Dir = "/"
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %s: %w\n%s", prog, strings.Join(args, " "), err, out)
+	}
+	return nil
+}
+
+// Start starts the server and waits until it accepts connections.
+func (c *Cluster) Start(ctx context.Context) error {
+	if c.cred != nil {
+		f, err := os.OpenFile(c.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+		if err == nil {
+			f.Close()
+			_ = os.Chown(c.LogFile, c.uid, c.gid)
+		}
+	}
+	if err := c.run(ctx, "pg_ctl", "-D", c.Dir, "-l", c.LogFile, "-w", "-t", "60", "start"); err != nil {
+		return fmt.Errorf("start cluster %s: %w", c.Name, err)
+	}
+	return nil
+}
+
+// Stop stops the server (mode: smart, fast or immediate).
+func (c *Cluster) Stop(ctx context.Context, mode string) error {
+	if mode == "" {
+		mode = "fast"
+	}
+	return c.run(ctx, "pg_ctl", "-D", c.Dir, "-m", mode, "-w", "-t", "60", "stop")
+}
+
+// PID returns the postmaster's process id.
+func (c *Cluster) PID() (int, error) {
+	b, err := os.ReadFile(filepath.Join(c.Dir, "postmaster.pid"))
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	return strconv.Atoi(strings.TrimSpace(line))
+}
+
+// Kill sends SIGKILL to the postmaster (a crash), then waits for its
+// children to go and starts it again when restart is set.
+func (c *Cluster) Kill(ctx context.Context) error {
+	pid, err := c.PID()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	// Children exit once they notice the postmaster is gone.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if c.run(ctx, "pg_ctl", "-D", c.Dir, "status") != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	return nil
+}
+
+// URL returns a connection string for database db as user.
+func (c *Cluster) URL(user, db string) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/%s?sslmode=disable", user, c.Port, db)
+}
+
+// Connect opens a session as the superuser.
+func (c *Cluster) Connect(ctx context.Context, db string) (*pgx.Conn, error) {
+	return pgx.Connect(ctx, c.URL("postgres", db))
+}
+
+// Exec runs SQL statements as the superuser on db.
+func (c *Cluster) Exec(ctx context.Context, db string, stmts ...string) error {
+	conn, err := c.Connect(ctx, db)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	for _, s := range stmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("%s: %s: %w", c.Name, firstLine(s), err)
+		}
+	}
+	return nil
+}
+
+func firstLine(s string) string {
+	s = strings.TrimSpace(s)
+	l, _, _ := strings.Cut(s, "\n")
+	if len(l) > 120 {
+		l = l[:120] + "..."
+	}
+	return l
+}
+
+// Destroy stops the server immediately and removes its files.
+func (c *Cluster) Destroy() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = c.Stop(ctx, "immediate")
+	_ = os.RemoveAll(c.Dir)
+}

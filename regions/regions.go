@@ -1,0 +1,164 @@
+// Package regions says who the regions are and holds the configuration that
+// must be identical in every region: the replicated tables and their conflict
+// policies. Two replicators refuse to exchange changes unless their
+// Fingerprints are equal, so a policy can never be applied differently in two
+// places. Later this package hosts the control plane (membership and config
+// epochs agreed through raft).
+package regions
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"regexp"
+	"sort"
+	"strings"
+
+	"github.com/polyregion/polyregion/conflict"
+)
+
+// Table is one replicated table and the policy that resolves its conflicts.
+type Table struct {
+	// Name is the schema-qualified table name, e.g. "public.accounts".
+	Name   string
+	Policy conflict.Policy
+}
+
+// Schema returns the schema part of Name.
+func (t Table) Schema() string { s, _, _ := strings.Cut(t.Name, "."); return s }
+
+// Relation returns the table part of Name.
+func (t Table) Relation() string { _, r, _ := strings.Cut(t.Name, "."); return r }
+
+// Peer is another region this region exchanges changes with.
+type Peer struct {
+	ID conflict.RegionID
+	// URL of the peer's link endpoint, e.g. "https://eu.example.net:7480".
+	URL string
+}
+
+// Cluster is the agreed configuration: every region's view of it must have
+// the same Fingerprint.
+type Cluster struct {
+	Regions []conflict.RegionID
+	Tables  []Table
+}
+
+var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
+
+// ValidateTableName checks a "schema.table" name made of plain lower-case
+// identifiers (names needing quotes are refused rather than guessed at).
+func ValidateTableName(name string) error {
+	s, r, ok := strings.Cut(name, ".")
+	if !ok {
+		return fmt.Errorf("table %q: want schema.table", name)
+	}
+	if !identRe.MatchString(s) || !identRe.MatchString(r) {
+		return fmt.Errorf("table %q: schema and table must be lower-case identifiers ([a-z_][a-z0-9_$]*)", name)
+	}
+	return nil
+}
+
+// Validate reports the first problem with the agreed configuration.
+func (c Cluster) Validate() error {
+	if len(c.Regions) == 0 {
+		return fmt.Errorf("regions: at least one region is required")
+	}
+	seen := map[conflict.RegionID]bool{}
+	for _, r := range c.Regions {
+		if err := r.Validate(); err != nil {
+			return fmt.Errorf("regions: %w", err)
+		}
+		if seen[r] {
+			return fmt.Errorf("regions: %q listed twice", r)
+		}
+		seen[r] = true
+	}
+	if len(c.Tables) == 0 {
+		return fmt.Errorf("tables: at least one replicated table is required")
+	}
+	names := map[string]bool{}
+	for i, t := range c.Tables {
+		if err := ValidateTableName(t.Name); err != nil {
+			return fmt.Errorf("tables[%d]: %w", i, err)
+		}
+		if names[t.Name] {
+			return fmt.Errorf("tables[%d]: %s listed twice", i, t.Name)
+		}
+		names[t.Name] = true
+		if err := t.Policy.Validate(); err != nil {
+			return fmt.Errorf("tables[%d] (%s): policy: %w", i, t.Name, err)
+		}
+		for _, p := range t.Policy.Priority {
+			if !seen[p] {
+				return fmt.Errorf("tables[%d] (%s): policy priority names unknown region %q", i, t.Name, p)
+			}
+		}
+	}
+	return nil
+}
+
+// Table returns the configuration of the named table.
+func (c Cluster) Table(name string) (Table, bool) {
+	for _, t := range c.Tables {
+		if t.Name == name {
+			return t, true
+		}
+	}
+	return Table{}, false
+}
+
+// Fingerprint is a stable digest of everything that must agree between
+// regions: the region set and each table's policy. Order of listing does not
+// matter.
+func (c Cluster) Fingerprint() string {
+	regs := make([]string, len(c.Regions))
+	for i, r := range c.Regions {
+		regs[i] = string(r)
+	}
+	sort.Strings(regs)
+	tabs := make([]string, len(c.Tables))
+	for i, t := range c.Tables {
+		tabs[i] = t.Name + "=" + t.Policy.Fingerprint()
+	}
+	sort.Strings(tabs)
+	h := sha256.Sum256([]byte("regions:" + strings.Join(regs, ",") + "\ntables:" + strings.Join(tabs, "\n")))
+	return hex.EncodeToString(h[:12])
+}
+
+// Describe is the human-readable form of what Fingerprint digests, used in
+// error messages that explain a disagreement.
+func (c Cluster) Describe() map[string]string {
+	out := map[string]string{}
+	regs := make([]string, len(c.Regions))
+	for i, r := range c.Regions {
+		regs[i] = string(r)
+	}
+	sort.Strings(regs)
+	out["regions"] = strings.Join(regs, ",")
+	for _, t := range c.Tables {
+		out["table "+t.Name] = t.Policy.Fingerprint()
+	}
+	return out
+}
+
+// Diff names the differences between two descriptions, sorted.
+func Diff(local, remote map[string]string) []string {
+	var out []string
+	for k, v := range local {
+		rv, ok := remote[k]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("%s: only here (%s)", k, v))
+		case rv != v:
+			out = append(out, fmt.Sprintf("%s: here %q, peer %q", k, v, rv))
+		}
+	}
+	for k, v := range remote {
+		if _, ok := local[k]; !ok {
+			out = append(out, fmt.Sprintf("%s: only at peer (%s)", k, v))
+		}
+	}
+	sort.Strings(out)
+	return out
+}

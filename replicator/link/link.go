@@ -1,0 +1,523 @@
+// Package link ships a region's outbox to its peers over HTTP/2, with TLS
+// or mutual TLS, and a per-peer bearer token.
+//
+// A peer asks for every transaction after the last one it durably applied;
+// the stream resumes from exactly there after any disconnect, so nothing is
+// lost or shipped twice across reconnects (the applier also drops
+// duplicates by sequence number). Before any transaction is sent, both sides
+// compare the fingerprint of the agreed configuration (regions and
+// policies) and refuse to exchange changes when they differ.
+package link
+
+import (
+	"bufio"
+	"context"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// Entry is one outbox transaction, already encoded.
+type Entry struct {
+	Seq     replicator.Seq
+	Payload []byte
+}
+
+// Outbox is what the server reads from. Implementations must return entries
+// in increasing Seq order with no gaps.
+type Outbox interface {
+	// Read returns up to limit entries with Seq > after.
+	Read(ctx context.Context, after replicator.Seq, limit int) ([]Entry, error)
+	// Changed returns a channel closed when new entries may exist.
+	Changed() <-chan struct{}
+	// Ack records that peer durably applied every entry up to seq.
+	Ack(ctx context.Context, peer conflict.RegionID, seq replicator.Seq) error
+}
+
+// Hello is the first frame of a stream: who is speaking and what it agreed to.
+type Hello struct {
+	Region      conflict.RegionID `json:"region"`
+	Fingerprint string            `json:"fingerprint"`
+	Describe    map[string]string `json:"describe"`
+}
+
+// Frame types.
+const (
+	frameHello     = 'H'
+	frameTxn       = 'T'
+	frameKeepalive = 'K'
+)
+
+// ErrConfigMismatch is returned when a peer's agreed configuration differs.
+var ErrConfigMismatch = errors.New("peer's replication config differs")
+
+// ErrUnauthorized is returned when a peer refuses this region's credentials.
+var ErrUnauthorized = errors.New("peer refused credentials")
+
+// MismatchError names what differs.
+type MismatchError struct {
+	Peer        conflict.RegionID
+	Differences []string
+}
+
+func (e *MismatchError) Error() string {
+	return fmt.Sprintf("%s: region %s: %s", ErrConfigMismatch, e.Peer, strings.Join(e.Differences, "; "))
+}
+func (e *MismatchError) Unwrap() error { return ErrConfigMismatch }
+
+// ServerConfig configures the serving side of the links.
+type ServerConfig struct {
+	Region  conflict.RegionID
+	Cluster regions.Cluster
+	// Tokens holds, per peer, the secret it must present.
+	Tokens map[conflict.RegionID]string
+	Outbox Outbox
+	Logger *slog.Logger
+	// BatchSize bounds entries read from the outbox at once.
+	BatchSize int
+	// Keepalive is the idle interval between keepalive frames.
+	Keepalive time.Duration
+}
+
+// Server serves /v1/stream and /v1/ack.
+type Server struct {
+	cfg ServerConfig
+}
+
+// NewServer returns a Server; mount Handler on an http.Server.
+func NewServer(cfg ServerConfig) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.BatchSize <= 0 {
+		cfg.BatchSize = 500
+	}
+	if cfg.Keepalive <= 0 {
+		cfg.Keepalive = 2 * time.Second
+	}
+	return &Server{cfg: cfg}
+}
+
+// Handler returns the HTTP handler for the link endpoints.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/stream", s.stream)
+	mux.HandleFunc("POST /v1/ack", s.ack)
+	return mux
+}
+
+func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (conflict.RegionID, bool) {
+	peer := conflict.RegionID(r.URL.Query().Get("peer"))
+	want, ok := s.cfg.Tokens[peer]
+	got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || want == "" || subtle.ConstantTimeCompare([]byte(want), []byte(got)) != 1 {
+		s.cfg.Logger.Warn("link: refused request with bad credentials", "peer", string(peer), "remote", r.RemoteAddr)
+		http.Error(w, "unknown peer or wrong token", http.StatusUnauthorized)
+		return "", false
+	}
+	return peer, true
+}
+
+func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
+	peer, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	seq, err := strconv.ParseUint(r.URL.Query().Get("seq"), 10, 64)
+	if err != nil {
+		http.Error(w, "seq: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := s.cfg.Outbox.Ack(r.Context(), peer, replicator.Seq(seq)); err != nil {
+		s.cfg.Logger.Error("link: record ack", "peer", string(peer), "err", err)
+		http.Error(w, "record ack failed", http.StatusInternalServerError)
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
+	peer, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	after, err := strconv.ParseUint(r.URL.Query().Get("after"), 10, 64)
+	if err != nil {
+		http.Error(w, "after: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if fp := r.Header.Get("X-Polyregion-Fingerprint"); fp != s.cfg.Cluster.Fingerprint() {
+		s.cfg.Logger.Error("link: peer's replication config differs; refusing to replicate with it",
+			"peer", string(peer), "here", s.cfg.Cluster.Fingerprint(), "peer_fingerprint", fp)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusConflict)
+		_ = json.NewEncoder(w).Encode(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe()})
+		return
+	}
+	ctx := r.Context()
+	// Asking for entries after N means N was durably applied.
+	if err := s.cfg.Outbox.Ack(ctx, peer, replicator.Seq(after)); err != nil {
+		s.cfg.Logger.Error("link: record ack", "peer", string(peer), "err", err)
+	}
+	w.Header().Set("Content-Type", "application/x-polyregion-stream")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	bw := bufio.NewWriterSize(w, 256<<10)
+	hello, _ := json.Marshal(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe()})
+	if err := writeFrame(bw, frameHello, hello); err != nil {
+		return
+	}
+	pos := replicator.Seq(after)
+	lastWrite := time.Now()
+	for {
+		changed := s.cfg.Outbox.Changed()
+		entries, err := s.cfg.Outbox.Read(ctx, pos, s.cfg.BatchSize)
+		if err != nil {
+			if ctx.Err() == nil {
+				s.cfg.Logger.Error("link: read outbox", "peer", string(peer), "err", err)
+			}
+			return
+		}
+		for _, e := range entries {
+			if e.Seq != pos+1 {
+				s.cfg.Logger.Error("link: outbox gap; the peer would miss transactions", "peer", string(peer), "want", uint64(pos+1), "got", uint64(e.Seq))
+				return
+			}
+			if err := writeFrame(bw, frameTxn, e.Payload); err != nil {
+				return
+			}
+			pos = e.Seq
+		}
+		if len(entries) == s.cfg.BatchSize {
+			continue // more to send; flush when the backlog drains or the buffer fills
+		}
+		if len(entries) > 0 || time.Since(lastWrite) >= s.cfg.Keepalive {
+			if len(entries) == 0 {
+				if err := writeFrame(bw, frameKeepalive, nil); err != nil {
+					return
+				}
+			}
+			if err := bw.Flush(); err != nil {
+				return
+			}
+			if err := rc.Flush(); err != nil {
+				return
+			}
+			lastWrite = time.Now()
+		}
+		timer := time.NewTimer(s.cfg.Keepalive)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return
+		case <-changed:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+func writeFrame(w io.Writer, typ byte, payload []byte) error {
+	var hdr [5]byte
+	hdr[0] = typ
+	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
+	if _, err := w.Write(hdr[:]); err != nil {
+		return err
+	}
+	_, err := w.Write(payload)
+	return err
+}
+
+// maxFrame bounds one frame (one source transaction's encoding).
+const maxFrame = 1 << 30
+
+func readFrame(r *bufio.Reader) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n > maxFrame {
+		return 0, nil, fmt.Errorf("frame of %d bytes exceeds the limit", n)
+	}
+	buf := make([]byte, n)
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return 0, nil, err
+	}
+	return hdr[0], buf, nil
+}
+
+// TLSFiles names PEM files for a link endpoint. All empty means plaintext
+// HTTP/2 (for loopback tests and private networks only).
+type TLSFiles struct {
+	CertFile string // this side's certificate
+	KeyFile  string
+	// CAFile verifies the other side: the server's certificate (client side)
+	// or client certificates (server side, which makes it mutual TLS).
+	CAFile string
+	// ServerName overrides the name checked in the server's certificate.
+	ServerName string
+}
+
+func (f TLSFiles) enabled() bool { return f.CertFile != "" || f.CAFile != "" }
+
+func loadPool(file string) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(file)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s: no PEM certificates found", file)
+	}
+	return pool, nil
+}
+
+// ServerTLS builds the server's TLS config (nil for plaintext).
+func ServerTLS(f TLSFiles) (*tls.Config, error) {
+	if !f.enabled() {
+		return nil, nil
+	}
+	if f.CertFile == "" || f.KeyFile == "" {
+		return nil, fmt.Errorf("link tls: cert_file and key_file are both required to serve TLS")
+	}
+	cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("link tls: %w", err)
+	}
+	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12, NextProtos: []string{"h2"}}
+	if f.CAFile != "" {
+		pool, err := loadPool(f.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("link tls: client CA: %w", err)
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+// ClientTLS builds a client's TLS config (nil for plaintext).
+func ClientTLS(f TLSFiles) (*tls.Config, error) {
+	if !f.enabled() {
+		return nil, nil
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: f.ServerName, NextProtos: []string{"h2"}}
+	if f.CAFile != "" {
+		pool, err := loadPool(f.CAFile)
+		if err != nil {
+			return nil, fmt.Errorf("link tls: CA: %w", err)
+		}
+		cfg.RootCAs = pool
+	}
+	if f.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(f.CertFile, f.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("link tls: client certificate: %w", err)
+		}
+		cfg.Certificates = []tls.Certificate{cert}
+	}
+	return cfg, nil
+}
+
+// NewHTTPServer returns an http.Server speaking HTTP/2 (over TLS when tlsCfg
+// is set, cleartext HTTP/2 otherwise).
+func NewHTTPServer(addr string, h http.Handler, tlsCfg *tls.Config) *http.Server {
+	srv := &http.Server{Addr: addr, Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
+	var p http.Protocols
+	p.SetHTTP1(true)
+	p.SetHTTP2(true)
+	p.SetUnencryptedHTTP2(true)
+	srv.Protocols = &p
+	return srv
+}
+
+// Serve serves on ln until the server is shut down.
+func Serve(srv *http.Server, ln net.Listener) error {
+	var err error
+	if srv.TLSConfig != nil {
+		err = srv.ServeTLS(ln, "", "")
+	} else {
+		err = srv.Serve(ln)
+	}
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// ClientConfig configures the following side of one link.
+type ClientConfig struct {
+	Region  conflict.RegionID // this region
+	Peer    conflict.RegionID
+	URL     string // peer's base URL
+	Token   string
+	TLS     *tls.Config
+	Cluster regions.Cluster
+	// IdleTimeout: no frame (keepalives included) for this long ends the
+	// stream so it can be re-established.
+	IdleTimeout time.Duration
+}
+
+// Client follows one peer's outbox.
+type Client struct {
+	cfg  ClientConfig
+	http *http.Client
+}
+
+// NewClient returns a Client.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if _, err := url.Parse(cfg.URL); err != nil {
+		return nil, fmt.Errorf("peer %s url: %w", cfg.Peer, err)
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 15 * time.Second
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     cfg.TLS,
+		ForceAttemptHTTP2:   true,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
+		TLSHandshakeTimeout: 5 * time.Second,
+	}
+	var p http.Protocols
+	if cfg.TLS != nil {
+		p.SetHTTP2(true)
+	} else {
+		p.SetUnencryptedHTTP2(true)
+	}
+	tr.Protocols = &p
+	return &Client{cfg: cfg, http: &http.Client{Transport: tr}}, nil
+}
+
+// Close releases idle connections.
+func (c *Client) Close() { c.http.CloseIdleConnections() }
+
+func (c *Client) request(ctx context.Context, method, path string, q url.Values) (*http.Response, error) {
+	q.Set("peer", string(c.cfg.Region))
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(c.cfg.URL, "/")+path+"?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+c.cfg.Token)
+	req.Header.Set("X-Polyregion-Fingerprint", c.cfg.Cluster.Fingerprint())
+	return c.http.Do(req)
+}
+
+// Ack tells the peer that every transaction up to seq is durably applied.
+func (c *Client) Ack(ctx context.Context, seq replicator.Seq) error {
+	resp, err := c.request(ctx, http.MethodPost, "/v1/ack", url.Values{"seq": {strconv.FormatUint(uint64(seq), 10)}})
+	if err != nil {
+		return fmt.Errorf("ack to %s: %w", c.cfg.Peer, err)
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode == http.StatusUnauthorized {
+		return fmt.Errorf("ack to %s: %w", c.cfg.Peer, ErrUnauthorized)
+	}
+	if resp.StatusCode != http.StatusNoContent {
+		return fmt.Errorf("ack to %s: HTTP %d", c.cfg.Peer, resp.StatusCode)
+	}
+	return nil
+}
+
+// Stream follows the peer's outbox from after, calling fn for each
+// transaction in order. It returns when ctx ends, fn fails, or the stream
+// breaks (the caller reconnects from its durable position).
+func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*replicator.Txn) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	resp, err := c.request(ctx, http.MethodGet, "/v1/stream", url.Values{"after": {strconv.FormatUint(uint64(after), 10)}})
+	if err != nil {
+		return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
+	}
+	defer resp.Body.Close()
+	switch resp.StatusCode {
+	case http.StatusOK:
+	case http.StatusUnauthorized:
+		return fmt.Errorf("stream from %s: %w", c.cfg.Peer, ErrUnauthorized)
+	case http.StatusConflict:
+		var h Hello
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&h)
+		return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
+	default:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("stream from %s: HTTP %d: %s", c.cfg.Peer, resp.StatusCode, strings.TrimSpace(string(b)))
+	}
+	// A watchdog ends a stream that went silent (half-open connection).
+	activity := make(chan struct{}, 1)
+	go func() {
+		t := time.NewTimer(c.cfg.IdleTimeout)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-activity:
+				t.Reset(c.cfg.IdleTimeout)
+			case <-t.C:
+				cancel()
+				return
+			}
+		}
+	}()
+	br := bufio.NewReaderSize(resp.Body, 256<<10)
+	next := after + 1
+	for {
+		typ, payload, err := readFrame(br)
+		if err != nil {
+			if ctx.Err() != nil && context.Cause(ctx) != nil {
+				return fmt.Errorf("stream from %s: idle or cancelled: %w", c.cfg.Peer, ctx.Err())
+			}
+			return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
+		}
+		select {
+		case activity <- struct{}{}:
+		default:
+		}
+		switch typ {
+		case frameHello:
+			var h Hello
+			if err := json.Unmarshal(payload, &h); err != nil {
+				return fmt.Errorf("stream from %s: hello: %w", c.cfg.Peer, err)
+			}
+			if h.Region != c.cfg.Peer {
+				return fmt.Errorf("stream from %s: the endpoint says it is region %q", c.cfg.Peer, h.Region)
+			}
+			if h.Fingerprint != c.cfg.Cluster.Fingerprint() {
+				return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
+			}
+		case frameKeepalive:
+		case frameTxn:
+			t, err := replicator.DecodeTxn(payload)
+			if err != nil {
+				return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
+			}
+			if t.Seq != next || t.Origin != c.cfg.Peer {
+				return fmt.Errorf("stream from %s: got %s/%d, want %s/%d", c.cfg.Peer, t.Origin, t.Seq, c.cfg.Peer, next)
+			}
+			next++
+			if err := fn(t); err != nil {
+				return err
+			}
+		default:
+			return fmt.Errorf("stream from %s: unknown frame type %q", c.cfg.Peer, typ)
+		}
+	}
+}

@@ -1,0 +1,824 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// Versioner is what the applier needs from the local reader: a way to wait
+// until every local write committed before a WAL position has a recorded
+// version. Implemented by *Reader.
+type Versioner interface {
+	WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error
+	Observe(ts conflict.Timestamp)
+}
+
+// ApplierConfig configures an Applier for one source region.
+type ApplierConfig struct {
+	Region     conflict.RegionID // this region
+	Source     conflict.RegionID // the peer whose transactions are applied
+	ConnString string
+	Cluster    regions.Cluster
+	Versioner  Versioner
+	Logger     *slog.Logger
+	// BarrierTimeout bounds the wait for the local reader.
+	BarrierTimeout time.Duration
+}
+
+// Applier applies one source region's transactions to the local database.
+// Apply is not safe for concurrent use; run one Applier per source region.
+type Applier struct {
+	cfg    ApplierConfig
+	conn   *pgx.Conn
+	shapes map[string]replicator.Shape
+	// paused holds tables whose shape differs from the source's: their
+	// changes are parked, in order, until an operator resumes them.
+	paused map[string]string
+}
+
+// Errors an operator may need to act on.
+var (
+	// ErrGap: the source's next transaction is not the one after the last
+	// applied here; applying it would skip transactions.
+	ErrGap = errors.New("transaction sequence gap")
+)
+
+// retryable marks errors after which the same batch may simply be retried.
+type retryable struct{ err error }
+
+func (r retryable) Error() string { return r.err.Error() }
+func (r retryable) Unwrap() error { return r.err }
+
+// IsRetryable reports whether an Apply error is transient (lock conflict,
+// deadlock, a local write racing the apply).
+func IsRetryable(err error) bool {
+	var r retryable
+	if errors.As(err, &r) {
+		return true
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "40001", "40P01", "55P03":
+			return true
+		}
+	}
+	return false
+}
+
+// NewApplier connects and sets the session up: replication origin (so the
+// local reader never ships applied changes back out), pinned search_path.
+func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	if cfg.BarrierTimeout <= 0 {
+		cfg.BarrierTimeout = 30 * time.Second
+	}
+	conn, err := Connect(ctx, cfg.ConnString)
+	if err != nil {
+		return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, OriginName(string(cfg.Source))); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
+	}
+	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, paused: map[string]string{}}, nil
+}
+
+// Close ends the applier's session.
+func (a *Applier) Close() error { return a.conn.Close(context.Background()) }
+
+// Applied returns the sequence number of the last source transaction applied
+// here (0 when none).
+func (a *Applier) Applied(ctx context.Context) (replicator.Seq, error) {
+	var seq int64
+	err := a.conn.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1`, string(a.cfg.Source)).Scan(&seq)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("read applied position for %s: %w", a.cfg.Source, err)
+	}
+	return replicator.Seq(seq), nil
+}
+
+// rowState is what the applier knows of one local row during a batch.
+type rowState struct {
+	exists  bool
+	xmin    string
+	values  map[string]*string // column -> text value (nil = NULL); only columns read
+	image   json.RawMessage    // to_jsonb of the row as read (for the conflict log)
+	meta    *meta
+	written bool // the data row was written by this transaction
+}
+
+func (s *rowState) version() conflict.Version {
+	if s.meta == nil {
+		return conflict.Version{Deleted: false}
+	}
+	return s.meta.version
+}
+
+// Apply applies source transactions in order, atomically as one local
+// transaction, with the source's progress. Transactions already applied are
+// skipped; a gap is an error (ErrGap). On a data error (foreign key, unique
+// violation on a secondary index, check constraint) the batch is re-applied
+// change by change and the failing changes are parked with the error.
+func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator.Seq, error) {
+	last, err := a.apply(ctx, txns, false)
+	if err != nil && isDataError(err) {
+		a.cfg.Logger.Warn("apply batch hit a data error; re-applying change by change", "source", a.cfg.Source, "err", err)
+		last, err = a.apply(ctx, txns, true)
+	}
+	return last, err
+}
+
+func isDataError(err error) bool {
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		return strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "22")
+	}
+	return false
+}
+
+func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful bool) (replicator.Seq, error) {
+	tx, err := a.conn.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("apply: begin: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+
+	var applied int64
+	err = tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("apply: read progress: %w", err)
+	}
+	var todo []*replicator.Txn
+	for _, t := range txns {
+		if t.Origin != a.cfg.Source {
+			return 0, fmt.Errorf("apply: transaction from %s on the link from %s", t.Origin, a.cfg.Source)
+		}
+		if int64(t.Seq) <= applied {
+			continue
+		}
+		if int64(t.Seq) != applied+1+int64(len(todo)) {
+			return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1+int64(len(todo)), t.Seq)
+		}
+		todo = append(todo, t)
+	}
+	if len(todo) == 0 {
+		return replicator.Seq(applied), nil
+	}
+
+	// Check shapes, then read every touched row and its version, locking
+	// the rows that exist.
+	states := map[metaKey]*rowState{}
+	byTable := map[string][]string{}
+	shapeOf := map[string]replicator.Shape{}
+	for _, t := range todo {
+		for _, c := range t.Changes {
+			sh := t.Shapes[c.T]
+			if _, ok := shapeOf[sh.Table]; !ok {
+				if err := a.checkShape(ctx, tx, sh); err != nil {
+					return 0, err
+				}
+				shapeOf[sh.Table] = sh
+			}
+			if _, paused := a.paused[sh.Table]; paused {
+				continue
+			}
+			k := metaKey{sh.Table, c.Key}
+			if _, ok := states[k]; !ok {
+				states[k] = &rowState{}
+				byTable[sh.Table] = append(byTable[sh.Table], c.Key)
+			}
+		}
+	}
+	if err := a.readRows(ctx, tx, shapeOf, byTable, states); err != nil {
+		return 0, err
+	}
+
+	ex := &executor{tx: tx, careful: careful}
+	var maxHLC conflict.Timestamp
+	for _, t := range todo {
+		for i := range t.Changes {
+			c := &t.Changes[i]
+			sh := t.Shapes[c.T]
+			if c.Version.HLC > maxHLC {
+				maxHLC = c.Version.HLC
+			}
+			if reason, paused := a.paused[sh.Table]; paused {
+				ex.park(a.cfg.Source, t.Seq, sh, c, "table paused: "+reason)
+				continue
+			}
+			if err := a.applyChange(ctx, ex, t, sh, c, states[metaKey{sh.Table, c.Key}]); err != nil {
+				return 0, err
+			}
+		}
+	}
+	lastTxn := todo[len(todo)-1]
+	ex.queue(nil, `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
+		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
+		string(a.cfg.Source), int64(lastTxn.Seq), lastTxn.LSN, int64(maxHLC))
+	if err := ex.flush(ctx); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("apply: commit: %w", err)
+	}
+	if a.cfg.Versioner != nil {
+		a.cfg.Versioner.Observe(maxHLC)
+	}
+	return lastTxn.Seq, nil
+}
+
+// checkShape compares the source's shape of a table with the local one. A
+// difference pauses that table only; other tables go on.
+func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shape) error {
+	if _, ok := a.cfg.Cluster.Table(src.Table); !ok {
+		a.paused[src.Table] = fmt.Sprintf("table %s is not replicated in region %s", src.Table, a.cfg.Region)
+		return nil
+	}
+	local, ok := a.shapes[src.Table]
+	if !ok {
+		var err error
+		local, err = LoadShape(ctx, tx.Conn(), src.Table)
+		if err != nil {
+			if errors.Is(err, ErrNoTable) || errors.Is(err, ErrNoPrimaryKey) {
+				a.paused[src.Table] = err.Error()
+				return nil
+			}
+			return fmt.Errorf("apply: %w", err)
+		}
+		a.shapes[src.Table] = local
+	}
+	if d := local.Diff(src); d != "" {
+		if _, already := a.paused[src.Table]; !already {
+			a.cfg.Logger.Error("table shape differs between regions; pausing this table", "table", src.Table, "source", a.cfg.Source, "difference", d)
+		}
+		a.paused[src.Table] = fmt.Sprintf("shape of %s differs from region %s: %s", src.Table, a.cfg.Source, d)
+	}
+	return nil
+}
+
+// readRows loads, for every touched key, the local row (locked) and its
+// recorded version. A row written locally whose version the reader has not
+// recorded yet is waited for: the applier emits a barrier and waits until
+// the reader has versioned every local commit before it.
+func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
+	for tbl, keys := range byTable {
+		if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
+			return err
+		}
+	}
+	var keys []metaKey
+	for k := range states {
+		keys = append(keys, k)
+	}
+	metas, err := loadMeta(ctx, tx, keys)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	var stale []metaKey
+	for k, s := range states {
+		s.meta = metas[k]
+		if unversioned(s) {
+			stale = append(stale, k)
+		}
+	}
+	if len(stale) == 0 {
+		return nil
+	}
+	var lsn string
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text`, BarrierPrefix).Scan(&lsn); err != nil {
+		return fmt.Errorf("apply: emit barrier: %w", err)
+	}
+	l, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return fmt.Errorf("apply: barrier position: %w", err)
+	}
+	if a.cfg.Versioner == nil {
+		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", len(stale))
+	}
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	err = a.cfg.Versioner.WaitVersioned(wctx, l)
+	cancel()
+	if err != nil {
+		return retryable{fmt.Errorf("apply: %w", err)}
+	}
+	metas, err = loadMeta(ctx, tx, stale)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	for _, k := range stale {
+		s := states[k]
+		s.meta = metas[k]
+		if s.exists && (s.meta == nil || s.meta.xid != s.xmin) {
+			// Written before replication started here (or frozen): the
+			// row's version is what is recorded, or empty.
+			if s.meta == nil {
+				s.meta = &meta{xid: s.xmin}
+			} else {
+				s.meta.xid = s.xmin
+			}
+		}
+		if !s.exists && s.meta != nil && !s.meta.version.Deleted {
+			// A local delete the reader has not recorded even after the
+			// barrier cannot happen unless the row is gone some other way
+			// (TRUNCATE): treat it as deleted with its last version.
+			s.meta.version.Deleted = true
+		}
+	}
+	return nil
+}
+
+// unversioned reports whether a row was written locally after its version
+// was recorded.
+func unversioned(s *rowState) bool {
+	if s.exists {
+		return s.meta == nil || s.meta.xid != s.xmin
+	}
+	return s.meta != nil && !s.meta.version.Deleted
+}
+
+func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Shape, keys []string, states map[metaKey]*rowState) error {
+	// One text[] parameter per key column, joined back by ordinality.
+	args := make([]any, len(sh.Key))
+	cols := make([][]string, len(sh.Key))
+	for _, key := range keys {
+		var parts []string
+		if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(sh.Key) {
+			return fmt.Errorf("apply: %s: malformed key %s", sh.Table, key)
+		}
+		for i, p := range parts {
+			cols[i] = append(cols[i], p)
+		}
+	}
+	var params, names, join []string
+	for i, ki := range sh.Key {
+		args[i] = cols[i]
+		params = append(params, fmt.Sprintf("pg_catalog.unnest($%d::text[])", i+1))
+		names = append(names, fmt.Sprintf("k%d", i))
+		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
+	}
+	pol := a.policy(sh.Table)
+	sel := []string{"k.ord", "t.xmin::text", "pg_catalog.to_jsonb(t)"}
+	for _, c := range pol.Counters {
+		sel = append(sel, "t."+quoteIdent(c)+"::text")
+	}
+	q := fmt.Sprintf(`SELECT %s FROM ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)
+		JOIN %s t ON %s ORDER BY k.ord FOR UPDATE OF t`,
+		strings.Join(sel, ", "), strings.Join(params, ", "), strings.Join(names, ", "), qualified(sh.Table), strings.Join(join, " AND "))
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("apply: read %s: %w", sh.Table, err)
+	}
+	defer rows.Close()
+	for _, key := range keys {
+		states[metaKey{sh.Table, key}].exists = false
+	}
+	for rows.Next() {
+		var ord int64
+		var xmin string
+		var image json.RawMessage
+		dest := []any{&ord, &xmin, &image}
+		counterVals := make([]*string, len(pol.Counters))
+		for i := range counterVals {
+			dest = append(dest, &counterVals[i])
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return fmt.Errorf("apply: read %s: %w", sh.Table, err)
+		}
+		s := states[metaKey{sh.Table, keys[ord-1]}]
+		s.exists, s.xmin, s.image = true, xmin, image
+		s.values = map[string]*string{}
+		for i, c := range pol.Counters {
+			s.values[c] = counterVals[i]
+		}
+	}
+	return rows.Err()
+}
+
+func (a *Applier) policy(table string) conflict.Policy {
+	t, _ := a.cfg.Cluster.Table(table)
+	return t.Policy
+}
+
+// applyChange decides one remote change against the local row and queues
+// the writes it needs.
+func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.Txn, sh replicator.Shape, c *replicator.Change, s *rowState) error {
+	pol := a.policy(sh.Table)
+	local := s.version()
+	localExists := s.exists || s.meta != nil
+	d := conflict.Decide(pol, local, localExists, c.Version, c.Op)
+	if d.Action == conflict.External {
+		winner, err := a.runResolver(ctx, ex.tx, pol, sh, c, s)
+		if err != nil {
+			return err
+		}
+		d = conflict.ResolveExternal(d, local, c.Version, winner)
+	}
+	// Counter columns are sums of deltas: every region adds every write's
+	// delta exactly once, whatever the row's state (a tombstone keeps
+	// accumulating), so the sums agree once all deltas have arrived. Only the
+	// other columns follow the decision.
+	acc := map[string]string{}
+	countersChanged := false
+	for _, col := range pol.Counters {
+		if s.exists {
+			if v := s.values[col]; v != nil {
+				acc[col] = *v
+			}
+		} else if s.meta != nil {
+			acc[col] = s.meta.counters[col]
+		}
+		if c.Op == conflict.OpDelete {
+			continue
+		}
+		if delta := c.Deltas[col]; delta != "" && delta != "0" {
+			nv, err := conflict.MergeCounter(acc[col], delta)
+			if err != nil {
+				return fmt.Errorf("apply: counter %s.%s key %s: %w", sh.Table, col, c.Key, err)
+			}
+			acc[col] = nv
+			countersChanged = true
+		}
+	}
+	if d.Action == conflict.Skip && !countersChanged {
+		return nil
+	}
+	save := ex.savepoint()
+	before := *s
+	var stmts []stmt
+	counterRow := func(row []replicator.Value) {
+		for i, col := range sh.Columns {
+			if v, ok := acc[col]; ok && v != "" {
+				row[i] = replicator.Value{Text: v}
+			}
+		}
+	}
+	switch {
+	case d.Action == conflict.ApplyRemote && c.Op == conflict.OpDelete:
+		if s.exists {
+			stmts = append(stmts, a.deleteStmt(sh, c.Key))
+		}
+		s.exists, s.values, s.image = false, nil, nil
+	case d.Action == conflict.ApplyRemote:
+		row := make([]replicator.Value, len(c.Row))
+		copy(row, c.Row)
+		counterRow(row)
+		if s.exists {
+			stmts = append(stmts, a.updateStmt(sh, c.Key, row))
+		} else {
+			for i, v := range row {
+				if v.Unchanged {
+					ex.park(a.cfg.Source, t.Seq, sh, c, fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i]))
+					return nil
+				}
+			}
+			stmts = append(stmts, a.insertStmt(sh, row))
+		}
+		s.exists, s.written, s.image = true, true, nil
+	case s.exists && countersChanged:
+		// The local row stays; only its counters move.
+		row := make([]replicator.Value, len(sh.Columns))
+		for i := range row {
+			row[i] = replicator.Value{Unchanged: true}
+		}
+		counterRow(row)
+		stmts = append(stmts, a.updateStmt(sh, c.Key, row))
+		s.written = true
+	}
+	if s.exists {
+		s.values = map[string]*string{}
+		for col, v := range acc {
+			v := v
+			s.values[col] = &v
+		}
+	}
+	nm := &meta{version: d.Result}
+	if d.Action == conflict.Skip {
+		nm.version = local
+	}
+	switch {
+	case !s.exists:
+		nm.xid = ""
+	case s.written:
+		nm.xid = "@" // this transaction's xid, filled in by SQL
+	default:
+		nm.xid = s.xmin
+	}
+	if len(acc) > 0 {
+		nm.counters = acc
+	}
+	stmts = append(stmts, metaStmt(sh.Table, c.Key, nm))
+	if d.Conflict {
+		stmts = append(stmts, a.conflictStmt(pol, sh, t, c, before, d))
+	}
+	s.meta = nm
+	if err := ex.run(ctx, save, stmts); err != nil {
+		if ex.careful && isDataError(err) {
+			*s = before
+			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
+			return nil
+		}
+		return err
+	}
+	return nil
+}
+
+type stmt struct {
+	sql  string
+	args []any
+	// want is the number of rows the statement must affect (-1: any).
+	want int64
+}
+
+func (a *Applier) insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
+	var cols, vals []string
+	var args []any
+	for i, col := range sh.Columns {
+		cols = append(cols, quoteIdent(col))
+		args = append(args, textArg(row[i]))
+		vals = append(vals, fmt.Sprintf("$%d::%s", len(args), sh.Types[i]))
+	}
+	return stmt{
+		sql:  fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT DO NOTHING", qualified(sh.Table), strings.Join(cols, ", "), strings.Join(vals, ", ")),
+		args: args, want: 1,
+	}
+}
+
+func (a *Applier) updateStmt(sh replicator.Shape, key string, row []replicator.Value) stmt {
+	var sets []string
+	var args []any
+	for i, col := range sh.Columns {
+		if row[i].Unchanged || isKeyCol(sh, i) {
+			continue
+		}
+		args = append(args, textArg(row[i]))
+		sets = append(sets, fmt.Sprintf("%s = $%d::%s", quoteIdent(col), len(args), sh.Types[i]))
+	}
+	where, wargs := keyWhere(sh, key, len(args))
+	args = append(args, wargs...)
+	if len(sets) == 0 {
+		// Only key columns: rewrite one to itself so the row's xmin moves.
+		kc := quoteIdent(sh.Columns[sh.Key[0]])
+		sets = append(sets, kc+" = "+kc)
+	}
+	return stmt{sql: fmt.Sprintf("UPDATE %s SET %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), where), args: args, want: 1}
+}
+
+func (a *Applier) deleteStmt(sh replicator.Shape, key string) stmt {
+	where, args := keyWhere(sh, key, 0)
+	return stmt{sql: fmt.Sprintf("DELETE FROM %s WHERE %s", qualified(sh.Table), where), args: args, want: 1}
+}
+
+func isKeyCol(sh replicator.Shape, i int) bool {
+	for _, k := range sh.Key {
+		if k == i {
+			return true
+		}
+	}
+	return false
+}
+
+func keyWhere(sh replicator.Shape, key string, offset int) (string, []any) {
+	var parts []string
+	_ = json.Unmarshal([]byte(key), &parts)
+	var conds []string
+	var args []any
+	for i, ki := range sh.Key {
+		var p string
+		if i < len(parts) {
+			p = parts[i]
+		}
+		args = append(args, p)
+		conds = append(conds, fmt.Sprintf("%s = $%d::%s", quoteIdent(sh.Columns[ki]), offset+len(args), sh.Types[ki]))
+	}
+	return strings.Join(conds, " AND "), args
+}
+
+func textArg(v replicator.Value) any {
+	if v.Null {
+		return nil
+	}
+	return v.Text
+}
+
+func metaStmt(tbl, key string, m *meta) stmt {
+	var counters *string
+	if len(m.counters) > 0 {
+		b, _ := json.Marshal(m.counters)
+		s := string(b)
+		counters = &s
+	}
+	xidExpr := "NULL::xid"
+	var args []any
+	args = append(args, tbl, key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted, counters)
+	switch m.xid {
+	case "":
+	case "@":
+		xidExpr = "pg_catalog.pg_current_xact_id()::xid"
+	default:
+		args = append(args, m.xid)
+		xidExpr = "$8::xid"
+	}
+	return stmt{sql: `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, counters, xid, deleted_at)
+		VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, ` + xidExpr + `, CASE WHEN $6 THEN pg_catalog.now() END)
+		ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
+		deleted = excluded.deleted, counters = excluded.counters, xid = excluded.xid,
+		deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`, args: args, want: -1}
+}
+
+func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) stmt {
+	winner := d.Winner.String()
+	var localRow, remoteRow *string
+	if before.image != nil {
+		s := string(before.image)
+		localRow = &s
+	}
+	if c.Row != nil {
+		m := map[string]any{}
+		for i, col := range sh.Columns {
+			v := c.Row[i]
+			switch {
+			case v.Unchanged:
+				m[col] = map[string]bool{"unchanged_toast": true}
+			case v.Null:
+				m[col] = nil
+			default:
+				m[col] = v.Text
+			}
+		}
+		b, _ := json.Marshal(m)
+		s := string(b)
+		remoteRow = &s
+	}
+	lv := before.version()
+	kind := string(pol.Kind)
+	if kind == "" {
+		kind = string(conflict.LastWriterWins)
+	}
+	if pol.Deletes != "" {
+		kind += "+" + string(pol.Deletes)
+	}
+	return stmt{sql: `INSERT INTO polyregion.conflict_log (region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
+		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
+		args: []any{string(a.cfg.Region), sh.Table, c.Key, string(d.Kind), kind, winner, string(d.Result.Origin),
+			string(lv.Origin), string(c.Version.Origin), lv.Vector.String(), c.Version.Vector.String(),
+			int64(lv.HLC), int64(c.Version.HLC), localRow, remoteRow, int64(t.Seq), d.Reason},
+		want: -1}
+}
+
+// runResolver calls a custom SQL resolver:
+// fn(table text, key text, local jsonb, remote jsonb, local_version jsonb, remote_version jsonb) returns text
+// answering 'local' or 'remote'. It must be deterministic: every region calls
+// it with the same arguments for the same conflict.
+func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Policy, sh replicator.Shape, c *replicator.Change, s *rowState) (conflict.Side, error) {
+	// Both regions must pass identical arguments: the row images are built
+	// from the changes' own values, ordered by column name.
+	localImg := "null"
+	if s.image != nil {
+		localImg = string(s.image)
+	}
+	remote := map[string]any{}
+	for i, col := range sh.Columns {
+		if c.Row == nil {
+			break
+		}
+		if c.Row[i].Null {
+			remote[col] = nil
+		} else {
+			remote[col] = c.Row[i].Text
+		}
+	}
+	rb, _ := json.Marshal(remote)
+	if c.Row == nil {
+		rb = []byte("null")
+	}
+	lv, _ := json.Marshal(s.version())
+	rv, _ := json.Marshal(c.Version)
+	schema, fn, _ := strings.Cut(pol.Resolver, ".")
+	q := fmt.Sprintf("SELECT %s.%s($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6::jsonb)::text", quoteIdent(schema), quoteIdent(fn))
+	if _, err := tx.Exec(ctx, "SAVEPOINT resolver"); err != nil {
+		return 0, fmt.Errorf("apply: resolver: %w", err)
+	}
+	var answer string
+	err := tx.QueryRow(ctx, q, sh.Table, c.Key, localImg, string(rb), string(lv), string(rv)).Scan(&answer)
+	if err != nil {
+		_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT resolver")
+		return 0, fmt.Errorf("apply: custom resolver %s for %s key %s: %w", pol.Resolver, sh.Table, c.Key, err)
+	}
+	if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT resolver"); err != nil {
+		return 0, fmt.Errorf("apply: resolver: %w", err)
+	}
+	switch answer {
+	case "local":
+		return conflict.Local, nil
+	case "remote":
+		return conflict.Remote, nil
+	}
+	return 0, fmt.Errorf("apply: custom resolver %s for %s key %s answered %q; it must answer 'local' or 'remote'", pol.Resolver, sh.Table, c.Key, answer)
+}
+
+// executor runs an apply batch's statements: pipelined in one round trip in
+// the fast path, or one change at a time inside savepoints in careful mode.
+type executor struct {
+	tx      pgx.Tx
+	careful bool
+	batch   pgx.Batch
+	wants   []int64
+	n       int
+}
+
+func (e *executor) savepoint() string {
+	e.n++
+	return fmt.Sprintf("c%d", e.n)
+}
+
+func (e *executor) queue(_ any, sql string, args ...any) {
+	e.batch.Queue(sql, args...)
+	e.wants = append(e.wants, -1)
+}
+
+func (e *executor) run(ctx context.Context, save string, stmts []stmt) error {
+	if !e.careful {
+		for _, s := range stmts {
+			e.batch.Queue(s.sql, s.args...)
+			e.wants = append(e.wants, s.want)
+		}
+		if e.batch.Len() >= 1000 {
+			return e.flush(ctx)
+		}
+		return nil
+	}
+	if _, err := e.tx.Exec(ctx, "SAVEPOINT "+save); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	for _, s := range stmts {
+		tag, err := e.tx.Exec(ctx, s.sql, s.args...)
+		if err == nil && s.want >= 0 && tag.RowsAffected() != s.want {
+			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), tag.RowsAffected(), s.want)}
+		}
+		if err != nil {
+			if _, rerr := e.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+save); rerr != nil {
+				return fmt.Errorf("apply: %w (after %v)", rerr, err)
+			}
+			return err
+		}
+	}
+	if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+save); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	return nil
+}
+
+func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replicator.Shape, c *replicator.Change, reason string) {
+	cb, _ := json.Marshal(c)
+	sb, _ := json.Marshal(sh)
+	s := stmt{sql: `INSERT INTO polyregion.parked (source, seq, tbl, key, change, shape, reason) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)`,
+		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1}
+	e.batch.Queue(s.sql, s.args...)
+	e.wants = append(e.wants, -1)
+}
+
+func (e *executor) flush(ctx context.Context) error {
+	if e.batch.Len() == 0 {
+		return nil
+	}
+	br := e.tx.SendBatch(ctx, &e.batch)
+	var firstErr error
+	for i := range e.wants {
+		tag, err := br.Exec()
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("apply: statement %d of batch: %w", i, err)
+			}
+			break
+		}
+		if e.wants[i] >= 0 && tag.RowsAffected() != e.wants[i] && firstErr == nil {
+			firstErr = retryable{fmt.Errorf("apply: statement %d affected %d rows, want %d (a local write raced the apply)", i, tag.RowsAffected(), e.wants[i])}
+		}
+	}
+	if err := br.Close(); err != nil && firstErr == nil {
+		firstErr = fmt.Errorf("apply: batch: %w", err)
+	}
+	e.batch = pgx.Batch{}
+	e.wants = e.wants[:0]
+	return firstErr
+}

@@ -1,0 +1,171 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// LoadShape reads a table's columns and primary key from the local catalog.
+// It returns ErrNoTable or ErrNoPrimaryKey (wrapped) when the table cannot be
+// replicated.
+func LoadShape(ctx context.Context, conn *pgx.Conn, table string) (replicator.Shape, error) {
+	s, r, _ := strings.Cut(table, ".")
+	rows, err := conn.Query(ctx, `
+		SELECT a.attname, pg_catalog.format_type(a.atttypid, a.atttypmod),
+		       coalesce((SELECT k.ord FROM pg_catalog.unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) WHERE k.attnum = a.attnum), 0)::int
+		FROM pg_catalog.pg_attribute a
+		JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		LEFT JOIN pg_catalog.pg_index i ON i.indrelid = c.oid AND i.indisprimary
+		WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r','p')
+		  AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+		ORDER BY a.attnum`, s, r)
+	if err != nil {
+		return replicator.Shape{}, fmt.Errorf("load shape of %s: %w", table, err)
+	}
+	sh := replicator.Shape{Table: table}
+	type kc struct{ pos, col int }
+	var keys []kc
+	for rows.Next() {
+		var name, typ string
+		var keyPos int
+		if err := rows.Scan(&name, &typ, &keyPos); err != nil {
+			return replicator.Shape{}, fmt.Errorf("load shape of %s: %w", table, err)
+		}
+		if keyPos > 0 {
+			keys = append(keys, kc{keyPos, len(sh.Columns)})
+		}
+		sh.Columns = append(sh.Columns, name)
+		sh.Types = append(sh.Types, typ)
+	}
+	if err := rows.Err(); err != nil {
+		return replicator.Shape{}, fmt.Errorf("load shape of %s: %w", table, err)
+	}
+	if len(sh.Columns) == 0 {
+		return replicator.Shape{}, fmt.Errorf("%s: %w", table, ErrNoTable)
+	}
+	if len(keys) == 0 {
+		return replicator.Shape{}, fmt.Errorf("%s: %w", table, ErrNoPrimaryKey)
+	}
+	sort.Slice(keys, func(i, j int) bool { return keys[i].pos < keys[j].pos })
+	for _, k := range keys {
+		sh.Key = append(sh.Key, k.col)
+	}
+	return sh, nil
+}
+
+var (
+	// ErrNoTable: a configured table does not exist in this database.
+	ErrNoTable = errors.New("table does not exist")
+	// ErrNoPrimaryKey: a configured table has no primary key; rows could not
+	// be identified across regions.
+	ErrNoPrimaryKey = errors.New("table has no primary key (every replicated table needs one)")
+)
+
+// Problems is every reason the database cannot be replicated, found at once.
+type Problems []string
+
+func (p Problems) Error() string {
+	return "preflight found " + fmt.Sprint(len(p)) + " problem(s):\n  - " + strings.Join(p, "\n  - ")
+}
+
+// Preflight checks that the database can be replicated as configured and
+// changes nothing. It returns Problems listing everything wrong.
+func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
+	var probs Problems
+	var walLevel, commitTS string
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_setting('wal_level'), pg_catalog.current_setting('track_commit_timestamp')`).Scan(&walLevel, &commitTS); err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	if walLevel != "logical" {
+		probs = append(probs, fmt.Sprintf("wal_level is %q; set wal_level = logical and restart PostgreSQL", walLevel))
+	}
+	if commitTS != "on" {
+		probs = append(probs, "track_commit_timestamp is off; set track_commit_timestamp = on and restart PostgreSQL (the applier uses commit origins to tell local writes from applied ones)")
+	}
+	var canRepl, isSuper bool
+	var user string
+	if err := conn.QueryRow(ctx, `SELECT rolreplication, rolsuper, rolname FROM pg_catalog.pg_roles WHERE rolname = current_user`).Scan(&canRepl, &isSuper, &user); err != nil {
+		return fmt.Errorf("preflight: %w", err)
+	}
+	if !canRepl && !isSuper {
+		probs = append(probs, fmt.Sprintf("role %q lacks REPLICATION: ALTER ROLE %s REPLICATION", user, quoteIdent(user)))
+	}
+	if !isSuper {
+		for _, fn := range []string{"pg_replication_origin_session_setup(text)", "pg_replication_origin_create(text)", "pg_replication_origin_xact_setup(pg_lsn,timestamp with time zone)"} {
+			var ok bool
+			if err := conn.QueryRow(ctx, `SELECT pg_catalog.has_function_privilege(current_user, $1, 'EXECUTE')`, "pg_catalog."+fn).Scan(&ok); err != nil {
+				return fmt.Errorf("preflight: %w", err)
+			}
+			if !ok {
+				probs = append(probs, fmt.Sprintf("role %q may not execute pg_catalog.%s: GRANT EXECUTE ON FUNCTION pg_catalog.%s TO %s", user, fn, fn, quoteIdent(user)))
+			}
+		}
+	}
+	for _, t := range tables {
+		sh, err := LoadShape(ctx, conn, t)
+		if err != nil {
+			if errors.Is(err, ErrNoTable) || errors.Is(err, ErrNoPrimaryKey) {
+				probs = append(probs, err.Error())
+				continue
+			}
+			return err
+		}
+		for _, priv := range []string{"SELECT", "INSERT", "UPDATE", "DELETE"} {
+			var ok bool
+			if err := conn.QueryRow(ctx, `SELECT pg_catalog.has_table_privilege(current_user, $1, $2)`, qualified(sh.Table), priv).Scan(&ok); err != nil {
+				return fmt.Errorf("preflight: %w", err)
+			}
+			if !ok {
+				probs = append(probs, fmt.Sprintf("role %q lacks %s on %s", user, priv, t))
+			}
+		}
+	}
+	if len(probs) > 0 {
+		return probs
+	}
+	return nil
+}
+
+// Prepare creates what the region's reader and appliers need: the schema,
+// the publication over the replicated tables (kept in step with the config),
+// the replication slot and one replication origin per peer. Idempotent.
+func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string, peers []string) error {
+	if err := Install(ctx, conn); err != nil {
+		return err
+	}
+	pub := PublicationName(region)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)`, pub).Scan(&exists); err != nil {
+		return fmt.Errorf("prepare publication: %w", err)
+	}
+	list := make([]string, len(tables))
+	for i, t := range tables {
+		list[i] = qualified(t)
+	}
+	stmt := "CREATE PUBLICATION " + quoteIdent(pub) + " FOR TABLE " + strings.Join(list, ", ") + " WITH (publish = 'insert, update, delete, truncate')"
+	if exists {
+		stmt = "ALTER PUBLICATION " + quoteIdent(pub) + " SET TABLE " + strings.Join(list, ", ")
+	}
+	if _, err := conn.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("prepare publication %s: %w", pub, err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')
+		WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)`, SlotName(region)); err != nil {
+		return fmt.Errorf("prepare replication slot %s: %w", SlotName(region), err)
+	}
+	for _, p := range peers {
+		if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)
+			WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, OriginName(p)); err != nil {
+			return fmt.Errorf("prepare replication origin for %s: %w", p, err)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,777 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// ReaderConfig configures a Reader.
+type ReaderConfig struct {
+	Region conflict.RegionID
+	// ConnString reaches the local database (a replication connection is
+	// derived from it).
+	ConnString string
+	Tables     []regions.Table
+	// BatchTxns and FlushInterval bound how many decoded local transactions
+	// are versioned together in one local transaction.
+	BatchTxns     int
+	BatchChanges  int
+	FlushInterval time.Duration
+	// StatusInterval is how often the slot's confirmed position is reported.
+	StatusInterval time.Duration
+	Logger         *slog.Logger
+}
+
+func (c *ReaderConfig) defaults() {
+	if c.BatchTxns <= 0 {
+		c.BatchTxns = 2000
+	}
+	if c.BatchChanges <= 0 {
+		c.BatchChanges = 20000
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 20 * time.Millisecond
+	}
+	if c.StatusInterval <= 0 {
+		c.StatusInterval = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Reader decodes the local change stream (pgoutput over the region's slot),
+// gives every local write its version, and appends local-origin transactions
+// to the outbox, in local commit order. Transactions that carry a
+// replication origin (applied from peers) are never shipped: no loops.
+//
+// Versioning, outbox append and the reader's own position are written in one
+// local transaction, and the slot is confirmed only past what that
+// transaction covers, so a crash re-decodes and re-versions nothing twice.
+type Reader struct {
+	cfg    ReaderConfig
+	tables map[string]regions.Table
+
+	mu        sync.Mutex
+	versioned pglogrepl.LSN // every local commit before this is versioned
+	changed   chan struct{} // closed and replaced on every advance
+	clock     conflict.Clock
+	waiters   int
+}
+
+// NewReader returns a Reader; Run starts it.
+func NewReader(cfg ReaderConfig) *Reader {
+	cfg.defaults()
+	r := &Reader{cfg: cfg, tables: map[string]regions.Table{}, changed: make(chan struct{})}
+	for _, t := range cfg.Tables {
+		r.tables[t.Name] = t
+	}
+	return r
+}
+
+// Changed returns a channel closed the next time the reader versions more
+// of the stream (new outbox entries or a passed barrier).
+func (r *Reader) Changed() <-chan struct{} {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.changed
+}
+
+func (r *Reader) advance(lsn pglogrepl.LSN) {
+	r.mu.Lock()
+	if lsn > r.versioned {
+		r.versioned = lsn
+	}
+	close(r.changed)
+	r.changed = make(chan struct{})
+	r.mu.Unlock()
+}
+
+// Versioned returns the position before which every local commit is versioned.
+func (r *Reader) Versioned() pglogrepl.LSN {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.versioned
+}
+
+// Observe moves the region's hybrid clock past a timestamp seen from a peer.
+func (r *Reader) Observe(ts conflict.Timestamp) {
+	r.mu.Lock()
+	r.clock.Observe(ts, time.Now())
+	r.mu.Unlock()
+}
+
+// WaitVersioned blocks until every local write committed before lsn has been
+// versioned (is in row_version). Appliers call it when they find a row
+// written locally whose version is not recorded yet.
+func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
+	for {
+		r.mu.Lock()
+		done, ch := r.versioned >= lsn, r.changed
+		r.mu.Unlock()
+		if done {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return fmt.Errorf("wait for reader to version local writes up to %s: %w", lsn, ctx.Err())
+		}
+	}
+}
+
+type relation struct {
+	msg   *pglogrepl.RelationMessage
+	name  string
+	shape replicator.Shape
+	// colIdx maps the relation message's column order to shape order.
+	colIdx []int
+}
+
+type pendingTxn struct {
+	xid        uint32
+	commitLSN  pglogrepl.LSN
+	endLSN     pglogrepl.LSN
+	commitTime time.Time
+	remote     bool
+	changes    []rawChange
+}
+
+type rawChange struct {
+	rel *relation
+	op  conflict.Op
+	key string
+	row []replicator.Value
+}
+
+// state persisted in reader_state.
+type readerState struct {
+	lsn     pglogrepl.LSN
+	nextSeq replicator.Seq
+	hlc     conflict.Timestamp
+}
+
+// Run decodes until ctx ends or an error occurs. It owns its connections.
+func (r *Reader) Run(ctx context.Context) error {
+	conn, err := Connect(ctx, r.cfg.ConnString)
+	if err != nil {
+		return fmt.Errorf("reader: %w", err)
+	}
+	defer conn.Close(context.Background())
+	st, err := r.loadState(ctx, conn)
+	if err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.clock.Observe(st.hlc, time.Now())
+	r.mu.Unlock()
+	r.advance(st.lsn)
+
+	rconf, err := pgconn.ParseConfig(r.cfg.ConnString)
+	if err != nil {
+		return fmt.Errorf("reader: parse connection string: %w", err)
+	}
+	rconf.RuntimeParams["replication"] = "database"
+	rconf.RuntimeParams["DateStyle"] = "ISO"
+	rconf.RuntimeParams["IntervalStyle"] = "postgres"
+	rconf.RuntimeParams["extra_float_digits"] = "3"
+	rconf.RuntimeParams["application_name"] = "polyregion-reader"
+	repl, err := pgconn.ConnectConfig(ctx, rconf)
+	if err != nil {
+		return fmt.Errorf("reader: replication connection: %w", err)
+	}
+	defer repl.Close(context.Background())
+
+	slot := SlotName(string(r.cfg.Region))
+	err = pglogrepl.StartReplication(ctx, repl, slot, st.lsn, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{
+			"proto_version '1'",
+			"publication_names '" + PublicationName(string(r.cfg.Region)) + "'",
+			"messages 'true'",
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("reader: start replication on slot %s: %w", slot, err)
+	}
+	r.cfg.Logger.Info("reader started", "slot", slot, "from", st.lsn.String(), "next_seq", uint64(st.nextSeq))
+
+	rels := map[uint32]*relation{}
+	var cur *pendingTxn
+	var batch []*pendingTxn
+	batchChanges := 0
+	confirmed := st.lsn // reported to the server as flushed
+	lastStatus := time.Now()
+	var flushDeadline time.Time
+
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
+		if err := r.persist(ctx, conn, &st, batch); err != nil {
+			return err
+		}
+		batch, batchChanges = batch[:0], 0
+		confirmed = st.lsn
+		r.advance(st.lsn)
+		return nil
+	}
+	sendStatus := func() error {
+		lastStatus = time.Now()
+		return pglogrepl.SendStandbyStatusUpdate(ctx, repl, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: confirmed, WALFlushPosition: confirmed, WALApplyPosition: confirmed,
+		})
+	}
+
+	for {
+		if len(batch) > 0 && (batchChanges >= r.cfg.BatchChanges || len(batch) >= r.cfg.BatchTxns || time.Now().After(flushDeadline)) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		if time.Since(lastStatus) >= r.cfg.StatusInterval {
+			if err := sendStatus(); err != nil {
+				return fmt.Errorf("reader: send status: %w", err)
+			}
+		}
+		wait := r.cfg.StatusInterval - time.Since(lastStatus)
+		if len(batch) > 0 {
+			if d := time.Until(flushDeadline); d < wait {
+				wait = d
+			}
+		}
+		if wait < time.Millisecond {
+			wait = time.Millisecond
+		}
+		rctx, cancel := context.WithTimeout(ctx, wait)
+		raw, err := repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("reader: receive: %w", err)
+		}
+		switch m := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("reader: server error: %w", pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("reader: keepalive: %w", err)
+				}
+				// Nothing in flight: every commit before the server's send
+				// position has reached us, so the slot may move on.
+				if cur == nil && len(batch) == 0 && ka.ServerWALEnd > confirmed {
+					confirmed = ka.ServerWALEnd
+					r.advance(confirmed)
+				}
+				if ka.ReplyRequested {
+					if err := sendStatus(); err != nil {
+						return fmt.Errorf("reader: send status: %w", err)
+					}
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return fmt.Errorf("reader: xlogdata: %w", err)
+				}
+				msg, err := pglogrepl.Parse(xld.WALData)
+				if err != nil {
+					return fmt.Errorf("reader: decode pgoutput message at %s: %w", xld.WALStart, err)
+				}
+				switch msg := msg.(type) {
+				case *pglogrepl.RelationMessage:
+					rel, err := r.relation(ctx, conn, msg)
+					if err != nil {
+						return err
+					}
+					rels[msg.RelationID] = rel
+				case *pglogrepl.TypeMessage:
+					// Values travel in text form; type messages need no action.
+				case *pglogrepl.BeginMessage:
+					cur = &pendingTxn{xid: msg.Xid, commitLSN: msg.FinalLSN, commitTime: msg.CommitTime}
+				case *pglogrepl.OriginMessage:
+					if cur != nil {
+						cur.remote = true
+					}
+				case *pglogrepl.InsertMessage:
+					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpInsert, msg.Tuple, nil); err != nil {
+						return err
+					}
+				case *pglogrepl.UpdateMessage:
+					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpUpdate, msg.NewTuple, msg.OldTuple); err != nil {
+						return err
+					}
+				case *pglogrepl.DeleteMessage:
+					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpDelete, nil, msg.OldTuple); err != nil {
+						return err
+					}
+				case *pglogrepl.TruncateMessage:
+					if cur != nil && !cur.remote {
+						names := []string{}
+						for _, id := range msg.RelationIDs {
+							if rel := rels[id]; rel != nil {
+								names = append(names, rel.name)
+							}
+						}
+						r.cfg.Logger.Error("TRUNCATE of a replicated table is not replicated; other regions keep their rows", "tables", names, "xid", cur.xid)
+					}
+				case *pglogrepl.LogicalDecodingMessage:
+					if msg.Prefix == BarrierPrefix && !msg.Transactional {
+						if err := flush(); err != nil {
+							return err
+						}
+						if msg.LSN > st.lsn {
+							// Record the position so others can see the
+							// reader passed the barrier.
+							if err := r.saveBarrier(ctx, conn, &st, msg.LSN); err != nil {
+								return err
+							}
+						}
+						if msg.LSN > confirmed && cur == nil {
+							confirmed = msg.LSN
+						}
+						r.advance(msg.LSN)
+					}
+				case *pglogrepl.CommitMessage:
+					if cur == nil {
+						return fmt.Errorf("reader: commit at %s without begin", msg.CommitLSN)
+					}
+					cur.endLSN = msg.TransactionEndLSN
+					done := cur
+					cur = nil
+					if done.endLSN <= st.lsn {
+						continue // versioned before a restart
+					}
+					if done.remote || len(done.changes) == 0 {
+						if len(batch) == 0 {
+							confirmed = done.endLSN
+							r.advance(done.endLSN)
+						}
+						continue
+					}
+					if len(batch) == 0 {
+						flushDeadline = time.Now().Add(r.cfg.FlushInterval)
+					}
+					batch = append(batch, done)
+					batchChanges += len(done.changes)
+				}
+			}
+		}
+	}
+}
+
+func (r *Reader) relation(ctx context.Context, conn *pgx.Conn, msg *pglogrepl.RelationMessage) (*relation, error) {
+	name := msg.Namespace + "." + msg.RelationName
+	sh, err := LoadShape(ctx, conn, name)
+	if err != nil {
+		return nil, fmt.Errorf("reader: relation %s: %w", name, err)
+	}
+	rel := &relation{msg: msg, name: name, shape: sh, colIdx: make([]int, len(msg.Columns))}
+	pos := map[string]int{}
+	for i, c := range sh.Columns {
+		pos[c] = i
+	}
+	for i, c := range msg.Columns {
+		j, ok := pos[c.Name]
+		if !ok {
+			return nil, fmt.Errorf("reader: relation %s: column %q is in the stream but not in the catalog", name, c.Name)
+		}
+		rel.colIdx[i] = j
+	}
+	return rel, nil
+}
+
+func tupleValues(rel *relation, t *pglogrepl.TupleData) []replicator.Value {
+	vals := make([]replicator.Value, len(rel.shape.Columns))
+	for i := range vals {
+		vals[i].Null = true
+	}
+	if t == nil {
+		return vals
+	}
+	for i, c := range t.Columns {
+		if i >= len(rel.colIdx) {
+			break
+		}
+		v := &vals[rel.colIdx[i]]
+		switch c.DataType {
+		case pglogrepl.TupleDataTypeNull:
+			*v = replicator.Value{Null: true}
+		case pglogrepl.TupleDataTypeToast:
+			*v = replicator.Value{Unchanged: true}
+		default:
+			*v = replicator.Value{Text: string(c.Data)}
+		}
+	}
+	return vals
+}
+
+func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uint32, op conflict.Op, newT, oldT *pglogrepl.TupleData) error {
+	if cur == nil {
+		return fmt.Errorf("reader: row change outside a transaction")
+	}
+	if cur.remote {
+		return nil
+	}
+	rel := rels[relID]
+	if rel == nil {
+		return fmt.Errorf("reader: change for unknown relation %d", relID)
+	}
+	if _, ok := r.tables[rel.name]; !ok {
+		return nil
+	}
+	switch op {
+	case conflict.OpDelete:
+		key, err := rel.shape.KeyOf(tupleValues(rel, oldT))
+		if err != nil {
+			return fmt.Errorf("reader: delete: %w", err)
+		}
+		cur.changes = append(cur.changes, rawChange{rel: rel, op: op, key: key})
+	default:
+		row := tupleValues(rel, newT)
+		key, err := rel.shape.KeyOf(row)
+		if err != nil {
+			return fmt.Errorf("reader: %s: %w", op, err)
+		}
+		if op == conflict.OpUpdate && oldT != nil {
+			// The primary key changed: the old key is deleted and the new
+			// one written.
+			oldKey, err := rel.shape.KeyOf(tupleValues(rel, oldT))
+			if err != nil {
+				return fmt.Errorf("reader: update: %w", err)
+			}
+			if oldKey != key {
+				cur.changes = append(cur.changes, rawChange{rel: rel, op: conflict.OpDelete, key: oldKey})
+				op = conflict.OpInsert
+			}
+		}
+		cur.changes = append(cur.changes, rawChange{rel: rel, op: op, key: key, row: row})
+	}
+	return nil
+}
+
+func (r *Reader) loadState(ctx context.Context, conn *pgx.Conn) (readerState, error) {
+	st := readerState{nextSeq: 1}
+	var lsn string
+	var next, hlc int64
+	err := conn.QueryRow(ctx, `SELECT lsn::text, next_seq, hlc FROM polyregion.reader_state WHERE slot = $1`, SlotName(string(r.cfg.Region))).Scan(&lsn, &next, &hlc)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		var maxSeq int64
+		if err := conn.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM polyregion.outbox`).Scan(&maxSeq); err != nil {
+			return st, fmt.Errorf("reader: load state: %w", err)
+		}
+		st.nextSeq = replicator.Seq(maxSeq + 1)
+		return st, nil
+	case err != nil:
+		return st, fmt.Errorf("reader: load state: %w", err)
+	}
+	l, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return st, fmt.Errorf("reader: load state: %w", err)
+	}
+	st.lsn, st.nextSeq, st.hlc = l, replicator.Seq(next), conflict.Timestamp(hlc)
+	return st, nil
+}
+
+// meta is a row's recorded version.
+type meta struct {
+	version  conflict.Version
+	xid      string // "" when NULL
+	counters map[string]string
+}
+
+type metaKey struct{ tbl, key string }
+
+func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
+	out := make(map[metaKey]*meta, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	tbls := make([]string, len(keys))
+	ks := make([]string, len(keys))
+	for i, k := range keys {
+		tbls[i], ks[i] = k.tbl, k.key
+	}
+	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters
+		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
+		JOIN polyregion.row_version m ON m.tbl = k.tbl AND m.key = k.key`, tbls, ks)
+	if err != nil {
+		return nil, fmt.Errorf("load row versions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k metaKey
+		var vv, origin, xid string
+		var hlc int64
+		var deleted bool
+		var counters map[string]string
+		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters); err != nil {
+			return nil, fmt.Errorf("load row versions: %w", err)
+		}
+		vec, err := conflict.ParseVector(vv)
+		if err != nil {
+			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
+		}
+		out[k] = &meta{
+			version:  conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted},
+			xid:      xid,
+			counters: counters,
+		}
+	}
+	return out, rows.Err()
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// metaWriter accumulates row_version upserts for one statement.
+type metaWriter struct {
+	tbl, key, vv, origin, xid []string
+	hlc                       []int64
+	deleted                   []bool
+	counters                  []*string
+}
+
+func (w *metaWriter) add(k metaKey, m *meta) {
+	w.tbl = append(w.tbl, k.tbl)
+	w.key = append(w.key, k.key)
+	w.vv = append(w.vv, m.version.Vector.String())
+	w.hlc = append(w.hlc, int64(m.version.HLC))
+	w.origin = append(w.origin, string(m.version.Origin))
+	w.deleted = append(w.deleted, m.version.Deleted)
+	w.xid = append(w.xid, m.xid)
+	if len(m.counters) > 0 {
+		b, _ := json.Marshal(m.counters)
+		s := string(b)
+		w.counters = append(w.counters, &s)
+	} else {
+		w.counters = append(w.counters, nil)
+	}
+}
+
+const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, deleted_at)
+	SELECT tbl, key, vv, hlc, origin, deleted, NULLIF(xid, '')::xid, counters::jsonb, CASE WHEN deleted THEN pg_catalog.now() END
+	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters)
+	ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
+	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, deleted_at = excluded.deleted_at`
+
+func (w *metaWriter) args() []any {
+	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters}
+}
+
+// persist versions a batch of local transactions and appends them to the
+// outbox, with the reader's new position, in one local transaction.
+func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
+	var keys []metaKey
+	seen := map[metaKey]bool{}
+	for _, t := range batch {
+		for _, c := range t.changes {
+			k := metaKey{c.rel.name, c.key}
+			if !seen[k] {
+				seen[k] = true
+				keys = append(keys, k)
+			}
+		}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	metas, err := loadMeta(ctx, tx, keys)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+
+	var (
+		seqs     []int64
+		lsns     []string
+		commits  []time.Time
+		nrows    []int32
+		payloads [][]byte
+	)
+	next := st.nextSeq
+	r.mu.Lock()
+	for _, t := range batch {
+		txHLC := r.clock.Now(t.commitTime)
+		out := replicator.Txn{
+			Origin:     r.cfg.Region,
+			Seq:        next,
+			LSN:        t.commitLSN.String(),
+			CommitUnix: t.commitTime.UnixMicro(),
+		}
+		shapeIdx := map[string]int{}
+		for _, c := range t.changes {
+			k := metaKey{c.rel.name, c.key}
+			prior := metas[k]
+			if prior == nil {
+				prior = &meta{}
+			}
+			hlc := txHLC
+			if prior.version.HLC >= hlc {
+				hlc = r.clock.Observe(prior.version.HLC, t.commitTime)
+			}
+			nm := &meta{
+				version: conflict.Version{
+					Vector:  prior.version.Vector.Tick(r.cfg.Region),
+					HLC:     hlc,
+					Origin:  r.cfg.Region,
+					Deleted: c.op == conflict.OpDelete,
+				},
+				xid: strconv.FormatUint(uint64(t.xid), 10),
+			}
+			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
+			pol := r.tables[c.rel.name].Policy
+			if len(pol.Counters) > 0 && c.op == conflict.OpDelete {
+				// A tombstone keeps the counters' sums: deltas that arrive
+				// while the row is deleted still count.
+				nm.counters = prior.counters
+			}
+			if len(pol.Counters) > 0 && c.op != conflict.OpDelete {
+				nm.counters = map[string]string{}
+				ch.Deltas = map[string]string{}
+				for _, col := range pol.Counters {
+					i := indexOf(c.rel.shape.Columns, col)
+					if i < 0 {
+						continue
+					}
+					v := c.row[i]
+					oldV := prior.counters[col]
+					if v.Unchanged {
+						nm.counters[col] = oldV
+						ch.Deltas[col] = "0"
+						continue
+					}
+					newV := ""
+					if !v.Null {
+						newV = v.Text
+					}
+					d, err := conflict.CounterDelta(oldV, newV)
+					if err != nil {
+						r.mu.Unlock()
+						return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
+					}
+					nm.counters[col] = newV
+					ch.Deltas[col] = d
+				}
+			}
+			if c.op == conflict.OpDelete {
+				nm.xid = ""
+			}
+			metas[k] = nm
+			si, ok := shapeIdx[c.rel.name]
+			if !ok {
+				si = len(out.Shapes)
+				shapeIdx[c.rel.name] = si
+				out.Shapes = append(out.Shapes, c.rel.shape)
+			}
+			ch.T = si
+			out.Changes = append(out.Changes, ch)
+		}
+		payload, err := out.Encode()
+		if err != nil {
+			r.mu.Unlock()
+			return fmt.Errorf("reader: encode transaction: %w", err)
+		}
+		seqs = append(seqs, int64(next))
+		lsns = append(lsns, t.commitLSN.String())
+		commits = append(commits, t.commitTime)
+		nrows = append(nrows, int32(len(out.Changes)))
+		payloads = append(payloads, payload)
+		next++
+	}
+	hlcNow := r.clock.Last()
+	r.mu.Unlock()
+
+	var mw metaWriter
+	for _, k := range keys {
+		mw.add(k, metas[k])
+	}
+	if _, err := tx.Exec(ctx, upsertMetaSQL, mw.args()...); err != nil {
+		return fmt.Errorf("reader: persist row versions: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, lsn, commit_ts, rows, payload)
+		SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::pg_lsn[]), pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::int[]), pg_catalog.unnest($5::bytea[]))`,
+		seqs, lsns, commits, nrows, payloads); err != nil {
+		return fmt.Errorf("reader: append outbox: %w", err)
+	}
+	last := batch[len(batch)-1]
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reader_state (slot, lsn, next_seq, hlc) VALUES ($1, $2::pg_lsn, $3, $4)
+		ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, next_seq = excluded.next_seq, hlc = excluded.hlc`,
+		SlotName(string(r.cfg.Region)), last.endLSN.String(), int64(next), int64(hlcNow)); err != nil {
+		return fmt.Errorf("reader: save position: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("reader: persist commit: %w", err)
+	}
+	st.lsn, st.nextSeq, st.hlc = last.endLSN, next, hlcNow
+	return nil
+}
+
+func (r *Reader) saveBarrier(ctx context.Context, conn *pgx.Conn, st *readerState, lsn pglogrepl.LSN) error {
+	_, err := conn.Exec(ctx, `INSERT INTO polyregion.reader_state (slot, lsn, next_seq, hlc) VALUES ($1, $2::pg_lsn, $3, $4)
+		ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn`,
+		SlotName(string(r.cfg.Region)), lsn.String(), int64(st.nextSeq), int64(st.hlc))
+	if err != nil {
+		return fmt.Errorf("reader: save barrier position: %w", err)
+	}
+	st.lsn = lsn
+	return nil
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}
+
+// Connect opens a regular session with the settings every replicator
+// session uses: search_path pinned to pg_catalog, ISO dates, exact floats.
+func Connect(ctx context.Context, connString string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+	cfg.RuntimeParams["DateStyle"] = "ISO"
+	cfg.RuntimeParams["IntervalStyle"] = "postgres"
+	cfg.RuntimeParams["extra_float_digits"] = "3"
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "polyregion"
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
+	}
+	return conn, nil
+}

@@ -1,0 +1,149 @@
+// Package postgres is the PostgreSQL side of the data plane: the schema the
+// replicator owns, preflight checks, the change-stream reader that versions
+// and ships local writes, and the applier of peers' transactions.
+//
+// Every statement it runs qualifies every name, and its sessions pin
+// search_path to pg_catalog, so objects an application (or an attacker)
+// places on a search path are never picked up by replication.
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Schema is the schema the replicator owns in every regional database.
+const Schema = "polyregion"
+
+// schemaDDL creates the replicator's own tables. Idempotent.
+//
+//   - row_version: the version of every replicated row (tombstones included).
+//     xid is the transaction whose write the version describes: a data row
+//     whose xmin differs was written locally after the version was recorded.
+//   - outbox: local-origin transactions, versioned, in commit order, kept
+//     until every peer has acknowledged them.
+//   - reader_state: how far the change-stream reader has versioned.
+//   - applied: per source region, the last transaction applied here; written
+//     in the same transaction as the rows it covers.
+//   - peer_ack: per peer, the last outbox transaction it durably applied.
+//   - conflict_log: every concurrent write that was resolved.
+//   - parked: changes that could not be applied, with the reason.
+var schemaDDL = []string{
+	`CREATE SCHEMA IF NOT EXISTS polyregion`,
+	`CREATE TABLE IF NOT EXISTS polyregion.row_version (
+		tbl      text    NOT NULL,
+		key      text    NOT NULL,
+		vv       text    NOT NULL,
+		hlc      bigint  NOT NULL,
+		origin   text    NOT NULL,
+		deleted  boolean NOT NULL DEFAULT false,
+		xid      xid,
+		counters jsonb,
+		deleted_at timestamptz,
+		PRIMARY KEY (tbl, key))`,
+	`CREATE TABLE IF NOT EXISTS polyregion.outbox (
+		seq       bigint PRIMARY KEY,
+		lsn       pg_lsn NOT NULL,
+		commit_ts timestamptz NOT NULL,
+		rows      integer NOT NULL,
+		payload   bytea NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS polyregion.reader_state (
+		slot     text PRIMARY KEY,
+		lsn      pg_lsn NOT NULL,
+		next_seq bigint NOT NULL,
+		hlc      bigint NOT NULL)`,
+	`CREATE TABLE IF NOT EXISTS polyregion.applied (
+		source     text PRIMARY KEY,
+		seq        bigint NOT NULL,
+		lsn        pg_lsn,
+		hlc        bigint NOT NULL DEFAULT 0,
+		applied_at timestamptz NOT NULL DEFAULT now())`,
+	`CREATE TABLE IF NOT EXISTS polyregion.peer_ack (
+		peer       text PRIMARY KEY,
+		seq        bigint NOT NULL,
+		updated_at timestamptz NOT NULL DEFAULT now())`,
+	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
+		id             bigserial PRIMARY KEY,
+		logged_at      timestamptz NOT NULL DEFAULT now(),
+		region         text NOT NULL,
+		tbl            text NOT NULL,
+		key            text NOT NULL,
+		kind           text NOT NULL,
+		policy         text NOT NULL,
+		winner         text NOT NULL,
+		winner_origin  text NOT NULL,
+		local_origin   text NOT NULL,
+		remote_origin  text NOT NULL,
+		local_version  text NOT NULL,
+		remote_version text NOT NULL,
+		local_hlc      bigint NOT NULL,
+		remote_hlc     bigint NOT NULL,
+		local_row      jsonb,
+		remote_row     jsonb,
+		source_seq     bigint NOT NULL,
+		reason         text NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS conflict_log_time ON polyregion.conflict_log (logged_at)`,
+	`CREATE TABLE IF NOT EXISTS polyregion.parked (
+		id        bigserial PRIMARY KEY,
+		parked_at timestamptz NOT NULL DEFAULT now(),
+		source    text NOT NULL,
+		seq       bigint NOT NULL,
+		tbl       text NOT NULL,
+		key       text NOT NULL,
+		change    jsonb NOT NULL,
+		shape     jsonb NOT NULL,
+		reason    text NOT NULL,
+		retries   integer NOT NULL DEFAULT 0,
+		resolved_at timestamptz)`,
+	`CREATE INDEX IF NOT EXISTS parked_open ON polyregion.parked (tbl) WHERE resolved_at IS NULL`,
+}
+
+// Install creates (or completes) the replicator's schema. It runs in one
+// transaction and changes nothing of the application's.
+func Install(ctx context.Context, conn *pgx.Conn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("install schema: %w", err)
+	}
+	defer tx.Rollback(ctx)
+	// Serialise concurrent installs (two replicators started at once).
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock(7340211)`); err != nil {
+		return fmt.Errorf("install schema: %w", err)
+	}
+	for _, ddl := range schemaDDL {
+		if _, err := tx.Exec(ctx, ddl); err != nil {
+			return fmt.Errorf("install schema: %s: %w", firstLine(ddl), err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	return s
+}
+
+// quoteIdent quotes one SQL identifier.
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+// qualified quotes a "schema.table" name.
+func qualified(name string) string {
+	s, r, _ := strings.Cut(name, ".")
+	return pgx.Identifier{s, r}.Sanitize()
+}
+
+// SlotName is the replication slot a region's reader owns.
+func SlotName(region string) string { return "polyregion_" + region }
+
+// PublicationName is the publication a region's reader decodes.
+func PublicationName(region string) string { return "polyregion_" + region }
+
+// OriginName is the replication origin applied changes from source carry.
+func OriginName(source string) string { return "polyregion_from_" + source }
+
+// BarrierPrefix is the logical message prefix the applier uses to wait for
+// the reader to version every local write committed before it.
+const BarrierPrefix = "polyregion.barrier"
