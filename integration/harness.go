@@ -47,6 +47,9 @@ type Spec struct {
 	ClusterOptions ClusterOptions
 	// LogLevel for the replicators (default info).
 	LogLevel string
+	// Configure, when set, may change a region's config before it is written
+	// (to inject a disagreement, say).
+	Configure func(region string, c *RegionConfig)
 }
 
 // Region is one region of a harness: its PostgreSQL cluster and its
@@ -186,12 +189,13 @@ func (r *Region) setupDatabase(ctx context.Context, schema []string) error {
 	return c.Exec(ctx, AppDB, stmts...)
 }
 
-type regionFile struct {
+// RegionConfig is the YAML config file the harness writes for a region.
+type RegionConfig struct {
 	Region   string      `yaml:"region"`
 	Database string      `yaml:"database"`
 	Listen   string      `yaml:"listen"`
 	Regions  []string    `yaml:"regions"`
-	Peers    []peerEntry `yaml:"peers"`
+	Peers    []PeerEntry `yaml:"peers"`
 	Tables   []TableSpec `yaml:"tables"`
 	Log      struct {
 		Format string `yaml:"format"`
@@ -199,7 +203,8 @@ type regionFile struct {
 	} `yaml:"log"`
 }
 
-type peerEntry struct {
+// PeerEntry is one peer in a RegionConfig.
+type PeerEntry struct {
 	ID    string `yaml:"id"`
 	URL   string `yaml:"url"`
 	Token string `yaml:"token"`
@@ -225,7 +230,7 @@ func (h *Harness) writeConfigs() error {
 		return tokens[k]
 	}
 	for _, r := range h.Regions {
-		f := regionFile{Region: r.Name, Database: r.Cluster.URL("polyregion", AppDB), Listen: r.Listen, Regions: h.Spec.Regions, Tables: h.Spec.Tables}
+		f := RegionConfig{Region: r.Name, Database: r.Cluster.URL("polyregion", AppDB), Listen: r.Listen, Regions: h.Spec.Regions, Tables: h.Spec.Tables}
 		f.Log.Format = "json"
 		f.Log.Level = h.Spec.LogLevel
 		if f.Log.Level == "" {
@@ -235,7 +240,10 @@ func (h *Harness) writeConfigs() error {
 			if p == r {
 				continue
 			}
-			f.Peers = append(f.Peers, peerEntry{ID: p.Name, URL: "http://" + p.Listen, Token: pair(r.Name, p.Name)})
+			f.Peers = append(f.Peers, PeerEntry{ID: p.Name, URL: "http://" + p.Listen, Token: pair(r.Name, p.Name)})
+		}
+		if h.Spec.Configure != nil {
+			h.Spec.Configure(r.Name, &f)
 		}
 		b, err := yaml.Marshal(f)
 		if err != nil {

@@ -54,6 +54,17 @@ func testDir(t *testing.T) string {
 // replicators are up. On failure it prints where the logs are and their tails.
 func startRegions(t *testing.T, spec Spec) *Harness {
 	t.Helper()
+	return startRegionsWith(t, spec, false)
+}
+
+// startClusters is startRegions without starting the replicators.
+func startClusters(t *testing.T, spec Spec) *Harness {
+	t.Helper()
+	return startRegionsWith(t, spec, true)
+}
+
+func startRegionsWith(t *testing.T, spec Spec, noReplicators bool) *Harness {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("integration test: needs PostgreSQL clusters (run without -short)")
 	}
@@ -77,6 +88,9 @@ func startRegions(t *testing.T, spec Spec) *Harness {
 		}
 		h.Close()
 	})
+	if noReplicators {
+		return h
+	}
 	if err := h.StartReplicators(); err != nil {
 		t.Fatal(err)
 	}

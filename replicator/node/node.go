@@ -46,6 +46,8 @@ type Config struct {
 	ApplyBatchTxns int
 	// AckInterval is how often a follower reports its applied position.
 	AckInterval time.Duration
+	// ParkedRetryInterval is how often parked changes are retried.
+	ParkedRetryInterval time.Duration
 	Logger      *slog.Logger
 }
 
@@ -106,6 +108,9 @@ func (c *Config) Validate() error {
 func (c *Config) defaults() {
 	if c.ApplyBatchTxns <= 0 {
 		c.ApplyBatchTxns = 500
+	}
+	if c.ParkedRetryInterval <= 0 {
+		c.ParkedRetryInterval = 2 * time.Second
 	}
 	if c.AckInterval <= 0 {
 		c.AckInterval = time.Second
@@ -318,8 +323,23 @@ func (f *follower) once(ctx context.Context) error {
 	}()
 	defer func() { cancel(); <-ackDone }()
 
+	retry := time.NewTicker(f.cfg.ParkedRetryInterval)
+	defer retry.Stop()
 	for {
-		t, ok := <-ch
+		var t *replicator.Txn
+		var ok bool
+		select {
+		case t, ok = <-ch:
+		case <-retry.C:
+			n, err := applier.RetryParked(ctx, 500)
+			if err != nil {
+				return fmt.Errorf("retry parked changes: %w", err)
+			}
+			if n > 0 {
+				f.log.Info("parked changes applied on retry", "count", n)
+			}
+			continue
+		}
 		if !ok {
 			return <-streamErr
 		}

@@ -184,16 +184,40 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 		return replicator.Seq(applied), nil
 	}
 
+	ex := &executor{tx: tx, careful: careful, parkOnError: true}
+	maxHLC, err := a.applyChanges(ctx, ex, todo)
+	if err != nil {
+		return 0, err
+	}
+	lastTxn := todo[len(todo)-1]
+	ex.queue(stmt{sql: `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
+		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
+		args: []any{string(a.cfg.Source), int64(lastTxn.Seq), lastTxn.LSN, int64(maxHLC)}, want: -1})
+	if err := ex.flush(ctx); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("apply: commit: %w", err)
+	}
+	if a.cfg.Versioner != nil {
+		a.cfg.Versioner.Observe(maxHLC)
+	}
+	return lastTxn.Seq, nil
+}
+
+// applyChanges decides and queues every change of txns, in order, inside
+// ex's transaction. It returns the largest hybrid timestamp seen.
+func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replicator.Txn) (conflict.Timestamp, error) {
 	// Check shapes, then read every touched row and its version, locking
 	// the rows that exist.
 	states := map[metaKey]*rowState{}
 	byTable := map[string][]string{}
 	shapeOf := map[string]replicator.Shape{}
-	for _, t := range todo {
+	for _, t := range txns {
 		for _, c := range t.Changes {
 			sh := t.Shapes[c.T]
 			if _, ok := shapeOf[sh.Table]; !ok {
-				if err := a.checkShape(ctx, tx, sh); err != nil {
+				if err := a.checkShape(ctx, ex.tx, sh); err != nil {
 					return 0, err
 				}
 				shapeOf[sh.Table] = sh
@@ -208,13 +232,11 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 			}
 		}
 	}
-	if err := a.readRows(ctx, tx, shapeOf, byTable, states); err != nil {
+	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states); err != nil {
 		return 0, err
 	}
-
-	ex := &executor{tx: tx, careful: careful}
 	var maxHLC conflict.Timestamp
-	for _, t := range todo {
+	for _, t := range txns {
 		for i := range t.Changes {
 			c := &t.Changes[i]
 			sh := t.Shapes[c.T]
@@ -222,6 +244,9 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 				maxHLC = c.Version.HLC
 			}
 			if reason, paused := a.paused[sh.Table]; paused {
+				if !ex.parkOnError {
+					return 0, fmt.Errorf("apply: %s", reason)
+				}
 				ex.park(a.cfg.Source, t.Seq, sh, c, "table paused: "+reason)
 				continue
 			}
@@ -230,20 +255,69 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 			}
 		}
 	}
-	lastTxn := todo[len(todo)-1]
-	ex.queue(nil, `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
-		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
-		string(a.cfg.Source), int64(lastTxn.Seq), lastTxn.LSN, int64(maxHLC))
-	if err := ex.flush(ctx); err != nil {
-		return 0, err
+	return maxHLC, nil
+}
+
+// RetryParked re-applies this source's parked changes, oldest first, each in
+// its own local transaction: a child row whose parent has arrived since, a
+// row whose unique-key clash was cleared, a table whose shape now matches.
+// A change still failing stays parked with its retry count raised. Versions
+// decide as usual, so a parked change that a later one superseded is
+// simply skipped. It returns how many changes were resolved.
+func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
+	// Shapes may have been fixed by an operator since.
+	a.paused = map[string]string{}
+	a.shapes = map[string]replicator.Shape{}
+	rows, err := a.conn.Query(ctx, `SELECT id, seq, change, shape FROM polyregion.parked
+		WHERE source = $1 AND resolved_at IS NULL ORDER BY id LIMIT $2`, string(a.cfg.Source), limit)
+	if err != nil {
+		return 0, fmt.Errorf("retry parked: %w", err)
 	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("apply: commit: %w", err)
+	type parked struct {
+		id, seq int64
+		change  replicator.Change
+		shape   replicator.Shape
 	}
-	if a.cfg.Versioner != nil {
-		a.cfg.Versioner.Observe(maxHLC)
+	var list []parked
+	for rows.Next() {
+		var p parked
+		if err := rows.Scan(&p.id, &p.seq, &p.change, &p.shape); err != nil {
+			rows.Close()
+			return 0, fmt.Errorf("retry parked: %w", err)
+		}
+		list = append(list, p)
 	}
-	return lastTxn.Seq, nil
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return 0, fmt.Errorf("retry parked: %w", err)
+	}
+	resolved := 0
+	for _, p := range list {
+		p.change.T = 0
+		t := &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
+		err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
+			ex := &executor{tx: tx, careful: true}
+			if _, err := a.applyChanges(ctx, ex, []*replicator.Txn{t}); err != nil {
+				return err
+			}
+			ex.queue(stmt{sql: `UPDATE polyregion.parked SET resolved_at = pg_catalog.now() WHERE id = $1`, args: []any{p.id}, want: 1})
+			return ex.flush(ctx)
+		})
+		if err == nil {
+			resolved++
+			continue
+		}
+		if ctx.Err() != nil {
+			return resolved, ctx.Err()
+		}
+		if _, uerr := a.conn.Exec(ctx, `UPDATE polyregion.parked SET retries = retries + 1, reason = $2 WHERE id = $1`, p.id, err.Error()); uerr != nil {
+			return resolved, fmt.Errorf("retry parked: %w", uerr)
+		}
+		if !isDataError(err) && !IsRetryable(err) {
+			return resolved, err
+		}
+	}
+	return resolved, nil
 }
 
 // checkShape compares the source's shape of a table with the local one. A
@@ -486,7 +560,11 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		} else {
 			for i, v := range row {
 				if v.Unchanged {
-					ex.park(a.cfg.Source, t.Seq, sh, c, fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i]))
+					reason := fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i])
+					if !ex.parkOnError {
+						return errors.New(reason)
+					}
+					ex.park(a.cfg.Source, t.Seq, sh, c, reason)
 					return nil
 				}
 			}
@@ -531,7 +609,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	}
 	s.meta = nm
 	if err := ex.run(ctx, save, stmts); err != nil {
-		if ex.careful && isDataError(err) {
+		if ex.careful && ex.parkOnError && isDataError(err) {
 			*s = before
 			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
 			return nil
@@ -556,8 +634,15 @@ func (a *Applier) insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
 		args = append(args, textArg(row[i]))
 		vals = append(vals, fmt.Sprintf("$%d::%s", len(args), sh.Types[i]))
 	}
+	// Only a primary-key clash (a local insert racing the apply) is
+	// absorbed; any other unique violation is a data error and gets parked.
+	var key []string
+	for _, k := range sh.Key {
+		key = append(key, quoteIdent(sh.Columns[k]))
+	}
 	return stmt{
-		sql:  fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT DO NOTHING", qualified(sh.Table), strings.Join(cols, ", "), strings.Join(vals, ", ")),
+		sql: fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO NOTHING", qualified(sh.Table),
+			strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(key, ", ")),
 		args: args, want: 1,
 	}
 }
@@ -741,9 +826,12 @@ func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Polic
 type executor struct {
 	tx      pgx.Tx
 	careful bool
-	batch   pgx.Batch
-	wants   []int64
-	n       int
+	// parkOnError: in careful mode, a change failing with a data error is
+	// parked instead of failing the transaction.
+	parkOnError bool
+	batch       pgx.Batch
+	wants       []int64
+	n           int
 }
 
 func (e *executor) savepoint() string {
@@ -751,9 +839,9 @@ func (e *executor) savepoint() string {
 	return fmt.Sprintf("c%d", e.n)
 }
 
-func (e *executor) queue(_ any, sql string, args ...any) {
-	e.batch.Queue(sql, args...)
-	e.wants = append(e.wants, -1)
+func (e *executor) queue(s stmt) {
+	e.batch.Queue(s.sql, s.args...)
+	e.wants = append(e.wants, s.want)
 }
 
 func (e *executor) run(ctx context.Context, save string, stmts []stmt) error {
@@ -791,10 +879,8 @@ func (e *executor) run(ctx context.Context, save string, stmts []stmt) error {
 func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replicator.Shape, c *replicator.Change, reason string) {
 	cb, _ := json.Marshal(c)
 	sb, _ := json.Marshal(sh)
-	s := stmt{sql: `INSERT INTO polyregion.parked (source, seq, tbl, key, change, shape, reason) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)`,
-		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1}
-	e.batch.Queue(s.sql, s.args...)
-	e.wants = append(e.wants, -1)
+	e.queue(stmt{sql: `INSERT INTO polyregion.parked (source, seq, tbl, key, change, shape, reason) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)`,
+		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1})
 }
 
 func (e *executor) flush(ctx context.Context) error {
