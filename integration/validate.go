@@ -40,32 +40,9 @@ func Digest(ctx context.Context, conn *pgx.Conn, table string) (TableDigest, err
 func (h *Harness) Quiesced(ctx context.Context) (bool, string, error) {
 	shipped := map[string]int64{}
 	for _, r := range h.Regions {
-		conn, err := r.Conn(ctx)
-		if err != nil {
-			return false, "", err
-		}
-		var next int64
-		var passed bool
-		var barrier string
-		err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, 'polyregion.barrier', 'quiesce')::text`).Scan(&barrier)
-		for i := 0; err == nil && i < 50; i++ {
-			err = conn.QueryRow(ctx, `SELECT coalesce((SELECT lsn >= $1::pg_lsn FROM polyregion.reader_state LIMIT 1), false),
-				coalesce((SELECT next_seq FROM polyregion.reader_state LIMIT 1), 1)`, barrier).Scan(&passed, &next)
-			if passed {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
-		conn.Close(context.Background())
-		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "42P01" {
-			return false, fmt.Sprintf("the replicator of %s has not installed its schema yet", r.Name), nil
-		}
-		if err != nil {
-			return false, "", err
-		}
-		if !passed {
-			return false, fmt.Sprintf("the reader of %s has not versioned local writes up to %s", r.Name, barrier), nil
+		next, why, err := r.readerPassedBarrier(ctx)
+		if err != nil || why != "" {
+			return false, why, err
 		}
 		shipped[r.Name] = next - 1
 	}
@@ -102,6 +79,61 @@ func (h *Harness) Quiesced(ctx context.Context) (bool, string, error) {
 		}
 	}
 	return true, "", nil
+}
+
+// readerPassedBarrier emits a barrier and waits briefly for the region's
+// reader to version every local write before it. It returns the reader's next
+// outbox sequence number, or why it is not there yet.
+func (r *Region) readerPassedBarrier(ctx context.Context) (int64, string, error) {
+	conn, err := r.Conn(ctx)
+	if err != nil {
+		return 0, "", err
+	}
+	defer conn.Close(context.Background())
+	var next int64
+	var passed bool
+	var barrier string
+	err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, 'polyregion.barrier', 'quiesce')::text`).Scan(&barrier)
+	for i := 0; err == nil && i < 50; i++ {
+		err = conn.QueryRow(ctx, `SELECT coalesce((SELECT lsn >= $1::pg_lsn FROM polyregion.reader_state LIMIT 1), false),
+			coalesce((SELECT next_seq FROM polyregion.reader_state LIMIT 1), 1)`, barrier).Scan(&passed, &next)
+		if passed {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42P01" {
+		return 0, fmt.Sprintf("the replicator of %s has not installed its schema yet", r.Name), nil
+	}
+	if err != nil {
+		return 0, "", err
+	}
+	if !passed {
+		return 0, fmt.Sprintf("the reader of %s has not versioned local writes up to %s", r.Name, barrier), nil
+	}
+	return next, "", nil
+}
+
+// WaitReady waits until every region's reader is streaming.
+func (h *Harness) WaitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for _, r := range h.Regions {
+		for {
+			_, why, err := r.readerPassedBarrier(ctx)
+			if err != nil {
+				return err
+			}
+			if why == "" {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("replicators not ready within %s: %s", timeout, why)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+	}
+	return nil
 }
 
 // WaitConverged waits until replication is quiet and every region holds the

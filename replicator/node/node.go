@@ -48,7 +48,7 @@ type Config struct {
 	AckInterval time.Duration
 	// ParkedRetryInterval is how often parked changes are retried.
 	ParkedRetryInterval time.Duration
-	Logger      *slog.Logger
+	Logger              *slog.Logger
 }
 
 // Validate reports the first configuration problem, naming the setting.

@@ -1,0 +1,149 @@
+package integration
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCheckRefusesWithEveryProblemNamed: a database that cannot be
+// replicated is refused by `polyregion check` (and by `run`) with every
+// problem named, and nothing is created.
+func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
+	h := startClusters(t, Spec{
+		Regions:        []string{"us"},
+		SchemaSQL:      []string{`CREATE TABLE public.nopk (a integer, b text)`, `CREATE TABLE public.ok (id integer PRIMARY KEY)`},
+		Tables:         []TableSpec{{Name: "public.nopk"}, {Name: "public.ok"}, {Name: "public.missing"}},
+		ClusterOptions: ClusterOptions{WalLevel: "replica", Settings: map[string]string{"track_commit_timestamp": "off"}},
+	})
+	ctx := ctxFor(t, time.Minute)
+	us := h.Regions[0]
+	if err := us.Cluster.Exec(ctx, "postgres", `ALTER ROLE polyregion NOREPLICATION`); err != nil {
+		t.Fatal(err)
+	}
+	for _, sub := range []string{"check", "run"} {
+		cmd := exec.CommandContext(ctx, binary, sub, "--config", us.ConfigPath)
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
+			t.Fatalf("%s: exit %v, want exit code 3; output:\n%s", sub, err, out.String())
+		}
+		for _, want := range []string{"wal_level", "track_commit_timestamp", "lacks REPLICATION", "public.nopk: table has no primary key", "public.missing: table does not exist"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("%s output does not mention %q:\n%s", sub, want, out.String())
+			}
+		}
+	}
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM pg_catalog.pg_namespace WHERE nspname = 'polyregion'`); n != 0 {
+		t.Errorf("a refused run created the polyregion schema")
+	}
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM pg_catalog.pg_replication_slots`); n != 0 {
+		t.Errorf("a refused run created %d replication slots", n)
+	}
+}
+
+func TestConfigErrorsNameTheKey(t *testing.T) {
+	if testing.Short() {
+		t.Skip("needs the built binary")
+	}
+	dir := t.TempDir()
+	cases := []struct{ yaml, want string }{
+		{"region: us\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t}]\n", "database"},
+		{"region: us\ndatabase: x\nlisten: 127.0.0.1:1\nregions: [us, eu]\ntables: [{name: public.t}]\n", `region "eu" is listed in regions but has no peer entry`},
+		{"region: us\ndatabase: x\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t, policy: newest}]\n", "tables[0] (public.t): policy"},
+		{"region: us\ndatabase: ${POLYREGION_TEST_UNSET_VAR}\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t}]\n", "POLYREGION_TEST_UNSET_VAR"},
+		{"region: us\ndatabase: x\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t}]\nbogus: 1\n", "field bogus not found"},
+		{"region: us\ndatabase: x\nlisten: 127.0.0.1:1\nregions: [us, eu]\npeers: [{id: eu, url: 'http://x', token: short}]\ntables: [{name: public.t}]\n", "token is too short"},
+	}
+	for i, c := range cases {
+		path := dir + "/c.yaml"
+		if err := os.WriteFile(path, []byte(c.yaml), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, err := exec.Command(binary, "check", "--config", path).CombinedOutput()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 2 {
+			t.Errorf("case %d: exit %v, want 2; output: %s", i, err, out)
+			continue
+		}
+		if !strings.Contains(string(out), c.want) {
+			t.Errorf("case %d: output %q does not name %q", i, out, c.want)
+		}
+	}
+}
+
+// TestPolicyDisagreementIsRefused: a region whose policy config differs is
+// refused by its peers with the difference named; the others replicate on.
+func TestPolicyDisagreementIsRefused(t *testing.T) {
+	tables := []TableSpec{{Name: "public.kv"}}
+	spec := Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
+		if region == "ap" {
+			c.Tables = []TableSpec{{Name: "public.kv", Deletes: "delete_wins"}}
+		}
+	}}
+	h := startClusters(t, spec)
+	ctx := ctxFor(t, 2*time.Minute)
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (1, 'from us')`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv`, 1)
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(ap.Logs(1<<20), "configuration differs") || !strings.Contains(us.Logs(1<<20), "configuration differs") {
+		if time.Now().After(deadline) {
+			t.Fatalf("no refusal logged; ap log:\n%s\nus log:\n%s", ap.Logs(3000), us.Logs(3000))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if !strings.Contains(ap.Logs(1<<20), "table public.kv") {
+		t.Errorf("ap's refusal does not name the table whose policy differs:\n%s", ap.Logs(3000))
+	}
+	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.kv`); n != 0 {
+		t.Errorf("ap applied %d rows from peers that disagree on policy", n)
+	}
+}
+
+// TestShapeMismatchPausesOnlyThatTable: a table whose columns differ
+// between regions is paused (its changes parked, naming the difference);
+// other tables keep flowing; fixing the shape lets the parked changes in.
+func TestShapeMismatchPausesOnlyThatTable(t *testing.T) {
+	tables := []TableSpec{{Name: "public.kv"}, {Name: "public.items"}}
+	h := startClusters(t, Spec{SchemaSQL: append([]string{`CREATE TABLE public.items (id integer PRIMARY KEY, name text)`}, kvSchema...), Tables: tables})
+	ctx := ctxFor(t, 2*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+	if err := eu.Cluster.Exec(ctx, AppDB, `ALTER TABLE public.items ADD COLUMN color text`); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.items VALUES (1, 'chair')`)
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (1, 'after the item')`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv`, 1)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM polyregion.parked WHERE tbl = 'public.items' AND resolved_at IS NULL`, 1)
+	reason := queryString(t, ctx, eu, `SELECT reason FROM polyregion.parked WHERE tbl = 'public.items'`)
+	if !strings.Contains(reason, `"color"`) {
+		t.Errorf("parked reason %q does not name the differing column", reason)
+	}
+	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.items`); n != 0 {
+		t.Errorf("eu applied a row into a table whose shape differs")
+	}
+	// The operator aligns the shape; the parked change goes in.
+	if err := eu.Cluster.Exec(ctx, AppDB, `ALTER TABLE public.items DROP COLUMN color`); err != nil {
+		t.Fatal(err)
+	}
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.items`, 1)
+}
