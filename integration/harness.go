@@ -414,3 +414,36 @@ func (h *Harness) Describe() string {
 	}
 	return b.String()
 }
+
+// PID returns the replicator process id (0 when not running).
+func (r *Region) PID() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.proc == nil || r.proc.Process == nil {
+		return 0
+	}
+	return r.proc.Process.Pid
+}
+
+// PeakRSS returns the replicator process's peak resident memory in bytes
+// (VmHWM), read from /proc.
+func (r *Region) PeakRSS() (int64, error) {
+	pid := r.PID()
+	if pid == 0 {
+		return 0, fmt.Errorf("replicator %s is not running", r.Name)
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(v), "%d kB", &kb); err != nil {
+				return 0, err
+			}
+			return kb * 1024, nil
+		}
+	}
+	return 0, fmt.Errorf("VmHWM not found for pid %d", pid)
+}

@@ -119,21 +119,29 @@ func (r *Region) readerPassedBarrier(ctx context.Context) (int64, string, error)
 func (h *Harness) WaitReady(ctx context.Context, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for _, r := range h.Regions {
-		for {
-			_, why, err := r.readerPassedBarrier(ctx)
-			if err != nil {
-				return err
-			}
-			if why == "" {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("replicators not ready within %s: %s", timeout, why)
-			}
-			time.Sleep(200 * time.Millisecond)
+		if err := r.WaitReady(ctx, time.Until(deadline)); err != nil {
+			return err
 		}
 	}
 	return nil
+}
+
+// WaitReady waits until this region's reader is streaming.
+func (r *Region) WaitReady(ctx context.Context, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		_, why, err := r.readerPassedBarrier(ctx)
+		if err != nil {
+			return err
+		}
+		if why == "" {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("replicator not ready within %s: %s", timeout, why)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
 }
 
 // WaitConverged waits until replication is quiet and every region holds the

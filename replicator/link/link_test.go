@@ -1,0 +1,293 @@
+package link
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// memOutbox is an in-memory Outbox for testing the link protocol alone.
+type memOutbox struct {
+	mu      sync.Mutex
+	entries []Entry
+	acks    map[conflict.RegionID]replicator.Seq
+	changed chan struct{}
+}
+
+func newMemOutbox() *memOutbox {
+	return &memOutbox{acks: map[conflict.RegionID]replicator.Seq{}, changed: make(chan struct{})}
+}
+
+func (m *memOutbox) add(t *replicator.Txn) {
+	b, _ := t.Encode()
+	m.mu.Lock()
+	m.entries = append(m.entries, Entry{Seq: t.Seq, Payload: b})
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+func (m *memOutbox) Read(_ context.Context, after replicator.Seq, limit int) ([]Entry, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var out []Entry
+	for _, e := range m.entries {
+		if e.Seq > after && len(out) < limit {
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
+func (m *memOutbox) Changed() <-chan struct{} {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.changed
+}
+
+func (m *memOutbox) Ack(_ context.Context, peer conflict.RegionID, seq replicator.Seq) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if seq > m.acks[peer] {
+		m.acks[peer] = seq
+	}
+	return nil
+}
+
+var cluster = regions.Cluster{
+	Regions: []conflict.RegionID{"us", "eu"},
+	Tables:  []regions.Table{{Name: "public.kv"}},
+}
+
+const secret = "0123456789abcdef0123"
+
+type pki struct {
+	dir                string
+	caFile             string
+	serverCrt, serverK string
+	clientCrt, clientK string
+	expiredCrt         string
+	expiredK           string
+	otherCA            string
+}
+
+func writePEM(t *testing.T, path, typ string, der []byte) {
+	t.Helper()
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newCA(t *testing.T, dir, name string) (*x509.Certificate, *ecdsa.PrivateKey, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	path := filepath.Join(dir, name+".crt")
+	writePEM(t, path, "CERTIFICATE", der)
+	return cert, key, path
+}
+
+func issue(t *testing.T, dir, name string, ca *x509.Certificate, caKey *ecdsa.PrivateKey, usage x509.ExtKeyUsage, notAfter time.Time) (string, string) {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: name},
+		NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: notAfter,
+		ExtKeyUsage: []x509.ExtKeyUsage{usage}, IPAddresses: []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage: x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crt, k := filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key")
+	writePEM(t, crt, "CERTIFICATE", der)
+	kd, _ := x509.MarshalECPrivateKey(key)
+	writePEM(t, k, "EC PRIVATE KEY", kd)
+	return crt, k
+}
+
+func newPKI(t *testing.T) pki {
+	dir := t.TempDir()
+	ca, caKey, caFile := newCA(t, dir, "ca")
+	p := pki{dir: dir, caFile: caFile}
+	p.serverCrt, p.serverK = issue(t, dir, "server", ca, caKey, x509.ExtKeyUsageServerAuth, time.Now().Add(time.Hour))
+	p.clientCrt, p.clientK = issue(t, dir, "client", ca, caKey, x509.ExtKeyUsageClientAuth, time.Now().Add(time.Hour))
+	p.expiredCrt, p.expiredK = issue(t, dir, "expired", ca, caKey, x509.ExtKeyUsageClientAuth, time.Now().Add(-time.Hour))
+	_, _, p.otherCA = newCA(t, dir, "other-ca")
+	return p
+}
+
+// serve starts a link server for region us over ob; serverTLS may be zero.
+func serve(t *testing.T, ob Outbox, serverTLS TLSFiles, c regions.Cluster) string {
+	t.Helper()
+	tlsCfg, err := ServerTLS(serverTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewServer(ServerConfig{Region: "us", Cluster: c, Tokens: map[conflict.RegionID]string{"eu": secret}, Outbox: ob, Keepalive: 100 * time.Millisecond})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := NewHTTPServer(ln.Addr().String(), s.Handler(), tlsCfg)
+	go Serve(srv, ln)
+	t.Cleanup(func() { srv.Close() })
+	scheme := "http"
+	if tlsCfg != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + ln.Addr().String()
+}
+
+func client(t *testing.T, url, token string, files TLSFiles, c regions.Cluster) *Client {
+	t.Helper()
+	tlsCfg, err := ClientTLS(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: url, Token: token, TLS: tlsCfg, Cluster: c, IdleTimeout: 2 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cl.Close)
+	return cl
+}
+
+func txn(seq int) *replicator.Txn {
+	return &replicator.Txn{Origin: "us", Seq: replicator.Seq(seq), LSN: "0/1",
+		Shapes:  []replicator.Shape{{Table: "public.kv", Columns: []string{"id"}, Types: []string{"integer"}, Key: []int{0}}},
+		Changes: []replicator.Change{{T: 0, Op: conflict.OpInsert, Key: fmt.Sprintf(`["%d"]`, seq), Row: []replicator.Value{{Text: fmt.Sprint(seq)}}}}}
+}
+
+// collect streams from after until n transactions arrived.
+func collect(t *testing.T, cl *Client, after replicator.Seq, n int) ([]replicator.Seq, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var got []replicator.Seq
+	errDone := errors.New("done")
+	err := cl.Stream(ctx, after, func(tx *replicator.Txn) error {
+		got = append(got, tx.Seq)
+		if len(got) == n {
+			return errDone
+		}
+		return nil
+	})
+	if errors.Is(err, errDone) {
+		err = nil
+	}
+	return got, err
+}
+
+func TestStreamResumesFromAppliedPositionAndRecordsAcks(t *testing.T) {
+	ob := newMemOutbox()
+	for i := 1; i <= 5; i++ {
+		ob.add(txn(i))
+	}
+	url := serve(t, ob, TLSFiles{}, cluster)
+	cl := client(t, url, secret, TLSFiles{}, cluster)
+	got, err := collect(t, cl, 2, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != "[3 4 5]" {
+		t.Fatalf("after 2 got %v, want [3 4 5]", got)
+	}
+	// New entries reach a waiting stream.
+	go func() { time.Sleep(200 * time.Millisecond); ob.add(txn(6)) }()
+	got, err = collect(t, cl, 5, 1)
+	if err != nil || fmt.Sprint(got) != "[6]" {
+		t.Fatalf("live tail: got %v, %v", got, err)
+	}
+	if err := cl.Ack(context.Background(), 6); err != nil {
+		t.Fatal(err)
+	}
+	if ob.acks["eu"] != 6 {
+		t.Fatalf("ack recorded %d, want 6", ob.acks["eu"])
+	}
+}
+
+func TestWrongTokenIsRefused(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	url := serve(t, ob, TLSFiles{}, cluster)
+	_, err := collect(t, client(t, url, "not-the-secret-at-all", TLSFiles{}, cluster), 0, 1)
+	if !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("wrong token: %v, want ErrUnauthorized", err)
+	}
+	if err := client(t, url, "not-the-secret-at-all", TLSFiles{}, cluster).Ack(context.Background(), 1); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("ack with wrong token: %v", err)
+	}
+	if len(ob.acks) != 0 {
+		t.Fatalf("a refused request recorded acks: %v", ob.acks)
+	}
+}
+
+func TestPolicyMismatchIsRefusedNamingTheDifference(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	url := serve(t, ob, TLSFiles{}, cluster)
+	other := regions.Cluster{Regions: cluster.Regions, Tables: []regions.Table{{Name: "public.kv", Policy: conflict.Policy{Deletes: conflict.DeleteWins}}}}
+	_, err := collect(t, client(t, url, secret, TLSFiles{}, other), 0, 1)
+	var mm *MismatchError
+	if !errors.As(err, &mm) || !errors.Is(err, ErrConfigMismatch) {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if !strings.Contains(err.Error(), "table public.kv") {
+		t.Fatalf("error does not name the table: %v", err)
+	}
+}
+
+func TestMutualTLS(t *testing.T) {
+	p := newPKI(t)
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	url := serve(t, ob, TLSFiles{CertFile: p.serverCrt, KeyFile: p.serverK, CAFile: p.caFile}, cluster)
+
+	good := TLSFiles{CAFile: p.caFile, CertFile: p.clientCrt, KeyFile: p.clientK}
+	if got, err := collect(t, client(t, url, secret, good, cluster), 0, 1); err != nil || len(got) != 1 {
+		t.Fatalf("mutual TLS with valid certificates: %v %v", got, err)
+	}
+	cases := map[string]TLSFiles{
+		"no client certificate":      {CAFile: p.caFile},
+		"expired client certificate": {CAFile: p.caFile, CertFile: p.expiredCrt, KeyFile: p.expiredK},
+		"wrong CA for the server":    {CAFile: p.otherCA, CertFile: p.clientCrt, KeyFile: p.clientK},
+	}
+	for name, files := range cases {
+		if _, err := collect(t, client(t, url, secret, files, cluster), 0, 1); err == nil {
+			t.Errorf("%s: stream succeeded, want a TLS refusal", name)
+		}
+	}
+	// Plaintext against the TLS endpoint is refused too.
+	if _, err := collect(t, client(t, strings.Replace(url, "https", "http", 1), secret, TLSFiles{}, cluster), 0, 1); err == nil {
+		t.Errorf("plaintext client reached a TLS server")
+	}
+}
