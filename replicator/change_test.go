@@ -31,7 +31,11 @@ func TestShapeDiffNamesTheDifference(t *testing.T) {
 		want string
 	}{
 		{func(s *Shape) {}, ""},
-		{func(s *Shape) { s.Columns = []string{"c", "b", "a"}; s.Types = []string{"date", "text", "integer"}; s.Key = []int{0, 2} }, ""},
+		{func(s *Shape) {
+			s.Columns = []string{"c", "b", "a"}
+			s.Types = []string{"date", "text", "integer"}
+			s.Key = []int{0, 2}
+		}, ""},
 		{func(s *Shape) { s.Types[1] = "varchar(3)" }, `column "b" is text on one side and varchar(3) on the other`},
 		{func(s *Shape) { s.Columns = append(s.Columns, "d"); s.Types = append(s.Types, "text") }, `column "d" missing on one side`},
 		{func(s *Shape) { s.Columns, s.Types = s.Columns[:2], s.Types[:2]; s.Key = []int{0} }, `column "c" missing on one side`},

@@ -537,7 +537,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	}
 	save := ex.savepoint()
 	before := *s
-	var stmts []stmt
+	var ops []op
 	counterRow := func(row []replicator.Value) {
 		for i, col := range sh.Columns {
 			if v, ok := acc[col]; ok && v != "" {
@@ -548,7 +548,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	switch {
 	case d.Action == conflict.ApplyRemote && c.Op == conflict.OpDelete:
 		if s.exists {
-			stmts = append(stmts, a.deleteStmt(sh, c.Key))
+			ops = append(ops, op{kind: opDelete, sh: &sh, key: c.Key})
 		}
 		s.exists, s.values, s.image = false, nil, nil
 	case d.Action == conflict.ApplyRemote:
@@ -556,7 +556,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		copy(row, c.Row)
 		counterRow(row)
 		if s.exists {
-			stmts = append(stmts, a.updateStmt(sh, c.Key, row))
+			ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
 		} else {
 			for i, v := range row {
 				if v.Unchanged {
@@ -568,7 +568,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 					return nil
 				}
 			}
-			stmts = append(stmts, a.insertStmt(sh, row))
+			ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
 		}
 		s.exists, s.written, s.image = true, true, nil
 	case s.exists && countersChanged:
@@ -578,7 +578,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			row[i] = replicator.Value{Unchanged: true}
 		}
 		counterRow(row)
-		stmts = append(stmts, a.updateStmt(sh, c.Key, row))
+		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
 		s.written = true
 	}
 	if s.exists {
@@ -603,12 +603,12 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if len(acc) > 0 {
 		nm.counters = acc
 	}
-	stmts = append(stmts, metaStmt(sh.Table, c.Key, nm))
+	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm})
 	if d.Conflict {
-		stmts = append(stmts, a.conflictStmt(pol, sh, t, c, before, d))
+		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
 	}
 	s.meta = nm
-	if err := ex.run(ctx, save, stmts); err != nil {
+	if err := ex.run(ctx, save, ops); err != nil {
 		if ex.careful && ex.parkOnError && isDataError(err) {
 			*s = before
 			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
@@ -626,7 +626,7 @@ type stmt struct {
 	want int64
 }
 
-func (a *Applier) insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
+func insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
 	var cols, vals []string
 	var args []any
 	for i, col := range sh.Columns {
@@ -647,7 +647,7 @@ func (a *Applier) insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
 	}
 }
 
-func (a *Applier) updateStmt(sh replicator.Shape, key string, row []replicator.Value) stmt {
+func updateStmt(sh replicator.Shape, key string, row []replicator.Value) stmt {
 	var sets []string
 	var args []any
 	for i, col := range sh.Columns {
@@ -667,7 +667,7 @@ func (a *Applier) updateStmt(sh replicator.Shape, key string, row []replicator.V
 	return stmt{sql: fmt.Sprintf("UPDATE %s SET %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), where), args: args, want: 1}
 }
 
-func (a *Applier) deleteStmt(sh replicator.Shape, key string) stmt {
+func deleteStmt(sh replicator.Shape, key string) stmt {
 	where, args := keyWhere(sh, key, 0)
 	return stmt{sql: fmt.Sprintf("DELETE FROM %s WHERE %s", qualified(sh.Table), where), args: args, want: 1}
 }
@@ -822,15 +822,17 @@ func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Polic
 }
 
 // executor runs an apply batch's statements: pipelined in one round trip in
-// the fast path, or one change at a time inside savepoints in careful mode.
+// the fast path, with consecutive row writes of the same kind merged into
+// one set-based statement each; or one change at a time inside savepoints in
+// careful mode.
 type executor struct {
 	tx      pgx.Tx
 	careful bool
 	// parkOnError: in careful mode, a change failing with a data error is
 	// parked instead of failing the transaction.
 	parkOnError bool
-	batch       pgx.Batch
-	wants       []int64
+	bulk        bulk
+	queued      []stmt
 	n           int
 }
 
@@ -839,26 +841,20 @@ func (e *executor) savepoint() string {
 	return fmt.Sprintf("c%d", e.n)
 }
 
-func (e *executor) queue(s stmt) {
-	e.batch.Queue(s.sql, s.args...)
-	e.wants = append(e.wants, s.want)
-}
+func (e *executor) queue(s stmt) { e.queued = append(e.queued, s) }
 
-func (e *executor) run(ctx context.Context, save string, stmts []stmt) error {
+func (e *executor) run(ctx context.Context, save string, ops []op) error {
 	if !e.careful {
-		for _, s := range stmts {
-			e.batch.Queue(s.sql, s.args...)
-			e.wants = append(e.wants, s.want)
-		}
-		if e.batch.Len() >= 1000 {
-			return e.flush(ctx)
+		for _, o := range ops {
+			e.bulk.add(o)
 		}
 		return nil
 	}
 	if _, err := e.tx.Exec(ctx, "SAVEPOINT "+save); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
-	for _, s := range stmts {
+	for _, o := range ops {
+		s := o.stmt()
 		tag, err := e.tx.Exec(ctx, s.sql, s.args...)
 		if err == nil && s.want >= 0 && tag.RowsAffected() != s.want {
 			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), tag.RowsAffected(), s.want)}
@@ -883,28 +879,233 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1})
 }
 
+// flush sends the merged row writes, then everything queued, in one
+// pipeline, and checks each statement's row count.
 func (e *executor) flush(ctx context.Context) error {
-	if e.batch.Len() == 0 {
+	stmts := append(e.bulk.statements(), e.queued...)
+	e.bulk, e.queued = bulk{}, nil
+	if len(stmts) == 0 {
 		return nil
 	}
-	br := e.tx.SendBatch(ctx, &e.batch)
+	var b pgx.Batch
+	for _, s := range stmts {
+		b.Queue(s.sql, s.args...)
+	}
+	br := e.tx.SendBatch(ctx, &b)
 	var firstErr error
-	for i := range e.wants {
+	for i, s := range stmts {
 		tag, err := br.Exec()
 		if err != nil {
 			if firstErr == nil {
-				firstErr = fmt.Errorf("apply: statement %d of batch: %w", i, err)
+				firstErr = fmt.Errorf("apply: %s: %w", firstLine(s.sql), err)
 			}
 			break
 		}
-		if e.wants[i] >= 0 && tag.RowsAffected() != e.wants[i] && firstErr == nil {
-			firstErr = retryable{fmt.Errorf("apply: statement %d affected %d rows, want %d (a local write raced the apply)", i, tag.RowsAffected(), e.wants[i])}
+		if s.want >= 0 && tag.RowsAffected() != s.want && firstErr == nil {
+			firstErr = retryable{fmt.Errorf("apply: statement %d (%s) affected %d rows, want %d (a local write raced the apply)", i, firstLine(s.sql), tag.RowsAffected(), s.want)}
 		}
 	}
 	if err := br.Close(); err != nil && firstErr == nil {
 		firstErr = fmt.Errorf("apply: batch: %w", err)
 	}
-	e.batch = pgx.Batch{}
-	e.wants = e.wants[:0]
 	return firstErr
+}
+
+type opKind int
+
+const (
+	opInsert opKind = iota + 1
+	opUpdate
+	opDelete
+	opMeta
+	opOther
+)
+
+// op is one write an applied change needs.
+type op struct {
+	kind opKind
+	sh   *replicator.Shape // data ops
+	key  string
+	row  []replicator.Value
+	tbl  string // opMeta
+	meta *meta
+	st   stmt // opOther
+}
+
+func (o op) stmt() stmt {
+	switch o.kind {
+	case opInsert:
+		return insertStmt(*o.sh, o.row)
+	case opUpdate:
+		return updateStmt(*o.sh, o.key, o.row)
+	case opDelete:
+		return deleteStmt(*o.sh, o.key)
+	case opMeta:
+		return metaStmt(o.tbl, o.key, o.meta)
+	}
+	return o.st
+}
+
+// setCols lists, for an update, the non-key columns it writes.
+func (o op) setCols() []int {
+	var cols []int
+	for i := range o.sh.Columns {
+		if !o.row[i].Unchanged && !isKeyCol(*o.sh, i) {
+			cols = append(cols, i)
+		}
+	}
+	return cols
+}
+
+// bulk merges row writes into set-based statements. Consecutive writes of
+// the same kind to the same table (and, for updates, the same columns) form
+// a group; a key seen twice starts a new group, so per-key order holds, and
+// groups run in the order they were formed (parents before children). Row
+// versions are written last, once per key.
+type bulk struct {
+	groups    []*group
+	metaOrder []metaKey
+	metas     map[metaKey]*meta
+	others    []stmt
+}
+
+type group struct {
+	kind opKind
+	sh   *replicator.Shape
+	sig  string
+	cols []int
+	keys map[string]bool
+	ops  []op
+}
+
+func (b *bulk) add(o op) {
+	switch o.kind {
+	case opMeta:
+		if b.metas == nil {
+			b.metas = map[metaKey]*meta{}
+		}
+		k := metaKey{o.tbl, o.key}
+		if _, ok := b.metas[k]; !ok {
+			b.metaOrder = append(b.metaOrder, k)
+		}
+		b.metas[k] = o.meta
+		return
+	case opOther:
+		b.others = append(b.others, o.st)
+		return
+	}
+	var cols []int
+	sig := fmt.Sprintf("%d|%s", o.kind, o.sh.Table)
+	if o.kind == opUpdate {
+		cols = o.setCols()
+		sig += fmt.Sprint(cols)
+	}
+	var g *group
+	if n := len(b.groups); n > 0 {
+		g = b.groups[n-1]
+	}
+	if g == nil || g.sig != sig || g.keys[o.key] {
+		g = &group{kind: o.kind, sh: o.sh, sig: sig, cols: cols, keys: map[string]bool{}}
+		b.groups = append(b.groups, g)
+	}
+	g.keys[o.key] = true
+	g.ops = append(g.ops, o)
+}
+
+func (b *bulk) statements() []stmt {
+	var out []stmt
+	for _, g := range b.groups {
+		if len(g.ops) == 1 {
+			out = append(out, g.ops[0].stmt())
+			continue
+		}
+		out = append(out, g.stmt())
+	}
+	if len(b.metaOrder) > 0 {
+		var mw metaWriter
+		for _, k := range b.metaOrder {
+			mw.add(k, b.metas[k])
+		}
+		out = append(out, stmt{sql: upsertMetaSQL, args: mw.args(), want: -1})
+	}
+	return append(out, b.others...)
+}
+
+// stmt builds a group's set-based statement: every column travels as one
+// text[] parameter, cast to its type in SQL.
+func (g *group) stmt() stmt {
+	sh := g.sh
+	var args []any
+	var unnest, alias []string
+	param := func(vals []*string, name string) {
+		args = append(args, vals)
+		unnest = append(unnest, fmt.Sprintf("pg_catalog.unnest($%d::text[])", len(args)))
+		alias = append(alias, name)
+	}
+	column := func(i int) []*string {
+		vals := make([]*string, len(g.ops))
+		for r, o := range g.ops {
+			if v := o.row[i]; !v.Null {
+				t := v.Text
+				vals[r] = &t
+			}
+		}
+		return vals
+	}
+	keyCols := func() {
+		parts := make([][]string, len(g.ops))
+		for r, o := range g.ops {
+			_ = json.Unmarshal([]byte(o.key), &parts[r])
+		}
+		for j := range sh.Key {
+			vals := make([]*string, len(g.ops))
+			for r := range g.ops {
+				if j < len(parts[r]) {
+					p := parts[r][j]
+					vals[r] = &p
+				}
+			}
+			param(vals, fmt.Sprintf("k%d", j))
+		}
+	}
+	keyMatch := func() string {
+		var conds []string
+		for j, ki := range sh.Key {
+			conds = append(conds, fmt.Sprintf("t.%s = u.k%d::%s", quoteIdent(sh.Columns[ki]), j, sh.Types[ki]))
+		}
+		return strings.Join(conds, " AND ")
+	}
+	from := func() string {
+		return "ROWS FROM (" + strings.Join(unnest, ", ") + ") AS u(" + strings.Join(alias, ", ") + ")"
+	}
+	want := int64(len(g.ops))
+	switch g.kind {
+	case opInsert:
+		var cols, sel, key []string
+		for i, c := range sh.Columns {
+			param(column(i), fmt.Sprintf("v%d", i))
+			cols = append(cols, quoteIdent(c))
+			sel = append(sel, fmt.Sprintf("u.v%d::%s", i, sh.Types[i]))
+		}
+		for _, k := range sh.Key {
+			key = append(key, quoteIdent(sh.Columns[k]))
+		}
+		return stmt{sql: fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM %s ON CONFLICT (%s) DO NOTHING",
+			qualified(sh.Table), strings.Join(cols, ", "), strings.Join(sel, ", "), from(), strings.Join(key, ", ")), args: args, want: want}
+	case opUpdate:
+		keyCols()
+		var sets []string
+		for _, i := range g.cols {
+			param(column(i), fmt.Sprintf("v%d", i))
+			sets = append(sets, fmt.Sprintf("%s = u.v%d::%s", quoteIdent(sh.Columns[i]), i, sh.Types[i]))
+		}
+		if len(sets) == 0 {
+			kc := quoteIdent(sh.Columns[sh.Key[0]])
+			sets = append(sets, kc+" = t."+kc)
+		}
+		return stmt{sql: fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), from(), keyMatch()), args: args, want: want}
+	default:
+		keyCols()
+		return stmt{sql: fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s", qualified(sh.Table), from(), keyMatch()), args: args, want: want}
+	}
 }

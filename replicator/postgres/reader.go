@@ -576,11 +576,14 @@ func (w *metaWriter) add(k metaKey, m *meta) {
 }
 
 const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, deleted_at)
-	SELECT tbl, key, vv, hlc, origin, deleted, NULLIF(xid, '')::xid, counters::jsonb, CASE WHEN deleted THEN pg_catalog.now() END
+	SELECT tbl, key, vv, hlc, origin, deleted,
+	       CASE WHEN xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(xid, '')::xid END,
+	       counters::jsonb, CASE WHEN deleted THEN pg_catalog.now() END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]))
 	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters)
 	ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
-	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, deleted_at = excluded.deleted_at`
+	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters,
+	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
 
 func (w *metaWriter) args() []any {
 	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters}
