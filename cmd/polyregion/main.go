@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -108,6 +110,10 @@ missing, then read local changes, serve them to peers, and apply theirs.`,
 				return &exitError{exitConfig, fmt.Errorf("config %s: %w", path, err)}
 			}
 			cfg.Logger = log
+			if addr := os.Getenv("POLYREGION_PPROF"); addr != "" {
+				// Profiling endpoints for diagnosis; bind to loopback.
+				go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
+			}
 			if err := node.Run(cmd.Context(), cfg); err != nil {
 				var probs postgres.Problems
 				if errors.As(err, &probs) {

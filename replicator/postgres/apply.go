@@ -23,7 +23,6 @@ import (
 // version. Implemented by *Reader.
 type Versioner interface {
 	WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error
-	Observe(ts conflict.Timestamp)
 }
 
 // ApplierConfig configures an Applier for one source region.
@@ -198,9 +197,6 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("apply: commit: %w", err)
-	}
-	if a.cfg.Versioner != nil {
-		a.cfg.Versioner.Observe(maxHLC)
 	}
 	return lastTxn.Seq, nil
 }

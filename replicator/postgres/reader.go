@@ -70,7 +70,6 @@ type Reader struct {
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
 	changed   chan struct{} // closed and replaced on every advance
-	clock     conflict.Clock
 	waiters   int
 }
 
@@ -107,13 +106,6 @@ func (r *Reader) Versioned() pglogrepl.LSN {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.versioned
-}
-
-// Observe moves the region's hybrid clock past a timestamp seen from a peer.
-func (r *Reader) Observe(ts conflict.Timestamp) {
-	r.mu.Lock()
-	r.clock.Observe(ts, time.Now())
-	r.mu.Unlock()
 }
 
 // WaitVersioned blocks until every local write committed before lsn has been
@@ -177,9 +169,6 @@ func (r *Reader) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	r.mu.Lock()
-	r.clock.Observe(st.hlc, time.Now())
-	r.mu.Unlock()
 	r.advance(st.lsn)
 
 	rconf, err := pgconn.ParseConfig(r.cfg.ConnString)
@@ -218,17 +207,70 @@ func (r *Reader) Run(ctx context.Context) error {
 	lastStatus := time.Now()
 	var flushDeadline time.Time
 
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	// Versioning runs in its own goroutine, one batch at a time, while the
+	// loop goes on decoding the next batch: under a backlog batches grow to
+	// the limit, when idle each commit is versioned within FlushInterval.
+	type persistResult struct {
+		st  readerState
+		err error
+	}
+	jobs := make(chan []*pendingTxn)
+	results := make(chan persistResult, 1)
+	pconn, err := Connect(ctx, r.cfg.ConnString)
+	if err != nil {
+		return fmt.Errorf("reader: %w", err)
+	}
+	defer pconn.Close(context.Background())
+	pctx, pcancel := context.WithCancel(ctx)
+	persisterDone := make(chan struct{})
+	go func() {
+		defer close(persisterDone)
+		for b := range jobs {
+			next := st
+			err := r.persist(pctx, pconn, &next, b)
+			results <- persistResult{next, err}
 		}
-		if err := r.persist(ctx, conn, &st, batch); err != nil {
-			return err
+	}()
+	defer func() {
+		close(jobs)
+		pcancel()
+		<-persisterDone
+	}()
+	inflight := false
+	finish := func(res persistResult) error {
+		inflight = false
+		if res.err != nil {
+			return res.err
 		}
-		batch, batchChanges = batch[:0], 0
-		confirmed = st.lsn
+		st = res.st
+		if cur == nil && len(batch) == 0 {
+			confirmed = st.lsn
+		} else if st.lsn > confirmed {
+			confirmed = st.lsn
+		}
 		r.advance(st.lsn)
 		return nil
+	}
+	await := func() error {
+		if !inflight {
+			return nil
+		}
+		return finish(<-results)
+	}
+	start := func() {
+		if inflight || len(batch) == 0 {
+			return
+		}
+		jobs <- batch
+		inflight = true
+		batch, batchChanges = nil, 0
+	}
+	flush := func() error {
+		if err := await(); err != nil {
+			return err
+		}
+		start()
+		return await()
 	}
 	sendStatus := func() error {
 		lastStatus = time.Now()
@@ -238,10 +280,22 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 
 	for {
-		if len(batch) > 0 && (batchChanges >= r.cfg.BatchChanges || len(batch) >= r.cfg.BatchTxns || time.Now().After(flushDeadline)) {
-			if err := flush(); err != nil {
-				return err
+		if inflight {
+			select {
+			case res := <-results:
+				if err := finish(res); err != nil {
+					return err
+				}
+			default:
 			}
+		}
+		if len(batch) > 0 && (batchChanges >= r.cfg.BatchChanges || len(batch) >= r.cfg.BatchTxns || time.Now().After(flushDeadline)) {
+			if inflight && batchChanges >= 4*r.cfg.BatchChanges {
+				if err := await(); err != nil {
+					return err
+				}
+			}
+			start()
 		}
 		if time.Since(lastStatus) >= r.cfg.StatusInterval {
 			if err := sendStatus(); err != nil {
@@ -249,6 +303,9 @@ func (r *Reader) Run(ctx context.Context) error {
 			}
 		}
 		wait := r.cfg.StatusInterval - time.Since(lastStatus)
+		if inflight && wait > 2*time.Millisecond {
+			wait = 2 * time.Millisecond
+		}
 		if len(batch) > 0 {
 			if d := time.Until(flushDeadline); d < wait {
 				wait = d
@@ -284,7 +341,7 @@ func (r *Reader) Run(ctx context.Context) error {
 				}
 				// Nothing in flight: every commit before the server's send
 				// position has reached us, so the slot may move on.
-				if cur == nil && len(batch) == 0 && ka.ServerWALEnd > confirmed {
+				if cur == nil && len(batch) == 0 && !inflight && ka.ServerWALEnd > confirmed {
 					confirmed = ka.ServerWALEnd
 					r.advance(confirmed)
 				}
@@ -367,7 +424,7 @@ func (r *Reader) Run(ctx context.Context) error {
 						continue // versioned before a restart
 					}
 					if done.remote || len(done.changes) == 0 {
-						if len(batch) == 0 {
+						if len(batch) == 0 && !inflight {
 							confirmed = done.endLSN
 							r.advance(done.endLSN)
 						}
@@ -621,9 +678,8 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 		payloads [][]byte
 	)
 	next := st.nextSeq
-	r.mu.Lock()
+	var maxHLC conflict.Timestamp
 	for _, t := range batch {
-		txHLC := r.clock.Now(t.commitTime)
 		out := replicator.Txn{
 			Origin:     r.cfg.Region,
 			Seq:        next,
@@ -637,9 +693,13 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 			if prior == nil {
 				prior = &meta{}
 			}
-			hlc := txHLC
-			if prior.version.HLC >= hlc {
-				hlc = r.clock.Observe(prior.version.HLC, t.commitTime)
+			// The write's hybrid timestamp is its commit time, moved past
+			// the version it overwrote: causally later writes to a row
+			// always carry larger timestamps, whatever the clocks say, and
+			// the value does not depend on when the reader got to it.
+			hlc := conflict.Next(t.commitTime, prior.version.HLC)
+			if hlc > maxHLC {
+				maxHLC = hlc
 			}
 			nm := &meta{
 				version: conflict.Version{
@@ -678,7 +738,6 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 					}
 					d, err := conflict.CounterDelta(oldV, newV)
 					if err != nil {
-						r.mu.Unlock()
 						return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
 					}
 					nm.counters[col] = newV
@@ -700,7 +759,6 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 		}
 		payload, err := out.Encode()
 		if err != nil {
-			r.mu.Unlock()
 			return fmt.Errorf("reader: encode transaction: %w", err)
 		}
 		seqs = append(seqs, int64(next))
@@ -710,8 +768,7 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 		payloads = append(payloads, payload)
 		next++
 	}
-	hlcNow := r.clock.Last()
-	r.mu.Unlock()
+	hlcNow := max(maxHLC, st.hlc)
 
 	var mw metaWriter
 	for _, k := range keys {
