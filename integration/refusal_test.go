@@ -147,3 +147,44 @@ func TestShapeMismatchPausesOnlyThatTable(t *testing.T) {
 	}
 	waitRow(t, ctx, eu, `SELECT count(*) FROM public.items`, 1)
 }
+
+// TestHostileSearchPathObjectsAreInert: objects an attacker (or an
+// application) puts in public — an equality operator, functions shadowing
+// the catalog's — are never picked up by the replicator's sessions.
+func TestHostileSearchPathObjectsAreInert(t *testing.T) {
+	schema := append([]string{
+		`CREATE FUNCTION public.evil_eq(integer, integer) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked: public.= was called'; END $$`,
+		`CREATE OPERATOR public.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = public.evil_eq)`,
+		`CREATE FUNCTION public.unnest(text[]) RETURNS SETOF text LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked: public.unnest was called'; END $$`,
+		`CREATE FUNCTION public.to_jsonb(anyelement) RETURNS jsonb LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'hijacked: public.to_jsonb was called'; END $$`,
+	}, kvSchema...)
+	h := startClusters(t, Spec{SchemaSQL: schema, Tables: []TableSpec{{Name: "public.kv"}}})
+	ctx := ctxFor(t, 2*time.Minute)
+	// The role's default puts public before pg_catalog, so an unpinned
+	// session would resolve "=" and unqualified functions to the hostile ones.
+	for _, r := range h.Regions {
+		if err := r.Cluster.Exec(ctx, "postgres", `ALTER ROLE polyregion SET search_path = public, pg_catalog`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, []string{"public.kv"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	stopAll(t, h)
+	mustExec(t, ctx, h.Regions[0], `INSERT INTO public.kv (id, val) VALUES (1, 'us'), (2, 'us')`)
+	mustExec(t, ctx, h.Regions[1], `INSERT INTO public.kv (id, val) VALUES (1, 'eu')`)
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, []string{"public.kv"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		if strings.Contains(r.Logs(1<<20), "hijacked") {
+			t.Errorf("region %s: a hostile object on the search path was called:\n%s", r.Name, r.Logs(2000))
+		}
+	}
+}
