@@ -92,8 +92,12 @@ type ServerConfig struct {
 	Logger *slog.Logger
 	// BatchSize bounds entries read from the outbox at once.
 	BatchSize int
-	// Keepalive is the idle interval between keepalive frames.
+	// Keepalive is the interval between keepalive frames (sent whether or
+	// not transactions flow).
 	Keepalive time.Duration
+	// Advert, when set, returns the payload carried by keepalive frames: the
+	// region's replication watermark, which peers use to collect tombstones.
+	Advert func() []byte
 }
 
 // Server serves /v1/stream and /v1/ack.
@@ -185,7 +189,15 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	pos := replicator.Seq(after)
-	lastWrite := time.Now()
+	lastKeepalive := time.Time{}
+	keepalive := func() error {
+		var payload []byte
+		if s.cfg.Advert != nil {
+			payload = s.cfg.Advert()
+		}
+		lastKeepalive = time.Now()
+		return writeFrame(bw, frameKeepalive, payload)
+	}
 	for {
 		changed := s.cfg.Outbox.Changed()
 		entries, err := s.cfg.Outbox.Read(ctx, pos, s.cfg.BatchSize)
@@ -205,22 +217,25 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			}
 			pos = e.Seq
 		}
-		if len(entries) == s.cfg.BatchSize {
+		due := time.Since(lastKeepalive) >= s.cfg.Keepalive
+		if due {
+			if err := keepalive(); err != nil {
+				return
+			}
+		}
+		if len(entries) == s.cfg.BatchSize && !due {
 			continue // more to send; flush when the backlog drains or the buffer fills
 		}
-		if len(entries) > 0 || time.Since(lastWrite) >= s.cfg.Keepalive {
-			if len(entries) == 0 {
-				if err := writeFrame(bw, frameKeepalive, nil); err != nil {
-					return
-				}
-			}
+		if len(entries) > 0 || due {
 			if err := bw.Flush(); err != nil {
 				return
 			}
 			if err := rc.Flush(); err != nil {
 				return
 			}
-			lastWrite = time.Now()
+		}
+		if len(entries) == s.cfg.BatchSize {
+			continue
 		}
 		timer := time.NewTimer(s.cfg.Keepalive)
 		select {
@@ -374,6 +389,8 @@ type ClientConfig struct {
 	// IdleTimeout: no frame (keepalives included) for this long ends the
 	// stream so it can be re-established.
 	IdleTimeout time.Duration
+	// OnAdvert, when set, receives each non-empty keepalive payload.
+	OnAdvert func(payload []byte)
 }
 
 // Client follows one peer's outbox.
@@ -504,6 +521,9 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 				return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
 			}
 		case frameKeepalive:
+			if len(payload) > 0 && c.cfg.OnAdvert != nil {
+				c.cfg.OnAdvert(payload)
+			}
 		case frameTxn:
 			t, err := replicator.DecodeTxn(payload)
 			if err != nil {

@@ -48,7 +48,10 @@ type Config struct {
 	AckInterval time.Duration
 	// ParkedRetryInterval is how often parked changes are retried.
 	ParkedRetryInterval time.Duration
-	Logger              *slog.Logger
+	// TombstoneInterval is how often the region refreshes its watermark
+	// and collects tombstones every region has seen.
+	TombstoneInterval time.Duration
+	Logger            *slog.Logger
 }
 
 // Validate reports the first configuration problem, naming the setting.
@@ -108,6 +111,9 @@ func (c *Config) Validate() error {
 func (c *Config) defaults() {
 	if c.ApplyBatchTxns <= 0 {
 		c.ApplyBatchTxns = 500
+	}
+	if c.TombstoneInterval <= 0 {
+		c.TombstoneInterval = 3 * time.Second
 	}
 	if c.ParkedRetryInterval <= 0 {
 		c.ParkedRetryInterval = 2 * time.Second
@@ -177,9 +183,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	graves := newTombstones(cfg, reader, log)
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokens,
 		Outbox: postgres.NewOutbox(pool, reader, peerIDs), Logger: log,
+		Advert: graves.Advert,
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -202,8 +210,13 @@ func Run(ctx context.Context, cfg Config) error {
 		defer wg.Done()
 		fail("link server", link.Serve(httpSrv, ln))
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		graves.run(ctx, cfg.TombstoneInterval)
+	}()
 	for _, p := range cfg.Peers {
-		f, err := newFollower(cfg, p, reader, log)
+		f, err := newFollower(cfg, p, reader, graves, log)
 		if err != nil {
 			cancel(err)
 			break
@@ -237,13 +250,14 @@ type follower struct {
 	applied atomic.Uint64
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, log *slog.Logger) (*follower, error) {
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones, log *slog.Logger) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", p.ID, err)
 	}
 	client, err := link.NewClient(link.ClientConfig{
 		Region: cfg.Region, Peer: p.ID, URL: p.URL, Token: p.Token, TLS: tlsCfg, Cluster: cfg.Cluster,
+		OnAdvert: func(b []byte) { graves.heard(p.ID, b) },
 	})
 	if err != nil {
 		return nil, err

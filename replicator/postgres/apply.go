@@ -584,7 +584,14 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			s.values[col] = &v
 		}
 	}
-	nm := &meta{version: d.Result}
+	nm := &meta{version: d.Result, srcSeq: int64(t.Seq)}
+	if d.Action == conflict.Skip || (d.Conflict && d.Winner == conflict.Local) {
+		// The version stays (or ends) the local write's.
+		nm.srcSeq = 0
+		if s.meta != nil {
+			nm.srcSeq = s.meta.srcSeq
+		}
+	}
 	if d.Action == conflict.Skip {
 		nm.version = local
 	}
@@ -701,28 +708,9 @@ func textArg(v replicator.Value) any {
 }
 
 func metaStmt(tbl, key string, m *meta) stmt {
-	var counters *string
-	if len(m.counters) > 0 {
-		b, _ := json.Marshal(m.counters)
-		s := string(b)
-		counters = &s
-	}
-	xidExpr := "NULL::xid"
-	var args []any
-	args = append(args, tbl, key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted, counters)
-	switch m.xid {
-	case "":
-	case "@":
-		xidExpr = "pg_catalog.pg_current_xact_id()::xid"
-	default:
-		args = append(args, m.xid)
-		xidExpr = "$8::xid"
-	}
-	return stmt{sql: `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, counters, xid, deleted_at)
-		VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, ` + xidExpr + `, CASE WHEN $6 THEN pg_catalog.now() END)
-		ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
-		deleted = excluded.deleted, counters = excluded.counters, xid = excluded.xid,
-		deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`, args: args, want: -1}
+	var mw metaWriter
+	mw.add(metaKey{tbl, key}, m)
+	return stmt{sql: upsertMetaSQL, args: mw.args(), want: -1}
 }
 
 func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) stmt {

@@ -560,6 +560,8 @@ type meta struct {
 	version  conflict.Version
 	xid      string // "" when NULL
 	counters map[string]string
+	// srcSeq is the origin region's outbox sequence number of the write.
+	srcSeq int64
 }
 
 type metaKey struct{ tbl, key string }
@@ -574,7 +576,7 @@ func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta
 	for i, k := range keys {
 		tbls[i], ks[i] = k.tbl, k.key
 	}
-	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters
+	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq
 		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
 		JOIN polyregion.row_version m ON m.tbl = k.tbl AND m.key = k.key`, tbls, ks)
 	if err != nil {
@@ -587,7 +589,8 @@ func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta
 		var hlc int64
 		var deleted bool
 		var counters map[string]string
-		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters); err != nil {
+		var srcSeq int64
+		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		vec, err := conflict.ParseVector(vv)
@@ -598,6 +601,7 @@ func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta
 			version:  conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted},
 			xid:      xid,
 			counters: counters,
+			srcSeq:   srcSeq,
 		}
 	}
 	return out, rows.Err()
@@ -610,7 +614,7 @@ type querier interface {
 // metaWriter accumulates row_version upserts for one statement.
 type metaWriter struct {
 	tbl, key, vv, origin, xid []string
-	hlc                       []int64
+	hlc, srcSeq               []int64
 	deleted                   []bool
 	counters                  []*string
 }
@@ -623,6 +627,7 @@ func (w *metaWriter) add(k metaKey, m *meta) {
 	w.origin = append(w.origin, string(m.version.Origin))
 	w.deleted = append(w.deleted, m.version.Deleted)
 	w.xid = append(w.xid, m.xid)
+	w.srcSeq = append(w.srcSeq, m.srcSeq)
 	if len(m.counters) > 0 {
 		b, _ := json.Marshal(m.counters)
 		s := string(b)
@@ -632,18 +637,19 @@ func (w *metaWriter) add(k metaKey, m *meta) {
 	}
 }
 
-const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, deleted_at)
+const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, deleted_at)
 	SELECT tbl, key, vv, hlc, origin, deleted,
 	       CASE WHEN xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(xid, '')::xid END,
-	       counters::jsonb, CASE WHEN deleted THEN pg_catalog.now() END
-	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]), pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]))
-	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters)
+	       counters::jsonb, src_seq, CASE WHEN deleted THEN pg_catalog.now() END
+	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
+	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq)
 	ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
-	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters,
+	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, src_seq = excluded.src_seq,
 	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
 
 func (w *metaWriter) args() []any {
-	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters}
+	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters, w.srcSeq}
 }
 
 // persist versions a batch of local transactions and appends them to the
@@ -708,7 +714,8 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 					Origin:  r.cfg.Region,
 					Deleted: c.op == conflict.OpDelete,
 				},
-				xid: strconv.FormatUint(uint64(t.xid), 10),
+				xid:    strconv.FormatUint(uint64(t.xid), 10),
+				srcSeq: int64(next),
 			}
 			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			pol := r.tables[c.rel.name].Policy

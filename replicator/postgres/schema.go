@@ -23,6 +23,8 @@ const Schema = "polyregion"
 //   - row_version: the version of every replicated row (tombstones included).
 //     xid is the transaction whose write the version describes: a data row
 //     whose xmin differs was written locally after the version was recorded.
+//     src_seq is the outbox sequence number, in the origin region, of the
+//     write that produced the version (tombstone collection uses it).
 //   - outbox: local-origin transactions, versioned, in commit order, kept
 //     until every peer has acknowledged them.
 //   - reader_state: how far the change-stream reader has versioned.
@@ -42,6 +44,7 @@ var schemaDDL = []string{
 		deleted  boolean NOT NULL DEFAULT false,
 		xid      xid,
 		counters jsonb,
+		src_seq  bigint NOT NULL DEFAULT 0,
 		deleted_at timestamptz,
 		PRIMARY KEY (tbl, key))`,
 	`CREATE TABLE IF NOT EXISTS polyregion.outbox (

@@ -1,0 +1,154 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"math"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// Watermark is what a region advertises to its peers on every keepalive:
+// how far it has applied each source, and how far its own outbox was
+// versioned after that (every local write committed before the applied
+// positions were read has a sequence number at most Versioned).
+type Watermark struct {
+	Applied   map[conflict.RegionID]int64 `json:"applied"`
+	Versioned int64                       `json:"versioned"`
+}
+
+// tombstones collects row versions of deleted rows once no write concurrent
+// with the delete can still arrive here. For a tombstone left by a delete
+// from origin O with sequence s, that holds when every other region R
+// (neither this one nor O) advertised having applied O up to s, and this
+// region has applied R's outbox up to what R had versioned at that moment:
+// any write R made before it saw the delete has then arrived. Tables with
+// counter columns keep their tombstones (their sums live on in them).
+type tombstones struct {
+	cfg    Config
+	reader *postgres.Reader
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	own     []byte
+	adverts map[conflict.RegionID]Watermark
+}
+
+func newTombstones(cfg Config, reader *postgres.Reader, log *slog.Logger) *tombstones {
+	return &tombstones{cfg: cfg, reader: reader, log: log, adverts: map[conflict.RegionID]Watermark{}}
+}
+
+// Advert returns this region's latest watermark (nil before the first).
+func (g *tombstones) Advert() []byte {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.own
+}
+
+// heard records a peer's watermark.
+func (g *tombstones) heard(peer conflict.RegionID, payload []byte) {
+	var w Watermark
+	if err := json.Unmarshal(payload, &w); err != nil {
+		g.log.Warn("peer sent an unreadable watermark", "peer", string(peer), "err", err)
+		return
+	}
+	g.mu.Lock()
+	g.adverts[peer] = w
+	g.mu.Unlock()
+}
+
+func (g *tombstones) run(ctx context.Context, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		if err := g.round(ctx); err != nil && ctx.Err() == nil {
+			g.log.Warn("watermark and tombstone round failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (g *tombstones) round(ctx context.Context) error {
+	conn, err := postgres.Connect(ctx, g.cfg.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	applied, err := postgres.AppliedPositions(ctx, conn)
+	if err != nil {
+		return err
+	}
+	// Everything committed locally before now is versioned past the barrier.
+	var lsn string
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text`, postgres.BarrierPrefix).Scan(&lsn); err != nil {
+		return fmt.Errorf("watermark barrier: %w", err)
+	}
+	l, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = g.reader.WaitVersioned(wctx, l)
+	cancel()
+	if err != nil {
+		return err
+	}
+	versioned, err := postgres.VersionedSeq(ctx, conn, string(g.cfg.Region))
+	if err != nil {
+		return err
+	}
+	own, _ := json.Marshal(Watermark{Applied: applied, Versioned: versioned})
+	g.mu.Lock()
+	g.own = own
+	adverts := make(map[conflict.RegionID]Watermark, len(g.adverts))
+	for k, v := range g.adverts {
+		adverts[k] = v
+	}
+	g.mu.Unlock()
+
+	var tables []string
+	for _, t := range g.cfg.Cluster.Tables {
+		if len(t.Policy.Counters) == 0 {
+			tables = append(tables, t.Name)
+		}
+	}
+	if len(tables) == 0 {
+		return nil
+	}
+	for _, origin := range g.cfg.Cluster.Regions {
+		safe := int64(math.MaxInt64)
+		for _, r := range g.cfg.Cluster.Regions {
+			if r == g.cfg.Region || r == origin {
+				continue
+			}
+			w, ok := adverts[r]
+			if !ok || applied[r] < w.Versioned {
+				safe = 0
+				break
+			}
+			safe = min(safe, w.Applied[origin])
+		}
+		if safe == 0 {
+			continue
+		}
+		n, err := postgres.CollectTombstones(ctx, conn, tables, string(origin), safe)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			g.log.Debug("tombstones collected", "origin", string(origin), "up_to_seq", safe, "count", n)
+		}
+	}
+	return nil
+}
