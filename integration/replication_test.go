@@ -111,12 +111,19 @@ func TestConcurrentOverlappingWritesConverge(t *testing.T) {
 }
 
 func TestCountersKeepEveryIncrement(t *testing.T) {
-	schema := []string{`CREATE TABLE public.counters (id integer PRIMARY KEY, hits bigint NOT NULL DEFAULT 0, amount numeric(12,2) NOT NULL DEFAULT 0, label text)`}
+	// Rows 1-4 exist in every region before replication starts (identical
+	// data, as a deployment starts from); REPLICA IDENTITY FULL gives the
+	// reader their old values. Rows 5-6 are created through replication.
+	schema := []string{
+		`CREATE TABLE public.counters (id integer PRIMARY KEY, hits bigint NOT NULL DEFAULT 0, amount numeric(12,2) NOT NULL DEFAULT 0, label text)`,
+		`ALTER TABLE public.counters REPLICA IDENTITY FULL`,
+		`INSERT INTO public.counters (id, hits, amount) SELECT g, 10, 1.5 FROM generate_series(1, 4) g`,
+	}
 	tables := []TableSpec{{Name: "public.counters", Counters: []string{"hits", "amount"}}}
 	h := startRegions(t, Spec{SchemaSQL: schema, Tables: tables})
 	ctx := ctxFor(t, 5*time.Minute)
 
-	mustExec(t, ctx, h.Regions[0], `INSERT INTO public.counters (id) SELECT g FROM generate_series(1, 4) g`)
+	mustExec(t, ctx, h.Regions[0], `INSERT INTO public.counters (id) SELECT g FROM generate_series(5, 6) g`)
 	if err := h.WaitConverged(ctx, []string{"public.counters"}, time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +139,7 @@ func TestCountersKeepEveryIncrement(t *testing.T) {
 				defer wg.Done()
 				rng := rand.New(rand.NewSource(time.Now().UnixNano() + int64(w)))
 				for i := 0; i < perRegion/2; i++ {
-					id := 1 + rng.Intn(4)
+					id := 1 + rng.Intn(6)
 					err := Retry(ctx, pool, func(tx pgx.Tx) error {
 						_, err := tx.Exec(ctx, `UPDATE public.counters SET hits = hits + 1, amount = amount + 0.25, label = $2 WHERE id = $1`, id, r.Name)
 						return err
@@ -158,18 +165,22 @@ func TestCountersKeepEveryIncrement(t *testing.T) {
 	}
 	for _, r := range h.Regions {
 		for id, n := range issued {
+			var base, baseAmt int64 // pre-existing rows start at 10 and 1.50
+			if id <= 4 {
+				base, baseAmt = 10, 150
+			}
 			got := queryInt(t, ctx, r, `SELECT hits FROM public.counters WHERE id = $1`, id)
-			if got != n {
-				t.Errorf("region %s row %d: hits = %d, want %d (increments issued in all regions)", r.Name, id, got, n)
+			if got != base+n {
+				t.Errorf("region %s row %d: hits = %d, want %d (increments issued in all regions)", r.Name, id, got, base+n)
 			}
 			amt := queryString(t, ctx, r, `SELECT amount::text FROM public.counters WHERE id = $1`, id)
-			if want := fmt.Sprintf("%.2f", float64(n)*0.25); amt != want {
+			if want := fmt.Sprintf("%.2f", float64(baseAmt+25*n)/100); amt != want {
 				t.Errorf("region %s row %d: amount = %s, want %s", r.Name, id, amt, want)
 			}
 		}
 	}
-	if total := queryInt(t, ctx, h.Regions[1], `SELECT sum(hits) FROM public.counters`); total != 3*perRegion {
-		t.Errorf("total hits %d, want %d", total, 3*perRegion)
+	if total := queryInt(t, ctx, h.Regions[1], `SELECT sum(hits) FROM public.counters`); total != 3*perRegion+40 {
+		t.Errorf("total hits %d, want %d", total, 3*perRegion+40)
 	}
 }
 

@@ -149,6 +149,8 @@ type rawChange struct {
 	op  conflict.Op
 	key string
 	row []replicator.Value
+	// old is the full old row, sent for tables with REPLICA IDENTITY FULL.
+	old []replicator.Value
 }
 
 // state persisted in reader_state.
@@ -243,11 +245,7 @@ func (r *Reader) Run(ctx context.Context) error {
 			return res.err
 		}
 		st = res.st
-		if cur == nil && len(batch) == 0 {
-			confirmed = st.lsn
-		} else if st.lsn > confirmed {
-			confirmed = st.lsn
-		}
+		confirmed = max(confirmed, st.lsn)
 		r.advance(st.lsn)
 		return nil
 	}
@@ -526,7 +524,11 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 				op = conflict.OpInsert
 			}
 		}
-		cur.changes = append(cur.changes, rawChange{rel: rel, op: op, key: key, row: row})
+		ch := rawChange{rel: rel, op: op, key: key, row: row}
+		if op == conflict.OpUpdate && oldT != nil {
+			ch.old = tupleValues(rel, oldT)
+		}
+		cur.changes = append(cur.changes, ch)
 	}
 	return nil
 }
@@ -733,7 +735,12 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 						continue
 					}
 					v := c.row[i]
-					oldV := prior.counters[col]
+					oldV, known := prior.counters[col]
+					if !known && c.old != nil && !c.old[i].Null && !c.old[i].Unchanged {
+						// A row written before replication started: its
+						// old value comes from the WAL (REPLICA IDENTITY FULL).
+						oldV = c.old[i].Text
+					}
 					if v.Unchanged {
 						nm.counters[col] = oldV
 						ch.Deltas[col] = "0"
