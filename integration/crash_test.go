@@ -2,8 +2,10 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math/rand"
+	"os/exec"
 	"sync"
 	"syscall"
 	"testing"
@@ -140,5 +142,48 @@ func TestKillReplicatorsMidStreamExactlyOnce(t *testing.T) {
 			}
 		}
 	}
+	// The status command reports the same positions, and the backlogs drain
+	// once peers confirm.
+	for _, r := range h.Regions {
+		deadline := time.Now().Add(20 * time.Second)
+		for {
+			st := regionStatus(t, ctx, r)
+			ok := st.Shipped == iss.txns[r.Name]
+			for _, src := range h.Regions {
+				if src != r && (st.Applied[src.Name].Seq != iss.txns[src.Name] || st.Backlog[src.Name] != 0) {
+					ok = false
+				}
+			}
+			if ok {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("region %s: status %+v does not match the %v transactions written", r.Name, st, iss.txns)
+			}
+			time.Sleep(300 * time.Millisecond)
+		}
+	}
 	t.Logf("transactions written: %v", iss.txns)
+}
+
+type statusJSON struct {
+	Shipped int64 `json:"shipped"`
+	Applied map[string]struct {
+		Seq int64 `json:"seq"`
+	} `json:"applied"`
+	Backlog    map[string]int64 `json:"backlog"`
+	OutboxRows int64            `json:"outbox_rows"`
+}
+
+func regionStatus(t *testing.T, ctx context.Context, r *Region) statusJSON {
+	t.Helper()
+	out, err := exec.CommandContext(ctx, binary, "status", "--json", "--config", r.ConfigPath).Output()
+	if err != nil {
+		t.Fatalf("status %s: %v", r.Name, err)
+	}
+	var st statusJSON
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status %s: %v\n%s", r.Name, err, out)
+	}
+	return st
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
@@ -49,4 +50,81 @@ func CollectTombstones(ctx context.Context, conn *pgx.Conn, tables []string, ori
 		return 0, fmt.Errorf("collect tombstones: %w", err)
 	}
 	return tag.RowsAffected(), nil
+}
+
+// Status is a region's replication state as its database records it.
+type Status struct {
+	Region string `json:"region"`
+	// Applied is, per source region, the last transaction applied here and
+	// when.
+	Applied map[string]AppliedStatus `json:"applied"`
+	// Shipped is the last transaction this region's reader versioned.
+	Shipped int64 `json:"shipped"`
+	// Acked is, per peer, the last of this region's transactions the peer
+	// confirmed applied; Backlog how many it still lacks.
+	Acked   map[string]int64 `json:"acked"`
+	Backlog map[string]int64 `json:"backlog"`
+	// OutboxRows and OutboxBytes is what the outbox holds for peers.
+	OutboxRows  int64 `json:"outbox_rows"`
+	OutboxBytes int64 `json:"outbox_bytes"`
+	// SlotRetainedBytes is the WAL the region's slot holds back.
+	SlotRetainedBytes int64  `json:"slot_retained_bytes"`
+	SlotActive        bool   `json:"slot_active"`
+	SlotWALStatus     string `json:"slot_wal_status"`
+	Conflicts         int64  `json:"conflicts"`
+	ParkedOpen        int64  `json:"parked_open"`
+	Tombstones        int64  `json:"tombstones"`
+}
+
+// AppliedStatus is one source's apply position.
+type AppliedStatus struct {
+	Seq       int64  `json:"seq"`
+	AppliedAt string `json:"applied_at"`
+}
+
+// ReadStatus gathers a region's replication state.
+func ReadStatus(ctx context.Context, conn *pgx.Conn, region string, peers []string) (Status, error) {
+	st := Status{Region: region, Applied: map[string]AppliedStatus{}, Acked: map[string]int64{}, Backlog: map[string]int64{}}
+	rows, err := conn.Query(ctx, `SELECT source, seq, applied_at::text FROM polyregion.applied ORDER BY source`)
+	if err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	for rows.Next() {
+		var s string
+		var a AppliedStatus
+		if err := rows.Scan(&s, &a.Seq, &a.AppliedAt); err != nil {
+			rows.Close()
+			return st, fmt.Errorf("status: %w", err)
+		}
+		st.Applied[s] = a
+	}
+	rows.Close()
+	var err2 error
+	if st.Shipped, err2 = VersionedSeq(ctx, conn, region); err2 != nil {
+		return st, err2
+	}
+	for _, p := range peers {
+		var acked int64
+		if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.peer_ack WHERE peer = $1), 0)`, p).Scan(&acked); err != nil {
+			return st, fmt.Errorf("status: %w", err)
+		}
+		st.Acked[p] = acked
+		st.Backlog[p] = max(0, st.Shipped-acked)
+	}
+	err = conn.QueryRow(ctx, `SELECT count(*), coalesce(sum(pg_catalog.length(payload)), 0) FROM polyregion.outbox`).Scan(&st.OutboxRows, &st.OutboxBytes)
+	if err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	err = conn.QueryRow(ctx, `SELECT coalesce(pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), restart_lsn), 0)::bigint, active, coalesce(wal_status, '')
+		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, SlotName(region)).Scan(&st.SlotRetainedBytes, &st.SlotActive, &st.SlotWALStatus)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return st, fmt.Errorf("status: slot: %w", err)
+	}
+	err = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM polyregion.conflict_log),
+		(SELECT count(*) FROM polyregion.parked WHERE resolved_at IS NULL),
+		(SELECT count(*) FROM polyregion.row_version WHERE deleted)`).Scan(&st.Conflicts, &st.ParkedOpen, &st.Tombstones)
+	if err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	return st, nil
 }
