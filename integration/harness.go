@@ -197,7 +197,9 @@ type RegionConfig struct {
 	Regions  []string    `yaml:"regions"`
 	Peers    []PeerEntry `yaml:"peers"`
 	Tables   []TableSpec `yaml:"tables"`
-	Log      struct {
+	// OutboxMaxTransactions caps the outbox (0: no cap).
+	OutboxMaxTransactions int64 `yaml:"outbox_max_transactions,omitempty"`
+	Log                   struct {
 		Format string `yaml:"format"`
 		Level  string `yaml:"level"`
 	} `yaml:"log"`

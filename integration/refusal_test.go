@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -187,4 +188,44 @@ func TestHostileSearchPathObjectsAreInert(t *testing.T) {
 			t.Errorf("region %s: a hostile object on the search path was called:\n%s", r.Name, r.Logs(2000))
 		}
 	}
+}
+
+// TestOutboxCapBoundsAnAbsentPeer: a peer that is away only makes the
+// outbox grow up to its cap; when it returns too far behind it is told, in
+// a clear error, that it must be re-seeded, and the other peers go on.
+func TestOutboxCapBoundsAnAbsentPeer(t *testing.T) {
+	spec := Spec{SchemaSQL: kvSchema, Tables: []TableSpec{{Name: "public.kv"}}, Configure: func(region string, c *RegionConfig) {
+		c.OutboxMaxTransactions = 20
+	}}
+	h := startRegions(t, spec)
+	ctx := ctxFor(t, 2*time.Minute)
+	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
+	if err := ap.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 100; i++ {
+		mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES ($1, 'us')`, i)
+	}
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv`, 100)
+	waitRow(t, ctx, us, `SELECT (count(*) <= 20)::int FROM polyregion.outbox`, 1)
+	st := regionStatus(t, ctx, us)
+	if st.Backlog["ap"] < 100 || st.OutboxRows > 20 {
+		t.Errorf("status: backlog for ap %d (want >= 100), outbox rows %d (want <= 20)", st.Backlog["ap"], st.OutboxRows)
+	}
+	if err := ap.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(ap.Logs(1<<20), "re-seed ap") {
+		if time.Now().After(deadline) {
+			t.Fatalf("ap was not told it must be re-seeded:\n%s", ap.Logs(3000))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.kv`); n != 0 {
+		t.Errorf("ap applied %d rows from a stream with a gap", n)
+	}
+	// eu still replicates with us.
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (1000, 'after the cap')`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE id = 1000`, 1)
 }

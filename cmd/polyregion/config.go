@@ -24,7 +24,9 @@ type fileConfig struct {
 	Regions  []string    `yaml:"regions"`
 	Peers    []peerFile  `yaml:"peers"`
 	Tables   []tableFile `yaml:"tables"`
-	Log      struct {
+	// OutboxMaxTransactions caps what is kept for a peer that is away.
+	OutboxMaxTransactions int64 `yaml:"outbox_max_transactions"`
+	Log                   struct {
 		Format string `yaml:"format"` // text | json
 		Level  string `yaml:"level"`  // debug | info | warn | error
 	} `yaml:"log"`
@@ -110,6 +112,11 @@ func (fc fileConfig) toNode() (node.Config, error) {
 		Database: fc.Database,
 		Listen:   fc.Listen,
 		TLS:      fc.TLS.files(),
+
+		OutboxMaxTxns: fc.OutboxMaxTransactions,
+	}
+	if fc.OutboxMaxTransactions < 0 {
+		return cfg, fmt.Errorf("outbox_max_transactions: must be 0 (no cap) or positive, got %d", fc.OutboxMaxTransactions)
 	}
 	for _, r := range fc.Regions {
 		cfg.Cluster.Regions = append(cfg.Cluster.Regions, conflict.RegionID(r))

@@ -49,6 +49,9 @@ type Outbox interface {
 	Changed() <-chan struct{}
 	// Ack records that peer durably applied every entry up to seq.
 	Ack(ctx context.Context, peer conflict.RegionID, seq replicator.Seq) error
+	// Retained returns the oldest entry still kept (0 when none) and the
+	// newest sequence number ever assigned.
+	Retained(ctx context.Context) (oldest, newest replicator.Seq, err error)
 }
 
 // Hello is the first frame of a stream: who is speaking and what it agreed to.
@@ -70,6 +73,11 @@ var ErrConfigMismatch = errors.New("peer's replication config differs")
 
 // ErrUnauthorized is returned when a peer refuses this region's credentials.
 var ErrUnauthorized = errors.New("peer refused credentials")
+
+// ErrTooFarBehind is returned when the transactions a region needs from a
+// peer are no longer in the peer's outbox (it exceeded its retention cap):
+// the region must be re-seeded from a live one.
+var ErrTooFarBehind = errors.New("peer no longer holds the transactions this region needs")
 
 // MismatchError names what differs.
 type MismatchError struct {
@@ -179,6 +187,19 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	// Asking for entries after N means N was durably applied.
 	if err := s.cfg.Outbox.Ack(ctx, peer, replicator.Seq(after)); err != nil {
 		s.cfg.Logger.Error("link: record ack", "peer", string(peer), "err", err)
+	}
+	oldest, newest, err := s.cfg.Outbox.Retained(ctx)
+	if err != nil {
+		s.cfg.Logger.Error("link: read outbox retention", "err", err)
+		http.Error(w, "outbox unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if replicator.Seq(after) < newest && (oldest == 0 || oldest > replicator.Seq(after)+1) {
+		msg := fmt.Sprintf("region %s needs transactions after %d from %s, but its outbox only keeps %d..%d (retention cap exceeded); re-seed %s from a live region",
+			peer, after, s.cfg.Region, oldest, newest, peer)
+		s.cfg.Logger.Error("link: peer is too far behind", "peer", string(peer), "after", after, "oldest_kept", uint64(oldest))
+		http.Error(w, msg, http.StatusGone)
+		return
 	}
 	w.Header().Set("Content-Type", "application/x-polyregion-stream")
 	w.WriteHeader(http.StatusOK)
@@ -469,6 +490,9 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 	case http.StatusOK:
 	case http.StatusUnauthorized:
 		return fmt.Errorf("stream from %s: %w", c.cfg.Peer, ErrUnauthorized)
+	case http.StatusGone:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("stream from %s: %w: %s", c.cfg.Peer, ErrTooFarBehind, strings.TrimSpace(string(b)))
 	case http.StatusConflict:
 		var h Hello
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&h)

@@ -30,6 +30,7 @@ type memOutbox struct {
 	entries []Entry
 	acks    map[conflict.RegionID]replicator.Seq
 	changed chan struct{}
+	trimmed replicator.Seq
 }
 
 func newMemOutbox() *memOutbox {
@@ -55,6 +56,24 @@ func (m *memOutbox) Read(_ context.Context, after replicator.Seq, limit int) ([]
 		}
 	}
 	return out, nil
+}
+
+func (m *memOutbox) Retained(context.Context) (replicator.Seq, replicator.Seq, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.entries) == 0 {
+		return 0, m.trimmed, nil
+	}
+	return m.entries[0].Seq, m.entries[len(m.entries)-1].Seq, nil
+}
+
+func (m *memOutbox) trim(upTo replicator.Seq) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for len(m.entries) > 0 && m.entries[0].Seq <= upTo {
+		m.entries = m.entries[1:]
+	}
+	m.trimmed = upTo
 }
 
 func (m *memOutbox) Changed() <-chan struct{} {
@@ -289,5 +308,30 @@ func TestMutualTLS(t *testing.T) {
 	// Plaintext against the TLS endpoint is refused too.
 	if _, err := collect(t, client(t, strings.Replace(url, "https", "http", 1), secret, TLSFiles{}, cluster), 0, 1); err == nil {
 		t.Errorf("plaintext client reached a TLS server")
+	}
+}
+
+func TestPeerBehindRetentionIsToldToReseed(t *testing.T) {
+	ob := newMemOutbox()
+	for i := 1; i <= 9; i++ {
+		ob.add(txn(i))
+	}
+	ob.trim(5) // the cap dropped 1..5 before eu applied them
+	url := serve(t, ob, TLSFiles{}, cluster)
+	cl := client(t, url, secret, TLSFiles{}, cluster)
+	_, err := collect(t, cl, 2, 1)
+	if !errors.Is(err, ErrTooFarBehind) || !strings.Contains(err.Error(), "re-seed eu") {
+		t.Fatalf("after 2 with 1..5 trimmed: %v, want ErrTooFarBehind naming eu", err)
+	}
+	// A peer that had applied everything trimmed is served normally.
+	if got, err := collect(t, cl, 5, 4); err != nil || fmt.Sprint(got) != "[6 7 8 9]" {
+		t.Fatalf("after 5: %v %v", got, err)
+	}
+	// Everything trimmed and nothing new: a caught-up peer just waits.
+	ob.trim(9)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if err := cl.Stream(ctx, 9, func(*replicator.Txn) error { return nil }); errors.Is(err, ErrTooFarBehind) {
+		t.Fatalf("caught-up peer told it is behind: %v", err)
 	}
 }

@@ -46,6 +46,10 @@ type Config struct {
 	ApplyBatchTxns int
 	// AckInterval is how often a follower reports its applied position.
 	AckInterval time.Duration
+	// OutboxMaxTxns caps the transactions kept for a peer that is away
+	// (0: no cap). Past it the peer must be re-seeded; status shows the
+	// backlog per peer so operators see it coming.
+	OutboxMaxTxns int64
 	// ParkedRetryInterval is how often parked changes are retried.
 	ParkedRetryInterval time.Duration
 	// TombstoneInterval is how often the region refreshes its watermark
@@ -183,10 +187,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	graves := newTombstones(cfg, reader, log)
+	outbox := postgres.NewOutbox(pool, reader, cfg.Region, peerIDs, cfg.OutboxMaxTxns)
+	graves := newTombstones(cfg, reader, outbox, log)
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokens,
-		Outbox: postgres.NewOutbox(pool, reader, peerIDs), Logger: log,
+		Outbox: outbox, Logger: log,
 		Advert: graves.Advert,
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -279,6 +284,9 @@ func (f *follower) run(ctx context.Context) {
 		case errors.As(err, &mm):
 			f.log.Error("refusing to replicate with peer: its configuration differs", "differences", mm.Differences)
 			backoff = 10 * time.Second
+		case errors.Is(err, link.ErrTooFarBehind):
+			f.log.Error("this region fell behind the peer's outbox retention and must be re-seeded", "err", err)
+			backoff = 30 * time.Second
 		case errors.Is(err, link.ErrUnauthorized):
 			f.log.Error("peer refused this region's token", "err", err)
 			backoff = 10 * time.Second

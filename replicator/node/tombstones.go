@@ -34,6 +34,7 @@ type Watermark struct {
 type tombstones struct {
 	cfg    Config
 	reader *postgres.Reader
+	outbox *postgres.Outbox
 	log    *slog.Logger
 
 	mu      sync.Mutex
@@ -41,8 +42,8 @@ type tombstones struct {
 	adverts map[conflict.RegionID]Watermark
 }
 
-func newTombstones(cfg Config, reader *postgres.Reader, log *slog.Logger) *tombstones {
-	return &tombstones{cfg: cfg, reader: reader, log: log, adverts: map[conflict.RegionID]Watermark{}}
+func newTombstones(cfg Config, reader *postgres.Reader, outbox *postgres.Outbox, log *slog.Logger) *tombstones {
+	return &tombstones{cfg: cfg, reader: reader, outbox: outbox, log: log, adverts: map[conflict.RegionID]Watermark{}}
 }
 
 // Advert returns this region's latest watermark (nil before the first).
@@ -80,6 +81,10 @@ func (g *tombstones) run(ctx context.Context, every time.Duration) {
 }
 
 func (g *tombstones) round(ctx context.Context) error {
+	// Housekeeping rides along: the outbox retention cap.
+	if err := g.outbox.Cap(ctx); err != nil {
+		return err
+	}
 	conn, err := postgres.Connect(ctx, g.cfg.Database)
 	if err != nil {
 		return err

@@ -16,16 +16,21 @@ import (
 type Outbox struct {
 	pool   *pgxpool.Pool
 	reader *Reader
+	region string
 	peers  []string
+	// maxTxns caps how many transactions the outbox keeps for a peer that
+	// is away (0: no cap). A peer that falls further behind must be
+	// re-seeded; the cap bounds the disk an absent peer can take.
+	maxTxns int64
 }
 
 // NewOutbox returns an Outbox over pool; reader signals new entries.
-func NewOutbox(pool *pgxpool.Pool, reader *Reader, peers []conflict.RegionID) *Outbox {
+func NewOutbox(pool *pgxpool.Pool, reader *Reader, region conflict.RegionID, peers []conflict.RegionID, maxTxns int64) *Outbox {
 	ps := make([]string, len(peers))
 	for i, p := range peers {
 		ps[i] = string(p)
 	}
-	return &Outbox{pool: pool, reader: reader, peers: ps}
+	return &Outbox{pool: pool, reader: reader, region: string(region), peers: ps, maxTxns: maxTxns}
 }
 
 // Read implements link.Outbox.
@@ -48,6 +53,17 @@ func (o *Outbox) Read(ctx context.Context, after replicator.Seq, limit int) ([]l
 	return out, rows.Err()
 }
 
+// Retained implements link.Outbox.
+func (o *Outbox) Retained(ctx context.Context) (oldest, newest replicator.Seq, err error) {
+	var lo, hi int64
+	err = o.pool.QueryRow(ctx, `SELECT coalesce((SELECT min(seq) FROM polyregion.outbox), 0),
+		coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0)`, SlotName(o.region)).Scan(&lo, &hi)
+	if err != nil {
+		return 0, 0, fmt.Errorf("outbox retention: %w", err)
+	}
+	return replicator.Seq(lo), replicator.Seq(hi), nil
+}
+
 // Changed implements link.Outbox.
 func (o *Outbox) Changed() <-chan struct{} { return o.reader.Changed() }
 
@@ -64,6 +80,19 @@ func (o *Outbox) Ack(ctx context.Context, peer conflict.RegionID, seq replicator
 		FROM polyregion.peer_ack WHERE peer = ANY($1::text[]))`, o.peers)
 	if err != nil {
 		return fmt.Errorf("trim outbox: %w", err)
+	}
+	return o.Cap(ctx)
+}
+
+// Cap drops the oldest entries beyond the retention cap, whether or not
+// peers acknowledged them. It returns nil when there is no cap.
+func (o *Outbox) Cap(ctx context.Context) error {
+	if o.maxTxns <= 0 {
+		return nil
+	}
+	_, err := o.pool.Exec(ctx, `DELETE FROM polyregion.outbox WHERE seq <= (SELECT max(seq) FROM polyregion.outbox) - $1`, o.maxTxns)
+	if err != nil {
+		return fmt.Errorf("cap outbox: %w", err)
 	}
 	return nil
 }
