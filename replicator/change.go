@@ -131,6 +131,11 @@ type Txn struct {
 	CommitUnix int64    `json:"commit_us"` // commit time, microseconds since the Unix epoch
 	Shapes     []Shape  `json:"shapes"`
 	Changes    []Change `json:"changes"`
+	// A transaction too large to hold in memory travels in parts: Part
+	// numbers them from 0 and More is set on every part but the last. The
+	// parts are applied in one local transaction.
+	Part int  `json:"part,omitempty"`
+	More bool `json:"more,omitempty"`
 }
 
 // Encode serialises a transaction for the outbox and the wire.

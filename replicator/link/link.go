@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -34,17 +35,20 @@ import (
 	"github.com/polyregion/polyregion/replicator"
 )
 
-// Entry is one outbox transaction, already encoded.
+// Entry is one outbox transaction (or one part of a large one), encoded.
 type Entry struct {
 	Seq     replicator.Seq
+	Part    int
+	More    bool // more parts of the same transaction follow
 	Payload []byte
 }
 
 // Outbox is what the server reads from. Implementations must return entries
 // in increasing Seq order with no gaps.
 type Outbox interface {
-	// Read returns up to limit entries with Seq > after.
-	Read(ctx context.Context, after replicator.Seq, limit int) ([]Entry, error)
+	// Read returns up to limit entries after (seq, part), in (Seq, Part)
+	// order. Parts of a transaction become visible all at once.
+	Read(ctx context.Context, seq replicator.Seq, part int, limit int) ([]Entry, error)
 	// Changed returns a channel closed when new entries may exist.
 	Changed() <-chan struct{}
 	// Ack records that peer durably applied every entry up to seq.
@@ -209,7 +213,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	if err := writeFrame(bw, frameHello, hello); err != nil {
 		return
 	}
-	pos := replicator.Seq(after)
+	// Position: the last entry sent. A whole transaction "after" is
+	// (after, past its last part).
+	pos, posPart, posMore := replicator.Seq(after), math.MaxInt32, false
 	lastKeepalive := time.Time{}
 	keepalive := func() error {
 		var payload []byte
@@ -221,7 +227,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	for {
 		changed := s.cfg.Outbox.Changed()
-		entries, err := s.cfg.Outbox.Read(ctx, pos, s.cfg.BatchSize)
+		entries, err := s.cfg.Outbox.Read(ctx, pos, posPart, s.cfg.BatchSize)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.cfg.Logger.Error("link: read outbox", "peer", string(peer), "err", err)
@@ -229,14 +235,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		for _, e := range entries {
-			if e.Seq != pos+1 {
-				s.cfg.Logger.Error("link: outbox gap; the peer would miss transactions", "peer", string(peer), "want", uint64(pos+1), "got", uint64(e.Seq))
+			next := (!posMore && e.Seq == pos+1 && e.Part == 0) || (posMore && e.Seq == pos && e.Part == posPart+1)
+			if !next {
+				s.cfg.Logger.Error("link: outbox gap; the peer would miss transactions", "peer", string(peer),
+					"after_seq", uint64(pos), "after_part", posPart, "got_seq", uint64(e.Seq), "got_part", e.Part)
 				return
 			}
 			if err := writeFrame(bw, frameTxn, e.Payload); err != nil {
 				return
 			}
-			pos = e.Seq
+			pos, posPart, posMore = e.Seq, e.Part, e.More
 		}
 		due := time.Since(lastKeepalive) >= s.cfg.Keepalive
 		if due {
@@ -244,18 +252,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if len(entries) == s.cfg.BatchSize && !due {
-			continue // more to send; flush when the backlog drains or the buffer fills
+		if len(entries) > 0 && !due {
+			continue // more may follow (reads are bounded); flush once drained or when the buffer fills
 		}
-		if len(entries) > 0 || due {
-			if err := bw.Flush(); err != nil {
-				return
-			}
-			if err := rc.Flush(); err != nil {
-				return
-			}
+		if err := bw.Flush(); err != nil {
+			return
 		}
-		if len(entries) == s.cfg.BatchSize {
+		if err := rc.Flush(); err != nil {
+			return
+		}
+		if len(entries) > 0 {
 			continue
 		}
 		timer := time.NewTimer(s.cfg.Keepalive)
@@ -519,7 +525,7 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 		}
 	}()
 	br := bufio.NewReaderSize(resp.Body, 256<<10)
-	next := after + 1
+	next, nextPart := after+1, 0
 	for {
 		typ, payload, err := readFrame(br)
 		if err != nil {
@@ -553,10 +559,14 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 			if err != nil {
 				return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
 			}
-			if t.Seq != next || t.Origin != c.cfg.Peer {
-				return fmt.Errorf("stream from %s: got %s/%d, want %s/%d", c.cfg.Peer, t.Origin, t.Seq, c.cfg.Peer, next)
+			if t.Seq != next || t.Part != nextPart || t.Origin != c.cfg.Peer {
+				return fmt.Errorf("stream from %s: got %s/%d part %d, want %s/%d part %d", c.cfg.Peer, t.Origin, t.Seq, t.Part, c.cfg.Peer, next, nextPart)
 			}
-			next++
+			if t.More {
+				nextPart++
+			} else {
+				next, nextPart = next+1, 0
+			}
 			if err := fn(t); err != nil {
 				return err
 			}

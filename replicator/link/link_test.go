@@ -40,18 +40,18 @@ func newMemOutbox() *memOutbox {
 func (m *memOutbox) add(t *replicator.Txn) {
 	b, _ := t.Encode()
 	m.mu.Lock()
-	m.entries = append(m.entries, Entry{Seq: t.Seq, Payload: b})
+	m.entries = append(m.entries, Entry{Seq: t.Seq, Part: t.Part, More: t.More, Payload: b})
 	close(m.changed)
 	m.changed = make(chan struct{})
 	m.mu.Unlock()
 }
 
-func (m *memOutbox) Read(_ context.Context, after replicator.Seq, limit int) ([]Entry, error) {
+func (m *memOutbox) Read(_ context.Context, after replicator.Seq, part int, limit int) ([]Entry, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var out []Entry
 	for _, e := range m.entries {
-		if e.Seq > after && len(out) < limit {
+		if (e.Seq > after || (e.Seq == after && e.Part > part)) && len(out) < limit {
 			out = append(out, e)
 		}
 	}
@@ -333,5 +333,36 @@ func TestPeerBehindRetentionIsToldToReseed(t *testing.T) {
 	defer cancel()
 	if err := cl.Stream(ctx, 9, func(*replicator.Txn) error { return nil }); errors.Is(err, ErrTooFarBehind) {
 		t.Fatalf("caught-up peer told it is behind: %v", err)
+	}
+}
+
+func TestLargeTransactionPartsArriveInOrder(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	for p := 0; p < 3; p++ {
+		tx := txn(2)
+		tx.Part, tx.More = p, p < 2
+		ob.add(tx)
+	}
+	ob.add(txn(3))
+	url := serve(t, ob, TLSFiles{}, cluster)
+	cl := client(t, url, secret, TLSFiles{}, cluster)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var got []string
+	errDone := errors.New("done")
+	err := cl.Stream(ctx, 0, func(tx *replicator.Txn) error {
+		got = append(got, fmt.Sprintf("%d.%d", tx.Seq, tx.Part))
+		if len(got) == 5 {
+			return errDone
+		}
+		return nil
+	})
+	if !errors.Is(err, errDone) || strings.Join(got, " ") != "1.0 2.0 2.1 2.2 3.0" {
+		t.Fatalf("got %v (%v), want 1.0 2.0 2.1 2.2 3.0", got, err)
+	}
+	// Resuming after transaction 2 starts at 3, not inside 2.
+	if seqs, err := collect(t, cl, 2, 1); err != nil || fmt.Sprint(seqs) != "[3]" {
+		t.Fatalf("after 2: %v %v", seqs, err)
 	}
 }

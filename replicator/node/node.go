@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"golang.org/x/sync/semaphore"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -253,6 +254,9 @@ type follower struct {
 	client  *link.Client
 	log     *slog.Logger
 	applied atomic.Uint64
+	// carefulSeq is a large transaction to apply change by change (it hit a
+	// data error in the fast path).
+	carefulSeq replicator.Seq
 }
 
 func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones, log *slog.Logger) (*follower, error) {
@@ -324,10 +328,17 @@ func (f *follower) once(ctx context.Context) error {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// Received transactions wait here; the budget bounds the changes held
+	// in memory (a large transaction's parts included).
 	ch := make(chan *replicator.Txn, 4*f.cfg.ApplyBatchTxns)
+	budget := semaphore.NewWeighted(rowBudget)
+	weight := func(t *replicator.Txn) int64 { return min(rowBudget, int64(len(t.Changes))+1) }
 	streamErr := make(chan error, 1)
 	go func() {
 		err := f.client.Stream(ctx, after, func(t *replicator.Txn) error {
+			if err := budget.Acquire(ctx, weight(t)); err != nil {
+				return err
+			}
 			select {
 			case ch <- t:
 				return nil
@@ -345,25 +356,63 @@ func (f *follower) once(ctx context.Context) error {
 	}()
 	defer func() { cancel(); <-ackDone }()
 
+	large := func(t *replicator.Txn) bool { return t.More || t.Part > 0 }
+	applyLarge := func(first *replicator.Txn) error {
+		careful := f.carefulSeq == first.Seq
+		prev := first
+		next := func() (*replicator.Txn, error) {
+			budget.Release(weight(prev))
+			t, ok := <-ch
+			if !ok {
+				return nil, fmt.Errorf("stream ended inside large transaction %d: %w", first.Seq, <-streamErr)
+			}
+			prev = t
+			return t, nil
+		}
+		seq, err := applier.ApplyLarge(ctx, first, next, careful)
+		budget.Release(weight(prev))
+		if errors.Is(err, postgres.ErrNeedsCareful) {
+			// Stream it again and apply it change by change.
+			f.carefulSeq = first.Seq
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("apply large transaction %d from %s: %w", first.Seq, f.peer.ID, err)
+		}
+		f.applied.Store(uint64(seq))
+		return nil
+	}
+
 	retry := time.NewTicker(f.cfg.ParkedRetryInterval)
 	defer retry.Stop()
+	var held *replicator.Txn
 	for {
 		var t *replicator.Txn
-		var ok bool
-		select {
-		case t, ok = <-ch:
-		case <-retry.C:
-			n, err := applier.RetryParked(ctx, 500)
-			if err != nil {
-				return fmt.Errorf("retry parked changes: %w", err)
+		ok := true
+		if held != nil {
+			t, held = held, nil
+		} else {
+			select {
+			case t, ok = <-ch:
+			case <-retry.C:
+				n, err := applier.RetryParked(ctx, 500)
+				if err != nil {
+					return fmt.Errorf("retry parked changes: %w", err)
+				}
+				if n > 0 {
+					f.log.Info("parked changes applied on retry", "count", n)
+				}
+				continue
 			}
-			if n > 0 {
-				f.log.Info("parked changes applied on retry", "count", n)
-			}
-			continue
 		}
 		if !ok {
 			return <-streamErr
+		}
+		if large(t) {
+			if err := applyLarge(t); err != nil {
+				return err
+			}
+			continue
 		}
 		batch := []*replicator.Txn{t}
 		rows := len(t.Changes)
@@ -374,6 +423,10 @@ func (f *follower) once(ctx context.Context) error {
 				if !ok {
 					break drain
 				}
+				if large(t) {
+					held = t
+					break drain
+				}
 				batch = append(batch, t)
 				rows += len(t.Changes)
 			default:
@@ -381,12 +434,18 @@ func (f *follower) once(ctx context.Context) error {
 			}
 		}
 		seq, err := f.applyWithRetry(ctx, applier, batch)
+		for _, t := range batch {
+			budget.Release(weight(t))
+		}
 		if err != nil {
 			return err
 		}
 		f.applied.Store(uint64(seq))
 	}
 }
+
+// rowBudget bounds the changes a follower holds received but not applied.
+const rowBudget = 40_000
 
 func (f *follower) applyWithRetry(ctx context.Context, a *postgres.Applier, batch []*replicator.Txn) (replicator.Seq, error) {
 	delay := 20 * time.Millisecond

@@ -171,6 +171,9 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 		if t.Origin != a.cfg.Source {
 			return 0, fmt.Errorf("apply: transaction from %s on the link from %s", t.Origin, a.cfg.Source)
 		}
+		if t.More || t.Part > 0 {
+			return 0, fmt.Errorf("apply: transaction %s/%d arrives in parts; use ApplyLarge", t.Origin, t.Seq)
+		}
 		if int64(t.Seq) <= applied {
 			continue
 		}
@@ -199,6 +202,76 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 		return 0, fmt.Errorf("apply: commit: %w", err)
 	}
 	return lastTxn.Seq, nil
+}
+
+// ErrNeedsCareful reports that a large transaction hit a data error in the
+// fast path; its parts must be streamed again and applied with
+// ApplyLarge(careful=true), which parks the failing changes.
+var ErrNeedsCareful = errors.New("large transaction needs a change-by-change apply")
+
+// ApplyLarge applies one source transaction that arrives in parts (first,
+// then whatever next returns until a part without More), in one local
+// transaction with the source's progress, holding one part in memory at a
+// time. A transaction already applied is consumed and skipped.
+func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next func() (*replicator.Txn, error), careful bool) (replicator.Seq, error) {
+	if first.Origin != a.cfg.Source || first.Part != 0 {
+		return 0, fmt.Errorf("apply: large transaction from %s must start at part 0 of the link's source %s (got %s/%d part %d)", first.Origin, a.cfg.Source, first.Origin, first.Seq, first.Part)
+	}
+	tx, err := a.conn.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("apply: begin: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	var applied int64
+	err = tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("apply: read progress: %w", err)
+	}
+	skip := int64(first.Seq) <= applied
+	if !skip && int64(first.Seq) != applied+1 {
+		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
+	}
+	ex := &executor{tx: tx, careful: careful, parkOnError: true}
+	var maxHLC conflict.Timestamp
+	part := first
+	for {
+		if !skip {
+			h, err := a.applyChanges(ctx, ex, []*replicator.Txn{part})
+			if err == nil {
+				err = ex.flush(ctx)
+			}
+			if err != nil {
+				if !careful && isDataError(err) {
+					return 0, fmt.Errorf("%w: %s/%d: %v", ErrNeedsCareful, first.Origin, first.Seq, err)
+				}
+				return 0, err
+			}
+			maxHLC = max(maxHLC, h)
+		}
+		if !part.More {
+			break
+		}
+		prev := part.Part
+		if part, err = next(); err != nil {
+			return 0, err
+		}
+		if part.Seq != first.Seq || part.Part != prev+1 {
+			return 0, fmt.Errorf("apply: large transaction %s/%d: got part %d of %d after part %d", first.Origin, first.Seq, part.Part, part.Seq, prev)
+		}
+	}
+	if skip {
+		return replicator.Seq(applied), nil
+	}
+	ex.queue(stmt{sql: `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
+		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
+		args: []any{string(a.cfg.Source), int64(first.Seq), first.LSN, int64(maxHLC)}, want: -1})
+	if err := ex.flush(ctx); err != nil {
+		return 0, err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return 0, fmt.Errorf("apply: commit: %w", err)
+	}
+	return first.Seq, nil
 }
 
 // applyChanges decides and queues every change of txns, in order, inside

@@ -34,24 +34,31 @@ func NewOutbox(pool *pgxpool.Pool, reader *Reader, region conflict.RegionID, pee
 }
 
 // Read implements link.Outbox.
-func (o *Outbox) Read(ctx context.Context, after replicator.Seq, limit int) ([]link.Entry, error) {
-	rows, err := o.pool.Query(ctx, `SELECT seq, payload FROM polyregion.outbox WHERE seq > $1 ORDER BY seq LIMIT $2`, int64(after), limit)
+func (o *Outbox) Read(ctx context.Context, after replicator.Seq, part int, limit int) ([]link.Entry, error) {
+	rows, err := o.pool.Query(ctx, `SELECT seq, part, more, payload FROM polyregion.outbox
+		WHERE (seq, part) > ($1, $2) ORDER BY seq, part LIMIT $3`, int64(after), part, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
 	}
 	defer rows.Close()
 	var out []link.Entry
-	for rows.Next() {
+	size := 0
+	for size < maxReadBytes && rows.Next() {
 		var e link.Entry
 		var seq int64
-		if err := rows.Scan(&seq, &e.Payload); err != nil {
+		if err := rows.Scan(&seq, &e.Part, &e.More, &e.Payload); err != nil {
 			return nil, fmt.Errorf("read outbox: %w", err)
 		}
 		e.Seq = replicator.Seq(seq)
 		out = append(out, e)
+		size += len(e.Payload)
 	}
 	return out, rows.Err()
 }
+
+// maxReadBytes bounds one Read's payloads (large transactions' parts are
+// big); the server asks again for the rest.
+const maxReadBytes = 16 << 20
 
 // Retained implements link.Outbox.
 func (o *Outbox) Retained(ctx context.Context) (oldest, newest replicator.Seq, err error) {

@@ -34,7 +34,11 @@ type ReaderConfig struct {
 	FlushInterval time.Duration
 	// StatusInterval is how often the slot's confirmed position is reported.
 	StatusInterval time.Duration
-	Logger         *slog.Logger
+	// PartChanges bounds the changes of one transaction held in memory: a
+	// larger transaction is versioned and appended in parts, inside one
+	// local transaction that commits with the source's commit.
+	PartChanges int
+	Logger      *slog.Logger
 }
 
 func (c *ReaderConfig) defaults() {
@@ -46,6 +50,9 @@ func (c *ReaderConfig) defaults() {
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 20 * time.Millisecond
+	}
+	if c.PartChanges <= 0 {
+		c.PartChanges = 20000
 	}
 	if c.StatusInterval <= 0 {
 		c.StatusInterval = 5 * time.Second
@@ -140,8 +147,14 @@ type pendingTxn struct {
 	commitLSN  pglogrepl.LSN
 	endLSN     pglogrepl.LSN
 	commitTime time.Time
-	remote     bool
-	changes    []rawChange
+	// remote: applied from a peer (or already versioned before a restart);
+	// its changes are not shipped.
+	remote  bool
+	changes []rawChange
+	// part numbers the parts of a large transaction; more is set on all but
+	// the last.
+	part int
+	more bool
 }
 
 type rawChange struct {
@@ -270,6 +283,42 @@ func (r *Reader) Run(ctx context.Context) error {
 		start()
 		return await()
 	}
+	// A transaction larger than PartChanges is versioned part by part in
+	// bigTx (on the persister's session, which is idle meanwhile: the
+	// stream is sequential and earlier batches are flushed first).
+	var bigTx pgx.Tx
+	var bigSt readerState
+	defer func() {
+		if bigTx != nil {
+			_ = bigTx.Rollback(context.Background())
+		}
+	}()
+	streamPart := func(last bool) error {
+		if bigTx == nil {
+			if err := flush(); err != nil {
+				return err
+			}
+			tx, err := pconn.Begin(ctx)
+			if err != nil {
+				return fmt.Errorf("reader: large transaction: %w", err)
+			}
+			bigTx, bigSt = tx, st
+		}
+		part := &pendingTxn{xid: cur.xid, commitLSN: cur.commitLSN, endLSN: cur.endLSN, commitTime: cur.commitTime,
+			changes: cur.changes, part: cur.part, more: !last}
+		if err := r.persistIn(ctx, bigTx, &bigSt, []*pendingTxn{part}); err != nil {
+			return err
+		}
+		cur.part++
+		cur.changes = nil
+		return nil
+	}
+	streamIfLarge := func() error {
+		if cur != nil && !cur.remote && len(cur.changes) >= r.cfg.PartChanges {
+			return streamPart(false)
+		}
+		return nil
+	}
 	sendStatus := func() error {
 		lastStatus = time.Now()
 		return pglogrepl.SendStandbyStatusUpdate(ctx, repl, pglogrepl.StandbyStatusUpdate{
@@ -367,7 +416,9 @@ func (r *Reader) Run(ctx context.Context) error {
 				case *pglogrepl.TypeMessage:
 					// Values travel in text form; type messages need no action.
 				case *pglogrepl.BeginMessage:
-					cur = &pendingTxn{xid: msg.Xid, commitLSN: msg.FinalLSN, commitTime: msg.CommitTime}
+					// A transaction committed before the recorded position
+					// was versioned before a restart: decode, don't ship.
+					cur = &pendingTxn{xid: msg.Xid, commitLSN: msg.FinalLSN, commitTime: msg.CommitTime, remote: msg.FinalLSN < st.lsn}
 				case *pglogrepl.OriginMessage:
 					if cur != nil {
 						cur.remote = true
@@ -376,12 +427,21 @@ func (r *Reader) Run(ctx context.Context) error {
 					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpInsert, msg.Tuple, nil); err != nil {
 						return err
 					}
+					if err := streamIfLarge(); err != nil {
+						return err
+					}
 				case *pglogrepl.UpdateMessage:
 					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpUpdate, msg.NewTuple, msg.OldTuple); err != nil {
 						return err
 					}
+					if err := streamIfLarge(); err != nil {
+						return err
+					}
 				case *pglogrepl.DeleteMessage:
 					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpDelete, nil, msg.OldTuple); err != nil {
+						return err
+					}
+					if err := streamIfLarge(); err != nil {
 						return err
 					}
 				case *pglogrepl.TruncateMessage:
@@ -416,6 +476,23 @@ func (r *Reader) Run(ctx context.Context) error {
 						return fmt.Errorf("reader: commit at %s without begin", msg.CommitLSN)
 					}
 					cur.endLSN = msg.TransactionEndLSN
+					if bigTx != nil {
+						// The last part, the position, and the commit.
+						if err := streamPart(true); err != nil {
+							return err
+						}
+						if err := r.saveState(ctx, bigTx, &bigSt, cur.endLSN); err != nil {
+							return err
+						}
+						if err := bigTx.Commit(ctx); err != nil {
+							return fmt.Errorf("reader: large transaction commit: %w", err)
+						}
+						bigTx, cur = nil, nil
+						st = bigSt
+						confirmed = max(confirmed, st.lsn)
+						r.advance(st.lsn)
+						continue
+					}
 					done := cur
 					cur = nil
 					if done.endLSN <= st.lsn {
@@ -657,6 +734,41 @@ func (w *metaWriter) args() []any {
 // persist versions a batch of local transactions and appends them to the
 // outbox, with the reader's new position, in one local transaction.
 func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	next := *st
+	if err := r.persistIn(ctx, tx, &next, batch); err != nil {
+		return err
+	}
+	last := batch[len(batch)-1]
+	if err := r.saveState(ctx, tx, &next, last.endLSN); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("reader: persist commit: %w", err)
+	}
+	*st = next
+	return nil
+}
+
+// saveState records the reader's position in tx.
+func (r *Reader) saveState(ctx context.Context, tx pgx.Tx, st *readerState, lsn pglogrepl.LSN) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reader_state (slot, lsn, next_seq, hlc) VALUES ($1, $2::pg_lsn, $3, $4)
+		ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, next_seq = excluded.next_seq, hlc = excluded.hlc`,
+		SlotName(string(r.cfg.Region)), lsn.String(), int64(st.nextSeq), int64(st.hlc)); err != nil {
+		return fmt.Errorf("reader: save position: %w", err)
+	}
+	st.lsn = lsn
+	return nil
+}
+
+// persistIn versions a batch of local transactions (or one part of a large
+// one) and appends them to the outbox, inside tx. st.nextSeq advances past
+// each transaction whose last part is in the batch.
+func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batch []*pendingTxn) error {
 	var keys []metaKey
 	seen := map[metaKey]bool{}
 	for _, t := range batch {
@@ -668,11 +780,6 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 			}
 		}
 	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return fmt.Errorf("reader: persist: %w", err)
-	}
-	defer tx.Rollback(context.Background())
 	metas, err := loadMeta(ctx, tx, keys)
 	if err != nil {
 		return fmt.Errorf("reader: persist: %w", err)
@@ -680,6 +787,8 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 
 	var (
 		seqs     []int64
+		parts    []int32
+		mores    []bool
 		lsns     []string
 		commits  []time.Time
 		nrows    []int32
@@ -693,6 +802,8 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 			Seq:        next,
 			LSN:        t.commitLSN.String(),
 			CommitUnix: t.commitTime.UnixMicro(),
+			Part:       t.part,
+			More:       t.more,
 		}
 		shapeIdx := map[string]int{}
 		for _, c := range t.changes {
@@ -776,11 +887,15 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 			return fmt.Errorf("reader: encode transaction: %w", err)
 		}
 		seqs = append(seqs, int64(next))
+		parts = append(parts, int32(t.part))
+		mores = append(mores, t.more)
 		lsns = append(lsns, t.commitLSN.String())
 		commits = append(commits, t.commitTime)
 		nrows = append(nrows, int32(len(out.Changes)))
 		payloads = append(payloads, payload)
-		next++
+		if !t.more {
+			next++
+		}
 	}
 	hlcNow := max(maxHLC, st.hlc)
 
@@ -791,21 +906,13 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 	if _, err := tx.Exec(ctx, upsertMetaSQL, mw.args()...); err != nil {
 		return fmt.Errorf("reader: persist row versions: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, lsn, commit_ts, rows, payload)
-		SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::pg_lsn[]), pg_catalog.unnest($3::timestamptz[]), pg_catalog.unnest($4::int[]), pg_catalog.unnest($5::bytea[]))`,
-		seqs, lsns, commits, nrows, payloads); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload)
+		SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::int[]), pg_catalog.unnest($3::bool[]),
+			pg_catalog.unnest($4::pg_lsn[]), pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::int[]), pg_catalog.unnest($7::bytea[]))`,
+		seqs, parts, mores, lsns, commits, nrows, payloads); err != nil {
 		return fmt.Errorf("reader: append outbox: %w", err)
 	}
-	last := batch[len(batch)-1]
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reader_state (slot, lsn, next_seq, hlc) VALUES ($1, $2::pg_lsn, $3, $4)
-		ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, next_seq = excluded.next_seq, hlc = excluded.hlc`,
-		SlotName(string(r.cfg.Region)), last.endLSN.String(), int64(next), int64(hlcNow)); err != nil {
-		return fmt.Errorf("reader: save position: %w", err)
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return fmt.Errorf("reader: persist commit: %w", err)
-	}
-	st.lsn, st.nextSeq, st.hlc = last.endLSN, next, hlcNow
+	st.nextSeq, st.hlc = next, hlcNow
 	return nil
 }
 

@@ -26,7 +26,8 @@ const Schema = "polyregion"
 //     src_seq is the outbox sequence number, in the origin region, of the
 //     write that produced the version (tombstone collection uses it).
 //   - outbox: local-origin transactions, versioned, in commit order, kept
-//     until every peer has acknowledged them.
+//     until every peer has acknowledged them; a large transaction takes
+//     several rows (parts) under one sequence number.
 //   - reader_state: how far the change-stream reader has versioned.
 //   - applied: per source region, the last transaction applied here; written
 //     in the same transaction as the rows it covers.
@@ -48,11 +49,14 @@ var schemaDDL = []string{
 		deleted_at timestamptz,
 		PRIMARY KEY (tbl, key))`,
 	`CREATE TABLE IF NOT EXISTS polyregion.outbox (
-		seq       bigint PRIMARY KEY,
+		seq       bigint NOT NULL,
+		part      integer NOT NULL DEFAULT 0,
+		more      boolean NOT NULL DEFAULT false,
 		lsn       pg_lsn NOT NULL,
 		commit_ts timestamptz NOT NULL,
 		rows      integer NOT NULL,
-		payload   bytea NOT NULL)`,
+		payload   bytea NOT NULL,
+		PRIMARY KEY (seq, part))`,
 	`CREATE TABLE IF NOT EXISTS polyregion.reader_state (
 		slot     text PRIMARY KEY,
 		lsn      pg_lsn NOT NULL,
