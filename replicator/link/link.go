@@ -507,8 +507,11 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("stream from %s: HTTP %d: %s", c.cfg.Peer, resp.StatusCode, strings.TrimSpace(string(b)))
 	}
-	// A watchdog ends a stream that went silent (half-open connection).
+	// A watchdog ends a stream that went silent (half-open connection). It
+	// times only the waits for frames: while the receiver holds a
+	// transaction (backpressure) the clock is stopped.
 	activity := make(chan struct{}, 1)
+	waiting := make(chan bool) // true: waiting for a frame; false: busy in fn
 	go func() {
 		t := time.NewTimer(c.cfg.IdleTimeout)
 		defer t.Stop()
@@ -518,12 +521,24 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 				return
 			case <-activity:
 				t.Reset(c.cfg.IdleTimeout)
+			case w := <-waiting:
+				if w {
+					t.Reset(c.cfg.IdleTimeout)
+				} else {
+					t.Stop()
+				}
 			case <-t.C:
 				cancel()
 				return
 			}
 		}
 	}()
+	setWaiting := func(w bool) {
+		select {
+		case waiting <- w:
+		case <-ctx.Done():
+		}
+	}
 	br := bufio.NewReaderSize(resp.Body, 256<<10)
 	next, nextPart := after+1, 0
 	for {
@@ -567,9 +582,13 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 			} else {
 				next, nextPart = next+1, 0
 			}
-			if err := fn(t); err != nil {
+			setWaiting(false)
+			err = fn(t)
+			setWaiting(true)
+			if err != nil {
 				return err
 			}
+
 		default:
 			return fmt.Errorf("stream from %s: unknown frame type %q", c.cfg.Peer, typ)
 		}

@@ -362,6 +362,7 @@ func (f *follower) once(ctx context.Context) error {
 		prev := first
 		next := func() (*replicator.Txn, error) {
 			budget.Release(weight(prev))
+			prev = nil
 			t, ok := <-ch
 			if !ok {
 				return nil, fmt.Errorf("stream ended inside large transaction %d: %w", first.Seq, <-streamErr)
@@ -370,7 +371,9 @@ func (f *follower) once(ctx context.Context) error {
 			return t, nil
 		}
 		seq, err := applier.ApplyLarge(ctx, first, next, careful)
-		budget.Release(weight(prev))
+		if prev != nil {
+			budget.Release(weight(prev))
+		}
 		if errors.Is(err, postgres.ErrNeedsCareful) {
 			// Stream it again and apply it change by change.
 			f.carefulSeq = first.Seq

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strings"
 	"time"
 
@@ -282,10 +283,12 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	states := map[metaKey]*rowState{}
 	byTable := map[string][]string{}
 	shapeOf := map[string]replicator.Shape{}
+	checked := map[string]bool{} // every distinct shape of a table is checked
 	for _, t := range txns {
 		for _, c := range t.Changes {
 			sh := t.Shapes[c.T]
-			if _, ok := shapeOf[sh.Table]; !ok {
+			if sig := sh.Table + "\x00" + strings.Join(sh.Columns, ",") + "\x00" + strings.Join(sh.Types, ","); !checked[sig] {
+				checked[sig] = true
 				if err := a.checkShape(ctx, ex.tx, sh); err != nil {
 					return 0, err
 				}
@@ -379,11 +382,10 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		if ctx.Err() != nil {
 			return resolved, ctx.Err()
 		}
+		// Still failing (data error, paused table, a missing TOAST value...):
+		// it stays parked with the latest reason; the link goes on.
 		if _, uerr := a.conn.Exec(ctx, `UPDATE polyregion.parked SET retries = retries + 1, reason = $2 WHERE id = $1`, p.id, err.Error()); uerr != nil {
 			return resolved, fmt.Errorf("retry parked: %w", uerr)
-		}
-		if !isDataError(err) && !IsRetryable(err) {
-			return resolved, err
 		}
 	}
 	return resolved, nil
@@ -443,8 +445,73 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 			stale = append(stale, k)
 		}
 	}
-	if len(stale) == 0 {
-		return nil
+	for attempt := 1; len(stale) > 0; attempt++ {
+		if attempt > 5 {
+			return retryable{fmt.Errorf("apply: %d rows keep changing locally while their versions are read", len(stale))}
+		}
+		// Rows that exist are locked now: no local write to them can commit
+		// until this transaction ends.
+		lockedBefore := map[metaKey]bool{}
+		for _, k := range stale {
+			lockedBefore[k] = states[k].exists
+		}
+		if err := a.barrier(ctx, tx, len(stale)); err != nil {
+			return err
+		}
+		// Read the stale keys again: a row absent before may have been
+		// inserted meanwhile (and is locked now).
+		again := map[string][]string{}
+		for _, k := range stale {
+			again[k.tbl] = append(again[k.tbl], k.key)
+		}
+		for tbl, keys := range again {
+			if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
+				return err
+			}
+		}
+		metas, err = loadMeta(ctx, tx, stale)
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		var still []metaKey
+		for _, k := range stale {
+			s := states[k]
+			s.meta = metas[k]
+			if !unversioned(s) {
+				continue
+			}
+			if !s.exists && !lockedBefore[k] {
+				// Absent before and after the barrier, yet its last
+				// recorded version is live: the row went without a
+				// versioned delete (TRUNCATE is not replicated). Treat it
+				// as deleted with that version.
+				s.meta.version.Deleted = true
+				continue
+			}
+			if s.exists && lockedBefore[k] {
+				// Locked since before the barrier, so every write to it is
+				// versioned by now: it was written before replication
+				// started here (or in a subtransaction, or frozen). Its
+				// version is what is recorded, or empty.
+				if s.meta == nil {
+					s.meta = &meta{xid: s.xmin}
+				} else {
+					s.meta.xid = s.xmin
+				}
+				continue
+			}
+			still = append(still, k)
+		}
+		stale = still
+	}
+	return nil
+}
+
+// barrier waits until the local reader has versioned every local commit
+// that precedes it.
+func (a *Applier) barrier(ctx context.Context, tx pgx.Tx, rows int) error {
+	if a.cfg.Versioner == nil {
+		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", rows)
 	}
 	var lsn string
 	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text`, BarrierPrefix).Scan(&lsn); err != nil {
@@ -454,37 +521,11 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	if err != nil {
 		return fmt.Errorf("apply: barrier position: %w", err)
 	}
-	if a.cfg.Versioner == nil {
-		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", len(stale))
-	}
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
 	err = a.cfg.Versioner.WaitVersioned(wctx, l)
 	cancel()
 	if err != nil {
 		return retryable{fmt.Errorf("apply: %w", err)}
-	}
-	metas, err = loadMeta(ctx, tx, stale)
-	if err != nil {
-		return fmt.Errorf("apply: %w", err)
-	}
-	for _, k := range stale {
-		s := states[k]
-		s.meta = metas[k]
-		if s.exists && (s.meta == nil || s.meta.xid != s.xmin) {
-			// Written before replication started here (or frozen): the
-			// row's version is what is recorded, or empty.
-			if s.meta == nil {
-				s.meta = &meta{xid: s.xmin}
-			} else {
-				s.meta.xid = s.xmin
-			}
-		}
-		if !s.exists && s.meta != nil && !s.meta.version.Deleted {
-			// A local delete the reader has not recorded even after the
-			// barrier cannot happen unless the row is gone some other way
-			// (TRUNCATE): treat it as deleted with its last version.
-			s.meta.version.Deleted = true
-		}
 	}
 	return nil
 }
@@ -532,7 +573,8 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 	}
 	defer rows.Close()
 	for _, key := range keys {
-		states[metaKey{sh.Table, key}].exists = false
+		s := states[metaKey{sh.Table, key}]
+		s.exists, s.xmin, s.values, s.image = false, "", nil, nil
 	}
 	for rows.Next() {
 		var ord int64
@@ -1079,6 +1121,13 @@ func (b *bulk) statements() []stmt {
 		out = append(out, g.stmt())
 	}
 	if len(b.metaOrder) > 0 {
+		// Key order, as the reader locks them: no deadlock between the two.
+		sort.Slice(b.metaOrder, func(i, j int) bool {
+			if b.metaOrder[i].tbl != b.metaOrder[j].tbl {
+				return b.metaOrder[i].tbl < b.metaOrder[j].tbl
+			}
+			return b.metaOrder[i].key < b.metaOrder[j].key
+		})
 		var mw metaWriter
 		for _, k := range b.metaOrder {
 			mw.add(k, b.metas[k])

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -306,8 +308,25 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 		part := &pendingTxn{xid: cur.xid, commitLSN: cur.commitLSN, endLSN: cur.endLSN, commitTime: cur.commitTime,
 			changes: cur.changes, part: cur.part, more: !last}
-		if err := r.persistIn(ctx, bigTx, &bigSt, []*pendingTxn{part}); err != nil {
-			return err
+		for attempt := 1; ; attempt++ {
+			if _, err := bigTx.Exec(ctx, "SAVEPOINT part"); err != nil {
+				return fmt.Errorf("reader: large transaction: %w", err)
+			}
+			next := bigSt
+			err := r.persistIn(ctx, bigTx, &next, []*pendingTxn{part})
+			if err == nil {
+				bigSt = next
+				if _, err := bigTx.Exec(ctx, "RELEASE SAVEPOINT part"); err != nil {
+					return fmt.Errorf("reader: large transaction: %w", err)
+				}
+				break
+			}
+			if !retryablePersist(err) || attempt == 10 {
+				return err
+			}
+			if _, err := bigTx.Exec(ctx, "ROLLBACK TO SAVEPOINT part"); err != nil {
+				return fmt.Errorf("reader: large transaction: %w", err)
+			}
 		}
 		cur.part++
 		cur.changes = nil
@@ -646,6 +665,16 @@ type meta struct {
 type metaKey struct{ tbl, key string }
 
 func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
+	return loadMetaLocked(ctx, q, keys, false)
+}
+
+// loadMetaLocked is loadMeta, optionally locking the versions it finds
+// until the transaction ends.
+func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (map[metaKey]*meta, error) {
+	forUpdate := ""
+	if lock {
+		forUpdate = " ORDER BY m.tbl, m.key FOR UPDATE OF m"
+	}
 	out := make(map[metaKey]*meta, len(keys))
 	if len(keys) == 0 {
 		return out, nil
@@ -657,7 +686,7 @@ func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta
 	}
 	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq
 		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
-		JOIN polyregion.row_version m ON m.tbl = k.tbl AND m.key = k.key`, tbls, ks)
+		JOIN polyregion.row_version m ON m.tbl = k.tbl AND m.key = k.key`+forUpdate, tbls, ks)
 	if err != nil {
 		return nil, fmt.Errorf("load row versions: %w", err)
 	}
@@ -727,6 +756,25 @@ const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hl
 	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, src_seq = excluded.src_seq,
 	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
 
+// insertNewMetaSQL records versions for keys that had none, skipping any
+// recorded concurrently (the caller compares the row count).
+var insertNewMetaSQL = strings.Replace(upsertMetaSQL[:strings.Index(upsertMetaSQL, "ON CONFLICT")], "AS m ", "", 1) +
+	"ON CONFLICT (tbl, key) DO NOTHING"
+
+// errVersionRace: a version the reader was about to create was recorded
+// by an applier meanwhile; the batch must be versioned again.
+var errVersionRace = errors.New("reader: a row version changed while versioning; retrying")
+
+// retryablePersist reports errors after which versioning the same batch
+// again is right.
+func retryablePersist(err error) bool {
+	if errors.Is(err, errVersionRace) {
+		return true
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
 func (w *metaWriter) args() []any {
 	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters, w.srcSeq}
 }
@@ -734,6 +782,16 @@ func (w *metaWriter) args() []any {
 // persist versions a batch of local transactions and appends them to the
 // outbox, with the reader's new position, in one local transaction.
 func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
+	for attempt := 1; ; attempt++ {
+		err := r.persistOnce(ctx, conn, st, batch)
+		if err == nil || !retryablePersist(err) || attempt == 10 {
+			return err
+		}
+		r.cfg.Logger.Debug("versioning retried", "attempt", attempt, "err", err)
+	}
+}
+
+func (r *Reader) persistOnce(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("reader: persist: %w", err)
@@ -780,9 +838,21 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			}
 		}
 	}
-	metas, err := loadMeta(ctx, tx, keys)
+	// Lock the versions this batch replaces (in key order, as appliers do),
+	// so none changes between reading and writing it.
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].tbl != keys[j].tbl {
+			return keys[i].tbl < keys[j].tbl
+		}
+		return keys[i].key < keys[j].key
+	})
+	metas, err := loadMetaLocked(ctx, tx, keys, true)
 	if err != nil {
 		return fmt.Errorf("reader: persist: %w", err)
+	}
+	existed := make(map[metaKey]bool, len(metas))
+	for k := range metas {
+		existed[k] = true
 	}
 
 	var (
@@ -899,12 +969,30 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	}
 	hlcNow := max(maxHLC, st.hlc)
 
-	var mw metaWriter
+	// Versions that existed are locked: update them. New ones are inserted
+	// only if nobody (an applier) recorded one meanwhile; if somebody did,
+	// the batch is versioned again on top of it.
+	var upd, ins metaWriter
 	for _, k := range keys {
-		mw.add(k, metas[k])
+		if existed[k] {
+			upd.add(k, metas[k])
+		} else {
+			ins.add(k, metas[k])
+		}
 	}
-	if _, err := tx.Exec(ctx, upsertMetaSQL, mw.args()...); err != nil {
-		return fmt.Errorf("reader: persist row versions: %w", err)
+	if len(upd.key) > 0 {
+		if _, err := tx.Exec(ctx, upsertMetaSQL, upd.args()...); err != nil {
+			return fmt.Errorf("reader: persist row versions: %w", err)
+		}
+	}
+	if len(ins.key) > 0 {
+		tag, err := tx.Exec(ctx, insertNewMetaSQL, ins.args()...)
+		if err != nil {
+			return fmt.Errorf("reader: persist row versions: %w", err)
+		}
+		if tag.RowsAffected() != int64(len(ins.key)) {
+			return errVersionRace
+		}
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload)
 		SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::int[]), pg_catalog.unnest($3::bool[]),
