@@ -14,6 +14,7 @@ import (
 	_ "net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 
@@ -22,6 +23,10 @@ import (
 	"github.com/polyregion/polyregion/replicator/node"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
+
+// defaultMemoryLimit is the replicator's soft heap limit unless GOMEMLIMIT
+// is set.
+const defaultMemoryLimit = 200 << 20
 
 const (
 	exitRuntime   = 1
@@ -110,6 +115,11 @@ missing, then read local changes, serve them to peers, and apply theirs.`,
 				return &exitError{exitConfig, fmt.Errorf("config %s: %w", path, err)}
 			}
 			cfg.Logger = log
+			if os.Getenv("GOMEMLIMIT") == "" {
+				// A soft heap limit keeps the collector ahead of backlog
+				// bursts; GOMEMLIMIT overrides it.
+				debug.SetMemoryLimit(defaultMemoryLimit)
+			}
 			if addr := os.Getenv("POLYREGION_PPROF"); addr != "" {
 				// Profiling endpoints for diagnosis; bind to loopback.
 				go func() { log.Warn("pprof server stopped", "err", http.ListenAndServe(addr, nil)) }()
