@@ -143,7 +143,9 @@ func runDemo(ctx context.Context, duration time.Duration, keep bool, dir string)
 		return fmt.Errorf("%d region(s) lost or doubled increments", bad)
 	}
 	fmt.Println("VERDICT: CONVERGED — every region holds identical rows and every increment is counted once")
-	fmt.Printf("    replicator logs: %s\n", filepath.Join(dir, "*-replicator.log"))
+	if keep {
+		fmt.Printf("    replicator logs: %s\n", filepath.Join(dir, "*-replicator.log"))
+	}
 	return nil
 }
 
