@@ -162,10 +162,9 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 	}
 	defer tx.Rollback(context.Background())
 
-	var applied int64
-	err = tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("apply: read progress: %w", err)
+	applied, err := a.lockProgress(ctx, tx)
+	if err != nil {
+		return 0, err
 	}
 	var todo []*replicator.Txn
 	for _, t := range txns {
@@ -192,17 +191,32 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 	if err != nil {
 		return 0, err
 	}
-	lastTxn := todo[len(todo)-1]
+	return a.commit(ctx, ex, todo[len(todo)-1], maxHLC)
+}
+
+// commit records the source's progress (last applied transaction) with the
+// rows it covers, then commits the local transaction.
+func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn, maxHLC conflict.Timestamp) (replicator.Seq, error) {
 	ex.queue(stmt{sql: `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
 		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
-		args: []any{string(a.cfg.Source), int64(lastTxn.Seq), lastTxn.LSN, int64(maxHLC)}, want: -1})
+		args: []any{string(a.cfg.Source), int64(last.Seq), last.LSN, int64(maxHLC)}, want: -1})
 	if err := ex.flush(ctx); err != nil {
 		return 0, err
 	}
-	if err := tx.Commit(ctx); err != nil {
+	if err := ex.tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("apply: commit: %w", err)
 	}
-	return lastTxn.Seq, nil
+	return last.Seq, nil
+}
+
+// lockProgress reads (and locks) the source's applied position.
+func (a *Applier) lockProgress(ctx context.Context, tx pgx.Tx) (int64, error) {
+	var applied int64
+	err := tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		return 0, fmt.Errorf("apply: read progress: %w", err)
+	}
+	return applied, nil
 }
 
 // ErrNeedsCareful reports that a large transaction hit a data error in the
@@ -223,10 +237,9 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 		return 0, fmt.Errorf("apply: begin: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	var applied int64
-	err = tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("apply: read progress: %w", err)
+	applied, err := a.lockProgress(ctx, tx)
+	if err != nil {
+		return 0, err
 	}
 	skip := int64(first.Seq) <= applied
 	if !skip && int64(first.Seq) != applied+1 {
@@ -263,16 +276,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	if skip {
 		return replicator.Seq(applied), nil
 	}
-	ex.queue(stmt{sql: `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
-		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
-		args: []any{string(a.cfg.Source), int64(first.Seq), first.LSN, int64(maxHLC)}, want: -1})
-	if err := ex.flush(ctx); err != nil {
-		return 0, err
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return 0, fmt.Errorf("apply: commit: %w", err)
-	}
-	return first.Seq, nil
+	return a.commit(ctx, ex, first, maxHLC)
 }
 
 // applyChanges decides and queues every change of txns, in order, inside
