@@ -118,10 +118,12 @@ func (a *Applier) Applied(ctx context.Context) (replicator.Seq, error) {
 
 // rowState is what the applier knows of one local row during a batch.
 type rowState struct {
-	exists  bool
-	xmin    string
-	values  map[string]*string // column -> text value (nil = NULL); only columns read
-	image   json.RawMessage    // to_jsonb of the row as read (for the conflict log)
+	exists bool
+	xmin   string
+	values map[string]*string // column -> text value (nil = NULL); only columns read
+	// image is the row as a JSON object (for the conflict log and custom
+	// resolvers): read lazily, kept up to date with this batch's writes.
+	image   json.RawMessage
 	meta    *meta
 	written bool // the data row was written by this transaction
 }
@@ -564,7 +566,7 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
 	}
 	pol := a.policy(sh.Table)
-	sel := []string{"k.ord", "t.xmin::text", "pg_catalog.to_jsonb(t)"}
+	sel := []string{"k.ord", "t.xmin::text"}
 	for _, c := range pol.Counters {
 		sel = append(sel, "t."+quoteIdent(c)+"::text")
 	}
@@ -583,8 +585,7 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 	for rows.Next() {
 		var ord int64
 		var xmin string
-		var image json.RawMessage
-		dest := []any{&ord, &xmin, &image}
+		dest := []any{&ord, &xmin}
 		counterVals := make([]*string, len(pol.Counters))
 		for i := range counterVals {
 			dest = append(dest, &counterVals[i])
@@ -593,7 +594,7 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 			return fmt.Errorf("apply: read %s: %w", sh.Table, err)
 		}
 		s := states[metaKey{sh.Table, keys[ord-1]}]
-		s.exists, s.xmin, s.image = true, xmin, image
+		s.exists, s.xmin, s.image = true, xmin, nil
 		s.values = map[string]*string{}
 		for i, c := range pol.Counters {
 			s.values[c] = counterVals[i]
@@ -614,6 +615,13 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	local := s.version()
 	localExists := s.exists || s.meta != nil
 	d := conflict.Decide(pol, local, localExists, c.Version, c.Op)
+	if d.Conflict {
+		// The local row's image goes into the conflict log (and to a
+		// custom resolver); it is read only when needed.
+		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
+			return err
+		}
+	}
 	if d.Action == conflict.External {
 		winner, err := a.runResolver(ctx, ex.tx, pol, sh, c, s)
 		if err != nil {
@@ -685,7 +693,8 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			}
 			ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
 		}
-		s.exists, s.written, s.image = true, true, nil
+		s.image = rowImage(sh, row, s.image)
+		s.exists, s.written = true, true
 	case s.exists && countersChanged:
 		// The local row stays; only its counters move.
 		row := make([]replicator.Value, len(sh.Columns))
@@ -694,6 +703,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 		counterRow(row)
 		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
+		if s.image != nil {
+			s.image = rowImage(sh, row, s.image)
+		}
 		s.written = true
 	}
 	if s.exists {
@@ -739,6 +751,56 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		return err
 	}
 	return nil
+}
+
+// ensureImage loads the local row's image unless it is known. A row this
+// batch wrote always has one, so the database (which has not seen the
+// batch's queued writes yet) is read only for rows the batch has not touched.
+func (a *Applier) ensureImage(ctx context.Context, tx pgx.Tx, sh replicator.Shape, key string, s *rowState) error {
+	if s.image != nil || !s.exists || s.written {
+		return nil
+	}
+	// Values in their text form (each type's output function, as the
+	// change stream sends them), so a row's image reads the same whichever
+	// region logs or resolves it.
+	names := make([]string, len(sh.Columns))
+	vals := make([]string, len(sh.Columns))
+	for i, c := range sh.Columns {
+		names[i] = "'" + strings.ReplaceAll(c, "'", "''") + "'"
+		vals[i] = fmt.Sprintf("CASE WHEN t.%[1]s IS NULL THEN NULL ELSE pg_catalog.format('%%s', t.%[1]s) END", quoteIdent(c))
+	}
+	where, args := keyWhere(sh, key, 0)
+	q := fmt.Sprintf("SELECT pg_catalog.json_object(ARRAY[%s]::text[], ARRAY[%s]::text[]) FROM %s t WHERE %s",
+		strings.Join(names, ", "), strings.Join(vals, ", "), qualified(sh.Table), where)
+	err := tx.QueryRow(ctx, q, args...).Scan(&s.image)
+	if err != nil {
+		return fmt.Errorf("apply: read %s key %s: %w", sh.Table, key, err)
+	}
+	return nil
+}
+
+// rowImage returns prev (a JSON object, may be nil) with the columns row
+// sets; unchanged TOAST values keep prev's value or are marked as such.
+func rowImage(sh replicator.Shape, row []replicator.Value, prev json.RawMessage) json.RawMessage {
+	m := map[string]any{}
+	if prev != nil {
+		_ = json.Unmarshal(prev, &m)
+	}
+	for i, col := range sh.Columns {
+		v := row[i]
+		switch {
+		case v.Unchanged:
+			if _, ok := m[col]; !ok {
+				m[col] = map[string]bool{"unchanged_toast": true}
+			}
+		case v.Null:
+			m[col] = nil
+		default:
+			m[col] = v.Text
+		}
+	}
+	b, _ := json.Marshal(m)
+	return b
 }
 
 type stmt struct {
@@ -840,20 +902,7 @@ func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *repl
 		localRow = &s
 	}
 	if c.Row != nil {
-		m := map[string]any{}
-		for i, col := range sh.Columns {
-			v := c.Row[i]
-			switch {
-			case v.Unchanged:
-				m[col] = map[string]bool{"unchanged_toast": true}
-			case v.Null:
-				m[col] = nil
-			default:
-				m[col] = v.Text
-			}
-		}
-		b, _ := json.Marshal(m)
-		s := string(b)
+		s := string(rowImage(sh, c.Row, nil))
 		remoteRow = &s
 	}
 	lv := before.version()
