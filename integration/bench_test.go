@@ -209,8 +209,10 @@ func benchDir(b *testing.B) string {
 var tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
 
 // writeOverhead runs pgbench against one region with and without its
-// replicator running (alternating, reps times) and returns the TPS pairs.
-func writeOverhead(b *testing.B, reps int) (without, with []float64) {
+// replicator running (alternating, reps times) and returns the TPS pairs,
+// plus pgbench with only a logical decoding consumer (pg_recvlogical over
+// test_decoding): the floor any logical-decoding-based replicator pays.
+func writeOverhead(b *testing.B, reps int) (without, with, decodingOnly []float64) {
 	dir := benchDir(b)
 	ctx := context.Background()
 	// pgbench_history has no primary key; the other three are replicated.
@@ -243,8 +245,21 @@ func writeOverhead(b *testing.B, reps int) (without, with []float64) {
 	}
 	// The peer region's replicator runs throughout (it would be elsewhere in
 	// production; here it shares the machine, which only penalises "with").
+	recv := filepath.Join(us.Cluster.BinDir, "pg_recvlogical")
+	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(us.Cluster.Port), "-U", "postgres", "-d", AppDB}
+	if out, err := exec.Command(recv, append(conn, "-S", "bench_decoding", "--create-slot", "-P", "test_decoding")...).CombinedOutput(); err != nil {
+		b.Fatalf("pg_recvlogical --create-slot: %v\n%s", err, out)
+	}
 	for i := 0; i < reps; i++ {
 		without = append(without, run())
+		dec := exec.Command(recv, append(conn, "-S", "bench_decoding", "--start", "-f", "/dev/null")...)
+		if err := dec.Start(); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		decodingOnly = append(decodingOnly, run())
+		_ = dec.Process.Kill()
+		_ = dec.Wait()
 		if err := us.StartReplicator(); err != nil {
 			b.Fatal(err)
 		}
@@ -256,7 +271,7 @@ func writeOverhead(b *testing.B, reps int) (without, with []float64) {
 			b.Fatal(err)
 		}
 	}
-	return without, with
+	return without, with, decodingOnly
 }
 
 func median(xs []float64) float64 {
@@ -291,16 +306,19 @@ func BenchmarkDataPlane(b *testing.B) {
 		peak = max(peak, rss)
 		fmt.Printf("rep %d: inserts polyregion %.0f rows/s, built-in %.0f rows/s; updates polyregion %.0f rows/s, built-in %.0f rows/s\n", i+1, oi, pi, ou, pu)
 	}
-	without, with := writeOverhead(b, reps)
+	without, with, decoding := writeOverhead(b, reps)
 	ratios := make([]float64, len(with))
+	decRatios := make([]float64, len(with))
 	for i := range with {
 		ratios[i] = with[i] / without[i]
+		decRatios[i] = decoding[i] / without[i]
 	}
 	var t strings.Builder
 	fmt.Fprintf(&t, "\n%-44s %14s %14s %8s\n", fmt.Sprintf("data plane, %d-row backlog, %d reps", rows, reps), "polyregion", "baseline", "ratio")
 	fmt.Fprintf(&t, "%-44s %14.0f %14.0f %8.2f\n", "insert backlog apply (rows/s, vs built-in)", median(ourIns), median(pgIns), median(insRatio))
 	fmt.Fprintf(&t, "%-44s %14.0f %14.0f %8.2f\n", "update backlog apply (rows/s, vs built-in)", median(ourUpd), median(pgUpd), median(updRatio))
 	fmt.Fprintf(&t, "%-44s %14.0f %14.0f %8.2f\n", "pgbench TPS (with vs without replicator)", median(with), median(without), median(ratios))
+	fmt.Fprintf(&t, "%-44s %14.0f %14.0f %8.2f\n", "pgbench TPS (logical decoding alone vs none)", median(decoding), median(without), median(decRatios))
 	fmt.Fprintf(&t, "%-44s %14.1f\n", "replicator peak RSS (MB)", float64(peak)/(1<<20))
 	fmt.Print(t.String())
 	fmt.Printf("apply_insert_rows_per_s=%.0f\n", median(ourIns))
@@ -310,5 +328,6 @@ func BenchmarkDataPlane(b *testing.B) {
 	fmt.Printf("apply_insert_ratio_vs_builtin=%.2f\n", median(insRatio))
 	fmt.Printf("apply_update_ratio_vs_builtin=%.2f\n", median(updRatio))
 	fmt.Printf("write_overhead_ratio=%.2f\n", median(ratios))
+	fmt.Printf("write_overhead_decoding_only_ratio=%.2f\n", median(decRatios))
 	fmt.Printf("replicator_peak_rss_mb=%.1f\n", float64(peak)/(1<<20))
 }
