@@ -229,3 +229,41 @@ func TestOutboxCapBoundsAnAbsentPeer(t *testing.T) {
 	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (1000, 'after the cap')`)
 	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE id = 1000`, 1)
 }
+
+// TestColumnDroppedWhileChangesInFlight: a region drops a column while its
+// reader still has transactions from before the drop to decode. The reader
+// ships each transaction with the columns it had; peers that still have the
+// column apply the old ones and pause the table (parking) for the new shape
+// until they drop it too; then everything converges.
+func TestColumnDroppedWhileChangesInFlight(t *testing.T) {
+	schema := []string{`CREATE TABLE public.items (id integer PRIMARY KEY, name text, color text)`}
+	tables := []TableSpec{{Name: "public.items"}}
+	h := startRegions(t, Spec{SchemaSQL: schema, Tables: tables})
+	ctx := ctxFor(t, 3*time.Minute)
+	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
+	if err := us.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.items VALUES (1, 'chair', 'red')`)
+	if err := us.Cluster.Exec(ctx, AppDB, `ALTER TABLE public.items DROP COLUMN color`); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.items VALUES (2, 'table')`)
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.items WHERE id = 1 AND color = 'red'`, 1)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM polyregion.parked WHERE tbl = 'public.items' AND resolved_at IS NULL`, 1)
+	if !us.Running() {
+		t.Fatalf("us's replicator exited decoding transactions from before the DDL:\n%s", us.Logs(3000))
+	}
+	for _, r := range []*Region{eu, ap} {
+		if err := r.Cluster.Exec(ctx, AppDB, `ALTER TABLE public.items DROP COLUMN color`); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.items`, 2)
+}

@@ -284,24 +284,40 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 // applyChanges decides and queues every change of txns, in order, inside
 // ex's transaction. It returns the largest hybrid timestamp seen.
 func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replicator.Txn) (conflict.Timestamp, error) {
-	// Check shapes, then read every touched row and its version, locking
-	// the rows that exist.
+	// Check shapes in order: the first change whose shape differs from the
+	// local table pauses that table, and it and every later change of the
+	// table are parked (in order); changes before it apply as usual. Then
+	// read every touched row and its version, locking the rows that exist.
 	states := map[metaKey]*rowState{}
 	byTable := map[string][]string{}
 	shapeOf := map[string]replicator.Shape{}
-	checked := map[string]bool{} // every distinct shape of a table is checked
+	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
+	parkWhy := map[*replicator.Change]string{}
 	for _, t := range txns {
-		for _, c := range t.Changes {
+		for i := range t.Changes {
+			c := &t.Changes[i]
 			sh := t.Shapes[c.T]
-			if sig := sh.Table + "\x00" + strings.Join(sh.Columns, ",") + "\x00" + strings.Join(sh.Types, ","); !checked[sig] {
-				checked[sig] = true
-				if err := a.checkShape(ctx, ex.tx, sh); err != nil {
-					return 0, err
+			if _, paused := a.paused[sh.Table]; !paused {
+				sig := sh.Table + "\x00" + strings.Join(sh.Columns, ",") + "\x00" + strings.Join(sh.Types, ",")
+				why, ok := mismatch[sig]
+				if !ok {
+					var err error
+					if why, err = a.checkShape(ctx, ex.tx, sh); err != nil {
+						return 0, err
+					}
+					mismatch[sig] = why
 				}
-				shapeOf[sh.Table] = sh
+				if why != "" {
+					a.cfg.Logger.Error("table shape differs between regions; pausing this table", "table", sh.Table, "source", a.cfg.Source, "difference", why)
+					a.paused[sh.Table] = why
+				}
 			}
-			if _, paused := a.paused[sh.Table]; paused {
+			if why, paused := a.paused[sh.Table]; paused {
+				parkWhy[c] = why
 				continue
+			}
+			if _, ok := shapeOf[sh.Table]; !ok {
+				shapeOf[sh.Table] = sh
 			}
 			k := metaKey{sh.Table, c.Key}
 			if _, ok := states[k]; !ok {
@@ -321,7 +337,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			if c.Version.HLC > maxHLC {
 				maxHLC = c.Version.HLC
 			}
-			if reason, paused := a.paused[sh.Table]; paused {
+			if reason, parked := parkWhy[c]; parked {
 				if !ex.parkOnError {
 					return 0, fmt.Errorf("apply: %s", reason)
 				}
@@ -399,10 +415,9 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 
 // checkShape compares the source's shape of a table with the local one. A
 // difference pauses that table only; other tables go on.
-func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shape) error {
+func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shape) (string, error) {
 	if _, ok := a.cfg.Cluster.Table(src.Table); !ok {
-		a.paused[src.Table] = fmt.Sprintf("table %s is not replicated in region %s", src.Table, a.cfg.Region)
-		return nil
+		return fmt.Sprintf("table %s is not replicated in region %s", src.Table, a.cfg.Region), nil
 	}
 	local, ok := a.shapes[src.Table]
 	if !ok {
@@ -410,20 +425,16 @@ func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shap
 		local, err = LoadShape(ctx, tx.Conn(), src.Table)
 		if err != nil {
 			if errors.Is(err, ErrNoTable) || errors.Is(err, ErrNoPrimaryKey) {
-				a.paused[src.Table] = err.Error()
-				return nil
+				return err.Error(), nil
 			}
-			return fmt.Errorf("apply: %w", err)
+			return "", fmt.Errorf("apply: %w", err)
 		}
 		a.shapes[src.Table] = local
 	}
 	if d := local.Diff(src); d != "" {
-		if _, already := a.paused[src.Table]; !already {
-			a.cfg.Logger.Error("table shape differs between regions; pausing this table", "table", src.Table, "source", a.cfg.Source, "difference", d)
-		}
-		a.paused[src.Table] = fmt.Sprintf("shape of %s differs from region %s: %s", src.Table, a.cfg.Source, d)
+		return fmt.Sprintf("shape of %s differs from region %s: %s", src.Table, a.cfg.Source, d), nil
 	}
-	return nil
+	return "", nil
 }
 
 // readRows loads, for every touched key, the local row (locked) and its

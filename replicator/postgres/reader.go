@@ -535,24 +535,39 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 }
 
+// relation builds a table's shape as the stream describes it at this point
+// (columns and types from the relation message, so transactions decoded
+// from before a DDL keep their own columns) and its key from the catalog's
+// primary key.
 func (r *Reader) relation(ctx context.Context, conn *pgx.Conn, msg *pglogrepl.RelationMessage) (*relation, error) {
 	name := msg.Namespace + "." + msg.RelationName
-	sh, err := LoadShape(ctx, conn, name)
+	if _, ok := r.tables[name]; !ok {
+		// Not replicated: only its name is needed (to skip its changes).
+		return &relation{msg: msg, name: name}, nil
+	}
+	cat, err := LoadShape(ctx, conn, name)
 	if err != nil {
 		return nil, fmt.Errorf("reader: relation %s: %w", name, err)
 	}
-	rel := &relation{msg: msg, name: name, shape: sh, colIdx: make([]int, len(msg.Columns))}
-	pos := map[string]int{}
-	for i, c := range sh.Columns {
-		pos[c] = i
-	}
+	sh := replicator.Shape{Table: name}
+	rel := &relation{msg: msg, name: name, colIdx: make([]int, len(msg.Columns))}
 	for i, c := range msg.Columns {
-		j, ok := pos[c.Name]
-		if !ok {
-			return nil, fmt.Errorf("reader: relation %s: column %q is in the stream but not in the catalog", name, c.Name)
+		var typ string
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.format_type($1::oid, $2::int)`, c.DataType, c.TypeModifier).Scan(&typ); err != nil {
+			return nil, fmt.Errorf("reader: relation %s: type of column %q: %w", name, c.Name, err)
 		}
-		rel.colIdx[i] = j
+		sh.Columns = append(sh.Columns, c.Name)
+		sh.Types = append(sh.Types, typ)
+		rel.colIdx[i] = i
 	}
+	for _, k := range cat.Key {
+		j := indexOf(sh.Columns, cat.Columns[k])
+		if j < 0 {
+			return nil, fmt.Errorf("reader: relation %s: primary key column %q is not in the stream's description of the table", name, cat.Columns[k])
+		}
+		sh.Key = append(sh.Key, j)
+	}
+	rel.shape = sh
 	return rel, nil
 }
 
