@@ -90,7 +90,7 @@ func (g *tombstones) round(ctx context.Context) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	applied, err := postgres.AppliedPositions(ctx, conn)
+	applied, err := postgres.SettledPositions(ctx, conn)
 	if err != nil {
 		return err
 	}

@@ -30,6 +30,32 @@ func AppliedPositions(ctx context.Context, conn *pgx.Conn) (map[conflict.RegionI
 	return out, rows.Err()
 }
 
+// SettledPositions is AppliedPositions capped below each source's oldest
+// change still parked here: what this region has really taken in, for
+// tombstone collection.
+func SettledPositions(ctx context.Context, conn *pgx.Conn) (map[conflict.RegionID]int64, error) {
+	out, err := AppliedPositions(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := conn.Query(ctx, `SELECT source, min(seq) FROM polyregion.parked WHERE resolved_at IS NULL GROUP BY source`)
+	if err != nil {
+		return nil, fmt.Errorf("read parked positions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var s string
+		var seq int64
+		if err := rows.Scan(&s, &seq); err != nil {
+			return nil, fmt.Errorf("read parked positions: %w", err)
+		}
+		if r := conflict.RegionID(s); out[r] >= seq {
+			out[r] = seq - 1
+		}
+	}
+	return out, rows.Err()
+}
+
 // VersionedSeq returns the last outbox sequence number the region's reader
 // has assigned (0 when none).
 func VersionedSeq(ctx context.Context, conn *pgx.Conn, region string) (int64, error) {
