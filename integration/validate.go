@@ -277,13 +277,6 @@ func (h *Harness) firstDifferences(ctx context.Context, table string, a, b *Regi
 	return strings.Join(out, "; "), nil
 }
 
-// ConflictCount returns how many conflicts a region logged for a table.
-func ConflictCount(ctx context.Context, conn *pgx.Conn, table string) (int64, error) {
-	var n int64
-	err := conn.QueryRow(ctx, `SELECT count(*) FROM polyregion.conflict_log WHERE tbl = $1`, table).Scan(&n)
-	return n, err
-}
-
 // UnaccountedWrites returns the writes (values of col in table) that
 // vanished without a trace: not the final value of any row, not overwritten
 // by a write that had seen them (overwritten), and not named in any region's

@@ -18,6 +18,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/polyregion/polyregion/replicator/node"
@@ -149,20 +150,12 @@ track_commit_timestamp, the role's privileges, and that every replicated
 table exists and has a primary key. Prints every problem found and exits 3
 if there is any.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := loadConfig(path)
+			cfg, conn, err := configAndConn(cmd.Context(), path)
 			if err != nil {
-				return &exitError{exitConfig, err}
-			}
-			conn, err := postgres.Connect(cmd.Context(), cfg.Database)
-			if err != nil {
-				return &exitError{exitRuntime, err}
+				return err
 			}
 			defer conn.Close(context.Background())
-			tables := make([]string, len(cfg.Cluster.Tables))
-			for i, t := range cfg.Cluster.Tables {
-				tables[i] = t.Name
-			}
-			if err := postgres.Preflight(cmd.Context(), conn, tables); err != nil {
+			if err := postgres.Preflight(cmd.Context(), conn, cfg.TableNames()); err != nil {
 				var probs postgres.Problems
 				if errors.As(err, &probs) {
 					return &exitError{exitPreflight, err}
@@ -176,4 +169,18 @@ if there is any.`,
 	cmd.Flags().StringVar(&path, "config", "", "region config file (YAML)")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
+}
+
+// configAndConn loads a region's config and connects to its database, with
+// the exit code each failure calls for.
+func configAndConn(ctx context.Context, path string) (node.Config, *pgx.Conn, error) {
+	cfg, _, err := loadConfig(path)
+	if err != nil {
+		return cfg, nil, &exitError{exitConfig, err}
+	}
+	conn, err := postgres.Connect(ctx, cfg.Database)
+	if err != nil {
+		return cfg, nil, &exitError{exitRuntime, err}
+	}
+	return cfg, conn, nil
 }

@@ -27,13 +27,9 @@ confirmed (the outbox backlog); the WAL the region's slot holds back; and
 counts of conflicts, parked changes and tombstones. Works whether or not the
 replicator is running.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, _, err := loadConfig(path)
+			cfg, conn, err := configAndConn(cmd.Context(), path)
 			if err != nil {
-				return &exitError{exitConfig, err}
-			}
-			conn, err := postgres.Connect(cmd.Context(), cfg.Database)
-			if err != nil {
-				return &exitError{exitRuntime, err}
+				return err
 			}
 			defer conn.Close(context.Background())
 			var peers []string

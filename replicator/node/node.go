@@ -131,7 +131,8 @@ func (c *Config) defaults() {
 	}
 }
 
-func (c *Config) tableNames() []string {
+// TableNames lists the replicated tables.
+func (c *Config) TableNames() []string {
 	out := make([]string, len(c.Cluster.Tables))
 	for i, t := range c.Cluster.Tables {
 		out[i] = t.Name
@@ -147,14 +148,14 @@ func Prepare(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if err := postgres.Preflight(ctx, conn, cfg.tableNames()); err != nil {
+	if err := postgres.Preflight(ctx, conn, cfg.TableNames()); err != nil {
 		return err
 	}
 	peers := make([]string, len(cfg.Peers))
 	for i, p := range cfg.Peers {
 		peers[i] = string(p.ID)
 	}
-	return postgres.Prepare(ctx, conn, string(cfg.Region), cfg.tableNames(), peers)
+	return postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), peers)
 }
 
 // Run runs the region's replicator until ctx ends (nil) or a part fails.

@@ -158,16 +158,11 @@ func isDataError(err error) bool {
 }
 
 func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful bool) (replicator.Seq, error) {
-	tx, err := a.conn.Begin(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("apply: begin: %w", err)
-	}
-	defer tx.Rollback(context.Background())
-
-	applied, err := a.lockProgress(ctx, tx)
+	tx, applied, err := a.begin(ctx)
 	if err != nil {
 		return 0, err
 	}
+	defer tx.Rollback(context.Background())
 	var todo []*replicator.Txn
 	for _, t := range txns {
 		if t.Origin != a.cfg.Source {
@@ -211,14 +206,20 @@ func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn
 	return last.Seq, nil
 }
 
-// lockProgress reads (and locks) the source's applied position.
-func (a *Applier) lockProgress(ctx context.Context, tx pgx.Tx) (int64, error) {
-	var applied int64
-	err := tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
-	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
-		return 0, fmt.Errorf("apply: read progress: %w", err)
+// begin opens an apply transaction and reads (and locks) the source's
+// applied position in it.
+func (a *Applier) begin(ctx context.Context) (pgx.Tx, int64, error) {
+	tx, err := a.conn.Begin(ctx)
+	if err != nil {
+		return nil, 0, fmt.Errorf("apply: begin: %w", err)
 	}
-	return applied, nil
+	var applied int64
+	err = tx.QueryRow(ctx, `SELECT seq FROM polyregion.applied WHERE source = $1 FOR UPDATE`, string(a.cfg.Source)).Scan(&applied)
+	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+		_ = tx.Rollback(context.Background())
+		return nil, 0, fmt.Errorf("apply: read progress: %w", err)
+	}
+	return tx, applied, nil
 }
 
 // ErrNeedsCareful reports that a large transaction hit a data error in the
@@ -234,15 +235,11 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	if first.Origin != a.cfg.Source || first.Part != 0 {
 		return 0, fmt.Errorf("apply: large transaction from %s must start at part 0 of the link's source %s (got %s/%d part %d)", first.Origin, a.cfg.Source, first.Origin, first.Seq, first.Part)
 	}
-	tx, err := a.conn.Begin(ctx)
-	if err != nil {
-		return 0, fmt.Errorf("apply: begin: %w", err)
-	}
-	defer tx.Rollback(context.Background())
-	applied, err := a.lockProgress(ctx, tx)
+	tx, applied, err := a.begin(ctx)
 	if err != nil {
 		return 0, err
 	}
+	defer tx.Rollback(context.Background())
 	skip := int64(first.Seq) <= applied
 	if !skip && int64(first.Seq) != applied+1 {
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
@@ -669,7 +666,6 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if d.Action == conflict.Skip && !countersChanged {
 		return nil
 	}
-	save := ex.savepoint()
 	before := *s
 	var ops []op
 	counterRow := func(row []replicator.Value) {
@@ -753,7 +749,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
 	}
 	s.meta = nm
-	if err := ex.run(ctx, save, ops); err != nil {
+	if err := ex.run(ctx, ops); err != nil {
 		if ex.careful && ex.parkOnError && isDataError(err) {
 			*s = before
 			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
@@ -1006,13 +1002,14 @@ func (e *executor) savepoint() string {
 
 func (e *executor) queue(s stmt) { e.queued = append(e.queued, s) }
 
-func (e *executor) run(ctx context.Context, save string, ops []op) error {
+func (e *executor) run(ctx context.Context, ops []op) error {
 	if !e.careful {
 		for _, o := range ops {
 			e.bulk.add(o)
 		}
 		return nil
 	}
+	save := e.savepoint()
 	if _, err := e.tx.Exec(ctx, "SAVEPOINT "+save); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}

@@ -103,26 +103,3 @@ func (o *Outbox) Cap(ctx context.Context) error {
 	}
 	return nil
 }
-
-// Backlog returns, per peer, how many outbox transactions it has not yet
-// acknowledged.
-func (o *Outbox) Backlog(ctx context.Context) (map[string]int64, error) {
-	out := map[string]int64{}
-	var maxSeq int64
-	if err := o.pool.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM polyregion.outbox`).Scan(&maxSeq); err != nil {
-		return nil, fmt.Errorf("outbox backlog: %w", err)
-	}
-	for _, p := range o.peers {
-		var acked int64
-		err := o.pool.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.peer_ack WHERE peer = $1), 0)`, p).Scan(&acked)
-		if err != nil {
-			return nil, fmt.Errorf("outbox backlog: %w", err)
-		}
-		if maxSeq > acked {
-			out[p] = maxSeq - acked
-		} else {
-			out[p] = 0
-		}
-	}
-	return out, nil
-}

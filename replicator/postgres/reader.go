@@ -110,13 +110,6 @@ func (r *Reader) advance(lsn pglogrepl.LSN) {
 	r.mu.Unlock()
 }
 
-// Versioned returns the position before which every local commit is versioned.
-func (r *Reader) Versioned() pglogrepl.LSN {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.versioned
-}
-
 // WaitVersioned blocks until every local write committed before lsn has been
 // versioned (is in row_version). Appliers call it when they find a row
 // written locally whose version is not recorded yet.
