@@ -60,12 +60,16 @@ type Region struct {
 	Listen     string
 	ConfigPath string
 	LogPath    string
+	// HTTPListen is the replicator's operations server (/health, /metrics).
+	HTTPListen string
 
 	h    *Harness
 	mu   sync.Mutex
 	proc *exec.Cmd
 	done chan struct{}
 	pool *pgxpool.Pool
+	// lastExit is the exit status of the last replicator process stopped.
+	lastExit *os.ProcessState
 }
 
 // Harness is a running multi-region setup.
@@ -203,6 +207,33 @@ type RegionConfig struct {
 		Format string `yaml:"format"`
 		Level  string `yaml:"level"`
 	} `yaml:"log"`
+	HTTP struct {
+		Listen string `yaml:"listen,omitempty"`
+	} `yaml:"http,omitempty"`
+	// Health holds health.* settings (e.g. "hold": "2s").
+	Health          map[string]string `yaml:"health,omitempty"`
+	ShutdownTimeout string            `yaml:"shutdown_timeout,omitempty"`
+	// Search is the search: section (the regional index feed), if any.
+	Search *SearchSection `yaml:"search,omitempty"`
+}
+
+// SearchSection is a region's search: settings.
+type SearchSection struct {
+	Kind          string        `yaml:"kind,omitempty"`
+	URLs          []string      `yaml:"urls,omitempty"`
+	Dir           string        `yaml:"dir,omitempty"`
+	BatchDocs     int           `yaml:"batch_docs,omitempty"`
+	FlushInterval string        `yaml:"flush_interval,omitempty"`
+	Indices       []SearchIndex `yaml:"indices"`
+}
+
+// SearchIndex maps a table to an index in a SearchSection.
+type SearchIndex struct {
+	Table   string            `yaml:"table"`
+	Index   string            `yaml:"index,omitempty"`
+	Columns []string          `yaml:"columns,omitempty"`
+	Exclude []string          `yaml:"exclude,omitempty"`
+	Rename  map[string]string `yaml:"rename,omitempty"`
 }
 
 // PeerEntry is one peer in a RegionConfig.
@@ -219,6 +250,10 @@ func (h *Harness) writeConfigs() error {
 			return err
 		}
 		r.Listen = fmt.Sprintf("127.0.0.1:%d", port)
+		if port, err = FreePort(); err != nil {
+			return err
+		}
+		r.HTTPListen = fmt.Sprintf("127.0.0.1:%d", port)
 	}
 	tokens := map[string]string{}
 	pair := func(a, b string) string {
@@ -234,6 +269,7 @@ func (h *Harness) writeConfigs() error {
 	for _, r := range h.Regions {
 		f := RegionConfig{Region: r.Name, Database: r.Cluster.URL("polyregion", AppDB), Listen: r.Listen, Regions: h.Spec.Regions, Tables: h.Spec.Tables}
 		f.Log.Format = "json"
+		f.HTTP.Listen = r.HTTPListen
 		f.Log.Level = h.Spec.LogLevel
 		if f.Log.Level == "" {
 			f.Log.Level = "info"
@@ -332,12 +368,23 @@ func (r *Region) StopReplicator(sig syscall.Signal) error {
 	_ = proc.Process.Signal(sig)
 	select {
 	case <-done:
+		r.mu.Lock()
+		r.lastExit = proc.ProcessState
+		r.mu.Unlock()
 		return nil
 	case <-time.After(20 * time.Second):
 		_ = proc.Process.Kill()
 		<-done
 		return fmt.Errorf("replicator %s did not exit within 20s of %v; killed", r.Name, sig)
 	}
+}
+
+// LastExit returns the exit status of the last replicator process
+// StopReplicator stopped (nil before any).
+func (r *Region) LastExit() *os.ProcessState {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastExit
 }
 
 // Running reports whether the replicator process is alive.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"regexp"
 	"strings"
+	"time"
 
 	"gopkg.in/yaml.v3"
 
@@ -13,6 +14,7 @@ import (
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator/link"
 	"github.com/polyregion/polyregion/replicator/node"
+	"github.com/polyregion/polyregion/replicator/obs"
 )
 
 // fileConfig is the YAML layout of one region's configuration file.
@@ -30,6 +32,43 @@ type fileConfig struct {
 		Format string `yaml:"format"` // text | json
 		Level  string `yaml:"level"`  // debug | info | warn | error
 	} `yaml:"log"`
+	// HTTP is the operations server: /health, /live, /status, /metrics.
+	HTTP struct {
+		Listen string `yaml:"listen"`
+	} `yaml:"http"`
+	Health healthFile `yaml:"health"`
+	// ShutdownTimeout bounds a graceful stop (SIGTERM).
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+}
+
+// healthFile is the health check's settings (durations like 5s, 2m).
+type healthFile struct {
+	ProbeInterval time.Duration  `yaml:"probe_interval"`
+	ProbeTimeout  time.Duration  `yaml:"probe_timeout"`
+	Hold          *time.Duration `yaml:"hold"` // 0s: no hysteresis
+	MaxLag        time.Duration  `yaml:"max_lag"`
+	MaxIndexLag   time.Duration  `yaml:"max_index_lag"`
+	StallAfter    time.Duration  `yaml:"stall_after"`
+}
+
+func (h healthFile) toObs() (obs.HealthConfig, error) {
+	c := obs.HealthConfig{ProbeInterval: h.ProbeInterval, ProbeTimeout: h.ProbeTimeout, MaxLag: h.MaxLag, MaxIndexLag: h.MaxIndexLag, StallAfter: h.StallAfter}
+	for key, d := range map[string]time.Duration{"probe_interval": h.ProbeInterval, "probe_timeout": h.ProbeTimeout, "max_lag": h.MaxLag, "max_index_lag": h.MaxIndexLag, "stall_after": h.StallAfter} {
+		if d < 0 {
+			return c, fmt.Errorf("health.%s: must be positive, got %s", key, d)
+		}
+	}
+	if h.Hold != nil {
+		switch {
+		case *h.Hold < 0:
+			return c, fmt.Errorf("health.hold: must be 0 or positive, got %s", *h.Hold)
+		case *h.Hold == 0:
+			c.Hold = obs.NoHold
+		default:
+			c.Hold = *h.Hold
+		}
+	}
+	return c, nil
 }
 
 type tlsConfig struct {
@@ -114,6 +153,17 @@ func (fc fileConfig) toNode() (node.Config, error) {
 		TLS:      fc.TLS.files(),
 
 		OutboxMaxTxns: fc.OutboxMaxTransactions,
+
+		HTTPListen:      fc.HTTP.Listen,
+		ShutdownTimeout: fc.ShutdownTimeout,
+	}
+	health, err := fc.Health.toObs()
+	if err != nil {
+		return cfg, err
+	}
+	cfg.Health = health
+	if fc.ShutdownTimeout < 0 {
+		return cfg, fmt.Errorf("shutdown_timeout: must be positive, got %s", fc.ShutdownTimeout)
 	}
 	if fc.OutboxMaxTransactions < 0 {
 		return cfg, fmt.Errorf("outbox_max_transactions: must be 0 (no cap) or positive, got %d", fc.OutboxMaxTransactions)

@@ -74,20 +74,29 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration,
 	}
 }
 
-func newLogger(format, level string) (*slog.Logger, error) {
-	var lv slog.Level
+// parseLevel reads log.level.
+func parseLevel(level string) (slog.Level, error) {
 	switch strings.ToLower(level) {
 	case "", "info":
-		lv = slog.LevelInfo
+		return slog.LevelInfo, nil
 	case "debug":
-		lv = slog.LevelDebug
+		return slog.LevelDebug, nil
 	case "warn", "warning":
-		lv = slog.LevelWarn
+		return slog.LevelWarn, nil
 	case "error":
-		lv = slog.LevelError
-	default:
-		return nil, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", level)
+		return slog.LevelError, nil
 	}
+	return 0, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", level)
+}
+
+// newLogger returns a logger writing to stderr in format (text or json);
+// its level is lv's, which a reload may change.
+func newLogger(format, level string, lv *slog.LevelVar) (*slog.Logger, error) {
+	l, err := parseLevel(level)
+	if err != nil {
+		return nil, err
+	}
+	lv.Set(l)
 	opts := &slog.HandlerOptions{Level: lv}
 	switch strings.ToLower(format) {
 	case "", "text":
@@ -111,11 +120,15 @@ missing, then read local changes, serve them to peers, and apply theirs.`,
 			if err != nil {
 				return &exitError{exitConfig, err}
 			}
-			log, err := newLogger(fc.Log.Format, fc.Log.Level)
+			var level slog.LevelVar
+			log, err := newLogger(fc.Log.Format, fc.Log.Level, &level)
 			if err != nil {
 				return &exitError{exitConfig, fmt.Errorf("config %s: %w", path, err)}
 			}
 			cfg.Logger = log
+			slog.SetDefault(log)
+			cfg.Reload = watchReload(cmd.Context(), path, fc, &level, log)
+			exitOnSecondSignal(cmd.Context())
 			if os.Getenv("GOMEMLIMIT") == "" {
 				// A soft heap limit keeps the collector ahead of backlog
 				// bursts; GOMEMLIMIT overrides it.

@@ -25,7 +25,9 @@ func statusCmd() *cobra.Command {
 applied here; per peer how many of this region's transactions it has not yet
 confirmed (the outbox backlog); the WAL the region's slot holds back; and
 counts of conflicts, parked changes and tombstones. Works whether or not the
-replicator is running.`,
+replicator is running. When http.listen is set, also asks the running
+replicator for its health, each peer link (up or down, for how long) with
+its lag, and the search index's lag.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, conn, err := configAndConn(cmd.Context(), path)
 			if err != nil {
@@ -40,10 +42,11 @@ replicator is running.`,
 			if err != nil {
 				return &exitError{exitRuntime, err}
 			}
+			live, liveErr := replicatorStatus(cmd.Context(), cfg.HTTPListen)
 			if asJSON {
 				enc := json.NewEncoder(os.Stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(st)
+				return enc.Encode(statusOutput{Status: st, Replicator: live, ReplicatorError: errText(liveErr)})
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(w, "region\t%s\n", st.Region)
@@ -54,10 +57,12 @@ replicator is running.`,
 			fmt.Fprintf(w, "parked changes (open)\t%d\n", st.ParkedOpen)
 			fmt.Fprintf(w, "tombstones\t%d\n", st.Tombstones)
 			fmt.Fprintln(w)
-			fmt.Fprintln(w, "peer\tapplied from it (seq, at)\tit confirmed of ours\tbacklog")
+			printReplicator(w, live, liveErr)
+			fmt.Fprintln(w)
+			fmt.Fprintln(w, "peer\tapplied from it (seq, at)\tit confirmed of ours\tbacklog\tlink\tlag")
 			for _, p := range sortedKeys(st.Acked) {
 				a := st.Applied[p]
-				fmt.Fprintf(w, "%s\t%d, %s\t%d\t%d\n", p, a.Seq, orNone(a.AppliedAt), st.Acked[p], st.Backlog[p])
+				fmt.Fprintf(w, "%s\t%d, %s\t%d\t%d\t%s\n", p, a.Seq, orNone(a.AppliedAt), st.Acked[p], st.Backlog[p], peerLink(live, p))
 			}
 			return w.Flush()
 		},

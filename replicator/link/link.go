@@ -40,6 +40,7 @@ type Entry struct {
 	Seq     replicator.Seq
 	Part    int
 	More    bool // more parts of the same transaction follow
+	Rows    int  // row changes in this entry (for metrics; 0 when unknown)
 	Payload []byte
 }
 
@@ -110,6 +111,9 @@ type ServerConfig struct {
 	// Advert, when set, returns the payload carried by keepalive frames: the
 	// region's replication watermark, which peers use to collect tombstones.
 	Advert func() []byte
+	// Shipped, when set, is called for each entry written to a peer's
+	// stream (for metrics); it must not block.
+	Shipped func(peer conflict.RegionID, e Entry)
 }
 
 // Server serves /v1/stream and /v1/ack.
@@ -243,6 +247,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			}
 			if err := writeFrame(bw, frameTxn, e.Payload); err != nil {
 				return
+			}
+			if s.cfg.Shipped != nil {
+				s.cfg.Shipped(peer, e)
 			}
 			pos, posPart, posMore = e.Seq, e.Part, e.More
 		}
@@ -418,6 +425,9 @@ type ClientConfig struct {
 	IdleTimeout time.Duration
 	// OnAdvert, when set, receives each non-empty keepalive payload.
 	OnAdvert func(payload []byte)
+	// OnConnected, when set, is called once a stream's hello was accepted
+	// (the link is up until Stream returns).
+	OnConnected func()
 }
 
 // Client follows one peer's outbox.
@@ -564,6 +574,9 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 			}
 			if h.Fingerprint != c.cfg.Cluster.Fingerprint() {
 				return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
+			}
+			if c.cfg.OnConnected != nil {
+				c.cfg.OnConnected()
 			}
 		case frameKeepalive:
 			if len(payload) > 0 && c.cfg.OnAdvert != nil {

@@ -21,6 +21,7 @@ import (
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/link"
+	"github.com/polyregion/polyregion/replicator/obs"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -57,6 +58,25 @@ type Config struct {
 	// and collects tombstones every region has seen.
 	TombstoneInterval time.Duration
 	Logger            *slog.Logger
+
+	// HTTPListen, when set, is the host:port of the operations server:
+	// GET /health (for DNS failover), /live (for process supervisors),
+	// /status (JSON) and /metrics (Prometheus). Plain HTTP: bind it to a
+	// private address.
+	HTTPListen string
+	// Health tunes the health check (zero values take the defaults).
+	Health obs.HealthConfig
+	// IndexLag, when set, reports how far the regional search index is
+	// behind; health and metrics use it. nil: no index.
+	IndexLag IndexLag
+	// ShutdownTimeout bounds a graceful stop (default 30s): past it, work in
+	// flight is abandoned (it is redone after a restart) and Run returns
+	// ErrShutdownDeadline.
+	ShutdownTimeout time.Duration
+	// Reload, when set, delivers a re-read configuration (on SIGHUP, say):
+	// settings that can change while running are applied, the others are
+	// kept and the refusal is logged.
+	Reload <-chan Config
 }
 
 // Validate reports the first configuration problem, naming the setting.
@@ -72,6 +92,22 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if c.HTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
+			return fmt.Errorf("http.listen: %w", err)
+		}
+		if c.HTTPListen == c.Listen {
+			return errors.New("http.listen: must differ from listen (the link server's address)")
+		}
+	}
+	h := c.Health
+	h.Defaults()
+	if err := h.Validate(); err != nil {
+		return err
+	}
+	if c.ShutdownTimeout < 0 {
+		return fmt.Errorf("shutdown_timeout: must be positive, got %s", c.ShutdownTimeout)
 	}
 	if err := c.Cluster.Validate(); err != nil {
 		return err
@@ -129,6 +165,10 @@ func (c *Config) defaults() {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	c.Health.Defaults()
 }
 
 // TableNames lists the replicated tables.
@@ -158,22 +198,24 @@ func Prepare(ctx context.Context, cfg Config) error {
 	return postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), peers)
 }
 
-// Run runs the region's replicator until ctx ends (nil) or a part fails.
-func Run(ctx context.Context, cfg Config) error {
-	cfg.defaults()
-	if err := cfg.Validate(); err != nil {
-		return fmt.Errorf("config: %w", err)
-	}
-	log := cfg.Logger.With("region", string(cfg.Region))
-	if err := Prepare(ctx, cfg); err != nil {
+// runDataPlane runs the reader, the link server and the followers until a
+// part fails (its error) or stop ends: then it lets each follower commit
+// the batch in flight and acknowledge it, and the reader version what it
+// decoded and confirm it, within the shutdown deadline (nil when they made
+// it).
+func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
+	log := rt.log
+	if err := Prepare(stop, cfg); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancelCause(ctx)
+	// Parts run under ctx, which outlives stop by the shutdown deadline.
+	ctx, cancel := context.WithCancelCause(context.WithoutCancel(stop))
 	defer cancel(nil)
 
 	reader := postgres.NewReader(postgres.ReaderConfig{
 		Region: cfg.Region, ConnString: cfg.Database, Tables: cfg.Cluster.Tables, Logger: log,
 	})
+	rt.reader.Store(reader)
 	pool, err := pgxpool.New(ctx, cfg.Database)
 	if err != nil {
 		return fmt.Errorf("outbox pool: %w", err)
@@ -191,10 +233,14 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	outbox := postgres.NewOutbox(pool, reader, cfg.Region, peerIDs, cfg.OutboxMaxTxns)
 	graves := newTombstones(cfg, reader, outbox, log)
+	graves.onError = func() { rt.mon.Metrics().Error(obs.ErrTombstones) }
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokens,
 		Outbox: outbox, Logger: log,
 		Advert: graves.Advert,
+		Shipped: func(peer conflict.RegionID, e link.Entry) {
+			rt.mon.Metrics().Shipped(string(peer), e.Rows, len(e.Payload), !e.More)
+		},
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -202,48 +248,85 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	httpSrv := link.NewHTTPServer(cfg.Listen, server.Handler(), srvTLS)
 
-	var wg sync.WaitGroup
+	var wg, followers sync.WaitGroup
 	fail := func(part string, err error) {
 		if err != nil && !errors.Is(err, context.Canceled) {
 			cancel(fmt.Errorf("%s: %w", part, err))
 		}
 	}
-	wg.Add(2)
+	readerDone := make(chan struct{})
 	go func() {
-		defer wg.Done()
+		defer close(readerDone)
 		fail("reader", reader.Run(ctx))
-	}()
-	go func() {
-		defer wg.Done()
-		fail("link server", link.Serve(httpSrv, ln))
 	}()
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		graves.run(ctx, cfg.TombstoneInterval)
+		fail("link server", link.Serve(httpSrv, ln))
 	}()
+	gctx, gcancel := context.WithCancel(ctx)
+	defer gcancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		graves.run(gctx, cfg.TombstoneInterval)
+	}()
+	stopping := make(chan struct{})
 	for _, p := range cfg.Peers {
-		f, err := newFollower(cfg, p, reader, graves, log)
+		f, err := newFollower(cfg, p, reader, graves, rt.mon, stopping, log)
 		if err != nil {
 			cancel(err)
 			break
 		}
-		wg.Add(1)
+		followers.Add(1)
 		go func() {
-			defer wg.Done()
+			defer followers.Done()
 			f.run(ctx)
 		}()
 	}
-	log.Info("replicator running", "listen", cfg.Listen, "peers", len(cfg.Peers), "tables", len(cfg.Cluster.Tables))
-	<-ctx.Done()
-	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_ = httpSrv.Shutdown(sctx)
-	scancel()
-	_ = httpSrv.Close()
+	rt.mon.DataPlane(nil)
+	log.Info("replicator running", "listen", cfg.Listen, "http", cfg.HTTPListen, "peers", len(cfg.Peers), "tables", len(cfg.Cluster.Tables))
+	select {
+	case <-stop.Done():
+	case <-ctx.Done():
+	}
+	closeLinks := func(grace time.Duration) {
+		sctx, scancel := context.WithTimeout(context.Background(), grace)
+		_ = httpSrv.Shutdown(sctx)
+		scancel()
+		_ = httpSrv.Close()
+	}
+	if ctx.Err() != nil {
+		// A part failed: stop the others now.
+		closeLinks(time.Second)
+		followers.Wait()
+		<-readerDone
+		wg.Wait()
+		return context.Cause(ctx)
+	}
+	// Graceful stop: followers commit the batch in flight and acknowledge
+	// it; then the reader versions what it decoded and confirms it (the
+	// followers may need it until they are done); links to peers close.
+	began := time.Now()
+	deadline := rt.shutdownTimeout()
+	log.Info("stopping: finishing the work in flight", "deadline", deadline.String())
+	timer := time.AfterFunc(deadline, func() { cancel(ErrShutdownDeadline) })
+	defer timer.Stop()
+	close(stopping)
+	gcancel()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		closeLinks(200 * time.Millisecond) // acknowledgements in flight may land
+	}()
+	followers.Wait()
+	reader.Stop()
+	<-readerDone
 	wg.Wait()
-	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+	if cause := context.Cause(ctx); cause != nil {
 		return cause
 	}
+	log.Info("stopped cleanly: progress of every source and of the reader is saved", "took", time.Since(began).Round(time.Millisecond).String())
 	return nil
 }
 
@@ -254,26 +337,42 @@ type follower struct {
 	reader  *postgres.Reader
 	client  *link.Client
 	log     *slog.Logger
+	mon     *obs.Monitor
+	stop    <-chan struct{} // closed: finish the batch in flight, acknowledge it, return
 	applied atomic.Uint64
 	// carefulSeq is a large transaction to apply change by change (it hit a
 	// data error in the fast path).
 	carefulSeq replicator.Seq
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones, log *slog.Logger) (*follower, error) {
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", p.ID, err)
 	}
 	client, err := link.NewClient(link.ClientConfig{
 		Region: cfg.Region, Peer: p.ID, URL: p.URL, Token: p.Token, TLS: tlsCfg, Cluster: cfg.Cluster,
-		OnAdvert: func(b []byte) { graves.heard(p.ID, b) },
+		OnAdvert: func(b []byte) {
+			if w, ok := graves.heard(p.ID, b); ok {
+				mon.PeerHead(p.ID, uint64(max(w.Versioned, 0)))
+			}
+		},
+		OnConnected: func() { mon.LinkUp(p.ID) },
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &follower{cfg: cfg, peer: p, reader: reader, client: client, log: log.With("peer", string(p.ID))}, nil
+	return &follower{cfg: cfg, peer: p, reader: reader, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop}, nil
 }
+
+// errStopping ends a follower's stream between batches on a graceful stop.
+var errStopping = errors.New("stopping")
+
+// applyFailed marks an error of the local apply (not of the link).
+type applyFailed struct{ err error }
+
+func (e applyFailed) Error() string { return e.err.Error() }
+func (e applyFailed) Unwrap() error { return e.err }
 
 func (f *follower) run(ctx context.Context) {
 	defer f.client.Close()
@@ -281,21 +380,39 @@ func (f *follower) run(ctx context.Context) {
 	for ctx.Err() == nil {
 		start := time.Now()
 		err := f.once(ctx)
+		f.mon.LinkDown(f.peer.ID, err)
 		if ctx.Err() != nil {
 			return
 		}
+		if errors.Is(err, errStopping) {
+			seq := f.applied.Load()
+			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			aerr := f.client.Ack(actx, replicator.Seq(seq))
+			cancel()
+			f.log.Info("follower stopped: batch in flight committed", "applied_seq", seq, "acknowledged", aerr == nil)
+			return
+		}
 		var mm *link.MismatchError
+		var af applyFailed
 		switch {
 		case errors.As(err, &mm):
+			f.mon.Metrics().Error(obs.ErrConfigMismatch)
 			f.log.Error("refusing to replicate with peer: its configuration differs", "differences", mm.Differences)
 			backoff = 10 * time.Second
 		case errors.Is(err, link.ErrTooFarBehind):
+			f.mon.Metrics().Error(obs.ErrTooFarBehind)
 			f.log.Error("this region fell behind the peer's outbox retention and must be re-seeded", "err", err)
 			backoff = 30 * time.Second
 		case errors.Is(err, link.ErrUnauthorized):
+			f.mon.Metrics().Error(obs.ErrUnauthorized)
 			f.log.Error("peer refused this region's token", "err", err)
 			backoff = 10 * time.Second
 		default:
+			if errors.As(err, &af) {
+				f.mon.Metrics().Error(obs.ErrApply)
+			} else {
+				f.mon.Metrics().Error(obs.ErrLink)
+			}
 			f.log.Warn("link interrupted; reconnecting", "err", err)
 			if time.Since(start) > 10*time.Second {
 				backoff = 200 * time.Millisecond
@@ -303,6 +420,9 @@ func (f *follower) run(ctx context.Context) {
 		}
 		select {
 		case <-ctx.Done():
+			return
+		case <-f.stop:
+			f.log.Info("follower stopped")
 			return
 		case <-time.After(backoff):
 		}
@@ -316,16 +436,25 @@ func (f *follower) once(ctx context.Context) error {
 	applier, err := postgres.NewApplier(ctx, postgres.ApplierConfig{
 		Region: f.cfg.Region, Source: f.peer.ID, ConnString: f.cfg.Database, Cluster: f.cfg.Cluster,
 		Versioner: f.reader, Logger: f.log,
+		OnCommit: func(s postgres.CommitStats) {
+			cs := make([]obs.Conflict, len(s.Conflicts))
+			for i, c := range s.Conflicts {
+				cs[i] = obs.Conflict(c)
+			}
+			f.mon.Metrics().Applied(string(f.peer.ID), s.Txns, s.Changes, s.Parked, cs, s.Duration)
+			f.mon.PeerApplied(f.peer.ID, uint64(s.LastSeq), s.LastCommitUnix)
+		},
 	})
 	if err != nil {
-		return err
+		return applyFailed{err}
 	}
 	defer applier.Close()
 	after, err := applier.Applied(ctx)
 	if err != nil {
-		return err
+		return applyFailed{err}
 	}
 	f.applied.Store(uint64(after))
+	f.mon.PeerApplied(f.peer.ID, uint64(after), 0)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -378,10 +507,10 @@ func (f *follower) once(ctx context.Context) error {
 		if errors.Is(err, postgres.ErrNeedsCareful) {
 			// Stream it again and apply it change by change.
 			f.carefulSeq = first.Seq
-			return err
+			return applyFailed{err}
 		}
 		if err != nil {
-			return fmt.Errorf("apply large transaction %d from %s: %w", first.Seq, f.peer.ID, err)
+			return applyFailed{fmt.Errorf("apply large transaction %d from %s: %w", first.Seq, f.peer.ID, err)}
 		}
 		f.applied.Store(uint64(seq))
 		return nil
@@ -391,17 +520,24 @@ func (f *follower) once(ctx context.Context) error {
 	defer retry.Stop()
 	var held *replicator.Txn
 	for {
+		select {
+		case <-f.stop:
+			return errStopping
+		default:
+		}
 		var t *replicator.Txn
 		ok := true
 		if held != nil {
 			t, held = held, nil
 		} else {
 			select {
+			case <-f.stop:
+				return errStopping
 			case t, ok = <-ch:
 			case <-retry.C:
 				n, err := applier.RetryParked(ctx, 500)
 				if err != nil {
-					return fmt.Errorf("retry parked changes: %w", err)
+					return applyFailed{fmt.Errorf("retry parked changes: %w", err)}
 				}
 				if n > 0 {
 					f.log.Info("parked changes applied on retry", "count", n)
@@ -442,7 +578,7 @@ func (f *follower) once(ctx context.Context) error {
 			budget.Release(weight(t))
 		}
 		if err != nil {
-			return err
+			return applyFailed{err}
 		}
 		f.applied.Store(uint64(seq))
 	}
@@ -461,6 +597,7 @@ func (f *follower) applyWithRetry(ctx context.Context, a *postgres.Applier, batc
 		if !postgres.IsRetryable(err) || attempt >= 20 {
 			return 0, fmt.Errorf("apply %d transactions from %s (seq %d..%d): %w", len(batch), f.peer.ID, batch[0].Seq, batch[len(batch)-1].Seq, err)
 		}
+		f.mon.Metrics().Error(obs.ErrApplyRetry)
 		f.log.Debug("apply retry", "attempt", attempt, "err", err)
 		select {
 		case <-ctx.Done():

@@ -36,6 +36,8 @@ type tombstones struct {
 	reader *postgres.Reader
 	outbox *postgres.Outbox
 	log    *slog.Logger
+	// onError, when set, counts a failed round.
+	onError func()
 
 	mu      sync.Mutex
 	own     []byte
@@ -53,16 +55,17 @@ func (g *tombstones) Advert() []byte {
 	return g.own
 }
 
-// heard records a peer's watermark.
-func (g *tombstones) heard(peer conflict.RegionID, payload []byte) {
+// heard records a peer's watermark and returns it.
+func (g *tombstones) heard(peer conflict.RegionID, payload []byte) (Watermark, bool) {
 	var w Watermark
 	if err := json.Unmarshal(payload, &w); err != nil {
 		g.log.Warn("peer sent an unreadable watermark", "peer", string(peer), "err", err)
-		return
+		return w, false
 	}
 	g.mu.Lock()
 	g.adverts[peer] = w
 	g.mu.Unlock()
+	return w, true
 }
 
 func (g *tombstones) run(ctx context.Context, every time.Duration) {
@@ -71,6 +74,9 @@ func (g *tombstones) run(ctx context.Context, every time.Duration) {
 	for {
 		if err := g.round(ctx); err != nil && ctx.Err() == nil {
 			g.log.Warn("watermark and tombstone round failed", "err", err)
+			if g.onError != nil {
+				g.onError()
+			}
 		}
 		select {
 		case <-ctx.Done():

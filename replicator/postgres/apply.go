@@ -36,7 +36,27 @@ type ApplierConfig struct {
 	Logger     *slog.Logger
 	// BarrierTimeout bounds the wait for the local reader.
 	BarrierTimeout time.Duration
+	// OnCommit, when set, is called after each apply transaction commits
+	// (for metrics); it must not block.
+	OnCommit func(CommitStats)
 }
+
+// CommitStats describes one committed apply transaction.
+type CommitStats struct {
+	Txns      int // source transactions (a large one counts once)
+	Changes   int // row changes taken in: applied, skipped as older, or parked
+	Parked    int
+	Conflicts []ConflictStat // one per conflict logged
+	LastSeq   replicator.Seq
+	// LastCommitUnix is the source commit time of the last transaction
+	// (microseconds since the Unix epoch).
+	LastCommitUnix int64
+	Duration       time.Duration // from the local transaction's start to its commit
+}
+
+// ConflictStat names one logged conflict: the table, what collided and the
+// table's policy.
+type ConflictStat struct{ Table, Kind, Policy string }
 
 // Applier applies one source region's transactions to the local database.
 // Apply is not safe for concurrent use; run one Applier per source region.
@@ -158,6 +178,7 @@ func isDataError(err error) bool {
 }
 
 func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful bool) (replicator.Seq, error) {
+	started := time.Now()
 	tx, applied, err := a.begin(ctx)
 	if err != nil {
 		return 0, err
@@ -183,7 +204,7 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 		return replicator.Seq(applied), nil
 	}
 
-	ex := &executor{tx: tx, careful: careful, parkOnError: true}
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: len(todo)}
 	maxHLC, err := a.applyChanges(ctx, ex, todo)
 	if err != nil {
 		return 0, err
@@ -202,6 +223,10 @@ func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn
 	}
 	if err := ex.tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("apply: commit: %w", err)
+	}
+	if a.cfg.OnCommit != nil {
+		a.cfg.OnCommit(CommitStats{Txns: ex.txns, Changes: ex.changes, Parked: ex.parked, Conflicts: ex.conflicts,
+			LastSeq: last.Seq, LastCommitUnix: last.CommitUnix, Duration: time.Since(ex.started)})
 	}
 	return last.Seq, nil
 }
@@ -235,6 +260,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	if first.Origin != a.cfg.Source || first.Part != 0 {
 		return 0, fmt.Errorf("apply: large transaction from %s must start at part 0 of the link's source %s (got %s/%d part %d)", first.Origin, a.cfg.Source, first.Origin, first.Seq, first.Part)
 	}
+	started := time.Now()
 	tx, applied, err := a.begin(ctx)
 	if err != nil {
 		return 0, err
@@ -244,7 +270,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	if !skip && int64(first.Seq) != applied+1 {
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
 	}
-	ex := &executor{tx: tx, careful: careful, parkOnError: true}
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: 1}
 	var maxHLC conflict.Timestamp
 	part := first
 	for {
@@ -328,6 +354,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	}
 	var maxHLC conflict.Timestamp
 	for _, t := range txns {
+		ex.changes += len(t.Changes)
 		for i := range t.Changes {
 			c := &t.Changes[i]
 			sh := t.Shapes[c.T]
@@ -757,6 +784,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 		return err
 	}
+	if d.Conflict {
+		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: policyLabel(pol)})
+	}
 	return nil
 }
 
@@ -913,13 +943,7 @@ func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *repl
 		remoteRow = &s
 	}
 	lv := before.version()
-	kind := string(pol.Kind)
-	if kind == "" {
-		kind = string(conflict.LastWriterWins)
-	}
-	if pol.Deletes != "" {
-		kind += "+" + string(pol.Deletes)
-	}
+	kind := policyLabel(pol)
 	return stmt{sql: `INSERT INTO polyregion.conflict_log (region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
 		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
@@ -927,6 +951,18 @@ func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *repl
 			string(lv.Origin), string(c.Version.Origin), lv.Vector.String(), c.Version.Vector.String(),
 			int64(lv.HLC), int64(c.Version.HLC), localRow, remoteRow, int64(t.Seq), d.Reason},
 		want: -1}
+}
+
+// policyLabel names a table's policy as the conflict log records it.
+func policyLabel(pol conflict.Policy) string {
+	kind := string(pol.Kind)
+	if kind == "" {
+		kind = string(conflict.LastWriterWins)
+	}
+	if pol.Deletes != "" {
+		kind += "+" + string(pol.Deletes)
+	}
+	return kind
 }
 
 // runResolver calls a custom SQL resolver:
@@ -993,6 +1029,11 @@ type executor struct {
 	bulk        bulk
 	queued      []stmt
 	n           int
+	// What the transaction took in, for CommitStats.
+	started       time.Time
+	txns, changes int
+	parked        int
+	conflicts     []ConflictStat
 }
 
 func (e *executor) savepoint() string {
@@ -1035,6 +1076,7 @@ func (e *executor) run(ctx context.Context, ops []op) error {
 func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replicator.Shape, c *replicator.Change, reason string) {
 	cb, _ := json.Marshal(c)
 	sb, _ := json.Marshal(sh)
+	e.parked++
 	e.queue(stmt{sql: `INSERT INTO polyregion.parked (source, seq, tbl, key, change, shape, reason) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)`,
 		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1})
 }

@@ -35,7 +35,7 @@ func NewOutbox(pool *pgxpool.Pool, reader *Reader, region conflict.RegionID, pee
 
 // Read implements link.Outbox.
 func (o *Outbox) Read(ctx context.Context, after replicator.Seq, part int, limit int) ([]link.Entry, error) {
-	rows, err := o.pool.Query(ctx, `SELECT seq, part, more, payload FROM polyregion.outbox
+	rows, err := o.pool.Query(ctx, `SELECT seq, part, more, rows, payload FROM polyregion.outbox
 		WHERE (seq, part) > ($1, $2) ORDER BY seq, part LIMIT $3`, int64(after), part, limit)
 	if err != nil {
 		return nil, fmt.Errorf("read outbox: %w", err)
@@ -46,7 +46,7 @@ func (o *Outbox) Read(ctx context.Context, after replicator.Seq, part int, limit
 	for size < maxReadBytes && rows.Next() {
 		var e link.Entry
 		var seq int64
-		if err := rows.Scan(&seq, &e.Part, &e.More, &e.Payload); err != nil {
+		if err := rows.Scan(&seq, &e.Part, &e.More, &e.Rows, &e.Payload); err != nil {
 			return nil, fmt.Errorf("read outbox: %w", err)
 		}
 		e.Seq = replicator.Seq(seq)

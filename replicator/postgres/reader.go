@@ -80,12 +80,15 @@ type Reader struct {
 	versioned pglogrepl.LSN // every local commit before this is versioned
 	changed   chan struct{} // closed and replaced on every advance
 	waiters   int
+
+	stopOnce sync.Once
+	stop     chan struct{} // closed by Stop
 }
 
 // NewReader returns a Reader; Run starts it.
 func NewReader(cfg ReaderConfig) *Reader {
 	cfg.defaults()
-	r := &Reader{cfg: cfg, tables: map[string]regions.Table{}, changed: make(chan struct{})}
+	r := &Reader{cfg: cfg, tables: map[string]regions.Table{}, changed: make(chan struct{}), stop: make(chan struct{})}
 	for _, t := range cfg.Tables {
 		r.tables[t.Name] = t
 	}
@@ -98,6 +101,27 @@ func (r *Reader) Changed() <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.changed
+}
+
+// Versioned returns the position before which every local commit is
+// versioned.
+func (r *Reader) Versioned() pglogrepl.LSN {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.versioned
+}
+
+// Stop asks Run to return nil at the next transaction boundary, after
+// versioning what it has decoded and confirming it to the slot.
+func (r *Reader) Stop() { r.stopOnce.Do(func() { close(r.stop) }) }
+
+func (r *Reader) stopping() bool {
+	select {
+	case <-r.stop:
+		return true
+	default:
+		return false
+	}
 }
 
 func (r *Reader) advance(lsn pglogrepl.LSN) {
@@ -338,7 +362,27 @@ func (r *Reader) Run(ctx context.Context) error {
 		})
 	}
 
+	// A stop request interrupts the wait for the next message.
+	sctx, scancel := context.WithCancel(ctx)
+	defer scancel()
+	go func() {
+		select {
+		case <-r.stop:
+			scancel()
+		case <-sctx.Done():
+		}
+	}()
 	for {
+		if r.stopping() && cur == nil && bigTx == nil {
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := sendStatus(); err != nil {
+				return fmt.Errorf("reader: send status: %w", err)
+			}
+			r.cfg.Logger.Info("reader stopped: decoded transactions versioned and confirmed", "confirmed", confirmed.String(), "next_seq", uint64(st.nextSeq))
+			return nil
+		}
 		if inflight {
 			select {
 			case res := <-results:
@@ -373,14 +417,18 @@ func (r *Reader) Run(ctx context.Context) error {
 		if wait < time.Millisecond {
 			wait = time.Millisecond
 		}
-		rctx, cancel := context.WithTimeout(ctx, wait)
+		base := sctx
+		if r.stopping() {
+			base = ctx // finishing the transaction in progress
+		}
+		rctx, cancel := context.WithTimeout(base, wait)
 		raw, err := repl.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) {
+			if pgconn.Timeout(err) || (sctx.Err() != nil && errors.Is(err, context.Canceled)) {
 				continue
 			}
 			return fmt.Errorf("reader: receive: %w", err)

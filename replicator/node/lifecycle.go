@@ -1,0 +1,207 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"reflect"
+	"sync/atomic"
+	"time"
+
+	"github.com/polyregion/polyregion/replicator/obs"
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// IndexLag reports how far the regional search index is behind the local
+// database: in WAL bytes and in seconds, ok false when it cannot tell. The
+// health prober calls it about once a second; it must return at once
+// (report a cached value) and be safe for concurrent use.
+type IndexLag func() (bytesBehind int64, secondsBehind float64, ok bool)
+
+// ErrShutdownDeadline is returned by Run when a graceful stop did not finish
+// within Config.ShutdownTimeout. Nothing is lost: the work abandoned was not
+// committed and is redone after a restart.
+var ErrShutdownDeadline = errors.New("shutdown did not finish within shutdown_timeout; work in flight was abandoned (it is redone on restart)")
+
+// runtime is what outlives one run of the data plane.
+type runtime struct {
+	log      *slog.Logger
+	mon      *obs.Monitor
+	reader   atomic.Pointer[postgres.Reader]
+	shutdown atomic.Int64 // ShutdownTimeout in force
+}
+
+func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }
+
+// Run runs the region's replicator until ctx ends or a part fails.
+//
+// When ctx ends it stops gracefully: each follower commits the batch it is
+// applying and acknowledges it to its peer, the reader versions what it has
+// decoded and confirms it to the slot; then Run returns nil, or
+// ErrShutdownDeadline when that took longer than cfg.ShutdownTimeout.
+//
+// When the local database becomes unavailable (unreachable, shutting down,
+// in recovery or read-only), the data plane stops and starts again once the
+// database is back; the operations server keeps answering meanwhile (its
+// /health says unavailable). Any other failure ends Run with its error.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	rt := &runtime{log: cfg.Logger.With("region", string(cfg.Region))}
+	rt.shutdown.Store(int64(cfg.ShutdownTimeout))
+	peers := cfg.Peers
+	ids := make([]string, 0, len(peers))
+	mcfg := obs.Config{Region: cfg.Region, Tables: cfg.Cluster.Tables, Health: cfg.Health, Logger: rt.log,
+		Probe: func(ctx context.Context) (postgres.Probe, error) {
+			return postgres.ProbeLocal(ctx, cfg.Database, string(cfg.Region))
+		},
+		ReaderPosition: func() (uint64, bool) {
+			if r := rt.reader.Load(); r != nil {
+				return uint64(r.Versioned()), true
+			}
+			return 0, false
+		},
+	}
+	for _, p := range peers {
+		mcfg.Peers = append(mcfg.Peers, p.ID)
+		ids = append(ids, string(p.ID))
+	}
+	if cfg.IndexLag != nil {
+		mcfg.IndexLag = cfg.IndexLag
+	}
+	rt.mon = obs.New(mcfg)
+
+	// The prober and the operations server run until Run returns.
+	pctx, pcancel := context.WithCancel(context.WithoutCancel(ctx))
+	proberDone := make(chan struct{})
+	defer func() {
+		pcancel()
+		<-proberDone
+	}()
+	go func() {
+		defer close(proberDone)
+		rt.mon.Run(pctx)
+	}()
+	if cfg.HTTPListen != "" {
+		stopHTTP, err := rt.mon.Serve(cfg.HTTPListen)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = stopHTTP() }()
+	}
+	if cfg.Reload != nil {
+		go func() {
+			for {
+				select {
+				case <-pctx.Done():
+					return
+				case nc := <-cfg.Reload:
+					rt.reload(cfg, nc)
+				}
+			}
+		}()
+	}
+	rt.log.Debug("operations server and prober started", "http", cfg.HTTPListen, "peers", ids)
+
+	backoff := time.Second
+	for {
+		began := time.Now()
+		err := runDataPlane(ctx, cfg, rt)
+		rt.reader.Store(nil)
+		if err == nil || errors.Is(err, ErrShutdownDeadline) {
+			if err != nil {
+				rt.log.Error("stopped", "err", err)
+			}
+			return err
+		}
+		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+			return nil // stopped before the data plane was up
+		}
+		var probs postgres.Problems
+		if errors.As(err, &probs) || !rt.databaseUnavailable(ctx, cfg, err) {
+			return err
+		}
+		if time.Since(began) > time.Minute {
+			backoff = time.Second
+		}
+		rt.mon.DataPlane(err)
+		rt.mon.Metrics().Error(obs.ErrDataPlane)
+		rt.log.Error("local database unavailable; replication restarts once it is back", "err", err, "retry_in", backoff.String())
+		select {
+		case <-ctx.Done():
+			rt.log.Info("stopped while waiting for the local database")
+			return nil
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 15*time.Second)
+	}
+}
+
+// databaseUnavailable reports whether a data-plane failure comes from the
+// local database going away (as opposed to a refusal or a bug): the error
+// says so, or the database does not take writes now.
+func (rt *runtime) databaseUnavailable(ctx context.Context, cfg Config, err error) bool {
+	if postgres.IsUnavailable(err) {
+		return true
+	}
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	p, perr := postgres.ProbeLocal(pctx, cfg.Database, string(cfg.Region))
+	return perr != nil || p.InRecovery || p.ReadOnly
+}
+
+// reload applies what can change while running (health settings, the
+// shutdown deadline) and logs every other difference as refused.
+func (rt *runtime) reload(cur, next Config) {
+	next.defaults()
+	if err := next.Validate(); err != nil {
+		rt.log.Error("config reload refused: the new config is invalid; keeping the running one", "err", err)
+		return
+	}
+	var refused []string
+	same := func(key string, a, b any) {
+		if !reflect.DeepEqual(a, b) {
+			refused = append(refused, key)
+		}
+	}
+	same("region", cur.Region, next.Region)
+	same("database", cur.Database, next.Database)
+	same("listen", cur.Listen, next.Listen)
+	same("tls", cur.TLS, next.TLS)
+	same("peers", cur.Peers, next.Peers)
+	same("regions/tables (the agreed configuration)", cur.Cluster.Fingerprint(), next.Cluster.Fingerprint())
+	same("outbox_max_transactions", cur.OutboxMaxTxns, next.OutboxMaxTxns)
+	same("http.listen", cur.HTTPListen, next.HTTPListen)
+	for _, k := range refused {
+		rt.log.Warn("config reload: setting changed but cannot change while running; restart to apply it", "key", k)
+	}
+	old := rt.mon.Health()
+	nh := next.Health
+	var changed []any
+	for _, c := range []struct {
+		key      string
+		old, new time.Duration
+	}{
+		{"health.probe_interval", old.ProbeInterval, nh.ProbeInterval},
+		{"health.probe_timeout", old.ProbeTimeout, nh.ProbeTimeout},
+		{"health.hold", old.Hold, nh.Hold},
+		{"health.max_lag", old.MaxLag, nh.MaxLag},
+		{"health.max_index_lag", old.MaxIndexLag, nh.MaxIndexLag},
+		{"health.stall_after", old.StallAfter, nh.StallAfter},
+		{"shutdown_timeout", rt.shutdownTimeout(), next.ShutdownTimeout},
+	} {
+		if c.old != c.new {
+			changed = append(changed, c.key, fmt.Sprintf("%s -> %s", c.old, c.new))
+		}
+	}
+	rt.mon.SetHealth(nh)
+	rt.shutdown.Store(int64(next.ShutdownTimeout))
+	if len(changed) > 0 {
+		rt.log.Info("config reload: applied", changed...)
+	} else {
+		rt.log.Info("config reload: no setting that can change while running changed")
+	}
+}

@@ -1,0 +1,162 @@
+package obs
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+func TestHealthEvaluateOnlyLocalTroubleIsUnavailable(t *testing.T) {
+	c := HealthConfig{}
+	c.Defaults()
+	up := PeerView{Peer: "eu", LinkUp: true}
+	cases := []struct {
+		name  string
+		o     Observation
+		state string
+		want  string
+	}{
+		{"all well", Observation{Peers: []PeerView{up}}, StateServing, ""},
+		{"peer link down", Observation{Peers: []PeerView{{Peer: "eu", For: 12, LastErr: "connection refused"}}}, StateDegraded, "peer eu: link down for 12s: connection refused"},
+		{"peer lag", Observation{Peers: []PeerView{{Peer: "eu", LinkUp: true, LagSeconds: 90, LagTxns: 7}}}, StateDegraded, "peer eu: lag 90.0s above 1m0s (7 transactions behind)"},
+		{"index behind", Observation{Peers: []PeerView{up}, Index: &IndexView{Known: true, SecondsBehind: 61}}, StateDegraded, "index: 61.0s behind"},
+		{"index silent", Observation{Index: &IndexView{}}, StateDegraded, "index: lag unknown"},
+		{"every peer down is still serving", Observation{Peers: []PeerView{{Peer: "eu"}, {Peer: "ap"}}}, StateDegraded, "peer ap: link down"},
+		{"postgres down", Observation{ProbeErr: errors.New("connection refused"), Peers: []PeerView{{Peer: "eu"}}}, StateUnavailable, "local postgres unreachable: connection refused"},
+		{"standby", Observation{InRecovery: true}, StateUnavailable, "in recovery"},
+		{"read-only", Observation{ReadOnly: true}, StateUnavailable, "default_transaction_read_only"},
+		{"stalled", Observation{Stalled: 3 * time.Minute}, StateUnavailable, "replicator stalled"},
+		{"briefly behind is not stalled", Observation{Stalled: 30 * time.Second}, StateServing, ""},
+	}
+	for _, tc := range cases {
+		state, reasons := Evaluate(c, tc.o)
+		if state != tc.state {
+			t.Errorf("%s: state %s, want %s (%v)", tc.name, state, tc.state, reasons)
+		}
+		if tc.want != "" && !strings.Contains(strings.Join(reasons, "\n"), tc.want) {
+			t.Errorf("%s: reasons %q do not say %q", tc.name, reasons, tc.want)
+		}
+	}
+}
+
+func TestHealthHysteresisHoldsUntilTheNewStateLasts(t *testing.T) {
+	var h hysteresis
+	t0 := time.Unix(1000, 0)
+	at := func(s float64) time.Time { return t0.Add(time.Duration(s * float64(time.Second))) }
+	hold := 3 * time.Second
+	steps := []struct {
+		at      float64
+		state   string
+		want    string
+		changed bool
+	}{
+		{0, StateServing, StateServing, true}, // the first observation is reported at once
+		{1, StateUnavailable, StateServing, false},
+		{2, StateUnavailable, StateServing, false},
+		{3, StateServing, StateServing, false}, // blip over: never reported
+		{4, StateUnavailable, StateServing, false},
+		{5, StateDegraded, StateServing, false}, // a different candidate restarts the clock
+		{7, StateDegraded, StateServing, false},
+		{8, StateDegraded, StateDegraded, true}, // held 3s
+		{9, StateServing, StateDegraded, false},
+		{12, StateServing, StateServing, true},
+	}
+	for _, s := range steps {
+		changed := h.observe(at(s.at), s.state, nil, hold)
+		if h.reported != s.want || changed != s.changed {
+			t.Fatalf("t=%vs observed %s: reported %s (changed %v), want %s (changed %v)", s.at, s.state, h.reported, changed, s.want, s.changed)
+		}
+	}
+	var none hysteresis
+	none.observe(at(0), StateServing, nil, NoHold)
+	if none.observe(at(0.1), StateUnavailable, nil, NoHold); none.reported != StateUnavailable {
+		t.Fatalf("with no hold the change is reported at once, got %s", none.reported)
+	}
+}
+
+// TestHealthAnswersFromCacheWhileTheProbeHangs: the handler never waits for
+// the database.
+func TestHealthAnswersFromCacheWhileTheProbeHangs(t *testing.T) {
+	var calls atomic.Int32
+	release := make(chan struct{})
+	m := New(Config{Region: "us", Peers: []conflict.RegionID{"eu"},
+		Health: HealthConfig{ProbeInterval: 100 * time.Millisecond, ProbeTimeout: time.Hour, Hold: NoHold},
+		Probe: func(ctx context.Context) (postgres.Probe, error) {
+			if calls.Add(1) > 1 {
+				select { // the second probe hangs
+				case <-release:
+				case <-ctx.Done():
+				}
+			}
+			return postgres.Probe{WAL: 100, Stats: true, Shipped: 5, Acked: map[string]int64{"eu": 3}}, nil
+		},
+		ReaderPosition: func() (uint64, bool) { return 100, true },
+	})
+	m.LinkUp("eu")
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); m.Run(ctx) }()
+	defer func() { close(release); cancel(); <-done }()
+	srv := httptest.NewServer(m.Handler())
+	defer srv.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for calls.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		resp, err := http.Get(srv.URL + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if took := time.Since(start); took > 100*time.Millisecond {
+			t.Fatalf("/health took %s while a probe hangs", took)
+		}
+		if resp.StatusCode != 200 || !strings.HasPrefix(string(body), "serving") {
+			t.Fatalf("/health: %d %q", resp.StatusCode, body)
+		}
+	}
+	resp, err := http.Get(srv.URL + "/live")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/live: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	if s := m.Snapshot(); len(s.Peers) != 1 || s.Peers[0].Backlog != 2 {
+		t.Fatalf("snapshot peers %+v, want eu with backlog 2", s.Peers)
+	}
+}
+
+func TestHealthPeerLag(t *testing.T) {
+	m := New(Config{Region: "us", Peers: []conflict.RegionID{"eu"}, Health: HealthConfig{Hold: NoHold},
+		Probe: func(context.Context) (postgres.Probe, error) { return postgres.Probe{}, nil }})
+	m.LinkUp("eu")
+	m.PeerApplied("eu", 10, time.Now().Add(-90*time.Second).UnixMicro())
+	m.PeerHead("eu", 10)
+	m.probe(context.Background(), m.Health())
+	if p := m.Snapshot().Peers[0]; p.LagSeconds != 0 || p.LagTxns != 0 {
+		t.Fatalf("caught up: lag %+v", p)
+	}
+	m.PeerHead("eu", 15) // the peer wrote more; the last applied one is 90s old
+	time.Sleep(10 * time.Millisecond)
+	m.probe(context.Background(), m.Health())
+	p := m.Snapshot().Peers[0]
+	if p.LagTxns != 5 || p.LagSeconds <= 0 || p.LagSeconds > 1 {
+		t.Fatalf("behind since the last probe: lag %+v, want 5 transactions and well under a second", p)
+	}
+	m.LinkDown("eu", errors.New("connection refused"))
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateDegraded || !strings.Contains(strings.Join(s.Reasons, ";"), "peer eu: link down") {
+		t.Fatalf("link down: %+v", s)
+	}
+}
