@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -177,6 +178,10 @@ func TestHealthForDNSFailover(t *testing.T) {
 		t.Errorf("eu shipped %v rows to us, want >= 50", v)
 	}
 	checkDeploySeries(t, metrics)
+	st := liveStatus(t, us)
+	if st.Replicator == nil || st.Replicator.Status != "serving" || len(st.Replicator.Peers) != 1 || !st.Replicator.Peers[0].LinkUp {
+		t.Errorf("status --json: %+v, want the replicator serving with eu's link up", st.Replicator)
+	}
 
 	// The peer's replicator dies: still serving, degraded, naming the peer;
 	// the lag to it grows.
@@ -193,6 +198,12 @@ func TestHealthForDNSFailover(t *testing.T) {
 	}
 	if v, _ := metricValue(metrics, "polyregion_peer_lag_seconds", `peer="eu"`); v <= 0 {
 		t.Errorf("polyregion_peer_lag_seconds{peer=\"eu\"} = %v with the link down, want > 0", v)
+	}
+	out, err := exec.CommandContext(ctx, binary, "status", "--config", us.ConfigPath).CombinedOutput()
+	if err != nil || !regexp.MustCompile(`(?m)^eu\s.*DOWN \d+s\s+\d+\.\ds, \d+ transactions`).Match(out) || !strings.Contains(string(out), "serving degraded") && !strings.Contains(string(out), "degraded since") {
+		t.Errorf("status with eu's link down: %v\n%s", err, out)
+	} else {
+		t.Logf("status with eu's link down:\n%s", out)
 	}
 	if err := eu.StartReplicator(); err != nil {
 		t.Fatal(err)
@@ -288,6 +299,32 @@ func TestHealthForDNSFailover(t *testing.T) {
 	if err := h.WaitConverged(ctx, tableNames(healthTables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
+}
+
+type liveStatusJSON struct {
+	Replicator *struct {
+		Status string `json:"status"`
+		Peers  []struct {
+			Peer       string  `json:"peer"`
+			LinkUp     bool    `json:"link_up"`
+			LagSeconds float64 `json:"lag_seconds"`
+		} `json:"peers"`
+	} `json:"replicator"`
+	ReplicatorError string `json:"replicator_error"`
+}
+
+// liveStatus runs `status --json`, which asks the running replicator too.
+func liveStatus(t *testing.T, r *Region) liveStatusJSON {
+	t.Helper()
+	out, err := exec.Command(binary, "status", "--json", "--config", r.ConfigPath).Output()
+	if err != nil {
+		t.Fatalf("status %s: %v", r.Name, err)
+	}
+	var st liveStatusJSON
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatalf("status %s: %v\n%s", r.Name, err, out)
+	}
+	return st
 }
 
 var deploySeries = regexp.MustCompile(`\bpolyregion_[a-z0-9_]+\b`)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"reflect"
 	"sync/atomic"
 	"time"
@@ -16,7 +17,9 @@ import (
 // IndexLag reports how far the regional search index is behind the local
 // database: in WAL bytes and in seconds, ok false when it cannot tell. The
 // health prober calls it about once a second; it must return at once
-// (report a cached value) and be safe for concurrent use.
+// (report a cached value) and be safe for concurrent use. Set it in
+// Config.IndexLag, or, for a feed started with the data plane, with
+// rt.mon.SetIndexLag inside runDataPlane.
 type IndexLag func() (bytesBehind int64, secondsBehind float64, ok bool)
 
 // ErrShutdownDeadline is returned by Run when a graceful stop did not finish
@@ -71,6 +74,24 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.IndexLag != nil {
 		mcfg.IndexLag = cfg.IndexLag
+	}
+	if cfg.Search != nil {
+		// The index feed runs beside the data plane, on its own slot, until
+		// Run returns; it outlives database outages by retrying.
+		sctx, scancel := context.WithCancel(context.WithoutCancel(ctx))
+		s, done, err := startSearch(sctx, cfg, rt.log)
+		if err != nil {
+			scancel()
+			return err
+		}
+		defer func() {
+			scancel()
+			<-done
+		}()
+		mcfg.IndexLag = s.feed.Lag
+		if s.handler != nil {
+			mcfg.Routes = map[string]http.Handler{"GET /search/": s.handler}
+		}
 	}
 	rt.mon = obs.New(mcfg)
 

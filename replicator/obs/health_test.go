@@ -160,3 +160,32 @@ func TestHealthPeerLag(t *testing.T) {
 		t.Fatalf("link down: %+v", s)
 	}
 }
+
+func TestHealthIndexLagFromHook(t *testing.T) {
+	m := New(Config{Region: "us", Health: HealthConfig{Hold: NoHold, MaxIndexLag: 30 * time.Second},
+		Probe: func(context.Context) (postgres.Probe, error) { return postgres.Probe{}, nil }})
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateServing || s.Index != nil {
+		t.Fatalf("no index: %+v", s)
+	}
+	lag := 45.0
+	m.SetIndexLag(func() (int64, float64, bool) { return 4096, lag, true })
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateDegraded || !strings.Contains(strings.Join(s.Reasons, ";"), "index: 45.0s behind") {
+		t.Fatalf("index behind: %+v", s)
+	}
+	lag = 1
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateServing || s.Index == nil || s.Index.BytesBehind != 4096 {
+		t.Fatalf("index caught up: %+v", s)
+	}
+	fams, _ := m.Metrics().Registry.Gather()
+	for _, f := range fams {
+		if f.GetName() == "polyregion_index_lag_seconds" && f.GetMetric()[0].GetGauge().GetValue() != 1 {
+			t.Errorf("polyregion_index_lag_seconds = %v, want 1", f.GetMetric()[0].GetGauge().GetValue())
+		}
+		if f.GetName() == "polyregion_index_configured" && f.GetMetric()[0].GetGauge().GetValue() != 1 {
+			t.Errorf("polyregion_index_configured = %v, want 1", f.GetMetric()[0].GetGauge().GetValue())
+		}
+	}
+}

@@ -24,6 +24,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
@@ -47,15 +48,20 @@ type Config struct {
 	// behind (ok false when it cannot tell). nil: no index.
 	IndexLag func() (bytesBehind int64, secondsBehind float64, ok bool)
 	Logger   *slog.Logger
+	// Routes are further handlers served beside the operations endpoints,
+	// by ServeMux pattern (the embedded index's /search/, the conflict
+	// report).
+	Routes map[string]http.Handler
 }
 
 // Monitor tracks the region's health and metrics. Its methods are safe for
 // concurrent use.
 type Monitor struct {
-	cfg     Config
-	metrics *Metrics
-	log     *slog.Logger
-	start   time.Time
+	cfg      Config
+	metrics  *Metrics
+	log      *slog.Logger
+	start    time.Time
+	indexLag atomic.Pointer[func() (int64, float64, bool)]
 
 	mu        sync.Mutex
 	health    HealthConfig
@@ -114,9 +120,20 @@ func New(cfg Config) *Monitor {
 	for _, p := range cfg.Peers {
 		m.peers[string(p)] = &peerState{changedAt: m.start, lastErr: "not connected yet"}
 	}
-	m.metrics.indexOn.Set(b2f(cfg.IndexLag != nil))
+	m.SetIndexLag(cfg.IndexLag)
 	m.snap = Snapshot{Region: string(cfg.Region), Status: StateUnavailable, Reasons: []string{"starting: " + errStarting.Error()}, Observed: StateUnavailable}
 	return m
+}
+
+// SetIndexLag sets (or, with nil, removes) the search index's lag source;
+// the next probe uses it. For an index feed started after the monitor.
+func (m *Monitor) SetIndexLag(f func() (bytesBehind int64, secondsBehind float64, ok bool)) {
+	if f == nil {
+		m.indexLag.Store(nil)
+	} else {
+		m.indexLag.Store(&f)
+	}
+	m.metrics.indexOn.Set(b2f(f != nil))
 }
 
 // Metrics returns the registry the monitor feeds.
@@ -235,8 +252,8 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 		m.metrics.Error(ErrProbe)
 	}
 	var index *IndexView
-	if m.cfg.IndexLag != nil {
-		b, s, ok := m.cfg.IndexLag()
+	if f := m.indexLag.Load(); f != nil {
+		b, s, ok := (*f)()
 		index = &IndexView{Known: ok, BytesBehind: b, SecondsBehind: s}
 		m.metrics.indexUp.Set(b2f(ok))
 		if ok {
@@ -419,6 +436,9 @@ func (m *Monitor) Handler() http.Handler {
 		fmt.Fprintln(w, "live")
 	})
 	mux.Handle("GET /metrics", m.metrics.Handler())
+	for pattern, h := range m.cfg.Routes {
+		mux.Handle(pattern, h)
+	}
 	return mux
 }
 
