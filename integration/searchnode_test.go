@@ -18,6 +18,9 @@ import (
 // must exercise it; .ci/setup-search installs it) and skips it elsewhere.
 func requireSearch(t *testing.T, kind SearchKind) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: starts a real search node (run without -short)")
+	}
 	if err := SearchAvailable(kind); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("%s node cannot run: %v", kind, err)
