@@ -162,8 +162,9 @@ func Run(ctx context.Context, cfg Config) error {
 }
 
 // databaseUnavailable reports whether a data-plane failure comes from the
-// local database going away (as opposed to a refusal or a bug): the error
-// says so, or the database does not take writes now.
+// local database going away (as opposed to a refusal, such as a wrong
+// password or database name, or a bug): the error says so, or the database
+// cannot be reached or does not take writes now.
 func (rt *runtime) databaseUnavailable(ctx context.Context, cfg Config, err error) bool {
 	if postgres.IsUnavailable(err) {
 		return true
@@ -171,7 +172,10 @@ func (rt *runtime) databaseUnavailable(ctx context.Context, cfg Config, err erro
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	p, perr := postgres.ProbeLocal(pctx, cfg.Database, string(cfg.Region))
-	return perr != nil || p.InRecovery || p.ReadOnly
+	if perr != nil {
+		return postgres.IsUnavailable(perr) || errors.Is(perr, context.DeadlineExceeded)
+	}
+	return p.InRecovery || p.ReadOnly
 }
 
 // reload applies what can change while running (health settings, the
