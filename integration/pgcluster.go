@@ -51,6 +51,10 @@ type Cluster struct {
 	cred    *syscall.Credential
 	uid     int
 	gid     int
+
+	// Env is extra environment for the server processes, applied when the
+	// server (re)starts: e.g. LD_PRELOAD of libfaketime for a clock offset.
+	Env []string
 }
 
 // ClusterOptions tunes a new cluster.
@@ -163,7 +167,15 @@ func NewCluster(ctx context.Context, dir, name string, opt ClusterOptions) (*Clu
 }
 
 func (c *Cluster) run(ctx context.Context, prog string, args ...string) error {
+	return c.runEnv(ctx, nil, prog, args...)
+}
+
+// runEnv is run with extra environment variables.
+func (c *Cluster) runEnv(ctx context.Context, env []string, prog string, args ...string) error {
 	cmd := exec.CommandContext(ctx, filepath.Join(c.BinDir, prog), args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	if c.cred != nil {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
 	}
@@ -184,7 +196,7 @@ func (c *Cluster) Start(ctx context.Context) error {
 			_ = os.Chown(c.LogFile, c.uid, c.gid)
 		}
 	}
-	if err := c.run(ctx, "pg_ctl", "-D", c.Dir, "-l", c.LogFile, "-w", "-t", "60", "start"); err != nil {
+	if err := c.runEnv(ctx, c.Env, "pg_ctl", "-D", c.Dir, "-l", c.LogFile, "-w", "-t", "60", "start"); err != nil {
 		return fmt.Errorf("start cluster %s: %w", c.Name, err)
 	}
 	return nil
