@@ -39,6 +39,8 @@ type fileConfig struct {
 	Health healthFile `yaml:"health"`
 	// ShutdownTimeout bounds a graceful stop (SIGTERM).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	// Search is the regional search index the replicator feeds.
+	Search *searchFile `yaml:"search"`
 }
 
 // healthFile is the health check's settings (durations like 5s, 2m).
@@ -159,6 +161,9 @@ func (fc fileConfig) toNode() (node.Config, error) {
 	}
 	health, err := fc.Health.toObs()
 	if err != nil {
+		return cfg, err
+	}
+	if cfg.Search, err = fc.Search.toNode(); err != nil {
 		return cfg, err
 	}
 	cfg.Health = health

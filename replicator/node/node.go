@@ -66,6 +66,9 @@ type Config struct {
 	HTTPListen string
 	// Health tunes the health check (zero values take the defaults).
 	Health obs.HealthConfig
+	// Search, when set, feeds the region's search index from every local
+	// commit (local writes and applied changes alike).
+	Search *SearchConfig
 	// IndexLag, when set, reports how far the regional search index is
 	// behind; health and metrics use it. nil: no index.
 	IndexLag IndexLag

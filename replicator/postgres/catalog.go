@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/polyregion/polyregion/replicator"
@@ -57,6 +58,34 @@ func LoadShape(ctx context.Context, conn *pgx.Conn, table string) (replicator.Sh
 	sort.Slice(keys, func(i, j int) bool { return keys[i].pos < keys[j].pos })
 	for _, k := range keys {
 		sh.Key = append(sh.Key, k.col)
+	}
+	return sh, nil
+}
+
+// StreamShape describes a table as a relation message of the change stream
+// does: the stream's own columns (which may lag the catalog after DDL), with
+// the primary key from the catalog.
+func StreamShape(ctx context.Context, conn *pgx.Conn, msg *pglogrepl.RelationMessage) (replicator.Shape, error) {
+	name := msg.Namespace + "." + msg.RelationName
+	cat, err := LoadShape(ctx, conn, name)
+	if err != nil {
+		return replicator.Shape{}, fmt.Errorf("relation %s: %w", name, err)
+	}
+	sh := replicator.Shape{Table: name}
+	for _, c := range msg.Columns {
+		var typ string
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.format_type($1::oid, $2::int)`, c.DataType, c.TypeModifier).Scan(&typ); err != nil {
+			return replicator.Shape{}, fmt.Errorf("relation %s: type of column %q: %w", name, c.Name, err)
+		}
+		sh.Columns = append(sh.Columns, c.Name)
+		sh.Types = append(sh.Types, typ)
+	}
+	for _, k := range cat.Key {
+		j := indexOf(sh.Columns, cat.Columns[k])
+		if j < 0 {
+			return replicator.Shape{}, fmt.Errorf("relation %s: primary key column %q is not in the stream's description of the table", name, cat.Columns[k])
+		}
+		sh.Key = append(sh.Key, j)
 	}
 	return sh, nil
 }

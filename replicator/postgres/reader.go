@@ -157,8 +157,6 @@ type relation struct {
 	msg   *pglogrepl.RelationMessage
 	name  string
 	shape replicator.Shape
-	// colIdx maps the relation message's column order to shape order.
-	colIdx []int
 }
 
 type pendingTxn struct {
@@ -491,6 +489,9 @@ func (r *Reader) Run(ctx context.Context) error {
 						return err
 					}
 				case *pglogrepl.UpdateMessage:
+					if msg.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld {
+						fillUnchanged(msg.NewTuple, msg.OldTuple)
+					}
 					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpUpdate, msg.NewTuple, msg.OldTuple); err != nil {
 						return err
 					}
@@ -586,34 +587,22 @@ func (r *Reader) relation(ctx context.Context, conn *pgx.Conn, msg *pglogrepl.Re
 		// Not replicated: only its name is needed (to skip its changes).
 		return &relation{msg: msg, name: name}, nil
 	}
-	cat, err := LoadShape(ctx, conn, name)
+	sh, err := StreamShape(ctx, conn, msg)
 	if err != nil {
-		return nil, fmt.Errorf("reader: relation %s: %w", name, err)
+		return nil, fmt.Errorf("reader: %w", err)
 	}
-	sh := replicator.Shape{Table: name}
-	rel := &relation{msg: msg, name: name, colIdx: make([]int, len(msg.Columns))}
-	for i, c := range msg.Columns {
-		var typ string
-		if err := conn.QueryRow(ctx, `SELECT pg_catalog.format_type($1::oid, $2::int)`, c.DataType, c.TypeModifier).Scan(&typ); err != nil {
-			return nil, fmt.Errorf("reader: relation %s: type of column %q: %w", name, c.Name, err)
-		}
-		sh.Columns = append(sh.Columns, c.Name)
-		sh.Types = append(sh.Types, typ)
-		rel.colIdx[i] = i
-	}
-	for _, k := range cat.Key {
-		j := indexOf(sh.Columns, cat.Columns[k])
-		if j < 0 {
-			return nil, fmt.Errorf("reader: relation %s: primary key column %q is not in the stream's description of the table", name, cat.Columns[k])
-		}
-		sh.Key = append(sh.Key, j)
-	}
-	rel.shape = sh
-	return rel, nil
+	return &relation{msg: msg, name: name, shape: sh}, nil
 }
 
 func tupleValues(rel *relation, t *pglogrepl.TupleData) []replicator.Value {
-	vals := make([]replicator.Value, len(rel.shape.Columns))
+	return TupleValues(len(rel.shape.Columns), t)
+}
+
+// TupleValues converts a stream tuple of a relation with n columns to values
+// in text form: SQL NULL as Null, an unchanged TOASTed value as Unchanged.
+// Columns the tuple lacks are NULL.
+func TupleValues(n int, t *pglogrepl.TupleData) []replicator.Value {
+	vals := make([]replicator.Value, n)
 	for i := range vals {
 		vals[i].Null = true
 	}
@@ -621,10 +610,10 @@ func tupleValues(rel *relation, t *pglogrepl.TupleData) []replicator.Value {
 		return vals
 	}
 	for i, c := range t.Columns {
-		if i >= len(rel.colIdx) {
+		if i >= n {
 			break
 		}
-		v := &vals[rel.colIdx[i]]
+		v := &vals[i]
 		switch c.DataType {
 		case pglogrepl.TupleDataTypeNull:
 			*v = replicator.Value{Null: true}
@@ -635,6 +624,22 @@ func tupleValues(rel *relation, t *pglogrepl.TupleData) []replicator.Value {
 		}
 	}
 	return vals
+}
+
+// fillUnchanged gives an update's unchanged TOASTed values from the full
+// old row (REPLICA IDENTITY FULL logs it, detoasted). Shipped whole, such
+// an update can win a conflict in a region whose concurrent version holds
+// a different value for the untouched column and still converge; shipped
+// as "unchanged" it would leave that region's value in place.
+func fillUnchanged(newT, oldT *pglogrepl.TupleData) {
+	if newT == nil || oldT == nil {
+		return
+	}
+	for i, c := range newT.Columns {
+		if c.DataType == pglogrepl.TupleDataTypeToast && i < len(oldT.Columns) && oldT.Columns[i].DataType != pglogrepl.TupleDataTypeToast {
+			newT.Columns[i] = oldT.Columns[i]
+		}
+	}
 }
 
 func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uint32, op conflict.Op, newT, oldT *pglogrepl.TupleData) error {

@@ -1,0 +1,462 @@
+// Package indexer keeps a region's search indices in step with its local
+// tables. It decodes the local change stream on a slot of its own (every
+// origin: local writes and changes applied from peers alike), renders rows
+// as documents and writes them to Elasticsearch, OpenSearch or the embedded
+// index, each write versioned by the commit position of the local
+// transaction that made it. The slot is confirmed only after the engine
+// accepted a batch, so an engine that is away only makes WAL wait.
+package indexer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// Config is one region's feed.
+type Config struct {
+	Region   string
+	Database string // connection string of the local primary
+	Indices  []IndexSpec
+	// BackendKind is recorded with each generation: a different engine
+	// means a rebuild.
+	BackendKind string
+	// BatchDocs bounds the documents of one bulk request (default 2000).
+	BatchDocs int
+	// FlushInterval bounds how long a change waits for its batch to fill
+	// (default 200ms).
+	FlushInterval time.Duration
+	// PollInterval is how often the feed looks for a rebuilt generation
+	// and refreshes its lag (default 2s).
+	PollInterval time.Duration
+	Logger       *slog.Logger
+	// Progress, when set, receives backfill progress.
+	Progress func(BuildProgress)
+}
+
+// Validate reports the first configuration problem, naming it.
+func (c *Config) Validate() error {
+	if c.Region == "" {
+		return errors.New("indexer: region is required")
+	}
+	if c.Database == "" {
+		return errors.New("indexer: database is required")
+	}
+	if len(c.Indices) == 0 {
+		return errors.New("search.indices: at least one table to index is required")
+	}
+	names := map[string]bool{}
+	for i := range c.Indices {
+		if err := c.Indices[i].Validate(); err != nil {
+			return fmt.Errorf("search.indices[%d]: %w", i, err)
+		}
+		if names[c.Indices[i].Index] {
+			return fmt.Errorf("search.indices[%d]: index %q is named twice", i, c.Indices[i].Index)
+		}
+		names[c.Indices[i].Index] = true
+	}
+	return nil
+}
+
+func (c *Config) defaults() {
+	if c.BatchDocs <= 0 {
+		c.BatchDocs = 2000
+	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = 200 * time.Millisecond
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 2 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Status is the feed's state for status output, metrics and health.
+type Status struct {
+	// Generation is the live generation (0 while the first is built).
+	Generation int
+	Building   int // generation being built, 0 when none
+	// AckedLSN is the position up to which every change is in the engine.
+	AckedLSN string
+	// BytesBehind is the WAL the feed's slot has not confirmed.
+	BytesBehind int64
+	// SecondsBehind is the age of the oldest change not yet in the engine.
+	SecondsBehind float64
+	DocsWritten   int64
+	DeadLetters   int64
+	// EngineDown is set while the engine refuses or fails whole batches.
+	EngineDown bool
+	LastError  string
+	Updated    time.Time
+}
+
+// Feed is one region's index feed.
+type Feed struct {
+	cfg Config
+	be  Backend
+
+	mu     sync.Mutex
+	status Status
+	// oldest is the commit time of the oldest change not yet acknowledged
+	// (zero when none).
+	oldest   time.Time
+	building atomic.Bool
+
+	docs, dead atomic.Int64
+}
+
+// New returns a feed writing to be.
+func New(cfg Config, be Backend) (*Feed, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return &Feed{cfg: cfg, be: be}, nil
+}
+
+// Status returns the feed's latest state.
+func (f *Feed) Status() Status {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	s := f.status
+	if !f.oldest.IsZero() {
+		s.SecondsBehind = time.Since(f.oldest).Seconds()
+	}
+	s.DocsWritten = f.docs.Load()
+	s.DeadLetters = f.dead.Load()
+	return s
+}
+
+// Lag is the index lag for metrics and health: WAL bytes not yet confirmed
+// and the age of the oldest change not yet in the engine. ok is false until
+// the feed has measured it.
+func (f *Feed) Lag() (bytesBehind int64, secondsBehind float64, ok bool) {
+	s := f.Status()
+	return s.BytesBehind, s.SecondsBehind, !s.Updated.IsZero()
+}
+
+func (f *Feed) setError(err error, engineDown bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err == nil {
+		f.status.LastError = ""
+	} else {
+		f.status.LastError = err.Error()
+	}
+	f.status.EngineDown = engineDown
+}
+
+// Run feeds the indices until ctx ends, recovering from errors (the
+// database or the engine away) by retrying with backoff.
+func (f *Feed) Run(ctx context.Context) error {
+	desc, err := f.be.Describe(ctx)
+	if err != nil {
+		f.cfg.Logger.Warn("search engine not reachable yet; the feed waits for it", "err", err)
+	} else {
+		f.cfg.Logger.Info("index feed starting", "engine", desc, "indices", len(f.cfg.Indices))
+	}
+	backoff := time.Second
+	for {
+		err := f.step(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if err == nil {
+			backoff = time.Second
+			continue
+		}
+		f.setError(err, false)
+		f.cfg.Logger.Warn("index feed: retrying", "err", err, "in", backoff)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(backoff + time.Duration(rand.Int64N(int64(backoff/4+1)))):
+		}
+		backoff = min(backoff*2, 30*time.Second)
+	}
+}
+
+// step does one thing: switch to a ready generation, build the first
+// one, or stream the live one (building a newer one alongside when the
+// configuration changed) until something changes.
+func (f *Feed) step(ctx context.Context) error {
+	conn, err := postgres.Connect(ctx, f.cfg.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if err := prepare(ctx, conn, f.cfg.Region, f.cfg.Indices); err != nil {
+		return err
+	}
+	gens, err := loadGenerations(ctx, conn)
+	if err != nil {
+		return err
+	}
+	fp := fingerprint(f.cfg.BackendKind, f.cfg.Indices)
+	var live, next *generation
+	for _, g := range gens {
+		switch g.State {
+		case stateLive:
+			live = g
+		default:
+			next = g
+		}
+	}
+	if next != nil && next.Fingerprint != fp {
+		f.cfg.Logger.Info("index generation built for an older configuration: abandoned", "generation", next.Gen)
+		if err := f.retire(ctx, conn, next, true); err != nil {
+			return err
+		}
+		next = nil
+	}
+	if next != nil && next.State == stateReady {
+		return f.switchTo(ctx, conn, live, next)
+	}
+	if live != nil {
+		missing, err := f.missingIndex(ctx, live)
+		if err != nil {
+			return err
+		}
+		if missing != "" {
+			f.cfg.Logger.Warn("live index missing from the engine: rebuilding", "index", missing, "generation", live.Gen)
+			if err := f.retire(ctx, conn, live, false); err != nil {
+				return err
+			}
+			live = nil
+		}
+	}
+	if next == nil && (live == nil || live.Fingerprint != fp) {
+		if next, err = newGeneration(ctx, conn, f.cfg.Region, fp, f.cfg.Indices, strconv.FormatInt(time.Now().Unix(), 36)); err != nil {
+			return err
+		}
+		f.cfg.Logger.Info("building index generation", "generation", next.Gen, "reason", map[bool]string{true: "first build", false: "configuration changed"}[live == nil])
+	}
+	if live == nil {
+		// Nothing to serve yet: build in the foreground.
+		f.mu.Lock()
+		f.status.Building, f.status.Updated = next.Gen, time.Now()
+		f.mu.Unlock()
+		return f.buildLocked(ctx, next)
+	}
+	if next != nil && f.building.CompareAndSwap(false, true) {
+		go func() {
+			defer f.building.Store(false)
+			if err := f.buildLocked(ctx, next); err != nil && ctx.Err() == nil && !errors.Is(err, errBuildElsewhere) {
+				f.cfg.Logger.Warn("index rebuild interrupted; it resumes", "generation", next.Gen, "err", err)
+			}
+		}()
+	}
+	return f.stream(ctx, live)
+}
+
+// buildLocked builds a generation holding the build lock on its own
+// session.
+func (f *Feed) buildLocked(ctx context.Context, g *generation) error {
+	lconn, err := postgres.Connect(ctx, f.cfg.Database)
+	if err != nil {
+		return err
+	}
+	defer lconn.Close(context.Background())
+	ok, err := tryBuildLock(ctx, lconn)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return errBuildElsewhere
+	}
+	return build(ctx, f.cfg, f.be, g)
+}
+
+func (f *Feed) missingIndex(ctx context.Context, g *generation) (string, error) {
+	for alias, phys := range g.Indices {
+		ok, err := f.be.Exists(ctx, phys)
+		if err != nil {
+			return "", err
+		}
+		if !ok {
+			return alias, nil
+		}
+	}
+	return "", nil
+}
+
+// switchTo makes a ready generation live: aliases first (searches move
+// at once), then the state, then the old generation's slot and indices go.
+func (f *Feed) switchTo(ctx context.Context, conn *pgx.Conn, live, next *generation) error {
+	for alias, phys := range next.Indices {
+		if err := f.be.SwapAlias(ctx, alias, phys); err != nil {
+			return err
+		}
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, `UPDATE polyregion.index_generation SET state = 'retired', updated_at = now() WHERE state = 'live'`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, `UPDATE polyregion.index_generation SET state = 'live', updated_at = now() WHERE gen = $1`, next.Gen); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("switch to index generation %d: %w", next.Gen, err)
+	}
+	f.cfg.Logger.Info("index generation live", "generation", next.Gen, "indices", next.Indices)
+	if live != nil {
+		return f.retire(ctx, conn, live, true)
+	}
+	return nil
+}
+
+// retire drops a generation's slot and (when dropIndices) its physical
+// indices that no live alias uses.
+func (f *Feed) retire(ctx context.Context, conn *pgx.Conn, g *generation, dropIndices bool) error {
+	if _, err := conn.Exec(ctx, `UPDATE polyregion.index_generation SET state = 'retired', updated_at = now() WHERE gen = $1`, g.Gen); err != nil {
+		return err
+	}
+	if err := dropSlot(ctx, conn, g.Slot); err != nil {
+		return err
+	}
+	if dropIndices {
+		for _, phys := range g.Indices {
+			if err := f.be.DeleteIndex(ctx, phys); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Rebuild builds a new generation of the indices from the current tables
+// (or resumes one an interrupted rebuild left), reporting progress through
+// cfg.Progress. When it returns, the generation is ready: a running feed
+// switches its aliases to it within its poll interval (a stopped one when
+// it starts), and searches keep being served from the old generation
+// until then.
+func Rebuild(ctx context.Context, cfg Config, be Backend) (int, error) {
+	cfg.defaults()
+	if err := cfg.Validate(); err != nil {
+		return 0, err
+	}
+	conn, err := postgres.Connect(ctx, cfg.Database)
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close(context.Background())
+	if err := prepare(ctx, conn, cfg.Region, cfg.Indices); err != nil {
+		return 0, err
+	}
+	gens, err := loadGenerations(ctx, conn)
+	if err != nil {
+		return 0, err
+	}
+	fp := fingerprint(cfg.BackendKind, cfg.Indices)
+	var g *generation
+	for _, x := range gens {
+		if x.State == stateBuilding && x.Fingerprint == fp {
+			g = x
+		}
+	}
+	if g == nil {
+		if g, err = newGeneration(ctx, conn, cfg.Region, fp, cfg.Indices, strconv.FormatInt(time.Now().Unix(), 36)); err != nil {
+			return 0, err
+		}
+	}
+	f := &Feed{cfg: cfg, be: be}
+	if err := f.buildLocked(ctx, g); err != nil {
+		return g.Gen, err
+	}
+	return g.Gen, nil
+}
+
+// Generation is one build of the indices, for status output.
+type Generation struct {
+	Gen       int               `json:"generation"`
+	State     string            `json:"state"`
+	Slot      string            `json:"slot"`
+	StartLSN  string            `json:"start_lsn,omitempty"`
+	Indices   map[string]string `json:"indices"`
+	Progress  map[string]int64  `json:"rows_copied"`
+	LagBytes  *int64            `json:"lag_bytes,omitempty"`
+	SlotGone  bool              `json:"slot_missing,omitempty"`
+	UpdatedAt time.Time         `json:"updated_at"`
+}
+
+// Report is the feed's durable state, read from the database.
+type Report struct {
+	Generations []Generation `json:"generations"`
+	DeadLetters int64        `json:"dead_letters"`
+	Recent      []DeadLetter `json:"recent_dead_letters"`
+}
+
+// DeadLetter is one refused document.
+type DeadLetter struct {
+	At     time.Time `json:"at"`
+	Index  string    `json:"index"`
+	Table  string    `json:"table"`
+	Key    string    `json:"key"`
+	Status int       `json:"status"`
+	Reason string    `json:"reason"`
+}
+
+// ReadReport reads the generations, their slots' lag and the dead letters.
+func ReadReport(ctx context.Context, conn *pgx.Conn) (Report, error) {
+	var r Report
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.to_regclass('polyregion.index_generation') IS NOT NULL`).Scan(&exists); err != nil || !exists {
+		return r, err
+	}
+	rows, err := conn.Query(ctx, `SELECT g.gen, g.state, g.slot, coalesce(g.start_lsn::text, ''), g.indices, g.progress, g.updated_at,
+			pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), s.confirmed_flush_lsn)::bigint, s.slot_name IS NULL
+		FROM polyregion.index_generation g LEFT JOIN pg_catalog.pg_replication_slots s ON s.slot_name = g.slot
+		WHERE g.state <> 'retired' ORDER BY g.gen`)
+	if err != nil {
+		return r, fmt.Errorf("index report: %w", err)
+	}
+	for rows.Next() {
+		var g Generation
+		var prog map[string]tableProgress
+		if err := rows.Scan(&g.Gen, &g.State, &g.Slot, &g.StartLSN, &g.Indices, &prog, &g.UpdatedAt, &g.LagBytes, &g.SlotGone); err != nil {
+			rows.Close()
+			return r, fmt.Errorf("index report: %w", err)
+		}
+		g.Progress = map[string]int64{}
+		for k, p := range prog {
+			g.Progress[k] = p.Rows
+		}
+		r.Generations = append(r.Generations, g)
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return r, fmt.Errorf("index report: %w", err)
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM polyregion.index_dead_letter`).Scan(&r.DeadLetters); err != nil {
+		return r, fmt.Errorf("index report: %w", err)
+	}
+	rows, err = conn.Query(ctx, `SELECT logged_at, index, tbl, key, status, reason FROM polyregion.index_dead_letter ORDER BY id DESC LIMIT 10`)
+	if err != nil {
+		return r, fmt.Errorf("index report: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var d DeadLetter
+		if err := rows.Scan(&d.At, &d.Index, &d.Table, &d.Key, &d.Status, &d.Reason); err != nil {
+			return r, fmt.Errorf("index report: %w", err)
+		}
+		r.Recent = append(r.Recent, d)
+	}
+	return r, rows.Err()
+}

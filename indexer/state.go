@@ -1,0 +1,238 @@
+package indexer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+)
+
+// The feed's durable state lives in the replicator's schema:
+//   - index_generation: each build of the region's indices. A generation is
+//     built (backfilled from a snapshot of the tables, resumably), becomes
+//     ready, then live (aliases point at it and its slot feeds it), and is
+//     retired when a newer one goes live. Its progress is the slot's
+//     confirmed position: the slot advances only after the engine accepted
+//     a batch.
+//   - index_dead_letter: documents the engine refused (mapping conflict,
+//     too large) or that could not be rendered, with the reason.
+var stateDDL = []string{
+	`CREATE TABLE IF NOT EXISTS polyregion.index_generation (
+		gen         integer PRIMARY KEY,
+		state       text NOT NULL CHECK (state IN ('building', 'ready', 'live', 'retired')),
+		slot        text NOT NULL,
+		start_lsn   pg_lsn,
+		indices     jsonb NOT NULL,
+		fingerprint text NOT NULL,
+		progress    jsonb NOT NULL DEFAULT '{}',
+		created_at  timestamptz NOT NULL DEFAULT now(),
+		updated_at  timestamptz NOT NULL DEFAULT now())`,
+	`CREATE TABLE IF NOT EXISTS polyregion.index_dead_letter (
+		id        bigserial PRIMARY KEY,
+		logged_at timestamptz NOT NULL DEFAULT now(),
+		index     text NOT NULL,
+		tbl       text NOT NULL,
+		key       text NOT NULL,
+		doc_id    text NOT NULL,
+		version   pg_lsn NOT NULL,
+		status    integer NOT NULL,
+		reason    text NOT NULL,
+		doc       jsonb)`,
+}
+
+// Generation states.
+const (
+	stateBuilding = "building"
+	stateReady    = "ready"
+	stateLive     = "live"
+	stateRetired  = "retired"
+)
+
+// tableProgress is how far a generation's backfill of one table got.
+type tableProgress struct {
+	After string `json:"after,omitempty"` // canonical key of the last row copied
+	Rows  int64  `json:"rows"`
+	Done  bool   `json:"done"`
+}
+
+type generation struct {
+	Gen         int
+	State       string
+	Slot        string
+	StartLSN    pglogrepl.LSN // 0 until the slot exists
+	Indices     map[string]string
+	Fingerprint string
+	Progress    map[string]tableProgress
+}
+
+// PublicationName is the publication the feed decodes.
+func PublicationName(region string) string { return "polyregion_idx_" + region }
+
+func slotName(region string, gen int) string { return fmt.Sprintf("polyregion_idx_%s_%d", region, gen) }
+
+// fingerprint identifies what a generation was built for; a different one
+// means the indices must be rebuilt.
+func fingerprint(kind string, specs []IndexSpec) string {
+	s := append([]IndexSpec(nil), specs...)
+	sort.Slice(s, func(i, j int) bool { return s[i].Index < s[j].Index })
+	b, _ := json.Marshal(struct {
+		Kind  string
+		Specs []IndexSpec
+	}{kind, s})
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:8])
+}
+
+func quoteIdent(s string) string { return pgx.Identifier{s}.Sanitize() }
+
+func qualified(name string) string {
+	s, r, _ := strings.Cut(name, ".")
+	return pgx.Identifier{s, r}.Sanitize()
+}
+
+// prepare installs the state tables and keeps the publication in step with
+// the configured tables.
+func prepare(ctx context.Context, conn *pgx.Conn, region string, specs []IndexSpec) error {
+	for _, stmt := range stateDDL {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("index state: %w", err)
+		}
+	}
+	seen := map[string]bool{}
+	var list []string
+	for _, s := range specs {
+		if !seen[s.Table] {
+			seen[s.Table] = true
+			list = append(list, qualified(s.Table))
+		}
+	}
+	pub := PublicationName(region)
+	var exists bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)`, pub).Scan(&exists); err != nil {
+		return fmt.Errorf("index publication: %w", err)
+	}
+	stmt := "CREATE PUBLICATION " + quoteIdent(pub) + " FOR TABLE " + strings.Join(list, ", ")
+	if exists {
+		stmt = "ALTER PUBLICATION " + quoteIdent(pub) + " SET TABLE " + strings.Join(list, ", ")
+	}
+	if _, err := conn.Exec(ctx, stmt); err != nil {
+		return fmt.Errorf("index publication %s: %w", pub, err)
+	}
+	return nil
+}
+
+func loadGenerations(ctx context.Context, conn *pgx.Conn) ([]*generation, error) {
+	rows, err := conn.Query(ctx, `SELECT gen, state, slot, coalesce(start_lsn::text, ''), indices, fingerprint, progress
+		FROM polyregion.index_generation WHERE state <> 'retired' ORDER BY gen`)
+	if err != nil {
+		return nil, fmt.Errorf("load index generations: %w", err)
+	}
+	defer rows.Close()
+	var out []*generation
+	for rows.Next() {
+		g := &generation{}
+		var lsn string
+		if err := rows.Scan(&g.Gen, &g.State, &g.Slot, &lsn, &g.Indices, &g.Fingerprint, &g.Progress); err != nil {
+			return nil, fmt.Errorf("load index generations: %w", err)
+		}
+		if lsn != "" {
+			if g.StartLSN, err = pglogrepl.ParseLSN(lsn); err != nil {
+				return nil, err
+			}
+		}
+		if g.Progress == nil {
+			g.Progress = map[string]tableProgress{}
+		}
+		out = append(out, g)
+	}
+	return out, rows.Err()
+}
+
+// newGeneration records a generation to build, with fresh physical index
+// names (an engine may hold indices of an earlier installation).
+func newGeneration(ctx context.Context, conn *pgx.Conn, region, fp string, specs []IndexSpec, suffix string) (*generation, error) {
+	var gen int
+	if err := conn.QueryRow(ctx, `SELECT coalesce(max(gen), 0) + 1 FROM polyregion.index_generation`).Scan(&gen); err != nil {
+		return nil, fmt.Errorf("new index generation: %w", err)
+	}
+	g := &generation{Gen: gen, State: stateBuilding, Slot: slotName(region, gen), Indices: map[string]string{}, Fingerprint: fp, Progress: map[string]tableProgress{}}
+	for _, s := range specs {
+		g.Indices[s.Index] = fmt.Sprintf("%s-g%d-%s", s.Index, gen, suffix)
+	}
+	if _, err := conn.Exec(ctx, `INSERT INTO polyregion.index_generation (gen, state, slot, indices, fingerprint) VALUES ($1, $2, $3, $4, $5)`,
+		g.Gen, g.State, g.Slot, g.Indices, g.Fingerprint); err != nil {
+		return nil, fmt.Errorf("new index generation: %w", err)
+	}
+	return g, nil
+}
+
+func (g *generation) save(ctx context.Context, conn *pgx.Conn) error {
+	var lsn any
+	if g.StartLSN != 0 {
+		lsn = g.StartLSN.String()
+	}
+	_, err := conn.Exec(ctx, `UPDATE polyregion.index_generation SET state = $2, start_lsn = $3::pg_lsn, progress = $4, updated_at = now() WHERE gen = $1`,
+		g.Gen, g.State, lsn, g.Progress)
+	if err != nil {
+		return fmt.Errorf("save index generation %d: %w", g.Gen, err)
+	}
+	return nil
+}
+
+// dropSlot removes a generation's slot; a missing slot is no error.
+func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
+	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot)
+	if err != nil {
+		return fmt.Errorf("drop slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// buildLockKey serialises builders (the running feed and the rebuild
+// command) on one database.
+const buildLockKey = 0x706f6c79696478 // "polyidx"
+
+func tryBuildLock(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_try_advisory_lock($1)`, int64(buildLockKey)).Scan(&ok); err != nil {
+		return false, fmt.Errorf("index build lock: %w", err)
+	}
+	return ok, nil
+}
+
+var errBuildElsewhere = errors.New("another process is building this generation of the indices")
+
+// deadLetter records refused documents.
+type deadLetter struct {
+	index, table, key, id string
+	version               pglogrepl.LSN
+	status                int
+	reason                string
+	doc                   []byte
+}
+
+func saveDeadLetters(ctx context.Context, conn *pgx.Conn, dls []deadLetter) error {
+	if len(dls) == 0 {
+		return nil
+	}
+	b := &pgx.Batch{}
+	for _, d := range dls {
+		var doc any
+		if len(d.doc) > 0 && len(d.doc) < 1<<20 {
+			doc = string(d.doc)
+		}
+		b.Queue(`INSERT INTO polyregion.index_dead_letter (index, tbl, key, doc_id, version, status, reason, doc) VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7, $8::jsonb)`,
+			d.index, d.table, d.key, d.id, d.version.String(), d.status, d.reason, doc)
+	}
+	if err := conn.SendBatch(ctx, b).Close(); err != nil {
+		return fmt.Errorf("dead-letter table: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,429 @@
+package indexer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/polyregion/polyregion/replicator"
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// relState is what the stream knows of one relation.
+type relState struct {
+	name string
+	tm   *tableMap // nil when the table is not indexed
+	spec IndexSpec
+	phys string
+}
+
+// pendingCommit is a transaction whose changes are batched but not yet
+// acknowledged by the engine.
+type pendingCommit struct {
+	end  pglogrepl.LSN
+	time time.Time
+}
+
+type streamer struct {
+	f    *Feed
+	g    *generation
+	conn *pgx.Conn // lookups (unchanged TOASTed values), dead letters, lag
+	repl *pgconn.PgConn
+	rels map[uint32]*relState
+
+	ops     []Op
+	dls     []deadLetter
+	commits []pendingCommit
+	inTxn   bool
+	txnLSN  pglogrepl.LSN // commit position of the transaction being decoded
+	txnTime time.Time
+	acked   pglogrepl.LSN
+	sent    pglogrepl.LSN // last position reported to the server
+	due     time.Time     // flush deadline of the oldest batched change
+}
+
+// stream feeds a live generation from its slot until ctx ends, a newer
+// generation is ready, or an error.
+func (f *Feed) stream(ctx context.Context, g *generation) error {
+	conn, err := postgres.Connect(ctx, f.cfg.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	repl, err := replConn(ctx, f.cfg.Database, "polyregion-index")
+	if err != nil {
+		return err
+	}
+	defer repl.Close(context.Background())
+	if err := pglogrepl.StartReplication(ctx, repl, g.Slot, 0, pglogrepl.StartReplicationOptions{
+		PluginArgs: []string{"proto_version '1'", "publication_names '" + PublicationName(f.cfg.Region) + "'"},
+	}); err != nil {
+		return fmt.Errorf("index feed: start replication on slot %s: %w", g.Slot, err)
+	}
+	s := &streamer{f: f, g: g, conn: conn, repl: repl, rels: map[uint32]*relState{}}
+	if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, g.Slot).Scan(&s.acked); err != nil {
+		return fmt.Errorf("index feed: slot %s: %w", g.Slot, err)
+	}
+	s.sent = s.acked
+	f.mu.Lock()
+	f.status.Generation, f.status.AckedLSN = g.Gen, s.acked.String()
+	f.mu.Unlock()
+	f.setError(nil, false)
+	f.cfg.Logger.Info("index feed streaming", "generation", g.Gen, "slot", g.Slot, "from", s.acked.String())
+	return s.run(ctx)
+}
+
+func (s *streamer) run(ctx context.Context) error {
+	cfg := &s.f.cfg
+	nextPoll := time.Now()
+	nextStatus := time.Now().Add(10 * time.Second)
+	for {
+		now := time.Now()
+		if !now.Before(nextPoll) {
+			ready, err := s.poll(ctx)
+			if err != nil {
+				return err
+			}
+			if ready {
+				// A rebuilt generation is ready: hand over what is batched,
+				// then let step switch.
+				return s.flush(ctx)
+			}
+			nextPoll = now.Add(cfg.PollInterval)
+		}
+		if len(s.ops) > 0 && !now.Before(s.due) {
+			if err := s.flush(ctx); err != nil {
+				return err
+			}
+		}
+		if !now.Before(nextStatus) || s.acked > s.sent {
+			if err := s.sendStatus(ctx); err != nil {
+				return err
+			}
+			nextStatus = time.Now().Add(10 * time.Second)
+		}
+		wait := time.Until(nextPoll)
+		if len(s.ops) > 0 {
+			wait = min(wait, time.Until(s.due))
+		}
+		wait = max(wait, time.Millisecond)
+		rctx, cancel := context.WithTimeout(ctx, wait)
+		raw, err := s.repl.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("index feed: receive: %w", err)
+		}
+		switch msg := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("index feed: server: %s", msg.Message)
+		case *pgproto3.CopyData:
+			if len(msg.Data) == 0 {
+				continue
+			}
+			switch msg.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("index feed: keepalive: %w", err)
+				}
+				if !s.inTxn && len(s.ops) == 0 && len(s.commits) == 0 && ka.ServerWALEnd > s.acked {
+					// Nothing pending: everything up to the server's end
+					// is in the engine.
+					s.acked = ka.ServerWALEnd
+				}
+				if ka.ReplyRequested {
+					nextStatus = time.Now()
+				}
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
+				if err != nil {
+					return fmt.Errorf("index feed: xlog data: %w", err)
+				}
+				if err := s.handle(ctx, xld.WALData); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// poll refreshes the lag and reports whether a newer generation is ready.
+func (s *streamer) poll(ctx context.Context) (bool, error) {
+	var behind int64
+	var ready bool
+	err := s.conn.QueryRow(ctx, `SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+			FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), 0),
+		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state = 'ready' AND gen > $2)`, s.g.Slot, s.g.Gen).Scan(&behind, &ready)
+	if err != nil {
+		return false, fmt.Errorf("index feed: lag: %w", err)
+	}
+	f := s.f
+	f.mu.Lock()
+	f.status.BytesBehind = max(behind, 0)
+	f.status.AckedLSN = s.acked.String()
+	f.status.Updated = time.Now()
+	f.mu.Unlock()
+	return ready, nil
+}
+
+func (s *streamer) sendStatus(ctx context.Context) error {
+	if err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: s.acked, WALFlushPosition: s.acked, WALApplyPosition: s.acked,
+	}); err != nil {
+		return fmt.Errorf("index feed: send status: %w", err)
+	}
+	s.sent = s.acked
+	return nil
+}
+
+func (s *streamer) handle(ctx context.Context, data []byte) error {
+	msg, err := pglogrepl.Parse(data)
+	if err != nil {
+		return fmt.Errorf("index feed: decode: %w", err)
+	}
+	switch m := msg.(type) {
+	case *pglogrepl.BeginMessage:
+		s.inTxn, s.txnLSN, s.txnTime = true, m.FinalLSN, m.CommitTime
+		s.f.mu.Lock()
+		if s.f.oldest.IsZero() {
+			s.f.oldest = m.CommitTime
+		}
+		s.f.mu.Unlock()
+	case *pglogrepl.CommitMessage:
+		s.inTxn = false
+		s.commits = append(s.commits, pendingCommit{end: m.TransactionEndLSN, time: m.CommitTime})
+		if len(s.ops) == 0 && len(s.dls) == 0 {
+			return s.ackCommits()
+		}
+		if len(s.ops) >= s.f.cfg.BatchDocs {
+			return s.flush(ctx)
+		}
+	case *pglogrepl.RelationMessage:
+		return s.relation(ctx, m)
+	case *pglogrepl.InsertMessage:
+		return s.row(ctx, m.RelationID, m.Tuple, nil, false)
+	case *pglogrepl.UpdateMessage:
+		return s.row(ctx, m.RelationID, m.NewTuple, m.OldTuple, false)
+	case *pglogrepl.DeleteMessage:
+		return s.row(ctx, m.RelationID, nil, m.OldTuple, true)
+	case *pglogrepl.TruncateMessage:
+		if err := s.flush(ctx); err != nil {
+			return err
+		}
+		for _, id := range m.RelationIDs {
+			if rs := s.rels[id]; rs != nil && rs.tm != nil {
+				if err := s.f.be.DeleteAll(ctx, rs.phys); err != nil {
+					return err
+				}
+				s.f.cfg.Logger.Info("index emptied by TRUNCATE", "table", rs.name, "index", rs.spec.Index)
+			}
+		}
+	}
+	return nil
+}
+
+func (s *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
+	name := m.Namespace + "." + m.RelationName
+	rs := &relState{name: name}
+	for _, spec := range s.f.cfg.Indices {
+		if spec.Table != name {
+			continue
+		}
+		shape, err := postgres.StreamShape(ctx, s.conn, m)
+		if err != nil {
+			return fmt.Errorf("index feed: %w", err)
+		}
+		tm, err := newTableMap(spec, shape)
+		if err != nil {
+			return fmt.Errorf("index feed: %w", err)
+		}
+		rs.tm, rs.spec, rs.phys = tm, spec, s.g.Indices[spec.Index]
+	}
+	s.rels[m.RelationID] = rs
+	return nil
+}
+
+func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.TupleData, del bool) error {
+	rs := s.rels[relID]
+	if rs == nil {
+		return fmt.Errorf("index feed: change for unknown relation %d", relID)
+	}
+	if rs.tm == nil {
+		return nil
+	}
+	tm := rs.tm
+	n := len(tm.shape.Columns)
+	version := int64(s.txnLSN)
+	if oldT != nil {
+		old := postgres.TupleValues(n, oldT)
+		oldKey, err := tm.shape.KeyOf(old)
+		if err != nil {
+			return fmt.Errorf("index feed: %w", err)
+		}
+		var newKey string
+		if !del {
+			if newKey, err = tm.shape.KeyOf(postgres.TupleValues(n, newT)); err != nil {
+				return fmt.Errorf("index feed: %w", err)
+			}
+		}
+		if del || newKey != oldKey {
+			id, err := idFromKey(oldKey)
+			if err != nil {
+				return err
+			}
+			s.add(Op{Index: rs.phys, ID: id, Version: version, Delete: true, Table: rs.name, Key: oldKey})
+		}
+	}
+	if del {
+		return nil
+	}
+	row := postgres.TupleValues(n, newT)
+	key, err := tm.shape.KeyOf(row)
+	if err != nil {
+		return fmt.Errorf("index feed: %w", err)
+	}
+	id, err := tm.id(row)
+	if err != nil {
+		return err
+	}
+	if miss := tm.unchanged(row); len(miss) > 0 {
+		found, err := s.fill(ctx, tm, row, miss)
+		if err != nil {
+			return err
+		}
+		if !found {
+			// The row is gone already: its delete follows in the stream.
+			return nil
+		}
+	}
+	doc, err := tm.doc(row)
+	if err != nil {
+		s.dls = append(s.dls, deadLetter{index: rs.phys, table: rs.name, key: key, id: id, version: s.txnLSN, reason: err.Error()})
+		return nil
+	}
+	s.add(Op{Index: rs.phys, ID: id, Version: version, Doc: doc, Table: rs.name, Key: key})
+	return nil
+}
+
+// fill reads the values the stream did not carry (unchanged TOASTed
+// columns) from the table. The row may be newer than this change; the
+// changes after it follow in the stream and replace the document in turn.
+func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Value, miss []int) (bool, error) {
+	sel := make([]string, len(miss))
+	for i, c := range miss {
+		sel[i] = quoteIdent(tm.shape.Columns[c]) + "::text"
+	}
+	where := make([]string, len(tm.shape.Key))
+	args := make([]any, len(tm.shape.Key))
+	for i, k := range tm.shape.Key {
+		where[i] = fmt.Sprintf("%s = $%d::%s", quoteIdent(tm.shape.Columns[k]), i+1, tm.shape.Types[k])
+		args[i] = row[k].Text
+	}
+	vals := make([]*string, len(miss))
+	dest := make([]any, len(miss))
+	for i := range vals {
+		dest[i] = &vals[i]
+	}
+	err := s.conn.QueryRow(ctx, "SELECT "+strings.Join(sel, ", ")+" FROM "+qualified(tm.shape.Table)+" WHERE "+strings.Join(where, " AND "), args...).Scan(dest...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("index feed: read unchanged values of %s: %w", tm.shape.Table, err)
+	}
+	for i, c := range miss {
+		if vals[i] == nil {
+			row[c] = replicator.Value{Null: true}
+		} else {
+			row[c] = replicator.Value{Text: *vals[i]}
+		}
+	}
+	return true, nil
+}
+
+func (s *streamer) add(op Op) {
+	if len(s.ops) == 0 {
+		s.due = time.Now().Add(s.f.cfg.FlushInterval)
+	}
+	s.ops = append(s.ops, op)
+}
+
+// flush writes the batched changes (the last write of each document),
+// records refusals, and acknowledges every transaction whose changes were
+// all in the batch.
+func (s *streamer) flush(ctx context.Context) error {
+	if len(s.ops) > 0 {
+		ops := dedupe(s.ops)
+		rej, err := bulkRetry(ctx, s.f.cfg, s.f.be, ops, func(err error) { s.f.setError(err, true) })
+		if err != nil {
+			return err
+		}
+		s.f.setError(nil, false)
+		for _, r := range rej {
+			op := ops[r.Op]
+			s.dls = append(s.dls, deadLetter{index: op.Index, table: op.Table, key: op.Key, id: op.ID, version: pglogrepl.LSN(op.Version), status: r.Status, reason: r.Reason, doc: op.Doc})
+		}
+		s.f.docs.Add(int64(len(ops) - len(rej)))
+		s.ops = s.ops[:0]
+	}
+	if len(s.dls) > 0 {
+		if err := saveDeadLetters(ctx, s.conn, s.dls); err != nil {
+			return err
+		}
+		for _, d := range s.dls {
+			s.f.cfg.Logger.Warn("document refused: recorded in polyregion.index_dead_letter", "index", d.index, "table", d.table, "key", d.key, "status", d.status, "reason", d.reason)
+		}
+		s.f.dead.Add(int64(len(s.dls)))
+		s.dls = s.dls[:0]
+	}
+	return s.ackCommits()
+}
+
+// ackCommits acknowledges the completed transactions (nothing of theirs is
+// batched any more).
+func (s *streamer) ackCommits() error {
+	if len(s.commits) > 0 {
+		s.acked = max(s.acked, s.commits[len(s.commits)-1].end)
+		s.commits = s.commits[:0]
+	}
+	s.f.mu.Lock()
+	if s.inTxn {
+		s.f.oldest = s.txnTime
+	} else {
+		s.f.oldest = time.Time{}
+	}
+	s.f.status.AckedLSN = s.acked.String()
+	s.f.mu.Unlock()
+	return nil
+}
+
+// dedupe keeps the last operation on each document, in batch order.
+func dedupe(ops []Op) []Op {
+	last := make(map[string]int, len(ops))
+	for i, op := range ops {
+		last[op.Index+"\x00"+op.ID] = i
+	}
+	if len(last) == len(ops) {
+		return append([]Op(nil), ops...)
+	}
+	out := make([]Op, 0, len(last))
+	for i, op := range ops {
+		if last[op.Index+"\x00"+op.ID] == i {
+			out = append(out, op)
+		}
+	}
+	return out
+}
