@@ -143,7 +143,12 @@ func (c candidate) what() string {
 //     row is Before every remote with a non-empty vector.
 //   - After or Equal: Skip; Result is local (Vector normalised by Merge,
 //     which only drops zero entries).
-//   - Concurrent: a conflict. Kind comes from op and whether the local row
+//   - Concurrent, but the remote write has seen the write holding the row
+//     (remote.Vector has local.Origin's tick of it): the local vector is
+//     ahead only by writes that already lost to that one, so the remote is
+//     its causal successor: ApplyRemote with the merged vector, no
+//     conflict.
+//   - Concurrent otherwise: a conflict. Kind comes from op and whether the local row
 //     is live (exists and is not deleted). When exactly one side is a
 //     delete/tombstone and the policy has a delete rule, that rule picks the
 //     winner (DeleteWins: the deleting side; UpdateWins: the live side).
@@ -183,6 +188,22 @@ func Decide(p Policy, local Version, localExists bool, remote Version, op Op) De
 		return d
 	}
 
+	if seen := local.Vector.Get(local.Origin); local.Origin != "" && seen > 0 && remote.Vector.Get(local.Origin) >= seen {
+		// The remote write has seen the write that holds the row (its
+		// origin's tick of it); what it has not seen are writes that
+		// already lost to that one. It overwrote what it read: a causal
+		// successor, not a conflict.
+		d.Action = ApplyRemote
+		d.Result = Version{
+			Vector:  Merge(local.Vector, remote.Vector),
+			HLC:     remote.HLC,
+			Origin:  remote.Origin,
+			Deleted: op == OpDelete,
+		}
+		d.Reason = fmt.Sprintf("causal: remote %q has seen the winning write %s:%d (local %q also holds writes that lost to it)",
+			remote.Vector.String(), local.Origin, seen, local.Vector.String())
+		return d
+	}
 	l := candidate{side: Local, hlc: local.HLC, origin: local.Origin, deleted: local.Deleted || !localExists}
 	r := candidate{side: Remote, hlc: remote.HLC, origin: remote.Origin, deleted: op == OpDelete}
 	d.Conflict = true

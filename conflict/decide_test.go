@@ -350,3 +350,26 @@ func TestArrivalOrderWithRules(t *testing.T) {
 		}
 	}
 }
+
+// A write that has seen the write holding a row is its causal successor even
+// when the row's vector also holds writes that lost to that one: applied,
+// not logged as a conflict. (Found by the partition scenario: after ap-70
+// beat eu-81 in eu, us-96 written on top of ap-70 was logged as a conflict.)
+func TestCausalSuccessorOfWinnerIsNoConflict(t *testing.T) {
+	local := ver("ap:6,eu:4,us:3", 70, "ap", false) // ap-70 won over eu-81 (eu:4)
+	remote := ver("ap:6,eu:3,us:4", 96, "us", false) // us-96 read ap-70, never saw eu-81
+	for _, p := range []Policy{{Kind: LastWriterWins}, {Kind: RegionPriority, Priority: []RegionID{"eu", "ap", "us"}}} {
+		d := Decide(p, local, true, remote, OpUpdate)
+		if d.Conflict || d.Action != ApplyRemote || d.Order != Concurrent {
+			t.Fatalf("%v: %+v, want a non-conflicting apply", p.Kind, d)
+		}
+		if d.Result.Vector.String() != "ap:6,eu:4,us:4" || d.Result.Origin != "us" {
+			t.Fatalf("%v: result %+v", p.Kind, d.Result)
+		}
+	}
+	// A write that has not seen the winner is still a conflict.
+	stale := ver("ap:5,eu:3,us:4", 96, "us", false)
+	if d := Decide(Policy{Kind: LastWriterWins}, local, true, stale, OpUpdate); !d.Conflict {
+		t.Fatalf("write that never saw ap:6: %+v, want a conflict", d)
+	}
+}
