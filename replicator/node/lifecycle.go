@@ -10,6 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/polyregion/polyregion/replicator/audit"
 	"github.com/polyregion/polyregion/replicator/obs"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
@@ -75,6 +78,18 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.IndexLag != nil {
 		mcfg.IndexLag = cfg.IndexLag
 	}
+	routes := map[string]http.Handler{}
+	if cfg.HTTPListen != "" {
+		// The conflict report reads this region's own conflict log through
+		// a small pool that connects on first use (so it needs no database
+		// at start and none between reports).
+		pool, err := reportPool(cfg.Database)
+		if err != nil {
+			return err
+		}
+		defer pool.Close()
+		routes["GET /conflicts/report"] = audit.Handler(audit.DB{Name: "region " + string(cfg.Region), Q: pool})
+	}
 	if cfg.Search != nil {
 		// The index feed runs beside the data plane, on its own slot, until
 		// Run returns; it outlives database outages by retrying.
@@ -90,9 +105,10 @@ func Run(ctx context.Context, cfg Config) error {
 		}()
 		mcfg.IndexLag = s.feed.Lag
 		if s.handler != nil {
-			mcfg.Routes = map[string]http.Handler{"GET /search/": s.handler}
+			routes["GET /search/"] = s.handler
 		}
 	}
+	mcfg.Routes = routes
 	rt.mon = obs.New(mcfg)
 
 	// The prober and the operations server run until Run returns.
@@ -229,4 +245,26 @@ func (rt *runtime) reload(cur, next Config) {
 	} else {
 		rt.log.Info("config reload: no setting that can change while running changed")
 	}
+}
+
+// reportPool returns the pool the conflict report reads through: at most
+// two sessions, opened on demand, with the settings of every replicator
+// session (search_path pinned).
+func reportPool(database string) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(database)
+	if err != nil {
+		return nil, fmt.Errorf("conflict report pool: %w", err)
+	}
+	pc.MaxConns = 2
+	pc.MaxConnIdleTime = time.Minute
+	rp := pc.ConnConfig.RuntimeParams
+	rp["search_path"] = "pg_catalog, pg_temp"
+	if rp["application_name"] == "" {
+		rp["application_name"] = "polyregion conflict report"
+	}
+	pool, err := pgxpool.NewWithConfig(context.Background(), pc)
+	if err != nil {
+		return nil, fmt.Errorf("conflict report pool: %w", err)
+	}
+	return pool, nil
 }
