@@ -136,6 +136,7 @@ func Start(ctx context.Context, spec Spec) (*Harness, error) {
 			defer wg.Done()
 			c, err := NewCluster(ctx, spec.Dir, name, spec.ClusterOptions)
 			if err != nil {
+				stopStray(spec.Dir, name)
 				errs[i] = err
 				return
 			}
@@ -159,6 +160,28 @@ func Start(ctx context.Context, spec Spec) (*Harness, error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// stopStray stops a server that NewCluster started before it failed (its
+// context ended while pg_ctl waited for the server, say), so nothing is left
+// running when Start fails.
+func stopStray(dir, name string) {
+	data := filepath.Join(dir, name)
+	if _, err := os.Stat(filepath.Join(data, "postmaster.pid")); err != nil {
+		return
+	}
+	bin, err := PGBinDir()
+	if err != nil {
+		return
+	}
+	cred, uid, gid, err := runAs()
+	if err != nil {
+		return
+	}
+	c := &Cluster{Name: name, Dir: data, BinDir: bin, cred: cred, uid: uid, gid: gid}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_ = c.Stop(ctx, "immediate")
 }
 
 func indexOf(list []string, s string) int {
