@@ -356,7 +356,7 @@ func TestArrivalOrderWithRules(t *testing.T) {
 // not logged as a conflict. (Found by the partition scenario: after ap-70
 // beat eu-81 in eu, us-96 written on top of ap-70 was logged as a conflict.)
 func TestCausalSuccessorOfWinnerIsNoConflict(t *testing.T) {
-	local := ver("ap:6,eu:4,us:3", 70, "ap", false) // ap-70 won over eu-81 (eu:4)
+	local := ver("ap:6,eu:4,us:3", 70, "ap", false)  // ap-70 won over eu-81 (eu:4)
 	remote := ver("ap:6,eu:3,us:4", 96, "us", false) // us-96 read ap-70, never saw eu-81
 	for _, p := range []Policy{{Kind: LastWriterWins}, {Kind: RegionPriority, Priority: []RegionID{"eu", "ap", "us"}}} {
 		d := Decide(p, local, true, remote, OpUpdate)
