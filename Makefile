@@ -39,8 +39,13 @@ fuzz:
 	$(GO) test -run=XXX -fuzz=FuzzMerge -fuzztime=15s ./conflict/
 	$(GO) test -run=XXX -fuzz=FuzzCounter -fuzztime=15s ./conflict/
 
+# bench: BENCH selects benchmarks (default all); BENCH_ROWS, BENCH_REPS and
+# BENCH_LAG_SECONDS scale the data-plane benchmark. .ci/setup-bench installs
+# pglogical, its second baseline (not needed by the tests).
+BENCH ?= .
 bench: setup build
-	$(GO) test -run=XXX -bench=. -benchtime=1x -timeout 60m ./integration/
+	@./.ci/setup-bench
+	$(GO) test -run=XXX -bench='$(BENCH)' -benchtime=1x -timeout 60m ./integration/
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
