@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -67,6 +68,9 @@ type Applier struct {
 	// paused holds tables whose shape differs from the source's: their
 	// changes are parked, in order, until an operator resumes them.
 	paused map[string]string
+	// readAll: the last attempt failed, so the next one reads every row it
+	// touches (see applyChanges).
+	readAll bool
 }
 
 // Errors an operator may need to act on.
@@ -108,7 +112,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if cfg.BarrierTimeout <= 0 {
 		cfg.BarrierTimeout = 30 * time.Second
 	}
-	conn, err := Connect(ctx, cfg.ConnString)
+	conn, err := connectDataPlane(ctx, cfg.ConnString)
 	if err != nil {
 		return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
 	}
@@ -143,9 +147,33 @@ type rowState struct {
 	values map[string]*string // column -> text value (nil = NULL); only columns read
 	// image is the row as a JSON object (for the conflict log and custom
 	// resolvers): read lazily, kept up to date with this batch's writes.
-	image   json.RawMessage
+	image json.RawMessage
+	// pending holds this batch's writes not yet folded into image: most
+	// rows never need their image, so it is built only on demand.
+	pending []imageWrite
 	meta    *meta
 	written bool // the data row was written by this transaction
+	// versioned: a row_version tuple existed for the key when it was read
+	// (a new version is then an update, else an insert).
+	versioned bool
+}
+
+// imageWrite is a write to a row, to be folded into its image (rowImage).
+type imageWrite struct {
+	sh  replicator.Shape
+	row []replicator.Value
+}
+
+// imageKnown reports whether the row's image is known (read, or made from
+// this batch's writes).
+func (s *rowState) imageKnown() bool { return s.image != nil || len(s.pending) > 0 }
+
+// foldImage brings image up to date with the pending writes.
+func (s *rowState) foldImage() {
+	for _, w := range s.pending {
+		s.image = rowImage(w.sh, w.row, s.image)
+	}
+	s.pending = nil
 }
 
 func (s *rowState) version() conflict.Version {
@@ -166,10 +194,15 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 		a.cfg.Logger.Warn("apply batch hit a data error; re-applying change by change", "source", a.cfg.Source, "err", err)
 		last, err = a.apply(ctx, txns, true)
 	}
+	a.readAll = err != nil
 	return last, err
 }
 
 func isDataError(err error) bool {
+	var r retryable
+	if errors.As(err, &r) {
+		return false
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		return strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "22")
@@ -256,7 +289,8 @@ var ErrNeedsCareful = errors.New("large transaction needs a change-by-change app
 // then whatever next returns until a part without More), in one local
 // transaction with the source's progress, holding one part in memory at a
 // time. A transaction already applied is consumed and skipped.
-func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next func() (*replicator.Txn, error), careful bool) (replicator.Seq, error) {
+func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next func() (*replicator.Txn, error), careful bool) (seq replicator.Seq, err error) {
+	defer func() { a.readAll = err != nil }()
 	if first.Origin != a.cfg.Source || first.Part != 0 {
 		return 0, fmt.Errorf("apply: large transaction from %s must start at part 0 of the link's source %s (got %s/%d part %d)", first.Origin, a.cfg.Source, first.Origin, first.Seq, first.Part)
 	}
@@ -313,6 +347,14 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	// read every touched row and its version, locking the rows that exist.
 	states := map[metaKey]*rowState{}
 	byTable := map[string][]string{}
+	// Keys whose first change here is an insert from the source: in the
+	// fast path, unless the last attempt failed, they are assumed absent
+	// here and only a tombstone is looked up for them. The writes check
+	// the assumption: the insert affects no row if the row exists, and the
+	// version's COPY fails if a version other than a tombstone is recorded;
+	// either fails the batch, and the retry reads every row.
+	probe := map[metaKey]bool{}
+	optimistic := !ex.careful && !a.readAll
 	shapeOf := map[string]replicator.Shape{}
 	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
 	parkWhy := map[*replicator.Change]string{}
@@ -345,11 +387,15 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			k := metaKey{sh.Table, c.Key}
 			if _, ok := states[k]; !ok {
 				states[k] = &rowState{}
-				byTable[sh.Table] = append(byTable[sh.Table], c.Key)
+				if optimistic && c.Op == conflict.OpInsert {
+					probe[k] = true
+				} else {
+					byTable[sh.Table] = append(byTable[sh.Table], c.Key)
+				}
 			}
 		}
 	}
-	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states); err != nil {
+	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
 		return 0, err
 	}
 	var maxHLC conflict.Timestamp
@@ -465,23 +511,50 @@ func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shap
 // recorded version. A row written locally whose version the reader has not
 // recorded yet is waited for: the applier emits a barrier and waits until
 // the reader has versioned every local commit before it.
-func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
-	for tbl, keys := range byTable {
+//
+// Keys in probe (see applyChanges) are assumed absent here: only a tombstone
+// is looked up for them, and those that have one are read like the others
+// (a tombstone can hide an insert not yet versioned, and the decision
+// against it may write nothing that would check the assumption).
+func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState, probe map[metaKey]bool) error {
+	var keys, probed []metaKey
+	for k := range states {
+		if probe[k] {
+			probed = append(probed, k)
+		} else {
+			keys = append(keys, k)
+		}
+	}
+	tombs, err := loadTombstones(ctx, tx, probed)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	read := byTable
+	if len(tombs) > 0 {
+		read = map[string][]string{}
+		for tbl, ks := range byTable {
+			read[tbl] = append([]string(nil), ks...)
+		}
+		for k := range tombs {
+			read[k.tbl] = append(read[k.tbl], k.key)
+		}
+	}
+	for tbl, keys := range read {
 		if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
 			return err
 		}
-	}
-	var keys []metaKey
-	for k := range states {
-		keys = append(keys, k)
 	}
 	metas, err := loadMeta(ctx, tx, keys)
 	if err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
+	for k, m := range tombs {
+		metas[k] = m
+	}
 	var stale []metaKey
 	for k, s := range states {
 		s.meta = metas[k]
+		s.versioned = s.meta != nil
 		if unversioned(s) {
 			stale = append(stale, k)
 		}
@@ -518,6 +591,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			s := states[k]
 			s.meta = metas[k]
+			s.versioned = s.meta != nil
 			if !unversioned(s) {
 				continue
 			}
@@ -601,13 +675,18 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
 	}
 	pol := a.policy(sh.Table)
-	sel := []string{"k.ord", "t.xmin::text"}
-	for _, c := range pol.Counters {
-		sel = append(sel, "t."+quoteIdent(c)+"::text")
+	sel := []string{"t.xmin::text AS xmin"}
+	out := []string{"k.ord", "r.xmin"}
+	for i, c := range pol.Counters {
+		sel = append(sel, fmt.Sprintf("t.%s::text AS c%d", quoteIdent(c), i))
+		out = append(out, fmt.Sprintf("r.c%d", i))
 	}
+	// One index probe per key, locking rows in the order of keys (LIMIT
+	// keeps the subquery a nested loop: a join would be hashed over a scan
+	// of the whole table once the batch is large or the statistics stale).
 	q := fmt.Sprintf(`SELECT %s FROM ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)
-		JOIN %s t ON %s ORDER BY k.ord FOR UPDATE OF t`,
-		strings.Join(sel, ", "), strings.Join(params, ", "), strings.Join(names, ", "), qualified(sh.Table), strings.Join(join, " AND "))
+		CROSS JOIN LATERAL (SELECT %s FROM %s t WHERE %s LIMIT 1 FOR UPDATE) r`,
+		strings.Join(out, ", "), strings.Join(params, ", "), strings.Join(names, ", "), strings.Join(sel, ", "), qualified(sh.Table), strings.Join(join, " AND "))
 	rows, err := tx.Query(ctx, q, args...)
 	if err != nil {
 		return fmt.Errorf("apply: read %s: %w", sh.Table, err)
@@ -615,7 +694,7 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 	defer rows.Close()
 	for _, key := range keys {
 		s := states[metaKey{sh.Table, key}]
-		s.exists, s.xmin, s.values, s.image = false, "", nil, nil
+		s.exists, s.xmin, s.values, s.image, s.pending = false, "", nil, nil, nil
 	}
 	for rows.Next() {
 		var ord int64
@@ -629,7 +708,7 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 			return fmt.Errorf("apply: read %s: %w", sh.Table, err)
 		}
 		s := states[metaKey{sh.Table, keys[ord-1]}]
-		s.exists, s.xmin, s.image = true, xmin, nil
+		s.exists, s.xmin, s.image, s.pending = true, xmin, nil, nil
 		s.values = map[string]*string{}
 		for i, c := range pol.Counters {
 			s.values[c] = counterVals[i]
@@ -707,7 +786,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		if s.exists {
 			ops = append(ops, op{kind: opDelete, sh: &sh, key: c.Key})
 		}
-		s.exists, s.values, s.image = false, nil, nil
+		s.exists, s.values, s.image, s.pending = false, nil, nil, nil
 	case d.Action == conflict.ApplyRemote:
 		row := make([]replicator.Value, len(c.Row))
 		copy(row, c.Row)
@@ -727,7 +806,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			}
 			ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
 		}
-		s.image = rowImage(sh, row, s.image)
+		s.pending = append(s.pending, imageWrite{sh, row})
 		s.exists, s.written = true, true
 	case s.exists && countersChanged:
 		// The local row stays; only its counters move.
@@ -737,8 +816,8 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 		counterRow(row)
 		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
-		if s.image != nil {
-			s.image = rowImage(sh, row, s.image)
+		if s.imageKnown() {
+			s.pending = append(s.pending, imageWrite{sh, row})
 		}
 		s.written = true
 	}
@@ -771,7 +850,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if len(acc) > 0 {
 		nm.counters = acc
 	}
-	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm})
+	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm, versioned: s.versioned})
 	if d.Conflict {
 		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
 	}
@@ -794,6 +873,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 // batch wrote always has one, so the database (which has not seen the
 // batch's queued writes yet) is read only for rows the batch has not touched.
 func (a *Applier) ensureImage(ctx context.Context, tx pgx.Tx, sh replicator.Shape, key string, s *rowState) error {
+	s.foldImage()
 	if s.image != nil || !s.exists || s.written {
 		return nil
 	}
@@ -1029,6 +1109,7 @@ type executor struct {
 	bulk        bulk
 	queued      []stmt
 	n           int
+	xid         uint32 // this transaction's xid, once asked for
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
@@ -1082,10 +1163,75 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 }
 
 // flush sends the merged row writes, then everything queued, in one
-// pipeline, and checks each statement's row count.
+// pipeline, and checks each statement's row count; then it copies in the
+// versions of keys that had none.
 func (e *executor) flush(ctx context.Context) error {
 	stmts := append(e.bulk.statements(), e.queued...)
+	newKeys, metas := e.bulk.newMetas(), e.bulk.metas
 	e.bulk, e.queued = bulk{}, nil
+	if err := e.pipeline(ctx, stmts); err != nil {
+		return err
+	}
+	return e.copyMetas(ctx, newKeys, metas)
+}
+
+// copyMetas inserts new versions with COPY (several times cheaper per row
+// than INSERT ... ON CONFLICT). A version the local reader recorded for one
+// of these keys meanwhile is a unique violation: retryable, the batch is
+// decided again on top of it.
+func (e *executor) copyMetas(ctx context.Context, keys []metaKey, metas map[metaKey]*meta) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	rows := make([][]any, 0, len(keys))
+	for _, k := range keys {
+		m := metas[k]
+		var xid any
+		switch m.xid {
+		case "":
+		case "@":
+			// This transaction's xid: the xmin of the rows it writes (the
+			// fast path runs no subtransactions).
+			if e.xid == 0 {
+				if err := e.tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_xact_id()::xid`).Scan(&e.xid); err != nil {
+					return fmt.Errorf("apply: transaction id: %w", err)
+				}
+			}
+			xid = e.xid
+		default:
+			x, err := strconv.ParseUint(m.xid, 10, 32)
+			if err != nil {
+				return fmt.Errorf("apply: version of %s %s: xid %q: %w", k.tbl, k.key, m.xid, err)
+			}
+			xid = uint32(x)
+		}
+		var counters, deletedAt any
+		if len(m.counters) > 0 {
+			b, err := json.Marshal(m.counters)
+			if err != nil {
+				return fmt.Errorf("apply: version of %s %s: %w", k.tbl, k.key, err)
+			}
+			counters = string(b)
+		}
+		if m.version.Deleted {
+			deletedAt = time.Now()
+		}
+		rows = append(rows, []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
+			xid, counters, m.srcSeq, deletedAt})
+	}
+	if _, err := e.tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(rows)); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23505" {
+			return retryable{fmt.Errorf("apply: a row version was recorded locally while the batch was applied: %w", err)}
+		}
+		return fmt.Errorf("apply: row versions: %w", err)
+	}
+	return nil
+}
+
+// pipeline runs statements in one round trip and checks each one's row
+// count.
+func (e *executor) pipeline(ctx context.Context, stmts []stmt) error {
 	if len(stmts) == 0 {
 		return nil
 	}
@@ -1131,7 +1277,9 @@ type op struct {
 	row  []replicator.Value
 	tbl  string // opMeta
 	meta *meta
-	st   stmt // opOther
+	// versioned (opMeta): the key had a row_version tuple when read.
+	versioned bool
+	st        stmt // opOther
 }
 
 func (o op) stmt() stmt {
@@ -1168,6 +1316,7 @@ type bulk struct {
 	groups    []*group
 	metaOrder []metaKey
 	metas     map[metaKey]*meta
+	metaNew   map[metaKey]bool // keys without a row_version tuple when read
 	others    []stmt
 }
 
@@ -1184,11 +1333,12 @@ func (b *bulk) add(o op) {
 	switch o.kind {
 	case opMeta:
 		if b.metas == nil {
-			b.metas = map[metaKey]*meta{}
+			b.metas, b.metaNew = map[metaKey]*meta{}, map[metaKey]bool{}
 		}
 		k := metaKey{o.tbl, o.key}
 		if _, ok := b.metas[k]; !ok {
 			b.metaOrder = append(b.metaOrder, k)
+			b.metaNew[k] = !o.versioned
 		}
 		b.metas[k] = o.meta
 		return
@@ -1197,10 +1347,12 @@ func (b *bulk) add(o op) {
 		return
 	}
 	var cols []int
-	sig := fmt.Sprintf("%d|%s", o.kind, o.sh.Table)
+	sig := strconv.Itoa(int(o.kind)) + "|" + o.sh.Table
 	if o.kind == opUpdate {
 		cols = o.setCols()
-		sig += fmt.Sprint(cols)
+		for _, c := range cols {
+			sig += "," + strconv.Itoa(c)
+		}
 	}
 	var g *group
 	if n := len(b.groups); n > 0 {
@@ -1214,6 +1366,8 @@ func (b *bulk) add(o op) {
 	g.ops = append(g.ops, o)
 }
 
+// statements returns the batch's statements; versions of keys that had none
+// are left out (newMetas returns them, for COPY).
 func (b *bulk) statements() []stmt {
 	var out []stmt
 	for _, g := range b.groups {
@@ -1233,11 +1387,27 @@ func (b *bulk) statements() []stmt {
 		})
 		var mw metaWriter
 		for _, k := range b.metaOrder {
-			mw.add(k, b.metas[k])
+			if !b.metaNew[k] {
+				mw.add(k, b.metas[k])
+			}
 		}
-		out = append(out, stmt{sql: upsertMetaSQL, args: mw.args(), want: -1})
+		if len(mw.key) > 0 {
+			out = append(out, stmt{sql: upsertMetaSQL, args: mw.args(), want: -1})
+		}
 	}
 	return append(out, b.others...)
+}
+
+// newMetas returns the versions of keys that had none when read, in key
+// order.
+func (b *bulk) newMetas() []metaKey {
+	var out []metaKey
+	for _, k := range b.metaOrder {
+		if b.metaNew[k] {
+			out = append(out, k)
+		}
+	}
+	return out
 }
 
 // stmt builds a group's set-based statement: every column travels as one

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -248,7 +247,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 	jobs := make(chan []*pendingTxn)
 	results := make(chan persistResult, 1)
-	pconn, err := Connect(ctx, r.cfg.ConnString)
+	pconn, err := connectDataPlane(ctx, r.cfg.ConnString)
 	if err != nil {
 		return fmt.Errorf("reader: %w", err)
 	}
@@ -328,7 +327,7 @@ func (r *Reader) Run(ctx context.Context) error {
 				return fmt.Errorf("reader: large transaction: %w", err)
 			}
 			next := bigSt
-			err := r.persistIn(ctx, bigTx, &next, []*pendingTxn{part})
+			err := r.persistIn(ctx, bigTx, &next, []*pendingTxn{part}, attempt > 1)
 			if err == nil {
 				bigSt = next
 				if _, err := bigTx.Exec(ctx, "RELEASE SAVEPOINT part"); err != nil {
@@ -721,6 +720,10 @@ type meta struct {
 	counters map[string]string
 	// srcSeq is the origin region's outbox sequence number of the write.
 	srcSeq int64
+	// tupleXmin is the transaction that last wrote the row_version tuple
+	// itself, as loaded: an update conditioned on it finds out whether
+	// anybody changed the version since.
+	tupleXmin string
 }
 
 type metaKey struct{ tbl, key string }
@@ -729,12 +732,62 @@ func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta
 	return loadMetaLocked(ctx, q, keys, false)
 }
 
+// loadTombstones is loadMeta for keys where only a tombstone can be
+// recorded (a probe of the tombstones' index, far smaller than all
+// versions).
+func loadTombstones(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
+	if len(keys) == 0 {
+		return map[metaKey]*meta{}, nil
+	}
+	// Most tables have no tombstone at all: their keys need no probe. (A
+	// tombstone recorded after this check fails the caller's COPY.)
+	var tbls []string
+	for _, k := range keys {
+		if len(tbls) == 0 || tbls[len(tbls)-1] != k.tbl {
+			tbls = append(tbls, k.tbl)
+		}
+	}
+	rows, err := q.Query(ctx, `SELECT t.tbl FROM pg_catalog.unnest($1::text[]) AS t(tbl)
+		WHERE EXISTS (SELECT FROM polyregion.row_version v WHERE v.deleted AND v.tbl = t.tbl)`, tbls)
+	if err != nil {
+		return nil, fmt.Errorf("load tombstones: %w", err)
+	}
+	has := map[string]bool{}
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load tombstones: %w", err)
+		}
+		has[t] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load tombstones: %w", err)
+	}
+	var probe []metaKey
+	for _, k := range keys {
+		if has[k.tbl] {
+			probe = append(probe, k)
+		}
+	}
+	return loadMetaWhere(ctx, q, probe, false, " AND v.deleted")
+}
+
 // loadMetaLocked is loadMeta, optionally locking the versions it finds
-// until the transaction ends.
+// until the transaction ends, in the order of keys.
 func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (map[metaKey]*meta, error) {
+	return loadMetaWhere(ctx, q, keys, lock, "")
+}
+
+func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, cond string) (map[metaKey]*meta, error) {
+	// One index probe per key, whatever the planner thinks of the table's
+	// size (LIMIT keeps the subquery a nested loop: a join would be hashed
+	// over a scan of every version once the batch is large or the
+	// statistics stale). Locks are taken in the order of keys.
 	forUpdate := ""
 	if lock {
-		forUpdate = " ORDER BY m.tbl, m.key FOR UPDATE OF m"
+		forUpdate = " FOR UPDATE"
 	}
 	out := make(map[metaKey]*meta, len(keys))
 	if len(keys) == 0 {
@@ -745,21 +798,22 @@ func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (
 	for i, k := range keys {
 		tbls[i], ks[i] = k.tbl, k.key
 	}
-	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq
+	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq, m.tuple_xmin
 		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
-		JOIN polyregion.row_version m ON m.tbl = k.tbl AND m.key = k.key`+forUpdate, tbls, ks)
+		CROSS JOIN LATERAL (SELECT v.tbl, v.key, v.vv, v.hlc, v.origin, v.deleted, v.xid, v.counters, v.src_seq, v.xmin::text AS tuple_xmin
+			FROM polyregion.row_version v WHERE v.tbl = k.tbl AND v.key = k.key`+cond+` LIMIT 1`+forUpdate+`) m`, tbls, ks)
 	if err != nil {
 		return nil, fmt.Errorf("load row versions: %w", err)
 	}
 	defer rows.Close()
 	for rows.Next() {
 		var k metaKey
-		var vv, origin, xid string
+		var vv, origin, xid, tupleXmin string
 		var hlc int64
 		var deleted bool
 		var counters map[string]string
 		var srcSeq int64
-		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq); err != nil {
+		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq, &tupleXmin); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		vec, err := conflict.ParseVector(vv)
@@ -767,10 +821,11 @@ func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (
 			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
 		}
 		out[k] = &meta{
-			version:  conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted},
-			xid:      xid,
-			counters: counters,
-			srcSeq:   srcSeq,
+			version:   conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted},
+			xid:       xid,
+			counters:  counters,
+			srcSeq:    srcSeq,
+			tupleXmin: tupleXmin,
 		}
 	}
 	return out, rows.Err()
@@ -786,6 +841,8 @@ type metaWriter struct {
 	hlc, srcSeq               []int64
 	deleted                   []bool
 	counters                  []*string
+	// tupleXmin: for updateMetaSQL, each version's tuple xmin as read.
+	tupleXmin []string
 }
 
 func (w *metaWriter) add(k metaKey, m *meta) {
@@ -817,10 +874,45 @@ const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hl
 	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, src_seq = excluded.src_seq,
 	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
 
-// insertNewMetaSQL records versions for keys that had none, skipping any
-// recorded concurrently (the caller compares the row count).
-var insertNewMetaSQL = strings.Replace(upsertMetaSQL[:strings.Index(upsertMetaSQL, "ON CONFLICT")], "AS m ", "", 1) +
-	"ON CONFLICT (tbl, key) DO NOTHING"
+// updateMetaSQL replaces versions that exist, each only if its tuple is
+// still the one read (xmin, $10); the caller compares the row count.
+const updateMetaSQL = `UPDATE polyregion.row_version AS m SET vv = u.vv, hlc = u.hlc, origin = u.origin, deleted = u.deleted,
+	   xid = NULLIF(u.xid, '')::xid, counters = u.counters::jsonb, src_seq = u.src_seq,
+	   deleted_at = CASE WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
+	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
+	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
+	     pg_catalog.unnest($10::text[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, tuple_xmin)
+	WHERE m.tbl = u.tbl AND m.key = u.key AND m.xmin = u.tuple_xmin::xid`
+
+// metaCopyColumns are the row_version columns copyRow fills.
+var metaCopyColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "xid", "counters", "src_seq", "deleted_at"}
+
+// copyRow is a new version as a COPY row (the reader's: xid is a number or
+// empty, never this transaction's).
+func copyRow(k metaKey, m *meta) ([]any, error) {
+	var xid any
+	if m.xid != "" {
+		x, err := strconv.ParseUint(m.xid, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("reader: version of %s %s: xid %q: %w", k.tbl, k.key, m.xid, err)
+		}
+		xid = uint32(x)
+	}
+	var counters, deletedAt any
+	if len(m.counters) > 0 {
+		b, err := json.Marshal(m.counters)
+		if err != nil {
+			return nil, fmt.Errorf("reader: version of %s %s: %w", k.tbl, k.key, err)
+		}
+		counters = string(b)
+	}
+	if m.version.Deleted {
+		deletedAt = time.Now()
+	}
+	return []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
+		xid, counters, m.srcSeq, deletedAt}, nil
+}
 
 // errVersionRace: a version the reader was about to create was recorded
 // by an applier meanwhile; the batch must be versioned again.
@@ -844,7 +936,10 @@ func (w *metaWriter) args() []any {
 // outbox, with the reader's new position, in one local transaction.
 func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
 	for attempt := 1; ; attempt++ {
-		err := r.persistOnce(ctx, conn, st, batch)
+		// The first attempt reads versions without locking them and
+		// writes each only if nobody changed it meanwhile; after a race,
+		// attempts lock what they read, so they cannot lose again.
+		err := r.persistOnce(ctx, conn, st, batch, attempt > 1)
 		if err == nil || !retryablePersist(err) || attempt == 10 {
 			return err
 		}
@@ -852,14 +947,14 @@ func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, b
 	}
 }
 
-func (r *Reader) persistOnce(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
+func (r *Reader) persistOnce(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn, lock bool) error {
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return fmt.Errorf("reader: persist: %w", err)
 	}
 	defer tx.Rollback(context.Background())
 	next := *st
-	if err := r.persistIn(ctx, tx, &next, batch); err != nil {
+	if err := r.persistIn(ctx, tx, &next, batch, lock); err != nil {
 		return err
 	}
 	last := batch[len(batch)-1]
@@ -886,34 +981,56 @@ func (r *Reader) saveState(ctx context.Context, tx pgx.Tx, st *readerState, lsn 
 
 // persistIn versions a batch of local transactions (or one part of a large
 // one) and appends them to the outbox, inside tx. st.nextSeq advances past
-// each transaction whose last part is in the batch.
-func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batch []*pendingTxn) error {
+// each transaction whose last part is in the batch. With lock, the versions
+// it replaces are locked as they are read; without, a version changed by an
+// applier between the read and the write fails the batch with
+// errVersionRace. Either way no version is written from a stale read.
+func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batch []*pendingTxn, lock bool) error {
 	var keys []metaKey
-	seen := map[metaKey]bool{}
+	// inserted: keys whose first change in the batch is an insert. The row
+	// was absent, so the only version it can have is a tombstone: without
+	// lock, only those are looked up, and any other version recorded for
+	// the key fails the COPY of its new one (a retry then reads them all).
+	inserted := map[metaKey]bool{}
 	for _, t := range batch {
 		for _, c := range t.changes {
 			k := metaKey{c.rel.name, c.key}
-			if !seen[k] {
-				seen[k] = true
+			if _, seen := inserted[k]; !seen {
+				inserted[k] = c.op == conflict.OpInsert && !lock
 				keys = append(keys, k)
 			}
 		}
 	}
-	// Lock the versions this batch replaces (in key order, as appliers do),
-	// so none changes between reading and writing it.
+	// Read the versions this batch replaces (in key order, as appliers
+	// lock them).
 	sort.Slice(keys, func(i, j int) bool {
 		if keys[i].tbl != keys[j].tbl {
 			return keys[i].tbl < keys[j].tbl
 		}
 		return keys[i].key < keys[j].key
 	})
-	metas, err := loadMetaLocked(ctx, tx, keys, true)
+	var probe, full []metaKey
+	for _, k := range keys {
+		if inserted[k] {
+			probe = append(probe, k)
+		} else {
+			full = append(full, k)
+		}
+	}
+	metas, err := loadMetaLocked(ctx, tx, full, lock)
 	if err != nil {
 		return fmt.Errorf("reader: persist: %w", err)
 	}
-	existed := make(map[metaKey]bool, len(metas))
-	for k := range metas {
-		existed[k] = true
+	tombs, err := loadTombstones(ctx, tx, probe)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+	for k, m := range tombs {
+		metas[k] = m
+	}
+	existed := make(map[metaKey]string, len(metas)) // key -> tuple xmin as read
+	for k, m := range metas {
+		existed[k] = m.tupleXmin
 	}
 
 	var (
@@ -1030,29 +1147,42 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	}
 	hlcNow := max(maxHLC, st.hlc)
 
-	// Versions that existed are locked: update them. New ones are inserted
-	// only if nobody (an applier) recorded one meanwhile; if somebody did,
-	// the batch is versioned again on top of it.
-	var upd, ins metaWriter
+	// Versions that existed are updated only where nobody (an applier)
+	// rewrote them since they were read; new ones are inserted only if
+	// nobody recorded one meanwhile. Otherwise the batch is versioned again
+	// on top of what is there now.
+	var upd metaWriter
+	var ins [][]any
 	for _, k := range keys {
-		if existed[k] {
+		if xmin, ok := existed[k]; ok {
 			upd.add(k, metas[k])
+			upd.tupleXmin = append(upd.tupleXmin, xmin)
 		} else {
-			ins.add(k, metas[k])
+			row, err := copyRow(k, metas[k])
+			if err != nil {
+				return err
+			}
+			ins = append(ins, row)
 		}
 	}
 	if len(upd.key) > 0 {
-		if _, err := tx.Exec(ctx, upsertMetaSQL, upd.args()...); err != nil {
-			return fmt.Errorf("reader: persist row versions: %w", err)
-		}
-	}
-	if len(ins.key) > 0 {
-		tag, err := tx.Exec(ctx, insertNewMetaSQL, ins.args()...)
+		tag, err := tx.Exec(ctx, updateMetaSQL, append(upd.args(), upd.tupleXmin)...)
 		if err != nil {
 			return fmt.Errorf("reader: persist row versions: %w", err)
 		}
-		if tag.RowsAffected() != int64(len(ins.key)) {
+		if tag.RowsAffected() != int64(len(upd.key)) {
 			return errVersionRace
+		}
+	}
+	if len(ins) > 0 {
+		// COPY: several times cheaper per row than INSERT ... ON CONFLICT.
+		// A version recorded meanwhile is a unique violation.
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(ins)); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" {
+				return errVersionRace
+			}
+			return fmt.Errorf("reader: persist row versions: %w", err)
 		}
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload)
@@ -1088,9 +1218,27 @@ func indexOf(list []string, s string) int {
 // Connect opens a regular session with the settings every replicator
 // session uses: search_path pinned to pg_catalog, ISO dates, exact floats.
 func Connect(ctx context.Context, connString string) (*pgx.Conn, error) {
+	return connect(ctx, connString, nil)
+}
+
+// connectDataPlane is Connect for the sessions that version and apply rows.
+// Their statements look rows up by arrays of keys, one to tens of
+// thousands, in tables that grow fast: joined by hash (or merge), a lookup
+// scans the whole table every time, and the planner picks that whenever the
+// statistics are stale (row_version grows faster than it is analyzed) or a
+// batch is large. Index probes cost in proportion to the batch, not the
+// table, so these sessions use nested loops only.
+func connectDataPlane(ctx context.Context, connString string) (*pgx.Conn, error) {
+	return connect(ctx, connString, map[string]string{"enable_hashjoin": "off", "enable_mergejoin": "off"})
+}
+
+func connect(ctx context.Context, connString string, params map[string]string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
 		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	for k, v := range params {
+		cfg.RuntimeParams[k] = v
 	}
 	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	cfg.RuntimeParams["DateStyle"] = "ISO"

@@ -106,6 +106,30 @@ var schemaDDL = []string{
 		retries   integer NOT NULL DEFAULT 0,
 		resolved_at timestamptz)`,
 	`CREATE INDEX IF NOT EXISTS parked_open ON polyregion.parked (tbl) WHERE resolved_at IS NULL`,
+	// Tombstones only: tombstone collection and the status count read them
+	// (without this they scan every version), and the reader looks up the
+	// prior version of a key a local insert creates here (only a tombstone
+	// can be there; anything else fails the insert of the new version).
+	`CREATE INDEX IF NOT EXISTS row_version_tombstones ON polyregion.row_version (tbl, key) WHERE deleted`,
+	// Every write to a replicated row rewrites its version: room left on
+	// each page lets most of those updates stay on the page (HOT), with no
+	// new index entry.
+	`DO $$ BEGIN
+		IF NOT EXISTS (SELECT FROM pg_catalog.pg_class c
+		    WHERE c.oid = 'polyregion.row_version'::pg_catalog.regclass AND c.reloptions @> ARRAY['fillfactor=80']) THEN
+			ALTER TABLE polyregion.row_version SET (fillfactor = 80);
+		END IF;
+	END $$`,
+	// Outbox payloads are compressed with lz4 where the server supports it:
+	// several times cheaper than the default pglz, for both the reader that
+	// writes them and the decoding that reads them back from the WAL.
+	`DO $$ BEGIN
+		IF (SELECT a.attcompression FROM pg_catalog.pg_attribute a
+		    WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload') <> 'l' THEN
+			EXECUTE 'ALTER TABLE polyregion.outbox ALTER COLUMN payload SET COMPRESSION lz4';
+		END IF;
+	EXCEPTION WHEN feature_not_supported OR undefined_column OR syntax_error THEN NULL;
+	END $$`,
 }
 
 // Install creates (or completes) the replicator's schema. It runs in one
