@@ -9,23 +9,64 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/blevesearch/bleve/v2"
 	"github.com/blevesearch/bleve/v2/mapping"
+	"go.etcd.io/bbolt"
 )
 
 // Embedded is the zero-setup backend: bleve indices in a local directory,
-// searched through SearchHandler. Each document's version is kept beside
-// it (and after its delete), so the same ordering rules hold as for the
-// external engines.
+// searched through SearchHandler. Each document's source and version are
+// kept beside its index (the version also after a delete), so the same
+// ordering rules hold as for the external engines.
 type Embedded struct {
 	dir string
 
 	mu      sync.Mutex
-	open    map[string]bleve.Index // physical name -> index
-	aliases map[string]string      // alias -> physical name
+	open    map[string]*physical // physical name -> index
+	aliases map[string]string    // alias -> physical name
 	// views are the search handles of aliases, swapped in place.
 	views map[string]*view
+}
+
+// physical is one physical index: bleve's inverted index for searches, and
+// beside it a bolt file with each document's source and version (deleted
+// documents keep their version), written in one transaction per batch.
+type physical struct {
+	idx  bleve.Index
+	meta *bbolt.DB
+}
+
+var (
+	bucketVersion = []byte("version")
+	bucketSource  = []byte("source")
+)
+
+func (p *physical) close() error {
+	return errors.Join(p.idx.Close(), p.meta.Close())
+}
+
+// openMeta opens (creating) a physical index's document store; another
+// process holding it is an error after a second, not a hang.
+func openMeta(path string) (*bbolt.DB, error) {
+	db, err := bbolt.Open(path, 0o640, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		return nil, fmt.Errorf("embedded index store %s: %w", path, err)
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range [][]byte{bucketVersion, bucketSource} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("embedded index store %s: %w", path, err)
+	}
+	return db, nil
 }
 
 // view is what searches of one name go through.
@@ -39,7 +80,7 @@ func OpenEmbedded(dir string) (*Embedded, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("search.dir: %w", err)
 	}
-	e := &Embedded{dir: dir, open: map[string]bleve.Index{}, aliases: map[string]string{}, views: map[string]*view{}}
+	e := &Embedded{dir: dir, open: map[string]*physical{}, aliases: map[string]string{}, views: map[string]*view{}}
 	b, err := os.ReadFile(e.aliasFile())
 	switch {
 	case err == nil:
@@ -57,25 +98,36 @@ func (e *Embedded) aliasFile() string { return filepath.Join(e.dir, "aliases.jso
 
 func (e *Embedded) path(name string) string { return filepath.Join(e.dir, name+".bleve") }
 
+func (e *Embedded) metaPath(name string) string { return filepath.Join(e.dir, name+".docs") }
+
 // Describe names the engine.
 func (e *Embedded) Describe(context.Context) (string, error) {
 	return "embedded (bleve) in " + e.dir, nil
 }
 
 // index returns an open physical index (or the one an alias points at).
-func (e *Embedded) index(name string) (bleve.Index, error) {
+func (e *Embedded) index(name string) (*physical, error) {
 	if phys, ok := e.aliases[name]; ok {
 		name = phys
 	}
-	if idx, ok := e.open[name]; ok {
-		return idx, nil
+	if p, ok := e.open[name]; ok {
+		return p, nil
+	}
+	if _, err := os.Stat(e.path(name)); err != nil {
+		return nil, fmt.Errorf("open embedded index %s: %w", name, err)
+	}
+	meta, err := openMeta(e.metaPath(name))
+	if err != nil {
+		return nil, err
 	}
 	idx, err := bleve.Open(e.path(name))
 	if err != nil {
+		_ = meta.Close()
 		return nil, fmt.Errorf("open embedded index %s: %w", name, err)
 	}
-	e.open[name] = idx
-	return idx, nil
+	p := &physical{idx: idx, meta: meta}
+	e.open[name] = p
+	return p, nil
 }
 
 // CreateIndex creates a physical index with a mapping built from the engine
@@ -86,11 +138,16 @@ func (e *Embedded) CreateIndex(_ context.Context, name string, m map[string]any)
 	if _, err := os.Stat(e.path(name)); err == nil {
 		return nil
 	}
+	meta, err := openMeta(e.metaPath(name))
+	if err != nil {
+		return err
+	}
 	idx, err := bleve.New(e.path(name), bleveMapping(m))
 	if err != nil {
+		_ = meta.Close()
 		return fmt.Errorf("create embedded index %s: %w", name, err)
 	}
-	e.open[name] = idx
+	e.open[name] = &physical{idx: idx, meta: meta}
 	return nil
 }
 
@@ -125,10 +182,11 @@ func bleveMapping(m map[string]any) mapping.IndexMapping {
 func (e *Embedded) SwapAlias(_ context.Context, alias, physical string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	idx, err := e.index(physical)
+	p, err := e.index(physical)
 	if err != nil {
 		return err
 	}
+	idx := p.idx
 	next := map[string]string{}
 	for k, v := range e.aliases {
 		next[k] = v
@@ -166,76 +224,77 @@ func (e *Embedded) Exists(_ context.Context, name string) (bool, error) {
 func (e *Embedded) DeleteIndex(_ context.Context, name string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if idx, ok := e.open[name]; ok {
-		_ = idx.Close()
+	if p, ok := e.open[name]; ok {
+		_ = p.close()
 		delete(e.open, name)
 	}
-	if err := os.RemoveAll(e.path(name)); err != nil {
+	if err := errors.Join(os.RemoveAll(e.path(name)), os.RemoveAll(e.metaPath(name))); err != nil {
 		return fmt.Errorf("delete embedded index %s: %w", name, err)
 	}
 	return nil
 }
 
-func versionKey(id string) []byte { return []byte("v:" + id) }
-func sourceKey(id string) []byte  { return []byte("s:" + id) }
-
 // Bulk applies ops in order; a write older than the version held is
-// skipped, as an external engine would refuse it.
+// skipped, as an external engine would refuse it. Sources and versions are
+// committed (synced) before the inverted index takes the batch; a batch
+// retried after a failure in between carries the same versions and is
+// applied again.
 func (e *Embedded) Bulk(_ context.Context, ops []Op) ([]Rejection, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	batches := map[string]*bleve.Batch{}
-	indexes := map[string]bleve.Index{}
-	held := map[string]int64{} // index \x00 id -> version written in this batch
 	var rejected []Rejection
+	byIndex := map[string][]int{}
+	var order []string
 	for i := range ops {
-		op := &ops[i]
-		idx, ok := indexes[op.Index]
-		if !ok {
-			var err error
-			if idx, err = e.index(op.Index); err != nil {
-				return nil, err
-			}
-			indexes[op.Index] = idx
-			batches[op.Index] = idx.NewBatch()
+		if _, ok := byIndex[ops[i].Index]; !ok {
+			order = append(order, ops[i].Index)
 		}
-		k := op.Index + "\x00" + op.ID
-		cur, seen := held[k]
-		if !seen {
-			b, err := idx.GetInternal(versionKey(op.ID))
-			if err != nil {
-				return nil, err
-			}
-			if len(b) == 8 {
-				cur, seen = int64(binary.BigEndian.Uint64(b)), true
-			}
-		}
-		if seen && op.Version < cur {
-			continue
-		}
-		b := batches[op.Index]
-		if op.Delete {
-			b.Delete(op.ID)
-			b.DeleteInternal(sourceKey(op.ID))
-		} else {
-			var doc map[string]any
-			if err := json.Unmarshal(op.Doc, &doc); err != nil {
-				rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: "document is not a JSON object: " + err.Error()})
-				continue
-			}
-			if err := b.Index(op.ID, doc); err != nil {
-				rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: err.Error()})
-				continue
-			}
-			b.SetInternal(sourceKey(op.ID), op.Doc)
-		}
-		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], uint64(op.Version))
-		b.SetInternal(versionKey(op.ID), v[:])
-		held[k] = op.Version
+		byIndex[ops[i].Index] = append(byIndex[ops[i].Index], i)
 	}
-	for name, b := range batches {
-		if err := indexes[name].Batch(b); err != nil {
+	for _, name := range order {
+		p, err := e.index(name)
+		if err != nil {
+			return nil, err
+		}
+		b := p.idx.NewBatch()
+		err = p.meta.Update(func(tx *bbolt.Tx) error {
+			vb, sb := tx.Bucket(bucketVersion), tx.Bucket(bucketSource)
+			for _, i := range byIndex[name] {
+				op := &ops[i]
+				if cur := vb.Get([]byte(op.ID)); len(cur) == 8 && op.Version < int64(binary.BigEndian.Uint64(cur)) {
+					continue
+				}
+				if op.Delete {
+					b.Delete(op.ID)
+					if err := sb.Delete([]byte(op.ID)); err != nil {
+						return err
+					}
+				} else {
+					var doc map[string]any
+					if err := json.Unmarshal(op.Doc, &doc); err != nil {
+						rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: "document is not a JSON object: " + err.Error()})
+						continue
+					}
+					if err := b.Index(op.ID, doc); err != nil {
+						rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: err.Error()})
+						continue
+					}
+					if err := sb.Put([]byte(op.ID), op.Doc); err != nil {
+						return err
+					}
+				}
+				var v [8]byte
+				binary.BigEndian.PutUint64(v[:], uint64(op.Version))
+				if err := vb.Put([]byte(op.ID), v[:]); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("embedded index %s: %w", name, err)
+		}
+		if err := p.idx.Batch(b); err != nil {
 			return nil, fmt.Errorf("embedded index %s: %w", name, err)
 		}
 	}
@@ -243,76 +302,56 @@ func (e *Embedded) Bulk(_ context.Context, ops []Op) ([]Rejection, error) {
 }
 
 // DeleteAll removes every document (their versions stay).
-func (e *Embedded) DeleteAll(ctx context.Context, index string) error {
-	var ids []string
-	if err := e.Scan(ctx, index, func(id string, _ []byte) error {
-		ids = append(ids, id)
-		return nil
-	}); err != nil {
-		return err
-	}
+func (e *Embedded) DeleteAll(_ context.Context, index string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	idx, err := e.index(index)
+	p, err := e.index(index)
 	if err != nil {
 		return err
 	}
-	b := idx.NewBatch()
-	for _, id := range ids {
-		b.Delete(id)
-		b.DeleteInternal(sourceKey(id))
+	b := p.idx.NewBatch()
+	err = p.meta.Update(func(tx *bbolt.Tx) error {
+		sb := tx.Bucket(bucketSource)
+		var ids [][]byte
+		if err := sb.ForEach(func(k, _ []byte) error {
+			ids = append(ids, append([]byte(nil), k...))
+			return nil
+		}); err != nil {
+			return err
+		}
+		for _, id := range ids {
+			b.Delete(string(id))
+			if err := sb.Delete(id); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
 	}
-	return idx.Batch(b)
+	return p.idx.Batch(b)
 }
 
 // Refresh is immediate for the embedded index.
 func (e *Embedded) Refresh(context.Context, string) error { return nil }
 
-// Scan calls fn for every document of an index or alias.
+// Scan calls fn for every document of an index or alias, in id order.
 func (e *Embedded) Scan(ctx context.Context, index string, fn func(id string, source []byte) error) error {
 	e.mu.Lock()
-	idx, err := e.index(index)
+	p, err := e.index(index)
 	e.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	adv, err := idx.Advanced()
-	if err != nil {
-		return err
-	}
-	r, err := adv.Reader()
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	dr, err := r.DocIDReaderAll()
-	if err != nil {
-		return err
-	}
-	defer dr.Close()
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		iid, err := dr.Next()
-		if err != nil {
-			return err
-		}
-		if iid == nil {
-			return nil
-		}
-		id, err := r.ExternalID(iid)
-		if err != nil {
-			return err
-		}
-		src, err := idx.GetInternal(sourceKey(id))
-		if err != nil {
-			return err
-		}
-		if err := fn(id, src); err != nil {
-			return err
-		}
-	}
+	return p.meta.View(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketSource).ForEach(func(k, v []byte) error {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			return fn(string(k), v)
+		})
+	})
 }
 
 // view is the search handle of an alias (or physical index).
@@ -322,11 +361,11 @@ func (e *Embedded) view(name string) (bleve.IndexAlias, error) {
 	if v, ok := e.views[name]; ok {
 		return v.alias, nil
 	}
-	idx, err := e.index(name)
+	p, err := e.index(name)
 	if err != nil {
 		return nil, err
 	}
-	v := &view{alias: bleve.NewIndexAlias(idx), cur: idx}
+	v := &view{alias: bleve.NewIndexAlias(p.idx), cur: p.idx}
 	e.views[name] = v
 	return v.alias, nil
 }
@@ -335,11 +374,18 @@ func (e *Embedded) view(name string) (bleve.IndexAlias, error) {
 func (e *Embedded) Source(index, id string) ([]byte, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	idx, err := e.index(index)
+	p, err := e.index(index)
 	if err != nil {
 		return nil, err
 	}
-	return idx.GetInternal(sourceKey(id))
+	var src []byte
+	err = p.meta.View(func(tx *bbolt.Tx) error {
+		if v := tx.Bucket(bucketSource).Get([]byte(id)); v != nil {
+			src = append([]byte(nil), v...)
+		}
+		return nil
+	})
+	return src, err
 }
 
 // Close closes every open index.
@@ -347,8 +393,8 @@ func (e *Embedded) Close() error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	var errs []error
-	for name, idx := range e.open {
-		errs = append(errs, idx.Close())
+	for name, p := range e.open {
+		errs = append(errs, p.close())
 		delete(e.open, name)
 	}
 	return errors.Join(errs...)
