@@ -24,7 +24,9 @@ build:
 setup:
 	@./.ci/setup
 
-demo: setup build
+demo:
+	@POLYREGION_SETUP=demo ./.ci/setup
+	$(GO) build -o $(BIN) ./cmd/polyregion
 	./$(BIN) demo
 
 test: setup lint
