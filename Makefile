@@ -26,7 +26,7 @@ setup:
 
 demo:
 	@POLYREGION_SETUP=demo ./.ci/setup
-	$(GO) build -o $(BIN) ./cmd/polyregion
+	@$(MAKE) --no-print-directory build
 	./$(BIN) demo
 
 test: setup lint
