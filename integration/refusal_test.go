@@ -252,8 +252,13 @@ func TestColumnDroppedWhileChangesInFlight(t *testing.T) {
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
-	waitRow(t, ctx, eu, `SELECT count(*) FROM public.items WHERE id = 1 AND color = 'red'`, 1)
-	waitRow(t, ctx, eu, `SELECT count(*) FROM polyregion.parked WHERE tbl = 'public.items' AND resolved_at IS NULL`, 1)
+	// Both peers apply the old-shape transaction and pause the new one
+	// before they drop the column too (a region dropping it first would
+	// receive the old shape after its own DDL and keep it parked).
+	for _, r := range []*Region{eu, ap} {
+		waitRow(t, ctx, r, `SELECT count(*) FROM public.items WHERE id = 1 AND color = 'red'`, 1)
+		waitRow(t, ctx, r, `SELECT count(*) FROM polyregion.parked WHERE tbl = 'public.items' AND resolved_at IS NULL`, 1)
+	}
 	if !us.Running() {
 		t.Fatalf("us's replicator exited decoding transactions from before the DDL:\n%s", us.Logs(3000))
 	}
