@@ -141,10 +141,10 @@ func (f *Feed) Status() Status {
 
 // Lag is the index lag for metrics and health: WAL bytes not yet confirmed
 // and the age of the oldest change not yet in the engine. ok is false until
-// the feed has measured it.
+// the feed has measured it, and while the engine is unreachable.
 func (f *Feed) Lag() (bytesBehind int64, secondsBehind float64, ok bool) {
 	s := f.Status()
-	return s.BytesBehind, s.SecondsBehind, !s.Updated.IsZero()
+	return s.BytesBehind, s.SecondsBehind, !s.Updated.IsZero() && !s.EngineDown
 }
 
 func (f *Feed) setError(err error, engineDown bool) {
@@ -177,7 +177,10 @@ func (f *Feed) Run(ctx context.Context) error {
 			backoff = time.Second
 			continue
 		}
-		f.setError(err, false)
+		pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		_, perr := f.be.Describe(pctx)
+		cancel()
+		f.setError(err, perr != nil)
 		f.cfg.Logger.Warn("index feed: retrying", "err", err, "in", backoff)
 		select {
 		case <-ctx.Done():

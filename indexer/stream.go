@@ -171,6 +171,20 @@ func (s *streamer) poll(ctx context.Context) (bool, error) {
 		return false, fmt.Errorf("index feed: lag: %w", err)
 	}
 	f := s.f
+	// An idle feed asks the engine too, so an engine that went away shows
+	// (as an unknown lag) before a change needs it.
+	pctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	_, perr := f.be.Describe(pctx)
+	cancel()
+	if perr != nil && ctx.Err() == nil {
+		f.setError(fmt.Errorf("search engine unreachable: %w", perr), true)
+	} else if perr == nil {
+		f.mu.Lock()
+		if f.status.EngineDown {
+			f.status.EngineDown, f.status.LastError = false, ""
+		}
+		f.mu.Unlock()
+	}
 	f.mu.Lock()
 	f.status.BytesBehind = max(behind, 0)
 	f.status.AckedLSN = s.acked.String()

@@ -22,21 +22,31 @@ var healthSchema = []string{`CREATE TABLE public.notes (id bigint PRIMARY KEY, b
 var healthTables = []TableSpec{{Name: "public.notes"}}
 
 // opsGet fetches a path from a region's operations server and checks the
-// answer came within 100 ms.
+// answer came within 100 ms. A slow answer is asked again at once: on a
+// loaded two-core machine one request can wait for the scheduler, but a
+// handler that blocks (on the database, say) is slow every time.
 func opsGet(t *testing.T, r *Region, path string) (int, string) {
 	t.Helper()
 	client := &http.Client{Timeout: 2 * time.Second}
-	start := time.Now()
-	resp, err := client.Get("http://" + r.HTTPListen + path)
-	if err != nil {
-		return 0, err.Error()
+	var took [2]time.Duration
+	for i := range took {
+		start := time.Now()
+		resp, err := client.Get("http://" + r.HTTPListen + path)
+		if err != nil {
+			return 0, err.Error()
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		took[i] = time.Since(start)
+		if took[i] <= 100*time.Millisecond || path == "/metrics" {
+			return resp.StatusCode, string(b)
+		}
+		if i == 1 {
+			t.Errorf("%s %s took %s and %s (want < 100ms)", r.Name, path, took[0], took[1])
+			return resp.StatusCode, string(b)
+		}
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if took := time.Since(start); took > 100*time.Millisecond && path != "/metrics" {
-		t.Errorf("%s %s took %s (want < 100ms)", r.Name, path, took)
-	}
-	return resp.StatusCode, string(b)
+	return 0, ""
 }
 
 // waitHealth polls /health until ok accepts the answer.

@@ -136,7 +136,7 @@ func Evaluate(c HealthConfig, o Observation) (string, []string) {
 	if o.Index != nil {
 		switch {
 		case !o.Index.Known:
-			degraded = append(degraded, "index: lag unknown (the index feed does not report)")
+			degraded = append(degraded, "index: lag unknown (the index feed does not report, or its search engine is unreachable)")
 		case o.Index.SecondsBehind > c.MaxIndexLag.Seconds():
 			degraded = append(degraded, fmt.Sprintf("index: %.1fs behind, above %s (%d bytes)", o.Index.SecondsBehind, c.MaxIndexLag, o.Index.BytesBehind))
 		}
