@@ -16,7 +16,7 @@ import (
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
-// BuildProgress reports a backfill's progress.
+// BuildProgress reports a backfill's progress, after every batch saved.
 type BuildProgress struct {
 	Generation int
 	Table      string
@@ -124,19 +124,23 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 	if err := rtx.QueryRow(ctx, "SELECT count(*) FROM "+qualified(spec.Table)).Scan(&total); err != nil {
 		return fmt.Errorf("backfill %s: %w", spec.Table, err)
 	}
+	// Every name is qualified by the table's alias: an output column
+	// ("id"::text, named id) must not stand in for the key column in ORDER
+	// BY, or pages would follow text order while the WHERE follows the
+	// key's own.
 	cols := make([]string, len(shape.Columns))
 	for i, c := range shape.Columns {
-		cols[i] = quoteIdent(c) + "::text"
+		cols[i] = fmt.Sprintf("t.%s::text AS c%d", quoteIdent(c), i)
 	}
 	keyCols := make([]string, len(shape.Key))
 	keyParams := make([]string, len(shape.Key))
 	for i, k := range shape.Key {
-		keyCols[i] = quoteIdent(shape.Columns[k])
+		keyCols[i] = "t." + quoteIdent(shape.Columns[k])
 		keyParams[i] = fmt.Sprintf("$%d::%s", i+1, shape.Types[k])
 	}
 	order := strings.Join(keyCols, ", ")
-	first := fmt.Sprintf("SELECT %s FROM %s ORDER BY %s LIMIT %d", strings.Join(cols, ", "), qualified(spec.Table), order, cfg.BatchDocs)
-	next := fmt.Sprintf("SELECT %s FROM %s WHERE (%s) > (%s) ORDER BY %s LIMIT %d", strings.Join(cols, ", "), qualified(spec.Table), order, strings.Join(keyParams, ", "), order, cfg.BatchDocs)
+	first := fmt.Sprintf("SELECT %s FROM %s t ORDER BY %s LIMIT %d", strings.Join(cols, ", "), qualified(spec.Table), order, cfg.BatchDocs)
+	next := fmt.Sprintf("SELECT %s FROM %s t WHERE (%s) > (%s) ORDER BY %s LIMIT %d", strings.Join(cols, ", "), qualified(spec.Table), order, strings.Join(keyParams, ", "), order, cfg.BatchDocs)
 	start := time.Now()
 	startRows := prog.Rows
 	lastReport := time.Now()
@@ -234,8 +238,13 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 			report(true)
 			return nil
 		}
+		if cfg.Progress != nil {
+			cfg.Progress(BuildProgress{Generation: g.Gen, Table: spec.Table, Index: spec.Index, Rows: prog.Rows, Total: total,
+				Elapsed: time.Since(start), DocsPerSec: float64(prog.Rows-startRows) / max(time.Since(start).Seconds(), 1e-9)})
+		}
 		if time.Since(lastReport) >= 2*time.Second {
-			report(false)
+			cfg.Logger.Info("index backfill", "generation", g.Gen, "index", spec.Index, "rows", prog.Rows, "of", total,
+				"docs_per_s", int64(float64(prog.Rows-startRows)/time.Since(start).Seconds()), "done", false)
 			lastReport = time.Now()
 		}
 	}

@@ -121,7 +121,9 @@ func benchIndexKind(b *testing.B, kind string, rows int) (backfill, stream float
 		Indices: []indexer.IndexSpec{{Table: "public.docs", Index: "docs"}},
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 		Progress: func(p indexer.BuildProgress) {
-			fmt.Printf("  %s backfill: %d / %d rows, %.0f docs/s\n", kind, p.Rows, p.Total, p.DocsPerSec)
+			if p.Done || p.Rows%100_000 < 2000 {
+				fmt.Printf("  %s backfill: %d / %d rows, %.0f docs/s\n", kind, p.Rows, p.Total, p.DocsPerSec)
+			}
 		},
 	}
 	start := time.Now()

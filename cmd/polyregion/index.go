@@ -70,7 +70,12 @@ the search: section changes).`,
 				return &exitError{exitConfig, err}
 			}
 			defer be.Close()
+			var last time.Time
 			fc.Progress = func(p indexer.BuildProgress) {
+				if !p.Done && time.Since(last) < 2*time.Second {
+					return
+				}
+				last = time.Now()
 				pct := 100.0
 				if p.Total > 0 {
 					pct = 100 * float64(p.Rows) / float64(p.Total)
