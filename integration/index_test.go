@@ -60,21 +60,11 @@ func indexWorkload(ctx context.Context, h *Harness, d time.Duration) error {
 	deadline := time.Now().Add(d)
 	return h.EachRegion(ctx, func(ctx context.Context, r *Region, pool *pgxpool.Pool) error {
 		rng := rand.New(rand.NewSource(time.Now().UnixNano() + int64(len(r.Name))*7919))
-		// Every region updates every key (conflicts); a key is deleted and
-		// inserted again only by the region that owns it (id % 3), so
-		// deletes race updates but not other regions' inserts. (With
-		// deletes and re-inserts of the same keys in every region at this
-		// rate, regions can still diverge: a known data-plane bug, open.)
-		owner := indexOf(h.Spec.Regions, r.Name)
 		for n := 0; time.Now().Before(deadline); n++ {
-			id, op := 1+rng.Intn(60), rng.Intn(10)
-			if op < 3 || op >= 7 {
-				// Inserts (upserts) and deletes: on the region's own keys.
-				id += (owner - id%3 + 3) % 3
-			}
+			id := 1 + rng.Intn(60)
 			err := Retry(ctx, pool, func(tx pgx.Tx) error {
 				var err error
-				switch {
+				switch op := rng.Intn(10); {
 				case op < 3:
 					bio := fmt.Sprintf("bio of %d by %s", id, r.Name)
 					if id%7 == 0 {

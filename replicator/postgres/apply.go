@@ -25,6 +25,9 @@ import (
 // version. Implemented by *Reader.
 type Versioner interface {
 	WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error
+	// Versioned returns the position before which every local commit is
+	// versioned.
+	Versioned() pglogrepl.LSN
 }
 
 // ApplierConfig configures an Applier for one source region.
@@ -238,6 +241,7 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 	}
 
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: len(todo)}
+	a.setBarrier(ex)
 	maxHLC, err := a.applyChanges(ctx, ex, todo)
 	if err != nil {
 		return 0, err
@@ -305,6 +309,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
 	}
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: 1}
+	a.setBarrier(ex)
 	var maxHLC conflict.Timestamp
 	part := first
 	for {
@@ -398,6 +403,18 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
 		return 0, err
 	}
+	if ex.barrier != nil {
+		// Every local commit the reads saw is before this position.
+		var lsn string
+		if err := ex.tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
+			return 0, fmt.Errorf("apply: wal position: %w", err)
+		}
+		l, err := pglogrepl.ParseLSN(lsn)
+		if err != nil {
+			return 0, fmt.Errorf("apply: wal position: %w", err)
+		}
+		ex.readLSN = max(ex.readLSN, l)
+	}
 	var maxHLC conflict.Timestamp
 	for _, t := range txns {
 		ex.changes += len(t.Changes)
@@ -461,6 +478,7 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		t := &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
 		err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
 			ex := &executor{tx: tx, careful: true}
+			a.setBarrier(ex)
 			if _, err := a.applyChanges(ctx, ex, []*replicator.Txn{t}); err != nil {
 				return err
 			}
@@ -643,6 +661,28 @@ func (a *Applier) barrier(ctx context.Context, tx pgx.Tx, rows int) error {
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	return nil
+}
+
+// setBarrier lets ex wait, after inserting rows and before writing their
+// versions, until the local reader has versioned every local commit before
+// the inserts. A row absent when read may hide local writes not versioned
+// yet (inserted and deleted again: absent as before, tombstone as before);
+// the reader would version them on top of the applied insert, recording
+// the row as deleted. Versioned first, they change the version read, and
+// writing the new version over it fails the batch, which is decided again.
+// Once inserted, the row keeps later local writes waiting. Nothing is
+// waited for when the reader has versioned past every local commit the
+// batch's reads saw.
+func (a *Applier) setBarrier(ex *executor) {
+	if a.cfg.Versioner == nil {
+		return
+	}
+	ex.barrier = func(ctx context.Context) error {
+		if a.cfg.Versioner.Versioned() >= ex.readLSN {
+			return nil
+		}
+		return a.barrier(ctx, ex.tx, 0)
+	}
 }
 
 // unversioned reports whether a row was written locally after its version
@@ -850,10 +890,18 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if len(acc) > 0 {
 		nm.counters = acc
 	}
-	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm, versioned: s.versioned})
+	// The version is written only over the tuple this decision read: an
+	// absent row locks nothing, so another source's applier or the local
+	// reader may have recorded a version for the key since.
+	readXmin := ""
+	if s.meta != nil {
+		readXmin = s.meta.tupleXmin
+	}
+	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm, versioned: s.versioned, tupleXmin: readXmin})
 	if d.Conflict {
 		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
 	}
+	nm.tupleXmin = ownTuple
 	s.meta = nm
 	if err := ex.run(ctx, ops); err != nil {
 		if ex.careful && ex.parkOnError && isDataError(err) {
@@ -1005,11 +1053,27 @@ func textArg(v replicator.Value) any {
 	return v.Text
 }
 
-func metaStmt(tbl, key string, m *meta) stmt {
+// ownTuple marks a version tuple this transaction wrote (meta.tupleXmin).
+const ownTuple = "@"
+
+// metaStmt writes one key's version (careful mode): over the tuple as read
+// (tupleXmin; retryable if it changed or went), as a new tuple (retryable
+// if one was recorded meanwhile), or over this transaction's own.
+func metaStmt(tbl, key string, m *meta, versioned bool, tupleXmin string) stmt {
 	var mw metaWriter
 	mw.add(metaKey{tbl, key}, m)
-	return stmt{sql: upsertMetaSQL, args: mw.args(), want: -1}
+	switch {
+	case tupleXmin == ownTuple:
+		return stmt{sql: upsertMetaSQL, args: mw.args(), want: -1}
+	case versioned:
+		return stmt{sql: updateMetaSQL, args: append(mw.args(), []string{tupleXmin}), want: 1}
+	}
+	return stmt{sql: insertMetaSQL, args: mw.args(), want: 1}
 }
+
+// insertMetaSQL records versions of keys that had none; a version recorded
+// meanwhile is left alone (the caller compares the row count).
+var insertMetaSQL = upsertMetaSQL[:strings.Index(upsertMetaSQL, "ON CONFLICT")] + "ON CONFLICT (tbl, key) DO NOTHING"
 
 func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) stmt {
 	winner := d.Winner.String()
@@ -1110,6 +1174,10 @@ type executor struct {
 	queued      []stmt
 	n           int
 	xid         uint32 // this transaction's xid, once asked for
+	// barrier, when set, runs after rows are inserted, before versions are
+	// written (see Applier.setBarrier).
+	barrier func(context.Context) error
+	readLSN pglogrepl.LSN // WAL position after the batch's reads
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
@@ -1141,6 +1209,9 @@ func (e *executor) run(ctx context.Context, ops []op) error {
 		if err == nil && s.want >= 0 && tag.RowsAffected() != s.want {
 			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), tag.RowsAffected(), s.want)}
 		}
+		if err == nil && o.kind == opInsert && e.barrier != nil {
+			err = e.barrier(ctx)
+		}
 		if err != nil {
 			if _, rerr := e.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+save); rerr != nil {
 				return fmt.Errorf("apply: %w (after %v)", rerr, err)
@@ -1166,10 +1237,21 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 // pipeline, and checks each statement's row count; then it copies in the
 // versions of keys that had none.
 func (e *executor) flush(ctx context.Context) error {
-	stmts := append(e.bulk.statements(), e.queued...)
+	rows := e.bulk.rowStatements()
+	rest := append(e.bulk.metaStatements(), e.queued...)
+	inserts := e.bulk.inserts()
 	newKeys, metas := e.bulk.newMetas(), e.bulk.metas
 	e.bulk, e.queued = bulk{}, nil
-	if err := e.pipeline(ctx, stmts); err != nil {
+	if inserts && e.barrier != nil {
+		if err := e.pipeline(ctx, rows); err != nil {
+			return err
+		}
+		if err := e.barrier(ctx); err != nil {
+			return err
+		}
+		rows = nil
+	}
+	if err := e.pipeline(ctx, append(rows, rest...)); err != nil {
 		return err
 	}
 	return e.copyMetas(ctx, newKeys, metas)
@@ -1277,8 +1359,11 @@ type op struct {
 	row  []replicator.Value
 	tbl  string // opMeta
 	meta *meta
-	// versioned (opMeta): the key had a row_version tuple when read.
+	// versioned (opMeta): the key had a row_version tuple when read;
+	// tupleXmin: that tuple's xmin as read (ownTuple once this transaction
+	// wrote it).
 	versioned bool
+	tupleXmin string
 	st        stmt // opOther
 }
 
@@ -1291,7 +1376,7 @@ func (o op) stmt() stmt {
 	case opDelete:
 		return deleteStmt(*o.sh, o.key)
 	case opMeta:
-		return metaStmt(o.tbl, o.key, o.meta)
+		return metaStmt(o.tbl, o.key, o.meta, o.versioned, o.tupleXmin)
 	}
 	return o.st
 }
@@ -1316,7 +1401,8 @@ type bulk struct {
 	groups    []*group
 	metaOrder []metaKey
 	metas     map[metaKey]*meta
-	metaNew   map[metaKey]bool // keys without a row_version tuple when read
+	metaNew   map[metaKey]bool   // keys without a row_version tuple when read
+	metaXmin  map[metaKey]string // the others: their tuple's xmin as read
 	others    []stmt
 }
 
@@ -1333,12 +1419,13 @@ func (b *bulk) add(o op) {
 	switch o.kind {
 	case opMeta:
 		if b.metas == nil {
-			b.metas, b.metaNew = map[metaKey]*meta{}, map[metaKey]bool{}
+			b.metas, b.metaNew, b.metaXmin = map[metaKey]*meta{}, map[metaKey]bool{}, map[metaKey]string{}
 		}
 		k := metaKey{o.tbl, o.key}
 		if _, ok := b.metas[k]; !ok {
 			b.metaOrder = append(b.metaOrder, k)
 			b.metaNew[k] = !o.versioned
+			b.metaXmin[k] = o.tupleXmin
 		}
 		b.metas[k] = o.meta
 		return
@@ -1366,9 +1453,9 @@ func (b *bulk) add(o op) {
 	g.ops = append(g.ops, o)
 }
 
-// statements returns the batch's statements; versions of keys that had none
-// are left out (newMetas returns them, for COPY).
-func (b *bulk) statements() []stmt {
+// rowStatements returns the batch's row writes; metaStatements what runs
+// after them.
+func (b *bulk) rowStatements() []stmt {
 	var out []stmt
 	for _, g := range b.groups {
 		if len(g.ops) == 1 {
@@ -1377,6 +1464,23 @@ func (b *bulk) statements() []stmt {
 		}
 		out = append(out, g.stmt())
 	}
+	return out
+}
+
+// inserts reports whether the batch inserts rows.
+func (b *bulk) inserts() bool {
+	for _, g := range b.groups {
+		if g.kind == opInsert {
+			return true
+		}
+	}
+	return false
+}
+
+// metaStatements returns the versions and the other statements; versions
+// of keys that had none are left out (newMetas returns them, for COPY).
+func (b *bulk) metaStatements() []stmt {
+	var out []stmt
 	if len(b.metaOrder) > 0 {
 		// Key order, as the reader locks them: no deadlock between the two.
 		sort.Slice(b.metaOrder, func(i, j int) bool {
@@ -1385,14 +1489,17 @@ func (b *bulk) statements() []stmt {
 			}
 			return b.metaOrder[i].key < b.metaOrder[j].key
 		})
+		// Each over its tuple as read: one that changed (or went) since
+		// fails the batch, which is then decided again on what is there.
 		var mw metaWriter
 		for _, k := range b.metaOrder {
 			if !b.metaNew[k] {
 				mw.add(k, b.metas[k])
+				mw.tupleXmin = append(mw.tupleXmin, b.metaXmin[k])
 			}
 		}
 		if len(mw.key) > 0 {
-			out = append(out, stmt{sql: upsertMetaSQL, args: mw.args(), want: -1})
+			out = append(out, stmt{sql: updateMetaSQL, args: append(mw.args(), mw.tupleXmin), want: int64(len(mw.key))})
 		}
 	}
 	return append(out, b.others...)

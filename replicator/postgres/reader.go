@@ -875,9 +875,10 @@ const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hl
 	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
 
 // updateMetaSQL replaces versions that exist, each only if its tuple is
-// still the one read (xmin, $10); the caller compares the row count.
+// still the one read (xmin, $10); the caller compares the row count. An
+// xid of '@' (appliers only) is the writing transaction's.
 const updateMetaSQL = `UPDATE polyregion.row_version AS m SET vv = u.vv, hlc = u.hlc, origin = u.origin, deleted = u.deleted,
-	   xid = NULLIF(u.xid, '')::xid, counters = u.counters::jsonb, src_seq = u.src_seq,
+	   xid = CASE WHEN u.xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(u.xid, '')::xid END, counters = u.counters::jsonb, src_seq = u.src_seq,
 	   deleted_at = CASE WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
