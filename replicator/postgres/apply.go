@@ -25,9 +25,6 @@ import (
 // version. Implemented by *Reader.
 type Versioner interface {
 	WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error
-	// Versioned returns the position before which every local commit is
-	// versioned.
-	Versioned() pglogrepl.LSN
 }
 
 // ApplierConfig configures an Applier for one source region.
@@ -241,7 +238,6 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 	}
 
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: len(todo)}
-	a.setBarrier(ex)
 	maxHLC, err := a.applyChanges(ctx, ex, todo)
 	if err != nil {
 		return 0, err
@@ -309,7 +305,6 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
 	}
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: 1}
-	a.setBarrier(ex)
 	var maxHLC conflict.Timestamp
 	part := first
 	for {
@@ -403,18 +398,6 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
 		return 0, err
 	}
-	if ex.barrier != nil {
-		// Every local commit the reads saw is before this position.
-		var lsn string
-		if err := ex.tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_insert_lsn()::text`).Scan(&lsn); err != nil {
-			return 0, fmt.Errorf("apply: wal position: %w", err)
-		}
-		l, err := pglogrepl.ParseLSN(lsn)
-		if err != nil {
-			return 0, fmt.Errorf("apply: wal position: %w", err)
-		}
-		ex.readLSN = max(ex.readLSN, l)
-	}
 	var maxHLC conflict.Timestamp
 	for _, t := range txns {
 		ex.changes += len(t.Changes)
@@ -478,7 +461,6 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		t := &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
 		err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
 			ex := &executor{tx: tx, careful: true}
-			a.setBarrier(ex)
 			if _, err := a.applyChanges(ctx, ex, []*replicator.Txn{t}); err != nil {
 				return err
 			}
@@ -661,28 +643,6 @@ func (a *Applier) barrier(ctx context.Context, tx pgx.Tx, rows int) error {
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	return nil
-}
-
-// setBarrier lets ex wait, after inserting rows and before writing their
-// versions, until the local reader has versioned every local commit before
-// the inserts. A row absent when read may hide local writes not versioned
-// yet (inserted and deleted again: absent as before, tombstone as before);
-// the reader would version them on top of the applied insert, recording
-// the row as deleted. Versioned first, they change the version read, and
-// writing the new version over it fails the batch, which is decided again.
-// Once inserted, the row keeps later local writes waiting. Nothing is
-// waited for when the reader has versioned past every local commit the
-// batch's reads saw.
-func (a *Applier) setBarrier(ex *executor) {
-	if a.cfg.Versioner == nil {
-		return
-	}
-	ex.barrier = func(ctx context.Context) error {
-		if a.cfg.Versioner.Versioned() >= ex.readLSN {
-			return nil
-		}
-		return a.barrier(ctx, ex.tx, 0)
-	}
 }
 
 // unversioned reports whether a row was written locally after its version
@@ -1174,10 +1134,6 @@ type executor struct {
 	queued      []stmt
 	n           int
 	xid         uint32 // this transaction's xid, once asked for
-	// barrier, when set, runs after rows are inserted, before versions are
-	// written (see Applier.setBarrier).
-	barrier func(context.Context) error
-	readLSN pglogrepl.LSN // WAL position after the batch's reads
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
@@ -1209,9 +1165,6 @@ func (e *executor) run(ctx context.Context, ops []op) error {
 		if err == nil && s.want >= 0 && tag.RowsAffected() != s.want {
 			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), tag.RowsAffected(), s.want)}
 		}
-		if err == nil && o.kind == opInsert && e.barrier != nil {
-			err = e.barrier(ctx)
-		}
 		if err != nil {
 			if _, rerr := e.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+save); rerr != nil {
 				return fmt.Errorf("apply: %w (after %v)", rerr, err)
@@ -1239,18 +1192,8 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 func (e *executor) flush(ctx context.Context) error {
 	rows := e.bulk.rowStatements()
 	rest := append(e.bulk.metaStatements(), e.queued...)
-	inserts := e.bulk.inserts()
 	newKeys, metas := e.bulk.newMetas(), e.bulk.metas
 	e.bulk, e.queued = bulk{}, nil
-	if inserts && e.barrier != nil {
-		if err := e.pipeline(ctx, rows); err != nil {
-			return err
-		}
-		if err := e.barrier(ctx); err != nil {
-			return err
-		}
-		rows = nil
-	}
 	if err := e.pipeline(ctx, append(rows, rest...)); err != nil {
 		return err
 	}
@@ -1465,16 +1408,6 @@ func (b *bulk) rowStatements() []stmt {
 		out = append(out, g.stmt())
 	}
 	return out
-}
-
-// inserts reports whether the batch inserts rows.
-func (b *bulk) inserts() bool {
-	for _, g := range b.groups {
-		if g.kind == opInsert {
-			return true
-		}
-	}
-	return false
 }
 
 // metaStatements returns the versions and the other statements; versions
