@@ -180,15 +180,7 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 		var lastKey string
 		n := 0
 		for rows.Next() {
-			raw := rows.RawValues()
-			vals := make([]replicator.Value, len(raw))
-			for i, r := range raw {
-				if r == nil {
-					vals[i] = replicator.Value{Null: true}
-				} else {
-					vals[i] = replicator.Value{Text: string(r)}
-				}
-			}
+			vals := textValues(rows.RawValues())
 			n++
 			key, err := shape.KeyOf(vals)
 			if err != nil {
@@ -291,4 +283,18 @@ func replConn(ctx context.Context, connString, app string) (*pgconn.PgConn, erro
 		return nil, fmt.Errorf("replication connection: %w", err)
 	}
 	return c, nil
+}
+
+// textValues turns a result row of ::text columns into values (SQL NULL as
+// Null), the form the change stream carries.
+func textValues(raw [][]byte) []replicator.Value {
+	vals := make([]replicator.Value, len(raw))
+	for i, r := range raw {
+		if r == nil {
+			vals[i] = replicator.Value{Null: true}
+		} else {
+			vals[i] = replicator.Value{Text: string(r)}
+		}
+	}
+	return vals
 }

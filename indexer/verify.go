@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -81,15 +80,7 @@ func verifyOne(ctx context.Context, conn *pgx.Conn, be Scanner, spec IndexSpec) 
 		return d, fmt.Errorf("verify %s: %w", spec.Table, err)
 	}
 	for rows.Next() {
-		raw := rows.RawValues()
-		vals := make([]replicator.Value, len(raw))
-		for i, r := range raw {
-			if r == nil {
-				vals[i] = replicator.Value{Null: true}
-			} else {
-				vals[i] = replicator.Value{Text: string(r)}
-			}
-		}
+		vals := textValues(rows.RawValues())
 		id, err := tm.id(vals)
 		if err != nil {
 			rows.Close()
