@@ -138,3 +138,144 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 		t.Fatalf("after us's re-insert and eu's later concurrent delete: %d rows and %d tombstones, want 0 and 1 (a row recorded as deleted survives)", rows, tombstones)
 	}
 }
+
+// TestAppliedInsertAfterUnversionedLocalDelete: a row inserted and deleted
+// locally a moment ago looks, to the applier, like the tombstone before it
+// (the row is absent either way) until the reader versions the two writes.
+// An applied insert of the row must not commit its version before those
+// writes are versioned: the reader would then version them on top of it and
+// record the applied row as deleted.
+func TestAppliedInsertAfterUnversionedLocalDelete(t *testing.T) {
+	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}})
+	ctx := ctxFor(t, 2*time.Minute)
+	ap := h.Regions[0]
+	url := ap.Cluster.URL("polyregion", AppDB)
+	conn, err := postgres.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, []string{"us", "eu"}); err != nil {
+		t.Fatal(err)
+	}
+	sh, err := postgres.LoadShape(ctx, conn, "public.kv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cluster := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: []regions.Table{{Name: "public.kv"}}}
+	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: url, Tables: cluster.Tables})
+	rctx, stopReader := context.WithCancel(ctx)
+	readerDone := make(chan error, 1)
+	go func() { readerDone <- reader.Run(rctx) }()
+	defer func() { stopReader(); <-readerDone }()
+	fromUS, err := postgres.NewApplier(ctx, postgres.ApplierConfig{Region: "ap", Source: "us", ConnString: url, Cluster: cluster,
+		Versioner: reader, BarrierTimeout: 30 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fromUS.Close()
+	local, err := ap.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer local.Close(context.Background())
+	exec := func(sql string, args ...any) {
+		t.Helper()
+		if _, err := local.Exec(ctx, sql, args...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	versioned := func() {
+		t.Helper()
+		l, err := postgres.EmitBarrier(ctx, local)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reader.WaitVersioned(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	row := func(v string) []replicator.Value { return []replicator.Value{{Text: "1"}, {Text: v}} }
+	ts := func(ms int64) conflict.Timestamp { return conflict.MakeTimestamp(1_700_000_000_000+ms, 0) }
+	txn := func(seq replicator.Seq, c replicator.Change) []*replicator.Txn {
+		return []*replicator.Txn{{Origin: "us", Seq: seq, LSN: "0/1", Shapes: []replicator.Shape{sh}, Changes: []replicator.Change{c}}}
+	}
+	const key = `["1"]`
+	// A local row (2) and an applied one (1), inserted and deleted by us.
+	exec(`INSERT INTO public.kv VALUES (2, 'local')`)
+	if _, err := fromUS.Apply(ctx, txn(1, replicator.Change{Op: conflict.OpInsert, Key: key, Row: row("us 1"),
+		Version: conflict.Version{Vector: conflict.Vector{"us": 1}, HLC: ts(1), Origin: "us"}})); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fromUS.Apply(ctx, txn(2, replicator.Change{Op: conflict.OpDelete, Key: key,
+		Version: conflict.Version{Vector: conflict.Vector{"us": 2}, HLC: ts(2), Origin: "us", Deleted: true}})); err != nil {
+		t.Fatal(err)
+	}
+	versioned()
+	// The reader is held up versioning an update of row 2 ...
+	hold, err := ap.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close(context.Background())
+	if _, err := hold.Exec(ctx, `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.Exec(ctx, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = '["2"]' FOR UPDATE`); err != nil {
+		t.Fatal(err)
+	}
+	exec(`UPDATE public.kv SET v = 'local again' WHERE id = 2`)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var n int64
+		if err := hold.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'`, AppDB).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if n > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reader never waited for row 2's version")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// ... while row 1 is inserted and deleted here, and us's re-insert of it
+	// is applied.
+	exec(`INSERT INTO public.kv VALUES (1, 'local')`)
+	exec(`DELETE FROM public.kv WHERE id = 1`)
+	applied := make(chan error, 1)
+	go func() {
+		_, err := fromUS.Apply(ctx, txn(3, replicator.Change{Op: conflict.OpInsert, Key: key, Row: row("us 3"),
+			Version: conflict.Version{Vector: conflict.Vector{"us": 3}, HLC: ts(3), Origin: "us"}}))
+		applied <- err
+	}()
+	select {
+	case err := <-applied:
+		applied <- err
+	case <-time.After(time.Second):
+	}
+	if _, err := hold.Exec(ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	err = <-applied
+	for attempt := 1; err != nil; attempt++ {
+		if !postgres.IsRetryable(err) || attempt > 5 {
+			t.Fatal(err)
+		}
+		t.Logf("us batch retried: %v", err)
+		_, err = fromUS.Apply(ctx, txn(3, replicator.Change{Op: conflict.OpInsert, Key: key, Row: row("us 3"),
+			Version: conflict.Version{Vector: conflict.Vector{"us": 3}, HLC: ts(3), Origin: "us"}}))
+	}
+	versioned()
+	var rows int64
+	var deleted bool
+	var vv string
+	if err := local.QueryRow(ctx, `SELECT (SELECT count(*) FROM public.kv WHERE id = 1), deleted, vv
+		FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1`, key).Scan(&rows, &deleted, &vv); err != nil {
+		t.Fatal(err)
+	}
+	if (rows == 1) == deleted {
+		t.Fatalf("row 1: %d rows here, its version %s deleted=%v: the row and its version disagree", rows, vv, deleted)
+	}
+	t.Logf("row 1: %d rows, version %s deleted=%v", rows, vv, deleted)
+}

@@ -9,8 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/jackc/pglogrepl"
-
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
@@ -101,13 +99,9 @@ func (g *tombstones) round(ctx context.Context) error {
 		return err
 	}
 	// Everything committed locally before now is versioned past the barrier.
-	var lsn string
-	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text`, postgres.BarrierPrefix).Scan(&lsn); err != nil {
-		return fmt.Errorf("watermark barrier: %w", err)
-	}
-	l, err := pglogrepl.ParseLSN(lsn)
+	l, err := postgres.EmitBarrier(ctx, conn)
 	if err != nil {
-		return err
+		return fmt.Errorf("watermark: %w", err)
 	}
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	err = g.reader.WaitVersioned(wctx, l)

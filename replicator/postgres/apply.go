@@ -64,6 +64,7 @@ type ConflictStat struct{ Table, Kind, Policy string }
 type Applier struct {
 	cfg    ApplierConfig
 	conn   *pgx.Conn
+	side   *pgx.Conn // emits barriers (opened when first needed)
 	shapes map[string]replicator.Shape
 	// paused holds tables whose shape differs from the source's: their
 	// changes are parked, in order, until an operator resumes them.
@@ -124,7 +125,12 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 }
 
 // Close ends the applier's session.
-func (a *Applier) Close() error { return a.conn.Close(context.Background()) }
+func (a *Applier) Close() error {
+	if a.side != nil {
+		a.side.Close(context.Background())
+	}
+	return a.conn.Close(context.Background())
+}
 
 // Applied returns the sequence number of the last source transaction applied
 // here (0 when none).
@@ -156,6 +162,9 @@ type rowState struct {
 	// versioned: a row_version tuple existed for the key when it was read
 	// (a new version is then an update, else an insert).
 	versioned bool
+	// unlocked: the row was absent when read, so nothing held the key (see
+	// executor.flush).
+	unlocked bool
 }
 
 // imageWrite is a write to a row, to be folded into its image (rowImage).
@@ -237,7 +246,7 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 		return replicator.Seq(applied), nil
 	}
 
-	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: len(todo)}
+	ex := a.executor(tx, careful, started, len(todo))
 	maxHLC, err := a.applyChanges(ctx, ex, todo)
 	if err != nil {
 		return 0, err
@@ -304,7 +313,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	if !skip && int64(first.Seq) != applied+1 {
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
 	}
-	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: 1}
+	ex := a.executor(tx, careful, started, 1)
 	var maxHLC conflict.Timestamp
 	part := first
 	for {
@@ -460,7 +469,8 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		p.change.T = 0
 		t := &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
 		err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
-			ex := &executor{tx: tx, careful: true}
+			ex := a.executor(tx, true, time.Now(), 1)
+			ex.parkOnError = false
 			if _, err := a.applyChanges(ctx, ex, []*replicator.Txn{t}); err != nil {
 				return err
 			}
@@ -553,6 +563,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	}
 	var stale []metaKey
 	for k, s := range states {
+		s.unlocked = !s.exists
 		s.meta = metas[k]
 		s.versioned = s.meta != nil
 		if unversioned(s) {
@@ -569,7 +580,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			lockedBefore[k] = states[k].exists
 		}
-		if err := a.barrier(ctx, tx, len(stale)); err != nil {
+		if err := a.barrier(ctx, len(stale)); err != nil {
 			return err
 		}
 		// Read the stale keys again: a row absent before may have been
@@ -590,6 +601,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		var still []metaKey
 		for _, k := range stale {
 			s := states[k]
+			s.unlocked = !s.exists
 			s.meta = metas[k]
 			s.versioned = s.meta != nil
 			if !unversioned(s) {
@@ -624,17 +636,24 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 
 // barrier waits until the local reader has versioned every local commit
 // that precedes it.
-func (a *Applier) barrier(ctx context.Context, tx pgx.Tx, rows int) error {
+func (a *Applier) barrier(ctx context.Context, rows int) error {
 	if a.cfg.Versioner == nil {
 		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", rows)
 	}
-	var lsn string
-	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text`, BarrierPrefix).Scan(&lsn); err != nil {
-		return fmt.Errorf("apply: emit barrier: %w", err)
+	// Emitted from a session of its own, after everything tx has read or
+	// written (so after it in the WAL), and flushed (see EmitBarrier).
+	if a.side == nil {
+		side, err := connectDataPlane(ctx, a.cfg.ConnString)
+		if err != nil {
+			return fmt.Errorf("apply: barrier session: %w", err)
+		}
+		a.side = side
 	}
-	l, err := pglogrepl.ParseLSN(lsn)
+	l, err := EmitBarrier(ctx, a.side)
 	if err != nil {
-		return fmt.Errorf("apply: barrier position: %w", err)
+		a.side.Close(context.Background())
+		a.side = nil
+		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
 	err = a.cfg.Versioner.WaitVersioned(wctx, l)
@@ -858,6 +877,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		readXmin = s.meta.tupleXmin
 	}
 	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm, versioned: s.versioned, tupleXmin: readXmin})
+	if s.unlocked {
+		ex.unlockedKeys = true
+	}
 	if d.Conflict {
 		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
 	}
@@ -1134,11 +1156,27 @@ type executor struct {
 	queued      []stmt
 	n           int
 	xid         uint32 // this transaction's xid, once asked for
+	// unlockedKeys: a version is to be written for a key whose row was
+	// absent when read; waitReader then runs before versions are written
+	// (see flush). deferred holds, in careful mode, the version writes of
+	// the changes already run.
+	unlockedKeys bool
+	waitReader   func(context.Context) error
+	deferred     []stmt
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
 	parked        int
 	conflicts     []ConflictStat
+}
+
+// executor starts the writes of one apply transaction.
+func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns}
+	if a.cfg.Versioner != nil {
+		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0) }
+	}
+	return ex
 }
 
 func (e *executor) savepoint() string {
@@ -1159,8 +1197,13 @@ func (e *executor) run(ctx context.Context, ops []op) error {
 	if _, err := e.tx.Exec(ctx, "SAVEPOINT "+save); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
+	var metas []stmt
 	for _, o := range ops {
 		s := o.stmt()
+		if o.kind == opMeta {
+			metas = append(metas, s)
+			continue
+		}
 		tag, err := e.tx.Exec(ctx, s.sql, s.args...)
 		if err == nil && s.want >= 0 && tag.RowsAffected() != s.want {
 			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), tag.RowsAffected(), s.want)}
@@ -1175,6 +1218,7 @@ func (e *executor) run(ctx context.Context, ops []op) error {
 	if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+save); err != nil {
 		return fmt.Errorf("apply: %w", err)
 	}
+	e.deferred = append(e.deferred, metas...)
 	return nil
 }
 
@@ -1186,18 +1230,41 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1})
 }
 
-// flush sends the merged row writes, then everything queued, in one
-// pipeline, and checks each statement's row count; then it copies in the
-// versions of keys that had none.
+// flush sends the merged row writes and everything queued, then the
+// versions, in pipelines, and checks each statement's row count; then it
+// copies in the versions of keys that had none.
+//
+// A key whose row was absent when read is held by nothing: it may hide
+// local writes the reader has not versioned yet (a row inserted and
+// deleted again looks like no row, or like the tombstone before it).
+// Versioned on top of an applied insert, they would record the applied
+// row as deleted. So when such a key gets a version, the rows are written
+// first (an inserted row now holds the key: later local writes to it wait
+// for this transaction), then the applier waits until the reader has
+// versioned every local commit before that point, and only then writes
+// the versions, each conditioned on the version the decision read: a key
+// versioned meanwhile fails the batch (retryable) and it is decided again.
+// No version row of this transaction exists while it waits, so the reader
+// is never blocked by it.
 func (e *executor) flush(ctx context.Context) error {
-	rows := e.bulk.rowStatements()
-	rest := append(e.bulk.metaStatements(), e.queued...)
-	newKeys, metas := e.bulk.newMetas(), e.bulk.metas
-	e.bulk, e.queued = bulk{}, nil
-	if err := e.pipeline(ctx, append(rows, rest...)); err != nil {
+	rows := append(e.bulk.rowStatements(), e.queued...)
+	metas := append(e.deferred, e.bulk.metaStatements()...)
+	newKeys, newMetas := e.bulk.newMetas(), e.bulk.metas
+	wait := e.unlockedKeys && e.waitReader != nil
+	e.bulk, e.queued, e.deferred, e.unlockedKeys = bulk{}, nil, nil, false
+	if wait {
+		if err := e.pipeline(ctx, rows); err != nil {
+			return err
+		}
+		if err := e.waitReader(ctx); err != nil {
+			return err
+		}
+		rows = nil
+	}
+	if err := e.pipeline(ctx, append(rows, metas...)); err != nil {
 		return err
 	}
-	return e.copyMetas(ctx, newKeys, metas)
+	return e.copyMetas(ctx, newKeys, newMetas)
 }
 
 // copyMetas inserts new versions with COPY (several times cheaper per row

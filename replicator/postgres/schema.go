@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 )
 
@@ -178,3 +179,24 @@ func OriginName(source string) string { return "polyregion_from_" + source }
 // BarrierPrefix is the logical message prefix the applier uses to wait for
 // the reader to version every local write committed before it.
 const BarrierPrefix = "polyregion.barrier"
+
+// EmitBarrier writes a barrier message to the WAL and returns its position;
+// the reader passes it once every local commit before it is versioned. conn
+// must not be inside a transaction. The message goes out in a transaction
+// of its own that takes a transaction id and commits with
+// synchronous_commit=local, so the commit flushes the WAL past the message:
+// the walsender decodes only flushed WAL, and a bare message may wait for
+// the WAL writer, seconds when the server is idle.
+func EmitBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	var lsn string
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text
+		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true), pg_catalog.pg_current_xact_id()) AS flush`, BarrierPrefix).Scan(&lsn)
+	if err != nil {
+		return 0, fmt.Errorf("emit barrier: %w", err)
+	}
+	l, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return 0, fmt.Errorf("barrier position %q: %w", lsn, err)
+	}
+	return l, nil
+}
