@@ -147,7 +147,7 @@ func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
 			}
 			return err
 		}
-		for _, priv := range []string{"SELECT", "INSERT", "UPDATE", "DELETE"} {
+		for _, priv := range []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRIGGER"} {
 			var ok bool
 			if err := conn.QueryRow(ctx, `SELECT pg_catalog.has_table_privilege(current_user, $1, $2)`, qualified(sh.Table), priv).Scan(&ok); err != nil {
 				return fmt.Errorf("preflight: %w", err)
@@ -190,6 +190,9 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 		WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)`, SlotName(region)); err != nil {
 		return fmt.Errorf("prepare replication slot %s: %w", SlotName(region), err)
 	}
+	if err := prepareTruncateCapture(ctx, conn, tables); err != nil {
+		return err
+	}
 	for _, p := range peers {
 		if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)
 			WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, OriginName(p)); err != nil {
@@ -197,4 +200,62 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 		}
 	}
 	return nil
+}
+
+// prepareTruncateCapture puts the TRUNCATE capture trigger on every
+// replicated table (replacing it, so a changed key is followed) and removes
+// it from tables no longer replicated.
+func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string) error {
+	want := map[string]bool{}
+	for _, t := range tables {
+		sh, err := LoadShape(ctx, conn, t)
+		if err != nil {
+			return fmt.Errorf("prepare truncate capture: %w", err)
+		}
+		want[t] = true
+		keys := make([]string, len(sh.Key))
+		for i, k := range sh.Key {
+			// format('%s', v) renders v with its type's output function,
+			// as the change stream does (a cast to text may not).
+			keys[i] = "pg_catalog.format('%s', " + quoteIdent(sh.Columns[k]) + ")"
+		}
+		stmt := fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.capture_truncate(%s, %s, %s)`,
+			quoteIdent(TruncateTrigger), qualified(t), quoteLiteral(t), quoteLiteral(strings.Join(keys, ", ")), quoteLiteral(qualified(t)))
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return fmt.Errorf("prepare truncate capture on %s: %w", t, err)
+		}
+	}
+	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
+		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE g.tgname = $1`, TruncateTrigger)
+	if err != nil {
+		return fmt.Errorf("prepare truncate capture: %w", err)
+	}
+	var stale []string
+	for rows.Next() {
+		var name string
+		if err := rows.Scan(&name); err != nil {
+			rows.Close()
+			return fmt.Errorf("prepare truncate capture: %w", err)
+		}
+		if !want[name] {
+			stale = append(stale, name)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("prepare truncate capture: %w", err)
+	}
+	for _, name := range stale {
+		if _, err := conn.Exec(ctx, fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(TruncateTrigger), qualified(name))); err != nil {
+			return fmt.Errorf("remove truncate capture from %s (no longer replicated): %w", name, err)
+		}
+	}
+	return nil
+}
+
+// quoteLiteral quotes a SQL string literal in the escape form (E'...'),
+// which reads the same whatever standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, "'", "''").Replace(s) + "'"
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -171,6 +172,9 @@ type pendingTxn struct {
 	// the last.
 	part int
 	more bool
+	// truncated names the tables whose TRUNCATE capture this transaction
+	// carried (their rows became deletes).
+	truncated map[string]bool
 }
 
 type rawChange struct {
@@ -210,6 +214,9 @@ func (r *Reader) Run(ctx context.Context) error {
 	rconf.RuntimeParams["DateStyle"] = "ISO"
 	rconf.RuntimeParams["IntervalStyle"] = "postgres"
 	rconf.RuntimeParams["extra_float_digits"] = "3"
+	// Values (keys above all) must read the same in every region, whatever
+	// each server's default time zone.
+	rconf.RuntimeParams["TimeZone"] = "UTC"
 	rconf.RuntimeParams["application_name"] = "polyregion-reader"
 	repl, err := pgconn.ConnectConfig(ctx, rconf)
 	if err != nil {
@@ -506,16 +513,29 @@ func (r *Reader) Run(ctx context.Context) error {
 					}
 				case *pglogrepl.TruncateMessage:
 					if cur != nil && !cur.remote {
-						names := []string{}
+						var missed []string
 						for _, id := range msg.RelationIDs {
-							if rel := rels[id]; rel != nil {
-								names = append(names, rel.name)
+							rel := rels[id]
+							if rel == nil {
+								continue
+							}
+							if _, ok := r.tables[rel.name]; ok && !cur.truncated[rel.name] {
+								missed = append(missed, rel.name)
 							}
 						}
-						r.cfg.Logger.Error("TRUNCATE of a replicated table is not replicated; other regions keep their rows", "tables", names, "xid", cur.xid)
+						if len(missed) > 0 {
+							r.cfg.Logger.Error("TRUNCATE without its capture trigger (disabled, dropped, or session_replication_role = replica): other regions keep these tables' rows; restart the replicator to put the trigger back", "tables", missed, "xid", cur.xid, "trigger", TruncateTrigger)
+						}
 					}
 				case *pglogrepl.LogicalDecodingMessage:
-					if msg.Prefix == BarrierPrefix && !msg.Transactional {
+					if msg.Prefix == TruncatePrefix && msg.Transactional {
+						if err := r.addTruncated(ctx, conn, cur, rels, msg.Content); err != nil {
+							return err
+						}
+						if err := streamIfLarge(); err != nil {
+							return err
+						}
+					} else if msg.Prefix == BarrierPrefix && !msg.Transactional {
 						if err := flush(); err != nil {
 							return err
 						}
@@ -686,6 +706,60 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 		}
 		cur.changes = append(cur.changes, ch)
 	}
+	return nil
+}
+
+// addTruncated turns one part of a TRUNCATE capture ("table\n" and a JSON
+// array of key value arrays, see polyregion.capture_truncate) into deletes
+// of the current transaction.
+func (r *Reader) addTruncated(ctx context.Context, conn *pgx.Conn, cur *pendingTxn, rels map[uint32]*relation, content []byte) error {
+	if cur == nil {
+		return fmt.Errorf("reader: TRUNCATE capture outside a transaction")
+	}
+	if cur.remote {
+		return nil
+	}
+	name, body, ok := strings.Cut(string(content), "\n")
+	if !ok {
+		return fmt.Errorf("reader: malformed TRUNCATE capture (no table name) in transaction %d", cur.xid)
+	}
+	if _, ok := r.tables[name]; !ok {
+		return nil
+	}
+	var rel *relation
+	for _, c := range rels {
+		if c.name == name && len(c.shape.Columns) > 0 {
+			rel = c
+			break
+		}
+	}
+	if rel == nil {
+		// The stream describes a relation before its first change; the
+		// capture comes before the TRUNCATE itself.
+		sh, err := LoadShape(ctx, conn, name)
+		if err != nil {
+			return fmt.Errorf("reader: TRUNCATE of %s: %w", name, err)
+		}
+		rel = &relation{name: name, shape: sh}
+	}
+	var keys [][]string
+	if err := json.Unmarshal([]byte(body), &keys); err != nil {
+		return fmt.Errorf("reader: malformed TRUNCATE capture of %s in transaction %d: %w", name, cur.xid, err)
+	}
+	for _, parts := range keys {
+		if len(parts) != len(rel.shape.Key) {
+			return fmt.Errorf("reader: TRUNCATE capture of %s carries %d key values, the table's key has %d columns", name, len(parts), len(rel.shape.Key))
+		}
+		key, err := json.Marshal(parts)
+		if err != nil {
+			return err
+		}
+		cur.changes = append(cur.changes, rawChange{rel: rel, op: conflict.OpDelete, key: string(key)})
+	}
+	if cur.truncated == nil {
+		cur.truncated = map[string]bool{}
+	}
+	cur.truncated[name] = true
 	return nil
 }
 

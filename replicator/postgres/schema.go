@@ -121,6 +121,38 @@ var schemaDDL = []string{
 			ALTER TABLE polyregion.row_version SET (fillfactor = 80);
 		END IF;
 	END $$`,
+	// TRUNCATE of a replicated table is captured by a BEFORE TRUNCATE
+	// trigger (see Prepare) that writes the keys of every row it removes to
+	// the WAL, as transactional logical messages inside the truncating
+	// transaction; the reader turns them into deletes, so other regions
+	// delete exactly the rows the TRUNCATE saw, with versions like any
+	// delete. Arguments: the table's name, its primary key columns each in
+	// the change stream's text form, the quoted table. The settings match
+	// the reader's replication session, so keys are byte-identical to the
+	// ones the stream carries.
+	`CREATE OR REPLACE FUNCTION polyregion.capture_truncate() RETURNS trigger
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = '3'
+	SET timezone = 'UTC' SET bytea_output = 'hex'
+	AS $fn$
+	DECLARE
+		keys text;
+	BEGIN
+		-- A snapshot older than the TRUNCATE's lock would miss rows it removes.
+		IF pg_catalog.current_setting('transaction_isolation') <> 'read committed' THEN
+			RAISE EXCEPTION 'TRUNCATE of replicated table % must run at READ COMMITTED isolation (this transaction is %): the rows it removes are deleted in every region, and an older snapshot would not list all of them', TG_ARGV[0], pg_catalog.current_setting('transaction_isolation')
+				USING ERRCODE = 'feature_not_supported';
+		END IF;
+		FOR keys IN EXECUTE pg_catalog.format(
+			'SELECT pg_catalog.json_agg(k)::text FROM (SELECT pg_catalog.json_build_array(%s) AS k, (pg_catalog.row_number() OVER () - 1) / 5000 AS part FROM ONLY %s) AS s GROUP BY part',
+			TG_ARGV[1], TG_ARGV[2])
+		LOOP
+			PERFORM pg_catalog.pg_logical_emit_message(true, 'polyregion.truncate', TG_ARGV[0] || E'\n' || keys);
+		END LOOP;
+		RETURN NULL;
+	END
+	$fn$`,
 	// Outbox payloads are compressed with lz4 where the server supports it:
 	// several times cheaper than the default pglz, for both the reader that
 	// writes them and the decoding that reads them back from the WAL.
@@ -175,6 +207,14 @@ func PublicationName(region string) string { return "polyregion_" + region }
 
 // OriginName is the replication origin applied changes from source carry.
 func OriginName(source string) string { return "polyregion_from_" + source }
+
+// TruncatePrefix is the logical message prefix of the keys a TRUNCATE of a
+// replicated table removed (see polyregion.capture_truncate).
+const TruncatePrefix = "polyregion.truncate"
+
+// TruncateTrigger is the BEFORE TRUNCATE trigger Prepare puts on every
+// replicated table.
+const TruncateTrigger = "polyregion_capture_truncate"
 
 // BarrierPrefix is the logical message prefix the applier uses to wait for
 // the reader to version every local write committed before it.
