@@ -138,22 +138,63 @@ type Txn struct {
 	More bool `json:"more,omitempty"`
 }
 
-// Encode serialises a transaction for the outbox and the wire.
-func (t *Txn) Encode() ([]byte, error) { return json.Marshal(t) }
+// Encode serialises a transaction for the outbox and the wire, in the
+// binary form (see codec.go).
+func (t *Txn) Encode() ([]byte, error) {
+	return t.appendBinary(make([]byte, 0, t.binarySize())), nil
+}
 
-// DecodeTxn is the inverse of Encode, with the checks a receiver needs.
+// DecodeTxn is the inverse of Encode, with the checks a receiver needs. It
+// also reads the JSON form earlier versions wrote, which may still sit in
+// outboxes.
 func DecodeTxn(b []byte) (*Txn, error) {
-	var t Txn
-	if err := json.Unmarshal(b, &t); err != nil {
-		return nil, fmt.Errorf("decode transaction: %w", err)
+	var t *Txn
+	switch {
+	case len(b) == 0:
+		return nil, fmt.Errorf("decode transaction: empty payload")
+	case b[0] == binaryMagic:
+		var err error
+		if t, err = decodeBinary(b); err != nil {
+			return nil, err
+		}
+	case isJSON(b):
+		t = new(Txn)
+		if err := json.Unmarshal(b, t); err != nil {
+			return nil, fmt.Errorf("decode transaction: %w", err)
+		}
+	default:
+		return nil, fmt.Errorf("decode transaction: payload starts with byte 0x%02x, neither the binary form nor JSON", b[0])
+	}
+	if err := t.check(); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// check validates what the rest of the replicator relies on: shapes whose
+// types and key match their columns, and changes that name a shape, a known
+// operation and, except deletes, a value for every column.
+func (t *Txn) check() error {
+	for i, s := range t.Shapes {
+		if len(s.Types) != len(s.Columns) {
+			return fmt.Errorf("decode transaction %s/%d: shape %d (%s) has %d types for %d columns", t.Origin, t.Seq, i, s.Table, len(s.Types), len(s.Columns))
+		}
+		for _, k := range s.Key {
+			if k < 0 || k >= len(s.Columns) {
+				return fmt.Errorf("decode transaction %s/%d: shape %d (%s) has key column %d of %d", t.Origin, t.Seq, i, s.Table, k, len(s.Columns))
+			}
+		}
 	}
 	for i, c := range t.Changes {
 		if c.T < 0 || c.T >= len(t.Shapes) {
-			return nil, fmt.Errorf("decode transaction %s/%d: change %d names shape %d of %d", t.Origin, t.Seq, i, c.T, len(t.Shapes))
+			return fmt.Errorf("decode transaction %s/%d: change %d names shape %d of %d", t.Origin, t.Seq, i, c.T, len(t.Shapes))
+		}
+		if c.Op < conflict.OpInsert || c.Op > conflict.OpDelete {
+			return fmt.Errorf("decode transaction %s/%d: change %d has unknown operation %d", t.Origin, t.Seq, i, int(c.Op))
 		}
 		if c.Op != conflict.OpDelete && len(c.Row) != len(t.Shapes[c.T].Columns) {
-			return nil, fmt.Errorf("decode transaction %s/%d: change %d has %d values for %d columns", t.Origin, t.Seq, i, len(c.Row), len(t.Shapes[c.T].Columns))
+			return fmt.Errorf("decode transaction %s/%d: change %d has %d values for %d columns", t.Origin, t.Seq, i, len(c.Row), len(t.Shapes[c.T].Columns))
 		}
 	}
-	return &t, nil
+	return nil
 }
