@@ -549,10 +549,8 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 			read[k.tbl] = append(read[k.tbl], k.key)
 		}
 	}
-	for tbl, keys := range read {
-		if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
-			return err
-		}
+	if err := a.readTablesRows(ctx, tx, shapes, read, states); err != nil {
+		return err
 	}
 	metas, err := loadMeta(ctx, tx, keys)
 	if err != nil {
@@ -589,10 +587,8 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			again[k.tbl] = append(again[k.tbl], k.key)
 		}
-		for tbl, keys := range again {
-			if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
-				return err
-			}
+		if err := a.readTablesRows(ctx, tx, shapes, again, states); err != nil {
+			return err
 		}
 		metas, err = loadMeta(ctx, tx, stale)
 		if err != nil {
@@ -671,6 +667,25 @@ func unversioned(s *rowState) bool {
 		return s.meta == nil || s.meta.xid != s.xmin
 	}
 	return s.meta != nil && !s.meta.version.Deleted
+}
+
+// readTablesRows reads (and locks) rows table by table in name order, each
+// table's in key order: every applier takes row locks in the same order, so
+// two appliers reading overlapping rows never deadlock each other.
+func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
+	tables := make([]string, 0, len(byTable))
+	for tbl := range byTable {
+		tables = append(tables, tbl)
+	}
+	sort.Strings(tables)
+	for _, tbl := range tables {
+		keys := byTable[tbl]
+		sort.Strings(keys)
+		if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Shape, keys []string, states map[metaKey]*rowState) error {
