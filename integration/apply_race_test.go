@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pglogrepl"
+
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator"
@@ -278,4 +280,38 @@ func TestAppliedInsertAfterUnversionedLocalDelete(t *testing.T) {
 		t.Fatalf("row 1: %d rows here, its version %s deleted=%v: the row and its version disagree", rows, vv, deleted)
 	}
 	t.Logf("row 1: %d rows, version %s deleted=%v", rows, vv, deleted)
+}
+
+// TestEmitBarrierFlushesTheWAL: a barrier is decoded only once the WAL holding
+// it is flushed; EmitBarrier flushes it itself (even in a session with
+// synchronous_commit off) instead of leaving it to the WAL writer, which
+// made every wait for the reader last up to its delay.
+func TestEmitBarrierFlushesTheWAL(t *testing.T) {
+	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}})
+	ctx := ctxFor(t, time.Minute)
+	conn, err := h.Regions[0].Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `SET synchronous_commit = off`); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 5; i++ {
+		l, err := postgres.EmitBarrier(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var flushed string
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_flush_lsn()::text`).Scan(&flushed); err != nil {
+			t.Fatal(err)
+		}
+		f, err := pglogrepl.ParseLSN(flushed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f < l {
+			t.Fatalf("barrier %d at %s, WAL flushed only to %s: the reader cannot see it until the WAL writer runs", i, l, f)
+		}
+	}
 }

@@ -229,8 +229,11 @@ const BarrierPrefix = "polyregion.barrier"
 // the WAL writer, seconds when the server is idle.
 func EmitBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
 	var lsn string
-	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, '')::text
-		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true), pg_catalog.pg_current_xact_id()) AS flush`, BarrierPrefix).Scan(&lsn)
+	// The transaction id is the message's content: a function result the
+	// query does not use would be planned away (pg_current_xact_id is
+	// stable), and the transaction would commit without a record to flush.
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, pg_catalog.pg_current_xact_id()::text)::text
+		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, BarrierPrefix).Scan(&lsn)
 	if err != nil {
 		return 0, fmt.Errorf("emit barrier: %w", err)
 	}
