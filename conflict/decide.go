@@ -174,16 +174,18 @@ func Decide(p Policy, local Version, localExists bool, remote Version, op Op) De
 			Origin:  remote.Origin,
 			Deleted: op == OpDelete,
 		}
-		d.Reason = fmt.Sprintf("causal: remote vector %q dominates local %q", remote.Vector.String(), local.Vector.String())
+		// Constant texts on the paths every applied row takes (the vectors
+		// are in Result): formatting them was a tenth of the applier's CPU.
+		d.Reason = "causal: remote vector dominates local"
 		return d
 	case After, Equal:
 		d.Action = Skip
 		d.Result = local.Clone()
 		d.Result.Vector = Merge(local.Vector, remote.Vector)
 		if order == Equal {
-			d.Reason = fmt.Sprintf("causal: remote vector %q equals local (already applied)", remote.Vector.String())
+			d.Reason = "causal: remote vector equals local (already applied)"
 		} else {
-			d.Reason = fmt.Sprintf("causal: local vector %q already includes remote %q", local.Vector.String(), remote.Vector.String())
+			d.Reason = "causal: local vector already includes remote"
 		}
 		return d
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -354,7 +355,11 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	// local table pauses that table, and it and every later change of the
 	// table are parked (in order); changes before it apply as usual. Then
 	// read every touched row and its version, locking the rows that exist.
-	states := map[metaKey]*rowState{}
+	n := 0
+	for _, t := range txns {
+		n += len(t.Changes)
+	}
+	states := make(map[metaKey]*rowState, n)
 	byTable := map[string][]string{}
 	// Keys whose first change here is an insert from the source: in the
 	// fast path, unless the last attempt failed, they are assumed absent
@@ -362,7 +367,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	// the assumption: the insert affects no row if the row exists, and the
 	// version's COPY fails if a version other than a tombstone is recorded;
 	// either fails the batch, and the retry reads every row.
-	probe := map[metaKey]bool{}
+	probe := make(map[metaKey]bool, n)
 	optimistic := !ex.careful && !a.readAll
 	shapeOf := map[string]replicator.Shape{}
 	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
@@ -1434,8 +1439,7 @@ type bulk struct {
 type group struct {
 	kind opKind
 	sh   *replicator.Shape
-	sig  string
-	cols []int
+	cols []int // updates: the columns set
 	keys map[string]bool
 	ops  []op
 }
@@ -1459,19 +1463,15 @@ func (b *bulk) add(o op) {
 		return
 	}
 	var cols []int
-	sig := strconv.Itoa(int(o.kind)) + "|" + o.sh.Table
 	if o.kind == opUpdate {
 		cols = o.setCols()
-		for _, c := range cols {
-			sig += "," + strconv.Itoa(c)
-		}
 	}
 	var g *group
 	if n := len(b.groups); n > 0 {
 		g = b.groups[n-1]
 	}
-	if g == nil || g.sig != sig || g.keys[o.key] {
-		g = &group{kind: o.kind, sh: o.sh, sig: sig, cols: cols, keys: map[string]bool{}}
+	if g == nil || g.kind != o.kind || g.sh.Table != o.sh.Table || !slices.Equal(g.cols, cols) || g.keys[o.key] {
+		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: map[string]bool{}}
 		b.groups = append(b.groups, g)
 	}
 	g.keys[o.key] = true
