@@ -601,7 +601,13 @@ func (f *follower) applyWithRetry(ctx context.Context, a *postgres.Applier, batc
 			return 0, fmt.Errorf("apply %d transactions from %s (seq %d..%d): %w", len(batch), f.peer.ID, batch[0].Seq, batch[len(batch)-1].Seq, err)
 		}
 		f.mon.Metrics().Error(obs.ErrApplyRetry)
-		f.log.Debug("apply retry", "attempt", attempt, "err", err)
+		if attempt%5 == 0 {
+			// A batch that keeps failing (lock waits, a stalled reader)
+			// shows at the default level, not only in the metrics.
+			f.log.Warn("apply keeps retrying", "attempt", attempt, "of", 20, "seq_from", batch[0].Seq, "seq_to", batch[len(batch)-1].Seq, "err", err)
+		} else {
+			f.log.Debug("apply retry", "attempt", attempt, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
