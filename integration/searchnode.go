@@ -14,7 +14,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -89,18 +88,13 @@ func StartSearchNode(ctx context.Context, kind SearchKind, dir string) (*SearchN
 	if err != nil {
 		return nil, err
 	}
-	httpPort, err := searchFreePort()
+	httpPort, err := FreePort()
 	if err != nil {
 		return nil, err
 	}
-	transportPort, err := searchFreePort()
+	transportPort, err := FreePort()
 	if err != nil {
 		return nil, err
-	}
-	for transportPort == httpPort {
-		if transportPort, err = searchFreePort(); err != nil {
-			return nil, err
-		}
 	}
 	n := &SearchNode{
 		Kind:          kind,
@@ -370,15 +364,6 @@ func searchCleanExit(err error) bool {
 		return ee.ExitCode() == 143
 	}
 	return false
-}
-
-func searchFreePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
 }
 
 // SearchNodeProjectDir is the Maven project that builds the launchers.
