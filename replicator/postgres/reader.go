@@ -1319,6 +1319,11 @@ func connect(ctx context.Context, connString string, params map[string]string) (
 	cfg.RuntimeParams["DateStyle"] = "ISO"
 	cfg.RuntimeParams["IntervalStyle"] = "postgres"
 	cfg.RuntimeParams["extra_float_digits"] = "3"
+	// Text forms of timestamptz values (row images handed to custom
+	// resolvers and logged with conflicts, keys, search documents) must
+	// read the same in every region, as the change stream's do, whatever
+	// the server's or the role's default time zone.
+	cfg.RuntimeParams["TimeZone"] = "UTC"
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "polyregion"
 	}
