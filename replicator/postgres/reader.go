@@ -466,6 +466,13 @@ func (r *Reader) Run(ctx context.Context) error {
 				if err != nil {
 					return fmt.Errorf("reader: xlogdata: %w", err)
 				}
+				if cur != nil && cur.remote && skippableRowMessage(xld.WALData) {
+					// A row of an applied transaction (or of one versioned
+					// before a restart): nothing to version or ship, so it
+					// is not decoded. Most of what a receiving region's
+					// stream carries is such rows.
+					continue
+				}
 				msg, err := pglogrepl.Parse(xld.WALData)
 				if err != nil {
 					return fmt.Errorf("reader: decode pgoutput message at %s: %w", xld.WALStart, err)
@@ -1332,4 +1339,18 @@ func connect(ctx context.Context, connString string, params map[string]string) (
 		return nil, fmt.Errorf("connect to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
 	}
 	return conn, nil
+}
+
+// skippableRowMessage reports whether a pgoutput message is a row change
+// (insert, update or delete), which a transaction the reader does not
+// version can skip undecoded.
+func skippableRowMessage(data []byte) bool {
+	if len(data) == 0 {
+		return false
+	}
+	switch pglogrepl.MessageType(data[0]) {
+	case pglogrepl.MessageTypeInsert, pglogrepl.MessageTypeUpdate, pglogrepl.MessageTypeDelete:
+		return true
+	}
+	return false
 }
