@@ -274,10 +274,7 @@ func replConn(ctx context.Context, connString, app string) (*pgconn.PgConn, erro
 		return nil, fmt.Errorf("parse connection string: %w", err)
 	}
 	rc.RuntimeParams["replication"] = "database"
-	rc.RuntimeParams["DateStyle"] = "ISO"
-	rc.RuntimeParams["IntervalStyle"] = "postgres"
-	rc.RuntimeParams["extra_float_digits"] = "3"
-	rc.RuntimeParams["TimeZone"] = "UTC" // as the backfill's sessions (postgres.Connect)
+	postgres.SetTextForms(rc.RuntimeParams) // as the backfill's sessions (postgres.Connect)
 	rc.RuntimeParams["application_name"] = app
 	c, err := pgconn.ConnectConfig(ctx, rc)
 	if err != nil {

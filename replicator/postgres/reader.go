@@ -211,12 +211,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		return fmt.Errorf("reader: parse connection string: %w", err)
 	}
 	rconf.RuntimeParams["replication"] = "database"
-	rconf.RuntimeParams["DateStyle"] = "ISO"
-	rconf.RuntimeParams["IntervalStyle"] = "postgres"
-	rconf.RuntimeParams["extra_float_digits"] = "3"
-	// Values (keys above all) must read the same in every region, whatever
-	// each server's default time zone.
-	rconf.RuntimeParams["TimeZone"] = "UTC"
+	SetTextForms(rconf.RuntimeParams)
 	rconf.RuntimeParams["application_name"] = "polyregion-reader"
 	repl, err := pgconn.ConnectConfig(ctx, rconf)
 	if err != nil {
@@ -1314,6 +1309,18 @@ func connectDataPlane(ctx context.Context, connString string) (*pgx.Conn, error)
 	return connect(ctx, connString, map[string]string{"enable_hashjoin": "off", "enable_mergejoin": "off"})
 }
 
+// SetTextForms sets the session parameters that fix values' text forms, so
+// that keys, row images (handed to custom resolvers, logged with conflicts)
+// and search documents read the same in every region, whatever each
+// server's or role's defaults: every session that reads rows or the change
+// stream uses them.
+func SetTextForms(params map[string]string) {
+	params["DateStyle"] = "ISO"
+	params["IntervalStyle"] = "postgres"
+	params["extra_float_digits"] = "3"
+	params["TimeZone"] = "UTC"
+}
+
 func connect(ctx context.Context, connString string, params map[string]string) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
@@ -1323,14 +1330,7 @@ func connect(ctx context.Context, connString string, params map[string]string) (
 		cfg.RuntimeParams[k] = v
 	}
 	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
-	cfg.RuntimeParams["DateStyle"] = "ISO"
-	cfg.RuntimeParams["IntervalStyle"] = "postgres"
-	cfg.RuntimeParams["extra_float_digits"] = "3"
-	// Text forms of timestamptz values (row images handed to custom
-	// resolvers and logged with conflicts, keys, search documents) must
-	// read the same in every region, as the change stream's do, whatever
-	// the server's or the role's default time zone.
-	cfg.RuntimeParams["TimeZone"] = "UTC"
+	SetTextForms(cfg.RuntimeParams)
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "polyregion"
 	}
