@@ -41,6 +41,13 @@ type ApplierConfig struct {
 	// OnCommit, when set, is called after each apply transaction commits
 	// (for metrics); it must not block.
 	OnCommit func(CommitStats)
+	// Order is the order in which rows of different tables are locked;
+	// every applier of a process shares one (nil: one of its own).
+	Order *replicator.TableOrder
+	// LockTimeout bounds each wait for a row lock an application holds
+	// (default 200ms): the applier gives way instead of holding its rows
+	// while it waits, and retries in smaller transactions (see Apply).
+	LockTimeout time.Duration
 }
 
 // CommitStats describes one committed apply transaction.
@@ -73,6 +80,8 @@ type Applier struct {
 	// readAll: the last attempt failed, so the next one reads every row it
 	// touches (see applyChanges).
 	readAll bool
+	// gate sizes local transactions under lock contention (see Apply).
+	gate contention
 }
 
 // Errors an operator may need to act on.
@@ -114,7 +123,13 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if cfg.BarrierTimeout <= 0 {
 		cfg.BarrierTimeout = 30 * time.Second
 	}
-	conn, err := connectDataPlane(ctx, cfg.ConnString)
+	if cfg.Order == nil {
+		cfg.Order = replicator.NewTableOrder()
+	}
+	if cfg.LockTimeout <= 0 {
+		cfg.LockTimeout = 200 * time.Millisecond
+	}
+	conn, err := connectApplier(ctx, cfg.ConnString, string(cfg.Source), cfg.LockTimeout)
 	if err != nil {
 		return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
 	}
@@ -122,7 +137,8 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}
-	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, paused: map[string]string{}}, nil
+	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, paused: map[string]string{},
+		gate: newContention(cfg.LockTimeout)}, nil
 }
 
 // Close ends the applier's session.
@@ -198,13 +214,41 @@ func (s *rowState) version() conflict.Version {
 // skipped; a gap is an error (ErrGap). On a data error (foreign key, unique
 // violation on a secondary index, check constraint) the batch is re-applied
 // change by change and the failing changes are parked with the error.
+//
+// Under lock contention with applications the batch goes in several local
+// transactions, each atomic with its progress: a wait for a row lock longer
+// than the lock timeout fails the attempt (the applier gives way to the
+// application), and later attempts apply fewer source transactions at a
+// time, down to one, and wait longer (see contention). A failed attempt may
+// have committed a first part; calling Apply again with the same batch
+// skips what was applied.
 func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator.Seq, error) {
+	if err := a.gate.sync(ctx, a.conn); err != nil {
+		return 0, err
+	}
+	var last replicator.Seq
+	for len(txns) > 0 {
+		n := a.gate.chunk(len(txns))
+		seq, err := a.applyChunk(ctx, txns[:n])
+		a.readAll = err != nil
+		if err != nil {
+			if isLockFailure(err) {
+				a.gate.failed(n)
+			}
+			return last, err
+		}
+		a.gate.succeeded()
+		last, txns = seq, txns[n:]
+	}
+	return last, nil
+}
+
+func (a *Applier) applyChunk(ctx context.Context, txns []*replicator.Txn) (replicator.Seq, error) {
 	last, err := a.apply(ctx, txns, false)
 	if err != nil && isDataError(err) {
 		a.cfg.Logger.Warn("apply batch hit a data error; re-applying change by change", "source", a.cfg.Source, "err", err)
 		last, err = a.apply(ctx, txns, true)
 	}
-	a.readAll = err != nil
 	return last, err
 }
 
@@ -300,7 +344,15 @@ var ErrNeedsCareful = errors.New("large transaction needs a change-by-change app
 // transaction with the source's progress, holding one part in memory at a
 // time. A transaction already applied is consumed and skipped.
 func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next func() (*replicator.Txn, error), careful bool) (seq replicator.Seq, err error) {
-	defer func() { a.readAll = err != nil }()
+	defer func() {
+		a.readAll = err != nil
+		if isLockFailure(err) {
+			a.gate.failed(1)
+		}
+	}()
+	if err := a.gate.sync(ctx, a.conn); err != nil {
+		return 0, err
+	}
 	if first.Origin != a.cfg.Source || first.Part != 0 {
 		return 0, fmt.Errorf("apply: large transaction from %s must start at part 0 of the link's source %s (got %s/%d part %d)", first.Origin, a.cfg.Source, first.Origin, first.Seq, first.Part)
 	}
@@ -372,7 +424,15 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	shapeOf := map[string]replicator.Shape{}
 	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
 	parkWhy := map[*replicator.Change]string{}
+	var written []string // one transaction's tables, in the order it first wrote them
 	for _, t := range txns {
+		written = written[:0]
+		for i := range t.Changes {
+			if tbl := t.Shapes[t.Changes[i].T].Table; !slices.Contains(written, tbl) {
+				written = append(written, tbl)
+			}
+		}
+		a.cfg.Order.Observe(written)
 		for i := range t.Changes {
 			c := &t.Changes[i]
 			sh := t.Shapes[c.T]
@@ -674,15 +734,18 @@ func unversioned(s *rowState) bool {
 	return s.meta != nil && !s.meta.version.Deleted
 }
 
-// readTablesRows reads (and locks) rows table by table in name order, each
-// table's in key order: every applier takes row locks in the same order, so
-// two appliers reading overlapping rows never deadlock each other.
+// readTablesRows reads (and locks) rows table by table in the order the
+// applications write them (replicator.TableOrder), each table's in key
+// order: every applier of the process takes row locks in the same order, so
+// two appliers reading overlapping rows never deadlock each other, and an
+// applier never closes a lock cycle with an application that writes its
+// tables in that order.
 func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
 	tables := make([]string, 0, len(byTable))
 	for tbl := range byTable {
 		tables = append(tables, tbl)
 	}
-	sort.Strings(tables)
+	a.cfg.Order.Sort(tables)
 	for _, tbl := range tables {
 		keys := byTable[tbl]
 		sort.Strings(keys)
