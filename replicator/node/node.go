@@ -458,7 +458,7 @@ func (f *follower) once(ctx context.Context) error {
 			for i, c := range s.Conflicts {
 				cs[i] = obs.Conflict(c)
 			}
-			f.mon.Metrics().Applied(string(f.peer.ID), s.Txns, s.Changes, s.Parked, cs, s.Duration)
+			f.mon.Metrics().Applied(string(f.peer.ID), s.Txns, s.Changes, s.Parked, cs, s.Merged, s.Duration)
 			f.mon.PeerApplied(f.peer.ID, uint64(s.LastSeq), s.LastCommitUnix)
 		},
 	})

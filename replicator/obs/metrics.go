@@ -57,6 +57,7 @@ type Metrics struct {
 	appliedRows *prometheus.CounterVec
 	applyDur    *prometheus.HistogramVec
 	conflicts   *prometheus.CounterVec
+	merged      *prometheus.CounterVec
 	parkedTotal *prometheus.CounterVec
 	errors      *prometheus.CounterVec
 	backlog     *prometheus.GaugeVec
@@ -94,6 +95,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.parkedTotal = f.counterVec("polyregion_parked_total", "Changes from the peer parked (could not be applied yet).", peer)
 	m.backlog = f.gaugeVec("polyregion_outbox_backlog_transactions", "This region's transactions the peer has not confirmed yet.", peer)
 	m.conflicts = f.counterVec("polyregion_conflicts_total", "Concurrent writes resolved here and logged, by table, what collided and the table's policy.", []string{"table", "kind", "policy"})
+	m.merged = f.counterVec("polyregion_merged_updates_total", "Concurrent updates of rows whose columns are all key or counter columns, resolved here with every increment kept and nothing overwritten (not logged as conflicts).", peer)
 	m.errors = f.counterVec("polyregion_errors_total", "Errors by kind.", []string{"kind"})
 	m.health = f.gaugeVec("polyregion_health_status", "1 for the status /health reports (serving, degraded, unavailable), 0 for the others.", []string{"state"})
 
@@ -113,7 +115,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 		for _, v := range []*prometheus.GaugeVec{m.lagSeconds, m.lagTxns, m.linkUp, m.backlog} {
 			v.WithLabelValues(string(p))
 		}
-		for _, v := range []*prometheus.CounterVec{m.shippedTxns, m.shippedRows, m.shippedB, m.appliedTxns, m.appliedRows, m.parkedTotal} {
+		for _, v := range []*prometheus.CounterVec{m.shippedTxns, m.shippedRows, m.shippedB, m.appliedTxns, m.appliedRows, m.parkedTotal, m.merged} {
 			v.WithLabelValues(string(p))
 		}
 		m.applyDur.WithLabelValues(string(p))
@@ -163,8 +165,11 @@ func (m *Metrics) Shipped(peer string, rows, bytes int, lastPart bool) {
 type Conflict struct{ Table, Kind, Policy string }
 
 // Applied counts one committed apply transaction from peer.
-func (m *Metrics) Applied(peer string, txns, rows, parked int, conflicts []Conflict, d time.Duration) {
+func (m *Metrics) Applied(peer string, txns, rows, parked int, conflicts []Conflict, merged int, d time.Duration) {
 	m.appliedTxns.WithLabelValues(peer).Add(float64(txns))
+	if merged > 0 {
+		m.merged.WithLabelValues(peer).Add(float64(merged))
+	}
 	m.appliedRows.WithLabelValues(peer).Add(float64(rows))
 	m.applyDur.WithLabelValues(peer).Observe(d.Seconds())
 	if parked > 0 {

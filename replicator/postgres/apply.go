@@ -56,7 +56,10 @@ type CommitStats struct {
 	Changes   int // row changes taken in: applied, skipped as older, or parked
 	Parked    int
 	Conflicts []ConflictStat // one per conflict logged
-	LastSeq   replicator.Seq
+	// Merged counts concurrent updates of counter-only rows: resolved with
+	// nothing lost, so not logged (see applyChange).
+	Merged  int
+	LastSeq replicator.Seq
 	// LastCommitUnix is the source commit time of the last transaction
 	// (microseconds since the Unix epoch).
 	LastCommitUnix int64
@@ -74,6 +77,8 @@ type Applier struct {
 	conn   *pgx.Conn
 	side   *pgx.Conn // emits barriers (opened when first needed)
 	shapes map[string]replicator.Shape
+	// full: the local table has REPLICA IDENTITY FULL (loaded with shapes).
+	full map[string]bool
 	// paused holds tables whose shape differs from the source's: their
 	// changes are parked, in order, until an operator resumes them.
 	paused map[string]string
@@ -137,7 +142,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}
-	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, paused: map[string]string{},
+	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, paused: map[string]string{},
 		gate: newContention(cfg.LockTimeout)}, nil
 }
 
@@ -312,7 +317,7 @@ func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn
 		return 0, fmt.Errorf("apply: commit: %w", err)
 	}
 	if a.cfg.OnCommit != nil {
-		a.cfg.OnCommit(CommitStats{Txns: ex.txns, Changes: ex.changes, Parked: ex.parked, Conflicts: ex.conflicts,
+		a.cfg.OnCommit(CommitStats{Txns: ex.txns, Changes: ex.changes, Parked: ex.parked, Conflicts: ex.conflicts, Merged: ex.merged,
 			LastSeq: last.Seq, LastCommitUnix: last.CommitUnix, Duration: time.Since(ex.started)})
 	}
 	return last.Seq, nil
@@ -424,6 +429,8 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	shapeOf := map[string]replicator.Shape{}
 	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
 	parkWhy := map[*replicator.Change]string{}
+	uses := make(map[metaKey]*keyUse, n)
+	var keys []metaKey   // in the order of their first change
 	var written []string // one transaction's tables, in the order it first wrote them
 	for _, t := range txns {
 		written = written[:0]
@@ -459,14 +466,30 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 				shapeOf[sh.Table] = sh
 			}
 			k := metaKey{sh.Table, c.Key}
-			if _, ok := states[k]; !ok {
-				states[k] = &rowState{}
-				if optimistic && c.Op == conflict.OpInsert {
-					probe[k] = true
-				} else {
-					byTable[sh.Table] = append(byTable[sh.Table], c.Key)
-				}
+			folds := c.Op == conflict.OpUpdate && a.countersOnly(sh)
+			if u, ok := uses[k]; ok {
+				u.folds = u.folds && folds
+			} else {
+				uses[k] = &keyUse{first: c.Op, folds: folds}
+				keys = append(keys, k)
 			}
+		}
+	}
+	// Keys that only take updates of counter-only rows are not read: their
+	// increments are added in place (see foldCounters). The others are read
+	// and decided one change at a time.
+	folded := map[metaKey]bool{}
+	for _, k := range keys {
+		u := uses[k]
+		if optimistic && u.folds {
+			folded[k] = true
+			continue
+		}
+		states[k] = &rowState{}
+		if optimistic && u.first == conflict.OpInsert {
+			probe[k] = true
+		} else {
+			byTable[k.tbl] = append(byTable[k.tbl], k.key)
 		}
 	}
 	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
@@ -488,7 +511,14 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 				ex.park(a.cfg.Source, t.Seq, sh, c, "table paused: "+reason)
 				continue
 			}
-			if err := a.applyChange(ctx, ex, t, sh, c, states[metaKey{sh.Table, c.Key}]); err != nil {
+			k := metaKey{sh.Table, c.Key}
+			if folded[k] {
+				if err := ex.bulk.fold(k, sh, c, int64(t.Seq)); err != nil {
+					return 0, err
+				}
+				continue
+			}
+			if err := a.applyChange(ctx, ex, t, sh, c, states[k]); err != nil {
 				return 0, err
 			}
 		}
@@ -506,6 +536,7 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 	// Shapes may have been fixed by an operator since.
 	a.paused = map[string]string{}
 	a.shapes = map[string]replicator.Shape{}
+	a.full = map[string]bool{}
 	rows, err := a.conn.Query(ctx, `SELECT id, seq, change, shape FROM polyregion.parked
 		WHERE source = $1 AND resolved_at IS NULL ORDER BY id LIMIT $2`, string(a.cfg.Source), limit)
 	if err != nil {
@@ -574,7 +605,12 @@ func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shap
 			}
 			return "", fmt.Errorf("apply: %w", err)
 		}
+		full, err := identityFull(ctx, tx, src.Table)
+		if err != nil {
+			return "", fmt.Errorf("apply: %w", err)
+		}
 		a.shapes[src.Table] = local
+		a.full[src.Table] = full
 	}
 	if d := local.Diff(src); d != "" {
 		return fmt.Sprintf("shape of %s differs from region %s: %s", src.Table, a.cfg.Source, d), nil
@@ -831,7 +867,13 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	local := s.version()
 	localExists := s.exists || s.meta != nil
 	d := conflict.Decide(pol, local, localExists, c.Version, c.Op)
-	if d.Conflict {
+	// A concurrent update of a row whose columns are all key or counter
+	// columns loses nothing, whichever write wins: both writes' increments
+	// are kept (below) and there is nothing else to overwrite. It is
+	// counted, not logged row by row (on the counters every region
+	// increments, nearly every applied change is such a pair).
+	merged := d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && onlyCounters(sh, pol)
+	if d.Conflict && !merged {
 		// The local row's image goes into the conflict log (and to a
 		// custom resolver); it is read only when needed.
 		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
@@ -963,7 +1005,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if s.unlocked {
 		ex.unlockedKeys = true
 	}
-	if d.Conflict {
+	if d.Conflict && !merged {
 		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
 	}
 	nm.tupleXmin = ownTuple
@@ -976,10 +1018,27 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 		return err
 	}
-	if d.Conflict {
+	switch {
+	case merged:
+		ex.merged++
+	case d.Conflict:
 		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: policyLabel(pol)})
 	}
 	return nil
+}
+
+// onlyCounters reports whether every column of the table that is not in
+// its primary key is a counter.
+func onlyCounters(sh replicator.Shape, pol conflict.Policy) bool {
+	if len(pol.Counters) == 0 {
+		return false
+	}
+	for i, col := range sh.Columns {
+		if !isKeyCol(sh, i) && !pol.IsCounter(col) {
+			return false
+		}
+	}
+	return true
 }
 
 // ensureImage loads the local row's image unless it is known. A row this
@@ -1236,6 +1295,7 @@ type executor struct {
 	// parked instead of failing the transaction.
 	parkOnError bool
 	bulk        bulk
+	order       *replicator.TableOrder // for the rows foldStatements writes
 	queued      []stmt
 	n           int
 	xid         uint32 // this transaction's xid, once asked for
@@ -1251,11 +1311,12 @@ type executor struct {
 	txns, changes int
 	parked        int
 	conflicts     []ConflictStat
+	merged        int
 }
 
 // executor starts the writes of one apply transaction.
 func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
-	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns}
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order}
 	if a.cfg.Versioner != nil {
 		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0) }
 	}
@@ -1331,7 +1392,8 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 // is never blocked by it.
 func (e *executor) flush(ctx context.Context) error {
 	rows := append(e.bulk.rowStatements(), e.queued...)
-	metas := append(e.deferred, e.bulk.metaStatements()...)
+	metas := append(e.deferred, e.bulk.foldStatements(e.order)...)
+	metas = append(metas, e.bulk.metaStatements()...)
 	newKeys, newMetas := e.bulk.newMetas(), e.bulk.metas
 	wait := e.unlockedKeys && e.waitReader != nil
 	e.bulk, e.queued, e.deferred, e.unlockedKeys = bulk{}, nil, nil, false
@@ -1496,7 +1558,11 @@ type bulk struct {
 	metas     map[metaKey]*meta
 	metaNew   map[metaKey]bool   // keys without a row_version tuple when read
 	metaXmin  map[metaKey]string // the others: their tuple's xmin as read
+	metaFold  map[metaKey]bool   // folded into the recorded version (see fold)
 	others    []stmt
+	// folds: counter-only rows' updates, added in place (see fold).
+	folds     map[metaKey]*foldRow
+	foldOrder []metaKey
 }
 
 type group struct {
@@ -1570,13 +1636,20 @@ func (b *bulk) metaStatements() []stmt {
 		// Each over its tuple as read: one that changed (or went) since
 		// fails the batch, which is then decided again on what is there.
 		var mw metaWriter
+		var fold []bool
+		anyFold := false
 		for _, k := range b.metaOrder {
 			if !b.metaNew[k] {
 				mw.add(k, b.metas[k])
 				mw.tupleXmin = append(mw.tupleXmin, b.metaXmin[k])
+				fold = append(fold, b.metaFold[k])
+				anyFold = anyFold || b.metaFold[k]
 			}
 		}
-		if len(mw.key) > 0 {
+		switch {
+		case anyFold:
+			out = append(out, stmt{sql: foldMetaSQL, args: append(mw.args(), mw.tupleXmin, fold), want: int64(len(mw.key))})
+		case len(mw.key) > 0:
 			out = append(out, stmt{sql: updateMetaSQL, args: append(mw.args(), mw.tupleXmin), want: int64(len(mw.key))})
 		}
 	}

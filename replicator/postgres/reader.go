@@ -1157,10 +1157,30 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			}
 			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			pol := r.tables[c.rel.name].Policy
+			// With REPLICA IDENTITY FULL the WAL carries the row as this
+			// write found it: the counters' old values come from there.
+			// They are exact whatever the recorded version says (an
+			// applier adds peers' increments to counter-only rows without
+			// rewriting their recorded sums, see the applier's
+			// blindCounters).
+			oldRow := c.old
+			if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
+				oldRow = nil
+			}
 			if len(pol.Counters) > 0 && c.op == conflict.OpDelete {
 				// A tombstone keeps the counters' sums: deltas that arrive
 				// while the row is deleted still count.
 				nm.counters = prior.counters
+				if oldRow != nil {
+					nm.counters = map[string]string{}
+					for _, col := range pol.Counters {
+						if i := indexOf(c.rel.shape.Columns, col); i >= 0 && i < len(oldRow) && !oldRow[i].Unchanged {
+							nm.counters[col] = oldRow[i].Text // "" for NULL
+						} else {
+							nm.counters[col] = prior.counters[col]
+						}
+					}
+				}
 			}
 			if len(pol.Counters) > 0 && c.op != conflict.OpDelete {
 				nm.counters = map[string]string{}
@@ -1172,7 +1192,10 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 					}
 					v := c.row[i]
 					oldV, known := prior.counters[col]
-					if !known && c.old != nil && !c.old[i].Null && !c.old[i].Unchanged {
+					switch {
+					case oldRow != nil && i < len(oldRow) && !oldRow[i].Unchanged:
+						oldV = oldRow[i].Text // "" for NULL
+					case !known && c.old != nil && !c.old[i].Null && !c.old[i].Unchanged:
 						// A row written before replication started: its
 						// old value comes from the WAL (REPLICA IDENTITY FULL).
 						oldV = c.old[i].Text

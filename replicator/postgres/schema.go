@@ -153,6 +153,21 @@ var schemaDDL = []string{
 		RETURN NULL;
 	END
 	$fn$`,
+	// vv_merge merges two version vectors in their text form
+	// ("region:count,..."), as conflict.Merge and Vector.String do: the
+	// larger count per region, zero counts dropped, regions in byte order.
+	// Appliers add peers' increments to counter-only rows with it, without
+	// reading the row's version first.
+	`CREATE OR REPLACE FUNCTION polyregion.vv_merge(a text, b text) RETURNS text
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $fn$
+		SELECT coalesce(pg_catalog.string_agg(s.r OPERATOR(pg_catalog.||) ':' OPERATOR(pg_catalog.||) s.n::pg_catalog.text, ',' ORDER BY s.r COLLATE pg_catalog."C"), '')
+		FROM (SELECT pg_catalog.split_part(e, ':', 1) AS r, pg_catalog.max(pg_catalog.split_part(e, ':', 2)::pg_catalog.numeric) AS n
+		      FROM pg_catalog.unnest(pg_catalog.string_to_array(a OPERATOR(pg_catalog.||) ',' OPERATOR(pg_catalog.||) b, ',')) AS e
+		      WHERE e OPERATOR(pg_catalog.<>) ''
+		      GROUP BY 1) AS s
+		WHERE s.n OPERATOR(pg_catalog.>) 0
+	$fn$`,
 	// Outbox payloads are compressed with lz4 where the server supports it:
 	// several times cheaper than the default pglz, for both the reader that
 	// writes them and the decoding that reads them back from the WAL.

@@ -1,0 +1,231 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// Counter-only rows: the rows every region increments at once (request
+// counters for rate limits, shared totals) are the rows applications
+// write most. Reading and deciding each peer's update of such a row would
+// hold the row locked while the local reader versions the application's
+// latest increments (they are always newer than the recorded version), so
+// every local writer of the row would queue behind the applier.
+//
+// A row whose every non-key column is a counter needs none of that: an
+// update of it only adds deltas, which commute, and under last-writer-wins
+// the version it leaves is conflict.FoldUpdate of the recorded version and
+// the update's, whatever the order (and whatever local increments the
+// reader has not versioned yet: none of them was shipped, so the peer's
+// update cannot have seen them, and their versions are recorded later on
+// top of the folded one). So such updates are applied in place: each key's
+// deltas summed in the batch, `col = col + delta`, and its version folded
+// into the recorded one in SQL (polyregion.vv_merge), with no read before.
+//
+// This needs the local table to have REPLICA IDENTITY FULL: the reader then
+// takes each local write's counter deltas from the old row in the WAL, not
+// from the recorded version (whose sums an in-place fold does not rewrite).
+// A key the fold cannot take (no row here, no recorded version, or a
+// tombstone) fails the batch, which is then applied again reading every
+// row. Concurrent updates of such rows lose nothing and are not logged.
+
+// keyUse is how one batch uses a key.
+type keyUse struct {
+	first conflict.Op // the key's first change
+	folds bool        // every change is an update of a counter-only row
+}
+
+// foldRow is one key's folded updates in a batch.
+type foldRow struct {
+	sh      replicator.Shape
+	deltas  map[string]string // counter column -> summed delta
+	version conflict.Version  // the updates' versions, folded
+	seq     int64             // source sequence number of the update that ranks highest
+}
+
+// countersOnly reports whether updates of the table's rows can be folded:
+// last-writer-wins, every non-key column an integer or numeric counter, and
+// REPLICA IDENTITY FULL here.
+func (a *Applier) countersOnly(sh replicator.Shape) bool {
+	pol := a.policy(sh.Table)
+	if (pol.Kind != "" && pol.Kind != conflict.LastWriterWins) || !a.full[sh.Table] || !onlyCounters(sh, pol) {
+		return false
+	}
+	for i := range sh.Columns {
+		if !isKeyCol(sh, i) && !exactNumber(sh.Types[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// exactNumber reports whether SQL addition of the type gives what
+// conflict.MergeCounter gives (floating point would not, to the last bit).
+func exactNumber(typ string) bool {
+	switch typ {
+	case "smallint", "integer", "bigint", "numeric":
+		return true
+	}
+	return strings.HasPrefix(typ, "numeric(")
+}
+
+// fold adds one update of a counter-only row to the batch.
+func (b *bulk) fold(k metaKey, sh replicator.Shape, c *replicator.Change, seq int64) error {
+	if b.folds == nil {
+		b.folds = map[metaKey]*foldRow{}
+	}
+	f, ok := b.folds[k]
+	if !ok {
+		f = &foldRow{sh: sh, deltas: map[string]string{}, version: c.Version, seq: seq}
+		b.folds[k] = f
+		b.foldOrder = append(b.foldOrder, k)
+	} else {
+		v := conflict.FoldUpdate(f.version, c.Version)
+		if v.HLC != f.version.HLC || v.Origin != f.version.Origin {
+			f.seq = seq
+		}
+		f.version = v
+	}
+	for col, d := range c.Deltas {
+		if d == "" || d == "0" {
+			continue
+		}
+		sum, err := conflict.MergeCounter(f.deltas[col], d)
+		if err != nil {
+			return fmt.Errorf("apply: counter %s.%s key %s: %w", sh.Table, col, c.Key, err)
+		}
+		f.deltas[col] = sum
+	}
+	return nil
+}
+
+// foldStatements returns the folded rows' writes, table by table in lock
+// order and each table's keys in key order, and queues their versions
+// (written with the others, in key order, by metaStatements).
+func (b *bulk) foldStatements(order *replicator.TableOrder) []stmt {
+	if len(b.foldOrder) == 0 {
+		return nil
+	}
+	byTable := map[string][]metaKey{}
+	for _, k := range b.foldOrder {
+		byTable[k.tbl] = append(byTable[k.tbl], k)
+	}
+	tables := make([]string, 0, len(byTable))
+	for t := range byTable {
+		tables = append(tables, t)
+	}
+	order.Sort(tables)
+	var out []stmt
+	for _, t := range tables {
+		ks := byTable[t]
+		sort.Slice(ks, func(i, j int) bool { return ks[i].key < ks[j].key })
+		out = append(out, b.foldRows(ks)...)
+	}
+	if b.metas == nil {
+		b.metas, b.metaNew, b.metaXmin = map[metaKey]*meta{}, map[metaKey]bool{}, map[metaKey]string{}
+	}
+	if b.metaFold == nil {
+		b.metaFold = map[metaKey]bool{}
+	}
+	for _, k := range b.foldOrder {
+		f := b.folds[k]
+		b.metaOrder = append(b.metaOrder, k)
+		b.metas[k] = &meta{version: f.version, srcSeq: f.seq}
+		b.metaXmin[k] = "0"
+		b.metaFold[k] = true
+	}
+	return out
+}
+
+// foldRows locks one table's folded rows in key order, then adds their
+// deltas; each statement must find every row.
+func (b *bulk) foldRows(ks []metaKey) []stmt {
+	sh := b.folds[ks[0]].sh
+	keyVals := make([][]string, len(sh.Key))
+	for _, k := range ks {
+		var parts []string
+		_ = json.Unmarshal([]byte(k.key), &parts) // a malformed key matches no row: the batch fails and its retry reads (and names) it
+		for j := range sh.Key {
+			p := ""
+			if j < len(parts) {
+				p = parts[j]
+			}
+			keyVals[j] = append(keyVals[j], p)
+		}
+	}
+	var args []any
+	var unnest, alias, match []string
+	for j, ki := range sh.Key {
+		args = append(args, keyVals[j])
+		unnest = append(unnest, fmt.Sprintf("pg_catalog.unnest($%d::text[])", len(args)))
+		alias = append(alias, fmt.Sprintf("k%d", j))
+		match = append(match, fmt.Sprintf("t.%s = u.k%d::%s", quoteIdent(sh.Columns[ki]), j, sh.Types[ki]))
+	}
+	lock := stmt{
+		sql: fmt.Sprintf(`SELECT pg_catalog.count(*) FROM ROWS FROM (%s) WITH ORDINALITY AS u(%s, ord)
+			CROSS JOIN LATERAL (SELECT 1 FROM %s t WHERE %s LIMIT 1 FOR UPDATE) r`,
+			strings.Join(unnest, ", "), strings.Join(alias, ", "), qualified(sh.Table), strings.Join(match, " AND ")),
+		args: args, want: -1,
+	}
+	var sets []string
+	for i, col := range sh.Columns {
+		if isKeyCol(sh, i) {
+			continue
+		}
+		vals := make([]string, len(ks))
+		for r, k := range ks {
+			vals[r] = b.folds[k].deltas[col]
+			if vals[r] == "" {
+				vals[r] = "0"
+			}
+		}
+		args = append(args, vals)
+		unnest = append(unnest, fmt.Sprintf("pg_catalog.unnest($%d::text[])", len(args)))
+		alias = append(alias, fmt.Sprintf("d%d", i))
+		sets = append(sets, fmt.Sprintf("%[1]s = coalesce(t.%[1]s, 0) + u.d%[2]d::%[3]s", quoteIdent(col), i, sh.Types[i]))
+	}
+	update := stmt{
+		sql: fmt.Sprintf("UPDATE %s AS t SET %s FROM ROWS FROM (%s) AS u(%s) WHERE %s", qualified(sh.Table),
+			strings.Join(sets, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), strings.Join(match, " AND ")),
+		args: args, want: int64(len(ks)),
+	}
+	return []stmt{lock, update}
+}
+
+// foldMetaSQL is updateMetaSQL where each row ($11) either replaces a
+// version over its tuple as read (as updateMetaSQL does) or folds an
+// update into the live version recorded (conflict.FoldUpdate: vectors
+// merged, timestamp, origin and source sequence of the higher-ranked
+// write; its counters' sums, deleted flag and xid stay).
+const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
+	   vv = CASE WHEN u.fold THEN polyregion.vv_merge(m.vv, u.vv) ELSE u.vv END,
+	   hlc = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.hlc ELSE u.hlc END,
+	   origin = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.origin ELSE u.origin END,
+	   src_seq = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.src_seq ELSE u.src_seq END,
+	   deleted = CASE WHEN u.fold THEN m.deleted ELSE u.deleted END,
+	   xid = CASE WHEN u.fold THEN m.xid WHEN u.xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(u.xid, '')::xid END,
+	   counters = CASE WHEN u.fold THEN m.counters ELSE u.counters::jsonb END,
+	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
+	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
+	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
+	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::bool[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, tuple_xmin, fold)
+	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted ELSE m.xmin = u.tuple_xmin::xid END`
+
+// identityFull reports whether a table has REPLICA IDENTITY FULL.
+func identityFull(ctx context.Context, tx pgx.Tx, table string) (bool, error) {
+	var full bool
+	err := tx.QueryRow(ctx, `SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(table)).Scan(&full)
+	if err != nil {
+		return false, fmt.Errorf("replica identity of %s: %w", table, err)
+	}
+	return full, nil
+}
