@@ -39,25 +39,21 @@ func NewTableOrder() *TableOrder {
 // Observe learns from one source transaction: tables lists the tables it
 // writes, in the order of their first change.
 func (o *TableOrder) Observe(tables []string) {
-	if len(tables) < 2 {
-		o.mu.Lock()
-		for _, t := range tables {
-			o.ensure(t)
-		}
-		o.mu.Unlock()
-		return
-	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	changed := false
+	for _, t := range tables {
+		if _, ok := o.rank[t]; !ok {
+			o.ensure(t)
+			changed = true
+		}
+	}
 	for i := 1; i < len(tables); i++ {
 		a, b := tables[i-1], tables[i]
 		if a == b || o.seen[[2]string{a, b}] {
 			continue
 		}
 		o.seen[[2]string{a, b}] = true
-		o.ensure(a)
-		o.ensure(b)
 		if o.reaches(b, a) {
 			continue // the other order was seen first
 		}
@@ -86,8 +82,8 @@ func (o *TableOrder) Sort(tables []string) {
 	slices.SortFunc(tables, func(a, b string) int { return o.rank[a] - o.rank[b] })
 }
 
-// ensure adds a table with no known order (o.mu held). The caller
-// recomputes the ranks.
+// ensure adds a table with no known order yet (o.mu held); the caller
+// recomputes the ranks before the lock is released.
 func (o *TableOrder) ensure(t string) {
 	if _, ok := o.before[t]; !ok {
 		o.before[t] = map[string]bool{}

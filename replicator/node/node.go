@@ -46,9 +46,10 @@ type Config struct {
 	// ApplyBatchTxns bounds how many source transactions one local apply
 	// transaction covers.
 	ApplyBatchTxns int
-	// ApplyGather is how long a follower waits for more source
-	// transactions before it applies a small batch (default 20ms; see
-	// follower.collect). It adds at most that much to replication lag.
+	// ApplyGather is how long a follower receiving more than gatherAbove
+	// source transactions per second waits for more before it applies a
+	// small batch (default 20ms; see follower.collect). It adds at most
+	// that much to replication lag, and only at such rates.
 	ApplyGather time.Duration
 	// AckInterval is how often a follower reports its applied position.
 	AckInterval time.Duration
@@ -360,6 +361,7 @@ type follower struct {
 	// data error in the fast path).
 	carefulSeq replicator.Seq
 	order      *replicator.TableOrder // shared by the process's appliers
+	arrivals   arrivalRate
 }
 
 func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
@@ -590,9 +592,37 @@ const rowBudget = 40_000
 // batchRows bounds the changes of one apply batch.
 const batchRows = 20_000
 
+// gatherAbove is the arrival rate (source transactions per second) above
+// which a follower waits ApplyGather for more before applying a small
+// batch. Below it each transaction is applied as it comes, adding nothing
+// to the lag.
+const gatherAbove = 200
+
+// arrivalRate counts source transactions a follower takes in, per second.
+type arrivalRate struct {
+	second   time.Time // start of the current one-second window
+	n, prior int       // this window's count, the last full window's
+}
+
+func (r *arrivalRate) add(now time.Time, n int) {
+	if now.Sub(r.second) >= time.Second {
+		r.prior = r.n
+		if now.Sub(r.second) >= 2*time.Second {
+			r.prior = 0
+		}
+		r.second, r.n = now, 0
+	}
+	r.n += n
+}
+
+// busy reports whether transactions arrive faster than gatherAbove.
+func (r *arrivalRate) busy(now time.Time) bool {
+	return max(r.prior, r.n) > gatherAbove && now.Sub(r.second) < 2*time.Second
+}
+
 // collect makes an apply batch: first, then the transactions received
-// meanwhile or within ApplyGather of now, up to ApplyBatchTxns and
-// batchRows. One local transaction, one set of row locks and at most one
+// meanwhile or, while more than gatherAbove arrive per second, within
+// ApplyGather of now, up to ApplyBatchTxns and batchRows. One local transaction, one set of row locks and at most one
 // wait for the reader then serve all of them: under a steady stream of
 // small transactions, applying each alone costs several times the CPU
 // (statements, commits, barriers), and holds the rows every region writes
@@ -601,7 +631,12 @@ const batchRows = 20_000
 func (f *follower) collect(ch <-chan *replicator.Txn, first *replicator.Txn) (batch []*replicator.Txn, held *replicator.Txn) {
 	batch = []*replicator.Txn{first}
 	rows := len(first.Changes)
-	deadline := time.Now().Add(f.cfg.ApplyGather)
+	defer func() { f.arrivals.add(time.Now(), len(batch)) }()
+	gather := time.Duration(0)
+	if f.arrivals.busy(time.Now()) {
+		gather = f.cfg.ApplyGather
+	}
+	deadline := time.Now().Add(gather)
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {

@@ -408,6 +408,9 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 // applyChanges decides and queues every change of txns, in order, inside
 // ex's transaction. It returns the largest hybrid timestamp seen.
 func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replicator.Txn) (conflict.Timestamp, error) {
+	if err := ex.limitLockWaits(ctx); err != nil {
+		return 0, err
+	}
 	// Check shapes in order: the first change whose shape differs from the
 	// local table pauses that table, and it and every later change of the
 	// table are parked (in order); changes before it apply as usual. Then
@@ -429,9 +432,10 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	shapeOf := map[string]replicator.Shape{}
 	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
 	parkWhy := map[*replicator.Change]string{}
-	uses := make(map[metaKey]*keyUse, n)
-	var keys []metaKey   // in the order of their first change
-	var written []string // one transaction's tables, in the order it first wrote them
+	uses := make(map[metaKey]keyUse, n)
+	foldable := map[string]bool{} // table -> countersOnly
+	var keys []metaKey            // in the order of their first change
+	var written []string          // one transaction's tables, in the order it first wrote them
 	for _, t := range txns {
 		written = written[:0]
 		for i := range t.Changes {
@@ -466,11 +470,22 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 				shapeOf[sh.Table] = sh
 			}
 			k := metaKey{sh.Table, c.Key}
-			folds := c.Op == conflict.OpUpdate && a.countersOnly(sh)
+			folds := false
+			if c.Op == conflict.OpUpdate {
+				f, ok := foldable[sh.Table]
+				if !ok {
+					f = a.countersOnly(sh)
+					foldable[sh.Table] = f
+				}
+				folds = f
+			}
 			if u, ok := uses[k]; ok {
-				u.folds = u.folds && folds
+				if u.folds && !folds {
+					u.folds = false
+					uses[k] = u
+				}
 			} else {
-				uses[k] = &keyUse{first: c.Op, folds: folds}
+				uses[k] = keyUse{first: c.Op, folds: folds}
 				keys = append(keys, k)
 			}
 		}
@@ -1296,6 +1311,10 @@ type executor struct {
 	parkOnError bool
 	bulk        bulk
 	order       *replicator.TableOrder // for the rows foldStatements writes
+	// lockTimeout is the session's lock timeout; relaxed: flush lifted it
+	// for the rest of the transaction (see limitLockWaits).
+	lockTimeout time.Duration
+	relaxed     bool
 	queued      []stmt
 	n           int
 	xid         uint32 // this transaction's xid, once asked for
@@ -1316,7 +1335,7 @@ type executor struct {
 
 // executor starts the writes of one apply transaction.
 func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
-	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order}
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout}
 	if a.cfg.Versioner != nil {
 		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0) }
 	}
@@ -1392,8 +1411,8 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 // is never blocked by it.
 func (e *executor) flush(ctx context.Context) error {
 	rows := append(e.bulk.rowStatements(), e.queued...)
-	metas := append(e.deferred, e.bulk.foldStatements(e.order)...)
-	metas = append(metas, e.bulk.metaStatements()...)
+	folds := e.bulk.foldStatements(e.order)
+	metas := append(e.deferred, e.bulk.metaStatements()...)
 	newKeys, newMetas := e.bulk.newMetas(), e.bulk.metas
 	wait := e.unlockedKeys && e.waitReader != nil
 	e.bulk, e.queued, e.deferred, e.unlockedKeys = bulk{}, nil, nil, false
@@ -1406,10 +1425,33 @@ func (e *executor) flush(ctx context.Context) error {
 		}
 		rows = nil
 	}
-	if err := e.pipeline(ctx, append(rows, metas...)); err != nil {
+	last := append(rows, folds...)
+	if len(metas) > 0 || len(newKeys) > 0 {
+		// Versions (and the logs) are written only by replicator sessions:
+		// a wait for one of their locks is a wait for the reader or another
+		// source's applier, which never wait for this transaction. Only
+		// application rows get the lock timeout (see contention).
+		last = append(last, stmt{sql: "SET LOCAL lock_timeout = 0", want: -1})
+		last = append(last, metas...)
+		e.relaxed = true
+	}
+	if err := e.pipeline(ctx, last); err != nil {
 		return err
 	}
 	return e.copyMetas(ctx, newKeys, newMetas)
+}
+
+// limitLockWaits puts the lock timeout back after flush lifted it, before
+// a large transaction's next part reads application rows.
+func (e *executor) limitLockWaits(ctx context.Context) error {
+	if !e.relaxed {
+		return nil
+	}
+	if _, err := e.tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", e.lockTimeout.Milliseconds())); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	e.relaxed = false
+	return nil
 }
 
 // copyMetas inserts new versions with COPY (several times cheaper per row
