@@ -45,8 +45,9 @@ type ApplierConfig struct {
 	// every applier of a process shares one (nil: one of its own).
 	Order *replicator.TableOrder
 	// LockTimeout bounds each wait for a row lock an application holds
-	// (default 200ms): the applier gives way instead of holding its rows
-	// while it waits, and retries in smaller transactions (see Apply).
+	// (default 200ms, and always below the server's deadlock_timeout): the
+	// applier gives way instead of holding its rows while it waits, and
+	// retries in smaller transactions (see Apply and contention).
 	LockTimeout time.Duration
 }
 
@@ -134,7 +135,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if cfg.LockTimeout <= 0 {
 		cfg.LockTimeout = 200 * time.Millisecond
 	}
-	conn, err := connectApplier(ctx, cfg.ConnString, string(cfg.Source), cfg.LockTimeout)
+	conn, deadlockTimeout, err := connectApplier(ctx, cfg.ConnString, string(cfg.Source))
 	if err != nil {
 		return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
 	}
@@ -143,7 +144,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}
 	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, paused: map[string]string{},
-		gate: newContention(cfg.LockTimeout)}, nil
+		gate: newContention(cfg.LockTimeout, deadlockTimeout)}, nil
 }
 
 // Close ends the applier's session.
@@ -507,6 +508,17 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			byTable[k.tbl] = append(byTable[k.tbl], k.key)
 		}
 	}
+	if len(folded) > 0 && len(byTable) > 0 && !a.foldsAfterReads(folded, byTable) {
+		// Folded rows are locked when the batch is written, after the rows
+		// read now: that keeps the applications' lock order only if every
+		// folded table comes after every table read. Otherwise read them
+		// all, in order.
+		for k := range folded {
+			states[k] = &rowState{}
+			byTable[k.tbl] = append(byTable[k.tbl], k.key)
+		}
+		folded = nil
+	}
 	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
 		return 0, err
 	}
@@ -548,6 +560,9 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 // decide as usual, so a parked change that a later one superseded is
 // simply skipped. It returns how many changes were resolved.
 func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
+	if err := a.gate.sync(ctx, a.conn); err != nil {
+		return 0, err
+	}
 	// Shapes may have been fixed by an operator since.
 	a.paused = map[string]string{}
 	a.shapes = map[string]replicator.Shape{}

@@ -32,7 +32,10 @@ import (
 //
 // This needs the local table to have REPLICA IDENTITY FULL: the reader then
 // takes each local write's counter deltas from the old row in the WAL, not
-// from the recorded version (whose sums an in-place fold does not rewrite).
+// from the recorded version's sums (the fold adds its deltas to those sums
+// too, possibly before the reader has versioned an earlier local write;
+// sums and rows agree again once it has, and a tombstone keeps the sums
+// as they were when the row was deleted).
 // A key the fold cannot take (no row here, no recorded version, or a
 // tombstone) fails the batch, which is then applied again reading every
 // row. Concurrent updates of such rows lose nothing and are not logged.
@@ -75,6 +78,35 @@ func exactNumber(typ string) bool {
 		return true
 	}
 	return strings.HasPrefix(typ, "numeric(")
+}
+
+// foldsAfterReads reports whether, in lock order, every table of the
+// folded keys comes after every table of the keys read (and locked) first.
+func (a *Applier) foldsAfterReads(folded map[metaKey]bool, read map[string][]string) bool {
+	foldTables := map[string]bool{}
+	for k := range folded {
+		foldTables[k.tbl] = true
+	}
+	all := make([]string, 0, len(foldTables)+len(read))
+	for t := range foldTables {
+		all = append(all, t)
+	}
+	for t := range read {
+		if foldTables[t] {
+			return false
+		}
+		all = append(all, t)
+	}
+	a.cfg.Order.Sort(all)
+	seenFold := false
+	for _, t := range all {
+		if foldTables[t] {
+			seenFold = true
+		} else if seenFold {
+			return false
+		}
+	}
+	return true
 }
 
 // fold adds one update of a counter-only row to the batch.
@@ -138,7 +170,7 @@ func (b *bulk) foldStatements(order *replicator.TableOrder) []stmt {
 	for _, k := range b.foldOrder {
 		f := b.folds[k]
 		b.metaOrder = append(b.metaOrder, k)
-		b.metas[k] = &meta{version: f.version, srcSeq: f.seq}
+		b.metas[k] = &meta{version: f.version, srcSeq: f.seq, counters: f.deltas}
 		b.metaXmin[k] = "0"
 		b.metaFold[k] = true
 	}
@@ -190,7 +222,9 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 		args = append(args, vals)
 		unnest = append(unnest, fmt.Sprintf("pg_catalog.unnest($%d::text[])", len(args)))
 		alias = append(alias, fmt.Sprintf("d%d", i))
-		sets = append(sets, fmt.Sprintf("%[1]s = coalesce(t.%[1]s, 0) + u.d%[2]d::%[3]s", quoteIdent(col), i, sh.Types[i]))
+		// A zero delta leaves the value as it is (NULL included), as the
+		// read-and-decide path does.
+		sets = append(sets, fmt.Sprintf("%[1]s = CASE WHEN u.d%[2]d::%[3]s = 0 THEN t.%[1]s ELSE coalesce(t.%[1]s, 0) + u.d%[2]d::%[3]s END", quoteIdent(col), i, sh.Types[i]))
 	}
 	update := stmt{
 		sql: fmt.Sprintf("UPDATE %s AS t SET %s FROM ROWS FROM (%s) AS u(%s) WHERE %s", qualified(sh.Table),
@@ -204,7 +238,8 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 // version over its tuple as read (as updateMetaSQL does) or folds an
 // update into the live version recorded (conflict.FoldUpdate: vectors
 // merged, timestamp, origin and source sequence of the higher-ranked
-// write; its counters' sums, deleted flag and xid stay).
+// write; the update's deltas, in counters, added to the recorded sums;
+// deleted flag and xid stay).
 const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   vv = CASE WHEN u.fold THEN polyregion.vv_merge(m.vv, u.vv) ELSE u.vv END,
 	   hlc = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.hlc ELSE u.hlc END,
@@ -212,7 +247,7 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   src_seq = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.src_seq ELSE u.src_seq END,
 	   deleted = CASE WHEN u.fold THEN m.deleted ELSE u.deleted END,
 	   xid = CASE WHEN u.fold THEN m.xid WHEN u.xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(u.xid, '')::xid END,
-	   counters = CASE WHEN u.fold THEN m.counters ELSE u.counters::jsonb END,
+	   counters = CASE WHEN u.fold THEN polyregion.counters_add(m.counters, u.counters::jsonb) ELSE u.counters::jsonb END,
 	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),

@@ -18,35 +18,40 @@ import (
 // or waited long for one while holding others, would queue every writer of
 // the region behind it and, in a lock cycle, have PostgreSQL fail an
 // application's transaction after deadlock_timeout. So the applier waits
-// for a row lock at most the lock timeout (well below PostgreSQL's
-// deadlock_timeout of 1 s: in a cycle it is always the applier that gives
-// way, and no application transaction fails); after such a failure it
-// applies a quarter as many source transactions per local transaction, down
-// to one (then it locks exactly as the source transaction did, like
-// PostgreSQL's own apply worker), and each further failure doubles the
-// wait, up to waiting as long as it takes (an application may hold a row
-// for minutes). Twenty commits in a row without a failure double the
-// transaction size again and halve the wait, back to no limit and the base
-// timeout.
+// for a row lock at most the lock timeout, always below the server's
+// deadlock_timeout (three quarters of it at most): in a cycle it is always
+// the applier that gives way, and no application transaction fails. After
+// such a failure it applies a quarter as many source transactions per local
+// transaction, down to one, and waits twice as long, up to that cap; twenty
+// commits in a row without a failure double the transaction size again and
+// halve the wait, back to no limit and the base timeout. A row an
+// application holds longer than the cap is retried, batch after batch, until
+// it is free.
 type contention struct {
 	base    time.Duration // configured lock timeout
-	timeout time.Duration // current lock timeout (0: no limit)
+	cap     time.Duration // the longest wait: below deadlock_timeout
+	timeout time.Duration // current lock timeout
 	session time.Duration // what the session has (-1: unknown)
 	limit   int           // source transactions per local transaction (0: no limit)
 	calm    int           // commits since the last lock failure
 }
 
 const (
-	// maxLockTimeout: past this the applier waits without limit.
-	maxLockTimeout = 5 * time.Second
 	// calmCommits: commits without a lock failure before transactions grow.
 	calmCommits = 20
 	// growLimit: past this size transactions are no longer limited.
 	growLimit = 512
 )
 
-func newContention(base time.Duration) contention {
-	return contention{base: base, timeout: base, session: base}
+// newContention starts at base, capped at three quarters of the server's
+// deadlock_timeout.
+func newContention(base, deadlockTimeout time.Duration) contention {
+	limit := deadlockTimeout * 3 / 4
+	if limit < time.Millisecond {
+		limit = time.Millisecond
+	}
+	base = min(base, limit)
+	return contention{base: base, cap: limit, timeout: base, session: -1}
 }
 
 // chunk is how many of n pending source transactions the next local
@@ -63,13 +68,7 @@ func (c *contention) chunk(n int) int {
 func (c *contention) failed(n int) {
 	c.calm = 0
 	c.limit = max(1, n/4)
-	switch {
-	case c.timeout == 0:
-	case 2*c.timeout > maxLockTimeout:
-		c.timeout = 0
-	default:
-		c.timeout *= 2
-	}
+	c.timeout = min(2*c.timeout, c.cap)
 }
 
 // succeeded records a commit.
@@ -86,14 +85,7 @@ func (c *contention) succeeded() {
 			c.limit = 0
 		}
 	}
-	switch {
-	case c.timeout == 0:
-		c.timeout = maxLockTimeout
-	case c.timeout/2 < c.base:
-		c.timeout = c.base
-	default:
-		c.timeout /= 2
-	}
+	c.timeout = max(c.timeout/2, c.base)
 }
 
 // sync sets the session's lock timeout to the current one.
@@ -116,12 +108,20 @@ func isLockFailure(err error) bool {
 }
 
 // connectApplier opens an applier's session: a data-plane session named
-// after its source (server logs then tell applier sessions apart) with
-// the base lock timeout.
-func connectApplier(ctx context.Context, connString, source string, lockTimeout time.Duration) (*pgx.Conn, error) {
-	return connect(ctx, connString, map[string]string{
+// after its source (server logs then tell applier sessions apart). It
+// returns the server's deadlock_timeout too.
+func connectApplier(ctx context.Context, connString, source string) (*pgx.Conn, time.Duration, error) {
+	conn, err := connect(ctx, connString, map[string]string{
 		"enable_hashjoin": "off", "enable_mergejoin": "off",
 		"application_name": "polyregion-apply-" + source,
-		"lock_timeout":     fmt.Sprintf("%d", lockTimeout.Milliseconds()),
 	})
+	if err != nil {
+		return nil, 0, err
+	}
+	var ms int64 // pg_settings gives deadlock_timeout in milliseconds
+	if err := conn.QueryRow(ctx, `SELECT s.setting::pg_catalog.int8 FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout'`).Scan(&ms); err != nil {
+		conn.Close(context.Background())
+		return nil, 0, fmt.Errorf("read deadlock_timeout: %w", err)
+	}
+	return conn, time.Duration(ms) * time.Millisecond, nil
 }

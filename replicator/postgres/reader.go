@@ -1157,12 +1157,12 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			}
 			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			pol := r.tables[c.rel.name].Policy
-			// With REPLICA IDENTITY FULL the WAL carries the row as this
-			// write found it: the counters' old values come from there.
-			// They are exact whatever the recorded version says (an
-			// applier adds peers' increments to counter-only rows without
-			// rewriting their recorded sums, see the applier's
-			// blindCounters).
+			// With REPLICA IDENTITY FULL an update carries the row as this
+			// write found it: the counters' deltas come from there, exact
+			// whatever the recorded version says, and the recorded sums
+			// move by the deltas (appliers add peers' increments to the
+			// recorded sums of counter-only rows in place, see the
+			// applier's foldRows, possibly before this write is versioned).
 			oldRow := c.old
 			if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
 				oldRow = nil
@@ -1171,16 +1171,6 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 				// A tombstone keeps the counters' sums: deltas that arrive
 				// while the row is deleted still count.
 				nm.counters = prior.counters
-				if oldRow != nil {
-					nm.counters = map[string]string{}
-					for _, col := range pol.Counters {
-						if i := indexOf(c.rel.shape.Columns, col); i >= 0 && i < len(oldRow) && !oldRow[i].Unchanged {
-							nm.counters[col] = oldRow[i].Text // "" for NULL
-						} else {
-							nm.counters[col] = prior.counters[col]
-						}
-					}
-				}
 			}
 			if len(pol.Counters) > 0 && c.op != conflict.OpDelete {
 				nm.counters = map[string]string{}
@@ -1192,16 +1182,21 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 					}
 					v := c.row[i]
 					oldV, known := prior.counters[col]
+					sum := oldV // the recorded sum the delta moves
 					switch {
 					case oldRow != nil && i < len(oldRow) && !oldRow[i].Unchanged:
 						oldV = oldRow[i].Text // "" for NULL
+						if !known {
+							sum = oldV
+						}
 					case !known && c.old != nil && !c.old[i].Null && !c.old[i].Unchanged:
 						// A row written before replication started: its
 						// old value comes from the WAL (REPLICA IDENTITY FULL).
 						oldV = c.old[i].Text
+						sum = oldV
 					}
 					if v.Unchanged {
-						nm.counters[col] = oldV
+						nm.counters[col] = sum
 						ch.Deltas[col] = "0"
 						continue
 					}
@@ -1214,6 +1209,11 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 						return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
 					}
 					nm.counters[col] = newV
+					if oldRow != nil && !v.Null {
+						if nm.counters[col], err = conflict.MergeCounter(sum, d); err != nil {
+							return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
+						}
+					}
 					ch.Deltas[col] = d
 				}
 			}

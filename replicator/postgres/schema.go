@@ -168,6 +168,18 @@ var schemaDDL = []string{
 		      GROUP BY 1) AS s
 		WHERE s.n OPERATOR(pg_catalog.>) 0
 	$fn$`,
+	// counters_add adds deltas ({"column": "delta", ...}, decimal text) to
+	// a version's recorded counter sums; zero deltas leave a sum as it is
+	// (NULL included), as conflict.MergeCounter does.
+	`CREATE OR REPLACE FUNCTION polyregion.counters_add(c pg_catalog.jsonb, d pg_catalog.jsonb) RETURNS pg_catalog.jsonb
+	LANGUAGE sql IMMUTABLE PARALLEL SAFE
+	AS $fn$
+		SELECT coalesce(c, '{}'::pg_catalog.jsonb) OPERATOR(pg_catalog.||) coalesce((
+			SELECT pg_catalog.jsonb_object_agg(e.key,
+				(coalesce(nullif(c OPERATOR(pg_catalog.->>) e.key, ''), '0')::pg_catalog.numeric OPERATOR(pg_catalog.+) e.value::pg_catalog.numeric)::pg_catalog.text)
+			FROM pg_catalog.jsonb_each_text(d) AS e
+			WHERE e.value::pg_catalog.numeric OPERATOR(pg_catalog.<>) 0), '{}'::pg_catalog.jsonb)
+	$fn$`,
 	// Outbox payloads are compressed with lz4 where the server supports it:
 	// several times cheaper than the default pglz, for both the reader that
 	// writes them and the decoding that reads them back from the WAL.
