@@ -373,6 +373,9 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
 	}
 	ex := a.executor(tx, careful, started, 1)
+	// Rows folded in one part would be locked before the rows a later
+	// part reads, whatever the lock order: parts read every row.
+	ex.noFold = true
 	var maxHLC conflict.Timestamp
 	part := first
 	for {
@@ -497,7 +500,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	folded := map[metaKey]bool{}
 	for _, k := range keys {
 		u := uses[k]
-		if optimistic && u.folds {
+		if optimistic && !ex.noFold && u.folds {
 			folded[k] = true
 			continue
 		}
@@ -521,6 +524,18 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	}
 	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
 		return 0, err
+	}
+	if len(folded) > 0 {
+		// A probed key with a tombstone was read and locked too.
+		locked := map[string][]string{}
+		for k := range probe {
+			if s := states[k]; s != nil && s.meta != nil {
+				locked[k.tbl] = append(locked[k.tbl], k.key)
+			}
+		}
+		if len(locked) > 0 && !a.foldsAfterReads(folded, locked) {
+			return 0, retryable{errors.New("apply: a re-inserted key locked out of order with the counter rows taken in place; reading every row")}
+		}
 	}
 	var maxHLC conflict.Timestamp
 	for _, t := range txns {
@@ -1330,6 +1345,7 @@ type executor struct {
 	// for the rest of the transaction (see limitLockWaits).
 	lockTimeout time.Duration
 	relaxed     bool
+	noFold      bool // ApplyLarge: no counter-only row is taken in place
 	queued      []stmt
 	n           int
 	xid         uint32 // this transaction's xid, once asked for

@@ -19,8 +19,10 @@ import (
 // the region behind it and, in a lock cycle, have PostgreSQL fail an
 // application's transaction after deadlock_timeout. So the applier waits
 // for a row lock at most the lock timeout, always below the server's
-// deadlock_timeout (three quarters of it at most): in a cycle it is always
-// the applier that gives way, and no application transaction fails. After
+// deadlock_timeout (three quarters of it at most): in a cycle the applier
+// normally gives way before the application's deadlock check fires (the
+// application would lose only if it had already waited for the applier
+// most of deadlock_timeout when the cycle closed). After
 // such a failure it applies a quarter as many source transactions per local
 // transaction, down to one, and waits twice as long, up to that cap; twenty
 // commits in a row without a failure double the transaction size again and

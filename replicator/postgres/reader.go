@@ -1209,7 +1209,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 						return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
 					}
 					nm.counters[col] = newV
-					if oldRow != nil && !v.Null {
+					if oldRow != nil {
 						if nm.counters[col], err = conflict.MergeCounter(sum, d); err != nil {
 							return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
 						}
