@@ -41,13 +41,7 @@ func NewTableOrder() *TableOrder {
 func (o *TableOrder) Observe(tables []string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	changed := false
-	for _, t := range tables {
-		if _, ok := o.rank[t]; !ok {
-			o.ensure(t)
-			changed = true
-		}
-	}
+	changed := o.addUnknown(tables)
 	for i := 1; i < len(tables); i++ {
 		a, b := tables[i-1], tables[i]
 		if a == b || o.seen[[2]string{a, b}] {
@@ -69,26 +63,25 @@ func (o *TableOrder) Observe(tables []string) {
 func (o *TableOrder) Sort(tables []string) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	unknown := false
-	for _, t := range tables {
-		if _, ok := o.rank[t]; !ok {
-			o.ensure(t)
-			unknown = true
-		}
-	}
-	if unknown {
+	if o.addUnknown(tables) {
 		o.recompute()
 	}
 	slices.SortFunc(tables, func(a, b string) int { return o.rank[a] - o.rank[b] })
 }
 
-// ensure adds a table with no known order yet (o.mu held); the caller
-// recomputes the ranks before the lock is released.
-func (o *TableOrder) ensure(t string) {
-	if _, ok := o.before[t]; !ok {
-		o.before[t] = map[string]bool{}
-		o.rank[t] = len(o.rank)
+// addUnknown adds the tables it does not know yet, with no order (o.mu
+// held), and reports whether there were any: the caller then recomputes
+// the ranks before the lock is released.
+func (o *TableOrder) addUnknown(tables []string) bool {
+	added := false
+	for _, t := range tables {
+		if _, ok := o.before[t]; !ok {
+			o.before[t] = map[string]bool{}
+			o.rank[t] = len(o.rank)
+			added = true
+		}
 	}
+	return added
 }
 
 // reaches reports whether a path of kept pairs leads from a to b.

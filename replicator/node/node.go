@@ -287,10 +287,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	// applications write them in.
 	order := replicator.NewTableOrder()
 	for _, p := range cfg.Peers {
-		f, err := newFollower(cfg, p, reader, graves, rt.mon, stopping, log)
-		if err == nil {
-			f.order = order
-		}
+		f, err := newFollower(cfg, p, reader, order, graves, rt.mon, stopping, log)
 		if err != nil {
 			cancel(err)
 			break
@@ -364,7 +361,7 @@ type follower struct {
 	arrivals   arrivalRate
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", p.ID, err)
@@ -381,7 +378,7 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, graves *tombstones
 	if err != nil {
 		return nil, err
 	}
-	return &follower{cfg: cfg, peer: p, reader: reader, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop}, nil
+	return &follower{cfg: cfg, peer: p, reader: reader, order: order, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop}, nil
 }
 
 // errStopping ends a follower's stream between batches on a graceful stop.

@@ -495,7 +495,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 		}
 	}
 	// Keys that only take updates of counter-only rows are not read: their
-	// increments are added in place (see foldCounters). The others are read
+	// increments are added in place (see bulk.fold and foldRows). The others are read
 	// and decided one change at a time.
 	folded := map[metaKey]bool{}
 	for _, k := range keys {
