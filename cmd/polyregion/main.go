@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/polyregion/polyregion/replicator/node"
+	"github.com/polyregion/polyregion/replicator/obs"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -125,6 +126,7 @@ missing, then read local changes, serve them to peers, and apply theirs.`,
 			if err != nil {
 				return &exitError{exitConfig, fmt.Errorf("config %s: %w", path, err)}
 			}
+			log = slog.New(obs.NewRedactor(cfg.Secrets()...).Handler(log.Handler()))
 			cfg.Logger = log
 			slog.SetDefault(log)
 			cfg.Reload = watchReload(cmd.Context(), path, fc, &level, log)

@@ -51,16 +51,21 @@ func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shu
 // in recovery or read-only), the data plane stops and starts again once the
 // database is back; the operations server keeps answering meanwhile (its
 // /health says unavailable). Any other failure ends Run with its error.
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) (err error) {
 	cfg.defaults()
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	// No log line, health reason or returned error shows a secret of the
+	// configuration, whatever a driver or library quotes.
+	red := obs.NewRedactor(cfg.Secrets()...)
+	cfg.Logger = slog.New(red.Handler(cfg.Logger.Handler()))
+	defer func() { err = red.Error(err) }()
 	rt := &runtime{log: cfg.Logger.With("region", string(cfg.Region))}
 	rt.shutdown.Store(int64(cfg.ShutdownTimeout))
 	peers := cfg.Peers
 	ids := make([]string, 0, len(peers))
-	mcfg := obs.Config{Region: cfg.Region, Tables: cfg.Cluster.Tables, Health: cfg.Health, Logger: rt.log,
+	mcfg := obs.Config{Region: cfg.Region, Tables: cfg.Cluster.Tables, Health: cfg.Health, Logger: rt.log, Redact: red,
 		Probe: func(ctx context.Context) (postgres.Probe, error) {
 			return postgres.ProbeLocal(ctx, cfg.Database, string(cfg.Region))
 		},

@@ -87,6 +87,20 @@ type Config struct {
 	Reload <-chan Config
 }
 
+// Secrets returns every secret the configuration holds (the database
+// password, link tokens, search credentials): no log line, error or HTTP
+// body may show them.
+func (c *Config) Secrets() []string {
+	out := postgres.ConnSecrets(c.Database)
+	for _, p := range c.Peers {
+		out = append(out, p.Token)
+	}
+	if c.Search != nil {
+		out = append(out, c.Search.Backend.Password, c.Search.Backend.APIKey)
+	}
+	return out
+}
+
 // Validate reports the first configuration problem, naming the setting.
 func (c *Config) Validate() error {
 	if err := c.Region.Validate(); err != nil {
@@ -94,6 +108,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Database == "" {
 		return errors.New("database: a connection string is required")
+	}
+	if _, err := postgres.ParseConnString(c.Database); err != nil {
+		return fmt.Errorf("database: %w", err)
 	}
 	if c.Listen == "" {
 		return errors.New("listen: an address (host:port) is required")

@@ -52,6 +52,9 @@ type Config struct {
 	// by ServeMux pattern (the embedded index's /search/, the conflict
 	// report).
 	Routes map[string]http.Handler
+	// Redact removes the configuration's secrets from every reason and
+	// error the monitor shows (nil: none known).
+	Redact *Redactor
 }
 
 // Monitor tracks the region's health and metrics. Its methods are safe for
@@ -184,7 +187,7 @@ func (m *Monitor) LinkDown(p conflict.RegionID, err error) {
 		ps.up, ps.changedAt = false, time.Now()
 	}
 	if err != nil {
-		ps.lastErr = err.Error()
+		ps.lastErr = m.cfg.Redact.String(err.Error())
 	}
 	m.metrics.linkUp.WithLabelValues(string(p)).Set(0)
 }
@@ -341,6 +344,9 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 	o.Index = index
 
 	state, reasons := Evaluate(h, o)
+	for i, r := range reasons {
+		reasons[i] = m.cfg.Redact.String(r)
+	}
 	prev := m.hyst.reported
 	if m.hyst.observe(now, state, reasons, h.Hold) {
 		lvl := slog.LevelInfo

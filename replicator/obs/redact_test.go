@@ -1,0 +1,82 @@
+package obs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"testing"
+)
+
+const planted = "Planted@Secret/42"
+
+func TestRedactorRemovesSecretsInEveryForm(t *testing.T) {
+	r := NewRedactor(planted, "", "tok_0123456789abcdef")
+	for _, in := range []string{
+		"connect to " + planted + "@host",
+		"postgres://app:" + url.QueryEscape(planted) + "@host/db",
+		"postgres://app:" + url.UserPassword("app", planted).String()[4:] + "@host/db",
+		"Bearer tok_0123456789abcdef",
+	} {
+		out := r.String(in)
+		if strings.Contains(out, "Planted") || strings.Contains(out, "tok_0123") {
+			t.Errorf("String(%q) = %q: a secret is left", in, out)
+		}
+		if !strings.Contains(out, Redacted) {
+			t.Errorf("String(%q) = %q: no %s marker", in, out, Redacted)
+		}
+	}
+	if got := r.String("nothing secret here"); got != "nothing secret here" {
+		t.Errorf("text without secrets changed: %q", got)
+	}
+	var nilR *Redactor
+	if got := nilR.String("x " + planted); got != "x "+planted {
+		t.Errorf("nil redactor changed text: %q", got)
+	}
+}
+
+func TestRedactorErrorKeepsTheChain(t *testing.T) {
+	r := NewRedactor(planted)
+	base := errors.New("dial " + planted + ": refused")
+	err := r.Error(fmt.Errorf("probe: %w", base))
+	if strings.Contains(err.Error(), "Planted") {
+		t.Fatalf("error text carries the secret: %q", err)
+	}
+	if !errors.Is(err, base) {
+		t.Fatal("errors.Is lost the original error")
+	}
+	if r.Error(nil) != nil {
+		t.Fatal("Error(nil) is not nil")
+	}
+}
+
+type stringer struct{ s string }
+
+func (s stringer) String() string { return s.s }
+
+func TestRedactHandlerCleansMessagesAndAttributes(t *testing.T) {
+	r := NewRedactor(planted)
+	for name, mk := range map[string]func(*bytes.Buffer) slog.Handler{
+		"text": func(b *bytes.Buffer) slog.Handler { return slog.NewTextHandler(b, nil) },
+		"json": func(b *bytes.Buffer) slog.Handler { return slog.NewJSONHandler(b, nil) },
+	} {
+		var buf bytes.Buffer
+		log := slog.New(r.Handler(mk(&buf)))
+		log = log.With("conn", "postgres://u:"+planted+"@h/db")
+		log.WithGroup("g").Error("failed with "+planted,
+			"err", errors.New("auth "+planted),
+			"s", stringer{"str " + planted},
+			"any", struct{ P string }{planted},
+			slog.Group("inner", "x", planted),
+			"n", 42)
+		out := buf.String()
+		if strings.Contains(out, "Planted") || strings.Contains(out, url.QueryEscape(planted)) {
+			t.Errorf("%s log carries the secret: %s", name, out)
+		}
+		if !strings.Contains(out, "42") || strings.Count(out, Redacted) < 6 {
+			t.Errorf("%s log lost its other content or markers: %s", name, out)
+		}
+	}
+}
