@@ -4,7 +4,11 @@
 // A peer asks for every transaction after the last one it durably applied;
 // the stream resumes from exactly there after any disconnect, so nothing is
 // lost or shipped twice across reconnects (the applier also drops
-// duplicates by sequence number). Before any transaction is sent, both sides
+// duplicates by sequence number). A peer can acknowledge (or resume after)
+// only what could have been shipped to it: a position beyond that is
+// refused and changes nothing, so a forged or corrupt acknowledgement can
+// neither trim transactions a peer still needs nor hold its position above
+// what it will ever apply. Before any transaction is sent, both sides
 // compare the fingerprint of the agreed configuration (regions and
 // policies) and refuse to exchange changes when they differ.
 package link
@@ -28,6 +32,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
@@ -84,6 +89,24 @@ var ErrUnauthorized = errors.New("peer refused credentials")
 // the region must be re-seeded from a live one.
 var ErrTooFarBehind = errors.New("peer no longer holds the transactions this region needs")
 
+// ErrRefused is returned when a peer refuses a position this region sent
+// it: an acknowledgement or a resume position beyond what it shipped.
+var ErrRefused = errors.New("peer refused a position beyond what it shipped")
+
+// Reasons a Server refuses a peer's request, as ServerConfig.Refused
+// reports them.
+const (
+	// RefusedAckBeyondShipped: an acknowledgement of a transaction never
+	// shipped to the peer.
+	RefusedAckBeyondShipped = "ack_beyond_shipped"
+	// RefusedResumeBeyondNewest: a stream asked to resume after a
+	// transaction this region never assigned.
+	RefusedResumeBeyondNewest = "resume_beyond_newest"
+)
+
+// RefusalReasons lists every reason ServerConfig.Refused may report.
+var RefusalReasons = []string{RefusedAckBeyondShipped, RefusedResumeBeyondNewest}
+
 // MismatchError names what differs.
 type MismatchError struct {
 	Peer        conflict.RegionID
@@ -114,12 +137,38 @@ type ServerConfig struct {
 	// Shipped, when set, is called for each entry written to a peer's
 	// stream (for metrics); it must not block.
 	Shipped func(peer conflict.RegionID, e Entry)
+	// Refused, when set, is called for each request refused for claiming a
+	// position beyond what was shipped, with one of RefusalReasons (for
+	// metrics); it must not block.
+	Refused func(peer conflict.RegionID, reason string)
 }
 
 // Server serves /v1/stream and /v1/ack.
 type Server struct {
 	cfg ServerConfig
+
+	mu sync.Mutex
+	// shipped holds, per peer that opened a stream from this process, the
+	// highest transaction the peer may have applied: the largest position a
+	// stream resumed after, or transaction written whole to its stream.
+	shipped map[conflict.RegionID]replicator.Seq
+	// refusals rate-limits the log line of refused requests.
+	refusals map[refusalKey]*refusalLog
 }
+
+type refusalKey struct {
+	peer   conflict.RegionID
+	reason string
+}
+
+type refusalLog struct {
+	last       time.Time
+	suppressed int
+}
+
+// refusalLogEvery is the least time between two log lines for the same
+// peer and reason (each refusal is counted whatever is logged).
+const refusalLogEvery = time.Minute
 
 // NewServer returns a Server; mount Handler on an http.Server.
 func NewServer(cfg ServerConfig) *Server {
@@ -132,7 +181,70 @@ func NewServer(cfg ServerConfig) *Server {
 	if cfg.Keepalive <= 0 {
 		cfg.Keepalive = 2 * time.Second
 	}
-	return &Server{cfg: cfg}
+	return &Server{cfg: cfg, shipped: map[conflict.RegionID]replicator.Seq{}, refusals: map[refusalKey]*refusalLog{}}
+}
+
+// noteShipped records that peer may have applied every transaction up to
+// seq.
+func (s *Server) noteShipped(peer conflict.RegionID, seq replicator.Seq) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if cur, ok := s.shipped[peer]; !ok || seq > cur {
+		s.shipped[peer] = seq
+	}
+}
+
+// ackBound returns the highest transaction peer may acknowledge, and
+// whether it is what this process shipped (else the newest assigned).
+//
+// The rule: once the peer has opened a stream from this process, the bound
+// is the largest position one of its streams resumed after (checked against
+// the newest sequence assigned when the stream opened) or the last
+// transaction written whole to one of them. Before that (this process has
+// just started), a previous process may have shipped anything up to the
+// newest sequence ever assigned, and the peer's acknowledgement of it may
+// arrive before its stream reconnects: the bound is that newest sequence.
+// An honest peer acknowledges only what it applied, and resumes after that
+// too, so it is never refused; and no acknowledgement beyond the newest
+// sequence ever assigned is recorded, in any case.
+func (s *Server) ackBound(ctx context.Context, peer conflict.RegionID) (replicator.Seq, bool, error) {
+	s.mu.Lock()
+	bound, streamed := s.shipped[peer]
+	s.mu.Unlock()
+	if streamed {
+		return bound, true, nil
+	}
+	_, newest, err := s.cfg.Outbox.Retained(ctx)
+	return newest, false, err
+}
+
+// refuse answers a request that claims a position beyond what was shipped:
+// 422 with msg, counted for every refusal, logged for the first of each
+// peer and reason and then at most once per refusalLogEvery.
+func (s *Server) refuse(w http.ResponseWriter, peer conflict.RegionID, reason, msg string) {
+	if s.cfg.Refused != nil {
+		s.cfg.Refused(peer, reason)
+	}
+	s.mu.Lock()
+	k := refusalKey{peer, reason}
+	l := s.refusals[k]
+	if l == nil {
+		l = &refusalLog{}
+		s.refusals[k] = l
+	}
+	due := l.last.IsZero() || time.Since(l.last) >= refusalLogEvery
+	suppressed := l.suppressed
+	if due {
+		l.last, l.suppressed = time.Now(), 0
+	} else {
+		l.suppressed++
+	}
+	s.mu.Unlock()
+	if due {
+		s.cfg.Logger.Error("link: refused a position beyond what was shipped to the peer; nothing recorded",
+			"peer", string(peer), "reason", reason, "detail", msg, "refused_since_last_logged", suppressed)
+	}
+	http.Error(w, msg, http.StatusUnprocessableEntity)
 }
 
 // Handler returns the HTTP handler for the link endpoints.
@@ -165,6 +277,20 @@ func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "seq: "+err.Error(), http.StatusBadRequest)
 		return
 	}
+	bound, streamed, err := s.ackBound(r.Context(), peer)
+	if err != nil {
+		s.cfg.Logger.Error("link: read outbox retention", "err", err)
+		http.Error(w, "outbox unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if replicator.Seq(seq) > bound {
+		what := "the last transaction shipped to it"
+		if !streamed {
+			what = "the newest transaction " + string(s.cfg.Region) + " ever assigned"
+		}
+		s.refuse(w, peer, RefusedAckBeyondShipped, fmt.Sprintf("ack of seq %d from region %s is beyond %s (%d); refused", seq, peer, what, bound))
+		return
+	}
 	if err := s.cfg.Outbox.Ack(r.Context(), peer, replicator.Seq(seq)); err != nil {
 		s.cfg.Logger.Error("link: record ack", "peer", string(peer), "err", err)
 		http.Error(w, "record ack failed", http.StatusInternalServerError)
@@ -192,10 +318,24 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	ctx := r.Context()
+	// Nothing after the newest sequence ever assigned was shipped to anyone:
+	// a peer resuming beyond it is refused before anything is recorded.
+	_, newest, err := s.cfg.Outbox.Retained(ctx)
+	if err != nil {
+		s.cfg.Logger.Error("link: read outbox retention", "err", err)
+		http.Error(w, "outbox unavailable", http.StatusServiceUnavailable)
+		return
+	}
+	if replicator.Seq(after) > newest {
+		s.refuse(w, peer, RefusedResumeBeyondNewest, fmt.Sprintf("resume after seq %d from region %s is beyond the newest transaction %s ever assigned (%d); refused",
+			after, peer, s.cfg.Region, newest))
+		return
+	}
 	// Asking for entries after N means N was durably applied.
 	if err := s.cfg.Outbox.Ack(ctx, peer, replicator.Seq(after)); err != nil {
 		s.cfg.Logger.Error("link: record ack", "peer", string(peer), "err", err)
 	}
+	// Read again: recording the ack may have trimmed the outbox.
 	oldest, newest, err := s.cfg.Outbox.Retained(ctx)
 	if err != nil {
 		s.cfg.Logger.Error("link: read outbox retention", "err", err)
@@ -209,6 +349,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, msg, http.StatusGone)
 		return
 	}
+	s.noteShipped(peer, replicator.Seq(after))
 	w.Header().Set("Content-Type", "application/x-polyregion-stream")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
@@ -250,6 +391,9 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			}
 			if s.cfg.Shipped != nil {
 				s.cfg.Shipped(peer, e)
+			}
+			if !e.More {
+				s.noteShipped(peer, e.Seq)
 			}
 			pos, posPart, posMore = e.Seq, e.Part, e.More
 		}
@@ -481,6 +625,10 @@ func (c *Client) Ack(ctx context.Context, seq replicator.Seq) error {
 		return fmt.Errorf("ack to %s: %w", c.cfg.Peer, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnprocessableEntity {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("ack to %s: %w: %s", c.cfg.Peer, ErrRefused, strings.TrimSpace(string(b)))
+	}
 	_, _ = io.Copy(io.Discard, resp.Body)
 	if resp.StatusCode == http.StatusUnauthorized {
 		return fmt.Errorf("ack to %s: %w", c.cfg.Peer, ErrUnauthorized)
@@ -509,6 +657,9 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 	case http.StatusGone:
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
 		return fmt.Errorf("stream from %s: %w: %s", c.cfg.Peer, ErrTooFarBehind, strings.TrimSpace(string(b)))
+	case http.StatusUnprocessableEntity:
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("stream from %s: %w: %s", c.cfg.Peer, ErrRefused, strings.TrimSpace(string(b)))
 	case http.StatusConflict:
 		var h Hello
 		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&h)

@@ -10,8 +10,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -31,6 +34,11 @@ type memOutbox struct {
 	acks    map[conflict.RegionID]replicator.Seq
 	changed chan struct{}
 	trimmed replicator.Seq
+	// assigned, when above the last entry, is the newest sequence assigned
+	// (entries past the last one are not visible yet).
+	assigned replicator.Seq
+	// ackCalls records every Ack call, refused positions included.
+	ackCalls []replicator.Seq
 }
 
 func newMemOutbox() *memOutbox {
@@ -62,9 +70,9 @@ func (m *memOutbox) Retained(context.Context) (replicator.Seq, replicator.Seq, e
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.entries) == 0 {
-		return 0, m.trimmed, nil
+		return 0, max(m.trimmed, m.assigned), nil
 	}
-	return m.entries[0].Seq, m.entries[len(m.entries)-1].Seq, nil
+	return m.entries[0].Seq, max(m.entries[len(m.entries)-1].Seq, m.assigned), nil
 }
 
 func (m *memOutbox) trim(upTo replicator.Seq) {
@@ -85,6 +93,7 @@ func (m *memOutbox) Changed() <-chan struct{} {
 func (m *memOutbox) Ack(_ context.Context, peer conflict.RegionID, seq replicator.Seq) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.ackCalls = append(m.ackCalls, seq)
 	if seq > m.acks[peer] {
 		m.acks[peer] = seq
 	}
@@ -167,11 +176,19 @@ func newPKI(t *testing.T) pki {
 // serve starts a link server for region us over ob; serverTLS may be zero.
 func serve(t *testing.T, ob Outbox, serverTLS TLSFiles, c regions.Cluster) string {
 	t.Helper()
+	return serveWith(t, ServerConfig{Outbox: ob, Cluster: c}, serverTLS)
+}
+
+// serveWith starts a link server for region us with cfg (region, token and
+// keepalive filled in).
+func serveWith(t *testing.T, cfg ServerConfig, serverTLS TLSFiles) string {
+	t.Helper()
 	tlsCfg, err := ServerTLS(serverTLS)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := NewServer(ServerConfig{Region: "us", Cluster: c, Tokens: map[conflict.RegionID]string{"eu": secret}, Outbox: ob, Keepalive: 100 * time.Millisecond})
+	cfg.Region, cfg.Tokens, cfg.Keepalive = "us", map[conflict.RegionID]string{"eu": secret}, 100*time.Millisecond
+	s := NewServer(cfg)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -364,5 +381,197 @@ func TestLargeTransactionPartsArriveInOrder(t *testing.T) {
 	// Resuming after transaction 2 starts at 3, not inside 2.
 	if seqs, err := collect(t, cl, 2, 1); err != nil || fmt.Sprint(seqs) != "[3]" {
 		t.Fatalf("after 2: %v %v", seqs, err)
+	}
+}
+
+func (m *memOutbox) acked(peer conflict.RegionID) (replicator.Seq, []replicator.Seq) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.acks[peer], append([]replicator.Seq(nil), m.ackCalls...)
+}
+
+// raw sends one link request as region eu with the valid token, the way a
+// misbehaving peer could, and returns the status and body.
+func raw(t *testing.T, method, base, path, query string) (int, string) {
+	t.Helper()
+	req, err := http.NewRequest(method, base+path+"?peer=eu&"+query, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+secret)
+	req.Header.Set("X-Polyregion-Fingerprint", cluster.Fingerprint())
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := http.DefaultClient.Do(req.WithContext(ctx))
+	if err != nil {
+		t.Fatalf("%s %s?%s: %v", method, path, query, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, string(b)
+}
+
+func TestAckBeyondWhatWasShippedIsRefusedAndChangesNothing(t *testing.T) {
+	ob := newMemOutbox()
+	for i := 1; i <= 5; i++ {
+		ob.add(txn(i))
+	}
+	ob.assigned = 10 // 6..10 assigned, not shipped yet
+	url := serve(t, ob, TLSFiles{}, cluster)
+
+	// Before any stream from eu, nothing beyond the newest sequence assigned
+	// can have been shipped to it.
+	for _, seq := range []string{"9223372036854775807", "18446744073709551615", "11"} {
+		code, body := raw(t, "POST", url, "/v1/ack", "seq="+seq)
+		if code < 400 || code >= 500 || !strings.Contains(body, "ack of seq "+seq+" from region eu is beyond") || !strings.Contains(body, "(10)") {
+			t.Fatalf("ack of %s before any stream: %d %q, want a 4xx naming the seq, the peer and the bound 10", seq, code, body)
+		}
+	}
+	if acked, calls := ob.acked("eu"); acked != 0 || len(calls) != 0 {
+		t.Fatalf("refused acks reached the outbox: acked %d, calls %v", acked, calls)
+	}
+
+	// eu streams and receives 1..5: it may acknowledge up to 5, not 7.
+	if got, err := collect(t, client(t, url, secret, TLSFiles{}, cluster), 0, 5); err != nil || fmt.Sprint(got) != "[1 2 3 4 5]" {
+		t.Fatalf("stream: %v %v", got, err)
+	}
+	code, body := raw(t, "POST", url, "/v1/ack", "seq=7")
+	if code < 400 || code >= 500 || !strings.Contains(body, "ack of seq 7 from region eu is beyond the last transaction shipped to it (5)") {
+		t.Fatalf("ack of 7 after 1..5 were shipped: %d %q", code, body)
+	}
+	// Legitimate acks still work.
+	if code, body := raw(t, "POST", url, "/v1/ack", "seq=5"); code != http.StatusNoContent {
+		t.Fatalf("ack of 5: %d %q", code, body)
+	}
+	acked, calls := ob.acked("eu")
+	if acked != 5 {
+		t.Fatalf("recorded ack %d, want 5", acked)
+	}
+	for _, c := range calls {
+		if c > 5 {
+			t.Fatalf("the outbox was asked to record an ack of %d (calls %v)", c, calls)
+		}
+	}
+}
+
+func TestResumeBeyondNewestIsRefusedBeforeAnyAck(t *testing.T) {
+	ob := newMemOutbox()
+	for i := 1; i <= 5; i++ {
+		ob.add(txn(i))
+	}
+	url := serve(t, ob, TLSFiles{}, cluster)
+	code, body := raw(t, "GET", url, "/v1/stream", "after=9")
+	if code < 400 || code >= 500 || !strings.Contains(body, "resume after seq 9 from region eu is beyond") || !strings.Contains(body, "(5)") {
+		t.Fatalf("stream after 9 with 1..5 assigned: %d %q, want a 4xx naming the seq, the peer and 5", code, body)
+	}
+	if acked, calls := ob.acked("eu"); acked != 0 || len(calls) != 0 {
+		t.Fatalf("a refused stream recorded acks: acked %d, calls %v", acked, calls)
+	}
+	// Resuming at the newest position is fine (a caught-up peer).
+	if got, err := collect(t, client(t, url, secret, TLSFiles{}, cluster), 4, 1); err != nil || fmt.Sprint(got) != "[5]" {
+		t.Fatalf("after 4: %v %v", got, err)
+	}
+	if acked, _ := ob.acked("eu"); acked != 4 {
+		t.Fatalf("resume after 4 recorded %d, want 4", acked)
+	}
+}
+
+// syncBuffer is a log sink safe for concurrent writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestRefusalsAreCountedEachTimeAndLoggedOnce(t *testing.T) {
+	ob := newMemOutbox()
+	for i := 1; i <= 3; i++ {
+		ob.add(txn(i))
+	}
+	var logs syncBuffer
+	var mu sync.Mutex
+	counted := map[string]int{}
+	url := serveWith(t, ServerConfig{Outbox: ob, Cluster: cluster, Logger: slog.New(slog.NewTextHandler(&logs, nil)),
+		Refused: func(peer conflict.RegionID, reason string) {
+			mu.Lock()
+			counted[string(peer)+"/"+reason]++
+			mu.Unlock()
+		}}, TLSFiles{})
+	cl := client(t, url, secret, TLSFiles{}, cluster)
+	for range 3 {
+		err := cl.Ack(context.Background(), 9223372036854775807)
+		if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "ack of seq 9223372036854775807 from region eu is beyond") {
+			t.Fatalf("forged ack: %v, want ErrRefused naming the seq", err)
+		}
+		if err := cl.Stream(context.Background(), 4, func(*replicator.Txn) error { return nil }); !errors.Is(err, ErrRefused) ||
+			!strings.Contains(err.Error(), "resume after seq 4 from region eu") {
+			t.Fatalf("stream after 4 of 3: %v, want ErrRefused naming the seq", err)
+		}
+	}
+	mu.Lock()
+	got := fmt.Sprint(counted)
+	mu.Unlock()
+	if want := "map[eu/ack_beyond_shipped:3 eu/resume_beyond_newest:3]"; got != want {
+		t.Errorf("refusals counted %s, want %s", got, want)
+	}
+	out := logs.String()
+	for _, reason := range RefusalReasons {
+		if n := strings.Count(out, "reason="+reason); n != 1 {
+			t.Errorf("%s logged %d times, want once:\n%s", reason, n, out)
+		}
+	}
+	if strings.Contains(out, secret) {
+		t.Errorf("the log shows the token:\n%s", out)
+	}
+	if acked, calls := ob.acked("eu"); acked != 0 || len(calls) != 0 {
+		t.Fatalf("refused requests reached the outbox: acked %d, calls %v", acked, calls)
+	}
+	// The peer's legitimate position still works afterwards.
+	if got, err := collect(t, cl, 0, 3); err != nil || fmt.Sprint(got) != "[1 2 3]" {
+		t.Fatalf("after 0: %v %v", got, err)
+	}
+	if err := cl.Ack(context.Background(), 3); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestLargeTransactionIsAcknowledgeableOnlyOnceWhollyShipped(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	for p := 0; p < 2; p++ { // transaction 2's last part is not written yet
+		tx := txn(2)
+		tx.Part, tx.More = p, true
+		ob.add(tx)
+	}
+	url := serve(t, ob, TLSFiles{}, cluster)
+	cl := client(t, url, secret, TLSFiles{}, cluster)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	n := 0
+	errDone := errors.New("done")
+	if err := cl.Stream(ctx, 0, func(*replicator.Txn) error {
+		if n++; n == 3 {
+			return errDone
+		}
+		return nil
+	}); !errors.Is(err, errDone) {
+		t.Fatal(err)
+	}
+	if err := cl.Ack(context.Background(), 2); !errors.Is(err, ErrRefused) {
+		t.Fatalf("ack of a transaction shipped in part: %v, want ErrRefused", err)
+	}
+	if err := cl.Ack(context.Background(), 1); err != nil {
+		t.Fatalf("ack of 1: %v", err)
 	}
 }

@@ -262,12 +262,18 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	outbox := postgres.NewOutbox(pool, reader, cfg.Region, peerIDs, cfg.OutboxMaxTxns)
 	graves := newTombstones(cfg, reader, outbox, log)
 	graves.onError = func() { rt.mon.Metrics().Error(obs.ErrTombstones) }
+	if err := outbox.RepairAcks(ctx, log); err != nil {
+		return err
+	}
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokens,
 		Outbox: outbox, Logger: log,
 		Advert: graves.Advert,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {
 			rt.mon.Metrics().Shipped(string(peer), e.Rows, len(e.Payload), !e.More)
+		},
+		Refused: func(peer conflict.RegionID, reason string) {
+			rt.mon.Metrics().LinkRefused(string(peer), reason)
 		},
 	})
 	ln, err := net.Listen("tcp", cfg.Listen)
@@ -721,6 +727,7 @@ func (f *follower) applyWithRetry(ctx context.Context, a *postgres.Applier, batc
 
 func (f *follower) ackLoop(ctx context.Context) {
 	var sent uint64
+	warned := false
 	t := time.NewTicker(f.cfg.AckInterval)
 	defer t.Stop()
 	for {
@@ -737,7 +744,15 @@ func (f *follower) ackLoop(ctx context.Context) {
 		if err := f.client.Ack(actx, replicator.Seq(cur)); err == nil {
 			sent = cur
 		} else if ctx.Err() == nil {
-			f.log.Debug("ack failed", "err", err)
+			if errors.Is(err, link.ErrRefused) && !warned {
+				// Not fatal: the peer holds the position it had; the ack is
+				// sent again at the next tick, and a stream resuming after
+				// the applied position records it too.
+				f.log.Warn("peer refused an acknowledgement; retrying later", "seq", cur, "err", err)
+				warned = true
+			} else {
+				f.log.Debug("ack failed", "err", err)
+			}
 		}
 		cancel()
 	}

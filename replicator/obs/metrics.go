@@ -10,6 +10,7 @@ import (
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator/link"
 )
 
 // Error kinds counted by polyregion_errors_total. Every kind is exported
@@ -62,6 +63,7 @@ type Metrics struct {
 	errors      *prometheus.CounterVec
 	backlog     *prometheus.GaugeVec
 	health      *prometheus.GaugeVec
+	refused     *prometheus.CounterVec
 
 	slotRetained prometheus.Gauge
 	slotMax      prometheus.Gauge
@@ -97,6 +99,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.conflicts = f.counterVec("polyregion_conflicts_total", "Concurrent writes resolved here and logged, by table, what collided and the table's policy.", []string{"table", "kind", "policy"})
 	m.merged = f.counterVec("polyregion_merged_updates_total", "Concurrent updates of rows whose columns are all key or counter columns, resolved here with every increment kept and nothing overwritten (not logged as conflicts).", peer)
 	m.errors = f.counterVec("polyregion_errors_total", "Errors by kind.", []string{"kind"})
+	m.refused = f.counterVec("polyregion_link_refused_total", "Requests from the peer refused, and not recorded, because they claimed a position beyond what this region shipped to it (an acknowledgement or a resume position), by reason.", []string{"peer", "reason"})
 	m.health = f.gaugeVec("polyregion_health_status", "1 for the status /health reports (serving, degraded, unavailable), 0 for the others.", []string{"state"})
 
 	m.slotRetained = f.gauge("polyregion_slot_wal_retained_bytes", "WAL the region's replication slot holds back.")
@@ -119,6 +122,9 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 			v.WithLabelValues(string(p))
 		}
 		m.applyDur.WithLabelValues(string(p))
+		for _, r := range link.RefusalReasons {
+			m.refused.WithLabelValues(string(p), r)
+		}
 	}
 	kinds := []conflict.Kind{conflict.InsertInsert, conflict.UpdateUpdate, conflict.UpdateDelete, conflict.DeleteUpdate, conflict.DeleteDelete}
 	for _, t := range tables {
@@ -159,6 +165,12 @@ func (m *Metrics) Shipped(peer string, rows, bytes int, lastPart bool) {
 	}
 	m.shippedRows.WithLabelValues(peer).Add(float64(rows))
 	m.shippedB.WithLabelValues(peer).Add(float64(bytes))
+}
+
+// LinkRefused counts one request from peer the link server refused, for
+// reason (one of link.RefusalReasons).
+func (m *Metrics) LinkRefused(peer, reason string) {
+	m.refused.WithLabelValues(peer, reason).Inc()
 }
 
 // Conflict is one logged conflict, as Applied counts it.

@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"math"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -75,12 +77,23 @@ func (o *Outbox) Retained(ctx context.Context) (oldest, newest replicator.Seq, e
 func (o *Outbox) Changed() <-chan struct{} { return o.reader.Changed() }
 
 // Ack implements link.Outbox: it records the peer's position and deletes
-// entries every configured peer has applied.
+// entries every configured peer has applied. A position beyond the newest
+// sequence ever assigned is refused and changes nothing (the link server
+// refuses it first; this keeps the table right whoever calls).
 func (o *Outbox) Ack(ctx context.Context, peer conflict.RegionID, seq replicator.Seq) error {
-	_, err := o.pool.Exec(ctx, `INSERT INTO polyregion.peer_ack (peer, seq, updated_at) VALUES ($1, $2, pg_catalog.now())
-		ON CONFLICT (peer) DO UPDATE SET seq = GREATEST(polyregion.peer_ack.seq, excluded.seq), updated_at = excluded.updated_at`, string(peer), int64(seq))
+	if seq > math.MaxInt64 {
+		return fmt.Errorf("record ack of %s: seq %d is beyond any sequence assigned; refused", peer, uint64(seq))
+	}
+	tag, err := o.pool.Exec(ctx, `INSERT INTO polyregion.peer_ack (peer, seq, updated_at)
+		SELECT $1, $2::bigint, pg_catalog.now()
+		WHERE $2::bigint <= coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $3), 0)
+		ON CONFLICT (peer) DO UPDATE SET seq = GREATEST(polyregion.peer_ack.seq, excluded.seq), updated_at = excluded.updated_at`,
+		string(peer), int64(seq), SlotName(o.region))
 	if err != nil {
 		return fmt.Errorf("record ack of %s: %w", peer, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return fmt.Errorf("record ack of %s: seq %d is beyond the newest transaction assigned here; refused", peer, uint64(seq))
 	}
 	_, err = o.pool.Exec(ctx, `DELETE FROM polyregion.outbox WHERE seq <= (
 		SELECT CASE WHEN count(*) = pg_catalog.cardinality($1::text[]) THEN min(seq) ELSE 0 END
@@ -89,6 +102,37 @@ func (o *Outbox) Ack(ctx context.Context, peer conflict.RegionID, seq replicator
 		return fmt.Errorf("trim outbox: %w", err)
 	}
 	return o.Cap(ctx)
+}
+
+// RepairAcks lowers every peer position recorded beyond the newest
+// sequence ever assigned down to it, logging each one repaired. Such a
+// position can only come from an acknowledgement of transactions never
+// shipped (accepted by earlier versions); left in place it would never be
+// lowered by the peer's real acknowledgements. Run it before serving peers.
+func (o *Outbox) RepairAcks(ctx context.Context, log *slog.Logger) error {
+	rows, err := o.pool.Query(ctx, `UPDATE polyregion.peer_ack a SET seq = n.seq, updated_at = pg_catalog.now()
+		FROM (SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0) AS seq) n,
+			polyregion.peer_ack o
+		WHERE o.peer = a.peer AND a.seq > n.seq
+		RETURNING a.peer, o.seq, a.seq`, SlotName(o.region))
+	if err != nil {
+		return fmt.Errorf("repair peer positions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var peer string
+		var was, now int64
+		if err := rows.Scan(&peer, &was, &now); err != nil {
+			return fmt.Errorf("repair peer positions: %w", err)
+		}
+		log.Warn("lowered a peer's recorded acknowledgement that was beyond the newest transaction ever assigned here; "+
+			"if the outbox was trimmed past what the peer applied, it will be told to re-seed",
+			"peer", peer, "recorded_seq", was, "lowered_to", now)
+	}
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("repair peer positions: %w", err)
+	}
+	return nil
 }
 
 // Cap drops the oldest entries beyond the retention cap, whether or not
