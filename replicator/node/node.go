@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -223,7 +224,19 @@ func Prepare(ctx context.Context, cfg Config) error {
 	for i, p := range cfg.Peers {
 		peers[i] = string(p.ID)
 	}
-	return postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), peers)
+	if err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), peers); err != nil {
+		return err
+	}
+	open, err := postgres.UnconfinedTables(ctx, conn, cfg.TableNames())
+	if err != nil {
+		return err
+	}
+	if len(open) > 0 && cfg.Logger != nil {
+		cfg.Logger.Warn("peers' changes to these tables are applied with the privileges of their owner, which is not an application role: "+
+			"triggers and defaults on them run with those privileges; give them an application role as owner (and GRANT it to the replicator's role)",
+			"tables", strings.Join(open, "; "))
+	}
+	return nil
 }
 
 // runDataPlane runs the reader, the link server and the followers until a

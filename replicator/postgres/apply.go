@@ -88,6 +88,9 @@ type Applier struct {
 	readAll bool
 	// gate sizes local transactions under lock contention (see Apply).
 	gate contention
+	// owners maps a table to the function its writes run through (see
+	// ownerexec.go).
+	owners map[string]string
 }
 
 // Errors an operator may need to act on.
@@ -312,6 +315,9 @@ func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn
 		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
 		args: []any{string(a.cfg.Source), int64(last.Seq), last.LSN, int64(maxHLC)}, want: -1})
 	if err := ex.flush(ctx); err != nil {
+		return 0, err
+	}
+	if err := ex.fireDeferred(ctx); err != nil {
 		return 0, err
 	}
 	if err := ex.tx.Commit(ctx); err != nil {
@@ -1142,6 +1148,12 @@ type stmt struct {
 	args []any
 	// want is the number of rows the statement must affect (-1: any).
 	want int64
+	// table, for a write of an application table, names it: the write
+	// runs with the table owner's privileges (see ownerexec.go).
+	table string
+	// counted: the statement returns the rows processed as its one value
+	// (a call of an exec_as function) instead of in its command tag.
+	counted bool
 }
 
 func insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
@@ -1161,7 +1173,7 @@ func insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
 	return stmt{
 		sql: fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO NOTHING", qualified(sh.Table),
 			strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(key, ", ")),
-		args: args, want: 1,
+		args: args, want: 1, table: sh.Table,
 	}
 }
 
@@ -1182,12 +1194,12 @@ func updateStmt(sh replicator.Shape, key string, row []replicator.Value) stmt {
 		kc := quoteIdent(sh.Columns[sh.Key[0]])
 		sets = append(sets, kc+" = "+kc)
 	}
-	return stmt{sql: fmt.Sprintf("UPDATE %s SET %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), where), args: args, want: 1}
+	return stmt{sql: fmt.Sprintf("UPDATE %s SET %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), where), args: args, want: 1, table: sh.Table}
 }
 
 func deleteStmt(sh replicator.Shape, key string) stmt {
 	where, args := keyWhere(sh, key, 0)
-	return stmt{sql: fmt.Sprintf("DELETE FROM %s WHERE %s", qualified(sh.Table), where), args: args, want: 1}
+	return stmt{sql: fmt.Sprintf("DELETE FROM %s WHERE %s", qualified(sh.Table), where), args: args, want: 1, table: sh.Table}
 }
 
 func isKeyCol(sh replicator.Shape, i int) bool {
@@ -1356,6 +1368,10 @@ type executor struct {
 	unlockedKeys bool
 	waitReader   func(context.Context) error
 	deferred     []stmt
+	// execAs returns the function a table's writes run through ("" for
+	// none; see ownerexec.go); ranAs lists those this transaction used.
+	execAs func(ctx context.Context, tx pgx.Tx, table string) (string, error)
+	ranAs  []string
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
@@ -1366,7 +1382,8 @@ type executor struct {
 
 // executor starts the writes of one apply transaction.
 func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
-	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout}
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout,
+		execAs: a.execAs}
 	if a.cfg.Versioner != nil {
 		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0) }
 	}
@@ -1398,9 +1415,13 @@ func (e *executor) run(ctx context.Context, ops []op) error {
 			metas = append(metas, s)
 			continue
 		}
-		tag, err := e.tx.Exec(ctx, s.sql, s.args...)
-		if err == nil && s.want >= 0 && tag.RowsAffected() != s.want {
-			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), tag.RowsAffected(), s.want)}
+		s, err := e.asOwner(ctx, s)
+		var n int64
+		if err == nil {
+			n, err = e.exec(ctx, s)
+		}
+		if err == nil && s.want >= 0 && n != s.want {
+			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), n, s.want)}
 		}
 		if err != nil {
 			if _, rerr := e.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+save); rerr != nil {
@@ -1546,21 +1567,36 @@ func (e *executor) pipeline(ctx context.Context, stmts []stmt) error {
 		return nil
 	}
 	var b pgx.Batch
-	for _, s := range stmts {
+	names := make([]string, len(stmts))
+	for i, s := range stmts {
+		names[i] = firstLine(s.sql)
+		s, err := e.asOwner(ctx, s)
+		if err != nil {
+			return err
+		}
+		stmts[i] = s
 		b.Queue(s.sql, s.args...)
 	}
 	br := e.tx.SendBatch(ctx, &b)
 	var firstErr error
 	for i, s := range stmts {
-		tag, err := br.Exec()
+		var n int64
+		var err error
+		if s.counted {
+			err = br.QueryRow().Scan(&n)
+		} else {
+			var tag pgconn.CommandTag
+			tag, err = br.Exec()
+			n = tag.RowsAffected()
+		}
 		if err != nil {
 			if firstErr == nil {
-				firstErr = fmt.Errorf("apply: %s: %w", firstLine(s.sql), err)
+				firstErr = fmt.Errorf("apply: %s: %w", names[i], err)
 			}
 			break
 		}
-		if s.want >= 0 && tag.RowsAffected() != s.want && firstErr == nil {
-			firstErr = retryable{fmt.Errorf("apply: statement %d (%s) affected %d rows, want %d (a local write raced the apply)", i, firstLine(s.sql), tag.RowsAffected(), s.want)}
+		if s.want >= 0 && n != s.want && firstErr == nil {
+			firstErr = retryable{fmt.Errorf("apply: statement %d (%s) affected %d rows, want %d (a local write raced the apply)", i, names[i], n, s.want)}
 		}
 	}
 	if err := br.Close(); err != nil && firstErr == nil {
@@ -1801,7 +1837,7 @@ func (g *group) stmt() stmt {
 			key = append(key, quoteIdent(sh.Columns[k]))
 		}
 		return stmt{sql: fmt.Sprintf("INSERT INTO %s AS t (%s) SELECT %s FROM %s ON CONFLICT (%s) DO NOTHING",
-			qualified(sh.Table), strings.Join(cols, ", "), strings.Join(sel, ", "), from(), strings.Join(key, ", ")), args: args, want: want}
+			qualified(sh.Table), strings.Join(cols, ", "), strings.Join(sel, ", "), from(), strings.Join(key, ", ")), args: args, want: want, table: sh.Table}
 	case opUpdate:
 		keyCols()
 		var sets []string
@@ -1813,9 +1849,9 @@ func (g *group) stmt() stmt {
 			kc := quoteIdent(sh.Columns[sh.Key[0]])
 			sets = append(sets, kc+" = t."+kc)
 		}
-		return stmt{sql: fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), from(), keyMatch()), args: args, want: want}
+		return stmt{sql: fmt.Sprintf("UPDATE %s AS t SET %s FROM %s WHERE %s", qualified(sh.Table), strings.Join(sets, ", "), from(), keyMatch()), args: args, want: want, table: sh.Table}
 	default:
 		keyCols()
-		return stmt{sql: fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s", qualified(sh.Table), from(), keyMatch()), args: args, want: want}
+		return stmt{sql: fmt.Sprintf("DELETE FROM %s AS t USING %s WHERE %s", qualified(sh.Table), from(), keyMatch()), args: args, want: want, table: sh.Table}
 	}
 }

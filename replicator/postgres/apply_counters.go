@@ -229,7 +229,7 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 	update := stmt{
 		sql: fmt.Sprintf("UPDATE %s AS t SET %s FROM ROWS FROM (%s) AS u(%s) WHERE %s", qualified(sh.Table),
 			strings.Join(sets, ", "), strings.Join(unnest, ", "), strings.Join(alias, ", "), strings.Join(match, " AND ")),
-		args: args, want: int64(len(ks)),
+		args: args, want: int64(len(ks)), table: sh.Table,
 	}
 	return []stmt{lock, update}
 }

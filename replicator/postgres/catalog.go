@@ -193,6 +193,9 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if err := prepareTruncateCapture(ctx, conn, tables); err != nil {
 		return err
 	}
+	if err := prepareOwnerExec(ctx, conn, tables); err != nil {
+		return err
+	}
 	for _, p := range peers {
 		if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)
 			WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, OriginName(p)); err != nil {

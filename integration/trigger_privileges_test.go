@@ -1,0 +1,75 @@
+package integration
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// hostileSchema: the application's table, a log the application's own
+// trigger writes, and a trigger function that tries to reach the
+// replicator's tables: read them, change them, and switch back to the
+// replicator's role first. It runs as an ordinary AFTER trigger and as a
+// deferred constraint trigger (which fires at commit).
+var hostileSchema = []string{
+	kvSchema[0],
+	`CREATE TABLE public.trigger_log (id bigserial PRIMARY KEY, trig text, session text DEFAULT session_user, as_user text, attempt text, outcome text)`,
+	`CREATE FUNCTION public.hostile() RETURNS trigger LANGUAGE plpgsql AS $$
+	DECLARE r text;
+	BEGIN
+		BEGIN PERFORM pg_catalog.count(*) FROM polyregion.peer_ack; r := 'allowed';
+		EXCEPTION WHEN others THEN r := 'refused: ' || SQLERRM; END;
+		INSERT INTO public.trigger_log (trig, as_user, attempt, outcome) VALUES (TG_NAME, current_user, 'read', r);
+		BEGIN UPDATE polyregion.applied SET applied_at = '2000-01-01'; r := 'allowed';
+		EXCEPTION WHEN others THEN r := 'refused: ' || SQLERRM; END;
+		INSERT INTO public.trigger_log (trig, as_user, attempt, outcome) VALUES (TG_NAME, current_user, 'change', r);
+		BEGIN
+			EXECUTE 'RESET ROLE';
+			UPDATE polyregion.applied SET applied_at = '2000-01-01'; r := 'allowed';
+			EXECUTE 'SET ROLE app';
+		EXCEPTION WHEN others THEN r := 'refused: ' || SQLERRM; END;
+		INSERT INTO public.trigger_log (trig, as_user, attempt, outcome) VALUES (TG_NAME, current_user, 'escape', r);
+		RETURN NULL;
+	END $$`,
+	`CREATE TRIGGER hostile AFTER INSERT OR UPDATE OR DELETE ON public.kv FOR EACH ROW EXECUTE FUNCTION public.hostile()`,
+	`CREATE CONSTRAINT TRIGGER hostile_deferred AFTER INSERT OR UPDATE ON public.kv DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.hostile()`,
+}
+
+// TestApplicationTriggersCannotReachTheReplicatorsTables: peers' changes
+// are applied with the table owner's privileges. An application's
+// trigger, ordinary or deferred to commit, fired by an applied row runs as
+// the owner and can neither read nor change the replicator's tables, nor
+// switch back to the replicator's role; the rows replicate as usual.
+func TestApplicationTriggersCannotReachTheReplicatorsTables(t *testing.T) {
+	h := startRegions(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: hostileSchema, Tables: []TableSpec{{Name: "public.kv"}}})
+	ctx := ctxFor(t, 3*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (1, 'a'), (2, 'b')`)
+	mustExec(t, ctx, us, `UPDATE public.kv SET val = 'c' WHERE id = 1`)
+	mustExec(t, ctx, us, `DELETE FROM public.kv WHERE id = 2`)
+	mustExec(t, ctx, eu, `INSERT INTO public.kv (id, val) VALUES (3, 'local')`) // eu's own write
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE (id = 1 AND val = 'c') OR id = 3`, 2)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE id = 2`, 0)
+	waitRow(t, ctx, us, `SELECT count(*) FROM public.kv WHERE id = 3`, 1)
+
+	// Triggers fired by applied rows in eu: every one, ordinary and deferred.
+	applied := `FROM public.trigger_log WHERE session = 'polyregion'` // the replicator's login role
+	if n := queryInt(t, ctx, eu, `SELECT count(DISTINCT trig) `+applied); n != 2 {
+		t.Fatalf("triggers fired by applied rows in eu: %d kinds, want the ordinary and the deferred one", n)
+	}
+	rows := queryString(t, ctx, eu, `SELECT coalesce(string_agg(trig || ' as ' || as_user || ': ' || attempt || ' ' || outcome, E'\n' ORDER BY id), '') `+applied)
+	for _, l := range strings.Split(rows, "\n") {
+		if !strings.Contains(l, " as app: ") || !strings.Contains(l, " refused: ") {
+			t.Errorf("an application trigger fired by an applied row got through: %s", l)
+		}
+	}
+	for _, r := range h.Regions {
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.applied WHERE applied_at = '2000-01-01'`); n != 0 {
+			t.Errorf("%s: an application trigger changed the replicator's tables (%d rows)", r.Name, n)
+		}
+	}
+	if t.Failed() {
+		t.Logf("eu's trigger log:\n%s", rows)
+	}
+}

@@ -1,0 +1,372 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Applied changes run with the privileges of the table's owner, not the
+// replicator's: an application's trigger (or a default, check or index
+// expression) fired by an applied row must not reach the replicator's own
+// tables. PostgreSQL 16's apply worker does the same (run_as_owner off).
+//
+// Each owner of replicated tables gets polyregion.exec_as_<owner oid>, a
+// SECURITY DEFINER function the owner owns, which runs one statement with
+// its arguments (as text). Inside a security-definer function PostgreSQL
+// refuses SET ROLE and RESET ROLE, so code fired by the statement cannot
+// switch back to the replicator's role; the owner has no privilege on the
+// polyregion schema, so that code can neither read nor change it. Only the
+// replicator may execute the functions, and the owners cannot reach them
+// (no USAGE on the schema) to change them.
+//
+// Tables owned by a superuser or by the replicator's own role gain nothing
+// from this (their triggers would run with those privileges anyway); their
+// changes are applied directly, and Preflight reports them.
+
+// execAsName is the function that runs statements as the role with oid.
+func execAsName(owner uint32) string {
+	return "polyregion.exec_as_" + strconv.FormatUint(uint64(owner), 10)
+}
+
+// prepareOwnerExec creates (or refreshes) the exec_as function of every
+// owner of tables whose changes must not run as the replicator.
+func prepareOwnerExec(ctx context.Context, conn *pgx.Conn, tables []string) error {
+	owners, err := tableOwners(ctx, conn, tables)
+	if err != nil {
+		return err
+	}
+	for _, o := range owners {
+		if !o.confined() {
+			continue
+		}
+		if err := createExecAs(ctx, conn, o); err != nil {
+			return fmt.Errorf("prepare applying as %s (owner of %s): %w", o.name, strings.Join(o.tables, ", "), err)
+		}
+	}
+	return nil
+}
+
+type tableOwner struct {
+	oid    uint32
+	name   string
+	super  bool
+	self   bool // the replicator's own role
+	tables []string
+}
+
+// confined reports whether applying as the owner takes privileges away.
+func (o tableOwner) confined() bool { return !o.super && !o.self }
+
+func tableOwners(ctx context.Context, conn *pgx.Conn, tables []string) ([]tableOwner, error) {
+	list := make([]string, len(tables))
+	for i, t := range tables {
+		list[i] = qualified(t)
+	}
+	rows, err := conn.Query(ctx, `SELECT r.oid::int8, r.rolname, r.rolsuper, r.rolname = current_user,
+			pg_catalog.array_agg(n.nspname || '.' || c.relname ORDER BY 1)
+		FROM pg_catalog.unnest($1::text[]) AS t(name)
+		JOIN pg_catalog.pg_class c ON c.oid = t.name::pg_catalog.regclass
+		JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+		GROUP BY 1, 2, 3, 4 ORDER BY 1`, list)
+	if err != nil {
+		return nil, fmt.Errorf("table owners: %w", err)
+	}
+	defer rows.Close()
+	var out []tableOwner
+	for rows.Next() {
+		var o tableOwner
+		var oid int64
+		if err := rows.Scan(&oid, &o.name, &o.super, &o.self, &o.tables); err != nil {
+			return nil, fmt.Errorf("table owners: %w", err)
+		}
+		o.oid = uint32(oid)
+		out = append(out, o)
+	}
+	return out, rows.Err()
+}
+
+// execAsBody runs stmt, whose parameters are $1[1], $1[2], ... (see
+// ownerStmt), and returns the rows it processed.
+const execAsBody = `RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+DECLARE n bigint;
+BEGIN
+	EXECUTE stmt USING args;
+	GET DIAGNOSTICS n = ROW_COUNT;
+	RETURN n;
+END
+$body$`
+
+func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(ctx)
+	fn := execAsName(o.oid)
+	sig := fn + "(text, text[])"
+	role := quoteIdent(o.name)
+	if _, err := tx.Exec(ctx, `SELECT pg_catalog.pg_advisory_xact_lock(7340211)`); err != nil {
+		return err
+	}
+	if _, err := tx.Exec(ctx, "CREATE OR REPLACE FUNCTION "+fn+"(stmt text, args text[]) "+execAsBody); err != nil {
+		return err
+	}
+	// The owner needs CREATE on the schema to be given the function; it
+	// keeps no privilege on the schema afterwards (unless it had one).
+	var hadCreate bool
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.has_schema_privilege($1, 'polyregion', 'CREATE')`, o.name).Scan(&hadCreate); err != nil {
+		return err
+	}
+	steps := []string{
+		"GRANT CREATE ON SCHEMA polyregion TO " + role,
+		"ALTER FUNCTION " + sig + " OWNER TO " + role,
+		"REVOKE CREATE ON SCHEMA polyregion FROM " + role,
+		"REVOKE ALL ON FUNCTION " + sig + " FROM PUBLIC",
+		"GRANT EXECUTE ON FUNCTION " + sig + " TO CURRENT_USER",
+	}
+	if hadCreate {
+		steps = []string{steps[1], steps[3], steps[4]}
+	}
+	for _, s := range steps {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			if strings.Contains(err.Error(), "must be able to SET ROLE") || strings.Contains(err.Error(), "must be member of role") {
+				return fmt.Errorf("the replicator's role must be a member of %s (GRANT %s TO the replicator's role): %w", o.name, role, err)
+			}
+			return fmt.Errorf("%s: %w", s, err)
+		}
+	}
+	return tx.Commit(ctx)
+}
+
+// execAs returns the function the applier runs table's writes through
+// ("" to run them directly: the owner is a superuser or the replicator).
+func execAs(ctx context.Context, tx pgx.Tx, table string) (string, error) {
+	var oid int64
+	var confined, exists bool
+	err := tx.QueryRow(ctx, `SELECT r.oid::int8, NOT r.rolsuper AND r.rolname <> current_user,
+			pg_catalog.to_regprocedure('polyregion.exec_as_' || r.oid || '(text, text[])') IS NOT NULL
+		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
+		WHERE c.oid = $1::pg_catalog.regclass`, qualified(table)).Scan(&oid, &confined, &exists)
+	if err != nil {
+		return "", fmt.Errorf("owner of %s: %w", table, err)
+	}
+	if !confined {
+		return "", nil
+	}
+	if !exists {
+		// The table changed owner since the replicator started: restart it
+		// (Prepare creates the function) rather than apply with its rights.
+		return "", fmt.Errorf("owner of %s: %w", table, errNoExecAs)
+	}
+	return execAsName(uint32(oid)), nil
+}
+
+var errNoExecAs = errors.New("no function to apply as the table's owner (the owner changed?): restart the replicator to prepare it")
+
+// ownerStmt rewrites s to run through fn: its parameters $1..$n become
+// $1[1]..$1[n] of one text[] argument, each sent in its text form (arrays
+// as array literals). The call returns the rows the statement processed.
+func ownerStmt(fn string, s stmt) (stmt, error) {
+	args := make([]*string, len(s.args))
+	for i, a := range s.args {
+		t, err := argText(a)
+		if err != nil {
+			return stmt{}, fmt.Errorf("apply as owner: parameter %d: %w", i+1, err)
+		}
+		args[i] = t
+	}
+	return stmt{sql: "SELECT " + fn + "($1, $2::text[])", args: []any{rewriteParams(s.sql), args}, want: s.want, table: s.table, counted: true}, nil
+}
+
+// argText is a parameter's text form (nil for NULL).
+func argText(a any) (*string, error) {
+	switch v := a.(type) {
+	case nil:
+		return nil, nil
+	case string:
+		return &v, nil
+	case *string:
+		return v, nil
+	case []string:
+		ps := make([]*string, len(v))
+		for i := range v {
+			ps[i] = &v[i]
+		}
+		s := arrayLiteral(ps)
+		return &s, nil
+	case []*string:
+		s := arrayLiteral(v)
+		return &s, nil
+	case int64:
+		s := strconv.FormatInt(v, 10)
+		return &s, nil
+	case []int64:
+		var b strings.Builder
+		b.WriteByte('{')
+		for i, n := range v {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(strconv.FormatInt(n, 10))
+		}
+		b.WriteByte('}')
+		s := b.String()
+		return &s, nil
+	}
+	return nil, fmt.Errorf("no text form for %T", a)
+}
+
+// arrayLiteral writes a one-dimensional text[] literal: every element
+// quoted (backslashes and quotes escaped), NULL for nil.
+func arrayLiteral(vals []*string) string {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		if v == nil {
+			b.WriteString("NULL")
+			continue
+		}
+		b.WriteByte('"')
+		for _, r := range *v {
+			if r == '"' || r == '\\' {
+				b.WriteByte('\\')
+			}
+			b.WriteRune(r)
+		}
+		b.WriteByte('"')
+	}
+	b.WriteByte('}')
+	return b.String()
+}
+
+// rewriteParams turns each parameter $n of sql into $1[n], leaving quoted
+// identifiers and string literals alone.
+func rewriteParams(sql string) string {
+	var b strings.Builder
+	b.Grow(len(sql) + 16)
+	for i := 0; i < len(sql); {
+		c := sql[i]
+		switch {
+		case c == '"' || c == '\'':
+			j := i + 1
+			for j < len(sql) {
+				if sql[j] == c {
+					if j+1 < len(sql) && sql[j+1] == c { // doubled: escaped
+						j += 2
+						continue
+					}
+					break
+				}
+				j++
+			}
+			end := min(j+1, len(sql))
+			b.WriteString(sql[i:end])
+			i = end
+		case c == '$' && i+1 < len(sql) && sql[i+1] >= '0' && sql[i+1] <= '9':
+			j := i + 1
+			for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
+				j++
+			}
+			b.WriteString("$1[" + sql[i+1:j] + "]")
+			i = j
+		default:
+			b.WriteByte(c)
+			i++
+		}
+	}
+	return b.String()
+}
+
+// execAs returns (and remembers) the function table's writes run through.
+func (a *Applier) execAs(ctx context.Context, tx pgx.Tx, table string) (string, error) {
+	if fn, ok := a.owners[table]; ok {
+		return fn, nil
+	}
+	fn, err := execAs(ctx, tx, table)
+	if err != nil {
+		return "", err
+	}
+	if a.owners == nil {
+		a.owners = map[string]string{}
+	}
+	a.owners[table] = fn
+	return fn, nil
+}
+
+// asOwner returns s as it must run: through its table owner's function
+// when it writes an application table whose owner has one.
+func (e *executor) asOwner(ctx context.Context, s stmt) (stmt, error) {
+	if s.table == "" || s.counted || e.execAs == nil {
+		return s, nil
+	}
+	fn, err := e.execAs(ctx, e.tx, s.table)
+	if err != nil || fn == "" {
+		return s, err
+	}
+	if !slices.Contains(e.ranAs, fn) {
+		e.ranAs = append(e.ranAs, fn)
+	}
+	return ownerStmt(fn, s)
+}
+
+// exec runs one statement and returns the rows it processed.
+func (e *executor) exec(ctx context.Context, s stmt) (int64, error) {
+	if s.counted {
+		var n int64
+		err := e.tx.QueryRow(ctx, s.sql, s.args...).Scan(&n)
+		return n, err
+	}
+	tag, err := e.tx.Exec(ctx, s.sql, s.args...)
+	return tag.RowsAffected(), err
+}
+
+// fireDeferred runs the deferred triggers the transaction's writes queued
+// (constraint triggers declared INITIALLY DEFERRED, deferred foreign-key
+// checks) before commit, inside the owner's function: at commit itself they
+// would run as the replicator. Checking them here, after every write of the
+// transaction, is what commit would check. With tables of several owners,
+// they run as the first owner written (never as the replicator).
+func (e *executor) fireDeferred(ctx context.Context) error {
+	if len(e.ranAs) == 0 {
+		return nil
+	}
+	if _, err := e.tx.Exec(ctx, "SELECT "+e.ranAs[0]+"('SET CONSTRAINTS ALL IMMEDIATE', NULL)"); err != nil {
+		return fmt.Errorf("apply: deferred constraints: %w", err)
+	}
+	return nil
+}
+
+// UnconfinedTables lists the replicated tables whose applied changes run
+// with the replicator's privileges or more, because a superuser or the
+// replicator's own role owns them: code an application attaches to them
+// (triggers, defaults) runs with those privileges when peers' changes are
+// applied. Each entry names the table and why.
+func UnconfinedTables(ctx context.Context, conn *pgx.Conn, tables []string) ([]string, error) {
+	owners, err := tableOwners(ctx, conn, tables)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	for _, o := range owners {
+		why := "owned by the superuser " + o.name
+		if o.self {
+			why = "owned by the replicator's own role " + o.name
+		} else if !o.super {
+			continue
+		}
+		for _, t := range o.tables {
+			out = append(out, t+" ("+why+")")
+		}
+	}
+	return out, nil
+}
