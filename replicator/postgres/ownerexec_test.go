@@ -5,10 +5,10 @@ import "testing"
 func TestRewriteParamsLeavesQuotedTextAlone(t *testing.T) {
 	for in, want := range map[string]string{
 		`UPDATE "t$1" AS t SET "a""$2" = $1::int WHERE k = $12::text`: `UPDATE "t$1" AS t SET "a""$2" = $1[1]::int WHERE k = $1[12]::text`,
-		`SELECT 'x$3''$4', $2`:                                         `SELECT 'x$3''$4', $1[2]`,
-		`pg_catalog.unnest($3::text[])`:                               `pg_catalog.unnest($1[3]::text[])`,
-		`SET CONSTRAINTS ALL IMMEDIATE`:                               `SET CONSTRAINTS ALL IMMEDIATE`,
-		`x = $`:                                                       `x = $`,
+		`SELECT 'x$3''$4', $2`:          `SELECT 'x$3''$4', $1[2]`,
+		`pg_catalog.unnest($3::text[])`: `pg_catalog.unnest($1[3]::text[])`,
+		`SET CONSTRAINTS ALL IMMEDIATE`: `SET CONSTRAINTS ALL IMMEDIATE`,
+		`x = $`:                         `x = $`,
 	} {
 		if got := rewriteParams(in); got != want {
 			t.Errorf("rewriteParams(%q) = %q, want %q", in, got, want)
