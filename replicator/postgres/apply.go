@@ -80,9 +80,10 @@ type Applier struct {
 	shapes map[string]replicator.Shape
 	// full: the local table has REPLICA IDENTITY FULL (loaded with shapes).
 	full map[string]bool
-	// paused holds tables whose shape differs from the source's: their
-	// changes are parked, in order, until an operator resumes them.
-	paused map[string]string
+	// paused holds the shapes of the source's changes that differ from the
+	// local table, with the reason: changes of those shapes are parked (and
+	// only those; see parked.go).
+	paused parkedShapes
 	// readAll: the last attempt failed, so the next one reads every row it
 	// touches (see applyChanges).
 	readAll bool
@@ -421,9 +422,16 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	if err := ex.limitLockWaits(ctx); err != nil {
 		return 0, err
 	}
-	// Check shapes in order: the first change whose shape differs from the
-	// local table pauses that table, and it and every later change of the
-	// table are parked (in order); changes before it apply as usual. Then
+	// Check each change's shape against the local table: a change whose
+	// shape differs (a column, a type, the primary key) is parked with the
+	// difference, and so is every change of that shape; changes of the
+	// table in the shape it has here go on. Order stays safe even though a
+	// later change may then overtake a parked one: every change carries
+	// its row's version, and a parked change retried after a later change
+	// of the same row was applied is skipped as older (or resolved as
+	// concurrent, like any change), so the regions converge on the same
+	// row whatever the order; a change that needs another row first (a
+	// parent) is parked with a data error until that row is here. Then
 	// read every touched row and its version, locking the rows that exist.
 	n := 0
 	for _, t := range txns {
@@ -440,7 +448,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	probe := make(map[metaKey]bool, n)
 	optimistic := !ex.careful && !a.readAll
 	shapeOf := map[string]replicator.Shape{}
-	mismatch := map[string]string{} // shape signature -> difference ("" when equal)
+	mismatch := map[string]string{} // shapeKey -> difference ("" when equal)
 	parkWhy := map[*replicator.Change]string{}
 	uses := make(map[metaKey]keyUse, n)
 	foldable := map[string]bool{} // table -> countersOnly
@@ -454,25 +462,25 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			}
 		}
 		a.cfg.Order.Observe(written)
+		sigs := make([]string, len(t.Shapes))
 		for i := range t.Changes {
 			c := &t.Changes[i]
 			sh := t.Shapes[c.T]
-			if _, paused := a.paused[sh.Table]; !paused {
-				sig := sh.Table + "\x00" + strings.Join(sh.Columns, ",") + "\x00" + strings.Join(sh.Types, ",")
-				why, ok := mismatch[sig]
-				if !ok {
-					var err error
-					if why, err = a.checkShape(ctx, ex.tx, sh); err != nil {
-						return 0, err
-					}
-					mismatch[sig] = why
+			if sigs[c.T] == "" {
+				sigs[c.T] = shapeKey(sh)
+			}
+			why, ok := mismatch[sigs[c.T]]
+			if !ok {
+				var err error
+				if why, err = a.checkShape(ctx, ex.tx, sh); err != nil {
+					return 0, err
 				}
-				if why != "" {
-					a.cfg.Logger.Error("table shape differs between regions; pausing this table", "table", sh.Table, "source", a.cfg.Source, "difference", why)
-					a.paused[sh.Table] = why
+				mismatch[sigs[c.T]] = why
+				if err := a.noteShape(ctx, ex.tx, sh, sigs[c.T], why); err != nil {
+					return 0, err
 				}
 			}
-			if why, paused := a.paused[sh.Table]; paused {
+			if why != "" {
 				parkWhy[c] = why
 				continue
 			}
@@ -556,7 +564,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 				if !ex.parkOnError {
 					return 0, fmt.Errorf("apply: %s", reason)
 				}
-				ex.park(a.cfg.Source, t.Seq, sh, c, "table paused: "+reason)
+				ex.park(a.cfg.Source, t.Seq, sh, c, reason)
 				continue
 			}
 			k := metaKey{sh.Table, c.Key}
@@ -574,45 +582,69 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	return maxHLC, nil
 }
 
-// RetryParked re-applies this source's parked changes, oldest first, each in
-// its own local transaction: a child row whose parent has arrived since, a
-// row whose unique-key clash was cleared, a table whose shape now matches.
-// A change still failing stays parked with its retry count raised. Versions
-// decide as usual, so a parked change that a later one superseded is
-// simply skipped. It returns how many changes were resolved.
+// RetryParked re-applies this source's parked changes that are due, oldest
+// first, each in its own local transaction: a child row whose parent has
+// arrived since, a row whose unique-key clash was cleared, a shape that
+// matches the table now. It first checks the shapes set aside against the
+// local tables again (making the changes of one that matches due now).
+// The changes of a shape that still differs are not tried: they are put
+// back, counted, with a delay growing per shape. A change still failing
+// stays parked with its retry count raised and a delay growing per change;
+// its reason is logged only when it changes. Versions decide as usual, so
+// a parked change that a later one superseded is simply skipped. It
+// returns how many changes were resolved.
 func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 	if err := a.gate.sync(ctx, a.conn); err != nil {
 		return 0, err
 	}
-	// Shapes may have been fixed by an operator since.
-	a.paused = map[string]string{}
+	// Shapes may have changed here since (DDL, an operator's fix).
 	a.shapes = map[string]replicator.Shape{}
 	a.full = map[string]bool{}
-	rows, err := a.conn.Query(ctx, `SELECT id, seq, change, shape FROM polyregion.parked
-		WHERE source = $1 AND resolved_at IS NULL ORDER BY id LIMIT $2`, string(a.cfg.Source), limit)
+	var list []parkedChange
+	differs := map[string]string{} // shapeKey -> difference here ("" when none)
+	err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
+		if err := a.recheckParkedShapes(ctx, tx); err != nil {
+			return err
+		}
+		var err error
+		if list, err = dueParked(ctx, tx, a.cfg.Source, limit); err != nil {
+			return err
+		}
+		for _, p := range list {
+			key := shapeKey(p.shape)
+			if _, ok := differs[key]; ok {
+				continue
+			}
+			why, err := a.checkShape(ctx, tx, p.shape)
+			if err != nil {
+				return err
+			}
+			differs[key] = why
+		}
+		return nil
+	})
 	if err != nil {
 		return 0, fmt.Errorf("retry parked: %w", err)
 	}
-	type parked struct {
-		id, seq int64
-		change  replicator.Change
-		shape   replicator.Shape
-	}
-	var list []parked
-	for rows.Next() {
-		var p parked
-		if err := rows.Scan(&p.id, &p.seq, &p.change, &p.shape); err != nil {
-			rows.Close()
-			return 0, fmt.Errorf("retry parked: %w", err)
-		}
-		list = append(list, p)
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return 0, fmt.Errorf("retry parked: %w", err)
-	}
 	resolved := 0
+	putBack := map[string]bool{}
 	for _, p := range list {
+		key := shapeKey(p.shape)
+		if why := differs[key]; why != "" {
+			// Not tried: every due change of the shape is put back at once.
+			if putBack[key] {
+				continue
+			}
+			putBack[key] = true
+			if changed, _ := a.paused.note(key, why); changed && p.reason != why {
+				a.cfg.Logger.Error("changes of this shape are parked: the table differs here; changes in the table's own shape go on",
+					"table", p.shape.Table, "source", a.cfg.Source, "difference", why)
+			}
+			if _, err := a.deferShape(ctx, p, key, why); err != nil {
+				return resolved, err
+			}
+			continue
+		}
 		p.change.T = 0
 		t := &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
 		err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
@@ -622,7 +654,10 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 				return err
 			}
 			ex.queue(stmt{sql: `UPDATE polyregion.parked SET resolved_at = pg_catalog.now() WHERE id = $1`, args: []any{p.id}, want: 1})
-			return ex.flush(ctx)
+			if err := ex.flush(ctx); err != nil {
+				return err
+			}
+			return ex.fireDeferred(ctx)
 		})
 		if err == nil {
 			resolved++
@@ -631,17 +666,24 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		if ctx.Err() != nil {
 			return resolved, ctx.Err()
 		}
-		// Still failing (data error, paused table, a missing TOAST value...):
-		// it stays parked with the latest reason; the link goes on.
-		if _, uerr := a.conn.Exec(ctx, `UPDATE polyregion.parked SET retries = retries + 1, reason = $2 WHERE id = $1`, p.id, err.Error()); uerr != nil {
-			return resolved, fmt.Errorf("retry parked: %w", uerr)
+		// Still failing (data error, a shape changed meanwhile, a missing
+		// TOAST value...): it stays parked with the latest reason; the
+		// link goes on.
+		open, uerr := a.deferChange(ctx, p, err.Error())
+		if uerr != nil {
+			return resolved, uerr
+		}
+		if open && err.Error() != p.reason {
+			a.cfg.Logger.Warn("a parked change still cannot be applied", "id", p.id, "table", p.shape.Table, "source", a.cfg.Source, "reason", err.Error())
 		}
 	}
 	return resolved, nil
 }
 
-// checkShape compares the source's shape of a table with the local one. A
-// difference pauses that table only; other tables go on.
+// checkShape compares the source's shape of a table with the local one and
+// names the difference ("" when none): a column, a type, the primary key.
+// Only changes of a differing shape are parked; the table and other tables
+// go on.
 func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shape) (string, error) {
 	if _, ok := a.cfg.Cluster.Table(src.Table); !ok {
 		return fmt.Sprintf("table %s is not replicated in region %s", src.Table, a.cfg.Region), nil
@@ -663,7 +705,7 @@ func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shap
 		a.shapes[src.Table] = local
 		a.full[src.Table] = full
 	}
-	if d := local.Diff(src); d != "" {
+	if d := shapeDifference(local, src); d != "" {
 		return fmt.Sprintf("shape of %s differs from region %s: %s", src.Table, a.cfg.Source, d), nil
 	}
 	return "", nil

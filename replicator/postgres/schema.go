@@ -34,7 +34,8 @@ const Schema = "polyregion"
 //     in the same transaction as the rows it covers.
 //   - peer_ack: per peer, the last outbox transaction it durably applied.
 //   - conflict_log: every concurrent write that was resolved.
-//   - parked: changes that could not be applied, with the reason.
+//   - parked: changes that could not be applied, with the reason, how often
+//     they were retried and when they are tried next.
 var schemaDDL = []string{
 	`CREATE SCHEMA IF NOT EXISTS polyregion`,
 	`CREATE TABLE IF NOT EXISTS polyregion.row_version (
@@ -107,6 +108,9 @@ var schemaDDL = []string{
 		retries   integer NOT NULL DEFAULT 0,
 		resolved_at timestamptz)`,
 	`CREATE INDEX IF NOT EXISTS parked_open ON polyregion.parked (tbl) WHERE resolved_at IS NULL`,
+	// next_retry_at: when a parked change is tried next (NULL: at the next
+	// retry round); added after the table, so it upgrades older schemas.
+	`ALTER TABLE polyregion.parked ADD COLUMN IF NOT EXISTS next_retry_at timestamptz`,
 	// Tombstones only: tombstone collection and the status count read them
 	// (without this they scan every version), and the reader looks up the
 	// prior version of a key a local insert creates here (only a tombstone
