@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -128,10 +130,7 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 	// ("id"::text, named id) must not stand in for the key column in ORDER
 	// BY, or pages would follow text order while the WHERE follows the
 	// key's own.
-	cols := make([]string, len(shape.Columns))
-	for i, c := range shape.Columns {
-		cols[i] = fmt.Sprintf("t.%s::text AS c%d", quoteIdent(c), i)
-	}
+	cols := selectColumns(tm, cfg.MaxDocumentBytes)
 	keyCols := make([]string, len(shape.Key))
 	keyParams := make([]string, len(shape.Key))
 	for i, k := range shape.Key {
@@ -178,9 +177,13 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 		var ops []Op
 		var dls []deadLetter
 		var lastKey string
-		n := 0
+		n, size, full := 0, 0, false
 		for rows.Next() {
-			vals := textValues(rows.RawValues())
+			vals, lens, err := pageRow(tm, rows.RawValues())
+			if err != nil {
+				rows.Close()
+				return fmt.Errorf("backfill %s: %w", spec.Table, err)
+			}
 			n++
 			key, err := shape.KeyOf(vals)
 			if err != nil {
@@ -193,12 +196,27 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 				rows.Close()
 				return err
 			}
-			doc, err := tm.doc(vals)
-			if err != nil {
-				dls = append(dls, deadLetter{index: phys, table: spec.Table, key: key, id: id, version: g.StartLSN, reason: err.Error()})
-				continue
+			why := tm.oversize(cfg.MaxDocumentBytes, lens)
+			var doc []byte
+			if why == "" {
+				if doc, err = tm.doc(vals); err != nil {
+					why = err.Error()
+				} else {
+					why = docOversize(doc, cfg.MaxDocumentBytes)
+				}
 			}
-			ops = append(ops, Op{Index: phys, ID: id, Version: int64(g.StartLSN), Doc: doc, Table: spec.Table, Key: key})
+			if why != "" {
+				dls = append(dls, deadLetter{index: phys, table: spec.Table, key: key, id: id, version: g.StartLSN, reason: why})
+			} else {
+				ops = append(ops, Op{Index: phys, ID: id, Version: int64(g.StartLSN), Doc: doc, Table: spec.Table, Key: key})
+				size += len(doc) + len(id) + len(key)
+			}
+			if size >= cfg.BatchBytes && n < cfg.BatchDocs {
+				// The page holds as much as a batch may: write it, and
+				// read on after its last key.
+				full = true
+				break
+			}
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
@@ -221,7 +239,7 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 		if lastKey != "" {
 			prog.After = lastKey
 		}
-		prog.Done = n < cfg.BatchDocs
+		prog.Done = n < cfg.BatchDocs && !full
 		g.Progress[spec.Index] = prog
 		if err := g.save(ctx, conn); err != nil {
 			return err
@@ -240,6 +258,51 @@ func copyTable(ctx context.Context, cfg Config, be Backend, conn *pgx.Conn, rtx 
 			lastReport = time.Now()
 		}
 	}
+}
+
+// selectColumns is the select list of a backfill page: every column in
+// table order (c0, c1, ...) as text, key columns whole, indexed columns
+// only when short enough to be rendered (NULL otherwise), the other columns
+// as NULL; then the text length of each indexed column (l0, l1, ... in
+// tm.cols order), so a row over the document limit is refused on its
+// lengths without its values being read.
+func selectColumns(tm *tableMap, maxDoc int) []string {
+	readable := int64(renderFactor) * int64(maxDoc)
+	shape := tm.shape
+	cols := make([]string, len(shape.Columns), len(shape.Columns)+len(tm.cols))
+	for i, c := range shape.Columns {
+		cols[i] = fmt.Sprintf("NULL::text AS c%d", i)
+		if slices.Contains(shape.Key, i) {
+			cols[i] = fmt.Sprintf("t.%s::text AS c%d", quoteIdent(c), i)
+		}
+	}
+	for j, c := range tm.cols {
+		v := fmt.Sprintf("t.%s::text", quoteIdent(shape.Columns[c.src]))
+		if !slices.Contains(shape.Key, c.src) {
+			cols[c.src] = fmt.Sprintf("CASE WHEN octet_length(%s) <= %d THEN %s END AS c%d", v, readable, v, c.src)
+		}
+		cols = append(cols, fmt.Sprintf("coalesce(octet_length(%s), 0)::text AS l%d", v, j))
+	}
+	return cols
+}
+
+// pageRow splits a backfill page's row (selectColumns) into the row's
+// values and the text length of each column.
+func pageRow(tm *tableMap, raw [][]byte) ([]replicator.Value, []int, error) {
+	n := len(tm.shape.Columns)
+	if len(raw) != n+len(tm.cols) {
+		return nil, nil, fmt.Errorf("page row has %d columns, want %d", len(raw), n+len(tm.cols))
+	}
+	vals := textValues(raw[:n])
+	lens := make([]int, n)
+	for j, c := range tm.cols {
+		l, err := strconv.Atoi(string(raw[n+j]))
+		if err != nil {
+			return nil, nil, fmt.Errorf("length of column %q: %w", tm.shape.Columns[c.src], err)
+		}
+		lens[c.src] = l
+	}
+	return vals, lens, nil
 }
 
 // bulkRetry writes a batch, retrying the whole batch while the engine is

@@ -234,11 +234,18 @@ func (e *Embedded) DeleteIndex(_ context.Context, name string) error {
 	return nil
 }
 
+// embeddedBatchBytes bounds the documents the embedded index takes in one
+// batch: bleve needs some 50 to 130 times a batch's size in memory while it
+// indexes it (the most for one long word), so a larger batch is applied in
+// parts of about this size.
+const embeddedBatchBytes = 1 << 20
+
 // Bulk applies ops in order; a write older than the version held is
 // skipped, as an external engine would refuse it. Sources and versions are
 // committed (synced) before the inverted index takes the batch; a batch
 // retried after a failure in between carries the same versions and is
-// applied again.
+// applied again. A batch of more than embeddedBatchBytes of documents is
+// applied in parts, in order.
 func (e *Embedded) Bulk(_ context.Context, ops []Op) ([]Rejection, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -256,47 +263,82 @@ func (e *Embedded) Bulk(_ context.Context, ops []Op) ([]Rejection, error) {
 		if err != nil {
 			return nil, err
 		}
-		b := p.idx.NewBatch()
-		err = p.meta.Update(func(tx *bbolt.Tx) error {
-			vb, sb := tx.Bucket(bucketVersion), tx.Bucket(bucketSource)
-			for _, i := range byIndex[name] {
-				op := &ops[i]
-				if cur := vb.Get([]byte(op.ID)); len(cur) == 8 && op.Version < int64(binary.BigEndian.Uint64(cur)) {
+		for _, part := range bulkParts(ops, byIndex[name], embeddedBatchBytes) {
+			rej, err := p.apply(ops, part)
+			if err != nil {
+				return nil, fmt.Errorf("embedded index %s: %w", name, err)
+			}
+			rejected = append(rejected, rej...)
+		}
+	}
+	return rejected, nil
+}
+
+// bulkParts splits the operations at idx (positions in ops) into runs, in
+// order, of at most maxBytes of documents each (a longer document makes a
+// run of its own).
+func bulkParts(ops []Op, idx []int, maxBytes int) [][]int {
+	var parts [][]int
+	start, size := 0, 0
+	for j, i := range idx {
+		n := len(ops[i].Doc)
+		if j > start && size+n > maxBytes {
+			parts = append(parts, idx[start:j])
+			start, size = j, 0
+		}
+		size += n
+	}
+	if start < len(idx) {
+		parts = append(parts, idx[start:])
+	}
+	return parts
+}
+
+// apply writes the operations at idx (positions in ops) to one physical
+// index: sources and versions first, in one bolt transaction, then the
+// inverted index in one bleve batch.
+func (p *physical) apply(ops []Op, idx []int) ([]Rejection, error) {
+	var rejected []Rejection
+	b := p.idx.NewBatch()
+	err := p.meta.Update(func(tx *bbolt.Tx) error {
+		vb, sb := tx.Bucket(bucketVersion), tx.Bucket(bucketSource)
+		for _, i := range idx {
+			op := &ops[i]
+			if cur := vb.Get([]byte(op.ID)); len(cur) == 8 && op.Version < int64(binary.BigEndian.Uint64(cur)) {
+				continue
+			}
+			if op.Delete {
+				b.Delete(op.ID)
+				if err := sb.Delete([]byte(op.ID)); err != nil {
+					return err
+				}
+			} else {
+				var doc map[string]any
+				if err := json.Unmarshal(op.Doc, &doc); err != nil {
+					rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: "document is not a JSON object: " + err.Error()})
 					continue
 				}
-				if op.Delete {
-					b.Delete(op.ID)
-					if err := sb.Delete([]byte(op.ID)); err != nil {
-						return err
-					}
-				} else {
-					var doc map[string]any
-					if err := json.Unmarshal(op.Doc, &doc); err != nil {
-						rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: "document is not a JSON object: " + err.Error()})
-						continue
-					}
-					if err := b.Index(op.ID, doc); err != nil {
-						rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: err.Error()})
-						continue
-					}
-					if err := sb.Put([]byte(op.ID), op.Doc); err != nil {
-						return err
-					}
+				if err := b.Index(op.ID, doc); err != nil {
+					rejected = append(rejected, Rejection{Op: i, Status: 400, Reason: err.Error()})
+					continue
 				}
-				var v [8]byte
-				binary.BigEndian.PutUint64(v[:], uint64(op.Version))
-				if err := vb.Put([]byte(op.ID), v[:]); err != nil {
+				if err := sb.Put([]byte(op.ID), op.Doc); err != nil {
 					return err
 				}
 			}
-			return nil
-		})
-		if err != nil {
-			return nil, fmt.Errorf("embedded index %s: %w", name, err)
+			var v [8]byte
+			binary.BigEndian.PutUint64(v[:], uint64(op.Version))
+			if err := vb.Put([]byte(op.ID), v[:]); err != nil {
+				return err
+			}
 		}
-		if err := p.idx.Batch(b); err != nil {
-			return nil, fmt.Errorf("embedded index %s: %w", name, err)
-		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := p.idx.Batch(b); err != nil {
+		return nil, err
 	}
 	return rejected, nil
 }

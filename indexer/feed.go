@@ -33,6 +33,15 @@ type Config struct {
 	BackendKind string
 	// BatchDocs bounds the documents of one bulk request (default 2000).
 	BatchDocs int
+	// BatchBytes bounds the documents held for one bulk request, in bytes
+	// (default DefaultBatchBytes): a batch is written once it holds this
+	// much, whatever its count, and a backfill page ends there.
+	BatchBytes int
+	// MaxDocumentBytes bounds one document (default
+	// DefaultMaxDocumentBytes). A row whose document would be larger is
+	// not sent: it goes to the dead-letter table with its size, any older
+	// document of the row leaves the index, and the feed goes on.
+	MaxDocumentBytes int
 	// FlushInterval bounds how long a change waits for its batch to fill
 	// (default 200ms).
 	FlushInterval time.Duration
@@ -44,8 +53,29 @@ type Config struct {
 	Progress func(BuildProgress)
 }
 
+// Size defaults. A search document is a view of a row for searching, not
+// its archive. The engines take requests of up to 100 MB by default, but
+// the embedded index needs some 50 to 130 times a document's size in
+// memory while it indexes it: 1 MiB documents keep a replicator within its
+// soft heap limit (raise it for an external engine whose documents are
+// larger). A 4 MiB batch is a bulk request of the few MB the engines
+// suggest; the embedded index takes it in parts (embeddedBatchBytes).
+const (
+	DefaultMaxDocumentBytes = 1 << 20
+	DefaultBatchBytes       = 4 << 20
+	// maxSizeSetting bounds both settings: the engines refuse a request
+	// over 100 MB by default (http.max_content_length).
+	maxSizeSetting = 100 << 20
+)
+
 // Validate reports the first configuration problem, naming it.
 func (c *Config) Validate() error {
+	if c.MaxDocumentBytes != 0 && (c.MaxDocumentBytes < 1024 || c.MaxDocumentBytes > maxSizeSetting) {
+		return fmt.Errorf("%s: between 1024 and %d bytes, got %d", settingMaxDocumentBytes, maxSizeSetting, c.MaxDocumentBytes)
+	}
+	if c.BatchBytes != 0 && (c.BatchBytes < 1024 || c.BatchBytes > maxSizeSetting) {
+		return fmt.Errorf("search.batch_bytes: between 1024 and %d bytes, got %d", maxSizeSetting, c.BatchBytes)
+	}
 	if c.Region == "" {
 		return errors.New("indexer: region is required")
 	}
@@ -71,6 +101,12 @@ func (c *Config) Validate() error {
 func (c *Config) defaults() {
 	if c.BatchDocs <= 0 {
 		c.BatchDocs = 2000
+	}
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = DefaultBatchBytes
+	}
+	if c.MaxDocumentBytes <= 0 {
+		c.MaxDocumentBytes = DefaultMaxDocumentBytes
 	}
 	if c.FlushInterval <= 0 {
 		c.FlushInterval = 200 * time.Millisecond

@@ -39,6 +39,7 @@ type streamer struct {
 	rels map[uint32]*relState
 
 	ops     []Op
+	opBytes int // documents and ids in ops
 	dls     []deadLetter
 	commits []pendingCommit
 	inTxn   bool
@@ -279,42 +280,46 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 		return nil
 	}
 	tm := rs.tm
-	n := len(tm.shape.Columns)
 	version := int64(s.txnLSN)
+	var row []replicator.Value
+	var key string
+	if !del {
+		row = tm.values(newT, false)
+		var err error
+		if key, err = tm.shape.KeyOf(row); err != nil {
+			return fmt.Errorf("index feed: %w", err)
+		}
+	}
 	if oldT != nil {
-		old := postgres.TupleValues(n, oldT)
-		oldKey, err := tm.shape.KeyOf(old)
+		oldKey, err := tm.shape.KeyOf(tm.values(oldT, false))
 		if err != nil {
 			return fmt.Errorf("index feed: %w", err)
 		}
-		var newKey string
-		if !del {
-			if newKey, err = tm.shape.KeyOf(postgres.TupleValues(n, newT)); err != nil {
-				return fmt.Errorf("index feed: %w", err)
-			}
-		}
-		if del || newKey != oldKey {
+		if del || key != oldKey {
 			id, err := idFromKey(oldKey)
 			if err != nil {
 				return err
 			}
-			s.add(Op{Index: rs.phys, ID: id, Version: version, Delete: true, Table: rs.name, Key: oldKey})
+			if err := s.add(ctx, Op{Index: rs.phys, ID: id, Version: version, Delete: true, Table: rs.name, Key: oldKey}); err != nil {
+				return err
+			}
 		}
 	}
 	if del {
 		return nil
 	}
-	row := postgres.TupleValues(n, newT)
-	key, err := tm.shape.KeyOf(row)
-	if err != nil {
-		return fmt.Errorf("index feed: %w", err)
-	}
 	id, err := tm.id(row)
 	if err != nil {
 		return err
 	}
+	limit := s.f.cfg.MaxDocumentBytes
+	lens := tupleLens(len(tm.shape.Columns), newT)
+	if why := tm.oversize(limit, lens); why != "" {
+		return s.refuse(ctx, rs, key, id, why)
+	}
+	row = tm.values(newT, true)
 	if miss := tm.unchanged(row); len(miss) > 0 {
-		found, err := s.fill(ctx, tm, row, miss)
+		found, err := s.fill(ctx, tm, row, lens, miss)
 		if err != nil {
 			return err
 		}
@@ -322,23 +327,41 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 			// The row is gone already: its delete follows in the stream.
 			return nil
 		}
+		if why := tm.oversize(limit, lens); why != "" {
+			return s.refuse(ctx, rs, key, id, why)
+		}
 	}
 	doc, err := tm.doc(row)
 	if err != nil {
-		s.dls = append(s.dls, deadLetter{index: rs.phys, table: rs.name, key: key, id: id, version: s.txnLSN, reason: err.Error()})
-		return nil
+		return s.deadLetter(ctx, deadLetter{index: rs.phys, table: rs.name, key: key, id: id, version: s.txnLSN, reason: err.Error()})
 	}
-	s.add(Op{Index: rs.phys, ID: id, Version: version, Doc: doc, Table: rs.name, Key: key})
-	return nil
+	if why := docOversize(doc, limit); why != "" {
+		return s.refuse(ctx, rs, key, id, why)
+	}
+	return s.add(ctx, Op{Index: rs.phys, ID: id, Version: version, Doc: doc, Table: rs.name, Key: key})
+}
+
+// refuse records a row whose document is over the size limit, and removes
+// the row's older document from the index: a search must not go on
+// finding content the row no longer has.
+func (s *streamer) refuse(ctx context.Context, rs *relState, key, id, why string) error {
+	if err := s.add(ctx, Op{Index: rs.phys, ID: id, Version: int64(s.txnLSN), Delete: true, Table: rs.name, Key: key}); err != nil {
+		return err
+	}
+	return s.deadLetter(ctx, deadLetter{index: rs.phys, table: rs.name, key: key, id: id, version: s.txnLSN, reason: why})
 }
 
 // fill reads the values the stream did not carry (unchanged TOASTed
-// columns) from the table. The row may be newer than this change; the
-// changes after it follow in the stream and replace the document in turn.
-func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Value, miss []int) (bool, error) {
-	sel := make([]string, len(miss))
-	for i, c := range miss {
-		sel[i] = quoteIdent(tm.shape.Columns[c]) + "::text"
+// columns) from the table, and their lengths into lens. A value longer
+// than any document could hold is not read (the row is refused on its
+// length). The row may be newer than this change; the changes after it
+// follow in the stream and replace the document in turn.
+func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Value, lens []int, miss []int) (bool, error) {
+	readable := int64(renderFactor) * int64(s.f.cfg.MaxDocumentBytes)
+	sel := make([]string, 0, 2*len(miss))
+	for _, c := range miss {
+		v := quoteIdent(tm.shape.Columns[c]) + "::text"
+		sel = append(sel, fmt.Sprintf("CASE WHEN octet_length(%s) <= %d THEN %s END", v, readable, v), fmt.Sprintf("coalesce(octet_length(%s), 0)", v))
 	}
 	where := make([]string, len(tm.shape.Key))
 	args := make([]any, len(tm.shape.Key))
@@ -347,9 +370,10 @@ func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Valu
 		args[i] = row[k].Text
 	}
 	vals := make([]*string, len(miss))
-	dest := make([]any, len(miss))
+	sizes := make([]int64, len(miss))
+	dest := make([]any, 0, 2*len(miss))
 	for i := range vals {
-		dest[i] = &vals[i]
+		dest = append(dest, &vals[i], &sizes[i])
 	}
 	err := s.conn.QueryRow(ctx, "SELECT "+strings.Join(sel, ", ")+" FROM "+qualified(tm.shape.Table)+" WHERE "+strings.Join(where, " AND "), args...).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) {
@@ -359,7 +383,9 @@ func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Valu
 		return false, fmt.Errorf("index feed: read unchanged values of %s: %w", tm.shape.Table, err)
 	}
 	for i, c := range miss {
+		lens[c] = int(sizes[i])
 		if vals[i] == nil {
+			// NULL, or too long to be read (oversize refuses the row).
 			row[c] = replicator.Value{Null: true}
 		} else {
 			row[c] = replicator.Value{Text: *vals[i]}
@@ -368,11 +394,33 @@ func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Valu
 	return true, nil
 }
 
-func (s *streamer) add(op Op) {
+// add batches an operation, writing the batch once it is full.
+func (s *streamer) add(ctx context.Context, op Op) error {
 	if len(s.ops) == 0 {
 		s.due = time.Now().Add(s.f.cfg.FlushInterval)
 	}
 	s.ops = append(s.ops, op)
+	s.opBytes += len(op.Doc) + len(op.ID) + len(op.Key)
+	return s.flushIfFull(ctx)
+}
+
+// deadLetter records a refused row with the batch it belongs to.
+func (s *streamer) deadLetter(ctx context.Context, d deadLetter) error {
+	s.dls = append(s.dls, d)
+	return s.flushIfFull(ctx)
+}
+
+// flushIfFull writes the batch once it holds BatchDocs operations or dead
+// letters, or BatchBytes of documents, also within a transaction: what the
+// feed holds is bounded whatever the transaction's size. Writing part of a
+// transaction is safe: its documents carry its commit position, and it is
+// acknowledged only once all of it is written.
+func (s *streamer) flushIfFull(ctx context.Context) error {
+	cfg := &s.f.cfg
+	if len(s.ops) >= cfg.BatchDocs || len(s.dls) >= cfg.BatchDocs || s.opBytes >= cfg.BatchBytes {
+		return s.flush(ctx)
+	}
+	return nil
 }
 
 // flush writes the batched changes (the last write of each document),
@@ -391,7 +439,8 @@ func (s *streamer) flush(ctx context.Context) error {
 			s.dls = append(s.dls, deadLetter{index: op.Index, table: op.Table, key: op.Key, id: op.ID, version: pglogrepl.LSN(op.Version), status: r.Status, reason: r.Reason, doc: op.Doc})
 		}
 		s.f.docs.Add(int64(len(ops) - len(rej)))
-		s.ops = s.ops[:0]
+		clear(s.ops) // let the documents go
+		s.ops, s.opBytes = s.ops[:0], 0
 	}
 	if len(s.dls) > 0 {
 		if err := saveDeadLetters(ctx, s.conn, s.dls); err != nil {
@@ -401,6 +450,7 @@ func (s *streamer) flush(ctx context.Context) error {
 			s.f.cfg.Logger.Warn("document refused: recorded in polyregion.index_dead_letter", "index", d.index, "table", d.table, "key", d.key, "status", d.status, "reason", d.reason)
 		}
 		s.f.dead.Add(int64(len(s.dls)))
+		clear(s.dls)
 		s.dls = s.dls[:0]
 	}
 	return s.ackCommits()

@@ -47,11 +47,22 @@ type Scanner interface {
 // Verify compares each index (through its alias) with its table: the same
 // ids, and for each the same content (a hash of the canonical JSON of the
 // document the table's row renders to). Compare a quiet region, or expect
-// the index to trail by its lag.
+// the index to trail by its lag. Rows whose documents are over
+// DefaultMaxDocumentBytes are expected in the dead-letter table, not in the
+// index; VerifyLimited takes a configured limit.
 func Verify(ctx context.Context, conn *pgx.Conn, be Scanner, specs []IndexSpec) ([]Difference, error) {
+	return VerifyLimited(ctx, conn, be, specs, DefaultMaxDocumentBytes)
+}
+
+// VerifyLimited is Verify for a feed whose documents are bounded by
+// maxDocumentBytes (Config.MaxDocumentBytes; 0 for the default).
+func VerifyLimited(ctx context.Context, conn *pgx.Conn, be Scanner, specs []IndexSpec, maxDocumentBytes int) ([]Difference, error) {
+	if maxDocumentBytes <= 0 {
+		maxDocumentBytes = DefaultMaxDocumentBytes
+	}
 	var out []Difference
 	for _, spec := range specs {
-		d, err := verifyOne(ctx, conn, be, spec)
+		d, err := verifyOne(ctx, conn, be, spec, maxDocumentBytes)
 		if err != nil {
 			return nil, err
 		}
@@ -60,7 +71,7 @@ func Verify(ctx context.Context, conn *pgx.Conn, be Scanner, specs []IndexSpec) 
 	return out, nil
 }
 
-func verifyOne(ctx context.Context, conn *pgx.Conn, be Scanner, spec IndexSpec) (Difference, error) {
+func verifyOne(ctx context.Context, conn *pgx.Conn, be Scanner, spec IndexSpec, maxDoc int) (Difference, error) {
 	d := Difference{Index: spec.Index, Table: spec.Table}
 	shape, err := postgres.LoadShape(ctx, conn, spec.Table)
 	if err != nil {
@@ -86,8 +97,11 @@ func verifyOne(ctx context.Context, conn *pgx.Conn, be Scanner, spec IndexSpec) 
 			rows.Close()
 			return d, err
 		}
+		if tm.oversize(maxDoc, textLens(vals)) != "" {
+			continue // in the dead-letter table, not the index
+		}
 		doc, err := tm.doc(vals)
-		if err != nil {
+		if err != nil || docOversize(doc, maxDoc) != "" {
 			continue // in the dead-letter table, not the index
 		}
 		h, err := contentHash(doc)

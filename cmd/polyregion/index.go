@@ -131,7 +131,7 @@ latest writes to show as differences. Exit code 3 when an index differs.`,
 				return err
 			}
 			defer conn.Close(context.Background())
-			diffs, err := indexer.Verify(ctx, conn, be, fc.Indices)
+			diffs, err := indexer.VerifyLimited(ctx, conn, be, fc.Indices, sc.Feed.MaxDocumentBytes)
 			if err != nil {
 				return &exitError{exitRuntime, err}
 			}

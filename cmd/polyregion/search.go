@@ -27,6 +27,10 @@ type searchFile struct {
 	BatchDocs     int           `yaml:"batch_docs"`
 	FlushInterval time.Duration `yaml:"flush_interval"`
 	Indices       []indexFile   `yaml:"indices"`
+	// BatchBytes and MaxDocumentBytes bound a bulk request's documents and
+	// one document, in bytes (0: the defaults).
+	BatchBytes       int `yaml:"batch_bytes"`
+	MaxDocumentBytes int `yaml:"max_document_bytes"`
 }
 
 type indexFile struct {
@@ -71,7 +75,8 @@ func (s *searchFile) toNode() (*node.SearchConfig, error) {
 	}
 	sc := &node.SearchConfig{
 		Backend: indexer.BackendConfig{Kind: kind, URLs: s.URLs, Username: s.Username, Password: pw, APIKey: key, CACert: s.CACert, Dir: s.Dir},
-		Feed:    indexer.Config{BatchDocs: s.BatchDocs, FlushInterval: s.FlushInterval},
+		Feed: indexer.Config{BatchDocs: s.BatchDocs, FlushInterval: s.FlushInterval,
+			BatchBytes: s.BatchBytes, MaxDocumentBytes: s.MaxDocumentBytes},
 	}
 	if err := sc.Backend.Validate(); err != nil {
 		return nil, err
