@@ -170,10 +170,17 @@ func execAs(ctx context.Context, tx pgx.Tx, table string) (string, error) {
 
 var errNoExecAs = errors.New("no function to apply as the table's owner (the owner changed?): restart the replicator to prepare it")
 
-// ownerStmt rewrites s to run through fn: its parameters $1..$n become
-// $1[1]..$1[n] of one text[] argument, each sent in its text form (arrays
-// as array literals). The call returns the rows the statement processed.
+// ownerStmt rewrites s to run through fn, with every parameter in one
+// text[] argument. The set-based statements (every parameter an array of
+// one row count) send a two-dimensional array, one row per parameter, in
+// binary, and $k becomes $1[k:k] (a 1 x n slice, which unnest reads in
+// order); the others send each parameter's text form and $k becomes $1[k].
+// The call returns the rows the statement processed.
 func ownerStmt(fn string, s stmt) (stmt, error) {
+	call := "SELECT " + fn + "($1, $2::text[])"
+	if rows, ok := parameterRows(s.args); ok {
+		return stmt{sql: call, args: []any{rewriteParams(s.sql, true), rows}, want: s.want, table: s.table, counted: true}, nil
+	}
 	args := make([]*string, len(s.args))
 	for i, a := range s.args {
 		t, err := argText(a)
@@ -182,7 +189,31 @@ func ownerStmt(fn string, s stmt) (stmt, error) {
 		}
 		args[i] = t
 	}
-	return stmt{sql: "SELECT " + fn + "($1, $2::text[])", args: []any{rewriteParams(s.sql), args}, want: s.want, table: s.table, counted: true}, nil
+	return stmt{sql: call, args: []any{rewriteParams(s.sql, false), args}, want: s.want, table: s.table, counted: true}, nil
+}
+
+// parameterRows returns args as the rows of a two-dimensional text array
+// when every one is a text array of the same, non-zero length.
+func parameterRows(args []any) ([][]*string, bool) {
+	rows := make([][]*string, len(args))
+	for i, a := range args {
+		switch v := a.(type) {
+		case []*string:
+			rows[i] = v
+		case []string:
+			ps := make([]*string, len(v))
+			for j := range v {
+				ps[j] = &v[j]
+			}
+			rows[i] = ps
+		default:
+			return nil, false
+		}
+		if len(rows[i]) == 0 || len(rows[i]) != len(rows[0]) {
+			return nil, false
+		}
+	}
+	return rows, len(rows) > 0
 }
 
 // argText is a parameter's text form (nil for NULL).
@@ -249,9 +280,10 @@ func arrayLiteral(vals []*string) string {
 	return b.String()
 }
 
-// rewriteParams turns each parameter $n of sql into $1[n], leaving quoted
-// identifiers and string literals alone.
-func rewriteParams(sql string) string {
+// rewriteParams turns each parameter $n of sql into $1[n] (or, for rows
+// of a two-dimensional array, $1[n:n]), leaving quoted identifiers and
+// string literals alone.
+func rewriteParams(sql string, rows bool) string {
 	var b strings.Builder
 	b.Grow(len(sql) + 16)
 	for i := 0; i < len(sql); {
@@ -277,7 +309,11 @@ func rewriteParams(sql string) string {
 			for j < len(sql) && sql[j] >= '0' && sql[j] <= '9' {
 				j++
 			}
-			b.WriteString("$1[" + sql[i+1:j] + "]")
+			if rows {
+				b.WriteString("$1[" + sql[i+1:j] + ":" + sql[i+1:j] + "]")
+			} else {
+				b.WriteString("$1[" + sql[i+1:j] + "]")
+			}
 			i = j
 		default:
 			b.WriteByte(c)

@@ -10,7 +10,7 @@ func TestRewriteParamsLeavesQuotedTextAlone(t *testing.T) {
 		`SET CONSTRAINTS ALL IMMEDIATE`: `SET CONSTRAINTS ALL IMMEDIATE`,
 		`x = $`:                         `x = $`,
 	} {
-		if got := rewriteParams(in); got != want {
+		if got := rewriteParams(in, false); got != want {
 			t.Errorf("rewriteParams(%q) = %q, want %q", in, got, want)
 		}
 	}
@@ -51,5 +51,26 @@ func TestOwnerStmtKeepsWhatTheStatementMustAffect(t *testing.T) {
 	}
 	if s.args[0] != "DELETE FROM t WHERE k = $1[1]::int" {
 		t.Fatalf("statement sent = %q", s.args[0])
+	}
+}
+
+func TestOwnerStmtSendsSetBasedParametersAsRows(t *testing.T) {
+	x := "x"
+	s, err := ownerStmt("polyregion.exec_as_10", stmt{sql: "UPDATE t SET v = u.v FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS u(k, v) WHERE t.k = u.k::int",
+		args: []any{[]string{"1", "2"}, []*string{&x, nil}}, want: 2, table: "public.t"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := "UPDATE t SET v = u.v FROM ROWS FROM (pg_catalog.unnest($1[1:1]::text[]), pg_catalog.unnest($1[2:2]::text[])) AS u(k, v) WHERE t.k = u.k::int"; s.args[0] != want {
+		t.Fatalf("statement sent = %q", s.args[0])
+	}
+	rows, ok := s.args[1].([][]*string)
+	if !ok || len(rows) != 2 || *rows[0][1] != "2" || rows[1][1] != nil {
+		t.Fatalf("rows sent = %#v", s.args[1])
+	}
+	// Arrays of different lengths (or scalars) go as text forms.
+	s, err = ownerStmt("f", stmt{sql: "$1 $2", args: []any{[]string{"1"}, []string{"1", "2"}}})
+	if err != nil || s.args[0] != "$1[1] $1[2]" {
+		t.Fatalf("mixed lengths: %q, %v", s.args[0], err)
 	}
 }
