@@ -1,0 +1,339 @@
+package postgres
+
+// Deciding one incoming change against the local row and its version
+// (conflict.Decide), the writes it needs, its conflict record and the
+// custom SQL resolver.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+func (a *Applier) policy(table string) conflict.Policy {
+	t, _ := a.cfg.Cluster.Table(table)
+	return t.Policy
+}
+
+// applyChange decides one remote change against the local row and queues
+// the writes it needs.
+func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.Txn, sh replicator.Shape, c *replicator.Change, s *rowState) error {
+	pol := a.policy(sh.Table)
+	local := s.version()
+	localExists := s.exists || s.meta != nil
+	d := conflict.Decide(pol, local, localExists, c.Version, c.Op)
+	// A concurrent update of a row whose columns are all key or counter
+	// columns loses nothing, whichever write wins: both writes' increments
+	// are kept (below) and there is nothing else to overwrite. It is
+	// counted, not logged row by row (on the counters every region
+	// increments, nearly every applied change is such a pair).
+	merged := d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && onlyCounters(sh, pol)
+	if d.Conflict && !merged {
+		// The local row's image goes into the conflict log (and to a
+		// custom resolver); it is read only when needed.
+		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
+			return err
+		}
+	}
+	if d.Action == conflict.External {
+		winner, err := a.runResolver(ctx, ex.tx, pol, sh, c, s)
+		if err != nil {
+			return err
+		}
+		d = conflict.ResolveExternal(d, local, c.Version, winner)
+	}
+	// Counter columns are sums of deltas: every region adds every write's
+	// delta exactly once, whatever the row's state (a tombstone keeps
+	// accumulating), so the sums agree once all deltas have arrived. Only the
+	// other columns follow the decision.
+	acc := map[string]string{}
+	countersChanged := false
+	for _, col := range pol.Counters {
+		if s.exists {
+			if v := s.values[col]; v != nil {
+				acc[col] = *v
+			}
+		} else if s.meta != nil {
+			acc[col] = s.meta.counters[col]
+		}
+		if c.Op == conflict.OpDelete {
+			continue
+		}
+		if delta := c.Deltas[col]; delta != "" && delta != "0" {
+			nv, err := conflict.MergeCounter(acc[col], delta)
+			if err != nil {
+				return fmt.Errorf("apply: counter %s.%s key %s: %w", sh.Table, col, c.Key, err)
+			}
+			acc[col] = nv
+			countersChanged = true
+		}
+	}
+	if d.Action == conflict.Skip && !countersChanged {
+		return nil
+	}
+	before := *s
+	var ops []op
+	counterRow := func(row []replicator.Value) {
+		for i, col := range sh.Columns {
+			if v, ok := acc[col]; ok && v != "" {
+				row[i] = replicator.Value{Text: v}
+			}
+		}
+	}
+	switch {
+	case d.Action == conflict.ApplyRemote && c.Op == conflict.OpDelete:
+		if s.exists {
+			ops = append(ops, op{kind: opDelete, sh: &sh, key: c.Key})
+		}
+		s.exists, s.values, s.image, s.pending = false, nil, nil, nil
+	case d.Action == conflict.ApplyRemote:
+		row := make([]replicator.Value, len(c.Row))
+		copy(row, c.Row)
+		counterRow(row)
+		if s.exists {
+			ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
+		} else {
+			for i, v := range row {
+				if v.Unchanged {
+					reason := fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i])
+					if !ex.parkOnError {
+						return errors.New(reason)
+					}
+					ex.park(a.cfg.Source, t.Seq, sh, c, reason)
+					return nil
+				}
+			}
+			ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
+		}
+		s.pending = append(s.pending, imageWrite{sh, row})
+		s.exists, s.written = true, true
+	case s.exists && countersChanged:
+		// The local row stays; only its counters move.
+		row := make([]replicator.Value, len(sh.Columns))
+		for i := range row {
+			row[i] = replicator.Value{Unchanged: true}
+		}
+		counterRow(row)
+		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
+		if s.imageKnown() {
+			s.pending = append(s.pending, imageWrite{sh, row})
+		}
+		s.written = true
+	}
+	if s.exists {
+		s.values = map[string]*string{}
+		for col, v := range acc {
+			v := v
+			s.values[col] = &v
+		}
+	}
+	nm := &meta{version: d.Result, srcSeq: int64(t.Seq)}
+	if d.Action == conflict.Skip || (d.Conflict && d.Winner == conflict.Local) {
+		// The version stays (or ends) the local write's.
+		nm.srcSeq = 0
+		if s.meta != nil {
+			nm.srcSeq = s.meta.srcSeq
+		}
+	}
+	if d.Action == conflict.Skip {
+		nm.version = local
+	}
+	switch {
+	case !s.exists:
+		nm.xid = ""
+	case s.written:
+		nm.xid = "@" // this transaction's xid, filled in by SQL
+	default:
+		nm.xid = s.xmin
+	}
+	if len(acc) > 0 {
+		nm.counters = acc
+	}
+	// The version is written only over the tuple this decision read: an
+	// absent row locks nothing, so another source's applier or the local
+	// reader may have recorded a version for the key since.
+	readXmin := ""
+	if s.meta != nil {
+		readXmin = s.meta.tupleXmin
+	}
+	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm, versioned: s.versioned, tupleXmin: readXmin})
+	if s.unlocked {
+		ex.unlockedKeys = true
+	}
+	if d.Conflict && !merged {
+		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
+	}
+	nm.tupleXmin = ownTuple
+	s.meta = nm
+	if err := ex.run(ctx, ops); err != nil {
+		if ex.careful && ex.parkOnError && isDataError(err) {
+			*s = before
+			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
+			return nil
+		}
+		return err
+	}
+	switch {
+	case merged:
+		ex.merged++
+	case d.Conflict:
+		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: policyLabel(pol)})
+	}
+	return nil
+}
+
+// onlyCounters reports whether every column of the table that is not in
+// its primary key is a counter.
+func onlyCounters(sh replicator.Shape, pol conflict.Policy) bool {
+	if len(pol.Counters) == 0 {
+		return false
+	}
+	for i, col := range sh.Columns {
+		if !isKeyCol(sh, i) && !pol.IsCounter(col) {
+			return false
+		}
+	}
+	return true
+}
+
+// ensureImage loads the local row's image unless it is known. A row this
+// batch wrote always has one, so the database (which has not seen the
+// batch's queued writes yet) is read only for rows the batch has not touched.
+func (a *Applier) ensureImage(ctx context.Context, tx pgx.Tx, sh replicator.Shape, key string, s *rowState) error {
+	s.foldImage()
+	if s.image != nil || !s.exists || s.written {
+		return nil
+	}
+	// Values in their text form (each type's output function, as the
+	// change stream sends them), so a row's image reads the same whichever
+	// region logs or resolves it.
+	names := make([]string, len(sh.Columns))
+	vals := make([]string, len(sh.Columns))
+	for i, c := range sh.Columns {
+		names[i] = "'" + strings.ReplaceAll(c, "'", "''") + "'"
+		vals[i] = fmt.Sprintf("CASE WHEN t.%[1]s IS NULL THEN NULL ELSE pg_catalog.format('%%s', t.%[1]s) END", quoteIdent(c))
+	}
+	where, args := keyWhere(sh, key, 0)
+	q := fmt.Sprintf("SELECT pg_catalog.json_object(ARRAY[%s]::text[], ARRAY[%s]::text[]) FROM %s t WHERE %s",
+		strings.Join(names, ", "), strings.Join(vals, ", "), qualified(sh.Table), where)
+	err := tx.QueryRow(ctx, q, args...).Scan(&s.image)
+	if err != nil {
+		return fmt.Errorf("apply: read %s key %s: %w", sh.Table, key, err)
+	}
+	return nil
+}
+
+// rowImage returns prev (a JSON object, may be nil) with the columns row
+// sets; unchanged TOAST values keep prev's value or are marked as such.
+func rowImage(sh replicator.Shape, row []replicator.Value, prev json.RawMessage) json.RawMessage {
+	m := map[string]any{}
+	if prev != nil {
+		_ = json.Unmarshal(prev, &m)
+	}
+	for i, col := range sh.Columns {
+		v := row[i]
+		switch {
+		case v.Unchanged:
+			if _, ok := m[col]; !ok {
+				m[col] = map[string]bool{"unchanged_toast": true}
+			}
+		case v.Null:
+			m[col] = nil
+		default:
+			m[col] = v.Text
+		}
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) stmt {
+	winner := d.Winner.String()
+	var localRow, remoteRow *string
+	if before.image != nil {
+		s := string(before.image)
+		localRow = &s
+	}
+	if c.Row != nil {
+		s := string(rowImage(sh, c.Row, nil))
+		remoteRow = &s
+	}
+	lv := before.version()
+	kind := policyLabel(pol)
+	return stmt{sql: `INSERT INTO polyregion.conflict_log (region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
+		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
+		args: []any{string(a.cfg.Region), sh.Table, c.Key, string(d.Kind), kind, winner, string(d.Result.Origin),
+			string(lv.Origin), string(c.Version.Origin), lv.Vector.String(), c.Version.Vector.String(),
+			int64(lv.HLC), int64(c.Version.HLC), localRow, remoteRow, int64(t.Seq), d.Reason},
+		want: -1}
+}
+
+// policyLabel names a table's policy as the conflict log records it.
+func policyLabel(pol conflict.Policy) string {
+	kind := string(pol.Kind)
+	if kind == "" {
+		kind = string(conflict.LastWriterWins)
+	}
+	if pol.Deletes != "" {
+		kind += "+" + string(pol.Deletes)
+	}
+	return kind
+}
+
+// runResolver calls a custom SQL resolver:
+// fn(table text, key text, local jsonb, remote jsonb, local_version jsonb, remote_version jsonb) returns text
+// answering 'local' or 'remote'. It must be deterministic: every region calls
+// it with the same arguments for the same conflict.
+func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Policy, sh replicator.Shape, c *replicator.Change, s *rowState) (conflict.Side, error) {
+	// Both regions must pass identical arguments: the row images are built
+	// from the changes' own values, ordered by column name.
+	localImg := "null"
+	if s.image != nil {
+		localImg = string(s.image)
+	}
+	remote := map[string]any{}
+	for i, col := range sh.Columns {
+		if c.Row == nil {
+			break
+		}
+		if c.Row[i].Null {
+			remote[col] = nil
+		} else {
+			remote[col] = c.Row[i].Text
+		}
+	}
+	rb, _ := json.Marshal(remote)
+	if c.Row == nil {
+		rb = []byte("null")
+	}
+	lv, _ := json.Marshal(s.version())
+	rv, _ := json.Marshal(c.Version)
+	schema, fn, _ := strings.Cut(pol.Resolver, ".")
+	q := fmt.Sprintf("SELECT %s.%s($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6::jsonb)::text", quoteIdent(schema), quoteIdent(fn))
+	if _, err := tx.Exec(ctx, "SAVEPOINT resolver"); err != nil {
+		return 0, fmt.Errorf("apply: resolver: %w", err)
+	}
+	var answer string
+	err := tx.QueryRow(ctx, q, sh.Table, c.Key, localImg, string(rb), string(lv), string(rv)).Scan(&answer)
+	if err != nil {
+		_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT resolver")
+		return 0, fmt.Errorf("apply: custom resolver %s for %s key %s: %w", pol.Resolver, sh.Table, c.Key, err)
+	}
+	if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT resolver"); err != nil {
+		return 0, fmt.Errorf("apply: resolver: %w", err)
+	}
+	switch answer {
+	case "local":
+		return conflict.Local, nil
+	case "remote":
+		return conflict.Remote, nil
+	}
+	return 0, fmt.Errorf("apply: custom resolver %s for %s key %s answered %q; it must answer 'local' or 'remote'", pol.Resolver, sh.Table, c.Key, answer)
+}

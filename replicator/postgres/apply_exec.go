@@ -1,0 +1,282 @@
+package postgres
+
+// The executor runs one apply transaction's writes: savepoints in careful
+// mode, pipelined set-based statements otherwise, versions last.
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// executor runs an apply batch's statements: pipelined in one round trip in
+// the fast path, with consecutive row writes of the same kind merged into
+// one set-based statement each; or one change at a time inside savepoints in
+// careful mode.
+type executor struct {
+	tx      pgx.Tx
+	careful bool
+	// parkOnError: in careful mode, a change failing with a data error is
+	// parked instead of failing the transaction.
+	parkOnError bool
+	bulk        bulk
+	order       *replicator.TableOrder // for the rows foldStatements writes
+	// lockTimeout is the session's lock timeout; relaxed: flush lifted it
+	// for the rest of the transaction (see limitLockWaits).
+	lockTimeout time.Duration
+	relaxed     bool
+	noFold      bool // ApplyLarge: no counter-only row is taken in place
+	queued      []stmt
+	n           int
+	xid         uint32 // this transaction's xid, once asked for
+	// unlockedKeys: a version is to be written for a key whose row was
+	// absent when read; waitReader then runs before versions are written
+	// (see flush). deferred holds, in careful mode, the version writes of
+	// the changes already run.
+	unlockedKeys bool
+	waitReader   func(context.Context) error
+	deferred     []stmt
+	// execAs returns the function a table's writes run through ("" for
+	// none; see ownerexec.go); ranAs lists those this transaction used.
+	execAs func(ctx context.Context, tx pgx.Tx, table string) (string, error)
+	ranAs  []string
+	// What the transaction took in, for CommitStats.
+	started       time.Time
+	txns, changes int
+	parked        int
+	conflicts     []ConflictStat
+	merged        int
+}
+
+// executor starts the writes of one apply transaction.
+func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
+	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout,
+		execAs: a.execAs}
+	if a.cfg.Versioner != nil {
+		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0) }
+	}
+	return ex
+}
+
+func (e *executor) savepoint() string {
+	e.n++
+	return fmt.Sprintf("c%d", e.n)
+}
+
+func (e *executor) queue(s stmt) { e.queued = append(e.queued, s) }
+
+func (e *executor) run(ctx context.Context, ops []op) error {
+	if !e.careful {
+		for _, o := range ops {
+			e.bulk.add(o)
+		}
+		return nil
+	}
+	save := e.savepoint()
+	if _, err := e.tx.Exec(ctx, "SAVEPOINT "+save); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	var metas []stmt
+	for _, o := range ops {
+		s := o.stmt()
+		if o.kind == opMeta {
+			metas = append(metas, s)
+			continue
+		}
+		s, err := e.asOwner(ctx, s)
+		var n int64
+		if err == nil {
+			n, err = e.exec(ctx, s)
+		}
+		if err == nil && s.want >= 0 && n != s.want {
+			err = retryable{fmt.Errorf("apply: %q affected %d rows, want %d (a local write raced the apply)", firstLine(s.sql), n, s.want)}
+		}
+		if err != nil {
+			if _, rerr := e.tx.Exec(ctx, "ROLLBACK TO SAVEPOINT "+save); rerr != nil {
+				return fmt.Errorf("apply: %w (after %v)", rerr, err)
+			}
+			return err
+		}
+	}
+	if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+save); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	e.deferred = append(e.deferred, metas...)
+	return nil
+}
+
+func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replicator.Shape, c *replicator.Change, reason string) {
+	cb, _ := json.Marshal(c)
+	sb, _ := json.Marshal(sh)
+	e.parked++
+	e.queue(stmt{sql: `INSERT INTO polyregion.parked (source, seq, tbl, key, change, shape, reason) VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7)`,
+		args: []any{string(source), int64(seq), sh.Table, c.Key, string(cb), string(sb), reason}, want: -1})
+}
+
+// flush sends the merged row writes and everything queued, then the
+// versions, in pipelines, and checks each statement's row count; then it
+// copies in the versions of keys that had none.
+//
+// A key whose row was absent when read is held by nothing: it may hide
+// local writes the reader has not versioned yet (a row inserted and
+// deleted again looks like no row, or like the tombstone before it).
+// Versioned on top of an applied insert, they would record the applied
+// row as deleted. So when such a key gets a version, the rows are written
+// first (an inserted row now holds the key: later local writes to it wait
+// for this transaction), then the applier waits until the reader has
+// versioned every local commit before that point, and only then writes
+// the versions, each conditioned on the version the decision read: a key
+// versioned meanwhile fails the batch (retryable) and it is decided again.
+// No version row of this transaction exists while it waits, so the reader
+// is never blocked by it.
+func (e *executor) flush(ctx context.Context) error {
+	rows := append(e.bulk.rowStatements(), e.queued...)
+	folds := e.bulk.foldStatements(e.order)
+	metas := append(e.deferred, e.bulk.metaStatements()...)
+	newKeys, newMetas := e.bulk.newMetas(), e.bulk.metas
+	wait := e.unlockedKeys && e.waitReader != nil
+	e.bulk, e.queued, e.deferred, e.unlockedKeys = bulk{}, nil, nil, false
+	if wait {
+		if err := e.pipeline(ctx, rows); err != nil {
+			return err
+		}
+		if err := e.waitReader(ctx); err != nil {
+			return err
+		}
+		rows = nil
+	}
+	last := append(rows, folds...)
+	if len(metas) > 0 || len(newKeys) > 0 {
+		// Versions (and the logs) are written only by replicator sessions:
+		// a wait for one of their locks is a wait for the reader or another
+		// source's applier, which never wait for this transaction. Only
+		// application rows get the lock timeout (see contention).
+		last = append(last, stmt{sql: "SET LOCAL lock_timeout = 0", want: -1})
+		last = append(last, metas...)
+		e.relaxed = true
+	}
+	if err := e.pipeline(ctx, last); err != nil {
+		return err
+	}
+	return e.copyMetas(ctx, newKeys, newMetas)
+}
+
+// limitLockWaits puts the lock timeout back after flush lifted it, before
+// a large transaction's next part reads application rows.
+func (e *executor) limitLockWaits(ctx context.Context) error {
+	if !e.relaxed {
+		return nil
+	}
+	if _, err := e.tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = %d", e.lockTimeout.Milliseconds())); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	e.relaxed = false
+	return nil
+}
+
+// copyMetas inserts new versions with COPY (several times cheaper per row
+// than INSERT ... ON CONFLICT). A version the local reader recorded for one
+// of these keys meanwhile is a unique violation: retryable, the batch is
+// decided again on top of it.
+func (e *executor) copyMetas(ctx context.Context, keys []metaKey, metas map[metaKey]*meta) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	rows := make([][]any, 0, len(keys))
+	for _, k := range keys {
+		m := metas[k]
+		var xid any
+		switch m.xid {
+		case "":
+		case "@":
+			// This transaction's xid: the xmin of the rows it writes (the
+			// fast path runs no subtransactions).
+			if e.xid == 0 {
+				if err := e.tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_xact_id()::xid`).Scan(&e.xid); err != nil {
+					return fmt.Errorf("apply: transaction id: %w", err)
+				}
+			}
+			xid = e.xid
+		default:
+			x, err := strconv.ParseUint(m.xid, 10, 32)
+			if err != nil {
+				return fmt.Errorf("apply: version of %s %s: xid %q: %w", k.tbl, k.key, m.xid, err)
+			}
+			xid = uint32(x)
+		}
+		var counters, deletedAt any
+		if len(m.counters) > 0 {
+			b, err := json.Marshal(m.counters)
+			if err != nil {
+				return fmt.Errorf("apply: version of %s %s: %w", k.tbl, k.key, err)
+			}
+			counters = string(b)
+		}
+		if m.version.Deleted {
+			deletedAt = time.Now()
+		}
+		rows = append(rows, []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
+			xid, counters, m.srcSeq, deletedAt})
+	}
+	if _, err := e.tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(rows)); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23505" {
+			return retryable{fmt.Errorf("apply: a row version was recorded locally while the batch was applied: %w", err)}
+		}
+		return fmt.Errorf("apply: row versions: %w", err)
+	}
+	return nil
+}
+
+// pipeline runs statements in one round trip and checks each one's row
+// count.
+func (e *executor) pipeline(ctx context.Context, stmts []stmt) error {
+	if len(stmts) == 0 {
+		return nil
+	}
+	var b pgx.Batch
+	names := make([]string, len(stmts))
+	for i, s := range stmts {
+		names[i] = firstLine(s.sql)
+		s, err := e.asOwner(ctx, s)
+		if err != nil {
+			return err
+		}
+		stmts[i] = s
+		b.Queue(s.sql, s.args...)
+	}
+	br := e.tx.SendBatch(ctx, &b)
+	var firstErr error
+	for i, s := range stmts {
+		var n int64
+		var err error
+		if s.counted {
+			err = br.QueryRow().Scan(&n)
+		} else {
+			var tag pgconn.CommandTag
+			tag, err = br.Exec()
+			n = tag.RowsAffected()
+		}
+		if err != nil {
+			if firstErr == nil {
+				firstErr = fmt.Errorf("apply: %s: %w", names[i], err)
+			}
+			break
+		}
+		if s.want >= 0 && n != s.want && firstErr == nil {
+			firstErr = retryable{fmt.Errorf("apply: statement %d (%s) affected %d rows, want %d (a local write raced the apply)", i, names[i], n, s.want)}
+		}
+	}
+	if err := br.Close(); err != nil && firstErr == nil {
+		firstErr = fmt.Errorf("apply: batch: %w", err)
+	}
+	return firstErr
+}

@@ -1,0 +1,253 @@
+package postgres
+
+// Reading the rows a batch touches with their versions, in the
+// applications' lock order, and the barrier that waits for the local
+// reader to version what it has seen.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// readRows loads, for every touched key, the local row (locked) and its
+// recorded version. A row written locally whose version the reader has not
+// recorded yet is waited for: the applier emits a barrier and waits until
+// the reader has versioned every local commit before it.
+//
+// Keys in probe (see applyChanges) are assumed absent here: only a tombstone
+// is looked up for them, and those that have one are read like the others
+// (a tombstone can hide an insert not yet versioned, and the decision
+// against it may write nothing that would check the assumption).
+func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState, probe map[metaKey]bool) error {
+	var keys, probed []metaKey
+	for k := range states {
+		if probe[k] {
+			probed = append(probed, k)
+		} else {
+			keys = append(keys, k)
+		}
+	}
+	tombs, err := loadTombstones(ctx, tx, probed)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	read := byTable
+	if len(tombs) > 0 {
+		read = map[string][]string{}
+		for tbl, ks := range byTable {
+			read[tbl] = append([]string(nil), ks...)
+		}
+		for k := range tombs {
+			read[k.tbl] = append(read[k.tbl], k.key)
+		}
+	}
+	if err := a.readTablesRows(ctx, tx, shapes, read, states); err != nil {
+		return err
+	}
+	metas, err := loadMeta(ctx, tx, keys)
+	if err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	for k, m := range tombs {
+		metas[k] = m
+	}
+	var stale []metaKey
+	for k, s := range states {
+		s.unlocked = !s.exists
+		s.meta = metas[k]
+		s.versioned = s.meta != nil
+		if unversioned(s) {
+			stale = append(stale, k)
+		}
+	}
+	for attempt := 1; len(stale) > 0; attempt++ {
+		if attempt > 5 {
+			return retryable{fmt.Errorf("apply: %d rows keep changing locally while their versions are read", len(stale))}
+		}
+		// Rows that exist are locked now: no local write to them can commit
+		// until this transaction ends.
+		lockedBefore := map[metaKey]bool{}
+		for _, k := range stale {
+			lockedBefore[k] = states[k].exists
+		}
+		if err := a.barrier(ctx, len(stale)); err != nil {
+			return err
+		}
+		// Read the stale keys again: a row absent before may have been
+		// inserted meanwhile (and is locked now).
+		again := map[string][]string{}
+		for _, k := range stale {
+			again[k.tbl] = append(again[k.tbl], k.key)
+		}
+		if err := a.readTablesRows(ctx, tx, shapes, again, states); err != nil {
+			return err
+		}
+		metas, err = loadMeta(ctx, tx, stale)
+		if err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		var still []metaKey
+		for _, k := range stale {
+			s := states[k]
+			s.unlocked = !s.exists
+			s.meta = metas[k]
+			s.versioned = s.meta != nil
+			if !unversioned(s) {
+				continue
+			}
+			if !s.exists && !lockedBefore[k] {
+				// Absent before and after the barrier, yet its last
+				// recorded version is live: the row went without a
+				// versioned delete (TRUNCATE is not replicated). Treat it
+				// as deleted with that version.
+				s.meta.version.Deleted = true
+				continue
+			}
+			if s.exists && lockedBefore[k] {
+				// Locked since before the barrier, so every write to it is
+				// versioned by now: it was written before replication
+				// started here (or in a subtransaction, or frozen). Its
+				// version is what is recorded, or empty.
+				if s.meta == nil {
+					s.meta = &meta{xid: s.xmin}
+				} else {
+					s.meta.xid = s.xmin
+				}
+				continue
+			}
+			still = append(still, k)
+		}
+		stale = still
+	}
+	return nil
+}
+
+// barrier waits until the local reader has versioned every local commit
+// that precedes it.
+func (a *Applier) barrier(ctx context.Context, rows int) error {
+	if a.cfg.Versioner == nil {
+		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", rows)
+	}
+	// Emitted from a session of its own, after everything tx has read or
+	// written (so after it in the WAL), and flushed (see EmitBarrier).
+	if a.side == nil {
+		side, err := connectDataPlane(ctx, a.cfg.ConnString)
+		if err != nil {
+			return fmt.Errorf("apply: barrier session: %w", err)
+		}
+		a.side = side
+	}
+	l, err := EmitBarrier(ctx, a.side)
+	if err != nil {
+		a.side.Close(context.Background())
+		a.side = nil
+		return retryable{fmt.Errorf("apply: %w", err)}
+	}
+	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	err = a.cfg.Versioner.WaitVersioned(wctx, l)
+	cancel()
+	if err != nil {
+		return retryable{fmt.Errorf("apply: %w", err)}
+	}
+	return nil
+}
+
+// unversioned reports whether a row was written locally after its version
+// was recorded.
+func unversioned(s *rowState) bool {
+	if s.exists {
+		return s.meta == nil || s.meta.xid != s.xmin
+	}
+	return s.meta != nil && !s.meta.version.Deleted
+}
+
+// readTablesRows reads (and locks) rows table by table in the order the
+// applications write them (replicator.TableOrder), each table's in key
+// order: every applier of the process takes row locks in the same order, so
+// two appliers reading overlapping rows never deadlock each other, and an
+// applier never closes a lock cycle with an application that writes its
+// tables in that order.
+func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
+	tables := make([]string, 0, len(byTable))
+	for tbl := range byTable {
+		tables = append(tables, tbl)
+	}
+	a.cfg.Order.Sort(tables)
+	for _, tbl := range tables {
+		keys := byTable[tbl]
+		sort.Strings(keys)
+		if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Shape, keys []string, states map[metaKey]*rowState) error {
+	// One text[] parameter per key column, joined back by ordinality.
+	args := make([]any, len(sh.Key))
+	cols := make([][]string, len(sh.Key))
+	for _, key := range keys {
+		var parts []string
+		if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(sh.Key) {
+			return fmt.Errorf("apply: %s: malformed key %s", sh.Table, key)
+		}
+		for i, p := range parts {
+			cols[i] = append(cols[i], p)
+		}
+	}
+	var params, names, join []string
+	for i, ki := range sh.Key {
+		args[i] = cols[i]
+		params = append(params, fmt.Sprintf("pg_catalog.unnest($%d::text[])", i+1))
+		names = append(names, fmt.Sprintf("k%d", i))
+		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
+	}
+	pol := a.policy(sh.Table)
+	sel := []string{"t.xmin::text AS xmin"}
+	out := []string{"k.ord", "r.xmin"}
+	for i, c := range pol.Counters {
+		sel = append(sel, fmt.Sprintf("t.%s::text AS c%d", quoteIdent(c), i))
+		out = append(out, fmt.Sprintf("r.c%d", i))
+	}
+	// One index probe per key, locking rows in the order of keys (LIMIT
+	// keeps the subquery a nested loop: a join would be hashed over a scan
+	// of the whole table once the batch is large or the statistics stale).
+	q := fmt.Sprintf(`SELECT %s FROM ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)
+		CROSS JOIN LATERAL (SELECT %s FROM %s t WHERE %s LIMIT 1 FOR UPDATE) r`,
+		strings.Join(out, ", "), strings.Join(params, ", "), strings.Join(names, ", "), strings.Join(sel, ", "), qualified(sh.Table), strings.Join(join, " AND "))
+	rows, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return fmt.Errorf("apply: read %s: %w", sh.Table, err)
+	}
+	defer rows.Close()
+	for _, key := range keys {
+		s := states[metaKey{sh.Table, key}]
+		s.exists, s.xmin, s.values, s.image, s.pending = false, "", nil, nil, nil
+	}
+	for rows.Next() {
+		var ord int64
+		var xmin string
+		dest := []any{&ord, &xmin}
+		counterVals := make([]*string, len(pol.Counters))
+		for i := range counterVals {
+			dest = append(dest, &counterVals[i])
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return fmt.Errorf("apply: read %s: %w", sh.Table, err)
+		}
+		s := states[metaKey{sh.Table, keys[ord-1]}]
+		s.exists, s.xmin, s.image, s.pending = true, xmin, nil, nil
+		s.values = map[string]*string{}
+		for i, c := range pol.Counters {
+			s.values[c] = counterVals[i]
+		}
+	}
+	return rows.Err()
+}

@@ -1,0 +1,60 @@
+package postgres
+
+// Sessions: every replicator session pins search_path and the text forms
+// of values (date style, time zone, float digits).
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Connect opens a regular session with the settings every replicator
+// session uses: search_path pinned to pg_catalog, ISO dates, exact floats.
+func Connect(ctx context.Context, connString string) (*pgx.Conn, error) {
+	return connect(ctx, connString, nil)
+}
+
+// connectDataPlane is Connect for the sessions that version and apply rows.
+// Their statements look rows up by arrays of keys, one to tens of
+// thousands, in tables that grow fast: joined by hash (or merge), a lookup
+// scans the whole table every time, and the planner picks that whenever the
+// statistics are stale (row_version grows faster than it is analyzed) or a
+// batch is large. Index probes cost in proportion to the batch, not the
+// table, so these sessions use nested loops only.
+func connectDataPlane(ctx context.Context, connString string) (*pgx.Conn, error) {
+	return connect(ctx, connString, map[string]string{"enable_hashjoin": "off", "enable_mergejoin": "off"})
+}
+
+// SetTextForms sets the session parameters that fix values' text forms, so
+// that keys, row images (handed to custom resolvers, logged with conflicts)
+// and search documents read the same in every region, whatever each
+// server's or role's defaults: every session that reads rows or the change
+// stream uses them.
+func SetTextForms(params map[string]string) {
+	params["DateStyle"] = "ISO"
+	params["IntervalStyle"] = "postgres"
+	params["extra_float_digits"] = "3"
+	params["TimeZone"] = "UTC"
+}
+
+func connect(ctx context.Context, connString string, params map[string]string) (*pgx.Conn, error) {
+	cfg, err := pgx.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	for k, v := range params {
+		cfg.RuntimeParams[k] = v
+	}
+	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+	SetTextForms(cfg.RuntimeParams)
+	if cfg.RuntimeParams["application_name"] == "" {
+		cfg.RuntimeParams["application_name"] = "polyregion"
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
+	}
+	return conn, nil
+}

@@ -1,0 +1,350 @@
+package postgres
+
+// Versioning what the reader decoded: each local transaction's row
+// versions, counter sums and outbox entry written in one transaction with
+// the reader's position, and the reader's saved state.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+func (r *Reader) loadState(ctx context.Context, conn *pgx.Conn) (readerState, error) {
+	st := readerState{nextSeq: 1}
+	var lsn string
+	var next, hlc int64
+	err := conn.QueryRow(ctx, `SELECT lsn::text, next_seq, hlc FROM polyregion.reader_state WHERE slot = $1`, SlotName(string(r.cfg.Region))).Scan(&lsn, &next, &hlc)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		var maxSeq int64
+		if err := conn.QueryRow(ctx, `SELECT coalesce(max(seq), 0) FROM polyregion.outbox`).Scan(&maxSeq); err != nil {
+			return st, fmt.Errorf("reader: load state: %w", err)
+		}
+		st.nextSeq = replicator.Seq(maxSeq + 1)
+		return st, nil
+	case err != nil:
+		return st, fmt.Errorf("reader: load state: %w", err)
+	}
+	l, err := pglogrepl.ParseLSN(lsn)
+	if err != nil {
+		return st, fmt.Errorf("reader: load state: %w", err)
+	}
+	st.lsn, st.nextSeq, st.hlc = l, replicator.Seq(next), conflict.Timestamp(hlc)
+	return st, nil
+}
+
+// persist versions a batch of local transactions and appends them to the
+// outbox, with the reader's new position, in one local transaction.
+func (r *Reader) persist(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn) error {
+	for attempt := 1; ; attempt++ {
+		// The first attempt reads versions without locking them and
+		// writes each only if nobody changed it meanwhile; after a race,
+		// attempts lock what they read, so they cannot lose again.
+		err := r.persistOnce(ctx, conn, st, batch, attempt > 1)
+		if err == nil || !retryablePersist(err) || attempt == 10 {
+			return err
+		}
+		r.cfg.Logger.Debug("versioning retried", "attempt", attempt, "err", err)
+	}
+}
+
+func (r *Reader) persistOnce(ctx context.Context, conn *pgx.Conn, st *readerState, batch []*pendingTxn, lock bool) error {
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	next := *st
+	if err := r.persistIn(ctx, tx, &next, batch, lock); err != nil {
+		return err
+	}
+	last := batch[len(batch)-1]
+	if err := r.saveState(ctx, tx, &next, last.endLSN); err != nil {
+		return err
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return fmt.Errorf("reader: persist commit: %w", err)
+	}
+	*st = next
+	return nil
+}
+
+// saveState records the reader's position in tx.
+func (r *Reader) saveState(ctx context.Context, tx pgx.Tx, st *readerState, lsn pglogrepl.LSN) error {
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reader_state (slot, lsn, next_seq, hlc) VALUES ($1, $2::pg_lsn, $3, $4)
+		ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn, next_seq = excluded.next_seq, hlc = excluded.hlc`,
+		SlotName(string(r.cfg.Region)), lsn.String(), int64(st.nextSeq), int64(st.hlc)); err != nil {
+		return fmt.Errorf("reader: save position: %w", err)
+	}
+	st.lsn = lsn
+	return nil
+}
+
+// persistIn versions a batch of local transactions (or one part of a large
+// one) and appends them to the outbox, inside tx. st.nextSeq advances past
+// each transaction whose last part is in the batch. With lock, the versions
+// it replaces are locked as they are read; without, a version changed by an
+// applier between the read and the write fails the batch with
+// errVersionRace. Either way no version is written from a stale read.
+func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batch []*pendingTxn, lock bool) error {
+	var keys []metaKey
+	// inserted: keys whose first change in the batch is an insert. The row
+	// was absent, so the only version it can have is a tombstone: without
+	// lock, only those are looked up, and any other version recorded for
+	// the key fails the COPY of its new one (a retry then reads them all).
+	inserted := map[metaKey]bool{}
+	for _, t := range batch {
+		for _, c := range t.changes {
+			k := metaKey{c.rel.name, c.key}
+			if _, seen := inserted[k]; !seen {
+				inserted[k] = c.op == conflict.OpInsert && !lock
+				keys = append(keys, k)
+			}
+		}
+	}
+	// Read the versions this batch replaces (in key order, as appliers
+	// lock them).
+	sort.Slice(keys, func(i, j int) bool {
+		if keys[i].tbl != keys[j].tbl {
+			return keys[i].tbl < keys[j].tbl
+		}
+		return keys[i].key < keys[j].key
+	})
+	var probe, full []metaKey
+	for _, k := range keys {
+		if inserted[k] {
+			probe = append(probe, k)
+		} else {
+			full = append(full, k)
+		}
+	}
+	metas, err := loadMetaLocked(ctx, tx, full, lock)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+	tombs, err := loadTombstones(ctx, tx, probe)
+	if err != nil {
+		return fmt.Errorf("reader: persist: %w", err)
+	}
+	for k, m := range tombs {
+		metas[k] = m
+	}
+	existed := make(map[metaKey]string, len(metas)) // key -> tuple xmin as read
+	for k, m := range metas {
+		existed[k] = m.tupleXmin
+	}
+
+	var (
+		seqs     []int64
+		parts    []int32
+		mores    []bool
+		lsns     []string
+		commits  []time.Time
+		nrows    []int32
+		payloads [][]byte
+	)
+	next := st.nextSeq
+	var maxHLC conflict.Timestamp
+	for _, t := range batch {
+		out := replicator.Txn{
+			Origin:     r.cfg.Region,
+			Seq:        next,
+			LSN:        t.commitLSN.String(),
+			CommitUnix: t.commitTime.UnixMicro(),
+			Part:       t.part,
+			More:       t.more,
+		}
+		shapeIdx := map[string]int{}
+		for _, c := range t.changes {
+			k := metaKey{c.rel.name, c.key}
+			prior := metas[k]
+			if prior == nil {
+				prior = &meta{}
+			}
+			// The write's hybrid timestamp is its commit time, moved past
+			// the version it overwrote: causally later writes to a row
+			// always carry larger timestamps, whatever the clocks say, and
+			// the value does not depend on when the reader got to it.
+			hlc := conflict.Next(t.commitTime, prior.version.HLC)
+			if hlc > maxHLC {
+				maxHLC = hlc
+			}
+			nm := &meta{
+				version: conflict.Version{
+					Vector:  prior.version.Vector.Tick(r.cfg.Region),
+					HLC:     hlc,
+					Origin:  r.cfg.Region,
+					Deleted: c.op == conflict.OpDelete,
+				},
+				xid:    strconv.FormatUint(uint64(t.xid), 10),
+				srcSeq: int64(next),
+			}
+			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
+			pol := r.tables[c.rel.name].Policy
+			// With REPLICA IDENTITY FULL an update carries the row as this
+			// write found it: the counters' deltas come from there, exact
+			// whatever the recorded version says, and the recorded sums
+			// move by the deltas (appliers add peers' increments to the
+			// recorded sums of counter-only rows in place, see the
+			// applier's foldRows, possibly before this write is versioned).
+			oldRow := c.old
+			if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
+				oldRow = nil
+			}
+			if len(pol.Counters) > 0 && c.op == conflict.OpDelete {
+				// A tombstone keeps the counters' sums: deltas that arrive
+				// while the row is deleted still count.
+				nm.counters = prior.counters
+			}
+			if len(pol.Counters) > 0 && c.op != conflict.OpDelete {
+				nm.counters = map[string]string{}
+				ch.Deltas = map[string]string{}
+				for _, col := range pol.Counters {
+					i := indexOf(c.rel.shape.Columns, col)
+					if i < 0 {
+						continue
+					}
+					v := c.row[i]
+					oldV, known := prior.counters[col]
+					sum := oldV // the recorded sum the delta moves
+					switch {
+					case oldRow != nil && i < len(oldRow) && !oldRow[i].Unchanged:
+						oldV = oldRow[i].Text // "" for NULL
+						if !known {
+							sum = oldV
+						}
+					case !known && c.old != nil && !c.old[i].Null && !c.old[i].Unchanged:
+						// A row written before replication started: its
+						// old value comes from the WAL (REPLICA IDENTITY FULL).
+						oldV = c.old[i].Text
+						sum = oldV
+					}
+					if v.Unchanged {
+						nm.counters[col] = sum
+						ch.Deltas[col] = "0"
+						continue
+					}
+					newV := ""
+					if !v.Null {
+						newV = v.Text
+					}
+					d, err := conflict.CounterDelta(oldV, newV)
+					if err != nil {
+						return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
+					}
+					nm.counters[col] = newV
+					if oldRow != nil {
+						if nm.counters[col], err = conflict.MergeCounter(sum, d); err != nil {
+							return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
+						}
+					}
+					ch.Deltas[col] = d
+				}
+			}
+			if c.op == conflict.OpDelete {
+				nm.xid = ""
+			}
+			metas[k] = nm
+			si, ok := shapeIdx[c.rel.name]
+			if !ok {
+				si = len(out.Shapes)
+				shapeIdx[c.rel.name] = si
+				out.Shapes = append(out.Shapes, c.rel.shape)
+			}
+			ch.T = si
+			out.Changes = append(out.Changes, ch)
+		}
+		payload, err := out.Encode()
+		if err != nil {
+			return fmt.Errorf("reader: encode transaction: %w", err)
+		}
+		seqs = append(seqs, int64(next))
+		parts = append(parts, int32(t.part))
+		mores = append(mores, t.more)
+		lsns = append(lsns, t.commitLSN.String())
+		commits = append(commits, t.commitTime)
+		nrows = append(nrows, int32(len(out.Changes)))
+		payloads = append(payloads, payload)
+		if !t.more {
+			next++
+		}
+	}
+	hlcNow := max(maxHLC, st.hlc)
+
+	// Versions that existed are updated only where nobody (an applier)
+	// rewrote them since they were read; new ones are inserted only if
+	// nobody recorded one meanwhile. Otherwise the batch is versioned again
+	// on top of what is there now.
+	var upd metaWriter
+	var ins [][]any
+	for _, k := range keys {
+		if xmin, ok := existed[k]; ok {
+			upd.add(k, metas[k])
+			upd.tupleXmin = append(upd.tupleXmin, xmin)
+		} else {
+			row, err := copyRow(k, metas[k])
+			if err != nil {
+				return err
+			}
+			ins = append(ins, row)
+		}
+	}
+	if len(upd.key) > 0 {
+		tag, err := tx.Exec(ctx, updateMetaSQL, append(upd.args(), upd.tupleXmin)...)
+		if err != nil {
+			return fmt.Errorf("reader: persist row versions: %w", err)
+		}
+		if tag.RowsAffected() != int64(len(upd.key)) {
+			return errVersionRace
+		}
+	}
+	if len(ins) > 0 {
+		// COPY: several times cheaper per row than INSERT ... ON CONFLICT.
+		// A version recorded meanwhile is a unique violation.
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(ins)); err != nil {
+			var pe *pgconn.PgError
+			if errors.As(err, &pe) && pe.Code == "23505" {
+				return errVersionRace
+			}
+			return fmt.Errorf("reader: persist row versions: %w", err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload)
+		SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::int[]), pg_catalog.unnest($3::bool[]),
+			pg_catalog.unnest($4::pg_lsn[]), pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::int[]), pg_catalog.unnest($7::bytea[]))`,
+		seqs, parts, mores, lsns, commits, nrows, payloads); err != nil {
+		return fmt.Errorf("reader: append outbox: %w", err)
+	}
+	st.nextSeq, st.hlc = next, hlcNow
+	return nil
+}
+
+func (r *Reader) saveBarrier(ctx context.Context, conn *pgx.Conn, st *readerState, lsn pglogrepl.LSN) error {
+	_, err := conn.Exec(ctx, `INSERT INTO polyregion.reader_state (slot, lsn, next_seq, hlc) VALUES ($1, $2::pg_lsn, $3, $4)
+		ON CONFLICT (slot) DO UPDATE SET lsn = excluded.lsn`,
+		SlotName(string(r.cfg.Region)), lsn.String(), int64(st.nextSeq), int64(st.hlc))
+	if err != nil {
+		return fmt.Errorf("reader: save barrier position: %w", err)
+	}
+	st.lsn = lsn
+	return nil
+}
+
+func indexOf(list []string, s string) int {
+	for i, v := range list {
+		if v == s {
+			return i
+		}
+	}
+	return -1
+}

@@ -1,0 +1,238 @@
+package postgres
+
+// Row versions as stored in polyregion.row_version: loading them (and
+// tombstones) for a set of keys, and writing them (upsert, update over the
+// tuple as read, COPY of new ones).
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/polyregion/polyregion/conflict"
+)
+
+// meta is a row's recorded version.
+type meta struct {
+	version  conflict.Version
+	xid      string // "" when NULL
+	counters map[string]string
+	// srcSeq is the origin region's outbox sequence number of the write.
+	srcSeq int64
+	// tupleXmin is the transaction that last wrote the row_version tuple
+	// itself, as loaded: an update conditioned on it finds out whether
+	// anybody changed the version since.
+	tupleXmin string
+}
+
+type metaKey struct{ tbl, key string }
+
+func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
+	return loadMetaLocked(ctx, q, keys, false)
+}
+
+// loadTombstones is loadMeta for keys where only a tombstone can be
+// recorded (a probe of the tombstones' index, far smaller than all
+// versions).
+func loadTombstones(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
+	if len(keys) == 0 {
+		return map[metaKey]*meta{}, nil
+	}
+	// Most tables have no tombstone at all: their keys need no probe. (A
+	// tombstone recorded after this check fails the caller's COPY.)
+	var tbls []string
+	for _, k := range keys {
+		if len(tbls) == 0 || tbls[len(tbls)-1] != k.tbl {
+			tbls = append(tbls, k.tbl)
+		}
+	}
+	rows, err := q.Query(ctx, `SELECT t.tbl FROM pg_catalog.unnest($1::text[]) AS t(tbl)
+		WHERE EXISTS (SELECT FROM polyregion.row_version v WHERE v.deleted AND v.tbl = t.tbl)`, tbls)
+	if err != nil {
+		return nil, fmt.Errorf("load tombstones: %w", err)
+	}
+	has := map[string]bool{}
+	for rows.Next() {
+		var t string
+		if err := rows.Scan(&t); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("load tombstones: %w", err)
+		}
+		has[t] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("load tombstones: %w", err)
+	}
+	var probe []metaKey
+	for _, k := range keys {
+		if has[k.tbl] {
+			probe = append(probe, k)
+		}
+	}
+	return loadMetaWhere(ctx, q, probe, false, " AND v.deleted")
+}
+
+// loadMetaLocked is loadMeta, optionally locking the versions it finds
+// until the transaction ends, in the order of keys.
+func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (map[metaKey]*meta, error) {
+	return loadMetaWhere(ctx, q, keys, lock, "")
+}
+
+func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, cond string) (map[metaKey]*meta, error) {
+	// One index probe per key, whatever the planner thinks of the table's
+	// size (LIMIT keeps the subquery a nested loop: a join would be hashed
+	// over a scan of every version once the batch is large or the
+	// statistics stale). Locks are taken in the order of keys.
+	forUpdate := ""
+	if lock {
+		forUpdate = " FOR UPDATE"
+	}
+	out := make(map[metaKey]*meta, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	tbls := make([]string, len(keys))
+	ks := make([]string, len(keys))
+	for i, k := range keys {
+		tbls[i], ks[i] = k.tbl, k.key
+	}
+	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq, m.tuple_xmin
+		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
+		CROSS JOIN LATERAL (SELECT v.tbl, v.key, v.vv, v.hlc, v.origin, v.deleted, v.xid, v.counters, v.src_seq, v.xmin::text AS tuple_xmin
+			FROM polyregion.row_version v WHERE v.tbl = k.tbl AND v.key = k.key`+cond+` LIMIT 1`+forUpdate+`) m`, tbls, ks)
+	if err != nil {
+		return nil, fmt.Errorf("load row versions: %w", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var k metaKey
+		var vv, origin, xid, tupleXmin string
+		var hlc int64
+		var deleted bool
+		var counters map[string]string
+		var srcSeq int64
+		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq, &tupleXmin); err != nil {
+			return nil, fmt.Errorf("load row versions: %w", err)
+		}
+		vec, err := conflict.ParseVector(vv)
+		if err != nil {
+			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
+		}
+		out[k] = &meta{
+			version:   conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted},
+			xid:       xid,
+			counters:  counters,
+			srcSeq:    srcSeq,
+			tupleXmin: tupleXmin,
+		}
+	}
+	return out, rows.Err()
+}
+
+type querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+}
+
+// metaWriter accumulates row_version upserts for one statement.
+type metaWriter struct {
+	tbl, key, vv, origin, xid []string
+	hlc, srcSeq               []int64
+	deleted                   []bool
+	counters                  []*string
+	// tupleXmin: for updateMetaSQL, each version's tuple xmin as read.
+	tupleXmin []string
+}
+
+func (w *metaWriter) add(k metaKey, m *meta) {
+	w.tbl = append(w.tbl, k.tbl)
+	w.key = append(w.key, k.key)
+	w.vv = append(w.vv, m.version.Vector.String())
+	w.hlc = append(w.hlc, int64(m.version.HLC))
+	w.origin = append(w.origin, string(m.version.Origin))
+	w.deleted = append(w.deleted, m.version.Deleted)
+	w.xid = append(w.xid, m.xid)
+	w.srcSeq = append(w.srcSeq, m.srcSeq)
+	if len(m.counters) > 0 {
+		b, _ := json.Marshal(m.counters)
+		s := string(b)
+		w.counters = append(w.counters, &s)
+	} else {
+		w.counters = append(w.counters, nil)
+	}
+}
+
+const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, deleted_at)
+	SELECT tbl, key, vv, hlc, origin, deleted,
+	       CASE WHEN xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(xid, '')::xid END,
+	       counters::jsonb, src_seq, CASE WHEN deleted THEN pg_catalog.now() END
+	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
+	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq)
+	ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
+	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, src_seq = excluded.src_seq,
+	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
+
+// updateMetaSQL replaces versions that exist, each only if its tuple is
+// still the one read (xmin, $10); the caller compares the row count. An
+// xid of '@' (appliers only) is the writing transaction's.
+const updateMetaSQL = `UPDATE polyregion.row_version AS m SET vv = u.vv, hlc = u.hlc, origin = u.origin, deleted = u.deleted,
+	   xid = CASE WHEN u.xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(u.xid, '')::xid END, counters = u.counters::jsonb, src_seq = u.src_seq,
+	   deleted_at = CASE WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
+	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
+	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
+	     pg_catalog.unnest($10::text[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, tuple_xmin)
+	WHERE m.tbl = u.tbl AND m.key = u.key AND m.xmin = u.tuple_xmin::xid`
+
+// metaCopyColumns are the row_version columns copyRow fills.
+var metaCopyColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "xid", "counters", "src_seq", "deleted_at"}
+
+// copyRow is a new version as a COPY row (the reader's: xid is a number or
+// empty, never this transaction's).
+func copyRow(k metaKey, m *meta) ([]any, error) {
+	var xid any
+	if m.xid != "" {
+		x, err := strconv.ParseUint(m.xid, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("reader: version of %s %s: xid %q: %w", k.tbl, k.key, m.xid, err)
+		}
+		xid = uint32(x)
+	}
+	var counters, deletedAt any
+	if len(m.counters) > 0 {
+		b, err := json.Marshal(m.counters)
+		if err != nil {
+			return nil, fmt.Errorf("reader: version of %s %s: %w", k.tbl, k.key, err)
+		}
+		counters = string(b)
+	}
+	if m.version.Deleted {
+		deletedAt = time.Now()
+	}
+	return []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
+		xid, counters, m.srcSeq, deletedAt}, nil
+}
+
+// errVersionRace: a version the reader was about to create was recorded
+// by an applier meanwhile; the batch must be versioned again.
+var errVersionRace = errors.New("reader: a row version changed while versioning; retrying")
+
+// retryablePersist reports errors after which versioning the same batch
+// again is right.
+func retryablePersist(err error) bool {
+	if errors.Is(err, errVersionRace) {
+		return true
+	}
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && (pe.Code == "40P01" || pe.Code == "40001")
+}
+
+func (w *metaWriter) args() []any {
+	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters, w.srcSeq}
+}
