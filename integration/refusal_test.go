@@ -61,6 +61,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		{"region: us\ndatabase: ${POLYREGION_TEST_UNSET_VAR}\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t}]\n", "POLYREGION_TEST_UNSET_VAR"},
 		{"region: us\ndatabase: x\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t}]\nbogus: 1\n", "field bogus not found"},
 		{"region: us\ndatabase: x\nlisten: 127.0.0.1:1\nregions: [us, eu]\npeers: [{id: eu, url: 'http://x', token: short}]\ntables: [{name: public.t}]\n", "token is too short"},
+		{"region: us\ndatabase: 'postgres://app:pa@ss@127.0.0.1:1/app'\nlisten: 127.0.0.1:1\nregions: [us]\ntables: [{name: public.t}]\n", "percent-encode '@'"},
 	}
 	for i, c := range cases {
 		path := dir + "/c.yaml"

@@ -110,9 +110,6 @@ func (c *Config) Validate() error {
 	if c.Database == "" {
 		return errors.New("database: a connection string is required")
 	}
-	if _, err := postgres.ParseConnString(c.Database); err != nil {
-		return fmt.Errorf("database: %w", err)
-	}
 	if c.Listen == "" {
 		return errors.New("listen: an address (host:port) is required")
 	}
@@ -171,6 +168,10 @@ func (c *Config) Validate() error {
 		if r != c.Region && !seen[r] {
 			return fmt.Errorf("peers: region %q is listed in regions but has no peer entry", r)
 		}
+	}
+	// Last, so the structure is reported first whatever the string.
+	if _, err := postgres.ParseConnString(c.Database); err != nil {
+		return fmt.Errorf("database: %w", err)
 	}
 	return nil
 }
