@@ -69,7 +69,9 @@ func startRegionsWith(t *testing.T, spec Spec, noReplicators bool) *Harness {
 		t.Skip("integration test: needs PostgreSQL clusters (run without -short)")
 	}
 	spec.Dir = testDir(t)
-	spec.Binary = binary
+	if spec.Binary == "" {
+		spec.Binary = binary
+	}
 	if len(spec.Regions) == 0 {
 		spec.Regions = []string{"us", "eu", "ap"}
 	}
