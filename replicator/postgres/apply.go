@@ -312,10 +312,8 @@ func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn
 	ex.queue(stmt{sql: `INSERT INTO polyregion.applied (source, seq, lsn, hlc, applied_at) VALUES ($1, $2, $3::pg_lsn, $4, pg_catalog.now())
 		ON CONFLICT (source) DO UPDATE SET seq = excluded.seq, lsn = excluded.lsn, hlc = excluded.hlc, applied_at = excluded.applied_at`,
 		args: []any{string(a.cfg.Source), int64(last.Seq), last.LSN, int64(maxHLC)}, want: -1})
+	ex.final = true
 	if err := ex.flush(ctx); err != nil {
-		return 0, err
-	}
-	if err := ex.fireDeferred(ctx); err != nil {
 		return 0, err
 	}
 	if err := ex.tx.Commit(ctx); err != nil {

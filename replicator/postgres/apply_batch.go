@@ -254,10 +254,8 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 				return err
 			}
 			ex.queue(stmt{sql: `UPDATE polyregion.parked SET resolved_at = pg_catalog.now() WHERE id = $1`, args: []any{p.id}, want: 1})
-			if err := ex.flush(ctx); err != nil {
-				return err
-			}
-			return ex.fireDeferred(ctx)
+			ex.final = true
+			return ex.flush(ctx)
 		})
 		if err == nil {
 			resolved++

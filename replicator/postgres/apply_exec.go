@@ -48,6 +48,8 @@ type executor struct {
 	// none; see ownerexec.go); ranAs lists those this transaction used.
 	execAs func(ctx context.Context, tx pgx.Tx, table string) (string, error)
 	ranAs  []string
+	// final: the next flush is the transaction's last (see deferredCheck).
+	final bool
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
@@ -163,6 +165,9 @@ func (e *executor) flush(ctx context.Context) error {
 		last = append(last, metas...)
 		e.relaxed = true
 	}
+	if e.final {
+		last = append(last, stmt{deferredCheck: true})
+	}
 	if err := e.pipeline(ctx, last); err != nil {
 		return err
 	}
@@ -243,15 +248,26 @@ func (e *executor) pipeline(ctx context.Context, stmts []stmt) error {
 		return nil
 	}
 	var b pgx.Batch
-	names := make([]string, len(stmts))
-	for i, s := range stmts {
-		names[i] = firstLine(s.sql)
+	names := make([]string, 0, len(stmts))
+	sent := stmts[:0]
+	for _, s := range stmts {
+		if s.deferredCheck {
+			// After every write of the transaction was converted.
+			if s = e.deferredStmt(); s.sql == "" {
+				continue
+			}
+		}
+		names = append(names, firstLine(s.sql))
 		s, err := e.asOwner(ctx, s)
 		if err != nil {
 			return err
 		}
-		stmts[i] = s
+		sent = append(sent, s)
 		b.Queue(s.sql, s.args...)
+	}
+	stmts = sent
+	if len(stmts) == 0 {
+		return nil
 	}
 	br := e.tx.SendBatch(ctx, &b)
 	var firstErr error

@@ -366,20 +366,18 @@ func (e *executor) exec(ctx context.Context, s stmt) (int64, error) {
 	return tag.RowsAffected(), err
 }
 
-// fireDeferred runs the deferred triggers the transaction's writes queued
+// deferredStmt runs the deferred triggers the transaction's writes queued
 // (constraint triggers declared INITIALLY DEFERRED, deferred foreign-key
 // checks) before commit, inside the owner's function: at commit itself they
-// would run as the replicator. Checking them here, after every write of the
-// transaction, is what commit would check. With tables of several owners,
-// they run as the first owner written (never as the replicator).
-func (e *executor) fireDeferred(ctx context.Context) error {
+// would run as the replicator. Checking them after every write of the
+// transaction is what commit would check. With tables of several owners,
+// they run as the first owner written (never as the replicator). It is
+// empty when no write went through an owner's function.
+func (e *executor) deferredStmt() stmt {
 	if len(e.ranAs) == 0 {
-		return nil
+		return stmt{}
 	}
-	if _, err := e.tx.Exec(ctx, "SELECT "+e.ranAs[0]+"('SET CONSTRAINTS ALL IMMEDIATE', NULL)"); err != nil {
-		return fmt.Errorf("apply: deferred constraints: %w", err)
-	}
-	return nil
+	return stmt{sql: "SELECT " + e.ranAs[0] + "('SET CONSTRAINTS ALL IMMEDIATE', NULL)", want: -1}
 }
 
 // UnconfinedTables lists the replicated tables whose applied changes run
