@@ -12,21 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
-)
 
-// parkedEntry is one change as `polyregion parked list --json` prints it.
-type parkedEntry struct {
-	ID          int64      `json:"id"`
-	ParkedAt    time.Time  `json:"parked_at"`
-	Source      string     `json:"source"`
-	Seq         int64      `json:"seq"`
-	Table       string     `json:"table"`
-	Op          string     `json:"op"`
-	Key         string     `json:"key"`
-	Reason      string     `json:"reason"`
-	Retries     int        `json:"retries"`
-	NextRetryAt *time.Time `json:"next_retry_at"`
-}
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
 
 // TestParkedChangeUnderAnOldPrimaryKeyDoesNotStopTheTable: the key of a
 // table is changed from (user_id) to (user_id, email) in every region in
@@ -107,7 +95,7 @@ func TestParkedChangeUnderAnOldPrimaryKeyDoesNotStopTheTable(t *testing.T) {
 		t.Errorf("status: %d parked changes open, want 1", n)
 	}
 	waitMetric(t, eu, "polyregion_parked_changes", 1)
-	var list []parkedEntry
+	var list []postgres.Parked // as `parked list --json` prints it
 	if err := json.Unmarshal(cli(t, ctx, "", "parked", "list", "--json", "--config", eu.ConfigPath), &list); err != nil {
 		t.Fatal(err)
 	}

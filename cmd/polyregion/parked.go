@@ -90,6 +90,28 @@ func selectParked(ctx context.Context, conn *pgx.Conn, verb string, f postgres.P
 	return list, nil
 }
 
+// openSelected connects to the region's database and returns the open
+// parked changes sel selects for verb (none: it says so, conn is nil).
+func openSelected(ctx context.Context, path string, sel *parkedSelection, verb string) (*pgx.Conn, []postgres.Parked, error) {
+	f, err := sel.filter(verb)
+	if err != nil {
+		return nil, nil, err
+	}
+	_, conn, err := configAndConn(ctx, path)
+	if err != nil {
+		return nil, nil, err
+	}
+	list, err := selectParked(ctx, conn, verb, f)
+	if err == nil && len(list) == 0 {
+		fmt.Printf("no parked changes to %s\n", verb)
+	}
+	if err != nil || len(list) == 0 {
+		conn.Close(context.Background())
+		return nil, nil, err
+	}
+	return conn, list, nil
+}
+
 func parkedIDs(list []postgres.Parked) []int64 {
 	out := make([]int64, len(list))
 	for i, p := range list {
@@ -202,24 +224,12 @@ running, the changes are tried when it starts.`,
   polyregion parked retry --config eu.yaml --all --table public.orders`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := sel.filter("retry")
-			if err != nil {
-				return err
-			}
-			_, conn, err := configAndConn(cmd.Context(), path)
-			if err != nil {
+			ctx := cmd.Context()
+			conn, list, err := openSelected(ctx, path, &sel, "retry")
+			if err != nil || len(list) == 0 {
 				return err
 			}
 			defer conn.Close(context.Background())
-			ctx := cmd.Context()
-			list, err := selectParked(ctx, conn, "retry", f)
-			if err != nil {
-				return err
-			}
-			if len(list) == 0 {
-				fmt.Println("no parked changes to retry")
-				return nil
-			}
 			due, err := postgres.RetryParkedNow(ctx, conn, parkedIDs(list))
 			if err != nil {
 				return &exitError{exitRuntime, err}
@@ -306,24 +316,12 @@ terminal. Without either it refuses and discards nothing.`,
   polyregion parked discard --config eu.yaml --all --source us --table public.users`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			f, err := sel.filter("discard")
-			if err != nil {
-				return err
-			}
-			_, conn, err := configAndConn(cmd.Context(), path)
-			if err != nil {
+			ctx := cmd.Context()
+			conn, list, err := openSelected(ctx, path, &sel, "discard")
+			if err != nil || len(list) == 0 {
 				return err
 			}
 			defer conn.Close(context.Background())
-			ctx := cmd.Context()
-			list, err := selectParked(ctx, conn, "discard", f)
-			if err != nil {
-				return err
-			}
-			if len(list) == 0 {
-				fmt.Println("no parked changes to discard")
-				return nil
-			}
 			if !yes {
 				if err := confirmDiscard(os.Stdin, os.Stderr, list); err != nil {
 					return err
