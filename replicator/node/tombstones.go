@@ -144,6 +144,12 @@ func (g *tombstones) round(ctx context.Context) error {
 			}
 			safe = min(safe, w.Applied[origin])
 		}
+		if origin != g.cfg.Region {
+			// Nor past what this region settled from the origin: a change
+			// parked here (an insert behind the delete whose tombstone
+			// this is) would otherwise bring the row back when retried.
+			safe = min(safe, applied[origin])
+		}
 		if safe == 0 {
 			continue
 		}
