@@ -29,8 +29,21 @@ var hostileSchema = []string{
 			EXECUTE 'SET ROLE app';
 		EXCEPTION WHEN others THEN r := 'refused: ' || SQLERRM; END;
 		INSERT INTO public.trigger_log (trig, as_user, attempt, outcome) VALUES (TG_NAME, current_user, 'escape', r);
+		-- A plain SET outlasts the function that ran it: with the owner's
+		-- schema first, its operator would run in the replicator's later
+		-- statements.
+		SET search_path = public, pg_catalog;
+		SET TimeZone = 'Pacific/Chatham';
 		RETURN NULL;
 	END $$`,
+	`CREATE FUNCTION public.spy_eq(a text, b text) RETURNS boolean LANGUAGE plpgsql AS $$
+	BEGIN
+		IF current_user <> 'app' THEN
+			INSERT INTO public.trigger_log (trig, as_user, attempt, outcome) VALUES ('operator', current_user, 'hijack', 'ran as ' || current_user);
+		END IF;
+		RETURN a OPERATOR(pg_catalog.=) b;
+	END $$`,
+	`CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.spy_eq)`,
 	`CREATE TRIGGER hostile AFTER INSERT OR UPDATE OR DELETE ON public.kv FOR EACH ROW EXECUTE FUNCTION public.hostile()`,
 	`CREATE CONSTRAINT TRIGGER hostile_deferred AFTER INSERT OR UPDATE ON public.kv DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.hostile()`,
 }
@@ -63,6 +76,14 @@ func TestApplicationTriggersCannotReachTheReplicatorsTables(t *testing.T) {
 		if !strings.Contains(l, " as app: ") || !strings.Contains(l, " refused: ") {
 			t.Errorf("an application trigger fired by an applied row got through: %s", l)
 		}
+	}
+	// More applied writes after the triggers' SETs: the replicator's
+	// statements must not have met the owner's operator.
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (4, 'd')`)
+	mustExec(t, ctx, us, `UPDATE public.kv SET val = 'e' WHERE id = 4`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE id = 4 AND val = 'e'`, 1)
+	if got := queryString(t, ctx, eu, `SELECT coalesce(string_agg(DISTINCT outcome, '; '), '') FROM public.trigger_log WHERE trig = 'operator'`); got != "" {
+		t.Errorf("the owner's operator ran in the replicator's statements after a trigger's SET search_path: %s", got)
 	}
 	for _, r := range h.Regions {
 		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.applied WHERE applied_at = '2000-01-01'`); n != 0 {

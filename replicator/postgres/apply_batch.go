@@ -200,6 +200,7 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 	// Shapes may have changed here since (DDL, an operator's fix).
 	a.shapes = map[string]replicator.Shape{}
 	a.full = map[string]bool{}
+	a.owners = nil // a table may have changed owner
 	var list []parkedChange
 	differs := map[string]string{} // shapeKey -> difference here ("" when none)
 	err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {

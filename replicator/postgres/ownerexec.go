@@ -94,11 +94,31 @@ func tableOwners(ctx context.Context, conn *pgx.Conn, tables []string) ([]tableO
 
 // execAsBody runs stmt, whose parameters are $1[1], $1[2], ... (see
 // ownerStmt), and returns the rows it processed.
+//
+// Code the statement fires may SET (not SET LOCAL) a setting: that outlasts
+// the call, in the replicator's session, even past the function's own SET
+// clause. A search_path naming the owner's schema first would let the
+// owner's operators and functions run as the replicator in every later
+// statement; time zone and date style would change keys and row images.
+// So every setting a session may change that the replicator depends on is
+// put back as it was when the call began.
 const execAsBody = `RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-DECLARE n bigint;
+DECLARE
+	n bigint;
+	names text[] := ARRAY['search_path', 'TimeZone', 'DateStyle', 'IntervalStyle', 'extra_float_digits',
+		'client_encoding', 'standard_conforming_strings', 'bytea_output', 'synchronous_commit',
+		'lock_timeout', 'statement_timeout', 'default_transaction_read_only', 'default_transaction_isolation'];
+	saved text[];
 BEGIN
+	SELECT pg_catalog.array_agg(pg_catalog.current_setting(g) ORDER BY o) INTO saved FROM pg_catalog.unnest(names) WITH ORDINALITY AS u(g, o);
 	EXECUTE stmt USING args;
 	GET DIAGNOSTICS n = ROW_COUNT;
+	FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
+		-- No operator by name: the search_path in force may be the owner's.
+		IF pg_catalog.current_setting(names[i]) OPERATOR(pg_catalog.<>) saved[i] THEN
+			PERFORM pg_catalog.set_config(names[i], saved[i], false);
+		END IF;
+	END LOOP;
 	RETURN n;
 END
 $body$`
@@ -118,11 +138,15 @@ func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
 	if _, err := tx.Exec(ctx, "CREATE OR REPLACE FUNCTION "+fn+"(stmt text, args text[]) "+execAsBody); err != nil {
 		return err
 	}
-	// The owner needs CREATE on the schema to be given the function; it
-	// keeps no privilege on the schema afterwards (unless it had one).
-	var hadCreate bool
-	if err := tx.QueryRow(ctx, `SELECT pg_catalog.has_schema_privilege($1, 'polyregion', 'CREATE')`, o.name).Scan(&hadCreate); err != nil {
+	// An owner with CREATE on the schema could replace its function with
+	// one that runs as its caller, the replicator: refuse. It is given
+	// CREATE only for the moment it takes the function over.
+	var hasCreate bool
+	if err := tx.QueryRow(ctx, `SELECT pg_catalog.has_schema_privilege($1, 'polyregion', 'CREATE')`, o.name).Scan(&hasCreate); err != nil {
 		return err
+	}
+	if hasCreate {
+		return fmt.Errorf("role %s may create objects in the polyregion schema, so code it owns could run as the replicator: REVOKE CREATE ON SCHEMA polyregion FROM %s (and from any role it belongs to)", o.name, role)
 	}
 	steps := []string{
 		"GRANT CREATE ON SCHEMA polyregion TO " + role,
@@ -130,9 +154,6 @@ func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
 		"REVOKE CREATE ON SCHEMA polyregion FROM " + role,
 		"REVOKE ALL ON FUNCTION " + sig + " FROM PUBLIC",
 		"GRANT EXECUTE ON FUNCTION " + sig + " TO CURRENT_USER",
-	}
-	if hadCreate {
-		steps = []string{steps[1], steps[3], steps[4]}
 	}
 	for _, s := range steps {
 		if _, err := tx.Exec(ctx, s); err != nil {
@@ -150,8 +171,13 @@ func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
 func execAs(ctx context.Context, tx pgx.Tx, table string) (string, error) {
 	var oid int64
 	var confined, exists bool
+	// The function counts only as Prepare made it: security definer, owned
+	// by the table's owner, without settings of its own but search_path.
 	err := tx.QueryRow(ctx, `SELECT r.oid::int8, NOT r.rolsuper AND r.rolname <> current_user,
-			pg_catalog.to_regprocedure('polyregion.exec_as_' || r.oid || '(text, text[])') IS NOT NULL
+			EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+				WHERE p.oid = pg_catalog.to_regprocedure('polyregion.exec_as_' || r.oid || '(text, text[])')
+				AND p.prosecdef AND p.proowner = c.relowner
+				AND p.proconfig OPERATOR(pg_catalog.=) ARRAY['search_path=pg_catalog, pg_temp']::text[])
 		FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner
 		WHERE c.oid = $1::pg_catalog.regclass`, qualified(table)).Scan(&oid, &confined, &exists)
 	if err != nil {
@@ -168,7 +194,7 @@ func execAs(ctx context.Context, tx pgx.Tx, table string) (string, error) {
 	return execAsName(uint32(oid)), nil
 }
 
-var errNoExecAs = errors.New("no function to apply as the table's owner (the owner changed?): restart the replicator to prepare it")
+var errNoExecAs = errors.New("no function to apply as the table's owner, or not as the replicator made it (the owner changed, or the function was altered): restart the replicator to prepare it")
 
 // ownerStmt rewrites s to run through fn, with every parameter in one
 // text[] argument. The set-based statements (every parameter an array of
