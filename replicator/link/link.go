@@ -386,14 +386,16 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 					"after_seq", uint64(pos), "after_part", posPart, "got_seq", uint64(e.Seq), "got_part", e.Part)
 				return
 			}
+			if !e.More {
+				// Before the write: a fast peer may apply and acknowledge
+				// it before the loop comes back here.
+				s.noteShipped(peer, e.Seq)
+			}
 			if err := writeFrame(bw, frameTxn, e.Payload); err != nil {
 				return
 			}
 			if s.cfg.Shipped != nil {
 				s.cfg.Shipped(peer, e)
-			}
-			if !e.More {
-				s.noteShipped(peer, e.Seq)
 			}
 			pos, posPart, posMore = e.Seq, e.Part, e.More
 		}

@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"errors"
-	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -12,7 +11,7 @@ import (
 // unencoded '@' in its user name or password: what follows it would be
 // taken as the host or database name, so part of the password would be
 // looked up in DNS and shown in every connection error.
-var ErrUnencodedAt = errors.New("more than one '@' before the query: in a URL connection string, percent-encode '@' in the user name, password or database name as %40 (and ':' '/' '?' '#' as %3A %2F %3F %23)")
+var ErrUnencodedAt = errors.New("an unencoded '@', '/', '?' or '#' around the user name and password: in a URL connection string, percent-encode '@' in the user name, password or database name as %40 (and ':' '/' '?' '#' as %3A %2F %3F %23)")
 
 // ParseConnString parses the local database's connection string, once, and
 // refuses one that cannot mean what was written. Its errors never contain
@@ -21,16 +20,29 @@ func ParseConnString(s string) (*pgconn.Config, error) {
 	if isURL(s) {
 		// An '@' in the user name or password must be encoded: the parser
 		// takes the first '@' as the end of them, so the rest of a
-		// password would become the host or the database name.
+		// password would become the host or the database name. So must
+		// '/', '?' and '#', which end the part before the '@'.
 		before, _, _ := strings.Cut(s, "?")
+		_, rest, _ := strings.Cut(before, "://")
 		if strings.Count(before, "@") > 1 {
 			return nil, ErrUnencodedAt
 		}
+		if at := strings.LastIndex(rest, "@"); at >= 0 && strings.ContainsAny(rest[:at], "/?#") {
+			return nil, ErrUnencodedAt
+		}
+	}
+	if _, err := pgconn.ParseConfig(s); err != nil {
+		// The parser's message can quote the string (its masking of the
+		// password misses some forms, and a URL parser's error quotes
+		// the URL whole): say only which form could not be read.
+		if isURL(s) {
+			return nil, errors.New("cannot parse the URL connection string: percent-encode special characters of the user name and password, and give the port as a number")
+		}
+		return nil, errors.New("cannot parse the keyword/value connection string: write each setting as key=value, quoting values with spaces or quotes in single quotes (password='a b', backslash before a quote)")
 	}
 	cfg, err := pgconn.ParseConfig(s)
 	if err != nil {
-		// pgconn's own message masks the password (xxxxx).
-		return nil, fmt.Errorf("cannot parse the connection string: %w", err)
+		return nil, errors.New("cannot parse the connection string")
 	}
 	return cfg, nil
 }
