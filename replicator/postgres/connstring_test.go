@@ -11,7 +11,7 @@ func TestParseConnStringRefusesAnUnencodedAtWithoutShowingIt(t *testing.T) {
 		"postgres://app:pa@ght_Secret42@127.0.0.1:5432/db",
 		"postgres://app:pa@ght_Secret42@127.0.0.1:5432,10.0.0.2:5432/db",
 		"postgres://app:Planted@Secret/42@127.0.0.1:5432/db", // parsed as host "Secret", database "42@..."
-		"postgres://u:1234/ght_Secret42@db.example/app",       // one '@', but the password's '/' ends the host part
+		"postgres://u:1234/ght_Secret42@db.example/app",      // one '@', but the password's '/' ends the host part
 	} {
 		_, err := ParseConnString(s)
 		if !errors.Is(err, ErrUnencodedAt) {
