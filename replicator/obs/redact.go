@@ -133,6 +133,8 @@ func (r *Redactor) attr(a slog.Attr) slog.Attr {
 	case slog.KindAny:
 		var s string
 		switch x := v.Any().(type) {
+		case []byte:
+			s = string(x) // as the text handler prints it
 		case error:
 			s = x.Error()
 		case fmt.Stringer:

@@ -69,13 +69,14 @@ func TestRedactHandlerCleansMessagesAndAttributes(t *testing.T) {
 			"err", errors.New("auth "+planted),
 			"s", stringer{"str " + planted},
 			"any", struct{ P string }{planted},
+			"bytes", []byte("b "+planted),
 			slog.Group("inner", "x", planted),
 			"n", 42)
 		out := buf.String()
 		if strings.Contains(out, "Planted") || strings.Contains(out, url.QueryEscape(planted)) {
 			t.Errorf("%s log carries the secret: %s", name, out)
 		}
-		if !strings.Contains(out, "42") || strings.Count(out, Redacted) < 6 {
+		if !strings.Contains(out, "42") || strings.Count(out, Redacted) < 7 {
 			t.Errorf("%s log lost its other content or markers: %s", name, out)
 		}
 	}
