@@ -105,23 +105,31 @@ func tableOwners(ctx context.Context, conn *pgx.Conn, tables []string) ([]tableO
 const execAsBody = `RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
 DECLARE
 	n bigint;
-	names text[] := ARRAY['search_path', 'TimeZone', 'DateStyle', 'IntervalStyle', 'extra_float_digits',
-		'client_encoding', 'standard_conforming_strings', 'bytea_output', 'synchronous_commit',
-		'lock_timeout', 'statement_timeout', 'default_transaction_read_only', 'default_transaction_isolation'];
+	names text[] := '{search_path,TimeZone,DateStyle,IntervalStyle,extra_float_digits,client_encoding,standard_conforming_strings,bytea_output,synchronous_commit,lock_timeout,statement_timeout,default_transaction_read_only,default_transaction_isolation}';
 	saved text[];
 BEGIN
-	SELECT pg_catalog.array_agg(pg_catalog.current_setting(g) ORDER BY o) INTO saved FROM pg_catalog.unnest(names) WITH ORDINALITY AS u(g, o);
+	saved := ` + settingsNow + `;
 	EXECUTE stmt USING args;
 	GET DIAGNOSTICS n = ROW_COUNT;
-	FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
-		-- No operator by name: the search_path in force may be the owner's.
-		IF pg_catalog.current_setting(names[i]) OPERATOR(pg_catalog.<>) saved[i] THEN
+	-- No operator by name: the search_path in force may be the owner's.
+	IF ` + settingsNow + ` OPERATOR(pg_catalog.<>) saved THEN
+		FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
 			PERFORM pg_catalog.set_config(names[i], saved[i], false);
-		END IF;
-	END LOOP;
+		END LOOP;
+	END IF;
 	RETURN n;
 END
 $body$`
+
+// settingsNow is the value of each of execAsBody's names, in order: one
+// expression, so the function evaluates it without running a query.
+const settingsNow = `ARRAY[pg_catalog.current_setting('search_path'), pg_catalog.current_setting('TimeZone'),
+		pg_catalog.current_setting('DateStyle'), pg_catalog.current_setting('IntervalStyle'),
+		pg_catalog.current_setting('extra_float_digits'), pg_catalog.current_setting('client_encoding'),
+		pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('bytea_output'),
+		pg_catalog.current_setting('synchronous_commit'), pg_catalog.current_setting('lock_timeout'),
+		pg_catalog.current_setting('statement_timeout'), pg_catalog.current_setting('default_transaction_read_only'),
+		pg_catalog.current_setting('default_transaction_isolation')]`
 
 func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
 	tx, err := conn.Begin(ctx)
