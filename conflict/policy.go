@@ -224,3 +224,13 @@ func (p Policy) rankText(r RegionID) string {
 	}
 	return "unlisted"
 }
+
+// Label names the policy as conflict logs and metrics record it: the kind
+// (last_writer_wins when unset), then "+" and the delete rule if any.
+func (p Policy) Label() string {
+	kind := string(p.kind())
+	if p.Deletes != "" {
+		kind += "+" + string(p.Deletes)
+	}
+	return kind
+}

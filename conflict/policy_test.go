@@ -131,3 +131,17 @@ func TestPolicyFingerprint(t *testing.T) {
 		t.Errorf("resolver not in fingerprint")
 	}
 }
+
+func TestPolicyLabel(t *testing.T) {
+	for _, c := range []struct {
+		p    Policy
+		want string
+	}{
+		{Policy{}, "last_writer_wins"},
+		{Policy{Kind: RegionPriority, Deletes: DeleteWins}, "region_priority+delete_wins"},
+	} {
+		if got := c.p.Label(); got != c.want {
+			t.Errorf("%+v.Label() = %q, want %q", c.p, got, c.want)
+		}
+	}
+}

@@ -183,28 +183,21 @@ func TestConflictReportAcrossRegions(t *testing.T) {
 
 	// The CLI over the three configs: csv and json.
 	dir := h.Spec.Dir
-	cli := func(args ...string) []byte {
+	report := func(args ...string) []byte {
 		t.Helper()
 		full := []string{"conflicts", "report", "--config", us.ConfigPath, "--config", eu.ConfigPath + "," + ap.ConfigPath,
 			"--since", start.Format(time.RFC3339), "--until", until.Format(time.RFC3339)}
-		cmd := exec.CommandContext(ctx, binary, append(full, args...)...)
-		var stderr bytes.Buffer
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			t.Fatalf("polyregion %s: %v\n%s", strings.Join(args, " "), err, stderr.String())
-		}
-		return out
+		return cli(t, ctx, "", append(full, args...)...)
 	}
 	var viaCLI audit.Report
-	if err := json.Unmarshal(cli("--format", "json"), &viaCLI); err != nil {
+	if err := json.Unmarshal(report("--format", "json"), &viaCLI); err != nil {
 		t.Fatal(err)
 	}
 	if !sameSummary(viaCLI.Summary, rep.Summary) || len(viaCLI.Rows) != 4 {
 		t.Errorf("CLI json differs:\n%s", mustJSON(t, viaCLI.Summary))
 	}
 	csvPath := filepath.Join(dir, "report.csv")
-	cli("--format", "csv", "--limit", "0", "--output", csvPath)
+	report("--format", "csv", "--limit", "0", "--output", csvPath)
 	f, err := os.Open(csvPath)
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +207,7 @@ func TestConflictReportAcrossRegions(t *testing.T) {
 	if err != nil || len(lines) != 5 || strings.Join(lines[0], ",") != strings.Join(audit.CSVHeader, ",") {
 		t.Errorf("CLI csv: %v, %d lines (want a header and 4 rows): %v", err, len(lines), lines)
 	}
-	if out := cli("--format", "table", "--table", "public.orders"); !strings.Contains(string(out), "distinct conflicts  1") {
+	if out := report("--format", "table", "--table", "public.orders"); !strings.Contains(string(out), "distinct conflicts  1") {
 		t.Errorf("CLI table output:\n%s", out)
 	}
 

@@ -129,7 +129,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	kinds := []conflict.Kind{conflict.InsertInsert, conflict.UpdateUpdate, conflict.UpdateDelete, conflict.DeleteUpdate, conflict.DeleteDelete}
 	for _, t := range tables {
 		for _, k := range kinds {
-			m.conflicts.WithLabelValues(t.Name, string(k), PolicyLabel(t.Policy))
+			m.conflicts.WithLabelValues(t.Name, string(k), t.Policy.Label())
 		}
 	}
 	for _, k := range ErrorKinds {
@@ -139,18 +139,6 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 		m.health.WithLabelValues(s)
 	}
 	return m
-}
-
-// PolicyLabel names a table's policy the way the conflict log does.
-func PolicyLabel(pol conflict.Policy) string {
-	kind := string(pol.Kind)
-	if kind == "" {
-		kind = string(conflict.LastWriterWins)
-	}
-	if pol.Deletes != "" {
-		kind += "+" + string(pol.Deletes)
-	}
-	return kind
 }
 
 // Handler serves the registry in the Prometheus exposition format.

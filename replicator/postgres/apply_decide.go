@@ -12,6 +12,7 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator"
 )
@@ -183,7 +184,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	case merged:
 		ex.merged++
 	case d.Conflict:
-		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: policyLabel(pol)})
+		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: pol.Label()})
 	}
 	return nil
 }
@@ -265,7 +266,7 @@ func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *repl
 		remoteRow = &s
 	}
 	lv := before.version()
-	kind := policyLabel(pol)
+	kind := pol.Label()
 	return stmt{sql: `INSERT INTO polyregion.conflict_log (region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
 		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
@@ -273,18 +274,6 @@ func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *repl
 			string(lv.Origin), string(c.Version.Origin), lv.Vector.String(), c.Version.Vector.String(),
 			int64(lv.HLC), int64(c.Version.HLC), localRow, remoteRow, int64(t.Seq), d.Reason},
 		want: -1}
-}
-
-// policyLabel names a table's policy as the conflict log records it.
-func policyLabel(pol conflict.Policy) string {
-	kind := string(pol.Kind)
-	if kind == "" {
-		kind = string(conflict.LastWriterWins)
-	}
-	if pol.Deletes != "" {
-		kind += "+" + string(pol.Deletes)
-	}
-	return kind
 }
 
 // runResolver calls a custom SQL resolver:

@@ -13,6 +13,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator"
 )

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator"
 )
