@@ -144,7 +144,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}
-	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, paused: map[string]string{},
+	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, paused: newParkedShapes(),
 		gate: newContention(cfg.LockTimeout, deadlockTimeout)}, nil
 }
 

@@ -71,44 +71,49 @@ func retryDelay(tries int, max time.Duration) time.Duration {
 
 // parkedShapes holds the shapes of one source's changes that are parked
 // because they differ from the local table, keyed by shapeKey, with the
-// reason. The key "" (never a shape's key) records how far the applier got
-// with the changes parked before it started: their shapes' reasons are
-// loaded (loadedReasons), and the changes of shapes that match now were
-// made due (loadedAll). See Applier.loadParkedShapes.
-type parkedShapes map[string]string
+// reason, and how far the applier got with the changes parked before it
+// started (see Applier.loadParkedShapes).
+type parkedShapes struct {
+	reasons  map[string]string
+	progress loadProgress
+}
+
+// loadProgress: the reasons of the shapes parked before the applier started
+// are loaded (loadedReasons), and the changes of those that match now were
+// made due (loadedAll).
+type loadProgress int
 
 const (
-	loadedReasons = "reasons"
-	loadedAll     = "all"
+	loadedNothing loadProgress = iota
+	loadedReasons
+	loadedAll
 )
 
-func (p parkedShapes) loaded() bool    { _, ok := p[""]; return ok }
-func (p parkedShapes) settled() bool   { return p[""] == loadedAll }
-func (p parkedShapes) mark(how string) { p[""] = how }
+func newParkedShapes() parkedShapes { return parkedShapes{reasons: map[string]string{}} }
+
+func (p *parkedShapes) loaded() bool             { return p.progress >= loadedReasons }
+func (p *parkedShapes) settled() bool            { return p.progress == loadedAll }
+func (p *parkedShapes) mark(how loadProgress)    { p.progress = how }
+func (p *parkedShapes) setAside(key, why string) { p.reasons[key] = why }
 
 // reason returns why changes of the shape are set aside ("" when they are
 // not).
-func (p parkedShapes) reason(key string) string {
-	if key == "" {
-		return ""
-	}
-	return p[key]
-}
+func (p *parkedShapes) reason(key string) string { return p.reasons[key] }
 
 // note records the latest check of a shape: why is the difference here, ""
 // when it matches. It reports whether the reason is new or changed (to be
 // logged) and whether the shape was set aside and matches now (its parked
 // changes are to be made due).
-func (p parkedShapes) note(key, why string) (changed, matches bool) {
-	if key == "" {
+func (p *parkedShapes) note(key, why string) (changed, matches bool) {
+	if key == "" { // names no shape
 		return false, false
 	}
-	prev, was := p[key]
+	prev, was := p.reasons[key]
 	if why == "" {
-		delete(p, key)
+		delete(p.reasons, key)
 		return false, was
 	}
-	p[key] = why
+	p.reasons[key] = why
 	return !was || prev != why, false
 }
 
@@ -209,7 +214,7 @@ func (a *Applier) loadParkedShapes(ctx context.Context, tx pgx.Tx) ([]replicator
 		case why == "":
 			matching = append(matching, sh)
 		case a.paused.reason(key) == "":
-			a.paused[key] = why
+			a.paused.setAside(key, why)
 		}
 	}
 	return matching, nil
@@ -234,10 +239,7 @@ func (a *Applier) recheckParkedShapes(ctx context.Context, tx pgx.Tx) error {
 		}
 		a.paused.mark(loadedAll)
 	}
-	for key := range a.paused {
-		if key == "" {
-			continue
-		}
+	for key := range a.paused.reasons {
 		var sh replicator.Shape
 		if err := json.Unmarshal([]byte(key), &sh); err != nil {
 			return fmt.Errorf("parked shape: %w", err)

@@ -52,7 +52,7 @@ func TestShapeKeyTellsKeysApart(t *testing.T) {
 }
 
 func TestParkedShapeReasonIsLoggedOnceAndWhenItChanges(t *testing.T) {
-	p := parkedShapes{}
+	p := newParkedShapes()
 	k := shapeKey(usersShape(0))
 	steps := []struct {
 		why              string
