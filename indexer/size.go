@@ -137,9 +137,16 @@ func (m *tableMap) values(t *pglogrepl.TupleData, doc bool) []replicator.Value {
 	for i := range vals {
 		vals[i].Null = true
 	}
+	m.convert(vals, t, true, doc)
+	return vals
+}
+
+// convert sets vals' key columns (keys) and indexed columns (doc) from t.
+func (m *tableMap) convert(vals []replicator.Value, t *pglogrepl.TupleData, keys, doc bool) {
 	if t == nil {
-		return vals
+		return
 	}
+	n := len(vals)
 	set := func(i int) {
 		if i >= len(t.Columns) || i >= n {
 			return
@@ -153,13 +160,14 @@ func (m *tableMap) values(t *pglogrepl.TupleData, doc bool) []replicator.Value {
 			vals[i] = replicator.Value{Text: string(c.Data)}
 		}
 	}
-	for _, k := range m.shape.Key {
-		set(k)
+	if keys {
+		for _, k := range m.shape.Key {
+			set(k)
+		}
 	}
 	if doc {
 		for _, c := range m.cols {
 			set(c.src)
 		}
 	}
-	return vals
 }

@@ -317,7 +317,7 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 	if why := tm.oversize(limit, lens); why != "" {
 		return s.refuse(ctx, rs, key, id, why)
 	}
-	row = tm.values(newT, true)
+	tm.convert(row, newT, false, true) // the key columns are in already
 	if miss := tm.unchanged(row); len(miss) > 0 {
 		found, err := s.fill(ctx, tm, row, lens, miss)
 		if err != nil {
