@@ -83,6 +83,9 @@ func (r *Redactor) Handler(h slog.Handler) slog.Handler {
 	if r == nil || len(r.secrets) == 0 {
 		return h
 	}
+	if rh, ok := h.(*redactHandler); ok && slices.Equal(rh.r.secrets, r.secrets) {
+		return h // already redacting these (the command and Run both wrap)
+	}
 	return &redactHandler{inner: h, r: r}
 }
 

@@ -81,3 +81,14 @@ func TestRedactHandlerCleansMessagesAndAttributes(t *testing.T) {
 		}
 	}
 }
+
+func TestRedactHandlerWrapsOnce(t *testing.T) {
+	r := NewRedactor(planted)
+	h := r.Handler(slog.NewTextHandler(&bytes.Buffer{}, nil))
+	if NewRedactor(planted).Handler(h) != h {
+		t.Fatal("a handler already redacting the same secrets was wrapped again")
+	}
+	if NewRedactor("other-secret").Handler(h) == h {
+		t.Fatal("a handler redacting other secrets was not wrapped")
+	}
+}
