@@ -476,12 +476,16 @@ func hotRowAllDeadlocks(h *Harness, offsets map[string]int64) (hotRowDeadlocks, 
 	return all, per, nil
 }
 
-var errorsTotalRe = regexp.MustCompile(`(?m)^polyregion_errors_total\{[^}]*kind="([a-z_]+)"[^}]*\} ([0-9.e+]+)$`)
-
 // replicatorErrors reads polyregion_errors_total of kind from every
 // region's /metrics and sums it (-1 when a region did not answer).
 func replicatorErrors(ctx context.Context, h *Harness, kind string) int64 {
-	var sum int64
+	return int64(replicatorMetric(ctx, h, "polyregion_errors_total", `kind="`+kind+`"`))
+}
+
+// replicatorMetric sums, over every region's /metrics, the samples of a
+// series whose labels contain match; -1 when a region does not answer.
+func replicatorMetric(ctx context.Context, h *Harness, name, match string) float64 {
+	var sum float64
 	for _, r := range h.Regions {
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		req, _ := http.NewRequestWithContext(rctx, http.MethodGet, "http://"+r.HTTPListen+"/metrics", nil)
@@ -493,11 +497,13 @@ func replicatorErrors(ctx context.Context, h *Harness, kind string) int64 {
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		cancel()
-		for _, m := range errorsTotalRe.FindAllStringSubmatch(string(b), -1) {
-			if m[1] == kind {
-				v, _ := strconv.ParseFloat(m[2], 64)
-				sum += int64(v)
+		for _, line := range strings.Split(string(b), "\n") {
+			series, value, ok := strings.Cut(line, " ")
+			if !ok || !strings.HasPrefix(series, name+"{") || !strings.Contains(series, match) {
+				continue
 			}
+			v, _ := strconv.ParseFloat(value, 64)
+			sum += v
 		}
 	}
 	return sum
@@ -565,7 +571,9 @@ func BenchmarkHotRows(b *testing.B) {
 	clients := hotRowEnv("HOTROW_CLIENTS", 2)
 	d := time.Duration(hotRowEnv("HOTROW_SECONDS", 20)) * time.Second
 	ctx := context.Background()
-	h, err := Start(ctx, Spec{Regions: []string{"us", "eu", "ap"}, SchemaSQL: hotRowSchema(), Tables: hotRowTables, Dir: benchDir(b), Binary: binary})
+	prof := newBenchProfile()
+	h, err := Start(ctx, Spec{Regions: []string{"us", "eu", "ap"}, SchemaSQL: hotRowSchema(), Tables: hotRowTables, Dir: benchDir(b), Binary: binary,
+		ClusterOptions: prof.clusterOptions()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -591,18 +599,22 @@ func BenchmarkHotRows(b *testing.B) {
 	}
 
 	fmt.Println("phase 2: with replicators")
-	if err := h.StartReplicators(); err != nil {
+	if err := prof.startReplicators(h); err != nil {
 		b.Fatal(err)
 	}
 	if err := h.WaitConverged(ctx, hotRowTablesList, 2*time.Minute); err != nil {
 		b.Fatalf("replicators did not come up: %v", err)
 	}
+	profiled := prof.begin(ctx, h, "hotrows")
 	retries0, failures0 := replicatorErrors(ctx, h, "apply_retry"), replicatorErrors(ctx, h, "apply")
+	waits0 := replicatorMetric(ctx, h, "polyregion_apply_reader_waits_total", `holding_rows="true"`)
+	waited0 := replicatorMetric(ctx, h, "polyregion_apply_reader_wait_seconds_total", `holding_rows="true"`)
 	off2 := logOffsets(h)
 	with, err := runHotRows(ctx, h, clients, d, "p2")
 	if err != nil {
 		b.Fatal(err)
 	}
+	profiled()
 	for _, name := range sortedRegionNames(with) {
 		s := with[name]
 		fmt.Printf("  %s: %d transactions in %.1fs, %.0f/s, %d failed (%d deadlocks)\n", name, s.Committed, s.Elapsed.Seconds(), s.TPS(), s.Failed, s.Deadlocks)
@@ -623,6 +635,8 @@ func BenchmarkHotRows(b *testing.B) {
 		b.Fatal(err)
 	}
 	retries, failures := replicatorErrors(ctx, h, "apply_retry"), replicatorErrors(ctx, h, "apply")
+	waits := replicatorMetric(ctx, h, "polyregion_apply_reader_waits_total", `holding_rows="true"`) - waits0
+	waited := replicatorMetric(ctx, h, "polyregion_apply_reader_wait_seconds_total", `holding_rows="true"`) - waited0
 	if retries >= 0 && retries0 >= 0 {
 		retries -= retries0
 	}
@@ -677,4 +691,6 @@ func BenchmarkHotRows(b *testing.B) {
 	fmt.Printf("app_failed_txns_without=%d\n", hotRowSum(without, func(s *hotRowStats) int64 { return s.Failed }))
 	fmt.Printf("applier_retries=%d\n", retries)
 	fmt.Printf("applier_failures=%d\n", failures)
+	fmt.Printf("applier_reader_waits_holding_rows=%.0f\n", waits)
+	fmt.Printf("applier_reader_wait_holding_rows_ms=%.0f\n", waited*1000)
 }

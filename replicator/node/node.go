@@ -497,6 +497,7 @@ func (f *follower) once(ctx context.Context) error {
 			f.mon.Metrics().Applied(string(f.peer.ID), s.Txns, s.Changes, s.Parked, cs, s.Merged, s.Duration)
 			f.mon.PeerApplied(f.peer.ID, uint64(s.LastSeq), s.LastCommitUnix)
 		},
+		OnReaderWait: func(d time.Duration, holdingRows bool) { f.mon.Metrics().ReaderWait(string(f.peer.ID), d, holdingRows) },
 	})
 	if err != nil {
 		return applyFailed{err}

@@ -2,6 +2,7 @@ package obs
 
 import (
 	"net/http"
+	"strconv"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -64,6 +65,8 @@ type Metrics struct {
 	backlog     *prometheus.GaugeVec
 	health      *prometheus.GaugeVec
 	refused     *prometheus.CounterVec
+	readerWaits *prometheus.CounterVec
+	readerWait  *prometheus.CounterVec
 
 	slotRetained prometheus.Gauge
 	slotMax      prometheus.Gauge
@@ -94,6 +97,8 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.appliedRows = f.counterVec("polyregion_applied_rows_total", "Row changes from the peer taken in here (applied, skipped as older, or parked).", peer)
 	m.applyDur = f.histogramVec("polyregion_apply_batch_duration_seconds", "Time from opening to committing one local apply transaction.", peer,
 		[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30})
+	m.readerWaits = f.counterVec("polyregion_apply_reader_waits_total", "Waits of the applier for the local reader to version local writes it found unversioned, by whether the apply transaction held application rows locked meanwhile (holding_rows=true: local writers of those rows waited too).", []string{"peer", "holding_rows"})
+	m.readerWait = f.counterVec("polyregion_apply_reader_wait_seconds_total", "Time the applier waited for the local reader, by whether it held application rows locked meanwhile.", []string{"peer", "holding_rows"})
 	m.parkedTotal = f.counterVec("polyregion_parked_total", "Changes from the peer parked (could not be applied yet).", peer)
 	m.backlog = f.gaugeVec("polyregion_outbox_backlog_transactions", "This region's transactions the peer has not confirmed yet.", peer)
 	m.conflicts = f.counterVec("polyregion_conflicts_total", "Concurrent writes resolved here and logged, by table, what collided and the table's policy.", []string{"table", "kind", "policy"})
@@ -122,6 +127,10 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 			v.WithLabelValues(string(p))
 		}
 		m.applyDur.WithLabelValues(string(p))
+		for _, h := range []string{"true", "false"} {
+			m.readerWaits.WithLabelValues(string(p), h)
+			m.readerWait.WithLabelValues(string(p), h)
+		}
 		for _, r := range link.RefusalReasons {
 			m.refused.WithLabelValues(string(p), r)
 		}
@@ -178,6 +187,13 @@ func (m *Metrics) Applied(peer string, txns, rows, parked int, conflicts []Confl
 	for _, c := range conflicts {
 		m.conflicts.WithLabelValues(c.Table, c.Kind, c.Policy).Inc()
 	}
+}
+
+// ReaderWait counts one wait of the peer's applier for the local reader.
+func (m *Metrics) ReaderWait(peer string, d time.Duration, holdingRows bool) {
+	h := strconv.FormatBool(holdingRows)
+	m.readerWaits.WithLabelValues(peer, h).Inc()
+	m.readerWait.WithLabelValues(peer, h).Add(d.Seconds())
 }
 
 // Error counts one error of a kind (one of ErrorKinds).

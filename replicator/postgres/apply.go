@@ -38,6 +38,11 @@ type ApplierConfig struct {
 	// OnCommit, when set, is called after each apply transaction commits
 	// (for metrics); it must not block.
 	OnCommit func(CommitStats)
+	// OnReaderWait, when set, is called after each wait for the local
+	// reader (see barrier), with its duration and whether the apply
+	// transaction held application rows locked meanwhile; it must not
+	// block.
+	OnReaderWait func(d time.Duration, holdingRows bool)
 	// Order is the order in which rows of different tables are locked;
 	// every applier of a process shares one (nil: one of its own).
 	Order *replicator.TableOrder
@@ -77,6 +82,10 @@ type Applier struct {
 	shapes map[string]replicator.Shape
 	// full: the local table has REPLICA IDENTITY FULL (loaded with shapes).
 	full map[string]bool
+	// alone: the table's writes commute with other tables' (standsAlone),
+	// as found at aloneAt.
+	alone   map[string]bool
+	aloneAt time.Time
 	// paused holds the shapes of the source's changes that differ from the
 	// local table, with the reason: changes of those shapes are parked (and
 	// only those; see parked.go).
@@ -144,7 +153,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}
-	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, paused: newParkedShapes(),
+	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]bool{}, paused: newParkedShapes(),
 		gate: newContention(cfg.LockTimeout, deadlockTimeout)}, nil
 }
 
@@ -189,6 +198,9 @@ type rowState struct {
 	// unlocked: the row was absent when read, so nothing held the key (see
 	// executor.flush).
 	unlocked bool
+	// baseDeferred: the row's image as read from the table is left to
+	// loadImages (see defersImage); pending then holds every write since.
+	baseDeferred bool
 }
 
 // imageWrite is a write to a row, to be folded into its image (rowImage).
@@ -199,7 +211,7 @@ type imageWrite struct {
 
 // imageKnown reports whether the row's image is known (read, or made from
 // this batch's writes).
-func (s *rowState) imageKnown() bool { return s.image != nil || len(s.pending) > 0 }
+func (s *rowState) imageKnown() bool { return s.image != nil || len(s.pending) > 0 || s.baseDeferred }
 
 // foldImage brings image up to date with the pending writes.
 func (s *rowState) foldImage() {

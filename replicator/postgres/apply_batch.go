@@ -109,6 +109,9 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			}
 		}
 	}
+	if err := a.loadAlone(ctx, ex.tx, shapeOf); err != nil {
+		return 0, err
+	}
 	// Keys that only take updates of counter-only rows are not read: their
 	// increments are added in place (see bulk.fold and foldRows). The others are read
 	// and decided one change at a time.
@@ -126,6 +129,21 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			byTable[k.tbl] = append(byTable[k.tbl], k.key)
 		}
 	}
+	// Waits for the reader hold no application row only in one-part
+	// batches (a large transaction's earlier parts hold their rows anyway,
+	// and each wait given back would take one more subtransaction id).
+	release := optimistic && !ex.noFold
+	var early map[metaKey]bool
+	if release {
+		var err error
+		if early, err = a.insertEarly(ctx, ex, txns, uses, probe, parkWhy); err != nil {
+			return 0, err
+		}
+		for k := range early {
+			delete(states, k)
+			delete(probe, k)
+		}
+	}
 	if len(folded) > 0 && len(byTable) > 0 && !a.foldsAfterReads(folded, byTable) {
 		// Folded rows are locked when the batch is written, after the rows
 		// read now: that keeps the applications' lock order only if every
@@ -137,7 +155,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 		}
 		folded = nil
 	}
-	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe); err != nil {
+	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe, release); err != nil {
 		return 0, err
 	}
 	if len(folded) > 0 {
@@ -160,6 +178,9 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			sh := t.Shapes[c.T]
 			if c.Version.HLC > maxHLC {
 				maxHLC = c.Version.HLC
+			}
+			if early[metaKey{sh.Table, c.Key}] {
+				continue // applied by insertEarly
 			}
 			if reason, parked := parkWhy[c]; parked {
 				if !ex.parkOnError {

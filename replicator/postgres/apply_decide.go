@@ -37,8 +37,11 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	merged := d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && onlyCounters(sh, pol)
 	if d.Conflict && !merged {
 		// The local row's image goes into the conflict log (and to a
-		// custom resolver); it is read only when needed.
-		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
+		// custom resolver); it is read only when needed, and in the fast
+		// path with the batch's other conflicts (see defersImage).
+		if defersImage(ex, pol, s) {
+			s.baseDeferred = true
+		} else if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
 			return err
 		}
 	}
@@ -92,7 +95,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		if s.exists {
 			ops = append(ops, op{kind: opDelete, sh: &sh, key: c.Key})
 		}
-		s.exists, s.values, s.image, s.pending = false, nil, nil, nil
+		s.exists, s.values, s.image, s.pending, s.baseDeferred = false, nil, nil, nil, false
 	case d.Action == conflict.ApplyRemote:
 		row := make([]replicator.Value, len(c.Row))
 		copy(row, c.Row)
@@ -168,7 +171,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		ex.unlockedKeys = true
 	}
 	if d.Conflict && !merged {
-		ops = append(ops, op{kind: opOther, st: a.conflictStmt(pol, sh, t, c, before, d)})
+		ops = append(ops, op{kind: opConflict, conflict: a.conflictRecord(pol, sh, t, c, before, d)})
 	}
 	nm.tupleXmin = ownTuple
 	s.meta = nm
@@ -252,28 +255,6 @@ func rowImage(sh replicator.Shape, row []replicator.Value, prev json.RawMessage)
 	}
 	b, _ := json.Marshal(m)
 	return b
-}
-
-func (a *Applier) conflictStmt(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) stmt {
-	winner := d.Winner.String()
-	var localRow, remoteRow *string
-	if before.image != nil {
-		s := string(before.image)
-		localRow = &s
-	}
-	if c.Row != nil {
-		s := string(rowImage(sh, c.Row, nil))
-		remoteRow = &s
-	}
-	lv := before.version()
-	kind := pol.Label()
-	return stmt{sql: `INSERT INTO polyregion.conflict_log (region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
-		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
-		args: []any{string(a.cfg.Region), sh.Table, c.Key, string(d.Kind), kind, winner, string(d.Result.Origin),
-			string(lv.Origin), string(c.Version.Origin), lv.Vector.String(), c.Version.Vector.String(),
-			int64(lv.HLC), int64(c.Version.HLC), localRow, remoteRow, int64(t.Seq), d.Reason},
-		want: -1}
 }
 
 // runResolver calls a custom SQL resolver:

@@ -35,9 +35,12 @@ type executor struct {
 	lockTimeout time.Duration
 	relaxed     bool
 	noFold      bool // ApplyLarge: no counter-only row is taken in place
-	queued      []stmt
-	n           int
-	xid         uint32 // this transaction's xid, once asked for
+	// alone reports whether a table's writes commute with other tables'
+	// (see standsAlone and bulk.add).
+	alone  func(table string) bool
+	queued []stmt
+	n      int
+	xid    uint32 // this transaction's xid, once asked for
 	// unlockedKeys: a version is to be written for a key whose row was
 	// absent when read; waitReader then runs before versions are written
 	// (see flush). deferred holds, in careful mode, the version writes of
@@ -62,9 +65,9 @@ type executor struct {
 // executor starts the writes of one apply transaction.
 func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout,
-		execAs: a.execAs}
+		execAs: a.execAs, alone: func(t string) bool { return a.alone[t] }}
 	if a.cfg.Versioner != nil {
-		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0) }
+		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0, true) }
 	}
 	return ex
 }
@@ -79,7 +82,7 @@ func (e *executor) queue(s stmt) { e.queued = append(e.queued, s) }
 func (e *executor) run(ctx context.Context, ops []op) error {
 	if !e.careful {
 		for _, o := range ops {
-			e.bulk.add(o)
+			e.bulk.add(o, e.alone)
 		}
 		return nil
 	}
@@ -141,6 +144,9 @@ func (e *executor) park(source conflict.RegionID, seq replicator.Seq, sh replica
 // No version row of this transaction exists while it waits, so the reader
 // is never blocked by it.
 func (e *executor) flush(ctx context.Context) error {
+	if err := e.loadImages(ctx); err != nil {
+		return err
+	}
 	rows := append(e.bulk.rowStatements(), e.queued...)
 	folds := e.bulk.foldStatements(e.order)
 	metas := append(e.deferred, e.bulk.metaStatements()...)
@@ -173,6 +179,14 @@ func (e *executor) flush(ctx context.Context) error {
 		return err
 	}
 	return e.copyMetas(ctx, newKeys, newMetas)
+}
+
+// flushRows sends the row writes merged so far (not the versions, nor what
+// is queued): see insertEarly.
+func (e *executor) flushRows(ctx context.Context) error {
+	rows := e.bulk.rowStatements()
+	e.bulk.groups = nil
+	return e.pipeline(ctx, rows)
 }
 
 // limitLockWaits puts the lock timeout back after flush lifted it, before

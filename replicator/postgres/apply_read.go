@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -21,11 +22,19 @@ import (
 // recorded yet is waited for: the applier emits a barrier and waits until
 // the reader has versioned every local commit before it.
 //
+// Such a wait must not hold the rows: while it lasts, every local writer
+// of them would wait too (on hot rows, most of the time). So when release
+// is set the rows are read under a savepoint; finding stale rows, the
+// applier rolls back to it (giving the rows' locks back), waits for the
+// reader holding nothing it read, and reads again, up to releaseAttempts
+// times; only rows written locally again in that short time are then
+// waited for while locked.
+//
 // Keys in probe (see applyChanges) are assumed absent here: only a tombstone
 // is looked up for them, and those that have one are read like the others
 // (a tombstone can hide an insert not yet versioned, and the decision
 // against it may write nothing that would check the assumption).
-func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState, probe map[metaKey]bool) error {
+func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState, probe map[metaKey]bool, release bool) error {
 	var keys, probed []metaKey
 	for k := range states {
 		if probe[k] {
@@ -48,23 +57,29 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 			read[k.tbl] = append(read[k.tbl], k.key)
 		}
 	}
-	if err := a.readTablesRows(ctx, tx, shapes, read, states); err != nil {
+	release = release && len(read) > 0 && a.cfg.Versioner != nil
+	if release {
+		if _, err := tx.Exec(ctx, "SAVEPOINT read_rows"); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+	}
+	stale, err := a.readStates(ctx, tx, shapes, read, keys, tombs, states)
+	for attempt := 1; err == nil && release && len(stale) > 0 && attempt <= releaseAttempts; attempt++ {
+		if _, err = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT read_rows"); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		if err = a.barrier(ctx, len(stale), false); err == nil {
+			stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states)
+		}
+	}
+	if err != nil {
 		return err
 	}
-	metas, err := loadMeta(ctx, tx, keys)
-	if err != nil {
-		return fmt.Errorf("apply: %w", err)
-	}
-	for k, m := range tombs {
-		metas[k] = m
-	}
-	var stale []metaKey
-	for k, s := range states {
-		s.unlocked = !s.exists
-		s.meta = metas[k]
-		s.versioned = s.meta != nil
-		if unversioned(s) {
-			stale = append(stale, k)
+	if release {
+		// Back in the transaction itself: its writes must carry its own
+		// transaction id (see executor.copyMetas).
+		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT read_rows"); err != nil {
+			return fmt.Errorf("apply: %w", err)
 		}
 	}
 	for attempt := 1; len(stale) > 0; attempt++ {
@@ -77,7 +92,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			lockedBefore[k] = states[k].exists
 		}
-		if err := a.barrier(ctx, len(stale)); err != nil {
+		if err := a.barrier(ctx, len(stale), true); err != nil {
 			return err
 		}
 		// Read the stale keys again: a row absent before may have been
@@ -89,7 +104,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		if err := a.readTablesRows(ctx, tx, shapes, again, states); err != nil {
 			return err
 		}
-		metas, err = loadMeta(ctx, tx, stale)
+		metas, err := loadMeta(ctx, tx, stale)
 		if err != nil {
 			return fmt.Errorf("apply: %w", err)
 		}
@@ -129,9 +144,39 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	return nil
 }
 
+// releaseAttempts bounds how often readRows gives its rows back to wait
+// for the reader (each attempt takes a subtransaction id).
+const releaseAttempts = 3
+
+// readStates reads (and locks) the rows of read and the versions of keys
+// (tombs: those already loaded) into states, and returns the keys whose
+// row was written locally after its version was recorded.
+func (a *Applier) readStates(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, read map[string][]string, keys []metaKey, tombs map[metaKey]*meta, states map[metaKey]*rowState) ([]metaKey, error) {
+	if err := a.readTablesRows(ctx, tx, shapes, read, states); err != nil {
+		return nil, err
+	}
+	metas, err := loadMeta(ctx, tx, keys)
+	if err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	for k, m := range tombs {
+		metas[k] = m
+	}
+	var stale []metaKey
+	for k, s := range states {
+		s.unlocked = !s.exists
+		s.meta = metas[k]
+		s.versioned = s.meta != nil
+		if unversioned(s) {
+			stale = append(stale, k)
+		}
+	}
+	return stale, nil
+}
+
 // barrier waits until the local reader has versioned every local commit
 // that precedes it.
-func (a *Applier) barrier(ctx context.Context, rows int) error {
+func (a *Applier) barrier(ctx context.Context, rows int, holdingRows bool) error {
 	if a.cfg.Versioner == nil {
 		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", rows)
 	}
@@ -151,8 +196,12 @@ func (a *Applier) barrier(ctx context.Context, rows int) error {
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	started := time.Now()
 	err = a.cfg.Versioner.WaitVersioned(wctx, l)
 	cancel()
+	if a.cfg.OnReaderWait != nil {
+		a.cfg.OnReaderWait(time.Since(started), holdingRows)
+	}
 	if err != nil {
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}

@@ -137,6 +137,7 @@ const (
 	opDelete
 	opMeta
 	opOther
+	opConflict
 )
 
 // op is one write an applied change needs.
@@ -152,7 +153,8 @@ type op struct {
 	// wrote it).
 	versioned bool
 	tupleXmin string
-	st        stmt // opOther
+	st        stmt         // opOther
+	conflict  *conflictRow // opConflict
 }
 
 func (o op) stmt() stmt {
@@ -165,6 +167,8 @@ func (o op) stmt() stmt {
 		return deleteStmt(*o.sh, o.key)
 	case opMeta:
 		return metaStmt(o.tbl, o.key, o.meta, o.versioned, o.tupleXmin)
+	case opConflict:
+		return o.conflict.stmt()
 	}
 	return o.st
 }
@@ -182,9 +186,11 @@ func (o op) setCols() []int {
 
 // bulk merges row writes into set-based statements. Consecutive writes of
 // the same kind to the same table (and, for updates, the same columns) form
-// a group; a key seen twice starts a new group, so per-key order holds, and
-// groups run in the order they were formed (parents before children). Row
-// versions are written last, once per key.
+// a group, and so do such writes of a table that stands alone when only
+// writes of other such tables come between them (see joins); a key seen
+// twice starts a new group, so per-key order holds, and groups run in the
+// order they were formed (parents before children). Row versions are
+// written last, once per key.
 type bulk struct {
 	groups    []*group
 	metaOrder []metaKey
@@ -193,6 +199,7 @@ type bulk struct {
 	metaXmin  map[metaKey]string // the others: their tuple's xmin as read
 	metaFold  map[metaKey]bool   // folded into the recorded version (see fold)
 	others    []stmt
+	conflicts []*conflictRow // written in one statement (see conflictsStmt)
 	// folds: counter-only rows' updates, added in place (see fold).
 	folds     map[metaKey]*foldRow
 	foldOrder []metaKey
@@ -206,7 +213,7 @@ type group struct {
 	ops  []op
 }
 
-func (b *bulk) add(o op) {
+func (b *bulk) add(o op, alone func(table string) bool) {
 	switch o.kind {
 	case opMeta:
 		if b.metas == nil {
@@ -223,21 +230,48 @@ func (b *bulk) add(o op) {
 	case opOther:
 		b.others = append(b.others, o.st)
 		return
+	case opConflict:
+		b.conflicts = append(b.conflicts, o.conflict)
+		return
 	}
 	var cols []int
 	if o.kind == opUpdate {
 		cols = o.setCols()
 	}
-	var g *group
-	if n := len(b.groups); n > 0 {
-		g = b.groups[n-1]
-	}
-	if g == nil || g.kind != o.kind || g.sh.Table != o.sh.Table || !slices.Equal(g.cols, cols) || g.keys[o.key] {
+	g := b.joins(o, cols, alone)
+	if g == nil {
 		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: map[string]bool{}}
 		b.groups = append(b.groups, g)
 	}
 	g.keys[o.key] = true
 	g.ops = append(g.ops, o)
+}
+
+// mergeReach bounds how many groups back a write may join a group.
+const mergeReach = 16
+
+// joins returns the group a row write joins, or nil when it starts one:
+// the last group if it is of the same kind, table and columns and does not
+// hold the key yet; or, when the write's table stands alone, such a group
+// further back past groups of other tables that stand alone (their writes
+// commute with this one). A group of the same table in between stops the
+// search: writes of one table keep the source's order (a secondary unique
+// key freed by one write and taken by the next, say).
+func (b *bulk) joins(o op, cols []int, alone func(string) bool) *group {
+	movable := alone != nil && alone(o.sh.Table)
+	for i := len(b.groups) - 1; i >= 0 && i >= len(b.groups)-mergeReach; i-- {
+		g := b.groups[i]
+		if g.sh.Table == o.sh.Table {
+			if g.kind == o.kind && slices.Equal(g.cols, cols) && !g.keys[o.key] {
+				return g
+			}
+			return nil
+		}
+		if !movable || !alone(g.sh.Table) {
+			return nil
+		}
+	}
+	return nil
 }
 
 // rowStatements returns the batch's row writes; metaStatements what runs
@@ -285,6 +319,9 @@ func (b *bulk) metaStatements() []stmt {
 		case len(mw.key) > 0:
 			out = append(out, stmt{sql: updateMetaSQL, args: append(mw.args(), mw.tupleXmin), want: int64(len(mw.key))})
 		}
+	}
+	if len(b.conflicts) > 0 {
+		out = append(out, conflictsStmt(b.conflicts))
 	}
 	return append(out, b.others...)
 }

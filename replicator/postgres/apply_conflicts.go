@@ -1,0 +1,194 @@
+package postgres
+
+// Conflict records: built when a change is decided, written with the rest
+// of the batch in one statement; the local row's image, when it must be
+// read from the table, is read for all of the batch's conflicts at once.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// conflictRow is one row of polyregion.conflict_log.
+type conflictRow struct {
+	region, tbl, key, kind, policy, winner, winnerOrigin string
+	localOrigin, remoteOrigin                            string
+	localVersion, remoteVersion                          string
+	localHLC, remoteHLC                                  int64
+	localRow, remoteRow                                  *string
+	sourceSeq                                            int64
+	reason                                               string
+	// base: the local row's image is the row as the batch found it in the
+	// table (read by loadImages) with writes, this batch's earlier writes to
+	// it, folded in.
+	base   bool
+	sh     *replicator.Shape
+	writes []imageWrite
+}
+
+// conflictRecord describes a logged conflict: the local side as before
+// (the row's image, when known) and the remote change.
+func (a *Applier) conflictRecord(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) *conflictRow {
+	lv := before.version()
+	r := &conflictRow{region: string(a.cfg.Region), tbl: sh.Table, key: c.Key, kind: string(d.Kind), policy: pol.Label(), winner: d.Winner.String(), winnerOrigin: string(d.Result.Origin),
+		localOrigin: string(lv.Origin), remoteOrigin: string(c.Version.Origin), localVersion: lv.Vector.String(), remoteVersion: c.Version.Vector.String(),
+		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(t.Seq), reason: d.Reason}
+	switch {
+	case before.baseDeferred && before.image == nil:
+		r.base, r.sh, r.writes = true, &sh, slices.Clone(before.pending)
+	case before.image != nil:
+		s := string(before.image)
+		r.localRow = &s
+	}
+	if c.Row != nil {
+		s := string(rowImage(sh, c.Row, nil))
+		r.remoteRow = &s
+	}
+	return r
+}
+
+// defersImage reports whether the local row's image for a conflict on s
+// is left to loadImages: in the fast path, for a row the batch has not
+// written, whose image would otherwise be read from the table now, one
+// query per conflict (on the rows every region writes, most applied
+// changes can be conflicts). A custom resolver needs the image at once.
+func defersImage(ex *executor, pol conflict.Policy, s *rowState) bool {
+	if ex.careful || pol.Kind == conflict.CustomSQL || !s.exists || s.image != nil {
+		return false
+	}
+	return s.baseDeferred || (len(s.pending) == 0 && !s.written)
+}
+
+const conflictColumns = `region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
+		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason`
+
+// stmt writes one record (careful mode: inside the change's savepoint).
+func (r *conflictRow) stmt() stmt {
+	return stmt{sql: `INSERT INTO polyregion.conflict_log (` + conflictColumns + `)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
+		args: []any{r.region, r.tbl, r.key, r.kind, r.policy, r.winner, r.winnerOrigin, r.localOrigin, r.remoteOrigin,
+			r.localVersion, r.remoteVersion, r.localHLC, r.remoteHLC, r.localRow, r.remoteRow, r.sourceSeq, r.reason},
+		want: -1}
+}
+
+// conflictsStmt writes a batch's records in one statement.
+func conflictsStmt(rows []*conflictRow) stmt {
+	n := len(rows)
+	tbl, key, kind, pol, winner, wo := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	lo, ro, lv, rv, reason := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	lh, rh, seq := make([]int64, n), make([]int64, n), make([]int64, n)
+	lrow, rrow := make([]*string, n), make([]*string, n)
+	for i, r := range rows {
+		tbl[i], key[i], kind[i], pol[i], winner[i], wo[i] = r.tbl, r.key, r.kind, r.policy, r.winner, r.winnerOrigin
+		lo[i], ro[i], lv[i], rv[i], reason[i] = r.localOrigin, r.remoteOrigin, r.localVersion, r.remoteVersion, r.reason
+		lh[i], rh[i], seq[i], lrow[i], rrow[i] = r.localHLC, r.remoteHLC, r.sourceSeq, r.localRow, r.remoteRow
+	}
+	return stmt{sql: `INSERT INTO polyregion.conflict_log (` + conflictColumns + `)
+		SELECT $1, u.tbl, u.key, u.kind, u.policy, u.winner, u.wo, u.lo, u.ro, u.lv, u.rv, u.lh, u.rh, u.lrow::jsonb, u.rrow::jsonb, u.seq, u.reason
+		FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]),
+		  pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]),
+		  pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::bigint[]),
+		  pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]), pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::bigint[]),
+		  pg_catalog.unnest($17::text[])) AS u(tbl, key, kind, policy, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason)`,
+		args: []any{rows[0].region, tbl, key, kind, pol, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason},
+		want: int64(n)}
+}
+
+// loadImages fills in the local row images left to it (see defersImage):
+// each table's rows read in one query, before the batch writes any of
+// them, then each record's earlier writes folded in.
+func (e *executor) loadImages(ctx context.Context) error {
+	byTable := map[string][]*conflictRow{}
+	var tables []string
+	for _, r := range e.bulk.conflicts {
+		if !r.base {
+			continue
+		}
+		if _, ok := byTable[r.tbl]; !ok {
+			tables = append(tables, r.tbl)
+		}
+		byTable[r.tbl] = append(byTable[r.tbl], r)
+	}
+	for _, tbl := range tables {
+		rows := byTable[tbl]
+		images, err := readImages(ctx, e.tx, *rows[0].sh, rows)
+		if err != nil {
+			return err
+		}
+		for _, r := range rows {
+			img := images[r.key]
+			for _, w := range r.writes {
+				img = rowImage(w.sh, w.row, img)
+			}
+			if img != nil {
+				s := string(img)
+				r.localRow = &s
+			}
+			r.base, r.writes = false, nil
+		}
+	}
+	return nil
+}
+
+// readImages reads the rows of the records' keys as JSON objects, values
+// in their text form (each type's output function, as the change stream
+// sends them), so a row's image reads the same whichever region logs it.
+func readImages(ctx context.Context, tx pgx.Tx, sh replicator.Shape, rows []*conflictRow) (map[string]json.RawMessage, error) {
+	var keys []string
+	seen := map[string]bool{}
+	cols := make([][]string, len(sh.Key))
+	for _, r := range rows {
+		if seen[r.key] {
+			continue
+		}
+		seen[r.key] = true
+		var parts []string
+		if err := json.Unmarshal([]byte(r.key), &parts); err != nil || len(parts) != len(sh.Key) {
+			return nil, fmt.Errorf("apply: %s: malformed key %s", sh.Table, r.key)
+		}
+		keys = append(keys, r.key)
+		for i, p := range parts {
+			cols[i] = append(cols[i], p)
+		}
+	}
+	names := make([]string, len(sh.Columns))
+	vals := make([]string, len(sh.Columns))
+	for i, c := range sh.Columns {
+		names[i] = "'" + strings.ReplaceAll(c, "'", "''") + "'"
+		vals[i] = fmt.Sprintf("CASE WHEN t.%[1]s IS NULL THEN NULL ELSE pg_catalog.format('%%s', t.%[1]s) END", quoteIdent(c))
+	}
+	args := make([]any, len(sh.Key))
+	var params, alias, join []string
+	for i, ki := range sh.Key {
+		args[i] = cols[i]
+		params = append(params, fmt.Sprintf("pg_catalog.unnest($%d::text[])", i+1))
+		alias = append(alias, fmt.Sprintf("k%d", i))
+		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
+	}
+	q := fmt.Sprintf(`SELECT k.ord, r.img FROM ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)
+		CROSS JOIN LATERAL (SELECT pg_catalog.json_object(ARRAY[%s]::text[], ARRAY[%s]::text[]) AS img FROM %s t WHERE %s LIMIT 1) r`,
+		strings.Join(params, ", "), strings.Join(alias, ", "), strings.Join(names, ", "), strings.Join(vals, ", "), qualified(sh.Table), strings.Join(join, " AND "))
+	res, err := tx.Query(ctx, q, args...)
+	if err != nil {
+		return nil, fmt.Errorf("apply: read %s: %w", sh.Table, err)
+	}
+	defer res.Close()
+	out := make(map[string]json.RawMessage, len(keys))
+	for res.Next() {
+		var ord int64
+		var img json.RawMessage
+		if err := res.Scan(&ord, &img); err != nil {
+			return nil, fmt.Errorf("apply: read %s: %w", sh.Table, err)
+		}
+		out[keys[ord-1]] = img
+	}
+	return out, res.Err()
+}

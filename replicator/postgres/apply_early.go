@@ -1,0 +1,95 @@
+package postgres
+
+// Inserts of new rows first: a batch's inserts into tables it only inserts
+// into are written before any row is read and locked, so that the wait for
+// the reader they need holds no row the applications write.
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// insertEarly applies, before anything is read and locked, the changes of
+// the tables the batch only inserts new keys into (an event or history
+// table; a backlog of inserts), and returns their keys.
+//
+// An inserted row whose key was absent and held by nothing when decided
+// needs a wait for the local reader before its version is written (see
+// executor.flush): a local write the reader has not versioned yet may hide
+// behind the absent row. Written after the rows the batch reads and
+// locks, that wait would hold those rows; written first, it holds only the
+// new keys (which the inserts themselves now guard, as flush needs). The
+// versions are written with the rest of the batch, conditioned as usual.
+//
+// A table qualifies when its writes commute with other tables' (see
+// standsAlone), every change of it in the batch is an insert of a key
+// not seen before in the batch, and no tombstone is recorded for any of
+// those keys (a tombstoned key is read and decided with the others).
+// Moving these inserts ahead of the source's other writes then changes no
+// outcome: no other write of their table comes between, and other tables'
+// writes commute with them.
+func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replicator.Txn, uses map[metaKey]keyUse, probe map[metaKey]bool, parkWhy map[*replicator.Change]string) (map[metaKey]bool, error) {
+	if a.cfg.Versioner == nil {
+		return nil, nil
+	}
+	out := map[string]bool{} // tables that do not qualify
+	seen := map[metaKey]bool{}
+	var candidates []metaKey
+	for _, t := range txns {
+		for i := range t.Changes {
+			c := &t.Changes[i]
+			tbl := t.Shapes[c.T].Table
+			k := metaKey{tbl, c.Key}
+			if parkWhy[c] != "" || c.Op != conflict.OpInsert || !probe[k] || uses[k].first != conflict.OpInsert || !a.alone[tbl] || seen[k] {
+				out[tbl] = true
+			}
+			if !seen[k] {
+				seen[k] = true
+				candidates = append(candidates, k)
+			}
+		}
+	}
+	candidates = slices.DeleteFunc(candidates, func(k metaKey) bool { return out[k.tbl] })
+	if len(candidates) == 0 {
+		return nil, nil
+	}
+	tombs, err := loadTombstones(ctx, ex.tx, candidates)
+	if err != nil {
+		return nil, fmt.Errorf("apply: %w", err)
+	}
+	for k := range tombs {
+		out[k.tbl] = true
+	}
+	early := map[metaKey]bool{}
+	for _, t := range txns {
+		for i := range t.Changes {
+			c := &t.Changes[i]
+			sh := t.Shapes[c.T]
+			if out[sh.Table] || parkWhy[c] != "" {
+				continue
+			}
+			k := metaKey{sh.Table, c.Key}
+			early[k] = true
+			if err := a.applyChange(ctx, ex, t, sh, c, &rowState{unlocked: true}); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if len(early) == 0 {
+		return nil, nil
+	}
+	if err := ex.flushRows(ctx); err != nil {
+		return nil, err
+	}
+	if ex.unlockedKeys {
+		if err := a.barrier(ctx, len(early), false); err != nil {
+			return nil, err
+		}
+		ex.unlockedKeys = false
+	}
+	return early, nil
+}
