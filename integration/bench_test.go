@@ -141,7 +141,9 @@ func (d backlogDone) wait(ctx context.Context, r *Region) (time.Time, error) {
 
 // polyregionBacklog measures rows/s for the replicator catching up a
 // backlog of inserts and then of updates written while it was stopped.
-func polyregionBacklog(b *testing.B, rows int) (insertRate, updateRate float64, peakRSS int64) {
+// readerRate is the rows/s the origin's reader versioned the insert
+// backlog at (while the receiver applied it).
+func polyregionBacklog(b *testing.B, rows int) (insertRate, updateRate, readerRate float64, peakRSS int64) {
 	dir := benchDir(b)
 	ctx := context.Background()
 	prof := newBenchProfile()
@@ -158,7 +160,7 @@ func polyregionBacklog(b *testing.B, rows int) (insertRate, updateRate float64, 
 	if err := h.WaitReady(ctx, time.Minute); err != nil {
 		b.Fatal(err)
 	}
-	measure := func(phase string, fill func() error, done backlogDone, n int) float64 {
+	measure := func(phase string, fill func() error, done backlogDone, n int) (float64, float64) {
 		for _, r := range h.Regions {
 			if err := r.StopReplicator(syscall.SIGTERM); err != nil {
 				b.Fatal(err)
@@ -192,12 +194,12 @@ func polyregionBacklog(b *testing.B, rows int) (insertRate, updateRate float64, 
 		if rss, err := us.PeakRSS(); err == nil && rss > peakRSS {
 			peakRSS = rss
 		}
-		return float64(n) / el.Seconds()
+		return float64(n) / el.Seconds(), float64(n) / readerDone.Seconds()
 	}
 	updRows := benchUpdateRows(rows)
-	insertRate = measure("insert", func() error { return fillBacklog(ctx, us, 1, rows) }, insertedDone(rows), rows)
-	updateRate = measure("update", func() error { return updateBacklog(ctx, us, updRows) }, updatedDone(updRows), updRows)
-	return insertRate, updateRate, peakRSS
+	insertRate, readerRate = measure("insert", func() error { return fillBacklog(ctx, us, 1, rows) }, insertedDone(rows), rows)
+	updateRate, _ = measure("update", func() error { return updateBacklog(ctx, us, updRows) }, updatedDone(updRows), updRows)
+	return insertRate, updateRate, readerRate, peakRSS
 }
 
 // baseline is a replication system compared against: how to set it up on a
@@ -731,7 +733,7 @@ func BenchmarkDataPlane(b *testing.B) {
 	if pglMissing != "" {
 		fmt.Printf("pglogical baseline skipped: %s\n", pglMissing)
 	}
-	var ourIns, ourUpd, pgIns, pgUpd, plIns, plUpd []float64
+	var ourIns, ourUpd, ourReader, pgIns, pgUpd, plIns, plUpd []float64
 	var peak int64
 	for i := 0; i < reps; i++ {
 		fmt.Printf("rep %d of %d: %d-row insert backlog, %d-row update backlog\n", i+1, reps, rows, updRows)
@@ -748,8 +750,9 @@ func BenchmarkDataPlane(b *testing.B) {
 				plIns, plUpd = append(plIns, li), append(plUpd, lu)
 			}
 		}
-		oi, ou, rss := polyregionBacklog(b, rows)
+		oi, ou, rd, rss := polyregionBacklog(b, rows)
 		pgIns, pgUpd, ourIns, ourUpd = append(pgIns, pi), append(pgUpd, pu), append(ourIns, oi), append(ourUpd, ou)
+		ourReader = append(ourReader, rd)
 		peak = max(peak, rss)
 	}
 	if pglMissing != "" {
@@ -769,6 +772,7 @@ func BenchmarkDataPlane(b *testing.B) {
 	fmt.Fprintf(&t, "\n%-52s %12s %12s %8s\n", fmt.Sprintf("data plane (%d reps, medians)", reps), "polyregion", "baseline", "ratio")
 	row(fmt.Sprintf("%d-row insert backlog, rows/s vs built-in", rows), median(ourIns), median(pgIns), median(insRatio))
 	row(fmt.Sprintf("%d-row update backlog, rows/s vs built-in", updRows), median(ourUpd), median(pgUpd), median(updRatio))
+	row(fmt.Sprintf("%d-row insert backlog, reader rows/s vs built-in", rows), median(ourReader), median(pgIns), median(ratios(ourReader, pgIns)))
 	if len(plIns) > 0 {
 		row(fmt.Sprintf("%d-row insert backlog, rows/s vs pglogical", rows), median(ourIns), median(plIns), median(ratios(ourIns, plIns)))
 		row(fmt.Sprintf("%d-row update backlog, rows/s vs pglogical", updRows), median(ourUpd), median(plUpd), median(ratios(ourUpd, plUpd)))
@@ -788,6 +792,8 @@ func BenchmarkDataPlane(b *testing.B) {
 	fmt.Printf("builtin_update_rows_per_s=%.0f\n", median(pgUpd))
 	fmt.Printf("apply_insert_ratio_vs_builtin=%.2f\n", median(insRatio))
 	fmt.Printf("apply_update_ratio_vs_builtin=%.2f\n", median(updRatio))
+	fmt.Printf("reader_rows_per_s=%.0f\n", median(ourReader))
+	fmt.Printf("reader_ratio_vs_builtin=%.2f\n", median(ratios(ourReader, pgIns)))
 	if len(plIns) > 0 {
 		fmt.Printf("pglogical_insert_rows_per_s=%.0f\n", median(plIns))
 		fmt.Printf("pglogical_update_rows_per_s=%.0f\n", median(plUpd))
