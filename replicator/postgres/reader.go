@@ -9,9 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -228,134 +226,15 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 	r.cfg.Logger.Info("reader started", "slot", slot, "from", st.lsn.String(), "next_seq", uint64(st.nextSeq))
 
-	rels := map[uint32]*relation{}
-	var cur *pendingTxn
-	var batch []*pendingTxn
-	batchChanges := 0
-	confirmed := st.lsn // reported to the server as flushed
-	lastStatus := time.Now()
-	var flushDeadline time.Time
-
-	// Versioning runs in its own goroutine, one batch at a time, while the
-	// loop goes on decoding the next batch: under a backlog batches grow to
-	// the limit, when idle each commit is versioned within FlushInterval.
-	type persistResult struct {
-		st  readerState
-		err error
-	}
-	jobs := make(chan []*pendingTxn)
-	results := make(chan persistResult, 1)
 	pconn, err := connectDataPlane(ctx, r.cfg.ConnString)
 	if err != nil {
 		return fmt.Errorf("reader: %w", err)
 	}
 	defer pconn.Close(context.Background())
-	pctx, pcancel := context.WithCancel(ctx)
-	persisterDone := make(chan struct{})
-	go func() {
-		defer close(persisterDone)
-		for b := range jobs {
-			next := st
-			err := r.persist(pctx, pconn, &next, b)
-			results <- persistResult{next, err}
-		}
-	}()
-	defer func() {
-		close(jobs)
-		pcancel()
-		<-persisterDone
-	}()
-	inflight := false
-	finish := func(res persistResult) error {
-		inflight = false
-		if res.err != nil {
-			return res.err
-		}
-		st = res.st
-		confirmed = max(confirmed, st.lsn)
-		r.advance(st.lsn)
-		return nil
-	}
-	await := func() error {
-		if !inflight {
-			return nil
-		}
-		return finish(<-results)
-	}
-	start := func() {
-		if inflight || len(batch) == 0 {
-			return
-		}
-		jobs <- batch
-		inflight = true
-		batch, batchChanges = nil, 0
-	}
-	flush := func() error {
-		if err := await(); err != nil {
-			return err
-		}
-		start()
-		return await()
-	}
-	// A transaction larger than PartChanges is versioned part by part in
-	// bigTx (on the persister's session, which is idle meanwhile: the
-	// stream is sequential and earlier batches are flushed first).
-	var bigTx pgx.Tx
-	var bigSt readerState
-	defer func() {
-		if bigTx != nil {
-			_ = bigTx.Rollback(context.Background())
-		}
-	}()
-	streamPart := func(last bool) error {
-		if bigTx == nil {
-			if err := flush(); err != nil {
-				return err
-			}
-			tx, err := pconn.Begin(ctx)
-			if err != nil {
-				return fmt.Errorf("reader: large transaction: %w", err)
-			}
-			bigTx, bigSt = tx, st
-		}
-		part := &pendingTxn{xid: cur.xid, commitLSN: cur.commitLSN, endLSN: cur.endLSN, commitTime: cur.commitTime,
-			changes: cur.changes, part: cur.part, more: !last}
-		for attempt := 1; ; attempt++ {
-			if _, err := bigTx.Exec(ctx, "SAVEPOINT part"); err != nil {
-				return fmt.Errorf("reader: large transaction: %w", err)
-			}
-			next := bigSt
-			err := r.persistIn(ctx, bigTx, &next, []*pendingTxn{part}, attempt > 1)
-			if err == nil {
-				bigSt = next
-				if _, err := bigTx.Exec(ctx, "RELEASE SAVEPOINT part"); err != nil {
-					return fmt.Errorf("reader: large transaction: %w", err)
-				}
-				break
-			}
-			if !retryablePersist(err) || attempt == 10 {
-				return err
-			}
-			if _, err := bigTx.Exec(ctx, "ROLLBACK TO SAVEPOINT part"); err != nil {
-				return fmt.Errorf("reader: large transaction: %w", err)
-			}
-		}
-		cur.part++
-		cur.changes = nil
-		return nil
-	}
-	streamIfLarge := func() error {
-		if cur != nil && !cur.remote && len(cur.changes) >= r.cfg.PartChanges {
-			return streamPart(false)
-		}
-		return nil
-	}
-	sendStatus := func() error {
-		lastStatus = time.Now()
-		return pglogrepl.SendStandbyStatusUpdate(ctx, repl, pglogrepl.StandbyStatusUpdate{
-			WALWritePosition: confirmed, WALFlushPosition: confirmed, WALApplyPosition: confirmed,
-		})
-	}
+	s := &readSession{r: r, ctx: ctx, conn: conn, repl: repl, pconn: pconn, st: st, confirmed: st.lsn, lastStatus: time.Now(),
+		rels: map[uint32]*relation{}}
+	s.startPersister()
+	defer s.close()
 
 	// A stop request interrupts the wait for the next message.
 	sctx, scancel := context.WithCancel(ctx)
@@ -368,55 +247,17 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 	}()
 	for {
-		if r.stopping() && cur == nil && bigTx == nil {
-			if err := flush(); err != nil {
-				return err
-			}
-			if err := sendStatus(); err != nil {
-				return fmt.Errorf("reader: send status: %w", err)
-			}
-			r.cfg.Logger.Info("reader stopped: decoded transactions versioned and confirmed", "confirmed", confirmed.String(), "next_seq", uint64(st.nextSeq))
-			return nil
+		if r.stopping() && s.cur == nil && s.bigTx == nil {
+			return s.finishStop()
 		}
-		if inflight {
-			select {
-			case res := <-results:
-				if err := finish(res); err != nil {
-					return err
-				}
-			default:
-			}
-		}
-		if len(batch) > 0 && (batchChanges >= r.cfg.BatchChanges || len(batch) >= r.cfg.BatchTxns || time.Now().After(flushDeadline)) {
-			if inflight && batchChanges >= 4*r.cfg.BatchChanges {
-				if err := await(); err != nil {
-					return err
-				}
-			}
-			start()
-		}
-		if time.Since(lastStatus) >= r.cfg.StatusInterval {
-			if err := sendStatus(); err != nil {
-				return fmt.Errorf("reader: send status: %w", err)
-			}
-		}
-		wait := r.cfg.StatusInterval - time.Since(lastStatus)
-		if inflight && wait > 2*time.Millisecond {
-			wait = 2 * time.Millisecond
-		}
-		if len(batch) > 0 {
-			if d := time.Until(flushDeadline); d < wait {
-				wait = d
-			}
-		}
-		if wait < time.Millisecond {
-			wait = time.Millisecond
+		if err := s.tick(); err != nil {
+			return err
 		}
 		base := sctx
 		if r.stopping() {
 			base = ctx // finishing the transaction in progress
 		}
-		rctx, cancel := context.WithTimeout(base, wait)
+		rctx, cancel := context.WithTimeout(base, s.wait())
 		raw, err := repl.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
@@ -428,168 +269,8 @@ func (r *Reader) Run(ctx context.Context) error {
 			}
 			return fmt.Errorf("reader: receive: %w", err)
 		}
-		switch m := raw.(type) {
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("reader: server error: %w", pgconn.ErrorResponseToPgError(m))
-		case *pgproto3.CopyData:
-			if len(m.Data) == 0 {
-				continue
-			}
-			switch m.Data[0] {
-			case pglogrepl.PrimaryKeepaliveMessageByteID:
-				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
-				if err != nil {
-					return fmt.Errorf("reader: keepalive: %w", err)
-				}
-				// Nothing in flight: every commit before the server's send
-				// position has reached us, so the slot may move on.
-				if cur == nil && len(batch) == 0 && !inflight && ka.ServerWALEnd > confirmed {
-					confirmed = ka.ServerWALEnd
-					r.advance(confirmed)
-				}
-				if ka.ReplyRequested {
-					if err := sendStatus(); err != nil {
-						return fmt.Errorf("reader: send status: %w", err)
-					}
-				}
-			case pglogrepl.XLogDataByteID:
-				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
-				if err != nil {
-					return fmt.Errorf("reader: xlogdata: %w", err)
-				}
-				if cur != nil && cur.remote && skippableRowMessage(xld.WALData) {
-					// A row of an applied transaction (or of one versioned
-					// before a restart): nothing to version or ship, so it
-					// is not decoded. Most of what a receiving region's
-					// stream carries is such rows.
-					continue
-				}
-				msg, err := pglogrepl.Parse(xld.WALData)
-				if err != nil {
-					return fmt.Errorf("reader: decode pgoutput message at %s: %w", xld.WALStart, err)
-				}
-				switch msg := msg.(type) {
-				case *pglogrepl.RelationMessage:
-					rel, err := r.relation(ctx, conn, msg)
-					if err != nil {
-						return err
-					}
-					rels[msg.RelationID] = rel
-				case *pglogrepl.TypeMessage:
-					// Values travel in text form; type messages need no action.
-				case *pglogrepl.BeginMessage:
-					// A transaction committed before the recorded position
-					// was versioned before a restart: decode, don't ship.
-					cur = &pendingTxn{xid: msg.Xid, commitLSN: msg.FinalLSN, commitTime: msg.CommitTime, remote: msg.FinalLSN < st.lsn}
-				case *pglogrepl.OriginMessage:
-					if cur != nil {
-						cur.remote = true
-					}
-				case *pglogrepl.InsertMessage:
-					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpInsert, msg.Tuple, nil); err != nil {
-						return err
-					}
-					if err := streamIfLarge(); err != nil {
-						return err
-					}
-				case *pglogrepl.UpdateMessage:
-					if msg.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld {
-						fillUnchanged(msg.NewTuple, msg.OldTuple)
-					}
-					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpUpdate, msg.NewTuple, msg.OldTuple); err != nil {
-						return err
-					}
-					if err := streamIfLarge(); err != nil {
-						return err
-					}
-				case *pglogrepl.DeleteMessage:
-					if err := r.addChange(cur, rels, msg.RelationID, conflict.OpDelete, nil, msg.OldTuple); err != nil {
-						return err
-					}
-					if err := streamIfLarge(); err != nil {
-						return err
-					}
-				case *pglogrepl.TruncateMessage:
-					if cur != nil && !cur.remote {
-						var missed []string
-						for _, id := range msg.RelationIDs {
-							rel := rels[id]
-							if rel == nil {
-								continue
-							}
-							if _, ok := r.tables[rel.name]; ok && !cur.truncated[rel.name] {
-								missed = append(missed, rel.name)
-							}
-						}
-						if len(missed) > 0 {
-							r.cfg.Logger.Error("TRUNCATE without its capture trigger (disabled, dropped, or session_replication_role = replica): other regions keep these tables' rows; restart the replicator to put the trigger back", "tables", missed, "xid", cur.xid, "trigger", TruncateTrigger)
-						}
-					}
-				case *pglogrepl.LogicalDecodingMessage:
-					if msg.Prefix == TruncatePrefix && msg.Transactional {
-						if err := r.addTruncated(ctx, conn, cur, rels, msg.Content); err != nil {
-							return err
-						}
-						if err := streamIfLarge(); err != nil {
-							return err
-						}
-					} else if msg.Prefix == BarrierPrefix && !msg.Transactional {
-						if err := flush(); err != nil {
-							return err
-						}
-						if msg.LSN > st.lsn {
-							// Record the position so others can see the
-							// reader passed the barrier.
-							if err := r.saveBarrier(ctx, conn, &st, msg.LSN); err != nil {
-								return err
-							}
-						}
-						if msg.LSN > confirmed && cur == nil {
-							confirmed = msg.LSN
-						}
-						r.advance(msg.LSN)
-					}
-				case *pglogrepl.CommitMessage:
-					if cur == nil {
-						return fmt.Errorf("reader: commit at %s without begin", msg.CommitLSN)
-					}
-					cur.endLSN = msg.TransactionEndLSN
-					if bigTx != nil {
-						// The last part, the position, and the commit.
-						if err := streamPart(true); err != nil {
-							return err
-						}
-						if err := r.saveState(ctx, bigTx, &bigSt, cur.endLSN); err != nil {
-							return err
-						}
-						if err := bigTx.Commit(ctx); err != nil {
-							return fmt.Errorf("reader: large transaction commit: %w", err)
-						}
-						bigTx, cur = nil, nil
-						st = bigSt
-						confirmed = max(confirmed, st.lsn)
-						r.advance(st.lsn)
-						continue
-					}
-					done := cur
-					cur = nil
-					if done.endLSN <= st.lsn {
-						continue // versioned before a restart
-					}
-					if done.remote || len(done.changes) == 0 {
-						if len(batch) == 0 && !inflight {
-							confirmed = done.endLSN
-							r.advance(done.endLSN)
-						}
-						continue
-					}
-					if len(batch) == 0 {
-						flushDeadline = time.Now().Add(r.cfg.FlushInterval)
-					}
-					batch = append(batch, done)
-					batchChanges += len(done.changes)
-				}
-			}
+		if err := s.receive(raw); err != nil {
+			return err
 		}
 	}
 }

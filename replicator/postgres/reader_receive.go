@@ -1,0 +1,188 @@
+package postgres
+
+// The reader's messages: keepalives, pgoutput messages, and what each one
+// does to the transaction being decoded and the batch.
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/polyregion/polyregion/conflict"
+)
+
+// receive handles one message of the replication stream.
+func (s *readSession) receive(raw pgproto3.BackendMessage) error {
+	switch m := raw.(type) {
+	case *pgproto3.ErrorResponse:
+		return fmt.Errorf("reader: server error: %w", pgconn.ErrorResponseToPgError(m))
+	case *pgproto3.CopyData:
+		if len(m.Data) == 0 {
+			return nil
+		}
+		switch m.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+			if err != nil {
+				return fmt.Errorf("reader: keepalive: %w", err)
+			}
+			// Nothing in flight: every commit before the server's send
+			// position has reached us, so the slot may move on.
+			if s.cur == nil && len(s.batch) == 0 && !s.inflight && ka.ServerWALEnd > s.confirmed {
+				s.confirmed = ka.ServerWALEnd
+				s.r.advance(s.confirmed)
+			}
+			if ka.ReplyRequested {
+				return s.sendStatus()
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+			if err != nil {
+				return fmt.Errorf("reader: xlogdata: %w", err)
+			}
+			if s.cur != nil && s.cur.remote && skippableRowMessage(xld.WALData) {
+				// A row of an applied transaction (or of one versioned
+				// before a restart): nothing to version or ship, so it is
+				// not decoded. Most of what a receiving region's stream
+				// carries is such rows.
+				return nil
+			}
+			msg, err := pglogrepl.Parse(xld.WALData)
+			if err != nil {
+				return fmt.Errorf("reader: decode pgoutput message at %s: %w", xld.WALStart, err)
+			}
+			return s.decoded(msg)
+		}
+	}
+	return nil
+}
+
+// decoded handles one pgoutput message.
+func (s *readSession) decoded(msg pglogrepl.Message) error {
+	switch msg := msg.(type) {
+	case *pglogrepl.RelationMessage:
+		rel, err := s.r.relation(s.ctx, s.conn, msg)
+		if err != nil {
+			return err
+		}
+		s.rels[msg.RelationID] = rel
+	case *pglogrepl.TypeMessage:
+		// Values travel in text form; type messages need no action.
+	case *pglogrepl.BeginMessage:
+		// A transaction committed before the recorded position was
+		// versioned before a restart: decode, don't ship.
+		s.cur = &pendingTxn{xid: msg.Xid, commitLSN: msg.FinalLSN, commitTime: msg.CommitTime, remote: msg.FinalLSN < s.st.lsn}
+	case *pglogrepl.OriginMessage:
+		if s.cur != nil {
+			s.cur.remote = true
+		}
+	case *pglogrepl.InsertMessage:
+		if err := s.r.addChange(s.cur, s.rels, msg.RelationID, conflict.OpInsert, msg.Tuple, nil); err != nil {
+			return err
+		}
+		return s.streamIfLarge()
+	case *pglogrepl.UpdateMessage:
+		if msg.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld {
+			fillUnchanged(msg.NewTuple, msg.OldTuple)
+		}
+		if err := s.r.addChange(s.cur, s.rels, msg.RelationID, conflict.OpUpdate, msg.NewTuple, msg.OldTuple); err != nil {
+			return err
+		}
+		return s.streamIfLarge()
+	case *pglogrepl.DeleteMessage:
+		if err := s.r.addChange(s.cur, s.rels, msg.RelationID, conflict.OpDelete, nil, msg.OldTuple); err != nil {
+			return err
+		}
+		return s.streamIfLarge()
+	case *pglogrepl.TruncateMessage:
+		s.truncated(msg)
+	case *pglogrepl.LogicalDecodingMessage:
+		return s.message(msg)
+	case *pglogrepl.CommitMessage:
+		return s.commit(msg)
+	}
+	return nil
+}
+
+// truncated logs a TRUNCATE of replicated tables whose capture trigger did
+// not fire (their rows would stay in the other regions).
+func (s *readSession) truncated(msg *pglogrepl.TruncateMessage) {
+	if s.cur == nil || s.cur.remote {
+		return
+	}
+	var missed []string
+	for _, id := range msg.RelationIDs {
+		rel := s.rels[id]
+		if rel == nil {
+			continue
+		}
+		if _, ok := s.r.tables[rel.name]; ok && !s.cur.truncated[rel.name] {
+			missed = append(missed, rel.name)
+		}
+	}
+	if len(missed) > 0 {
+		s.r.cfg.Logger.Error("TRUNCATE without its capture trigger (disabled, dropped, or session_replication_role = replica): other regions keep these tables' rows; restart the replicator to put the trigger back", "tables", missed, "xid", s.cur.xid, "trigger", TruncateTrigger)
+	}
+}
+
+// message handles a logical decoding message: the keys a TRUNCATE removed
+// (inside its transaction), or an applier's barrier.
+func (s *readSession) message(msg *pglogrepl.LogicalDecodingMessage) error {
+	switch {
+	case msg.Prefix == TruncatePrefix && msg.Transactional:
+		if err := s.r.addTruncated(s.ctx, s.conn, s.cur, s.rels, msg.Content); err != nil {
+			return err
+		}
+		return s.streamIfLarge()
+	case msg.Prefix == BarrierPrefix && !msg.Transactional:
+		if err := s.flush(); err != nil {
+			return err
+		}
+		if msg.LSN > s.st.lsn {
+			// Record the position so others can see the reader passed the
+			// barrier.
+			if err := s.r.saveBarrier(s.ctx, s.conn, &s.st, msg.LSN); err != nil {
+				return err
+			}
+		}
+		if msg.LSN > s.confirmed && s.cur == nil {
+			s.confirmed = msg.LSN
+		}
+		s.r.advance(msg.LSN)
+	}
+	return nil
+}
+
+// commit ends the transaction being decoded: a large one is committed with
+// its last part; a local one joins the batch; one with nothing to ship
+// (applied from a peer, or no replicated change) only moves the position.
+func (s *readSession) commit(msg *pglogrepl.CommitMessage) error {
+	if s.cur == nil {
+		return fmt.Errorf("reader: commit at %s without begin", msg.CommitLSN)
+	}
+	s.cur.endLSN = msg.TransactionEndLSN
+	if s.bigTx != nil {
+		return s.commitLarge()
+	}
+	done := s.cur
+	s.cur = nil
+	if done.endLSN <= s.st.lsn {
+		return nil // versioned before a restart
+	}
+	if done.remote || len(done.changes) == 0 {
+		if len(s.batch) == 0 && !s.inflight {
+			s.confirmed = done.endLSN
+			s.r.advance(done.endLSN)
+		}
+		return nil
+	}
+	if len(s.batch) == 0 {
+		s.flushDeadline = time.Now().Add(s.r.cfg.FlushInterval)
+	}
+	s.batch = append(s.batch, done)
+	s.batchChanges += len(done.changes)
+	return nil
+}
