@@ -375,7 +375,7 @@ func logOffsets(h *Harness) map[string]int64 {
 	return out
 }
 
-// "%m [%p] %a " then the level: log_line_prefix as pgcluster.go sets it.
+// "%m [%p] %a " then the level: log_line_prefix as harness/pgcluster.go sets it.
 var (
 	logLineRe     = regexp.MustCompile(`^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+ \S+ \[(\d+)\] (.*?)\s*(ERROR|DETAIL|HINT|CONTEXT|STATEMENT|LOG|WARNING|FATAL|PANIC):\s`)
 	logProcessRe  = regexp.MustCompile(`^\s+Process (\d+): (.*)$`)

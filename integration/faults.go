@@ -1,6 +1,8 @@
 package integration
 
-// Fault injection for the harness.
+// Fault injection for runs of package harness. It lives here, not in the
+// harness, so that the shipped binary (whose demo uses the harness) does
+// not link it.
 //
 // Network faults use toxiproxy (github.com/Shopify/toxiproxy/v2) as a
 // library: one in-process TCP proxy on 127.0.0.1 per directed link, placed
@@ -26,8 +28,8 @@ package integration
 // "downstream" is B's stream to A).
 //
 // Process faults: kill -9 and SIGSTOP/SIGCONT of a replicator (the harness
-// runs it as a child process) and of a PostgreSQL server (the postmaster's
-// process group, taken from postmaster.pid).
+// runs it as a child process) and of a PostgreSQL server (the postmaster,
+// taken from postmaster.pid, and its children).
 //
 // Clock offset: a replicator's hybrid clock comes from the commit
 // timestamps in its region's change stream, so a region's clock is its
@@ -341,9 +343,9 @@ func (n *NetFaults) Close() {
 
 // ---- process faults ----
 
-// CrashReplicator kills the replicator with SIGKILL and starts it again
+// CrashReplicator kills r's replicator with SIGKILL and starts it again
 // after pause.
-func (r *Region) CrashReplicator(pause time.Duration) error {
+func CrashReplicator(r *Region, pause time.Duration) error {
 	if err := r.StopReplicator(syscall.SIGKILL); err != nil {
 		return err
 	}
@@ -351,15 +353,15 @@ func (r *Region) CrashReplicator(pause time.Duration) error {
 	return r.StartReplicator()
 }
 
-// PauseReplicator freezes the replicator (SIGSTOP).
-func (r *Region) PauseReplicator() error { return r.Signal(syscall.SIGSTOP) }
+// PauseReplicator freezes r's replicator (SIGSTOP).
+func PauseReplicator(r *Region) error { return r.Signal(syscall.SIGSTOP) }
 
-// ResumeReplicator resumes a frozen replicator (SIGCONT).
-func (r *Region) ResumeReplicator() error { return r.Signal(syscall.SIGCONT) }
+// ResumeReplicator resumes r's frozen replicator (SIGCONT).
+func ResumeReplicator(r *Region) error { return r.Signal(syscall.SIGCONT) }
 
-// EnsureReplicator starts the replicator again if its process has exited
+// EnsureReplicator starts r's replicator again if its process has exited
 // (as a service manager would) and reports whether it had to.
-func (r *Region) EnsureReplicator() (bool, error) {
+func EnsureReplicator(r *Region) (bool, error) {
 	if r.Running() {
 		return false, nil
 	}
@@ -367,20 +369,42 @@ func (r *Region) EnsureReplicator() (bool, error) {
 	return true, r.StartReplicator()
 }
 
-// Crash kills the PostgreSQL server with SIGKILL (postmaster, then its
-// children notice) and starts it again after pause.
-func (c *Cluster) Crash(ctx context.Context, pause time.Duration) error {
-	if err := c.Kill(ctx); err != nil {
+// KillServer sends SIGKILL to c's postmaster (a crash) and waits for its
+// children to go. It does not start the server again (CrashServer does).
+func KillServer(ctx context.Context, c *Cluster) error {
+	pid, err := c.PID()
+	if err != nil {
+		return err
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		return err
+	}
+	// Children exit once they notice the postmaster is gone.
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if !c.Running(ctx) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	return nil
+}
+
+// CrashServer kills c's PostgreSQL server with SIGKILL (postmaster, then
+// its children notice) and starts it again after pause.
+func CrashServer(ctx context.Context, c *Cluster, pause time.Duration) error {
+	if err := KillServer(ctx, c); err != nil {
 		return err
 	}
 	time.Sleep(pause)
 	return c.Start(ctx)
 }
 
-// signalServer signals the postmaster and every child of it (each backend
+// signalServer signals c's postmaster and every child of it (each backend
 // runs in a session of its own, so there is no process group to signal).
 // The postmaster goes first, so that no new child escapes a SIGSTOP.
-func (c *Cluster) signalServer(sig syscall.Signal) error {
+func signalServer(c *Cluster, sig syscall.Signal) error {
 	pid, err := c.PID()
 	if err != nil {
 		return err
@@ -414,11 +438,11 @@ func (c *Cluster) signalServer(sig syscall.Signal) error {
 	return nil
 }
 
-// Pause freezes the server and every backend (SIGSTOP).
-func (c *Cluster) Pause() error { return c.signalServer(syscall.SIGSTOP) }
+// PauseServer freezes c's server and every backend (SIGSTOP).
+func PauseServer(c *Cluster) error { return signalServer(c, syscall.SIGSTOP) }
 
-// Resume resumes a frozen server (SIGCONT).
-func (c *Cluster) Resume() error { return c.signalServer(syscall.SIGCONT) }
+// ResumeServer resumes c's frozen server (SIGCONT).
+func ResumeServer(c *Cluster) error { return signalServer(c, syscall.SIGCONT) }
 
 // FaketimeLib finds libfaketime (Debian package faketime).
 func FaketimeLib() (string, error) {
@@ -435,10 +459,10 @@ func FaketimeLib() (string, error) {
 	return "", errors.New("libfaketime not found: install the faketime package (.ci/setup-faults)")
 }
 
-// SetClockOffset restarts the cluster with its clock shifted by offset
+// SetClockOffset restarts cluster c with its clock shifted by offset
 // (libfaketime); 0 restores the real clock. The replicator of the region
 // must reconnect afterwards (it does so on its own, or is not running yet).
-func (c *Cluster) SetClockOffset(ctx context.Context, offset time.Duration) error {
+func SetClockOffset(ctx context.Context, c *Cluster, offset time.Duration) error {
 	var env []string
 	if offset != 0 {
 		lib, err := FaketimeLib()

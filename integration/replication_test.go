@@ -93,7 +93,7 @@ func TestConcurrentOverlappingWritesConverge(t *testing.T) {
 	if err := h.WaitConverged(ctx, []string{"public.kv"}, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	lost, err := h.UnaccountedWrites(ctx, "public.kv", "val", log.written, log.overwritten)
+	lost, err := UnaccountedWrites(ctx, h, "public.kv", "val", log.written, log.overwritten)
 	if err != nil {
 		t.Fatal(err)
 	}

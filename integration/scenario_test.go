@@ -127,7 +127,7 @@ func stopLoad(t *testing.T, stop func() error) {
 func (s *scenario) verify(t *testing.T, sampler *OrderSampler, tagged bool) {
 	t.Helper()
 	for _, r := range s.h.Regions {
-		if restarted, err := r.EnsureReplicator(); err != nil {
+		if restarted, err := EnsureReplicator(r); err != nil {
 			t.Fatal(err)
 		} else if restarted {
 			s.logf(t, "replicator %s had exited; started again", r.Name)
@@ -363,7 +363,7 @@ func TestScenarioClockAhead(t *testing.T) {
 	}
 	const skew = 5 * time.Minute
 	s := startScenario(t, scenarioOptions{before: func(ctx context.Context, h *Harness) error {
-		return h.Region("ap").Cluster.SetClockOffset(ctx, skew)
+		return SetClockOffset(ctx, h.Region("ap").Cluster, skew)
 	}}, 4*time.Minute)
 	h, nf, ctx := s.h, s.nf, s.ctx
 	us, eu, ap := h.Region("us"), h.Region("eu"), h.Region("ap")
@@ -503,12 +503,12 @@ func TestScenarioCrashExactlyOnce(t *testing.T) {
 	// kill -9 of PostgreSQL primaries, one after the other.
 	for _, name := range []string{"ap", "us"} {
 		r := h.Region(name)
-		if err := r.Cluster.Crash(ctx, time.Second); err != nil {
+		if err := CrashServer(ctx, r.Cluster, time.Second); err != nil {
 			t.Fatal(err)
 		}
 		s.logf(t, "kill -9 PostgreSQL of %s, restarted after 1s", name)
 		time.Sleep(3 * time.Second)
-		if restarted, err := r.EnsureReplicator(); err != nil {
+		if restarted, err := EnsureReplicator(r); err != nil {
 			t.Fatal(err)
 		} else if restarted {
 			s.logf(t, "replicator %s had exited with its database gone; started again", name)
@@ -520,7 +520,7 @@ func TestScenarioCrashExactlyOnce(t *testing.T) {
 	if err := eu.StopReplicator(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if err := eu.Cluster.Crash(ctx, 500*time.Millisecond); err != nil {
+	if err := CrashServer(ctx, eu.Cluster, 500*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	if err := eu.StartReplicator(); err != nil {
@@ -544,12 +544,12 @@ func TestScenarioStopLongerThanWalSenderTimeout(t *testing.T) {
 	stop := s.load(20, 10, 5)
 	time.Sleep(3 * time.Second)
 	pid := eu.PID()
-	if err := eu.PauseReplicator(); err != nil {
+	if err := PauseReplicator(eu); err != nil {
 		t.Fatal(err)
 	}
 	s.logf(t, "SIGSTOP replicator eu (pid %d)", pid)
 	time.Sleep(18 * time.Second)
-	if err := eu.ResumeReplicator(); err != nil {
+	if err := ResumeReplicator(eu); err != nil {
 		t.Fatal(err)
 	}
 	s.logf(t, "SIGCONT replicator eu")
@@ -598,7 +598,7 @@ func TestScenarioSlowWAN(t *testing.T) {
 	nextFault := 5 * time.Second
 	for time.Since(begin) < run {
 		time.Sleep(time.Second)
-		lag, err := h.Lag(ctx)
+		lag, err := Lag(ctx, h)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -694,7 +694,7 @@ func TestScenarioRandomFaults(t *testing.T) {
 			if _, err := FaketimeLib(); err != nil {
 				return err
 			}
-			return h.Region(skewed).Cluster.SetClockOffset(ctx, skew)
+			return SetClockOffset(ctx, h.Region(skewed).Cluster, skew)
 		},
 	}, 7*time.Minute)
 	h, nf, ctx := s.h, s.nf, s.ctx
@@ -770,15 +770,15 @@ func TestScenarioRandomFaults(t *testing.T) {
 		case 6:
 			r := pick()
 			what = fmt.Sprintf("SIGSTOP replicator %s", r.Name)
-			if err := r.PauseReplicator(); err != nil {
+			if err := PauseReplicator(r); err != nil {
 				t.Fatal(err)
 			}
 			d = dur(2*time.Second, 10*time.Second)
-			undo = r.ResumeReplicator
+			undo = func() error { return ResumeReplicator(r) }
 		case 7:
 			r := pick()
 			what = fmt.Sprintf("kill -9 PostgreSQL %s", r.Name)
-			if err := r.Cluster.Kill(ctx); err != nil {
+			if err := KillServer(ctx, r.Cluster); err != nil {
 				t.Fatal(err)
 			}
 			d = dur(200*time.Millisecond, 2*time.Second)
@@ -787,7 +787,7 @@ func TestScenarioRandomFaults(t *testing.T) {
 					return err
 				}
 				time.Sleep(2 * time.Second)
-				if restarted, err := r.EnsureReplicator(); err != nil {
+				if restarted, err := EnsureReplicator(r); err != nil {
 					return err
 				} else if restarted {
 					s.logf(t, "replicator %s had exited with its database gone; started again", r.Name)
@@ -797,11 +797,11 @@ func TestScenarioRandomFaults(t *testing.T) {
 		case 8:
 			r := pick()
 			what = fmt.Sprintf("SIGSTOP PostgreSQL %s", r.Name)
-			if err := r.Cluster.Pause(); err != nil {
+			if err := PauseServer(r.Cluster); err != nil {
 				t.Fatal(err)
 			}
 			d = dur(time.Second, 4*time.Second)
-			undo = r.Cluster.Resume
+			undo = func() error { return ResumeServer(r.Cluster) }
 		}
 		s.logf(t, "fault %d: %s for %s", i, what, d.Round(100*time.Millisecond))
 		time.Sleep(d)

@@ -25,7 +25,7 @@ package integration
 //     (LosersLogged), and no logged conflict is between causally ordered
 //     writes or resolved differently in two regions.
 //
-// Convergence itself is validate.go's WaitConverged / Compare.
+// Convergence itself is package harness's WaitConverged / Compare.
 
 import (
 	"context"
@@ -571,7 +571,7 @@ func (s *OrderSampler) Samples() int {
 // Lag returns, for every (target, source) pair, how many of source's
 // transactions target has not applied yet (the source's reader position
 // minus the target's applied position).
-func (h *Harness) Lag(ctx context.Context) (map[[2]string]int64, error) {
+func Lag(ctx context.Context, h *Harness) (map[[2]string]int64, error) {
 	shipped := map[string]int64{}
 	applied := map[[2]string]int64{}
 	for _, r := range h.Regions {
@@ -731,7 +731,7 @@ func (c ConflictRecord) LoserTag() *string {
 
 // Conflicts reads every region's conflict log for table, with row images'
 // column col.
-func (h *Harness) Conflicts(ctx context.Context, table, col string) ([]ConflictRecord, error) {
+func Conflicts(ctx context.Context, h *Harness, table, col string) ([]ConflictRecord, error) {
 	var out []ConflictRecord
 	for _, r := range h.Regions {
 		conn, err := r.Conn(ctx)
@@ -758,6 +758,50 @@ func (h *Harness) Conflicts(ctx context.Context, table, col string) ([]ConflictR
 		conn.Close(context.Background())
 	}
 	return out, nil
+}
+
+// UnaccountedWrites returns the writes (values of col in table) that
+// vanished without a trace: not the final value of any row, not overwritten
+// by a write that had seen them (overwritten), and not named in any region's
+// conflict log. Invariant: the result is empty.
+func UnaccountedWrites(ctx context.Context, h *Harness, table, col string, written []string, overwritten map[string]bool) ([]string, error) {
+	accounted := map[string]bool{}
+	for v := range overwritten {
+		accounted[v] = true
+	}
+	for _, r := range h.Regions {
+		conn, err := r.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT %s::text FROM %s
+			UNION ALL SELECT local_row->>$1 FROM polyregion.conflict_log WHERE tbl = $2 AND local_row IS NOT NULL
+			UNION ALL SELECT remote_row->>$1 FROM polyregion.conflict_log WHERE tbl = $2 AND remote_row IS NOT NULL`, col, table), col, table)
+		if err != nil {
+			conn.Close(context.Background())
+			return nil, err
+		}
+		for rows.Next() {
+			var v *string
+			if err := rows.Scan(&v); err != nil {
+				rows.Close()
+				conn.Close(context.Background())
+				return nil, err
+			}
+			if v != nil {
+				accounted[*v] = true
+			}
+		}
+		rows.Close()
+		conn.Close(context.Background())
+	}
+	var lost []string
+	for _, w := range written {
+		if !accounted[w] {
+			lost = append(lost, w)
+		}
+	}
+	return lost, nil
 }
 
 // ConflictReport sums up LosersLogged's findings.
@@ -801,7 +845,7 @@ func (tw *TaggedWrites) LosersLogged(ctx context.Context, h *Harness) (ConflictR
 	if err != nil {
 		return rep, err
 	}
-	recs, err := h.Conflicts(ctx, "public.tagged", "tag")
+	recs, err := Conflicts(ctx, h, "public.tagged", "tag")
 	if err != nil {
 		return rep, err
 	}

@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/polyregion/polyregion/integration"
+	"github.com/polyregion/polyregion/integration/harness"
 	"github.com/polyregion/polyregion/replicator/audit"
 )
 
@@ -98,7 +98,7 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 		return err
 	}
 
-	var h *integration.Harness
+	var h *harness.Harness
 	defer func() {
 		if ctx.Err() != nil && err != nil {
 			// Whatever failed, it failed because the demo was stopped (a
@@ -122,14 +122,14 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 	}()
 
 	say("starting 3 regions (us, eu, ap) in %s", dir)
-	h, err = integration.Start(ctx, integration.Spec{
-		Regions: []string{"us", "eu", "ap"}, SchemaSQL: integration.CounterSchema, Tables: integration.CounterTables,
+	h, err = harness.Start(ctx, harness.Spec{
+		Regions: []string{"us", "eu", "ap"}, SchemaSQL: harness.CounterSchema, Tables: harness.CounterTables,
 		Dir: dir, Binary: bin,
-		Configure: func(region string, c *integration.RegionConfig) {
+		Configure: func(region string, c *harness.RegionConfig) {
 			// The embedded search index of the profiles table, queried at
 			// GET /search/profiles on the operations server.
-			c.Search = &integration.SearchSection{Kind: "embedded", Dir: filepath.Join(dir, region+"-index"), FlushInterval: "100ms",
-				Indices: []integration.SearchIndex{{Table: "public.profiles", Index: "profiles"}}}
+			c.Search = &harness.SearchSection{Kind: "embedded", Dir: filepath.Join(dir, region+"-index"), FlushInterval: "100ms",
+				Indices: []harness.SearchIndex{{Table: "public.profiles", Index: "profiles"}}}
 		},
 	})
 	if err != nil {
@@ -207,7 +207,7 @@ func runDemo(ctx context.Context, o demoOptions) (err error) {
 
 // demoWorkload runs the quickstart workload, printing each region's
 // progress every two seconds.
-func demoWorkload(ctx context.Context, h *integration.Harness, d time.Duration) (map[[3]string]int64, error) {
+func demoWorkload(ctx context.Context, h *harness.Harness, d time.Duration) (map[[3]string]int64, error) {
 	var mu sync.Mutex
 	latest := map[string]string{}
 	done := make(chan struct{})
@@ -248,7 +248,7 @@ func demoWorkload(ctx context.Context, h *integration.Harness, d time.Duration) 
 
 // demoCounters prints each region's counter total against the requests
 // issued and returns how many regions differ.
-func demoCounters(ctx context.Context, h *integration.Harness, issued map[[3]string]int64) (int, error) {
+func demoCounters(ctx context.Context, h *harness.Harness, issued map[[3]string]int64) (int, error) {
 	var sum int64
 	for _, v := range issued {
 		sum += v
@@ -279,7 +279,7 @@ func demoCounters(ctx context.Context, h *integration.Harness, issued map[[3]str
 
 // demoConflicts prints the summary of a conflict report over the three
 // regions' conflict logs.
-func demoConflicts(ctx context.Context, h *integration.Harness) error {
+func demoConflicts(ctx context.Context, h *harness.Harness) error {
 	var src audit.Sources
 	for _, r := range h.Regions {
 		conn, err := r.Conn(ctx)
@@ -327,7 +327,7 @@ func demoConflicts(ctx context.Context, h *integration.Harness) error {
 // demoHealth prints each region's /health answer and its search index's
 // documents against the table's rows (waiting a little for the index to
 // catch up).
-func demoHealth(ctx context.Context, h *integration.Harness) error {
+func demoHealth(ctx context.Context, h *harness.Harness) error {
 	client := &http.Client{Timeout: 5 * time.Second}
 	get := func(u string) (int, string, error) {
 		req, err := http.NewRequestWithContext(ctx, "GET", u, nil)

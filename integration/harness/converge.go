@@ -1,4 +1,4 @@
-package integration
+package harness
 
 import (
 	"context"
@@ -275,48 +275,4 @@ func (h *Harness) firstDifferences(ctx context.Context, table string, a, b *Regi
 		out = append(out, fmt.Sprintf("key (%s): %s=%q %s=%q", k, a.Name, ra[k], b.Name, rb[k]))
 	}
 	return strings.Join(out, "; "), nil
-}
-
-// UnaccountedWrites returns the writes (values of col in table) that
-// vanished without a trace: not the final value of any row, not overwritten
-// by a write that had seen them (overwritten), and not named in any region's
-// conflict log. Invariant: the result is empty.
-func (h *Harness) UnaccountedWrites(ctx context.Context, table, col string, written []string, overwritten map[string]bool) ([]string, error) {
-	accounted := map[string]bool{}
-	for v := range overwritten {
-		accounted[v] = true
-	}
-	for _, r := range h.Regions {
-		conn, err := r.Conn(ctx)
-		if err != nil {
-			return nil, err
-		}
-		rows, err := conn.Query(ctx, fmt.Sprintf(`SELECT %s::text FROM %s
-			UNION ALL SELECT local_row->>$1 FROM polyregion.conflict_log WHERE tbl = $2 AND local_row IS NOT NULL
-			UNION ALL SELECT remote_row->>$1 FROM polyregion.conflict_log WHERE tbl = $2 AND remote_row IS NOT NULL`, col, table), col, table)
-		if err != nil {
-			conn.Close(context.Background())
-			return nil, err
-		}
-		for rows.Next() {
-			var v *string
-			if err := rows.Scan(&v); err != nil {
-				rows.Close()
-				conn.Close(context.Background())
-				return nil, err
-			}
-			if v != nil {
-				accounted[*v] = true
-			}
-		}
-		rows.Close()
-		conn.Close(context.Background())
-	}
-	var lost []string
-	for _, w := range written {
-		if !accounted[w] {
-			lost = append(lost, w)
-		}
-	}
-	return lost, nil
 }

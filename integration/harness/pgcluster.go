@@ -1,9 +1,4 @@
-// Package integration is the local multi-region harness: real PostgreSQL
-// clusters started from the installed server binaries, replicators run as
-// separate processes, fault injection, and the validators that decide
-// whether the regions converged and nothing was lost. Tests, the demo and
-// the benchmarks all use it.
-package integration
+package harness
 
 import (
 	"context"
@@ -54,7 +49,8 @@ type Cluster struct {
 	gid     int
 
 	// Env is extra environment for the server processes, applied when the
-	// server (re)starts: e.g. LD_PRELOAD of libfaketime for a clock offset.
+	// server (re)starts. The harness sets none; tests may (package
+	// integration preloads libfaketime through it for a clock offset).
 	Env []string
 }
 
@@ -239,26 +235,9 @@ func (c *Cluster) PID() (int, error) {
 	return strconv.Atoi(strings.TrimSpace(line))
 }
 
-// Kill sends SIGKILL to the postmaster (a crash), then waits for its
-// children to go and starts it again when restart is set.
-func (c *Cluster) Kill(ctx context.Context) error {
-	pid, err := c.PID()
-	if err != nil {
-		return err
-	}
-	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
-		return err
-	}
-	// Children exit once they notice the postmaster is gone.
-	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) {
-		if c.run(ctx, "pg_ctl", "-D", c.Dir, "status") != nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	time.Sleep(500 * time.Millisecond)
-	return nil
+// Running reports whether pg_ctl finds the server running.
+func (c *Cluster) Running(ctx context.Context) bool {
+	return c.run(ctx, "pg_ctl", "-D", c.Dir, "status") == nil
 }
 
 // URL returns a connection string for database db as user.

@@ -1,4 +1,15 @@
-package integration
+// Package harness starts local multi-region setups for the demo, the
+// integration tests and the benchmarks: one PostgreSQL cluster per region made
+// from the installed server binaries, one replicator process per region with
+// the config the harness writes for it, the demo's workload, and the checks
+// that tell when the regions have converged (WaitReady, WaitConverged,
+// Compare).
+//
+// Close stops everything a Harness started and leaves its files (data
+// directories, configs, logs) in Spec.Dir. The harness injects no faults:
+// network faults, process crashes, clock offsets and the validators of runs
+// under them are in package integration, which only the tests link.
+package harness
 
 import (
 	"context"
@@ -387,6 +398,7 @@ func (r *Region) StopReplicator(sig syscall.Signal) error {
 	if proc == nil {
 		return nil
 	}
+	// A stopped (frozen) process acts on sig only once continued.
 	_ = proc.Process.Signal(syscall.SIGCONT)
 	_ = proc.Process.Signal(sig)
 	select {
