@@ -38,6 +38,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	for _, t := range txns {
 		n += len(t.Changes)
 	}
+	ex.bulk.hint = n
 	states := make(map[metaKey]*rowState, n)
 	byTable := map[string][]string{}
 	// Keys whose first change here is an insert from the source: in the
@@ -133,15 +134,19 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	// batches (a large transaction's earlier parts hold their rows anyway,
 	// and each wait given back would take one more subtransaction id).
 	release := optimistic && !ex.noFold
-	var early map[metaKey]bool
+	var early map[string]bool // tables whose changes insertEarly applied
 	if release {
 		var err error
-		if early, err = a.insertEarly(ctx, ex, txns, uses, probe, parkWhy); err != nil {
+		if early, err = a.insertEarly(ctx, ex, txns, probe, parkWhy); err != nil {
 			return 0, err
 		}
-		for k := range early {
-			delete(states, k)
-			delete(probe, k)
+		if len(early) > 0 {
+			for k := range states {
+				if early[k.tbl] {
+					delete(states, k)
+					delete(probe, k)
+				}
+			}
 		}
 	}
 	if len(folded) > 0 && len(byTable) > 0 && !a.foldsAfterReads(folded, byTable) {
@@ -179,7 +184,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			if c.Version.HLC > maxHLC {
 				maxHLC = c.Version.HLC
 			}
-			if early[metaKey{sh.Table, c.Key}] {
+			if early[sh.Table] {
 				continue // applied by insertEarly
 			}
 			if reason, parked := parkWhy[c]; parked {

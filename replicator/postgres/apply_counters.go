@@ -162,17 +162,13 @@ func (b *bulk) foldStatements(order *replicator.TableOrder) []stmt {
 		out = append(out, b.foldRows(ks)...)
 	}
 	if b.metas == nil {
-		b.metas, b.metaNew, b.metaXmin = map[metaKey]*meta{}, map[metaKey]bool{}, map[metaKey]string{}
-	}
-	if b.metaFold == nil {
-		b.metaFold = map[metaKey]bool{}
+		b.metas = map[metaKey]*metaEntry{}
 	}
 	for _, k := range b.foldOrder {
 		f := b.folds[k]
-		b.metaOrder = append(b.metaOrder, k)
-		b.metas[k] = &meta{version: f.version, srcSeq: f.seq, counters: f.deltas}
-		b.metaXmin[k] = "0"
-		b.metaFold[k] = true
+		e := &metaEntry{key: k, meta: &meta{version: f.version, srcSeq: f.seq, counters: f.deltas}, xmin: "0", fold: true}
+		b.metas[k] = e
+		b.metaOrder = append(b.metaOrder, e)
 	}
 	return out
 }

@@ -15,7 +15,7 @@ import (
 
 // insertEarly applies, before anything is read and locked, the changes of
 // the tables the batch only inserts new keys into (an event or history
-// table; a backlog of inserts), and returns their keys.
+// table; a backlog of inserts), and returns those tables.
 //
 // An inserted row whose key was absent and held by nothing when decided
 // needs a wait for the local reader before its version is written (see
@@ -32,25 +32,28 @@ import (
 // Moving these inserts ahead of the source's other writes then changes no
 // outcome: no other write of their table comes between, and other tables'
 // writes commute with them.
-func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replicator.Txn, uses map[metaKey]keyUse, probe map[metaKey]bool, parkWhy map[*replicator.Change]string) (map[metaKey]bool, error) {
+func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replicator.Txn, probe map[metaKey]bool, parkWhy map[*replicator.Change]string) (map[string]bool, error) {
 	if a.cfg.Versioner == nil {
 		return nil, nil
 	}
 	out := map[string]bool{} // tables that do not qualify
-	seen := map[metaKey]bool{}
+	seen := make(map[metaKey]bool, len(probe))
 	var candidates []metaKey
 	for _, t := range txns {
 		for i := range t.Changes {
 			c := &t.Changes[i]
 			tbl := t.Shapes[c.T].Table
+			if out[tbl] {
+				continue
+			}
+			// A probed key is one whose first change here is an insert.
 			k := metaKey{tbl, c.Key}
-			if parkWhy[c] != "" || c.Op != conflict.OpInsert || !probe[k] || uses[k].first != conflict.OpInsert || !a.alone[tbl] || seen[k] {
+			if parkWhy[c] != "" || c.Op != conflict.OpInsert || !probe[k] || !a.alone[tbl] || seen[k] {
 				out[tbl] = true
+				continue
 			}
-			if !seen[k] {
-				seen[k] = true
-				candidates = append(candidates, k)
-			}
+			seen[k] = true
+			candidates = append(candidates, k)
 		}
 	}
 	candidates = slices.DeleteFunc(candidates, func(k metaKey) bool { return out[k.tbl] })
@@ -64,29 +67,30 @@ func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replica
 	for k := range tombs {
 		out[k.tbl] = true
 	}
-	early := map[metaKey]bool{}
+	early := map[string]bool{}
+	n := 0
 	for _, t := range txns {
 		for i := range t.Changes {
 			c := &t.Changes[i]
 			sh := t.Shapes[c.T]
-			if out[sh.Table] || parkWhy[c] != "" {
+			if out[sh.Table] {
 				continue
 			}
-			k := metaKey{sh.Table, c.Key}
-			early[k] = true
+			early[sh.Table] = true
+			n++
 			if err := a.applyChange(ctx, ex, t, sh, c, &rowState{unlocked: true}); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if len(early) == 0 {
+	if n == 0 {
 		return nil, nil
 	}
 	if err := ex.flushRows(ctx); err != nil {
 		return nil, err
 	}
 	if ex.unlockedKeys {
-		if err := a.barrier(ctx, len(early), false); err != nil {
+		if err := a.barrier(ctx, n, false); err != nil {
 			return nil, err
 		}
 		ex.unlockedKeys = false

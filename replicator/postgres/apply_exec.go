@@ -150,7 +150,7 @@ func (e *executor) flush(ctx context.Context) error {
 	rows := append(e.bulk.rowStatements(), e.queued...)
 	folds := e.bulk.foldStatements(e.order)
 	metas := append(e.deferred, e.bulk.metaStatements()...)
-	newKeys, newMetas := e.bulk.newMetas(), e.bulk.metas
+	newMetas := e.bulk.newMetas()
 	wait := e.unlockedKeys && e.waitReader != nil
 	e.bulk, e.queued, e.deferred, e.unlockedKeys = bulk{}, nil, nil, false
 	if wait {
@@ -163,7 +163,7 @@ func (e *executor) flush(ctx context.Context) error {
 		rows = nil
 	}
 	last := append(rows, folds...)
-	if len(metas) > 0 || len(newKeys) > 0 {
+	if len(metas) > 0 || len(newMetas) > 0 {
 		// Versions (and the logs) are written only by replicator sessions:
 		// a wait for one of their locks is a wait for the reader or another
 		// source's applier, which never wait for this transaction. Only
@@ -178,7 +178,7 @@ func (e *executor) flush(ctx context.Context) error {
 	if err := e.pipeline(ctx, last); err != nil {
 		return err
 	}
-	return e.copyMetas(ctx, newKeys, newMetas)
+	return e.copyMetas(ctx, newMetas)
 }
 
 // flushRows sends the row writes merged so far (not the versions, nor what
@@ -206,13 +206,13 @@ func (e *executor) limitLockWaits(ctx context.Context) error {
 // than INSERT ... ON CONFLICT). A version the local reader recorded for one
 // of these keys meanwhile is a unique violation: retryable, the batch is
 // decided again on top of it.
-func (e *executor) copyMetas(ctx context.Context, keys []metaKey, metas map[metaKey]*meta) error {
-	if len(keys) == 0 {
+func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
+	if len(entries) == 0 {
 		return nil
 	}
-	rows := make([][]any, 0, len(keys))
-	for _, k := range keys {
-		m := metas[k]
+	rows := make([][]any, 0, len(entries))
+	for _, en := range entries {
+		k, m := en.key, en.meta
 		var xid any
 		switch m.xid {
 		case "":

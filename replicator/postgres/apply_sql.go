@@ -193,16 +193,23 @@ func (o op) setCols() []int {
 // written last, once per key.
 type bulk struct {
 	groups    []*group
-	metaOrder []metaKey
-	metas     map[metaKey]*meta
-	metaNew   map[metaKey]bool   // keys without a row_version tuple when read
-	metaXmin  map[metaKey]string // the others: their tuple's xmin as read
-	metaFold  map[metaKey]bool   // folded into the recorded version (see fold)
+	metaOrder []*metaEntry
+	metas     map[metaKey]*metaEntry
+	hint      int // how many keys the batch may write (sizes metas)
 	others    []stmt
 	conflicts []*conflictRow // written in one statement (see conflictsStmt)
 	// folds: counter-only rows' updates, added in place (see fold).
 	folds     map[metaKey]*foldRow
 	foldOrder []metaKey
+}
+
+// metaEntry is the version a batch writes for one key.
+type metaEntry struct {
+	key  metaKey
+	meta *meta
+	new  bool   // the key had no row_version tuple when read
+	xmin string // else: that tuple's xmin as read
+	fold bool   // folded into the recorded version (see fold)
 }
 
 type group struct {
@@ -217,15 +224,16 @@ func (b *bulk) add(o op, alone func(table string) bool) {
 	switch o.kind {
 	case opMeta:
 		if b.metas == nil {
-			b.metas, b.metaNew, b.metaXmin = map[metaKey]*meta{}, map[metaKey]bool{}, map[metaKey]string{}
+			b.metas = make(map[metaKey]*metaEntry, b.hint)
 		}
 		k := metaKey{o.tbl, o.key}
-		if _, ok := b.metas[k]; !ok {
-			b.metaOrder = append(b.metaOrder, k)
-			b.metaNew[k] = !o.versioned
-			b.metaXmin[k] = o.tupleXmin
+		e, ok := b.metas[k]
+		if !ok {
+			e = &metaEntry{key: k, new: !o.versioned, xmin: o.tupleXmin}
+			b.metas[k] = e
+			b.metaOrder = append(b.metaOrder, e)
 		}
-		b.metas[k] = o.meta
+		e.meta = o.meta
 		return
 	case opOther:
 		b.others = append(b.others, o.st)
@@ -295,22 +303,23 @@ func (b *bulk) metaStatements() []stmt {
 	if len(b.metaOrder) > 0 {
 		// Key order, as the reader locks them: no deadlock between the two.
 		sort.Slice(b.metaOrder, func(i, j int) bool {
-			if b.metaOrder[i].tbl != b.metaOrder[j].tbl {
-				return b.metaOrder[i].tbl < b.metaOrder[j].tbl
+			a, c := b.metaOrder[i].key, b.metaOrder[j].key
+			if a.tbl != c.tbl {
+				return a.tbl < c.tbl
 			}
-			return b.metaOrder[i].key < b.metaOrder[j].key
+			return a.key < c.key
 		})
 		// Each over its tuple as read: one that changed (or went) since
 		// fails the batch, which is then decided again on what is there.
 		var mw metaWriter
 		var fold []bool
 		anyFold := false
-		for _, k := range b.metaOrder {
-			if !b.metaNew[k] {
-				mw.add(k, b.metas[k])
-				mw.tupleXmin = append(mw.tupleXmin, b.metaXmin[k])
-				fold = append(fold, b.metaFold[k])
-				anyFold = anyFold || b.metaFold[k]
+		for _, e := range b.metaOrder {
+			if !e.new {
+				mw.add(e.key, e.meta)
+				mw.tupleXmin = append(mw.tupleXmin, e.xmin)
+				fold = append(fold, e.fold)
+				anyFold = anyFold || e.fold
 			}
 		}
 		switch {
@@ -328,11 +337,11 @@ func (b *bulk) metaStatements() []stmt {
 
 // newMetas returns the versions of keys that had none when read, in key
 // order.
-func (b *bulk) newMetas() []metaKey {
-	var out []metaKey
-	for _, k := range b.metaOrder {
-		if b.metaNew[k] {
-			out = append(out, k)
+func (b *bulk) newMetas() []*metaEntry {
+	var out []*metaEntry
+	for _, e := range b.metaOrder {
+		if e.new {
+			out = append(out, e)
 		}
 	}
 	return out
