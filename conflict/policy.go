@@ -50,7 +50,11 @@ type Policy struct {
 	Priority []RegionID // for RegionPriority: highest priority first
 	Deletes  DeleteRule
 	Counters []string // column names merged by adding deltas (see MergeCounter)
-	Resolver string   // for CustomSQL: schema-qualified function name "schema.func"
+	// Max and Min name columns that only grow (or only shrink) in every
+	// region: concurrent writes merge to the greatest (least) value, and a
+	// write that would lower (raise) one keeps the value it had.
+	Max, Min []string
+	Resolver string // for CustomSQL: schema-qualified function name "schema.func"
 }
 
 // kind returns the effective kind ("" means LastWriterWins).
@@ -66,7 +70,9 @@ func (p Policy) kind() PolicyKind {
 // Priority, or Priority set for a kind other than region_priority; a
 // Resolver missing or not of the form schema.name (identifiers
 // [a-z_][a-z0-9_]*, at most 63 bytes) for custom_sql, or set for another
-// kind; and an empty, overlong or repeated counter column.
+// kind; an empty, overlong or repeated counter, max or min column, or one
+// named in two of those lists; and max or min columns without
+// deletes: delete_wins.
 func (p Policy) Validate() error {
 	var problems []string
 	add := func(format string, args ...any) { problems = append(problems, fmt.Sprintf(format, args...)) }
@@ -112,22 +118,37 @@ func (p Policy) Validate() error {
 		add("resolver is only used by %s, not by %s", CustomSQL, kind)
 	}
 
-	seen := map[string]int{}
-	for i, c := range p.Counters {
-		switch {
-		case c == "":
-			add("counters[%d]: empty column name", i)
-		case len(c) > maxIdentLen:
-			add("counters[%d]: column name %q is longer than %d bytes", i, clip(c), maxIdentLen)
-		case strings.IndexByte(c, 0) >= 0:
-			add("counters[%d]: column name %q contains a NUL byte", i, c)
-		default:
-			if j, dup := seen[c]; dup {
-				add("counters[%d]: duplicate counter column %q (already at counters[%d])", i, c, j)
-			} else {
-				seen[c] = i
+	seen := map[string]string{} // column -> where it was first named
+	for _, list := range []struct {
+		name string
+		cols []string
+	}{{"counters", p.Counters}, {"max", p.Max}, {"min", p.Min}} {
+		for i, c := range list.cols {
+			at := fmt.Sprintf("%s[%d]", list.name, i)
+			switch {
+			case c == "":
+				add("%s: empty column name", at)
+			case len(c) > maxIdentLen:
+				add("%s: column name %q is longer than %d bytes", at, clip(c), maxIdentLen)
+			case strings.IndexByte(c, 0) >= 0:
+				add("%s: column name %q contains a NUL byte", at, c)
+			default:
+				if first, dup := seen[c]; dup && strings.HasPrefix(first, list.name+"[") {
+					add("%s: duplicate %s column %q (already at %s)", at, strings.TrimSuffix(list.name, "s"), c, first)
+				} else if dup {
+					add("%s: column %q is already merged as %s", at, c, first)
+				} else {
+					seen[c] = at
+				}
 			}
 		}
+	}
+
+	if len(p.Max)+len(p.Min) > 0 && p.Deletes != DeleteWins {
+		// An update that won over a concurrent delete would bring the row
+		// back, in the deleting region, without the values the deleted row
+		// had merged from other regions: the regions would differ.
+		add("max and min columns need deletes: %s (an update winning over a concurrent delete would bring the row back without the values it had merged)", DeleteWins)
 	}
 
 	if len(problems) == 0 {
@@ -176,6 +197,20 @@ func identProblem(s string) string {
 // case-sensitive match).
 func (p Policy) IsCounter(col string) bool { return slices.Contains(p.Counters, col) }
 
+// Merge names how a column merges concurrent writes: "counter", "max",
+// "min", or "" when it follows the policy's decision.
+func (p Policy) Merge(col string) string {
+	switch {
+	case slices.Contains(p.Counters, col):
+		return "counter"
+	case slices.Contains(p.Max, col):
+		return "max"
+	case slices.Contains(p.Min, col):
+		return "min"
+	}
+	return ""
+}
+
 // Fingerprint returns a stable canonical string of the policy. Regions
 // compare it to check that they agree. Kind "" is written as
 // last_writer_wins. Counters are a set, so they are sorted and deduplicated;
@@ -204,7 +239,29 @@ func (p Policy) Fingerprint() string {
 		}
 		b.WriteString(strconv.Quote(c))
 	}
-	b.WriteString("];resolver=")
+	b.WriteString("]")
+	// Written only when set, so that a policy without them keeps the
+	// fingerprint earlier versions computed.
+	for _, l := range []struct {
+		name string
+		cols []string
+	}{{"max", p.Max}, {"min", p.Min}} {
+		if len(l.cols) == 0 {
+			continue
+		}
+		cols := slices.Clone(l.cols)
+		slices.Sort(cols)
+		cols = slices.Compact(cols)
+		b.WriteString(";" + l.name + "=[")
+		for i, c := range cols {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(strconv.Quote(c))
+		}
+		b.WriteString("]")
+	}
+	b.WriteString(";resolver=")
 	b.WriteString(strconv.Quote(p.Resolver))
 	return b.String()
 }

@@ -50,6 +50,12 @@ func TestPolicyValidateErrors(t *testing.T) {
 		{"empty counter", Policy{Counters: []string{""}}, []string{"counters[0]: empty column name"}},
 		{"overlong counter", Policy{Counters: []string{strings.Repeat("c", 64)}}, []string{"longer than 63 bytes"}},
 		{"NUL counter", Policy{Counters: []string{"a\x00b"}}, []string{"NUL"}},
+		{"duplicate max", Policy{Deletes: DeleteWins, Max: []string{"t", "t"}}, []string{`max[1]: duplicate max column "t" (already at max[0])`}},
+		{"empty min", Policy{Deletes: DeleteWins, Min: []string{""}}, []string{"min[0]: empty column name"}},
+		{"counter also max", Policy{Deletes: DeleteWins, Counters: []string{"n"}, Max: []string{"n"}}, []string{`max[0]: column "n" is already merged as counters[0]`}},
+		{"max also min", Policy{Deletes: DeleteWins, Max: []string{"t"}, Min: []string{"t"}}, []string{`min[0]: column "t" is already merged as max[0]`}},
+		{"max without delete_wins", Policy{Max: []string{"t"}}, []string{"max and min columns need deletes: delete_wins"}},
+		{"min with update_wins", Policy{Deletes: UpdateWins, Min: []string{"t"}}, []string{"need deletes: delete_wins"}},
 		{"several problems reported together", Policy{Kind: RegionPriority, Deletes: "x", Counters: []string{"a", "a"}},
 			[]string{"non-empty priority list", `unknown delete rule "x"`, `duplicate counter column "a"`}},
 	}
@@ -143,5 +149,33 @@ func TestPolicyLabel(t *testing.T) {
 		if got := c.p.Label(); got != c.want {
 			t.Errorf("%+v.Label() = %q, want %q", c.p, got, c.want)
 		}
+	}
+}
+
+func TestPolicyMergeAndFingerprintOfMergedColumns(t *testing.T) {
+	p := Policy{Deletes: DeleteWins, Counters: []string{"hits"}, Max: []string{"updated_at", "last_seen"}, Min: []string{"first_seen"}}
+	if err := p.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	for col, want := range map[string]string{"hits": "counter", "updated_at": "max", "last_seen": "max", "first_seen": "min", "name": ""} {
+		if got := p.Merge(col); got != want {
+			t.Errorf("Merge(%q) = %q, want %q", col, got, want)
+		}
+	}
+	// Without max or min the fingerprint is the one earlier versions
+	// computed (regions running either version agree).
+	plain := Policy{Counters: []string{"hits"}}
+	if got, want := plain.Fingerprint(), `kind="last_writer_wins";priority=[];deletes="";counters=["hits"];resolver=""`; got != want {
+		t.Errorf("Fingerprint() = %s, want %s", got, want)
+	}
+	if p.Fingerprint() == plain.Fingerprint() {
+		t.Error("max and min columns do not change the fingerprint")
+	}
+	q := Policy{Deletes: DeleteWins, Counters: []string{"hits"}, Max: []string{"last_seen", "updated_at"}, Min: []string{"first_seen"}}
+	if p.Fingerprint() != q.Fingerprint() {
+		t.Errorf("the order of max columns changes the fingerprint: %s vs %s", p.Fingerprint(), q.Fingerprint())
+	}
+	if r := (Policy{Deletes: DeleteWins, Counters: []string{"hits"}, Min: []string{"updated_at", "last_seen"}, Max: []string{"first_seen"}}); r.Fingerprint() == p.Fingerprint() {
+		t.Error("swapping max and min keeps the fingerprint")
 	}
 }

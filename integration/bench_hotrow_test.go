@@ -72,12 +72,22 @@ func hotRowSchema() []string {
 }
 
 // hotRowTables are the tables' replication settings: the hits columns are
-// counters (every increment from every region is kept).
-var hotRowTables = []TableSpec{
-	{Name: "public.hot_client", Counters: []string{"hits"}},
-	{Name: "public.hot_bucket", Counters: []string{"hits"}},
-	{Name: "public.hot_total", Counters: []string{"hits"}},
-	{Name: "public.hot_history"},
+// counters (every increment from every region is kept); the client rows'
+// updated_at goes by last-writer-wins (their updates are read, decided and
+// logged as conflicts), or with HOTROW_UPDATED_AT=max keeps the latest time
+// (their concurrent updates then merge and are taken in place).
+var hotRowTables = hotRowTablesFor(os.Getenv("HOTROW_UPDATED_AT"))
+
+func hotRowTablesFor(updatedAt string) []TableSpec {
+	client := TableSpec{Name: "public.hot_client", Counters: []string{"hits"}}
+	if updatedAt == "max" {
+		client.Max, client.Deletes = []string{"updated_at"}, "delete_wins"
+	}
+	return []TableSpec{client,
+		{Name: "public.hot_bucket", Counters: []string{"hits"}},
+		{Name: "public.hot_total", Counters: []string{"hits"}},
+		{Name: "public.hot_history"},
+	}
 }
 
 // hotRowReset puts every region back to the seeded state (counters at
@@ -669,6 +679,11 @@ func BenchmarkHotRows(b *testing.B) {
 	fmt.Print(t.String())
 
 	fmt.Printf("hotrow_clients_per_region=%d\n", clients)
+	if len(hotRowTables[0].Max) > 0 {
+		fmt.Println("hotrow_updated_at=max")
+	} else {
+		fmt.Println("hotrow_updated_at=lww")
+	}
 	fmt.Printf("hotrow_seconds=%.0f\n", d.Seconds())
 	for _, r := range h.Regions {
 		fmt.Printf("hotrow_tps_without_%s=%.0f\n", r.Name, without[r.Name].TPS())

@@ -98,6 +98,8 @@ type tableFile struct {
 	Priority []string `yaml:"priority"`
 	Deletes  string   `yaml:"deletes"`
 	Counters []string `yaml:"counters"`
+	Max      []string `yaml:"max"`
+	Min      []string `yaml:"min"`
 	Resolver string   `yaml:"resolver"`
 }
 
@@ -191,7 +193,7 @@ func (fc fileConfig) toNode() (node.Config, error) {
 		cfg.Peers = append(cfg.Peers, node.Peer{ID: conflict.RegionID(p.ID), URL: p.URL, Token: tok, TLS: p.TLS.files()})
 	}
 	for _, t := range fc.Tables {
-		pol := conflict.Policy{Kind: conflict.PolicyKind(t.Policy), Deletes: conflict.DeleteRule(t.Deletes), Counters: t.Counters, Resolver: t.Resolver}
+		pol := conflict.Policy{Kind: conflict.PolicyKind(t.Policy), Deletes: conflict.DeleteRule(t.Deletes), Counters: t.Counters, Max: t.Max, Min: t.Min, Resolver: t.Resolver}
 		for _, r := range t.Priority {
 			pol.Priority = append(pol.Priority, conflict.RegionID(r))
 		}

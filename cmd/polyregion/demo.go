@@ -316,7 +316,8 @@ func demoConflicts(ctx context.Context, h *harness.Harness) error {
 		hot = append(hot, fmt.Sprintf("%s %s %d", k.Table, k.Key, k.Count))
 	}
 	fmt.Printf("    hottest keys:     %s\n", orNone(strings.Join(hot, ", ")))
-	fmt.Println("    (a usage_counters conflict decides only updated_at: the requests column is a counter, every increment kept)")
+	fmt.Println("    (usage_counters rows are not among them: requests is a counter and updated_at merges by max, so concurrent")
+	fmt.Println("    updates of a counter row lose nothing; they are counted in polyregion_merged_updates_total, not logged)")
 	if len(rep.Rows) > 0 {
 		r := rep.Rows[0]
 		fmt.Printf("    latest: %s %s %s: %s's write vs %s's, %s won (%s)\n", r.Table, r.Key, r.Kind, r.A.Origin, r.B.Origin, r.WinnerRegion, r.Policy)

@@ -39,6 +39,8 @@ type TableSpec struct {
 	Priority []string `yaml:"priority,omitempty"`
 	Deletes  string   `yaml:"deletes,omitempty"`
 	Counters []string `yaml:"counters,omitempty"`
+	Max      []string `yaml:"max,omitempty"`
+	Min      []string `yaml:"min,omitempty"`
 	Resolver string   `yaml:"resolver,omitempty"`
 }
 

@@ -73,7 +73,7 @@ var CounterSchema = []string{
 
 // CounterTables are the demo tables' replication settings.
 var CounterTables = []TableSpec{
-	{Name: "public.usage_counters", Counters: []string{"requests"}},
+	{Name: "public.usage_counters", Counters: []string{"requests"}, Max: []string{"updated_at"}, Deletes: "delete_wins"},
 	{Name: "public.profiles"},
 }
 

@@ -228,6 +228,9 @@ func Prepare(ctx context.Context, cfg Config) error {
 	if err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), peers); err != nil {
 		return err
 	}
+	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
+		return err
+	}
 	open, err := postgres.UnconfinedTables(ctx, conn, cfg.TableNames())
 	if err != nil {
 		return err

@@ -42,7 +42,7 @@ func (a *Applier) loadAlone(ctx context.Context, tx pgx.Tx, tables map[string]re
 // other table inside one transaction: no foreign key links it to another
 // table (either way, cascades included), and no trigger of the
 // application's (which could read or write other tables) and no rule is
-// on it. The applier then merges such a table's writes from several source
+// on it (the replicator's own triggers touch nothing else). The applier then merges such a table's writes from several source
 // transactions into one set-based statement, moving them past other such
 // tables' writes (see bulk.add): the source's order between two such
 // tables cannot change what either holds at commit. Rows it updates or
@@ -55,9 +55,9 @@ func standsAlone(ctx context.Context, tx pgx.Tx, table string) (bool, error) {
 		  WHERE f.contype = 'f' AND (f.conrelid = $1::pg_catalog.regclass OR f.confrelid = $1::pg_catalog.regclass)
 		    AND f.conrelid OPERATOR(pg_catalog.<>) f.confrelid)
 		+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger g
-		  WHERE g.tgrelid = $1::pg_catalog.regclass AND NOT g.tgisinternal AND g.tgname OPERATOR(pg_catalog.<>) $2)
+		  WHERE g.tgrelid = $1::pg_catalog.regclass AND NOT g.tgisinternal AND g.tgname OPERATOR(pg_catalog.<>) ALL (ARRAY[$2, $3]::pg_catalog.name[]))
 		+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_rewrite w WHERE w.ev_class = $1::pg_catalog.regclass)`,
-		qualified(table), TruncateTrigger).Scan(&others)
+		qualified(table), TruncateTrigger, MergeTrigger).Scan(&others)
 	if err != nil {
 		return false, fmt.Errorf("foreign keys, triggers and rules of %s: %w", table, err)
 	}

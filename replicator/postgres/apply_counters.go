@@ -29,8 +29,11 @@ import (
 // top of the folded one). So such updates are applied in place: each key's
 // deltas summed in the batch, `col = col + delta`, and its version folded
 // into the recorded one in SQL (polyregion.vv_merge), with no read before.
+// Max and min columns merge the same way: GREATEST (LEAST) commutes too,
+// and MergeTrigger keeps local writes from moving them back, so the row's
+// value is the greatest any write gave it, in any order.
 //
-// This needs the local table to have REPLICA IDENTITY FULL: the reader then
+// Counters need the local table to have REPLICA IDENTITY FULL: the reader then
 // takes each local write's counter deltas from the old row in the WAL, not
 // from the recorded version's sums (the fold adds its deltas to those sums
 // too, possibly before the reader has versioned an earlier local write;
@@ -49,21 +52,24 @@ type keyUse struct {
 // foldRow is one key's folded updates in a batch.
 type foldRow struct {
 	sh      replicator.Shape
-	deltas  map[string]string // counter column -> summed delta
-	version conflict.Version  // the updates' versions, folded
-	seq     int64             // source sequence number of the update that ranks highest
+	pol     conflict.Policy
+	deltas  map[string]string   // counter column -> summed delta
+	values  map[string][]string // max or min column -> the updates' values
+	version conflict.Version    // the updates' versions, folded
+	seq     int64               // source sequence number of the update that ranks highest
 }
 
 // countersOnly reports whether updates of the table's rows can be folded:
-// last-writer-wins, every non-key column an integer or numeric counter, and
-// REPLICA IDENTITY FULL here.
+// last-writer-wins, every non-key column an integer or numeric counter or a
+// max or min column (see MergeTrigger), and REPLICA IDENTITY FULL here when
+// there are counters.
 func (a *Applier) countersOnly(sh replicator.Shape) bool {
 	pol := a.policy(sh.Table)
-	if (pol.Kind != "" && pol.Kind != conflict.LastWriterWins) || !a.full[sh.Table] || !onlyCounters(sh, pol) {
+	if (pol.Kind != "" && pol.Kind != conflict.LastWriterWins) || !mergesOnly(sh, pol) || (len(pol.Counters) > 0 && !a.full[sh.Table]) {
 		return false
 	}
-	for i := range sh.Columns {
-		if !isKeyCol(sh, i) && !exactNumber(sh.Types[i]) {
+	for i, col := range sh.Columns {
+		if !isKeyCol(sh, i) && pol.IsCounter(col) && !exactNumber(sh.Types[i]) {
 			return false
 		}
 	}
@@ -110,13 +116,13 @@ func (a *Applier) foldsAfterReads(folded map[metaKey]bool, read map[string][]str
 }
 
 // fold adds one update of a counter-only row to the batch.
-func (b *bulk) fold(k metaKey, sh replicator.Shape, c *replicator.Change, seq int64) error {
+func (b *bulk) fold(k metaKey, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, seq int64) error {
 	if b.folds == nil {
 		b.folds = map[metaKey]*foldRow{}
 	}
 	f, ok := b.folds[k]
 	if !ok {
-		f = &foldRow{sh: sh, deltas: map[string]string{}, version: c.Version, seq: seq}
+		f = &foldRow{sh: sh, pol: pol, deltas: map[string]string{}, version: c.Version, seq: seq}
 		b.folds[k] = f
 		b.foldOrder = append(b.foldOrder, k)
 	} else {
@@ -125,6 +131,14 @@ func (b *bulk) fold(k metaKey, sh replicator.Shape, c *replicator.Change, seq in
 			f.seq = seq
 		}
 		f.version = v
+	}
+	for i, col := range sh.Columns {
+		if m := pol.Merge(col); (m == "max" || m == "min") && i < len(c.Row) && !c.Row[i].Unchanged && !c.Row[i].Null {
+			if f.values == nil {
+				f.values = map[string][]string{}
+			}
+			f.values[col] = append(f.values[col], c.Row[i].Text)
+		}
 	}
 	for col, d := range c.Deltas {
 		if d == "" || d == "0" {
@@ -203,9 +217,33 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 			strings.Join(unnest, ", "), strings.Join(alias, ", "), qualified(sh.Table), strings.Join(match, " AND ")),
 		args: args, want: -1,
 	}
+	pol := b.folds[ks[0]].pol
 	var sets []string
 	for i, col := range sh.Columns {
 		if isKeyCol(sh, i) {
+			continue
+		}
+		if m := pol.Merge(col); m == "max" || m == "min" {
+			// Each key's values in the batch as a JSON array; the greatest
+			// (least) of them and the row's value is kept (by the type's
+			// order, as MergeTrigger keeps it).
+			vals := make([]string, len(ks))
+			for r, k := range ks {
+				j, _ := json.Marshal(b.folds[k].values[col])
+				if string(j) == "null" {
+					j = []byte("[]")
+				}
+				vals[r] = string(j)
+			}
+			args = append(args, vals)
+			unnest = append(unnest, fmt.Sprintf("pg_catalog.unnest($%d::text[])", len(args)))
+			alias = append(alias, fmt.Sprintf("d%d", i))
+			fn, dir := "GREATEST", "DESC"
+			if m == "min" {
+				fn, dir = "LEAST", "ASC"
+			}
+			sets = append(sets, fmt.Sprintf("%[1]s = %[4]s(t.%[1]s, (SELECT e.v::%[3]s FROM pg_catalog.jsonb_array_elements_text(u.d%[2]d::pg_catalog.jsonb) AS e(v) ORDER BY 1 %[5]s NULLS LAST LIMIT 1))",
+				quoteIdent(col), i, sh.Types[i], fn, dir))
 			continue
 		}
 		vals := make([]string, len(ks))

@@ -34,7 +34,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	// are kept (below) and there is nothing else to overwrite. It is
 	// counted, not logged row by row (on the counters every region
 	// increments, nearly every applied change is such a pair).
-	merged := d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && onlyCounters(sh, pol)
+	merged := d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && mergesOnly(sh, pol)
 	if d.Conflict && !merged {
 		// The local row's image goes into the conflict log (and to a
 		// custom resolver); it is read only when needed, and in the fast
@@ -78,6 +78,10 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			countersChanged = true
 		}
 	}
+	// Max and min columns merge whichever write wins: a concurrent write
+	// that loses still brings its values, which the merge trigger takes
+	// where they are greater (less) than the row's (see MergeTrigger).
+	mergeVals := d.Conflict && d.Action == conflict.KeepLocal && s.exists && c.Row != nil && hasMaxMin(pol)
 	if d.Action == conflict.Skip && !countersChanged {
 		return nil
 	}
@@ -117,13 +121,21 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 		s.pending = append(s.pending, imageWrite{sh, row})
 		s.exists, s.written = true, true
-	case s.exists && countersChanged:
-		// The local row stays; only its counters move.
+	case s.exists && (countersChanged || mergeVals):
+		// The local row stays; only its counters (and max and min
+		// columns) move.
 		row := make([]replicator.Value, len(sh.Columns))
 		for i := range row {
 			row[i] = replicator.Value{Unchanged: true}
 		}
 		counterRow(row)
+		if mergeVals {
+			for i, col := range sh.Columns {
+				if m := pol.Merge(col); (m == "max" || m == "min") && i < len(c.Row) && !c.Row[i].Unchanged && !c.Row[i].Null {
+					row[i] = c.Row[i]
+				}
+			}
+		}
 		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
 		if s.imageKnown() {
 			s.pending = append(s.pending, imageWrite{sh, row})
@@ -192,19 +204,23 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	return nil
 }
 
-// onlyCounters reports whether every column of the table that is not in
-// its primary key is a counter.
-func onlyCounters(sh replicator.Shape, pol conflict.Policy) bool {
-	if len(pol.Counters) == 0 {
+// mergesOnly reports whether every column of the table that is not in its
+// primary key merges concurrent writes (a counter, max or min column):
+// concurrent updates of such a row then lose nothing.
+func mergesOnly(sh replicator.Shape, pol conflict.Policy) bool {
+	if len(pol.Counters)+len(pol.Max)+len(pol.Min) == 0 {
 		return false
 	}
 	for i, col := range sh.Columns {
-		if !isKeyCol(sh, i) && !pol.IsCounter(col) {
+		if !isKeyCol(sh, i) && pol.Merge(col) == "" {
 			return false
 		}
 	}
 	return true
 }
+
+// hasMaxMin reports whether the policy merges any column by max or min.
+func hasMaxMin(pol conflict.Policy) bool { return len(pol.Max)+len(pol.Min) > 0 }
 
 // ensureImage loads the local row's image unless it is known. A row this
 // batch wrote always has one, so the database (which has not seen the

@@ -1,0 +1,105 @@
+package postgres
+
+// Columns merged by max or min: a trigger keeps them from moving back in
+// every region, so that every region's value is the greatest (least) any
+// write gave them, whatever the order writes arrive in.
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/regions"
+)
+
+// MergeTrigger keeps a table's max and min columns from moving back: BEFORE
+// UPDATE, each such column takes GREATEST (LEAST) of its old and new
+// value, for the applications' writes and the applied ones alike. With it,
+// a column's value is the greatest (least) value any write, local or
+// applied, gave it, which merging by max (min) reproduces in every region
+// in any order. A write that sets such a column to NULL keeps the old
+// value.
+const MergeTrigger = "polyregion_merge_columns"
+
+// PrepareColumnMerges puts MergeTrigger on every replicated table that has
+// max or min columns (replacing it, so a changed list is followed) and
+// removes it from the others. A column that does not exist, is part of the
+// primary key or has a type without an order is refused by name.
+func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.Table) error {
+	want := map[string]bool{}
+	for _, t := range tables {
+		if len(t.Policy.Max) == 0 && len(t.Policy.Min) == 0 {
+			continue
+		}
+		want[t.Name] = true
+		sh, err := LoadShape(ctx, conn, t.Name)
+		if err != nil {
+			return fmt.Errorf("prepare max and min columns: %w", err)
+		}
+		var sets []string
+		for _, l := range []struct {
+			name, fn string
+			cols     []string
+		}{{"max", "GREATEST", t.Policy.Max}, {"min", "LEAST", t.Policy.Min}} {
+			for _, c := range l.cols {
+				i := slices.Index(sh.Columns, c)
+				switch {
+				case i < 0:
+					return fmt.Errorf("table %s: %s column %q: no such column", t.Name, l.name, c)
+				case isKeyCol(sh, i):
+					return fmt.Errorf("table %s: %s column %q is part of the primary key", t.Name, l.name, c)
+				}
+				// GREATEST needs an order of the type: ask for one now
+				// rather than fail the applications' updates later.
+				if _, err := conn.Exec(ctx, fmt.Sprintf("SELECT %s(NULL::%s, NULL::%s)", l.fn, sh.Types[i], sh.Types[i])); err != nil {
+					return fmt.Errorf("table %s: %s column %q: type %s cannot be merged by %s: %w", t.Name, l.name, c, sh.Types[i], l.name, err)
+				}
+				q := quoteIdent(c)
+				sets = append(sets, fmt.Sprintf("NEW.%s := %s(OLD.%s, NEW.%s);", q, l.fn, q, q))
+			}
+		}
+		var oid uint32
+		if err := conn.QueryRow(ctx, `SELECT $1::pg_catalog.regclass::pg_catalog.oid`, qualified(t.Name)).Scan(&oid); err != nil {
+			return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
+		}
+		fn := fmt.Sprintf("polyregion.merge_columns_%d", oid)
+		body := fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $merge$
+BEGIN
+	%s
+	RETURN NEW;
+END
+$merge$`, fn, strings.Join(sets, "\n\t"))
+		trigger := fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()`,
+			quoteIdent(MergeTrigger), qualified(t.Name), fn)
+		// Also in sessions with session_replication_role = replica: a write
+		// there that moved a column back would stay in this region alone.
+		always := fmt.Sprintf(`ALTER TABLE %s ENABLE ALWAYS TRIGGER %s`, qualified(t.Name), quoteIdent(MergeTrigger))
+		for _, stmt := range []string{body, trigger, always} {
+			if _, err := conn.Exec(ctx, stmt); err != nil {
+				return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
+			}
+		}
+	}
+	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
+		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE g.tgname = $1`, MergeTrigger)
+	if err != nil {
+		return fmt.Errorf("prepare max and min columns: %w", err)
+	}
+	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("prepare max and min columns: %w", err)
+	}
+	for _, name := range stale {
+		if want[name] {
+			continue
+		}
+		if _, err := conn.Exec(ctx, fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(MergeTrigger), qualified(name))); err != nil {
+			return fmt.Errorf("remove the max and min trigger from %s (no such columns any more): %w", name, err)
+		}
+	}
+	return nil
+}
