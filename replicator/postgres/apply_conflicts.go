@@ -144,20 +144,15 @@ func (e *executor) loadImages(ctx context.Context) error {
 func readImages(ctx context.Context, tx pgx.Tx, sh replicator.Shape, rows []*conflictRow) (map[string]json.RawMessage, error) {
 	var keys []string
 	seen := map[string]bool{}
-	cols := make([][]string, len(sh.Key))
 	for _, r := range rows {
-		if seen[r.key] {
-			continue
+		if !seen[r.key] {
+			seen[r.key] = true
+			keys = append(keys, r.key)
 		}
-		seen[r.key] = true
-		var parts []string
-		if err := json.Unmarshal([]byte(r.key), &parts); err != nil || len(parts) != len(sh.Key) {
-			return nil, fmt.Errorf("apply: %s: malformed key %s", sh.Table, r.key)
-		}
-		keys = append(keys, r.key)
-		for i, p := range parts {
-			cols[i] = append(cols[i], p)
-		}
+	}
+	lk, err := lookupKeys(sh, keys)
+	if err != nil {
+		return nil, err
 	}
 	names := make([]string, len(sh.Columns))
 	vals := make([]string, len(sh.Columns))
@@ -165,18 +160,10 @@ func readImages(ctx context.Context, tx pgx.Tx, sh replicator.Shape, rows []*con
 		names[i] = "'" + strings.ReplaceAll(c, "'", "''") + "'"
 		vals[i] = fmt.Sprintf("CASE WHEN t.%[1]s IS NULL THEN NULL ELSE pg_catalog.format('%%s', t.%[1]s) END", quoteIdent(c))
 	}
-	args := make([]any, len(sh.Key))
-	var params, alias, join []string
-	for i, ki := range sh.Key {
-		args[i] = cols[i]
-		params = append(params, fmt.Sprintf("pg_catalog.unnest($%d::text[])", i+1))
-		alias = append(alias, fmt.Sprintf("k%d", i))
-		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
-	}
-	q := fmt.Sprintf(`SELECT k.ord, r.img FROM ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)
+	q := fmt.Sprintf(`SELECT k.ord, r.img FROM %s
 		CROSS JOIN LATERAL (SELECT pg_catalog.json_object(ARRAY[%s]::text[], ARRAY[%s]::text[]) AS img FROM %s t WHERE %s LIMIT 1) r`,
-		strings.Join(params, ", "), strings.Join(alias, ", "), strings.Join(names, ", "), strings.Join(vals, ", "), qualified(sh.Table), strings.Join(join, " AND "))
-	res, err := tx.Query(ctx, q, args...)
+		lk.from, strings.Join(names, ", "), strings.Join(vals, ", "), qualified(sh.Table), lk.match)
+	res, err := tx.Query(ctx, q, lk.args...)
 	if err != nil {
 		return nil, fmt.Errorf("apply: read %s: %w", sh.Table, err)
 	}

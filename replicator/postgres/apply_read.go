@@ -240,24 +240,9 @@ func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[stri
 }
 
 func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Shape, keys []string, states map[metaKey]*rowState) error {
-	// One text[] parameter per key column, joined back by ordinality.
-	args := make([]any, len(sh.Key))
-	cols := make([][]string, len(sh.Key))
-	for _, key := range keys {
-		var parts []string
-		if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(sh.Key) {
-			return fmt.Errorf("apply: %s: malformed key %s", sh.Table, key)
-		}
-		for i, p := range parts {
-			cols[i] = append(cols[i], p)
-		}
-	}
-	var params, names, join []string
-	for i, ki := range sh.Key {
-		args[i] = cols[i]
-		params = append(params, fmt.Sprintf("pg_catalog.unnest($%d::text[])", i+1))
-		names = append(names, fmt.Sprintf("k%d", i))
-		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
+	lk, err := lookupKeys(sh, keys)
+	if err != nil {
+		return err
 	}
 	pol := a.policy(sh.Table)
 	sel := []string{"t.xmin::text AS xmin"}
@@ -269,10 +254,9 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 	// One index probe per key, locking rows in the order of keys (LIMIT
 	// keeps the subquery a nested loop: a join would be hashed over a scan
 	// of the whole table once the batch is large or the statistics stale).
-	q := fmt.Sprintf(`SELECT %s FROM ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)
-		CROSS JOIN LATERAL (SELECT %s FROM %s t WHERE %s LIMIT 1 FOR UPDATE) r`,
-		strings.Join(out, ", "), strings.Join(params, ", "), strings.Join(names, ", "), strings.Join(sel, ", "), qualified(sh.Table), strings.Join(join, " AND "))
-	rows, err := tx.Query(ctx, q, args...)
+	q := fmt.Sprintf(`SELECT %s FROM %s CROSS JOIN LATERAL (SELECT %s FROM %s t WHERE %s LIMIT 1 FOR UPDATE) r`,
+		strings.Join(out, ", "), lk.from, strings.Join(sel, ", "), qualified(sh.Table), lk.match)
+	rows, err := tx.Query(ctx, q, lk.args...)
 	if err != nil {
 		return fmt.Errorf("apply: read %s: %w", sh.Table, err)
 	}
@@ -300,4 +284,38 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 		}
 	}
 	return rows.Err()
+}
+
+// keyLookup is how a statement finds rows by arrays of keys: one text[]
+// parameter per key column ($1, $2, ...), unnested in from as k(k0, k1,
+// ..., ord), and match joining a row t to them (one index probe per key).
+type keyLookup struct {
+	args        []any
+	from, match string
+}
+
+// lookupKeys builds the lookup of keys (JSON arrays of the key columns'
+// text values, as change keys are) in a table of shape sh.
+func lookupKeys(sh replicator.Shape, keys []string) (keyLookup, error) {
+	cols := make([][]string, len(sh.Key))
+	for _, key := range keys {
+		var parts []string
+		if err := json.Unmarshal([]byte(key), &parts); err != nil || len(parts) != len(sh.Key) {
+			return keyLookup{}, fmt.Errorf("apply: %s: malformed key %s", sh.Table, key)
+		}
+		for i, p := range parts {
+			cols[i] = append(cols[i], p)
+		}
+	}
+	lk := keyLookup{args: make([]any, len(sh.Key))}
+	var params, names, join []string
+	for i, ki := range sh.Key {
+		lk.args[i] = cols[i]
+		params = append(params, fmt.Sprintf("pg_catalog.unnest($%d::text[])", i+1))
+		names = append(names, fmt.Sprintf("k%d", i))
+		join = append(join, fmt.Sprintf("t.%s = k.k%d::%s", quoteIdent(sh.Columns[ki]), i, sh.Types[ki]))
+	}
+	lk.from = fmt.Sprintf("ROWS FROM (%s) WITH ORDINALITY AS k(%s, ord)", strings.Join(params, ", "), strings.Join(names, ", "))
+	lk.match = strings.Join(join, " AND ")
+	return lk, nil
 }
