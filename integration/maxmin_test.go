@@ -48,6 +48,10 @@ func TestMaxAndMinColumnsMergeInEveryRegion(t *testing.T) {
 	// brings the greatest last_seen, eu the least first_seen; for
 	// profiles, us brings the greatest seen and (written first) loses the
 	// name to eu and ap under last-writer-wins.
+	// A restart finds the trigger in place and leaves it (replacing it
+	// would lock the table, every start).
+	triggerRow := `SELECT string_agg(g.xmin::text, ',' ORDER BY g.tgrelid) FROM pg_catalog.pg_trigger g WHERE g.tgname = 'polyregion_merge_columns'`
+	before := queryString(t, ctx, us, triggerRow)
 	stopAll(t, h)
 	writes := []struct {
 		r                 *Region
@@ -68,6 +72,9 @@ func TestMaxAndMinColumnsMergeInEveryRegion(t *testing.T) {
 	}
 	if err := h.WaitConverged(ctx, names, 2*time.Minute); err != nil {
 		t.Fatal(err)
+	}
+	if after := queryString(t, ctx, us, triggerRow); after != before {
+		t.Errorf("the restart replaced the merge triggers (pg_trigger xmin %s, then %s)", before, after)
 	}
 	for _, r := range h.Regions {
 		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.visits WHERE id = 1 AND hits = 3

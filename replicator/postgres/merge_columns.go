@@ -66,12 +66,20 @@ func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.T
 			return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
 		}
 		fn := fmt.Sprintf("polyregion.merge_columns_%d", oid)
-		body := fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $merge$
-BEGIN
-	%s
-	RETURN NEW;
-END
-$merge$`, fn, strings.Join(sets, "\n\t"))
+		src := fmt.Sprintf("\nBEGIN\n\t%s\n\tRETURN NEW;\nEND\n", strings.Join(sets, "\n\t"))
+		// In place already (the usual restart): nothing is taken, not even
+		// the brief locks on the table that creating a trigger needs.
+		var inPlace bool
+		err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid
+			WHERE g.tgrelid = $1::pg_catalog.oid AND g.tgname = $2 AND g.tgenabled = 'A' AND p.prosrc = $3
+			AND p.oid = pg_catalog.to_regprocedure($4))`, oid, MergeTrigger, src, fn+"()").Scan(&inPlace)
+		if err != nil {
+			return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
+		}
+		if inPlace {
+			continue
+		}
+		body := fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $merge$%s$merge$`, fn, src)
 		trigger := fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()`,
 			quoteIdent(MergeTrigger), qualified(t.Name), fn)
 		// Also in sessions with session_replication_role = replica: a write
