@@ -132,12 +132,14 @@ func (b *bulk) fold(k metaKey, sh replicator.Shape, pol conflict.Policy, c *repl
 		}
 		f.version = v
 	}
-	for i, col := range sh.Columns {
-		if m := pol.Merge(col); (m == "max" || m == "min") && i < len(c.Row) && !c.Row[i].Unchanged && !c.Row[i].Null {
-			if f.values == nil {
-				f.values = map[string][]string{}
+	if hasMaxMin(pol) { // counters alone keep nothing per column
+		for i, col := range sh.Columns {
+			if m := pol.Merge(col); (m == "max" || m == "min") && i < len(c.Row) && !c.Row[i].Unchanged && !c.Row[i].Null {
+				if f.values == nil {
+					f.values = map[string][]string{}
+				}
+				f.values[col] = append(f.values[col], c.Row[i].Text)
 			}
-			f.values[col] = append(f.values[col], c.Row[i].Text)
 		}
 	}
 	for col, d := range c.Deltas {
