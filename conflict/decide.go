@@ -1,8 +1,11 @@
 package conflict
 
 import (
+	"cmp"
 	"fmt"
+	"slices"
 	"strconv"
+	"strings"
 )
 
 // Version is a row's version: what the replicator records per row.
@@ -11,11 +14,15 @@ type Version struct {
 	HLC     Timestamp
 	Origin  RegionID // region of the write that produced this version
 	Deleted bool     // tombstone
+	// Siblings are concurrent writes that lost to this one and that no
+	// later write has seen, kept where they may still win (see Write).
+	Siblings []Write `json:",omitempty"`
 }
 
 // Clone returns a deep copy of v (its Vector is a new, non-nil map).
 func (v Version) Clone() Version {
 	v.Vector = v.Vector.Clone()
+	v.Siblings = slices.Clone(v.Siblings)
 	return v
 }
 
@@ -83,9 +90,11 @@ const (
 	KeepLocal                     // local non-counter columns stay
 	Skip                          // remote is older or equal: nothing changes, not a conflict (duplicate or already seen)
 	External                      // CustomSQL: caller must run Policy.Resolver and then call ResolveExternal
+	Reinstate                     // a sibling wins: its row (or its delete) replaces the local row; see Decision.Against
 )
 
-// String returns "apply_remote", "keep_local", "skip" or "external".
+// String returns "apply_remote", "keep_local", "skip", "external" or
+// "reinstate".
 func (a Action) String() string {
 	switch a {
 	case ApplyRemote:
@@ -96,6 +105,8 @@ func (a Action) String() string {
 		return "skip"
 	case External:
 		return "external"
+	case Reinstate:
+		return "reinstate"
 	}
 	return "Action(" + strconv.Itoa(int(a)) + ")"
 }
@@ -106,9 +117,26 @@ type Decision struct {
 	Conflict bool    // true exactly when Order == Concurrent
 	Kind     Kind    // set when Conflict
 	Action   Action  // what to do with the row's columns
-	Winner   Side    // set when Conflict and Action != External
+	Winner   Side    // set when Conflict and Action != External; Local when a sibling is reinstated
 	Result   Version // the row's version after the decision (store it unless Action is Skip or External)
 	Reason   string  // short human text explaining the decision
+	// Against is the write the remote one was ranked against when
+	// Conflict: the row's own write, or a sibling when the remote
+	// supersedes the row's write but not its siblings (the one Reinstate
+	// brings back when Action is Reinstate).
+	Against Write
+	// SaveLocal and SaveRemote: the local row's write (the remote one) is
+	// among Result.Siblings; keep its row for a later Reinstate.
+	SaveLocal, SaveRemote bool
+	// Contest is, for External, the two writes the resolver must rank: the
+	// first as its local argument, the second as its remote one.
+	Contest [2]Write
+
+	// What ResolveExternal needs to decide again.
+	policy      Policy
+	localExists bool
+	op          Op
+	answers     []Side
 }
 
 // candidate is one side of a concurrent pair, as the ranking sees it.
@@ -117,10 +145,6 @@ type candidate struct {
 	hlc     Timestamp
 	origin  RegionID
 	deleted bool
-}
-
-func (c candidate) version(vec Vector) Version {
-	return Version{Vector: vec, HLC: c.hlc, Origin: c.origin, Deleted: c.deleted}
 }
 
 func (c candidate) what() string {
@@ -132,53 +156,67 @@ func (c candidate) what() string {
 
 // Decide is the whole decision for one row. local is the row's current
 // version in this region (localExists=false and an empty local.Vector mean
-// the row was never seen here); remote is the incoming write's version, op
-// its operation (op, not remote.Deleted, says whether the remote is a
-// delete).
+// the row was never seen here), with its siblings; remote is the incoming
+// write's version, op its operation (op, not remote.Deleted, says whether
+// the remote is a delete).
 //
 // Compare(local.Vector, remote.Vector) decides first:
 //
-//   - Before (remote dominates): ApplyRemote; Result is remote with
-//     Vector = Merge(local, remote) (which equals remote's). A never-seen
-//     row is Before every remote with a non-empty vector.
 //   - After or Equal: Skip; Result is local (Vector normalised by Merge,
-//     which only drops zero entries).
-//   - Concurrent, but the remote write has seen the write holding the row
-//     (remote.Vector has local.Origin's tick of it): the local vector is
-//     ahead only by writes that already lost to that one, so the remote is
-//     its causal successor: ApplyRemote with the merged vector, no
-//     conflict.
-//   - Concurrent otherwise: a conflict. Kind comes from op and whether the local row
+//     which only drops zero entries; siblings kept).
+//   - The remote write has seen the write holding the row (Before, or
+//     Concurrent with remote.Vector holding local.Origin's tick of that
+//     write): it is that write's causal successor. Siblings it has seen are
+//     dropped. With none left, ApplyRemote, no conflict. Otherwise the
+//     remote competes with the siblings it has not seen, a conflict: the
+//     highest-ranked of them wins (ApplyRemote, or Reinstate when a
+//     sibling does), and Against is the sibling the remote was ranked
+//     against last.
+//   - Concurrent otherwise: a conflict between the write holding the row
+//     and the remote one. Kind comes from op and whether the local row
 //     is live (exists and is not deleted). When exactly one side is a
 //     delete/tombstone and the policy has a delete rule, that rule picks the
 //     winner (DeleteWins: the deleting side; UpdateWins: the live side).
 //     Otherwise the policy kind does: LastWriterWins, or RegionPriority with
-//     ties going to LastWriterWins. CustomSQL gives Action External with
-//     Result the unchanged local version, except that delete/delete is
-//     decided by LastWriterWins. The ranking ends with Origin byte order and
-//     then tombstone over live, so any two different writes are strictly
-//     ordered; if all three are identical, Local wins.
-//     Result is the winning write: Vector = Merge(local, remote), and HLC,
-//     Origin and Deleted are the winner's. Action is ApplyRemote if the
-//     winner is Remote, else KeepLocal. DeleteDelete is always KeepLocal
-//     (the row stays deleted), with the winning tombstone in Result.
+//     ties going to LastWriterWins. CustomSQL gives Action External, except
+//     that delete/delete is decided by LastWriterWins. The ranking ends
+//     with Origin byte order and then tombstone over live, so any two
+//     different writes are strictly ordered; if all three are identical,
+//     Local wins. Action is ApplyRemote if the remote wins, else KeepLocal;
+//     DeleteDelete is always KeepLocal (the row stays deleted), with the
+//     winning tombstone in Result.
+//
+// In every case Result.Vector is Merge(local, remote), and HLC, Origin and
+// Deleted are the winning write's. Result.Siblings are the writes that lost
+// and may still win once the winner is superseded (see Write); SaveLocal
+// and SaveRemote say that the local row's write or the remote one is among
+// them, so the caller keeps its row for a later Reinstate.
 func Decide(p Policy, local Version, localExists bool, remote Version, op Op) Decision {
-	order := Compare(local.Vector, remote.Vector)
-	d := Decision{Order: order}
-	switch order {
-	case Before:
-		d.Action = ApplyRemote
-		d.Result = Version{
-			Vector:  Merge(local.Vector, remote.Vector),
-			HLC:     remote.HLC,
-			Origin:  remote.Origin,
-			Deleted: op == OpDelete,
-		}
-		// Constant texts on the paths every applied row takes (the vectors
-		// are in Result): formatting them was a tenth of the applier's CPU.
-		d.Reason = "causal: remote vector dominates local"
+	return decide(p, local, localExists, remote, op, nil)
+}
+
+// ResolveExternal finishes a CustomSQL decision once the resolver ranked
+// the two writes in Decision.Contest (the first as its local argument, the
+// second as its remote one); local and remote must be the versions given
+// to Decide. The answer may lead to another External decision, when the
+// remote write competes with more than one sibling: ask the resolver
+// again. The result follows the same rules as a decision made by Decide. A
+// decision whose Action is not External, or a winner that is neither Local
+// nor Remote, comes back unchanged, so the caller still sees External and
+// must not store Result.
+func ResolveExternal(d Decision, local, remote Version, winner Side) Decision {
+	if d.Action != External || (winner != Local && winner != Remote) {
 		return d
-	case After, Equal:
+	}
+	return decide(d.policy, local, d.localExists, remote, d.op, append(slices.Clone(d.answers), winner))
+}
+
+// decide is Decide with the custom resolver's answers so far, in the order
+// its contests come up.
+func decide(p Policy, local Version, localExists bool, remote Version, op Op, answers []Side) Decision {
+	order := Compare(local.Vector, remote.Vector)
+	d := Decision{Order: order, policy: p, localExists: localExists, op: op, answers: answers}
+	if order == After || order == Equal {
 		d.Action = Skip
 		d.Result = local.Clone()
 		d.Result.Vector = Merge(local.Vector, remote.Vector)
@@ -189,71 +227,129 @@ func Decide(p Policy, local Version, localExists bool, remote Version, op Op) De
 		}
 		return d
 	}
-
-	if seen := local.Vector.Get(local.Origin); local.Origin != "" && seen > 0 && remote.Vector.Get(local.Origin) >= seen {
-		// The remote write has seen the write that holds the row (its
-		// origin's tick of it); what it has not seen are writes that
-		// already lost to that one. It overwrote what it read: a causal
-		// successor, not a conflict.
-		d.Action = ApplyRemote
-		d.Result = Version{
-			Vector:  Merge(local.Vector, remote.Vector),
-			HLC:     remote.HLC,
-			Origin:  remote.Origin,
-			Deleted: op == OpDelete,
+	merged := Merge(local.Vector, remote.Vector)
+	lw := Write{Origin: local.Origin, Tick: local.Vector.Get(local.Origin), HLC: local.HLC, Deleted: local.Deleted || !localExists}
+	rw := Write{Origin: remote.Origin, Tick: remote.Vector.Get(remote.Origin), HLC: remote.HLC, Deleted: op == OpDelete}
+	var open []Write // siblings the remote has not seen
+	for _, s := range local.Siblings {
+		if !rw.saw(remote.Vector, s) {
+			open = append(open, s)
 		}
-		d.Reason = fmt.Sprintf("causal: remote %q has seen the winning write %s:%d (local %q also holds writes that lost to it)",
-			remote.Vector.String(), local.Origin, seen, local.Vector.String())
-		return d
 	}
-	l := candidate{side: Local, hlc: local.HLC, origin: local.Origin, deleted: local.Deleted || !localExists}
-	r := candidate{side: Remote, hlc: remote.HLC, origin: remote.Origin, deleted: op == OpDelete}
-	d.Conflict = true
-	d.Kind = conflictKind(l.deleted, r.deleted, op)
-	winner, reason, external := pick(p, l, r)
-	if external {
-		d.Action = External
-		d.Result = local.Clone()
-		d.Reason = reason
-		return d
-	}
-	return settle(d, local.Vector, remote.Vector, l, r, winner, reason)
-}
-
-// ResolveExternal finishes a CustomSQL decision once the resolver picked a
-// side; local and remote must be the versions given to Decide. The result
-// follows the same rules as a decision made by Decide: Result is the
-// winner's write with the merged vector. A decision whose Action is not
-// External, or a winner that is neither Local nor Remote, comes back
-// unchanged, so the caller still sees External and must not store Result.
-func ResolveExternal(d Decision, local, remote Version, winner Side) Decision {
-	if d.Action != External || (winner != Local && winner != Remote) {
-		return d
-	}
-	l := candidate{side: Local, hlc: local.HLC, origin: local.Origin, deleted: d.Kind == UpdateDelete || d.Kind == DeleteDelete}
-	r := candidate{side: Remote, hlc: remote.HLC, origin: remote.Origin, deleted: d.Kind == DeleteUpdate || d.Kind == DeleteDelete}
-	return settle(d, local.Vector, remote.Vector, l, r, winner, d.Reason+"; resolver chose "+winner.String())
-}
-
-// settle fills in a conflict decision once the winner is known.
-func settle(d Decision, localVec, remoteVec Vector, l, r candidate, winner Side, reason string) Decision {
-	w := l
-	if winner == Remote {
-		w = r
-	}
-	d.Winner = winner
-	d.Result = w.version(Merge(localVec, remoteVec))
-	switch {
-	case d.Kind == DeleteDelete:
-		d.Action = KeepLocal
-		reason = "delete_delete: row stays deleted; " + reason
-	case winner == Remote:
+	successor := order == Before || (local.Origin != "" && lw.Tick > 0 && rw.saw(remote.Vector, lw))
+	if successor && len(open) == 0 {
 		d.Action = ApplyRemote
-	default:
-		d.Action = KeepLocal
+		d.Result = rw.version(merged, nil)
+		if order == Before {
+			// Constant texts on the paths every applied row takes (the
+			// vectors are in Result): formatting them was a tenth of the
+			// applier's CPU.
+			d.Reason = "causal: remote vector dominates local"
+		} else {
+			d.Reason = fmt.Sprintf("causal: remote %q has seen the winning write %s:%d (local %q also holds writes that lost to it)",
+				remote.Vector.String(), local.Origin, lw.Tick, local.Vector.String())
+		}
+		return d
+	}
+	d.Conflict = true
+	asked := 0
+	if !successor {
+		// The write holding the row against the remote one.
+		d.Kind = conflictKind(lw.Deleted, rw.Deleted, op)
+		d.Against = lw
+		winner, reason, ok := contest(p, lw, rw, answers, &asked)
+		if !ok {
+			return external(d, local, lw, rw, reason)
+		}
+		w, lost := rw, lw
+		d.Action, d.Winner = ApplyRemote, Remote
+		if winner == Local {
+			w, lost = lw, rw
+			d.Action, d.Winner = KeepLocal, Local
+		}
+		if d.Kind == DeleteDelete {
+			d.Action = KeepLocal
+			reason = "delete_delete: row stays deleted; " + reason
+		}
+		d.Reason = reason
+		d.Result = w.version(merged, keepable(p, w, append(open, lost)))
+		d.SaveLocal, d.SaveRemote = d.Result.holds(lw), d.Result.holds(rw)
+		return d
+	}
+	// The remote write supersedes the row's, not these siblings: the
+	// highest-ranked of them and the remote wins. Siblings are ranked in a
+	// fixed order, so every region asks a resolver the same questions.
+	slices.SortFunc(open, func(a, b Write) int {
+		if c := strings.Compare(string(a.Origin), string(b.Origin)); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.Tick, b.Tick)
+	})
+	best := open[0]
+	for _, s := range open[1:] {
+		winner, reason, ok := contest(p, best, s, answers, &asked)
+		if !ok {
+			return external(d, local, best, s, reason)
+		}
+		if winner == Remote {
+			best = s
+		}
+	}
+	d.Against = best
+	d.Kind = conflictKind(best.Deleted, rw.Deleted, op)
+	winner, reason, ok := contest(p, best, rw, answers, &asked)
+	if !ok {
+		return external(d, local, best, rw, reason)
+	}
+	w := rw
+	d.Winner = winner
+	d.Action = ApplyRemote
+	if winner == Local {
+		w = best
+		d.Action = Reinstate
+		reason = fmt.Sprintf("remote supersedes the row's write but not sibling %s:%d, which wins: %s", best.Origin, best.Tick, reason)
+	} else {
+		reason = fmt.Sprintf("remote supersedes the row's write and beats sibling %s:%d: %s", best.Origin, best.Tick, reason)
 	}
 	d.Reason = reason
+	var lost []Write
+	for _, s := range append(open, rw) {
+		if !s.same(w) {
+			lost = append(lost, s)
+		}
+	}
+	d.Result = w.version(merged, keepable(p, w, lost))
+	d.SaveRemote = d.Result.holds(rw)
 	return d
+}
+
+// external returns the decision that asks the custom resolver to rank a
+// (its local argument) against b (its remote one).
+func external(d Decision, local Version, a, b Write, reason string) Decision {
+	d.Action = External
+	d.Winner = 0
+	d.Contest = [2]Write{a, b}
+	d.Result = local.Clone()
+	d.Reason = reason
+	return d
+}
+
+// contest ranks two concurrent writes under p: a plays the local side, b
+// the remote one. For CustomSQL it takes the next of the resolver's
+// answers; ok is false when there is none yet.
+func contest(p Policy, a, b Write, answers []Side, asked *int) (winner Side, reason string, ok bool) {
+	l := candidate{side: Local, hlc: a.HLC, origin: a.Origin, deleted: a.Deleted}
+	r := candidate{side: Remote, hlc: b.HLC, origin: b.Origin, deleted: b.Deleted}
+	winner, reason, external := pick(p, l, r)
+	if !external {
+		return winner, reason, true
+	}
+	if *asked >= len(answers) {
+		return 0, reason, false
+	}
+	winner = answers[*asked]
+	*asked++
+	return winner, reason + "; resolver chose " + winner.String(), true
 }
 
 func conflictKind(localDeleted, remoteDeleted bool, op Op) Kind {

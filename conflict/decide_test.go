@@ -2,6 +2,7 @@ package conflict
 
 import (
 	"maps"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -242,7 +243,7 @@ func TestStringers(t *testing.T) {
 	checks := map[string]string{
 		OpInsert.String(): "insert", OpUpdate.String(): "update", OpDelete.String(): "delete", Op(0).String(): "Op(0)",
 		Local.String(): "local", Remote.String(): "remote", Side(7).String(): "Side(7)",
-		ApplyRemote.String(): "apply_remote", KeepLocal.String(): "keep_local", Skip.String(): "skip", External.String(): "external", Action(0).String(): "Action(0)",
+		ApplyRemote.String(): "apply_remote", KeepLocal.String(): "keep_local", Skip.String(): "skip", External.String(): "external", Reinstate.String(): "reinstate", Action(0).String(): "Action(0)",
 	}
 	for got, want := range checks {
 		if got != want {
@@ -371,5 +372,88 @@ func TestCausalSuccessorOfWinnerIsNoConflict(t *testing.T) {
 	stale := ver("ap:5,eu:3,us:4", 96, "us", false)
 	if d := Decide(Policy{Kind: LastWriterWins}, local, true, stale, OpUpdate); !d.Conflict {
 		t.Fatalf("write that never saw ap:6: %+v, want a conflict", d)
+	}
+}
+
+// The README's example, decision by decision, in a region receiving v1,
+// v3, v2 (priority a > c > b; v2 saw v1; v3 saw neither).
+func TestDecideKeepsAndReinstatesSiblings(t *testing.T) {
+	p := Policy{Kind: RegionPriority, Priority: []RegionID{"a", "c", "b"}}
+	v1 := ver("a:1", 10, "a", false)
+	v2 := ver("a:1,b:1", 20, "b", false)
+	v3 := ver("c:1", 15, "c", false)
+
+	d := Decide(p, Version{}, false, v1, OpInsert)
+	if d.Action != ApplyRemote || d.Conflict || len(d.Result.Siblings) != 0 {
+		t.Fatalf("v1: %+v", d)
+	}
+	d = Decide(p, d.Result, true, v3, OpInsert)
+	if d.Action != KeepLocal || d.Kind != InsertInsert || !d.SaveRemote || d.SaveLocal {
+		t.Fatalf("v3 against v1: %+v", d)
+	}
+	want := []Write{{Origin: "c", Tick: 1, HLC: 15}}
+	if !slices.Equal(d.Result.Siblings, want) || d.Result.Origin != "a" {
+		t.Fatalf("v3 against v1: result %+v, want v1 with sibling v3", d.Result)
+	}
+	if d.Result.Latest() != 15 {
+		t.Fatalf("Latest = %v, want the sibling's 15", d.Result.Latest())
+	}
+	d = Decide(p, d.Result, true, v2, OpUpdate)
+	if d.Action != Reinstate || !d.Conflict || d.Winner != Local || d.Against != want[0] || d.SaveLocal {
+		t.Fatalf("v2 after v1 and v3: %+v", d)
+	}
+	// v2 lost and is kept: a later write that saw v3 but not v2 would meet it.
+	if d.Result.Origin != "c" || d.Result.HLC != 15 || d.Result.Vector.String() != "a:1,b:1,c:1" ||
+		!slices.Equal(d.Result.Siblings, []Write{{Origin: "b", Tick: 1, HLC: 20}}) || !d.SaveRemote {
+		t.Fatalf("v2 after v1 and v3: result %+v, want v3 with sibling v2", d.Result)
+	}
+	if !strings.Contains(d.Reason, "sibling c:1") {
+		t.Fatalf("reason %q does not name the sibling", d.Reason)
+	}
+
+	// The local row's write losing to a remote one is kept, when it may win
+	// again, and said so.
+	d = Decide(p, v3, true, v1, OpUpdate)
+	if d.Action != ApplyRemote || !d.SaveLocal || d.SaveRemote || !slices.Equal(d.Result.Siblings, want) {
+		t.Fatalf("v1 against local v3: %+v", d)
+	}
+	// Under last-writer-wins a loser never wins again: nothing kept.
+	d = Decide(Policy{}, v3, true, ver("a:1", 20, "a", false), OpUpdate)
+	if d.SaveLocal || len(d.Result.Siblings) != 0 {
+		t.Fatalf("lww kept a sibling: %+v", d)
+	}
+}
+
+// A custom resolver is asked once per pair, in a fixed order, when a write
+// meets several siblings.
+func TestResolveExternalAgainstSeveralSiblings(t *testing.T) {
+	p := Policy{Kind: CustomSQL, Resolver: "public.pick"}
+	local := ver("a:1,b:1,c:1", 10, "a", false)
+	local.Siblings = []Write{{Origin: "c", Tick: 1, HLC: 12}, {Origin: "b", Tick: 1, HLC: 11}}
+	remote := ver("a:1,d:1", 20, "d", false) // saw a's write, not b's or c's
+	d := Decide(p, local, true, remote, OpUpdate)
+	var asked [][2]Write
+	for d.Action == External {
+		asked = append(asked, d.Contest)
+		// The resolver ranks c's write highest.
+		w := Remote
+		if d.Contest[0].Origin == "c" {
+			w = Local
+		}
+		d = ResolveExternal(d, local, remote, w)
+	}
+	wantAsked := [][2]Write{
+		{local.Siblings[1], local.Siblings[0]},               // b against c
+		{local.Siblings[0], {Origin: "d", Tick: 1, HLC: 20}}, // c against the remote
+	}
+	if !slices.Equal(asked, wantAsked) {
+		t.Fatalf("asked %+v, want %+v", asked, wantAsked)
+	}
+	if d.Action != Reinstate || d.Against.Origin != "c" || d.Result.Origin != "c" {
+		t.Fatalf("result %+v", d)
+	}
+	// b (lost to c) and the remote (lost to c) stay siblings.
+	if len(d.Result.Siblings) != 2 || !d.SaveRemote {
+		t.Fatalf("siblings %+v, SaveRemote %v", d.Result.Siblings, d.SaveRemote)
 	}
 }

@@ -30,15 +30,18 @@
 //     over live. So Decide(p, a, true, b, opB) and Decide(p, b, true, a, opA)
 //     produce the same Result (same Origin, HLC, Deleted, Vector); only the
 //     Side names differ.
-//   - Arrival order does not matter either, for writes that are pairwise
-//     concurrent, each having ticked its own region's entry
-//     ([Vector.Tick]) as real histories do. The Result of a conflict is
-//     exactly the winning write (its own Origin, HLC and Deleted, with the
-//     merged Vector), so folding such writes through Decide in any order
-//     ends in the same Result. With
-//     [LastWriterWins] and no delete rule this also holds for arbitrary
-//     causal histories, as long as every write's HLC exceeds the HLCs of the
-//     writes it saw (which [Clock.Observe] and [Next] guarantee).
+//   - Arrival order does not matter either, for any number of regions and
+//     any causal history, under every policy: of all the writes to a row,
+//     those that no other write has seen compete, and the policy's ranking
+//     picks the highest of them (see [Write] and siblings.go). A row's
+//     Version keeps the winner and the other competitors that may still win
+//     ([Version.Siblings]); a write that supersedes the winner meets them,
+//     and one of them may win again ([Reinstate]). The ranking of two
+//     writes is the policy's: first the delete rule (if any), then region
+//     priority (for [RegionPriority]) or the resolver (for [CustomSQL]),
+//     then HLC, then Origin byte order, then tombstone over live.
+//     Requirement: every write's HLC exceeds those of the writes it saw
+//     ([Clock.Observe], [Next] over [Version.Latest]).
 //   - Result.Vector is always Merge(local.Vector, remote.Vector).
 //   - The winner depends only on the two versions and the policy, never on
 //     the wall clock at decision time.
@@ -57,11 +60,17 @@
 //     fails: it treats an unknown kind as [LastWriterWins] and an unknown
 //     delete rule as [DeleteByPolicy].
 //   - After any decision except [Skip], store Decision.Result as the row's
-//     version. This includes [KeepLocal]: the vector has absorbed the remote
-//     write, and for a delete/delete conflict the winning tombstone may be
-//     the remote one.
-//   - For [External], run Policy.Resolver and pass its answer to
-//     ResolveExternal. Until then Result is the unchanged local version and
+//     version, siblings included. This includes [KeepLocal]: the vector has
+//     absorbed the remote write, and for a delete/delete conflict the
+//     winning tombstone may be the remote one. When SaveLocal or SaveRemote
+//     is set, keep that write's row with the sibling: [Reinstate] writes it
+//     back (or deletes the row, for a tombstone).
+//   - A local write has seen the row's siblings: its version has none, and
+//     a hybrid timestamp above [Version.Latest].
+//   - For [External], run Policy.Resolver on the two writes of
+//     Decision.Contest and pass its answer to ResolveExternal, again while
+//     the result is External (a write meeting several siblings needs one
+//     answer per pair). Until then Result is the unchanged local version and
 //     must not be stored. For arrival order not to matter, the resolver must
 //     be deterministic and must rank writes in a total order. Delete/delete
 //     conflicts never go to the resolver: they are decided by last-writer-wins.
@@ -71,14 +80,4 @@
 //     tombstone exactly when op is [OpDelete], whatever remote.Deleted says.
 //     On the local side, a row that does not exist (localExists false) counts
 //     as a tombstone.
-//
-// # Known limit
-//
-// [RegionPriority] and the [DeleteWins]/[UpdateWins] rules do not follow
-// causality. Say write c causally follows write a, and a beat a third write
-// b that is concurrent with both. In some arrival orders c then meets a
-// merged version that still names a as the winner, and a can beat c again.
-// A row's version keeps only the merged vector, not the winner's own vector,
-// so this package cannot tell that c supersedes a. Order independence for
-// these policies is therefore guaranteed only for pairwise-concurrent writes.
 package conflict

@@ -60,6 +60,10 @@ func TestConflictKindsFollowPolicy(t *testing.T) {
 	// delete vs delete.
 	mustExec(t, ctx, us, `DELETE FROM public.t_lww WHERE id = 2`)
 	mustExec(t, ctx, eu, `DELETE FROM public.t_lww WHERE id = 2`)
+	// Both set the same value: a conflict that loses nothing (merged).
+	mustExec(t, ctx, us, `UPDATE public.t_lww SET val = 'same' WHERE id = 3`)
+	step()
+	mustExec(t, ctx, eu, `UPDATE public.t_lww SET val = 'same' WHERE id = 3`)
 	// delete_wins: the delete wins although the update came later.
 	mustExec(t, ctx, eu, `DELETE FROM public.t_dw WHERE id = 1`)
 	step()
@@ -114,6 +118,16 @@ func TestConflictKindsFollowPolicy(t *testing.T) {
 	logged("public.t_lww", `["1"]`, "delete_update")
 	logged("public.t_lww", `["1"]`, "update_delete")
 	logged("public.t_lww", `["2"]`, "delete_delete")
+	logged("public.t_lww", `["3"]`, "update_update")
+	// What each conflict cost its losing write: two deletes and two equal
+	// updates lose nothing; every other conflict here lost a write.
+	for _, r := range h.Regions {
+		rows := queryString(t, ctx, r, `SELECT coalesce(string_agg(format('%s %s %s %s', tbl, key, kind, outcome), '; ' ORDER BY tbl, key, kind), '')
+			FROM polyregion.conflict_log WHERE outcome IS DISTINCT FROM CASE WHEN kind = 'delete_delete' OR (tbl, key) = ('public.t_lww', '["3"]') THEN 'merged' ELSE 'overwritten' END`)
+		if rows != "" {
+			t.Errorf("region %s: conflicts with the wrong outcome: %s", r.Name, rows)
+		}
+	}
 	logged("public.t_dw", `["1"]`, "update_delete")
 	logged("public.t_uw", `["1"]`, "delete_update")
 	logged("public.t_prio", `["1"]`, "update_update")
@@ -126,7 +140,7 @@ func TestConflictKindsFollowPolicy(t *testing.T) {
 	}
 	// Nothing was logged for the tables' untouched rows.
 	for _, r := range h.Regions {
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.conflict_log WHERE key NOT IN ('["1"]', '["2"]', '["100"]')`); n != 0 {
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.conflict_log WHERE key NOT IN ('["1"]', '["2"]', '["3"]', '["100"]')`); n != 0 {
 			t.Errorf("region %s: %d conflicts logged for rows nobody wrote concurrently", r.Name, n)
 		}
 	}

@@ -719,6 +719,7 @@ type ConflictRecord struct {
 	LocalOrigin, RemoteOrigin   string
 	WinnerOrigin                string
 	LocalHLC, RemoteHLC         int64
+	Outcome                     string // overwritten or merged
 }
 
 // LoserTag is the tag of the write that lost (nil for a delete).
@@ -739,7 +740,7 @@ func Conflicts(ctx context.Context, h *Harness, table, col string) ([]ConflictRe
 			return nil, err
 		}
 		rows, err := conn.Query(ctx, `SELECT region, key, kind, winner, local_row->>$2, remote_row->>$2, local_version, remote_version,
-			local_origin, remote_origin, winner_origin, local_hlc, remote_hlc FROM polyregion.conflict_log WHERE tbl = $1 ORDER BY id`, table, col)
+			local_origin, remote_origin, winner_origin, local_hlc, remote_hlc, coalesce(outcome, '') FROM polyregion.conflict_log WHERE tbl = $1 ORDER BY id`, table, col)
 		if err != nil {
 			conn.Close(context.Background())
 			return nil, err
@@ -747,7 +748,7 @@ func Conflicts(ctx context.Context, h *Harness, table, col string) ([]ConflictRe
 		for rows.Next() {
 			var c ConflictRecord
 			if err := rows.Scan(&c.Region, &c.Key, &c.Kind, &c.Winner, &c.LocalTag, &c.RemoteTag, &c.LocalVersion, &c.RemoteVersion,
-				&c.LocalOrigin, &c.RemoteOrigin, &c.WinnerOrigin, &c.LocalHLC, &c.RemoteHLC); err != nil {
+				&c.LocalOrigin, &c.RemoteOrigin, &c.WinnerOrigin, &c.LocalHLC, &c.RemoteHLC, &c.Outcome); err != nil {
 				rows.Close()
 				conn.Close(context.Background())
 				return nil, err
@@ -825,7 +826,11 @@ func (r ConflictReport) String() string {
 //   - no logged conflict is between a write and the write that read it
 //     (true conflicts only);
 //   - every region that logged the same pair of versions picked the same
-//     winning version (determinism).
+//     winning version (determinism);
+//   - every record says what the conflict cost the losing write: each
+//     write carries its own tag, so a live write that lost was overwritten,
+//     and only two deletes merge (no merged write is called lost, no lost
+//     one merged).
 func (tw *TaggedWrites) LosersLogged(ctx context.Context, h *Harness) (ConflictReport, error) {
 	rep := ConflictReport{Losers: map[string]bool{}}
 	finalTag := map[string]bool{}
@@ -870,6 +875,13 @@ func (tw *TaggedWrites) LosersLogged(ctx context.Context, h *Harness) (ConflictR
 			if causal {
 				problems = append(problems, fmt.Sprintf("false conflict in %s on key %s: %s and %s are causally ordered (one read the other)", c.Region, c.Key, a, b))
 			}
+		}
+		want := "overwritten"
+		if c.Kind == "delete_delete" {
+			want = "merged"
+		}
+		if c.Outcome != want {
+			problems = append(problems, fmt.Sprintf("%s conflict in %s on key %s logged as %q, want %q", c.Kind, c.Region, c.Key, c.Outcome, want))
 		}
 		pair := [3]string{c.Key, c.LocalVersion, c.RemoteVersion}
 		if pair[1] > pair[2] {

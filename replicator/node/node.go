@@ -495,7 +495,7 @@ func (f *follower) once(ctx context.Context) error {
 		OnCommit: func(s postgres.CommitStats) {
 			cs := make([]obs.Conflict, len(s.Conflicts))
 			for i, c := range s.Conflicts {
-				cs[i] = obs.Conflict(c)
+				cs[i] = obs.Conflict{Table: c.Table, Kind: c.Kind, Policy: c.Policy, Outcome: string(c.Outcome)}
 			}
 			f.mon.Metrics().Applied(string(f.peer.ID), s.Txns, s.Changes, s.Parked, cs, s.Merged, s.Duration)
 			f.mon.PeerApplied(f.peer.ID, uint64(s.LastSeq), s.LastCommitUnix)

@@ -131,6 +131,9 @@ func (g *tombstones) round(ctx context.Context) error {
 	if len(tables) == 0 {
 		return nil
 	}
+	// How far each origin's writes are settled everywhere: its tombstones,
+	// and siblings it wrote, up to there can no longer meet a concurrent write.
+	safeFor := map[string]int64{}
 	for _, origin := range g.cfg.Cluster.Regions {
 		safe := int64(math.MaxInt64)
 		for _, r := range g.cfg.Cluster.Regions {
@@ -150,10 +153,14 @@ func (g *tombstones) round(ctx context.Context) error {
 			// this is) would otherwise bring the row back when retried.
 			safe = min(safe, applied[origin])
 		}
+		safeFor[string(origin)] = safe
+	}
+	for _, origin := range g.cfg.Cluster.Regions {
+		safe := safeFor[string(origin)]
 		if safe == 0 {
 			continue
 		}
-		n, err := postgres.CollectTombstones(ctx, conn, tables, string(origin), safe)
+		n, err := postgres.CollectTombstones(ctx, conn, tables, string(origin), safe, safeFor)
 		if err != nil {
 			return err
 		}

@@ -101,7 +101,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.readerWait = f.counterVec("polyregion_apply_reader_wait_seconds_total", "Time the applier waited for the local reader, by whether it held application rows locked meanwhile.", []string{"peer", "holding_rows"})
 	m.parkedTotal = f.counterVec("polyregion_parked_total", "Changes from the peer parked (could not be applied yet).", peer)
 	m.backlog = f.gaugeVec("polyregion_outbox_backlog_transactions", "This region's transactions the peer has not confirmed yet.", peer)
-	m.conflicts = f.counterVec("polyregion_conflicts_total", "Concurrent writes resolved here and logged, by table, what collided and the table's policy.", []string{"table", "kind", "policy"})
+	m.conflicts = f.counterVec("polyregion_conflicts_total", "Concurrent writes resolved here and logged, by table, what collided, the table's policy and outcome: overwritten (the losing write's data is gone) or merged (nothing of it is).", []string{"table", "kind", "policy", "outcome"})
 	m.merged = f.counterVec("polyregion_merged_updates_total", "Concurrent updates of rows whose columns are all key or counter columns, resolved here with every increment kept and nothing overwritten (not logged as conflicts).", peer)
 	m.errors = f.counterVec("polyregion_errors_total", "Errors by kind.", []string{"kind"})
 	m.refused = f.counterVec("polyregion_link_refused_total", "Requests from the peer refused, and not recorded, because they claimed a position beyond what this region shipped to it (an acknowledgement or a resume position), by reason.", []string{"peer", "reason"})
@@ -138,7 +138,9 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	kinds := []conflict.Kind{conflict.InsertInsert, conflict.UpdateUpdate, conflict.UpdateDelete, conflict.DeleteUpdate, conflict.DeleteDelete}
 	for _, t := range tables {
 		for _, k := range kinds {
-			m.conflicts.WithLabelValues(t.Name, string(k), t.Policy.Label())
+			for _, o := range []conflict.Outcome{conflict.Overwritten, conflict.Merged} {
+				m.conflicts.WithLabelValues(t.Name, string(k), t.Policy.Label(), string(o))
+			}
 		}
 	}
 	for _, k := range ErrorKinds {
@@ -171,7 +173,7 @@ func (m *Metrics) LinkRefused(peer, reason string) {
 }
 
 // Conflict is one logged conflict, as Applied counts it.
-type Conflict struct{ Table, Kind, Policy string }
+type Conflict struct{ Table, Kind, Policy, Outcome string }
 
 // Applied counts one committed apply transaction from peer.
 func (m *Metrics) Applied(peer string, txns, rows, parked int, conflicts []Conflict, merged int, d time.Duration) {
@@ -185,7 +187,7 @@ func (m *Metrics) Applied(peer string, txns, rows, parked int, conflicts []Confl
 		m.parkedTotal.WithLabelValues(peer).Add(float64(parked))
 	}
 	for _, c := range conflicts {
-		m.conflicts.WithLabelValues(c.Table, c.Kind, c.Policy).Inc()
+		m.conflicts.WithLabelValues(c.Table, c.Kind, c.Policy, c.Outcome).Inc()
 	}
 }
 

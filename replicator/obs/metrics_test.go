@@ -102,7 +102,7 @@ func MissingSeries(used map[string][]string, families map[string]bool) []string 
 
 func TestMetricsDeployFilesUseExistingSeries(t *testing.T) {
 	m := NewMetrics("us", []conflict.RegionID{"eu", "ap"}, []regions.Table{{Name: "public.t"}, {Name: "public.c", Policy: conflict.Policy{Counters: []string{"n"}}}})
-	m.Applied("eu", 2, 10, 1, []Conflict{{"public.t", string(conflict.UpdateUpdate), "last_writer_wins"}}, 4, 3*time.Millisecond)
+	m.Applied("eu", 2, 10, 1, []Conflict{{"public.t", string(conflict.UpdateUpdate), "last_writer_wins", string(conflict.Overwritten)}}, 4, 3*time.Millisecond)
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)

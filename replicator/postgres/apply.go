@@ -69,9 +69,13 @@ type CommitStats struct {
 	Duration       time.Duration // from the local transaction's start to its commit
 }
 
-// ConflictStat names one logged conflict: the table, what collided and the
-// table's policy.
-type ConflictStat struct{ Table, Kind, Policy string }
+// ConflictStat names one logged conflict: the table, what collided, the
+// table's policy and what it cost the losing write (conflict.Outcome).
+type ConflictStat struct {
+	Table, Kind, Policy string
+	Outcome             conflict.Outcome
+	row                 *conflictRow // Outcome is read from it once the local image is known
+}
 
 // Applier applies one source region's transactions to the local database.
 // Apply is not safe for concurrent use; run one Applier per source region.
@@ -330,6 +334,9 @@ func (a *Applier) commit(ctx context.Context, ex *executor, last *replicator.Txn
 	}
 	if err := ex.tx.Commit(ctx); err != nil {
 		return 0, fmt.Errorf("apply: commit: %w", err)
+	}
+	for i := range ex.conflicts {
+		ex.conflicts[i].Outcome = ex.conflicts[i].row.outcome()
 	}
 	if a.cfg.OnCommit != nil {
 		a.cfg.OnCommit(CommitStats{Txns: ex.txns, Changes: ex.changes, Parked: ex.parked, Conflicts: ex.conflicts, Merged: ex.merged,

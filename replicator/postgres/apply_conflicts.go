@@ -26,6 +26,7 @@ type conflictRow struct {
 	localRow, remoteRow                                  *string
 	sourceSeq                                            int64
 	reason                                               string
+	pol                                                  conflict.Policy
 	// base: the local row's image is the row as the batch found it in the
 	// table (read by loadImages) with writes, this batch's earlier writes to
 	// it, folded in.
@@ -40,8 +41,18 @@ func (a *Applier) conflictRecord(pol conflict.Policy, sh replicator.Shape, t *re
 	lv := before.version()
 	r := &conflictRow{region: string(a.cfg.Region), tbl: sh.Table, key: c.Key, kind: string(d.Kind), policy: pol.Label(), winner: d.Winner.String(), winnerOrigin: string(d.Result.Origin),
 		localOrigin: string(lv.Origin), remoteOrigin: string(c.Version.Origin), localVersion: lv.Vector.String(), remoteVersion: c.Version.Vector.String(),
-		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(t.Seq), reason: d.Reason}
+		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(t.Seq), reason: d.Reason, pol: pol}
 	switch {
+	case d.Against.Origin != lv.Origin || d.Against.Tick != lv.Vector.Get(lv.Origin):
+		// The remote write superseded the row's and met a sibling: the
+		// sibling is the local side.
+		w := d.Against
+		sd := before.meta.siblings[dotOf(w)]
+		r.localOrigin, r.localVersion, r.localHLC = string(w.Origin), sd.vector(w).String(), int64(w.HLC)
+		if sd.row != nil && !w.Deleted {
+			s := string(sd.row)
+			r.localRow = &s
+		}
 	case before.baseDeferred && before.image == nil:
 		r.base, r.sh, r.writes = true, &sh, slices.Clone(before.pending)
 	case before.image != nil:
@@ -59,23 +70,44 @@ func (a *Applier) conflictRecord(pol conflict.Policy, sh replicator.Shape, t *re
 // is left to loadImages: in the fast path, for a row the batch has not
 // written, whose image would otherwise be read from the table now, one
 // query per conflict (on the rows every region writes, most applied
-// changes can be conflicts). A custom resolver needs the image at once.
+// changes can be conflicts). A custom resolver needs the image at once,
+// and so does a policy that may keep the local row's write as a sibling.
 func defersImage(ex *executor, pol conflict.Policy, s *rowState) bool {
-	if ex.careful || pol.Kind == conflict.CustomSQL || !s.exists || s.image != nil {
+	if ex.careful || keepsSiblings(pol) || !s.exists || s.image != nil {
 		return false
 	}
 	return s.baseDeferred || (len(s.pending) == 0 && !s.written)
 }
 
 const conflictColumns = `region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
-		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason`
+		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason, outcome`
+
+// outcome is what the conflict cost the write that lost it (see
+// conflict.Policy.Outcome); the local image must be known.
+func (r *conflictRow) outcome() conflict.Outcome {
+	image := func(s *string) map[string]any {
+		if s == nil {
+			return nil
+		}
+		m := map[string]any{}
+		if json.Unmarshal([]byte(*s), &m) != nil {
+			return nil
+		}
+		return m
+	}
+	local, remote := image(r.localRow), image(r.remoteRow)
+	if r.winner == conflict.Remote.String() {
+		return r.pol.Outcome(conflict.Kind(r.kind), remote, local)
+	}
+	return r.pol.Outcome(conflict.Kind(r.kind), local, remote)
+}
 
 // stmt writes one record (careful mode: inside the change's savepoint).
 func (r *conflictRow) stmt() stmt {
 	return stmt{sql: `INSERT INTO polyregion.conflict_log (` + conflictColumns + `)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17, $18)`,
 		args: []any{r.region, r.tbl, r.key, r.kind, r.policy, r.winner, r.winnerOrigin, r.localOrigin, r.remoteOrigin,
-			r.localVersion, r.remoteVersion, r.localHLC, r.remoteHLC, r.localRow, r.remoteRow, r.sourceSeq, r.reason},
+			r.localVersion, r.remoteVersion, r.localHLC, r.remoteHLC, r.localRow, r.remoteRow, r.sourceSeq, r.reason, string(r.outcome())},
 		want: -1}
 }
 
@@ -83,22 +115,23 @@ func (r *conflictRow) stmt() stmt {
 func conflictsStmt(rows []*conflictRow) stmt {
 	n := len(rows)
 	tbl, key, kind, pol, winner, wo := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	lo, ro, lv, rv, reason := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
+	lo, ro, lv, rv, reason, outcome := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	lh, rh, seq := make([]int64, n), make([]int64, n), make([]int64, n)
 	lrow, rrow := make([]*string, n), make([]*string, n)
 	for i, r := range rows {
 		tbl[i], key[i], kind[i], pol[i], winner[i], wo[i] = r.tbl, r.key, r.kind, r.policy, r.winner, r.winnerOrigin
 		lo[i], ro[i], lv[i], rv[i], reason[i] = r.localOrigin, r.remoteOrigin, r.localVersion, r.remoteVersion, r.reason
 		lh[i], rh[i], seq[i], lrow[i], rrow[i] = r.localHLC, r.remoteHLC, r.sourceSeq, r.localRow, r.remoteRow
+		outcome[i] = string(r.outcome())
 	}
 	return stmt{sql: `INSERT INTO polyregion.conflict_log (` + conflictColumns + `)
-		SELECT $1, u.tbl, u.key, u.kind, u.policy, u.winner, u.wo, u.lo, u.ro, u.lv, u.rv, u.lh, u.rh, u.lrow::jsonb, u.rrow::jsonb, u.seq, u.reason
+		SELECT $1, u.tbl, u.key, u.kind, u.policy, u.winner, u.wo, u.lo, u.ro, u.lv, u.rv, u.lh, u.rh, u.lrow::jsonb, u.rrow::jsonb, u.seq, u.reason, u.outcome
 		FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]),
 		  pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]),
 		  pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::bigint[]),
 		  pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]), pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::bigint[]),
-		  pg_catalog.unnest($17::text[])) AS u(tbl, key, kind, policy, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason)`,
-		args: []any{rows[0].region, tbl, key, kind, pol, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason},
+		  pg_catalog.unnest($17::text[]), pg_catalog.unnest($18::text[])) AS u(tbl, key, kind, policy, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason, outcome)`,
+		args: []any{rows[0].region, tbl, key, kind, pol, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason, outcome},
 		want: int64(n)}
 }
 

@@ -45,13 +45,20 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			return err
 		}
 	}
-	if d.Action == conflict.External {
-		winner, err := a.runResolver(ctx, ex.tx, pol, sh, c, s)
+	for d.Action == conflict.External {
+		winner, err := a.runResolver(ctx, ex.tx, pol, sh, c, s, d.Contest)
 		if err != nil {
 			return err
 		}
 		d = conflict.ResolveExternal(d, local, c.Version, winner)
 	}
+	if d.SaveLocal && s.exists {
+		// The local row's write became a sibling: its row is kept with it.
+		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
+			return err
+		}
+	}
+	sibs := a.siblingData(sh, t, c, s, d)
 	// Counter columns are sums of deltas: every region adds every write's
 	// delta exactly once, whatever the row's state (a tombstone keeps
 	// accumulating), so the sums agree once all deltas have arrived. Only the
@@ -85,6 +92,36 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if d.Action == conflict.Skip && !countersChanged {
 		return nil
 	}
+	// What the decision writes: the remote change's row or delete, or a
+	// reinstated sibling's.
+	var rows [][]replicator.Value
+	deleteRow := false
+	switch d.Action {
+	case conflict.ApplyRemote:
+		deleteRow = c.Op == conflict.OpDelete
+		if !deleteRow {
+			rows = [][]replicator.Value{c.Row}
+		}
+	case conflict.Reinstate:
+		deleteRow = d.Against.Deleted
+		if !deleteRow {
+			row, err := reinstatedRow(sh, c.Key, s, d.Against)
+			if err != nil {
+				if !ex.parkOnError {
+					return err
+				}
+				ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
+				return nil
+			}
+			rows = [][]replicator.Value{row}
+			if c.Op != conflict.OpDelete && hasMaxMin(pol) {
+				// The remote write lost but its max and min values merge:
+				// written first, the trigger keeps the greatest (least)
+				// when the sibling's row goes over it.
+				rows = [][]replicator.Value{c.Row, row}
+			}
+		}
+	}
 	before := *s
 	var ops []op
 	counterRow := func(row []replicator.Value) {
@@ -95,32 +132,34 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 	}
 	switch {
-	case d.Action == conflict.ApplyRemote && c.Op == conflict.OpDelete:
+	case deleteRow:
 		if s.exists {
 			ops = append(ops, op{kind: opDelete, sh: &sh, key: c.Key})
 		}
 		s.exists, s.values, s.image, s.pending, s.baseDeferred = false, nil, nil, nil, false
-	case d.Action == conflict.ApplyRemote:
-		row := make([]replicator.Value, len(c.Row))
-		copy(row, c.Row)
-		counterRow(row)
-		if s.exists {
-			ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
-		} else {
-			for i, v := range row {
-				if v.Unchanged {
-					reason := fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i])
-					if !ex.parkOnError {
-						return errors.New(reason)
+	case len(rows) > 0:
+		for _, src := range rows {
+			row := make([]replicator.Value, len(src))
+			copy(row, src)
+			counterRow(row)
+			if s.exists {
+				ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
+			} else {
+				for i, v := range row {
+					if v.Unchanged {
+						reason := fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i])
+						if !ex.parkOnError {
+							return errors.New(reason)
+						}
+						ex.park(a.cfg.Source, t.Seq, sh, c, reason)
+						return nil
 					}
-					ex.park(a.cfg.Source, t.Seq, sh, c, reason)
-					return nil
 				}
+				ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
 			}
-			ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
+			s.pending = append(s.pending, imageWrite{sh, row})
+			s.exists, s.written = true, true
 		}
-		s.pending = append(s.pending, imageWrite{sh, row})
-		s.exists, s.written = true, true
 	case s.exists && (countersChanged || mergeVals):
 		// The local row stays; only its counters (and max and min
 		// columns) move.
@@ -149,8 +188,11 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			s.values[col] = &v
 		}
 	}
-	nm := &meta{version: d.Result, srcSeq: int64(t.Seq)}
-	if d.Action == conflict.Skip || (d.Conflict && d.Winner == conflict.Local) {
+	nm := &meta{version: d.Result, srcSeq: int64(t.Seq), siblings: sibs}
+	switch {
+	case d.Action == conflict.Reinstate:
+		nm.srcSeq = before.meta.siblings[dotOf(d.Against)].seq
+	case d.Action == conflict.Skip || (d.Conflict && d.Winner == conflict.Local):
 		// The version stays (or ends) the local write's.
 		nm.srcSeq = 0
 		if s.meta != nil {
@@ -182,8 +224,10 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if s.unlocked {
 		ex.unlockedKeys = true
 	}
+	var record *conflictRow
 	if d.Conflict && !merged {
-		ops = append(ops, op{kind: opConflict, conflict: a.conflictRecord(pol, sh, t, c, before, d)})
+		record = a.conflictRecord(pol, sh, t, c, before, d)
+		ops = append(ops, op{kind: opConflict, conflict: record})
 	}
 	nm.tupleXmin = ownTuple
 	s.meta = nm
@@ -199,7 +243,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	case merged:
 		ex.merged++
 	case d.Conflict:
-		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: pol.Label()})
+		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: pol.Label(), row: record})
 	}
 	return nil
 }
@@ -275,39 +319,20 @@ func rowImage(sh replicator.Shape, row []replicator.Value, prev json.RawMessage)
 
 // runResolver calls a custom SQL resolver:
 // fn(table text, key text, local jsonb, remote jsonb, local_version jsonb, remote_version jsonb) returns text
-// answering 'local' or 'remote'. It must be deterministic: every region calls
-// it with the same arguments for the same conflict.
-func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Policy, sh replicator.Shape, c *replicator.Change, s *rowState) (conflict.Side, error) {
-	// Both regions must pass identical arguments: the row images are built
-	// from the changes' own values, ordered by column name.
-	localImg := "null"
-	if s.image != nil {
-		localImg = string(s.image)
-	}
-	remote := map[string]any{}
-	for i, col := range sh.Columns {
-		if c.Row == nil {
-			break
-		}
-		if c.Row[i].Null {
-			remote[col] = nil
-		} else {
-			remote[col] = c.Row[i].Text
-		}
-	}
-	rb, _ := json.Marshal(remote)
-	if c.Row == nil {
-		rb = []byte("null")
-	}
-	lv, _ := json.Marshal(s.version())
-	rv, _ := json.Marshal(c.Version)
+// answering 'local' or 'remote', to rank the two writes of contest (the
+// first as local): the row's own write, the remote change or a sibling.
+// It must be deterministic: every region calls it with the same arguments
+// for the same conflict.
+func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Policy, sh replicator.Shape, c *replicator.Change, s *rowState, contest [2]conflict.Write) (conflict.Side, error) {
+	localImg, lv := resolverArgs(sh, c, s, contest[0])
+	remoteImg, rv := resolverArgs(sh, c, s, contest[1])
 	schema, fn, _ := strings.Cut(pol.Resolver, ".")
 	q := fmt.Sprintf("SELECT %s.%s($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6::jsonb)::text", quoteIdent(schema), quoteIdent(fn))
 	if _, err := tx.Exec(ctx, "SAVEPOINT resolver"); err != nil {
 		return 0, fmt.Errorf("apply: resolver: %w", err)
 	}
 	var answer string
-	err := tx.QueryRow(ctx, q, sh.Table, c.Key, localImg, string(rb), string(lv), string(rv)).Scan(&answer)
+	err := tx.QueryRow(ctx, q, sh.Table, c.Key, localImg, remoteImg, string(lv), string(rv)).Scan(&answer)
 	if err != nil {
 		_, _ = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT resolver")
 		return 0, fmt.Errorf("apply: custom resolver %s for %s key %s: %w", pol.Resolver, sh.Table, c.Key, err)
@@ -322,4 +347,48 @@ func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Polic
 		return conflict.Remote, nil
 	}
 	return 0, fmt.Errorf("apply: custom resolver %s for %s key %s answered %q; it must answer 'local' or 'remote'", pol.Resolver, sh.Table, c.Key, answer)
+}
+
+// resolverArgs is a write's row image and version as a resolver gets them
+// (JSON; images built from the changes' own values, ordered by column
+// name): the remote change's, a sibling's as kept, or the local row's.
+func resolverArgs(sh replicator.Shape, c *replicator.Change, s *rowState, w conflict.Write) (img string, version []byte) {
+	if w.Origin == c.Version.Origin && w.Tick == c.Version.Vector.Get(c.Version.Origin) {
+		if c.Row == nil {
+			img = "null"
+		} else {
+			remote := map[string]any{}
+			for i, col := range sh.Columns {
+				if c.Row[i].Null {
+					remote[col] = nil
+				} else {
+					remote[col] = c.Row[i].Text
+				}
+			}
+			b, _ := json.Marshal(remote)
+			img = string(b)
+		}
+		v := c.Version
+		v.Siblings = nil
+		version, _ = json.Marshal(v)
+		return img, version
+	}
+	if s.meta != nil {
+		if sd, ok := s.meta.siblings[dotOf(w)]; ok {
+			img = "null"
+			if sd.row != nil && !w.Deleted {
+				img = string(sd.row)
+			}
+			version, _ = json.Marshal(conflict.Version{Vector: sd.vector(w), HLC: w.HLC, Origin: w.Origin, Deleted: w.Deleted})
+			return img, version
+		}
+	}
+	img = "null"
+	if s.image != nil {
+		img = string(s.image)
+	}
+	v := s.version()
+	v.Siblings = nil
+	version, _ = json.Marshal(v)
+	return img, version
 }

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -69,9 +70,19 @@ func VersionedSeq(ctx context.Context, conn *pgx.Conn, region string) (int64, er
 
 // CollectTombstones deletes the recorded versions of deleted rows of tables
 // whose deleting write came from origin with a sequence number up to seq.
-func CollectTombstones(ctx context.Context, conn *pgx.Conn, tables []string, origin string, seq int64) (int64, error) {
-	tag, err := conn.Exec(ctx, `DELETE FROM polyregion.row_version
-		WHERE deleted AND origin = $1 AND src_seq <= $2 AND tbl = ANY($3::text[])`, origin, seq, tables)
+// A tombstone with siblings (writes that lost to the delete and may still
+// win once a later write supersedes it) goes only once every sibling is as
+// settled: its origin's sequence number up to safe[origin], so that no
+// write still to come can be concurrent with it.
+func CollectTombstones(ctx context.Context, conn *pgx.Conn, tables []string, origin string, seq int64, safe map[string]int64) (int64, error) {
+	settled, err := json.Marshal(safe)
+	if err != nil {
+		return 0, fmt.Errorf("collect tombstones: %w", err)
+	}
+	tag, err := conn.Exec(ctx, `DELETE FROM polyregion.row_version v
+		WHERE v.deleted AND v.origin = $1 AND v.src_seq <= $2 AND v.tbl = ANY($3::text[])
+		  AND NOT EXISTS (SELECT FROM pg_catalog.jsonb_array_elements(coalesce(v.siblings, '[]')) s
+		      WHERE coalesce((s->>'seq')::bigint, 0) > coalesce(($4::jsonb->>(s->>'origin'))::bigint, 0))`, origin, seq, tables, string(settled))
 	if err != nil {
 		return 0, fmt.Errorf("collect tombstones: %w", err)
 	}

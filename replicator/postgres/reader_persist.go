@@ -175,8 +175,9 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			// The write's hybrid timestamp is its commit time, moved past
 			// the version it overwrote: causally later writes to a row
 			// always carry larger timestamps, whatever the clocks say, and
-			// the value does not depend on when the reader got to it.
-			hlc := conflict.Next(t.commitTime, prior.version.HLC)
+			// the value does not depend on when the reader got to it. The
+			// write has seen the row's siblings too: past theirs as well.
+			hlc := conflict.Next(t.commitTime, prior.version.Latest())
 			if hlc > maxHLC {
 				maxHLC = hlc
 			}

@@ -95,6 +95,10 @@ var schemaDDL = []string{
 		source_seq     bigint NOT NULL,
 		reason         text NOT NULL)`,
 	`CREATE INDEX IF NOT EXISTS conflict_log_time ON polyregion.conflict_log (logged_at)`,
+	// outcome: 'overwritten' when the losing write's data is gone, 'merged'
+	// when nothing of it is (see conflict.Outcome); NULL in records logged
+	// before it existed. Added after the table, so it upgrades older schemas.
+	`ALTER TABLE polyregion.conflict_log ADD COLUMN IF NOT EXISTS outcome text`,
 	`CREATE TABLE IF NOT EXISTS polyregion.parked (
 		id        bigserial PRIMARY KEY,
 		parked_at timestamptz NOT NULL DEFAULT now(),
@@ -116,6 +120,10 @@ var schemaDDL = []string{
 	// prior version of a key a local insert creates here (only a tombstone
 	// can be there; anything else fails the insert of the new version).
 	`CREATE INDEX IF NOT EXISTS row_version_tombstones ON polyregion.row_version (tbl, key) WHERE deleted`,
+	// siblings: concurrent writes that lost to the row's and may win again
+	// once it is superseded (see siblings.go); added after the table, so it
+	// upgrades older schemas.
+	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS siblings jsonb`,
 	// Every write to a replicated row rewrites its version: room left on
 	// each page lets most of those updates stay on the page (HOT), with no
 	// new index entry.
