@@ -173,6 +173,7 @@ func TestDemoEndToEnd(t *testing.T) {
 		regexp.MustCompile(`converged [0-9.]+s after the last write`),
 		regexp.MustCompile(`(?m)^    region us: \d+ counter rows, 8 profiles; counters total (\d+) of (\d+) increments issued \(ok\)$`),
 		regexp.MustCompile(`conflict summary`),
+		regexp.MustCompile(`(?m)^    [1-9]\d* writes lost \(overwritten by a concurrent write\), \d+ conflicts merged with nothing lost$`),
 		regexp.MustCompile(`(?m)^    [1-9]\d* distinct conflicts \(\d+ conflict log records`),
 		regexp.MustCompile(`(?m)^    by table: .*public\.profiles \d+`),
 		regexp.MustCompile(`(?m)^    by winner region: `),

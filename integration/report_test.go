@@ -207,7 +207,8 @@ func TestConflictReportAcrossRegions(t *testing.T) {
 	if err != nil || len(lines) != 5 || strings.Join(lines[0], ",") != strings.Join(audit.CSVHeader, ",") {
 		t.Errorf("CLI csv: %v, %d lines (want a header and 4 rows): %v", err, len(lines), lines)
 	}
-	if out := report("--format", "table", "--table", "public.orders"); !strings.Contains(string(out), "distinct conflicts  1") {
+	if out := report("--format", "table", "--table", "public.orders"); !regexp.MustCompile(`(?m)^writes lost \(overwritten\)\s+1$`).Match(out) ||
+		!regexp.MustCompile(`(?m)^distinct conflicts\s+1$`).Match(out) {
 		t.Errorf("CLI table output:\n%s", out)
 	}
 

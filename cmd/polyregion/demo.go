@@ -294,8 +294,10 @@ func demoConflicts(ctx context.Context, h *harness.Harness) error {
 		return err
 	}
 	s := rep.Summary
+	fmt.Printf("    %d writes lost (overwritten by a concurrent write), %d conflicts merged with nothing lost\n", s.Overwritten, s.Merged)
 	fmt.Printf("    %d distinct conflicts (%d conflict log records: each region that resolved one logged it), %d disputed winners\n",
 		s.Total, s.Logged, s.Disputed)
+	fmt.Println("    lost writes:")
 	counts := func(cs []audit.Count) string {
 		var parts []string
 		for _, c := range cs {

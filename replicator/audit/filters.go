@@ -28,7 +28,7 @@ type Filters struct {
 	// Pair selects conflicts between writes of exactly these two regions,
 	// written "eu-us" (sorted; the same region twice is allowed).
 	Pair string `json:"pair,omitempty"`
-	// Limit caps the detail rows (newest first); 0: no cap. The summary
+	// Limit caps the detail rows (lost writes first, then newest); 0: no cap. The summary
 	// always counts every conflict.
 	Limit int `json:"limit,omitempty"`
 }

@@ -53,7 +53,7 @@ func Render(w io.Writer, rep Report, format string) error {
 }
 
 // CSVHeader names the CSV columns.
-var CSVHeader = []string{"time", "table", "key", "kind", "policy", "winner", "winner_region",
+var CSVHeader = []string{"time", "table", "key", "outcome", "kind", "policy", "winner", "winner_region",
 	"a_origin", "a_version", "a_hlc", "a_hlc_time", "a_row",
 	"b_origin", "b_version", "b_hlc", "b_hlc_time", "b_row",
 	"reason", "logged_by", "disputed"}
@@ -64,7 +64,7 @@ func renderCSV(w io.Writer, rep Report) error {
 		return err
 	}
 	for _, r := range rep.Rows {
-		rec := []string{r.Time.Format(time.RFC3339Nano), r.Table, r.Key, r.Kind, r.Policy, r.Winner, r.WinnerRegion}
+		rec := []string{r.Time.Format(time.RFC3339Nano), r.Table, r.Key, r.Outcome, r.Kind, r.Policy, r.Winner, r.WinnerRegion}
 		for _, s := range []Side{r.A, r.B} {
 			rec = append(rec, s.Origin, s.Version, strconv.FormatInt(s.HLC, 10), s.HLCTime, string(s.Row))
 		}
@@ -108,6 +108,8 @@ func renderTable(out io.Writer, rep Report) error {
 	s := rep.Summary
 	fmt.Fprintf(w, "Conflict report\tgenerated %s\n", rep.GeneratedAt.Format(time.RFC3339))
 	fmt.Fprintf(w, "filters\t%s\n", rep.Filters.Describe())
+	fmt.Fprintf(w, "writes lost (overwritten)\t%d\n", s.Overwritten)
+	fmt.Fprintf(w, "merged (nothing lost)\t%d%s\n", s.Merged, mergedText(s.MergedBy))
 	fmt.Fprintf(w, "distinct conflicts\t%d\n", s.Total)
 	fmt.Fprintf(w, "log records read\t%d (a conflict is logged by each region that resolved it)\n", s.Logged)
 	fmt.Fprintf(w, "disputed winners\t%d\n", s.Disputed)
@@ -115,12 +117,12 @@ func renderTable(out io.Writer, rep Report) error {
 		title string
 		c     []Count
 	}{{"TABLE", s.ByTable}, {"KIND", s.ByKind}, {"POLICY", s.ByPolicy}, {"REGION PAIR", s.ByRegionPair}, {"WINNER REGION", s.ByWinner}} {
-		fmt.Fprintf(w, "\n%s\tCONFLICTS\n", b.title)
+		fmt.Fprintf(w, "\n%s\tLOST WRITES\n", b.title)
 		for _, c := range b.c {
 			fmt.Fprintf(w, "%s\t%d\n", clip(c.Name, 60), c.Count)
 		}
 	}
-	fmt.Fprintf(w, "\nHOTTEST KEYS\tTABLE\tCONFLICTS\n")
+	fmt.Fprintf(w, "\nHOTTEST KEYS\tTABLE\tLOST WRITES\n")
 	for _, k := range s.HottestKeys {
 		fmt.Fprintf(w, "%s\t%s\t%d\n", clip(k.Key, 60), k.Table, k.Count)
 	}
@@ -131,7 +133,7 @@ func renderTable(out io.Writer, rep Report) error {
 	for _, b := range s.Trend.Buckets {
 		top = max(top, b.Count)
 	}
-	fmt.Fprintf(w, "\nTREND (per %s)\tCONFLICTS\t\n", time.Duration(s.Trend.BucketSeconds)*time.Second)
+	fmt.Fprintf(w, "\nTREND (per %s)\tLOST WRITES\t\n", time.Duration(s.Trend.BucketSeconds)*time.Second)
 	for _, b := range s.Trend.Buckets {
 		bar := ""
 		if top > 0 {
@@ -142,17 +144,29 @@ func renderTable(out io.Writer, rep Report) error {
 	if err := w.Flush(); err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "\nCONFLICTS (newest first, %d of %d)\n", len(rep.Rows), len(rep.Rows)+rep.RowsOmitted)
-	fmt.Fprintln(w, "TIME\tTABLE\tKEY\tKIND\tPOLICY\tWINNER\tWRITE A\tROW A\tWRITE B\tROW B\tLOGGED BY\tREASON")
+	fmt.Fprintf(w, "\nCONFLICTS (lost writes first, newest first, %d of %d)\n", len(rep.Rows), len(rep.Rows)+rep.RowsOmitted)
+	fmt.Fprintln(w, "TIME\tTABLE\tKEY\tOUTCOME\tKIND\tPOLICY\tWINNER\tWRITE A\tROW A\tWRITE B\tROW B\tLOGGED BY\tREASON")
 	for _, r := range rep.Rows {
 		win := r.Winner + " (" + r.WinnerRegion + ")"
 		if r.Disputed {
 			win += " DISPUTED"
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Table, clip(r.Key, 60), r.Kind, r.Policy, win,
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Time.Format(time.RFC3339), r.Table, clip(r.Key, 60), r.Outcome, r.Kind, r.Policy, win,
 			sideText(r.A), clip(string(r.A.Row), 40), sideText(r.B), clip(string(r.B.Row), 40), strings.Join(r.LoggedBy, ","), clip(r.Reason, 200))
 	}
 	return w.Flush()
+}
+
+// mergedText is the merged conflicts per table, for the summary line.
+func mergedText(by []Count) string {
+	if len(by) == 0 {
+		return ""
+	}
+	parts := make([]string, len(by))
+	for i, c := range by {
+		parts[i] = c.Name + " " + strconv.Itoa(c.Count)
+	}
+	return " (" + clip(strings.Join(parts, ", "), 120) + ")"
 }
 
 func sideText(s Side) string { return s.Origin + " " + s.HLCTime + " [" + s.Version + "]" }

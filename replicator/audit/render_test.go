@@ -58,8 +58,8 @@ func TestRenderJSONFieldNamesAreStable(t *testing.T) {
 	}
 	want := map[string][]string{
 		"report":  {"filters", "generated_at", "rows", "rows_omitted", "summary"},
-		"summary": {"by_kind", "by_policy", "by_region_pair", "by_table", "by_winner_region", "disputed", "hottest_keys", "logged", "total", "trend"},
-		"row":     {"a", "b", "disputed", "key", "kind", "logged_by", "policy", "reason", "table", "time", "winner", "winner_region"},
+		"summary": {"by_kind", "by_policy", "by_region_pair", "by_table", "by_winner_region", "disputed", "hottest_keys", "logged", "merged", "merged_by_table", "overwritten", "total", "trend"},
+		"row":     {"a", "b", "disputed", "key", "kind", "logged_by", "outcome", "policy", "reason", "table", "time", "winner", "winner_region"},
 		"side":    {"hlc", "hlc_time", "origin", "row", "version"},
 		"trend":   {"bucket_seconds", "buckets"},
 	}
@@ -95,7 +95,18 @@ func TestRenderCSV(t *testing.T) {
 func TestRenderTable(t *testing.T) {
 	rep := sampleReport(t)
 	out := render(t, rep, FormatTable)
-	for _, want := range []string{"distinct conflicts  " + strconv.Itoa(rep.Summary.Total), "REGION PAIR", "HOTTEST KEYS", "TREND (per 5m0s)", "CONFLICTS (newest first, 14 of 14)", "us,eu,ap"} {
+	summary := map[string]string{}
+	for _, l := range strings.Split(out, "\n") {
+		if k, v, ok := strings.Cut(l, "  "); ok {
+			summary[k] = strings.TrimSpace(v)
+		}
+	}
+	if summary["writes lost (overwritten)"] != strconv.Itoa(rep.Summary.Overwritten) || summary["distinct conflicts"] != strconv.Itoa(rep.Summary.Total) ||
+		summary["merged (nothing lost)"] != strconv.Itoa(rep.Summary.Merged) {
+		t.Errorf("summary lines %q, %q, %q; want %d lost, %d merged, %d in all", summary["writes lost (overwritten)"], summary["merged (nothing lost)"],
+			summary["distinct conflicts"], rep.Summary.Overwritten, rep.Summary.Merged, rep.Summary.Total)
+	}
+	for _, want := range []string{"REGION PAIR", "HOTTEST KEYS", "TREND (per 5m0s)", "CONFLICTS (lost writes first, newest first, 14 of 14)", "us,eu,ap", "overwritten"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("table output lacks %q:\n%s", want, out)
 		}

@@ -49,6 +49,10 @@ type Record struct {
 	RemoteRow     json.RawMessage // nil: the remote write is a delete
 	SourceSeq     int64
 	Reason        string
+	// Outcome is what the conflict cost the write that lost it:
+	// "overwritten" or "merged" (conflict.Outcome); "" in records logged
+	// before outcomes were recorded, which count as overwritten.
+	Outcome string
 }
 
 // Side is one of the two writes of a conflict.
@@ -81,6 +85,10 @@ type Row struct {
 	// Disputed is true when the logging regions named different winners:
 	// a determinism bug worth reporting.
 	Disputed bool `json:"disputed"`
+	// Outcome is "overwritten" when the losing write's data is gone (so
+	// any logging region said, or an older record did not say), "merged"
+	// when nothing of it is.
+	Outcome string `json:"outcome"`
 }
 
 // Count is one group of a summary breakdown.
@@ -109,19 +117,25 @@ type Trend struct {
 }
 
 // Summary aggregates the distinct conflicts of a report (all of them,
-// whatever the detail limit).
+// whatever the detail limit). It leads with the writes that were lost:
+// the breakdowns and hottest keys count overwritten conflicts only;
+// merged ones (nothing lost) are counted apart.
 type Summary struct {
-	Total    int `json:"total"`    // distinct conflicts
-	Logged   int `json:"logged"`   // conflict log records read (each region's view counts)
-	Disputed int `json:"disputed"` // conflicts whose loggers named different winners
-	// Breakdowns, each sorted by count (descending), then name.
+	Overwritten int     `json:"overwritten"`     // distinct conflicts whose losing write's data is gone
+	Merged      int     `json:"merged"`          // distinct conflicts that lost nothing
+	MergedBy    []Count `json:"merged_by_table"` // merged conflicts per table
+	Total       int     `json:"total"`           // distinct conflicts, both outcomes
+	Logged      int     `json:"logged"`          // conflict log records read (each region's view counts)
+	Disputed    int     `json:"disputed"`        // conflicts whose loggers named different winners
+	// Breakdowns of the overwritten conflicts, each sorted by count
+	// (descending), then name.
 	ByTable      []Count    `json:"by_table"`
 	ByKind       []Count    `json:"by_kind"`
 	ByPolicy     []Count    `json:"by_policy"`
 	ByRegionPair []Count    `json:"by_region_pair"` // "eu-us": the two writes' origins, sorted
 	ByWinner     []Count    `json:"by_winner_region"`
 	HottestKeys  []KeyCount `json:"hottest_keys"` // the HotKeys rows with most conflicts
-	Trend        Trend      `json:"trend"`
+	Trend        Trend      `json:"trend"`        // overwritten conflicts per interval
 }
 
 // Report is a conflict audit report.
@@ -224,10 +238,13 @@ func Dedup(records []Record) []Row {
 			if win != row.Winner {
 				row.Disputed = true
 			}
+			if outcomeOf(r) == string(conflict.Overwritten) {
+				row.Outcome = string(conflict.Overwritten)
+			}
 			continue
 		}
 		row := Row{Time: r.LoggedAt.UTC(), Table: r.Table, Key: r.Key, Kind: canonicalKind(r.Kind, remoteIsA), Policy: r.Policy,
-			Winner: win, WinnerRegion: r.WinnerOrigin, Reason: r.Reason, LoggedBy: []string{r.Region}}
+			Winner: win, WinnerRegion: r.WinnerOrigin, Reason: r.Reason, LoggedBy: []string{r.Region}, Outcome: outcomeOf(r)}
 		local := side(r.LocalOrigin, r.LocalVersion, r.LocalHLC, r.LocalRow)
 		remote := side(r.RemoteOrigin, r.RemoteVersion, r.RemoteHLC, r.RemoteRow)
 		if remoteIsA {
@@ -238,10 +255,28 @@ func Dedup(records []Record) []Row {
 		index[id] = len(rows)
 		rows = append(rows, row)
 	}
+	// Lost writes first, then newest first.
 	slices.SortStableFunc(rows, func(x, y Row) int {
-		return cmp.Or(y.Time.Compare(x.Time), cmp.Compare(x.Table, y.Table), cmp.Compare(x.Key, y.Key))
+		return cmp.Or(cmp.Compare(outcomeRank(x.Outcome), outcomeRank(y.Outcome)),
+			y.Time.Compare(x.Time), cmp.Compare(x.Table, y.Table), cmp.Compare(x.Key, y.Key))
 	})
 	return rows
+}
+
+// outcomeOf is a record's outcome; older records, which do not say, count
+// as overwritten.
+func outcomeOf(r Record) string {
+	if r.Outcome == string(conflict.Merged) {
+		return r.Outcome
+	}
+	return string(conflict.Overwritten)
+}
+
+func outcomeRank(o string) int {
+	if o == string(conflict.Merged) {
+		return 1
+	}
+	return 0
 }
 
 // RegionPair names the unordered pair of a conflict's origins: "eu-us".
@@ -269,19 +304,27 @@ func Build(records []Record, f Filters, now time.Time) Report {
 	s := &rep.Summary
 	s.Total, s.Logged = len(rows), len(kept)
 	byTable, byKind, byPolicy, byPair, byWinner := map[string]int{}, map[string]int{}, map[string]int{}, map[string]int{}, map[string]int{}
+	mergedBy := map[string]int{}
 	keys := map[[2]string]int{}
 	for _, r := range rows {
+		if r.Disputed {
+			s.Disputed++
+		}
+		if r.Outcome == string(conflict.Merged) {
+			s.Merged++
+			mergedBy[r.Table]++
+			continue
+		}
+		s.Overwritten++
 		byTable[r.Table]++
 		byKind[r.Kind]++
 		byPolicy[r.Policy]++
 		byPair[r.RegionPair()]++
 		byWinner[r.WinnerRegion]++
 		keys[[2]string{r.Table, r.Key}]++
-		if r.Disputed {
-			s.Disputed++
-		}
 	}
 	s.ByTable, s.ByKind, s.ByPolicy, s.ByRegionPair, s.ByWinner = counts(byTable), counts(byKind), counts(byPolicy), counts(byPair), counts(byWinner)
+	s.MergedBy = counts(mergedBy)
 	s.HottestKeys = []KeyCount{}
 	for k, n := range keys {
 		s.HottestKeys = append(s.HottestKeys, KeyCount{Table: k[0], Key: k[1], Count: n})
@@ -292,7 +335,13 @@ func Build(records []Record, f Filters, now time.Time) Report {
 	if len(s.HottestKeys) > HotKeys {
 		s.HottestKeys = s.HottestKeys[:HotKeys]
 	}
-	s.Trend = trend(rows, f, now)
+	var lost []Row
+	for _, r := range rows {
+		if r.Outcome != string(conflict.Merged) {
+			lost = append(lost, r)
+		}
+	}
+	s.Trend = trend(lost, f, now)
 	if f.Limit > 0 && len(rows) > f.Limit {
 		rep.RowsOmitted = len(rows) - f.Limit
 		rows = rows[:f.Limit]

@@ -326,3 +326,42 @@ func TestParseTimeAndQuery(t *testing.T) {
 		t.Errorf("ParseQuery = %+v %q %v", f, format, err)
 	}
 }
+
+// Lost writes lead: the breakdowns count overwritten conflicts only, merged
+// ones are counted apart, and the rows list lost writes first. A conflict
+// one region logged as merged and another as overwritten was overwritten;
+// records from before outcomes were logged count as overwritten.
+func TestReportLeadsWithLostWrites(t *testing.T) {
+	a := write{"us", "us:1", hlc(t0, 0), `{"id": "1", "n": "1"}`}
+	b := write{"eu", "eu:1", hlc(t0, 1), `{"id": "1", "n": "1"}`}
+	c := write{"ap", "ap:1", hlc(t0, 2), `{"id": "2", "n": "2"}`}
+	d := write{"eu", "eu:2", hlc(t0, 3), `{"id": "2", "n": "3"}`}
+	merged := func(r Record) Record { r.Outcome = string(conflict.Merged); return r }
+	lost := func(r Record) Record { r.Outcome = string(conflict.Overwritten); return r }
+	recs := []Record{
+		merged(logged(1, "us", t0.Add(3*time.Second), "public.kv", `["1"]`, "update_update", a, b, "remote")),
+		merged(logged(2, "eu", t0.Add(3*time.Second), "public.kv", `["1"]`, "update_update", b, a, "local")),
+		merged(logged(3, "ap", t0.Add(1*time.Second), "public.kv", `["2"]`, "update_update", c, d, "remote")),
+		lost(logged(4, "eu", t0.Add(2*time.Second), "public.kv", `["2"]`, "update_update", d, c, "local")),
+		logged(5, "us", t0, "public.other", `["9"]`, "update_update", a, c, "remote"),
+	}
+	rep := Build(recs, Filters{}, t0.Add(time.Minute))
+	s := rep.Summary
+	if s.Total != 3 || s.Overwritten != 2 || s.Merged != 1 {
+		t.Fatalf("total %d, overwritten %d, merged %d; want 3, 2, 1", s.Total, s.Overwritten, s.Merged)
+	}
+	if !reflect.DeepEqual(s.MergedBy, []Count{{Name: "public.kv", Count: 1}}) {
+		t.Errorf("merged by table %+v", s.MergedBy)
+	}
+	if !reflect.DeepEqual(s.ByTable, []Count{{Name: "public.kv", Count: 1}, {Name: "public.other", Count: 1}}) {
+		t.Errorf("lost writes by table %+v", s.ByTable)
+	}
+	var got []string
+	for _, r := range rep.Rows {
+		got = append(got, r.Key+" "+r.Outcome)
+	}
+	want := []string{`["2"] overwritten`, `["9"] overwritten`, `["1"] merged`}
+	if !reflect.DeepEqual(got, want) {
+		t.Errorf("rows %v, want %v", got, want)
+	}
+}

@@ -57,7 +57,8 @@ func (d DB) Records(ctx context.Context, f Filters) ([]Record, error) {
 		conds = append(conds, fmt.Sprintf("((local_origin = %s AND remote_origin = %s) OR (local_origin = %s AND remote_origin = %s))", pa, pb, pb, pa))
 	}
 	sql := `SELECT id, logged_at, region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
-		local_version, remote_version, local_hlc, remote_hlc, local_row::text, remote_row::text, source_seq, reason
+		local_version, remote_version, local_hlc, remote_hlc, local_row::text, remote_row::text, source_seq, reason,
+		coalesce(outcome, '')
 		FROM polyregion.conflict_log`
 	if len(conds) > 0 {
 		sql += " WHERE " + strings.Join(conds, " AND ")
@@ -72,7 +73,7 @@ func (d DB) Records(ctx context.Context, f Filters) ([]Record, error) {
 		var local, remote *string
 		err := row.Scan(&r.ID, &r.LoggedAt, &r.Region, &r.Table, &r.Key, &r.Kind, &r.Policy, &r.Winner, &r.WinnerOrigin,
 			&r.LocalOrigin, &r.RemoteOrigin, &r.LocalVersion, &r.RemoteVersion, &r.LocalHLC, &r.RemoteHLC,
-			&local, &remote, &r.SourceSeq, &r.Reason)
+			&local, &remote, &r.SourceSeq, &r.Reason, &r.Outcome)
 		if local != nil {
 			r.LocalRow = []byte(*local)
 		}
