@@ -11,15 +11,16 @@ import "github.com/polyregion/polyregion/integration/harness"
 // The harness's names, so that tests here use them unqualified.
 
 type (
-	Harness        = harness.Harness
-	Spec           = harness.Spec
-	Region         = harness.Region
-	Cluster        = harness.Cluster
-	ClusterOptions = harness.ClusterOptions
-	TableSpec      = harness.TableSpec
-	RegionConfig   = harness.RegionConfig
-	SearchSection  = harness.SearchSection
-	SearchIndex    = harness.SearchIndex
+	Harness          = harness.Harness
+	Spec             = harness.Spec
+	Region           = harness.Region
+	Cluster          = harness.Cluster
+	ClusterOptions   = harness.ClusterOptions
+	TableSpec        = harness.TableSpec
+	RegionConfig     = harness.RegionConfig
+	SearchSection    = harness.SearchSection
+	SequencesSection = harness.SequencesSection
+	SearchIndex      = harness.SearchIndex
 )
 
 // AppDB is the application database in every region.

@@ -42,6 +42,9 @@ type Peer struct {
 type Cluster struct {
 	Regions []conflict.RegionID
 	Tables  []Table
+	// Sequences, when set, gives each region its own numbers from the
+	// sequences that fill the replicated tables' keys (see SequencePlan).
+	Sequences *SequencePlan
 }
 
 var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
@@ -95,6 +98,46 @@ func (c Cluster) Validate() error {
 			}
 		}
 	}
+	return c.validateSequences()
+}
+
+// validateSequences checks c.Sequences against the region set.
+func (c Cluster) validateSequences() error {
+	p := c.Sequences
+	if p == nil {
+		return nil
+	}
+	if p.Stride < 2 || p.Stride > MaxSequenceStride {
+		return fmt.Errorf("sequences: stride %d: must be 2 to %d (the most regions the numbers leave room for)", p.Stride, MaxSequenceStride)
+	}
+	owner := map[int64]conflict.RegionID{}
+	for _, r := range c.Regions {
+		off, ok := p.Offsets[r]
+		if !ok {
+			return fmt.Errorf("sequences: offsets: region %q has no offset (every region needs its own, 0 to %d)", r, p.Stride-1)
+		}
+		if off < 0 || off >= p.Stride {
+			return fmt.Errorf("sequences: offsets: region %q: offset %d must be 0 to %d (below the stride)", r, off, p.Stride-1)
+		}
+		if o, dup := owner[off]; dup {
+			return fmt.Errorf("sequences: offsets: regions %q and %q both have offset %d (their numbers would collide)", o, r, off)
+		}
+		owner[off] = r
+	}
+	known := map[conflict.RegionID]bool{}
+	for _, r := range c.Regions {
+		known[r] = true
+	}
+	var unknown []string
+	for r := range p.Offsets {
+		if !known[r] {
+			unknown = append(unknown, string(r))
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return fmt.Errorf("sequences: offsets: %s not among the regions", strings.Join(unknown, ", "))
+	}
 	return nil
 }
 
@@ -122,7 +165,13 @@ func (c Cluster) Fingerprint() string {
 		tabs[i] = t.Name + "=" + t.Policy.Fingerprint()
 	}
 	sort.Strings(tabs)
-	h := sha256.Sum256([]byte("regions:" + strings.Join(regs, ",") + "\ntables:" + strings.Join(tabs, "\n")))
+	text := "regions:" + strings.Join(regs, ",") + "\ntables:" + strings.Join(tabs, "\n")
+	if c.Sequences != nil {
+		// Only when set, so that clusters without it keep the fingerprint
+		// earlier versions computed.
+		text += "\nsequences:" + c.Sequences.describe()
+	}
+	h := sha256.Sum256([]byte(text))
 	return hex.EncodeToString(h[:12])
 }
 
@@ -138,6 +187,9 @@ func (c Cluster) Describe() map[string]string {
 	out["regions"] = strings.Join(regs, ",")
 	for _, t := range c.Tables {
 		out["table "+t.Name] = t.Policy.Fingerprint()
+	}
+	if c.Sequences != nil {
+		out["sequences"] = c.Sequences.describe()
 	}
 	return out
 }

@@ -26,6 +26,9 @@ type fileConfig struct {
 	Regions  []string    `yaml:"regions"`
 	Peers    []peerFile  `yaml:"peers"`
 	Tables   []tableFile `yaml:"tables"`
+	// Sequences interleaves the numbers of the sequences that fill the
+	// replicated tables' keys (agreed: identical in every region).
+	Sequences *sequencesFile `yaml:"sequences"`
 	// OutboxMaxTransactions caps what is kept for a peer that is away.
 	OutboxMaxTransactions int64 `yaml:"outbox_max_transactions"`
 	Log                   struct {
@@ -90,6 +93,12 @@ type peerFile struct {
 	Token     string    `yaml:"token"`
 	TokenFile string    `yaml:"token_file"`
 	TLS       tlsConfig `yaml:"tls"`
+}
+
+// sequencesFile is the sequences: section.
+type sequencesFile struct {
+	Stride  int64            `yaml:"stride"`
+	Offsets map[string]int64 `yaml:"offsets"`
 }
 
 type tableFile struct {
@@ -191,6 +200,13 @@ func (fc fileConfig) toNode() (node.Config, error) {
 			tok = strings.TrimSpace(string(b))
 		}
 		cfg.Peers = append(cfg.Peers, node.Peer{ID: conflict.RegionID(p.ID), URL: p.URL, Token: tok, TLS: p.TLS.files()})
+	}
+	if fc.Sequences != nil {
+		plan := &regions.SequencePlan{Stride: fc.Sequences.Stride, Offsets: map[conflict.RegionID]int64{}}
+		for r, off := range fc.Sequences.Offsets {
+			plan.Offsets[conflict.RegionID(r)] = off
+		}
+		cfg.Cluster.Sequences = plan
 	}
 	for _, t := range fc.Tables {
 		pol := conflict.Policy{Kind: conflict.PolicyKind(t.Policy), Deletes: conflict.DeleteRule(t.Deletes), Counters: t.Counters, Max: t.Max, Min: t.Min, Resolver: t.Resolver}

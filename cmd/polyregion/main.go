@@ -174,7 +174,9 @@ func checkCmd() *cobra.Command {
 		Long: `Validate the config file and check the local database: wal_level,
 track_commit_timestamp, the role's privileges, and that every replicated
 table exists and has a primary key. Prints every problem found and exits 3
-if there is any.`,
+if there is any. Names every replicated table whose key comes from a
+sequence, with a warning when no sequences: plan gives each region its own
+numbers.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, conn, err := configAndConn(cmd.Context(), path)
 			if err != nil {
@@ -187,6 +189,20 @@ if there is any.`,
 					return &exitError{exitPreflight, err}
 				}
 				return &exitError{exitRuntime, err}
+			}
+			seqs, err := postgres.KeySequences(cmd.Context(), conn, cfg.TableNames())
+			if err != nil {
+				return &exitError{exitRuntime, err}
+			}
+			for _, k := range seqs {
+				if off, ok := cfg.Cluster.Sequences.Offset(cfg.Region); ok {
+					fmt.Printf("key %s.%s comes from sequence %s: this region hands out the numbers equal to %d modulo %d\n",
+						k.Table, k.Column, k.Sequence, off, cfg.Cluster.Sequences.Stride)
+					continue
+				}
+				fmt.Printf("warning: key %s.%s comes from sequence %s, which hands out the same numbers in every region: "+
+					"rows inserted in two regions under one key conflict and one is lost (set sequences: in the configuration)\n",
+					k.Table, k.Column, k.Sequence)
 			}
 			fmt.Printf("region %s: ready (config fingerprint %s)\n", cfg.Region, cfg.Cluster.Fingerprint())
 			return nil

@@ -251,6 +251,15 @@ type RegionConfig struct {
 	ShutdownTimeout string            `yaml:"shutdown_timeout,omitempty"`
 	// Search is the search: section (the regional index feed), if any.
 	Search *SearchSection `yaml:"search,omitempty"`
+	// Sequences is the sequences: section, if any.
+	Sequences *SequencesSection `yaml:"sequences,omitempty"`
+}
+
+// SequencesSection is the sequences: section: a stride and each region's
+// offset.
+type SequencesSection struct {
+	Stride  int64            `yaml:"stride"`
+	Offsets map[string]int64 `yaml:"offsets"`
 }
 
 // SearchSection is a region's search: settings.

@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/sync/semaphore"
 
@@ -229,6 +230,9 @@ func Prepare(ctx context.Context, cfg Config) error {
 		return err
 	}
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
+		return err
+	}
+	if err := prepareSequences(ctx, conn, cfg); err != nil {
 		return err
 	}
 	open, err := postgres.UnconfinedTables(ctx, conn, cfg.TableNames())
@@ -774,4 +778,40 @@ func (f *follower) ackLoop(ctx context.Context) {
 		}
 		cancel()
 	}
+}
+
+// prepareSequences sets up the sequences that fill replicated tables' keys
+// under the cluster's plan, or, without one, warns about them: every region
+// then hands out the same numbers, and each collision is an insert/insert
+// conflict in which a row is lost.
+func prepareSequences(ctx context.Context, conn *pgx.Conn, cfg Config) error {
+	if cfg.Cluster.Sequences == nil {
+		seqs, err := postgres.KeySequences(ctx, conn, cfg.TableNames())
+		if err != nil {
+			return err
+		}
+		if len(seqs) > 0 && cfg.Logger != nil {
+			cfg.Logger.Warn("these replicated tables take keys from sequences, which hand out the same numbers in every region: "+
+				"rows inserted in two regions under one key conflict and one is lost; set sequences: (stride and one offset per region) in the configuration",
+				"keys", describeKeySequences(seqs))
+		}
+		return nil
+	}
+	changed, err := postgres.PrepareSequences(ctx, conn, cfg.TableNames(), cfg.Cluster.Sequences, cfg.Region)
+	for _, c := range changed {
+		if cfg.Logger != nil {
+			cfg.Logger.Info("sequence set to hand out this region's numbers only", "table", c.Table, "column", c.Column,
+				"sequence", c.Sequence, "stride", cfg.Cluster.Sequences.Stride, "next", c.Next)
+		}
+	}
+	return err
+}
+
+// describeKeySequences is "public.orders.id (public.orders_id_seq); ...".
+func describeKeySequences(seqs []postgres.KeySequence) string {
+	parts := make([]string, len(seqs))
+	for i, k := range seqs {
+		parts[i] = fmt.Sprintf("%s.%s (%s)", k.Table, k.Column, k.Sequence)
+	}
+	return strings.Join(parts, "; ")
 }
