@@ -2,6 +2,8 @@ package integration
 
 import (
 	"context"
+	"encoding/json"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -87,6 +89,19 @@ func TestRegionPriorityConvergesWhateverTheArrivalOrder(t *testing.T) {
 			t.Errorf("region %s: no conflict record names us's write as the one that lost\n%s", r.Name, conflictLog(t, ctx, r))
 		}
 	}
+	// v2 lost to v3 and stays a sibling where it met v3 as one (a later
+	// write that saw v3 but not v2 would meet it); status counts it.
+	out, err := exec.Command(binary, "status", "--json", "--config", ap.ConfigPath).Output()
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	var st struct {
+		RowsWithSiblings int64 `json:"rows_with_siblings"`
+	}
+	if err := json.Unmarshal(out, &st); err != nil || st.RowsWithSiblings != 1 {
+		t.Errorf("ap status: %v, rows_with_siblings %d, want 1:\n%s", err, st.RowsWithSiblings, out)
+	}
+
 	// A later write anywhere supersedes everything: siblings are gone.
 	mustExec(t, ctx, us, `UPDATE public.prio SET note = 'edited in us' WHERE id = 1`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {

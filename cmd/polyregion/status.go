@@ -56,6 +56,7 @@ its lag, and the search index's lag.`,
 			fmt.Fprintf(w, "conflicts logged\t%d\n", st.Conflicts)
 			fmt.Fprintf(w, "parked changes (open)\t%d\n", st.ParkedOpen)
 			fmt.Fprintf(w, "tombstones\t%d\n", st.Tombstones)
+			fmt.Fprintf(w, "rows keeping siblings\t%d (concurrent writes that lost and may still win)\n", st.RowsWithSiblings)
 			fmt.Fprintln(w)
 			printReplicator(w, live, liveErr)
 			fmt.Fprintln(w)

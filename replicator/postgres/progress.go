@@ -111,6 +111,10 @@ type Status struct {
 	Conflicts         int64  `json:"conflicts"`
 	ParkedOpen        int64  `json:"parked_open"`
 	Tombstones        int64  `json:"tombstones"`
+	// RowsWithSiblings counts rows whose version keeps concurrent writes
+	// that lost and may still win (a tombstone among them is not
+	// collected).
+	RowsWithSiblings int64 `json:"rows_with_siblings"`
 }
 
 // AppliedStatus is one source's apply position.
@@ -159,7 +163,8 @@ func ReadStatus(ctx context.Context, conn *pgx.Conn, region string, peers []stri
 	}
 	err = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM polyregion.conflict_log),
 		(SELECT count(*) FROM polyregion.parked WHERE resolved_at IS NULL),
-		(SELECT count(*) FROM polyregion.row_version WHERE deleted)`).Scan(&st.Conflicts, &st.ParkedOpen, &st.Tombstones)
+		(SELECT count(*) FROM polyregion.row_version WHERE deleted),
+		(SELECT count(*) FROM polyregion.row_version WHERE siblings IS NOT NULL)`).Scan(&st.Conflicts, &st.ParkedOpen, &st.Tombstones, &st.RowsWithSiblings)
 	if err != nil {
 		return st, fmt.Errorf("status: %w", err)
 	}

@@ -124,6 +124,9 @@ var schemaDDL = []string{
 	// once it is superseded (see siblings.go); added after the table, so it
 	// upgrades older schemas.
 	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS siblings jsonb`,
+	// The few rows that keep siblings, for status (without it, a scan of
+	// every version).
+	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,
 	// Every write to a replicated row rewrites its version: room left on
 	// each page lets most of those updates stay on the page (HOT), with no
 	// new index entry.
