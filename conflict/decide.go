@@ -170,8 +170,8 @@ func (c candidate) what() string {
 //     dropped. With none left, ApplyRemote, no conflict. Otherwise the
 //     remote competes with the siblings it has not seen, a conflict: the
 //     highest-ranked of them wins (ApplyRemote, or Reinstate when a
-//     sibling does), and Against is the sibling the remote was ranked
-//     against last.
+//     sibling does); Against is the highest-ranked sibling, the one the
+//     remote was ranked against.
 //   - Concurrent otherwise: a conflict between the write holding the row
 //     and the remote one. Kind comes from op and whether the local row
 //     is live (exists and is not deleted). When exactly one side is a
@@ -186,8 +186,8 @@ func (c candidate) what() string {
 //     DeleteDelete is always KeepLocal (the row stays deleted), with the
 //     winning tombstone in Result.
 //
-// In every case Result.Vector is Merge(local, remote), and HLC, Origin and
-// Deleted are the winning write's. Result.Siblings are the writes that lost
+// Except for Skip, Result.Vector is Merge(local, remote), and HLC, Origin
+// and Deleted are the winning write's. Result.Siblings are the writes that lost
 // and may still win once the winner is superseded (see Write); SaveLocal
 // and SaveRemote say that the local row's write or the remote one is among
 // them, so the caller keeps its row for a later Reinstate.
