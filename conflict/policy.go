@@ -119,10 +119,7 @@ func (p Policy) Validate() error {
 	}
 
 	seen := map[string]string{} // column -> where it was first named
-	for _, list := range []struct {
-		name string
-		cols []string
-	}{{"counters", p.Counters}, {"max", p.Max}, {"min", p.Min}} {
+	for _, list := range p.mergeLists() {
 		for i, c := range list.cols {
 			at := fmt.Sprintf("%s[%d]", list.name, i)
 			switch {
@@ -197,6 +194,17 @@ func identProblem(s string) string {
 // case-sensitive match).
 func (p Policy) IsCounter(col string) bool { return slices.Contains(p.Counters, col) }
 
+// mergeList is one of a policy's lists of merging columns.
+type mergeList struct {
+	name string
+	cols []string
+}
+
+// mergeLists are the policy's merging columns: counters, max, min.
+func (p Policy) mergeLists() []mergeList {
+	return []mergeList{{"counters", p.Counters}, {"max", p.Max}, {"min", p.Min}}
+}
+
 // Merge names how a column merges concurrent writes: "counter", "max",
 // "min", or "" when it follows the policy's decision.
 func (p Policy) Merge(col string) string {
@@ -242,10 +250,7 @@ func (p Policy) Fingerprint() string {
 	b.WriteString("]")
 	// Written only when set, so that a policy without them keeps the
 	// fingerprint earlier versions computed.
-	for _, l := range []struct {
-		name string
-		cols []string
-	}{{"max", p.Max}, {"min", p.Min}} {
+	for _, l := range p.mergeLists()[1:] { // counters are written above
 		if len(l.cols) == 0 {
 			continue
 		}

@@ -82,6 +82,13 @@ func keepable(p Policy, winner Write, lost []Write) []Write {
 	return out
 }
 
+// KeepsSiblings reports whether rows under p can keep siblings: every
+// policy but last-writer-wins without a delete rule, under which a write
+// that supersedes the winner outranks everything that lost to it.
+func (p Policy) KeepsSiblings() bool {
+	return p.kind() != LastWriterWins || p.Deletes != DeleteByPolicy
+}
+
 // mayReturn reports whether s, which lost to winner, can beat some write
 // that supersedes winner. Such a write carries a hybrid timestamp above
 // winner's, which is at least s's when the timestamp decided between them.

@@ -27,6 +27,7 @@ type conflictRow struct {
 	sourceSeq                                            int64
 	reason                                               string
 	pol                                                  conflict.Policy
+	lost                                                 conflict.Outcome // outcome(), once known
 	// base: the local row's image is the row as the batch found it in the
 	// table (read by loadImages) with writes, this batch's earlier writes to
 	// it, folded in.
@@ -73,7 +74,7 @@ func (a *Applier) conflictRecord(pol conflict.Policy, sh replicator.Shape, t *re
 // changes can be conflicts). A custom resolver needs the image at once,
 // and so does a policy that may keep the local row's write as a sibling.
 func defersImage(ex *executor, pol conflict.Policy, s *rowState) bool {
-	if ex.careful || keepsSiblings(pol) || !s.exists || s.image != nil {
+	if ex.careful || pol.KeepsSiblings() || !s.exists || s.image != nil {
 		return false
 	}
 	return s.baseDeferred || (len(s.pending) == 0 && !s.written)
@@ -83,8 +84,16 @@ const conflictColumns = `region, tbl, key, kind, policy, winner, winner_origin, 
 		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason, outcome`
 
 // outcome is what the conflict cost the write that lost it (see
-// conflict.Policy.Outcome); the local image must be known.
+// conflict.Policy.Outcome); the local image must be known. Worked out once:
+// the record's statement and the metrics both ask.
 func (r *conflictRow) outcome() conflict.Outcome {
+	if r.lost == "" {
+		r.lost = r.decideOutcome()
+	}
+	return r.lost
+}
+
+func (r *conflictRow) decideOutcome() conflict.Outcome {
 	image := func(s *string) map[string]any {
 		if s == nil {
 			return nil

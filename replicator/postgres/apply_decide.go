@@ -58,7 +58,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			return err
 		}
 	}
-	sibs := a.siblingData(sh, t, c, s, d)
+	sibs := keptSiblings(sh, t, c, s, d)
 	// Counter columns are sums of deltas: every region adds every write's
 	// delta exactly once, whatever the row's state (a tombstone keeps
 	// accumulating), so the sums agree once all deltas have arrived. Only the

@@ -88,32 +88,13 @@ func PrepareSequences(ctx context.Context, conn *pgx.Conn, tables []string, plan
 // prepareSequence sets one sequence up; it returns the next number when it
 // changed it, 0 when it was already set up.
 func prepareSequence(ctx context.Context, conn *pgx.Conn, k KeySequence, stride, offset int64) (int64, error) {
-	read := func(q querier) (increment, last, maxKey int64, called bool, err error) {
-		rows, err := q.Query(ctx, `SELECT s.seqincrement, l.last_value, l.is_called FROM pg_catalog.pg_sequence s, `+k.Sequence+` l
-			WHERE s.seqrelid = $1::pg_catalog.regclass`, k.Sequence)
-		if err != nil {
-			return
-		}
-		for rows.Next() {
-			err = rows.Scan(&increment, &last, &called)
-		}
-		rows.Close()
+	read := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) (increment, last, maxKey int64, called bool, err error) {
+		err = q.QueryRow(ctx, `SELECT s.seqincrement, l.last_value, l.is_called FROM pg_catalog.pg_sequence s, `+k.Sequence+` l
+			WHERE s.seqrelid = $1::pg_catalog.regclass`, k.Sequence).Scan(&increment, &last, &called)
 		if err == nil {
-			err = rows.Err()
-		}
-		if err != nil {
-			return
-		}
-		rows, err = q.Query(ctx, fmt.Sprintf(`SELECT coalesce(max(%s), 0)::bigint FROM %s`, quoteIdent(k.Column), qualified(k.Table)))
-		if err != nil {
-			return
-		}
-		for rows.Next() {
-			err = rows.Scan(&maxKey)
-		}
-		rows.Close()
-		if err == nil {
-			err = rows.Err()
+			err = q.QueryRow(ctx, fmt.Sprintf(`SELECT coalesce(max(%s), 0)::bigint FROM %s`, quoteIdent(k.Column), qualified(k.Table))).Scan(&maxKey)
 		}
 		return
 	}

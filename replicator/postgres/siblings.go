@@ -88,11 +88,11 @@ func encodeSiblings(ws []conflict.Write, data siblingSet) *string {
 	return &s
 }
 
-// siblingData is the data of the siblings a decision leaves (d.Result's):
+// keptSiblings is the data of the siblings a decision leaves (d.Result's):
 // the row's old ones as stored, and the local row's write or the remote
 // one when it became a sibling (SaveLocal, SaveRemote). s is the row's
 // state before the decision.
-func (a *Applier) siblingData(sh replicator.Shape, t *replicator.Txn, c *replicator.Change, s *rowState, d conflict.Decision) siblingSet {
+func keptSiblings(sh replicator.Shape, t *replicator.Txn, c *replicator.Change, s *rowState, d conflict.Decision) siblingSet {
 	if d.Action == conflict.Skip {
 		if s.meta != nil {
 			return s.meta.siblings
@@ -139,12 +139,6 @@ func reinstatedRow(sh replicator.Shape, key string, s *rowState, w conflict.Writ
 		return nil, fmt.Errorf("apply: %s key %s: sibling %s:%d wins again but no row was kept for it", sh.Table, key, w.Origin, w.Tick)
 	}
 	return imageRow(sh, img)
-}
-
-// keepsSiblings reports whether a policy can keep siblings (see
-// conflict.Write): every policy but last-writer-wins without a delete rule.
-func keepsSiblings(pol conflict.Policy) bool {
-	return (pol.Kind != "" && pol.Kind != conflict.LastWriterWins) || pol.Deletes != conflict.DeleteByPolicy
 }
 
 // imageRow turns a row image (rowImage, ensureImage) back into values for

@@ -71,8 +71,8 @@ func TestKeepsSiblings(t *testing.T) {
 		{conflict.Policy{Kind: conflict.RegionPriority, Priority: []conflict.RegionID{"eu"}}, true},
 		{conflict.Policy{Kind: conflict.CustomSQL, Resolver: "public.pick"}, true},
 	} {
-		if got := keepsSiblings(tt.pol); got != tt.want {
-			t.Errorf("keepsSiblings(%s) = %v, want %v", tt.pol.Label(), got, tt.want)
+		if got := tt.pol.KeepsSiblings(); got != tt.want {
+			t.Errorf("KeepsSiblings(%s) = %v, want %v", tt.pol.Label(), got, tt.want)
 		}
 	}
 }
