@@ -3,6 +3,7 @@ package conflict
 import (
 	"cmp"
 	"fmt"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -17,12 +18,16 @@ type Version struct {
 	// Siblings are concurrent writes that lost to this one and that no
 	// later write has seen, kept where they may still win (see Write).
 	Siblings []Write `json:",omitempty"`
+	// Stamps, under column-level last-writer-wins, name the write that last
+	// set each column this version's write did not set (see StampOf).
+	Stamps map[string]Stamp `json:",omitempty"`
 }
 
 // Clone returns a deep copy of v (its Vector is a new, non-nil map).
 func (v Version) Clone() Version {
 	v.Vector = v.Vector.Clone()
 	v.Siblings = slices.Clone(v.Siblings)
+	v.Stamps = maps.Clone(v.Stamps)
 	return v
 }
 

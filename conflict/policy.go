@@ -55,6 +55,9 @@ type Policy struct {
 	// write that would lower (raise) one keeps the value it had.
 	Max, Min []string
 	Resolver string // for CustomSQL: schema-qualified function name "schema.func"
+	// Columns is ColumnLWW to resolve concurrent updates column by column
+	// (see columns.go), "" to resolve them row by row.
+	Columns string
 }
 
 // kind returns the effective kind ("" means LastWriterWins).
@@ -139,6 +142,19 @@ func (p Policy) Validate() error {
 				}
 			}
 		}
+	}
+
+	switch {
+	case p.Columns == "":
+	case p.Columns != ColumnLWW:
+		add("unknown columns rule %q (want %s, or empty to resolve whole rows)", clip(p.Columns), ColumnLWW)
+	case kind != LastWriterWins || p.Deletes != DeleteWins:
+		// A joined row cannot be taken apart again, and a ranking apart
+		// from timestamps would not let a later write replace a column it
+		// saw (see columns.go).
+		add("columns: %s needs policy %s with deletes: %s (have policy %s, deletes %q)", ColumnLWW, LastWriterWins, DeleteWins, kind, string(p.Deletes))
+	case len(p.Max)+len(p.Min) > 0:
+		add("columns: %s cannot be combined with max or min columns yet", ColumnLWW)
 	}
 
 	if len(p.Max)+len(p.Min) > 0 && p.Deletes != DeleteWins {
@@ -268,6 +284,10 @@ func (p Policy) Fingerprint() string {
 	}
 	b.WriteString(";resolver=")
 	b.WriteString(strconv.Quote(p.Resolver))
+	if p.Columns != "" {
+		b.WriteString(";columns=")
+		b.WriteString(strconv.Quote(p.Columns))
+	}
 	return b.String()
 }
 
@@ -293,6 +313,9 @@ func (p Policy) Label() string {
 	kind := string(p.kind())
 	if p.Deletes != "" {
 		kind += "+" + string(p.Deletes)
+	}
+	if p.Columns != "" {
+		kind += "+" + p.Columns
 	}
 	return kind
 }

@@ -93,6 +93,9 @@ func (p Policy) KeepsSiblings() bool {
 // that supersedes winner. Such a write carries a hybrid timestamp above
 // winner's, which is at least s's when the timestamp decided between them.
 func mayReturn(p Policy, s, winner Write) bool {
+	if p.ColumnLWW() && !s.Deleted {
+		return true // its columns count in the row while no write has seen it
+	}
 	if p.kind() != LastWriterWins {
 		return true // priority or a resolver may rank s above a later write
 	}
