@@ -13,7 +13,8 @@ package replicator
 //	change  = varint(T) varint(Op) string(Key) list(value Row)
 //	          list(string key, string value: Deltas) version
 //	version = list(string region, uvarint count: Vector) u64le(HLC)
-//	          byte(flags) [string(Origin)]
+//	          byte(flags) [string(Origin)] [stamps]
+//	stamps  = list(string column, u64le HLC, string origin: Stamps)
 //	value   = uvarint(len(Text)<<2 | Unchanged<<1 | Null) Text bytes
 //
 // A string is a uvarint byte length and the bytes; a list (or map) is a
@@ -21,7 +22,8 @@ package replicator
 // survive a round trip; a bool is a byte 0 or 1. Maps are written in
 // strictly increasing key order. The version flags are 1 for Deleted and 2
 // when the version's origin is the transaction's (the origin string is
-// written only without flag 2). Varints are encoding/binary's, zig-zag for
+// written only without flag 2); flag 4 says the version's column stamps
+// follow (column-level last-writer-wins; a non-empty map). Varints are encoding/binary's, zig-zag for
 // signed values.
 //
 // The encoding is canonical: the decoder accepts only what the encoder
@@ -47,7 +49,8 @@ const (
 
 	versionDeleted    = 1 // Version.Deleted
 	versionTxnOrigin  = 2 // Version.Origin equals Txn.Origin (not written)
-	versionFlagsKnown = versionDeleted | versionTxnOrigin
+	versionStamps     = 4 // Version.Stamps follow
+	versionFlagsKnown = versionDeleted | versionTxnOrigin | versionStamps
 
 	// Smallest encodings, used to bound counts by the bytes left before
 	// allocating anything.
@@ -142,9 +145,22 @@ func (e *encoder) change(c *Change, origin conflict.RegionID) {
 	if c.Version.Origin == origin {
 		flags |= versionTxnOrigin
 	}
+	if len(c.Version.Stamps) > 0 {
+		flags |= versionStamps
+	}
 	e.b = append(e.b, flags)
 	if flags&versionTxnOrigin == 0 {
 		e.str(string(c.Version.Origin))
+	}
+	if flags&versionStamps != 0 {
+		st := c.Version.Stamps
+		e.list(len(st), false)
+		var buf [8]kv[string, conflict.Stamp]
+		for _, s := range sorted(st, buf[:0]) {
+			e.str(s.k)
+			e.b = binary.LittleEndian.AppendUint64(e.b, uint64(s.v.HLC))
+			e.str(string(s.v.Origin))
+		}
 	}
 }
 
@@ -229,6 +245,9 @@ func (t *Txn) binarySize() int {
 		}
 		// Region names of a cluster tend to be alike in length.
 		n += len(c.Version.Vector) * (1 + len(t.Origin) + 5)
+		for k, s := range c.Version.Stamps {
+			n += 3 + len(k) + 8 + 3 + len(s.Origin)
+		}
 	}
 	return n
 }
@@ -476,6 +495,9 @@ func decodeBinary(b []byte) (*Txn, error) {
 			} else if c.Version.Origin = conflict.RegionID(d.str("version origin")); c.Version.Origin == t.Origin && d.err == nil {
 				d.fail("version: origin %q written out although it is the transaction's", c.Version.Origin)
 			}
+			if flags&versionStamps != 0 {
+				c.Version.Stamps = d.stamps()
+			}
 		}
 		if d.err != nil {
 			return nil, fmt.Errorf("decode transaction: change %d: %w", i, d.err)
@@ -485,6 +507,32 @@ func decodeBinary(b []byte) (*Txn, error) {
 		return nil, fmt.Errorf("decode transaction: %d bytes left over after the transaction", d.left())
 	}
 	return t, nil
+}
+
+// stamps reads a version's column stamps: a non-empty map, columns in
+// increasing order.
+func (d *decoder) stamps() map[string]conflict.Stamp {
+	n, isNil := d.list("column stamps", 10)
+	if d.err == nil && (isNil || n == 0) {
+		d.fail("column stamps: flagged but empty")
+	}
+	out := make(map[string]conflict.Stamp, n)
+	prev := ""
+	for j := 0; j < n && d.err == nil; j++ {
+		col := d.str("stamp column")
+		if j > 0 && col <= prev {
+			d.fail("stamp columns not in increasing order (%q after %q)", col, prev)
+		}
+		if d.left() < 8 {
+			d.fail("column stamp: truncated")
+			break
+		}
+		hlc := conflict.Timestamp(le64(d.s[d.off:]))
+		d.off += 8
+		out[col] = conflict.Stamp{HLC: hlc, Origin: conflict.RegionID(d.str("stamp origin"))}
+		prev = col
+	}
+	return out
 }
 
 // isJSON reports whether b starts like a JSON object: '{' after optional

@@ -28,7 +28,8 @@ func richTxn() *Txn {
 				Version: conflict.Version{Vector: conflict.Vector{"us-east": 1}, HLC: hlc, Origin: "us-east"}},
 			{T: 0, Op: conflict.OpUpdate, Key: `["d","1"]`,
 				Row:     []Value{{Text: ""}, {Unchanged: true}, {Text: "héllo, 世界 \x00\xff \"quoted\""}},
-				Version: conflict.Version{Vector: conflict.Vector{"us-east": 5, "eu-west": 3, "ap-south": 1 << 62}, HLC: hlc + 1, Origin: "eu-west"}},
+				Version: conflict.Version{Vector: conflict.Vector{"us-east": 5, "eu-west": 3, "ap-south": 1 << 62}, HLC: hlc + 1, Origin: "eu-west",
+					Stamps: map[string]conflict.Stamp{"d": {HLC: hlc, Origin: "us-east"}, "b": {HLC: 0, Origin: ""}, "a": {HLC: ^conflict.Timestamp(0), Origin: "ap-south"}}}},
 			{T: 0, Op: conflict.OpDelete, Key: `["d","2"]`,
 				Version: conflict.Version{Vector: conflict.Vector{"us-east": 6, "eu-west": 0}, HLC: 0, Origin: "us-east", Deleted: true}},
 			{T: 1, Op: conflict.OpUpdate, Key: `["9"]`,
@@ -236,6 +237,11 @@ func TestCodecRejectsMalformed(t *testing.T) {
 		{"unsorted vector", "not in increasing order", with(func(b []byte) []byte { b[vecAt+1], b[vecAt+2] = 'u', 's'; return b })},
 		{"flags", "unknown flags", with(func(b []byte) []byte { b[len(b)-1] = 0x80; return b })},
 		{"long string", "bytes long but only", with(func(b []byte) []byte { b[2] = 100; return b })},
+		{"stamps flagged, none", "flagged but empty", with(func(b []byte) []byte { b[len(b)-1] |= versionStamps; return append(b, 1) })},
+		{"stamps unsorted", "stamp columns not in increasing order", append(with(func(b []byte) []byte { b[len(b)-1] |= versionStamps; return b }),
+			3, 1, 'b', 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 'a', 0, 0, 0, 0, 0, 0, 0, 0, 0)},
+		{"stamp truncated", "cannot fit", append(with(func(b []byte) []byte { b[len(b)-1] |= versionStamps; return b }), 2, 1, 'a', 0, 0)},
+		{"stamp cut short", "column stamp: truncated", append(with(func(b []byte) []byte { b[len(b)-1] |= versionStamps; return b }), 2, 9, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h', 'i', 0, 0)},
 	}
 	for _, c := range cases {
 		_, err := DecodeTxn(c.b)
