@@ -38,8 +38,8 @@ const ColumnLWW = "column_lww"
 // Stamp names the write that last set a column: its hybrid timestamp and
 // its region, ranked as last-writer-wins ranks writes.
 type Stamp struct {
-	HLC    Timestamp
-	Origin RegionID
+	HLC    Timestamp `json:"hlc"`
+	Origin RegionID  `json:"origin"`
 }
 
 // compare ranks two stamps: by timestamp, then region byte order.

@@ -27,7 +27,7 @@ func richTxn() *Txn {
 				Row:     []Value{{Text: "1"}, {Null: true}, {Text: "2026-01-01"}},
 				Version: conflict.Version{Vector: conflict.Vector{"us-east": 1}, HLC: hlc, Origin: "us-east"}},
 			{T: 0, Op: conflict.OpUpdate, Key: `["d","1"]`,
-				Row:     []Value{{Text: ""}, {Unchanged: true}, {Text: "héllo, 世界 \x00\xff \"quoted\""}},
+				Row: []Value{{Text: ""}, {Unchanged: true}, {Text: "héllo, 世界 \x00\xff \"quoted\""}},
 				Version: conflict.Version{Vector: conflict.Vector{"us-east": 5, "eu-west": 3, "ap-south": 1 << 62}, HLC: hlc + 1, Origin: "eu-west",
 					Stamps: map[string]conflict.Stamp{"d": {HLC: hlc, Origin: "us-east"}, "b": {HLC: 0, Origin: ""}, "a": {HLC: ^conflict.Timestamp(0), Origin: "ap-south"}}}},
 			{T: 0, Op: conflict.OpDelete, Key: `["d","2"]`,

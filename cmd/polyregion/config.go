@@ -110,6 +110,7 @@ type tableFile struct {
 	Max      []string `yaml:"max"`
 	Min      []string `yaml:"min"`
 	Resolver string   `yaml:"resolver"`
+	Columns  string   `yaml:"columns"`
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
@@ -209,7 +210,7 @@ func (fc fileConfig) toNode() (node.Config, error) {
 		cfg.Cluster.Sequences = plan
 	}
 	for _, t := range fc.Tables {
-		pol := conflict.Policy{Kind: conflict.PolicyKind(t.Policy), Deletes: conflict.DeleteRule(t.Deletes), Counters: t.Counters, Max: t.Max, Min: t.Min, Resolver: t.Resolver}
+		pol := conflict.Policy{Kind: conflict.PolicyKind(t.Policy), Deletes: conflict.DeleteRule(t.Deletes), Counters: t.Counters, Max: t.Max, Min: t.Min, Resolver: t.Resolver, Columns: t.Columns}
 		for _, r := range t.Priority {
 			pol.Priority = append(pol.Priority, conflict.RegionID(r))
 		}

@@ -173,7 +173,8 @@ func checkCmd() *cobra.Command {
 		Short: "Check that this region can be replicated; change nothing",
 		Long: `Validate the config file and check the local database: wal_level,
 track_commit_timestamp, the role's privileges, and that every replicated
-table exists and has a primary key. Prints every problem found and exits 3
+table exists and has a primary key, and that column_lww tables have
+REPLICA IDENTITY FULL. Prints every problem found and exits 3
 if there is any. Names every replicated table whose key comes from a
 sequence, with a warning when no sequences: plan gives each region its own
 numbers.`,
@@ -189,6 +190,9 @@ numbers.`,
 					return &exitError{exitPreflight, err}
 				}
 				return &exitError{exitRuntime, err}
+			}
+			if err := postgres.CheckColumnStamps(cmd.Context(), conn, cfg.Cluster.Tables); err != nil {
+				return &exitError{exitPreflight, err}
 			}
 			seqs, err := postgres.KeySequences(cmd.Context(), conn, cfg.TableNames())
 			if err != nil {

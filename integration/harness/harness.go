@@ -42,6 +42,7 @@ type TableSpec struct {
 	Max      []string `yaml:"max,omitempty"`
 	Min      []string `yaml:"min,omitempty"`
 	Resolver string   `yaml:"resolver,omitempty"`
+	Columns  string   `yaml:"columns,omitempty"`
 }
 
 // Spec describes a local multi-region setup.

@@ -232,6 +232,9 @@ func Prepare(ctx context.Context, cfg Config) error {
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
 		return err
 	}
+	if err := postgres.CheckColumnStamps(ctx, conn, cfg.Cluster.Tables); err != nil {
+		return err
+	}
 	if err := prepareSequences(ctx, conn, cfg); err != nil {
 		return err
 	}

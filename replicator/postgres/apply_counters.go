@@ -273,7 +273,7 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 	return []stmt{lock, update}
 }
 
-// foldMetaSQL is updateMetaSQL where each row ($12) either replaces a
+// foldMetaSQL is updateMetaSQL where each row ($13) either replaces a
 // version over its tuple as read (as updateMetaSQL does) or folds an
 // update into the live version recorded (conflict.FoldUpdate: vectors
 // merged, timestamp, origin and source sequence of the higher-ranked
@@ -288,11 +288,12 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   xid = CASE WHEN u.fold THEN m.xid WHEN u.xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(u.xid, '')::xid END,
 	   counters = CASE WHEN u.fold THEN polyregion.counters_add(m.counters, u.counters::jsonb) ELSE u.counters::jsonb END,
 	   siblings = CASE WHEN u.fold THEN m.siblings ELSE u.siblings::jsonb END,
+	   stamps = CASE WHEN u.fold THEN m.stamps ELSE u.stamps::jsonb END,
 	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
-	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::bool[]))
-	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, tuple_xmin, fold)
+	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bool[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, tuple_xmin, fold)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted ELSE m.xmin = u.tuple_xmin::xid END`
 
 // identityFull reports whether a table has REPLICA IDENTITY FULL.

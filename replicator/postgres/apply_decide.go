@@ -52,8 +52,12 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 		d = conflict.ResolveExternal(d, local, c.Version, winner)
 	}
-	if d.SaveLocal && s.exists {
-		// The local row's write became a sibling: its row is kept with it.
+	// Under column_lww a row that stays live joins the rows of the writes
+	// it keeps, the local one's among them.
+	join := pol.ColumnLWW() && d.Action != conflict.Skip && !d.Result.Deleted
+	if (d.SaveLocal || (join && (d.Conflict || len(d.Result.Siblings) > 0))) && s.exists {
+		// The local row's write became a sibling, or joins: its row is
+		// needed.
 		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
 			return err
 		}
@@ -121,6 +125,26 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 				rows = [][]replicator.Value{c.Row, row}
 			}
 		}
+	}
+	var joinLosses []columnLoss
+	if join {
+		s.foldImage()
+		row, write, err := joinRow(sh, pol, c, s, local, &d, sibs)
+		if err != nil {
+			if !ex.parkOnError {
+				return err
+			}
+			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
+			return nil
+		}
+		deleteRow, rows = false, nil
+		if write {
+			rows = [][]replicator.Value{row}
+		}
+		joinLosses = columnLosses(sh, pol, c, s, local, d, sibs, row)
+	} else if pol.ColumnLWW() && d.Conflict {
+		s.foldImage()
+		joinLosses = columnLosses(sh, pol, c, s, local, d, sibs, nil)
 	}
 	before := *s
 	var ops []op
@@ -225,9 +249,21 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		ex.unlockedKeys = true
 	}
 	var record *conflictRow
+	var more []*conflictRow
 	if d.Conflict && !merged {
 		record = a.conflictRecord(pol, sh, t, c, before, d)
 		ops = append(ops, op{kind: opConflict, conflict: record})
+	}
+	for _, l := range joinLosses {
+		if l.decided {
+			if record != nil {
+				record.lost = l.outcome
+			}
+			continue
+		}
+		r := a.siblingLossRecord(pol, sh, t, c, before, d, l)
+		more = append(more, r)
+		ops = append(ops, op{kind: opConflict, conflict: r})
 	}
 	nm.tupleXmin = ownTuple
 	s.meta = nm
@@ -244,6 +280,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		ex.merged++
 	case d.Conflict:
 		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: pol.Label(), row: record})
+	}
+	for _, r := range more {
+		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: r.kind, Policy: pol.Label(), row: r})
 	}
 	return nil
 }

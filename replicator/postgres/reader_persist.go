@@ -191,8 +191,19 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 				xid:    strconv.FormatUint(uint64(t.xid), 10),
 				srcSeq: int64(next),
 			}
-			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			pol := r.tables[c.rel.name].Policy
+			if cols := stampedColumns(c.rel.shape, pol); len(cols) > 0 {
+				// Columns the update did not change keep the stamps they
+				// had (the old row is in the stream: REPLICA IDENTITY FULL
+				// is checked at start).
+				old := c.old
+				if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
+					old = nil // every column counts as changed
+				}
+				changed := changedColumns(c.rel.shape, cols, old, c.row)
+				nm.version.Stamps = conflict.LocalStamps(prior.version, !prior.version.Deleted, c.op, cols, changed)
+			}
+			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			// With REPLICA IDENTITY FULL an update carries the row as this
 			// write found it: the counters' deltas come from there, exact
 			// whatever the recorded version says, and the recorded sums

@@ -124,6 +124,9 @@ var schemaDDL = []string{
 	// once it is superseded (see siblings.go); added after the table, so it
 	// upgrades older schemas.
 	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS siblings jsonb`,
+	// stamps: under column-level last-writer-wins, the write that last set
+	// each column the version's own write did not (conflict.Version.Stamps).
+	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS stamps jsonb`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,

@@ -30,6 +30,8 @@ type storedSibling struct {
 	// Row is a live write's row, column -> text value or null (an
 	// unchanged TOAST value is {"unchanged_toast": true}).
 	Row json.RawMessage `json:"row,omitempty"`
+	// Stamps are the write's column stamps (column_lww tables).
+	Stamps map[string]conflict.Stamp `json:"stamps,omitempty"`
 }
 
 // dotKey names a write: its origin and the origin's count of it.
@@ -42,9 +44,10 @@ func dotOf(w conflict.Write) dotKey { return dotKey{w.Origin, w.Tick} }
 
 // siblingData is what a region keeps of a sibling besides its rank.
 type siblingData struct {
-	row json.RawMessage
-	seq int64
-	vv  string
+	row    json.RawMessage
+	seq    int64
+	vv     string
+	stamps map[string]conflict.Stamp
 }
 
 // siblingSet is the kept data of a version's siblings, by write.
@@ -64,7 +67,7 @@ func parseSiblings(raw []byte) ([]conflict.Write, siblingSet, error) {
 	for _, s := range stored {
 		w := conflict.Write{Origin: conflict.RegionID(s.Origin), Tick: s.Tick, HLC: conflict.Timestamp(s.HLC), Deleted: s.Deleted}
 		ws = append(ws, w)
-		data[dotOf(w)] = siblingData{row: s.Row, seq: s.Seq, vv: s.VV}
+		data[dotOf(w)] = siblingData{row: s.Row, seq: s.Seq, vv: s.VV, stamps: s.Stamps}
 	}
 	return ws, data, nil
 }
@@ -80,7 +83,7 @@ func encodeSiblings(ws []conflict.Write, data siblingSet) *string {
 		d := data[dotOf(w)]
 		stored[i] = storedSibling{Origin: string(w.Origin), Tick: w.Tick, HLC: int64(w.HLC), Deleted: w.Deleted, Seq: d.seq, VV: d.vv}
 		if !w.Deleted {
-			stored[i].Row = d.row
+			stored[i].Row, stored[i].Stamps = d.row, d.stamps
 		}
 	}
 	b, _ := json.Marshal(stored)
@@ -110,14 +113,14 @@ func keptSiblings(sh replicator.Shape, t *replicator.Txn, c *replicator.Change, 
 		k := dotOf(w)
 		switch {
 		case d.SaveRemote && k == rw:
-			sd := siblingData{seq: int64(t.Seq), vv: c.Version.Vector.String()}
+			sd := siblingData{seq: int64(t.Seq), vv: c.Version.Vector.String(), stamps: c.Version.Stamps}
 			if c.Row != nil && c.Op != conflict.OpDelete {
 				sd.row = rowImage(sh, c.Row, nil)
 			}
 			out[k] = sd
 		case d.SaveLocal && k == lw:
 			s.foldImage()
-			sd := siblingData{row: s.image, vv: local.Vector.String()}
+			sd := siblingData{row: s.image, vv: local.Vector.String(), stamps: local.Stamps}
 			if s.meta != nil {
 				sd.seq = s.meta.srcSeq
 			}
