@@ -67,6 +67,12 @@
 //     back (or deletes the row, for a tombstone).
 //   - A local write has seen the row's siblings: its version has none, and
 //     a hybrid timestamp above [Version.Latest].
+//   - Under column-level last-writer-wins ([ColumnLWW], columns.go): stamp
+//     a local write's columns with [LocalStamps]; when a decision leaves
+//     the row live, write the join of the rows of [JoinSources]
+//     ([JoinColumns]) and store its stamps in Result.Stamps; keep each
+//     sibling's stamps with its row; name a write that lost data by
+//     [LostColumns].
 //   - For [External], run Policy.Resolver on the two writes of
 //     Decision.Contest and pass its answer to ResolveExternal, again while
 //     the result is External (a write meeting several siblings needs one
