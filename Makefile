@@ -40,6 +40,7 @@ fuzz:
 	$(GO) test -run=XXX -fuzz=FuzzArrivalOrder -fuzztime=30s ./conflict/
 	$(GO) test -run=XXX -fuzz=FuzzMerge -fuzztime=15s ./conflict/
 	$(GO) test -run=XXX -fuzz=FuzzCounter -fuzztime=15s ./conflict/
+	$(GO) test -run=XXX -fuzz=FuzzJoinColumnsIsASemilattice -fuzztime=15s ./conflict/
 
 # bench: BENCH selects benchmarks (default all); BENCH_ROWS, BENCH_REPS and
 # BENCH_LAG_SECONDS scale the data-plane benchmark. .ci/setup-bench installs
