@@ -9,6 +9,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 
@@ -168,7 +169,11 @@ func joinRow(sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *
 			return nil, false, fmt.Errorf("column %q: its latest value was not sent (unchanged TOAST value) and no row here holds it", col)
 		}
 		row[i] = v
-		if !fromLocal || k != 0 {
+		switch {
+		case fromLocal && k == 0:
+			// The local row keeps it: the update leaves it alone.
+			row[i] = replicator.Value{Unchanged: true}
+		default:
 			write = true
 		}
 	}
@@ -203,8 +208,18 @@ func columnLosses(sh replicator.Shape, pol conflict.Policy, c *replicator.Change
 		return r
 	}
 	final := row
-	if final == nil && !result.Deleted {
-		final = localRow()
+	if !result.Deleted {
+		// Columns the joined row leaves alone hold the local row's values.
+		if lr := localRow(); final == nil {
+			final = lr
+		} else if lr != nil {
+			final = slices.Clone(final)
+			for i, v := range final {
+				if v.Unchanged && i < len(lr) {
+					final[i] = lr[i]
+				}
+			}
+		}
 	}
 	// lost: the columns v set itself that the final row holds from
 	// another write with another value (all of them when it is deleted).
