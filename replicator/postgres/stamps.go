@@ -222,10 +222,10 @@ func columnLosses(sh replicator.Shape, pol conflict.Policy, c *replicator.Change
 		}
 	}
 	// lost: the columns v set itself that the final row holds from
-	// another write with another value (all of them when it is deleted).
+	// another write with another value (the whole row when it is deleted).
 	lost := func(v conflict.Version, vrow []replicator.Value, against conflict.Version, arow []replicator.Value, deleted bool) []string {
 		if deleted {
-			return cols
+			return []string{"(the row)"}
 		}
 		var out []string
 		for _, col := range conflict.LostColumns(cols, v, against) {
