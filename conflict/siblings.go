@@ -93,7 +93,7 @@ func (p Policy) KeepsSiblings() bool {
 // that supersedes winner. Such a write carries a hybrid timestamp above
 // winner's, which is at least s's when the timestamp decided between them.
 func mayReturn(p Policy, s, winner Write) bool {
-	if p.ColumnLWW() && !s.Deleted {
+	if (p.ColumnLWW() || len(p.Max)+len(p.Min) > 0) && !s.Deleted {
 		return true // its columns count in the row while no write has seen it
 	}
 	if p.kind() != LastWriterWins {

@@ -126,3 +126,113 @@ func TestMaxColumnThatCannotMergeIsRefusedByName(t *testing.T) {
 		t.Errorf("%d merge triggers left on the tables", n)
 	}
 }
+
+// A max column with three regions, when a delete saw a value the winning
+// write did not: b raises seen to 9 (L); c, having received L, deletes the
+// row (D) and inserts it again with seen 2 (I); a, hearing nothing,
+// updates seen to 1 (T, the latest timestamp). Of these writes, T and I are
+// the ones no other write has seen; L was seen by D, which deleted the row
+// with its value. So every region must end with T's row and the greatest
+// of T's and I's seen, 2, whatever the order of arrival. b receives T
+// before D: T wins over its own L and merges L's 9 into the row, and when D
+// then wins over T, b keeps T's row to bring back; it must keep T's own
+// values (1), not the row it showed (9).
+func TestMaxColumnForgetsWhatADeleteSaw(t *testing.T) {
+	nf := NewNetFaults()
+	t.Cleanup(nf.Close)
+	tables := []TableSpec{{Name: "public.seen", Deletes: "delete_wins", Max: []string{"seen"}}}
+	h := startRegions(t, Spec{
+		Regions:   []string{"a", "b", "c"},
+		SchemaSQL: []string{`CREATE TABLE public.seen (id integer PRIMARY KEY, name text, seen integer)`},
+		Tables:    tables,
+		Configure: nf.Configure(nil),
+	})
+	if err := nf.Check([]string{"a", "b", "c"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 4*time.Minute)
+	a, b, c := h.Region("a"), h.Region("b"), h.Region("c")
+	mustExec(t, ctx, a, `INSERT INTO public.seen VALUES (1, 'base', 0)`)
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	seen := func(r *Region) string {
+		return queryString(t, ctx, r, `SELECT coalesce((SELECT name || ' ' || seen FROM public.seen WHERE id = 1), 'none')`)
+	}
+	for _, l := range []Link{{From: "b", To: "c"}} { // b hears nothing of c for now
+		if err := nf.Cut(l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nf.Isolate("a"); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, b, `UPDATE public.seen SET name = 'L', seen = 9 WHERE id = 1`)
+	waitFor(ctx, t, time.Minute, "c has L", func() bool { return seen(c) == "L 9" })
+	mustExec(t, ctx, c, `DELETE FROM public.seen WHERE id = 1`)
+	mustExec(t, ctx, c, `INSERT INTO public.seen VALUES (1, 'I', 2)`)
+	time.Sleep(20 * time.Millisecond)
+	mustExec(t, ctx, a, `UPDATE public.seen SET name = 'T', seen = 1 WHERE id = 1`)
+	// b gets T (and its 9 merges into T's row there) before D and I.
+	if err := nf.Heal(Link{From: "b", To: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, time.Minute, "b has T", func() bool { return strings.HasPrefix(seen(b), "T ") })
+	if err := nf.HealAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		if got := seen(r); got != "T 2" {
+			t.Errorf("region %s holds %q, want T 2\n%s", r.Name, got, conflictLog(t, ctx, r))
+		}
+	}
+}
+
+// The other shape, without siblings: x deletes a row holding 9, y
+// receives the delete and inserts the row again with 2, and z receives
+// y's insert before x's delete. The insert has seen the delete, which saw
+// the 9: z must take the insert's 2 as it is, not keep its 9.
+func TestMaxColumnTakesAWriteThatSawADeleteAsItIs(t *testing.T) {
+	nf := NewNetFaults()
+	t.Cleanup(nf.Close)
+	tables := []TableSpec{{Name: "public.seen", Deletes: "delete_wins", Max: []string{"seen"}}}
+	h := startRegions(t, Spec{
+		Regions:   []string{"x", "y", "z"},
+		SchemaSQL: []string{`CREATE TABLE public.seen (id integer PRIMARY KEY, name text, seen integer)`},
+		Tables:    tables,
+		Configure: nf.Configure(nil),
+	})
+	if err := nf.Check([]string{"x", "y", "z"}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 4*time.Minute)
+	x, y, z := h.Region("x"), h.Region("y"), h.Region("z")
+	mustExec(t, ctx, x, `INSERT INTO public.seen VALUES (1, 'base', 9)`)
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	seen := func(r *Region) string {
+		return queryString(t, ctx, r, `SELECT coalesce((SELECT name || ' ' || seen FROM public.seen WHERE id = 1), 'none')`)
+	}
+	if err := nf.Cut(Link{From: "z", To: "x"}); err != nil { // z hears nothing of x for now
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, x, `DELETE FROM public.seen WHERE id = 1`)
+	waitFor(ctx, t, time.Minute, "y has the delete", func() bool { return seen(y) == "none" })
+	mustExec(t, ctx, y, `INSERT INTO public.seen VALUES (1, 'again', 2)`)
+	waitFor(ctx, t, time.Minute, "z has y's insert", func() bool { return strings.HasPrefix(seen(z), "again ") })
+	if err := nf.HealAll(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		if got := seen(r); got != "again 2" {
+			t.Errorf("region %s holds %q, want again 2", r.Name, got)
+		}
+	}
+}

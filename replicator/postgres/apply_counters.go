@@ -29,9 +29,9 @@ import (
 // top of the folded one). So such updates are applied in place: each key's
 // deltas summed in the batch, `col = col + delta`, and its version folded
 // into the recorded one in SQL (polyregion.vv_merge), with no read before.
-// Max and min columns merge the same way: GREATEST (LEAST) commutes too,
-// and MergeTrigger keeps local writes from moving them back, so the row's
-// value is the greatest any write gave it, in any order.
+// Tables with max or min columns are not taken in place: those columns
+// merge over the live writes that lost, which a decision keeps as
+// siblings (see apply_maxmin.go).
 //
 // Counters need the local table to have REPLICA IDENTITY FULL: the reader then
 // takes each local write's counter deltas from the old row in the WAL, not
@@ -53,22 +53,23 @@ type keyUse struct {
 type foldRow struct {
 	sh      replicator.Shape
 	pol     conflict.Policy
-	deltas  map[string]string   // counter column -> summed delta
-	values  map[string][]string // max or min column -> the updates' values
-	version conflict.Version    // the updates' versions, folded
-	seq     int64               // source sequence number of the update that ranks highest
+	deltas  map[string]string // counter column -> summed delta
+	version conflict.Version  // the updates' versions, folded
+	seq     int64             // source sequence number of the update that ranks highest
 }
 
 // countersOnly reports whether updates of the table's rows can be folded:
-// last-writer-wins without update_wins, every non-key column an integer or numeric counter or a
-// max or min column (see MergeTrigger), and REPLICA IDENTITY FULL here when
-// there are counters.
+// last-writer-wins without update_wins and without max or min columns,
+// every non-key column an integer or numeric counter, and REPLICA
+// IDENTITY FULL here.
 func (a *Applier) countersOnly(sh replicator.Shape) bool {
 	pol := a.policy(sh.Table)
 	// Under update_wins a live row keeps the live writes that lost to it
 	// as siblings (a later delete may bring them back): only a decision
 	// can keep them.
-	if (pol.Kind != "" && pol.Kind != conflict.LastWriterWins) || pol.Deletes == conflict.UpdateWins || !mergesOnly(sh, pol) || (len(pol.Counters) > 0 && !a.full[sh.Table]) {
+	// Max and min columns merge over the live writes that lost too, kept
+	// as siblings (see maxMinValues): only a decision keeps them.
+	if (pol.Kind != "" && pol.Kind != conflict.LastWriterWins) || pol.Deletes == conflict.UpdateWins || hasMaxMin(pol) || !mergesOnly(sh, pol) || (len(pol.Counters) > 0 && !a.full[sh.Table]) {
 		return false
 	}
 	for i, col := range sh.Columns {
@@ -134,16 +135,6 @@ func (b *bulk) fold(k metaKey, sh replicator.Shape, pol conflict.Policy, c *repl
 			f.seq = seq
 		}
 		f.version = v
-	}
-	if hasMaxMin(pol) { // counters alone keep nothing per column
-		for i, col := range sh.Columns {
-			if m := pol.Merge(col); (m == "max" || m == "min") && i < len(c.Row) && !c.Row[i].Unchanged && !c.Row[i].Null {
-				if f.values == nil {
-					f.values = map[string][]string{}
-				}
-				f.values[col] = append(f.values[col], c.Row[i].Text)
-			}
-		}
 	}
 	for col, d := range c.Deltas {
 		if d == "" || d == "0" {
@@ -222,33 +213,9 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 			strings.Join(unnest, ", "), strings.Join(alias, ", "), qualified(sh.Table), strings.Join(match, " AND ")),
 		args: args, want: -1,
 	}
-	pol := b.folds[ks[0]].pol
 	var sets []string
 	for i, col := range sh.Columns {
 		if isKeyCol(sh, i) {
-			continue
-		}
-		if m := pol.Merge(col); m == "max" || m == "min" {
-			// Each key's values in the batch as a JSON array; the greatest
-			// (least) of them and the row's value is kept (by the type's
-			// order, as MergeTrigger keeps it).
-			vals := make([]string, len(ks))
-			for r, k := range ks {
-				j, _ := json.Marshal(b.folds[k].values[col])
-				if string(j) == "null" {
-					j = []byte("[]")
-				}
-				vals[r] = string(j)
-			}
-			args = append(args, vals)
-			unnest = append(unnest, fmt.Sprintf("pg_catalog.unnest($%d::text[])", len(args)))
-			alias = append(alias, fmt.Sprintf("d%d", i))
-			fn, dir := "GREATEST", "DESC"
-			if m == "min" {
-				fn, dir = "LEAST", "ASC"
-			}
-			sets = append(sets, fmt.Sprintf("%[1]s = %[4]s(t.%[1]s, (SELECT e.v::%[3]s FROM pg_catalog.jsonb_array_elements_text(u.d%[2]d::pg_catalog.jsonb) AS e(v) ORDER BY 1 %[5]s NULLS LAST LIMIT 1))",
-				quoteIdent(col), i, sh.Types[i], fn, dir))
 			continue
 		}
 		vals := make([]string, len(ks))
@@ -273,7 +240,7 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 	return []stmt{lock, update}
 }
 
-// foldMetaSQL is updateMetaSQL where each row ($13) either replaces a
+// foldMetaSQL is updateMetaSQL where each row ($14) either replaces a
 // version over its tuple as read (as updateMetaSQL does) or folds an
 // update into the live version recorded (conflict.FoldUpdate: vectors
 // merged, timestamp, origin and source sequence of the higher-ranked
@@ -289,11 +256,12 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   counters = CASE WHEN u.fold THEN polyregion.counters_add(m.counters, u.counters::jsonb) ELSE u.counters::jsonb END,
 	   siblings = CASE WHEN u.fold THEN m.siblings ELSE u.siblings::jsonb END,
 	   stamps = CASE WHEN u.fold THEN m.stamps ELSE u.stamps::jsonb END,
+	   own = CASE WHEN u.fold THEN m.own ELSE u.own::jsonb END,
 	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
-	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bool[]))
-	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, tuple_xmin, fold)
+	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::bool[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, tuple_xmin, fold)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted ELSE m.xmin = u.tuple_xmin::xid END`
 
 // identityFull reports whether a table has REPLICA IDENTITY FULL.

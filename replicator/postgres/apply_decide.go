@@ -55,7 +55,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	// Under column_lww a row that stays live joins the rows of the writes
 	// it keeps, the local one's among them.
 	join := pol.ColumnLWW() && d.Action != conflict.Skip && !d.Result.Deleted
-	if (d.SaveLocal || (join && (d.Conflict || len(d.Result.Siblings) > 0))) && s.exists {
+	// So does one with max or min columns, for those (see maxMinValues).
+	maxMin := hasMaxMin(pol) && d.Action != conflict.Skip && !d.Result.Deleted
+	if (d.SaveLocal || (join && (d.Conflict || len(d.Result.Siblings) > 0)) || (maxMin && d.Action == conflict.KeepLocal)) && s.exists {
 		// The local row's write became a sibling, or joins: its row is
 		// needed.
 		if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
@@ -89,10 +91,25 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			countersChanged = true
 		}
 	}
-	// Max and min columns merge whichever write wins: a concurrent write
-	// that loses still brings its values, which the merge trigger takes
-	// where they are greater (less) than the row's (see MergeTrigger).
-	mergeVals := d.Conflict && d.Action == conflict.KeepLocal && s.exists && c.Row != nil && hasMaxMin(pol)
+	// Max and min columns merge over the live writes, whichever wins (see
+	// maxMinValues).
+	var mm map[int]replicator.Value
+	var ownRow json.RawMessage
+	if maxMin {
+		vals, write, own, err := maxMinValues(ctx, ex.tx, sh, pol, c, s, d, sibs)
+		if err != nil {
+			if !ex.parkOnError {
+				return err
+			}
+			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
+			return nil
+		}
+		if write {
+			mm = vals
+		}
+		ownRow = own
+	}
+	mergeVals := d.Action == conflict.KeepLocal && s.exists && len(mm) > 0
 	if d.Action == conflict.Skip && !countersChanged {
 		return nil
 	}
@@ -118,12 +135,6 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 				return nil
 			}
 			rows = [][]replicator.Value{row}
-			if c.Op != conflict.OpDelete && hasMaxMin(pol) {
-				// The remote write lost but its max and min values merge:
-				// written first, the trigger keeps the greatest (least)
-				// when the sibling's row goes over it.
-				rows = [][]replicator.Value{c.Row, row}
-			}
 		}
 	}
 	var joinLosses []columnLoss
@@ -166,6 +177,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			row := make([]replicator.Value, len(src))
 			copy(row, src)
 			counterRow(row)
+			for i, v := range mm {
+				row[i] = v
+			}
 			if s.exists {
 				ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
 			} else {
@@ -192,12 +206,8 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			row[i] = replicator.Value{Unchanged: true}
 		}
 		counterRow(row)
-		if mergeVals {
-			for i, col := range sh.Columns {
-				if m := pol.Merge(col); (m == "max" || m == "min") && i < len(c.Row) && !c.Row[i].Unchanged && !c.Row[i].Null {
-					row[i] = c.Row[i]
-				}
-			}
+		for i, v := range mm {
+			row[i] = v
 		}
 		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
 		if s.imageKnown() {
@@ -212,7 +222,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			s.values[col] = &v
 		}
 	}
-	nm := &meta{version: d.Result, srcSeq: int64(t.Seq), siblings: sibs}
+	nm := &meta{version: d.Result, srcSeq: int64(t.Seq), siblings: sibs, own: ownRow}
 	switch {
 	case d.Action == conflict.Reinstate:
 		nm.srcSeq = before.meta.siblings[dotOf(d.Against)].seq
@@ -225,6 +235,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	}
 	if d.Action == conflict.Skip {
 		nm.version = local
+		if s.meta != nil {
+			nm.own = s.meta.own
+		}
 	}
 	switch {
 	case !s.exists:

@@ -120,6 +120,12 @@ func connectApplier(ctx context.Context, connString, source string) (*pgx.Conn, 
 	if err != nil {
 		return nil, 0, err
 	}
+	// The applier's writes of max and min columns are exact (see
+	// maxMinValues); the merge trigger is for the applications'.
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.set_config($1, 'on', false)", ExactMerges); err != nil {
+		conn.Close(context.Background())
+		return nil, 0, fmt.Errorf("set %s: %w", ExactMerges, err)
+	}
 	var ms int64 // pg_settings gives deadlock_timeout in milliseconds
 	if err := conn.QueryRow(ctx, `SELECT s.setting::pg_catalog.int8 FROM pg_catalog.pg_settings s WHERE s.name = 'deadlock_timeout'`).Scan(&ms); err != nil {
 		conn.Close(context.Background())

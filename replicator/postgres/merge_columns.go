@@ -1,8 +1,8 @@
 package postgres
 
-// Columns merged by max or min: a trigger keeps them from moving back in
-// every region, so that every region's value is the greatest (least) any
-// write gave them, whatever the order writes arrive in.
+// Columns merged by max or min: a trigger keeps the applications' writes
+// from moving them back; the appliers write the values they work out (see
+// apply_maxmin.go).
 
 import (
 	"context"
@@ -17,12 +17,16 @@ import (
 
 // MergeTrigger keeps a table's max and min columns from moving back: BEFORE
 // UPDATE, each such column takes GREATEST (LEAST) of its old and new
-// value, for the applications' writes and the applied ones alike. With it,
-// a column's value is the greatest (least) value any write, local or
-// applied, gave it, which merging by max (min) reproduces in every region
-// in any order. A write that sets such a column to NULL keeps the old
-// value.
+// value. A write that sets such a column to NULL keeps the old value. It
+// leaves the appliers' writes alone (ExactMerges): they bring the values
+// the writes that count give, which can be lower than what the row held
+// when a delete removed a value the row had merged.
 const MergeTrigger = "polyregion_merge_columns"
+
+// ExactMerges is the setting with which a session's writes of max and min
+// columns are taken as they are (the appliers'): the merge trigger leaves
+// them alone.
+const ExactMerges = "polyregion.exact_merges"
 
 // PrepareColumnMerges puts MergeTrigger on every replicated table that has
 // max or min columns (replacing it, so a changed list is followed) and
@@ -66,7 +70,11 @@ func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.T
 			return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
 		}
 		fn := fmt.Sprintf("polyregion.merge_columns_%d", oid)
-		src := fmt.Sprintf("\nBEGIN\n\t%s\n\tRETURN NEW;\nEND\n", strings.Join(sets, "\n\t"))
+		// The appliers write exact values (they work out the merge over the
+		// writes that count, see ExactMerges): only the applications'
+		// writes are merged here.
+		src := fmt.Sprintf("\nBEGIN\n\tIF pg_catalog.current_setting('%s', true) = 'on' THEN\n\t\tRETURN NEW;\n\tEND IF;\n\t%s\n\tRETURN NEW;\nEND\n",
+			ExactMerges, strings.Join(sets, "\n\t"))
 		// In place already (the usual restart): nothing is taken, not even
 		// the brief locks on the table that creating a trigger needs.
 		var inPlace bool

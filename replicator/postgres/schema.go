@@ -127,6 +127,9 @@ var schemaDDL = []string{
 	// stamps: under column-level last-writer-wins, the write that last set
 	// each column the version's own write did not (conflict.Version.Stamps).
 	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS stamps jsonb`,
+	// own: the row of the version's own write, when the row holds more
+	// (max and min columns merged from the writes kept as siblings).
+	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS own jsonb`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,

@@ -119,8 +119,9 @@ func keptSiblings(sh replicator.Shape, t *replicator.Txn, c *replicator.Change, 
 			}
 			out[k] = sd
 		case d.SaveLocal && k == lw:
-			s.foldImage()
-			sd := siblingData{row: s.image, vv: local.Vector.String(), stamps: local.Stamps}
+			// The write's own row, not one its max and min columns were
+			// merged into.
+			sd := siblingData{row: s.ownImage(), vv: local.Vector.String(), stamps: local.Stamps}
 			if s.meta != nil {
 				sd.seq = s.meta.srcSeq
 			}

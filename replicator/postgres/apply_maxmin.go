@@ -1,0 +1,138 @@
+package postgres
+
+// Max and min columns under a decision: a live row's max (min) column is
+// the greatest (least) among the own rows of the live writes no other
+// write has seen: the result's write and the live writes kept as its
+// siblings. Worked out from those rows at every decision and written
+// exactly (the merge trigger leaves the applier's writes alone), so that a
+// value only a write that a delete saw had brought does not survive where
+// it was merged before the delete arrived. A row that holds more than its
+// write's own keeps that write's own row (meta.own), which is what a
+// sibling made of it keeps.
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// ownImage is the local row's own write's row: kept apart when the row
+// holds more, else the row itself (its image must be loaded).
+func (s *rowState) ownImage() json.RawMessage {
+	if s.meta != nil && s.meta.own != nil {
+		return s.meta.own
+	}
+	s.foldImage()
+	return s.image
+}
+
+// maxMinValues works out the max and min columns of the row a decision
+// leaves live (d.Result not deleted, d.Action not Skip): vals by column
+// index, to be written when write is set; own is the result's write's row
+// when the row holds more than it (nil otherwise).
+func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, d conflict.Decision, sibs siblingSet) (vals map[int]replicator.Value, write bool, own json.RawMessage, err error) {
+	var top []replicator.Value
+	switch d.Action {
+	case conflict.ApplyRemote:
+		top = c.Row
+	case conflict.KeepLocal:
+		img := s.ownImage()
+		if img == nil {
+			return nil, false, nil, nil // no local row to hold values
+		}
+		if top, err = imageRow(sh, img); err != nil {
+			return nil, false, nil, err
+		}
+	case conflict.Reinstate:
+		sd, ok := sibs[dotOf(d.Against)]
+		if !ok && s.meta != nil {
+			sd = s.meta.siblings[dotOf(d.Against)]
+		}
+		if sd.row == nil {
+			return nil, false, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d wins again but no row was kept for it", sh.Table, c.Key, d.Against.Origin, d.Against.Tick)
+		}
+		if top, err = imageRow(sh, sd.row); err != nil {
+			return nil, false, nil, err
+		}
+	default:
+		return nil, false, nil, nil
+	}
+	rows := [][]replicator.Value{top}
+	for _, w := range d.Result.Siblings {
+		if w.Deleted {
+			continue
+		}
+		sd, ok := sibs[dotOf(w)]
+		if !ok || sd.row == nil {
+			return nil, false, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d counts in the max and min columns but no row was kept for it", sh.Table, c.Key, w.Origin, w.Tick)
+		}
+		r, err := imageRow(sh, sd.row)
+		if err != nil {
+			return nil, false, nil, err
+		}
+		rows = append(rows, r)
+	}
+	// The row shown holds more than its write's own: kept for when the
+	// write becomes a sibling.
+	hadMore := s.meta != nil && s.meta.own != nil
+	if len(rows) > 1 {
+		own = rowImage(sh, top, nil)
+	}
+	if len(rows) == 1 && d.Action == conflict.KeepLocal && !hadMore {
+		return nil, false, nil, nil // the row is its write's own already
+	}
+	vals = map[int]replicator.Value{}
+	var exprs []string
+	var args []any
+	var idx []int
+	for i, col := range sh.Columns {
+		fn := map[string]string{"max": "GREATEST", "min": "LEAST"}[pol.Merge(col)]
+		if fn == "" {
+			continue
+		}
+		if len(rows) == 1 {
+			if i < len(top) && !top[i].Unchanged {
+				vals[i] = top[i]
+			}
+			continue
+		}
+		var terms []string
+		for _, r := range rows {
+			if i >= len(r) || r[i].Unchanged || r[i].Null {
+				continue
+			}
+			args = append(args, r[i].Text)
+			terms = append(terms, fmt.Sprintf("$%d::%s", len(args), sh.Types[i]))
+		}
+		if len(terms) == 0 {
+			vals[i] = replicator.Value{Null: true}
+			continue
+		}
+		exprs = append(exprs, fmt.Sprintf("%s(%s)::text", fn, strings.Join(terms, ", ")))
+		idx = append(idx, i)
+	}
+	if len(exprs) > 0 {
+		out := make([]*string, len(exprs))
+		dest := make([]any, len(exprs))
+		for j := range out {
+			dest[j] = &out[j]
+		}
+		if err := tx.QueryRow(ctx, "SELECT "+strings.Join(exprs, ", "), args...).Scan(dest...); err != nil {
+			return nil, false, nil, fmt.Errorf("apply: %s key %s: merge max and min columns: %w", sh.Table, c.Key, err)
+		}
+		for j, i := range idx {
+			if out[j] == nil {
+				vals[i] = replicator.Value{Null: true}
+			} else {
+				vals[i] = replicator.Value{Text: *out[j]}
+			}
+		}
+	}
+	return vals, true, own, nil
+}
