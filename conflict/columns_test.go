@@ -76,7 +76,6 @@ func TestColumnLWWPolicyIsValidatedAndFingerprinted(t *testing.T) {
 		{Policy{Columns: ColumnLWW}, "needs policy last_writer_wins with deletes: delete_wins"},
 		{Policy{Kind: RegionPriority, Priority: []RegionID{"a"}, Deletes: DeleteWins, Columns: ColumnLWW}, "needs policy last_writer_wins"},
 		{Policy{Deletes: DeleteWins, Columns: "columns"}, `unknown columns rule "columns"`},
-		{Policy{Deletes: DeleteWins, Columns: ColumnLWW, Max: []string{"seen"}}, "cannot be combined with max or min"},
 	} {
 		err := tc.p.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -109,8 +108,27 @@ type creplica struct {
 	ver    Version
 	exists bool
 	row    map[string]string
+	own    *cwrite          // the row's write's own row and stamps, when the row holds more
 	kept   map[Write]cwrite // siblings' rows and versions, by write
 	lost   map[Write]bool   // writes the log names as overwritten
+}
+
+// ownRow is the row's write's own row and version (stamps).
+func (rep *creplica) ownRow() cwrite {
+	if rep.own != nil {
+		return *rep.own
+	}
+	return cwrite{ver: rep.ver, row: rep.row}
+}
+
+// maxCol is a max column of the simulated rows: not stamped, the greatest
+// among the own rows of the result's write and its live siblings.
+const maxCol = "m"
+
+func atoi(s string) int {
+	n := 0
+	fmt.Sscan(s, &n)
+	return n
 }
 
 func newCReplica() *creplica {
@@ -145,14 +163,15 @@ func (rep *creplica) apply(t *testing.T, p Policy, cw cwrite) {
 		t.Fatalf("external decision under %s", p.Label())
 	}
 	lw := Write{Origin: local.Origin, Tick: local.Vector.Get(local.Origin)}
-	if d.SaveLocal {
-		rep.kept[lw] = cwrite{ver: local, row: rep.row}
+	if d.SaveLocal && rep.row != nil {
+		rep.kept[lw] = rep.ownRow()
 	}
 	if d.SaveRemote {
 		rep.kept[dot(cw.w)] = cw
 	}
 	result := d.Result
 	var row map[string]string
+	var own *cwrite
 	if !result.Deleted {
 		srcs := JoinSources(d, local, localLive, cw.ver, cw.op)
 		vers := make([]Version, len(srcs))
@@ -165,6 +184,27 @@ func (rep *creplica) apply(t *testing.T, p Policy, cw cwrite) {
 		row = map[string]string{}
 		for i, c := range joinCols {
 			row[c] = rows[from[i]][c]
+		}
+		// The max column, from the own rows of the result's write and its
+		// live siblings.
+		var top cwrite
+		switch d.Action {
+		case ApplyRemote:
+			top = cw
+		case KeepLocal:
+			top = rep.ownRow()
+		case Reinstate:
+			top = rep.kept[dot(d.Against)]
+		}
+		m, n := atoi(top.row[maxCol]), 1
+		for _, s := range result.Siblings {
+			if k, ok := rep.kept[dot(s)]; ok && !s.Deleted {
+				m, n = max(m, atoi(k.row[maxCol])), n+1
+			}
+		}
+		row[maxCol] = fmt.Sprint(m)
+		if n > 1 {
+			own = &cwrite{ver: top.ver, row: top.row}
 		}
 	}
 	// Logged as overwritten: the write the decision ranked below the
@@ -195,7 +235,7 @@ func (rep *creplica) apply(t *testing.T, p Policy, cw cwrite) {
 			rep.lost[dot(s)] = true
 		}
 	}
-	rep.ver, rep.exists, rep.row = result, !result.Deleted, row
+	rep.ver, rep.exists, rep.row, rep.own = result, !result.Deleted, row, own
 }
 
 // write makes a local write: it changes the row as the region holds it.
@@ -213,6 +253,8 @@ func (rep *creplica) write(rng *rand.Rand, i int, r RegionID, hlc Timestamp) cwr
 	if op != OpDelete {
 		row = map[string]string{}
 		maps.Copy(row, rep.row)
+		// The trigger keeps the max column from moving back.
+		row[maxCol] = fmt.Sprint(max(atoi(rep.row[maxCol]), rng.IntN(10)))
 		n := 0
 		for j, c := range joinCols {
 			if op == OpInsert || rng.IntN(2) == 0 || (j == len(joinCols)-1 && n == 0) {
@@ -226,7 +268,7 @@ func (rep *creplica) write(rng *rand.Rand, i int, r RegionID, hlc Timestamp) cwr
 	ver := Version{Vector: vec, HLC: hlc, Origin: r, Deleted: op == OpDelete,
 		Stamps: LocalStamps(rep.ver, live, op, joinCols, changed)}
 	cw := cwrite{hwrite: hwrite{w: Write{Origin: r, Tick: vec.Get(r), HLC: hlc, Deleted: op == OpDelete}, vec: vec, op: op}, ver: ver, row: row}
-	rep.ver, rep.exists, rep.row = ver, op != OpDelete, row
+	rep.ver, rep.exists, rep.row, rep.own = ver, op != OpDelete, row, nil
 	return cw
 }
 
@@ -266,6 +308,11 @@ func expectedJoin(ws []cwrite) (row map[string]string, lost []int) {
 	for k, c := range joinCols {
 		row[c] = ws[frontier[from[k]]].row[c]
 	}
+	m := 0
+	for _, i := range frontier {
+		m = max(m, atoi(ws[i].row[maxCol]))
+	}
+	row[maxCol] = fmt.Sprint(m)
 	for _, i := range frontier {
 		if len(LostColumns(joinCols, ws[i].ver, joined)) > 0 {
 			lost = append(lost, i)
@@ -279,7 +326,7 @@ func TestColumnLWWConvergesInEveryArrivalOrder(t *testing.T) {
 	if testing.Short() {
 		histories = 100
 	}
-	p := Policy{Deletes: DeleteWins, Columns: ColumnLWW}
+	p := Policy{Deletes: DeleteWins, Columns: ColumnLWW, Max: []string{maxCol}}
 	rng := rand.New(rand.NewPCG(5, 17))
 	for n := 0; n < histories; n++ {
 		regions := convergeRegions[:2+rng.IntN(3)]

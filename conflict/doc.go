@@ -77,8 +77,9 @@
 //     sibling too: a live row's max (min) column is the greatest (least)
 //     among the own rows of its write and its live siblings (each write's
 //     row as its region had it right after the write), worked out at every
-//     decision. Keep a row's write's own row apart once the row holds more,
-//     and keep that own row with the sibling the write may become.
+//     decision. Keep a row's write's own row (and, under column_lww, its
+//     own stamps) apart once the row holds more, and keep them with the
+//     sibling the write may become.
 //   - For [External], run Policy.Resolver on the two writes of
 //     Decision.Contest and pass its answer to ResolveExternal, again while
 //     the result is External (a write meeting several siblings needs one

@@ -153,8 +153,6 @@ func (p Policy) Validate() error {
 		// from timestamps would not let a later write replace a column it
 		// saw (see columns.go).
 		add("columns: %s needs policy %s with deletes: %s (have policy %s, deletes %q)", ColumnLWW, LastWriterWins, DeleteWins, kind, string(p.Deletes))
-	case len(p.Max)+len(p.Min) > 0:
-		add("columns: %s cannot be combined with max or min columns yet", ColumnLWW)
 	}
 
 	if len(p.Max)+len(p.Min) > 0 && p.Deletes != DeleteWins {

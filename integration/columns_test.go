@@ -10,14 +10,16 @@ import (
 // Column-level last-writer-wins in three real regions: concurrent edits
 // of different columns are all kept (with an unchanged TOAST value intact),
 // concurrent edits of one column keep the later and log the other as lost,
-// and a concurrent delete wins over both kinds of edit.
+// and a concurrent delete wins over both kinds of edit. Every edit also
+// sets seen, a max column: it ends at the greatest, and makes no edit a
+// lost one.
 func TestColumnLWWKeepsConcurrentEditsOfDifferentColumns(t *testing.T) {
 	nf := NewNetFaults()
 	t.Cleanup(nf.Close)
-	tables := []TableSpec{{Name: "public.profile", Deletes: "delete_wins", Columns: "column_lww"}}
+	tables := []TableSpec{{Name: "public.profile", Deletes: "delete_wins", Columns: "column_lww", Max: []string{"seen"}}}
 	h := startRegions(t, Spec{
 		SchemaSQL: []string{
-			`CREATE TABLE public.profile (id integer PRIMARY KEY, email text, bio text, name text, big text)`,
+			`CREATE TABLE public.profile (id integer PRIMARY KEY, email text, bio text, name text, big text, seen integer)`,
 			`ALTER TABLE public.profile REPLICA IDENTITY FULL`,
 		},
 		Tables:    tables,
@@ -51,16 +53,16 @@ func TestColumnLWWKeepsConcurrentEditsOfDifferentColumns(t *testing.T) {
 	// Row 1: each region edits its own column. Row 2: us, then eu, edit
 	// the same column. Row 3: us and eu edit columns, ap deletes the row.
 	// Row 4: two columns next to an unchanged TOAST value.
-	execAll(us, `UPDATE public.profile SET email = 'us-email' WHERE id = 1`,
-		`UPDATE public.profile SET email = 'first' WHERE id = 2`,
+	execAll(us, `UPDATE public.profile SET email = 'us-email', seen = 30 WHERE id = 1`,
+		`UPDATE public.profile SET email = 'first', seen = 3 WHERE id = 2`,
 		`UPDATE public.profile SET email = 'us-3' WHERE id = 3`,
-		`UPDATE public.profile SET email = 'us-4' WHERE id = 4`)
+		`UPDATE public.profile SET email = 'us-4', seen = 5 WHERE id = 4`)
 	time.Sleep(20 * time.Millisecond) // eu's edit of row 2 is the later one
-	execAll(eu, `UPDATE public.profile SET bio = 'eu-bio' WHERE id = 1`,
-		`UPDATE public.profile SET email = 'second' WHERE id = 2`,
+	execAll(eu, `UPDATE public.profile SET bio = 'eu-bio', seen = 20 WHERE id = 1`,
+		`UPDATE public.profile SET email = 'second', seen = 1 WHERE id = 2`,
 		`UPDATE public.profile SET bio = 'eu-3' WHERE id = 3`,
-		`UPDATE public.profile SET bio = 'eu-4' WHERE id = 4`)
-	execAll(ap, `UPDATE public.profile SET name = 'ap-name' WHERE id = 1`,
+		`UPDATE public.profile SET bio = 'eu-4', seen = 7 WHERE id = 4`)
+	execAll(ap, `UPDATE public.profile SET name = 'ap-name', seen = 10 WHERE id = 1`,
 		`DELETE FROM public.profile WHERE id = 3`)
 	if err := nf.HealAll(); err != nil {
 		t.Fatal(err)
@@ -76,12 +78,12 @@ func TestColumnLWWKeepsConcurrentEditsOfDifferentColumns(t *testing.T) {
 			AND outcome = 'overwritten' AND ((winner = 'local' AND remote_origin = '%s') OR (winner = 'remote' AND local_origin = '%s'))`, key, origin, origin))
 	}
 	for _, r := range h.Regions {
-		rows := queryString(t, ctx, r, `SELECT string_agg(format('%s:%s/%s/%s', id, email, bio, name), ' ' ORDER BY id) FROM public.profile WHERE id <> 4`)
-		if want := "1:us-email/eu-bio/ap-name 2:second/b2/n2"; rows != want {
+		rows := queryString(t, ctx, r, `SELECT string_agg(format('%s:%s/%s/%s/%s', id, email, bio, name, seen), ' ' ORDER BY id) FROM public.profile WHERE id <> 4`)
+		if want := "1:us-email/eu-bio/ap-name/30 2:second/b2/n2/3"; rows != want {
 			t.Errorf("region %s holds %q, want %q\n%s", r.Name, rows, want, conflictLog(t, ctx, r))
 		}
-		row4 := queryString(t, ctx, r, `SELECT format('%s/%s/%s/%s', email, bio, name, md5(big)) FROM public.profile WHERE id = 4`)
-		if want := "us-4/eu-4/n4/" + bigSum; row4 != want {
+		row4 := queryString(t, ctx, r, `SELECT format('%s/%s/%s/%s/%s', email, bio, name, seen, md5(big)) FROM public.profile WHERE id = 4`)
+		if want := "us-4/eu-4/n4/7/" + bigSum; row4 != want {
 			t.Errorf("region %s holds row 4 as %q, want %q", r.Name, row4, want)
 		}
 		// Nothing of rows 1 and 4 was lost: no record says so.

@@ -95,8 +95,9 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	// maxMinValues).
 	var mm map[int]replicator.Value
 	var ownRow json.RawMessage
+	var ownStamps map[string]conflict.Stamp
 	if maxMin {
-		vals, write, own, err := maxMinValues(ctx, ex.tx, sh, pol, c, s, d, sibs)
+		vals, write, own, st, err := maxMinValues(ctx, ex.tx, sh, pol, c, s, d, sibs)
 		if err != nil {
 			if !ex.parkOnError {
 				return err
@@ -107,9 +108,8 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		if write {
 			mm = vals
 		}
-		ownRow = own
+		ownRow, ownStamps = own, st
 	}
-	mergeVals := d.Action == conflict.KeepLocal && s.exists && len(mm) > 0
 	if d.Action == conflict.Skip && !countersChanged {
 		return nil
 	}
@@ -198,7 +198,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			s.pending = append(s.pending, imageWrite{sh, row})
 			s.exists, s.written = true, true
 		}
-	case s.exists && (countersChanged || mergeVals):
+	case s.exists && (countersChanged || len(mm) > 0):
 		// The local row stays; only its counters (and max and min
 		// columns) move.
 		row := make([]replicator.Value, len(sh.Columns))
@@ -222,7 +222,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 			s.values[col] = &v
 		}
 	}
-	nm := &meta{version: d.Result, srcSeq: int64(t.Seq), siblings: sibs, own: ownRow}
+	nm := &meta{version: d.Result, srcSeq: int64(t.Seq), siblings: sibs, own: ownRow, ownStamps: ownStamps}
 	switch {
 	case d.Action == conflict.Reinstate:
 		nm.srcSeq = before.meta.siblings[dotOf(d.Against)].seq
@@ -236,7 +236,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	if d.Action == conflict.Skip {
 		nm.version = local
 		if s.meta != nil {
-			nm.own = s.meta.own
+			nm.own, nm.ownStamps = s.meta.own, s.meta.ownStamps
 		}
 	}
 	switch {

@@ -22,46 +22,50 @@ import (
 	"github.com/polyregion/polyregion/replicator"
 )
 
-// ownImage is the local row's own write's row: kept apart when the row
-// holds more, else the row itself (its image must be loaded).
-func (s *rowState) ownImage() json.RawMessage {
+// ownImage is the local row's own write's row and column stamps: kept
+// apart when the row holds more, else the row itself (its image must be
+// loaded).
+func (s *rowState) ownImage() (json.RawMessage, map[string]conflict.Stamp) {
 	if s.meta != nil && s.meta.own != nil {
-		return s.meta.own
+		return s.meta.own, s.meta.ownStamps
 	}
 	s.foldImage()
-	return s.image
+	return s.image, s.version().Stamps
 }
 
 // maxMinValues works out the max and min columns of the row a decision
 // leaves live (d.Result not deleted, d.Action not Skip): vals by column
 // index, to be written when write is set; own is the result's write's row
-// when the row holds more than it (nil otherwise).
-func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, d conflict.Decision, sibs siblingSet) (vals map[int]replicator.Value, write bool, own json.RawMessage, err error) {
+// when the row holds more than it (nil otherwise), ownStamps its stamps.
+func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, d conflict.Decision, sibs siblingSet) (vals map[int]replicator.Value, write bool, own json.RawMessage, ownStamps map[string]conflict.Stamp, err error) {
 	var top []replicator.Value
+	var topStamps map[string]conflict.Stamp
 	switch d.Action {
 	case conflict.ApplyRemote:
-		top = c.Row
+		top, topStamps = c.Row, c.Version.Stamps
 	case conflict.KeepLocal:
-		img := s.ownImage()
+		img, st := s.ownImage()
 		if img == nil {
-			return nil, false, nil, nil // no local row to hold values
+			return nil, false, nil, nil, nil // no local row to hold values
 		}
 		if top, err = imageRow(sh, img); err != nil {
-			return nil, false, nil, err
+			return nil, false, nil, nil, err
 		}
+		topStamps = st
 	case conflict.Reinstate:
 		sd, ok := sibs[dotOf(d.Against)]
 		if !ok && s.meta != nil {
 			sd = s.meta.siblings[dotOf(d.Against)]
 		}
 		if sd.row == nil {
-			return nil, false, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d wins again but no row was kept for it", sh.Table, c.Key, d.Against.Origin, d.Against.Tick)
+			return nil, false, nil, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d wins again but no row was kept for it", sh.Table, c.Key, d.Against.Origin, d.Against.Tick)
 		}
 		if top, err = imageRow(sh, sd.row); err != nil {
-			return nil, false, nil, err
+			return nil, false, nil, nil, err
 		}
+		topStamps = sd.stamps
 	default:
-		return nil, false, nil, nil
+		return nil, false, nil, nil, nil
 	}
 	rows := [][]replicator.Value{top}
 	for _, w := range d.Result.Siblings {
@@ -70,11 +74,11 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 		}
 		sd, ok := sibs[dotOf(w)]
 		if !ok || sd.row == nil {
-			return nil, false, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d counts in the max and min columns but no row was kept for it", sh.Table, c.Key, w.Origin, w.Tick)
+			return nil, false, nil, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d counts in the max and min columns but no row was kept for it", sh.Table, c.Key, w.Origin, w.Tick)
 		}
 		r, err := imageRow(sh, sd.row)
 		if err != nil {
-			return nil, false, nil, err
+			return nil, false, nil, nil, err
 		}
 		rows = append(rows, r)
 	}
@@ -82,10 +86,10 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 	// write becomes a sibling.
 	hadMore := s.meta != nil && s.meta.own != nil
 	if len(rows) > 1 {
-		own = rowImage(sh, top, nil)
+		own, ownStamps = rowImage(sh, top, nil), topStamps
 	}
 	if len(rows) == 1 && d.Action == conflict.KeepLocal && !hadMore {
-		return nil, false, nil, nil // the row is its write's own already
+		return nil, false, nil, nil, nil // the row is its write's own already
 	}
 	vals = map[int]replicator.Value{}
 	var exprs []string
@@ -124,7 +128,7 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 			dest[j] = &out[j]
 		}
 		if err := tx.QueryRow(ctx, "SELECT "+strings.Join(exprs, ", "), args...).Scan(dest...); err != nil {
-			return nil, false, nil, fmt.Errorf("apply: %s key %s: merge max and min columns: %w", sh.Table, c.Key, err)
+			return nil, false, nil, nil, fmt.Errorf("apply: %s key %s: merge max and min columns: %w", sh.Table, c.Key, err)
 		}
 		for j, i := range idx {
 			if out[j] == nil {
@@ -134,5 +138,5 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 			}
 		}
 	}
-	return vals, true, own, nil
+	return vals, true, own, ownStamps, nil
 }

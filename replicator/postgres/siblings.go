@@ -121,7 +121,8 @@ func keptSiblings(sh replicator.Shape, t *replicator.Txn, c *replicator.Change, 
 		case d.SaveLocal && k == lw:
 			// The write's own row, not one its max and min columns were
 			// merged into.
-			sd := siblingData{row: s.ownImage(), vv: local.Vector.String(), stamps: local.Stamps}
+			row, stamps := s.ownImage()
+			sd := siblingData{row: row, vv: local.Vector.String(), stamps: stamps}
 			if s.meta != nil {
 				sd.seq = s.meta.srcSeq
 			}

@@ -146,11 +146,18 @@ func joinRow(sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *
 	from, stamps := conflict.JoinColumns(cols, vers, d.Result)
 	d.Result.Stamps = stamps
 	// Key and merged columns: from the last source (the remote row when
-	// live; counters are summed by the caller, max and min do not mix
-	// with column_lww).
+	// live); counters are summed by the caller, and max and min columns
+	// worked out by maxMinValues (left alone here when the row exists).
 	base := rows[len(rows)-1]
 	row = make([]replicator.Value, len(sh.Columns))
 	copy(row, base)
+	if s.exists {
+		for i, col := range sh.Columns {
+			if m := pol.Merge(col); m == "max" || m == "min" {
+				row[i] = replicator.Value{Unchanged: true}
+			}
+		}
+	}
 	fromLocal := localLive && srcs[0].Side == conflict.Local
 	for j, col := range cols {
 		i := indexOf(sh.Columns, col)

@@ -29,8 +29,10 @@ type meta struct {
 	siblings siblingSet
 	// own is the row of the version's own write when the row holds more
 	// than it (max and min columns merged from siblings; see
-	// maxMinValues), nil when the row is the write's own.
-	own json.RawMessage
+	// maxMinValues), nil when the row is the write's own; ownStamps are
+	// that write's own column stamps (column_lww tables).
+	own       json.RawMessage
+	ownStamps map[string]conflict.Stamp
 	// tupleXmin is the transaction that last wrote the row_version tuple
 	// itself, as loaded: an update conditioned on it finds out whether
 	// anybody changed the version since.
@@ -140,10 +142,17 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 		if err != nil {
 			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
 		}
+		var ownRow storedOwn
+		if len(own) > 0 {
+			if err := json.Unmarshal(own, &ownRow); err != nil {
+				return nil, fmt.Errorf("load row versions: %s %s: own row: %w", k.tbl, k.key, err)
+			}
+		}
 		out[k] = &meta{
 			version:   conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted, Siblings: ws, Stamps: st},
 			siblings:  sd,
-			own:       own,
+			own:       ownRow.Row,
+			ownStamps: ownRow.Stamps,
 			xid:       xid,
 			counters:  counters,
 			srcSeq:    srcSeq,
@@ -189,12 +198,19 @@ func (w *metaWriter) add(k metaKey, m *meta) {
 	w.own = append(w.own, ownValue(m))
 }
 
+// storedOwn is row_version.own: a version's own write's row and stamps.
+type storedOwn struct {
+	Row    json.RawMessage           `json:"row"`
+	Stamps map[string]conflict.Stamp `json:"stamps,omitempty"`
+}
+
 // ownValue is the row_version.own value of m (nil when none).
 func ownValue(m *meta) *string {
 	if m.own == nil || m.version.Deleted {
 		return nil
 	}
-	s := string(m.own)
+	b, _ := json.Marshal(storedOwn{Row: m.own, Stamps: m.ownStamps})
+	s := string(b)
 	return &s
 }
 
