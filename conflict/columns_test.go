@@ -333,45 +333,14 @@ func TestColumnLWWConvergesInEveryArrivalOrder(t *testing.T) {
 		nwrites := 2 + rng.IntN(4)
 		var ws []cwrite
 		reps := map[RegionID]*creplica{}
-		queues := map[RegionID]map[RegionID][]int{}
 		for _, r := range regions {
 			reps[r] = newCReplica()
-			queues[r] = map[RegionID][]int{}
 		}
-		deliver := func(dst RegionID) bool {
-			var srcs []RegionID
-			for _, s := range regions {
-				if len(queues[dst][s]) > 0 {
-					srcs = append(srcs, s)
-				}
-			}
-			if len(srcs) == 0 {
-				return false
-			}
-			s := srcs[rng.IntN(len(srcs))]
-			i := queues[dst][s][0]
-			queues[dst][s] = queues[dst][s][1:]
-			reps[dst].apply(t, p, ws[i])
-			return true
-		}
-		for len(ws) < nwrites {
-			if rng.IntN(3) == 0 && deliver(regions[rng.IntN(len(regions))]) {
-				continue
-			}
-			r := regions[rng.IntN(len(regions))]
+		exchange(rng, regions, nwrites, func(r RegionID, i int) {
 			rep := reps[r]
 			hlc := max(rep.ver.Latest()+1, Timestamp(1+rng.IntN(6)))
-			ws = append(ws, rep.write(rng, len(ws), r, hlc))
-			for _, o := range regions {
-				if o != r {
-					queues[o][r] = append(queues[o][r], len(ws)-1)
-				}
-			}
-		}
-		for _, r := range regions {
-			for deliver(r) {
-			}
-		}
+			ws = append(ws, rep.write(rng, i, r, hlc))
+		}, func(dst RegionID, i int) { reps[dst].apply(t, p, ws[i]) })
 		want, lost := expectedJoin(ws)
 		check := func(rep *creplica, where string) {
 			t.Helper()

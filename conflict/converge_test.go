@@ -173,9 +173,40 @@ func (h *history) index(w Write) int {
 func simulate(t *testing.T, rng *rand.Rand, p Policy, regions []RegionID, nwrites int) (*history, map[RegionID]*replica) {
 	h := &history{arrivals: map[RegionID][]int{}}
 	reps := map[RegionID]*replica{}
-	queues := map[RegionID]map[RegionID][]int{} // dst -> src -> writes not yet applied
 	for _, r := range regions {
 		reps[r] = newReplica()
+	}
+	exchange(rng, regions, nwrites, func(r RegionID, i int) {
+		rep := reps[r]
+		deleted := rng.IntN(3) == 0
+		op := OpUpdate
+		switch {
+		case deleted:
+			op = OpDelete
+		case !rep.exists:
+			op = OpInsert
+		}
+		vec := rep.ver.Vector.Tick(r)
+		hlc := max(rep.ver.Latest()+1, Timestamp(1+rng.IntN(6)))
+		h.writes = append(h.writes, hwrite{w: Write{Origin: r, Tick: vec.Get(r), HLC: hlc, Deleted: deleted}, vec: vec, op: op})
+		rep.write(i, h.writes[i])
+		h.arrivals[r] = append(h.arrivals[r], i)
+	}, func(dst RegionID, i int) {
+		reps[dst].apply(t, p, h, i)
+		h.arrivals[dst] = append(h.arrivals[dst], i)
+	})
+	return h, reps
+}
+
+// exchange runs a simulated history: the regions make nwrites writes in
+// all (write(r, i) makes write i in region r, picked at random), and each
+// write reaches every other region in the order its region made them,
+// deliveries of different sources interleaved with each other and with the
+// writes at random (apply(dst, i) applies write i in dst). When it returns
+// every write has arrived everywhere.
+func exchange(rng *rand.Rand, regions []RegionID, nwrites int, write func(r RegionID, i int), apply func(dst RegionID, i int)) {
+	queues := map[RegionID]map[RegionID][]int{} // dst -> src -> writes not yet applied
+	for _, r := range regions {
 		queues[r] = map[RegionID][]int{}
 	}
 	deliver := func(dst RegionID) bool {
@@ -191,41 +222,26 @@ func simulate(t *testing.T, rng *rand.Rand, p Policy, regions []RegionID, nwrite
 		s := srcs[rng.IntN(len(srcs))]
 		i := queues[dst][s][0]
 		queues[dst][s] = queues[dst][s][1:]
-		reps[dst].apply(t, p, h, i)
-		h.arrivals[dst] = append(h.arrivals[dst], i)
+		apply(dst, i)
 		return true
 	}
-	for len(h.writes) < nwrites {
+	for n := 0; n < nwrites; {
 		if rng.IntN(3) == 0 && deliver(regions[rng.IntN(len(regions))]) {
 			continue
 		}
 		r := regions[rng.IntN(len(regions))]
-		rep := reps[r]
-		deleted := rng.IntN(3) == 0
-		op := OpUpdate
-		switch {
-		case deleted:
-			op = OpDelete
-		case !rep.exists:
-			op = OpInsert
-		}
-		vec := rep.ver.Vector.Tick(r)
-		hlc := max(rep.ver.Latest()+1, Timestamp(1+rng.IntN(6)))
-		i := len(h.writes)
-		h.writes = append(h.writes, hwrite{w: Write{Origin: r, Tick: vec.Get(r), HLC: hlc, Deleted: deleted}, vec: vec, op: op})
-		rep.write(i, h.writes[i])
-		h.arrivals[r] = append(h.arrivals[r], i)
+		write(r, n)
 		for _, o := range regions {
 			if o != r {
-				queues[o][r] = append(queues[o][r], i)
+				queues[o][r] = append(queues[o][r], n)
 			}
 		}
+		n++
 	}
 	for _, r := range regions {
 		for deliver(r) {
 		}
 	}
-	return h, reps
 }
 
 // rank orders two concurrent writes the way the policies document it.

@@ -98,34 +98,11 @@ func TestMaxColumnsConvergeInEveryArrivalOrder(t *testing.T) {
 		regions := convergeRegions[:2+rng.IntN(3)]
 		var ws []mwrite
 		reps := map[RegionID]*mreplica{}
-		queues := map[RegionID]map[RegionID][]int{}
 		for _, r := range regions {
 			reps[r] = &mreplica{kept: map[Write]mrow{}}
-			queues[r] = map[RegionID][]int{}
 		}
-		deliver := func(dst RegionID) bool {
-			var srcs []RegionID
-			for _, s := range regions {
-				if len(queues[dst][s]) > 0 {
-					srcs = append(srcs, s)
-				}
-			}
-			if len(srcs) == 0 {
-				return false
-			}
-			s := srcs[rng.IntN(len(srcs))]
-			i := queues[dst][s][0]
-			queues[dst][s] = queues[dst][s][1:]
-			reps[dst].apply(t, p, ws[i])
-			return true
-		}
-		for nw := 2 + rng.IntN(4); len(ws) < nw; {
-			if rng.IntN(3) == 0 && deliver(regions[rng.IntN(len(regions))]) {
-				continue
-			}
-			r := regions[rng.IntN(len(regions))]
+		exchange(rng, regions, 2+rng.IntN(4), func(r RegionID, i int) {
 			rep := reps[r]
-			i := len(ws)
 			op := OpUpdate
 			switch {
 			case rng.IntN(4) == 0:
@@ -145,16 +122,7 @@ func TestMaxColumnsConvergeInEveryArrivalOrder(t *testing.T) {
 			}
 			ws = append(ws, mwrite{hwrite: hwrite{w: Write{Origin: r, Tick: vec.Get(r), HLC: hlc, Deleted: op == OpDelete}, vec: vec, op: op}, ver: ver, row: row})
 			rep.ver, rep.row, rep.own = ver, row, nil
-			for _, o := range regions {
-				if o != r {
-					queues[o][r] = append(queues[o][r], i)
-				}
-			}
-		}
-		for _, r := range regions {
-			for deliver(r) {
-			}
-		}
+		}, func(dst RegionID, i int) { reps[dst].apply(t, p, ws[i]) })
 		// The rule: the highest-ranked of the writes no other write has
 		// seen decides the row and x; m is the greatest of the live ones'.
 		h := &history{}

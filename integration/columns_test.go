@@ -14,20 +14,14 @@ import (
 // sets seen, a max column: it ends at the greatest, and makes no edit a
 // lost one.
 func TestColumnLWWKeepsConcurrentEditsOfDifferentColumns(t *testing.T) {
-	nf := NewNetFaults()
-	t.Cleanup(nf.Close)
 	tables := []TableSpec{{Name: "public.profile", Deletes: "delete_wins", Columns: "column_lww", Max: []string{"seen"}}}
-	h := startRegions(t, Spec{
+	h, nf := startWithNetFaults(t, Spec{
 		SchemaSQL: []string{
 			`CREATE TABLE public.profile (id integer PRIMARY KEY, email text, bio text, name text, big text, seen integer)`,
 			`ALTER TABLE public.profile REPLICA IDENTITY FULL`,
 		},
-		Tables:    tables,
-		Configure: nf.Configure(nil),
+		Tables: tables,
 	})
-	if err := nf.Check([]string{"us", "eu", "ap"}); err != nil {
-		t.Fatal(err)
-	}
 	ctx := ctxFor(t, 4*time.Minute)
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
 	execAll := func(r *Region, stmts ...string) {
@@ -131,13 +125,7 @@ func TestColumnLWWNeedsTheOldRow(t *testing.T) {
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for us.Running() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the replicator runs a column_lww table without REPLICA IDENTITY FULL:\n%s", us.Logs(3000))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitExited(t, us, time.Minute)
 	if log := us.Logs(1 << 16); !strings.Contains(log, "table public.profile: columns: column_lww needs REPLICA IDENTITY FULL") ||
 		!strings.Contains(log, `ALTER TABLE "public"."profile" REPLICA IDENTITY FULL`) {
 		t.Errorf("the refusal does not name the table and the fix:\n%s", us.Logs(3000))

@@ -57,6 +57,33 @@ func startRegions(t *testing.T, spec Spec) *Harness {
 	return startRegionsWith(t, spec, false)
 }
 
+// startWithNetFaults is startRegions with every link through NetFaults,
+// which the test cuts and heals.
+func startWithNetFaults(t *testing.T, spec Spec) (*Harness, *NetFaults) {
+	t.Helper()
+	nf := NewNetFaults()
+	t.Cleanup(nf.Close) // runs after the harness is closed
+	spec.Configure = nf.Configure(nil)
+	h := startRegions(t, spec)
+	if err := nf.Check(spec.Regions); err != nil {
+		t.Fatal(err)
+	}
+	return h, nf
+}
+
+// waitExited waits until r's replicator has ended on its own (a refusal
+// at start), failing the test if it still runs after within.
+func waitExited(t *testing.T, r *Region, within time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for r.Running() {
+		if time.Now().After(deadline) {
+			t.Fatalf("replicator %s still runs after %s:\n%s", r.Name, within, r.Logs(3000))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // startClusters is startRegions without starting the replicators.
 func startClusters(t *testing.T, spec Spec) *Harness {
 	t.Helper()

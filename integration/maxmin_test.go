@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -111,13 +112,7 @@ func TestMaxColumnThatCannotMergeIsRefusedByName(t *testing.T) {
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(time.Minute)
-	for us.Running() {
-		if time.Now().After(deadline) {
-			t.Fatalf("the replicator runs with a max column of type json:\n%s", us.Logs(3000))
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	waitExited(t, us, time.Minute)
 	if log := us.Logs(1 << 16); !strings.Contains(log, `table public.docs: max column "doc": type json cannot be merged by max`) {
 		t.Errorf("the refusal does not name the table, column and type:\n%s", log)
 	}
@@ -138,27 +133,14 @@ func TestMaxColumnThatCannotMergeIsRefusedByName(t *testing.T) {
 // then wins over T, b keeps T's row to bring back; it must keep T's own
 // values (1), not the row it showed (9).
 func TestMaxColumnForgetsWhatADeleteSaw(t *testing.T) {
-	nf := NewNetFaults()
-	t.Cleanup(nf.Close)
-	tables := []TableSpec{{Name: "public.seen", Deletes: "delete_wins", Max: []string{"seen"}}}
-	h := startRegions(t, Spec{
-		Regions:   []string{"a", "b", "c"},
-		SchemaSQL: []string{`CREATE TABLE public.seen (id integer PRIMARY KEY, name text, seen integer)`},
-		Tables:    tables,
-		Configure: nf.Configure(nil),
-	})
-	if err := nf.Check([]string{"a", "b", "c"}); err != nil {
-		t.Fatal(err)
-	}
+	h, nf, tables := startSeen(t, "a", "b", "c")
 	ctx := ctxFor(t, 4*time.Minute)
 	a, b, c := h.Region("a"), h.Region("b"), h.Region("c")
 	mustExec(t, ctx, a, `INSERT INTO public.seen VALUES (1, 'base', 0)`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	seen := func(r *Region) string {
-		return queryString(t, ctx, r, `SELECT coalesce((SELECT name || ' ' || seen FROM public.seen WHERE id = 1), 'none')`)
-	}
+	seen := func(r *Region) string { return seenOf(t, ctx, r) }
 	for _, l := range []Link{{From: "b", To: "c"}} { // b hears nothing of c for now
 		if err := nf.Cut(l); err != nil {
 			t.Fatal(err)
@@ -196,27 +178,14 @@ func TestMaxColumnForgetsWhatADeleteSaw(t *testing.T) {
 // y's insert before x's delete. The insert has seen the delete, which saw
 // the 9: z must take the insert's 2 as it is, not keep its 9.
 func TestMaxColumnTakesAWriteThatSawADeleteAsItIs(t *testing.T) {
-	nf := NewNetFaults()
-	t.Cleanup(nf.Close)
-	tables := []TableSpec{{Name: "public.seen", Deletes: "delete_wins", Max: []string{"seen"}}}
-	h := startRegions(t, Spec{
-		Regions:   []string{"x", "y", "z"},
-		SchemaSQL: []string{`CREATE TABLE public.seen (id integer PRIMARY KEY, name text, seen integer)`},
-		Tables:    tables,
-		Configure: nf.Configure(nil),
-	})
-	if err := nf.Check([]string{"x", "y", "z"}); err != nil {
-		t.Fatal(err)
-	}
+	h, nf, tables := startSeen(t, "x", "y", "z")
 	ctx := ctxFor(t, 4*time.Minute)
 	x, y, z := h.Region("x"), h.Region("y"), h.Region("z")
 	mustExec(t, ctx, x, `INSERT INTO public.seen VALUES (1, 'base', 9)`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	seen := func(r *Region) string {
-		return queryString(t, ctx, r, `SELECT coalesce((SELECT name || ' ' || seen FROM public.seen WHERE id = 1), 'none')`)
-	}
+	seen := func(r *Region) string { return seenOf(t, ctx, r) }
 	if err := nf.Cut(Link{From: "z", To: "x"}); err != nil { // z hears nothing of x for now
 		t.Fatal(err)
 	}
@@ -235,4 +204,23 @@ func TestMaxColumnTakesAWriteThatSawADeleteAsItIs(t *testing.T) {
 			t.Errorf("region %s holds %q, want again 2", r.Name, got)
 		}
 	}
+}
+
+// startSeen starts three regions with their links through NetFaults and
+// public.seen, whose seen column merges by max.
+func startSeen(t *testing.T, regions ...string) (*Harness, *NetFaults, []TableSpec) {
+	t.Helper()
+	tables := []TableSpec{{Name: "public.seen", Deletes: "delete_wins", Max: []string{"seen"}}}
+	h, nf := startWithNetFaults(t, Spec{
+		Regions:   regions,
+		SchemaSQL: []string{`CREATE TABLE public.seen (id integer PRIMARY KEY, name text, seen integer)`},
+		Tables:    tables,
+	})
+	return h, nf, tables
+}
+
+// seenOf is row 1 of public.seen in r as "name seen", or "none".
+func seenOf(t *testing.T, ctx context.Context, r *Region) string {
+	t.Helper()
+	return queryString(t, ctx, r, `SELECT coalesce((SELECT name || ' ' || seen FROM public.seen WHERE id = 1), 'none')`)
 }

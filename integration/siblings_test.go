@@ -18,17 +18,11 @@ import (
 // ap, from the local row in eu). Before siblings, ap and eu kept v2 and us
 // kept v3 for ever.
 func TestRegionPriorityConvergesWhateverTheArrivalOrder(t *testing.T) {
-	nf := NewNetFaults()
-	t.Cleanup(nf.Close)
 	tables := []TableSpec{{Name: "public.prio", Policy: "region_priority", Priority: []string{"ap", "eu", "us"}}}
-	h := startRegions(t, Spec{
+	h, nf := startWithNetFaults(t, Spec{
 		SchemaSQL: []string{`CREATE TABLE public.prio (id integer PRIMARY KEY, val text, note text)`},
 		Tables:    tables,
-		Configure: nf.Configure(nil),
 	})
-	if err := nf.Check([]string{"us", "eu", "ap"}); err != nil {
-		t.Fatal(err)
-	}
 	ctx := ctxFor(t, 4*time.Minute)
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
 	mustExec(t, ctx, us, `INSERT INTO public.prio VALUES (1, 'base', 'base')`)

@@ -196,7 +196,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			}
 			k := metaKey{sh.Table, c.Key}
 			if folded[k] {
-				if err := ex.bulk.fold(k, sh, a.policy(sh.Table), c, int64(t.Seq)); err != nil {
+				if err := ex.bulk.fold(k, sh, c, int64(t.Seq)); err != nil {
 					return 0, err
 				}
 				continue

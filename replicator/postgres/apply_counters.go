@@ -52,7 +52,6 @@ type keyUse struct {
 // foldRow is one key's folded updates in a batch.
 type foldRow struct {
 	sh      replicator.Shape
-	pol     conflict.Policy
 	deltas  map[string]string // counter column -> summed delta
 	version conflict.Version  // the updates' versions, folded
 	seq     int64             // source sequence number of the update that ranks highest
@@ -120,13 +119,13 @@ func (a *Applier) foldsAfterReads(folded map[metaKey]bool, read map[string][]str
 }
 
 // fold adds one update of a counter-only row to the batch.
-func (b *bulk) fold(k metaKey, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, seq int64) error {
+func (b *bulk) fold(k metaKey, sh replicator.Shape, c *replicator.Change, seq int64) error {
 	if b.folds == nil {
 		b.folds = map[metaKey]*foldRow{}
 	}
 	f, ok := b.folds[k]
 	if !ok {
-		f = &foldRow{sh: sh, pol: pol, deltas: map[string]string{}, version: c.Version, seq: seq}
+		f = &foldRow{sh: sh, deltas: map[string]string{}, version: c.Version, seq: seq}
 		b.folds[k] = f
 		b.foldOrder = append(b.foldOrder, k)
 	} else {
@@ -264,10 +263,15 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, tuple_xmin, fold)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted ELSE m.xmin = u.tuple_xmin::xid END`
 
+// rowQuerier is a connection or a transaction.
+type rowQuerier interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
 // identityFull reports whether a table has REPLICA IDENTITY FULL.
-func identityFull(ctx context.Context, tx pgx.Tx, table string) (bool, error) {
+func identityFull(ctx context.Context, q rowQuerier, table string) (bool, error) {
 	var full bool
-	err := tx.QueryRow(ctx, `SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(table)).Scan(&full)
+	err := q.QueryRow(ctx, `SELECT c.relreplident = 'f' FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(table)).Scan(&full)
 	if err != nil {
 		return false, fmt.Errorf("replica identity of %s: %w", table, err)
 	}

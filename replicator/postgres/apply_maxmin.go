@@ -96,8 +96,13 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 	var args []any
 	var idx []int
 	for i, col := range sh.Columns {
-		fn := map[string]string{"max": "GREATEST", "min": "LEAST"}[pol.Merge(col)]
-		if fn == "" {
+		var fn string
+		switch pol.Merge(col) {
+		case "max":
+			fn = "GREATEST"
+		case "min":
+			fn = "LEAST"
+		default:
 			continue
 		}
 		if len(rows) == 1 {

@@ -192,28 +192,24 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 				srcSeq: int64(next),
 			}
 			pol := r.tables[c.rel.name].Policy
-			if cols := stampedColumns(c.rel.shape, pol); len(cols) > 0 {
-				// Columns the update did not change keep the stamps they
-				// had (the old row is in the stream: REPLICA IDENTITY FULL
-				// is checked at start).
-				old := c.old
-				if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
-					old = nil // every column counts as changed
-				}
-				changed := changedColumns(c.rel.shape, cols, old, c.row)
-				nm.version.Stamps = conflict.LocalStamps(prior.version, !prior.version.Deleted, c.op, cols, changed)
-			}
-			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			// With REPLICA IDENTITY FULL an update carries the row as this
 			// write found it: the counters' deltas come from there, exact
 			// whatever the recorded version says, and the recorded sums
 			// move by the deltas (appliers add peers' increments to the
 			// recorded sums of counter-only rows in place, see the
 			// applier's foldRows, possibly before this write is versioned).
+			// Column stamps too: the columns an update did not change keep
+			// the stamps they had (without the old row every column counts
+			// as changed; column_lww tables are checked for it at start).
 			oldRow := c.old
 			if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
 				oldRow = nil
 			}
+			if cols := stampedColumns(c.rel.shape, pol); len(cols) > 0 {
+				changed := changedColumns(c.rel.shape, cols, oldRow, c.row)
+				nm.version.Stamps = conflict.LocalStamps(prior.version, !prior.version.Deleted, c.op, cols, changed)
+			}
+			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
 			if len(pol.Counters) > 0 && c.op == conflict.OpDelete {
 				// A tombstone keeps the counters' sums: deltas that arrive
 				// while the row is deleted still count.
