@@ -12,7 +12,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/postgres"
@@ -52,7 +51,7 @@ func build(ctx context.Context, cfg Config, be Backend, g *generation) error {
 		if err := dropSlot(ctx, conn, g.Slot); err != nil {
 			return err
 		}
-		repl, err := replConn(ctx, cfg.Database, "polyregion-index-build")
+		repl, err := postgres.OpenReplication(ctx, cfg.Database, "polyregion-index-build")
 		if err != nil {
 			return err
 		}
@@ -328,22 +327,6 @@ func bulkRetry(ctx context.Context, cfg Config, be Backend, ops []Op, onDown fun
 		}
 		backoff = min(backoff*2, 10*time.Second)
 	}
-}
-
-// replConn opens a replication-protocol session.
-func replConn(ctx context.Context, connString, app string) (*pgconn.PgConn, error) {
-	rc, err := pgconn.ParseConfig(connString)
-	if err != nil {
-		return nil, fmt.Errorf("parse connection string: %w", err)
-	}
-	rc.RuntimeParams["replication"] = "database"
-	postgres.SetTextForms(rc.RuntimeParams) // as the backfill's sessions (postgres.Connect)
-	rc.RuntimeParams["application_name"] = app
-	c, err := pgconn.ConnectConfig(ctx, rc)
-	if err != nil {
-		return nil, fmt.Errorf("replication connection: %w", err)
-	}
-	return c, nil
 }
 
 // textValues turns a result row of ::text columns into values (SQL NULL as

@@ -9,8 +9,6 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/postgres"
@@ -35,7 +33,7 @@ type streamer struct {
 	f    *Feed
 	g    *generation
 	conn *pgx.Conn // lookups (unchanged TOASTed values), dead letters, lag
-	repl *pgconn.PgConn
+	repl *postgres.ChangeStream
 	rels map[uint32]*relState
 
 	ops     []Op
@@ -58,16 +56,14 @@ func (f *Feed) stream(ctx context.Context, g *generation) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	repl, err := replConn(ctx, f.cfg.Database, "polyregion-index")
+	// The search index follows every write, applied ones included: no
+	// origin filter.
+	repl, err := postgres.StartChangeStream(ctx, f.cfg.Database, "polyregion-index", "index feed", g.Slot, 0,
+		func(bool) []string { return postgres.PgoutputArgs(PublicationName(f.cfg.Region), false, false) })
 	if err != nil {
 		return err
 	}
-	defer repl.Close(context.Background())
-	if err := pglogrepl.StartReplication(ctx, repl, g.Slot, 0, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{"proto_version '1'", "publication_names '" + PublicationName(f.cfg.Region) + "'"},
-	}); err != nil {
-		return fmt.Errorf("index feed: start replication on slot %s: %w", g.Slot, err)
-	}
+	defer repl.Close()
 	s := &streamer{f: f, g: g, conn: conn, repl: repl, rels: map[uint32]*relState{}}
 	if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, g.Slot).Scan(&s.acked); err != nil {
 		return fmt.Errorf("index feed: slot %s: %w", g.Slot, err)
@@ -115,47 +111,27 @@ func (s *streamer) run(ctx context.Context) error {
 			wait = min(wait, time.Until(s.due))
 		}
 		wait = max(wait, time.Millisecond)
-		rctx, cancel := context.WithTimeout(ctx, wait)
-		raw, err := s.repl.ReceiveMessage(rctx)
-		cancel()
+		ev, ok, err := s.repl.Receive(ctx, wait)
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
-			if pgconn.Timeout(err) {
-				continue
-			}
-			return fmt.Errorf("index feed: receive: %w", err)
+			return err
 		}
-		switch msg := raw.(type) {
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("index feed: server: %s", msg.Message)
-		case *pgproto3.CopyData:
-			if len(msg.Data) == 0 {
-				continue
+		switch {
+		case !ok:
+		case ev.Keepalive:
+			if !s.inTxn && len(s.ops) == 0 && len(s.commits) == 0 && ev.WALEnd > s.acked {
+				// Nothing pending: everything up to the server's end is
+				// in the engine.
+				s.acked = ev.WALEnd
 			}
-			switch msg.Data[0] {
-			case pglogrepl.PrimaryKeepaliveMessageByteID:
-				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(msg.Data[1:])
-				if err != nil {
-					return fmt.Errorf("index feed: keepalive: %w", err)
-				}
-				if !s.inTxn && len(s.ops) == 0 && len(s.commits) == 0 && ka.ServerWALEnd > s.acked {
-					// Nothing pending: everything up to the server's end
-					// is in the engine.
-					s.acked = ka.ServerWALEnd
-				}
-				if ka.ReplyRequested {
-					nextStatus = time.Now()
-				}
-			case pglogrepl.XLogDataByteID:
-				xld, err := pglogrepl.ParseXLogData(msg.Data[1:])
-				if err != nil {
-					return fmt.Errorf("index feed: xlog data: %w", err)
-				}
-				if err := s.handle(ctx, xld.WALData); err != nil {
-					return err
-				}
+			if ev.ReplyRequested {
+				nextStatus = time.Now()
+			}
+		default:
+			if err := s.handle(ctx, ev.Data); err != nil {
+				return err
 			}
 		}
 	}
@@ -195,10 +171,8 @@ func (s *streamer) poll(ctx context.Context) (bool, error) {
 }
 
 func (s *streamer) sendStatus(ctx context.Context) error {
-	if err := pglogrepl.SendStandbyStatusUpdate(ctx, s.repl, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: s.acked, WALFlushPosition: s.acked, WALApplyPosition: s.acked,
-	}); err != nil {
-		return fmt.Errorf("index feed: send status: %w", err)
+	if err := s.repl.Confirm(ctx, s.acked); err != nil {
+		return err
 	}
 	s.sent = s.acked
 	return nil

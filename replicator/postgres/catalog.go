@@ -196,10 +196,14 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if err := prepareOwnerExec(ctx, conn, tables); err != nil {
 		return err
 	}
+	origins := []string{VersionsOrigin}
 	for _, p := range peers {
+		origins = append(origins, OriginName(p))
+	}
+	for _, o := range origins {
 		if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)
-			WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, OriginName(p)); err != nil {
-			return fmt.Errorf("prepare replication origin for %s: %w", p, err)
+			WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, o); err != nil {
+			return fmt.Errorf("prepare replication origin %s: %w", o, err)
 		}
 	}
 	return nil

@@ -9,7 +9,6 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -200,38 +199,27 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 	r.advance(st.lsn)
 
-	rconf, err := pgconn.ParseConfig(r.cfg.ConnString)
+	stream, err := StartChangeStream(ctx, r.cfg.ConnString, "polyregion-reader", "reader", SlotName(string(r.cfg.Region)), st.lsn,
+		func(filters bool) []string { return PgoutputArgs(PublicationName(string(r.cfg.Region)), true, filters) })
 	if err != nil {
-		return fmt.Errorf("reader: parse connection string: %w", err)
+		return err
 	}
-	rconf.RuntimeParams["replication"] = "database"
-	SetTextForms(rconf.RuntimeParams)
-	rconf.RuntimeParams["application_name"] = "polyregion-reader"
-	repl, err := pgconn.ConnectConfig(ctx, rconf)
-	if err != nil {
-		return fmt.Errorf("reader: replication connection: %w", err)
-	}
-	defer repl.Close(context.Background())
-
-	slot := SlotName(string(r.cfg.Region))
-	err = pglogrepl.StartReplication(ctx, repl, slot, st.lsn, pglogrepl.StartReplicationOptions{
-		PluginArgs: []string{
-			"proto_version '1'",
-			"publication_names '" + PublicationName(string(r.cfg.Region)) + "'",
-			"messages 'true'",
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("reader: start replication on slot %s: %w", slot, err)
-	}
-	r.cfg.Logger.Info("reader started", "slot", slot, "from", st.lsn.String(), "next_seq", uint64(st.nextSeq))
-
+	defer stream.Close()
 	pconn, err := connectDataPlane(ctx, r.cfg.ConnString)
 	if err != nil {
 		return fmt.Errorf("reader: %w", err)
 	}
 	defer pconn.Close(context.Background())
-	s := &readSession{r: r, ctx: ctx, conn: conn, repl: repl, pconn: pconn, st: st, confirmed: st.lsn, lastStatus: time.Now(),
+	if stream.FiltersOrigins() {
+		// The walsender then skips what this session writes.
+		if err := markVersionsSession(ctx, pconn); err != nil {
+			return err
+		}
+	}
+	r.cfg.Logger.Info("reader started", "slot", SlotName(string(r.cfg.Region)), "from", st.lsn.String(), "next_seq", uint64(st.nextSeq),
+		"server_version", stream.ServerVersion(), "decodes_applied_changes", !stream.FiltersOrigins())
+
+	s := &readSession{r: r, ctx: ctx, conn: conn, stream: stream, pconn: pconn, st: st, confirmed: st.lsn,
 		rels: map[uint32]*relation{}}
 	s.startPersister()
 	defer s.close()
@@ -257,19 +245,20 @@ func (r *Reader) Run(ctx context.Context) error {
 		if r.stopping() {
 			base = ctx // finishing the transaction in progress
 		}
-		rctx, cancel := context.WithTimeout(base, s.wait())
-		raw, err := repl.ReceiveMessage(rctx)
-		cancel()
+		ev, ok, err := stream.Receive(base, s.wait())
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			if pgconn.Timeout(err) || (sctx.Err() != nil && errors.Is(err, context.Canceled)) {
-				continue
+			if sctx.Err() != nil && errors.Is(err, context.Canceled) {
+				continue // asked to stop: finish the transaction in progress
 			}
-			return fmt.Errorf("reader: receive: %w", err)
+			return err
 		}
-		if err := s.receive(raw); err != nil {
+		if !ok {
+			continue
+		}
+		if err := s.receive(ev); err != nil {
 			return err
 		}
 	}

@@ -8,56 +8,36 @@ import (
 	"time"
 
 	"github.com/jackc/pglogrepl"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/polyregion/polyregion/conflict"
 )
 
-// receive handles one message of the replication stream.
-func (s *readSession) receive(raw pgproto3.BackendMessage) error {
-	switch m := raw.(type) {
-	case *pgproto3.ErrorResponse:
-		return fmt.Errorf("reader: server error: %w", pgconn.ErrorResponseToPgError(m))
-	case *pgproto3.CopyData:
-		if len(m.Data) == 0 {
-			return nil
+// receive handles one message of the change stream.
+func (s *readSession) receive(ev StreamEvent) error {
+	if ev.Keepalive {
+		// Nothing in flight: every commit before the server's send
+		// position has reached us, so the slot may move on.
+		if s.cur == nil && len(s.batch) == 0 && !s.inflight && ev.WALEnd > s.confirmed {
+			s.confirmed = ev.WALEnd
+			s.r.advance(s.confirmed)
 		}
-		switch m.Data[0] {
-		case pglogrepl.PrimaryKeepaliveMessageByteID:
-			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
-			if err != nil {
-				return fmt.Errorf("reader: keepalive: %w", err)
-			}
-			// Nothing in flight: every commit before the server's send
-			// position has reached us, so the slot may move on.
-			if s.cur == nil && len(s.batch) == 0 && !s.inflight && ka.ServerWALEnd > s.confirmed {
-				s.confirmed = ka.ServerWALEnd
-				s.r.advance(s.confirmed)
-			}
-			if ka.ReplyRequested {
-				return s.sendStatus()
-			}
-		case pglogrepl.XLogDataByteID:
-			xld, err := pglogrepl.ParseXLogData(m.Data[1:])
-			if err != nil {
-				return fmt.Errorf("reader: xlogdata: %w", err)
-			}
-			if s.cur != nil && s.cur.remote && skippableRowMessage(xld.WALData) {
-				// A row of an applied transaction (or of one versioned
-				// before a restart): nothing to version or ship, so it is
-				// not decoded. Most of what a receiving region's stream
-				// carries is such rows.
-				return nil
-			}
-			msg, err := pglogrepl.Parse(xld.WALData)
-			if err != nil {
-				return fmt.Errorf("reader: decode pgoutput message at %s: %w", xld.WALStart, err)
-			}
-			return s.decoded(msg)
+		if ev.ReplyRequested {
+			return s.sendStatus()
 		}
+		return nil
 	}
-	return nil
+	if s.cur != nil && s.cur.remote && skippableRowMessage(ev.Data) {
+		// A row of an applied transaction (or of one versioned before a
+		// restart): nothing to version or ship, so it is not decoded. Up
+		// to PostgreSQL 15 most of what a receiving region's stream
+		// carries is such rows (see reader_origin.go).
+		return nil
+	}
+	msg, err := pglogrepl.Parse(ev.Data)
+	if err != nil {
+		return fmt.Errorf("reader: decode pgoutput message at %s: %w", ev.WALStart, err)
+	}
+	return s.decoded(msg)
 }
 
 // decoded handles one pgoutput message.

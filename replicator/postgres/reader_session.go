@@ -12,24 +12,22 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // readSession is what Run keeps between messages.
 type readSession struct {
-	r     *Reader
-	ctx   context.Context
-	conn  *pgx.Conn      // catalog lookups, barriers' positions
-	repl  *pgconn.PgConn // the replication stream
-	pconn *pgx.Conn      // the persister's session
-	st    readerState    // as last persisted
+	r      *Reader
+	ctx    context.Context
+	conn   *pgx.Conn // catalog lookups, barriers' positions
+	stream *ChangeStream
+	pconn  *pgx.Conn   // the persister's session
+	st     readerState // as last persisted
 
 	rels          map[uint32]*relation
 	cur           *pendingTxn // the transaction being decoded
 	batch         []*pendingTxn
 	batchChanges  int
 	confirmed     pglogrepl.LSN // reported to the server as flushed
-	lastStatus    time.Time
 	flushDeadline time.Time
 
 	// Versioning runs in its own goroutine, one batch at a time, while the
@@ -185,16 +183,7 @@ func (s *readSession) commitLarge() error {
 	return nil
 }
 
-func (s *readSession) sendStatus() error {
-	s.lastStatus = time.Now()
-	err := pglogrepl.SendStandbyStatusUpdate(s.ctx, s.repl, pglogrepl.StandbyStatusUpdate{
-		WALWritePosition: s.confirmed, WALFlushPosition: s.confirmed, WALApplyPosition: s.confirmed,
-	})
-	if err != nil {
-		return fmt.Errorf("reader: send status: %w", err)
-	}
-	return nil
-}
+func (s *readSession) sendStatus() error { return s.stream.Confirm(s.ctx, s.confirmed) }
 
 // finishStop versions what was decoded, confirms it and ends the run.
 func (s *readSession) finishStop() error {
@@ -229,7 +218,7 @@ func (s *readSession) tick() error {
 		}
 		s.start()
 	}
-	if time.Since(s.lastStatus) >= cfg.StatusInterval {
+	if s.stream.SinceStatus() >= cfg.StatusInterval {
 		return s.sendStatus()
 	}
 	return nil
@@ -237,7 +226,7 @@ func (s *readSession) tick() error {
 
 // wait is how long to wait for the next message before tick is due again.
 func (s *readSession) wait() time.Duration {
-	wait := s.r.cfg.StatusInterval - time.Since(s.lastStatus)
+	wait := s.r.cfg.StatusInterval - s.stream.SinceStatus()
 	if s.inflight && wait > 2*time.Millisecond {
 		wait = 2 * time.Millisecond
 	}

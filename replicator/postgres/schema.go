@@ -256,6 +256,11 @@ func PublicationName(region string) string { return "polyregion_" + region }
 // OriginName is the replication origin applied changes from source carry.
 func OriginName(source string) string { return "polyregion_from_" + source }
 
+// VersionsOrigin is the replication origin the reader's own writes (row
+// versions, outbox entries) carry on servers whose pgoutput filters by
+// origin, so that its walsender skips them instead of decoding them.
+const VersionsOrigin = "polyregion_versions"
+
 // TruncatePrefix is the logical message prefix of the keys a TRUNCATE of a
 // replicated table removed (see polyregion.capture_truncate).
 const TruncatePrefix = "polyregion.truncate"

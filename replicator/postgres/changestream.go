@@ -1,0 +1,155 @@
+package postgres
+
+// The change stream: one logical replication session decoding a slot with
+// pgoutput. It opens the session, starts streaming, hands out what the
+// server sends (keepalives and pgoutput messages) and reports the position
+// its consumer has made durable. The reader (which versions and ships local
+// writes) and the search feed (which indexes every write) each consume one;
+// what to do with a message, and when a position is durable, is theirs.
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// OpenReplication opens a replication-protocol session to the database of
+// connString, named app in pg_stat_activity, with the text forms every
+// session that reads rows uses (SetTextForms).
+func OpenReplication(ctx context.Context, connString, app string) (*pgconn.PgConn, error) {
+	rc, err := pgconn.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	rc.RuntimeParams["replication"] = "database"
+	SetTextForms(rc.RuntimeParams)
+	rc.RuntimeParams["application_name"] = app
+	c, err := pgconn.ConnectConfig(ctx, rc)
+	if err != nil {
+		return nil, fmt.Errorf("replication connection: %w", err)
+	}
+	return c, nil
+}
+
+// ChangeStream is a started replication session. It is not safe for
+// concurrent use.
+type ChangeStream struct {
+	conn       *pgconn.PgConn
+	who        string // names the consumer in errors: "reader", "index feed"
+	lastStatus time.Time
+}
+
+// StreamEvent is one message from the server: a keepalive, or WAL data
+// carrying one pgoutput message.
+type StreamEvent struct {
+	Keepalive bool
+	// WALEnd is the server's WAL end (a keepalive's), and ReplyRequested
+	// whether the server asks for a status report at once.
+	WALEnd         pglogrepl.LSN
+	ReplyRequested bool
+	// WALStart is where the WAL data starts, Data the pgoutput message.
+	WALStart pglogrepl.LSN
+	Data     []byte
+}
+
+// PgoutputArgs are pgoutput's options: the publication, whether to send
+// logical decoding messages, and whether to drop changes that carry a
+// replication origin (servers that filter by origin only; see
+// reader_origin.go).
+func PgoutputArgs(publication string, messages, originNone bool) []string {
+	args := []string{"proto_version '1'", "publication_names '" + publication + "'"}
+	if messages {
+		args = append(args, "messages 'true'")
+	}
+	if originNone {
+		args = append(args, "origin 'none'")
+	}
+	return args
+}
+
+// StartChangeStream opens a replication session and starts decoding slot
+// from position from with pgoutput and the options args returns, given
+// whether the server filters by origin. who names the consumer in errors.
+func StartChangeStream(ctx context.Context, connString, app, who, slot string, from pglogrepl.LSN, args func(filtersOrigins bool) []string) (*ChangeStream, error) {
+	conn, err := OpenReplication(ctx, connString, app)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", who, err)
+	}
+	if err := pglogrepl.StartReplication(ctx, conn, slot, from, pglogrepl.StartReplicationOptions{PluginArgs: args(filtersOrigins(conn))}); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("%s: start replication on slot %s: %w", who, slot, err)
+	}
+	return &ChangeStream{conn: conn, who: who, lastStatus: time.Now()}, nil
+}
+
+// FiltersOrigins reports whether the server's pgoutput takes origin 'none'.
+func (s *ChangeStream) FiltersOrigins() bool { return filtersOrigins(s.conn) }
+
+// ServerVersion is the server's version string.
+func (s *ChangeStream) ServerVersion() string { return s.conn.ParameterStatus("server_version") }
+
+// Receive waits up to wait for the next message. ok is false when none came
+// in time. An error ends the stream, except that a ctx ended meanwhile
+// returns ctx's error (the session stays usable: the caller may go on).
+func (s *ChangeStream) Receive(ctx context.Context, wait time.Duration) (ev StreamEvent, ok bool, err error) {
+	for {
+		rctx, cancel := context.WithTimeout(ctx, wait)
+		raw, err := s.conn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ev, false, ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				return ev, false, nil
+			}
+			return ev, false, fmt.Errorf("%s: receive: %w", s.who, err)
+		}
+		switch m := raw.(type) {
+		case *pgproto3.ErrorResponse:
+			return ev, false, fmt.Errorf("%s: server error: %w", s.who, pgconn.ErrorResponseToPgError(m))
+		case *pgproto3.CopyData:
+			if len(m.Data) == 0 {
+				continue
+			}
+			switch m.Data[0] {
+			case pglogrepl.PrimaryKeepaliveMessageByteID:
+				ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(m.Data[1:])
+				if err != nil {
+					return ev, false, fmt.Errorf("%s: keepalive: %w", s.who, err)
+				}
+				return StreamEvent{Keepalive: true, WALEnd: ka.ServerWALEnd, ReplyRequested: ka.ReplyRequested}, true, nil
+			case pglogrepl.XLogDataByteID:
+				xld, err := pglogrepl.ParseXLogData(m.Data[1:])
+				if err != nil {
+					return ev, false, fmt.Errorf("%s: WAL data: %w", s.who, err)
+				}
+				return StreamEvent{WALStart: xld.WALStart, Data: xld.WALData}, true, nil
+			}
+		}
+		// Anything else (a notice, an unknown CopyData kind) carries
+		// nothing for the consumer: wait on.
+	}
+}
+
+// Confirm reports lsn as written, flushed and applied: the server may
+// recycle the WAL before it and restarts the slot from there.
+func (s *ChangeStream) Confirm(ctx context.Context, lsn pglogrepl.LSN) error {
+	s.lastStatus = time.Now()
+	if err := pglogrepl.SendStandbyStatusUpdate(ctx, s.conn, pglogrepl.StandbyStatusUpdate{
+		WALWritePosition: lsn, WALFlushPosition: lsn, WALApplyPosition: lsn,
+	}); err != nil {
+		return fmt.Errorf("%s: send status: %w", s.who, err)
+	}
+	return nil
+}
+
+// SinceStatus is the time since the last Confirm (or the start).
+func (s *ChangeStream) SinceStatus() time.Duration { return time.Since(s.lastStatus) }
+
+// Close ends the session.
+func (s *ChangeStream) Close() { s.conn.Close(context.Background()) }

@@ -1,0 +1,69 @@
+package postgres
+
+// Which changes the reader's walsender decodes. Up to PostgreSQL 15 pgoutput
+// sends every change of the published tables, applied ones included, and
+// decodes the reader's own writes (row versions, outbox entries) only to
+// drop them; the reader skips applied rows undecoded (skippableRowMessage).
+// From PostgreSQL 16 pgoutput takes origin 'none': changes that carry a
+// replication origin are dropped before the walsender even queues them. The
+// appliers' sessions carry one per source, and the reader's own writes carry
+// VersionsOrigin, so the walsender decodes only the applications' writes
+// and the barriers (emitted from sessions without an origin).
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// originFilterMajor is the first major version whose pgoutput filters by
+// origin.
+const originFilterMajor = 16
+
+// serverMajor is the major version in a server_version parameter ("15.8
+// (Debian 15.8-1.pgdg120+1)", "17.10", "18beta1"); 0 when unreadable.
+func serverMajor(version string) int {
+	end := strings.IndexFunc(version, func(r rune) bool { return r < '0' || r > '9' })
+	if end < 0 {
+		end = len(version)
+	}
+	n, err := strconv.Atoi(version[:end])
+	if err != nil {
+		return 0
+	}
+	return n
+}
+
+// filtersOrigins reports whether the server behind conn filters the change
+// stream by origin.
+func filtersOrigins(conn *pgconn.PgConn) bool {
+	return serverMajor(conn.ParameterStatus("server_version")) >= originFilterMajor
+}
+
+// markVersionsSession gives the reader's writing session VersionsOrigin. A
+// session of an earlier run may hold it for a moment after its connection
+// closed (the server ends the backend asynchronously): that is waited out.
+func markVersionsSession(ctx context.Context, conn *pgx.Conn) error {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, VersionsOrigin)
+		var pgErr *pgconn.PgError
+		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
+			if err != nil {
+				return fmt.Errorf("reader: mark the versioning session with origin %s: %w", VersionsOrigin, err)
+			}
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
