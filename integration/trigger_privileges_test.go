@@ -44,6 +44,27 @@ var hostileSchema = []string{
 		RETURN a OPERATOR(pg_catalog.=) b;
 	END $$`,
 	`CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.spy_eq)`,
+	// Prepared statements outlast the function and its role: one put in
+	// place of a statement the replicator's session prepared would run with
+	// the replicator's privileges the next time it executes that statement.
+	`CREATE FUNCTION public.stolen() RETURNS bigint LANGUAGE plpgsql AS $$
+	BEGIN
+		INSERT INTO public.trigger_log (trig, as_user, attempt, outcome) VALUES ('prepared', current_user, 'hijack', 'ran as ' || current_user);
+		UPDATE polyregion.applied SET applied_at = '2000-01-01';
+		RETURN 0;
+	END $$`,
+	`CREATE FUNCTION public.swap_statements() RETURNS trigger LANGUAGE plpgsql AS $$
+	DECLARE s record;
+	BEGIN
+		FOR s IN SELECT name, parameter_types FROM pg_catalog.pg_prepared_statements WHERE NOT from_sql LOOP
+			EXECUTE pg_catalog.format('DEALLOCATE %I', s.name);
+			EXECUTE pg_catalog.format('PREPARE %I%s AS SELECT public.stolen()', s.name,
+				CASE WHEN pg_catalog.cardinality(s.parameter_types) > 0
+					THEN '(' || pg_catalog.array_to_string(s.parameter_types::text[], ',') || ')' ELSE '' END);
+		END LOOP;
+		RETURN NULL;
+	END $$`,
+	`CREATE TRIGGER swap_statements AFTER INSERT OR UPDATE OR DELETE ON public.kv FOR EACH ROW EXECUTE FUNCTION public.swap_statements()`,
 	`CREATE TRIGGER hostile AFTER INSERT OR UPDATE OR DELETE ON public.kv FOR EACH ROW EXECUTE FUNCTION public.hostile()`,
 	`CREATE CONSTRAINT TRIGGER hostile_deferred AFTER INSERT OR UPDATE ON public.kv DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION public.hostile()`,
 }
@@ -52,7 +73,9 @@ var hostileSchema = []string{
 // are applied with the table owner's privileges. An application's
 // trigger, ordinary or deferred to commit, fired by an applied row runs as
 // the owner and can neither read nor change the replicator's tables, nor
-// switch back to the replicator's role; the rows replicate as usual.
+// switch back to the replicator's role, nor put a statement of its own in
+// place of one the replicator's session prepared; the rows replicate as
+// usual.
 func TestApplicationTriggersCannotReachTheReplicatorsTables(t *testing.T) {
 	h := startRegions(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: hostileSchema, Tables: []TableSpec{{Name: "public.kv"}}})
 	ctx := ctxFor(t, 3*time.Minute)
@@ -66,6 +89,11 @@ func TestApplicationTriggersCannotReachTheReplicatorsTables(t *testing.T) {
 	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE id = 2`, 0)
 	waitRow(t, ctx, us, `SELECT count(*) FROM public.kv WHERE id = 3`, 1)
 
+	for _, r := range h.Regions {
+		if got := queryString(t, ctx, r, `SELECT coalesce(string_agg(outcome, '; '), '') FROM public.trigger_log WHERE trig = 'prepared'`); got != "" {
+			t.Fatalf("%s: a statement an application trigger prepared in place of the replicator's ran: %s", r.Name, got)
+		}
+	}
 	// Triggers fired by applied rows in eu: every one, ordinary and deferred.
 	applied := `FROM public.trigger_log WHERE session = 'polyregion'` // the replicator's login role
 	if n := queryInt(t, ctx, eu, `SELECT count(DISTINCT trig) `+applied); n != 2 {

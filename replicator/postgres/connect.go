@@ -40,9 +40,17 @@ func SetTextForms(params map[string]string) {
 }
 
 func connect(ctx context.Context, connString string, params map[string]string) (*pgx.Conn, error) {
+	return connectWith(ctx, connString, params, nil)
+}
+
+// connectWith is connect with a last change to the configuration.
+func connectWith(ctx context.Context, connString string, params map[string]string, tune func(*pgx.ConnConfig)) (*pgx.Conn, error) {
 	cfg, err := pgx.ParseConfig(connString)
 	if err != nil {
 		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	if tune != nil {
+		tune(cfg)
 	}
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v

@@ -113,9 +113,17 @@ func isLockFailure(err error) bool {
 // after its source (server logs then tell applier sessions apart). It
 // returns the server's deadlock_timeout too.
 func connectApplier(ctx context.Context, connString, source string) (*pgx.Conn, time.Duration, error) {
-	conn, err := connect(ctx, connString, map[string]string{
+	conn, err := connectWith(ctx, connString, map[string]string{
 		"enable_hashjoin": "off", "enable_mergejoin": "off",
 		"application_name": "polyregion-apply-" + source,
+	}, func(c *pgx.ConnConfig) {
+		// Application code fired by applied rows runs in this session (as
+		// the table's owner, see ownerexec.go) and may PREPARE and
+		// DEALLOCATE statements: a statement it put in place of one this
+		// session prepared would run with the replicator's privileges. So
+		// the session prepares nothing by name: each statement is sent
+		// unnamed, with its description cached on this side.
+		c.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	})
 	if err != nil {
 		return nil, 0, err
