@@ -393,14 +393,17 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 
 // follower applies one peer's stream.
 type follower struct {
-	cfg     Config
-	peer    Peer
-	reader  *postgres.Reader
-	client  *link.Client
-	log     *slog.Logger
-	mon     *obs.Monitor
-	stop    <-chan struct{} // closed: finish the batch in flight, acknowledge it, return
+	cfg    Config
+	peer   Peer
+	reader *postgres.Reader
+	client *link.Client
+	log    *slog.Logger
+	mon    *obs.Monitor
+	stop   <-chan struct{} // closed: finish the batch in flight, acknowledge it, return
+	// applied is the last transaction committed here (maybe not yet
+	// durable: see durable.go); acknowledgements go through wal.
 	applied atomic.Uint64
+	wal     *walFlusher
 	// carefulSeq is a large transaction to apply change by change (it hit a
 	// data error in the fast path).
 	carefulSeq replicator.Seq
@@ -425,7 +428,8 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, order *replicator.
 	if err != nil {
 		return nil, err
 	}
-	return &follower{cfg: cfg, peer: p, reader: reader, order: order, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop}, nil
+	return &follower{cfg: cfg, peer: p, reader: reader, order: order, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop,
+		wal: &walFlusher{connString: cfg.Database}}, nil
 }
 
 // errStopping ends a follower's stream between batches on a graceful stop.
@@ -439,6 +443,7 @@ func (e applyFailed) Unwrap() error { return e.err }
 
 func (f *follower) run(ctx context.Context) {
 	defer f.client.Close()
+	defer f.wal.close()
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -450,7 +455,10 @@ func (f *follower) run(ctx context.Context) {
 		if errors.Is(err, errStopping) {
 			seq := f.applied.Load()
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			aerr := f.client.Ack(actx, replicator.Seq(seq))
+			aerr := f.wal.flush(actx)
+			if aerr == nil {
+				aerr = f.client.Ack(actx, replicator.Seq(seq))
+			}
 			cancel()
 			f.log.Info("follower stopped: batch in flight committed", "applied_seq", seq, "acknowledged", aerr == nil)
 			return
@@ -515,6 +523,10 @@ func (f *follower) once(ctx context.Context) error {
 	defer applier.Close()
 	after, err := applier.Applied(ctx)
 	if err != nil {
+		return applyFailed{err}
+	}
+	// Resuming after a position acknowledges it: make it durable first.
+	if err := f.wal.flush(ctx); err != nil {
 		return applyFailed{err}
 	}
 	f.applied.Store(uint64(after))
@@ -766,6 +778,12 @@ func (f *follower) ackLoop(ctx context.Context) {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		if err := f.wal.flush(actx); err != nil {
+			// Not acknowledged this time: the peer keeps what it has.
+			cancel()
+			f.log.Debug("flush before acknowledging failed", "err", err)
+			continue
+		}
 		if err := f.client.Ack(actx, replicator.Seq(cur)); err == nil {
 			sent = cur
 		} else if ctx.Err() == nil {

@@ -98,6 +98,11 @@ func (g *tombstones) round(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// The appliers commit asynchronously (see durable.go): advertise only
+	// durable positions.
+	if err := postgres.FlushWAL(ctx, conn); err != nil {
+		return fmt.Errorf("watermark: %w", err)
+	}
 	// Everything committed locally before now is versioned past the barrier.
 	l, err := postgres.EmitBarrier(ctx, conn)
 	if err != nil {

@@ -116,6 +116,9 @@ func connectApplier(ctx context.Context, connString, source string) (*pgx.Conn, 
 	conn, err := connectWith(ctx, connString, map[string]string{
 		"enable_hashjoin": "off", "enable_mergejoin": "off",
 		"application_name": "polyregion-apply-" + source,
+		// Commits do not wait for the WAL flush (see node/durable.go:
+		// positions are acknowledged only once durable).
+		"synchronous_commit": "off",
 	}, func(c *pgx.ConnConfig) {
 		// Application code fired by applied rows runs in this session (as
 		// the table's owner, see ownerexec.go) and may PREPARE and

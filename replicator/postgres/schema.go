@@ -273,6 +273,23 @@ const TruncateTrigger = "polyregion_capture_truncate"
 // the reader to version every local write committed before it.
 const BarrierPrefix = "polyregion.barrier"
 
+// FlushWAL returns once every commit made before the call is durable: it
+// commits a transaction of its own that writes to the WAL (a commit flushes
+// only then) with synchronous_commit on, whatever the server's default, so
+// the commit flushes the WAL past it (and waits for synchronous standbys,
+// when there are any). What it writes is a logical decoding message the
+// reader ignores. conn must not be inside a transaction.
+func FlushWAL(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_logical_emit_message(true, $1, '')::text
+		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'on', true)) AS flush`, FlushPrefix); err != nil {
+		return fmt.Errorf("flush the WAL: %w", err)
+	}
+	return nil
+}
+
+// FlushPrefix is the logical message prefix of FlushWAL's transactions.
+const FlushPrefix = "polyregion.flush"
+
 // EmitBarrier writes a barrier message to the WAL and returns its position;
 // the reader passes it once every local commit before it is versioned. conn
 // must not be inside a transaction. The message goes out in a transaction
