@@ -59,7 +59,7 @@ func (f *Feed) stream(ctx context.Context, g *generation) error {
 	// The search index follows every write, applied ones included: no
 	// origin filter.
 	repl, err := postgres.StartChangeStream(ctx, f.cfg.Database, "polyregion-index", "index feed", g.Slot, 0,
-		func(bool) []string { return postgres.PgoutputArgs(PublicationName(f.cfg.Region), false, false) })
+		PublicationName(f.cfg.Region), false, false)
 	if err != nil {
 		return err
 	}

@@ -133,18 +133,12 @@ func TestMaxColumnThatCannotMergeIsRefusedByName(t *testing.T) {
 // then wins over T, b keeps T's row to bring back; it must keep T's own
 // values (1), not the row it showed (9).
 func TestMaxColumnForgetsWhatADeleteSaw(t *testing.T) {
-	h, nf, tables := startSeen(t, "a", "b", "c")
 	ctx := ctxFor(t, 4*time.Minute)
+	h, nf, tables := startSeen(t, ctx, 0, "a", "b", "c")
 	a, b, c := h.Region("a"), h.Region("b"), h.Region("c")
-	mustExec(t, ctx, a, `INSERT INTO public.seen VALUES (1, 'base', 0)`)
-	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
-		t.Fatal(err)
-	}
 	seen := func(r *Region) string { return seenOf(t, ctx, r) }
-	for _, l := range []Link{{From: "b", To: "c"}} { // b hears nothing of c for now
-		if err := nf.Cut(l); err != nil {
-			t.Fatal(err)
-		}
+	if err := nf.Cut(Link{From: "b", To: "c"}); err != nil { // b hears nothing of c for now
+		t.Fatal(err)
 	}
 	if err := nf.Isolate("a"); err != nil {
 		t.Fatal(err)
@@ -178,13 +172,9 @@ func TestMaxColumnForgetsWhatADeleteSaw(t *testing.T) {
 // y's insert before x's delete. The insert has seen the delete, which saw
 // the 9: z must take the insert's 2 as it is, not keep its 9.
 func TestMaxColumnTakesAWriteThatSawADeleteAsItIs(t *testing.T) {
-	h, nf, tables := startSeen(t, "x", "y", "z")
 	ctx := ctxFor(t, 4*time.Minute)
+	h, nf, tables := startSeen(t, ctx, 9, "x", "y", "z")
 	x, y, z := h.Region("x"), h.Region("y"), h.Region("z")
-	mustExec(t, ctx, x, `INSERT INTO public.seen VALUES (1, 'base', 9)`)
-	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
-		t.Fatal(err)
-	}
 	seen := func(r *Region) string { return seenOf(t, ctx, r) }
 	if err := nf.Cut(Link{From: "z", To: "x"}); err != nil { // z hears nothing of x for now
 		t.Fatal(err)
@@ -207,8 +197,9 @@ func TestMaxColumnTakesAWriteThatSawADeleteAsItIs(t *testing.T) {
 }
 
 // startSeen starts three regions with their links through NetFaults and
-// public.seen, whose seen column merges by max.
-func startSeen(t *testing.T, regions ...string) (*Harness, *NetFaults, []TableSpec) {
+// public.seen, whose seen column merges by max, holding row 1 (base, base)
+// everywhere.
+func startSeen(t *testing.T, ctx context.Context, base int, regions ...string) (*Harness, *NetFaults, []TableSpec) {
 	t.Helper()
 	tables := []TableSpec{{Name: "public.seen", Deletes: "delete_wins", Max: []string{"seen"}}}
 	h, nf := startWithNetFaults(t, Spec{
@@ -216,6 +207,10 @@ func startSeen(t *testing.T, regions ...string) (*Harness, *NetFaults, []TableSp
 		SchemaSQL: []string{`CREATE TABLE public.seen (id integer PRIMARY KEY, name text, seen integer)`},
 		Tables:    tables,
 	})
+	mustExec(t, ctx, h.Region(regions[0]), `INSERT INTO public.seen VALUES (1, 'base', $1)`, base)
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
 	return h, nf, tables
 }
 

@@ -11,45 +11,10 @@ package node
 
 import (
 	"context"
-	"sync"
-
-	"github.com/jackc/pgx/v5"
 
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
-// walFlusher makes the commits before a call durable, on a session of its
-// own (opened on first use, reopened after an error).
-type walFlusher struct {
-	connString string
-	mu         sync.Mutex
-	conn       *pgx.Conn
-}
-
-// flush returns once every commit made before the call is durable.
-func (w *walFlusher) flush(ctx context.Context) error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.conn == nil {
-		c, err := postgres.Connect(ctx, w.connString)
-		if err != nil {
-			return err
-		}
-		w.conn = c
-	}
-	if err := postgres.FlushWAL(ctx, w.conn); err != nil {
-		w.conn.Close(context.Background())
-		w.conn = nil
-		return err
-	}
-	return nil
-}
-
-func (w *walFlusher) close() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.conn != nil {
-		w.conn.Close(context.Background())
-		w.conn = nil
-	}
-}
+// durable returns once every commit made before the call is durable (on a
+// session of the node's pool).
+func (f *follower) durable(ctx context.Context) error { return postgres.FlushWAL(ctx, f.pool) }

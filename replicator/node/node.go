@@ -334,7 +334,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	// applications write them in.
 	order := replicator.NewTableOrder()
 	for _, p := range cfg.Peers {
-		f, err := newFollower(cfg, p, reader, order, graves, rt.mon, stopping, log)
+		f, err := newFollower(cfg, p, reader, pool, order, graves, rt.mon, stopping, log)
 		if err != nil {
 			cancel(err)
 			break
@@ -401,9 +401,9 @@ type follower struct {
 	mon    *obs.Monitor
 	stop   <-chan struct{} // closed: finish the batch in flight, acknowledge it, return
 	// applied is the last transaction committed here (maybe not yet
-	// durable: see durable.go); acknowledgements go through wal.
+	// durable: see durable.go); acknowledgements wait for durable.
 	applied atomic.Uint64
-	wal     *walFlusher
+	pool    *pgxpool.Pool
 	// carefulSeq is a large transaction to apply change by change (it hit a
 	// data error in the fast path).
 	carefulSeq replicator.Seq
@@ -411,7 +411,7 @@ type follower struct {
 	arrivals   arrivalRate
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", p.ID, err)
@@ -429,7 +429,7 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, order *replicator.
 		return nil, err
 	}
 	return &follower{cfg: cfg, peer: p, reader: reader, order: order, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop,
-		wal: &walFlusher{connString: cfg.Database}}, nil
+		pool: pool}, nil
 }
 
 // errStopping ends a follower's stream between batches on a graceful stop.
@@ -443,7 +443,6 @@ func (e applyFailed) Unwrap() error { return e.err }
 
 func (f *follower) run(ctx context.Context) {
 	defer f.client.Close()
-	defer f.wal.close()
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		start := time.Now()
@@ -455,7 +454,7 @@ func (f *follower) run(ctx context.Context) {
 		if errors.Is(err, errStopping) {
 			seq := f.applied.Load()
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			aerr := f.wal.flush(actx)
+			aerr := f.durable(actx)
 			if aerr == nil {
 				aerr = f.client.Ack(actx, replicator.Seq(seq))
 			}
@@ -526,7 +525,7 @@ func (f *follower) once(ctx context.Context) error {
 		return applyFailed{err}
 	}
 	// Resuming after a position acknowledges it: make it durable first.
-	if err := f.wal.flush(ctx); err != nil {
+	if err := f.durable(ctx); err != nil {
 		return applyFailed{err}
 	}
 	f.applied.Store(uint64(after))
@@ -778,7 +777,7 @@ func (f *follower) ackLoop(ctx context.Context) {
 			continue
 		}
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		if err := f.wal.flush(actx); err != nil {
+		if err := f.durable(actx); err != nil {
 			// Not acknowledged this time: the peer keeps what it has.
 			cancel()
 			f.log.Debug("flush before acknowledging failed", "err", err)

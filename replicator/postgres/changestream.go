@@ -72,14 +72,17 @@ func PgoutputArgs(publication string, messages, originNone bool) []string {
 }
 
 // StartChangeStream opens a replication session and starts decoding slot
-// from position from with pgoutput and the options args returns, given
-// whether the server filters by origin. who names the consumer in errors.
-func StartChangeStream(ctx context.Context, connString, app, who, slot string, from pglogrepl.LSN, args func(filtersOrigins bool) []string) (*ChangeStream, error) {
+// from position from with pgoutput over publication: with logical decoding
+// messages when messages is set, and without changes that carry a
+// replication origin when skipApplied is set and the server can filter them
+// (see reader_origin.go). who names the consumer in errors.
+func StartChangeStream(ctx context.Context, connString, app, who, slot string, from pglogrepl.LSN, publication string, messages, skipApplied bool) (*ChangeStream, error) {
 	conn, err := OpenReplication(ctx, connString, app)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", who, err)
 	}
-	if err := pglogrepl.StartReplication(ctx, conn, slot, from, pglogrepl.StartReplicationOptions{PluginArgs: args(filtersOrigins(conn))}); err != nil {
+	args := PgoutputArgs(publication, messages, skipApplied && filtersOrigins(conn))
+	if err := pglogrepl.StartReplication(ctx, conn, slot, from, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("%s: start replication on slot %s: %w", who, slot, err)
 	}

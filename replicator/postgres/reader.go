@@ -200,7 +200,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	r.advance(st.lsn)
 
 	stream, err := StartChangeStream(ctx, r.cfg.ConnString, "polyregion-reader", "reader", SlotName(string(r.cfg.Region)), st.lsn,
-		func(filters bool) []string { return PgoutputArgs(PublicationName(string(r.cfg.Region)), true, filters) })
+		PublicationName(string(r.cfg.Region)), true, true)
 	if err != nil {
 		return err
 	}

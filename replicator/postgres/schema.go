@@ -14,6 +14,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // Schema is the schema the replicator owns in every regional database.
@@ -279,7 +280,9 @@ const BarrierPrefix = "polyregion.barrier"
 // the commit flushes the WAL past it (and waits for synchronous standbys,
 // when there are any). What it writes is a logical decoding message the
 // reader ignores. conn must not be inside a transaction.
-func FlushWAL(ctx context.Context, conn *pgx.Conn) error {
+func FlushWAL(ctx context.Context, conn interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}) error {
 	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_logical_emit_message(true, $1, '')::text
 		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'on', true)) AS flush`, FlushPrefix); err != nil {
 		return fmt.Errorf("flush the WAL: %w", err)
