@@ -19,7 +19,6 @@ import (
 	"crypto/subtle"
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -355,7 +354,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, 256<<10)
 	hello, _ := json.Marshal(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe()})
-	if err := writeFrame(bw, frameHello, hello); err != nil {
+	if err := replicator.WriteFrame(bw, frameHello, hello); err != nil {
 		return
 	}
 	// Position: the last entry sent. A whole transaction "after" is
@@ -368,7 +367,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 			payload = s.cfg.Advert()
 		}
 		lastKeepalive = time.Now()
-		return writeFrame(bw, frameKeepalive, payload)
+		return replicator.WriteFrame(bw, frameKeepalive, payload)
 	}
 	for {
 		changed := s.cfg.Outbox.Changed()
@@ -391,7 +390,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 				// it before the loop comes back here.
 				s.noteShipped(peer, e.Seq)
 			}
-			if err := writeFrame(bw, frameTxn, e.Payload); err != nil {
+			if err := replicator.WriteFrame(bw, frameTxn, e.Payload); err != nil {
 				return
 			}
 			if s.cfg.Shipped != nil {
@@ -429,35 +428,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func writeFrame(w io.Writer, typ byte, payload []byte) error {
-	var hdr [5]byte
-	hdr[0] = typ
-	binary.BigEndian.PutUint32(hdr[1:], uint32(len(payload)))
-	if _, err := w.Write(hdr[:]); err != nil {
-		return err
-	}
-	_, err := w.Write(payload)
-	return err
-}
-
 // maxFrame bounds one frame (one source transaction's encoding).
 const maxFrame = 1 << 30
-
-func readFrame(r *bufio.Reader) (byte, []byte, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, nil, err
-	}
-	n := binary.BigEndian.Uint32(hdr[1:])
-	if n > maxFrame {
-		return 0, nil, fmt.Errorf("frame of %d bytes exceeds the limit", n)
-	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return 0, nil, err
-	}
-	return hdr[0], buf, nil
-}
 
 // TLSFiles names PEM files for a link endpoint. All empty means plaintext
 // HTTP/2 (for loopback tests and private networks only).
@@ -705,7 +677,7 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 	br := bufio.NewReaderSize(resp.Body, 256<<10)
 	next, nextPart := after+1, 0
 	for {
-		typ, payload, err := readFrame(br)
+		typ, payload, err := replicator.ReadFrame(br, maxFrame)
 		if err != nil {
 			if ctx.Err() != nil && context.Cause(ctx) != nil {
 				return fmt.Errorf("stream from %s: idle or cancelled: %w", c.cfg.Peer, ctx.Err())
