@@ -75,6 +75,7 @@ type opsStatus struct {
 	Reasons     []string `json:"reasons"`
 	Observed    string   `json:"observed"`
 	HoldSeconds float64  `json:"hold_seconds"`
+	Joining     string   `json:"joining"`
 }
 
 func opsSnapshot(t *testing.T, r *Region) opsStatus {

@@ -230,6 +230,20 @@ func (l *Ledger) Transactions() int64 {
 	return n
 }
 
+// TransactionsIn returns how many transactions the writers in region know
+// committed.
+func (l *Ledger) TransactionsIn(region string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var n int64
+	for _, w := range l.writers {
+		if w.region == region {
+			n += w.acked
+		}
+	}
+	return n
+}
+
 type ledgerTruth struct {
 	n      int64           // last n at the origin
 	amount int64           // sum of amounts

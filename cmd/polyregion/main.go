@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator/node"
 	"github.com/polyregion/polyregion/replicator/obs"
 	"github.com/polyregion/polyregion/replicator/postgres"
@@ -114,13 +115,22 @@ func newLogger(format, level string, lv *slog.LevelVar) (*slog.Logger, error) {
 }
 
 func runCmd() *cobra.Command {
-	var path string
+	var path, joinFrom string
 	cmd := &cobra.Command{
 		Use:   "run --config FILE",
 		Short: "Run this region's replicator",
 		Long: `Run this region's replicator until SIGTERM or SIGINT: check the local
 database, create the replicator's schema, publication, slot and origins if
-missing, then read local changes, serve them to peers, and apply theirs.`,
+missing, then read local changes, serve them to peers, and apply theirs.
+
+With --join PEER, a new region (its replicated tables empty) first loads a
+consistent snapshot of PEER over the link: the rows, their versions and how
+far PEER had applied every region, in one transaction; then it streams from
+every peer from there. /health answers 503 (joining) until the region has
+caught up. A load cut short leaves nothing and starts again; a region that
+joined or already applies its peers ignores the flag. Every other region's
+configuration must list this region (and keep its outbox for it) before it
+joins.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, fc, err := loadConfig(path)
 			if err != nil {
@@ -133,6 +143,7 @@ missing, then read local changes, serve them to peers, and apply theirs.`,
 			}
 			log = slog.New(obs.NewRedactor(cfg.Secrets()...).Handler(log.Handler()))
 			cfg.Logger = log
+			cfg.JoinFrom = conflict.RegionID(joinFrom)
 			slog.SetDefault(log)
 			cfg.Reload = watchReload(cmd.Context(), path, fc, &level, log)
 			exitOnSecondSignal(cmd.Context())
@@ -162,6 +173,7 @@ missing, then read local changes, serve them to peers, and apply theirs.`,
 		},
 	}
 	cmd.Flags().StringVar(&path, "config", "", "region config file (YAML)")
+	cmd.Flags().StringVar(&joinFrom, "join", "", "a new region: load a snapshot of this peer first")
 	_ = cmd.MarkFlagRequired("config")
 	return cmd
 }

@@ -50,6 +50,9 @@ its lag, and the search index's lag.`,
 			}
 			w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
 			fmt.Fprintf(w, "region\t%s\n", st.Region)
+			if j := st.Joined; j != nil {
+				fmt.Fprintf(w, "joined\tfrom %s's snapshot at %s (%d rows, as of its transaction %d; its writers paused %d ms)\n", j.Source, j.At, j.Rows, j.SourceSeq, j.PauseMillis)
+			}
 			fmt.Fprintf(w, "shipped (last local transaction versioned)\t%d\n", st.Shipped)
 			fmt.Fprintf(w, "slot WAL held back\t%.1f MB (active=%v, wal_status=%s)\n", float64(st.SlotRetainedBytes)/(1<<20), st.SlotActive, st.SlotWALStatus)
 			fmt.Fprintf(w, "outbox\t%d transactions, %.1f MB\n", st.OutboxRows, float64(st.OutboxBytes)/(1<<20))

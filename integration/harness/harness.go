@@ -363,7 +363,11 @@ func (h *Harness) StartReplicators() error {
 }
 
 // StartReplicator starts this region's replicator process.
-func (r *Region) StartReplicator() error {
+func (r *Region) StartReplicator() error { return r.StartReplicatorWith() }
+
+// StartReplicatorWith starts this region's replicator process with further
+// arguments to run (--join PEER, say).
+func (r *Region) StartReplicatorWith(args ...string) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.proc != nil {
@@ -373,7 +377,7 @@ func (r *Region) StartReplicator() error {
 	if err != nil {
 		return err
 	}
-	cmd := exec.Command(r.h.Spec.Binary, "run", "--config", r.ConfigPath)
+	cmd := exec.Command(r.h.Spec.Binary, append([]string{"run", "--config", r.ConfigPath}, args...)...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -140,9 +140,12 @@ type ServerConfig struct {
 	// position beyond what was shipped, with one of RefusalReasons (for
 	// metrics); it must not block.
 	Refused func(peer conflict.RegionID, reason string)
+	// Snapshot, when set, writes a consistent snapshot of this region for
+	// a joining peer (see /v1/snapshot).
+	Snapshot func(ctx context.Context, peer conflict.RegionID, w io.Writer) error
 }
 
-// Server serves /v1/stream and /v1/ack.
+// Server serves /v1/stream, /v1/ack and /v1/snapshot.
 type Server struct {
 	cfg ServerConfig
 
@@ -251,6 +254,7 @@ func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/stream", s.stream)
 	mux.HandleFunc("POST /v1/ack", s.ack)
+	mux.HandleFunc("GET /v1/snapshot", s.snapshot)
 	return mux
 }
 
@@ -264,6 +268,21 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (conflict.
 		return "", false
 	}
 	return peer, true
+}
+
+// sameConfig answers 409 with this region's configuration, and returns
+// false, when the peer's differs.
+func (s *Server) sameConfig(w http.ResponseWriter, r *http.Request, peer conflict.RegionID) bool {
+	fp := r.Header.Get("X-Polyregion-Fingerprint")
+	if fp == s.cfg.Cluster.Fingerprint() {
+		return true
+	}
+	s.cfg.Logger.Error("link: peer's replication config differs; refusing to replicate with it",
+		"peer", string(peer), "here", s.cfg.Cluster.Fingerprint(), "peer_fingerprint", fp)
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusConflict)
+	_ = json.NewEncoder(w).Encode(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe()})
+	return false
 }
 
 func (s *Server) ack(w http.ResponseWriter, r *http.Request) {
@@ -308,12 +327,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "after: "+err.Error(), http.StatusBadRequest)
 		return
 	}
-	if fp := r.Header.Get("X-Polyregion-Fingerprint"); fp != s.cfg.Cluster.Fingerprint() {
-		s.cfg.Logger.Error("link: peer's replication config differs; refusing to replicate with it",
-			"peer", string(peer), "here", s.cfg.Cluster.Fingerprint(), "peer_fingerprint", fp)
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(http.StatusConflict)
-		_ = json.NewEncoder(w).Encode(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe()})
+	if !s.sameConfig(w, r, peer) {
 		return
 	}
 	ctx := r.Context()
@@ -613,6 +627,33 @@ func (c *Client) Ack(ctx context.Context, seq replicator.Seq) error {
 	return nil
 }
 
+// refusal is the error a non-200 answer to a request for what means (nil
+// for 200).
+func (c *Client) refusal(resp *http.Response, what string) error {
+	body := func() string {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return strings.TrimSpace(string(b))
+	}
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return nil
+	case http.StatusUnauthorized:
+		return fmt.Errorf("%s from %s: %w", what, c.cfg.Peer, ErrUnauthorized)
+	case http.StatusGone:
+		return fmt.Errorf("%s from %s: %w: %s", what, c.cfg.Peer, ErrTooFarBehind, body())
+	case http.StatusUnprocessableEntity:
+		return fmt.Errorf("%s from %s: %w: %s", what, c.cfg.Peer, ErrRefused, body())
+	case http.StatusNotFound:
+		return fmt.Errorf("%s from %s: %w: %s", what, c.cfg.Peer, ErrNotServed, body())
+	case http.StatusConflict:
+		var h Hello
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&h)
+		return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
+	default:
+		return fmt.Errorf("%s from %s: HTTP %d: %s", what, c.cfg.Peer, resp.StatusCode, body())
+	}
+}
+
 // Stream follows the peer's outbox from after, calling fn for each
 // transaction in order. It returns when ctx ends, fn fails, or the stream
 // breaks (the caller reconnects from its durable position).
@@ -624,23 +665,8 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 		return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
 	}
 	defer resp.Body.Close()
-	switch resp.StatusCode {
-	case http.StatusOK:
-	case http.StatusUnauthorized:
-		return fmt.Errorf("stream from %s: %w", c.cfg.Peer, ErrUnauthorized)
-	case http.StatusGone:
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("stream from %s: %w: %s", c.cfg.Peer, ErrTooFarBehind, strings.TrimSpace(string(b)))
-	case http.StatusUnprocessableEntity:
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("stream from %s: %w: %s", c.cfg.Peer, ErrRefused, strings.TrimSpace(string(b)))
-	case http.StatusConflict:
-		var h Hello
-		_ = json.NewDecoder(io.LimitReader(resp.Body, 1<<20)).Decode(&h)
-		return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
-	default:
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("stream from %s: HTTP %d: %s", c.cfg.Peer, resp.StatusCode, strings.TrimSpace(string(b)))
+	if err := c.refusal(resp, "stream"); err != nil {
+		return err
 	}
 	// A watchdog ends a stream that went silent (half-open connection). It
 	// times only the waits for frames: while the receiver holds a

@@ -83,6 +83,10 @@ type Config struct {
 	// flight is abandoned (it is redone after a restart) and Run returns
 	// ErrShutdownDeadline.
 	ShutdownTimeout time.Duration
+	// JoinFrom, when set, names the peer a new region loads its first
+	// state from (see join.go); a region that joined, or applies peers'
+	// transactions already, ignores it.
+	JoinFrom conflict.RegionID
 	// Reload, when set, delivers a re-read configuration (on SIGHUP, say):
 	// settings that can change while running are applied, the others are
 	// kept and the refusal is logged.
@@ -169,6 +173,9 @@ func (c *Config) Validate() error {
 		if r != c.Region && !seen[r] {
 			return fmt.Errorf("peers: region %q is listed in regions but has no peer entry", r)
 		}
+	}
+	if c.JoinFrom != "" && !seen[c.JoinFrom] {
+		return fmt.Errorf("join: region %q is not one of this region's peers", c.JoinFrom)
 	}
 	// Last, so the structure is reported first whatever the string.
 	if _, err := postgres.ParseConnString(c.Database); err != nil {
@@ -260,6 +267,9 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	if err := Prepare(stop, cfg); err != nil {
 		return err
 	}
+	if err := join(stop, cfg, rt.mon, log); err != nil {
+		return err
+	}
 	// Parts run under ctx, which outlives stop by the shutdown deadline.
 	ctx, cancel := context.WithCancelCause(context.WithoutCancel(stop))
 	defer cancel(nil)
@@ -289,9 +299,12 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	if err := outbox.RepairAcks(ctx, log); err != nil {
 		return err
 	}
+	// Every applier locks rows of different tables in one order, the one
+	// applications write them in (and so does a snapshot's pause).
+	order := replicator.NewTableOrder()
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokens,
-		Outbox: outbox, Logger: log,
+		Outbox: outbox, Logger: log, Snapshot: snapshotFor(cfg, order, log),
 		Advert: graves.Advert,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {
 			rt.mon.Metrics().Shipped(string(peer), e.Rows, len(e.Payload), !e.More)
@@ -330,9 +343,6 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		graves.run(gctx, cfg.TombstoneInterval)
 	}()
 	stopping := make(chan struct{})
-	// Every applier locks rows of different tables in one order, the one
-	// applications write them in.
-	order := replicator.NewTableOrder()
 	for _, p := range cfg.Peers {
 		f, err := newFollower(cfg, p, reader, pool, order, graves, rt.mon, stopping, log)
 		if err != nil {

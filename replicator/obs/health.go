@@ -98,8 +98,11 @@ type Observation struct {
 	// Stalled is how long local WAL has waited for the reader.
 	Stalled   time.Duration
 	DataPlane error // why the data plane is not running (nil: running)
-	Peers     []PeerView
-	Index     *IndexView // nil: no index configured
+	// Joining, when set, says how far the region is in joining: it is not
+	// to take traffic until it has loaded a snapshot and caught up.
+	Joining string
+	Peers   []PeerView
+	Index   *IndexView // nil: no index configured
 }
 
 // Evaluate computes the status an observation calls for and why. Only the
@@ -114,6 +117,9 @@ func Evaluate(c HealthConfig, o Observation) (string, []string) {
 		down = append(down, "local postgres is in recovery (a standby): it takes no writes")
 	case o.ReadOnly:
 		down = append(down, "local postgres is read-only (default_transaction_read_only = on)")
+	}
+	if o.Joining != "" {
+		down = append(down, "joining: "+o.Joining)
 	}
 	if o.Stalled >= c.StallAfter {
 		down = append(down, fmt.Sprintf("replicator stalled: local WAL written %s ago is not versioned yet (limit %s)", o.Stalled.Round(time.Second), c.StallAfter))

@@ -36,6 +36,7 @@ func TestHealthEvaluateOnlyLocalTroubleIsUnavailable(t *testing.T) {
 		{"read-only", Observation{ReadOnly: true}, StateUnavailable, "default_transaction_read_only"},
 		{"stalled", Observation{Stalled: 3 * time.Minute}, StateUnavailable, "replicator stalled"},
 		{"briefly behind is not stalled", Observation{Stalled: 30 * time.Second}, StateServing, ""},
+		{"joining", Observation{Joining: "loading a snapshot from eu", Peers: []PeerView{up}}, StateUnavailable, "joining: loading a snapshot from eu"},
 	}
 	for _, tc := range cases {
 		state, reasons := Evaluate(c, tc.o)
@@ -187,5 +188,72 @@ func TestHealthIndexLagFromHook(t *testing.T) {
 		if f.GetName() == "polyregion_index_configured" && f.GetMetric()[0].GetGauge().GetValue() != 1 {
 			t.Errorf("polyregion_index_configured = %v, want 1", f.GetMetric()[0].GetGauge().GetValue())
 		}
+	}
+}
+
+// A joining region answers 503 while it loads its snapshot and then until
+// it has applied all that every reachable peer advertised; a peer whose
+// link stays down for JoinPeerGrace after the load is not waited for.
+func TestHealthJoiningRegionIsUnavailableUntilCaughtUp(t *testing.T) {
+	m := New(Config{Region: "ap", Peers: []conflict.RegionID{"us", "eu"}, Health: HealthConfig{Hold: NoHold},
+		Probe: func(context.Context) (postgres.Probe, error) { return postgres.Probe{}, nil }})
+	probe := func() Snapshot {
+		m.probe(context.Background(), m.Health())
+		return m.Snapshot()
+	}
+	joining := func(s Snapshot, what string) {
+		t.Helper()
+		if r := strings.Join(s.Reasons, ";"); s.Status != StateUnavailable || !strings.Contains(r, "joining: ") || !strings.Contains(r, what) || !strings.Contains(s.Joining, what) {
+			t.Fatalf("want unavailable, joining: %s; got %+v", what, s)
+		}
+	}
+	m.Joining("loading a snapshot from eu")
+	joining(probe(), "loading a snapshot from eu")
+	m.Loaded("eu")
+	joining(probe(), "catching up")
+	m.LinkUp("eu")
+	m.PeerHead("eu", 10)
+	m.PeerApplied("eu", 5, time.Now().UnixMicro())
+	joining(probe(), "catching up")
+	m.PeerApplied("eu", 10, time.Now().UnixMicro())
+	// us has been down since before the load, but not yet for the grace.
+	joining(probe(), "catching up")
+	m.mu.Lock()
+	m.loadedAt = m.loadedAt.Add(-JoinPeerGrace)
+	m.peers["us"].changedAt = m.peers["us"].changedAt.Add(-JoinPeerGrace)
+	m.mu.Unlock()
+	// us comes up behind: waited for again.
+	m.LinkUp("us")
+	m.PeerHead("us", 3)
+	joining(probe(), "catching up")
+	m.PeerApplied("us", 3, time.Now().UnixMicro())
+	if s := probe(); s.Status != StateServing || s.Joining != "" {
+		t.Fatalf("caught up with every peer: %+v", s)
+	}
+	// Once joined, a peer falling behind only degrades (lag), as anywhere.
+	m.PeerHead("us", 9)
+	if s := probe(); s.Status == StateUnavailable || s.Joining != "" {
+		t.Fatalf("joined region behind a peer: %+v", s)
+	}
+}
+
+func TestHealthJoinDoesNotWaitForAPeerThatStaysDown(t *testing.T) {
+	m := New(Config{Region: "ap", Peers: []conflict.RegionID{"us", "eu"}, Health: HealthConfig{Hold: NoHold},
+		Probe: func(context.Context) (postgres.Probe, error) { return postgres.Probe{}, nil }})
+	m.Loaded("eu")
+	m.LinkUp("eu")
+	m.PeerHead("eu", 4)
+	m.PeerApplied("eu", 4, time.Now().UnixMicro())
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateUnavailable {
+		t.Fatalf("us down only since the load: %+v", s)
+	}
+	m.mu.Lock()
+	m.loadedAt = m.loadedAt.Add(-JoinPeerGrace)
+	m.peers["us"].changedAt = m.peers["us"].changedAt.Add(-JoinPeerGrace)
+	m.mu.Unlock()
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateDegraded || s.Joining != "" || !strings.Contains(strings.Join(s.Reasons, ";"), "peer us: link down") {
+		t.Fatalf("us down for the grace after the load: %+v", s)
 	}
 }

@@ -70,11 +70,16 @@ type Monitor struct {
 	health    HealthConfig
 	peers     map[string]*peerState
 	dataPlane error
-	walSeen   []walSample // local WAL positions not yet versioned, oldest first
-	hyst      hysteresis
-	snap      Snapshot
-	beat      time.Time // last prober loop iteration
-	hasProbed bool
+	// joining: how far a joining region is ("" once it has caught up, or
+	// never joined); catchingUp: it loaded its snapshot and catches up.
+	joining    string
+	catchingUp bool
+	loadedAt   time.Time
+	walSeen    []walSample // local WAL positions not yet versioned, oldest first
+	hyst       hysteresis
+	snap       Snapshot
+	beat       time.Time // last prober loop iteration
+	hasProbed  bool
 }
 
 type peerState struct {
@@ -110,6 +115,8 @@ type Snapshot struct {
 	Writable        bool       `json:"local_postgres_writable"`
 	Peers           []PeerView `json:"peers"`
 	Index           *IndexView `json:"index,omitempty"`
+	// Joining says how far the region is in joining (empty once joined).
+	Joining string `json:"joining,omitempty"`
 }
 
 // New returns a Monitor; Run starts its prober.
@@ -221,6 +228,50 @@ func (m *Monitor) DataPlane(err error) {
 	m.mu.Unlock()
 }
 
+// Joining records how far the region is in loading a peer's snapshot:
+// /health answers 503 with it until the region has caught up.
+func (m *Monitor) Joining(progress string) {
+	m.mu.Lock()
+	m.joining = progress
+	m.mu.Unlock()
+}
+
+// Loaded records that the joining region loaded its snapshot: it keeps
+// answering 503 until it has caught up with every peer it can reach
+// (applied all the peer advertised). A peer whose link stays down for
+// JoinPeerGrace after the load is not waited for (a region that is gone, or
+// listed but not started yet, does not hold the join; the region then
+// reports it as it reports any peer that is away).
+func (m *Monitor) Loaded(from string) {
+	m.mu.Lock()
+	m.joining = "snapshot from " + from + " loaded; catching up with every peer"
+	m.catchingUp, m.loadedAt = true, time.Now()
+	m.mu.Unlock()
+}
+
+// JoinPeerGrace is how long a joined region waits for a peer's link to come
+// up before it stops waiting to catch up with that peer.
+const JoinPeerGrace = 10 * time.Second
+
+// joinCaughtUp reports whether a loaded joining region has caught up.
+// Called with mu held.
+func (m *Monitor) joinCaughtUp(now time.Time) bool {
+	for _, id := range m.cfg.Peers {
+		ps := m.peer(id)
+		down := ps.changedAt
+		if m.loadedAt.After(down) {
+			down = m.loadedAt
+		}
+		switch {
+		case ps.up && ps.headKnown && ps.applied >= ps.head:
+		case !ps.up && now.Sub(down) >= JoinPeerGrace:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
 // Snapshot returns the latest cached state.
 func (m *Monitor) Snapshot() Snapshot {
 	m.mu.Lock()
@@ -274,7 +325,11 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 	defer m.mu.Unlock()
 	m.beat = now
 	m.hasProbed = true
-	o := Observation{ProbeErr: err, DataPlane: m.dataPlane}
+	if m.catchingUp && m.joinCaughtUp(now) {
+		m.catchingUp, m.joining = false, ""
+		m.log.Info("joined: caught up with every peer")
+	}
+	o := Observation{ProbeErr: err, DataPlane: m.dataPlane, Joining: m.joining}
 	writable := err == nil && !p.InRecovery && !p.ReadOnly
 	m.metrics.writable.Set(b2f(writable))
 	if err == nil {
@@ -361,7 +416,7 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 	m.snap = Snapshot{
 		Region: string(m.cfg.Region), Status: m.hyst.reported, Reasons: m.hyst.reasons, Since: m.hyst.since.UTC().Format(time.RFC3339),
 		Observed: state, ObservedReasons: reasons, HoldSeconds: max(h.Hold, 0).Seconds(), CheckedAt: now.UTC().Format(time.RFC3339Nano),
-		Writable: writable, Peers: o.Peers, Index: index,
+		Writable: writable, Peers: o.Peers, Index: index, Joining: m.joining,
 	}
 }
 

@@ -115,6 +115,20 @@ type Status struct {
 	// that lost and may still win (a tombstone among them is not
 	// collected).
 	RowsWithSiblings int64 `json:"rows_with_siblings"`
+	// Joined says how the region joined, when it loaded another region's
+	// snapshot (nil otherwise).
+	Joined *JoinedStatus `json:"joined,omitempty"`
+}
+
+// JoinedStatus is how a region joined: from which region's snapshot, as of
+// which of that region's transactions, how many rows it loaded, how long
+// the source's writers paused for it, and when.
+type JoinedStatus struct {
+	Source      string `json:"source"`
+	SourceSeq   int64  `json:"source_seq"`
+	Rows        int64  `json:"rows"`
+	PauseMillis int64  `json:"source_writers_paused_ms"`
+	At          string `json:"at"`
 }
 
 // AppliedStatus is one source's apply position.
@@ -160,6 +174,21 @@ func ReadStatus(ctx context.Context, conn *pgx.Conn, region string, peers []stri
 		FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, SlotName(region)).Scan(&st.SlotRetainedBytes, &st.SlotActive, &st.SlotWALStatus)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 		return st, fmt.Errorf("status: slot: %w", err)
+	}
+	// Absent until a replicator of this release has run here.
+	var hasJoined bool
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.to_regclass('polyregion.joined') IS NOT NULL`).Scan(&hasJoined); err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	if hasJoined {
+		var j JoinedStatus
+		err = conn.QueryRow(ctx, `SELECT source, source_seq, rows, pause_ms, joined_at::text FROM polyregion.joined`).Scan(&j.Source, &j.SourceSeq, &j.Rows, &j.PauseMillis, &j.At)
+		switch {
+		case err == nil:
+			st.Joined = &j
+		case !errors.Is(err, pgx.ErrNoRows):
+			return st, fmt.Errorf("status: joined: %w", err)
+		}
 	}
 	err = conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM polyregion.conflict_log),
 		(SELECT count(*) FROM polyregion.parked WHERE resolved_at IS NULL),

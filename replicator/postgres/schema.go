@@ -34,6 +34,7 @@ const Schema = "polyregion"
 //   - applied: per source region, the last transaction applied here; written
 //     in the same transaction as the rows it covers.
 //   - peer_ack: per peer, the last outbox transaction it durably applied.
+//   - joined: whether and how the region joined from another's snapshot.
 //   - conflict_log: every concurrent write that was resolved.
 //   - parked: changes that could not be applied, with the reason, how often
 //     they were retried and when they are tried next.
@@ -75,6 +76,15 @@ var schemaDDL = []string{
 		peer       text PRIMARY KEY,
 		seq        bigint NOT NULL,
 		updated_at timestamptz NOT NULL DEFAULT now())`,
+	// joined: how this region joined, when it was loaded from another
+	// region's snapshot (see LoadSnapshot); one row at most.
+	`CREATE TABLE IF NOT EXISTS polyregion.joined (
+		region     text PRIMARY KEY,
+		source     text NOT NULL,
+		source_seq bigint NOT NULL,
+		rows       bigint NOT NULL,
+		pause_ms   bigint NOT NULL,
+		joined_at  timestamptz NOT NULL DEFAULT now())`,
 	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
 		id             bigserial PRIMARY KEY,
 		logged_at      timestamptz NOT NULL DEFAULT now(),

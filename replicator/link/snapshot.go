@@ -1,0 +1,81 @@
+package link
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+)
+
+// ErrNotServed is returned when the peer does not serve what was asked (a
+// snapshot, from a region that serves none).
+var ErrNotServed = errors.New("peer does not serve this")
+
+// snapshot serves GET /v1/snapshot: a joining peer, authenticated like a
+// stream and with the same configuration, receives a consistent snapshot of
+// this region. A snapshot that fails part way ends the response early; the
+// peer sees it incomplete (it lacks its end frame) and keeps nothing of it.
+func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
+	peer, ok := s.authenticate(w, r)
+	if !ok {
+		return
+	}
+	if !s.sameConfig(w, r, peer) {
+		return
+	}
+	if s.cfg.Snapshot == nil {
+		http.Error(w, "region "+string(s.cfg.Region)+" serves no snapshots", http.StatusNotFound)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	fw := &flushWriter{w: bufio.NewWriterSize(w, 256<<10), f: w.(http.Flusher)}
+	s.cfg.Logger.Info("link: serving a snapshot", "peer", string(peer))
+	if err := s.cfg.Snapshot(r.Context(), peer, fw); err != nil {
+		s.cfg.Logger.Error("link: snapshot failed", "peer", string(peer), "err", err)
+		// Abort the response so the peer cannot take it for complete.
+		panic(http.ErrAbortHandler)
+	}
+	if err := fw.Flush(); err != nil {
+		s.cfg.Logger.Warn("link: snapshot not delivered", "peer", string(peer), "err", err)
+	}
+}
+
+// flushWriter buffers and flushes the response.
+type flushWriter struct {
+	w *bufio.Writer
+	f http.Flusher
+}
+
+func (f *flushWriter) Write(p []byte) (int, error) {
+	n, err := f.w.Write(p)
+	if err == nil && f.w.Buffered() == 0 {
+		f.f.Flush()
+	}
+	return n, err
+}
+
+func (f *flushWriter) Flush() error {
+	if err := f.w.Flush(); err != nil {
+		return err
+	}
+	f.f.Flush()
+	return nil
+}
+
+// Snapshot asks the peer for a consistent snapshot of itself and hands the
+// stream to load, which reads it to its end.
+func (c *Client) Snapshot(ctx context.Context, load func(io.Reader) error) error {
+	resp, err := c.request(ctx, http.MethodGet, "/v1/snapshot", url.Values{})
+	if err != nil {
+		return fmt.Errorf("snapshot from %s: %w", c.cfg.Peer, err)
+	}
+	defer resp.Body.Close()
+	if err := c.refusal(resp, "snapshot"); err != nil {
+		return err
+	}
+	return load(resp.Body)
+}

@@ -1,0 +1,68 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"testing"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+)
+
+func TestSnapshotIsServedOnlyToAnAuthenticatedPeerWithTheSameConfig(t *testing.T) {
+	payload := bytes.Repeat([]byte("snapshot"), 1<<17) // 1 MB
+	var asked []conflict.RegionID
+	url := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster, Snapshot: func(_ context.Context, peer conflict.RegionID, w io.Writer) error {
+		asked = append(asked, peer)
+		_, err := w.Write(payload)
+		return err
+	}}, TLSFiles{})
+	ctx := context.Background()
+	var got []byte
+	if err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(ctx, func(r io.Reader) error {
+		var err error
+		got, err = io.ReadAll(r)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, payload) || len(asked) != 1 || asked[0] != "eu" {
+		t.Fatalf("got %d bytes for %v, want %d for eu", len(got), asked, len(payload))
+	}
+	load := func(io.Reader) error { t.Fatal("a refused snapshot was handed to load"); return nil }
+	if err := client(t, url, "not-the-secret-at-all", TLSFiles{}, cluster).Snapshot(ctx, load); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("wrong token: %v", err)
+	}
+	other := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: cluster.Tables}
+	var mm *MismatchError
+	if err := client(t, url, secret, TLSFiles{}, other).Snapshot(ctx, load); !errors.As(err, &mm) {
+		t.Fatalf("other config: %v", err)
+	}
+	if len(asked) != 1 {
+		t.Fatalf("refused requests took snapshots: %v", asked)
+	}
+	none := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster}, TLSFiles{})
+	if err := client(t, none, secret, TLSFiles{}, cluster).Snapshot(ctx, load); !errors.Is(err, ErrNotServed) {
+		t.Fatalf("server without snapshots: %v", err)
+	}
+}
+
+// A snapshot that fails after it began is cut off: the peer's read fails,
+// it never sees a clean end.
+func TestSnapshotThatFailsMidwayBreaksTheStream(t *testing.T) {
+	url := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster, Snapshot: func(_ context.Context, _ conflict.RegionID, w io.Writer) error {
+		if _, err := w.Write(bytes.Repeat([]byte{1}, 300<<10)); err != nil {
+			return err
+		}
+		return errors.New("source database went away")
+	}}, TLSFiles{})
+	err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(context.Background(), func(r io.Reader) error {
+		_, err := io.ReadAll(r)
+		return err
+	})
+	if err == nil {
+		t.Fatal("a snapshot that failed midway read as complete")
+	}
+}

@@ -1,0 +1,158 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+	"github.com/polyregion/polyregion/replicator/link"
+	"github.com/polyregion/polyregion/replicator/obs"
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// A region joins a running cluster by loading a consistent snapshot of one
+// peer (cfg.JoinFrom) over the link: the rows, their versions, and how far
+// that peer had applied every region. Its streams then resume from those
+// positions, so nothing written anywhere meanwhile is missed or applied
+// twice. Every region keeps its outbox for a configured peer until the
+// peer acknowledges it, so what the new region needs is still there.
+//
+// The load is one local transaction: a load cut short (either replicator
+// killed, the link broken) leaves nothing, and is started again from the
+// beginning until it succeeds. Until the region has loaded its snapshot
+// and caught up with its peers, /health answers 503 (joining).
+
+// join loads the region from cfg.JoinFrom's snapshot, unless it joined or
+// applies peers' transactions already.
+func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) error {
+	if cfg.JoinFrom == "" {
+		return nil
+	}
+	conn, err := postgres.Connect(ctx, cfg.Database)
+	if err != nil {
+		return err
+	}
+	joined, err := postgres.Joined(ctx, conn)
+	conn.Close(context.Background())
+	if err != nil || joined {
+		return err
+	}
+	var peer Peer
+	for _, p := range cfg.Peers {
+		if p.ID == cfg.JoinFrom {
+			peer = p
+		}
+	}
+	tlsCfg, err := link.ClientTLS(peer.TLS)
+	if err != nil {
+		return fmt.Errorf("join from %s: %w", peer.ID, err)
+	}
+	client, err := link.NewClient(link.ClientConfig{Region: cfg.Region, Peer: peer.ID, URL: peer.URL, Token: peer.Token, TLS: tlsCfg, Cluster: cfg.Cluster})
+	if err != nil {
+		return fmt.Errorf("join from %s: %w", peer.ID, err)
+	}
+	defer client.Close()
+	mon.Joining("waiting for a snapshot from " + string(peer.ID))
+	log.Info("joining: loading a snapshot", "from", string(peer.ID))
+	backoff := time.Second
+	for attempt := 1; ; attempt++ {
+		began := time.Now()
+		var h postgres.SnapshotHeader
+		var sum postgres.SnapshotSummary
+		err := client.Snapshot(ctx, func(r io.Reader) error {
+			var err error
+			h, sum, err = postgres.LoadSnapshot(ctx, postgres.LoadConfig{
+				Region: string(cfg.Region), ConnString: cfg.Database, Tables: cfg.TableNames(), Logger: log,
+				Progress: joinProgress(mon, log),
+			}, r)
+			return err
+		})
+		switch {
+		case err == nil:
+			var rows int64
+			for _, n := range sum.Rows {
+				rows += n
+			}
+			log.Info("joined: snapshot loaded", "from", string(peer.ID), "rows", rows, "versions", sum.Versions, "parked", sum.Parked,
+				"took", time.Since(began).Round(time.Millisecond).String(), "source_writers_paused_ms", h.PauseMillis, "source_seq", h.SourceSeq)
+			mon.Loaded(string(peer.ID))
+			// Keys now in the tables may lie above where the sequences were set.
+			c, err := postgres.Connect(ctx, cfg.Database)
+			if err != nil {
+				return err
+			}
+			defer c.Close(context.Background())
+			return prepareSequences(ctx, c, cfg)
+		case errors.Is(err, postgres.ErrAlreadyJoined):
+			return nil
+		case ctx.Err() != nil:
+			return ctx.Err()
+		case !retryJoin(err):
+			return fmt.Errorf("join from %s: %w", peer.ID, err)
+		}
+		log.Warn("joining: the snapshot could not be loaded; nothing of it was kept, trying again", "from", string(peer.ID), "attempt", attempt, "err", err, "retry_in", backoff.String())
+		mon.Joining(fmt.Sprintf("loading a snapshot from %s failed (attempt %d), retrying: %v", peer.ID, attempt, err))
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 15*time.Second)
+	}
+}
+
+// retryJoin reports whether a failed load may succeed when tried again
+// (the link or the source failed) rather than being refused for good (the
+// configurations differ, credentials are wrong, the region is not new).
+func retryJoin(err error) bool {
+	var mm *link.MismatchError
+	return !errors.As(err, &mm) && !errors.Is(err, link.ErrUnauthorized) && !errors.Is(err, link.ErrNotServed) && !errors.Is(err, postgres.ErrCannotJoin)
+}
+
+// joinProgress reports a load's progress on /health and, every 10 s, in
+// the log.
+func joinProgress(mon *obs.Monitor, log *slog.Logger) func(postgres.LoadProgress) {
+	var logged time.Time
+	return func(p postgres.LoadProgress) {
+		what := fmt.Sprintf("loading a snapshot from %s: %d of %d tables, %d rows of about %d, %d MB received",
+			p.Source, p.TablesDone, p.TablesTotal, p.Rows, p.Estimate, p.Bytes>>20)
+		if p.Table != "" {
+			what += " (loading " + p.Table + ")"
+		}
+		mon.Joining(what)
+		if time.Since(logged) >= 10*time.Second {
+			logged = time.Now()
+			log.Info("joining", "progress", what)
+		}
+	}
+}
+
+// snapshotFor serves this region's snapshots to joining peers.
+// One at a time: each pauses the region's writers briefly and reads every
+// replicated row.
+func snapshotFor(cfg Config, order *replicator.TableOrder, log *slog.Logger) func(context.Context, conflict.RegionID, io.Writer) error {
+	var one sync.Mutex
+	return func(ctx context.Context, peer conflict.RegionID, w io.Writer) error {
+		one.Lock()
+		defer one.Unlock()
+		began := time.Now()
+		sum, err := postgres.WriteSnapshot(ctx, postgres.SnapshotConfig{
+			Region: string(cfg.Region), ConnString: cfg.Database, Tables: cfg.TableNames(), LockOrder: order, Logger: log.With("peer", string(peer)),
+		}, w)
+		if err != nil {
+			return err
+		}
+		var rows int64
+		for _, n := range sum.Rows {
+			rows += n
+		}
+		log.Info("snapshot sent", "peer", string(peer), "rows", rows, "versions", sum.Versions, "took", time.Since(began).Round(time.Millisecond).String())
+		return nil
+	}
+}

@@ -1,0 +1,164 @@
+package postgres
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// A region joins by loading a snapshot of another region (the source): its
+// replicated tables' rows, their versions, the changes it parked, and how
+// far it had applied every region, all as of one consistent point. The
+// snapshot travels as a stream of frames (one type byte, a four-byte length,
+// the payload):
+//
+//	'H' header (JSON SnapshotHeader)
+//	'T' a table's rows follow (JSON snapshotPart naming it)
+//	'V' the versions follow, 'K' the parked changes follow
+//	'D' binary COPY data of the current part (any number)
+//	'E' end of the current part (JSON snapshotPart with its row count)
+//	'Z' end of the snapshot (JSON SnapshotSummary)
+//
+// A stream that ends without 'Z' is incomplete and nothing of it is kept.
+const (
+	frameHeader   = 'H'
+	frameTable    = 'T'
+	frameVersions = 'V'
+	frameParked   = 'K'
+	frameData     = 'D'
+	frameEnd      = 'E'
+	frameDone     = 'Z'
+)
+
+// SnapshotHeader says what a snapshot holds and where the joining region
+// resumes every stream.
+type SnapshotHeader struct {
+	// Source is the region the snapshot was taken in.
+	Source string `json:"source"`
+	// SourceSeq is the last of Source's own transactions the snapshot holds:
+	// the joining region streams Source's outbox after it.
+	SourceSeq int64 `json:"source_seq"`
+	// Applied is, per other region, the last of its transactions Source had
+	// applied at the snapshot: the joining region streams it after that.
+	Applied []SnapshotPosition `json:"applied"`
+	// Tables lists the replicated tables in the order their rows follow
+	// (referenced tables before the tables that reference them).
+	Tables []SnapshotTable `json:"tables"`
+	// PauseMillis is how long Source's writers to the replicated tables
+	// waited while the snapshot was taken.
+	PauseMillis int64 `json:"pause_ms"`
+}
+
+// SnapshotPosition is one source region's position.
+type SnapshotPosition struct {
+	Region string `json:"region"`
+	Seq    int64  `json:"seq"`
+	LSN    string `json:"lsn,omitempty"`
+	HLC    int64  `json:"hlc"`
+}
+
+// SnapshotTable is one table of a snapshot: its columns as copied (name and
+// type, generated columns left out) and its estimated row count.
+type SnapshotTable struct {
+	Name    string           `json:"name"`
+	Columns []SnapshotColumn `json:"columns"`
+	// Estimate is the planner's row estimate (for progress only).
+	Estimate int64 `json:"estimate"`
+}
+
+// SnapshotColumn is one copied column.
+type SnapshotColumn struct {
+	Name string `json:"name"`
+	Type string `json:"type"`
+}
+
+type snapshotPart struct {
+	Name string `json:"name,omitempty"`
+	Rows int64  `json:"rows"`
+}
+
+// SnapshotSummary ends a snapshot: rows per table, versions and parked
+// changes it held.
+type SnapshotSummary struct {
+	Rows     map[string]int64 `json:"rows"`
+	Versions int64            `json:"versions"`
+	Parked   int64            `json:"parked"`
+}
+
+// maxSnapshotFrame bounds one frame; COPY data is cut into chunks far
+// smaller.
+const maxSnapshotFrame = 64 << 20
+
+func writeSnapshotJSON(w io.Writer, typ byte, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return replicator.WriteFrame(w, typ, b)
+}
+
+func readSnapshotFrame(r *bufio.Reader) (byte, []byte, error) {
+	typ, payload, err := replicator.ReadFrame(r, maxSnapshotFrame)
+	if err == io.EOF {
+		return 0, nil, fmt.Errorf("snapshot ended before its last frame: %w", io.ErrUnexpectedEOF)
+	}
+	if err != nil {
+		return 0, nil, fmt.Errorf("snapshot: %w", err)
+	}
+	return typ, payload, nil
+}
+
+// frameWriter cuts a COPY's output into 'D' frames.
+type frameWriter struct {
+	w    io.Writer
+	sent int64 // bytes of data written
+}
+
+func (f *frameWriter) Write(p []byte) (int, error) {
+	total := len(p)
+	for len(p) > 0 {
+		n := min(len(p), 1<<20)
+		if err := replicator.WriteFrame(f.w, frameData, p[:n]); err != nil {
+			return 0, err
+		}
+		f.sent += int64(n)
+		p = p[n:]
+	}
+	return total, nil
+}
+
+// JoinPositions are where a region that loaded h streams every other region
+// from: Source after its own last transaction in the snapshot, every other
+// region after what Source had applied of it. The joining region's own
+// entry, if Source had one (it cannot have shipped anything yet), is
+// dropped.
+func JoinPositions(h SnapshotHeader, joining string) ([]SnapshotPosition, error) {
+	if h.Source == "" || h.Source == joining {
+		return nil, refuseJoin("snapshot source %q: a region cannot join from itself or from nowhere", h.Source)
+	}
+	if h.SourceSeq < 0 {
+		return nil, refuseJoin("snapshot from %s: negative position %d", h.Source, h.SourceSeq)
+	}
+	out := []SnapshotPosition{{Region: h.Source, Seq: h.SourceSeq}}
+	seen := map[string]bool{h.Source: true}
+	for _, p := range h.Applied {
+		if p.Region == joining {
+			if p.Seq > 0 {
+				return nil, refuseJoin("snapshot from %s says it applied %d transactions of %s, which has not joined yet: is another region already running as %s?", h.Source, p.Seq, joining, joining)
+			}
+			continue
+		}
+		if seen[p.Region] {
+			return nil, refuseJoin("snapshot from %s lists region %s twice", h.Source, p.Region)
+		}
+		if p.Seq < 0 {
+			return nil, refuseJoin("snapshot from %s: negative position %d for %s", h.Source, p.Seq, p.Region)
+		}
+		seen[p.Region] = true
+		out = append(out, p)
+	}
+	return out, nil
+}

@@ -1,0 +1,134 @@
+package postgres
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"io"
+	"strings"
+	"testing"
+)
+
+func TestJoinPositionsResumeEveryStreamWhereTheSourceWas(t *testing.T) {
+	cases := []struct {
+		name    string
+		h       SnapshotHeader
+		joining string
+		want    []SnapshotPosition
+		err     string
+	}{
+		{name: "source alone", h: SnapshotHeader{Source: "us", SourceSeq: 7}, joining: "eu",
+			want: []SnapshotPosition{{Region: "us", Seq: 7}}},
+		{name: "source and what it applied of others", joining: "ap",
+			h:    SnapshotHeader{Source: "eu", SourceSeq: 3, Applied: []SnapshotPosition{{Region: "us", Seq: 40, LSN: "0/16B3748", HLC: 9}}},
+			want: []SnapshotPosition{{Region: "eu", Seq: 3}, {Region: "us", Seq: 40, LSN: "0/16B3748", HLC: 9}}},
+		{name: "an empty entry for the joining region is dropped", joining: "ap",
+			h:    SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 0}, {Region: "us", Seq: 2}}},
+			want: []SnapshotPosition{{Region: "eu", Seq: 0}, {Region: "us", Seq: 2}}},
+		{name: "the source applied the joining region's writes", joining: "ap",
+			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 5}}}, err: "another region already running as ap"},
+		{name: "from itself", joining: "eu", h: SnapshotHeader{Source: "eu"}, err: "cannot join from itself"},
+		{name: "no source", joining: "eu", h: SnapshotHeader{}, err: "cannot join from itself or from nowhere"},
+		{name: "a region twice", joining: "ap",
+			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "us", Seq: 1}, {Region: "us", Seq: 2}}}, err: "lists region us twice"},
+		{name: "negative", joining: "ap", h: SnapshotHeader{Source: "eu", SourceSeq: -1}, err: "negative position"},
+	}
+	for _, tc := range cases {
+		got, err := JoinPositions(tc.h, tc.joining)
+		if tc.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrCannotJoin) {
+				t.Errorf("%s: err %v, want one saying %q that cannot be retried", tc.name, err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if len(got) != len(tc.want) {
+			t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+			continue
+		}
+		for i := range got {
+			if got[i] != tc.want[i] {
+				t.Errorf("%s: %+v, want %+v", tc.name, got, tc.want)
+			}
+		}
+	}
+}
+
+func TestColumnDifferencesNameEachMismatch(t *testing.T) {
+	src := []SnapshotColumn{{"id", "bigint"}, {"name", "text"}, {"n", "integer"}}
+	if d := columnDifferences(src, []SnapshotColumn{{"n", "integer"}, {"id", "bigint"}, {"name", "text"}}); len(d) != 0 {
+		t.Fatalf("same columns in another order: %v", d)
+	}
+	d := columnDifferences(src, []SnapshotColumn{{"id", "integer"}, {"n", "integer"}, {"extra", "text"}})
+	want := []string{"column id is bigint there and integer here", "column name (text) is missing here", "column extra (text) exists only here"}
+	if strings.Join(d, "; ") != strings.Join(want, "; ") {
+		t.Fatalf("differences %q, want %q", d, want)
+	}
+}
+
+// A part's data, cut into frames, reads back whole and stops at the part's
+// end; the frames after it are left for the next part.
+func TestSnapshotPartsReadBackWhole(t *testing.T) {
+	var buf bytes.Buffer
+	data := bytes.Repeat([]byte("0123456789abcdef"), 200_000) // 3.2 MB: several frames
+	if err := writeSnapshotJSON(&buf, frameTable, snapshotPart{Name: "public.t"}); err != nil {
+		t.Fatal(err)
+	}
+	fw := &frameWriter{w: &buf}
+	if n, err := fw.Write(data); err != nil || n != len(data) {
+		t.Fatalf("write: %d %v", n, err)
+	}
+	if err := writeSnapshotJSON(&buf, frameEnd, snapshotPart{Name: "public.t", Rows: 42}); err != nil {
+		t.Fatal(err)
+	}
+	if err := writeSnapshotJSON(&buf, frameDone, SnapshotSummary{}); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(&buf)
+	l := loader{br: br}
+	if err := l.open(frameTable, "public.t"); err != nil {
+		t.Fatal(err)
+	}
+	pr := &partReader{br: br, progress: func() {}}
+	got, err := io.ReadAll(pr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, data) || pr.end == nil || pr.end.Rows != 42 {
+		t.Fatalf("read %d bytes (want %d), end %+v", len(got), len(data), pr.end)
+	}
+	if typ, _, err := readSnapshotFrame(br); err != nil || typ != frameDone {
+		t.Fatalf("next frame %q %v, want the end", typ, err)
+	}
+}
+
+// A stream cut anywhere is an error, never a short part taken for whole.
+func TestSnapshotCutShortIsAnError(t *testing.T) {
+	var buf bytes.Buffer
+	_ = writeSnapshotJSON(&buf, frameTable, snapshotPart{Name: "public.t"})
+	fw := &frameWriter{w: &buf}
+	_, _ = fw.Write(bytes.Repeat([]byte{7}, 5000))
+	_ = writeSnapshotJSON(&buf, frameEnd, snapshotPart{Name: "public.t", Rows: 1})
+	whole := buf.Bytes()
+	for cut := 1; cut < len(whole); cut += 97 {
+		br := bufio.NewReader(bytes.NewReader(whole[:cut]))
+		l := loader{br: br}
+		if err := l.open(frameTable, "public.t"); err != nil {
+			continue // cut inside the opening frame: an error already
+		}
+		pr := &partReader{br: br, progress: func() {}}
+		_, err := io.ReadAll(pr)
+		if err == nil && pr.end != nil {
+			t.Fatalf("cut at %d of %d read as a whole part", cut, len(whole))
+		}
+		if err == nil {
+			t.Fatalf("cut at %d of %d: no error", cut, len(whole))
+		}
+	}
+	if _, _, err := readSnapshotFrame(bufio.NewReader(bytes.NewReader(nil))); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("empty stream: %v, want unexpected EOF", err)
+	}
+}

@@ -1,0 +1,552 @@
+package postgres
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// LoadConfig configures LoadSnapshot.
+type LoadConfig struct {
+	// Region is the joining region.
+	Region     string
+	ConnString string
+	// Tables are the replicated tables; the snapshot must hold exactly
+	// these.
+	Tables []string
+	// Progress, when set, is called as tables are loaded.
+	Progress func(LoadProgress)
+	Logger   *slog.Logger
+}
+
+// LoadProgress is how far a load has got.
+type LoadProgress struct {
+	Source      string
+	Table       string // the table being loaded ("" between tables)
+	TablesDone  int
+	TablesTotal int
+	Rows        int64 // rows loaded so far (finished tables)
+	Estimate    int64 // rows the source estimated for all tables
+	Bytes       int64 // snapshot bytes received
+}
+
+// ErrAlreadyJoined is returned by LoadSnapshot when the region has applied
+// other regions' transactions already (it joined, or it is one of the
+// regions that started together): there is nothing to load.
+var ErrAlreadyJoined = errors.New("this region already applies other regions' transactions")
+
+// ErrCannotJoin marks the refusals of a load that trying again cannot
+// change: the region is not new, or its tables or configuration differ
+// from the source's.
+var ErrCannotJoin = errors.New("the region cannot join from this snapshot")
+
+type joinRefusal struct{ msg string }
+
+func (e joinRefusal) Error() string        { return e.msg }
+func (e joinRefusal) Is(target error) bool { return target == ErrCannotJoin }
+
+func refuseJoin(format string, args ...any) error {
+	return joinRefusal{fmt.Sprintf(format, args...)}
+}
+
+// Joined reports whether the region was loaded from a snapshot or applies
+// peers' transactions already (so it needs no snapshot).
+func Joined(ctx context.Context, conn *pgx.Conn) (bool, error) {
+	var joined bool
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied)`).Scan(&joined)
+	if err != nil {
+		return false, fmt.Errorf("joined: %w", err)
+	}
+	return joined, nil
+}
+
+// LoadSnapshot loads a snapshot (WriteSnapshot's stream) into a joining
+// region, in one transaction: the rows, their versions, the parked changes
+// and the positions from which every peer's stream resumes are all there
+// or none is, so a load cut short (a kill, a broken link) leaves the region
+// as it was and is simply run again.
+//
+// Loaded rows carry the replication origin of the snapshot's source, like
+// applied rows: the region's reader never ships them, and its search feed
+// indexes them. Rows go in with the privileges of each table's owner (as
+// applied rows do), so application triggers fired by them cannot reach the
+// replicator's tables.
+func LoadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHeader, SnapshotSummary, error) {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	var sum SnapshotSummary
+	cr := &countingReader{r: r}
+	br := bufio.NewReaderSize(cr, 1<<20)
+	typ, payload, err := readSnapshotFrame(br)
+	if err != nil {
+		return SnapshotHeader{}, sum, err
+	}
+	var h SnapshotHeader
+	if typ != frameHeader {
+		return h, sum, fmt.Errorf("snapshot: starts with frame %q, want a header", typ)
+	}
+	if err := json.Unmarshal(payload, &h); err != nil {
+		return h, sum, fmt.Errorf("snapshot: header: %w", err)
+	}
+	positions, err := JoinPositions(h, cfg.Region)
+	if err != nil {
+		return h, sum, err
+	}
+	if err := sameTables(h, cfg.Tables); err != nil {
+		return h, sum, err
+	}
+	conn, err := Connect(ctx, cfg.ConnString)
+	if err != nil {
+		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	}
+	defer conn.Close(context.Background())
+	if err := checkNew(ctx, conn, cfg.Region, h.Tables); err != nil {
+		return h, sum, err
+	}
+	if err := resetSlot(ctx, conn, cfg.Region); err != nil {
+		return h, sum, err
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)
+		WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, OriginName(h.Source)); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: replication origin: %w", err)
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, OriginName(h.Source)); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: replication origin: %w", err)
+	}
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	}
+	if err := checkJoinable(ctx, tx, cfg.Region, h); err != nil {
+		return h, sum, err
+	}
+	l := loader{tx: tx, br: br, cr: cr, cfg: cfg, h: h}
+	for _, t := range h.Tables {
+		l.progress(t.Name)
+		if err := l.table(ctx, t); err != nil {
+			return h, sum, err
+		}
+		l.done++
+	}
+	l.progress("")
+	if sum.Versions, err = l.versions(ctx); err != nil {
+		return h, sum, err
+	}
+	if sum.Parked, err = l.parked(ctx); err != nil {
+		return h, sum, err
+	}
+	if typ, payload, err = readSnapshotFrame(br); err != nil {
+		return h, sum, err
+	}
+	var sent SnapshotSummary
+	if typ != frameDone {
+		return h, sum, fmt.Errorf("snapshot: frame %q where its end was due", typ)
+	}
+	if err := json.Unmarshal(payload, &sent); err != nil {
+		return h, sum, fmt.Errorf("snapshot: end: %w", err)
+	}
+	sum.Rows = l.rows
+	if err := sameCounts(sent, sum); err != nil {
+		return h, sum, err
+	}
+	for _, p := range positions {
+		var lsn any
+		if p.LSN != "" {
+			lsn = p.LSN
+		}
+		if _, err := tx.Exec(ctx, `INSERT INTO polyregion.applied (source, seq, lsn, hlc) VALUES ($1, $2, $3::pg_lsn, $4)`, p.Region, p.Seq, lsn, p.HLC); err != nil {
+			return h, sum, fmt.Errorf("load snapshot: record the position of %s: %w", p.Region, err)
+		}
+	}
+	var total int64
+	for _, n := range sum.Rows {
+		total += n
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.joined (region, source, source_seq, rows, pause_ms) VALUES ($1, $2, $3, $4, $5)`,
+		cfg.Region, h.Source, h.SourceSeq, total, h.PauseMillis); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: commit: %w", err)
+	}
+	return h, sum, nil
+}
+
+// checkNew refuses a load into a region that is not new: it applies peers'
+// transactions already, or shipped transactions of its own, or holds
+// replicated rows or versions of rows.
+func checkNew(ctx context.Context, q interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+}, region string, tables []SnapshotTable) error {
+	var joined bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied)`).Scan(&joined); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	if joined {
+		return ErrAlreadyJoined
+	}
+	var shipped int64
+	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0)`, SlotName(region)).Scan(&shipped); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	if shipped > 0 {
+		return refuseJoin("region %s has shipped %d transactions of its own to the replicated tables: only a region that has not written to them can join from a snapshot", region, shipped)
+	}
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.Name
+		var held bool
+		if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM ONLY "+qualified(t.Name)+")").Scan(&held); err != nil {
+			return fmt.Errorf("load snapshot: %w", err)
+		}
+		if held {
+			return refuseJoin("table %s in region %s already holds rows: a region joins with its replicated tables empty (loading over rows would lose them or let the regions diverge); empty it, or let the rows reach the others another way", t.Name, region)
+		}
+	}
+	var versions int64
+	if err := q.QueryRow(ctx, `SELECT count(*) FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`, names).Scan(&versions); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	if versions > 0 {
+		return refuseJoin("region %s holds %d row versions of the replicated tables (its own writes, since deleted): only a region that has not written to them can join from a snapshot", region, versions)
+	}
+	return nil
+}
+
+// resetSlot recreates the region's replication slot at the current end of
+// the WAL. The region is new: whatever its slot still holds (writes made to
+// the tables before the join and removed since) must not be shipped after
+// the load, where it would act on the loaded rows.
+func resetSlot(ctx context.Context, conn *pgx.Conn, region string) error {
+	slot := SlotName(region)
+	var active bool
+	err := conn.QueryRow(ctx, `SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return fmt.Errorf("load snapshot: slot %s: %w", slot, err)
+	case active:
+		return fmt.Errorf("load snapshot: slot %s is in use (is another replicator running for region %s?)", slot, region)
+	default:
+		if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot($1)`, slot); err != nil {
+			return fmt.Errorf("load snapshot: recreate slot %s: %w", slot, err)
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+		return fmt.Errorf("load snapshot: recreate slot %s: %w", slot, err)
+	}
+	return nil
+}
+
+// checkJoinable pauses the region's own writers to the tables until the
+// load commits, and checks again, under that pause, that the region is new
+// and that its tables have the source's columns.
+func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHeader) error {
+	if _, err := tx.Exec(ctx, `LOCK TABLE polyregion.applied, polyregion.joined IN EXCLUSIVE MODE`); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	list := make([]string, len(h.Tables))
+	for i, t := range h.Tables {
+		list[i] = qualified(t.Name)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN EXCLUSIVE MODE"); err != nil {
+		return fmt.Errorf("load snapshot: pause this region's writes to the replicated tables: %w", err)
+	}
+	if err := checkNew(ctx, tx, region, h.Tables); err != nil {
+		return err
+	}
+	for _, t := range h.Tables {
+		cols, err := copiedColumns(ctx, tx, t.Name)
+		if err != nil {
+			return fmt.Errorf("load snapshot: %w", err)
+		}
+		if diff := columnDifferences(t.Columns, cols); len(diff) > 0 {
+			return refuseJoin("table %s differs between %s and %s: %s; make the schemas the same before joining", t.Name, h.Source, region, strings.Join(diff, "; "))
+		}
+	}
+	return nil
+}
+
+// columnDifferences names what differs between the source's copied
+// columns and the joining region's.
+func columnDifferences(source, here []SnapshotColumn) []string {
+	var out []string
+	have := map[string]string{}
+	for _, c := range here {
+		have[c.Name] = c.Type
+	}
+	for _, c := range source {
+		t, ok := have[c.Name]
+		switch {
+		case !ok:
+			out = append(out, fmt.Sprintf("column %s (%s) is missing here", c.Name, c.Type))
+		case t != c.Type:
+			out = append(out, fmt.Sprintf("column %s is %s there and %s here", c.Name, c.Type, t))
+		}
+		delete(have, c.Name)
+	}
+	extra := make([]string, 0, len(have))
+	for n := range have {
+		extra = append(extra, n)
+	}
+	sort.Strings(extra)
+	for _, n := range extra {
+		out = append(out, fmt.Sprintf("column %s (%s) exists only here", n, have[n]))
+	}
+	return out
+}
+
+// sameTables checks that the snapshot holds exactly the tables this region
+// replicates.
+func sameTables(h SnapshotHeader, tables []string) error {
+	var got []string
+	for _, t := range h.Tables {
+		got = append(got, t.Name)
+	}
+	want := append([]string(nil), tables...)
+	sort.Strings(got)
+	sort.Strings(want)
+	if !slices.Equal(got, want) {
+		return refuseJoin("snapshot from %s holds tables %s; this region replicates %s: the regions' configurations differ", h.Source, strings.Join(got, ", "), strings.Join(want, ", "))
+	}
+	return nil
+}
+
+func sameCounts(sent, loaded SnapshotSummary) error {
+	if sent.Versions != loaded.Versions {
+		return fmt.Errorf("snapshot: the source sent %d row versions, %d were loaded", sent.Versions, loaded.Versions)
+	}
+	if sent.Parked != loaded.Parked {
+		return fmt.Errorf("snapshot: the source sent %d parked changes, %d were loaded", sent.Parked, loaded.Parked)
+	}
+	for t, n := range sent.Rows {
+		if loaded.Rows[t] != n {
+			return fmt.Errorf("snapshot: the source sent %d rows of %s, %d were loaded", n, t, loaded.Rows[t])
+		}
+	}
+	return nil
+}
+
+type loader struct {
+	tx   pgx.Tx
+	br   *bufio.Reader
+	cr   *countingReader
+	cfg  LoadConfig
+	h    SnapshotHeader
+	done int
+	rows map[string]int64
+	last time.Time
+}
+
+func (l *loader) progress(table string) {
+	if l.cfg.Progress == nil {
+		return
+	}
+	p := LoadProgress{Source: l.h.Source, Table: table, TablesDone: l.done, TablesTotal: len(l.h.Tables), Bytes: l.cr.n}
+	for _, n := range l.rows {
+		p.Rows += n
+	}
+	for _, t := range l.h.Tables {
+		p.Estimate += t.Estimate
+	}
+	l.cfg.Progress(p)
+}
+
+// open reads the frame that opens the next part.
+func (l *loader) open(want byte, name string) error {
+	typ, payload, err := readSnapshotFrame(l.br)
+	if err != nil {
+		return err
+	}
+	var p snapshotPart
+	if typ != want {
+		return fmt.Errorf("snapshot: frame %q where %q was due", typ, want)
+	}
+	if err := json.Unmarshal(payload, &p); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
+	if p.Name != name {
+		return fmt.Errorf("snapshot: part %q where %q was due", p.Name, name)
+	}
+	return nil
+}
+
+// copyIn runs a COPY FROM STDIN fed with the current part's data, and
+// checks its row count against the part's end.
+func (l *loader) copyIn(ctx context.Context, what, copySQL string) (int64, error) {
+	pr := &partReader{br: l.br, progress: func() {
+		if time.Since(l.last) > time.Second {
+			l.last = time.Now()
+			l.progress(what)
+		}
+	}}
+	tag, err := l.tx.Conn().PgConn().CopyFrom(ctx, pr, copySQL)
+	if err != nil {
+		if pr.err != nil {
+			return 0, pr.err
+		}
+		return 0, fmt.Errorf("load snapshot: %s: %w", what, err)
+	}
+	if pr.end == nil {
+		return 0, fmt.Errorf("snapshot: %s: data ended without the part's end", what)
+	}
+	if pr.end.Rows != tag.RowsAffected() {
+		return 0, fmt.Errorf("snapshot: %s: the source sent %d rows, %d were loaded", what, pr.end.Rows, tag.RowsAffected())
+	}
+	return tag.RowsAffected(), nil
+}
+
+// table loads one table's rows: directly when applying as the owner takes
+// no privilege away, else into a temporary table and from there through the
+// owner's function.
+func (l *loader) table(ctx context.Context, t SnapshotTable) error {
+	if l.rows == nil {
+		l.rows = map[string]int64{}
+	}
+	if err := l.open(frameTable, t.Name); err != nil {
+		return err
+	}
+	cols := make([]string, len(t.Columns))
+	defs := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		cols[i] = quoteIdent(c.Name)
+		// The type as this region names it (checkJoinable compared them).
+		defs[i] = quoteIdent(c.Name) + " " + c.Type
+	}
+	list := strings.Join(cols, ", ")
+	fn, err := execAs(ctx, l.tx, t.Name)
+	if err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	if fn == "" {
+		n, err := l.copyIn(ctx, t.Name, "COPY "+qualified(t.Name)+" ("+list+") FROM STDIN (FORMAT binary)")
+		l.rows[t.Name] = n
+		return err
+	}
+	if _, err := l.tx.Exec(ctx, "CREATE TEMPORARY TABLE polyregion_load ("+strings.Join(defs, ", ")+") ON COMMIT DROP"); err != nil {
+		return fmt.Errorf("load snapshot: staging table for %s: %w", t.Name, err)
+	}
+	n, err := l.copyIn(ctx, t.Name, "COPY pg_temp.polyregion_load ("+list+") FROM STDIN (FORMAT binary)")
+	if err != nil {
+		return err
+	}
+	var owner string
+	if err := l.tx.QueryRow(ctx, `SELECT c.relowner::pg_catalog.regrole::text FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(t.Name)).Scan(&owner); err != nil {
+		return fmt.Errorf("load snapshot: owner of %s: %w", t.Name, err)
+	}
+	if _, err := l.tx.Exec(ctx, "GRANT SELECT ON pg_temp.polyregion_load TO "+owner); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	var inserted int64
+	if err := l.tx.QueryRow(ctx, "SELECT "+fn+"($1, '{}'::text[])",
+		"INSERT INTO "+qualified(t.Name)+" ("+list+") OVERRIDING SYSTEM VALUE SELECT "+list+" FROM pg_temp.polyregion_load").Scan(&inserted); err != nil {
+		return fmt.Errorf("load snapshot: insert the rows of %s as its owner: %w", t.Name, err)
+	}
+	if inserted != n {
+		return fmt.Errorf("load snapshot: %d rows of %s copied, %d inserted", n, t.Name, inserted)
+	}
+	if _, err := l.tx.Exec(ctx, "DROP TABLE pg_temp.polyregion_load"); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	l.rows[t.Name] = n
+	return nil
+}
+
+// versions loads the rows' versions. A live row's version names the
+// transaction that wrote the row here: this one.
+func (l *loader) versions(ctx context.Context) (int64, error) {
+	if err := l.open(frameVersions, ""); err != nil {
+		return 0, err
+	}
+	if _, err := l.tx.Exec(ctx, `CREATE TEMPORARY TABLE polyregion_load_versions (
+		tbl text, key text, vv text, hlc bigint, origin text, deleted boolean, counters jsonb,
+		src_seq bigint, deleted_at timestamptz, siblings jsonb, stamps jsonb, own jsonb) ON COMMIT DROP`); err != nil {
+		return 0, fmt.Errorf("load snapshot: %w", err)
+	}
+	cols := strings.Join(versionColumns, ", ")
+	n, err := l.copyIn(ctx, "row versions", "COPY pg_temp.polyregion_load_versions ("+cols+") FROM STDIN (FORMAT binary)")
+	if err != nil {
+		return 0, err
+	}
+	if _, err := l.tx.Exec(ctx, "INSERT INTO polyregion.row_version ("+cols+", xid) SELECT "+cols+
+		", CASE WHEN deleted THEN NULL ELSE pg_catalog.pg_current_xact_id()::xid END FROM pg_temp.polyregion_load_versions"); err != nil {
+		return 0, fmt.Errorf("load snapshot: row versions: %w", err)
+	}
+	return n, nil
+}
+
+// parked loads the changes the source had parked: they are retried here as
+// there.
+func (l *loader) parked(ctx context.Context) (int64, error) {
+	if err := l.open(frameParked, ""); err != nil {
+		return 0, err
+	}
+	return l.copyIn(ctx, "parked changes", "COPY polyregion.parked ("+strings.Join(parkedColumns, ", ")+") FROM STDIN (FORMAT binary)")
+}
+
+// partReader feeds a COPY with the data frames of the current part and
+// stops at the part's end.
+type partReader struct {
+	br       *bufio.Reader
+	buf      []byte
+	end      *snapshotPart
+	err      error
+	progress func()
+}
+
+func (p *partReader) Read(b []byte) (int, error) {
+	for len(p.buf) == 0 {
+		if p.end != nil || p.err != nil {
+			return 0, io.EOF
+		}
+		typ, payload, err := readSnapshotFrame(p.br)
+		if err != nil {
+			p.err = err
+			return 0, err
+		}
+		switch typ {
+		case frameData:
+			p.buf = payload
+			p.progress()
+		case frameEnd:
+			var e snapshotPart
+			if err := json.Unmarshal(payload, &e); err != nil {
+				p.err = fmt.Errorf("snapshot: %w", err)
+				return 0, p.err
+			}
+			p.end = &e
+		default:
+			p.err = fmt.Errorf("snapshot: frame %q inside a part's data", typ)
+			return 0, p.err
+		}
+	}
+	n := copy(b, p.buf)
+	p.buf = p.buf[n:]
+	return n, nil
+}
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(b []byte) (int, error) {
+	n, err := c.r.Read(b)
+	c.n += int64(n)
+	return n, err
+}
