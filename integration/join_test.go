@@ -89,10 +89,25 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
 		t.Fatal(err)
 	}
-	sawJoining := waitJoined(t, ctx, eu, 4*time.Minute)
-	if !sawJoining {
-		t.Errorf("eu's /status never said it was joining")
+	// Killed once loaded, before it caught up (ap is not there yet: eu
+	// waits JoinPeerGrace for it), eu still reports joining after a restart.
+	waitLoaded(t, ctx, eu, 4*time.Minute)
+	if err := eu.StopReplicator(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
 	}
+	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		if st, ok := statusOf(eu); ok && strings.Contains(st.Joining, "snapshot from us loaded; catching up") {
+			break
+		}
+		if time.Since(start) > 10*time.Second {
+			st, _ := statusOf(eu)
+			t.Fatalf("eu restarted before it caught up does not report joining: %+v", st)
+		}
+	}
+	waitJoined(t, ctx, eu, 4*time.Minute)
 	waitHealth(t, eu, time.Minute, "200 once joined", func(code int, _ string) bool { return code == 200 })
 	write(eu)
 	time.Sleep(2 * time.Second)
@@ -164,6 +179,9 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 		if wrote := ledger.TransactionsIn(r.Name) + churn.transactions(r.Name); shipped > wrote {
 			t.Errorf("region %s shipped %d transactions, its writers committed %d: loaded or applied rows went out again", r.Name, shipped, wrote)
 		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined WHERE caught_up_at IS NOT NULL`); n != 1 {
+			t.Errorf("region %s did not record that it caught up", r.Name)
+		}
 		src := map[string]string{"eu": "us", "ap": "eu"}[r.Name]
 		out, err := exec.Command(binary, "status", "--config", r.ConfigPath).CombinedOutput()
 		if err != nil || !strings.Contains(string(out), "from "+src+"'s snapshot at ") {
@@ -182,20 +200,14 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 }
 
 // waitJoined waits until the region has loaded its snapshot and its
-// /status no longer says it is joining, and reports whether /status said
-// it was joining at some point.
-func waitJoined(t *testing.T, ctx context.Context, r *Region, within time.Duration) bool {
+// /status no longer says it is joining.
+func waitJoined(t *testing.T, ctx context.Context, r *Region, within time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(within)
-	saw := false
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		st, ok := statusOf(r)
-		if ok && st.Joining != "" {
-			saw = true
-		}
-		if ok && st.Joining == "" && queryString(t, ctx, r, `SELECT coalesce(pg_catalog.to_regclass('polyregion.joined')::text, '')`) != "" &&
+		if st, ok := statusOf(r); ok && st.Joining == "" && queryString(t, ctx, r, `SELECT coalesce(pg_catalog.to_regclass('polyregion.joined')::text, '')`) != "" &&
 			queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined`) == 1 {
-			return saw
+			return
 		}
 		if !r.Running() {
 			t.Fatalf("replicator %s exited while joining:\n%s", r.Name, r.Logs(4000))
@@ -204,7 +216,18 @@ func waitJoined(t *testing.T, ctx context.Context, r *Region, within time.Durati
 	}
 	st, _ := statusOf(r)
 	t.Fatalf("region %s did not join within %s: %+v\n%s", r.Name, within, st, r.Logs(4000))
-	return false
+}
+
+// waitLoaded waits until the region has loaded its snapshot.
+func waitLoaded(t *testing.T, ctx context.Context, r *Region, within time.Duration) {
+	t.Helper()
+	for start := time.Now(); time.Since(start) < within && ctx.Err() == nil; time.Sleep(20 * time.Millisecond) {
+		if queryString(t, ctx, r, `SELECT coalesce(pg_catalog.to_regclass('polyregion.joined')::text, '')`) != "" &&
+			queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined`) == 1 {
+			return
+		}
+	}
+	t.Fatalf("region %s did not load its snapshot within %s:\n%s", r.Name, within, r.Logs(4000))
 }
 
 // waitLoading waits until the region's /status says it is loading table.
@@ -350,16 +373,21 @@ func (c *bulkChurn) verify(t *testing.T, ctx context.Context, h *Harness) {
 
 // A region that is not new cannot join: one whose replicated table holds a
 // row, or whose table differs from the source's, is refused with an error
-// naming what to fix, and nothing is loaded. Once fixed it joins, and the
-// writes it took before (removed since) are never shipped: they would act
-// on the loaded rows everywhere.
+// naming what to fix, and nothing is loaded. A region that another region
+// does not accept yet (its configuration differs) waits, naming that region.
+// Once all is fixed it joins; the writes it took before (removed since) are
+// never shipped, where they would act on the loaded rows everywhere; an
+// array of an enum whose type has another oid here than at the source loads.
 func TestJoinRefusesARegionThatIsNotNew(t *testing.T) {
-	schema := []string{`CREATE TABLE public.notes (id bigint PRIMARY KEY, body text NOT NULL)`}
+	schema := []string{
+		`CREATE TYPE public.mood AS ENUM ('ok', 'sad')`,
+		`CREATE TABLE public.notes (id bigint PRIMARY KEY, body text NOT NULL, moods public.mood[])`,
+	}
 	tables := []TableSpec{{Name: "public.notes"}}
-	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema, Tables: tables})
-	ctx := ctxFor(t, 3*time.Minute)
-	us, eu := h.Regions[0], h.Regions[1]
-	mustExec(t, ctx, us, `INSERT INTO public.notes SELECT g, 'n' || g FROM generate_series(1, 100) g`)
+	h := startClusters(t, Spec{SchemaSQL: schema, Tables: tables})
+	ctx := ctxFor(t, 4*time.Minute)
+	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
+	mustExec(t, ctx, us, `INSERT INTO public.notes SELECT g, 'n' || g, ARRAY['ok', 'sad']::public.mood[] FROM generate_series(1, 100) g`)
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
@@ -390,28 +418,69 @@ func TestJoinRefusesARegionThatIsNotNew(t *testing.T) {
 	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.notes`) + queryInt(t, ctx, eu, `SELECT count(*) FROM polyregion.applied`); n != 0 {
 		t.Fatalf("eu kept %d rows and positions of a refused join", n)
 	}
-
 	if err := eu.StopReplicator(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	mustExec(t, ctx, eu, `ALTER TABLE public.notes DROP COLUMN tag`)
+	// The same columns again, the enum recreated under another oid.
+	for _, q := range []string{`ALTER TABLE public.notes DROP COLUMN tag`, `ALTER TABLE public.notes DROP COLUMN moods`, `DROP TYPE public.mood`,
+		`CREATE TYPE public.mood AS ENUM ('ok', 'sad')`, `ALTER TABLE public.notes ADD COLUMN moods public.mood[]`} {
+		mustExec(t, ctx, eu, q)
+	}
+	if a, b := queryInt(t, ctx, us, `SELECT 'public.mood'::regtype::oid::int8`), queryInt(t, ctx, eu, `SELECT 'public.mood'::regtype::oid::int8`); a == b {
+		t.Fatalf("the enum has the same oid (%d) in us and eu", a)
+	}
+
+	// ap runs a configuration that differs (another policy): eu waits,
+	// naming it, and loads nothing.
+	good, err := os.ReadFile(ap.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rewriteConfig(t, ap, func(c *RegionConfig) { c.Tables[0].Deletes = "delete_wins" })
+	if err := ap.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); !strings.Contains(ap.Logs(1<<20), "replicator running"); time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > time.Minute {
+			t.Fatalf("ap did not start:\n%s", ap.Logs(4000))
+		}
+	}
 	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
 		t.Fatal(err)
 	}
-	waitJoined(t, ctx, eu, time.Minute)
+	for start := time.Now(); !strings.Contains(eu.Logs(1<<20), "peer ap runs another configuration"); time.Sleep(100 * time.Millisecond) {
+		if time.Since(start) > time.Minute {
+			t.Fatalf("eu does not say ap refuses it:\n%s", eu.Logs(4000))
+		}
+	}
+	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.notes`); n != 0 || !eu.Running() {
+		t.Fatalf("eu loaded %d notes (running: %v) while ap refuses it", n, eu.Running())
+	}
+	if err := ap.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ap.ConfigPath, good, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := ap.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, eu, 2*time.Minute)
+	waitJoined(t, ctx, ap, 2*time.Minute)
 	mustExec(t, ctx, us, `UPDATE public.notes SET body = 'after the join' WHERE id = 7`)
+	mustExec(t, ctx, eu, `UPDATE public.notes SET moods = ARRAY['sad']::public.mood[] WHERE id = 8`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range h.Regions {
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.notes`); n != 100 {
-			t.Errorf("region %s holds %d notes, want us's 100", r.Name, n)
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.notes WHERE moods = ARRAY['ok', 'sad']::public.mood[]`); n != 99 {
+			t.Errorf("region %s holds %d notes with both moods, want 99", r.Name, n)
 		}
 		if b := queryString(t, ctx, r, `SELECT body FROM public.notes WHERE id = 5`); b != "n5" {
 			t.Errorf("region %s: note 5 is %q, want us's n5", r.Name, b)
 		}
 	}
-	if n := queryInt(t, ctx, eu, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state), 0)`); n != 0 {
-		t.Errorf("eu shipped %d transactions; it wrote nothing since it joined", n)
+	if n := queryInt(t, ctx, eu, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state), 0)`); n != 1 {
+		t.Errorf("eu shipped %d transactions; it wrote one since it joined", n)
 	}
 }

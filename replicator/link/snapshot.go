@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"time"
 )
 
 // ErrNotServed is returned when the peer does not serve what was asked (a
@@ -68,7 +69,12 @@ func (f *flushWriter) Flush() error {
 
 // Snapshot asks the peer for a consistent snapshot of itself and hands the
 // stream to load, which reads it to its end.
+//
+// A stream silent for SnapshotIdleTimeout is ended (a half-open connection,
+// a source that hangs): load sees it fail.
 func (c *Client) Snapshot(ctx context.Context, load func(io.Reader) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	resp, err := c.request(ctx, http.MethodGet, "/v1/snapshot", url.Values{})
 	if err != nil {
 		return fmt.Errorf("snapshot from %s: %w", c.cfg.Peer, err)
@@ -77,5 +83,26 @@ func (c *Client) Snapshot(ctx context.Context, load func(io.Reader) error) error
 	if err := c.refusal(resp, "snapshot"); err != nil {
 		return err
 	}
-	return load(resp.Body)
+	idle := time.AfterFunc(SnapshotIdleTimeout, cancel)
+	defer idle.Stop()
+	return load(&watchedReader{r: resp.Body, idle: idle})
+}
+
+// SnapshotIdleTimeout ends a snapshot stream that sent nothing for this
+// long. The source sends nothing while it waits for its reader to catch up
+// before the pause (up to two minutes), so it is longer than that.
+var SnapshotIdleTimeout = 3 * time.Minute
+
+// watchedReader restarts the idle timer on every read that returns data.
+type watchedReader struct {
+	r    io.Reader
+	idle *time.Timer
+}
+
+func (w *watchedReader) Read(p []byte) (int, error) {
+	n, err := w.r.Read(p)
+	if n > 0 {
+		w.idle.Reset(SnapshotIdleTimeout)
+	}
+	return n, err
 }

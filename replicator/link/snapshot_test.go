@@ -6,6 +6,7 @@ import (
 	"errors"
 	"io"
 	"testing"
+	"time"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -64,5 +65,33 @@ func TestSnapshotThatFailsMidwayBreaksTheStream(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("a snapshot that failed midway read as complete")
+	}
+}
+
+// A source that goes silent mid-stream is given up on after the idle
+// timeout: load's read fails instead of hanging.
+func TestSnapshotThatGoesSilentIsEnded(t *testing.T) {
+	old := SnapshotIdleTimeout
+	SnapshotIdleTimeout = 300 * time.Millisecond
+	defer func() { SnapshotIdleTimeout = old }()
+	release := make(chan struct{})
+	defer close(release)
+	url := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster, Snapshot: func(ctx context.Context, _ conflict.RegionID, w io.Writer) error {
+		if _, err := w.Write(bytes.Repeat([]byte{1}, 300<<10)); err != nil {
+			return err
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}}, TLSFiles{})
+	start := time.Now()
+	err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(context.Background(), func(r io.Reader) error {
+		_, err := io.ReadAll(r)
+		return err
+	})
+	if err == nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("silent source: %v after %s", err, time.Since(start))
 	}
 }

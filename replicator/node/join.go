@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
@@ -31,17 +33,24 @@ import (
 // join loads the region from cfg.JoinFrom's snapshot, unless it joined or
 // applies peers' transactions already.
 func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) error {
-	if cfg.JoinFrom == "" {
-		return nil
-	}
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
 		return err
 	}
-	joined, err := postgres.Joined(ctx, conn)
+	st, err := postgres.ReadJoinState(ctx, conn)
 	conn.Close(context.Background())
-	if err != nil || joined {
+	if err != nil {
 		return err
+	}
+	if st.CatchingUp != "" {
+		// Loaded before a restart, not caught up yet: still joining.
+		mon.Loaded(st.CatchingUp, markCaughtUp(cfg, log))
+	}
+	if st.Joined {
+		return nil
+	}
+	if cfg.JoinFrom == "" {
+		return nil
 	}
 	var peer Peer
 	for _, p := range cfg.Peers {
@@ -65,14 +74,17 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 		began := time.Now()
 		var h postgres.SnapshotHeader
 		var sum postgres.SnapshotSummary
-		err := client.Snapshot(ctx, func(r io.Reader) error {
-			var err error
-			h, sum, err = postgres.LoadSnapshot(ctx, postgres.LoadConfig{
-				Region: string(cfg.Region), ConnString: cfg.Database, Tables: cfg.TableNames(), Logger: log,
-				Progress: joinProgress(mon, log),
-			}, r)
-			return err
-		})
+		err := peersAccept(ctx, cfg, peer.ID)
+		if err == nil {
+			err = client.Snapshot(ctx, func(r io.Reader) error {
+				var err error
+				h, sum, err = postgres.LoadSnapshot(ctx, postgres.LoadConfig{
+					Region: string(cfg.Region), From: string(peer.ID), ConnString: cfg.Database, Tables: cfg.TableNames(), Logger: log,
+					Progress: joinProgress(mon, log),
+				}, r)
+				return err
+			})
+		}
 		switch {
 		case err == nil:
 			var rows int64
@@ -81,7 +93,7 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 			}
 			log.Info("joined: snapshot loaded", "from", string(peer.ID), "rows", rows, "versions", sum.Versions, "parked", sum.Parked,
 				"took", time.Since(began).Round(time.Millisecond).String(), "source_writers_paused_ms", h.PauseMillis, "source_seq", h.SourceSeq)
-			mon.Loaded(string(peer.ID))
+			mon.Loaded(string(peer.ID), markCaughtUp(cfg, log))
 			// Keys now in the tables may lie above where the sequences were set.
 			c, err := postgres.Connect(ctx, cfg.Database)
 			if err != nil {
@@ -107,6 +119,70 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 	}
 }
 
+// markCaughtUp records, once the region has caught up, that it did: a
+// restart before that finds it still joining.
+func markCaughtUp(cfg Config, log *slog.Logger) func() {
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := postgres.MarkCaughtUp(ctx, cfg.Database); err != nil {
+			log.Warn("joined: could not record that the region caught up; after a restart it reports joining until it catches up again", "err", err)
+		}
+	}
+}
+
+// peersAccept checks, before a snapshot is asked for, that every other
+// peer accepts this region: it lists it with the same token and runs the
+// same configuration. A peer that does not would never send this region
+// what it writes (its stream refused), and the join would look done while
+// that region's writes were missing. A peer that cannot be reached now is
+// not waited for (it may be down; it streams once it is back).
+func peersAccept(ctx context.Context, cfg Config, source conflict.RegionID) error {
+	var refusals []string
+	for _, p := range cfg.Peers {
+		if p.ID == source {
+			continue
+		}
+		if err := peerAccepts(ctx, cfg, p); err != nil {
+			refusals = append(refusals, err.Error())
+		}
+	}
+	if len(refusals) > 0 {
+		return fmt.Errorf("not every region accepts this one yet (add it to every region's configuration, the same everywhere, before it joins): %s", strings.Join(refusals, "; "))
+	}
+	return nil
+}
+
+var errAccepted = errors.New("accepted")
+
+// peerAccepts opens a stream from peer and ends it at its first frame.
+func peerAccepts(ctx context.Context, cfg Config, p Peer) error {
+	tlsCfg, err := link.ClientTLS(p.TLS)
+	if err != nil {
+		return fmt.Errorf("peer %s: %w", p.ID, err)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var accepted atomic.Bool
+	client, err := link.NewClient(link.ClientConfig{Region: cfg.Region, Peer: p.ID, URL: p.URL, Token: p.Token, TLS: tlsCfg, Cluster: cfg.Cluster,
+		OnConnected: func() { accepted.Store(true); cancel() }})
+	if err != nil {
+		return fmt.Errorf("peer %s: %w", p.ID, err)
+	}
+	defer client.Close()
+	err = client.Stream(pctx, 0, func(*replicator.Txn) error { return errAccepted })
+	var mm *link.MismatchError
+	switch {
+	case accepted.Load(), errors.Is(err, errAccepted), errors.Is(err, link.ErrTooFarBehind):
+		return nil // its stream would start (from some position): it accepts this region
+	case errors.Is(err, link.ErrUnauthorized):
+		return fmt.Errorf("peer %s refuses this region's credentials (is %s among its peers, with the same token?)", p.ID, cfg.Region)
+	case errors.As(err, &mm):
+		return fmt.Errorf("peer %s runs another configuration (%s)", p.ID, strings.Join(mm.Differences, "; "))
+	}
+	return nil
+}
+
 // retryJoin reports whether a failed load may succeed when tried again
 // (the link or the source failed) rather than being refused for good (the
 // configurations differ, credentials are wrong, the region is not new).
@@ -126,6 +202,7 @@ func joinProgress(mon *obs.Monitor, log *slog.Logger) func(postgres.LoadProgress
 			what += " (loading " + p.Table + ")"
 		}
 		mon.Joining(what)
+		mon.JoinLoaded(p.Rows, p.Bytes)
 		if time.Since(logged) >= 10*time.Second {
 			logged = time.Now()
 			log.Info("joining", "progress", what)

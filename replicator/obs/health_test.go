@@ -3,6 +3,7 @@ package obs
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator/link"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -209,7 +211,8 @@ func TestHealthJoiningRegionIsUnavailableUntilCaughtUp(t *testing.T) {
 	}
 	m.Joining("loading a snapshot from eu")
 	joining(probe(), "loading a snapshot from eu")
-	m.Loaded("eu")
+	var caught atomic.Int32
+	m.Loaded("eu", func() { caught.Add(1) })
 	joining(probe(), "catching up")
 	m.LinkUp("eu")
 	m.PeerHead("eu", 10)
@@ -230,6 +233,12 @@ func TestHealthJoiningRegionIsUnavailableUntilCaughtUp(t *testing.T) {
 	if s := probe(); s.Status != StateServing || s.Joining != "" {
 		t.Fatalf("caught up with every peer: %+v", s)
 	}
+	for start := time.Now(); caught.Load() == 0 && time.Since(start) < 5*time.Second; {
+		time.Sleep(time.Millisecond)
+	}
+	if n := caught.Load(); n != 1 {
+		t.Fatalf("caught-up hook called %d times, want once", n)
+	}
 	// Once joined, a peer falling behind only degrades (lag), as anywhere.
 	m.PeerHead("us", 9)
 	if s := probe(); s.Status == StateUnavailable || s.Joining != "" {
@@ -237,23 +246,55 @@ func TestHealthJoiningRegionIsUnavailableUntilCaughtUp(t *testing.T) {
 	}
 }
 
-func TestHealthJoinDoesNotWaitForAPeerThatStaysDown(t *testing.T) {
+// loadedFromEU is a region ap that loaded eu's snapshot and applied all eu
+// advertised; us has been down since before the load.
+func loadedFromEU() *Monitor {
 	m := New(Config{Region: "ap", Peers: []conflict.RegionID{"us", "eu"}, Health: HealthConfig{Hold: NoHold},
 		Probe: func(context.Context) (postgres.Probe, error) { return postgres.Probe{}, nil }})
-	m.Loaded("eu")
+	m.Loaded("eu", nil)
 	m.LinkUp("eu")
 	m.PeerHead("eu", 4)
 	m.PeerApplied("eu", 4, time.Now().UnixMicro())
-	m.probe(context.Background(), m.Health())
-	if s := m.Snapshot(); s.Status != StateUnavailable {
-		t.Fatalf("us down only since the load: %+v", s)
-	}
+	return m
+}
+
+// pastGrace moves the load and us's link going down JoinPeerGrace back.
+func pastGrace(m *Monitor) {
 	m.mu.Lock()
 	m.loadedAt = m.loadedAt.Add(-JoinPeerGrace)
 	m.peers["us"].changedAt = m.peers["us"].changedAt.Add(-JoinPeerGrace)
 	m.mu.Unlock()
+}
+
+func TestHealthJoinDoesNotWaitForAPeerThatStaysDown(t *testing.T) {
+	m := loadedFromEU()
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateUnavailable {
+		t.Fatalf("us down only since the load: %+v", s)
+	}
+	pastGrace(m)
 	m.probe(context.Background(), m.Health())
 	if s := m.Snapshot(); s.Status != StateDegraded || s.Joining != "" || !strings.Contains(strings.Join(s.Reasons, ";"), "peer us: link down") {
 		t.Fatalf("us down for the grace after the load: %+v", s)
+	}
+}
+
+// A peer that refuses this region (it no longer holds what the region
+// needs, or its configuration differs) holds the join however long its link
+// has been down: what the region lacks from it will not come.
+func TestHealthJoinWaitsForAPeerThatRefusesTheRegion(t *testing.T) {
+	m := loadedFromEU()
+	m.LinkDown("us", fmt.Errorf("stream from us: %w: resume after 3 is before the oldest kept (90)", link.ErrTooFarBehind))
+	pastGrace(m)
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateUnavailable || s.Joining == "" {
+		t.Fatalf("us refuses ap: %+v", s)
+	}
+	m.LinkUp("us")
+	m.PeerHead("us", 7)
+	m.PeerApplied("us", 7, time.Now().UnixMicro())
+	m.probe(context.Background(), m.Health())
+	if s := m.Snapshot(); s.Status != StateServing || s.Joining != "" {
+		t.Fatalf("us accepts ap again and ap caught up: %+v", s)
 	}
 }

@@ -78,6 +78,9 @@ type Metrics struct {
 	indexUp      prometheus.Gauge
 	indexOn      prometheus.Gauge
 	probeDur     prometheus.Histogram
+	joining      prometheus.Gauge
+	joinRows     prometheus.Gauge
+	joinBytes    prometheus.Gauge
 }
 
 // NewMetrics builds the registry for a region with these peers and tables.
@@ -116,6 +119,9 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.indexSeconds = f.gauge("polyregion_index_lag_seconds", "How far the regional search index is behind the local database, in seconds (0 without an index).")
 	m.indexUp = f.gauge("polyregion_index_lag_known", "1 when the index feed reports its lag, 0 when it cannot (or there is no index).")
 	m.indexOn = f.gauge("polyregion_index_configured", "1 when a search index feed is configured in this region.")
+	m.joining = f.gauge("polyregion_joining", "1 while the region loads a peer's snapshot or catches up after it (its /health answers 503), else 0.")
+	m.joinRows = f.gauge("polyregion_join_loaded_rows", "Rows of the tables loaded so far from a peer's snapshot by the current or last join (0: never joined in this process).")
+	m.joinBytes = f.gauge("polyregion_join_received_bytes", "Snapshot bytes received so far by the current or last join.")
 	m.probeDur = f.histogram("polyregion_probe_duration_seconds", "Time one health probe of the local database took.",
 		[]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2})
 

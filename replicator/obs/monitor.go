@@ -18,6 +18,7 @@ package obs
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -29,6 +30,7 @@ import (
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator/link"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -75,6 +77,7 @@ type Monitor struct {
 	joining    string
 	catchingUp bool
 	loadedAt   time.Time
+	caughtUp   func()
 	walSeen    []walSample // local WAL positions not yet versioned, oldest first
 	hyst       hysteresis
 	snap       Snapshot
@@ -91,6 +94,10 @@ type peerState struct {
 	headKnown  bool
 	lastCommit time.Time // source commit time of the last applied transaction
 	current    time.Time // last probe that found everything the peer advertised applied
+	// cutOff: the link is down because the peer refuses this region (it no
+	// longer holds what this region needs, or credentials or configuration
+	// differ), not because it cannot be reached.
+	cutOff bool
 }
 
 type walSample struct {
@@ -182,6 +189,7 @@ func (m *Monitor) LinkUp(p conflict.RegionID) {
 	if !ps.up {
 		ps.up, ps.changedAt, ps.lastErr = true, time.Now(), ""
 	}
+	ps.cutOff = false
 	m.metrics.linkUp.WithLabelValues(string(p)).Set(1)
 }
 
@@ -196,6 +204,8 @@ func (m *Monitor) LinkDown(p conflict.RegionID, err error) {
 	if err != nil {
 		ps.lastErr = m.cfg.Redact.String(err.Error())
 	}
+	var mm *link.MismatchError
+	ps.cutOff = errors.Is(err, link.ErrTooFarBehind) || errors.Is(err, link.ErrUnauthorized) || errors.As(err, &mm)
 	m.metrics.linkUp.WithLabelValues(string(p)).Set(0)
 }
 
@@ -241,12 +251,23 @@ func (m *Monitor) Joining(progress string) {
 // (applied all the peer advertised). A peer whose link stays down for
 // JoinPeerGrace after the load is not waited for (a region that is gone, or
 // listed but not started yet, does not hold the join; the region then
-// reports it as it reports any peer that is away).
-func (m *Monitor) Loaded(from string) {
+// reports it as it reports any peer that is away); one that refuses this
+// region (too far behind for it, another configuration) holds it: what the
+// region lacks from that peer will not come.
+//
+// caughtUp, when set, is called (from the prober, once) when it has.
+func (m *Monitor) Loaded(from string, caughtUp func()) {
 	m.mu.Lock()
 	m.joining = "snapshot from " + from + " loaded; catching up with every peer"
-	m.catchingUp, m.loadedAt = true, time.Now()
+	m.catchingUp, m.loadedAt, m.caughtUp = true, time.Now(), caughtUp
 	m.mu.Unlock()
+}
+
+// JoinLoaded records how much of a snapshot a joining region has loaded
+// (for /metrics).
+func (m *Monitor) JoinLoaded(rows, bytes int64) {
+	m.metrics.joinRows.Set(float64(rows))
+	m.metrics.joinBytes.Set(float64(bytes))
 }
 
 // JoinPeerGrace is how long a joined region waits for a peer's link to come
@@ -264,7 +285,7 @@ func (m *Monitor) joinCaughtUp(now time.Time) bool {
 		}
 		switch {
 		case ps.up && ps.headKnown && ps.applied >= ps.head:
-		case !ps.up && now.Sub(down) >= JoinPeerGrace:
+		case !ps.up && !ps.cutOff && now.Sub(down) >= JoinPeerGrace:
 		default:
 			return false
 		}
@@ -328,7 +349,12 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 	if m.catchingUp && m.joinCaughtUp(now) {
 		m.catchingUp, m.joining = false, ""
 		m.log.Info("joined: caught up with every peer")
+		if f := m.caughtUp; f != nil {
+			m.caughtUp = nil
+			go f()
+		}
 	}
+	m.metrics.joining.Set(b2f(m.joining != ""))
 	o := Observation{ProbeErr: err, DataPlane: m.dataPlane, Joining: m.joining}
 	writable := err == nil && !p.InRecovery && !p.ReadOnly
 	m.metrics.writable.Set(b2f(writable))
@@ -416,7 +442,7 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 	m.snap = Snapshot{
 		Region: string(m.cfg.Region), Status: m.hyst.reported, Reasons: m.hyst.reasons, Since: m.hyst.since.UTC().Format(time.RFC3339),
 		Observed: state, ObservedReasons: reasons, HoldSeconds: max(h.Hold, 0).Seconds(), CheckedAt: now.UTC().Format(time.RFC3339Nano),
-		Writable: writable, Peers: o.Peers, Index: index, Joining: m.joining,
+		Writable: writable, Peers: o.Peers, Index: index, Joining: m.cfg.Redact.String(m.joining),
 	}
 }
 

@@ -77,14 +77,16 @@ var schemaDDL = []string{
 		seq        bigint NOT NULL,
 		updated_at timestamptz NOT NULL DEFAULT now())`,
 	// joined: how this region joined, when it was loaded from another
-	// region's snapshot (see LoadSnapshot); one row at most.
+	// region's snapshot (see LoadSnapshot); one row at most. caught_up_at:
+	// when it had first applied all its peers advertised (NULL: catching up).
 	`CREATE TABLE IF NOT EXISTS polyregion.joined (
 		region     text PRIMARY KEY,
 		source     text NOT NULL,
 		source_seq bigint NOT NULL,
 		rows       bigint NOT NULL,
 		pause_ms   bigint NOT NULL,
-		joined_at  timestamptz NOT NULL DEFAULT now())`,
+		joined_at  timestamptz NOT NULL DEFAULT now(),
+		caught_up_at timestamptz)`,
 	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
 		id             bigserial PRIMARY KEY,
 		logged_at      timestamptz NOT NULL DEFAULT now(),

@@ -18,11 +18,17 @@ import (
 //	'H' header (JSON SnapshotHeader)
 //	'T' a table's rows follow (JSON snapshotPart naming it)
 //	'V' the versions follow, 'K' the parked changes follow
-//	'D' binary COPY data of the current part (any number)
+//	'D' COPY data of the current part, in text form (any number)
 //	'E' end of the current part (JSON snapshotPart with its row count)
 //	'Z' end of the snapshot (JSON SnapshotSummary)
 //
 // A stream that ends without 'Z' is incomplete and nothing of it is kept.
+//
+// COPY data travels in text form, written and read by sessions that pin the
+// text forms of values (dates, intervals, floats, time zone), as the change
+// stream's values do: every type has a text form, not every extension type
+// a binary one, and PostgreSQL does not promise that binary forms read the
+// same across server versions, which regions may run (during an upgrade).
 const (
 	frameHeader   = 'H'
 	frameTable    = 'T'

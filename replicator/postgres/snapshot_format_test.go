@@ -132,3 +132,14 @@ func TestSnapshotCutShortIsAnError(t *testing.T) {
 		t.Fatalf("empty stream: %v, want unexpected EOF", err)
 	}
 }
+
+func TestPermanentLoadErrorsAreTheDatasOwn(t *testing.T) {
+	for code, want := range map[string]bool{
+		"23505": true, "23503": true, "22P02": true, "42703": true, "42501": true, "0A000": true,
+		"40001": false, "40P01": false, "55P03": false, "57P01": false, "08006": false, "53100": false, "XX000": false, "": false,
+	} {
+		if got := permanentLoadError(code); got != want {
+			t.Errorf("SQLSTATE %q: permanent %v, want %v", code, got, want)
+		}
+	}
+}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 )
 
 // LoadConfig configures LoadSnapshot.
@@ -24,6 +25,9 @@ type LoadConfig struct {
 	// Tables are the replicated tables; the snapshot must hold exactly
 	// these.
 	Tables []string
+	// From is the region the snapshot is asked from; a snapshot of another
+	// region is refused.
+	From string
 	// Progress, when set, is called as tables are loaded.
 	Progress func(LoadProgress)
 	Logger   *slog.Logger
@@ -59,15 +63,38 @@ func refuseJoin(format string, args ...any) error {
 	return joinRefusal{fmt.Sprintf(format, args...)}
 }
 
-// Joined reports whether the region was loaded from a snapshot or applies
-// peers' transactions already (so it needs no snapshot).
-func Joined(ctx context.Context, conn *pgx.Conn) (bool, error) {
-	var joined bool
-	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied)`).Scan(&joined)
+// JoinState is whether and how a region joined.
+type JoinState struct {
+	// Joined: the region was loaded from a snapshot, or applies peers'
+	// transactions already (it needs no snapshot).
+	Joined bool
+	// CatchingUp names the region it loaded a snapshot from, while it has
+	// not yet applied all its peers advertised ("" otherwise).
+	CatchingUp string
+}
+
+// ReadJoinState reads whether and how the region joined.
+func ReadJoinState(ctx context.Context, conn *pgx.Conn) (JoinState, error) {
+	var st JoinState
+	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied),
+		coalesce((SELECT source FROM polyregion.joined WHERE caught_up_at IS NULL), '')`).Scan(&st.Joined, &st.CatchingUp)
 	if err != nil {
-		return false, fmt.Errorf("joined: %w", err)
+		return st, fmt.Errorf("joined: %w", err)
 	}
-	return joined, nil
+	return st, nil
+}
+
+// MarkCaughtUp records that the joined region has caught up with its peers.
+func MarkCaughtUp(ctx context.Context, connString string) error {
+	conn, err := Connect(ctx, connString)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, `UPDATE polyregion.joined SET caught_up_at = pg_catalog.now() WHERE caught_up_at IS NULL`); err != nil {
+		return fmt.Errorf("record that the region caught up: %w", err)
+	}
+	return nil
 }
 
 // LoadSnapshot loads a snapshot (WriteSnapshot's stream) into a joining
@@ -81,7 +108,32 @@ func Joined(ctx context.Context, conn *pgx.Conn) (bool, error) {
 // indexes them. Rows go in with the privileges of each table's owner (as
 // applied rows do), so application triggers fired by them cannot reach the
 // replicator's tables.
+//
+// Errors the data itself causes (a value the table refuses, a constraint it
+// breaks, a type or table that differs) cannot go away by trying again:
+// they are refusals (errors.Is(err, ErrCannotJoin)).
 func LoadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHeader, SnapshotSummary, error) {
+	h, sum, err := loadSnapshot(ctx, cfg, r)
+	var pe *pgconn.PgError
+	if err != nil && errors.As(err, &pe) && permanentLoadError(pe.Code) {
+		err = joinRefusal{err.Error() + " (the data or the schemas must be fixed: trying again cannot help)"}
+	}
+	return h, sum, err
+}
+
+// permanentLoadError reports whether a load failing with SQLSTATE code
+// would fail again: data exceptions (22), integrity constraint violations
+// (23), syntax errors or access rule violations (42), features not
+// supported (0A).
+func permanentLoadError(code string) bool {
+	switch code[:min(2, len(code))] {
+	case "22", "23", "42", "0A":
+		return true
+	}
+	return false
+}
+
+func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHeader, SnapshotSummary, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -98,6 +150,9 @@ func LoadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	}
 	if err := json.Unmarshal(payload, &h); err != nil {
 		return h, sum, fmt.Errorf("snapshot: header: %w", err)
+	}
+	if cfg.From != "" && h.Source != cfg.From {
+		return h, sum, refuseJoin("asked %s for a snapshot and got one of %s: check that peer's URL", cfg.From, h.Source)
 	}
 	positions, err := JoinPositions(h, cfg.Region)
 	if err != nil {
@@ -129,8 +184,12 @@ func LoadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `SET LOCAL synchronous_commit = on`); err != nil {
-		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	// Deferrable constraints (foreign keys among the tables, above all) are
+	// checked once everything is in, as the owner (see below).
+	for _, set := range []string{`SET LOCAL synchronous_commit = on`, `SET CONSTRAINTS ALL DEFERRED`} {
+		if _, err := tx.Exec(ctx, set); err != nil {
+			return h, sum, fmt.Errorf("load snapshot: %w", err)
+		}
 	}
 	if err := checkJoinable(ctx, tx, cfg.Region, h); err != nil {
 		return h, sum, err
@@ -144,6 +203,16 @@ func LoadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		l.done++
 	}
 	l.progress("")
+	if l.ranAs != "" {
+		// Deferred triggers the rows queued (constraint triggers, deferred
+		// foreign-key checks) run now, inside the owner's function: at
+		// commit they would run as the replicator. With tables of several
+		// owners, as the first (never as the replicator), as for applied
+		// transactions.
+		if _, err := tx.Exec(ctx, "SELECT "+l.ranAs+"('SET CONSTRAINTS ALL IMMEDIATE', NULL)"); err != nil {
+			return h, sum, fmt.Errorf("load snapshot: check deferred constraints: %w", err)
+		}
+	}
 	if sum.Versions, err = l.versions(ctx); err != nil {
 		return h, sum, err
 	}
@@ -204,8 +273,12 @@ func checkNew(ctx context.Context, q interface {
 	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0)`, SlotName(region)).Scan(&shipped); err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
-	if shipped > 0 {
-		return refuseJoin("region %s has shipped %d transactions of its own to the replicated tables: only a region that has not written to them can join from a snapshot", region, shipped)
+	var queued bool
+	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.outbox)`).Scan(&queued); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	if shipped > 0 || queued {
+		return refuseJoin("region %s has shipped transactions of its own to the replicated tables (%d): only a region that has not written to them can join from a snapshot", region, shipped)
 	}
 	names := make([]string, len(tables))
 	for i, t := range tables {
@@ -351,6 +424,8 @@ type loader struct {
 	done int
 	rows map[string]int64
 	last time.Time
+	// ranAs is the first owner's function rows went in through.
+	ranAs string
 }
 
 func (l *loader) progress(table string) {
@@ -434,14 +509,17 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
 	if fn == "" {
-		n, err := l.copyIn(ctx, t.Name, "COPY "+qualified(t.Name)+" ("+list+") FROM STDIN (FORMAT binary)")
+		n, err := l.copyIn(ctx, t.Name, "COPY "+qualified(t.Name)+" ("+list+") FROM STDIN (FORMAT text)")
 		l.rows[t.Name] = n
 		return err
+	}
+	if l.ranAs == "" {
+		l.ranAs = fn
 	}
 	if _, err := l.tx.Exec(ctx, "CREATE TEMPORARY TABLE polyregion_load ("+strings.Join(defs, ", ")+") ON COMMIT DROP"); err != nil {
 		return fmt.Errorf("load snapshot: staging table for %s: %w", t.Name, err)
 	}
-	n, err := l.copyIn(ctx, t.Name, "COPY pg_temp.polyregion_load ("+list+") FROM STDIN (FORMAT binary)")
+	n, err := l.copyIn(ctx, t.Name, "COPY pg_temp.polyregion_load ("+list+") FROM STDIN (FORMAT text)")
 	if err != nil {
 		return err
 	}
@@ -479,7 +557,7 @@ func (l *loader) versions(ctx context.Context) (int64, error) {
 		return 0, fmt.Errorf("load snapshot: %w", err)
 	}
 	cols := strings.Join(versionColumns, ", ")
-	n, err := l.copyIn(ctx, "row versions", "COPY pg_temp.polyregion_load_versions ("+cols+") FROM STDIN (FORMAT binary)")
+	n, err := l.copyIn(ctx, "row versions", "COPY pg_temp.polyregion_load_versions ("+cols+") FROM STDIN (FORMAT text)")
 	if err != nil {
 		return 0, err
 	}
@@ -496,7 +574,7 @@ func (l *loader) parked(ctx context.Context) (int64, error) {
 	if err := l.open(frameParked, ""); err != nil {
 		return 0, err
 	}
-	return l.copyIn(ctx, "parked changes", "COPY polyregion.parked ("+strings.Join(parkedColumns, ", ")+") FROM STDIN (FORMAT binary)")
+	return l.copyIn(ctx, "parked changes", "COPY polyregion.parked ("+strings.Join(parkedColumns, ", ")+") FROM STDIN (FORMAT text)")
 }
 
 // partReader feeds a COPY with the data frames of the current part and

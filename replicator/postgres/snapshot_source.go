@@ -88,7 +88,7 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 			cols[i] = quoteIdent(c.Name)
 		}
 		n, err := copyPart(ctx, tx, w, frameTable, t.Name,
-			"COPY "+qualified(t.Name)+" ("+strings.Join(cols, ", ")+") TO STDOUT (FORMAT binary)")
+			"COPY "+qualified(t.Name)+" ("+strings.Join(cols, ", ")+") TO STDOUT (FORMAT text)")
 		if err != nil {
 			return sum, err
 		}
@@ -96,11 +96,11 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 	}
 	list := quoteLiteral("{" + strings.Join(cfg.Tables, ",") + "}")
 	if sum.Versions, err = copyPart(ctx, tx, w, frameVersions, "",
-		"COPY (SELECT "+strings.Join(versionColumns, ", ")+" FROM polyregion.row_version WHERE tbl = ANY ("+list+"::text[])) TO STDOUT (FORMAT binary)"); err != nil {
+		"COPY (SELECT "+strings.Join(versionColumns, ", ")+" FROM polyregion.row_version WHERE tbl = ANY ("+list+"::text[])) TO STDOUT (FORMAT text)"); err != nil {
 		return sum, err
 	}
 	if sum.Parked, err = copyPart(ctx, tx, w, frameParked, "",
-		"COPY (SELECT "+strings.Join(parkedColumns, ", ")+" FROM polyregion.parked WHERE resolved_at IS NULL AND tbl = ANY ("+list+"::text[]) ORDER BY id) TO STDOUT (FORMAT binary)"); err != nil {
+		"COPY (SELECT "+strings.Join(parkedColumns, ", ")+" FROM polyregion.parked WHERE resolved_at IS NULL AND tbl = ANY ("+list+"::text[]) ORDER BY id) TO STDOUT (FORMAT text)"); err != nil {
 		return sum, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -152,7 +152,7 @@ func takeSnapshot(ctx context.Context, cfg SnapshotConfig, snap *pgx.Conn) (pgx.
 	defer side.Close(context.Background())
 	// Catch the reader up first, so the pause lasts only its lag behind
 	// the writes made meanwhile.
-	if err := waitReaderPassed(ctx, cfg, side); err != nil {
+	if err := waitReaderPassed(ctx, cfg, side, cfg.ReaderTimeout); err != nil {
 		return nil, h, err
 	}
 	lock, err := Connect(ctx, cfg.ConnString)
@@ -169,35 +169,78 @@ func takeSnapshot(ctx context.Context, cfg SnapshotConfig, snap *pgx.Conn) (pgx.
 	if cfg.LockOrder != nil {
 		cfg.LockOrder.Sort(lockOrder)
 	}
-	ltx, paused, err := pauseWriters(ctx, cfg, lock, lockOrder)
-	if err != nil {
-		return nil, h, err
+	var tx pgx.Tx
+	for attempt := 1; ; attempt++ {
+		var retry bool
+		tx, retry, err = pausedSnapshot(ctx, cfg, lock, side, snap, lockOrder, &h)
+		if err == nil {
+			break
+		}
+		if !retry || attempt == 5 {
+			return nil, h, err
+		}
+		cfg.Logger.Warn("snapshot: the reader did not pass the pause's barrier in time; writers resumed, trying again", "attempt", attempt, "err", err)
 	}
-	defer ltx.Rollback(context.Background())
-	if err := waitReaderPassed(ctx, cfg, side); err != nil {
-		return nil, h, err
-	}
-	tx, err := snap.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
+	// The snapshot may hold commits of appliers (which commit without
+	// waiting for the flush): only durable ones are handed on.
+	if err := FlushWAL(ctx, side); err != nil {
+		tx.Rollback(context.Background())
 		return nil, h, fmt.Errorf("snapshot: %w", err)
 	}
-	// The first query fixes the snapshot: the reader's position and the
-	// applied positions are read in it, while the writers still wait.
-	if err := tx.QueryRow(ctx, `SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1`, SlotName(cfg.Region)).Scan(&h.SourceSeq); err != nil {
-		tx.Rollback(context.Background())
-		return nil, h, fmt.Errorf("snapshot: read the reader's position: %w", err)
-	}
-	if err := ltx.Commit(ctx); err != nil {
-		tx.Rollback(context.Background())
-		return nil, h, fmt.Errorf("snapshot: end the pause: %w", err)
-	}
-	h.PauseMillis = time.Since(paused).Milliseconds()
 	if err := readSnapshotHeader(ctx, tx, order, &h); err != nil {
 		tx.Rollback(context.Background())
 		return nil, h, err
 	}
 	cfg.Logger.Info("snapshot taken", "source_seq", h.SourceSeq, "writers_paused_ms", h.PauseMillis, "tables", len(h.Tables))
 	return tx, h, nil
+}
+
+// pausedReaderWait bounds the wait for the reader while writers are
+// paused: past it they resume and the pause is tried again.
+const pausedReaderWait = 5 * time.Second
+
+// pausedSnapshot pauses the writers, waits (briefly) for the reader to
+// pass a barrier, starts the snapshot's transaction on snap with the
+// reader's position read in it (and how long the writers waited in
+// h.PauseMillis), and lets the writers go. retry: the reader was too slow
+// and the writers were let go without a snapshot.
+func pausedSnapshot(ctx context.Context, cfg SnapshotConfig, lock, side, snap *pgx.Conn, order []string, h *SnapshotHeader) (pgx.Tx, bool, error) {
+	ltx, paused, err := pauseWriters(ctx, cfg, lock, order)
+	if err != nil {
+		return nil, false, err
+	}
+	defer ltx.Rollback(context.Background())
+	if err := waitReaderPassed(ctx, cfg, side, pausedReaderWait); err != nil {
+		return nil, ctx.Err() == nil, err
+	}
+	tx, err := snap.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return nil, false, fmt.Errorf("snapshot: %w", err)
+	}
+	// Held until the snapshot is sent: a TRUNCATE or a rewriting ALTER TABLE
+	// meanwhile would otherwise show the transaction an empty table (they
+	// are not MVCC-safe). LOCK takes no snapshot, and the pause's locks
+	// keep anyone holding them off.
+	list := make([]string, len(order))
+	for i, t := range order {
+		list[i] = qualified(t)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN ACCESS SHARE MODE"); err != nil {
+		tx.Rollback(context.Background())
+		return nil, false, fmt.Errorf("snapshot: %w", err)
+	}
+	// The first query fixes the snapshot: the reader's position and the
+	// applied positions are read in it, while the writers still wait.
+	if err := tx.QueryRow(ctx, `SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1`, SlotName(cfg.Region)).Scan(&h.SourceSeq); err != nil {
+		tx.Rollback(context.Background())
+		return nil, false, fmt.Errorf("snapshot: read the reader's position: %w", err)
+	}
+	if err := ltx.Commit(ctx); err != nil {
+		tx.Rollback(context.Background())
+		return nil, false, fmt.Errorf("snapshot: end the pause: %w", err)
+	}
+	h.PauseMillis = time.Since(paused).Milliseconds()
+	return tx, false, nil
 }
 
 // pauseWriters locks the tables against writes (SHARE: reads go on), in
@@ -250,12 +293,12 @@ func pauseWriters(ctx context.Context, cfg SnapshotConfig, lock *pgx.Conn, order
 // waitReaderPassed emits a barrier and waits until the region's reader has
 // recorded a position past it: every local write committed before the
 // barrier is then versioned and in the outbox.
-func waitReaderPassed(ctx context.Context, cfg SnapshotConfig, side *pgx.Conn) error {
+func waitReaderPassed(ctx context.Context, cfg SnapshotConfig, side *pgx.Conn, within time.Duration) error {
 	at, err := EmitBarrier(ctx, side)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
-	deadline := time.Now().Add(cfg.ReaderTimeout)
+	deadline := time.Now().Add(within)
 	for {
 		var lsn string
 		err := side.QueryRow(ctx, `SELECT lsn::text FROM polyregion.reader_state WHERE slot = $1`, SlotName(cfg.Region)).Scan(&lsn)
@@ -272,7 +315,7 @@ func waitReaderPassed(ctx context.Context, cfg SnapshotConfig, side *pgx.Conn) e
 			}
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("snapshot: region %s's reader did not version its local writes up to %s within %s (is its replicator running, and how far behind is it?)", cfg.Region, at, cfg.ReaderTimeout)
+			return fmt.Errorf("snapshot: region %s's reader did not version its local writes up to %s within %s (is its replicator running, and how far behind is it?)", cfg.Region, at, within)
 		}
 		select {
 		case <-ctx.Done():
