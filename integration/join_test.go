@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -482,5 +483,48 @@ func TestJoinRefusesARegionThatIsNotNew(t *testing.T) {
 	}
 	if n := queryInt(t, ctx, eu, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state), 0)`); n != 1 {
 		t.Errorf("eu shipped %d transactions; it wrote one since it joined", n)
+	}
+}
+
+// A joined region's search index ends with the rows it loaded and those
+// applied since: us holds profiles of every column type the index tests
+// use (enum, arrays, jsonb, numeric, timestamps, bytea, a large TOASTed
+// text) and memberships; eu, with an embedded index, joins from it; both
+// then write. The rows read the same in both regions (COPY's text form
+// keeps every value) and eu's index equals its tables.
+func TestJoinedRegionIndexesWhatItLoaded(t *testing.T) {
+	dir := testDir(t)
+	specs := indexSpecs("")
+	h := startClusters(t, Spec{Dir: dir, Regions: []string{"us", "eu"}, SchemaSQL: indexSchema, Tables: indexTables,
+		Configure: func(region string, c *RegionConfig) {
+			c.Search = searchSection("embedded", "", filepath.Join(dir, region+"-index"), specs)
+		}})
+	ctx := ctxFor(t, 5*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+	mustExec(t, ctx, us, `INSERT INTO public.profiles (id, name, bio, tags, meta, plan, score, seen, avatar, secret)
+		SELECT g, 'user ' || g, CASE WHEN g % 50 = 0 THEN repeat(md5(g::text), 300) ELSE 'bio ' || g END,
+			ARRAY['t' || (g % 7), 'with space', 'quote"d'], jsonb_build_object('n', g, 'nested', jsonb_build_object('ok', g % 2 = 0)),
+			(ARRAY['free', 'pro', 'team']::public.plan[])[1 + g % 3], (g % 1000) + 0.25, now() - g * interval '1 minute',
+			decode(lpad(to_hex(g), 8, '0'), 'hex'), 'x'
+		FROM generate_series(1, 3000) g`)
+	mustExec(t, ctx, us, `INSERT INTO public.memberships (org, member, role, since) SELECT 'org|' || (g % 4), g, 'member', date '2026-01-01' + g FROM generate_series(1, 500) g`)
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, eu, 2*time.Minute)
+	mustExec(t, ctx, us, `UPDATE public.profiles SET score = score + 1, name = 'renamed in us' WHERE id % 10 = 0`)
+	mustExec(t, ctx, eu, `UPDATE public.profiles SET tags = ARRAY['eu'] WHERE id % 10 = 5`)
+	mustExec(t, ctx, eu, `DELETE FROM public.memberships WHERE member % 5 = 0`)
+	if err := h.WaitConverged(ctx, []string{"public.profiles", "public.memberships"}, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		diffs := waitIndexed(ctx, t, r, searchAPI{"http://" + r.HTTPListen}, specs, 2*time.Minute)
+		if diffs[0].Rows != 3000 || diffs[1].Rows != 400 {
+			t.Fatalf("region %s indexed %v, want 3000 profiles and 400 memberships", r.Name, diffs)
+		}
 	}
 }
