@@ -35,6 +35,7 @@ const Schema = "polyregion"
 //     in the same transaction as the rows it covers.
 //   - peer_ack: per peer, the last outbox transaction it durably applied.
 //   - joined: whether and how the region joined from another's snapshot.
+//   - reseeding: the region was emptied to be loaded again from a snapshot.
 //   - conflict_log: every concurrent write that was resolved.
 //   - parked: changes that could not be applied, with the reason, how often
 //     they were retried and when they are tried next.
@@ -87,6 +88,13 @@ var schemaDDL = []string{
 		pause_ms   bigint NOT NULL,
 		joined_at  timestamptz NOT NULL DEFAULT now(),
 		caught_up_at timestamptz)`,
+	// reseeding: the region was emptied for re-seeding (PrepareReseed)
+	// once every peer had applied the transactions it shipped, so many;
+	// the load from a peer's snapshot removes it.
+	`CREATE TABLE IF NOT EXISTS polyregion.reseeding (
+		region       text PRIMARY KEY,
+		shipped      bigint NOT NULL,
+		prepared_at  timestamptz NOT NULL DEFAULT now())`,
 	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
 		id             bigserial PRIMARY KEY,
 		logged_at      timestamptz NOT NULL DEFAULT now(),

@@ -3,6 +3,7 @@ package postgres
 import (
 	"bufio"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 
@@ -138,10 +139,15 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 
 // JoinPositions are where a region that loaded h streams every other region
 // from: Source after its own last transaction in the snapshot, every other
-// region after what Source had applied of it. The joining region's own
-// entry, if Source had one (it cannot have shipped anything yet), is
-// dropped.
-func JoinPositions(h SnapshotHeader, joining string) ([]SnapshotPosition, error) {
+// region after what Source had applied of it.
+//
+// own is how many transactions of its own the joining region has shipped:
+// 0 for a new region; for a region re-seeded after it drained, all it ever
+// shipped. The snapshot must hold exactly those (Source applied all of them
+// and no more): fewer and the region's own writes would be missing from its
+// tables (Source has not applied them all yet: ErrSourceBehind, try again);
+// more and Source took another region of the same name for this one.
+func JoinPositions(h SnapshotHeader, joining string, own int64) ([]SnapshotPosition, error) {
 	if h.Source == "" || h.Source == joining {
 		return nil, refuseJoin("snapshot source %q: a region cannot join from itself or from nowhere", h.Source)
 	}
@@ -150,11 +156,10 @@ func JoinPositions(h SnapshotHeader, joining string) ([]SnapshotPosition, error)
 	}
 	out := []SnapshotPosition{{Region: h.Source, Seq: h.SourceSeq}}
 	seen := map[string]bool{h.Source: true}
+	var applied int64
 	for _, p := range h.Applied {
 		if p.Region == joining {
-			if p.Seq > 0 {
-				return nil, refuseJoin("snapshot from %s says it applied %d transactions of %s, which has not joined yet: is another region already running as %s?", h.Source, p.Seq, joining, joining)
-			}
+			applied = p.Seq
 			continue
 		}
 		if seen[p.Region] {
@@ -166,5 +171,15 @@ func JoinPositions(h SnapshotHeader, joining string) ([]SnapshotPosition, error)
 		seen[p.Region] = true
 		out = append(out, p)
 	}
+	switch {
+	case applied > own:
+		return nil, refuseJoin("snapshot from %s says it applied %d transactions of %s, which shipped %d: is another region running as %s, or was this one restored from an older backup?", h.Source, applied, joining, own, joining)
+	case applied < own:
+		return nil, fmt.Errorf("%w: %s has applied %d of the %d transactions %s shipped", ErrSourceBehind, h.Source, applied, own, joining)
+	}
 	return out, nil
 }
+
+// ErrSourceBehind: the snapshot's source has not applied everything the
+// re-seeded region shipped yet; a later snapshot will have it.
+var ErrSourceBehind = errors.New("the source has not applied all this region's own transactions yet")

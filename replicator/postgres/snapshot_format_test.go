@@ -14,6 +14,7 @@ func TestJoinPositionsResumeEveryStreamWhereTheSourceWas(t *testing.T) {
 		name    string
 		h       SnapshotHeader
 		joining string
+		own     int64
 		want    []SnapshotPosition
 		err     string
 	}{
@@ -25,16 +26,24 @@ func TestJoinPositionsResumeEveryStreamWhereTheSourceWas(t *testing.T) {
 		{name: "an empty entry for the joining region is dropped", joining: "ap",
 			h:    SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 0}, {Region: "us", Seq: 2}}},
 			want: []SnapshotPosition{{Region: "eu", Seq: 0}, {Region: "us", Seq: 2}}},
-		{name: "the source applied the joining region's writes", joining: "ap",
-			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 5}}}, err: "another region already running as ap"},
+		{name: "the source applied writes of a region that never wrote", joining: "ap",
+			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 5}}}, err: "is another region running as ap"},
+		{name: "re-seeded: the source has all the region shipped", joining: "ap", own: 5,
+			h:    SnapshotHeader{Source: "eu", SourceSeq: 9, Applied: []SnapshotPosition{{Region: "ap", Seq: 5}, {Region: "us", Seq: 2}}},
+			want: []SnapshotPosition{{Region: "eu", Seq: 9}, {Region: "us", Seq: 2}}},
+		{name: "re-seeded: the source has more than the region shipped", joining: "ap", own: 5,
+			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 6}}}, err: "older backup"},
 		{name: "from itself", joining: "eu", h: SnapshotHeader{Source: "eu"}, err: "cannot join from itself"},
 		{name: "no source", joining: "eu", h: SnapshotHeader{}, err: "cannot join from itself or from nowhere"},
 		{name: "a region twice", joining: "ap",
 			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "us", Seq: 1}, {Region: "us", Seq: 2}}}, err: "lists region us twice"},
 		{name: "negative", joining: "ap", h: SnapshotHeader{Source: "eu", SourceSeq: -1}, err: "negative position"},
 	}
+	if _, err := JoinPositions(SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 3}}}, "ap", 5); !errors.Is(err, ErrSourceBehind) || errors.Is(err, ErrCannotJoin) {
+		t.Errorf("source behind the re-seeded region: %v, want ErrSourceBehind, to be retried", err)
+	}
 	for _, tc := range cases {
-		got, err := JoinPositions(tc.h, tc.joining)
+		got, err := JoinPositions(tc.h, tc.joining, tc.own)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrCannotJoin) {
 				t.Errorf("%s: err %v, want one saying %q that cannot be retried", tc.name, err, tc.err)

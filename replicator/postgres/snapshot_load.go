@@ -154,10 +154,6 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	if cfg.From != "" && h.Source != cfg.From {
 		return h, sum, refuseJoin("asked %s for a snapshot and got one of %s: check that peer's URL", cfg.From, h.Source)
 	}
-	positions, err := JoinPositions(h, cfg.Region)
-	if err != nil {
-		return h, sum, err
-	}
 	if err := sameTables(h, cfg.Tables); err != nil {
 		return h, sum, err
 	}
@@ -166,7 +162,12 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	defer conn.Close(context.Background())
-	if err := checkNew(ctx, conn, cfg.Region, h.Tables); err != nil {
+	own, err := checkNew(ctx, conn, cfg.Region, h.Tables)
+	if err != nil {
+		return h, sum, err
+	}
+	positions, err := JoinPositions(h, cfg.Region, own)
+	if err != nil {
 		return h, sum, err
 	}
 	if err := resetSlot(ctx, conn, cfg.Region); err != nil {
@@ -191,7 +192,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 			return h, sum, fmt.Errorf("load snapshot: %w", err)
 		}
 	}
-	if err := checkJoinable(ctx, tx, cfg.Region, h); err != nil {
+	if err := checkJoinable(ctx, tx, cfg.Region, h, own); err != nil {
 		return h, sum, err
 	}
 	l := loader{tx: tx, br: br, cr: cr, cfg: cfg, h: h}
@@ -246,6 +247,9 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	for _, n := range sum.Rows {
 		total += n
 	}
+	if _, err := tx.Exec(ctx, `DELETE FROM polyregion.reseeding`); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	}
 	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.joined (region, source, source_seq, rows, pause_ms) VALUES ($1, $2, $3, $4, $5)`,
 		cfg.Region, h.Source, h.SourceSeq, total, h.PauseMillis); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
@@ -257,48 +261,53 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 }
 
 // checkNew refuses a load into a region that is not new: it applies peers'
-// transactions already, or shipped transactions of its own, or holds
-// replicated rows or versions of rows.
+// transactions already, or shipped transactions of its own (unless it was
+// prepared for re-seeding after they all reached every peer: see
+// PrepareReseed), or holds replicated rows or versions of rows. own is how
+// many transactions of its own the region shipped (0 unless re-seeded).
 func checkNew(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, region string, tables []SnapshotTable) error {
+}, region string, tables []SnapshotTable) (own int64, err error) {
 	var joined bool
 	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied)`).Scan(&joined); err != nil {
-		return fmt.Errorf("load snapshot: %w", err)
+		return 0, fmt.Errorf("load snapshot: %w", err)
 	}
 	if joined {
-		return ErrAlreadyJoined
+		return 0, ErrAlreadyJoined
 	}
-	var shipped int64
-	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0)`, SlotName(region)).Scan(&shipped); err != nil {
-		return fmt.Errorf("load snapshot: %w", err)
-	}
+	var shipped, prepared int64
 	var queued bool
-	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.outbox)`).Scan(&queued); err != nil {
-		return fmt.Errorf("load snapshot: %w", err)
+	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0),
+		EXISTS (SELECT 1 FROM polyregion.outbox), coalesce((SELECT shipped FROM polyregion.reseeding WHERE region = $2), -1)`,
+		SlotName(region), region).Scan(&shipped, &queued, &prepared); err != nil {
+		return 0, fmt.Errorf("load snapshot: %w", err)
 	}
-	if shipped > 0 || queued {
-		return refuseJoin("region %s has shipped transactions of its own to the replicated tables (%d): only a region that has not written to them can join from a snapshot", region, shipped)
+	switch {
+	case prepared >= 0 && shipped != prepared:
+		return 0, refuseJoin("region %s shipped %d transactions of its own since it was prepared for re-seeding at %d: prepare it again (polyregion reseed)", region, shipped-prepared, prepared)
+	case prepared < 0 && (shipped > 0 || queued):
+		return 0, refuseJoin("region %s has shipped transactions of its own to the replicated tables (%d): only a region that has not written to them can join from a snapshot, or one prepared for re-seeding (polyregion reseed)", region, shipped)
 	}
+	own = max(prepared, 0)
 	names := make([]string, len(tables))
 	for i, t := range tables {
 		names[i] = t.Name
 		var held bool
 		if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM ONLY "+qualified(t.Name)+")").Scan(&held); err != nil {
-			return fmt.Errorf("load snapshot: %w", err)
+			return 0, fmt.Errorf("load snapshot: %w", err)
 		}
 		if held {
-			return refuseJoin("table %s in region %s already holds rows: a region joins with its replicated tables empty (loading over rows would lose them or let the regions diverge); empty it, or let the rows reach the others another way", t.Name, region)
+			return 0, refuseJoin("table %s in region %s already holds rows: a region joins with its replicated tables empty (loading over rows would lose them or let the regions diverge); empty it, or let the rows reach the others another way", t.Name, region)
 		}
 	}
 	var versions int64
 	if err := q.QueryRow(ctx, `SELECT count(*) FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`, names).Scan(&versions); err != nil {
-		return fmt.Errorf("load snapshot: %w", err)
+		return 0, fmt.Errorf("load snapshot: %w", err)
 	}
 	if versions > 0 {
-		return refuseJoin("region %s holds %d row versions of the replicated tables (its own writes, since deleted): only a region that has not written to them can join from a snapshot", region, versions)
+		return 0, refuseJoin("region %s holds %d row versions of the replicated tables (its own writes, since deleted): only a region that has not written to them can join from a snapshot", region, versions)
 	}
-	return nil
+	return own, nil
 }
 
 // resetSlot recreates the region's replication slot at the current end of
@@ -329,8 +338,8 @@ func resetSlot(ctx context.Context, conn *pgx.Conn, region string) error {
 // checkJoinable pauses the region's own writers to the tables until the
 // load commits, and checks again, under that pause, that the region is new
 // and that its tables have the source's columns.
-func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHeader) error {
-	if _, err := tx.Exec(ctx, `LOCK TABLE polyregion.applied, polyregion.joined IN EXCLUSIVE MODE`); err != nil {
+func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHeader, own int64) error {
+	if _, err := tx.Exec(ctx, `LOCK TABLE polyregion.applied, polyregion.joined, polyregion.reseeding IN EXCLUSIVE MODE`); err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
 	list := make([]string, len(h.Tables))
@@ -340,8 +349,10 @@ func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHead
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN EXCLUSIVE MODE"); err != nil {
 		return fmt.Errorf("load snapshot: pause this region's writes to the replicated tables: %w", err)
 	}
-	if err := checkNew(ctx, tx, region, h.Tables); err != nil {
+	if again, err := checkNew(ctx, tx, region, h.Tables); err != nil {
 		return err
+	} else if again != own {
+		return fmt.Errorf("load snapshot: region %s was prepared for re-seeding again meanwhile", region)
 	}
 	for _, t := range h.Tables {
 		cols, err := copiedColumns(ctx, tx, t.Name)
