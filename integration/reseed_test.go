@@ -16,7 +16,9 @@ import (
 // loads it again from us. At the end the three regions are identical, every
 // row ap wrote (before, while away, after) is there once everywhere, and
 // ap's next transaction after the re-seed reaches its peers (it goes on
-// numbering after what it shipped, which they applied).
+// numbering after what it shipped, which they applied). reseed also refuses
+// while ap's replicator runs and while a local table references a
+// replicated one; started without --join after the reseed, ap refuses.
 func TestReseedARegionPastTheOutboxCap(t *testing.T) {
 	tables := []TableSpec{{Name: "public.kv"}}
 	h := startRegions(t, Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
@@ -58,6 +60,9 @@ func TestReseedARegionPastTheOutboxCap(t *testing.T) {
 	waitRow(t, ctx, us, `SELECT count(*) FROM public.kv WHERE id = 500`, 1)
 	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv WHERE id = 500`, 1)
 	waitRow(t, ctx, ap, `SELECT count(*) FROM polyregion.peer_ack a, polyregion.reader_state r WHERE a.seq >= r.next_seq - 1`, 2)
+	if out, err := reseed("--yes"); err == nil || !strings.Contains(out, "stop region ap's replicator first") {
+		t.Fatalf("reseed while ap's replicator runs: %v\n%s", err, out)
+	}
 	for start := time.Now(); !strings.Contains(ap.Logs(1<<22), "re-seed ap"); time.Sleep(100 * time.Millisecond) {
 		if time.Since(start) > time.Minute {
 			t.Fatalf("ap was not told it must be re-seeded:\n%s", ap.Logs(4000))
@@ -66,6 +71,13 @@ func TestReseedARegionPastTheOutboxCap(t *testing.T) {
 	if err := ap.StopReplicator(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	// A local table referencing a replicated one would be changed by the
+	// deletes: refused, naming it.
+	mustExec(t, ctx, ap, `CREATE TABLE public.notes (id integer PRIMARY KEY, kv integer REFERENCES public.kv (id) ON DELETE CASCADE)`)
+	if out, err := reseed("--yes"); err == nil || !strings.Contains(out, "tables that are not replicated reference replicated ones") || !strings.Contains(out, "public.notes") {
+		t.Fatalf("reseed with a local table referencing a replicated one: %v\n%s", err, out)
+	}
+	mustExec(t, ctx, ap, `DROP TABLE public.notes`)
 	if out, err := reseed(); err == nil || !strings.Contains(out, "every one of its 6 transactions reached every peer") {
 		t.Fatalf("reseed without --yes: %v\n%s", err, out)
 	}
@@ -77,6 +89,21 @@ func TestReseedARegionPastTheOutboxCap(t *testing.T) {
 	}
 	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.kv`); n != 0 {
 		t.Fatalf("ap holds %d rows after reseed, want none", n)
+	}
+	// Started without --join it refuses: streams alone would fill it only
+	// partly (us no longer holds what it would need).
+	if err := ap.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitExited(t, ap, time.Minute)
+	if err := ap.StopReplicator(syscall.SIGTERM); err != nil { // reaps it
+		t.Fatal(err)
+	}
+	if logs := ap.Logs(1 << 22); !strings.Contains(logs, "region ap was emptied to be re-seeded: start it with --join PEER") {
+		t.Fatalf("ap started without --join after reseed does not refuse:\n%s", ap.Logs(4000))
+	}
+	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.kv`) + queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.applied`); n != 0 {
+		t.Fatalf("ap started without --join applied %d rows and positions", n)
 	}
 	if err := ap.StartReplicatorWith("--join", "us"); err != nil {
 		t.Fatal(err)

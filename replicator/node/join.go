@@ -50,6 +50,11 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 		return nil
 	}
 	if cfg.JoinFrom == "" {
+		if st.Reseeding {
+			// Streams alone cannot fill it again (peers trimmed what it
+			// would need), and it would serve a part of the rows.
+			return postgres.Problems{fmt.Sprintf("region %s was emptied to be re-seeded: start it with --join PEER to load a peer's snapshot", cfg.Region)}
+		}
 		return nil
 	}
 	var peer Peer

@@ -11,11 +11,11 @@ import (
 	"github.com/jackc/pgx/v5"
 )
 
-// A region that already ran is re-seeded (it fell past a peer's outbox cap,
-// or was restored from a backup) by emptying its replicated state and then
-// loading a peer's snapshot as a joining region does (run --join). Its own
-// transactions must all have reached every peer first: the snapshot then
-// holds them, and the region goes on numbering its transactions after them.
+// A region that already ran is re-seeded (it fell past a peer's outbox cap)
+// by emptying its replicated state and then loading a peer's snapshot as a
+// joining region does (run --join). Its own transactions must all have
+// reached every peer first: the snapshot then holds them, and the region
+// goes on numbering its transactions after them.
 
 // ReseedCheck is what stands in the way of re-seeding a region.
 type ReseedCheck struct {
@@ -24,32 +24,29 @@ type ReseedCheck struct {
 	// NotApplied is, per peer, how many of them it has not confirmed.
 	NotApplied map[string]int64
 	// Unversioned counts local transactions still in the WAL that the
-	// reader has not versioned (so not shipped); -1 when the region's slot
-	// is gone and nobody can tell.
+	// reader has not versioned (so not shipped).
 	Unversioned int64
-}
-
-// Drained reports whether every transaction the region wrote reached
-// every peer.
-func (c ReseedCheck) Drained() bool {
-	for _, n := range c.NotApplied {
-		if n > 0 {
-			return false
-		}
-	}
-	return c.Unversioned == 0
+	// Problems names everything else in the way.
+	Problems []string
 }
 
 // ReseedOrigin is the replication origin of the transaction that empties a
 // region for re-seeding: the reader never ships what it deletes.
 const ReseedOrigin = "polyregion_reseed"
 
-// CheckReseed reads what stands in the way of re-seeding the region. Its
-// replicator must be stopped (its slot not in use).
-func CheckReseed(ctx context.Context, conn *pgx.Conn, region string, peers []string) (ReseedCheck, error) {
+type reseedQuerier interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+	Query(context.Context, string, ...any) (pgx.Rows, error)
+}
+
+// CheckReseed reads what stands in the way of re-seeding the region: its
+// own transactions that have not reached every peer, local writes not
+// versioned yet, a replicator still connected, local tables whose rows the
+// deletes would change. PrepareReseed checks it all again, under its locks.
+func CheckReseed(ctx context.Context, q reseedQuerier, region string, tables, peers []string) (ReseedCheck, error) {
 	c := ReseedCheck{NotApplied: map[string]int64{}}
 	var lsn string
-	err := conn.QueryRow(ctx, `SELECT next_seq - 1, lsn::text FROM polyregion.reader_state WHERE slot = $1`, SlotName(region)).Scan(&c.Shipped, &lsn)
+	err := q.QueryRow(ctx, `SELECT next_seq - 1, lsn::text FROM polyregion.reader_state WHERE slot = $1`, SlotName(region)).Scan(&c.Shipped, &lsn)
 	if errors.Is(err, pgx.ErrNoRows) {
 		lsn = "0/0"
 	} else if err != nil {
@@ -57,47 +54,126 @@ func CheckReseed(ctx context.Context, conn *pgx.Conn, region string, peers []str
 	}
 	for _, p := range peers {
 		var acked int64
-		if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.peer_ack WHERE peer = $1), 0)`, p).Scan(&acked); err != nil {
+		if err := q.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.peer_ack WHERE peer = $1), 0)`, p).Scan(&acked); err != nil {
 			return c, fmt.Errorf("reseed: %w", err)
 		}
-		c.NotApplied[p] = max(c.Shipped-acked, 0)
+		if n := c.Shipped - acked; n > 0 {
+			c.NotApplied[p] = n
+		}
+	}
+	var others []string
+	rows, err := q.Query(ctx, `SELECT pid::text || ' (' || application_name || ')' FROM pg_catalog.pg_stat_activity
+		WHERE datname = pg_catalog.current_database() AND application_name LIKE 'polyregion%' AND pid <> pg_catalog.pg_backend_pid() ORDER BY pid`)
+	if err == nil {
+		others, err = pgx.CollectRows(rows, pgx.RowTo[string])
+	}
+	if err != nil {
+		return c, fmt.Errorf("reseed: sessions: %w", err)
+	}
+	if len(others) > 0 {
+		c.Problems = append(c.Problems, fmt.Sprintf("replicator sessions are connected (%s): stop region %s's replicator first", strings.Join(others, ", "), region))
 	}
 	var active bool
-	err = conn.QueryRow(ctx, `SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, SlotName(region)).Scan(&active)
+	err = q.QueryRow(ctx, `SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, SlotName(region)).Scan(&active)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
-		c.Unversioned = -1
+		c.Problems = append(c.Problems, fmt.Sprintf("the slot %s is gone, so local writes not yet versioned cannot be counted (re-seeding a region that lost its slot is not supported)", SlotName(region)))
 		return c, nil
 	case err != nil:
 		return c, fmt.Errorf("reseed: slot: %w", err)
 	case active:
-		return c, fmt.Errorf("reseed: slot %s is in use: stop region %s's replicator first", SlotName(region), region)
+		c.Problems = append(c.Problems, fmt.Sprintf("the slot %s is in use: stop region %s's replicator first", SlotName(region), region))
+		return c, nil
 	}
 	// Local transactions (no origin) with a replicated change, committed
-	// at or after the reader's position. Peeking decodes without consuming.
-	err = conn.QueryRow(ctx, `SELECT count(*) FROM (
+	// after the reader's position (a peeked commit carries its end, as the
+	// reader's position does). Peeking decodes without consuming.
+	err = q.QueryRow(ctx, `SELECT count(*) FROM (
 			SELECT xid, max(lsn) AS commit_lsn,
 				bool_or(pg_catalog.get_byte(data, 0) = 79) AS remote,
 				bool_or(pg_catalog.get_byte(data, 0) IN (73, 85, 68, 84)) AS changes
-			FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, NULL, NULL,
+			FROM pg_catalog.pg_logical_slot_peek_binary_changes($1, pg_catalog.pg_current_wal_lsn(), NULL,
 				'proto_version', '1', 'publication_names', $2)
 			GROUP BY xid) t
-		WHERE changes AND NOT remote AND commit_lsn >= $3::pg_lsn`, SlotName(region), PublicationName(region), lsn).Scan(&c.Unversioned)
+		WHERE changes AND NOT remote AND commit_lsn > $3::pg_lsn`, SlotName(region), PublicationName(region), lsn).Scan(&c.Unversioned)
 	if err != nil {
 		return c, fmt.Errorf("reseed: read what the reader has not versioned yet: %w", err)
 	}
+	refs, err := localReferences(ctx, q, tables)
+	if err != nil {
+		return c, err
+	}
+	if len(refs) > 0 {
+		c.Problems = append(c.Problems, "tables that are not replicated reference replicated ones, so deleting the replicated rows would change or refuse them: "+strings.Join(refs, ", "))
+	}
 	return c, nil
+}
+
+// Ready reports whether nothing stands in the way.
+func (c ReseedCheck) Ready() bool {
+	for _, n := range c.NotApplied {
+		if n > 0 {
+			return false
+		}
+	}
+	return c.Unversioned == 0 && len(c.Problems) == 0
+}
+
+// Refusal names what stands in the way ("" when nothing does).
+func (c ReseedCheck) Refusal(region string) string {
+	var out []string
+	var behind []string
+	peers := make([]string, 0, len(c.NotApplied))
+	for p := range c.NotApplied {
+		peers = append(peers, p)
+	}
+	sort.Strings(peers)
+	for _, p := range peers {
+		behind = append(behind, fmt.Sprintf("%s has not confirmed %d", p, c.NotApplied[p]))
+	}
+	if len(behind) > 0 {
+		out = append(out, fmt.Sprintf("of the %d transactions region %s shipped, %s: they would be lost (start its replicator with writes to it stopped until status shows no backlog, stop it, try again)", c.Shipped, region, strings.Join(behind, ", ")))
+	}
+	if c.Unversioned > 0 {
+		out = append(out, fmt.Sprintf("%d local transactions in the WAL are not versioned (not shipped) yet: they would be lost (start its replicator with writes to it stopped until status shows no backlog, stop it, try again)", c.Unversioned))
+	}
+	return strings.Join(append(out, c.Problems...), "; ")
+}
+
+// localReferences lists foreign keys from tables that are not replicated to
+// replicated ones.
+func localReferences(ctx context.Context, q reseedQuerier, tables []string) ([]string, error) {
+	list := make([]string, len(tables))
+	for i, t := range tables {
+		list[i] = qualified(t)
+	}
+	rows, err := q.Query(ctx, `SELECT k.conrelid::pg_catalog.regclass::text || ' (' || k.conname || ') -> ' || k.confrelid::pg_catalog.regclass::text
+		FROM pg_catalog.pg_constraint k
+		WHERE k.contype = 'f'
+		AND k.confrelid = ANY (SELECT pg_catalog.to_regclass(t)::pg_catalog.oid FROM pg_catalog.unnest($1::text[]) t)
+		AND NOT k.conrelid = ANY (SELECT pg_catalog.to_regclass(t)::pg_catalog.oid FROM pg_catalog.unnest($1::text[]) t)
+		ORDER BY 1`, list)
+	if err != nil {
+		return nil, fmt.Errorf("reseed: foreign keys: %w", err)
+	}
+	refs, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("reseed: foreign keys: %w", err)
+	}
+	return refs, nil
 }
 
 // PrepareReseed empties the region of its replicated state, in one
 // transaction: the replicated tables' rows (deleted as each table's owner,
 // under an origin the reader never ships), their versions, the applied
 // positions, open parked changes and how it joined; its own transactions'
-// numbering, its outbox and the conflict log stay. It records that the
-// region was emptied after shipping shipped transactions (a load then
-// requires a snapshot holding exactly those) and recreates the region's
-// slot. It returns the rows deleted per table.
-func PrepareReseed(ctx context.Context, connString, region string, tables []string, shipped int64) (map[string]int64, error) {
+// numbering, its outbox and the conflict log stay. Under its locks it checks
+// again all CheckReseed checks, and that the region shipped exactly shipped
+// transactions. It records that the region was emptied after shipping them
+// and how far it had applied each source (a load then requires a snapshot
+// holding exactly those of its own and at least as much of each source),
+// and recreates the region's slot. It returns the rows deleted per table.
+func PrepareReseed(ctx context.Context, connString, region string, tables, peers []string, shipped int64) (map[string]int64, error) {
 	// A session of its own: it carries the origin to its end.
 	conn, err := Connect(ctx, connString)
 	if err != nil {
@@ -116,19 +192,18 @@ func PrepareReseed(ctx context.Context, connString, region string, tables []stri
 		return nil, err
 	}
 	slices.Reverse(order) // tables that reference others first
-	deleted := map[string]int64{}
 	tx, err := conn.Begin(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reseed: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	list := make([]string, len(order))
+	sorted := make([]string, len(order))
 	for i, t := range order {
-		list[i] = qualified(t)
+		sorted[i] = qualified(t)
 	}
-	sorted := append([]string(nil), list...)
 	sort.Strings(sorted)
 	for _, q := range []string{
+		`SET LOCAL lock_timeout = '10s'`,
 		`SET CONSTRAINTS ALL DEFERRED`,
 		`LOCK TABLE polyregion.applied, polyregion.joined, polyregion.reseeding, polyregion.reader_state IN EXCLUSIVE MODE`,
 		"LOCK TABLE " + strings.Join(sorted, ", ") + " IN EXCLUSIVE MODE",
@@ -137,13 +212,18 @@ func PrepareReseed(ctx context.Context, connString, region string, tables []stri
 			return nil, fmt.Errorf("reseed: %w", err)
 		}
 	}
-	var now int64
-	if err := tx.QueryRow(ctx, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0)`, SlotName(region)).Scan(&now); err != nil {
-		return nil, fmt.Errorf("reseed: %w", err)
+	// Writes are paused: nothing the checks pass can change before commit.
+	chk, err := CheckReseed(ctx, tx, region, tables, peers)
+	if err != nil {
+		return nil, err
 	}
-	if now != shipped {
-		return nil, fmt.Errorf("reseed: region %s shipped %d transactions since it was checked: check again", region, now-shipped)
+	if !chk.Ready() {
+		return nil, fmt.Errorf("reseed refused, nothing changed: %s", chk.Refusal(region))
 	}
+	if chk.Shipped != shipped {
+		return nil, fmt.Errorf("reseed: region %s shipped %d transactions since it was checked: check again", region, chk.Shipped-shipped)
+	}
+	deleted := map[string]int64{}
 	var ranAs string
 	for _, t := range order {
 		fn, err := execAs(ctx, tx, t)
@@ -172,6 +252,14 @@ func PrepareReseed(ctx context.Context, connString, region string, tables []stri
 			return nil, fmt.Errorf("reseed: check deferred constraints: %w", err)
 		}
 	}
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reseeding (region, shipped, applied)
+		SELECT $1, $2, coalesce(pg_catalog.jsonb_object_agg(source, seq), '{}') FROM polyregion.applied
+		ON CONFLICT (region) DO UPDATE SET shipped = excluded.shipped,
+			applied = (SELECT coalesce(pg_catalog.jsonb_object_agg(k, GREATEST(coalesce((polyregion.reseeding.applied ->> k)::int8, 0), coalesce((excluded.applied ->> k)::int8, 0))), '{}')
+				FROM (SELECT pg_catalog.jsonb_object_keys(polyregion.reseeding.applied) UNION SELECT pg_catalog.jsonb_object_keys(excluded.applied)) AS ks(k)),
+			prepared_at = pg_catalog.now()`, region, shipped); err != nil {
+		return nil, fmt.Errorf("reseed: %w", err)
+	}
 	for _, q := range []string{
 		`DELETE FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`,
 		`DELETE FROM polyregion.parked WHERE resolved_at IS NULL AND tbl = ANY ($1::text[])`,
@@ -185,12 +273,11 @@ func PrepareReseed(ctx context.Context, connString, region string, tables []stri
 			return nil, fmt.Errorf("reseed: %w", err)
 		}
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reseeding (region, shipped) VALUES ($1, $2)
-		ON CONFLICT (region) DO UPDATE SET shipped = excluded.shipped, prepared_at = pg_catalog.now()`, region, shipped); err != nil {
-		return nil, fmt.Errorf("reseed: %w", err)
-	}
 	if err := tx.Commit(ctx); err != nil {
 		return nil, fmt.Errorf("reseed: commit: %w", err)
 	}
-	return deleted, resetSlot(ctx, conn, region)
+	if err := resetSlot(ctx, conn, region); err != nil {
+		return deleted, fmt.Errorf("reseed: the region was emptied, but its slot could not be recreated (the load recreates it): %w", err)
+	}
+	return deleted, nil
 }

@@ -90,10 +90,12 @@ var schemaDDL = []string{
 		caught_up_at timestamptz)`,
 	// reseeding: the region was emptied for re-seeding (PrepareReseed)
 	// once every peer had applied the transactions it shipped, so many;
-	// the load from a peer's snapshot removes it.
+	// applied: how far it had applied each source then ({"us": 990}). The
+	// load from a peer's snapshot removes it.
 	`CREATE TABLE IF NOT EXISTS polyregion.reseeding (
 		region       text PRIMARY KEY,
 		shipped      bigint NOT NULL,
+		applied      jsonb NOT NULL DEFAULT '{}',
 		prepared_at  timestamptz NOT NULL DEFAULT now())`,
 	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
 		id             bigserial PRIMARY KEY,

@@ -141,13 +141,16 @@ func (f *frameWriter) Write(p []byte) (int, error) {
 // from: Source after its own last transaction in the snapshot, every other
 // region after what Source had applied of it.
 //
-// own is how many transactions of its own the joining region has shipped:
-// 0 for a new region; for a region re-seeded after it drained, all it ever
-// shipped. The snapshot must hold exactly those (Source applied all of them
-// and no more): fewer and the region's own writes would be missing from its
-// tables (Source has not applied them all yet: ErrSourceBehind, try again);
-// more and Source took another region of the same name for this one.
-func JoinPositions(h SnapshotHeader, joining string, own int64) ([]SnapshotPosition, error) {
+// own is how many transactions of its own the joining region shipped: 0
+// for a new region; for a region re-seeded after it drained, all it ever
+// shipped. The snapshot must hold exactly those: fewer and the region's own
+// writes would be missing from its tables (Source cannot get them while the
+// region loads), more and Source took another region of the same name for
+// this one. floor is, for a re-seeded region, how far it had applied each
+// region before (peers still count on those positions: their outboxes and
+// tombstones are trimmed by them); a snapshot behind any of them is
+// ErrSourceBehind (Source gets there from that region's stream: try again).
+func JoinPositions(h SnapshotHeader, joining string, own int64, floor map[string]int64) ([]SnapshotPosition, error) {
 	if h.Source == "" || h.Source == joining {
 		return nil, refuseJoin("snapshot source %q: a region cannot join from itself or from nowhere", h.Source)
 	}
@@ -158,15 +161,15 @@ func JoinPositions(h SnapshotHeader, joining string, own int64) ([]SnapshotPosit
 	seen := map[string]bool{h.Source: true}
 	var applied int64
 	for _, p := range h.Applied {
+		if p.Seq < 0 {
+			return nil, refuseJoin("snapshot from %s: negative position %d for %s", h.Source, p.Seq, p.Region)
+		}
+		if seen[p.Region] || (p.Region == joining && applied > 0) {
+			return nil, refuseJoin("snapshot from %s lists region %s twice", h.Source, p.Region)
+		}
 		if p.Region == joining {
 			applied = p.Seq
 			continue
-		}
-		if seen[p.Region] {
-			return nil, refuseJoin("snapshot from %s lists region %s twice", h.Source, p.Region)
-		}
-		if p.Seq < 0 {
-			return nil, refuseJoin("snapshot from %s: negative position %d for %s", h.Source, p.Seq, p.Region)
 		}
 		seen[p.Region] = true
 		out = append(out, p)
@@ -175,11 +178,20 @@ func JoinPositions(h SnapshotHeader, joining string, own int64) ([]SnapshotPosit
 	case applied > own:
 		return nil, refuseJoin("snapshot from %s says it applied %d transactions of %s, which shipped %d: is another region running as %s, or was this one restored from an older backup?", h.Source, applied, joining, own, joining)
 	case applied < own:
-		return nil, fmt.Errorf("%w: %s has applied %d of the %d transactions %s shipped", ErrSourceBehind, h.Source, applied, own, joining)
+		return nil, refuseJoin("%s has applied %d of the %d transactions %s shipped, and cannot get the others while %s loads: join from a region that has them all", h.Source, applied, own, joining, joining)
+	}
+	at := map[string]int64{}
+	for _, p := range out {
+		at[p.Region] = p.Seq
+	}
+	for r, min := range floor {
+		if at[r] < min {
+			return nil, fmt.Errorf("%w: %s has applied %d transactions of %s, %s had applied %d before it was emptied", ErrSourceBehind, h.Source, at[r], r, joining, min)
+		}
 	}
 	return out, nil
 }
 
-// ErrSourceBehind: the snapshot's source has not applied everything the
-// re-seeded region shipped yet; a later snapshot will have it.
-var ErrSourceBehind = errors.New("the source has not applied all this region's own transactions yet")
+// ErrSourceBehind: the snapshot's source has not yet applied as much of some
+// region as the re-seeded region had; a later snapshot will have it.
+var ErrSourceBehind = errors.New("the source is behind where this region was")

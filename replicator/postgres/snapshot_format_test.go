@@ -15,6 +15,7 @@ func TestJoinPositionsResumeEveryStreamWhereTheSourceWas(t *testing.T) {
 		h       SnapshotHeader
 		joining string
 		own     int64
+		floor   map[string]int64
 		want    []SnapshotPosition
 		err     string
 	}{
@@ -33,17 +34,28 @@ func TestJoinPositionsResumeEveryStreamWhereTheSourceWas(t *testing.T) {
 			want: []SnapshotPosition{{Region: "eu", Seq: 9}, {Region: "us", Seq: 2}}},
 		{name: "re-seeded: the source has more than the region shipped", joining: "ap", own: 5,
 			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 6}}}, err: "older backup"},
+		{name: "re-seeded: the source lacks some the region shipped", joining: "ap", own: 5,
+			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 4}}}, err: "join from a region that has them all"},
+		{name: "the joining region twice", joining: "ap", own: 5,
+			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 5}, {Region: "ap", Seq: 5}}}, err: "lists region ap twice"},
 		{name: "from itself", joining: "eu", h: SnapshotHeader{Source: "eu"}, err: "cannot join from itself"},
 		{name: "no source", joining: "eu", h: SnapshotHeader{}, err: "cannot join from itself or from nowhere"},
 		{name: "a region twice", joining: "ap",
 			h: SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "us", Seq: 1}, {Region: "us", Seq: 2}}}, err: "lists region us twice"},
 		{name: "negative", joining: "ap", h: SnapshotHeader{Source: "eu", SourceSeq: -1}, err: "negative position"},
 	}
-	if _, err := JoinPositions(SnapshotHeader{Source: "eu", Applied: []SnapshotPosition{{Region: "ap", Seq: 3}}}, "ap", 5); !errors.Is(err, ErrSourceBehind) || errors.Is(err, ErrCannotJoin) {
-		t.Errorf("source behind the re-seeded region: %v, want ErrSourceBehind, to be retried", err)
+	// Behind where the re-seeded region was: tried again later.
+	behind := SnapshotHeader{Source: "eu", SourceSeq: 9, Applied: []SnapshotPosition{{Region: "ap", Seq: 5}, {Region: "us", Seq: 40}}}
+	for _, floor := range []map[string]int64{{"us": 41}, {"eu": 10}, {"ap": 1, "us": 41}} {
+		if _, err := JoinPositions(behind, "ap", 5, floor); !errors.Is(err, ErrSourceBehind) || errors.Is(err, ErrCannotJoin) {
+			t.Errorf("floor %v: %v, want ErrSourceBehind, to be tried again", floor, err)
+		}
+	}
+	if got, err := JoinPositions(behind, "ap", 5, map[string]int64{"us": 40, "eu": 9}); err != nil || len(got) != 2 {
+		t.Errorf("at the floor: %v %v", got, err)
 	}
 	for _, tc := range cases {
-		got, err := JoinPositions(tc.h, tc.joining, tc.own)
+		got, err := JoinPositions(tc.h, tc.joining, tc.own, tc.floor)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) || !errors.Is(err, ErrCannotJoin) {
 				t.Errorf("%s: err %v, want one saying %q that cannot be retried", tc.name, err, tc.err)

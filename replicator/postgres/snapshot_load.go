@@ -71,13 +71,17 @@ type JoinState struct {
 	// CatchingUp names the region it loaded a snapshot from, while it has
 	// not yet applied all its peers advertised ("" otherwise).
 	CatchingUp string
+	// Reseeding: the region was emptied to be loaded again (PrepareReseed)
+	// and has not been yet.
+	Reseeding bool
 }
 
 // ReadJoinState reads whether and how the region joined.
 func ReadJoinState(ctx context.Context, conn *pgx.Conn) (JoinState, error) {
 	var st JoinState
 	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied),
-		coalesce((SELECT source FROM polyregion.joined WHERE caught_up_at IS NULL), '')`).Scan(&st.Joined, &st.CatchingUp)
+		coalesce((SELECT source FROM polyregion.joined WHERE caught_up_at IS NULL), ''),
+		EXISTS (SELECT 1 FROM polyregion.reseeding)`).Scan(&st.Joined, &st.CatchingUp, &st.Reseeding)
 	if err != nil {
 		return st, fmt.Errorf("joined: %w", err)
 	}
@@ -162,11 +166,11 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	defer conn.Close(context.Background())
-	own, err := checkNew(ctx, conn, cfg.Region, h.Tables)
+	own, floor, err := checkNew(ctx, conn, cfg.Region, h.Tables)
 	if err != nil {
 		return h, sum, err
 	}
-	positions, err := JoinPositions(h, cfg.Region, own)
+	positions, err := JoinPositions(h, cfg.Region, own, floor)
 	if err != nil {
 		return h, sum, err
 	}
@@ -264,29 +268,31 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 // transactions already, or shipped transactions of its own (unless it was
 // prepared for re-seeding after they all reached every peer: see
 // PrepareReseed), or holds replicated rows or versions of rows. own is how
-// many transactions of its own the region shipped (0 unless re-seeded).
+// many transactions of its own the region shipped and floor how far it had
+// applied each source (both zero unless re-seeded).
 func checkNew(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, region string, tables []SnapshotTable) (own int64, err error) {
+}, region string, tables []SnapshotTable) (own int64, floor map[string]int64, err error) {
 	var joined bool
 	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied)`).Scan(&joined); err != nil {
-		return 0, fmt.Errorf("load snapshot: %w", err)
+		return 0, nil, fmt.Errorf("load snapshot: %w", err)
 	}
 	if joined {
-		return 0, ErrAlreadyJoined
+		return 0, nil, ErrAlreadyJoined
 	}
 	var shipped, prepared int64
 	var queued bool
 	if err := q.QueryRow(ctx, `SELECT coalesce((SELECT next_seq - 1 FROM polyregion.reader_state WHERE slot = $1), 0),
-		EXISTS (SELECT 1 FROM polyregion.outbox), coalesce((SELECT shipped FROM polyregion.reseeding WHERE region = $2), -1)`,
-		SlotName(region), region).Scan(&shipped, &queued, &prepared); err != nil {
-		return 0, fmt.Errorf("load snapshot: %w", err)
+		EXISTS (SELECT 1 FROM polyregion.outbox), coalesce((SELECT shipped FROM polyregion.reseeding WHERE region = $2), -1),
+		coalesce((SELECT applied FROM polyregion.reseeding WHERE region = $2), '{}')`,
+		SlotName(region), region).Scan(&shipped, &queued, &prepared, &floor); err != nil {
+		return 0, nil, fmt.Errorf("load snapshot: %w", err)
 	}
 	switch {
 	case prepared >= 0 && shipped != prepared:
-		return 0, refuseJoin("region %s shipped %d transactions of its own since it was prepared for re-seeding at %d: prepare it again (polyregion reseed)", region, shipped-prepared, prepared)
+		return 0, nil, refuseJoin("region %s shipped %d transactions of its own since it was prepared for re-seeding at %d: prepare it again (polyregion reseed)", region, shipped-prepared, prepared)
 	case prepared < 0 && (shipped > 0 || queued):
-		return 0, refuseJoin("region %s has shipped transactions of its own to the replicated tables (%d): only a region that has not written to them can join from a snapshot, or one prepared for re-seeding (polyregion reseed)", region, shipped)
+		return 0, nil, refuseJoin("region %s has shipped transactions of its own to the replicated tables (%d): only a region that has not written to them can join from a snapshot, or one prepared for re-seeding (polyregion reseed)", region, shipped)
 	}
 	own = max(prepared, 0)
 	names := make([]string, len(tables))
@@ -294,20 +300,20 @@ func checkNew(ctx context.Context, q interface {
 		names[i] = t.Name
 		var held bool
 		if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM ONLY "+qualified(t.Name)+")").Scan(&held); err != nil {
-			return 0, fmt.Errorf("load snapshot: %w", err)
+			return 0, nil, fmt.Errorf("load snapshot: %w", err)
 		}
 		if held {
-			return 0, refuseJoin("table %s in region %s already holds rows: a region joins with its replicated tables empty (loading over rows would lose them or let the regions diverge); empty it, or let the rows reach the others another way", t.Name, region)
+			return 0, nil, refuseJoin("table %s in region %s already holds rows: a region joins with its replicated tables empty (loading over rows would lose them or let the regions diverge); empty it, or let the rows reach the others another way", t.Name, region)
 		}
 	}
 	var versions int64
 	if err := q.QueryRow(ctx, `SELECT count(*) FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`, names).Scan(&versions); err != nil {
-		return 0, fmt.Errorf("load snapshot: %w", err)
+		return 0, nil, fmt.Errorf("load snapshot: %w", err)
 	}
 	if versions > 0 {
-		return 0, refuseJoin("region %s holds %d row versions of the replicated tables (its own writes, since deleted): only a region that has not written to them can join from a snapshot", region, versions)
+		return 0, nil, refuseJoin("region %s holds %d row versions of the replicated tables (its own writes, since deleted): only a region that has not written to them can join from a snapshot", region, versions)
 	}
-	return own, nil
+	return own, floor, nil
 }
 
 // resetSlot recreates the region's replication slot at the current end of
@@ -349,7 +355,7 @@ func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHead
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN EXCLUSIVE MODE"); err != nil {
 		return fmt.Errorf("load snapshot: pause this region's writes to the replicated tables: %w", err)
 	}
-	if again, err := checkNew(ctx, tx, region, h.Tables); err != nil {
+	if again, _, err := checkNew(ctx, tx, region, h.Tables); err != nil {
 		return err
 	} else if again != own {
 		return fmt.Errorf("load snapshot: region %s was prepared for re-seeding again meanwhile", region)
@@ -585,7 +591,20 @@ func (l *loader) parked(ctx context.Context) (int64, error) {
 	if err := l.open(frameParked, ""); err != nil {
 		return 0, err
 	}
-	return l.copyIn(ctx, "parked changes", "COPY polyregion.parked ("+strings.Join(parkedColumns, ", ")+") FROM STDIN (FORMAT text)")
+	n, err := l.copyIn(ctx, "parked changes", "COPY polyregion.parked ("+strings.Join(parkedColumns, ", ")+") FROM STDIN (FORMAT text)")
+	if err != nil {
+		return n, err
+	}
+	// Changes are retried by their source's stream: this region has none
+	// from itself, so its own changes the source parked would stay missing.
+	var own int64
+	if err := l.tx.QueryRow(ctx, `SELECT count(*) FROM polyregion.parked WHERE resolved_at IS NULL AND source = $1`, l.cfg.Region).Scan(&own); err != nil {
+		return n, fmt.Errorf("load snapshot: %w", err)
+	}
+	if own > 0 {
+		return n, refuseJoin("%s has %d changes this region wrote parked (not applied there): they would be missing here; resolve them there (polyregion parked) or join from another region", l.h.Source, own)
+	}
+	return n, nil
 }
 
 // partReader feeds a COPY with the data frames of the current part and
