@@ -206,8 +206,7 @@ func waitJoined(t *testing.T, ctx context.Context, r *Region, within time.Durati
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) && ctx.Err() == nil {
-		if st, ok := statusOf(r); ok && st.Joining == "" && queryString(t, ctx, r, `SELECT coalesce(pg_catalog.to_regclass('polyregion.joined')::text, '')`) != "" &&
-			queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined`) == 1 {
+		if st, ok := statusOf(r); ok && st.Joining == "" && loaded(t, ctx, r) {
 			return
 		}
 		if !r.Running() {
@@ -219,12 +218,19 @@ func waitJoined(t *testing.T, ctx context.Context, r *Region, within time.Durati
 	t.Fatalf("region %s did not join within %s: %+v\n%s", r.Name, within, st, r.Logs(4000))
 }
 
+// loaded reports whether the region has loaded a snapshot (its schema may
+// not be installed yet).
+func loaded(t *testing.T, ctx context.Context, r *Region) bool {
+	t.Helper()
+	return queryString(t, ctx, r, `SELECT coalesce(pg_catalog.to_regclass('polyregion.joined')::text, '')`) != "" &&
+		queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined`) == 1
+}
+
 // waitLoaded waits until the region has loaded its snapshot.
 func waitLoaded(t *testing.T, ctx context.Context, r *Region, within time.Duration) {
 	t.Helper()
 	for start := time.Now(); time.Since(start) < within && ctx.Err() == nil; time.Sleep(20 * time.Millisecond) {
-		if queryString(t, ctx, r, `SELECT coalesce(pg_catalog.to_regclass('polyregion.joined')::text, '')`) != "" &&
-			queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined`) == 1 {
+		if loaded(t, ctx, r) {
 			return
 		}
 	}

@@ -55,10 +55,7 @@ or what it would delete, and changes nothing.`,
 			if err != nil {
 				return err
 			}
-			var peers []string
-			for _, p := range cfg.Peers {
-				peers = append(peers, string(p.ID))
-			}
+			peers := cfg.PeerNames()
 			chk, err := postgres.CheckReseed(ctx, conn, string(cfg.Region), cfg.TableNames(), peers)
 			// Closed before the reseed: it refuses while other replicator
 			// sessions are connected.

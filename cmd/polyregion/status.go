@@ -34,10 +34,7 @@ its lag, and the search index's lag.`,
 				return err
 			}
 			defer conn.Close(context.Background())
-			var peers []string
-			for _, p := range cfg.Peers {
-				peers = append(peers, string(p.ID))
-			}
+			peers := cfg.PeerNames()
 			st, err := postgres.ReadStatus(cmd.Context(), conn, string(cfg.Region), peers)
 			if err != nil {
 				return &exitError{exitRuntime, err}

@@ -209,6 +209,15 @@ func (c *Config) defaults() {
 	c.Health.Defaults()
 }
 
+// PeerNames lists the peers' region ids.
+func (c *Config) PeerNames() []string {
+	out := make([]string, len(c.Peers))
+	for i, p := range c.Peers {
+		out[i] = string(p.ID)
+	}
+	return out
+}
+
 // TableNames lists the replicated tables.
 func (c *Config) TableNames() []string {
 	out := make([]string, len(c.Cluster.Tables))
@@ -229,11 +238,7 @@ func Prepare(ctx context.Context, cfg Config) error {
 	if err := postgres.Preflight(ctx, conn, cfg.TableNames()); err != nil {
 		return err
 	}
-	peers := make([]string, len(cfg.Peers))
-	for i, p := range cfg.Peers {
-		peers[i] = string(p.ID)
-	}
-	if err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), peers); err != nil {
+	if err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), cfg.PeerNames()); err != nil {
 		return err
 	}
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {

@@ -202,6 +202,51 @@ func execAs(ctx context.Context, tx pgx.Tx, table string) (string, error) {
 	return execAsName(uint32(oid)), nil
 }
 
+// ownerRun runs whole-table statements (a load's insert, a re-seed's
+// delete) with each table's owner's privileges, as the applier runs its
+// writes, and then the deferred triggers they queued inside the first
+// owner's function (at commit they would run as the replicator).
+type ownerRun struct {
+	tx    pgx.Tx
+	first string // the first owner's function a statement ran through
+}
+
+// fn is the function table's statements run through ("" to run them
+// directly: see execAs).
+func (o *ownerRun) fn(ctx context.Context, table string) (string, error) {
+	fn, err := execAs(ctx, o.tx, table)
+	if err == nil && fn != "" && o.first == "" {
+		o.first = fn
+	}
+	return fn, err
+}
+
+// exec runs sql, a statement without parameters on table, as its owner and
+// returns the rows it processed.
+func (o *ownerRun) exec(ctx context.Context, table, sql string) (int64, error) {
+	fn, err := o.fn(ctx, table)
+	if err != nil {
+		return 0, err
+	}
+	if fn == "" {
+		tag, err := o.tx.Exec(ctx, sql)
+		return tag.RowsAffected(), err
+	}
+	var n int64
+	err = o.tx.QueryRow(ctx, "SELECT "+fn+"($1, '{}'::text[])", sql).Scan(&n)
+	return n, err
+}
+
+// deferred runs the deferred triggers queued so far, inside the first
+// owner's function (nothing when no statement ran through one).
+func (o *ownerRun) deferred(ctx context.Context) error {
+	if o.first == "" {
+		return nil
+	}
+	_, err := o.tx.Exec(ctx, "SELECT "+o.first+"('SET CONSTRAINTS ALL IMMEDIATE', NULL)")
+	return err
+}
+
 var errNoExecAs = errors.New("no function to apply as the table's owner, or not as the replicator made it (the owner changed, or the function was altered): restart the replicator to prepare it")
 
 // ownerStmt rewrites s to run through fn, with every parameter in one

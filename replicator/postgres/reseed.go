@@ -224,33 +224,16 @@ func PrepareReseed(ctx context.Context, connString, region string, tables, peers
 		return nil, fmt.Errorf("reseed: region %s shipped %d transactions since it was checked: check again", region, chk.Shipped-shipped)
 	}
 	deleted := map[string]int64{}
-	var ranAs string
+	owners := ownerRun{tx: tx}
 	for _, t := range order {
-		fn, err := execAs(ctx, tx, t)
+		n, err := owners.exec(ctx, t, "DELETE FROM ONLY "+qualified(t))
 		if err != nil {
-			return nil, fmt.Errorf("reseed: %w", err)
-		}
-		var n int64
-		if fn == "" {
-			tag, err := tx.Exec(ctx, "DELETE FROM ONLY "+qualified(t))
-			if err != nil {
-				return nil, fmt.Errorf("reseed: empty %s: %w", t, err)
-			}
-			n = tag.RowsAffected()
-		} else {
-			if ranAs == "" {
-				ranAs = fn
-			}
-			if err := tx.QueryRow(ctx, "SELECT "+fn+"($1, '{}'::text[])", "DELETE FROM ONLY "+qualified(t)).Scan(&n); err != nil {
-				return nil, fmt.Errorf("reseed: empty %s as its owner: %w", t, err)
-			}
+			return nil, fmt.Errorf("reseed: empty %s as its owner: %w", t, err)
 		}
 		deleted[t] = n
 	}
-	if ranAs != "" {
-		if _, err := tx.Exec(ctx, "SELECT "+ranAs+"('SET CONSTRAINTS ALL IMMEDIATE', NULL)"); err != nil {
-			return nil, fmt.Errorf("reseed: check deferred constraints: %w", err)
-		}
+	if err := owners.deferred(ctx); err != nil {
+		return nil, fmt.Errorf("reseed: check deferred constraints: %w", err)
 	}
 	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reseeding (region, shipped, applied)
 		SELECT $1, $2, coalesce(pg_catalog.jsonb_object_agg(source, seq), '{}') FROM polyregion.applied

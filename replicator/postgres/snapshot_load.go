@@ -199,7 +199,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	if err := checkJoinable(ctx, tx, cfg.Region, h, own); err != nil {
 		return h, sum, err
 	}
-	l := loader{tx: tx, br: br, cr: cr, cfg: cfg, h: h}
+	l := loader{tx: tx, br: br, cr: cr, cfg: cfg, h: h, owners: ownerRun{tx: tx}}
 	for _, t := range h.Tables {
 		l.progress(t.Name)
 		if err := l.table(ctx, t); err != nil {
@@ -208,15 +208,12 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		l.done++
 	}
 	l.progress("")
-	if l.ranAs != "" {
-		// Deferred triggers the rows queued (constraint triggers, deferred
-		// foreign-key checks) run now, inside the owner's function: at
-		// commit they would run as the replicator. With tables of several
-		// owners, as the first (never as the replicator), as for applied
-		// transactions.
-		if _, err := tx.Exec(ctx, "SELECT "+l.ranAs+"('SET CONSTRAINTS ALL IMMEDIATE', NULL)"); err != nil {
-			return h, sum, fmt.Errorf("load snapshot: check deferred constraints: %w", err)
-		}
+	// Deferred triggers the rows queued (constraint triggers, deferred
+	// foreign-key checks) run now, inside the owner's function: at commit
+	// they would run as the replicator. With tables of several owners, as
+	// the first (never as the replicator), as for applied transactions.
+	if err := l.owners.deferred(ctx); err != nil {
+		return h, sum, fmt.Errorf("load snapshot: check deferred constraints: %w", err)
 	}
 	if sum.Versions, err = l.versions(ctx); err != nil {
 		return h, sum, err
@@ -433,16 +430,15 @@ func sameCounts(sent, loaded SnapshotSummary) error {
 }
 
 type loader struct {
-	tx   pgx.Tx
-	br   *bufio.Reader
-	cr   *countingReader
-	cfg  LoadConfig
-	h    SnapshotHeader
-	done int
-	rows map[string]int64
-	last time.Time
-	// ranAs is the first owner's function rows went in through.
-	ranAs string
+	tx     pgx.Tx
+	br     *bufio.Reader
+	cr     *countingReader
+	cfg    LoadConfig
+	h      SnapshotHeader
+	done   int
+	rows   map[string]int64
+	last   time.Time
+	owners ownerRun
 }
 
 func (l *loader) progress(table string) {
@@ -521,7 +517,7 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 		defs[i] = quoteIdent(c.Name) + " " + c.Type
 	}
 	list := strings.Join(cols, ", ")
-	fn, err := execAs(ctx, l.tx, t.Name)
+	fn, err := l.owners.fn(ctx, t.Name)
 	if err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
@@ -529,9 +525,6 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 		n, err := l.copyIn(ctx, t.Name, "COPY "+qualified(t.Name)+" ("+list+") FROM STDIN (FORMAT text)")
 		l.rows[t.Name] = n
 		return err
-	}
-	if l.ranAs == "" {
-		l.ranAs = fn
 	}
 	if _, err := l.tx.Exec(ctx, "CREATE TEMPORARY TABLE polyregion_load ("+strings.Join(defs, ", ")+") ON COMMIT DROP"); err != nil {
 		return fmt.Errorf("load snapshot: staging table for %s: %w", t.Name, err)
@@ -547,9 +540,9 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 	if _, err := l.tx.Exec(ctx, "GRANT SELECT ON pg_temp.polyregion_load TO "+owner); err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
-	var inserted int64
-	if err := l.tx.QueryRow(ctx, "SELECT "+fn+"($1, '{}'::text[])",
-		"INSERT INTO "+qualified(t.Name)+" ("+list+") OVERRIDING SYSTEM VALUE SELECT "+list+" FROM pg_temp.polyregion_load").Scan(&inserted); err != nil {
+	inserted, err := l.owners.exec(ctx, t.Name,
+		"INSERT INTO "+qualified(t.Name)+" ("+list+") OVERRIDING SYSTEM VALUE SELECT "+list+" FROM pg_temp.polyregion_load")
+	if err != nil {
 		return fmt.Errorf("load snapshot: insert the rows of %s as its owner: %w", t.Name, err)
 	}
 	if inserted != n {
