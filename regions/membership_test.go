@@ -1,0 +1,158 @@
+package regions
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/polyregion/polyregion/conflict"
+)
+
+func founded(t *testing.T, ids ...conflict.RegionID) *Membership {
+	t.Helper()
+	m := &Membership{}
+	var mems []Member
+	for _, id := range ids {
+		mems = append(mems, Member{ID: id, URL: "https://" + string(id) + ":7480"})
+	}
+	if _, err := m.Apply(1, Command{Op: OpInit, Members: mems, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func mustApply(t *testing.T, m *Membership, index uint64, c Command) Result {
+	t.Helper()
+	res, err := m.Apply(index, c)
+	if err != nil {
+		t.Fatalf("%s %s: %v", c.Op, c.Region, err)
+	}
+	return res
+}
+
+func refusedWith(t *testing.T, m *Membership, c Command, want string) {
+	t.Helper()
+	before := m.Describe()
+	_, err := m.Apply(99, c)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("%s %s: got %v, want a refusal naming %q", c.Op, c.Region, err, want)
+	}
+	if m.Describe() != before {
+		t.Fatalf("a refused %s changed the membership: %s -> %s", c.Op, before, m.Describe())
+	}
+}
+
+func TestNothingButInitBeforeTheClusterIsInitialised(t *testing.T) {
+	m := &Membership{}
+	refusedWith(t, m, Command{Op: OpAdd, Region: "eu", URL: "u", From: "us"}, "not initialised")
+	m = founded(t, "us")
+	refusedWith(t, m, Command{Op: OpInit, Members: []Member{{ID: "eu"}}, Fingerprint: "x"}, "already initialised")
+	if e := m.Epoch(); e.Number != 1 || e.Fingerprint != "fp1" || e.Index != 1 {
+		t.Fatalf("epoch after init: %+v", e)
+	}
+}
+
+func TestAJoiningRegionDoesNotVoteUntilItIsActive(t *testing.T) {
+	m := founded(t, "us")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "eu", URL: "https://eu:7480", From: "us"})
+	eu := m.Members["eu"]
+	if eu.State != Joining || eu.Voter() || eu.From != "us" {
+		t.Fatalf("added region: %+v", eu)
+	}
+	refusedWith(t, m, Command{Op: OpAdd, Region: "ap", URL: "u", From: "eu"}, "eu is joining")
+	refusedWith(t, m, Command{Op: OpAdd, Region: "eu", URL: "u", From: "us"}, "already a member")
+	mustApply(t, m, 3, Command{Op: OpActivate, Region: "eu"})
+	if !m.Members["eu"].Voter() || m.Members["eu"].Since != 3 {
+		t.Fatalf("activated region: %+v", m.Members["eu"])
+	}
+	mustApply(t, m, 4, Command{Op: OpActivate, Region: "eu"}) // repeated: no change
+	if m.Members["eu"].Since != 3 {
+		t.Fatal("a repeated activate changed the member")
+	}
+}
+
+func TestRemovalWaitsUntilEveryRegionAppliedAllItShipped(t *testing.T) {
+	m := founded(t, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 130}})
+	mustApply(t, m, 3, Command{Op: OpReport, Region: "us", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 130}}})
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "ap", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 120}}})
+
+	res := mustApply(t, m, 5, Command{Op: OpRemove, Region: "eu"})
+	if m.State("eu") != Leaving || strings.Join(res.Waiting, "; ") != "eu has not reported its positions since it began leaving; ap has applied 120 of eu's 130 transactions" {
+		t.Fatalf("remove before drained: state %s, result %+v", m.State("eu"), res)
+	}
+	// Its last writes, reported once it is leaving.
+	mustApply(t, m, 6, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 131}})
+	res = mustApply(t, m, 7, Command{Op: OpRemove, Region: "eu"})
+	if strings.Join(res.Waiting, "; ") != "ap has applied 120 of eu's 131 transactions; us has applied 130 of eu's 131 transactions" {
+		t.Fatalf("remove while leaving: result %+v", res)
+	}
+	if !m.Members["eu"].Voter() {
+		t.Fatal("a leaving region must keep its vote until removed")
+	}
+	// An older report cannot move a position back.
+	mustApply(t, m, 8, Command{Op: OpReport, Region: "ap", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 90}}})
+	if got := m.Progress["ap"].Applied["eu"]; got != 120 {
+		t.Fatalf("ap's applied position of eu moved back to %d", got)
+	}
+	mustApply(t, m, 9, Command{Op: OpReport, Region: "ap", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 131}}})
+	mustApply(t, m, 10, Command{Op: OpReport, Region: "us", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 131}}})
+	res = mustApply(t, m, 11, Command{Op: OpRemove, Region: "eu"})
+	if m.State("eu") != Removed || len(res.Waiting) != 0 || res.Lost != 0 {
+		t.Fatalf("remove once drained: state %s, result %+v", m.State("eu"), res)
+	}
+	refusedWith(t, m, Command{Op: OpAdd, Region: "eu", URL: "u", From: "us"}, "cannot come back under the same id")
+	refusedWith(t, m, Command{Op: OpReport, Region: "eu", Progress: &Progress{}}, "not a member that replicates")
+}
+
+func TestForcedRemovalCountsWhatNoSurvivorReceived(t *testing.T) {
+	m := founded(t, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 130}})
+	mustApply(t, m, 3, Command{Op: OpReport, Region: "us", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 100}}})
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "ap", Progress: &Progress{Applied: map[conflict.RegionID]uint64{"eu": 112}}})
+	res := mustApply(t, m, 5, Command{Op: OpRemove, Region: "eu", Force: true})
+	if m.State("eu") != Removed || res.Lost != 18 || m.Members["eu"].Lost != 18 {
+		t.Fatalf("forced remove: state %s, result %+v, member %+v", m.State("eu"), res, m.Members["eu"])
+	}
+	if strings.Join(res.Uneven, "; ") != "us applied 100 of eu's transactions, ap 112: rows of eu's transactions 101 to 112 are in some regions only" {
+		t.Fatalf("forced remove: uneven survivors %q", res.Uneven)
+	}
+}
+
+func TestTheLastActiveRegionCannotBeRemoved(t *testing.T) {
+	m := founded(t, "us")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w", URL: "https://w:7480", Witness: true})
+	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "last active region")
+	mustApply(t, m, 3, Command{Op: OpAdd, Region: "eu", URL: "https://eu:7480", From: "us"})
+	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "last active region")
+	mustApply(t, m, 4, Command{Op: OpRemove, Region: "eu"})
+	if m.State("eu") != Removed {
+		t.Fatalf("a joining region is removed at once, got %s", m.State("eu"))
+	}
+	mustApply(t, m, 5, Command{Op: OpRemove, Region: "w"})
+	if m.State("w") != Removed {
+		t.Fatalf("a witness is removed at once, got %s", m.State("w"))
+	}
+}
+
+func TestAddNamesWhatIsMissing(t *testing.T) {
+	m := founded(t, "us")
+	for _, tc := range []struct {
+		c    Command
+		want string
+	}{
+		{Command{Op: OpAdd, Region: "EU", URL: "u", From: "us"}, "region"},
+		{Command{Op: OpAdd, Region: "eu", From: "us"}, "link URL is required"},
+		{Command{Op: OpAdd, Region: "eu", URL: "u"}, "load the snapshot from is required"},
+		{Command{Op: OpAdd, Region: "eu", URL: "u", From: "xx"}, `source "xx" is not a region`},
+		{Command{Op: "rename", Region: "eu"}, `unknown control command "rename"`},
+	} {
+		_, err := m.Apply(2, tc.c)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want an error naming %q", tc.c, err, tc.want)
+		}
+	}
+	if len(m.Members) != 1 {
+		t.Fatalf("refused adds changed the membership: %s", m.Describe())
+	}
+}
