@@ -20,6 +20,7 @@ type (
 	RegionConfig     = harness.RegionConfig
 	SearchSection    = harness.SearchSection
 	SequencesSection = harness.SequencesSection
+	ControlSection   = harness.ControlSection
 	SearchIndex      = harness.SearchIndex
 )
 

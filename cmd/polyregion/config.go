@@ -44,6 +44,19 @@ type fileConfig struct {
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// Search is the regional search index the replicator feeds.
 	Search *searchFile `yaml:"search"`
+	// Control enables the control plane (membership agreed through raft).
+	Control *controlFile `yaml:"control"`
+}
+
+// controlFile is the control: section.
+type controlFile struct {
+	// Dir keeps the control plane's log; it must survive restarts.
+	Dir              string        `yaml:"dir"`
+	HeartbeatTimeout time.Duration `yaml:"heartbeat_timeout"`
+	ElectionTimeout  time.Duration `yaml:"election_timeout"`
+	// ReportInterval is how often the region reports its positions to
+	// the cluster (what a region's removal waits for); default 10s.
+	ReportInterval time.Duration `yaml:"report_interval"`
 }
 
 // healthFile is the health check's settings (durations like 5s, 2m).
@@ -201,6 +214,15 @@ func (fc fileConfig) toNode() (node.Config, error) {
 			tok = strings.TrimSpace(string(b))
 		}
 		cfg.Peers = append(cfg.Peers, node.Peer{ID: conflict.RegionID(p.ID), URL: p.URL, Token: tok, TLS: p.TLS.files()})
+	}
+	if c := fc.Control; c != nil {
+		if c.Dir == "" {
+			return cfg, fmt.Errorf("control.dir: a directory for the control plane's log is required")
+		}
+		if c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.ReportInterval < 0 {
+			return cfg, fmt.Errorf("control: heartbeat_timeout, election_timeout and report_interval must be positive")
+		}
+		cfg.Control = &node.ControlConfig{Dir: c.Dir, HeartbeatTimeout: c.HeartbeatTimeout, ElectionTimeout: c.ElectionTimeout, ReportInterval: c.ReportInterval}
 	}
 	if fc.Sequences != nil {
 		plan := &regions.SequencePlan{Stride: fc.Sequences.Stride, Offsets: map[conflict.RegionID]int64{}}

@@ -35,16 +35,13 @@ func replicatorStatus(ctx context.Context, listen string) (*obs.Snapshot, error)
 	if listen == "" {
 		return nil, nil
 	}
-	host, port, err := net.SplitHostPort(listen)
+	base, err := opsURL(listen)
 	if err != nil {
 		return nil, err
 	}
-	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
-		host = "127.0.0.1"
-	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+net.JoinHostPort(host, port)+"/status", nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/status", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -64,6 +61,19 @@ func replicatorStatus(ctx context.Context, listen string) (*obs.Snapshot, error)
 	return &s, nil
 }
 
+// opsURL is the base URL of the replicator's operations server listening
+// on listen (a wildcard address is reached on loopback).
+func opsURL(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", fmt.Errorf("http.listen: %w", err)
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+	}
+	return "http://" + net.JoinHostPort(host, port), nil
+}
+
 func printReplicator(w io.Writer, s *obs.Snapshot, err error) {
 	switch {
 	case err != nil:
@@ -76,6 +86,9 @@ func printReplicator(w io.Writer, s *obs.Snapshot, err error) {
 	fmt.Fprintf(w, "health\t%s since %s\n", s.Status, s.Since)
 	for _, r := range s.Reasons {
 		fmt.Fprintf(w, "\t- %s\n", r)
+	}
+	if c := s.Control; c != nil {
+		printControl(w, c)
 	}
 	if s.Index != nil {
 		if s.Index.Known {

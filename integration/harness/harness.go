@@ -254,6 +254,16 @@ type RegionConfig struct {
 	Search *SearchSection `yaml:"search,omitempty"`
 	// Sequences is the sequences: section, if any.
 	Sequences *SequencesSection `yaml:"sequences,omitempty"`
+	// Control is the control: section, if any.
+	Control *ControlSection `yaml:"control,omitempty"`
+}
+
+// ControlSection is the control: section (the control plane).
+type ControlSection struct {
+	Dir              string `yaml:"dir"`
+	HeartbeatTimeout string `yaml:"heartbeat_timeout,omitempty"`
+	ElectionTimeout  string `yaml:"election_timeout,omitempty"`
+	ReportInterval   string `yaml:"report_interval,omitempty"`
 }
 
 // SequencesSection is the sequences: section: a stride and each region's

@@ -143,6 +143,9 @@ type ServerConfig struct {
 	// Snapshot, when set, writes a consistent snapshot of this region for
 	// a joining peer (see /v1/snapshot).
 	Snapshot func(ctx context.Context, peer conflict.RegionID, w io.Writer) error
+	// Control, when set, is the region's control plane: peers reach it
+	// over the link (/v1/control/...), and peers it removed are refused.
+	Control Control
 }
 
 // Server serves /v1/stream, /v1/ack and /v1/snapshot.
@@ -255,6 +258,8 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/stream", s.stream)
 	mux.HandleFunc("POST /v1/ack", s.ack)
 	mux.HandleFunc("GET /v1/snapshot", s.snapshot)
+	mux.HandleFunc("GET /v1/control/conn", s.controlConn)
+	mux.HandleFunc("POST /v1/control/forward", s.controlForward)
 	return mux
 }
 
@@ -265,6 +270,9 @@ func (s *Server) authenticate(w http.ResponseWriter, r *http.Request) (conflict.
 	if !ok || want == "" || subtle.ConstantTimeCompare([]byte(want), []byte(got)) != 1 {
 		s.cfg.Logger.Warn("link: refused request with bad credentials", "peer", string(peer), "remote", r.RemoteAddr)
 		http.Error(w, "unknown peer or wrong token", http.StatusUnauthorized)
+		return "", false
+	}
+	if s.removed(w, peer) {
 		return "", false
 	}
 	return peer, true
@@ -621,6 +629,9 @@ func (c *Client) Ack(ctx context.Context, seq replicator.Seq) error {
 	if resp.StatusCode == http.StatusUnauthorized {
 		return fmt.Errorf("ack to %s: %w", c.cfg.Peer, ErrUnauthorized)
 	}
+	if resp.StatusCode == http.StatusForbidden {
+		return fmt.Errorf("ack to %s: %w", c.cfg.Peer, ErrRemoved)
+	}
 	if resp.StatusCode != http.StatusNoContent {
 		return fmt.Errorf("ack to %s: HTTP %d", c.cfg.Peer, resp.StatusCode)
 	}
@@ -641,6 +652,8 @@ func (c *Client) refusal(resp *http.Response, what string) error {
 		return fmt.Errorf("%s from %s: %w", what, c.cfg.Peer, ErrUnauthorized)
 	case http.StatusGone:
 		return fmt.Errorf("%s from %s: %w: %s", what, c.cfg.Peer, ErrTooFarBehind, body())
+	case http.StatusForbidden:
+		return fmt.Errorf("%s from %s: %w: %s", what, c.cfg.Peer, ErrRemoved, body())
 	case http.StatusUnprocessableEntity:
 		return fmt.Errorf("%s from %s: %w: %s", what, c.cfg.Peer, ErrRefused, body())
 	case http.StatusNotFound:

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/link"
 	"github.com/polyregion/polyregion/replicator/obs"
@@ -32,7 +33,8 @@ import (
 
 // join loads the region from cfg.JoinFrom's snapshot, unless it joined or
 // applies peers' transactions already.
-func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) error {
+func join(ctx context.Context, cfg Config, rt *runtime) error {
+	mon, log := rt.mon, rt.log
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
 		return err
@@ -42,11 +44,17 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 	if err != nil {
 		return err
 	}
+	if rt.control != nil && rt.control.Membership().State(cfg.Region) == regions.Removed {
+		return postgres.Problems{fmt.Sprintf("region %s was removed from the cluster: its peers refuse its links (a removed region does not come back under the same id)", cfg.Region)}
+	}
 	if st.CatchingUp != "" {
 		// Loaded before a restart, not caught up yet: still joining.
-		mon.Loaded(st.CatchingUp, markCaughtUp(cfg, log))
+		mon.Loaded(st.CatchingUp, markCaughtUp(cfg, rt))
 	}
 	if st.Joined {
+		if st.CatchingUp == "" && rt.control != nil {
+			go activateWhenJoined(rt.ctx, rt.control, cfg.Region, log)
+		}
 		return nil
 	}
 	if cfg.JoinFrom == "" {
@@ -56,6 +64,11 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 			return postgres.Problems{fmt.Sprintf("region %s was emptied to be re-seeded: start it with --join PEER to load a peer's snapshot", cfg.Region)}
 		}
 		return nil
+	}
+	if rt.control != nil {
+		if err := awaitMembership(ctx, cfg, rt.control, mon); err != nil {
+			return err
+		}
 	}
 	var peer Peer
 	for _, p := range cfg.Peers {
@@ -98,7 +111,7 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 			}
 			log.Info("joined: snapshot loaded", "from", string(peer.ID), "rows", rows, "versions", sum.Versions, "parked", sum.Parked,
 				"took", time.Since(began).Round(time.Millisecond).String(), "source_writers_paused_ms", h.PauseMillis, "source_seq", h.SourceSeq)
-			mon.Loaded(string(peer.ID), markCaughtUp(cfg, log))
+			mon.Loaded(string(peer.ID), markCaughtUp(cfg, rt))
 			// Keys now in the tables may lie above where the sequences were set.
 			c, err := postgres.Connect(ctx, cfg.Database)
 			if err != nil {
@@ -126,12 +139,17 @@ func join(ctx context.Context, cfg Config, mon *obs.Monitor, log *slog.Logger) e
 
 // markCaughtUp records, once the region has caught up, that it did: a
 // restart before that finds it still joining.
-func markCaughtUp(cfg Config, log *slog.Logger) func() {
+// With a control plane, the region is then marked active (it votes).
+func markCaughtUp(cfg Config, rt *runtime) func() {
 	return func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		if err := postgres.MarkCaughtUp(ctx, cfg.Database); err != nil {
-			log.Warn("joined: could not record that the region caught up; after a restart it reports joining until it catches up again", "err", err)
+			rt.log.Warn("joined: could not record that the region caught up; after a restart it reports joining until it catches up again", "err", err)
+			return
+		}
+		if rt.control != nil {
+			activateWhenJoined(rt.ctx, rt.control, cfg.Region, rt.log)
 		}
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/polyregion/polyregion/regions/control"
 	"github.com/polyregion/polyregion/replicator/audit"
 	"github.com/polyregion/polyregion/replicator/obs"
 	"github.com/polyregion/polyregion/replicator/postgres"
@@ -36,6 +37,12 @@ type runtime struct {
 	mon      *obs.Monitor
 	reader   atomic.Pointer[postgres.Reader]
 	shutdown atomic.Int64 // ShutdownTimeout in force
+	// links serves the link address for the life of the process.
+	links *links
+	// control is the control plane (nil: not configured); ctx outlives
+	// every run of the data plane (its background duties use it).
+	control *control.Node
+	ctx     context.Context
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }
@@ -83,7 +90,23 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if cfg.IndexLag != nil {
 		mcfg.IndexLag = cfg.IndexLag
 	}
+	// The control plane runs for the life of the process, whatever the
+	// data plane does (a region whose database is away keeps its vote).
+	if rt.control, err = openControl(cfg); err != nil {
+		return err
+	}
+	if rt.control != nil {
+		defer func() {
+			if cerr := rt.control.Close(); cerr != nil {
+				rt.log.Warn("control plane: close", "err", cerr)
+			}
+		}()
+		mcfg.Control = func() *obs.ControlView { return controlView(rt.control, cfg.Region) }
+	}
 	routes := map[string]http.Handler{}
+	if rt.control != nil {
+		controlRoutes(routes, cfg, rt.control)
+	}
 	if cfg.HTTPListen != "" {
 		// The conflict report reads this region's own conflict log through
 		// a small pool that connects on first use (so it needs no database
@@ -133,6 +156,23 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return err
 		}
 		defer func() { _ = stopHTTP() }()
+	}
+	rt.ctx = pctx
+	stopLinks, err := rt.serveLinks(cfg)
+	if err != nil {
+		return err
+	}
+	defer stopLinks()
+	if rt.control != nil {
+		controlDone := make(chan struct{})
+		defer func() {
+			pcancel()
+			<-controlDone
+		}()
+		go func() {
+			defer close(controlDone)
+			rt.control.Run(pctx)
+		}()
 	}
 	if cfg.Reload != nil {
 		go func() {
@@ -221,6 +261,7 @@ func (rt *runtime) reload(cur, next Config) {
 	same("regions/tables (the agreed configuration)", cur.Cluster.Fingerprint(), next.Cluster.Fingerprint())
 	same("outbox_max_transactions", cur.OutboxMaxTxns, next.OutboxMaxTxns)
 	same("http.listen", cur.HTTPListen, next.HTTPListen)
+	same("control", cur.Control, next.Control)
 	for _, k := range refused {
 		rt.log.Warn("config reload: setting changed but cannot change while running; restart to apply it", "key", k)
 	}

@@ -87,6 +87,8 @@ type Config struct {
 	// state from (see join.go); a region that joined, or applies peers'
 	// transactions already, ignores it.
 	JoinFrom conflict.RegionID
+	// Control, when set, runs the control plane.
+	Control *ControlConfig
 	// Reload, when set, delivers a re-read configuration (on SIGHUP, say):
 	// settings that can change while running are applied, the others are
 	// kept and the refusal is logged.
@@ -272,7 +274,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	if err := Prepare(stop, cfg); err != nil {
 		return err
 	}
-	if err := join(stop, cfg, rt.mon, log); err != nil {
+	if err := join(stop, cfg, rt); err != nil {
 		return err
 	}
 	// Parts run under ctx, which outlives stop by the shutdown deadline.
@@ -289,17 +291,13 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	}
 	defer pool.Close()
 	peerIDs := make([]conflict.RegionID, len(cfg.Peers))
-	tokens := map[conflict.RegionID]string{}
 	for i, p := range cfg.Peers {
 		peerIDs[i] = p.ID
-		tokens[p.ID] = p.Token
-	}
-	srvTLS, err := link.ServerTLS(cfg.TLS)
-	if err != nil {
-		return err
 	}
 	outbox := postgres.NewOutbox(pool, reader, cfg.Region, peerIDs, cfg.OutboxMaxTxns)
+	outbox.Removed = rt.removed
 	graves := newTombstones(cfg, reader, outbox, log)
+	graves.removed = rt.removed
 	graves.onError = func() { rt.mon.Metrics().Error(obs.ErrTombstones) }
 	if err := outbox.RepairAcks(ctx, log); err != nil {
 		return err
@@ -307,8 +305,12 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	// Every applier locks rows of different tables in one order, the one
 	// applications write them in (and so does a snapshot's pause).
 	order := replicator.NewTableOrder()
+	var ctrl link.Control
+	if rt.control != nil {
+		ctrl = rt.control
+	}
 	server := link.NewServer(link.ServerConfig{
-		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokens,
+		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: peerTokens(cfg), Control: ctrl,
 		Outbox: outbox, Logger: log, Snapshot: snapshotFor(cfg, order, log),
 		Advert: graves.Advert,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {
@@ -318,11 +320,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 			rt.mon.Metrics().LinkRefused(string(peer), reason)
 		},
 	})
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen on %s: %w", cfg.Listen, err)
-	}
-	httpSrv := link.NewHTTPServer(cfg.Listen, server.Handler(), srvTLS)
+	closeLinks := rt.links.serve(server.Handler())
 
 	var wg, followers sync.WaitGroup
 	fail := func(part string, err error) {
@@ -334,11 +332,6 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	go func() {
 		defer close(readerDone)
 		fail("reader", reader.Run(ctx))
-	}()
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		fail("link server", link.Serve(httpSrv, ln))
 	}()
 	gctx, gcancel := context.WithCancel(ctx)
 	defer gcancel()
@@ -354,6 +347,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 			cancel(err)
 			break
 		}
+		f.removed = rt.removed
 		followers.Add(1)
 		go func() {
 			defer followers.Done()
@@ -365,12 +359,6 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	select {
 	case <-stop.Done():
 	case <-ctx.Done():
-	}
-	closeLinks := func(grace time.Duration) {
-		sctx, scancel := context.WithTimeout(context.Background(), grace)
-		_ = httpSrv.Shutdown(sctx)
-		scancel()
-		_ = httpSrv.Close()
 	}
 	if ctx.Err() != nil {
 		// A part failed: stop the others now.
@@ -424,6 +412,8 @@ type follower struct {
 	carefulSeq replicator.Seq
 	order      *replicator.TableOrder // shared by the process's appliers
 	arrivals   arrivalRate
+	// removed reports whether the cluster removed a region.
+	removed func(conflict.RegionID) bool
 }
 
 func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
@@ -450,6 +440,10 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool
 // errStopping ends a follower's stream between batches on a graceful stop.
 var errStopping = errors.New("stopping")
 
+// errPeerRemoved ends a follower's stream once the cluster removed its
+// peer: nothing more of it is applied.
+var errPeerRemoved = errors.New("the cluster removed the peer")
+
 // applyFailed marks an error of the local apply (not of the link).
 type applyFailed struct{ err error }
 
@@ -460,11 +454,19 @@ func (f *follower) run(ctx context.Context) {
 	defer f.client.Close()
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
+		if f.removed(f.peer.ID) {
+			f.mon.PeerRemoved(f.peer.ID)
+			f.log.Info("the cluster removed this peer: no longer following it")
+			return
+		}
 		start := time.Now()
 		err := f.once(ctx)
 		f.mon.LinkDown(f.peer.ID, err)
 		if ctx.Err() != nil {
 			return
+		}
+		if errors.Is(err, errPeerRemoved) {
+			continue
 		}
 		if errors.Is(err, errStopping) {
 			seq := f.applied.Load()
@@ -492,6 +494,10 @@ func (f *follower) run(ctx context.Context) {
 			f.mon.Metrics().Error(obs.ErrUnauthorized)
 			f.log.Error("peer refused this region's token", "err", err)
 			backoff = 10 * time.Second
+		case errors.Is(err, link.ErrRemoved):
+			f.mon.Metrics().Error(obs.ErrUnauthorized)
+			f.log.Error("peer refuses this region: the cluster removed it", "err", err)
+			backoff = 30 * time.Second
 		default:
 			if errors.As(err, &af) {
 				f.mon.Metrics().Error(obs.ErrApply)
@@ -556,6 +562,9 @@ func (f *follower) once(ctx context.Context) error {
 	streamErr := make(chan error, 1)
 	go func() {
 		err := f.client.Stream(ctx, after, func(t *replicator.Txn) error {
+			if f.removed(f.peer.ID) && t.Part == 0 {
+				return errPeerRemoved
+			}
 			if err := budget.Acquire(ctx, weight(t)); err != nil {
 				return err
 			}

@@ -36,6 +36,9 @@ type tombstones struct {
 	log    *slog.Logger
 	// onError, when set, counts a failed round.
 	onError func()
+	// removed reports whether the cluster removed a region: its watermark
+	// is waited for no more (it writes nothing more that could arrive).
+	removed func(conflict.RegionID) bool
 
 	mu      sync.Mutex
 	own     []byte
@@ -142,7 +145,7 @@ func (g *tombstones) round(ctx context.Context) error {
 	for _, origin := range g.cfg.Cluster.Regions {
 		safe := int64(math.MaxInt64)
 		for _, r := range g.cfg.Cluster.Regions {
-			if r == g.cfg.Region || r == origin {
+			if r == g.cfg.Region || r == origin || (g.removed != nil && g.removed(r)) {
 				continue
 			}
 			w, ok := adverts[r]

@@ -103,6 +103,8 @@ type Observation struct {
 	Joining string
 	Peers   []PeerView
 	Index   *IndexView // nil: no index configured
+	// Control is the control plane at the probe (nil: none runs).
+	Control *ControlView
 }
 
 // Evaluate computes the status an observation calls for and why. Only the
@@ -121,6 +123,8 @@ func Evaluate(c HealthConfig, o Observation) (string, []string) {
 	if o.Joining != "" {
 		down = append(down, "joining: "+o.Joining)
 	}
+	cdown, cdegraded := controlReasons(o.Control)
+	down, degraded = append(down, cdown...), append(degraded, cdegraded...)
 	if o.Stalled >= c.StallAfter {
 		down = append(down, fmt.Sprintf("replicator stalled: local WAL written %s ago is not versioned yet (limit %s)", o.Stalled.Round(time.Second), c.StallAfter))
 	}

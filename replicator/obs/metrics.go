@@ -48,6 +48,8 @@ var states = []string{StateServing, StateDegraded, StateUnavailable}
 // kind.
 type Metrics struct {
 	Registry *prometheus.Registry
+	f        factory
+	control  *controlMetrics // nil: no control plane
 
 	lagSeconds  *prometheus.GaugeVec
 	lagTxns     *prometheus.GaugeVec
@@ -88,7 +90,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f := newFactory(reg, prometheus.Labels{"region": string(region)})
-	m := &Metrics{Registry: reg}
+	m := &Metrics{Registry: reg, f: f}
 	peer := []string{"peer"}
 	m.lagSeconds = f.gaugeVec("polyregion_peer_lag_seconds", "How far behind the peer this region may be: 0 when it has applied everything the peer last advertised, else the age of the last applied transaction or the time since it was last caught up, whichever is less (grows while the link is down).", peer)
 	m.lagTxns = f.gaugeVec("polyregion_peer_lag_transactions", "Transactions the peer has advertised and this region has not applied yet.", peer)

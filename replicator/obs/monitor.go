@@ -57,6 +57,9 @@ type Config struct {
 	// Redact removes the configuration's secrets from every reason and
 	// error the monitor shows (nil: none known).
 	Redact *Redactor
+	// Control, when set, returns the control plane as this region sees it
+	// (called once per probe; it must not block).
+	Control func() *ControlView
 }
 
 // Monitor tracks the region's health and metrics. Its methods are safe for
@@ -98,6 +101,8 @@ type peerState struct {
 	// longer holds what this region needs, or credentials or configuration
 	// differ), not because it cannot be reached.
 	cutOff bool
+	// removed: the cluster removed the peer; health and status leave it out.
+	removed bool
 }
 
 type walSample struct {
@@ -124,6 +129,8 @@ type Snapshot struct {
 	Index           *IndexView `json:"index,omitempty"`
 	// Joining says how far the region is in joining (empty once joined).
 	Joining string `json:"joining,omitempty"`
+	// Control is the control plane as this region sees it (nil: none).
+	Control *ControlView `json:"control,omitempty"`
 }
 
 // New returns a Monitor; Run starts its prober.
@@ -138,6 +145,9 @@ func New(cfg Config) *Monitor {
 		m.peers[string(p)] = &peerState{changedAt: m.start, lastErr: "not connected yet"}
 	}
 	m.SetIndexLag(cfg.IndexLag)
+	if cfg.Control != nil {
+		m.metrics.enableControl()
+	}
 	m.snap = Snapshot{Region: string(cfg.Region), Status: StateUnavailable, Reasons: []string{"starting: " + errStarting.Error()}, Observed: StateUnavailable}
 	return m
 }
@@ -205,8 +215,16 @@ func (m *Monitor) LinkDown(p conflict.RegionID, err error) {
 		ps.lastErr = m.cfg.Redact.String(err.Error())
 	}
 	var mm *link.MismatchError
-	ps.cutOff = errors.Is(err, link.ErrTooFarBehind) || errors.Is(err, link.ErrUnauthorized) || errors.As(err, &mm)
+	ps.cutOff = errors.Is(err, link.ErrTooFarBehind) || errors.Is(err, link.ErrUnauthorized) || errors.Is(err, link.ErrRemoved) || errors.As(err, &mm)
 	m.metrics.linkUp.WithLabelValues(string(p)).Set(0)
+}
+
+// PeerRemoved records that the cluster removed peer p: health and status
+// leave it out from then on.
+func (m *Monitor) PeerRemoved(p conflict.RegionID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.peer(p).removed = true
 }
 
 // PeerHead records the last transaction peer has versioned, as it
@@ -279,6 +297,9 @@ const JoinPeerGrace = 10 * time.Second
 func (m *Monitor) joinCaughtUp(now time.Time) bool {
 	for _, id := range m.cfg.Peers {
 		ps := m.peer(id)
+		if ps.removed {
+			continue
+		}
 		down := ps.changedAt
 		if m.loadedAt.After(down) {
 			down = m.loadedAt
@@ -336,6 +357,11 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 			m.metrics.indexSeconds.Set(s)
 		}
 	}
+	var control *ControlView
+	if m.cfg.Control != nil {
+		control = m.cfg.Control()
+		m.metrics.observeControl(control)
+	}
 	readerPos, readerOK := uint64(0), false
 	if m.cfg.ReaderPosition != nil {
 		readerPos, readerOK = m.cfg.ReaderPosition()
@@ -389,6 +415,9 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 
 	for _, id := range m.cfg.Peers {
 		ps := m.peer(id)
+		if ps.removed {
+			continue
+		}
 		caughtUp := ps.up && (!ps.headKnown || ps.applied >= ps.head)
 		if caughtUp {
 			ps.current = now
@@ -423,6 +452,7 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 		o.Peers = append(o.Peers, pv)
 	}
 	o.Index = index
+	o.Control = control
 
 	state, reasons := Evaluate(h, o)
 	for i, r := range reasons {
@@ -442,7 +472,7 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 	m.snap = Snapshot{
 		Region: string(m.cfg.Region), Status: m.hyst.reported, Reasons: m.hyst.reasons, Since: m.hyst.since.UTC().Format(time.RFC3339),
 		Observed: state, ObservedReasons: reasons, HoldSeconds: max(h.Hold, 0).Seconds(), CheckedAt: now.UTC().Format(time.RFC3339Nano),
-		Writable: writable, Peers: o.Peers, Index: index, Joining: m.cfg.Redact.String(m.joining),
+		Writable: writable, Peers: o.Peers, Index: index, Joining: m.cfg.Redact.String(m.joining), Control: control,
 	}
 }
 

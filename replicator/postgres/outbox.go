@@ -24,6 +24,23 @@ type Outbox struct {
 	// is away (0: no cap). A peer that falls further behind must be
 	// re-seeded; the cap bounds the disk an absent peer can take.
 	maxTxns int64
+	// Removed, when set, reports whether the cluster removed a peer: its
+	// acknowledgements are waited for no more when trimming.
+	Removed func(conflict.RegionID) bool
+}
+
+// waitedFor lists the peers whose acknowledgements trimming waits for.
+func (o *Outbox) waitedFor() []string {
+	if o.Removed == nil {
+		return o.peers
+	}
+	out := make([]string, 0, len(o.peers))
+	for _, p := range o.peers {
+		if !o.Removed(conflict.RegionID(p)) {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // NewOutbox returns an Outbox over pool; reader signals new entries.
@@ -97,7 +114,7 @@ func (o *Outbox) Ack(ctx context.Context, peer conflict.RegionID, seq replicator
 	}
 	_, err = o.pool.Exec(ctx, `DELETE FROM polyregion.outbox WHERE seq <= (
 		SELECT CASE WHEN count(*) = pg_catalog.cardinality($1::text[]) THEN min(seq) ELSE 0 END
-		FROM polyregion.peer_ack WHERE peer = ANY($1::text[]))`, o.peers)
+		FROM polyregion.peer_ack WHERE peer = ANY($1::text[]))`, o.waitedFor())
 	if err != nil {
 		return fmt.Errorf("trim outbox: %w", err)
 	}

@@ -1,0 +1,233 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator/node"
+	"github.com/polyregion/polyregion/replicator/obs"
+)
+
+// The cluster and region commands change the membership through the
+// control plane. They ask the region's running replicator (its operations
+// server, http.listen), which applies the change through the control
+// plane's leader wherever that is.
+
+func clusterCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "cluster", Short: "Found the cluster's control plane"}
+	var (
+		path, url string
+		members   []string
+	)
+	initCmd := &cobra.Command{
+		Use:   "init --config FILE [--url URL] [--members ID,...]",
+		Short: "Found the cluster from this region (run once, in the region that holds the data)",
+		Long: `Found the control plane from this region's configuration: this region
+becomes its first voting member (active), and the replicated tables and
+their policies become epoch 1. That is the region that already holds the
+data; the others are added with region add and join online.
+
+--members founds it with several regions that already replicate in step
+(an existing deployment taking up the control plane): each must be in
+regions: and run with control: set; the cluster is founded once a majority
+of them is up.
+
+--url is this region's link URL as the other regions reach it (recorded in
+the membership, for operators).`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ans node.ChangeAnswer
+			req := node.InitRequest{URL: url}
+			for _, m := range members {
+				req.Members = append(req.Members, conflict.RegionID(m))
+			}
+			if err := controlRequest(cmd.Context(), path, "/control/init", req, &ans); err != nil {
+				return err
+			}
+			printChange(ans)
+			return nil
+		},
+	}
+	initCmd.Flags().StringVar(&path, "config", "", "region config file (YAML)")
+	initCmd.Flags().StringVar(&url, "url", "", "this region's link URL, as the others reach it")
+	initCmd.Flags().StringSliceVar(&members, "members", nil, "founding regions already replicating in step (default: this region alone)")
+	_ = initCmd.MarkFlagRequired("config")
+	cmd.AddCommand(initCmd)
+	return cmd
+}
+
+func regionCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "region", Short: "Add or remove regions of the cluster"}
+	var (
+		path, url, from string
+		witness, force  bool
+		wait            time.Duration
+	)
+	add := &cobra.Command{
+		Use:   "add ID --url URL --from SOURCE --config FILE",
+		Short: "Add a region (it then joins with run --join SOURCE)",
+		Long: `Add region ID to the cluster, to be loaded from SOURCE's snapshot. It is a
+member (joining) from then on: every region keeps its outbox for it, and it
+follows the control plane's log without a vote. Then start its replicator
+with run --join SOURCE; once it has loaded and caught up it becomes active
+and votes. Every region's configuration must list it in regions: and
+peers: (its URL and token) first.
+
+With --witness, ID is a voter of the control plane only (no database): the
+third voter of a two-region cluster.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var ans node.ChangeAnswer
+			req := node.AddRequest{ID: conflict.RegionID(args[0]), URL: url, From: conflict.RegionID(from), Witness: witness}
+			if err := controlRequest(cmd.Context(), path, "/control/regions", req, &ans); err != nil {
+				return err
+			}
+			printChange(ans)
+			return nil
+		},
+	}
+	add.Flags().StringVar(&path, "config", "", "config file of any running region (YAML)")
+	add.Flags().StringVar(&url, "url", "", "the new region's link URL")
+	add.Flags().StringVar(&from, "from", "", "the region whose snapshot the new region loads")
+	add.Flags().BoolVar(&witness, "witness", false, "add a control-plane voter with no database")
+	_ = add.MarkFlagRequired("config")
+	_ = add.MarkFlagRequired("url")
+	remove := &cobra.Command{
+		Use:   "remove ID --config FILE [--force] [--wait DURATION]",
+		Short: "Remove a region once every other region has applied all it wrote",
+		Long: `Remove region ID. Stop writes to it first. The region is leaving until every
+other region has reported applying all the transactions it shipped; then it
+is removed: its links are refused, outbox trimming and tombstone collection
+stop waiting for it. --wait keeps asking until then (default 2m).
+
+--force removes a region that is gone without waiting, and says how many of
+its transactions no surviving region had reported applying (lost).`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			deadline := time.Now().Add(wait)
+			for {
+				var ans node.ChangeAnswer
+				if err := controlRequest(cmd.Context(), path, "/control/regions/"+args[0]+"/remove", node.RemoveRequest{Force: force}, &ans); err != nil {
+					return err
+				}
+				if len(ans.Result.Waiting) == 0 || time.Now().After(deadline) {
+					printChange(ans)
+					if len(ans.Result.Waiting) > 0 {
+						return &exitError{exitRuntime, fmt.Errorf("region %s is still leaving after %s: %s (run again, or --force for a region that is gone)", args[0], wait, strings.Join(ans.Result.Waiting, "; "))}
+					}
+					return nil
+				}
+				select {
+				case <-cmd.Context().Done():
+					return cmd.Context().Err()
+				case <-time.After(3 * time.Second):
+				}
+			}
+		},
+	}
+	remove.Flags().StringVar(&path, "config", "", "config file of any running region (YAML)")
+	remove.Flags().BoolVar(&force, "force", false, "remove a region that is gone, without waiting for its transactions")
+	remove.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the region's transactions to reach every other region")
+	_ = remove.MarkFlagRequired("config")
+	cmd.AddCommand(add, remove)
+	return cmd
+}
+
+// controlRequest posts a change to the region's replicator and decodes
+// the answer.
+func controlRequest(ctx context.Context, path, endpoint string, req, out any) error {
+	cfg, _, err := loadConfig(path)
+	if err != nil {
+		return &exitError{exitConfig, err}
+	}
+	if cfg.Control == nil {
+		return &exitError{exitConfig, fmt.Errorf("config %s: no control: section; the control plane is not enabled in region %s", path, cfg.Region)}
+	}
+	if cfg.HTTPListen == "" {
+		return &exitError{exitConfig, fmt.Errorf("config %s: http.listen is not set; control commands reach the region's replicator through its operations server", path)}
+	}
+	base, err := opsURL(cfg.HTTPListen)
+	if err != nil {
+		return &exitError{exitConfig, err}
+	}
+	body, _ := json.Marshal(req)
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, base+endpoint, bytes.NewReader(body))
+	if err != nil {
+		return err
+	}
+	hreq.Header.Set("Content-Type", "application/json")
+	resp, err := http.DefaultClient.Do(hreq)
+	if err != nil {
+		return &exitError{exitRuntime, fmt.Errorf("region %s's replicator not reachable at %s: %w", cfg.Region, cfg.HTTPListen, err)}
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	switch resp.StatusCode {
+	case http.StatusOK:
+		return json.Unmarshal(b, out)
+	case http.StatusBadRequest:
+		return &exitError{exitConfig, errors.New(strings.TrimSpace(string(b)))}
+	default:
+		return &exitError{exitRuntime, errors.New(strings.TrimSpace(string(b)))}
+	}
+}
+
+func printChange(ans node.ChangeAnswer) {
+	w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+	for _, r := range ans.Result.Waiting {
+		fmt.Fprintf(w, "waiting\t%s\n", r)
+	}
+	if ans.Result.Lost > 0 {
+		fmt.Fprintf(w, "lost\t%d transactions no surviving region had reported applying\n", ans.Result.Lost)
+	}
+	for _, u := range ans.Result.Uneven {
+		fmt.Fprintf(w, "uneven\t%s\n", u)
+	}
+	st := ans.Status
+	v := &obs.ControlView{Role: st.Role, Leader: string(st.Leader), Term: st.Term, CommitIndex: st.CommitIndex, Quorum: st.Quorum,
+		Voters: st.Voters, Nonvoters: st.Nonvoters, Initialised: st.Epoch.Number > 0, Epoch: st.Epoch.Number}
+	for _, m := range st.Members {
+		v.Members = append(v.Members, obs.MemberView{ID: string(m.ID), URL: m.URL, State: string(m.State), Witness: m.Witness, From: string(m.From), Lost: m.Lost})
+	}
+	printControl(w, v)
+	_ = w.Flush()
+}
+
+// printControl shows the control plane (status and the change commands).
+func printControl(w io.Writer, c *obs.ControlView) {
+	if !c.Initialised {
+		fmt.Fprintf(w, "control plane\tnot initialised (polyregion cluster init in the region that holds the data; region add for the others)\n")
+		return
+	}
+	q := "quorum"
+	if !c.Quorum {
+		q = "NO QUORUM (configuration changes refused; replication goes on)"
+	}
+	fmt.Fprintf(w, "control plane\tepoch %d, term %d, commit index %d, leader %s, this region %s, %s\n", c.Epoch, c.Term, c.CommitIndex, orNone(c.Leader), c.Role, q)
+	fmt.Fprintf(w, "voters\t%s\n", strings.Join(c.Voters, ", "))
+	for _, m := range c.Members {
+		extra := ""
+		switch {
+		case m.Witness:
+			extra = " (witness)"
+		case m.From != "" && m.State == "joining":
+			extra = " (loading from " + m.From + ")"
+		case m.Lost > 0:
+			extra = fmt.Sprintf(" (forced: %d transactions lost)", m.Lost)
+		}
+		fmt.Fprintf(w, "member %s\t%s%s %s\n", m.ID, m.State, extra, m.URL)
+	}
+}

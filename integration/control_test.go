@@ -1,0 +1,287 @@
+package integration
+
+import (
+	"context"
+	"encoding/json"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// controlStatus is a region's GET /control.
+type controlStatus struct {
+	Role   string   `json:"role"`
+	Leader string   `json:"leader"`
+	Term   uint64   `json:"term"`
+	Quorum bool     `json:"quorum"`
+	Voters []string `json:"voters"`
+	Epoch  struct {
+		Number uint64 `json:"number"`
+	} `json:"epoch"`
+	Members []struct {
+		ID    string `json:"id"`
+		State string `json:"state"`
+	} `json:"members"`
+}
+
+func (c controlStatus) state(id string) string {
+	for _, m := range c.Members {
+		if m.ID == id {
+			return m.State
+		}
+	}
+	return ""
+}
+
+func controlOf(r *Region) (controlStatus, bool) {
+	var st controlStatus
+	resp, err := httpClient.Get("http://" + r.HTTPListen + "/control")
+	if err != nil {
+		return st, false
+	}
+	defer resp.Body.Close()
+	return st, resp.StatusCode == 200 && json.NewDecoder(resp.Body).Decode(&st) == nil
+}
+
+// waitControl waits until ok accepts r's view of the control plane.
+func waitControl(t *testing.T, r *Region, within time.Duration, what string, ok func(controlStatus) bool) controlStatus {
+	t.Helper()
+	var st controlStatus
+	for start := time.Now(); time.Since(start) < within; time.Sleep(100 * time.Millisecond) {
+		var up bool
+		if st, up = controlOf(r); up && ok(st) {
+			return st
+		}
+	}
+	t.Fatalf("%s: the control plane did not show %s within %s; last: %+v\n%s", r.Name, what, within, st, r.Logs(4000))
+	return st
+}
+
+// polyregion runs the CLI and returns its combined output.
+func polyregion(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, binary, args...).CombinedOutput()
+	return string(out), err
+}
+
+func mustPolyregion(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	out, err := polyregion(ctx, args...)
+	if err != nil {
+		t.Fatalf("polyregion %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// TestRegionsJoinAndLeaveThroughTheControlPlane takes one region holding
+// data to four through the control plane (each added with region add, then
+// joining online), kills the control plane's leader during a join, cuts a
+// region off from the majority, removes a dead region by force and a live
+// one by draining it; writes go on throughout.
+func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
+	schema := append(append([]string(nil), LedgerSchema...),
+		`CREATE TABLE public.bulk (id bigint PRIMARY KEY, payload text NOT NULL, n integer NOT NULL DEFAULT 0)`,
+		`CREATE TABLE public.marks (id integer PRIMARY KEY, note text NOT NULL)`)
+	tables := append(append([]TableSpec(nil), LedgerTables...), TableSpec{Name: "public.bulk"}, TableSpec{Name: "public.marks"})
+	nf := NewNetFaults()
+	t.Cleanup(nf.Close)
+	dir := t.TempDir()
+	h := startClusters(t, Spec{Regions: []string{"us", "eu", "ap", "sa"}, SchemaSQL: schema, Tables: tables,
+		Configure: nf.Configure(func(region string, c *RegionConfig) {
+			c.Health = map[string]string{"hold": "200ms", "probe_interval": "100ms"}
+			c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
+		})})
+	if err := nf.Check(h.Spec.Regions); err != nil {
+		t.Fatal(err)
+	}
+	ctx := ctxFor(t, 10*time.Minute)
+	regionsByName := map[string]*Region{}
+	for _, r := range h.Regions {
+		regionsByName[r.Name] = r
+	}
+	us, eu, ap, sa := h.Regions[0], h.Regions[1], h.Regions[2], h.Regions[3]
+	const rows = 20000
+	mustExec(t, ctx, us, `INSERT INTO public.bulk (id, payload) SELECT g, md5(g::text) FROM generate_series(1, $1::int) g`, rows)
+	if err := SeedLedger(ctx, h); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	out := mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath, "--url", "http://"+us.Listen)
+	if !strings.Contains(out, "member us") || !strings.Contains(out, "active") {
+		t.Fatalf("cluster init output does not show us active:\n%s", out)
+	}
+	if out, err := polyregion(ctx, "cluster", "init", "--config", us.ConfigPath); err == nil || !strings.Contains(out, "already initialised") {
+		t.Fatalf("a second cluster init: %v\n%s", err, out)
+	}
+
+	ledger := NewLedger()
+	churn := newBulkChurn(rows)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var errMu sync.Mutex
+	var werrs []string
+	record := func(err error) {
+		if err != nil {
+			errMu.Lock()
+			werrs = append(werrs, err.Error())
+			errMu.Unlock()
+		}
+	}
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		record(ledger.Run(ctx, &Harness{Spec: h.Spec, Regions: []*Region{us}}, 2, 20, stop))
+	}()
+	go func() { defer wg.Done(); record(churn.run(ctx, us, 20, stop)) }()
+
+	// eu is added, then joins from us.
+	mustPolyregion(t, ctx, "region", "add", "eu", "--url", "http://"+eu.Listen, "--from", "us", "--config", us.ConfigPath)
+	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, eu, 3*time.Minute)
+	waitControl(t, us, time.Minute, "eu active and voting", func(c controlStatus) bool {
+		return c.state("eu") == "active" && slices.Equal(c.Voters, []string{"eu", "us"})
+	})
+	wg.Add(1)
+	go func() { defer wg.Done(); record(churn.run(ctx, eu, 20, stop)) }()
+
+	// ap starts before it is added: it waits, naming the command.
+	if err := ap.StartReplicatorWith("--join", "eu"); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		if st, ok := statusOf(ap); ok && strings.Contains(st.Joining, "waiting to be added to the cluster: run `polyregion region add ap") {
+			break
+		}
+		if time.Since(start) > 30*time.Second {
+			st, _ := statusOf(ap)
+			t.Fatalf("ap started before it was added does not say it waits to be added: %+v", st)
+		}
+	}
+	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.bulk`); n != 0 {
+		t.Fatalf("ap loaded %d rows before the cluster added it", n)
+	}
+	// Added from eu's command line (eu forwards it to the leader).
+	mustPolyregion(t, ctx, "region", "add", "ap", "--url", "http://"+ap.Listen, "--from", "eu", "--config", eu.ConfigPath)
+	waitJoined(t, ctx, ap, 3*time.Minute)
+	before := waitControl(t, us, time.Minute, "three voters", func(c controlStatus) bool {
+		return slices.Equal(c.Voters, []string{"ap", "eu", "us"}) && c.Leader != ""
+	})
+
+	// sa joins from a region that does not lead; the leader's replicator is
+	// killed as sa starts, and stays down until sa has joined: sa is made
+	// active by the next leader.
+	leader := regionsByName[before.Leader]
+	source := eu
+	if leader == eu {
+		source = ap
+	}
+	mustPolyregion(t, ctx, "region", "add", "sa", "--url", "http://"+sa.Listen, "--from", source.Name, "--config", source.ConfigPath)
+	if err := sa.StartReplicatorWith("--join", source.Name); err != nil {
+		t.Fatal(err)
+	}
+	if err := leader.StopReplicator(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, sa, 3*time.Minute)
+	after := waitControl(t, source, time.Minute, "sa active under a new leader", func(c controlStatus) bool {
+		return c.state("sa") == "active" && c.Leader != "" && c.Leader != leader.Name && c.Term > before.Term
+	})
+	t.Logf("control plane: leader %s (term %d) killed during sa's join; sa made active under %s (term %d)", before.Leader, before.Term, after.Leader, after.Term)
+	if err := leader.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitControl(t, leader, time.Minute, "four voters, seen from the restarted region", func(c controlStatus) bool {
+		return slices.Equal(c.Voters, []string{"ap", "eu", "sa", "us"}) && c.Quorum
+	})
+
+	// ap is cut off from every other region: a change there is refused,
+	// naming why, and is not applied; data flows among the others.
+	if err := nf.Isolate("ap"); err != nil {
+		t.Fatal(err)
+	}
+	waitControl(t, ap, time.Minute, "no quorum in the cut-off region", func(c controlStatus) bool { return !c.Quorum })
+	waitHealth(t, ap, 30*time.Second, "degraded for lack of quorum, still serving", func(code int, body string) bool {
+		return code == 200 && strings.Contains(body, "control plane: no quorum")
+	})
+	out, err := polyregion(ctx, "region", "add", "xx", "--url", "http://xx", "--from", "ap", "--config", ap.ConfigPath)
+	if err == nil || !strings.Contains(out, "no majority") || !strings.Contains(out, "ap, eu, sa, us") {
+		t.Fatalf("a change in the cut-off region: %v\n%s", err, out)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.marks VALUES (1, 'written during the partition')`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.marks WHERE id = 1`, 1)
+	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.marks`); n != 0 {
+		t.Fatalf("ap, cut off, holds %d marks", n)
+	}
+	if err := nf.HealAll(); err != nil {
+		t.Fatal(err)
+	}
+	waitRow(t, ctx, ap, `SELECT count(*) FROM public.marks WHERE id = 1`, 1)
+	waitControl(t, ap, time.Minute, "quorum again after the heal, and no trace of the refused change", func(c controlStatus) bool {
+		return c.Quorum && c.state("xx") == ""
+	})
+
+	// sa dies; it is removed by force. Until then us keeps its outbox and
+	// its tombstones for sa; afterwards they go, and sa's links are refused.
+	if err := sa.StopReplicator(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3 * time.Second)
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.row_version WHERE tbl = 'public.bulk' AND deleted`); n == 0 {
+		t.Fatal("us holds no tombstones while sa is away; the churn deleted no rows?")
+	}
+	out = mustPolyregion(t, ctx, "region", "remove", "sa", "--force", "--config", eu.ConfigPath)
+	if !strings.Contains(out, "member sa") || !strings.Contains(out, "removed") {
+		t.Fatalf("region remove --force sa:\n%s", out)
+	}
+	t.Logf("forced removal of sa:\n%s", out)
+
+	// ap is removed by draining it (it takes no writes).
+	out = mustPolyregion(t, ctx, "region", "remove", "ap", "--config", us.ConfigPath, "--wait", "2m")
+	if !strings.Contains(out, "member ap") || !strings.Contains(out, "removed") {
+		t.Fatalf("region remove ap:\n%s", out)
+	}
+	waitHealth(t, ap, 30*time.Second, "503: removed from the cluster", func(code int, body string) bool {
+		return code == 503 && strings.Contains(body, "removed from the cluster")
+	})
+
+	close(stop)
+	wg.Wait()
+	if len(werrs) > 0 {
+		t.Fatalf("writers failed: %s", strings.Join(werrs, "; "))
+	}
+	left := &Harness{Spec: h.Spec, Regions: []*Region{us, eu}}
+	if err := left.WaitConverged(ctx, tableNames(tables), 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := ledger.ExactlyOnce(ctx, left); err != nil {
+		t.Fatal(err)
+	}
+	churn.verify(t, ctx, left)
+	for _, r := range left.Regions {
+		waitRow(t, ctx, r, `SELECT count(*) FROM polyregion.row_version WHERE tbl = 'public.bulk' AND deleted`, 0)
+		waitRow(t, ctx, r, `SELECT count(*) FROM polyregion.outbox`, 0)
+	}
+	// The dead region comes back: every region refuses its links.
+	if err := sa.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); !strings.Contains(sa.Logs(1<<22), "peer refuses this region: the cluster removed it"); time.Sleep(200 * time.Millisecond) {
+		if time.Since(start) > time.Minute {
+			t.Fatalf("sa's links were not refused after its removal:\n%s", sa.Logs(4000))
+		}
+	}
+	t.Logf("%d ledger transactions, %d bulk updates and deletes", ledger.Transactions(), churn.total())
+}

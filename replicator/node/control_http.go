@@ -1,0 +1,165 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/regions/control"
+)
+
+// The control plane's operations endpoints (on the operations server,
+// beside /status; the polyregion CLI calls them):
+//
+//	GET  /control                     the control plane as this region sees it
+//	POST /control/init                found the cluster from this region's configuration
+//	POST /control/regions             add a region (or a witness)
+//	POST /control/regions/{id}/remove remove a region (drain, or force)
+//
+// A change is applied through the leader wherever it is asked. Answers:
+// 200 with the control plane's result, 400 for bad input, 409 when the
+// membership does not allow it now, 503 without a majority; the body names
+// what is wrong.
+
+// InitRequest founds the cluster.
+type InitRequest struct {
+	// URL is this region's link URL as the other regions reach it.
+	URL string `json:"url"`
+	// Members are the founding regions (default: this region alone); each
+	// must be in regions: and run with the control plane enabled.
+	Members []conflict.RegionID `json:"members"`
+}
+
+// AddRequest adds a region or a witness.
+type AddRequest struct {
+	ID      conflict.RegionID `json:"id"`
+	URL     string            `json:"url"`
+	From    conflict.RegionID `json:"from"`
+	Witness bool              `json:"witness"`
+}
+
+// RemoveRequest removes a region.
+type RemoveRequest struct {
+	Force bool `json:"force"`
+}
+
+// ChangeAnswer is what a change returns: the result and the control plane
+// after it.
+type ChangeAnswer struct {
+	Result regions.Result `json:"result"`
+	Status control.Status `json:"status"`
+}
+
+// applyTimeout bounds one change (below the operations server's write
+// timeout).
+const applyTimeout = 8 * time.Second
+
+func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) {
+	routes["GET /control"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, n.Status())
+	})
+	routes["POST /control/init"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
+		var req InitRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return regions.Result{}, err
+		}
+		c := regions.Command{Fingerprint: cfg.Cluster.Fingerprint(), Describe: cfg.Cluster.Describe()}
+		urls := map[conflict.RegionID]string{cfg.Region: req.URL}
+		for _, p := range cfg.Peers {
+			urls[p.ID] = p.URL
+		}
+		founders := req.Members
+		if len(founders) == 0 {
+			founders = []conflict.RegionID{cfg.Region}
+		}
+		known := map[conflict.RegionID]bool{}
+		for _, r := range cfg.Cluster.Regions {
+			known[r] = true
+		}
+		self := false
+		for _, r := range founders {
+			if !known[r] {
+				return regions.Result{}, fmt.Errorf("%w: founding member %q is not in regions:", regions.ErrInvalid, r)
+			}
+			self = self || r == cfg.Region
+			c.Members = append(c.Members, regions.Member{ID: r, URL: urls[r]})
+		}
+		if !self {
+			return regions.Result{}, fmt.Errorf("%w: the founding members must include this region (%s)", regions.ErrInvalid, cfg.Region)
+		}
+		return n.Init(ctx, c)
+	})
+	routes["POST /control/regions"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
+		var req AddRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return regions.Result{}, err
+		}
+		return n.Apply(ctx, regions.Command{Op: regions.OpAdd, Region: req.ID, URL: req.URL, From: req.From, Witness: req.Witness})
+	})
+	routes["POST /control/regions/{id}/remove"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
+		var req RemoveRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return regions.Result{}, err
+		}
+		id := conflict.RegionID(ctx.Value(pathID{}).(string))
+		return n.Apply(ctx, regions.Command{Op: regions.OpRemove, Region: id, Force: req.Force})
+	})
+}
+
+type pathID struct{}
+
+// badInput marks an error in the request itself.
+type badInput struct{ error }
+
+func decodeStrict(body []byte, v any) error {
+	if len(body) == 0 {
+		return nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badInput{err}
+	}
+	return nil
+}
+
+func changeHandler(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.WithValue(r.Context(), pathID{}, r.PathValue("id")), applyTimeout)
+		defer cancel()
+		res, err := do(ctx, body)
+		var bad badInput
+		switch {
+		case err == nil:
+			writeJSON(w, http.StatusOK, ChangeAnswer{Result: res, Status: n.Status()})
+		case errors.As(err, &bad):
+			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
+		case errors.Is(err, regions.ErrRefused):
+			http.Error(w, err.Error(), http.StatusConflict)
+		case errors.Is(err, regions.ErrInvalid):
+			http.Error(w, err.Error(), http.StatusBadRequest)
+		case errors.Is(err, control.ErrNoQuorum):
+			http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		default:
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
