@@ -21,6 +21,7 @@ type (
 	SearchSection    = harness.SearchSection
 	SequencesSection = harness.SequencesSection
 	ControlSection   = harness.ControlSection
+	PeerEntry        = harness.PeerEntry
 	SearchIndex      = harness.SearchIndex
 )
 

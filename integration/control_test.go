@@ -3,6 +3,9 @@ package integration
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"io"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
@@ -11,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // controlStatus is a region's GET /control.
@@ -79,6 +84,53 @@ func mustPolyregion(t *testing.T, ctx context.Context, args ...string) string {
 	return out
 }
 
+// addPeerByReload adds peer to r's configuration (regions and peers, with
+// the token peer's configuration holds for r, through a proxy) and makes the
+// running replicator reload it.
+func addPeerByReload(t *testing.T, nf *NetFaults, r, peer *Region) {
+	t.Helper()
+	read := func(path string) RegionConfig {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var c RegionConfig
+		if err := yaml.Unmarshal(b, &c); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	theirs, mine := read(peer.ConfigPath), read(r.ConfigPath)
+	var token string
+	for _, p := range theirs.Peers {
+		if p.ID == r.Name {
+			token = p.Token
+		}
+	}
+	addr, err := nf.add(Link{From: r.Name, To: peer.Name}, peer.Listen, map[string]bool{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mine.Regions = append(mine.Regions, peer.Name)
+	mine.Peers = append(mine.Peers, PeerEntry{ID: peer.Name, URL: "http://" + addr, Token: token})
+	b, err := yaml.Marshal(mine)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(r.ConfigPath, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	before := strings.Count(r.Logs(1<<24), "config reload: peers applied")
+	if err := r.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); strings.Count(r.Logs(1<<24), "config reload: peers applied") == before; time.Sleep(50 * time.Millisecond) {
+		if time.Since(start) > 20*time.Second {
+			t.Fatalf("%s did not apply its new peer %s on reload:\n%s", r.Name, peer.Name, r.Logs(4000))
+		}
+	}
+}
+
 // TestRegionsJoinAndLeaveThroughTheControlPlane takes one region holding
 // data to four through the control plane (each added with region add, then
 // joining online), kills the control plane's leader during a join, cuts a
@@ -96,8 +148,14 @@ func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
 		Configure: nf.Configure(func(region string, c *RegionConfig) {
 			c.Health = map[string]string{"hold": "200ms", "probe_interval": "100ms"}
 			c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
+			if region != "sa" {
+				// sa comes later: the others learn how to reach it by a
+				// reload, with no restart.
+				c.Regions = slices.DeleteFunc(slices.Clone(c.Regions), func(r string) bool { return r == "sa" })
+				c.Peers = slices.DeleteFunc(c.Peers, func(p PeerEntry) bool { return p.ID == "sa" })
+			}
 		})})
-	if err := nf.Check(h.Spec.Regions); err != nil {
+	if err := nf.Check([]string{"us", "eu", "ap"}); err != nil {
 		t.Fatal(err)
 	}
 	ctx := ctxFor(t, 10*time.Minute)
@@ -187,6 +245,9 @@ func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
 	source := eu
 	if leader == eu {
 		source = ap
+	}
+	for _, r := range []*Region{us, eu, ap} {
+		addPeerByReload(t, nf, r, sa)
 	}
 	mustPolyregion(t, ctx, "region", "add", "sa", "--url", "http://"+sa.Listen, "--from", source.Name, "--config", source.ConfigPath)
 	if err := sa.StartReplicatorWith("--join", source.Name); err != nil {
@@ -284,4 +345,102 @@ func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
 		}
 	}
 	t.Logf("%d ledger transactions, %d bulk updates and deletes", ledger.Transactions(), churn.total())
+}
+
+// TestAWitnessKeepsTwoRegionsAMajority: two regions and a witness (a
+// control-plane voter with no database). With one region's replicator gone,
+// the other and the witness still hold a majority: the dead region is
+// removed by force. Writes go on throughout.
+func TestAWitnessKeepsTwoRegionsAMajority(t *testing.T) {
+	dir := t.TempDir()
+	wListen, wHTTP := freeAddr(t), freeAddr(t)
+	tokens := map[string]string{"us": "witness-token-us-0123456789", "eu": "witness-token-eu-0123456789"}
+	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: healthSchema, Tables: healthTables,
+		Configure: func(region string, c *RegionConfig) {
+			c.Health = map[string]string{"hold": "200ms", "probe_interval": "100ms"}
+			c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
+			c.Witnesses = []PeerEntry{{ID: "w1", URL: "http://" + wListen, Token: tokens[region]}}
+		}})
+	ctx := ctxFor(t, 5*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+	mustExec(t, ctx, us, `INSERT INTO public.notes SELECT g, 'note ' || g FROM generate_series(1, 100) g`)
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath)
+	mustPolyregion(t, ctx, "region", "add", "eu", "--url", "http://"+eu.Listen, "--from", "us", "--config", us.ConfigPath)
+	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, eu, 2*time.Minute)
+	waitControl(t, us, time.Minute, "two voters", func(c controlStatus) bool { return slices.Equal(c.Voters, []string{"eu", "us"}) })
+
+	// The witness, with a token per region.
+	wcfg := fmt.Sprintf("witness: w1\nlisten: %s\nregions:\n  - {id: us, url: 'http://%s', token: %s}\n  - {id: eu, url: 'http://%s', token: %s}\ncontrol: {dir: %s}\nhttp: {listen: %s}\nlog: {format: json}\n",
+		wListen, us.Listen, tokens["us"], eu.Listen, tokens["eu"], filepath.Join(dir, "w1-control"), wHTTP)
+	wpath := filepath.Join(dir, "w1.yaml")
+	if err := os.WriteFile(wpath, []byte(wcfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	wlog, err := os.Create(filepath.Join(dir, "w1.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	witness := exec.Command(binary, "witness", "--config", wpath)
+	witness.Stdout, witness.Stderr = wlog, wlog
+	if err := witness.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = witness.Process.Kill()
+		_ = witness.Wait()
+		wlog.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(wlog.Name())
+			t.Logf("---- witness log ----\n%s", b)
+		}
+	})
+	mustPolyregion(t, ctx, "region", "add", "w1", "--witness", "--url", "http://"+wListen, "--config", eu.ConfigPath)
+	waitControl(t, us, time.Minute, "three voters, the witness among them", func(c controlStatus) bool {
+		return slices.Equal(c.Voters, []string{"eu", "us", "w1"}) && c.state("w1") == "active"
+	})
+	for start := time.Now(); ; time.Sleep(100 * time.Millisecond) {
+		resp, err := httpClient.Get("http://" + wHTTP + "/metrics")
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if strings.Contains(string(b), `polyregion_control_members{region="w1",state="active"} 3`) {
+				break
+			}
+		}
+		if time.Since(start) > 30*time.Second {
+			t.Fatalf("the witness's /metrics does not count three active members: %v", err)
+		}
+	}
+
+	// eu is gone; us and the witness are a majority of three.
+	if err := eu.StopReplicator(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.notes VALUES (1000, 'written after eu went')`)
+	out := mustPolyregion(t, ctx, "region", "remove", "eu", "--force", "--config", us.ConfigPath)
+	if !strings.Contains(out, "member eu") || !strings.Contains(out, "removed") {
+		t.Fatalf("region remove --force eu with the witness:\n%s", out)
+	}
+	waitControl(t, us, time.Minute, "us and the witness as voters", func(c controlStatus) bool {
+		return slices.Equal(c.Voters, []string{"us", "w1"}) && c.Quorum
+	})
+	waitHealth(t, us, 30*time.Second, "serving, nothing to wait for", isServing)
+}
+
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	port, err := FreePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fmt.Sprintf("127.0.0.1:%d", port)
 }

@@ -45,6 +45,11 @@ type Cluster struct {
 	// Sequences, when set, gives each region its own numbers from the
 	// sequences that fill the replicated tables' keys (see SequencePlan).
 	Sequences *SequencePlan
+	// Agreed: the region set is agreed by the control plane (Regions is
+	// its membership), not by each region's configuration; Fingerprint and
+	// Describe leave the regions out, so that regions still applying a
+	// membership change keep exchanging changes.
+	Agreed bool
 }
 
 var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)
@@ -166,6 +171,9 @@ func (c Cluster) Fingerprint() string {
 	}
 	sort.Strings(tabs)
 	text := "regions:" + strings.Join(regs, ",") + "\ntables:" + strings.Join(tabs, "\n")
+	if c.Agreed {
+		text = "regions agreed by the control plane\ntables:" + strings.Join(tabs, "\n")
+	}
 	if c.Sequences != nil {
 		// Only when set, so that clusters without it keep the fingerprint
 		// earlier versions computed.
@@ -185,6 +193,9 @@ func (c Cluster) Describe() map[string]string {
 	}
 	sort.Strings(regs)
 	out["regions"] = strings.Join(regs, ",")
+	if c.Agreed {
+		out["regions"] = "agreed by the control plane"
+	}
 	for _, t := range c.Tables {
 		out["table "+t.Name] = t.Policy.Fingerprint()
 	}

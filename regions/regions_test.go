@@ -61,3 +61,24 @@ func TestValidateNamesTheProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestAgreedRegionsLeaveTheFingerprintToThePolicies(t *testing.T) {
+	a, b := base(), base()
+	a.Agreed, b.Agreed = true, true
+	b.Regions = append(b.Regions, "sa")
+	if a.Fingerprint() != b.Fingerprint() {
+		t.Fatal("with the region set agreed by the control plane, a region still applying a membership change must keep the same fingerprint")
+	}
+	if a.Fingerprint() == base().Fingerprint() {
+		t.Fatal("a cluster whose regions are agreed must not exchange changes with one whose are configured")
+	}
+	c := base()
+	c.Agreed = true
+	c.Tables[0].Policy.Counters = []string{"x"}
+	if a.Fingerprint() == c.Fingerprint() {
+		t.Fatal("a policy difference must still change the fingerprint")
+	}
+	if d := Diff(a.Describe(), b.Describe()); len(d) != 0 {
+		t.Fatalf("agreed regions still described: %v", d)
+	}
+}

@@ -19,13 +19,15 @@ import (
 
 // fileConfig is the YAML layout of one region's configuration file.
 type fileConfig struct {
-	Region   string      `yaml:"region"`
-	Database string      `yaml:"database"`
-	Listen   string      `yaml:"listen"`
-	TLS      tlsConfig   `yaml:"tls"`
-	Regions  []string    `yaml:"regions"`
-	Peers    []peerFile  `yaml:"peers"`
-	Tables   []tableFile `yaml:"tables"`
+	Region   string     `yaml:"region"`
+	Database string     `yaml:"database"`
+	Listen   string     `yaml:"listen"`
+	TLS      tlsConfig  `yaml:"tls"`
+	Regions  []string   `yaml:"regions"`
+	Peers    []peerFile `yaml:"peers"`
+	// Witnesses are control-plane voters with no database.
+	Witnesses []peerFile  `yaml:"witnesses"`
+	Tables    []tableFile `yaml:"tables"`
 	// Sequences interleaves the numbers of the sequences that fill the
 	// replicated tables' keys (agreed: identical in every region).
 	Sequences *sequencesFile `yaml:"sequences"`
@@ -201,28 +203,14 @@ func (fc fileConfig) toNode() (node.Config, error) {
 	for _, r := range fc.Regions {
 		cfg.Cluster.Regions = append(cfg.Cluster.Regions, conflict.RegionID(r))
 	}
-	for i, p := range fc.Peers {
-		tok := p.Token
-		if p.TokenFile != "" {
-			if tok != "" {
-				return cfg, fmt.Errorf("peers[%d] (%s): set token or token_file, not both", i, p.ID)
-			}
-			b, err := os.ReadFile(p.TokenFile)
-			if err != nil {
-				return cfg, fmt.Errorf("peers[%d] (%s): token_file: %w", i, p.ID, err)
-			}
-			tok = strings.TrimSpace(string(b))
-		}
-		cfg.Peers = append(cfg.Peers, node.Peer{ID: conflict.RegionID(p.ID), URL: p.URL, Token: tok, TLS: p.TLS.files()})
+	if cfg.Peers, err = peersOf("peers", fc.Peers); err != nil {
+		return cfg, err
 	}
-	if c := fc.Control; c != nil {
-		if c.Dir == "" {
-			return cfg, fmt.Errorf("control.dir: a directory for the control plane's log is required")
-		}
-		if c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.ReportInterval < 0 {
-			return cfg, fmt.Errorf("control: heartbeat_timeout, election_timeout and report_interval must be positive")
-		}
-		cfg.Control = &node.ControlConfig{Dir: c.Dir, HeartbeatTimeout: c.HeartbeatTimeout, ElectionTimeout: c.ElectionTimeout, ReportInterval: c.ReportInterval}
+	if cfg.Witnesses, err = peersOf("witnesses", fc.Witnesses); err != nil {
+		return cfg, err
+	}
+	if cfg.Control, err = fc.Control.toNode(); err != nil {
+		return cfg, err
 	}
 	if fc.Sequences != nil {
 		plan := &regions.SequencePlan{Stride: fc.Sequences.Stride, Offsets: map[conflict.RegionID]int64{}}
@@ -239,4 +227,39 @@ func (fc fileConfig) toNode() (node.Config, error) {
 		cfg.Cluster.Tables = append(cfg.Cluster.Tables, regions.Table{Name: t.Name, Policy: pol})
 	}
 	return cfg, nil
+}
+
+// peersOf reads a list of peers (key names it in errors), each token given
+// inline or read from token_file.
+func peersOf(key string, list []peerFile) ([]node.Peer, error) {
+	var out []node.Peer
+	for i, p := range list {
+		tok := p.Token
+		if p.TokenFile != "" {
+			if tok != "" {
+				return nil, fmt.Errorf("%s[%d] (%s): set token or token_file, not both", key, i, p.ID)
+			}
+			b, err := os.ReadFile(p.TokenFile)
+			if err != nil {
+				return nil, fmt.Errorf("%s[%d] (%s): token_file: %w", key, i, p.ID, err)
+			}
+			tok = strings.TrimSpace(string(b))
+		}
+		out = append(out, node.Peer{ID: conflict.RegionID(p.ID), URL: p.URL, Token: tok, TLS: p.TLS.files()})
+	}
+	return out, nil
+}
+
+// controlConfig reads the control: section.
+func (c *controlFile) toNode() (*node.ControlConfig, error) {
+	if c == nil {
+		return nil, nil
+	}
+	if c.Dir == "" {
+		return nil, fmt.Errorf("control.dir: a directory for the control plane's log is required")
+	}
+	if c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.ReportInterval < 0 {
+		return nil, fmt.Errorf("control: heartbeat_timeout, election_timeout and report_interval must be positive")
+	}
+	return &node.ControlConfig{Dir: c.Dir, HeartbeatTimeout: c.HeartbeatTimeout, ElectionTimeout: c.ElectionTimeout, ReportInterval: c.ReportInterval}, nil
 }

@@ -64,7 +64,7 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(runCmd(), checkCmd(), statusCmd(), demoCmd(), conflictsCmd(), indexCmd(), parkedCmd(), reseedCmd(), clusterCmd(), regionCmd())
+	root.AddCommand(runCmd(), checkCmd(), statusCmd(), demoCmd(), conflictsCmd(), indexCmd(), parkedCmd(), reseedCmd(), clusterCmd(), regionCmd(), witnessCmd())
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := root.ExecuteContext(ctx)
 	stop()

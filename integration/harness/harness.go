@@ -256,6 +256,8 @@ type RegionConfig struct {
 	Sequences *SequencesSection `yaml:"sequences,omitempty"`
 	// Control is the control: section, if any.
 	Control *ControlSection `yaml:"control,omitempty"`
+	// Witnesses are control-plane voters with no database.
+	Witnesses []PeerEntry `yaml:"witnesses,omitempty"`
 }
 
 // ControlSection is the control: section (the control plane).

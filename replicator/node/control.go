@@ -33,16 +33,18 @@ type ControlConfig struct {
 // openControl opens the region's control-plane node (nil when not
 // configured). Raft traffic and forwarded commands go over the links to
 // the peers of cfg.Peers, with their URLs, TLS and tokens.
-func openControl(cfg Config) (*control.Node, error) {
+func openControl(cfg Config, currentPeers func() []Peer) (*control.Node, error) {
 	if cfg.Control == nil {
 		return nil, nil
 	}
-	peers := map[conflict.RegionID]Peer{}
-	for _, p := range cfg.Peers {
-		peers[p.ID] = p
-	}
 	clientCfg := func(id conflict.RegionID) (link.ClientConfig, error) {
-		p, ok := peers[id]
+		var p Peer
+		ok := false
+		for _, c := range currentPeers() {
+			if c.ID == id {
+				p, ok = c, true
+			}
+		}
 		if !ok {
 			return link.ClientConfig{}, fmt.Errorf("region %s is a member of the control plane but not among this region's peers: add it to peers: (url, token) here", id)
 		}

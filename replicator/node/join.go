@@ -65,11 +65,6 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		}
 		return nil
 	}
-	if rt.control != nil {
-		if err := awaitMembership(ctx, cfg, rt.control, mon); err != nil {
-			return err
-		}
-	}
 	var peer Peer
 	for _, p := range cfg.Peers {
 		if p.ID == cfg.JoinFrom {

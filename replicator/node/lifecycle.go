@@ -43,6 +43,11 @@ type runtime struct {
 	// every run of the data plane (its background duties use it).
 	control *control.Node
 	ctx     context.Context
+	// peers are the configured peers, as last reloaded; red redacts the
+	// configuration's secrets (reloaded tokens added).
+	peers     atomic.Pointer[[]Peer]
+	witnesses atomic.Pointer[[]Peer]
+	red       *obs.Redactor
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }
@@ -68,8 +73,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	red := obs.NewRedactor(cfg.Secrets()...)
 	cfg.Logger = slog.New(red.Handler(cfg.Logger.Handler()))
 	defer func() { err = red.Error(err) }()
-	rt := &runtime{log: cfg.Logger.With("region", string(cfg.Region))}
+	rt := &runtime{log: cfg.Logger.With("region", string(cfg.Region)), red: red}
 	rt.shutdown.Store(int64(cfg.ShutdownTimeout))
+	initialPeers := append([]Peer(nil), cfg.Peers...)
+	rt.peers.Store(&initialPeers)
+	initialWitnesses := append([]Peer(nil), cfg.Witnesses...)
+	rt.witnesses.Store(&initialWitnesses)
 	peers := cfg.Peers
 	ids := make([]string, 0, len(peers))
 	mcfg := obs.Config{Region: cfg.Region, Tables: cfg.Cluster.Tables, Health: cfg.Health, Logger: rt.log, Redact: red,
@@ -92,7 +101,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	// The control plane runs for the life of the process, whatever the
 	// data plane does (a region whose database is away keeps its vote).
-	if rt.control, err = openControl(cfg); err != nil {
+	if rt.control, err = openControl(cfg, rt.controlPeers); err != nil {
 		return err
 	}
 	if rt.control != nil {
@@ -190,9 +199,29 @@ func Run(ctx context.Context, cfg Config) (err error) {
 
 	backoff := time.Second
 	for {
+		if rt.control != nil && cfg.JoinFrom != "" {
+			// A region to join waits until the cluster added it.
+			if err := awaitMembership(ctx, cfg, rt.control, rt.mon); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+		dcfg := rt.dataPlaneConfig(cfg)
+		if missing := unconfiguredMembers(dcfg); len(missing) > 0 {
+			rt.log.Warn("members of the cluster that this region cannot follow: add them to peers: (url, token) and reload", "regions", missing)
+		}
+		rt.mon.SetPeers(peerIDs(dcfg))
+		runCtx, endRun := context.WithCancel(ctx)
+		changed := rt.watchDataPlaneConfig(runCtx, cfg, dcfg, endRun)
 		began := time.Now()
-		err := runDataPlane(ctx, cfg, rt)
+		err := runDataPlane(runCtx, dcfg, rt)
+		endRun()
 		rt.reader.Store(nil)
+		if changed.Load() && ctx.Err() == nil && (err == nil || errors.Is(err, context.Canceled)) {
+			continue
+		}
 		if err == nil || errors.Is(err, ErrShutdownDeadline) {
 			if err != nil {
 				rt.log.Error("stopped", "err", err)
@@ -257,7 +286,26 @@ func (rt *runtime) reload(cur, next Config) {
 	same("database", cur.Database, next.Database)
 	same("listen", cur.Listen, next.Listen)
 	same("tls", cur.TLS, next.TLS)
-	same("peers", cur.Peers, next.Peers)
+	if cur.Control != nil && (!reflect.DeepEqual(rt.currentPeers(), next.Peers) || !reflect.DeepEqual(rt.currentWitnesses(), next.Witnesses)) {
+		// The membership is the control plane's; peers and witnesses only
+		// say how to reach each one: the data plane restarts with the new
+		// peers.
+		for _, p := range append(append([]Peer(nil), next.Peers...), next.Witnesses...) {
+			rt.red.Add(p.Token)
+		}
+		peers := append([]Peer(nil), next.Peers...)
+		rt.peers.Store(&peers)
+		witnesses := append([]Peer(nil), next.Witnesses...)
+		rt.witnesses.Store(&witnesses)
+		rt.links.setControlTokens(rt, next)
+		rt.log.Info("config reload: peers applied (the data plane restarts with them)", "peers", next.PeerNames(), "witnesses", len(next.Witnesses))
+	} else if cur.Control == nil {
+		same("peers", cur.Peers, next.Peers)
+	}
+	if cur.Control != nil {
+		// Regions are agreed by the control plane; only the policies count.
+		cur.Cluster.Agreed, next.Cluster.Agreed = true, true
+	}
 	same("regions/tables (the agreed configuration)", cur.Cluster.Fingerprint(), next.Cluster.Fingerprint())
 	same("outbox_max_transactions", cur.OutboxMaxTxns, next.OutboxMaxTxns)
 	same("http.listen", cur.HTTPListen, next.HTTPListen)

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
@@ -21,7 +22,7 @@ import (
 // answered 503 otherwise.
 type links struct {
 	region  conflict.RegionID
-	control http.Handler // nil: no control plane
+	control atomic.Pointer[http.Handler] // nil: no control plane
 
 	mu  sync.Mutex
 	cur *dataLinks
@@ -36,8 +37,8 @@ type dataLinks struct {
 }
 
 func (l *links) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/v1/control/") && l.control != nil {
-		l.control.ServeHTTP(w, r)
+	if h := l.control.Load(); h != nil && strings.HasPrefix(r.URL.Path, "/v1/control/") {
+		(*h).ServeHTTP(w, r)
 		return
 	}
 	l.mu.Lock()
@@ -97,11 +98,7 @@ func (rt *runtime) serveLinks(cfg Config) (stop func(), err error) {
 		return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
 	}
 	rt.links = &links{region: cfg.Region}
-	if rt.control != nil {
-		rt.links.control = link.NewServer(link.ServerConfig{
-			Region: cfg.Region, Cluster: cfg.Cluster, Tokens: peerTokens(cfg), Logger: rt.log, Control: rt.control,
-		}).Handler()
-	}
+	rt.links.setControlTokens(rt, cfg)
 	srv := link.NewHTTPServer(cfg.Listen, rt.links, srvTLS)
 	done := make(chan struct{})
 	go func() {
@@ -119,11 +116,34 @@ func (rt *runtime) serveLinks(cfg Config) (stop func(), err error) {
 	}, nil
 }
 
-// peerTokens maps each peer to the token it presents.
-func peerTokens(cfg Config) map[conflict.RegionID]string {
-	tokens := make(map[conflict.RegionID]string, len(cfg.Peers))
-	for _, p := range cfg.Peers {
-		tokens[p.ID] = p.Token
+// setControlTokens serves the control plane to cfg's peers, each
+// authenticated by its token (nothing without a control plane).
+func (l *links) setControlTokens(rt *runtime, cfg Config) {
+	if rt.control == nil {
+		return
+	}
+	h := link.NewServer(link.ServerConfig{
+		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokensOf(cfg.Peers, cfg.Witnesses), Logger: rt.log, Control: rt.control,
+	}).Handler()
+	l.control.Store(&h)
+}
+
+// peerIDs lists cfg's peers.
+func peerIDs(cfg Config) []conflict.RegionID {
+	out := make([]conflict.RegionID, len(cfg.Peers))
+	for i, p := range cfg.Peers {
+		out[i] = p.ID
+	}
+	return out
+}
+
+// tokensOf maps each peer to the token it presents.
+func tokensOf(peers ...[]Peer) map[conflict.RegionID]string {
+	tokens := map[conflict.RegionID]string{}
+	for _, list := range peers {
+		for _, p := range list {
+			tokens[p.ID] = p.Token
+		}
 	}
 	return tokens
 }

@@ -89,6 +89,9 @@ type Config struct {
 	JoinFrom conflict.RegionID
 	// Control, when set, runs the control plane.
 	Control *ControlConfig
+	// Witnesses are control-plane voters with no database (polyregion
+	// witness): reached for the control plane only, never replicated with.
+	Witnesses []Peer
 	// Reload, when set, delivers a re-read configuration (on SIGHUP, say):
 	// settings that can change while running are applied, the others are
 	// kept and the refusal is logged.
@@ -102,6 +105,9 @@ func (c *Config) Secrets() []string {
 	out := postgres.ConnSecrets(c.Database)
 	for _, p := range c.Peers {
 		out = append(out, p.Token)
+	}
+	for _, w := range c.Witnesses {
+		out = append(out, w.Token)
 	}
 	if c.Search != nil {
 		out = append(out, c.Search.Backend.Password, c.Search.Backend.APIKey)
@@ -175,6 +181,9 @@ func (c *Config) Validate() error {
 		if r != c.Region && !seen[r] {
 			return fmt.Errorf("peers: region %q is listed in regions but has no peer entry", r)
 		}
+	}
+	if err := validateWitnesses(c.Witnesses, inCluster, c.Control != nil); err != nil {
+		return err
 	}
 	if c.JoinFrom != "" && !seen[c.JoinFrom] {
 		return fmt.Errorf("join: region %q is not one of this region's peers", c.JoinFrom)
@@ -309,8 +318,10 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	if rt.control != nil {
 		ctrl = rt.control
 	}
+	// Every configured peer is known by its token, followed or not: one the
+	// cluster removed is told so (403) rather than refused as a stranger.
 	server := link.NewServer(link.ServerConfig{
-		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: peerTokens(cfg), Control: ctrl,
+		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokensOf(rt.currentPeers()), Control: ctrl,
 		Outbox: outbox, Logger: log, Snapshot: snapshotFor(cfg, order, log),
 		Advert: graves.Advert,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {

@@ -5,6 +5,9 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/polyregion/polyregion/conflict"
 )
 
 // ControlView is the control plane as this region sees it, at a probe.
@@ -113,3 +116,17 @@ func (m *Metrics) observeControl(v *ControlView) {
 		c.members.WithLabelValues(s).Set(float64(counts[s]))
 	}
 }
+
+// NewControlMetrics is the registry of a process that runs a control plane
+// and no data plane (a witness): the Go runtime and process collectors and
+// the control plane's series.
+func NewControlMetrics(id conflict.RegionID) *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := &Metrics{Registry: reg, f: newFactory(reg, prometheus.Labels{"region": string(id)})}
+	m.enableControl()
+	return m
+}
+
+// ObserveControl sets the control plane's series from a view.
+func (m *Metrics) ObserveControl(v *ControlView) { m.observeControl(v) }

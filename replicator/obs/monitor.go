@@ -191,6 +191,20 @@ func (m *Monitor) peer(p conflict.RegionID) *peerState {
 	return ps
 }
 
+// SetPeers replaces the peers the monitor watches (the data plane's peers
+// changed with the membership); a peer it knew keeps its state, a new one
+// starts as not connected yet.
+func (m *Monitor) SetPeers(peers []conflict.RegionID) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.cfg.Peers = append([]conflict.RegionID(nil), peers...)
+	for _, p := range peers {
+		if m.peers[string(p)] == nil {
+			m.peers[string(p)] = &peerState{changedAt: time.Now(), lastErr: "not connected yet"}
+		}
+	}
+}
+
 // LinkUp records that the stream from peer is connected.
 func (m *Monitor) LinkUp(p conflict.RegionID) {
 	m.mu.Lock()

@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"sync/atomic"
 )
 
 // Redacted stands in for a secret in any text the replicator shows.
@@ -18,15 +19,33 @@ const Redacted = "[redacted]"
 // they were given; the redactor is the last line that keeps a secret from
 // showing, whatever the path. A nil *Redactor leaves text as it is.
 type Redactor struct {
-	secrets []string // longest first, so a secret containing another goes whole
+	// secrets, longest first, so a secret containing another goes whole;
+	// replaced whole by Add.
+	secrets atomic.Pointer[[]string]
 }
 
 // NewRedactor returns a redactor for secrets; empty ones are ignored. Each
 // secret is also matched in its URL-encoded forms, as a connection string
 // carries it.
 func NewRedactor(secrets ...string) *Redactor {
+	r := &Redactor{}
+	r.secrets.Store(forms(nil, secrets))
+	return r
+}
+
+// Add adds secrets (a reloaded configuration's new tokens, say).
+func (r *Redactor) Add(secrets ...string) {
+	r.secrets.Store(forms(*r.secrets.Load(), secrets))
+}
+
+// forms returns known with secrets and their encoded forms added, longest
+// first.
+func forms(known []string, secrets []string) *[]string {
 	seen := map[string]bool{}
-	var list []string
+	list := append([]string(nil), known...)
+	for _, s := range list {
+		seen[s] = true
+	}
 	add := func(s string) {
 		if s != "" && !seen[s] {
 			seen[s] = true
@@ -40,7 +59,7 @@ func NewRedactor(secrets ...string) *Redactor {
 		add(url.UserPassword("", s).String()[1:]) // userinfo form, after ":"
 	}
 	slices.SortFunc(list, func(a, b string) int { return len(b) - len(a) })
-	return &Redactor{secrets: list}
+	return &list
 }
 
 // String returns s with every secret replaced by Redacted.
@@ -48,7 +67,7 @@ func (r *Redactor) String(s string) string {
 	if r == nil {
 		return s
 	}
-	for _, sec := range r.secrets {
+	for _, sec := range *r.secrets.Load() {
 		if strings.Contains(s, sec) {
 			s = strings.ReplaceAll(s, sec, Redacted)
 		}
@@ -80,10 +99,10 @@ func (e *redactedError) Unwrap() error { return e.err }
 // Handler wraps h so that no record it writes carries a secret: the message
 // and every attribute (strings, errors, anything formatted) are redacted.
 func (r *Redactor) Handler(h slog.Handler) slog.Handler {
-	if r == nil || len(r.secrets) == 0 {
+	if r == nil {
 		return h
 	}
-	if rh, ok := h.(*redactHandler); ok && slices.Equal(rh.r.secrets, r.secrets) {
+	if rh, ok := h.(*redactHandler); ok && (rh.r == r || slices.Equal(*rh.r.secrets.Load(), *r.secrets.Load())) {
 		return h // already redacting these (the command and Run both wrap)
 	}
 	return &redactHandler{inner: h, r: r}

@@ -92,3 +92,17 @@ func TestRedactHandlerWrapsOnce(t *testing.T) {
 		t.Fatal("a handler redacting other secrets was not wrapped")
 	}
 }
+
+func TestRedactorTakesSecretsAddedLater(t *testing.T) {
+	r := NewRedactor("first-token")
+	var buf strings.Builder
+	log := slog.New(r.Handler(slog.NewTextHandler(&buf, nil)))
+	r.Add("second-token")
+	log.Info("peers", "a", "first-token", "b", "url?t=second-token")
+	if strings.Contains(buf.String(), "token") {
+		t.Fatalf("a secret added after the logger was built shows: %s", buf.String())
+	}
+	if got := r.String("x second-token"); got != "x "+Redacted {
+		t.Fatalf("String = %q", got)
+	}
+}

@@ -1,0 +1,134 @@
+package node
+
+import (
+	"context"
+	"reflect"
+	"slices"
+	"sync/atomic"
+	"time"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
+)
+
+// With an initialised control plane the data plane's regions are the
+// membership's, not the configuration's: every region that replicates
+// (joining, active or leaving) is followed, waited for by outbox trimming
+// and tombstone collection, and counted as a region; a region the
+// configuration lists that is not a member is not, nor is a removed one.
+// The configuration still gives each peer's URL, TLS and token (secrets
+// never go through the control plane), and can change them on reload.
+// When the membership or the peers change, the data plane stops gracefully
+// (the work in flight is committed and acknowledged) and starts again with
+// them; the process, its control plane and its link address stay up.
+
+// currentPeers returns the configured peers (as last reloaded).
+func (rt *runtime) currentPeers() []Peer {
+	if p := rt.peers.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// currentWitnesses returns the configured witnesses (as last reloaded).
+func (rt *runtime) currentWitnesses() []Peer {
+	if w := rt.witnesses.Load(); w != nil {
+		return *w
+	}
+	return nil
+}
+
+// controlPeers are everyone the control plane reaches: peers and
+// witnesses.
+func (rt *runtime) controlPeers() []Peer {
+	return append(append([]Peer(nil), rt.currentPeers()...), rt.currentWitnesses()...)
+}
+
+// dataPlaneConfig is the configuration one run of the data plane uses.
+func (rt *runtime) dataPlaneConfig(cfg Config) Config {
+	cfg.Peers = append([]Peer(nil), rt.currentPeers()...)
+	if rt.control == nil {
+		return cfg
+	}
+	m := rt.control.Membership()
+	if len(m.Epochs) == 0 {
+		return cfg // not initialised (here yet): the configuration's regions
+	}
+	regs := []conflict.RegionID{}
+	members := map[conflict.RegionID]bool{}
+	for _, mem := range m.Sorted() {
+		if mem.Witness || mem.State == regions.Removed {
+			continue
+		}
+		regs = append(regs, mem.ID)
+		members[mem.ID] = true
+	}
+	if !members[cfg.Region] {
+		regs = append(regs, cfg.Region)
+		slices.Sort(regs)
+	}
+	var peers []Peer
+	for _, p := range cfg.Peers {
+		if members[p.ID] && p.ID != cfg.Region {
+			peers = append(peers, p)
+		}
+	}
+	cfg.Peers = peers
+	cfg.Cluster.Regions = regs
+	cfg.Cluster.Agreed = true
+	return cfg
+}
+
+// unconfiguredMembers names the members this region cannot follow: no
+// peers: entry gives their URL and token.
+func unconfiguredMembers(cfg Config) []string {
+	have := map[conflict.RegionID]bool{cfg.Region: true}
+	for _, p := range cfg.Peers {
+		have[p.ID] = true
+	}
+	var out []string
+	for _, r := range cfg.Cluster.Regions {
+		if !have[r] {
+			out = append(out, string(r))
+		}
+	}
+	return out
+}
+
+// watchDataPlaneConfig ends the run of the data plane (cancels it, and
+// reports so) once the configuration it should run with differs from
+// running's.
+func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Config, restart context.CancelFunc) *atomic.Bool {
+	var changed atomic.Bool
+	if rt.control == nil && base.Reload == nil {
+		return &changed
+	}
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			next := rt.dataPlaneConfig(base)
+			if !reflect.DeepEqual(next.Peers, running.Peers) || !slices.Equal(next.Cluster.Regions, running.Cluster.Regions) || next.Cluster.Agreed != running.Cluster.Agreed {
+				changed.Store(true)
+				rt.log.Info("the membership or the peers changed: restarting the data plane with them",
+					"regions", regionNames(next.Cluster.Regions), "peers", next.PeerNames())
+				restart()
+				return
+			}
+		}
+	}()
+	return &changed
+}
+
+func regionNames(rs []conflict.RegionID) []string {
+	out := make([]string, len(rs))
+	for i, r := range rs {
+		out[i] = string(r)
+	}
+	return out
+}
