@@ -74,6 +74,11 @@ type Membership struct {
 	Members  map[conflict.RegionID]*Member   `json:"members"`
 	Epochs   []Epoch                         `json:"epochs"`
 	Progress map[conflict.RegionID]*Progress `json:"progress"`
+	// Sequences, when set, gives every region its own numbers from the
+	// sequences that fill keys: the founders' offsets, and an offset for
+	// each region added (the lowest never given to any member, removed
+	// ones included: their numbers are in the tables).
+	Sequences *SequencePlan `json:"sequences,omitempty"`
 }
 
 // Command ops.
@@ -94,6 +99,8 @@ type Command struct {
 	Members     []Member          `json:"members,omitempty"`
 	Fingerprint string            `json:"fingerprint,omitempty"`
 	Describe    map[string]string `json:"describe,omitempty"`
+	// init: the sequences plan, with an offset for each founder.
+	Sequences *SequencePlan `json:"sequences,omitempty"`
 	// add, activate, remove, report: the region concerned.
 	Region conflict.RegionID `json:"region,omitempty"`
 	URL    string            `json:"url,omitempty"`
@@ -197,19 +204,61 @@ func (m *Membership) init(index uint64, c Command) error {
 	if len(c.Members) == 0 || c.Fingerprint == "" {
 		return invalid("init: members and the configuration are required")
 	}
+	if p := c.Sequences; p != nil {
+		if p.Stride < 2 || p.Stride > MaxSequenceStride {
+			return invalid("init: sequences: stride %d must be 2 to %d", p.Stride, MaxSequenceStride)
+		}
+		owner := map[int64]conflict.RegionID{}
+		for _, mem := range c.Members {
+			off, ok := p.Offsets[mem.ID]
+			if !ok || off < 0 || off >= p.Stride {
+				return invalid("init: sequences: founder %q needs an offset from 0 to %d", mem.ID, p.Stride-1)
+			}
+			if o, dup := owner[off]; dup {
+				return invalid("init: sequences: founders %q and %q both have offset %d", o, mem.ID, off)
+			}
+			owner[off] = mem.ID
+		}
+		if len(p.Offsets) != len(c.Members) {
+			return invalid("init: sequences: offsets must be given for the founders only")
+		}
+	}
+	founders := map[conflict.RegionID]*Member{}
 	for _, mem := range c.Members {
 		if err := mem.ID.Validate(); err != nil {
 			return invalid("init: %v", err)
 		}
-		if m.Members[mem.ID] != nil {
+		if founders[mem.ID] != nil {
 			return invalid("init: region %q listed twice", mem.ID)
 		}
 		mem.State, mem.Since = Active, index
 		mem.From = ""
-		m.Members[mem.ID] = &mem
+		founders[mem.ID] = &mem
 	}
+	m.Members = founders
 	m.Epochs = append(m.Epochs, Epoch{Number: 1, Fingerprint: c.Fingerprint, Describe: c.Describe, Index: index})
+	if p := c.Sequences; p != nil {
+		plan := &SequencePlan{Stride: p.Stride, Offsets: map[conflict.RegionID]int64{}}
+		for r, off := range p.Offsets {
+			plan.Offsets[r] = off
+		}
+		m.Sequences = plan
+	}
 	return nil
+}
+
+// freeOffset is the lowest sequence offset no member was ever given.
+func (m *Membership) freeOffset() (int64, bool) {
+	used := map[int64]bool{}
+	for _, off := range m.Sequences.Offsets {
+		used[off] = true
+	}
+	for off := int64(0); off < m.Sequences.Stride; off++ {
+		if !used[off] {
+			return off, true
+		}
+	}
+	return 0, false
 }
 
 func (m *Membership) add(index uint64, c Command) error {
@@ -239,6 +288,13 @@ func (m *Membership) add(index uint64, c Command) error {
 			return refuse("source %s is %s; a snapshot comes from an active region", c.From, src.State)
 		}
 		mem.State, mem.From = Joining, c.From
+		if m.Sequences != nil {
+			off, ok := m.freeOffset()
+			if !ok {
+				return refuse("no sequence offset is free: a stride of %d leaves room for %d regions over the cluster's life, and all were given", m.Sequences.Stride, m.Sequences.Stride)
+			}
+			m.Sequences.Offsets[c.Region] = off
+		}
 	}
 	m.Members[c.Region] = mem
 	return nil

@@ -156,3 +156,40 @@ func TestAddNamesWhatIsMissing(t *testing.T) {
 		t.Fatalf("refused adds changed the membership: %s", m.Describe())
 	}
 }
+
+func TestAddedRegionsTakeTheLowestSequenceOffsetNeverGiven(t *testing.T) {
+	m := &Membership{}
+	mustApply(t, m, 1, Command{Op: OpInit, Members: []Member{{ID: "us"}}, Fingerprint: "fp",
+		Sequences: &SequencePlan{Stride: 3, Offsets: map[conflict.RegionID]int64{"us": 1}}})
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "eu", URL: "u", From: "us"})
+	mustApply(t, m, 3, Command{Op: OpAdd, Region: "w", URL: "u", Witness: true})
+	mustApply(t, m, 4, Command{Op: OpAdd, Region: "ap", URL: "u", From: "us"})
+	if got := m.Sequences.describe(); got != "stride=3;ap=2,eu=0,us=1" {
+		t.Fatalf("offsets %s, want eu the lowest free (0), ap the next (2), none for the witness", got)
+	}
+	// A removed region's numbers are in the tables: its offset is never
+	// given again, and with none left an add is refused.
+	mustApply(t, m, 5, Command{Op: OpRemove, Region: "ap"})
+	refusedWith(t, m, Command{Op: OpAdd, Region: "sa", URL: "u", From: "us"}, "no sequence offset is free")
+}
+
+func TestInitNeedsAnOffsetForEveryFounderAndNoOther(t *testing.T) {
+	for _, tc := range []struct {
+		plan *SequencePlan
+		want string
+	}{
+		{&SequencePlan{Stride: 4, Offsets: map[conflict.RegionID]int64{"us": 1}}, `founder "eu" needs an offset`},
+		{&SequencePlan{Stride: 4, Offsets: map[conflict.RegionID]int64{"us": 1, "eu": 1}}, "both have offset 1"},
+		{&SequencePlan{Stride: 4, Offsets: map[conflict.RegionID]int64{"us": 1, "eu": 2, "ap": 3}}, "for the founders only"},
+		{&SequencePlan{Stride: 1, Offsets: map[conflict.RegionID]int64{"us": 0, "eu": 0}}, "stride 1 must be 2 to"},
+	} {
+		m := &Membership{}
+		_, err := m.Apply(1, Command{Op: OpInit, Members: []Member{{ID: "us"}, {ID: "eu"}}, Fingerprint: "fp", Sequences: tc.plan})
+		if !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%+v: got %v, want an invalid init naming %q", tc.plan, err, tc.want)
+		}
+		if len(m.Epochs) != 0 {
+			t.Errorf("%+v: a refused init founded the cluster", tc.plan)
+		}
+	}
+}

@@ -46,9 +46,9 @@ type Cluster struct {
 	// sequences that fill the replicated tables' keys (see SequencePlan).
 	Sequences *SequencePlan
 	// Agreed: the region set is agreed by the control plane (Regions is
-	// its membership), not by each region's configuration; Fingerprint and
-	// Describe leave the regions out, so that regions still applying a
-	// membership change keep exchanging changes.
+	// its membership, Sequences its offsets), not by each region's
+	// configuration; Fingerprint and Describe leave both out, so that
+	// regions still applying a membership change keep exchanging changes.
 	Agreed bool
 }
 
@@ -174,9 +174,10 @@ func (c Cluster) Fingerprint() string {
 	if c.Agreed {
 		text = "regions agreed by the control plane\ntables:" + strings.Join(tabs, "\n")
 	}
-	if c.Sequences != nil {
+	if c.Sequences != nil && !c.Agreed {
 		// Only when set, so that clusters without it keep the fingerprint
-		// earlier versions computed.
+		// earlier versions computed. With the regions agreed by the
+		// control plane, so are their offsets.
 		text += "\nsequences:" + c.Sequences.describe()
 	}
 	h := sha256.Sum256([]byte(text))
@@ -199,7 +200,7 @@ func (c Cluster) Describe() map[string]string {
 	for _, t := range c.Tables {
 		out["table "+t.Name] = t.Policy.Fingerprint()
 	}
-	if c.Sequences != nil {
+	if c.Sequences != nil && !c.Agreed {
 		out["sequences"] = c.Sequences.describe()
 	}
 	return out

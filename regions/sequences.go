@@ -34,6 +34,9 @@ func (p *SequencePlan) Offset(r conflict.RegionID) (int64, bool) {
 	return off, ok
 }
 
+// String is the plan's canonical text ("stride=16;ap=2,eu=1,us=0").
+func (p *SequencePlan) String() string { return p.describe() }
+
 // describe is the plan's canonical text: "stride=16;ap=2,eu=1,us=0".
 func (p *SequencePlan) describe() string {
 	regs := make([]string, 0, len(p.Offsets))

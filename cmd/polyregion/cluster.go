@@ -202,6 +202,9 @@ func printChange(ans node.ChangeAnswer) {
 	for _, m := range st.Members {
 		v.Members = append(v.Members, obs.MemberView{ID: string(m.ID), URL: m.URL, State: string(m.State), Witness: m.Witness, From: string(m.From), Lost: m.Lost})
 	}
+	if st.Sequences != nil {
+		v.Sequences = st.Sequences.String()
+	}
 	printControl(w, v)
 	_ = w.Flush()
 }
@@ -218,6 +221,9 @@ func printControl(w io.Writer, c *obs.ControlView) {
 	}
 	fmt.Fprintf(w, "control plane\tepoch %d, term %d, commit index %d, leader %s, this region %s, %s\n", c.Epoch, c.Term, c.CommitIndex, orNone(c.Leader), c.Role, q)
 	fmt.Fprintf(w, "voters\t%s\n", strings.Join(c.Voters, ", "))
+	if c.Sequences != "" {
+		fmt.Fprintf(w, "sequence offsets\t%s\n", c.Sequences)
+	}
 	for _, m := range c.Members {
 		extra := ""
 		switch {

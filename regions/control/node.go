@@ -475,6 +475,8 @@ type Status struct {
 	Nonvoters []string         `json:"nonvoters,omitempty"`
 	Epoch     regions.Epoch    `json:"epoch"`
 	Members   []regions.Member `json:"members"`
+	// Sequences is the members' sequence offsets (nil: no plan).
+	Sequences *regions.SequencePlan `json:"sequences,omitempty"`
 }
 
 // Status returns the control plane as this region sees it.
@@ -511,7 +513,7 @@ func (n *Node) Status() Status {
 	sort.Strings(st.Voters)
 	sort.Strings(st.Nonvoters)
 	m := n.fsm.membership()
-	st.Epoch, st.Members = m.Epoch(), m.Sorted()
+	st.Epoch, st.Members, st.Sequences = m.Epoch(), m.Sorted(), m.Sequences
 	return st
 }
 

@@ -112,6 +112,9 @@ func controlView(n *control.Node, self conflict.RegionID) *obs.ControlView {
 	v := &obs.ControlView{Role: st.Role, Leader: string(st.Leader), Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex,
 		LastContactSeconds: st.LastContactSeconds, Quorum: st.Quorum, Voters: st.Voters, Nonvoters: st.Nonvoters,
 		Initialised: st.Epoch.Number > 0, Epoch: st.Epoch.Number}
+	if st.Sequences != nil {
+		v.Sequences = st.Sequences.String()
+	}
 	for _, m := range st.Members {
 		v.Members = append(v.Members, obs.MemberView{ID: string(m.ID), URL: m.URL, State: string(m.State), Witness: m.Witness, From: string(m.From), Lost: m.Lost})
 		if m.ID == self {

@@ -94,6 +94,14 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		if !self {
 			return regions.Result{}, fmt.Errorf("%w: the founding members must include this region (%s)", regions.ErrInvalid, cfg.Region)
 		}
+		if p := cfg.Cluster.Sequences; p != nil {
+			// The founders keep their configured offsets; regions added
+			// later are given free ones by the control plane.
+			c.Sequences = &regions.SequencePlan{Stride: p.Stride, Offsets: map[conflict.RegionID]int64{}}
+			for _, m := range c.Members {
+				c.Sequences.Offsets[m.ID] = p.Offsets[m.ID]
+			}
+		}
 		return n.Init(ctx, c)
 	})
 	routes["POST /control/regions"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {

@@ -76,6 +76,7 @@ func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Peers = peers
 	cfg.Cluster.Regions = regs
 	cfg.Cluster.Agreed = true
+	cfg.Cluster.Sequences = m.Sequences
 	return cfg
 }
 
@@ -113,7 +114,8 @@ func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Confi
 			case <-t.C:
 			}
 			next := rt.dataPlaneConfig(base)
-			if !reflect.DeepEqual(next.Peers, running.Peers) || !slices.Equal(next.Cluster.Regions, running.Cluster.Regions) || next.Cluster.Agreed != running.Cluster.Agreed {
+			if !reflect.DeepEqual(next.Peers, running.Peers) || !slices.Equal(next.Cluster.Regions, running.Cluster.Regions) ||
+				next.Cluster.Agreed != running.Cluster.Agreed || !reflect.DeepEqual(next.Cluster.Sequences, running.Cluster.Sequences) {
 				changed.Store(true)
 				rt.log.Info("the membership or the peers changed: restarting the data plane with them",
 					"regions", regionNames(next.Cluster.Regions), "peers", next.PeerNames())

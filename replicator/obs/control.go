@@ -33,6 +33,8 @@ type ControlView struct {
 	Members     []MemberView `json:"members"`
 	// Self is this region's membership state ("" when not a member).
 	Self string `json:"self"`
+	// Sequences is the members' sequence offsets ("stride=16;eu=0,us=1").
+	Sequences string `json:"sequences,omitempty"`
 }
 
 // MemberView is one member as status shows it.
