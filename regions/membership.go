@@ -63,7 +63,11 @@ type Epoch struct {
 type Progress struct {
 	Shipped uint64                       `json:"shipped"`
 	Applied map[conflict.RegionID]uint64 `json:"applied,omitempty"`
-	Index   uint64                       `json:"index"`
+	// Runs is the membership (its Changed index) the region's data plane
+	// runs with: a region added at or before it is followed and waited for
+	// there (outbox trimming, tombstones).
+	Runs  uint64 `json:"runs,omitempty"`
+	Index uint64 `json:"index"`
 }
 
 // Membership is the state the control plane agrees on: who the members
@@ -88,6 +92,9 @@ const (
 	OpActivate = "activate"
 	OpRemove   = "remove"
 	OpReport   = "report"
+	// OpNoop changes nothing (the control plane writes one to move its
+	// log past a voter change).
+	OpNoop = "noop"
 )
 
 // Command is one change to the Membership, as the control plane's log
@@ -179,6 +186,9 @@ func (m *Membership) Apply(index uint64, c Command) (Result, error) {
 	if m.Progress == nil {
 		m.Progress = map[conflict.RegionID]*Progress{}
 	}
+	if c.Op == OpNoop {
+		return Result{}, nil
+	}
 	if c.Op != OpInit && len(m.Epochs) == 0 {
 		return Result{}, refuse("the cluster is not initialised (run polyregion cluster init in the region that holds the data)")
 	}
@@ -269,6 +279,9 @@ func (m *Membership) add(index uint64, c Command) error {
 		return invalid("add: the region's link URL is required")
 	}
 	if cur := m.Members[c.Region]; cur != nil {
+		if cur.URL == c.URL && cur.Witness == c.Witness && (c.Witness || cur.From == c.From) && cur.State != Removed {
+			return nil // the same add again (a retry whose answer was lost)
+		}
 		if cur.State == Removed {
 			return refuse("region %s was removed (at index %d); a removed region cannot come back under the same id, add it under a new one", c.Region, cur.Since)
 		}
@@ -276,7 +289,9 @@ func (m *Membership) add(index uint64, c Command) error {
 	}
 	mem := &Member{ID: c.Region, URL: c.URL, Witness: c.Witness, Since: index}
 	if c.Witness {
-		mem.State = Active
+		// It votes once it runs and says so (activate), like a region
+		// that caught up: adding one never costs the majority.
+		mem.State = Joining
 	} else {
 		src := m.Members[c.From]
 		switch {
@@ -323,7 +338,12 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 	case cur == nil:
 		return Result{}, refuse("region %q is not a member", c.Region)
 	case cur.State == Removed:
-		return Result{}, nil
+		return Result{Lost: cur.Lost}, nil // a retry whose answer was lost
+	}
+	for _, o := range m.Sorted() {
+		if o.State == Joining && o.From == c.Region {
+			return Result{}, refuse("region %s is loading its snapshot from %s: remove %s first, or wait until it joined", o.ID, c.Region, o.ID)
+		}
 	}
 	if cur.Voter() && !cur.Witness {
 		left := 0
@@ -336,7 +356,8 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 			return Result{}, refuse("region %s is the last active region", c.Region)
 		}
 	}
-	if cur.Witness || cur.State == Joining {
+	if p := m.Progress[c.Region]; cur.Witness || (cur.State == Joining && (p == nil || p.Shipped == 0)) {
+		// Nothing of its own to wait for.
 		cur.State, cur.Since = Removed, index
 		return Result{}, nil
 	}
@@ -433,6 +454,7 @@ func (m *Membership) report(index uint64, c Command) error {
 	// older than one already applied keeps the larger values.
 	if old := m.Progress[c.Region]; old != nil {
 		p.Shipped = max(p.Shipped, old.Shipped)
+		p.Runs = max(p.Runs, old.Runs)
 		merged := map[conflict.RegionID]uint64{}
 		for k, v := range old.Applied {
 			merged[k] = v
@@ -444,6 +466,37 @@ func (m *Membership) report(index uint64, c Command) error {
 	}
 	m.Progress[c.Region] = &p
 	return nil
+}
+
+// Changed is the log index of the membership's last change (a member's
+// state, or the epoch): what a region's data plane runs with.
+func (m Membership) Changed() uint64 {
+	var at uint64
+	for _, mem := range m.Members {
+		at = max(at, mem.Since)
+	}
+	return max(at, m.Epoch().Index)
+}
+
+// NotTakenIn names the regions (members that replicate, other than r)
+// whose data plane has not reported running with r as a member yet: until
+// they do, they may trim their outbox or collect tombstones past what r
+// loads.
+func (m Membership) NotTakenIn(r conflict.RegionID) []string {
+	mem := m.Members[r]
+	if mem == nil {
+		return nil
+	}
+	var out []string
+	for _, o := range m.Sorted() {
+		if o.ID == r || o.Witness || o.State == Removed {
+			continue
+		}
+		if p := m.Progress[o.ID]; p == nil || p.Runs < mem.Since {
+			out = append(out, string(o.ID))
+		}
+	}
+	return out
 }
 
 // Describe is a one-line summary of the members, for logs and errors.

@@ -124,8 +124,9 @@ func TestTheLastActiveRegionCannotBeRemoved(t *testing.T) {
 	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w", URL: "https://w:7480", Witness: true})
 	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "last active region")
 	mustApply(t, m, 3, Command{Op: OpAdd, Region: "eu", URL: "https://eu:7480", From: "us"})
-	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "last active region")
+	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "eu is loading its snapshot from us")
 	mustApply(t, m, 4, Command{Op: OpRemove, Region: "eu"})
+	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "last active region")
 	if m.State("eu") != Removed {
 		t.Fatalf("a joining region is removed at once, got %s", m.State("eu"))
 	}
@@ -191,5 +192,52 @@ func TestInitNeedsAnOffsetForEveryFounderAndNoOther(t *testing.T) {
 		if len(m.Epochs) != 0 {
 			t.Errorf("%+v: a refused init founded the cluster", tc.plan)
 		}
+	}
+}
+
+func TestRetriedCommandsGetTheFirstAnswer(t *testing.T) {
+	m := founded(t, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "sa", URL: "https://sa", From: "eu"})
+	mustApply(t, m, 3, Command{Op: OpAdd, Region: "sa", URL: "https://sa", From: "eu"})
+	if m.Members["sa"].Since != 2 {
+		t.Fatal("a repeated add changed the member")
+	}
+	refusedWith(t, m, Command{Op: OpAdd, Region: "sa", URL: "https://other", From: "eu"}, "already a member")
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "ap", Progress: &Progress{Shipped: 10}})
+	first := mustApply(t, m, 5, Command{Op: OpRemove, Region: "ap", Force: true})
+	again := mustApply(t, m, 6, Command{Op: OpRemove, Region: "ap", Force: true})
+	if first.Lost != 10 || again.Lost != 10 {
+		t.Fatalf("forced removal answered lost %d, then %d on a retry; want 10 both times", first.Lost, again.Lost)
+	}
+}
+
+func TestAJoiningRegionThatShippedIsDrainedAndAWitnessVotesOnceItRuns(t *testing.T) {
+	m := founded(t, "us")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w", URL: "https://w", Witness: true})
+	if m.Members["w"].Voter() {
+		t.Fatal("a witness added votes before it runs: adding it could cost the majority")
+	}
+	mustApply(t, m, 3, Command{Op: OpActivate, Region: "w"})
+	if !m.Members["w"].Voter() {
+		t.Fatal("an activated witness does not vote")
+	}
+	mustApply(t, m, 4, Command{Op: OpAdd, Region: "eu", URL: "https://eu", From: "us"})
+	mustApply(t, m, 5, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3}})
+	res := mustApply(t, m, 6, Command{Op: OpRemove, Region: "eu"})
+	if m.State("eu") != Leaving || len(res.Waiting) == 0 {
+		t.Fatalf("a joining region that shipped transactions was removed without a drain: %s %+v", m.State("eu"), res)
+	}
+}
+
+func TestAJoinWaitsForEveryRegionToTakeTheNewRegionIn(t *testing.T) {
+	m := founded(t, "us", "eu")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "ap", URL: "https://ap", From: "eu"})
+	if got := strings.Join(m.NotTakenIn("ap"), ","); got != "eu,us" {
+		t.Fatalf("NotTakenIn = %s, want eu,us", got)
+	}
+	mustApply(t, m, 3, Command{Op: OpReport, Region: "us", Progress: &Progress{Runs: m.Changed()}})
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "eu", Progress: &Progress{Runs: 1}})
+	if got := strings.Join(m.NotTakenIn("ap"), ","); got != "eu" {
+		t.Fatalf("NotTakenIn = %s, want eu (it runs with the membership before ap was added)", got)
 	}
 }

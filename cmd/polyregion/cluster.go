@@ -169,6 +169,9 @@ func controlRequest(ctx context.Context, path, endpoint string, req, out any) er
 		return err
 	}
 	hreq.Header.Set("Content-Type", "application/json")
+	if cfg.Control.AdminToken != "" {
+		hreq.Header.Set("Authorization", "Bearer "+cfg.Control.AdminToken)
+	}
 	resp, err := http.DefaultClient.Do(hreq)
 	if err != nil {
 		return &exitError{exitRuntime, fmt.Errorf("region %s's replicator not reachable at %s: %w", cfg.Region, cfg.HTTPListen, err)}
@@ -178,7 +181,7 @@ func controlRequest(ctx context.Context, path, endpoint string, req, out any) er
 	switch resp.StatusCode {
 	case http.StatusOK:
 		return json.Unmarshal(b, out)
-	case http.StatusBadRequest:
+	case http.StatusBadRequest, http.StatusForbidden:
 		return &exitError{exitConfig, errors.New(strings.TrimSpace(string(b)))}
 	default:
 		return &exitError{exitRuntime, errors.New(strings.TrimSpace(string(b)))}

@@ -59,6 +59,11 @@ type controlFile struct {
 	// ReportInterval is how often the region reports its positions to
 	// the cluster (what a region's removal waits for); default 10s.
 	ReportInterval time.Duration `yaml:"report_interval"`
+	// AdminToken (or AdminTokenFile) is what the change commands present
+	// to the operations server; without one it takes changes from
+	// loopback only.
+	AdminToken     string `yaml:"admin_token"`
+	AdminTokenFile string `yaml:"admin_token_file"`
 }
 
 // healthFile is the health check's settings (durations like 5s, 2m).
@@ -261,5 +266,32 @@ func (c *controlFile) toNode() (*node.ControlConfig, error) {
 	if c.HeartbeatTimeout < 0 || c.ElectionTimeout < 0 || c.ReportInterval < 0 {
 		return nil, fmt.Errorf("control: heartbeat_timeout, election_timeout and report_interval must be positive")
 	}
-	return &node.ControlConfig{Dir: c.Dir, HeartbeatTimeout: c.HeartbeatTimeout, ElectionTimeout: c.ElectionTimeout, ReportInterval: c.ReportInterval}, nil
+	hb, el := c.HeartbeatTimeout, c.ElectionTimeout
+	if hb == 0 {
+		hb = time.Second
+	}
+	if el == 0 {
+		el = time.Second
+	}
+	if el < hb {
+		return nil, fmt.Errorf("control.election_timeout: %s is below control.heartbeat_timeout (%s); raft needs it at least as long", el, hb)
+	}
+	if hb < 50*time.Millisecond {
+		return nil, fmt.Errorf("control.heartbeat_timeout: %s is below 50ms", hb)
+	}
+	tok := c.AdminToken
+	if c.AdminTokenFile != "" {
+		if tok != "" {
+			return nil, fmt.Errorf("control: set admin_token or admin_token_file, not both")
+		}
+		b, err := os.ReadFile(c.AdminTokenFile)
+		if err != nil {
+			return nil, fmt.Errorf("control.admin_token_file: %w", err)
+		}
+		tok = strings.TrimSpace(string(b))
+	}
+	if tok != "" && len(tok) < 16 {
+		return nil, fmt.Errorf("control.admin_token: too short (%d characters, want at least 16)", len(tok))
+	}
+	return &node.ControlConfig{Dir: c.Dir, HeartbeatTimeout: c.HeartbeatTimeout, ElectionTimeout: c.ElectionTimeout, ReportInterval: c.ReportInterval, AdminToken: tok}, nil
 }

@@ -30,6 +30,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -79,6 +80,8 @@ type Node struct {
 
 	mu         sync.Mutex
 	lastReport time.Time
+	// snapped is the membership (without positions) of the last snapshot.
+	snapped atomic.Pointer[string]
 	// initMu is held by Init throughout, so that Run does not apply the
 	// same pending init meanwhile.
 	initMu sync.Mutex
@@ -126,6 +129,8 @@ func Open(cfg Config) (*Node, error) {
 		n.store.Close()
 		return nil, fmt.Errorf("control plane: %w", err)
 	}
+	restored := n.shape() // as restored from the last snapshot
+	n.snapped.Store(&restored)
 	return n, nil
 }
 
@@ -155,6 +160,8 @@ type answer struct {
 	Error   string         `json:"error,omitempty"`
 	Refused bool           `json:"refused,omitempty"`
 	Invalid bool           `json:"invalid,omitempty"`
+	// Index is the command's log index (0 when refused).
+	Index uint64 `json:"index,omitempty"`
 }
 
 // Forward implements link.Control: a peer forwarded a command to this
@@ -163,11 +170,20 @@ func (n *Node) Forward(ctx context.Context, peer conflict.RegionID, body []byte)
 	if n.raft.State() != raft.Leader {
 		return nil, fmt.Errorf("region %s does not lead the control plane", n.cfg.Region)
 	}
-	res, err := n.applyLocal(ctx, body)
+	var c regions.Command
+	if err := json.Unmarshal(body, &c); err != nil {
+		return nil, fmt.Errorf("forwarded command from %s does not decode: %w", peer, err)
+	}
+	if (c.Op == regions.OpReport || c.Op == regions.OpActivate) && c.Region != peer {
+		// A region speaks for itself only: its positions, its having
+		// caught up.
+		return json.Marshal(answer{Error: fmt.Sprintf("%s: %s may not %s region %s", regions.ErrRefused, peer, c.Op, c.Region), Refused: true})
+	}
+	res, index, err := n.applyLocal(ctx, body)
 	if errors.Is(err, raft.ErrNotLeader) || errors.Is(err, raft.ErrLeadershipLost) {
 		return nil, err
 	}
-	a := answer{Result: res}
+	a := answer{Result: res, Index: index}
 	if err != nil {
 		a.Error, a.Refused, a.Invalid = err.Error(), errors.Is(err, regions.ErrRefused), errors.Is(err, regions.ErrInvalid)
 	}
@@ -175,17 +191,29 @@ func (n *Node) Forward(ctx context.Context, peer conflict.RegionID, body []byte)
 }
 
 // applyLocal applies an encoded command on the leader.
-func (n *Node) applyLocal(ctx context.Context, body []byte) (regions.Result, error) {
+func (n *Node) applyLocal(ctx context.Context, body []byte) (regions.Result, uint64, error) {
 	timeout := 10 * time.Second
 	if dl, ok := ctx.Deadline(); ok {
 		timeout = time.Until(dl)
 	}
 	f := n.raft.Apply(body, timeout)
 	if err := f.Error(); err != nil {
-		return regions.Result{}, err
+		return regions.Result{}, 0, err
 	}
 	a, _ := f.Response().(applied)
-	return a.Result, a.Err
+	return a.Result, f.Index(), a.Err
+}
+
+// caughtUpTo waits (until ctx ends) for this region to have applied the
+// log up to index, so that what it shows after a change includes it.
+func (n *Node) caughtUpTo(ctx context.Context, index uint64) {
+	for n.raft.AppliedIndex() < index {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }
 
 // Apply applies a command through the leader (this region or the one it
@@ -200,7 +228,7 @@ func (n *Node) Apply(ctx context.Context, c regions.Command) (regions.Result, er
 	for {
 		switch _, leader := n.raft.LeaderWithID(); {
 		case n.raft.State() == raft.Leader:
-			res, err := n.applyLocal(ctx, body)
+			res, _, err := n.applyLocal(ctx, body)
 			if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) && !errors.Is(err, raft.ErrEnqueueTimeout) {
 				return res, err
 			}
@@ -212,6 +240,7 @@ func (n *Node) Apply(ctx context.Context, c regions.Command) (regions.Result, er
 				if err := json.Unmarshal(out, &a); err != nil {
 					return regions.Result{}, fmt.Errorf("control plane leader %s: answer: %w", leader, err)
 				}
+				n.caughtUpTo(ctx, a.Index)
 				switch {
 				case a.Refused:
 					return a.Result, fmt.Errorf("%w: %s", regions.ErrRefused, strings.TrimPrefix(a.Error, regions.ErrRefused.Error()+": "))
@@ -226,6 +255,12 @@ func (n *Node) Apply(ctx context.Context, c regions.Command) (regions.Result, er
 		}
 		select {
 		case <-ctx.Done():
+			if n.raft.State() == raft.Shutdown {
+				return regions.Result{}, fmt.Errorf("region %s's control plane is shut down (it was removed from the cluster, or is stopping)", n.cfg.Region)
+			}
+			if errors.Is(ctx.Err(), context.Canceled) {
+				return regions.Result{}, ctx.Err()
+			}
 			st := n.Status()
 			msg := fmt.Sprintf("%s: region %s reaches no leader among the voters %s", ErrNoQuorum.Error(), n.cfg.Region, strings.Join(st.Voters, ", "))
 			if last != nil {
@@ -268,6 +303,7 @@ func (n *Node) Init(ctx context.Context, c regions.Command) (regions.Result, err
 			servers = append(servers, raft.Server{Suffrage: raft.Voter, ID: raft.ServerID(m.ID), Address: raft.ServerAddress(m.ID)})
 		}
 		if err := n.raft.BootstrapCluster(raft.Configuration{Servers: servers}).Error(); err != nil {
+			_ = os.Remove(n.pendingInit())
 			return regions.Result{}, fmt.Errorf("control plane bootstrap: %w", err)
 		}
 		n.log.Info("control plane: bootstrapped", "voters", len(servers))
@@ -321,8 +357,39 @@ func (n *Node) Run(ctx context.Context) {
 		if n.raft.State() == raft.Leader {
 			n.reconcile()
 		}
+		n.snapshotMembership()
 		n.report(ctx)
 	}
+}
+
+// snapshotMembership takes a raft snapshot once the membership (members,
+// their states, epochs, sequence offsets) changed: raft restores only its
+// last snapshot at start and replays the log after it only once it hears
+// the commit index from a leader, so without one a restarted region would
+// know no membership until it reaches a majority.
+func (n *Node) snapshotMembership() {
+	b := n.shape()
+	if last := n.snapped.Load(); last != nil && b == *last {
+		return
+	}
+	err := n.raft.Snapshot().Error()
+	if err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+		// Raft takes none before its latest voter change counts as
+		// applied, which it does once a later command is (the leader
+		// writes one after each change): next turn.
+		n.log.Debug("control plane: snapshot of the membership not taken yet", "err", err)
+		return
+	}
+	n.snapped.Store(&b)
+}
+
+// shape is the membership without positions, as snapshotMembership
+// compares it.
+func (n *Node) shape() string {
+	m := n.fsm.membership()
+	m.Progress = nil
+	b, _ := json.Marshal(m)
+	return string(b)
 }
 
 func (n *Node) applyPendingInit(ctx context.Context) {
@@ -375,6 +442,10 @@ func (n *Node) reconcile() {
 			return
 		}
 		n.log.Info("control plane: voters changed", "change", what, "region", string(id))
+		// A command after the voter change lets every region snapshot the
+		// membership past it (see snapshotMembership).
+		body, _ := json.Marshal(regions.Command{Op: regions.OpNoop})
+		_ = n.raft.Apply(body, 2*time.Second).Error()
 	}
 	for _, mem := range m.Sorted() {
 		id := raft.ServerID(mem.ID)
@@ -434,7 +505,11 @@ func (n *Node) report(ctx context.Context) {
 	actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	defer cancel()
 	if _, err := n.Apply(actx, regions.Command{Op: regions.OpReport, Region: n.cfg.Region, Progress: &p}); err != nil {
-		n.log.Debug("control plane: positions not reported", "err", err)
+		level := slog.LevelDebug
+		if mem.State == regions.Leaving {
+			level = slog.LevelWarn // its removal waits for this report
+		}
+		n.log.Log(ctx, level, "control plane: positions not reported", "err", err)
 		return
 	}
 	n.mu.Lock()
@@ -444,7 +519,7 @@ func (n *Node) report(ctx context.Context) {
 
 // covers reports whether the recorded progress already holds p.
 func covers(old, p regions.Progress) bool {
-	if p.Shipped > old.Shipped {
+	if p.Shipped > old.Shipped || p.Runs > old.Runs {
 		return false
 	}
 	for r, v := range p.Applied {

@@ -20,10 +20,11 @@ type network struct {
 	nodes map[conflict.RegionID]*Node
 	cut   map[conflict.RegionID]bool
 	conns map[conflict.RegionID][]net.Conn
+	stops map[conflict.RegionID]func()
 }
 
 func newNetwork() *network {
-	return &network{nodes: map[conflict.RegionID]*Node{}, cut: map[conflict.RegionID]bool{}, conns: map[conflict.RegionID][]net.Conn{}}
+	return &network{nodes: map[conflict.RegionID]*Node{}, cut: map[conflict.RegionID]bool{}, conns: map[conflict.RegionID][]net.Conn{}, stops: map[conflict.RegionID]func(){}}
 }
 
 func (nw *network) dialer(from conflict.RegionID) func(context.Context, conflict.RegionID) (net.Conn, error) {
@@ -71,8 +72,13 @@ func (nw *network) partition(r conflict.RegionID, cut bool) {
 
 func (nw *network) start(t *testing.T, r conflict.RegionID) *Node {
 	t.Helper()
+	return nw.startIn(t, r, t.TempDir())
+}
+
+func (nw *network) startIn(t *testing.T, r conflict.RegionID, dir string) *Node {
+	t.Helper()
 	n, err := Open(Config{
-		Region: r, Dir: t.TempDir(), Dial: nw.dialer(r), Forward: nw.forwarder(r),
+		Region: r, Dir: dir, Dial: nw.dialer(r), Forward: nw.forwarder(r),
 		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
 	})
 	if err != nil {
@@ -85,6 +91,9 @@ func (nw *network) start(t *testing.T, r conflict.RegionID) *Node {
 	done := make(chan struct{})
 	go func() { n.Run(ctx); close(done) }()
 	t.Cleanup(func() { cancel(); <-done; n.Close() })
+	nw.mu.Lock()
+	nw.stops[r] = func() { cancel(); <-done; n.Close() }
+	nw.mu.Unlock()
 	return n
 }
 
@@ -233,5 +242,53 @@ func TestTheNextLeaderTakesOverWhenTheLeaderStops(t *testing.T) {
 	}
 	for _, n := range nodes {
 		eventually(t, "both adds everywhere", func() bool { m := n.Membership(); return len(m.Members) == 5 })
+	}
+}
+
+func TestARestartedRegionKnowsTheMembershipWithoutALeader(t *testing.T) {
+	nw := newNetwork()
+	dirs := map[conflict.RegionID]string{"us": t.TempDir(), "eu": t.TempDir(), "ap": t.TempDir()}
+	var nodes []*Node
+	var founders []regions.Member
+	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
+		nodes = append(nodes, nw.startIn(t, r, dirs[r]))
+		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := nodes[0].Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, nodes[1], regions.Command{Op: regions.OpAdd, Region: "sa", URL: "https://sa", From: "us"})
+	eventually(t, "every region to apply the add", func() bool {
+		for _, n := range nodes {
+			if n.Membership().State("sa") != regions.Joining {
+				return false
+			}
+		}
+		return true
+	})
+	eventually(t, "every region to snapshot the membership with sa", func() bool {
+		for _, n := range nodes {
+			if last := n.snapped.Load(); last == nil || n.shape() != *last {
+				return false
+			}
+		}
+		return true
+	})
+	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
+		nw.stop(r)
+		nw.mu.Lock()
+		stop := nw.stops[r]
+		nw.mu.Unlock()
+		stop()
+	}
+	// us comes back alone: no leader, yet it knows sa was added.
+	us := nw.startIn(t, "us", dirs["us"])
+	if m := us.Membership(); m.State("sa") != regions.Joining || m.Epoch().Number != 1 {
+		t.Fatalf("a region restarted without a majority knows membership %s (epoch %d)", m.Describe(), m.Epoch().Number)
+	}
+	if us.Status().Quorum {
+		t.Fatal("one of three voters claims a quorum")
 	}
 }

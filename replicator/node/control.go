@@ -28,12 +28,16 @@ type ControlConfig struct {
 	// ReportInterval is how often the region reports its positions (0:
 	// 10s).
 	ReportInterval time.Duration
+	// AdminToken, when set, is what a change asked of the operations
+	// server (cluster init, region add and remove) must present; without
+	// it only a change asked from the machine itself (loopback) is taken.
+	AdminToken string
 }
 
 // openControl opens the region's control-plane node (nil when not
 // configured). Raft traffic and forwarded commands go over the links to
 // the peers of cfg.Peers, with their URLs, TLS and tokens.
-func openControl(cfg Config, currentPeers func() []Peer) (*control.Node, error) {
+func openControl(cfg Config, currentPeers func() []Peer, progress func(context.Context) (regions.Progress, error)) (*control.Node, error) {
 	if cfg.Control == nil {
 		return nil, nil
 	}
@@ -77,29 +81,51 @@ func openControl(cfg Config, currentPeers func() []Peer) (*control.Node, error) 
 			defer c.Close()
 			return c.Forward(ctx, body)
 		},
-		Progress: func(ctx context.Context) (regions.Progress, error) {
-			return readProgress(ctx, cfg)
-		},
+		Progress: progress,
 	})
 }
 
-// readProgress reads the region's positions: the newest transaction it
-// shipped (versioned) and how far it applied every other region.
-func readProgress(ctx context.Context, cfg Config) (regions.Progress, error) {
+// readProgress reads the region's positions as the cluster may rely on
+// them: the newest transaction it shipped, once its reader has versioned
+// every local write committed before the call (a region's removal waits
+// for that count), how far it durably took in every other region (parked
+// changes not counted: they are retried only while their source is a
+// member), and the membership its data plane runs with. Without a running
+// reader it reports nothing.
+func (rt *runtime) readProgress(ctx context.Context, cfg Config) (regions.Progress, error) {
+	reader := rt.reader.Load()
+	if reader == nil {
+		return regions.Progress{}, errors.New("the data plane is not running")
+	}
+	runs := rt.runs.Load()
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
 		return regions.Progress{}, err
 	}
 	defer conn.Close(context.Background())
+	applied, err := postgres.SettledPositions(ctx, conn)
+	if err != nil {
+		return regions.Progress{}, err
+	}
+	// Appliers commit asynchronously (durable.go): report durable positions.
+	if err := postgres.FlushWAL(ctx, conn); err != nil {
+		return regions.Progress{}, err
+	}
+	lsn, err := postgres.EmitBarrier(ctx, conn)
+	if err != nil {
+		return regions.Progress{}, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err = reader.WaitVersioned(wctx, lsn)
+	cancel()
+	if err != nil {
+		return regions.Progress{}, fmt.Errorf("reader: %w", err)
+	}
 	shipped, err := postgres.VersionedSeq(ctx, conn, string(cfg.Region))
 	if err != nil {
 		return regions.Progress{}, err
 	}
-	applied, err := postgres.AppliedPositions(ctx, conn)
-	if err != nil {
-		return regions.Progress{}, err
-	}
-	p := regions.Progress{Shipped: uint64(max(shipped, 0)), Applied: map[conflict.RegionID]uint64{}}
+	p := regions.Progress{Shipped: uint64(max(shipped, 0)), Applied: map[conflict.RegionID]uint64{}, Runs: runs}
 	for r, seq := range applied {
 		p.Applied[r] = uint64(max(seq, 0))
 	}

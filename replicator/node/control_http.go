@@ -3,11 +3,14 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
@@ -62,6 +65,13 @@ type ChangeAnswer struct {
 const applyTimeout = 8 * time.Second
 
 func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) {
+	admin := ""
+	if cfg.Control != nil {
+		admin = cfg.Control.AdminToken
+	}
+	changeHandler := func(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
+		return adminOnly(admin, changeHandlerOf(n, do))
+	}
 	routes["GET /control"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Status())
 	})
@@ -138,7 +148,32 @@ func decodeStrict(body []byte, v any) error {
 	return nil
 }
 
-func changeHandler(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
+// adminOnly lets a change through when it presents the admin token, or,
+// with none configured, when it comes from the machine itself: the
+// operations server also answers DNS health checkers and scrapers, which
+// must not be able to remove a region.
+func adminOnly(token string, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if token != "" {
+			got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+				http.Error(w, "control changes need the admin token (control.admin_token)", http.StatusForbidden)
+				return
+			}
+		} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !isLoopback(host) {
+			http.Error(w, "control changes are taken from this machine only (loopback); set control.admin_token to take them from elsewhere", http.StatusForbidden)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+func isLoopback(host string) bool {
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+func changeHandlerOf(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {

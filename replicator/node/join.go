@@ -88,7 +88,11 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		var h postgres.SnapshotHeader
 		var sum postgres.SnapshotSummary
 		err := peersAccept(ctx, cfg, peer.ID)
+		if err == nil && rt.control != nil {
+			err = takenIn(ctx, cfg, rt)
+		}
 		if err == nil {
+			rt.loading.Store(true)
 			err = client.Snapshot(ctx, func(r io.Reader) error {
 				var err error
 				h, sum, err = postgres.LoadSnapshot(ctx, postgres.LoadConfig{
@@ -97,6 +101,7 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 				}, r)
 				return err
 			})
+			rt.loading.Store(false)
 		}
 		switch {
 		case err == nil:

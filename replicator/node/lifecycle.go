@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/regions/control"
 	"github.com/polyregion/polyregion/replicator/audit"
 	"github.com/polyregion/polyregion/replicator/obs"
@@ -48,6 +49,11 @@ type runtime struct {
 	peers     atomic.Pointer[[]Peer]
 	witnesses atomic.Pointer[[]Peer]
 	red       *obs.Redactor
+	// runs is the membership the running data plane follows (its Changed
+	// index, reported to the cluster); loading is set while a snapshot
+	// loads (membership changes wait for it).
+	runs    atomic.Uint64
+	loading atomic.Bool
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }
@@ -101,7 +107,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	// The control plane runs for the life of the process, whatever the
 	// data plane does (a region whose database is away keeps its vote).
-	if rt.control, err = openControl(cfg, rt.controlPeers); err != nil {
+	progress := func(ctx context.Context) (regions.Progress, error) { return rt.readProgress(ctx, cfg) }
+	if rt.control, err = openControl(cfg, rt.controlPeers, progress); err != nil {
 		return err
 	}
 	if rt.control != nil {
@@ -208,7 +215,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return err
 			}
 		}
-		dcfg := rt.dataPlaneConfig(cfg)
+		dcfg, runs := rt.dataPlaneConfig(cfg)
+		rt.runs.Store(runs)
 		if missing := unconfiguredMembers(dcfg); len(missing) > 0 {
 			rt.log.Warn("members of the cluster that this region cannot follow: add them to peers: (url, token) and reload", "regions", missing)
 		}
@@ -219,7 +227,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		err := runDataPlane(runCtx, dcfg, rt)
 		endRun()
 		rt.reader.Store(nil)
-		if changed.Load() && ctx.Err() == nil && (err == nil || errors.Is(err, context.Canceled)) {
+		if changed.Load() && ctx.Err() == nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrShutdownDeadline)) {
+			// Stopped for the new membership or peers (work abandoned at
+			// the deadline is redone): start again with them.
 			continue
 		}
 		if err == nil || errors.Is(err, ErrShutdownDeadline) {

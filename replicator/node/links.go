@@ -54,8 +54,27 @@ func (l *links) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer cur.wg.Done()
 	ctx, cancel := context.WithCancel(r.Context())
 	defer cancel()
-	stop := context.AfterFunc(cur.ctx, cancel)
-	defer stop()
+	rc := http.NewResponseController(w)
+	var mu sync.Mutex
+	returned := false
+	stop := context.AfterFunc(cur.ctx, func() {
+		cancel()
+		// A handler blocked writing to a peer that does not read (a
+		// black-holed region) would not see the context: its next write
+		// fails at once instead. Only while the handler runs: the
+		// writer is gone once it returned.
+		mu.Lock()
+		defer mu.Unlock()
+		if !returned {
+			_ = rc.SetWriteDeadline(time.Now())
+		}
+	})
+	defer func() {
+		stop()
+		mu.Lock()
+		returned = true
+		mu.Unlock()
+	}()
 	cur.h.ServeHTTP(w, r.WithContext(ctx))
 }
 
@@ -82,9 +101,19 @@ func (l *links) serve(h http.Handler) (stop func(grace time.Duration)) {
 		case <-time.After(grace):
 		}
 		d.cancel()
-		<-done
+		select {
+		case <-done:
+		case <-time.After(handlersExit):
+			// Not worth holding the data plane for: what such a handler
+			// still holds is a connection, not data (positions are the
+			// peers' to keep).
+		}
 	}
 }
+
+// handlersExit bounds the wait for the data plane's requests to end once
+// they were told to.
+const handlersExit = 5 * time.Second
 
 // serveLinks listens on the link address for the life of the process and
 // returns the function that stops serving it.

@@ -2,6 +2,7 @@ package node
 
 import (
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -54,5 +55,38 @@ func TestLinksServeTheControlPlaneWhateverTheDataPlaneDoes(t *testing.T) {
 	}
 	if code, _ := get("/v1/ack"); code != http.StatusServiceUnavailable {
 		t.Fatalf("after stop: %d, want 503", code)
+	}
+}
+
+func TestLinksStopDoesNotWaitForAPeerThatDoesNotRead(t *testing.T) {
+	l := &links{region: "us"}
+	srv := httptest.NewServer(l)
+	defer srv.Close()
+	writing := make(chan struct{})
+	stop := l.serve(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		chunk := make([]byte, 64<<10)
+		for i := 0; ; i++ {
+			if i == 4 {
+				close(writing)
+			}
+			if _, err := w.Write(chunk); err != nil {
+				return
+			}
+		}
+	}))
+	conn, err := net.Dial("tcp", strings.TrimPrefix(srv.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := conn.Write([]byte("GET /v1/stream HTTP/1.1\r\nHost: x\r\n\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	<-writing // it fills the socket buffers, and blocks: nobody reads
+	time.Sleep(200 * time.Millisecond)
+	began := time.Now()
+	stop(100 * time.Millisecond)
+	if d := time.Since(began); d > 2*time.Second {
+		t.Fatalf("stop took %s with a handler blocked writing to a peer that does not read", d)
 	}
 }

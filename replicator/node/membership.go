@@ -2,8 +2,10 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"reflect"
 	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -44,15 +46,16 @@ func (rt *runtime) controlPeers() []Peer {
 	return append(append([]Peer(nil), rt.currentPeers()...), rt.currentWitnesses()...)
 }
 
-// dataPlaneConfig is the configuration one run of the data plane uses.
-func (rt *runtime) dataPlaneConfig(cfg Config) Config {
+// dataPlaneConfig is the configuration one run of the data plane uses,
+// and the membership (its Changed index) it follows (0: none).
+func (rt *runtime) dataPlaneConfig(cfg Config) (Config, uint64) {
 	cfg.Peers = append([]Peer(nil), rt.currentPeers()...)
 	if rt.control == nil {
-		return cfg
+		return cfg, 0
 	}
 	m := rt.control.Membership()
 	if len(m.Epochs) == 0 {
-		return cfg // not initialised (here yet): the configuration's regions
+		return cfg, 0 // not initialised (here yet): the configuration's regions
 	}
 	regs := []conflict.RegionID{}
 	members := map[conflict.RegionID]bool{}
@@ -77,7 +80,31 @@ func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Cluster.Regions = regs
 	cfg.Cluster.Agreed = true
 	cfg.Cluster.Sequences = m.Sequences
-	return cfg
+	return cfg, m.Changed()
+}
+
+// takenIn holds a region about to load its snapshot until every other
+// member's data plane runs with it as a member (they reported so): before
+// that, one of them may trim its outbox or collect tombstones past what
+// the snapshot holds. A member that is down is waited for (remove it, or
+// bring it back).
+func takenIn(ctx context.Context, cfg Config, rt *runtime) error {
+	for said := ""; ; {
+		missing := rt.control.Membership().NotTakenIn(cfg.Region)
+		if len(missing) == 0 {
+			return nil
+		}
+		if msg := fmt.Sprintf("waiting for %s to take this region in (their data plane has not reported running with it as a member yet)", strings.Join(missing, ", ")); msg != said {
+			said = msg
+			rt.mon.Joining(msg)
+			rt.log.Info("joining: " + msg)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // unconfiguredMembers names the members this region cannot follow: no
@@ -113,7 +140,10 @@ func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Confi
 				return
 			case <-t.C:
 			}
-			next := rt.dataPlaneConfig(base)
+			if rt.loading.Load() {
+				continue // a load is one transaction: restart once it is in
+			}
+			next, _ := rt.dataPlaneConfig(base)
 			if !reflect.DeepEqual(next.Peers, running.Peers) || !slices.Equal(next.Cluster.Regions, running.Cluster.Regions) ||
 				next.Cluster.Agreed != running.Cluster.Agreed || !reflect.DeepEqual(next.Cluster.Sequences, running.Cluster.Sequences) {
 				changed.Store(true)

@@ -109,6 +109,9 @@ func (c *Config) Secrets() []string {
 	for _, w := range c.Witnesses {
 		out = append(out, w.Token)
 	}
+	if c.Control != nil {
+		out = append(out, c.Control.AdminToken)
+	}
 	if c.Search != nil {
 		out = append(out, c.Search.Backend.Password, c.Search.Backend.APIKey)
 	}
@@ -299,9 +302,13 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		return fmt.Errorf("outbox pool: %w", err)
 	}
 	defer pool.Close()
-	peerIDs := make([]conflict.RegionID, len(cfg.Peers))
-	for i, p := range cfg.Peers {
-		peerIDs[i] = p.ID
+	// The outbox is kept for every other region, configured here or not
+	// (a member this region cannot follow still needs what it wrote).
+	var peerIDs []conflict.RegionID
+	for _, r := range cfg.Cluster.Regions {
+		if r != cfg.Region {
+			peerIDs = append(peerIDs, r)
+		}
 	}
 	outbox := postgres.NewOutbox(pool, reader, cfg.Region, peerIDs, cfg.OutboxMaxTxns)
 	outbox.Removed = rt.removed

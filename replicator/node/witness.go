@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/regions/control"
 	"github.com/polyregion/polyregion/replicator/link"
 	"github.com/polyregion/polyregion/replicator/obs"
@@ -107,7 +108,7 @@ func RunWitness(ctx context.Context, cfg WitnessConfig) (err error) {
 	if err := cfg.Validate(); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
-	var secrets []string
+	secrets := []string{cfg.Control.AdminToken}
 	for _, r := range cfg.Regions {
 		secrets = append(secrets, r.Token)
 	}
@@ -115,7 +116,7 @@ func RunWitness(ctx context.Context, cfg WitnessConfig) (err error) {
 	log := slog.New(red.Handler(cfg.Logger.Handler())).With("witness", string(cfg.ID))
 	defer func() { err = red.Error(err) }()
 	ccfg := cfg.Control
-	n, err := openControl(Config{Region: cfg.ID, Control: &ccfg, Logger: log}, func() []Peer { return cfg.Regions })
+	n, err := openControl(Config{Region: cfg.ID, Control: &ccfg, Logger: log}, func() []Peer { return cfg.Regions }, nil)
 	if err != nil {
 		return err
 	}
@@ -160,6 +161,7 @@ func RunWitness(ctx context.Context, cfg WitnessConfig) (err error) {
 		defer stop()
 	}
 	log.Info("witness running", "listen", cfg.Listen, "http", cfg.HTTPListen, "regions", len(cfg.Regions))
+	go activateWitness(ctx, n, cfg.ID, log)
 	n.Run(ctx)
 	log.Info("witness stopped")
 	return nil
@@ -170,7 +172,8 @@ func RunWitness(ctx context.Context, cfg WitnessConfig) (err error) {
 func serveWitnessOps(cfg WitnessConfig, n *control.Node) (stop func(), err error) {
 	metrics := obs.NewControlMetrics(cfg.ID)
 	routes := map[string]http.Handler{}
-	controlRoutes(routes, Config{Region: cfg.ID}, n)
+	ccfg := cfg.Control
+	controlRoutes(routes, Config{Region: cfg.ID, Control: &ccfg}, n)
 	mux := http.NewServeMux()
 	for pattern, h := range routes {
 		mux.Handle(pattern, h)
@@ -207,4 +210,25 @@ func serveWitnessOps(cfg WitnessConfig, n *control.Node) (stop func(), err error
 		defer cancel()
 		_ = srv.Shutdown(sctx)
 	}, nil
+}
+
+// activateWitness makes the witness a voter once the cluster added it and
+// it follows the log: until then it does not count toward the majority.
+func activateWitness(ctx context.Context, n *control.Node, id conflict.RegionID, log *slog.Logger) {
+	for {
+		switch n.Membership().State(id) {
+		case regions.Joining:
+			if err := n.Activate(ctx); err == nil {
+				log.Info("control plane: this witness votes")
+			}
+			return
+		case regions.Active, regions.Leaving, regions.Removed:
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
 }

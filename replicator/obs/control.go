@@ -54,8 +54,8 @@ type MemberView struct {
 // writes taken there would go nowhere); no quorum only degrades (the data
 // plane never waits for the control plane).
 func controlReasons(c *ControlView) (down, degraded []string) {
-	if c == nil {
-		return nil, nil
+	if c == nil || !c.Initialised {
+		return nil, nil // no cluster (here) yet: nothing to have a quorum of
 	}
 	if c.Self == "removed" {
 		down = append(down, "removed from the cluster: its peers refuse its links, its writes replicate nowhere")

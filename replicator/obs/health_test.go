@@ -39,9 +39,10 @@ func TestHealthEvaluateOnlyLocalTroubleIsUnavailable(t *testing.T) {
 		{"stalled", Observation{Stalled: 3 * time.Minute}, StateUnavailable, "replicator stalled"},
 		{"briefly behind is not stalled", Observation{Stalled: 30 * time.Second}, StateServing, ""},
 		{"joining", Observation{Joining: "loading a snapshot from eu", Peers: []PeerView{up}}, StateUnavailable, "joining: loading a snapshot from eu"},
-		{"control plane with a leader", Observation{Peers: []PeerView{up}, Control: &ControlView{Quorum: true, Self: "active"}}, StateServing, ""},
-		{"control plane without quorum still serves", Observation{Peers: []PeerView{up}, Control: &ControlView{Voters: []string{"ap", "eu", "us"}, Self: "active"}}, StateDegraded, "control plane: no quorum (reaches no leader among the voters ap, eu, us); configuration changes are refused, replication goes on"},
-		{"removed from the cluster", Observation{Peers: []PeerView{up}, Control: &ControlView{Quorum: true, Self: "removed"}}, StateUnavailable, "removed from the cluster"},
+		{"control plane with a leader", Observation{Peers: []PeerView{up}, Control: &ControlView{Initialised: true, Quorum: true, Self: "active"}}, StateServing, ""},
+		{"control plane without quorum still serves", Observation{Peers: []PeerView{up}, Control: &ControlView{Initialised: true, Voters: []string{"ap", "eu", "us"}, Self: "active"}}, StateDegraded, "control plane: no quorum (reaches no leader among the voters ap, eu, us); configuration changes are refused, replication goes on"},
+		{"control plane not initialised yet", Observation{Peers: []PeerView{up}, Control: &ControlView{}}, StateServing, ""},
+		{"removed from the cluster", Observation{Peers: []PeerView{up}, Control: &ControlView{Initialised: true, Quorum: true, Self: "removed"}}, StateUnavailable, "removed from the cluster"},
 	}
 	for _, tc := range cases {
 		state, reasons := Evaluate(c, tc.o)
