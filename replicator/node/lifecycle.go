@@ -296,7 +296,10 @@ func (rt *runtime) reload(cur, next Config) {
 	same("database", cur.Database, next.Database)
 	same("listen", cur.Listen, next.Listen)
 	same("tls", cur.TLS, next.TLS)
-	if cur.Control != nil && (!reflect.DeepEqual(rt.currentPeers(), next.Peers) || !reflect.DeepEqual(rt.currentWitnesses(), next.Witnesses)) {
+	// Once the cluster is initialised, its membership is the control
+	// plane's: peers (and witnesses) only say how to reach each member.
+	agreed := rt.control != nil && len(rt.control.Membership().Epochs) > 0
+	if agreed && (!reflect.DeepEqual(rt.currentPeers(), next.Peers) || !reflect.DeepEqual(rt.currentWitnesses(), next.Witnesses)) {
 		// The membership is the control plane's; peers and witnesses only
 		// say how to reach each one: the data plane restarts with the new
 		// peers.
@@ -309,10 +312,11 @@ func (rt *runtime) reload(cur, next Config) {
 		rt.witnesses.Store(&witnesses)
 		rt.links.setControlTokens(rt, next)
 		rt.log.Info("config reload: peers applied (the data plane restarts with them)", "peers", next.PeerNames(), "witnesses", len(next.Witnesses))
-	} else if cur.Control == nil {
+	} else if !agreed {
 		same("peers", cur.Peers, next.Peers)
+		same("witnesses", cur.Witnesses, next.Witnesses)
 	}
-	if cur.Control != nil {
+	if agreed {
 		// Regions are agreed by the control plane; only the policies count.
 		cur.Cluster.Agreed, next.Cluster.Agreed = true, true
 	}
