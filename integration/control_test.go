@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sync/errgroup"
 	"gopkg.in/yaml.v3"
 )
 
@@ -522,47 +521,5 @@ func TestRegionsAddedOnlineTakeTheirOwnSequenceNumbers(t *testing.T) {
 		t.Fatalf("status does not show the offsets the control plane gave:\n%s", out)
 	}
 
-	const perRegion = 150
-	var g errgroup.Group
-	for _, r := range h.Regions {
-		g.Go(func() error {
-			pool, err := r.Pool(ctx)
-			if err != nil {
-				return err
-			}
-			for i := range perRegion {
-				if _, err := pool.Exec(ctx, `INSERT INTO public.events (region, n) VALUES ($1, $2)`, r.Name, i); err != nil {
-					return fmt.Errorf("region %s: %w", r.Name, err)
-				}
-				if i%5 == 0 {
-					if _, err := pool.Exec(ctx, `INSERT INTO public.items (name) VALUES ($1)`, fmt.Sprintf("%s-%d", r.Name, i)); err != nil {
-						return fmt.Errorf("region %s: %w", r.Name, err)
-					}
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.WaitConverged(ctx, tableNames(tables), 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range h.Regions {
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.events`); n != 50+3*perRegion {
-			t.Errorf("region %s holds %d events, want %d", r.Name, n, 50+3*perRegion)
-		}
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.items`); n != 3*perRegion/5 {
-			t.Errorf("region %s holds %d items, want %d", r.Name, n, 3*perRegion/5)
-		}
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.conflict_log`); n != 0 {
-			t.Errorf("region %s logged %d conflicts, want none", r.Name, n)
-		}
-		for o, off := range offsets {
-			if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.events WHERE region = $1 AND (id <= 50 OR id % 4 <> $2)`, o, off); n != 0 {
-				t.Errorf("region %s: %d of %s's events have a key outside its numbers", r.Name, n, o)
-			}
-		}
-	}
+	insertThroughSequences(t, ctx, h, tables, 4, offsets)
 }

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -41,50 +42,7 @@ func TestSequenceKeysDoNotCollideAcrossRegions(t *testing.T) {
 	if err := h.WaitReady(ctx, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	const perRegion = 150
-	var g errgroup.Group
-	for _, r := range h.Regions {
-		g.Go(func() error {
-			pool, err := r.Pool(ctx)
-			if err != nil {
-				return err
-			}
-			for i := range perRegion {
-				if _, err := pool.Exec(ctx, `INSERT INTO public.events (region, n) VALUES ($1, $2)`, r.Name, i); err != nil {
-					return fmt.Errorf("region %s: %w", r.Name, err)
-				}
-				if i%5 == 0 {
-					if _, err := pool.Exec(ctx, `INSERT INTO public.items (name) VALUES ($1)`, fmt.Sprintf("%s-%d", r.Name, i)); err != nil {
-						return fmt.Errorf("region %s: %w", r.Name, err)
-					}
-				}
-			}
-			return nil
-		})
-	}
-	if err := g.Wait(); err != nil {
-		t.Fatal(err)
-	}
-	if err := h.WaitConverged(ctx, tableNames(tables), 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	for _, r := range h.Regions {
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.events`); n != 50+3*perRegion {
-			t.Errorf("region %s holds %d events, want %d", r.Name, n, 50+3*perRegion)
-		}
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.items`); n != 3*perRegion/5 {
-			t.Errorf("region %s holds %d items, want %d", r.Name, n, 3*perRegion/5)
-		}
-		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.conflict_log`); n != 0 {
-			t.Errorf("region %s logged %d conflicts, want none", r.Name, n)
-		}
-		// Each region's keys are its own numbers, above the seeded ones.
-		for o, off := range offsets {
-			if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.events WHERE region = $1 AND (id <= 50 OR id % 16 <> $2)`, o, off); n != 0 {
-				t.Errorf("region %s: %d of %s's events have a key outside its numbers", r.Name, n, o)
-			}
-		}
-	}
+	insertThroughSequences(t, ctx, h, tables, 16, offsets)
 
 	// check names each key that comes from a sequence: with the plan, which
 	// numbers this region hands out; without one, a warning.
@@ -133,5 +91,58 @@ func TestSequenceKeysDoNotCollideAcrossRegions(t *testing.T) {
 	}
 	if after := strings.Count(us.Logs(1<<22), "sequence set to hand out"); after != before {
 		t.Errorf("a restart set the sequences up again (%d set-ups logged, %d before)", after, before)
+	}
+}
+
+// insertThroughSequences has every region insert 150 events (bigserial
+// key) and 30 items (identity key) at once, on top of 50 seeded events,
+// then checks that every region holds every row, logged no conflict, and
+// that each region's keys are its own numbers (offset modulo stride) above
+// the seeded ones.
+func insertThroughSequences(t *testing.T, ctx context.Context, h *Harness, tables []TableSpec, stride int64, offsets map[string]int64) {
+	t.Helper()
+	const perRegion = 150
+	var g errgroup.Group
+	for _, r := range h.Regions {
+		g.Go(func() error {
+			pool, err := r.Pool(ctx)
+			if err != nil {
+				return err
+			}
+			for i := range perRegion {
+				if _, err := pool.Exec(ctx, `INSERT INTO public.events (region, n) VALUES ($1, $2)`, r.Name, i); err != nil {
+					return fmt.Errorf("region %s: %w", r.Name, err)
+				}
+				if i%5 == 0 {
+					if _, err := pool.Exec(ctx, `INSERT INTO public.items (name) VALUES ($1)`, fmt.Sprintf("%s-%d", r.Name, i)); err != nil {
+						return fmt.Errorf("region %s: %w", r.Name, err)
+					}
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, tableNames(tables), 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.events`); n != 50+3*perRegion {
+			t.Errorf("region %s holds %d events, want %d", r.Name, n, 50+3*perRegion)
+		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.items`); n != 3*perRegion/5 {
+			t.Errorf("region %s holds %d items, want %d", r.Name, n, 3*perRegion/5)
+		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.conflict_log`); n != 0 {
+			t.Errorf("region %s logged %d conflicts, want none", r.Name, n)
+		}
+		// Each region's keys are its own numbers, above the seeded ones.
+		for o, off := range offsets {
+			if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.events WHERE region = $1 AND (id <= 50 OR id % $2 <> $3)`, o, stride, off); n != 0 {
+				t.Errorf("region %s: %d of %s's events have a key outside its numbers", r.Name, n, o)
+			}
+		}
 	}
 }

@@ -199,16 +199,9 @@ func printChange(ans node.ChangeAnswer) {
 	for _, u := range ans.Result.Uneven {
 		fmt.Fprintf(w, "uneven\t%s\n", u)
 	}
-	st := ans.Status
-	v := &obs.ControlView{Role: st.Role, Leader: string(st.Leader), Term: st.Term, CommitIndex: st.CommitIndex, Quorum: st.Quorum,
-		Voters: st.Voters, Nonvoters: st.Nonvoters, Initialised: st.Epoch.Number > 0, Epoch: st.Epoch.Number}
-	for _, m := range st.Members {
-		v.Members = append(v.Members, obs.MemberView{ID: string(m.ID), URL: m.URL, State: string(m.State), Witness: m.Witness, From: string(m.From), Lost: m.Lost})
+	if ans.Control != nil {
+		printControl(w, ans.Control)
 	}
-	if st.Sequences != nil {
-		v.Sequences = st.Sequences.String()
-	}
-	printControl(w, v)
 	_ = w.Flush()
 }
 

@@ -49,15 +49,25 @@ func (s *Server) removed(w http.ResponseWriter, peer conflict.RegionID) bool {
 	return true
 }
 
-// controlConn serves GET /v1/control/conn: an authenticated peer's
-// connection, upgraded and handed to the control plane.
-func (s *Server) controlConn(w http.ResponseWriter, r *http.Request) {
+// controlPeer authenticates a control-plane request: false (answered)
+// when the peer is refused or this region runs no control plane.
+func (s *Server) controlPeer(w http.ResponseWriter, r *http.Request) (conflict.RegionID, bool) {
 	peer, ok := s.authenticate(w, r)
 	if !ok {
-		return
+		return "", false
 	}
 	if s.cfg.Control == nil {
 		http.Error(w, "region "+string(s.cfg.Region)+" runs no control plane", http.StatusNotFound)
+		return "", false
+	}
+	return peer, true
+}
+
+// controlConn serves GET /v1/control/conn: an authenticated peer's
+// connection, upgraded and handed to the control plane.
+func (s *Server) controlConn(w http.ResponseWriter, r *http.Request) {
+	peer, ok := s.controlPeer(w, r)
+	if !ok {
 		return
 	}
 	if !strings.EqualFold(r.Header.Get("Upgrade"), controlUpgrade) {
@@ -89,12 +99,8 @@ func (s *Server) controlConn(w http.ResponseWriter, r *http.Request) {
 // controlForward serves POST /v1/control/forward: a command a peer
 // forwarded to this region (the control plane's leader, it believed).
 func (s *Server) controlForward(w http.ResponseWriter, r *http.Request) {
-	peer, ok := s.authenticate(w, r)
+	peer, ok := s.controlPeer(w, r)
 	if !ok {
-		return
-	}
-	if s.cfg.Control == nil {
-		http.Error(w, "region "+string(s.cfg.Region)+" runs no control plane", http.StatusNotFound)
 		return
 	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))

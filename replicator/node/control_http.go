@@ -16,6 +16,7 @@ import (
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/regions/control"
+	"github.com/polyregion/polyregion/replicator/obs"
 )
 
 // The control plane's operations endpoints (on the operations server,
@@ -54,10 +55,10 @@ type RemoveRequest struct {
 }
 
 // ChangeAnswer is what a change returns: the result and the control plane
-// after it.
+// after it, as this region sees it.
 type ChangeAnswer struct {
-	Result regions.Result `json:"result"`
-	Status control.Status `json:"status"`
+	Result  regions.Result   `json:"result"`
+	Control *obs.ControlView `json:"control"`
 }
 
 // applyTimeout bounds one change (below the operations server's write
@@ -70,7 +71,7 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		admin = cfg.Control.AdminToken
 	}
 	changeHandler := func(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
-		return adminOnly(admin, changeHandlerOf(n, do))
+		return adminOnly(admin, changeHandlerOf(n, cfg.Region, do))
 	}
 	routes["GET /control"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Status())
@@ -173,7 +174,7 @@ func isLoopback(host string) bool {
 	return ip != nil && ip.IsLoopback()
 }
 
-func changeHandlerOf(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
+func changeHandlerOf(n *control.Node, self conflict.RegionID, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(io.LimitReader(r.Body, 1<<20))
 		if err != nil {
@@ -186,7 +187,7 @@ func changeHandlerOf(n *control.Node, do func(ctx context.Context, body []byte) 
 		var bad badInput
 		switch {
 		case err == nil:
-			writeJSON(w, http.StatusOK, ChangeAnswer{Result: res, Status: n.Status()})
+			writeJSON(w, http.StatusOK, ChangeAnswer{Result: res, Control: controlView(n, self)})
 		case errors.As(err, &bad):
 			http.Error(w, "bad request: "+err.Error(), http.StatusBadRequest)
 		case errors.Is(err, regions.ErrRefused):
