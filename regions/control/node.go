@@ -144,8 +144,9 @@ func (n *Node) Close() error {
 	return err
 }
 
-// Conn implements link.Control: raft takes the peer's connection.
-func (n *Node) Conn(_ conflict.RegionID, conn net.Conn) { n.stream.take(conn) }
+// Conn implements link.Control: raft takes the peer's connection, bound to
+// the peer the link authenticated (see bound.go).
+func (n *Node) Conn(peer conflict.RegionID, conn net.Conn) { n.stream.take(bind(conn, peer, n.log)) }
 
 // Removed implements link.Control.
 func (n *Node) Removed(peer conflict.RegionID) bool { return n.fsm.state(peer) == regions.Removed }
