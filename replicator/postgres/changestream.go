@@ -41,6 +41,15 @@ type ChangeStream struct {
 	conn       *pgconn.PgConn
 	who        string // names the consumer in errors: "reader", "index feed"
 	lastStatus time.Time
+
+	// Receive bounds its wait with the connection's read deadline, moved
+	// only when it drifts, and ends it early when the caller's context
+	// ends (one callback per context, not per message): a context with a
+	// timeout per message cost a timer, a watcher and their garbage for
+	// every row streamed, about a seventh of the reader's CPU.
+	deadline  time.Time
+	watched   context.Context
+	stopWatch func() bool
 }
 
 // StreamEvent is one message from the server: a keepalive, or WAL data
@@ -99,11 +108,18 @@ func (s *ChangeStream) ServerVersion() string { return s.conn.ParameterStatus("s
 // in time. An error ends the stream, except that a ctx ended meanwhile
 // returns ctx's error (the session stays usable: the caller may go on).
 func (s *ChangeStream) Receive(ctx context.Context, wait time.Duration) (ev StreamEvent, ok bool, err error) {
+	s.watch(ctx)
 	for {
-		rctx, cancel := context.WithTimeout(ctx, wait)
-		raw, err := s.conn.ReceiveMessage(rctx)
-		cancel()
+		if err := ctx.Err(); err != nil {
+			return ev, false, err
+		}
+		s.bound(wait)
+		if ctx.Err() != nil { // ended before the deadline was set: end the wait now
+			s.conn.Conn().SetReadDeadline(time.Now())
+		}
+		raw, err := s.conn.ReceiveMessage(context.Background())
 		if err != nil {
+			s.deadline = time.Time{} // a cancellation may have moved it: set it again next time
 			if ctx.Err() != nil {
 				return ev, false, ctx.Err()
 			}
@@ -139,6 +155,35 @@ func (s *ChangeStream) Receive(ctx context.Context, wait time.Duration) (ev Stre
 	}
 }
 
+// bound makes the connection's reads wait up to wait from now: the
+// deadline is moved when it would end the wait more than a quarter early
+// or later than asked.
+func (s *ChangeStream) bound(wait time.Duration) {
+	now := time.Now()
+	if want := now.Add(wait); s.deadline.Before(want.Add(-wait/4)) || s.deadline.After(want) {
+		s.deadline = want
+		s.conn.Conn().SetReadDeadline(want)
+	}
+}
+
+// watch ends the wait of a read in progress when ctx ends.
+func (s *ChangeStream) watch(ctx context.Context) {
+	if ctx == s.watched {
+		return
+	}
+	s.unwatch()
+	s.deadline = time.Time{} // the last context's end may have moved it
+	s.watched = ctx
+	s.stopWatch = context.AfterFunc(ctx, func() { s.conn.Conn().SetReadDeadline(time.Now()) })
+}
+
+func (s *ChangeStream) unwatch() {
+	if s.stopWatch != nil {
+		s.stopWatch()
+		s.stopWatch, s.watched = nil, nil
+	}
+}
+
 // Confirm reports lsn as written, flushed and applied: the server may
 // recycle the WAL before it and restarts the slot from there.
 func (s *ChangeStream) Confirm(ctx context.Context, lsn pglogrepl.LSN) error {
@@ -155,4 +200,7 @@ func (s *ChangeStream) Confirm(ctx context.Context, lsn pglogrepl.LSN) error {
 func (s *ChangeStream) SinceStatus() time.Duration { return time.Since(s.lastStatus) }
 
 // Close ends the session.
-func (s *ChangeStream) Close() { s.conn.Close(context.Background()) }
+func (s *ChangeStream) Close() {
+	s.unwatch()
+	s.conn.Close(context.Background())
+}

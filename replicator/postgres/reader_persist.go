@@ -98,35 +98,59 @@ func (r *Reader) saveState(ctx context.Context, tx pgx.Tx, st *readerState, lsn 
 // applier between the read and the write fails the batch with
 // errVersionRace. Either way no version is written from a stale read.
 func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batch []*pendingTxn, lock bool) error {
-	var keys []metaKey
-	// inserted: keys whose first change in the batch is an insert. The row
-	// was absent, so the only version it can have is a tombstone: without
-	// lock, only those are looked up, and any other version recorded for
-	// the key fails the COPY of its new one (a retry then reads them all).
-	inserted := map[metaKey]bool{}
+	// One slot per key the batch writes, in the order of first write;
+	// each change refers to its key's slot (one map lookup per change,
+	// the rest by index: batches of a backlog hold tens of thousands of
+	// keys). probe: the key's first change in the batch is an insert. The
+	// row was absent, so the only version it can have is a tombstone:
+	// without lock, only those are looked up, and any other version
+	// recorded for the key fails the COPY of its new one (a retry then
+	// reads them all).
+	type slot struct {
+		k       metaKey
+		probe   bool
+		cur     *meta  // the version as the batch leaves it so far
+		existed bool   // a version was recorded before the batch
+		xmin    string // that version's tuple xmin, as read
+	}
+	n := 0
+	for _, t := range batch {
+		n += len(t.changes)
+	}
+	idx := make(map[metaKey]int32, n)
+	slots := make([]slot, 0, n)
+	slotOf := make([]int32, 0, n) // per change, in batch order
 	for _, t := range batch {
 		for _, c := range t.changes {
 			k := metaKey{c.rel.name, c.key}
-			if _, seen := inserted[k]; !seen {
-				inserted[k] = c.op == conflict.OpInsert && !lock
-				keys = append(keys, k)
+			i, seen := idx[k]
+			if !seen {
+				i = int32(len(slots))
+				idx[k] = i
+				slots = append(slots, slot{k: k, probe: c.op == conflict.OpInsert && !lock})
 			}
+			slotOf = append(slotOf, i)
 		}
 	}
 	// Read the versions this batch replaces (in key order, as appliers
 	// lock them).
-	sort.Slice(keys, func(i, j int) bool {
-		if keys[i].tbl != keys[j].tbl {
-			return keys[i].tbl < keys[j].tbl
+	order := make([]int32, len(slots))
+	for i := range order {
+		order[i] = int32(i)
+	}
+	sort.Slice(order, func(i, j int) bool {
+		a, b := slots[order[i]].k, slots[order[j]].k
+		if a.tbl != b.tbl {
+			return a.tbl < b.tbl
 		}
-		return keys[i].key < keys[j].key
+		return a.key < b.key
 	})
 	var probe, full []metaKey
-	for _, k := range keys {
-		if inserted[k] {
-			probe = append(probe, k)
+	for _, i := range order {
+		if slots[i].probe {
+			probe = append(probe, slots[i].k)
 		} else {
-			full = append(full, k)
+			full = append(full, slots[i].k)
 		}
 	}
 	metas, err := loadMetaLocked(ctx, tx, full, lock)
@@ -137,12 +161,11 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	if err != nil {
 		return fmt.Errorf("reader: persist: %w", err)
 	}
-	for k, m := range tombs {
-		metas[k] = m
-	}
-	existed := make(map[metaKey]string, len(metas)) // key -> tuple xmin as read
-	for k, m := range metas {
-		existed[k] = m.tupleXmin
+	for _, found := range []map[metaKey]*meta{metas, tombs} {
+		for k, m := range found {
+			sl := &slots[idx[k]]
+			sl.cur, sl.existed, sl.xmin = m, true, m.tupleXmin
+		}
 	}
 
 	var (
@@ -166,9 +189,13 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			More:       t.more,
 		}
 		shapeIdx := map[string]int{}
+		out.Changes = make([]replicator.Change, 0, len(t.changes))
+		var polRel *relation
+		var pol conflict.Policy
 		for _, c := range t.changes {
-			k := metaKey{c.rel.name, c.key}
-			prior := metas[k]
+			sl := &slots[slotOf[0]]
+			slotOf = slotOf[1:]
+			prior := sl.cur
 			if prior == nil {
 				prior = &meta{}
 			}
@@ -191,7 +218,9 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 				xid:    strconv.FormatUint(uint64(t.xid), 10),
 				srcSeq: int64(next),
 			}
-			pol := r.tables[c.rel.name].Policy
+			if c.rel != polRel {
+				polRel, pol = c.rel, r.tables[c.rel.name].Policy
+			}
 			// With REPLICA IDENTITY FULL an update carries the row as this
 			// write found it: the counters' deltas come from there, exact
 			// whatever the recorded version says, and the recorded sums
@@ -263,7 +292,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			if c.op == conflict.OpDelete {
 				nm.xid = ""
 			}
-			metas[k] = nm
+			sl.cur = nm
 			si, ok := shapeIdx[c.rel.name]
 			if !ok {
 				si = len(out.Shapes)
@@ -295,13 +324,14 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	// nobody recorded one meanwhile. Otherwise the batch is versioned again
 	// on top of what is there now.
 	var upd metaWriter
-	var ins [][]any
-	for _, k := range keys {
-		if xmin, ok := existed[k]; ok {
-			upd.add(k, metas[k])
-			upd.tupleXmin = append(upd.tupleXmin, xmin)
+	ins := make([][]any, 0, len(slots))
+	for _, i := range order {
+		sl := &slots[i]
+		if sl.existed {
+			upd.add(sl.k, sl.cur)
+			upd.tupleXmin = append(upd.tupleXmin, sl.xmin)
 		} else {
-			row, err := copyRow(k, metas[k])
+			row, err := copyRow(sl.k, sl.cur)
 			if err != nil {
 				return err
 			}
