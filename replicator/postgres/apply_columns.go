@@ -21,7 +21,7 @@ import (
 // is false when every column comes from the local row. The local row's
 // image must be loaded.
 func joinRow(sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, local conflict.Version, d *conflict.Decision, sibs siblingSet) (row []replicator.Value, write bool, err error) {
-	cols := stampedColumns(sh, pol)
+	cols := replicator.StampedColumns(sh, pol)
 	localLive := s.exists && !local.Deleted
 	if !d.Conflict && d.Action == conflict.ApplyRemote && len(d.Result.Siblings) == 0 {
 		// The remote write has seen every write the row holds: its
@@ -120,7 +120,7 @@ type columnLoss struct {
 // write lost data and which siblings lost columns they had kept. row is
 // the joined row (nil when the row keeps the local one, or is deleted).
 func columnLosses(sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, local conflict.Version, d conflict.Decision, sibs siblingSet, row []replicator.Value) []columnLoss {
-	cols := stampedColumns(sh, pol)
+	cols := replicator.StampedColumns(sh, pol)
 	result := d.Result
 	var lrow []replicator.Value // the local row as the decision found it
 	if s.image != nil {

@@ -199,96 +199,19 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			if prior == nil {
 				prior = &meta{}
 			}
-			// The write's hybrid timestamp is its commit time, moved past
-			// the version it overwrote: causally later writes to a row
-			// always carry larger timestamps, whatever the clocks say, and
-			// the value does not depend on when the reader got to it. The
-			// write has seen the row's siblings too: past theirs as well.
-			hlc := conflict.Next(t.commitTime, prior.version.Latest())
-			if hlc > maxHLC {
-				maxHLC = hlc
-			}
-			nm := &meta{
-				version: conflict.Version{
-					Vector:  prior.version.Vector.Tick(r.cfg.Region),
-					HLC:     hlc,
-					Origin:  r.cfg.Region,
-					Deleted: c.op == conflict.OpDelete,
-				},
-				xid:    strconv.FormatUint(uint64(t.xid), 10),
-				srcSeq: int64(next),
-			}
 			if c.rel != polRel {
 				polRel, pol = c.rel, r.tables[c.rel.name].Policy
 			}
-			// With REPLICA IDENTITY FULL an update carries the row as this
-			// write found it: the counters' deltas come from there, exact
-			// whatever the recorded version says, and the recorded sums
-			// move by the deltas (appliers add peers' increments to the
-			// recorded sums of counter-only rows in place, see the
-			// applier's foldRows, possibly before this write is versioned).
-			// Column stamps too: the columns an update did not change keep
-			// the stamps they had (without the old row every column counts
-			// as changed; column_lww tables are checked for it at start).
-			oldRow := c.old
-			if c.rel.msg == nil || c.rel.msg.ReplicaIdentity != 'f' {
-				oldRow = nil
+			v, err := replicator.VersionLocalWrite(pol, replicator.Recorded{Version: prior.version, Counters: prior.counters}, replicator.LocalWrite{
+				Region: r.cfg.Region, Commit: t.commitTime, Op: c.op, Shape: c.rel.shape, Row: c.row,
+				Old: c.old, OldFull: c.rel.msg != nil && c.rel.msg.ReplicaIdentity == 'f',
+			})
+			if err != nil {
+				return fmt.Errorf("reader: %s key %s: %w", c.rel.name, c.key, err)
 			}
-			if cols := stampedColumns(c.rel.shape, pol); len(cols) > 0 {
-				changed := changedColumns(c.rel.shape, cols, oldRow, c.row)
-				nm.version.Stamps = conflict.LocalStamps(prior.version, !prior.version.Deleted, c.op, cols, changed)
-			}
-			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version}
-			if len(pol.Counters) > 0 && c.op == conflict.OpDelete {
-				// A tombstone keeps the counters' sums: deltas that arrive
-				// while the row is deleted still count.
-				nm.counters = prior.counters
-			}
-			if len(pol.Counters) > 0 && c.op != conflict.OpDelete {
-				nm.counters = map[string]string{}
-				ch.Deltas = map[string]string{}
-				for _, col := range pol.Counters {
-					i := indexOf(c.rel.shape.Columns, col)
-					if i < 0 {
-						continue
-					}
-					v := c.row[i]
-					oldV, known := prior.counters[col]
-					sum := oldV // the recorded sum the delta moves
-					switch {
-					case oldRow != nil && i < len(oldRow) && !oldRow[i].Unchanged:
-						oldV = oldRow[i].Text // "" for NULL
-						if !known {
-							sum = oldV
-						}
-					case !known && c.old != nil && !c.old[i].Null && !c.old[i].Unchanged:
-						// A row written before replication started: its
-						// old value comes from the WAL (REPLICA IDENTITY FULL).
-						oldV = c.old[i].Text
-						sum = oldV
-					}
-					if v.Unchanged {
-						nm.counters[col] = sum
-						ch.Deltas[col] = "0"
-						continue
-					}
-					newV := ""
-					if !v.Null {
-						newV = v.Text
-					}
-					d, err := conflict.CounterDelta(oldV, newV)
-					if err != nil {
-						return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
-					}
-					nm.counters[col] = newV
-					if oldRow != nil {
-						if nm.counters[col], err = conflict.MergeCounter(sum, d); err != nil {
-							return fmt.Errorf("reader: counter %s.%s of key %s: %w", c.rel.name, col, c.key, err)
-						}
-					}
-					ch.Deltas[col] = d
-				}
-			}
+			maxHLC = max(maxHLC, v.Version.HLC)
+			nm := &meta{version: v.Version, counters: v.Counters, xid: strconv.FormatUint(uint64(t.xid), 10), srcSeq: int64(next)}
+			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version, Deltas: v.Deltas}
 			if c.op == conflict.OpDelete {
 				nm.xid = ""
 			}

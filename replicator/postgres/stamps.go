@@ -14,7 +14,6 @@ import (
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
-	"github.com/polyregion/polyregion/replicator"
 )
 
 // parseStamps reads row_version.stamps (nil or a JSON object).
@@ -38,42 +37,6 @@ func encodeStamps(st map[string]conflict.Stamp) *string {
 	b, _ := json.Marshal(st)
 	s := string(b)
 	return &s
-}
-
-// stampedColumns are the columns of sh that carry stamps under pol: not in
-// the key, not merged otherwise (nil when pol is not column_lww).
-func stampedColumns(sh replicator.Shape, pol conflict.Policy) []string {
-	if !pol.ColumnLWW() {
-		return nil
-	}
-	var out []string
-	for i, c := range sh.Columns {
-		if !isKeyCol(sh, i) && pol.Stamped(c) {
-			out = append(out, c)
-		}
-	}
-	return out
-}
-
-// changedColumns says, for each of cols, whether an update changed it: its
-// new value differs from the old row's (which REPLICA IDENTITY FULL puts
-// in the change stream). An unchanged TOAST value was not changed; without
-// the old row every column counts as changed.
-func changedColumns(sh replicator.Shape, cols []string, old, row []replicator.Value) []bool {
-	out := make([]bool, len(cols))
-	for j, c := range cols {
-		i := indexOf(sh.Columns, c)
-		switch {
-		case i < 0 || i >= len(row):
-			out[j] = true
-		case row[i].Unchanged:
-		case old == nil || i >= len(old) || old[i].Unchanged:
-			out[j] = true
-		default:
-			out[j] = old[i].Null != row[i].Null || old[i].Text != row[i].Text
-		}
-	}
-	return out
 }
 
 // CheckColumnStamps refuses a column_lww table whose updates do not carry
