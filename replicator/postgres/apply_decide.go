@@ -158,7 +158,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		joinLosses = columnLosses(sh, pol, c, s, local, d, sibs, nil)
 	}
 	before := *s
-	var ops []op
+	ops := make([]op, 0, 4) // a write, its version, a conflict record or two: kept off the heap
 	counterRow := func(row []replicator.Value) {
 		for i, col := range sh.Columns {
 			if v, ok := acc[col]; ok && v != "" {

@@ -248,7 +248,10 @@ func (b *bulk) add(o op, alone func(table string) bool) {
 	}
 	g := b.joins(o, cols, alone)
 	if g == nil {
-		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: map[string]bool{}}
+		// Sized for the batch (bounded): a backlog's group holds thousands
+		// of writes, grown one doubling at a time it copied them over and over.
+		n := min(b.hint, 1024)
+		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: make(map[string]bool, n), ops: make([]op, 0, n)}
 		b.groups = append(b.groups, g)
 	}
 	g.keys[o.key] = true
