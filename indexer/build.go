@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -271,13 +270,13 @@ func selectColumns(tm *tableMap, maxDoc int) []string {
 	cols := make([]string, len(shape.Columns), len(shape.Columns)+len(tm.cols))
 	for i, c := range shape.Columns {
 		cols[i] = fmt.Sprintf("NULL::text AS c%d", i)
-		if slices.Contains(shape.Key, i) {
+		if shape.IsKey(i) {
 			cols[i] = fmt.Sprintf("t.%s::text AS c%d", quoteIdent(c), i)
 		}
 	}
 	for j, c := range tm.cols {
 		v := fmt.Sprintf("t.%s::text", quoteIdent(shape.Columns[c.src]))
-		if !slices.Contains(shape.Key, c.src) {
+		if !shape.IsKey(c.src) {
 			cols[c.src] = fmt.Sprintf("CASE WHEN octet_length(%s) <= %d THEN %s END AS c%d", v, readable, v, c.src)
 		}
 		cols = append(cols, fmt.Sprintf("coalesce(octet_length(%s), 0)::text AS l%d", v, j))

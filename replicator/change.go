@@ -17,6 +17,7 @@ package replicator
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 
 	"github.com/polyregion/polyregion/conflict"
 )
@@ -42,6 +43,9 @@ type Shape struct {
 	Types   []string `json:"types"` // format_type() of each column
 	Key     []int    `json:"key"`   // indexes into Columns of the primary key, in key order
 }
+
+// IsKey reports whether column i is part of the primary key.
+func (s Shape) IsKey(i int) bool { return slices.Contains(s.Key, i) }
 
 // Equal reports whether two shapes describe the same columns and key.
 func (s Shape) Equal(o Shape) bool { return s.Diff(o) == "" }

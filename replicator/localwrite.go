@@ -138,7 +138,7 @@ func StampedColumns(sh Shape, p conflict.Policy) []string {
 	}
 	var out []string
 	for i, c := range sh.Columns {
-		if !slices.Contains(sh.Key, i) && p.Stamped(c) {
+		if !sh.IsKey(i) && p.Stamped(c) {
 			out = append(out, c)
 		}
 	}

@@ -72,7 +72,7 @@ func (a *Applier) countersOnly(sh replicator.Shape) bool {
 		return false
 	}
 	for i, col := range sh.Columns {
-		if !isKeyCol(sh, i) && pol.IsCounter(col) && !exactNumber(sh.Types[i]) {
+		if !sh.IsKey(i) && pol.IsCounter(col) && !exactNumber(sh.Types[i]) {
 			return false
 		}
 	}
@@ -214,7 +214,7 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 	}
 	var sets []string
 	for i, col := range sh.Columns {
-		if isKeyCol(sh, i) {
+		if sh.IsKey(i) {
 			continue
 		}
 		vals := make([]string, len(ks))

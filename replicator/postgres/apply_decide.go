@@ -308,7 +308,7 @@ func mergesOnly(sh replicator.Shape, pol conflict.Policy) bool {
 		return false
 	}
 	for i, col := range sh.Columns {
-		if !isKeyCol(sh, i) && pol.Merge(col) == "" {
+		if !sh.IsKey(i) && pol.Merge(col) == "" {
 			return false
 		}
 	}

@@ -54,7 +54,7 @@ func updateStmt(sh replicator.Shape, key string, row []replicator.Value) stmt {
 	var sets []string
 	var args []any
 	for i, col := range sh.Columns {
-		if row[i].Unchanged || isKeyCol(sh, i) {
+		if row[i].Unchanged || sh.IsKey(i) {
 			continue
 		}
 		args = append(args, textArg(row[i]))
@@ -73,15 +73,6 @@ func updateStmt(sh replicator.Shape, key string, row []replicator.Value) stmt {
 func deleteStmt(sh replicator.Shape, key string) stmt {
 	where, args := keyWhere(sh, key, 0)
 	return stmt{sql: fmt.Sprintf("DELETE FROM %s WHERE %s", qualified(sh.Table), where), args: args, want: 1, table: sh.Table}
-}
-
-func isKeyCol(sh replicator.Shape, i int) bool {
-	for _, k := range sh.Key {
-		if k == i {
-			return true
-		}
-	}
-	return false
 }
 
 func keyWhere(sh replicator.Shape, key string, offset int) (string, []any) {
@@ -177,7 +168,7 @@ func (o op) stmt() stmt {
 func (o op) setCols() []int {
 	var cols []int
 	for i := range o.sh.Columns {
-		if !o.row[i].Unchanged && !isKeyCol(*o.sh, i) {
+		if !o.row[i].Unchanged && !o.sh.IsKey(i) {
 			cols = append(cols, i)
 		}
 	}

@@ -53,7 +53,7 @@ func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.T
 				switch {
 				case i < 0:
 					return fmt.Errorf("table %s: %s column %q: no such column", t.Name, l.name, c)
-				case isKeyCol(sh, i):
+				case sh.IsKey(i):
 					return fmt.Errorf("table %s: %s column %q is part of the primary key", t.Name, l.name, c)
 				}
 				// GREATEST needs an order of the type: ask for one now
