@@ -210,14 +210,14 @@ func columnLosses(sh replicator.Shape, pol conflict.Policy, c *replicator.Change
 
 // siblingLossRecord logs a sibling's columns lost to a remote write (or its
 // row, when the remote delete won): the sibling is the record's local side.
-func (a *Applier) siblingLossRecord(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision, l columnLoss) *conflictRow {
+func siblingLossRecord(region conflict.RegionID, pol conflict.Policy, sh replicator.Shape, seq replicator.Seq, c *replicator.Change, before rowState, d conflict.Decision, l columnLoss) *conflictRow {
 	d.Against, d.Winner, d.Kind = l.sibling, conflict.Remote, conflict.UpdateUpdate
 	d.Reason = fmt.Sprintf("%s: columns %v kept from sibling %s:%d now hold a later write's values", conflict.ColumnLWW, l.cols, l.sibling.Origin, l.sibling.Tick)
 	if c.Op == conflict.OpDelete {
 		d.Kind = conflict.DeleteUpdate
 		d.Reason = fmt.Sprintf("%s: the remote delete wins over sibling %s:%d", conflict.DeleteWins, l.sibling.Origin, l.sibling.Tick)
 	}
-	r := a.conflictRecord(pol, sh, t, c, before, d)
+	r := newConflictRecord(region, pol, sh, seq, c, before, d)
 	r.lost = conflict.Overwritten
 	return r
 }

@@ -36,13 +36,13 @@ type conflictRow struct {
 	writes []imageWrite
 }
 
-// conflictRecord describes a logged conflict: the local side as before
+// newConflictRecord describes a logged conflict: the local side as before
 // (the row's image, when known) and the remote change.
-func (a *Applier) conflictRecord(pol conflict.Policy, sh replicator.Shape, t *replicator.Txn, c *replicator.Change, before rowState, d conflict.Decision) *conflictRow {
+func newConflictRecord(region conflict.RegionID, pol conflict.Policy, sh replicator.Shape, seq replicator.Seq, c *replicator.Change, before rowState, d conflict.Decision) *conflictRow {
 	lv := before.version()
-	r := &conflictRow{region: string(a.cfg.Region), tbl: sh.Table, key: c.Key, kind: string(d.Kind), policy: pol.Label(), winner: d.Winner.String(), winnerOrigin: string(d.Result.Origin),
+	r := &conflictRow{region: string(region), tbl: sh.Table, key: c.Key, kind: string(d.Kind), policy: pol.Label(), winner: d.Winner.String(), winnerOrigin: string(d.Result.Origin),
 		localOrigin: string(lv.Origin), remoteOrigin: string(c.Version.Origin), localVersion: lv.Vector.String(), remoteVersion: c.Version.Vector.String(),
-		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(t.Seq), reason: d.Reason, pol: pol}
+		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(seq), reason: d.Reason, pol: pol}
 	switch {
 	case d.Against.Origin != lv.Origin || d.Against.Tick != lv.Vector.Get(lv.Origin):
 		// The remote write superseded the row's and met a sibling: the

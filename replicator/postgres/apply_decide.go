@@ -29,12 +29,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	local := s.version()
 	localExists := s.exists || s.meta != nil
 	d := conflict.Decide(pol, local, localExists, c.Version, c.Op)
-	// A concurrent update of a row whose columns are all key or counter
-	// columns loses nothing, whichever write wins: both writes' increments
-	// are kept (below) and there is nothing else to overwrite. It is
-	// counted, not logged row by row (on the counters every region
-	// increments, nearly every applied change is such a pair).
-	merged := d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && mergesOnly(sh, pol)
+	merged := losesNothing(sh, pol, d)
 	if d.Conflict && !merged {
 		// The local row's image goes into the conflict log (and to a
 		// custom resolver); it is read only when needed, and in the fast
@@ -65,222 +60,44 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 		}
 	}
 	sibs := keptSiblings(sh, t, c, s, d)
-	// Counter columns are sums of deltas: every region adds every write's
-	// delta exactly once, whatever the row's state (a tombstone keeps
-	// accumulating), so the sums agree once all deltas have arrived. Only the
-	// other columns follow the decision.
-	acc := map[string]string{}
-	countersChanged := false
-	for _, col := range pol.Counters {
-		if s.exists {
-			if v := s.values[col]; v != nil {
-				acc[col] = *v
-			}
-		} else if s.meta != nil {
-			acc[col] = s.meta.counters[col]
-		}
-		if c.Op == conflict.OpDelete {
-			continue
-		}
-		if delta := c.Deltas[col]; delta != "" && delta != "0" {
-			nv, err := conflict.MergeCounter(acc[col], delta)
-			if err != nil {
-				return fmt.Errorf("apply: counter %s.%s key %s: %w", sh.Table, col, c.Key, err)
-			}
-			acc[col] = nv
-			countersChanged = true
-		}
-	}
 	// Max and min columns merge over the live writes, whichever wins (see
 	// maxMinValues).
-	var mm map[int]replicator.Value
-	var ownRow json.RawMessage
-	var ownStamps map[string]conflict.Stamp
+	var mm maxMinResult
 	if maxMin {
-		vals, write, own, st, err := maxMinValues(ctx, ex.tx, sh, pol, c, s, d, sibs)
-		if err != nil {
+		var err error
+		if mm, err = maxMinValues(ctx, ex.tx, sh, pol, c, s, d, sibs); err != nil {
 			if !ex.parkOnError {
 				return err
 			}
 			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
 			return nil
 		}
-		if write {
-			mm = vals
-		}
-		ownRow, ownStamps = own, st
 	}
-	if d.Action == conflict.Skip && !countersChanged {
+	if pol.ColumnLWW() && (join || d.Conflict) {
+		s.foldImage() // the local row joins, or its columns are weighed
+	}
+	p, err := planChange(changeInput{region: a.cfg.Region, pol: pol, sh: &sh, seq: t.Seq, c: c, s: *s, d: d, merged: merged, sibs: sibs, mm: mm, ops: ex.ops})
+	if err != nil {
+		return err
+	}
+	if p.park != "" {
+		if !ex.parkOnError {
+			return errors.New(p.park)
+		}
+		ex.park(a.cfg.Source, t.Seq, sh, c, p.park)
 		return nil
 	}
-	// What the decision writes: the remote change's row or delete, or a
-	// reinstated sibling's.
-	var rows [][]replicator.Value
-	deleteRow := false
-	switch d.Action {
-	case conflict.ApplyRemote:
-		deleteRow = c.Op == conflict.OpDelete
-		if !deleteRow {
-			rows = [][]replicator.Value{c.Row}
-		}
-	case conflict.Reinstate:
-		deleteRow = d.Against.Deleted
-		if !deleteRow {
-			row, err := reinstatedRow(sh, c.Key, s, d.Against)
-			if err != nil {
-				if !ex.parkOnError {
-					return err
-				}
-				ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
-				return nil
-			}
-			rows = [][]replicator.Value{row}
-		}
-	}
-	var joinLosses []columnLoss
-	if join {
-		s.foldImage()
-		row, write, err := joinRow(sh, pol, c, s, local, &d, sibs)
-		if err != nil {
-			if !ex.parkOnError {
-				return err
-			}
-			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
-			return nil
-		}
-		deleteRow, rows = false, nil
-		if write {
-			rows = [][]replicator.Value{row}
-		}
-		joinLosses = columnLosses(sh, pol, c, s, local, d, sibs, row)
-	} else if pol.ColumnLWW() && d.Conflict {
-		s.foldImage()
-		joinLosses = columnLosses(sh, pol, c, s, local, d, sibs, nil)
+	if len(p.ops) == 0 {
+		return nil
 	}
 	before := *s
-	ops := make([]op, 0, 4) // a write, its version, a conflict record or two: kept off the heap
-	counterRow := func(row []replicator.Value) {
-		for i, col := range sh.Columns {
-			if v, ok := acc[col]; ok && v != "" {
-				row[i] = replicator.Value{Text: v}
-			}
-		}
-	}
-	switch {
-	case deleteRow:
-		if s.exists {
-			ops = append(ops, op{kind: opDelete, sh: &sh, key: c.Key})
-		}
-		s.exists, s.values, s.image, s.pending, s.baseDeferred = false, nil, nil, nil, false
-	case len(rows) > 0:
-		for _, src := range rows {
-			row := make([]replicator.Value, len(src))
-			copy(row, src)
-			counterRow(row)
-			for i, v := range mm {
-				row[i] = v
-			}
-			if s.exists {
-				ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
-			} else {
-				for i, v := range row {
-					if v.Unchanged {
-						reason := fmt.Sprintf("column %q was not sent (unchanged TOAST value) and the row does not exist here", sh.Columns[i])
-						if !ex.parkOnError {
-							return errors.New(reason)
-						}
-						ex.park(a.cfg.Source, t.Seq, sh, c, reason)
-						return nil
-					}
-				}
-				ops = append(ops, op{kind: opInsert, sh: &sh, key: c.Key, row: row})
-			}
-			s.pending = append(s.pending, imageWrite{sh, row})
-			s.exists, s.written = true, true
-		}
-	case s.exists && (countersChanged || len(mm) > 0):
-		// The local row stays; only its counters (and max and min
-		// columns) move.
-		row := make([]replicator.Value, len(sh.Columns))
-		for i := range row {
-			row[i] = replicator.Value{Unchanged: true}
-		}
-		counterRow(row)
-		for i, v := range mm {
-			row[i] = v
-		}
-		ops = append(ops, op{kind: opUpdate, sh: &sh, key: c.Key, row: row})
-		if s.imageKnown() {
-			s.pending = append(s.pending, imageWrite{sh, row})
-		}
-		s.written = true
-	}
-	if s.exists {
-		s.values = map[string]*string{}
-		for col, v := range acc {
-			v := v
-			s.values[col] = &v
-		}
-	}
-	nm := &meta{version: d.Result, srcSeq: int64(t.Seq), siblings: sibs, own: ownRow, ownStamps: ownStamps}
-	switch {
-	case d.Action == conflict.Reinstate:
-		nm.srcSeq = before.meta.siblings[dotOf(d.Against)].seq
-	case d.Action == conflict.Skip || (d.Conflict && d.Winner == conflict.Local):
-		// The version stays (or ends) the local write's.
-		nm.srcSeq = 0
-		if s.meta != nil {
-			nm.srcSeq = s.meta.srcSeq
-		}
-	}
-	if d.Action == conflict.Skip {
-		nm.version = local
-		if s.meta != nil {
-			nm.own, nm.ownStamps = s.meta.own, s.meta.ownStamps
-		}
-	}
-	switch {
-	case !s.exists:
-		nm.xid = ""
-	case s.written:
-		nm.xid = "@" // this transaction's xid, filled in by SQL
-	default:
-		nm.xid = s.xmin
-	}
-	if len(acc) > 0 {
-		nm.counters = acc
-	}
-	// The version is written only over the tuple this decision read: an
-	// absent row locks nothing, so another source's applier or the local
-	// reader may have recorded a version for the key since.
-	readXmin := ""
-	if s.meta != nil {
-		readXmin = s.meta.tupleXmin
-	}
-	ops = append(ops, op{kind: opMeta, key: c.Key, tbl: sh.Table, meta: nm, versioned: s.versioned, tupleXmin: readXmin})
+	*s = p.next
 	if s.unlocked {
 		ex.unlockedKeys = true
 	}
-	var record *conflictRow
-	var more []*conflictRow
-	if d.Conflict && !merged {
-		record = a.conflictRecord(pol, sh, t, c, before, d)
-		ops = append(ops, op{kind: opConflict, conflict: record})
-	}
-	for _, l := range joinLosses {
-		if l.decided {
-			if record != nil {
-				record.lost = l.outcome
-			}
-			continue
-		}
-		r := a.siblingLossRecord(pol, sh, t, c, before, d, l)
-		more = append(more, r)
-		ops = append(ops, op{kind: opConflict, conflict: r})
-	}
-	nm.tupleXmin = ownTuple
-	s.meta = nm
-	if err := ex.run(ctx, ops); err != nil {
+	err = ex.run(ctx, p.ops)
+	ex.ops = p.ops[:0] // run copied or executed them
+	if err != nil {
 		if ex.careful && ex.parkOnError && isDataError(err) {
 			*s = before
 			ex.park(a.cfg.Source, t.Seq, sh, c, err.Error())
@@ -292,12 +109,21 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	case merged:
 		ex.merged++
 	case d.Conflict:
-		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: pol.Label(), row: record})
+		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: string(d.Kind), Policy: pol.Label(), row: p.record})
 	}
-	for _, r := range more {
+	for _, r := range p.more {
 		ex.conflicts = append(ex.conflicts, ConflictStat{Table: sh.Table, Kind: r.kind, Policy: pol.Label(), row: r})
 	}
 	return nil
+}
+
+// losesNothing reports whether a decision is a concurrent update of a row
+// whose columns are all key or merging columns: whichever write wins, both
+// writes' increments are kept (see planChange) and there is nothing else
+// to overwrite. Such a conflict is counted, not logged row by row (on the
+// counters every region increments, nearly every applied change is one).
+func losesNothing(sh replicator.Shape, pol conflict.Policy, d conflict.Decision) bool {
+	return d.Conflict && d.Kind == conflict.UpdateUpdate && d.Action != conflict.External && mergesOnly(sh, pol)
 }
 
 // mergesOnly reports whether every column of the table that is not in its

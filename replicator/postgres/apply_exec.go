@@ -39,8 +39,11 @@ type executor struct {
 	// (see standsAlone and bulk.add).
 	alone  func(table string) bool
 	queued []stmt
-	n      int
-	xid    uint32 // this transaction's xid, once asked for
+	// ops is room for one change's writes, reused change after change
+	// (see changeInput.ops).
+	ops []op
+	n   int
+	xid uint32 // this transaction's xid, once asked for
 	// unlockedKeys: a version is to be written for a key whose row was
 	// absent when read; waitReader then runs before versions are written
 	// (see flush). deferred holds, in careful mode, the version writes of

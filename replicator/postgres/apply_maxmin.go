@@ -34,10 +34,11 @@ func (s *rowState) ownImage() (json.RawMessage, map[string]conflict.Stamp) {
 }
 
 // maxMinValues works out the max and min columns of the row a decision
-// leaves live (d.Result not deleted, d.Action not Skip): vals by column
-// index, to be written when write is set; own is the result's write's row
-// when the row holds more than it (nil otherwise), ownStamps its stamps.
-func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, d conflict.Decision, sibs siblingSet) (vals map[int]replicator.Value, write bool, own json.RawMessage, ownStamps map[string]conflict.Stamp, err error) {
+// leaves live (d.Result not deleted, d.Action not Skip): their values by
+// column index (vals), to be written when write is set; own is the
+// result's write's row when the row holds more than it (nil otherwise),
+// ownStamps its stamps.
+func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol conflict.Policy, c *replicator.Change, s *rowState, d conflict.Decision, sibs siblingSet) (res maxMinResult, err error) {
 	var top []replicator.Value
 	var topStamps map[string]conflict.Stamp
 	switch d.Action {
@@ -46,10 +47,10 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 	case conflict.KeepLocal:
 		img, st := s.ownImage()
 		if img == nil {
-			return nil, false, nil, nil, nil // no local row to hold values
+			return maxMinResult{}, nil // no local row to hold values
 		}
 		if top, err = imageRow(sh, img); err != nil {
-			return nil, false, nil, nil, err
+			return maxMinResult{}, err
 		}
 		topStamps = st
 	case conflict.Reinstate:
@@ -58,14 +59,14 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 			sd = s.meta.siblings[dotOf(d.Against)]
 		}
 		if sd.row == nil {
-			return nil, false, nil, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d wins again but no row was kept for it", sh.Table, c.Key, d.Against.Origin, d.Against.Tick)
+			return maxMinResult{}, fmt.Errorf("apply: %s key %s: sibling %s:%d wins again but no row was kept for it", sh.Table, c.Key, d.Against.Origin, d.Against.Tick)
 		}
 		if top, err = imageRow(sh, sd.row); err != nil {
-			return nil, false, nil, nil, err
+			return maxMinResult{}, err
 		}
 		topStamps = sd.stamps
 	default:
-		return nil, false, nil, nil, nil
+		return maxMinResult{}, nil
 	}
 	rows := [][]replicator.Value{top}
 	for _, w := range d.Result.Siblings {
@@ -74,24 +75,26 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 		}
 		sd, ok := sibs[dotOf(w)]
 		if !ok || sd.row == nil {
-			return nil, false, nil, nil, fmt.Errorf("apply: %s key %s: sibling %s:%d counts in the max and min columns but no row was kept for it", sh.Table, c.Key, w.Origin, w.Tick)
+			return maxMinResult{}, fmt.Errorf("apply: %s key %s: sibling %s:%d counts in the max and min columns but no row was kept for it", sh.Table, c.Key, w.Origin, w.Tick)
 		}
 		r, err := imageRow(sh, sd.row)
 		if err != nil {
-			return nil, false, nil, nil, err
+			return maxMinResult{}, err
 		}
 		rows = append(rows, r)
 	}
 	// The row shown holds more than its write's own: kept for when the
 	// write becomes a sibling.
 	hadMore := s.meta != nil && s.meta.own != nil
+	var own json.RawMessage
+	var ownStamps map[string]conflict.Stamp
 	if len(rows) > 1 {
 		own, ownStamps = rowImage(sh, top, nil), topStamps
 	}
 	if len(rows) == 1 && d.Action == conflict.KeepLocal && !hadMore {
-		return nil, false, nil, nil, nil // the row is its write's own already
+		return maxMinResult{}, nil // the row is its write's own already
 	}
-	vals = map[int]replicator.Value{}
+	vals := map[int]replicator.Value{}
 	var exprs []string
 	var args []any
 	var idx []int
@@ -133,7 +136,7 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 			dest[j] = &out[j]
 		}
 		if err := tx.QueryRow(ctx, "SELECT "+strings.Join(exprs, ", "), args...).Scan(dest...); err != nil {
-			return nil, false, nil, nil, fmt.Errorf("apply: %s key %s: merge max and min columns: %w", sh.Table, c.Key, err)
+			return maxMinResult{}, fmt.Errorf("apply: %s key %s: merge max and min columns: %w", sh.Table, c.Key, err)
 		}
 		for j, i := range idx {
 			if out[j] == nil {
@@ -143,5 +146,5 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 			}
 		}
 	}
-	return vals, true, own, ownStamps, nil
+	return maxMinResult{vals: vals, write: true, own: own, ownStamps: ownStamps}, nil
 }

@@ -1,0 +1,287 @@
+package postgres
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// A row with a name decided by the policy and a counter column; and a
+// counter-only row.
+var (
+	planShape   = replicator.Shape{Table: "public.clients", Columns: []string{"id", "name", "hits"}, Types: []string{"bigint", "text", "bigint"}, Key: []int{0}}
+	planTotals  = replicator.Shape{Table: "public.totals", Columns: []string{"id", "hits"}, Types: []string{"bigint", "bigint"}, Key: []int{0}}
+	lww         = conflict.Policy{}
+	lwwCounters = conflict.Policy{Counters: []string{"hits"}}
+	deleteWins  = conflict.Policy{Counters: []string{"hits"}, Deletes: conflict.DeleteWins}
+)
+
+const planSeq = replicator.Seq(77)
+
+func vals(vs ...string) []replicator.Value {
+	out := make([]replicator.Value, len(vs))
+	for i, v := range vs {
+		out[i] = replicator.Value{Text: v}
+	}
+	return out
+}
+
+func text(s string) *string { return &s }
+
+// liveRow is a local row as the applier reads it: its values, the
+// transaction that wrote it and its recorded version.
+func liveRow(hits string, v conflict.Version, srcSeq int64) rowState {
+	return rowState{exists: true, xmin: "700", values: map[string]*string{"hits": text(hits)}, versioned: true,
+		meta: &meta{version: v, xid: "700", srcSeq: srcSeq, tupleXmin: "701", counters: map[string]string{"hits": hits}}}
+}
+
+func version(hlc conflict.Timestamp, origin conflict.RegionID, vec conflict.Vector) conflict.Version {
+	return conflict.Version{Vector: vec, HLC: hlc, Origin: origin}
+}
+
+// plan decides c against s as applyChange does (no custom resolver, no
+// max or min columns, no column-level policy) and plans its writes.
+func plan(t *testing.T, pol conflict.Policy, sh replicator.Shape, s rowState, c replicator.Change) (changePlan, conflict.Decision, error) {
+	t.Helper()
+	d := conflict.Decide(pol, s.version(), s.exists || s.meta != nil, c.Version, c.Op)
+	txn := &replicator.Txn{Seq: planSeq}
+	p, err := planChange(changeInput{region: "ap", pol: pol, sh: &sh, seq: planSeq, c: &c, s: s, d: d, merged: losesNothing(sh, pol, d),
+		sibs: keptSiblings(sh, txn, &c, &s, d)})
+	return p, d, err
+}
+
+// kinds lists a plan's writes, in order.
+func kinds(p changePlan) string {
+	names := map[opKind]string{opInsert: "insert", opUpdate: "update", opDelete: "delete", opMeta: "version", opConflict: "conflict", opOther: "other"}
+	var out []string
+	for _, o := range p.ops {
+		out = append(out, names[o.kind])
+	}
+	return strings.Join(out, ",")
+}
+
+func opOf(p changePlan, k opKind) *op {
+	for i := range p.ops {
+		if p.ops[i].kind == k {
+			return &p.ops[i]
+		}
+	}
+	return nil
+}
+
+func rowText(row []replicator.Value) string {
+	var out []string
+	for _, v := range row {
+		switch {
+		case v.Unchanged:
+			out = append(out, "-")
+		case v.Null:
+			out = append(out, "NULL")
+		default:
+			out = append(out, v.Text)
+		}
+	}
+	return strings.Join(out, "|")
+}
+
+func TestPlanChange(t *testing.T) {
+	us1 := version(100, "us", conflict.Vector{"us": 1})
+	for _, tc := range []struct {
+		name string
+		pol  conflict.Policy
+		sh   replicator.Shape
+		s    rowState
+		c    replicator.Change
+		// what the plan must do
+		writes    string // kinds, in order
+		row       string // the row written (insert or update), "-" for a column left alone
+		version   conflict.Version
+		srcSeq    int64
+		xid       string
+		counters  map[string]string
+		readXmin  string // the version tuple the version write is conditioned on
+		winner    string // the conflict record's winner ("" when none is logged)
+		exists    bool   // the row afterwards
+		nextHits  string // the row's counter afterwards ("" when it does not exist)
+		parkMatch string
+	}{
+		{
+			name: "an insert of a new key inserts the row with its counters and records its version",
+			pol:  lwwCounters, sh: planShape, s: rowState{},
+			c:      replicator.Change{Op: conflict.OpInsert, Key: `["1"]`, Row: vals("1", "a", "5"), Deltas: map[string]string{"hits": "5"}, Version: us1},
+			writes: "insert,version", row: "1|a|5", version: us1, srcSeq: int64(planSeq), xid: "@", counters: map[string]string{"hits": "5"},
+			exists: true, nextHits: "5",
+		},
+		{
+			name: "an update that saw the local write replaces the row; the counter moves by its delta, not to its value",
+			pol:  lwwCounters, sh: planShape, s: liveRow("10", us1, 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"), Deltas: map[string]string{"hits": "2"},
+				Version: version(200, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "update,version", row: "1|b|12", version: version(200, "eu", conflict.Vector{"us": 1, "eu": 1}), srcSeq: int64(planSeq), xid: "@",
+			counters: map[string]string{"hits": "12"}, readXmin: "701", exists: true, nextHits: "12",
+		},
+		{
+			name: "concurrent updates: the later write wins, its row is written and the local write is logged as the loser",
+			pol:  lww, sh: planShape, s: liveRow("10", version(300, "us", conflict.Vector{"us": 2}), 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"),
+				Version: version(400, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "update,version,conflict", row: "1|b|7", version: version(400, "eu", conflict.Vector{"us": 2, "eu": 1}), srcSeq: int64(planSeq), xid: "@",
+			readXmin: "701", winner: "remote", exists: true, nextHits: "",
+		},
+		{
+			name: "concurrent updates: the local write wins; only the version (still the local write's) and the log are written",
+			pol:  lww, sh: planShape, s: liveRow("10", version(500, "us", conflict.Vector{"us": 2}), 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"),
+				Version: version(400, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "version,conflict", version: version(500, "us", conflict.Vector{"us": 2, "eu": 1}), srcSeq: 3, xid: "700",
+			readXmin: "701", winner: "local", exists: true, nextHits: "",
+		},
+		{
+			name: "concurrent updates of the local write's counters: the local write wins, the remote increment is still added",
+			pol:  lwwCounters, sh: planShape, s: liveRow("10", version(500, "us", conflict.Vector{"us": 2}), 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"), Deltas: map[string]string{"hits": "3"},
+				Version: version(400, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "update,version,conflict", row: "-|-|13", version: version(500, "us", conflict.Vector{"us": 2, "eu": 1}), srcSeq: 3, xid: "@",
+			counters: map[string]string{"hits": "13"}, readXmin: "701", winner: "local", exists: true, nextHits: "13",
+		},
+		{
+			name: "concurrent increments of a counter-only row merge: both kept, nothing logged",
+			pol:  lwwCounters, sh: planTotals, s: liveRow("10", version(500, "us", conflict.Vector{"us": 2}), 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "4"), Deltas: map[string]string{"hits": "3"},
+				Version: version(400, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "update,version", row: "-|13", version: version(500, "us", conflict.Vector{"us": 2, "eu": 1}), srcSeq: 3, xid: "@",
+			counters: map[string]string{"hits": "13"}, readXmin: "701", exists: true, nextHits: "13",
+		},
+		{
+			name: "a delete that saw the row removes it; the tombstone keeps the counter's sum as it was",
+			pol:  lwwCounters, sh: planShape, s: liveRow("10", us1, 3),
+			c: replicator.Change{Op: conflict.OpDelete, Key: `["1"]`, Deltas: map[string]string{"hits": "-10"},
+				Version: conflict.Version{Vector: conflict.Vector{"us": 1, "eu": 1}, HLC: 200, Origin: "eu", Deleted: true}},
+			writes: "delete,version", version: conflict.Version{Vector: conflict.Vector{"us": 1, "eu": 1}, HLC: 200, Origin: "eu", Deleted: true},
+			srcSeq: int64(planSeq), xid: "", counters: map[string]string{"hits": "10"}, readXmin: "701", exists: false,
+		},
+		{
+			name: "a tombstone that wins keeps adding concurrent increments to its sums; the row stays deleted",
+			pol:  deleteWins, sh: planShape,
+			s: rowState{versioned: true, meta: &meta{version: conflict.Version{Vector: conflict.Vector{"us": 2}, HLC: 500, Origin: "us", Deleted: true}, srcSeq: 3,
+				tupleXmin: "701", counters: map[string]string{"hits": "10"}}},
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "14"), Deltas: map[string]string{"hits": "4"},
+				Version: version(600, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "version,conflict", version: conflict.Version{Vector: conflict.Vector{"us": 2, "eu": 1}, HLC: 500, Origin: "us", Deleted: true},
+			srcSeq: 3, xid: "", counters: map[string]string{"hits": "14"}, readXmin: "701", winner: "local", exists: false,
+		},
+		{
+			name: "a change the local row has already seen writes nothing",
+			pol:  lwwCounters, sh: planShape, s: liveRow("10", version(500, "us", conflict.Vector{"us": 2, "eu": 2}), 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"),
+				Version: version(400, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "", exists: true, nextHits: "10",
+		},
+		{
+			name: "a write the row has seen through a later write that saw it still adds its increment (each write's delta once, in any order)",
+			pol:  lwwCounters, sh: planShape, s: liveRow("10", version(500, "us", conflict.Vector{"us": 2, "eu": 2}), 3),
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"), Deltas: map[string]string{"hits": "5"},
+				Version: version(400, "eu", conflict.Vector{"us": 1, "eu": 1})},
+			writes: "update,version", row: "-|-|15", version: version(500, "us", conflict.Vector{"us": 2, "eu": 2}), srcSeq: 3, xid: "@",
+			counters: map[string]string{"hits": "15"}, readXmin: "701", exists: true, nextHits: "15",
+		},
+		{
+			name: "an update of a row absent here that did not send a TOAST column is parked",
+			pol:  lww, sh: planShape, s: rowState{},
+			c: replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: []replicator.Value{{Text: "1"}, {Unchanged: true}, {Text: "7"}},
+				Version: version(400, "eu", conflict.Vector{"eu": 1})},
+			parkMatch: `column "name" was not sent (unchanged TOAST value)`,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p, d, err := plan(t, tc.pol, tc.sh, tc.s, tc.c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.parkMatch != "" {
+				if !strings.Contains(p.park, tc.parkMatch) || len(p.ops) > 0 {
+					t.Fatalf("park %q with %d writes; want parked: %s", p.park, len(p.ops), tc.parkMatch)
+				}
+				return
+			}
+			if p.park != "" {
+				t.Fatalf("parked: %s", p.park)
+			}
+			if got := kinds(p); got != tc.writes {
+				t.Fatalf("writes %q, want %q (decision %+v)", got, tc.writes, d)
+			}
+			if w := opOf(p, opInsert); w != nil && rowText(w.row) != tc.row {
+				t.Errorf("inserted row %s, want %s", rowText(w.row), tc.row)
+			}
+			if w := opOf(p, opUpdate); w != nil && rowText(w.row) != tc.row {
+				t.Errorf("updated row %s, want %s", rowText(w.row), tc.row)
+			}
+			if m := opOf(p, opMeta); m != nil {
+				v := m.meta.version
+				if conflict.Compare(v.Vector, tc.version.Vector) != conflict.Equal || v.HLC != tc.version.HLC || v.Origin != tc.version.Origin || v.Deleted != tc.version.Deleted {
+					t.Errorf("version %v@%d from %s deleted=%v, want %v@%d from %s deleted=%v", v.Vector, v.HLC, v.Origin, v.Deleted,
+						tc.version.Vector, tc.version.HLC, tc.version.Origin, tc.version.Deleted)
+				}
+				if m.meta.srcSeq != tc.srcSeq {
+					t.Errorf("source sequence %d, want %d", m.meta.srcSeq, tc.srcSeq)
+				}
+				if m.meta.xid != tc.xid {
+					t.Errorf("xid %q, want %q", m.meta.xid, tc.xid)
+				}
+				if len(m.meta.counters) != len(tc.counters) || m.meta.counters["hits"] != tc.counters["hits"] {
+					t.Errorf("recorded sums %v, want %v", m.meta.counters, tc.counters)
+				}
+				if m.tupleXmin != tc.readXmin {
+					t.Errorf("version written over tuple %q, want %q", m.tupleXmin, tc.readXmin)
+				}
+				if p.next.meta != m.meta || p.next.meta.tupleXmin != ownTuple {
+					t.Errorf("the row's state does not carry the version written")
+				}
+			}
+			switch {
+			case tc.winner == "" && (p.record != nil || opOf(p, opConflict) != nil):
+				t.Errorf("a conflict was logged: %+v", p.record)
+			case tc.winner != "" && (p.record == nil || p.record.winner != tc.winner):
+				t.Errorf("conflict record %+v, want one won by %s", p.record, tc.winner)
+			case tc.winner != "" && (p.record.region != "ap" || p.record.sourceSeq != int64(planSeq) || p.record.key != tc.c.Key):
+				t.Errorf("conflict record names region %s, source sequence %d, key %s", p.record.region, p.record.sourceSeq, p.record.key)
+			}
+			if p.next.exists != tc.exists {
+				t.Errorf("row exists afterwards: %v, want %v", p.next.exists, tc.exists)
+			}
+			if tc.nextHits != "" {
+				if h := p.next.values["hits"]; h == nil || *h != tc.nextHits {
+					t.Errorf("the row's counter afterwards %v, want %s", h, tc.nextHits)
+				}
+			}
+		})
+	}
+}
+
+// The plan works on a copy: the row's state as read is left as it was, so
+// a write that fails in the careful path can put it back.
+func TestPlanChangeLeavesTheRowStateAsRead(t *testing.T) {
+	s := liveRow("10", version(100, "us", conflict.Vector{"us": 1}), 3)
+	p, _, err := plan(t, lwwCounters, planShape, s, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"),
+		Deltas: map[string]string{"hits": "2"}, Version: version(200, "eu", conflict.Vector{"us": 1, "eu": 1})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *s.values["hits"] != "10" || s.meta.srcSeq != 3 || s.written || len(s.pending) != 0 {
+		t.Fatalf("row state changed: hits %s, source sequence %d, written %v, %d pending", *s.values["hits"], s.meta.srcSeq, s.written, len(s.pending))
+	}
+	if !p.next.written || *p.next.values["hits"] != "12" || len(p.next.pending) != 1 {
+		t.Fatalf("next state: written %v, hits %s, %d pending", p.next.written, *p.next.values["hits"], len(p.next.pending))
+	}
+}
+
+func TestPlanChangeRefusesAMalformedDelta(t *testing.T) {
+	_, _, err := plan(t, lwwCounters, planShape, liveRow("10", version(100, "us", conflict.Vector{"us": 1}), 3),
+		replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"), Deltas: map[string]string{"hits": "two"},
+			Version: version(200, "eu", conflict.Vector{"us": 1, "eu": 1})})
+	if err == nil || !strings.Contains(err.Error(), "public.clients.hits") {
+		t.Fatalf("err = %v; want one naming the counter", err)
+	}
+}
