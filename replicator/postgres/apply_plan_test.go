@@ -285,3 +285,80 @@ func TestPlanChangeRefusesAMalformedDelta(t *testing.T) {
 		t.Fatalf("err = %v; want one naming the counter", err)
 	}
 }
+
+// Under column_lww two concurrent updates that set different columns both
+// keep what they set: the row written holds the local write's name and the
+// remote write's email, and the conflict is logged as merged (nothing of
+// the losing write is gone). When both set the same column, the later
+// write's value stays and the loser is logged as overwritten.
+func TestPlanChangeJoinsColumns(t *testing.T) {
+	sh := replicator.Shape{Table: "public.profiles", Columns: []string{"id", "name", "email"}, Types: []string{"bigint", "text", "text"}, Key: []int{0}}
+	pol := conflict.Policy{Columns: conflict.ColumnLWW}
+	base := conflict.Stamp{HLC: 100, Origin: "us"}
+	// The local write (us, 300) set the name over the row both had seen.
+	localV := conflict.Version{Vector: conflict.Vector{"us": 2}, HLC: 300, Origin: "us", Stamps: map[string]conflict.Stamp{"email": base}}
+	local := rowState{exists: true, xmin: "700", versioned: true, image: []byte(`{"id":"1","name":"local name","email":"old@example.com"}`),
+		meta: &meta{version: localV, xid: "700", srcSeq: 3, tupleXmin: "701"}}
+	for _, tc := range []struct {
+		name           string
+		remoteStamps   map[string]conflict.Stamp // the columns the remote write did not set
+		remoteRow      []replicator.Value
+		wantName       string
+		wantEmail      string
+		wantLostByPlan conflict.Outcome
+	}{
+		{
+			name:         "different columns: both kept",
+			remoteStamps: map[string]conflict.Stamp{"name": base},
+			remoteRow:    vals("1", "old name", "new@example.com"),
+			wantName:     "local name", wantEmail: "new@example.com", wantLostByPlan: conflict.Merged,
+		},
+		{
+			name:         "the same column: the later write's value",
+			remoteStamps: map[string]conflict.Stamp{"email": base},
+			remoteRow:    vals("1", "remote name", "old@example.com"),
+			wantName:     "remote name", wantEmail: "old@example.com", wantLostByPlan: conflict.Overwritten,
+		},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The remote write (eu, 400) had not seen the local one.
+			remote := conflict.Version{Vector: conflict.Vector{"us": 1, "eu": 1}, HLC: 400, Origin: "eu", Stamps: tc.remoteStamps}
+			p, d, err := plan(t, pol, sh, local, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: tc.remoteRow, Version: remote})
+			if err != nil || p.park != "" {
+				t.Fatalf("err %v, park %q", err, p.park)
+			}
+			if !d.Conflict {
+				t.Fatalf("decision %+v: want a conflict", d)
+			}
+			w := opOf(p, opUpdate)
+			if w == nil {
+				t.Fatalf("writes %s: want the joined row written", kinds(p))
+			}
+			// A column left alone keeps the local row's value.
+			got := map[string]string{}
+			for i, col := range sh.Columns {
+				switch v := w.row[i]; {
+				case v.Unchanged && col == "name":
+					got[col] = "local name"
+				case v.Unchanged && col == "email":
+					got[col] = "old@example.com"
+				default:
+					got[col] = v.Text
+				}
+			}
+			if got["name"] != tc.wantName || got["email"] != tc.wantEmail {
+				t.Fatalf("row written %s: name %q, email %q; want %q, %q", rowText(w.row), got["name"], got["email"], tc.wantName, tc.wantEmail)
+			}
+			if p.record == nil || p.record.outcome() != tc.wantLostByPlan {
+				t.Fatalf("conflict record %+v: want one whose loser was %s", p.record, tc.wantLostByPlan)
+			}
+			m := opOf(p, opMeta).meta.version
+			if m.StampOf("name") != (conflict.Stamp{HLC: 300, Origin: "us"}) && tc.wantName == "local name" {
+				t.Errorf("name stamped %+v: want the local write's", m.StampOf("name"))
+			}
+			if m.StampOf("email") == base && tc.wantEmail == "new@example.com" {
+				t.Errorf("email stamped %+v: want the remote write's", m.StampOf("email"))
+			}
+		})
+	}
+}
