@@ -362,3 +362,49 @@ func TestPlanChangeJoinsColumns(t *testing.T) {
 		})
 	}
 }
+
+// Under region priority a write that lost is kept as a sibling while it may
+// win again. Here the row holds a's write with c's (which lost to it) kept;
+// b's update supersedes a's but not c's, and c outranks b: c's row comes
+// back, under c's version and source sequence, and b's write is kept as the
+// new sibling, row and all.
+func TestPlanChangeReinstatesASibling(t *testing.T) {
+	sh := replicator.Shape{Table: "public.docs", Columns: []string{"id", "name"}, Types: []string{"bigint", "text"}, Key: []int{0}}
+	pol := conflict.Policy{Kind: conflict.RegionPriority, Priority: []conflict.RegionID{"a", "c", "b"}}
+	v1 := conflict.Version{Vector: conflict.Vector{"a": 1}, HLC: 10, Origin: "a"}
+	v3 := conflict.Version{Vector: conflict.Vector{"c": 1}, HLC: 15, Origin: "c"}
+	d := conflict.Decide(pol, conflict.Version{}, false, v1, conflict.OpInsert)
+	d = conflict.Decide(pol, d.Result, true, v3, conflict.OpInsert)
+	if len(d.Result.Siblings) != 1 {
+		t.Fatalf("setup: %+v", d)
+	}
+	cDot := dotOf(d.Result.Siblings[0])
+	s := rowState{exists: true, xmin: "700", versioned: true, image: []byte(`{"id":"1","name":"from a"}`),
+		meta: &meta{version: d.Result, xid: "700", srcSeq: 4, tupleXmin: "701",
+			siblings: siblingSet{cDot: {row: []byte(`{"id":"1","name":"from c"}`), seq: 9, vv: "c:1"}}}}
+	v2 := conflict.Version{Vector: conflict.Vector{"a": 1, "b": 1}, HLC: 20, Origin: "b"}
+	p, dec, err := plan(t, pol, sh, s, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "from b"), Version: v2})
+	if err != nil || p.park != "" {
+		t.Fatalf("err %v, park %q", err, p.park)
+	}
+	if dec.Action != conflict.Reinstate {
+		t.Fatalf("decision %+v: want c's write reinstated", dec)
+	}
+	if got := kinds(p); got != "update,version,conflict" {
+		t.Fatalf("writes %q", got)
+	}
+	if w := opOf(p, opUpdate); rowText(w.row) != "1|from c" {
+		t.Fatalf("row written %s: want c's", rowText(w.row))
+	}
+	m := opOf(p, opMeta).meta
+	if m.version.Origin != "c" || m.srcSeq != 9 || m.xid != "@" {
+		t.Fatalf("version from %s, source sequence %d, xid %q: want c's write (sequence 9), written here", m.version.Origin, m.srcSeq, m.xid)
+	}
+	bDot := dotKey{"b", 1}
+	if sd, ok := m.siblings[bDot]; !ok || string(rowImage(sh, vals("1", "from b"), nil)) != string(sd.row) || sd.seq != int64(planSeq) {
+		t.Fatalf("siblings kept %+v: want b's write with its row and sequence %d", m.siblings, planSeq)
+	}
+	if p.record == nil || p.record.winner != "local" || p.record.localOrigin != "c" || p.record.remoteOrigin != "b" {
+		t.Fatalf("conflict record %+v: want c's sibling winning over b's write", p.record)
+	}
+}
