@@ -239,14 +239,34 @@ func (b *bulk) add(o op, alone func(table string) bool) {
 	}
 	g := b.joins(o, cols, alone)
 	if g == nil {
-		// Sized for the batch (bounded): a backlog's group holds thousands
-		// of writes, grown one doubling at a time it copied them over and over.
-		n := min(b.hint, 1024)
-		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: make(map[string]bool, n), ops: make([]op, 0, n)}
+		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: make(map[string]bool, groupStart), ops: make([]op, 0, groupStart)}
 		b.groups = append(b.groups, g)
+	} else if len(g.ops) == groupStart {
+		// A group that outgrows its start is a run of one table's writes
+		// (a backlog's holds thousands): sized for the batch (bounded) at
+		// once instead of grown one doubling at a time. Most groups of a
+		// batch whose tables alternate hold a write or two and stay small.
+		g.grow(min(b.hint, 1024))
 	}
 	g.keys[o.key] = true
 	g.ops = append(g.ops, o)
+}
+
+// groupStart is the room a new group gets.
+const groupStart = 8
+
+// grow gives the group room for n writes.
+func (g *group) grow(n int) {
+	if n <= cap(g.ops) {
+		return
+	}
+	ops := make([]op, len(g.ops), n)
+	copy(ops, g.ops)
+	keys := make(map[string]bool, n)
+	for k := range g.keys {
+		keys[k] = true
+	}
+	g.ops, g.keys = ops, keys
 }
 
 // mergeReach bounds how many groups back a write may join a group.
