@@ -49,7 +49,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	}
 	// Under column_lww a row that stays live joins the rows of the writes
 	// it keeps, the local one's among them.
-	join := pol.ColumnLWW() && d.Action != conflict.Skip && !d.Result.Deleted
+	join := joinsColumns(pol, d)
 	// So does one with max or min columns, for those (see maxMinValues).
 	maxMin := hasMaxMin(pol) && d.Action != conflict.Skip && !d.Result.Deleted
 	if (d.SaveLocal || (join && (d.Conflict || len(d.Result.Siblings) > 0)) || (maxMin && d.Action == conflict.KeepLocal)) && s.exists {

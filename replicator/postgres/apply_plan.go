@@ -62,6 +62,12 @@ type changePlan struct {
 	more   []*conflictRow
 }
 
+// joinsColumns reports whether a decision leaves a live row joined column
+// by column from the writes it keeps (column_lww).
+func joinsColumns(pol conflict.Policy, d conflict.Decision) bool {
+	return pol.ColumnLWW() && d.Action != conflict.Skip && !d.Result.Deleted
+}
+
 // planChange works out the writes that apply in.c over in.s under in.d.
 // An error is a change no region could apply (a malformed counter delta).
 func planChange(in changeInput) (changePlan, error) {
@@ -120,7 +126,7 @@ func planChange(in changeInput) (changePlan, error) {
 	// Under column_lww a row that stays live joins the rows of the writes
 	// it keeps, the local one's among them.
 	var joinLosses []columnLoss
-	if pol.ColumnLWW() && d.Action != conflict.Skip && !d.Result.Deleted {
+	if joinsColumns(pol, d) {
 		row, write, err := joinRow(*sh, pol, c, &s, local, &d, in.sibs)
 		if err != nil {
 			return changePlan{park: err.Error()}, nil
