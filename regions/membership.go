@@ -3,6 +3,7 @@ package regions
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -63,11 +64,7 @@ type Epoch struct {
 type Progress struct {
 	Shipped uint64                       `json:"shipped"`
 	Applied map[conflict.RegionID]uint64 `json:"applied,omitempty"`
-	// Runs is the membership (its Changed index) the region's data plane
-	// runs with: a region added at or before it is followed and waited for
-	// there (outbox trimming, tombstones).
-	Runs  uint64 `json:"runs,omitempty"`
-	Index uint64 `json:"index"`
+	Index   uint64                       `json:"index"`
 }
 
 // Membership is the state the control plane agrees on: who the members
@@ -83,6 +80,10 @@ type Membership struct {
 	// each region added (the lowest never given to any member, removed
 	// ones included: their numbers are in the tables).
 	Sequences *SequencePlan `json:"sequences,omitempty"`
+	// Applied is the log index of the last command applied (refused ones
+	// and no-ops included): a region that holds a command's index has
+	// applied everything committed before it.
+	Applied uint64 `json:"applied,omitempty"`
 }
 
 // Command ops.
@@ -186,6 +187,7 @@ func (m *Membership) Apply(index uint64, c Command) (Result, error) {
 	if m.Progress == nil {
 		m.Progress = map[conflict.RegionID]*Progress{}
 	}
+	m.Applied = max(m.Applied, index)
 	if c.Op == OpNoop {
 		return Result{}, nil
 	}
@@ -454,7 +456,6 @@ func (m *Membership) report(index uint64, c Command) error {
 	// older than one already applied keeps the larger values.
 	if old := m.Progress[c.Region]; old != nil {
 		p.Shipped = max(p.Shipped, old.Shipped)
-		p.Runs = max(p.Runs, old.Runs)
 		merged := map[conflict.RegionID]uint64{}
 		for k, v := range old.Applied {
 			merged[k] = v
@@ -468,32 +469,15 @@ func (m *Membership) report(index uint64, c Command) error {
 	return nil
 }
 
-// Changed is the log index of the membership's last change (a member's
-// state, or the epoch): what a region's data plane runs with.
-func (m Membership) Changed() uint64 {
-	var at uint64
-	for _, mem := range m.Members {
-		at = max(at, mem.Since)
-	}
-	return max(at, m.Epoch().Index)
-}
-
-// NotTakenIn names the regions (members that replicate, other than r)
-// whose data plane has not reported running with r as a member yet: until
-// they do, they may trim their outbox or collect tombstones past what r
-// loads.
-func (m Membership) NotTakenIn(r conflict.RegionID) []string {
-	mem := m.Members[r]
-	if mem == nil {
-		return nil
-	}
+// Unfollowed names the members that replicate (neither witnesses nor
+// removed) and are not among running: a data plane that runs with running
+// does not wait for them, so it may trim its outbox or collect tombstones
+// past what they still need.
+func (m Membership) Unfollowed(running []conflict.RegionID) []string {
 	var out []string
-	for _, o := range m.Sorted() {
-		if o.ID == r || o.Witness || o.State == Removed {
-			continue
-		}
-		if p := m.Progress[o.ID]; p == nil || p.Runs < mem.Since {
-			out = append(out, string(o.ID))
+	for _, mem := range m.Sorted() {
+		if !mem.Witness && mem.State != Removed && !slices.Contains(running, mem.ID) {
+			out = append(out, string(mem.ID))
 		}
 	}
 	return out

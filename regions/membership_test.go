@@ -229,15 +229,35 @@ func TestAJoiningRegionThatShippedIsDrainedAndAWitnessVotesOnceItRuns(t *testing
 	}
 }
 
-func TestAJoinWaitsForEveryRegionToTakeTheNewRegionIn(t *testing.T) {
+func TestUnfollowedNamesMembersARunningDataPlaneDoesNotWaitFor(t *testing.T) {
 	m := founded(t, "us", "eu")
-	mustApply(t, m, 2, Command{Op: OpAdd, Region: "ap", URL: "https://ap", From: "eu"})
-	if got := strings.Join(m.NotTakenIn("ap"), ","); got != "eu,us" {
-		t.Fatalf("NotTakenIn = %s, want eu,us", got)
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w", URL: "https://w", Witness: true})
+	mustApply(t, m, 3, Command{Op: OpAdd, Region: "ap", URL: "https://ap", From: "eu"})
+	if got := strings.Join(m.Unfollowed([]conflict.RegionID{"eu", "us"}), ","); got != "ap" {
+		t.Fatalf("Unfollowed = %q, want ap (joining; the witness replicates nothing)", got)
 	}
-	mustApply(t, m, 3, Command{Op: OpReport, Region: "us", Progress: &Progress{Runs: m.Changed()}})
-	mustApply(t, m, 4, Command{Op: OpReport, Region: "eu", Progress: &Progress{Runs: 1}})
-	if got := strings.Join(m.NotTakenIn("ap"), ","); got != "eu" {
-		t.Fatalf("NotTakenIn = %s, want eu (it runs with the membership before ap was added)", got)
+	if got := m.Unfollowed([]conflict.RegionID{"ap", "eu", "us"}); len(got) != 0 {
+		t.Fatalf("Unfollowed = %v with every member running", got)
+	}
+	mustApply(t, m, 4, Command{Op: OpRemove, Region: "ap", Force: true})
+	if got := m.Unfollowed([]conflict.RegionID{"eu", "us"}); len(got) != 0 {
+		t.Fatalf("Unfollowed = %v: a removed region is waited for by no one", got)
+	}
+	if got := strings.Join(m.Unfollowed([]conflict.RegionID{"us"}), ","); got != "eu" {
+		t.Fatalf("Unfollowed = %q, want eu", got)
+	}
+}
+
+func TestAppliedIsTheLastCommandsIndexRefusedOrNot(t *testing.T) {
+	m := founded(t, "us")
+	mustApply(t, m, 5, Command{Op: OpNoop})
+	if m.Applied != 5 {
+		t.Fatalf("Applied = %d after a no-op at 5", m.Applied)
+	}
+	if _, err := m.Apply(6, Command{Op: OpActivate, Region: "nobody"}); err == nil {
+		t.Fatal("activating a region that is not a member was not refused")
+	}
+	if m.Applied != 6 {
+		t.Fatalf("Applied = %d after a refused command at 6", m.Applied)
 	}
 }

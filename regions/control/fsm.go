@@ -60,6 +60,14 @@ func (f *fsm) membership() regions.Membership {
 	return out
 }
 
+// applied is the log index of the last command applied (or restored from
+// a snapshot).
+func (f *fsm) applied() uint64 {
+	f.mu.RLock()
+	defer f.mu.RUnlock()
+	return f.m.Applied
+}
+
 // state returns r's membership state ("" when not a member).
 func (f *fsm) state(r conflict.RegionID) regions.MemberState {
 	f.mu.RLock()

@@ -205,10 +205,12 @@ func (n *Node) applyLocal(ctx context.Context, body []byte) (regions.Result, uin
 	return a.Result, f.Index(), a.Err
 }
 
-// caughtUpTo waits (until ctx ends) for this region to have applied the
-// log up to index, so that what it shows after a change includes it.
+// caughtUpTo waits (until ctx ends) for this region's membership to hold
+// the command at index, so that what it shows after a change includes it.
+// (Raft's own applied index moves when a command is handed to the state
+// machine, before it is applied.)
 func (n *Node) caughtUpTo(ctx context.Context, index uint64) {
-	for n.raft.AppliedIndex() < index {
+	for n.fsm.applied() < index {
 		select {
 		case <-ctx.Done():
 			return
@@ -221,17 +223,25 @@ func (n *Node) caughtUpTo(ctx context.Context, index uint64) {
 // follows), waiting until ctx ends for one to be reachable. A refusal
 // wraps regions.ErrRefused; no leader in time, ErrNoQuorum.
 func (n *Node) Apply(ctx context.Context, c regions.Command) (regions.Result, error) {
+	res, _, err := n.applyAt(ctx, c)
+	return res, err
+}
+
+// applyAt is Apply, also returning the command's log index (0 when it was
+// not applied). Once it returns, this region's membership holds the
+// command, unless ctx ended first.
+func (n *Node) applyAt(ctx context.Context, c regions.Command) (regions.Result, uint64, error) {
 	body, err := json.Marshal(c)
 	if err != nil {
-		return regions.Result{}, err
+		return regions.Result{}, 0, err
 	}
 	var last error
 	for {
 		switch _, leader := n.raft.LeaderWithID(); {
 		case n.raft.State() == raft.Leader:
-			res, _, err := n.applyLocal(ctx, body)
+			res, index, err := n.applyLocal(ctx, body)
 			if !errors.Is(err, raft.ErrNotLeader) && !errors.Is(err, raft.ErrLeadershipLost) && !errors.Is(err, raft.ErrEnqueueTimeout) {
-				return res, err
+				return res, index, err
 			}
 			last = err
 		case leader != "" && leader != raft.ServerID(n.cfg.Region):
@@ -239,38 +249,56 @@ func (n *Node) Apply(ctx context.Context, c regions.Command) (regions.Result, er
 			if err == nil {
 				var a answer
 				if err := json.Unmarshal(out, &a); err != nil {
-					return regions.Result{}, fmt.Errorf("control plane leader %s: answer: %w", leader, err)
+					return regions.Result{}, 0, fmt.Errorf("control plane leader %s: answer: %w", leader, err)
 				}
 				n.caughtUpTo(ctx, a.Index)
 				switch {
 				case a.Refused:
-					return a.Result, fmt.Errorf("%w: %s", regions.ErrRefused, strings.TrimPrefix(a.Error, regions.ErrRefused.Error()+": "))
+					return a.Result, a.Index, fmt.Errorf("%w: %s", regions.ErrRefused, strings.TrimPrefix(a.Error, regions.ErrRefused.Error()+": "))
 				case a.Invalid:
-					return a.Result, fmt.Errorf("%w: %s", regions.ErrInvalid, strings.TrimPrefix(a.Error, regions.ErrInvalid.Error()+": "))
+					return a.Result, a.Index, fmt.Errorf("%w: %s", regions.ErrInvalid, strings.TrimPrefix(a.Error, regions.ErrInvalid.Error()+": "))
 				case a.Error != "":
-					return a.Result, errors.New(a.Error)
+					return a.Result, a.Index, errors.New(a.Error)
 				}
-				return a.Result, nil
+				return a.Result, a.Index, nil
 			}
 			last = err
 		}
 		select {
 		case <-ctx.Done():
 			if n.raft.State() == raft.Shutdown {
-				return regions.Result{}, fmt.Errorf("region %s's control plane is shut down (it was removed from the cluster, or is stopping)", n.cfg.Region)
+				return regions.Result{}, 0, fmt.Errorf("region %s's control plane is shut down (it was removed from the cluster, or is stopping)", n.cfg.Region)
 			}
 			if errors.Is(ctx.Err(), context.Canceled) {
-				return regions.Result{}, ctx.Err()
+				return regions.Result{}, 0, ctx.Err()
 			}
 			st := n.Status()
 			msg := fmt.Sprintf("%s: region %s reaches no leader among the voters %s", ErrNoQuorum.Error(), n.cfg.Region, strings.Join(st.Voters, ", "))
 			if last != nil {
 				msg += " (last attempt: " + last.Error() + ")"
 			}
-			return regions.Result{}, fmt.Errorf("%w%s", ErrNoQuorum, strings.TrimPrefix(msg, ErrNoQuorum.Error()))
+			return regions.Result{}, 0, fmt.Errorf("%w%s", ErrNoQuorum, strings.TrimPrefix(msg, ErrNoQuorum.Error()))
 		case <-time.After(200 * time.Millisecond):
 		}
 	}
+}
+
+// Current returns the membership once this region holds every change the
+// cluster committed before the call: it writes a no-op through the leader
+// and waits until it has applied it. A region that restarted, or lags,
+// may hold an older membership than the cluster's; what it decides from
+// the one Current returns (trimming its outbox, collecting tombstones for
+// the members it names) is safe against any member added before the call.
+// Without a leader before ctx ends it fails (ErrNoQuorum).
+func (n *Node) Current(ctx context.Context) (regions.Membership, error) {
+	_, index, err := n.applyAt(ctx, regions.Command{Op: regions.OpNoop})
+	if err != nil {
+		return regions.Membership{}, err
+	}
+	if n.fsm.applied() < index {
+		return regions.Membership{}, fmt.Errorf("region %s has not applied the control plane's log up to %d yet: %w", n.cfg.Region, index, ctx.Err())
+	}
+	return n.fsm.membership(), nil
 }
 
 // pendingInit is the file holding an init command not yet applied.
@@ -388,7 +416,7 @@ func (n *Node) snapshotMembership() {
 // compares it.
 func (n *Node) shape() string {
 	m := n.fsm.membership()
-	m.Progress = nil
+	m.Progress, m.Applied = nil, 0
 	b, _ := json.Marshal(m)
 	return string(b)
 }
@@ -520,7 +548,7 @@ func (n *Node) report(ctx context.Context) {
 
 // covers reports whether the recorded progress already holds p.
 func covers(old, p regions.Progress) bool {
-	if p.Shipped > old.Shipped || p.Runs > old.Runs {
+	if p.Shipped > old.Shipped {
 		return false
 	}
 	for r, v := range p.Applied {

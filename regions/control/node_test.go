@@ -19,18 +19,20 @@ type network struct {
 	mu    sync.Mutex
 	nodes map[conflict.RegionID]*Node
 	cut   map[conflict.RegionID]bool
+	// quiet regions exchange no raft traffic, but forwarded commands pass.
+	quiet map[conflict.RegionID]bool
 	conns map[conflict.RegionID][]net.Conn
 	stops map[conflict.RegionID]func()
 }
 
 func newNetwork() *network {
-	return &network{nodes: map[conflict.RegionID]*Node{}, cut: map[conflict.RegionID]bool{}, conns: map[conflict.RegionID][]net.Conn{}, stops: map[conflict.RegionID]func(){}}
+	return &network{nodes: map[conflict.RegionID]*Node{}, cut: map[conflict.RegionID]bool{}, quiet: map[conflict.RegionID]bool{}, conns: map[conflict.RegionID][]net.Conn{}, stops: map[conflict.RegionID]func(){}}
 }
 
 func (nw *network) dialer(from conflict.RegionID) func(context.Context, conflict.RegionID) (net.Conn, error) {
 	return func(_ context.Context, to conflict.RegionID) (net.Conn, error) {
 		nw.mu.Lock()
-		target, cut := nw.nodes[to], nw.cut[from] || nw.cut[to]
+		target, cut := nw.nodes[to], nw.cut[from] || nw.cut[to] || nw.quiet[from] || nw.quiet[to]
 		if target == nil || cut {
 			nw.mu.Unlock()
 			return nil, fmt.Errorf("%s cannot reach %s", from, to)
@@ -63,6 +65,20 @@ func (nw *network) partition(r conflict.RegionID, cut bool) {
 	defer nw.mu.Unlock()
 	nw.cut[r] = cut
 	if cut {
+		for _, c := range nw.conns[r] {
+			c.Close()
+		}
+		nw.conns[r] = nil
+	}
+}
+
+// silence stops r's raft traffic (and closes its connections), or lets it
+// flow again; forwarded commands still pass.
+func (nw *network) silence(r conflict.RegionID, quiet bool) {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	nw.quiet[r] = quiet
+	if quiet {
 		for _, c := range nw.conns[r] {
 			c.Close()
 		}
@@ -290,5 +306,56 @@ func TestARestartedRegionKnowsTheMembershipWithoutALeader(t *testing.T) {
 	}
 	if us.Status().Quorum {
 		t.Fatal("one of three voters claims a quorum")
+	}
+}
+
+// A region whose log lags (it hears no raft traffic, though it reaches the
+// leader) cannot confirm its membership current: Current fails rather than
+// answer with a membership missing a region added meanwhile. Once it
+// applies the log, Current holds the added region, on the leader and on a
+// follower alike.
+func TestCurrentHoldsEveryChangeCommittedBeforeIt(t *testing.T) {
+	nw := newNetwork()
+	us, eu, ap := nw.start(t, "us"), nw.start(t, "eu"), nw.start(t, "ap")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	var founders []regions.Member
+	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
+		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
+	}
+	if _, err := us.Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+	nodes := map[conflict.RegionID]*Node{"us": us, "eu": eu, "ap": ap}
+	eventually(t, "every founder to apply the init and one to lead", func() bool {
+		return eu.Membership().Epoch().Number == 1 && ap.Membership().Epoch().Number == 1 && us.Status().Leader != ""
+	})
+	leader := nodes[us.Status().Leader]
+	var lagging *Node
+	for id, n := range nodes {
+		if n != leader {
+			lagging = n
+			nw.silence(id, true)
+			break
+		}
+	}
+	apply(t, leader, regions.Command{Op: regions.OpAdd, Region: "sa", URL: "https://sa", From: leader.cfg.Region})
+	if lagging.Membership().State("sa") != "" {
+		t.Fatal("a region that hears no raft traffic applied the add")
+	}
+	short, cancelShort := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancelShort()
+	if m, err := lagging.Current(short); err == nil {
+		t.Fatalf("a lagging region confirmed membership %s as current, without sa", m.Describe())
+	}
+	nw.silence(lagging.cfg.Region, false)
+	for _, n := range []*Node{leader, lagging} {
+		m, err := n.Current(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", n.cfg.Region, err)
+		}
+		if m.State("sa") != regions.Joining {
+			t.Fatalf("%s: Current returned %s, without the added sa", n.cfg.Region, m.Describe())
+		}
 	}
 }

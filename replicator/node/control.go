@@ -90,14 +90,12 @@ func openControl(cfg Config, currentPeers func() []Peer, progress func(context.C
 // every local write committed before the call (a region's removal waits
 // for that count), how far it durably took in every other region (parked
 // changes not counted: they are retried only while their source is a
-// member), and the membership its data plane runs with. Without a running
-// reader it reports nothing.
+// member). Without a running reader it reports nothing.
 func (rt *runtime) readProgress(ctx context.Context, cfg Config) (regions.Progress, error) {
 	reader := rt.reader.Load()
 	if reader == nil {
 		return regions.Progress{}, errors.New("the data plane is not running")
 	}
-	runs := rt.runs.Load()
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
 		return regions.Progress{}, err
@@ -125,7 +123,7 @@ func (rt *runtime) readProgress(ctx context.Context, cfg Config) (regions.Progre
 	if err != nil {
 		return regions.Progress{}, err
 	}
-	p := regions.Progress{Shipped: uint64(max(shipped, 0)), Applied: map[conflict.RegionID]uint64{}, Runs: runs}
+	p := regions.Progress{Shipped: uint64(max(shipped, 0)), Applied: map[conflict.RegionID]uint64{}}
 	for r, seq := range applied {
 		p.Applied[r] = uint64(max(seq, 0))
 	}

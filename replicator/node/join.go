@@ -88,9 +88,6 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		var h postgres.SnapshotHeader
 		var sum postgres.SnapshotSummary
 		err := peersAccept(ctx, cfg, peer.ID)
-		if err == nil && rt.control != nil {
-			err = takenIn(ctx, cfg, rt)
-		}
 		if err == nil {
 			rt.loading.Store(true)
 			err = client.Snapshot(ctx, func(r io.Reader) error {

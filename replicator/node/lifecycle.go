@@ -49,10 +49,8 @@ type runtime struct {
 	peers     atomic.Pointer[[]Peer]
 	witnesses atomic.Pointer[[]Peer]
 	red       *obs.Redactor
-	// runs is the membership the running data plane follows (its Changed
-	// index, reported to the cluster); loading is set while a snapshot
-	// loads (membership changes wait for it).
-	runs    atomic.Uint64
+	// loading is set while a snapshot loads (membership changes wait for
+	// it).
 	loading atomic.Bool
 }
 
@@ -215,8 +213,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return err
 			}
 		}
-		dcfg, runs := rt.dataPlaneConfig(cfg)
-		rt.runs.Store(runs)
+		dcfg := rt.dataPlaneConfig(cfg)
 		if missing := unconfiguredMembers(dcfg); len(missing) > 0 {
 			rt.log.Warn("members of the cluster that this region cannot follow: add them to peers: (url, token) and reload", "regions", missing)
 		}

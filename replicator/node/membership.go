@@ -46,16 +46,15 @@ func (rt *runtime) controlPeers() []Peer {
 	return append(append([]Peer(nil), rt.currentPeers()...), rt.currentWitnesses()...)
 }
 
-// dataPlaneConfig is the configuration one run of the data plane uses,
-// and the membership (its Changed index) it follows (0: none).
-func (rt *runtime) dataPlaneConfig(cfg Config) (Config, uint64) {
+// dataPlaneConfig is the configuration one run of the data plane uses.
+func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Peers = append([]Peer(nil), rt.currentPeers()...)
 	if rt.control == nil {
-		return cfg, 0
+		return cfg
 	}
 	m := rt.control.Membership()
 	if len(m.Epochs) == 0 {
-		return cfg, 0 // not initialised (here yet): the configuration's regions
+		return cfg // not initialised (here yet): the configuration's regions
 	}
 	regs := []conflict.RegionID{}
 	members := map[conflict.RegionID]bool{}
@@ -80,30 +79,29 @@ func (rt *runtime) dataPlaneConfig(cfg Config) (Config, uint64) {
 	cfg.Cluster.Regions = regs
 	cfg.Cluster.Agreed = true
 	cfg.Cluster.Sequences = m.Sequences
-	return cfg, m.Changed()
+	return cfg
 }
 
-// takenIn holds a region about to load its snapshot until every other
-// member's data plane runs with it as a member (they reported so): before
-// that, one of them may trim its outbox or collect tombstones past what
-// the snapshot holds. A member that is down is waited for (remove it, or
-// bring it back).
-func takenIn(ctx context.Context, cfg Config, rt *runtime) error {
-	for said := ""; ; {
-		missing := rt.control.Membership().NotTakenIn(cfg.Region)
-		if len(missing) == 0 {
+// confirmMembers returns what a data plane running with running calls to
+// confirm that the cluster added no member it does not follow (nil
+// without a control plane). Before the cluster is initialised the data
+// plane runs with the configuration's regions, which are the founders.
+func (rt *runtime) confirmMembers(running []conflict.RegionID) func(context.Context) error {
+	if rt.control == nil {
+		return nil
+	}
+	return func(ctx context.Context) error {
+		if len(rt.control.Membership().Epochs) == 0 {
 			return nil
 		}
-		if msg := fmt.Sprintf("waiting for %s to take this region in (their data plane has not reported running with it as a member yet)", strings.Join(missing, ", ")); msg != said {
-			said = msg
-			rt.mon.Joining(msg)
-			rt.log.Info("joining: " + msg)
+		m, err := rt.control.Current(ctx)
+		if err != nil {
+			return err
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
+		if missing := m.Unfollowed(running); len(missing) > 0 {
+			return fmt.Errorf("the cluster added %s, which this data plane does not follow yet (it restarts with them)", strings.Join(missing, ", "))
 		}
+		return nil
 	}
 }
 
@@ -143,7 +141,7 @@ func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Confi
 			if rt.loading.Load() {
 				continue // a load is one transaction: restart once it is in
 			}
-			next, _ := rt.dataPlaneConfig(base)
+			next := rt.dataPlaneConfig(base)
 			if !reflect.DeepEqual(next.Peers, running.Peers) || !slices.Equal(next.Cluster.Regions, running.Cluster.Regions) ||
 				next.Cluster.Agreed != running.Cluster.Agreed || !reflect.DeepEqual(next.Cluster.Sequences, running.Cluster.Sequences) {
 				changed.Store(true)

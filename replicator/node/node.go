@@ -314,6 +314,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	outbox.Removed = rt.removed
 	graves := newTombstones(cfg, reader, outbox, log)
 	graves.removed = rt.removed
+	graves.confirm = rt.confirmMembers(cfg.Cluster.Regions)
 	graves.onError = func() { rt.mon.Metrics().Error(obs.ErrTombstones) }
 	if err := outbox.RepairAcks(ctx, log); err != nil {
 		return err

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -22,30 +23,57 @@ type Watermark struct {
 	Versioned int64                       `json:"versioned"`
 }
 
-// tombstones collects row versions of deleted rows once no write concurrent
-// with the delete can still arrive here. For a tombstone left by a delete
+// tombstones trims the outbox of what every peer acknowledged, and
+// collects row versions of deleted rows once no write concurrent with the
+// delete can still arrive here. For a tombstone left by a delete
 // from origin O with sequence s, that holds when every other region R
 // (neither this one nor O) advertised having applied O up to s, and this
 // region has applied R's outbox up to what R had versioned at that moment:
 // any write R made before it saw the delete has then arrived. Tables with
 // counter columns keep their tombstones (their sums live on in them).
+//
+// Both wait for every member, so both need a membership that is current:
+// a member may run with an older one (it restarted, or lags) while a new
+// region loads a snapshot, and trimming by the others' acknowledgements
+// alone would drop what the new region needs. So a round reads the
+// acknowledgements and watermarks first, then confirms (through the
+// control plane's leader) that no member was added that its data plane
+// does not follow, and only then trims and collects. A region added
+// before the confirmation is followed, hence waited for; one added after
+// it loads a snapshot its source took later still, which holds at least
+// what the acknowledgements read said was applied. Without a confirmation
+// (no leader reachable, or the data plane is about to restart with new
+// members) the round trims and collects nothing. A member that is down
+// therefore never holds up a join.
 type tombstones struct {
 	cfg    Config
 	reader *postgres.Reader
-	outbox *postgres.Outbox
+	outbox outboxKeeper
 	log    *slog.Logger
 	// onError, when set, counts a failed round.
 	onError func()
 	// removed reports whether the cluster removed a region: its watermark
 	// is waited for no more (it writes nothing more that could arrive).
 	removed func(conflict.RegionID) bool
+	// confirm, when set, fails unless the membership the data plane runs
+	// with is the cluster's current one (nil: no control plane).
+	confirm func(context.Context) error
+	// unconfirmed: the last round could not confirm it.
+	unconfirmed bool
 
 	mu      sync.Mutex
 	own     []byte
 	adverts map[conflict.RegionID]Watermark
 }
 
-func newTombstones(cfg Config, reader *postgres.Reader, outbox *postgres.Outbox, log *slog.Logger) *tombstones {
+// outboxKeeper is the outbox as a round keeps it (postgres.Outbox).
+type outboxKeeper interface {
+	Cap(context.Context) error
+	AckFloor(context.Context) (replicator.Seq, error)
+	Trim(context.Context, replicator.Seq) error
+}
+
+func newTombstones(cfg Config, reader *postgres.Reader, outbox outboxKeeper, log *slog.Logger) *tombstones {
 	return &tombstones{cfg: cfg, reader: reader, outbox: outbox, log: log, adverts: map[conflict.RegionID]Watermark{}}
 }
 
@@ -88,8 +116,8 @@ func (g *tombstones) run(ctx context.Context, every time.Duration) {
 }
 
 func (g *tombstones) round(ctx context.Context) error {
-	// Housekeeping rides along: the outbox retention cap.
-	if err := g.outbox.Cap(ctx); err != nil {
+	adverts, current, err := g.keepOutbox(ctx)
+	if err != nil {
 		return err
 	}
 	conn, err := postgres.Connect(ctx, g.cfg.Database)
@@ -124,11 +152,10 @@ func (g *tombstones) round(ctx context.Context) error {
 	own, _ := json.Marshal(Watermark{Applied: applied, Versioned: versioned})
 	g.mu.Lock()
 	g.own = own
-	adverts := make(map[conflict.RegionID]Watermark, len(g.adverts))
-	for k, v := range g.adverts {
-		adverts[k] = v
-	}
 	g.mu.Unlock()
+	if !current {
+		return nil
+	}
 
 	var tables []string
 	for _, t := range g.cfg.Cluster.Tables {
@@ -177,4 +204,48 @@ func (g *tombstones) round(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// keepOutbox caps the outbox, reads what the peers said (their watermarks
+// and acknowledgements), then confirms the membership current and, if it
+// is, trims the outbox by what was read before. The watermarks returned
+// were read before the confirmation too; current says whether it held.
+func (g *tombstones) keepOutbox(ctx context.Context) (adverts map[conflict.RegionID]Watermark, current bool, err error) {
+	if err := g.outbox.Cap(ctx); err != nil {
+		return nil, false, err
+	}
+	g.mu.Lock()
+	adverts = make(map[conflict.RegionID]Watermark, len(g.adverts))
+	for k, v := range g.adverts {
+		adverts[k] = v
+	}
+	g.mu.Unlock()
+	floor, err := g.outbox.AckFloor(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	if !g.current(ctx) {
+		return adverts, false, nil
+	}
+	return adverts, true, g.outbox.Trim(ctx, floor)
+}
+
+// current reports whether the membership the data plane runs with is
+// confirmed to be the cluster's (always, without a control plane), and
+// logs when that changes.
+func (g *tombstones) current(ctx context.Context) bool {
+	if g.confirm == nil {
+		return true
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err := g.confirm(cctx)
+	cancel()
+	switch {
+	case err == nil && g.unconfirmed:
+		g.log.Info("outbox trimming and tombstone collection resume: the membership is confirmed current")
+	case err != nil && !g.unconfirmed && ctx.Err() == nil:
+		g.log.Warn("outbox trimming and tombstone collection wait until the membership can be confirmed current", "reason", err.Error())
+	}
+	g.unconfirmed = err != nil && ctx.Err() == nil
+	return err == nil
 }

@@ -13,8 +13,8 @@ import (
 	"github.com/polyregion/polyregion/replicator/link"
 )
 
-// Outbox serves the local outbox to the link server and trims it once every
-// peer has acknowledged an entry.
+// Outbox serves the local outbox to the link server, records the peers'
+// acknowledgements, and trims what every peer acknowledged.
 type Outbox struct {
 	pool   *pgxpool.Pool
 	reader *Reader
@@ -93,10 +93,10 @@ func (o *Outbox) Retained(ctx context.Context) (oldest, newest replicator.Seq, e
 // Changed implements link.Outbox.
 func (o *Outbox) Changed() <-chan struct{} { return o.reader.Changed() }
 
-// Ack implements link.Outbox: it records the peer's position and deletes
-// entries every configured peer has applied. A position beyond the newest
-// sequence ever assigned is refused and changes nothing (the link server
-// refuses it first; this keeps the table right whoever calls).
+// Ack implements link.Outbox: it records the peer's position (trimming is
+// Trim's, once the membership is known to be current). A position beyond
+// the newest sequence ever assigned is refused and changes nothing (the
+// link server refuses it first; this keeps the table right whoever calls).
 func (o *Outbox) Ack(ctx context.Context, peer conflict.RegionID, seq replicator.Seq) error {
 	if seq > math.MaxInt64 {
 		return fmt.Errorf("record ack of %s: seq %d is beyond any sequence assigned; refused", peer, uint64(seq))
@@ -112,13 +112,31 @@ func (o *Outbox) Ack(ctx context.Context, peer conflict.RegionID, seq replicator
 	if tag.RowsAffected() == 0 {
 		return fmt.Errorf("record ack of %s: seq %d is beyond the newest transaction assigned here; refused", peer, uint64(seq))
 	}
-	_, err = o.pool.Exec(ctx, `DELETE FROM polyregion.outbox WHERE seq <= (
-		SELECT CASE WHEN count(*) = pg_catalog.cardinality($1::text[]) THEN min(seq) ELSE 0 END
-		FROM polyregion.peer_ack WHERE peer = ANY($1::text[]))`, o.waitedFor())
+	return o.Cap(ctx)
+}
+
+// AckFloor returns the newest entry every waited-for peer has acknowledged
+// (0 while one has acknowledged nothing).
+func (o *Outbox) AckFloor(ctx context.Context) (replicator.Seq, error) {
+	var floor int64
+	err := o.pool.QueryRow(ctx, `SELECT CASE WHEN count(*) = pg_catalog.cardinality($1::text[]) THEN coalesce(min(seq), 0) ELSE 0 END
+		FROM polyregion.peer_ack WHERE peer = ANY($1::text[])`, o.waitedFor()).Scan(&floor)
 	if err != nil {
+		return 0, fmt.Errorf("read peer acknowledgements: %w", err)
+	}
+	return replicator.Seq(max(floor, 0)), nil
+}
+
+// Trim deletes the entries up to floor (from AckFloor, read before the
+// membership it was read under was confirmed current).
+func (o *Outbox) Trim(ctx context.Context, floor replicator.Seq) error {
+	if floor == 0 {
+		return nil
+	}
+	if _, err := o.pool.Exec(ctx, `DELETE FROM polyregion.outbox WHERE seq <= $1`, int64(floor)); err != nil {
 		return fmt.Errorf("trim outbox: %w", err)
 	}
-	return o.Cap(ctx)
+	return nil
 }
 
 // RepairAcks lowers every peer position recorded beyond the newest
