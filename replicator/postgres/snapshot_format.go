@@ -118,23 +118,41 @@ func readSnapshotFrame(r *bufio.Reader) (byte, []byte, error) {
 	return typ, payload, nil
 }
 
-// frameWriter cuts a COPY's output into 'D' frames.
+// frameWriter gathers a COPY's output, which comes a row at a time, into
+// 'D' frames of about dataFrameSize (a frame per row would make the loading
+// side send the server a message per row). Flush sends what it holds.
 type frameWriter struct {
 	w    io.Writer
+	buf  []byte
 	sent int64 // bytes of data written
 }
 
+// dataFrameSize is the size a data frame is sent at; a row larger than the
+// rest of the frame is cut across frames of at most 1 MB.
+const dataFrameSize = 256 << 10
+
 func (f *frameWriter) Write(p []byte) (int, error) {
-	total := len(p)
-	for len(p) > 0 {
-		n := min(len(p), 1<<20)
-		if err := replicator.WriteFrame(f.w, frameData, p[:n]); err != nil {
+	f.buf = append(f.buf, p...)
+	if len(f.buf) >= dataFrameSize {
+		if err := f.Flush(); err != nil {
 			return 0, err
 		}
-		f.sent += int64(n)
-		p = p[n:]
 	}
-	return total, nil
+	return len(p), nil
+}
+
+// Flush sends the data gathered so far.
+func (f *frameWriter) Flush() error {
+	for b := f.buf; len(b) > 0; {
+		n := min(len(b), 1<<20)
+		if err := replicator.WriteFrame(f.w, frameData, b[:n]); err != nil {
+			return err
+		}
+		f.sent += int64(n)
+		b = b[n:]
+	}
+	f.buf = f.buf[:0]
+	return nil
 }
 
 // JoinPositions are where a region that loaded h streams every other region

@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/polyregion/polyregion/replicator"
 )
 
 func TestJoinPositionsResumeEveryStreamWhereTheSourceWas(t *testing.T) {
@@ -99,8 +101,25 @@ func TestSnapshotPartsReadBackWhole(t *testing.T) {
 		t.Fatal(err)
 	}
 	fw := &frameWriter{w: &buf}
-	if n, err := fw.Write(data); err != nil || n != len(data) {
-		t.Fatalf("write: %d %v", n, err)
+	// A row at a time, as a COPY writes.
+	for rest := data; len(rest) > 0; {
+		row := rest[:min(len(rest), 45)]
+		if n, err := fw.Write(row); err != nil || n != len(row) {
+			t.Fatalf("write: %d %v", n, err)
+		}
+		rest = rest[len(row):]
+	}
+	if err := fw.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	frames := 0
+	for r := bufio.NewReader(bytes.NewReader(buf.Bytes())); ; frames++ {
+		if typ, _, err := readSnapshotFrame(r); err != nil || typ != frameData && frames > 0 {
+			break
+		}
+	}
+	if frames-1 > len(data)/dataFrameSize+1 {
+		t.Fatalf("%d bytes written a row at a time went out in %d data frames, not gathered", len(data), frames-1)
 	}
 	if err := writeSnapshotJSON(&buf, frameEnd, snapshotPart{Name: "public.t", Rows: 42}); err != nil {
 		t.Fatal(err)
@@ -126,12 +145,36 @@ func TestSnapshotPartsReadBackWhole(t *testing.T) {
 	}
 }
 
+// Frames that have arrived are handed to the COPY together, not one per
+// Read: a source that sends a frame per row (as earlier versions did) must
+// not make the load send the server a message per row.
+func TestSnapshotPartReadsWhatHasArrivedAtOnce(t *testing.T) {
+	var buf bytes.Buffer
+	row := []byte("42\tsome payload of a row\n")
+	for i := 0; i < 1000; i++ {
+		if err := replicator.WriteFrame(&buf, frameData, row); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = writeSnapshotJSON(&buf, frameEnd, snapshotPart{Name: "public.t", Rows: 1000})
+	pr := &partReader{br: bufio.NewReaderSize(&buf, 1<<20), progress: func() {}}
+	b := make([]byte, 64<<10)
+	n, err := pr.Read(b)
+	if err != nil || n != 1000*len(row) {
+		t.Fatalf("one Read took %d bytes (%v), want all %d that had arrived", n, err, 1000*len(row))
+	}
+	if n, err := pr.Read(b); n != 0 || err != io.EOF || pr.end == nil || pr.end.Rows != 1000 {
+		t.Fatalf("after the data: %d %v, end %+v", n, err, pr.end)
+	}
+}
+
 // A stream cut anywhere is an error, never a short part taken for whole.
 func TestSnapshotCutShortIsAnError(t *testing.T) {
 	var buf bytes.Buffer
 	_ = writeSnapshotJSON(&buf, frameTable, snapshotPart{Name: "public.t"})
 	fw := &frameWriter{w: &buf}
 	_, _ = fw.Write(bytes.Repeat([]byte{7}, 5000))
+	_ = fw.Flush()
 	_ = writeSnapshotJSON(&buf, frameEnd, snapshotPart{Name: "public.t", Rows: 1})
 	whole := buf.Bytes()
 	for cut := 1; cut < len(whole); cut += 97 {

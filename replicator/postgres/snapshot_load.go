@@ -610,35 +610,52 @@ type partReader struct {
 	progress func()
 }
 
+// Read fills b with as much of the part's data as has arrived (the COPY
+// sends the server one message per Read), waiting only while it has none.
 func (p *partReader) Read(b []byte) (int, error) {
-	for len(p.buf) == 0 {
-		if p.end != nil || p.err != nil {
-			return 0, io.EOF
-		}
-		typ, payload, err := readSnapshotFrame(p.br)
-		if err != nil {
-			p.err = err
-			return 0, err
-		}
-		switch typ {
-		case frameData:
-			p.buf = payload
-			p.progress()
-		case frameEnd:
-			var e snapshotPart
-			if err := json.Unmarshal(payload, &e); err != nil {
-				p.err = fmt.Errorf("snapshot: %w", err)
-				return 0, p.err
+	n := 0
+	for n < len(b) {
+		if len(p.buf) == 0 {
+			if p.end != nil || p.err != nil || (n > 0 && p.br.Buffered() == 0) {
+				break
 			}
-			p.end = &e
-		default:
-			p.err = fmt.Errorf("snapshot: frame %q inside a part's data", typ)
-			return 0, p.err
+			p.next()
+			continue
 		}
+		c := copy(b[n:], p.buf)
+		p.buf = p.buf[c:]
+		n += c
 	}
-	n := copy(b, p.buf)
-	p.buf = p.buf[n:]
-	return n, nil
+	switch {
+	case n > 0:
+		return n, nil
+	case p.err != nil:
+		return 0, p.err
+	}
+	return 0, io.EOF
+}
+
+// next reads the next frame of the part: data, or its end.
+func (p *partReader) next() {
+	typ, payload, err := readSnapshotFrame(p.br)
+	if err != nil {
+		p.err = err
+		return
+	}
+	switch typ {
+	case frameData:
+		p.buf = payload
+		p.progress()
+	case frameEnd:
+		var e snapshotPart
+		if err := json.Unmarshal(payload, &e); err != nil {
+			p.err = fmt.Errorf("snapshot: %w", err)
+			return
+		}
+		p.end = &e
+	default:
+		p.err = fmt.Errorf("snapshot: frame %q inside a part's data", typ)
+	}
 }
 
 type countingReader struct {

@@ -129,7 +129,11 @@ func copyPart(ctx context.Context, tx pgx.Tx, w io.Writer, open byte, name, copy
 	if err := writeSnapshotJSON(w, open, snapshotPart{Name: name}); err != nil {
 		return 0, fmt.Errorf("snapshot: send %s: %w", what, err)
 	}
-	tag, err := tx.Conn().PgConn().CopyTo(ctx, &frameWriter{w: w}, copySQL)
+	fw := &frameWriter{w: w}
+	tag, err := tx.Conn().PgConn().CopyTo(ctx, fw, copySQL)
+	if err == nil {
+		err = fw.Flush()
+	}
 	if err != nil {
 		return 0, fmt.Errorf("snapshot: copy %s: %w", what, err)
 	}
