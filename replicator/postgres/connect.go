@@ -16,6 +16,18 @@ func Connect(ctx context.Context, connString string) (*pgx.Conn, error) {
 	return connect(ctx, connString, nil)
 }
 
+// connectOwnerRun is Connect for the sessions that run whole-table
+// statements as the tables' owners (a load's inserts, a re-seed's deletes).
+// Application code they fire runs in the session and may PREPARE and
+// DEALLOCATE statements: one it put in place of a statement the session
+// prepared would run with the replicator's privileges. So the session
+// prepares nothing by name (as the appliers, see connectApplier).
+func connectOwnerRun(ctx context.Context, connString string) (*pgx.Conn, error) {
+	return connectWith(ctx, connString, nil, func(c *pgx.ConnConfig) {
+		c.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
+	})
+}
+
 // connectDataPlane is Connect for the sessions that version and apply rows.
 // Their statements look rows up by arrays of keys, one to tens of
 // thousands, in tables that grow fast: joined by hash (or merge), a lookup

@@ -175,7 +175,7 @@ func localReferences(ctx context.Context, q reseedQuerier, tables []string) ([]s
 // and recreates the region's slot. It returns the rows deleted per table.
 func PrepareReseed(ctx context.Context, connString, region string, tables, peers []string, shipped int64) (map[string]int64, error) {
 	// A session of its own: it carries the origin to its end.
-	conn, err := Connect(ctx, connString)
+	conn, err := connectOwnerRun(ctx, connString)
 	if err != nil {
 		return nil, fmt.Errorf("reseed: %w", err)
 	}

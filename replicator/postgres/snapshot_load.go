@@ -161,7 +161,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	if err := sameTables(h, cfg.Tables); err != nil {
 		return h, sum, err
 	}
-	conn, err := Connect(ctx, cfg.ConnString)
+	conn, err := connectOwnerRun(ctx, cfg.ConnString)
 	if err != nil {
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
@@ -190,8 +190,10 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	}
 	defer tx.Rollback(context.Background())
 	// Deferrable constraints (foreign keys among the tables, above all) are
-	// checked once everything is in, as the owner (see below).
-	for _, set := range []string{`SET LOCAL synchronous_commit = on`, `SET CONSTRAINTS ALL DEFERRED`} {
+	// checked once everything is in, as the owner (see below). Rows staged
+	// in temporary tables stay in this session's memory up to
+	// temp_buffers (default 8 MB, then they go to disk and back).
+	for _, set := range []string{`SET LOCAL synchronous_commit = on`, `SET CONSTRAINTS ALL DEFERRED`, `SET LOCAL temp_buffers = '256MB'`} {
 		if _, err := tx.Exec(ctx, set); err != nil {
 			return h, sum, fmt.Errorf("load snapshot: %w", err)
 		}
@@ -500,8 +502,8 @@ func (l *loader) copyIn(ctx context.Context, what, copySQL string) (int64, error
 }
 
 // table loads one table's rows: directly when applying as the owner takes
-// no privilege away, else into a temporary table and from there through the
-// owner's function.
+// no privilege away or the copy runs no code (copiesInert), else into a
+// temporary table and from there through the owner's function.
 func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 	if l.rows == nil {
 		l.rows = map[string]int64{}
@@ -521,9 +523,21 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 	if err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
+	if fn != "" {
+		inert, err := copiesInert(ctx, l.tx, t.Name)
+		if err != nil {
+			return fmt.Errorf("load snapshot: %w", err)
+		}
+		if inert {
+			fn = ""
+		}
+	}
 	if fn == "" {
 		n, err := l.copyIn(ctx, t.Name, "COPY "+qualified(t.Name)+" ("+list+") FROM STDIN (FORMAT text)")
 		l.rows[t.Name] = n
+		if err == nil {
+			l.cfg.Logger.Info("snapshot: table loaded", "table", t.Name, "rows", n, "copied", "directly")
+		}
 		return err
 	}
 	if _, err := l.tx.Exec(ctx, "CREATE TEMPORARY TABLE polyregion_load ("+strings.Join(defs, ", ")+") ON COMMIT DROP"); err != nil {
@@ -552,6 +566,7 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
 	l.rows[t.Name] = n
+	l.cfg.Logger.Info("snapshot: table loaded", "table", t.Name, "rows", n, "copied", "as its owner")
 	return nil
 }
 
