@@ -54,7 +54,8 @@ fuzz:
 	$(GO) test -run=XXX -fuzz=FuzzJoinColumnsIsASemilattice -fuzztime=15s ./conflict/
 
 # bench: BENCH selects benchmarks (default all); BENCH_ROWS, BENCH_REPS and
-# BENCH_LAG_SECONDS scale the data-plane benchmark. .ci/setup-bench installs
+# BENCH_LAG_SECONDS scale the data-plane benchmark, BENCH_JOIN_ROWS the join
+# seed benchmark. .ci/setup-bench installs
 # pglogical, its second baseline (not needed by the tests).
 BENCH ?= .
 bench: setup build
