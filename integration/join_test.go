@@ -191,7 +191,7 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 	}
 	for _, r := range []*Region{eu, ap} {
 		for _, line := range strings.Split(r.Logs(1<<24), "\n") {
-			if strings.Contains(line, "joined: snapshot loaded") || strings.Contains(line, "could not be loaded") {
+			if strings.Contains(line, "joined: snapshot loaded") || strings.Contains(line, "could not be loaded") || strings.Contains(line, "snapshot: table loaded") {
 				t.Logf("%s: %s", r.Name, line)
 			}
 		}

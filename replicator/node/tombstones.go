@@ -237,7 +237,9 @@ func (g *tombstones) current(ctx context.Context) bool {
 	if g.confirm == nil {
 		return true
 	}
-	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	// A leader answers in a round trip; without one, the round goes on to
+	// the watermark soon.
+	cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	err := g.confirm(cctx)
 	cancel()
 	switch {
