@@ -37,7 +37,11 @@ func (f *fsm) Apply(l *raft.Log) any {
 	var c regions.Command
 	if err := json.Unmarshal(l.Data, &c); err != nil {
 		// Entries are encoded by this package only; one that does not decode
-		// was written by a newer version: refuse it the same way everywhere.
+		// was written by a newer version: refuse it the same way everywhere
+		// (it still counts as applied: it changes nothing).
+		f.mu.Lock()
+		f.m.Applied = max(f.m.Applied, l.Index)
+		f.mu.Unlock()
 		return applied{Err: fmt.Errorf("control command at index %d does not decode: %w", l.Index, err)}
 	}
 	f.mu.Lock()
