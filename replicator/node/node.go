@@ -315,6 +315,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	graves := newTombstones(cfg, reader, outbox, log)
 	graves.removed = rt.removed
 	graves.confirm = rt.confirmMembers(cfg.Cluster.Regions)
+	graves.onConfirm = rt.mon.Metrics().MembershipConfirmed
 	graves.onError = func() { rt.mon.Metrics().Error(obs.ErrTombstones) }
 	if err := outbox.RepairAcks(ctx, log); err != nil {
 		return err

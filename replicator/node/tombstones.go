@@ -60,6 +60,8 @@ type tombstones struct {
 	confirm func(context.Context) error
 	// unconfirmed: the last round could not confirm it.
 	unconfirmed bool
+	// onConfirm, when set, is told whether each round confirmed it.
+	onConfirm func(bool)
 
 	mu      sync.Mutex
 	own     []byte
@@ -249,5 +251,8 @@ func (g *tombstones) current(ctx context.Context) bool {
 		g.log.Warn("outbox trimming and tombstone collection wait until the membership can be confirmed current", "reason", err.Error())
 	}
 	g.unconfirmed = err != nil && ctx.Err() == nil
+	if g.onConfirm != nil && ctx.Err() == nil {
+		g.onConfirm(err == nil)
+	}
 	return err == nil
 }

@@ -36,6 +36,8 @@ func TestOutboxIsTrimmedOnlyByWhatWasReadBeforeTheMembershipWasConfirmed(t *test
 	for _, confirmed := range []bool{true, false} {
 		ob := &fakeOutbox{floor: 5}
 		g := newTombstones(Config{Region: "us"}, nil, ob, discard)
+		var told []bool
+		g.onConfirm = func(ok bool) { told = append(told, ok) }
 		g.heard("eu", []byte(`{"applied":{"us":5},"versioned":7}`))
 		g.confirm = func(context.Context) error {
 			// Said while the confirmation is under way.
@@ -50,8 +52,8 @@ func TestOutboxIsTrimmedOnlyByWhatWasReadBeforeTheMembershipWasConfirmed(t *test
 		if err != nil {
 			t.Fatal(err)
 		}
-		if current != confirmed {
-			t.Fatalf("confirmed %v: keepOutbox says current %v", confirmed, current)
+		if current != confirmed || len(told) != 1 || told[0] != confirmed {
+			t.Fatalf("confirmed %v: keepOutbox says current %v, the gauge was told %v", confirmed, current, told)
 		}
 		if w := adverts[conflict.RegionID("eu")]; w.Applied["us"] != 5 || w.Versioned != 7 {
 			t.Fatalf("confirmed %v: the watermark weighed is %+v, want the one heard before the confirmation", confirmed, w)

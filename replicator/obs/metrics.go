@@ -81,6 +81,7 @@ type Metrics struct {
 	indexOn      prometheus.Gauge
 	probeDur     prometheus.Histogram
 	joining      prometheus.Gauge
+	confirmed    prometheus.Gauge
 	joinRows     prometheus.Gauge
 	joinBytes    prometheus.Gauge
 }
@@ -122,6 +123,8 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.indexUp = f.gauge("polyregion_index_lag_known", "1 when the index feed reports its lag, 0 when it cannot (or there is no index).")
 	m.indexOn = f.gauge("polyregion_index_configured", "1 when a search index feed is configured in this region.")
 	m.joining = f.gauge("polyregion_joining", "1 while the region loads a peer's snapshot or catches up after it (its /health answers 503), else 0.")
+	m.confirmed = f.gauge("polyregion_membership_confirmed", "1 when the last watermark round confirmed through the control plane's leader that this region's data plane follows every member (always, without a control plane), so it trimmed its outbox and collected tombstones; 0 while it cannot (no leader reachable, or a member added and not followed yet): both wait.")
+	m.confirmed.Set(1)
 	m.joinRows = f.gauge("polyregion_join_loaded_rows", "Rows of the tables loaded so far from a peer's snapshot by the current or last join (0: never joined in this process).")
 	m.joinBytes = f.gauge("polyregion_join_received_bytes", "Snapshot bytes received so far by the current or last join.")
 	m.probeDur = f.histogram("polyregion_probe_duration_seconds", "Time one health probe of the local database took.",
@@ -205,6 +208,10 @@ func (m *Metrics) ReaderWait(peer string, d time.Duration, holdingRows bool) {
 	m.readerWaits.WithLabelValues(peer, h).Inc()
 	m.readerWait.WithLabelValues(peer, h).Add(d.Seconds())
 }
+
+// MembershipConfirmed records whether the last watermark round confirmed
+// the membership current.
+func (m *Metrics) MembershipConfirmed(ok bool) { m.confirmed.Set(b2f(ok)) }
 
 // Error counts one error of a kind (one of ErrorKinds).
 func (m *Metrics) Error(kind string) { m.errors.WithLabelValues(kind).Inc() }
