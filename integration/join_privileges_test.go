@@ -47,16 +47,7 @@ func TestJoinLoadsAsTheOwnerUnlessTheCopyRunsNoCode(t *testing.T) {
 		}
 	}
 	// Every trigger the load fired ran as the owner and was refused.
-	loadedBy := `FROM public.trigger_log WHERE session = 'polyregion'`
-	if n := queryInt(t, ctx, eu, `SELECT count(DISTINCT trig) `+loadedBy); n != 2 {
-		t.Fatalf("triggers fired by loaded rows in eu: %d kinds, want the ordinary and the deferred one", n)
-	}
-	rows := queryString(t, ctx, eu, `SELECT coalesce(string_agg(trig || ' as ' || as_user || ': ' || attempt || ' ' || outcome, E'\n' ORDER BY id), '') `+loadedBy)
-	for _, l := range strings.Split(rows, "\n") {
-		if !strings.Contains(l, " as app: ") || !strings.Contains(l, " refused: ") {
-			t.Errorf("an application trigger fired by a loaded row got through: %s", l)
-		}
-	}
+	triggersRanAsTheOwner(t, ctx, eu, "loaded")
 	if t.Failed() {
 		t.Logf("eu's log:\n%s", eu.Logs(8000))
 	}

@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"strings"
 	"testing"
 	"time"
@@ -95,16 +96,7 @@ func TestApplicationTriggersCannotReachTheReplicatorsTables(t *testing.T) {
 		}
 	}
 	// Triggers fired by applied rows in eu: every one, ordinary and deferred.
-	applied := `FROM public.trigger_log WHERE session = 'polyregion'` // the replicator's login role
-	if n := queryInt(t, ctx, eu, `SELECT count(DISTINCT trig) `+applied); n != 2 {
-		t.Fatalf("triggers fired by applied rows in eu: %d kinds, want the ordinary and the deferred one", n)
-	}
-	rows := queryString(t, ctx, eu, `SELECT coalesce(string_agg(trig || ' as ' || as_user || ': ' || attempt || ' ' || outcome, E'\n' ORDER BY id), '') `+applied)
-	for _, l := range strings.Split(rows, "\n") {
-		if !strings.Contains(l, " as app: ") || !strings.Contains(l, " refused: ") {
-			t.Errorf("an application trigger fired by an applied row got through: %s", l)
-		}
-	}
+	rows := triggersRanAsTheOwner(t, ctx, eu, "applied")
 	// More applied writes after the triggers' SETs: the replicator's
 	// statements must not have met the owner's operator.
 	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (4, 'd')`)
@@ -121,4 +113,23 @@ func TestApplicationTriggersCannotReachTheReplicatorsTables(t *testing.T) {
 	if t.Failed() {
 		t.Logf("eu's trigger log:\n%s", rows)
 	}
+}
+
+// triggersRanAsTheOwner checks that the hostile triggers, ordinary and
+// deferred, fired in r's replicator session (by rows it applied or loaded:
+// what) and that every one ran as the owner and was refused. It returns
+// their log.
+func triggersRanAsTheOwner(t *testing.T, ctx context.Context, r *Region, what string) string {
+	t.Helper()
+	fired := `FROM public.trigger_log WHERE session = 'polyregion'` // the replicator's login role
+	if n := queryInt(t, ctx, r, `SELECT count(DISTINCT trig) `+fired); n != 2 {
+		t.Fatalf("triggers fired by %s rows in %s: %d kinds, want the ordinary and the deferred one", what, r.Name, n)
+	}
+	rows := queryString(t, ctx, r, `SELECT coalesce(string_agg(trig || ' as ' || as_user || ': ' || attempt || ' ' || outcome, E'\n' ORDER BY id), '') `+fired)
+	for _, l := range strings.Split(rows, "\n") {
+		if !strings.Contains(l, " as app: ") || !strings.Contains(l, " refused: ") {
+			t.Errorf("an application trigger fired by a row %s in %s got through: %s", what, r.Name, l)
+		}
+	}
+	return rows
 }

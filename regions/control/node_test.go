@@ -144,6 +144,19 @@ func apply(t *testing.T, n *Node, c regions.Command) regions.Result {
 	return res
 }
 
+// foundThree initialises the cluster through n with us, eu and ap as
+// founders.
+func foundThree(t *testing.T, ctx context.Context, n *Node) {
+	t.Helper()
+	var founders []regions.Member
+	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
+		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
+	}
+	if _, err := n.Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func voters(n *Node) string { return strings.Join(n.Status().Voters, ",") }
 
 func TestRegionsJoinTheControlPlaneAndVoteOnceActive(t *testing.T) {
@@ -190,13 +203,7 @@ func TestAChangeIsRefusedWithoutAMajorityAndTheMajorityGoesOn(t *testing.T) {
 	us, eu, ap := nw.start(t, "us"), nw.start(t, "eu"), nw.start(t, "ap")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var founders []regions.Member
-	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
-		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
-	}
-	if _, err := us.Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundThree(t, ctx, us)
 	eventually(t, "every founder to apply the init", func() bool {
 		return eu.Membership().Epoch().Number == 1 && ap.Membership().Epoch().Number == 1
 	})
@@ -233,13 +240,7 @@ func TestTheNextLeaderTakesOverWhenTheLeaderStops(t *testing.T) {
 	nodes := map[conflict.RegionID]*Node{"us": nw.start(t, "us"), "eu": nw.start(t, "eu"), "ap": nw.start(t, "ap")}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var founders []regions.Member
-	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
-		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
-	}
-	if _, err := nodes["us"].Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundThree(t, ctx, nodes["us"])
 	old := nodes["us"].Status()
 	nw.stop(old.Leader)
 	delete(nodes, old.Leader)
@@ -265,16 +266,12 @@ func TestARestartedRegionKnowsTheMembershipWithoutALeader(t *testing.T) {
 	nw := newNetwork()
 	dirs := map[conflict.RegionID]string{"us": t.TempDir(), "eu": t.TempDir(), "ap": t.TempDir()}
 	var nodes []*Node
-	var founders []regions.Member
 	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
 		nodes = append(nodes, nw.startIn(t, r, dirs[r]))
-		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if _, err := nodes[0].Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundThree(t, ctx, nodes[0])
 	apply(t, nodes[1], regions.Command{Op: regions.OpAdd, Region: "sa", URL: "https://sa", From: "us"})
 	eventually(t, "every region to apply the add", func() bool {
 		for _, n := range nodes {
@@ -319,13 +316,7 @@ func TestCurrentHoldsEveryChangeCommittedBeforeIt(t *testing.T) {
 	us, eu, ap := nw.start(t, "us"), nw.start(t, "eu"), nw.start(t, "ap")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	var founders []regions.Member
-	for _, r := range []conflict.RegionID{"us", "eu", "ap"} {
-		founders = append(founders, regions.Member{ID: r, URL: "https://" + string(r)})
-	}
-	if _, err := us.Init(ctx, regions.Command{Members: founders, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundThree(t, ctx, us)
 	nodes := map[conflict.RegionID]*Node{"us": us, "eu": eu, "ap": ap}
 	eventually(t, "every founder to apply the init and one to lead", func() bool {
 		return eu.Membership().Epoch().Number == 1 && ap.Membership().Epoch().Number == 1 && us.Status().Leader != ""
