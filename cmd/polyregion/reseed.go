@@ -56,7 +56,7 @@ or what it would delete, and changes nothing.`,
 				return err
 			}
 			peers := cfg.PeerNames()
-			chk, err := postgres.CheckReseed(ctx, conn, string(cfg.Region), cfg.TableNames(), peers)
+			chk, err := postgres.CheckReseed(ctx, conn, string(cfg.Region), cfg.TableNames(), peers, false)
 			// Closed before the reseed: it refuses while other replicator
 			// sessions are connected.
 			conn.Close(context.Background())
@@ -71,7 +71,7 @@ or what it would delete, and changes nothing.`,
 					cfg.Region, chk.Shipped, strings.Join(cfg.TableNames(), ", "))
 				return &exitError{exitConfig, errors.New("reseed: pass --yes to go ahead")}
 			}
-			deleted, err := postgres.PrepareReseed(ctx, cfg.Database, string(cfg.Region), cfg.TableNames(), peers, chk.Shipped)
+			deleted, err := postgres.PrepareReseed(ctx, postgres.ReseedPlan{ConnString: cfg.Database, Region: string(cfg.Region), Tables: cfg.TableNames(), Peers: peers, Shipped: chk.Shipped})
 			if err != nil {
 				return &exitError{exitRuntime, err}
 			}

@@ -43,23 +43,13 @@ type reseedQuerier interface {
 // own transactions that have not reached every peer, local writes not
 // versioned yet, a replicator still connected, local tables whose rows the
 // deletes would change. PrepareReseed checks it all again, under its locks.
-func CheckReseed(ctx context.Context, q reseedQuerier, region string, tables, peers []string) (ReseedCheck, error) {
-	c := ReseedCheck{NotApplied: map[string]int64{}}
-	var lsn string
-	err := q.QueryRow(ctx, `SELECT next_seq - 1, lsn::text FROM polyregion.reader_state WHERE slot = $1`, SlotName(region)).Scan(&c.Shipped, &lsn)
-	if errors.Is(err, pgx.ErrNoRows) {
-		lsn = "0/0"
-	} else if err != nil {
-		return c, fmt.Errorf("reseed: %w", err)
-	}
-	for _, p := range peers {
-		var acked int64
-		if err := q.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.peer_ack WHERE peer = $1), 0)`, p).Scan(&acked); err != nil {
-			return c, fmt.Errorf("reseed: %w", err)
-		}
-		if n := c.Shipped - acked; n > 0 {
-			c.NotApplied[p] = n
-		}
+// Other replicator sessions stand in the way unless ownSessions: the
+// replicator re-seeds its own region (its data plane stopped; its other
+// sessions, such as the health prober's, do not write).
+func CheckReseed(ctx context.Context, q reseedQuerier, region string, tables, peers []string, ownSessions bool) (ReseedCheck, error) {
+	c, lsn, err := unconfirmed(ctx, q, region, peers)
+	if err != nil {
+		return c, err
 	}
 	var others []string
 	rows, err := q.Query(ctx, `SELECT pid::text || ' (' || application_name || ')' FROM pg_catalog.pg_stat_activity
@@ -70,7 +60,7 @@ func CheckReseed(ctx context.Context, q reseedQuerier, region string, tables, pe
 	if err != nil {
 		return c, fmt.Errorf("reseed: sessions: %w", err)
 	}
-	if len(others) > 0 {
+	if len(others) > 0 && !ownSessions {
 		c.Problems = append(c.Problems, fmt.Sprintf("replicator sessions are connected (%s): stop region %s's replicator first", strings.Join(others, ", "), region))
 	}
 	var active bool
@@ -107,6 +97,35 @@ func CheckReseed(ctx context.Context, q reseedQuerier, region string, tables, pe
 		c.Problems = append(c.Problems, "tables that are not replicated reference replicated ones, so deleting the replicated rows would change or refuse them: "+strings.Join(refs, ", "))
 	}
 	return c, nil
+}
+
+// Unconfirmed reads how many transactions the region shipped and, per peer,
+// how many of them the peer has not confirmed (the part of CheckReseed
+// that reads no slot: it may run while the replicator runs).
+func Unconfirmed(ctx context.Context, q reseedQuerier, region string, peers []string) (ReseedCheck, error) {
+	c, _, err := unconfirmed(ctx, q, region, peers)
+	return c, err
+}
+
+func unconfirmed(ctx context.Context, q reseedQuerier, region string, peers []string) (ReseedCheck, string, error) {
+	c := ReseedCheck{NotApplied: map[string]int64{}}
+	var lsn string
+	err := q.QueryRow(ctx, `SELECT next_seq - 1, lsn::text FROM polyregion.reader_state WHERE slot = $1`, SlotName(region)).Scan(&c.Shipped, &lsn)
+	if errors.Is(err, pgx.ErrNoRows) {
+		lsn = "0/0"
+	} else if err != nil {
+		return c, "", fmt.Errorf("reseed: %w", err)
+	}
+	for _, p := range peers {
+		var acked int64
+		if err := q.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.peer_ack WHERE peer = $1), 0)`, p).Scan(&acked); err != nil {
+			return c, "", fmt.Errorf("reseed: %w", err)
+		}
+		if n := c.Shipped - acked; n > 0 {
+			c.NotApplied[p] = n
+		}
+	}
+	return c, lsn, nil
 }
 
 // Ready reports whether nothing stands in the way.
@@ -163,17 +182,36 @@ func localReferences(ctx context.Context, q reseedQuerier, tables []string) ([]s
 	return refs, nil
 }
 
+// ReseedPlan is what PrepareReseed empties and records.
+type ReseedPlan struct {
+	ConnString    string
+	Region        string
+	Tables, Peers []string
+	// Shipped is how many transactions of its own the region shipped, as
+	// CheckReseed read it.
+	Shipped int64
+	// ControlIndex is the control plane's log index of the reseed this
+	// carries out (0 for one asked locally): the region records it, so it
+	// is emptied once for each.
+	ControlIndex uint64
+	// OwnSessions: the region's own replicator prepares it (see
+	// CheckReseed).
+	OwnSessions bool
+}
+
 // PrepareReseed empties the region of its replicated state, in one
 // transaction: the replicated tables' rows (deleted as each table's owner,
 // under an origin the reader never ships), their versions, the applied
 // positions, open parked changes and how it joined; its own transactions'
 // numbering, its outbox and the conflict log stay. Under its locks it checks
-// again all CheckReseed checks, and that the region shipped exactly shipped
-// transactions. It records that the region was emptied after shipping them
-// and how far it had applied each source (a load then requires a snapshot
-// holding exactly those of its own and at least as much of each source),
-// and recreates the region's slot. It returns the rows deleted per table.
-func PrepareReseed(ctx context.Context, connString, region string, tables, peers []string, shipped int64) (map[string]int64, error) {
+// again all CheckReseed checks, and that the region shipped exactly
+// p.Shipped transactions. It records that the region was emptied after
+// shipping them and how far it had applied each source (a load then
+// requires a snapshot holding exactly those of its own and at least as much
+// of each source), and recreates the region's slot. It returns the rows
+// deleted per table.
+func PrepareReseed(ctx context.Context, p ReseedPlan) (map[string]int64, error) {
+	connString, region, tables, peers, shipped := p.ConnString, p.Region, p.Tables, p.Peers, p.Shipped
 	// A session of its own: it carries the origin to its end.
 	conn, err := connectOwnerRun(ctx, connString)
 	if err != nil {
@@ -213,7 +251,7 @@ func PrepareReseed(ctx context.Context, connString, region string, tables, peers
 		}
 	}
 	// Writes are paused: nothing the checks pass can change before commit.
-	chk, err := CheckReseed(ctx, tx, region, tables, peers)
+	chk, err := CheckReseed(ctx, tx, region, tables, peers, p.OwnSessions)
 	if err != nil {
 		return nil, err
 	}
@@ -235,12 +273,12 @@ func PrepareReseed(ctx context.Context, connString, region string, tables, peers
 	if err := owners.deferred(ctx); err != nil {
 		return nil, fmt.Errorf("reseed: check deferred constraints: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reseeding (region, shipped, applied)
-		SELECT $1, $2, coalesce(pg_catalog.jsonb_object_agg(source, seq), '{}') FROM polyregion.applied
-		ON CONFLICT (region) DO UPDATE SET shipped = excluded.shipped,
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.reseeding (region, shipped, applied, control_index)
+		SELECT $1, $2, coalesce(pg_catalog.jsonb_object_agg(source, seq), '{}'), $3 FROM polyregion.applied
+		ON CONFLICT (region) DO UPDATE SET shipped = excluded.shipped, control_index = GREATEST(polyregion.reseeding.control_index, excluded.control_index),
 			applied = (SELECT coalesce(pg_catalog.jsonb_object_agg(k, GREATEST(coalesce((polyregion.reseeding.applied ->> k)::int8, 0), coalesce((excluded.applied ->> k)::int8, 0))), '{}')
 				FROM (SELECT pg_catalog.jsonb_object_keys(polyregion.reseeding.applied) UNION SELECT pg_catalog.jsonb_object_keys(excluded.applied)) AS ks(k)),
-			prepared_at = pg_catalog.now()`, region, shipped); err != nil {
+			prepared_at = pg_catalog.now()`, region, shipped, int64(p.ControlIndex)); err != nil {
 		return nil, fmt.Errorf("reseed: %w", err)
 	}
 	for _, q := range []string{

@@ -97,6 +97,10 @@ var schemaDDL = []string{
 		shipped      bigint NOT NULL,
 		applied      jsonb NOT NULL DEFAULT '{}',
 		prepared_at  timestamptz NOT NULL DEFAULT now())`,
+	// The control plane's index of the reseed the region was emptied for,
+	// kept in joined once it loaded: a reseed is carried out once.
+	`ALTER TABLE polyregion.reseeding ADD COLUMN IF NOT EXISTS control_index bigint NOT NULL DEFAULT 0`,
+	`ALTER TABLE polyregion.joined ADD COLUMN IF NOT EXISTS reseed_index bigint NOT NULL DEFAULT 0`,
 	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
 		id             bigserial PRIMARY KEY,
 		logged_at      timestamptz NOT NULL DEFAULT now(),

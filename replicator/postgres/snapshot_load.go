@@ -74,17 +74,24 @@ type JoinState struct {
 	// Reseeding: the region was emptied to be loaded again (PrepareReseed)
 	// and has not been yet.
 	Reseeding bool
+	// ReseedIndex is the control plane's log index of the last reseed the
+	// region was emptied for (0 when none was): a reseed at a later index
+	// has not been carried out.
+	ReseedIndex uint64
 }
 
 // ReadJoinState reads whether and how the region joined.
 func ReadJoinState(ctx context.Context, conn *pgx.Conn) (JoinState, error) {
 	var st JoinState
+	var idx int64
 	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied),
 		coalesce((SELECT source FROM polyregion.joined WHERE caught_up_at IS NULL), ''),
-		EXISTS (SELECT 1 FROM polyregion.reseeding)`).Scan(&st.Joined, &st.CatchingUp, &st.Reseeding)
+		EXISTS (SELECT 1 FROM polyregion.reseeding),
+		GREATEST((SELECT max(control_index) FROM polyregion.reseeding), (SELECT max(reseed_index) FROM polyregion.joined), 0)`).Scan(&st.Joined, &st.CatchingUp, &st.Reseeding, &idx)
 	if err != nil {
 		return st, fmt.Errorf("joined: %w", err)
 	}
+	st.ReseedIndex = uint64(max(idx, 0))
 	return st, nil
 }
 
@@ -250,11 +257,12 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	for _, n := range sum.Rows {
 		total += n
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM polyregion.reseeding`); err != nil {
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.joined (region, source, source_seq, rows, pause_ms, reseed_index)
+		VALUES ($1, $2, $3, $4, $5, coalesce((SELECT max(control_index) FROM polyregion.reseeding), 0))`,
+		cfg.Region, h.Source, h.SourceSeq, total, h.PauseMillis); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.joined (region, source, source_seq, rows, pause_ms) VALUES ($1, $2, $3, $4, $5)`,
-		cfg.Region, h.Source, h.SourceSeq, total, h.PauseMillis); err != nil {
+	if _, err := tx.Exec(ctx, `DELETE FROM polyregion.reseeding`); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	if err := tx.Commit(ctx); err != nil {
