@@ -15,13 +15,17 @@ type MemberState string
 
 // The states a member goes through: joining (added, loading or catching up)
 // -> active -> leaving (its removal waits for its transactions to reach
-// every other region) -> removed. A removed region never comes back under
-// the same id: its peers keep positions and versions under that id.
+// every other region) -> removed. An active region may be re-seeded:
+// reseeding (its own transactions reach every peer, then it is emptied and
+// loads a snapshot of another region, and catches up) -> active again. A
+// removed region never comes back under the same id: its peers keep
+// positions and versions under that id.
 const (
-	Joining MemberState = "joining"
-	Active  MemberState = "active"
-	Leaving MemberState = "leaving"
-	Removed MemberState = "removed"
+	Joining   MemberState = "joining"
+	Active    MemberState = "active"
+	Reseeding MemberState = "reseeding"
+	Leaving   MemberState = "leaving"
+	Removed   MemberState = "removed"
 )
 
 // Member is one region (or witness) in the agreed membership.
@@ -33,7 +37,8 @@ type Member struct {
 	// Witness: a voter of the control plane with no database; it takes no
 	// writes and replicates nothing.
 	Witness bool `json:"witness,omitempty"`
-	// From is the region a joining region loads its snapshot from.
+	// From is the region a joining or reseeding region loads its snapshot
+	// from.
 	From conflict.RegionID `json:"from,omitempty"`
 	// Since is the control plane's log index of the last state change.
 	Since uint64 `json:"since"`
@@ -43,11 +48,19 @@ type Member struct {
 }
 
 // Voter reports whether the member votes in the control plane: active
-// regions, regions on their way out, and witnesses. A joining region
-// follows the log without voting until it has caught up, so adding it can
-// never cost the cluster its majority.
+// regions, regions being re-seeded or on their way out, and witnesses. A
+// joining region follows the log without voting until it has caught up,
+// so adding it can never cost the cluster its majority; a region being
+// re-seeded keeps its vote (its control plane does not depend on its
+// rows), so re-seeding one never costs the majority either.
 func (m Member) Voter() bool {
-	return m.State == Active || m.State == Leaving
+	return m.State == Active || m.State == Reseeding || m.State == Leaving
+}
+
+// Loading reports whether the member loads (or is about to load) a
+// snapshot of From: it is joining or being re-seeded.
+func (m Member) Loading() bool {
+	return !m.Witness && (m.State == Joining || m.State == Reseeding) && m.From != ""
 }
 
 // Epoch is one numbered version of the agreed configuration.
@@ -92,6 +105,7 @@ const (
 	OpAdd      = "add"
 	OpActivate = "activate"
 	OpRemove   = "remove"
+	OpReseed   = "reseed"
 	OpReport   = "report"
 	// OpNoop changes nothing (the control plane writes one to move its
 	// log past a voter change).
@@ -109,7 +123,7 @@ type Command struct {
 	Describe    map[string]string `json:"describe,omitempty"`
 	// init: the sequences plan, with an offset for each founder.
 	Sequences *SequencePlan `json:"sequences,omitempty"`
-	// add, activate, remove, report: the region concerned.
+	// add, activate, remove, reseed, report: the region concerned.
 	Region conflict.RegionID `json:"region,omitempty"`
 	URL    string            `json:"url,omitempty"`
 	From   conflict.RegionID `json:"from,omitempty"`
@@ -203,6 +217,8 @@ func (m *Membership) Apply(index uint64, c Command) (Result, error) {
 		return Result{}, m.activate(index, c)
 	case OpRemove:
 		return m.remove(index, c)
+	case OpReseed:
+		return Result{}, m.reseed(index, c)
 	case OpReport:
 		return Result{}, m.report(index, c)
 	}
@@ -324,10 +340,38 @@ func (m *Membership) activate(index uint64, c Command) error {
 		return refuse("region %q is not a member", c.Region)
 	case cur.State == Active:
 		return nil // a repeated report of having caught up
-	case cur.State != Joining:
-		return refuse("region %s is %s, not joining", c.Region, cur.State)
+	case cur.State != Joining && cur.State != Reseeding:
+		return refuse("region %s is %s, not joining or reseeding", c.Region, cur.State)
 	}
 	cur.State, cur.Since = Active, index
+	return nil
+}
+
+// reseed asks an active region to be loaded again from source's snapshot:
+// it fell past a peer's outbox cap, or its data cannot be trusted. The
+// region itself carries it out (its transactions reach every peer first,
+// then it is emptied and loads); it is active again once it caught up.
+func (m *Membership) reseed(index uint64, c Command) error {
+	cur, src := m.Members[c.Region], m.Members[c.From]
+	switch {
+	case c.From == "":
+		return invalid("reseed: the region to load the snapshot from is required (--from)")
+	case cur == nil || cur.Witness:
+		return refuse("region %q is not a region of the cluster", c.Region)
+	case cur.State == Reseeding && cur.From == c.From:
+		return nil // the same reseed again (a retry whose answer was lost)
+	case cur.State == Reseeding:
+		return refuse("region %s is already being re-seeded from %s", c.Region, cur.From)
+	case cur.State != Active:
+		return refuse("region %s is %s; only an active region is re-seeded", c.Region, cur.State)
+	case c.From == c.Region:
+		return refuse("region %s cannot load a snapshot of itself: name another region with --from", c.Region)
+	case src == nil || src.Witness:
+		return refuse("source %q is not a region of the cluster", c.From)
+	case src.State != Active:
+		return refuse("source %s is %s; a snapshot comes from an active region", c.From, src.State)
+	}
+	cur.State, cur.From, cur.Since = Reseeding, c.From, index
 	return nil
 }
 
@@ -343,8 +387,8 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 		return Result{Lost: cur.Lost}, nil // a retry whose answer was lost
 	}
 	for _, o := range m.Sorted() {
-		if o.State == Joining && o.From == c.Region {
-			return Result{}, refuse("region %s is loading its snapshot from %s: remove %s first, or wait until it joined", o.ID, c.Region, o.ID)
+		if o.Loading() && o.From == c.Region {
+			return Result{}, refuse("region %s is loading its snapshot from %s: remove %s first, or wait until it %s", o.ID, c.Region, o.ID, map[MemberState]string{Joining: "joined", Reseeding: "is re-seeded"}[o.State])
 		}
 	}
 	if cur.Voter() && !cur.Witness {

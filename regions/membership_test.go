@@ -261,3 +261,39 @@ func TestAppliedIsTheLastCommandsIndexRefusedOrNot(t *testing.T) {
 		t.Fatalf("Applied = %d after a refused command at 6", m.Applied)
 	}
 }
+
+func TestAReseededRegionKeepsItsVoteAndIsActiveAgainOnceItCaughtUp(t *testing.T) {
+	m := founded(t, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "sa", URL: "https://sa:7480", From: "us"})
+	refusedWith(t, m, Command{Op: OpReseed, Region: "ap", From: "sa"}, "source sa is joining")
+	refusedWith(t, m, Command{Op: OpReseed, Region: "sa", From: "us"}, "sa is joining; only an active region")
+	refusedWith(t, m, Command{Op: OpReseed, Region: "ap", From: "ap"}, "cannot load a snapshot of itself")
+	refusedWith(t, m, Command{Op: OpReseed, Region: "ap", From: "xx"}, `source "xx" is not a region`)
+	refusedWith(t, m, Command{Op: OpReseed, Region: "xx", From: "us"}, `region "xx" is not a region`)
+	if _, err := m.Apply(3, Command{Op: OpReseed, Region: "ap"}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "--from") {
+		t.Fatalf("reseed without a source: %v", err)
+	}
+
+	mustApply(t, m, 4, Command{Op: OpReseed, Region: "ap", From: "eu"})
+	ap := m.Members["ap"]
+	if ap.State != Reseeding || ap.From != "eu" || ap.Since != 4 || !ap.Voter() || !ap.Loading() {
+		t.Fatalf("region being re-seeded: %+v (voter %v, loading %v)", ap, ap.Voter(), ap.Loading())
+	}
+	mustApply(t, m, 5, Command{Op: OpReseed, Region: "ap", From: "eu"}) // a retry: no change
+	if m.Members["ap"].Since != 4 {
+		t.Fatal("a repeated reseed changed the member")
+	}
+	refusedWith(t, m, Command{Op: OpReseed, Region: "ap", From: "us"}, "already being re-seeded from eu")
+	refusedWith(t, m, Command{Op: OpReseed, Region: "us", From: "ap"}, "source ap is reseeding")
+	refusedWith(t, m, Command{Op: OpRemove, Region: "eu"}, "ap is loading its snapshot from eu")
+	refusedWith(t, m, Command{Op: OpAdd, Region: "me", URL: "u", From: "ap"}, "source ap is reseeding")
+
+	mustApply(t, m, 6, Command{Op: OpActivate, Region: "ap"})
+	if ap := m.Members["ap"]; ap.State != Active || ap.Since != 6 || ap.Loading() {
+		t.Fatalf("re-seeded region after catching up: %+v", ap)
+	}
+	mustApply(t, m, 7, Command{Op: OpReseed, Region: "ap", From: "us"}) // again, from another source
+	if ap := m.Members["ap"]; ap.State != Reseeding || ap.From != "us" || ap.Since != 7 {
+		t.Fatalf("second reseed: %+v", ap)
+	}
+}

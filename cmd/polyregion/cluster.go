@@ -68,7 +68,7 @@ the membership, for operators).`,
 }
 
 func regionCmd() *cobra.Command {
-	cmd := &cobra.Command{Use: "region", Short: "Add or remove regions of the cluster"}
+	cmd := &cobra.Command{Use: "region", Short: "Add, remove or re-seed regions of the cluster"}
 	var (
 		path, url, from string
 		witness, force  bool
@@ -140,7 +140,42 @@ its transactions no surviving region had reported applying (lost).`,
 	remove.Flags().BoolVar(&force, "force", false, "remove a region that is gone, without waiting for its transactions")
 	remove.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the region's transactions to reach every other region")
 	_ = remove.MarkFlagRequired("config")
-	cmd.AddCommand(add, remove)
+	var reseedFrom string
+	reseed := &cobra.Command{
+		Use:   "reseed ID --from SOURCE --config FILE",
+		Short: "Load a region again from another region's snapshot, online",
+		Long: `Re-seed region ID from SOURCE's snapshot, without stopping the others: for a
+region that fell past a peer's outbox cap (that peer's stream to it is
+refused as too far behind), or whose rows cannot be trusted. Its
+replicator carries it out on its own, and says how far it is in status
+and /health (503, reseeding, until it caught up):
+
+  1. its transactions reach every other region (its replicator runs on
+     until every other region confirmed all it shipped, and its reader
+     versioned every local write): stop writes to ID first, or it waits;
+  2. it deletes every row of its replicated tables and their replicated
+     state (as polyregion reseed does), once;
+  3. it loads SOURCE's snapshot and catches up, then is active again.
+
+ID keeps its vote in the control plane meanwhile. Every region's
+configuration must list SOURCE in ID's peers: (it does, in a cluster that
+replicates). Refused for a region that is not active, and while another
+reseed of ID is under way.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var ans node.ChangeAnswer
+			if err := controlRequest(cmd.Context(), path, "/control/regions/"+args[0]+"/reseed", node.ReseedRequest{From: conflict.RegionID(reseedFrom)}, &ans); err != nil {
+				return err
+			}
+			printChange(ans)
+			return nil
+		},
+	}
+	reseed.Flags().StringVar(&path, "config", "", "config file of any running region (YAML)")
+	reseed.Flags().StringVar(&reseedFrom, "from", "", "the region whose snapshot ID loads")
+	_ = reseed.MarkFlagRequired("config")
+	_ = reseed.MarkFlagRequired("from")
+	cmd.AddCommand(add, remove, reseed)
 	return cmd
 }
 
@@ -227,6 +262,8 @@ func printControl(w io.Writer, c *obs.ControlView) {
 			extra = " (witness)"
 		case m.From != "" && m.State == "joining":
 			extra = " (loading from " + m.From + ")"
+		case m.From != "" && m.State == "reseeding":
+			extra = " (from " + m.From + ")"
 		case m.Lost > 0:
 			extra = fmt.Sprintf(" (forced: %d transactions lost)", m.Lost)
 		}

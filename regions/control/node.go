@@ -510,7 +510,7 @@ func (n *Node) report(ctx context.Context) {
 	}
 	m := n.fsm.membership()
 	switch m.State(n.cfg.Region) {
-	case regions.Active, regions.Joining, regions.Leaving:
+	case regions.Active, regions.Joining, regions.Reseeding, regions.Leaving:
 	default:
 		return
 	}

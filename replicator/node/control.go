@@ -177,13 +177,14 @@ func awaitMembership(ctx context.Context, cfg Config, n *control.Node, mon *obs.
 }
 
 // activateWhenJoined marks this region active in the control plane once it
-// joined and caught up (it votes from then on). It returns at once when
-// the region is not joining.
+// joined (or was re-seeded) and caught up (a joined region votes from
+// then on). It returns at once when the region is neither joining nor
+// reseeding.
 func activateWhenJoined(ctx context.Context, n *control.Node, region conflict.RegionID, log interface {
 	Info(string, ...any)
 	Warn(string, ...any)
 }) {
-	if n.Membership().State(region) != regions.Joining {
+	if s := n.Membership().State(region); s != regions.Joining && s != regions.Reseeding {
 		return
 	}
 	if err := n.Activate(ctx); err != nil && !errors.Is(err, context.Canceled) {

@@ -26,6 +26,7 @@ import (
 //	POST /control/init                found the cluster from this region's configuration
 //	POST /control/regions             add a region (or a witness)
 //	POST /control/regions/{id}/remove remove a region (drain, or force)
+//	POST /control/regions/{id}/reseed re-seed a region from another's snapshot
 //
 // A change is applied through the leader wherever it is asked. Answers:
 // 200 with the control plane's result, 400 for bad input, 409 when the
@@ -52,6 +53,11 @@ type AddRequest struct {
 // RemoveRequest removes a region.
 type RemoveRequest struct {
 	Force bool `json:"force"`
+}
+
+// ReseedRequest re-seeds a region.
+type ReseedRequest struct {
+	From conflict.RegionID `json:"from"`
 }
 
 // ChangeAnswer is what a change returns: the result and the control plane
@@ -129,6 +135,14 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		}
 		id := conflict.RegionID(ctx.Value(pathID{}).(string))
 		return n.Apply(ctx, regions.Command{Op: regions.OpRemove, Region: id, Force: req.Force})
+	})
+	routes["POST /control/regions/{id}/reseed"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
+		var req ReseedRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return regions.Result{}, err
+		}
+		id := conflict.RegionID(ctx.Value(pathID{}).(string))
+		return n.Apply(ctx, regions.Command{Op: regions.OpReseed, Region: id, From: req.From})
 	})
 }
 

@@ -52,7 +52,7 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		mon.Loaded(st.CatchingUp, markCaughtUp(cfg, rt))
 	}
 	if st.Joined {
-		if st.CatchingUp == "" && rt.control != nil {
+		if st.CatchingUp == "" && rt.control != nil && reseedCarriedOut(rt.control.Membership(), cfg.Region, st) {
 			go activateWhenJoined(rt.ctx, rt.control, cfg.Region, log)
 		}
 		return nil
@@ -145,9 +145,22 @@ func markCaughtUp(cfg Config, rt *runtime) func() {
 			rt.log.Warn("joined: could not record that the region caught up; after a restart it reports joining until it catches up again", "err", err)
 			return
 		}
-		if rt.control != nil {
-			activateWhenJoined(rt.ctx, rt.control, cfg.Region, rt.log)
+		if rt.control == nil {
+			return
 		}
+		// A reseed asked after this load (the region then caught up with
+		// its old rows) is carried out before the region is active again.
+		conn, err := postgres.Connect(ctx, cfg.Database)
+		if err != nil {
+			rt.log.Warn("joined: could not read whether a reseed is due; the region is marked active once it runs again", "err", err)
+			return
+		}
+		st, err := postgres.ReadJoinState(ctx, conn)
+		conn.Close(context.Background())
+		if err != nil || !reseedCarriedOut(rt.control.Membership(), cfg.Region, st) {
+			return
+		}
+		activateWhenJoined(rt.ctx, rt.control, cfg.Region, rt.log)
 	}
 }
 

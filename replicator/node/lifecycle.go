@@ -203,6 +203,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	rt.log.Debug("operations server and prober started", "http", cfg.HTTPListen, "peers", ids)
 
 	backoff := time.Second
+	drained := false // the last run ended as every peer confirmed all a reseeding region shipped
 	for {
 		if rt.control != nil && cfg.JoinFrom != "" {
 			// A region to join waits until the cluster added it.
@@ -218,16 +219,28 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			rt.log.Warn("members of the cluster that this region cannot follow: add them to peers: (url, token) and reload", "regions", missing)
 		}
 		rt.mon.SetPeers(peerIDs(dcfg))
-		runCtx, endRun := context.WithCancel(ctx)
-		changed := rt.watchDataPlaneConfig(runCtx, cfg, dcfg, endRun)
 		began := time.Now()
-		err := runDataPlane(runCtx, dcfg, rt)
-		endRun()
-		rt.reader.Store(nil)
-		if changed.Load() && ctx.Err() == nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrShutdownDeadline)) {
-			// Stopped for the new membership or peers (work abandoned at
-			// the deadline is redone): start again with them.
-			continue
+		reseedAt := rt.reseedSince(cfg.Region)
+		dcfg, draining, err := rt.reseed(ctx, dcfg, drained)
+		drained = false
+		if err == nil {
+			runCtx, endRun := context.WithCancel(ctx)
+			changed := rt.watchDataPlaneConfig(runCtx, cfg, dcfg, reseedAt, endRun)
+			drainEnded := func() bool { return false }
+			if draining {
+				drainEnded = rt.watchDrain(runCtx, dcfg, endRun)
+			}
+			err = runDataPlane(runCtx, dcfg, rt)
+			endRun()
+			rt.reader.Store(nil)
+			drained = drainEnded()
+			if (changed.Load() || drained) && ctx.Err() == nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrShutdownDeadline)) {
+				// Stopped for the new membership or peers, or to empty the
+				// region for its reseed (work abandoned at the deadline is
+				// redone): start again with them.
+				continue
+			}
+			drained = false
 		}
 		if err == nil || errors.Is(err, ErrShutdownDeadline) {
 			if err != nil {

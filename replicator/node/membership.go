@@ -123,8 +123,9 @@ func unconfiguredMembers(cfg Config) []string {
 
 // watchDataPlaneConfig ends the run of the data plane (cancels it, and
 // reports so) once the configuration it should run with differs from
-// running's.
-func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Config, restart context.CancelFunc) *atomic.Bool {
+// running's, or the control plane asks to re-seed the region (a reseed
+// other than the one at index reseed, which the run carries out).
+func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Config, reseed uint64, restart context.CancelFunc) *atomic.Bool {
 	var changed atomic.Bool
 	if rt.control == nil && base.Reload == nil {
 		return &changed
@@ -140,6 +141,12 @@ func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Confi
 			}
 			if rt.loading.Load() {
 				continue // a load is one transaction: restart once it is in
+			}
+			if since := rt.reseedSince(base.Region); since != 0 && since != reseed {
+				changed.Store(true)
+				rt.log.Info("the control plane asks to re-seed this region: restarting the data plane to carry it out")
+				restart()
+				return
 			}
 			next := rt.dataPlaneConfig(base)
 			if !reflect.DeepEqual(next.Peers, running.Peers) || !slices.Equal(next.Cluster.Regions, running.Cluster.Regions) ||

@@ -78,7 +78,7 @@ type controlMetrics struct {
 	members                                        *prometheus.GaugeVec
 }
 
-var memberStates = []string{"joining", "active", "leaving", "removed"}
+var memberStates = []string{"joining", "active", "reseeding", "leaving", "removed"}
 
 func (m *Metrics) enableControl() {
 	f := m.f
