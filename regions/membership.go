@@ -452,7 +452,7 @@ func (m *Membership) uneven(r conflict.RegionID) []string {
 	var out []string
 	for _, o := range m.Sorted() {
 		if got, ok := applied[o.ID]; ok && got < best {
-			out = append(out, fmt.Sprintf("%s applied %d of %s's transactions, %s %d: rows of %s's transactions %d to %d are in some regions only", o.ID, got, r, bestBy, best, r, got+1, best))
+			out = append(out, fmt.Sprintf("%s applied %d of %s's transactions, %s %d: rows of %s's transactions %d to %d are in some regions only (region reseed %s --from %s gives %s those rows)", o.ID, got, r, bestBy, best, r, got+1, best, o.ID, bestBy, o.ID))
 		}
 	}
 	return out
