@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -27,30 +28,7 @@ func TestReseedARegionThroughTheControlPlane(t *testing.T) {
 	}})
 	ctx := ctxFor(t, 6*time.Minute)
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
-	for _, r := range h.Regions {
-		if err := r.WaitReady(ctx, time.Minute); err != nil {
-			t.Fatal(err)
-		}
-	}
-	mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath, "--members", "us,eu,ap")
-	for _, r := range h.Regions {
-		waitControl(t, r, time.Minute, "three active voters", func(c controlStatus) bool {
-			return len(c.Voters) == 3 && c.state("us") == "active" && c.state("eu") == "active" && c.state("ap") == "active"
-		})
-		// Its data plane restarts once, to run with the agreed membership:
-		// with a cap of 20, a burst meanwhile would leave it behind too.
-		for start := time.Now(); !strings.Contains(r.Logs(1<<22), "restarting the data plane with them"); time.Sleep(50 * time.Millisecond) {
-			if time.Since(start) > time.Minute {
-				t.Fatalf("%s did not restart its data plane with the agreed membership:\n%s", r.Name, r.Logs(4000))
-			}
-		}
-	}
-	for i, r := range h.Regions {
-		mustExec(t, ctx, r, `INSERT INTO public.kv (id, val) VALUES ($1, 'marker')`, 900+i)
-	}
-	for _, r := range h.Regions {
-		waitRow(t, ctx, r, `SELECT count(*) FROM public.kv WHERE val = 'marker'`, 3)
-	}
+	foundTogether(t, ctx, h)
 
 	for i := 1; i <= 5; i++ {
 		mustExec(t, ctx, ap, `INSERT INTO public.kv (id, val) VALUES ($1, 'ap')`, i)
@@ -151,7 +129,7 @@ func TestReseedARegionThroughTheControlPlane(t *testing.T) {
 	if err := h.WaitConverged(ctx, tableNames(tables), 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	want := 110 + written.Load()
+	want := 110 + written.Load() // 3 markers, 5 + 2 of ap's, 100 of us's
 	for _, r := range h.Regions {
 		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.kv`); int64(n) != want {
 			t.Errorf("region %s holds %d rows, want %d", r.Name, n, want)
@@ -188,4 +166,37 @@ func waitStatus(t *testing.T, r *Region, within time.Duration, what string, ok f
 		}
 	}
 	t.Fatalf("%s did not show %s within %s; last: %+v\n%s", r.Name, what, within, st, r.Logs(4000))
+}
+
+// foundTogether founds the control plane with the harness's three running
+// regions (cluster init --members) and waits until each runs its data plane
+// with the agreed membership and every link carries rows (a marker row from
+// each region, ids 900-902, reaches the others).
+func foundTogether(t *testing.T, ctx context.Context, h *Harness) {
+	t.Helper()
+	us := h.Regions[0]
+	for _, r := range h.Regions {
+		if err := r.WaitReady(ctx, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath, "--members", "us,eu,ap")
+	for _, r := range h.Regions {
+		waitControl(t, r, time.Minute, "three active voters", func(c controlStatus) bool {
+			return len(c.Voters) == 3 && c.state("us") == "active" && c.state("eu") == "active" && c.state("ap") == "active"
+		})
+		// Its data plane restarts once, to run with the agreed membership:
+		// a burst meanwhile could leave it past a small outbox cap.
+		for start := time.Now(); !strings.Contains(r.Logs(1<<22), "restarting the data plane with them"); time.Sleep(50 * time.Millisecond) {
+			if time.Since(start) > time.Minute {
+				t.Fatalf("%s did not restart its data plane with the agreed membership:\n%s", r.Name, r.Logs(4000))
+			}
+		}
+	}
+	for i, r := range h.Regions {
+		mustExec(t, ctx, r, `INSERT INTO public.kv (id, val) VALUES ($1, 'marker')`, 900+i)
+	}
+	for _, r := range h.Regions {
+		waitRow(t, ctx, r, `SELECT count(*) FROM public.kv WHERE val = 'marker'`, 3)
+	}
 }

@@ -255,6 +255,11 @@ func Prepare(ctx context.Context, cfg Config) error {
 	if err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), cfg.PeerNames()); err != nil {
 		return err
 	}
+	if loss, err := postgres.ReadSlotLoss(ctx, conn, string(cfg.Region)); err != nil {
+		return err
+	} else if loss != nil && cfg.Logger != nil {
+		cfg.Logger.Error("replication slot lost: " + loss.Describe(string(cfg.Region)))
+	}
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
 		return err
 	}

@@ -105,6 +105,9 @@ type Observation struct {
 	Index   *IndexView // nil: no index configured
 	// Control is the control plane at the probe (nil: none runs).
 	Control *ControlView
+	// SlotLost, when set, says the region's slot was lost (local writes
+	// may never have been shipped) and what to do.
+	SlotLost string
 }
 
 // Evaluate computes the status an observation calls for and why. Only the
@@ -130,6 +133,9 @@ func Evaluate(c HealthConfig, o Observation) (string, []string) {
 	}
 	if o.DataPlane != nil {
 		degraded = append(degraded, "replication restarting: "+o.DataPlane.Error())
+	}
+	if o.SlotLost != "" {
+		degraded = append(degraded, o.SlotLost)
 	}
 	for _, p := range o.Peers {
 		if !p.LinkUp {

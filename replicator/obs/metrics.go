@@ -72,6 +72,7 @@ type Metrics struct {
 
 	slotRetained prometheus.Gauge
 	slotMax      prometheus.Gauge
+	slotLost     prometheus.Gauge
 	parkedOpen   prometheus.Gauge
 	readerBehind prometheus.Gauge
 	writable     prometheus.Gauge
@@ -115,6 +116,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 
 	m.slotRetained = f.gauge("polyregion_slot_wal_retained_bytes", "WAL the region's replication slot holds back.")
 	m.slotMax = f.gauge("polyregion_slot_wal_max_bytes", "The server's max_slot_wal_keep_size in bytes (-1: no cap).")
+	m.slotLost = f.gauge("polyregion_slot_lost", "1 while a loss of the region's replication slot is recorded (it was dropped, missing after a failover, or invalidated, and created again: local writes in between may never have been shipped) until the region is re-seeded, else 0.")
 	m.parkedOpen = f.gauge("polyregion_parked_changes", "Changes parked here and not yet resolved.")
 	m.readerBehind = f.gauge("polyregion_reader_behind_bytes", "Local WAL written but not yet versioned by the reader.")
 	m.writable = f.gauge("polyregion_local_postgres_writable", "1 while the local PostgreSQL answers the probe and takes writes, else 0.")

@@ -132,7 +132,7 @@ func TestMetricsDeployFilesUseExistingSeries(t *testing.T) {
 	for _, want := range []string{"polyregion_peer_lag_seconds", "polyregion_applied_rows_total", "polyregion_conflicts_total",
 		"polyregion_slot_wal_retained_bytes", "polyregion_index_lag_seconds", "polyregion_errors_total", "polyregion_peer_link_up",
 		"polyregion_parked_changes", "polyregion_outbox_backlog_transactions", "polyregion_apply_batch_duration_seconds",
-		"polyregion_membership_confirmed",
+		"polyregion_membership_confirmed", "polyregion_slot_lost",
 		"go_goroutines", "process_resident_memory_bytes"} {
 		if !have[want] {
 			t.Errorf("registry lacks %s", want)

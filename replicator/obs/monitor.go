@@ -412,6 +412,8 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 			}
 		}
 		if p.Stats {
+			o.SlotLost = p.SlotLost
+			m.metrics.slotLost.Set(b2f(p.SlotLost != ""))
 			m.metrics.slotRetained.Set(float64(p.SlotRetainedBytes))
 			m.metrics.slotMax.Set(float64(p.SlotWALMaxBytes))
 			m.metrics.parkedOpen.Set(float64(p.ParkedOpen))

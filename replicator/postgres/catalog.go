@@ -186,9 +186,8 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if _, err := conn.Exec(ctx, stmt); err != nil {
 		return fmt.Errorf("prepare publication %s: %w", pub, err)
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')
-		WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)`, SlotName(region)); err != nil {
-		return fmt.Errorf("prepare replication slot %s: %w", SlotName(region), err)
+	if err := prepareSlot(ctx, conn, region); err != nil {
+		return err
 	}
 	if err := prepareTruncateCapture(ctx, conn, tables); err != nil {
 		return err

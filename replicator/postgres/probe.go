@@ -37,6 +37,9 @@ type Probe struct {
 	// last of them the peer confirmed.
 	Shipped int64
 	Acked   map[string]int64
+	// SlotLost, when set, says the region's slot was lost and what that
+	// cost (see SlotLoss).
+	SlotLost string
 }
 
 // ProbeLocal opens a new session (as an application would), checks that
@@ -80,6 +83,13 @@ func probeStats(ctx context.Context, conn *pgx.Conn, region string, p *Probe) er
 		Scan(&p.SlotRetainedBytes, &p.SlotWALMaxBytes, &p.ParkedOpen, &p.Shipped)
 	if err != nil {
 		return fmt.Errorf("probe replication state: %w", err)
+	}
+	loss, err := ReadSlotLoss(ctx, conn, region)
+	if err != nil {
+		return err
+	}
+	if loss != nil {
+		p.SlotLost = loss.Describe(region)
 	}
 	rows, err := conn.Query(ctx, `SELECT peer, seq FROM polyregion.peer_ack`)
 	if err != nil {

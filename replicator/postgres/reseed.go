@@ -289,7 +289,7 @@ func PrepareReseed(ctx context.Context, p ReseedPlan) (map[string]int64, error) 
 			return nil, fmt.Errorf("reseed: %w", err)
 		}
 	}
-	for _, q := range []string{`DELETE FROM polyregion.applied`, `DELETE FROM polyregion.joined`} {
+	for _, q := range []string{`DELETE FROM polyregion.applied`, `DELETE FROM polyregion.joined`, `DELETE FROM polyregion.slot_lost`} {
 		if _, err := tx.Exec(ctx, q); err != nil {
 			return nil, fmt.Errorf("reseed: %w", err)
 		}

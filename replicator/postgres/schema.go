@@ -36,6 +36,8 @@ const Schema = "polyregion"
 //   - peer_ack: per peer, the last outbox transaction it durably applied.
 //   - joined: whether and how the region joined from another's snapshot.
 //   - reseeding: the region was emptied to be loaded again from a snapshot.
+//   - slot_lost: the region's slot was found gone after its reader had
+//     read from it: local writes committed in between were never shipped.
 //   - conflict_log: every concurrent write that was resolved.
 //   - parked: changes that could not be applied, with the reason, how often
 //     they were retried and when they are tried next.
@@ -101,6 +103,16 @@ var schemaDDL = []string{
 	// kept in joined once it loaded: a reseed is carried out once.
 	`ALTER TABLE polyregion.reseeding ADD COLUMN IF NOT EXISTS control_index bigint NOT NULL DEFAULT 0`,
 	`ALTER TABLE polyregion.joined ADD COLUMN IF NOT EXISTS reseed_index bigint NOT NULL DEFAULT 0`,
+	// slot_lost: the slot was missing when the replicator started, after
+	// its reader had versioned local writes up to versioned_to; it was
+	// created again at recreated_at. Local transactions committed between
+	// the two were never shipped. Kept (the earliest loss) until the region
+	// is re-seeded.
+	`CREATE TABLE IF NOT EXISTS polyregion.slot_lost (
+		slot         text PRIMARY KEY,
+		versioned_to pg_lsn NOT NULL,
+		recreated_at pg_lsn NOT NULL,
+		found_at     timestamptz NOT NULL DEFAULT now())`,
 	`CREATE TABLE IF NOT EXISTS polyregion.conflict_log (
 		id             bigserial PRIMARY KEY,
 		logged_at      timestamptz NOT NULL DEFAULT now(),
