@@ -24,6 +24,31 @@ func TestALostSlotIsReportedUntilTheRegionIsReseeded(t *testing.T) {
 	ctx := ctxFor(t, 5*time.Minute)
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
 	foundTogether(t, ctx, h)
+	pg17 := queryInt(t, ctx, ap, `SELECT (pg_catalog.current_setting('server_version_num')::int >= 170000)::int`) == 1
+	if pg17 {
+		// A slot as an earlier release created it (no failover) is made a
+		// failover slot when the reader starts.
+		if err := ap.StopReplicator(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		c, err := ap.Conn(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{`SELECT pg_catalog.pg_drop_replication_slot('polyregion_ap')`, `SELECT pg_catalog.pg_create_logical_replication_slot('polyregion_ap', 'pgoutput')`} {
+			if _, err := c.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		c.Close(ctx)
+		if n := queryInt(t, ctx, ap, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'polyregion_ap' AND NOT failover`); n != 1 {
+			t.Fatal("the slot as an earlier release made it should not be a failover slot")
+		}
+		if err := ap.StartReplicator(); err != nil {
+			t.Fatal(err)
+		}
+		waitRow(t, ctx, ap, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'polyregion_ap' AND failover`, 1)
+	}
 	mustExec(t, ctx, ap, `INSERT INTO public.kv (id, val) VALUES (1, 'ap before')`)
 	waitRow(t, ctx, us, `SELECT count(*) FROM public.kv WHERE id = 1`, 1)
 
@@ -51,6 +76,15 @@ func TestALostSlotIsReportedUntilTheRegionIsReseeded(t *testing.T) {
 	if !strings.Contains(ap.Logs(1<<22), "replication slot lost") {
 		t.Fatalf("ap's log does not say its slot was lost:\n%s", ap.Logs(4000))
 	}
+	// From PostgreSQL 17 the slot is a failover slot (a standby that syncs
+	// slots keeps it through a promotion); earlier ones have none.
+	for _, r := range h.Regions {
+		if pg17 {
+			if got := queryInt(t, ctx, r, `SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = 'polyregion_`+r.Name+`' AND failover`); got != 1 {
+				t.Errorf("%s: its slot is not a failover slot on PostgreSQL 17", r.Name)
+			}
+		}
+	}
 	// New writes ship; the one from the gap never does (it was committed
 	// before the new write, which arrives after it would have).
 	mustExec(t, ctx, ap, `INSERT INTO public.kv (id, val) VALUES (701, 'ap after')`)
@@ -62,8 +96,11 @@ func TestALostSlotIsReportedUntilTheRegionIsReseeded(t *testing.T) {
 		}
 	}
 
-	mustPolyregion(t, ctx, "region", "reseed", "ap", "--from", "us", "--config", eu.ConfigPath)
-	waitControl(t, us, 3*time.Minute, "ap active again", func(c controlStatus) bool { return c.state("ap") == "active" })
+	out := mustPolyregion(t, ctx, "region", "reseed", "ap", "--from", "us", "--config", eu.ConfigPath, "--wait", "50s")
+	if !strings.Contains(out, "region ap reseeding") || !strings.Contains(out, "region ap active") {
+		t.Fatalf("region reseed --wait did not follow ap to active:\n%s", out)
+	}
+	waitControl(t, us, time.Minute, "ap active again", func(c controlStatus) bool { return c.state("ap") == "active" })
 	waitJoined(t, ctx, ap, 2*time.Minute)
 	waitStatus(t, ap, time.Minute, "no lost slot on /health", func(st opsStatus) bool {
 		return !strings.Contains(strings.Join(st.Reasons, "; "), "was lost")

@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator/node"
 	"github.com/polyregion/polyregion/replicator/obs"
 )
@@ -140,7 +141,10 @@ its transactions no surviving region had reported applying (lost).`,
 	remove.Flags().BoolVar(&force, "force", false, "remove a region that is gone, without waiting for its transactions")
 	remove.Flags().DurationVar(&wait, "wait", 2*time.Minute, "how long to wait for the region's transactions to reach every other region")
 	_ = remove.MarkFlagRequired("config")
-	var reseedFrom string
+	var (
+		reseedFrom string
+		reseedWait time.Duration
+	)
 	reseed := &cobra.Command{
 		Use:   "reseed ID --from SOURCE --config FILE",
 		Short: "Load a region again from another region's snapshot, online",
@@ -168,15 +172,82 @@ reseed of ID is under way.`,
 				return err
 			}
 			printChange(ans)
-			return nil
+			if reseedWait <= 0 {
+				return nil
+			}
+			return waitActive(cmd.Context(), path, args[0], reseedWait)
 		},
 	}
+	reseed.Flags().DurationVar(&reseedWait, "wait", 0, "wait this long for the region to be active again (0: return once the reseed is agreed)")
 	reseed.Flags().StringVar(&path, "config", "", "config file of any running region (YAML)")
 	reseed.Flags().StringVar(&reseedFrom, "from", "", "the region whose snapshot ID loads")
 	_ = reseed.MarkFlagRequired("config")
 	_ = reseed.MarkFlagRequired("from")
 	cmd.AddCommand(add, remove, reseed)
 	return cmd
+}
+
+// waitActive waits until the membership, as the region of the config at
+// path has applied it (GET /control: live, and holding every change that
+// region answered for), shows region id active, printing each state it
+// passes.
+func waitActive(ctx context.Context, path, id string, within time.Duration) error {
+	cfg, _, err := loadConfig(path)
+	if err != nil {
+		return &exitError{exitConfig, err}
+	}
+	base, err := opsURL(cfg.HTTPListen)
+	if err != nil {
+		return &exitError{exitConfig, err}
+	}
+	deadline := time.Now().Add(within)
+	last := ""
+	for {
+		state := memberState(ctx, base, id)
+		if state != "" && state != last {
+			fmt.Printf("%s\tregion %s %s\n", time.Now().UTC().Format(time.RFC3339), id, state)
+			last = state
+		}
+		if state == string(regions.Active) {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return &exitError{exitRuntime, fmt.Errorf("region %s is not active again after %s (it is %s; its own /health says how far it is)", id, within, orNone(last))}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// memberState reads id's state from the control plane of the replicator
+// at base ("" when it cannot be read).
+func memberState(ctx context.Context, base, id string) string {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/control", nil)
+	if err != nil {
+		return ""
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return ""
+	}
+	defer resp.Body.Close()
+	var st struct {
+		Members []regions.Member `json:"members"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return ""
+	}
+	for _, m := range st.Members {
+		if string(m.ID) == id {
+			return string(m.State)
+		}
+	}
+	return ""
 }
 
 // controlRequest posts a change to the region's replicator and decodes

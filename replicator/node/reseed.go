@@ -87,7 +87,7 @@ func (rt *runtime) reseed(ctx context.Context, dcfg Config, drained bool) (Confi
 	}
 	if !slices.ContainsFunc(dcfg.Peers, func(p Peer) bool { return p.ID == mem.From }) {
 		// Not emptied before it can load (the source needs its URL and token).
-		msg := fmt.Sprintf("the cluster re-seeds region %s from %s, which is not among its peers: (add its url and token, and reload)", dcfg.Region, mem.From)
+		msg := fmt.Sprintf("the cluster re-seeds region %s from %s, which is not among its peers (add its url and token under peers:, and reload)", dcfg.Region, mem.From)
 		if step == reseedLoad {
 			return dcfg, false, postgres.Problems{msg}
 		}

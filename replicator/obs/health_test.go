@@ -43,6 +43,7 @@ func TestHealthEvaluateOnlyLocalTroubleIsUnavailable(t *testing.T) {
 		{"control plane without quorum still serves", Observation{Peers: []PeerView{up}, Control: &ControlView{Initialised: true, Voters: []string{"ap", "eu", "us"}, Self: "active"}}, StateDegraded, "control plane: no quorum (reaches no leader among the voters ap, eu, us); configuration changes are refused, replication goes on"},
 		{"control plane not initialised yet", Observation{Peers: []PeerView{up}, Control: &ControlView{}}, StateServing, ""},
 		{"removed from the cluster", Observation{Peers: []PeerView{up}, Control: &ControlView{Initialised: true, Quorum: true, Self: "removed"}}, StateUnavailable, "removed from the cluster"},
+		{"slot lost: still serving, says so", Observation{Peers: []PeerView{up}, SlotLost: "the replication slot polyregion_us was lost"}, StateDegraded, "the replication slot polyregion_us was lost"},
 	}
 	for _, tc := range cases {
 		state, reasons := Evaluate(c, tc.o)

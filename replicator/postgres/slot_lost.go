@@ -52,8 +52,8 @@ func prepareSlot(ctx context.Context, conn *pgx.Conn, region string) error {
 			return fmt.Errorf("prepare replication slot %s: drop it (invalidated): %w", slot, err)
 		}
 	}
-	var created string
-	if err := conn.QueryRow(ctx, `SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, slot).Scan(&created); err != nil {
+	created, err := createSlot(ctx, conn, slot)
+	if err != nil {
 		return fmt.Errorf("prepare replication slot %s: %w", slot, err)
 	}
 	if versionedTo != nil {
@@ -62,6 +62,24 @@ func prepareSlot(ctx context.Context, conn *pgx.Conn, region string) error {
 		}
 	}
 	return nil
+}
+
+// failoverSlotMajor is the first major version whose logical slots can be
+// kept in step on physical standbys (failover slots).
+const failoverSlotMajor = 17
+
+// createSlot creates the region's slot and returns where it starts. From
+// PostgreSQL 17 it is a failover slot: a standby that synchronises slots
+// (sync_replication_slots) holds it when promoted, so a failover does not
+// lose it.
+func createSlot(ctx context.Context, conn *pgx.Conn, slot string) (string, error) {
+	q := `SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`
+	if serverMajor(conn.PgConn().ParameterStatus("server_version")) >= failoverSlotMajor {
+		q = `SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput', false, false, true)`
+	}
+	var lsn string
+	err := conn.QueryRow(ctx, q, slot).Scan(&lsn)
+	return lsn, err
 }
 
 // SlotLoss is a recorded loss of the region's slot.

@@ -342,7 +342,7 @@ func resetSlot(ctx context.Context, conn *pgx.Conn, region string) error {
 			return fmt.Errorf("load snapshot: recreate slot %s: %w", slot, err)
 		}
 	}
-	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')`, slot); err != nil {
+	if _, err := createSlot(ctx, conn, slot); err != nil {
 		return fmt.Errorf("load snapshot: recreate slot %s: %w", slot, err)
 	}
 	return nil
