@@ -262,8 +262,12 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		cfg.Region, h.Source, h.SourceSeq, total, h.PauseMillis); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `DELETE FROM polyregion.reseeding`); err != nil {
-		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	// The loaded rows replace whatever a lost slot left unshipped (and a
+	// slot the load itself dropped and recreated is not a loss).
+	for _, q := range []string{`DELETE FROM polyregion.reseeding`, `DELETE FROM polyregion.slot_lost`} {
+		if _, err := tx.Exec(ctx, q); err != nil {
+			return h, sum, fmt.Errorf("load snapshot: %w", err)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: commit: %w", err)
