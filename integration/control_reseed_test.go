@@ -21,14 +21,9 @@ import (
 // anywhere is lost or doubled, and ap's next write reaches the others.
 func TestReseedARegionThroughTheControlPlane(t *testing.T) {
 	tables := []TableSpec{{Name: "public.kv"}}
-	dir := t.TempDir()
-	h := startRegions(t, Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
-		c.OutboxMaxTransactions = 20
-		c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
-	}})
 	ctx := ctxFor(t, 6*time.Minute)
+	h := startFounded(t, ctx, tables, func(c *RegionConfig) { c.OutboxMaxTransactions = 20 })
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
-	foundTogether(t, ctx, h)
 
 	for i := 1; i <= 5; i++ {
 		mustExec(t, ctx, ap, `INSERT INTO public.kv (id, val) VALUES ($1, 'ap')`, i)
@@ -168,12 +163,19 @@ func waitStatus(t *testing.T, r *Region, within time.Duration, what string, ok f
 	t.Fatalf("%s did not show %s within %s; last: %+v\n%s", r.Name, what, within, st, r.Logs(4000))
 }
 
-// foundTogether founds the control plane with the harness's three running
-// regions (cluster init --members) and waits until each runs its data plane
-// with the agreed membership and every link carries rows (a marker row from
-// each region, ids 900-902, reaches the others).
-func foundTogether(t *testing.T, ctx context.Context, h *Harness) {
+// startFounded starts three regions replicating tables (kvSchema), each
+// with the control plane (configure adds to each one's configuration),
+// founds the control plane with all three (cluster init --members) and
+// waits until each runs its data plane with the agreed membership and every
+// link carries rows (a marker row from each region, ids 900-902, reaches
+// the others).
+func startFounded(t *testing.T, ctx context.Context, tables []TableSpec, configure func(*RegionConfig)) *Harness {
 	t.Helper()
+	dir := t.TempDir()
+	h := startRegions(t, Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
+		c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
+		configure(c)
+	}})
 	us := h.Regions[0]
 	for _, r := range h.Regions {
 		if err := r.WaitReady(ctx, time.Minute); err != nil {
@@ -199,4 +201,5 @@ func foundTogether(t *testing.T, ctx context.Context, h *Harness) {
 	for _, r := range h.Regions {
 		waitRow(t, ctx, r, `SELECT count(*) FROM public.kv WHERE val = 'marker'`, 3)
 	}
+	return h
 }

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
@@ -16,14 +15,11 @@ import (
 // with the WAL range, until region reseed ap makes it identical again.
 func TestALostSlotIsReportedUntilTheRegionIsReseeded(t *testing.T) {
 	tables := []TableSpec{{Name: "public.kv"}}
-	dir := t.TempDir()
-	h := startRegions(t, Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
-		c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
-		c.Health = map[string]string{"hold": "200ms", "probe_interval": "100ms"}
-	}})
 	ctx := ctxFor(t, 5*time.Minute)
+	h := startFounded(t, ctx, tables, func(c *RegionConfig) {
+		c.Health = map[string]string{"hold": "200ms", "probe_interval": "100ms"}
+	})
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
-	foundTogether(t, ctx, h)
 	pg17 := queryInt(t, ctx, ap, `SELECT (pg_catalog.current_setting('server_version_num')::int >= 170000)::int`) == 1
 	if pg17 {
 		// A slot as an earlier release created it (no failover) is made a
