@@ -36,6 +36,9 @@ type hwrite struct {
 	w   Write
 	vec Vector // the write's own vector
 	op  Op
+	// epoch is the write's version's epoch: the highest of the epoch its
+	// origin ranked it under and the row's there (see epochs_test.go).
+	epoch uint64
 }
 
 // history is writes in the order they were made, and each region's
@@ -85,11 +88,18 @@ func resolverKey(w Write) string {
 // apply applies write i to rep as an applier would.
 func (rep *replica) apply(t *testing.T, p Policy, h *history, i int) {
 	t.Helper()
+	rep.applyAt(t, Epochs{Policies: []Policy{p}}, h, i)
+}
+
+// applyAt applies write i to rep as an applier that knows the policies e
+// would.
+func (rep *replica) applyAt(t *testing.T, e Epochs, h *history, i int) {
+	t.Helper()
 	hw := h.writes[i]
-	remote := Version{Vector: hw.vec, HLC: hw.w.HLC, Origin: hw.w.Origin, Deleted: hw.w.Deleted}
+	remote := Version{Vector: hw.vec, HLC: hw.w.HLC, Origin: hw.w.Origin, Deleted: hw.w.Deleted, Epoch: hw.epoch}
 	local := rep.ver
 	localExists := rep.exists || len(local.Vector) > 0
-	d := Decide(p, local, localExists, remote, hw.op)
+	d := DecideAt(e, local, localExists, remote, hw.op)
 	for n := 0; d.Action == External; n++ {
 		if n > 8 {
 			t.Fatalf("resolver asked more than 8 times: %+v", d)
@@ -111,6 +121,9 @@ func (rep *replica) apply(t *testing.T, p Policy, h *history, i int) {
 			rep.losers[h.index(d.Against)] = true
 		} else {
 			rep.losers[i] = true
+		}
+		for _, w := range d.AlsoLost {
+			rep.losers[h.index(w)] = true
 		}
 	}
 	switch d.Action {
@@ -147,7 +160,7 @@ func (rep *replica) apply(t *testing.T, p Policy, h *history, i int) {
 // write makes write i in rep (the region's own): it has seen the row as
 // the region holds it, siblings included.
 func (rep *replica) write(i int, hw hwrite) {
-	rep.ver = Version{Vector: hw.vec, HLC: hw.w.HLC, Origin: hw.w.Origin, Deleted: hw.w.Deleted}
+	rep.ver = Version{Vector: hw.vec, HLC: hw.w.HLC, Origin: hw.w.Origin, Deleted: hw.w.Deleted, Epoch: hw.epoch}
 	rep.exists = !hw.w.Deleted
 	rep.data = i
 	if hw.w.Deleted {

@@ -21,6 +21,10 @@ type Version struct {
 	// Stamps, under column-level last-writer-wins, name the write that last
 	// set each column this version's write did not set (see StampOf).
 	Stamps map[string]Stamp `json:",omitempty"`
+	// Epoch is the highest configuration epoch among the writes in the
+	// row's history (see epochs.go): its conflicts are ranked under that
+	// epoch's policy. 0 before epochs were numbered.
+	Epoch uint64 `json:",omitempty"`
 }
 
 // Clone returns a deep copy of v (its Vector is a new, non-nil map).
@@ -136,9 +140,16 @@ type Decision struct {
 	// Contest is, for External, the two writes the resolver must rank: the
 	// first as its local argument, the second as its remote one.
 	Contest [2]Write
+	// Epoch is the epoch whose policy ranks the writes: the highest of the
+	// two versions' (see epochs.go). Result.Epoch is Epoch.
+	Epoch uint64
+	// AlsoLost are writes other than the remote one and Against that lose
+	// in this decision: the row's write, when it had won under an earlier
+	// epoch's policy and a sibling outranks it under a later one.
+	AlsoLost []Write
 
 	// What ResolveExternal needs to decide again.
-	policy      Policy
+	epochs      Epochs
 	localExists bool
 	op          Op
 	answers     []Side
@@ -197,7 +208,7 @@ func (c candidate) what() string {
 // and SaveRemote say that the local row's write or the remote one is among
 // them, so the caller keeps its row for a later Reinstate.
 func Decide(p Policy, local Version, localExists bool, remote Version, op Op) Decision {
-	return decide(p, local, localExists, remote, op, nil)
+	return decide(Epochs{Policies: []Policy{p}}, local, localExists, remote, op, nil)
 }
 
 // ResolveExternal finishes a CustomSQL decision once the resolver ranked
@@ -213,14 +224,22 @@ func ResolveExternal(d Decision, local, remote Version, winner Side) Decision {
 	if d.Action != External || (winner != Local && winner != Remote) {
 		return d
 	}
-	return decide(d.policy, local, d.localExists, remote, d.op, append(slices.Clone(d.answers), winner))
+	return decide(d.epochs, local, d.localExists, remote, d.op, append(slices.Clone(d.answers), winner))
 }
 
-// decide is Decide with the custom resolver's answers so far, in the order
-// its contests come up.
-func decide(p Policy, local Version, localExists bool, remote Version, op Op, answers []Side) Decision {
+// decide is DecideAt with the custom resolver's answers so far, in the
+// order its contests come up.
+func decide(e Epochs, local Version, localExists bool, remote Version, op Op, answers []Side) Decision {
+	d := decideIn(e, local, localExists, remote, op, answers)
+	if d.Action != External {
+		d.Result.Epoch = d.Epoch
+	}
+	return d
+}
+
+func decideIn(e Epochs, local Version, localExists bool, remote Version, op Op, answers []Side) Decision {
 	order := Compare(local.Vector, remote.Vector)
-	d := Decision{Order: order, policy: p, localExists: localExists, op: op, answers: answers}
+	d := Decision{Order: order, epochs: e, localExists: localExists, op: op, answers: answers, Epoch: max(local.Epoch, remote.Epoch)}
 	if order == After || order == Equal {
 		d.Action = Skip
 		d.Result = local.Clone()
@@ -257,6 +276,15 @@ func decide(p Policy, local Version, localExists bool, remote Version, op Op, an
 		return d
 	}
 	d.Conflict = true
+	// The row's write outranks its siblings under the policy of the row's
+	// epoch. When that is the policy of every epoch from there to the
+	// latest, the remote write meets the row's write alone and the
+	// siblings that may still win are those that policy keeps; otherwise
+	// every competing write is ranked again (see epochs.go).
+	p := e.At(d.Epoch)
+	if !e.uniform(local.Epoch, d.Epoch) {
+		return rankFrontier(d, p, e, local, lw, rw, successor, open, merged)
+	}
 	asked := 0
 	if !successor {
 		// The write holding the row against the remote one.
