@@ -68,8 +68,18 @@ type Epoch struct {
 	Number      uint64            `json:"number"`
 	Fingerprint string            `json:"fingerprint"`
 	Describe    map[string]string `json:"describe"`
-	// Index is the control plane's log index at which it took effect.
+	// Index is the control plane's log index at which it was announced
+	// (epoch 1: at init, in effect from there).
 	Index uint64 `json:"index"`
+	// Policies are the tables' policies under this epoch (for epoch 1 only
+	// when init carried them; see epochs.go).
+	Policies map[string]conflict.Policy `json:"policies,omitempty"`
+	// Fences, for an announced epoch: each region's last transaction
+	// shipped before it learned of the epoch.
+	Fences map[conflict.RegionID]uint64 `json:"fences,omitempty"`
+	// Effective is the log index at which the epoch came into effect (0
+	// while it is pending; see Pending).
+	Effective uint64 `json:"effective,omitempty"`
 }
 
 // Progress is what one region last reported of its own positions: the
@@ -133,6 +143,11 @@ type Command struct {
 	Force bool `json:"force,omitempty"`
 	// report: the region's positions.
 	Progress *Progress `json:"progress,omitempty"`
+	// init (optionally), configure: every replicated table's policy.
+	Policies map[string]conflict.Policy `json:"policies,omitempty"`
+	// fence: the epoch and the region's fence for it.
+	Epoch uint64 `json:"epoch,omitempty"`
+	Fence uint64 `json:"fence,omitempty"`
 }
 
 // ErrRefused wraps every refusal of a command: the command was valid
@@ -221,6 +236,10 @@ func (m *Membership) Apply(index uint64, c Command) (Result, error) {
 		return Result{}, m.reseed(index, c)
 	case OpReport:
 		return Result{}, m.report(index, c)
+	case OpConfigure:
+		return Result{}, m.configure(index, c)
+	case OpFence:
+		return Result{}, m.fence(index, c)
 	}
 	return Result{}, invalid("unknown control command %q", c.Op)
 }
@@ -264,7 +283,15 @@ func (m *Membership) init(index uint64, c Command) error {
 		founders[mem.ID] = &mem
 	}
 	m.Members = founders
-	m.Epochs = append(m.Epochs, Epoch{Number: 1, Fingerprint: c.Fingerprint, Describe: c.Describe, Index: index})
+	for name, p := range c.Policies {
+		if err := ValidateTableName(name); err != nil {
+			return invalid("init: %v", err)
+		}
+		if err := p.Validate(); err != nil {
+			return invalid("init: table %s: %v", name, err)
+		}
+	}
+	m.Epochs = append(m.Epochs, Epoch{Number: 1, Fingerprint: c.Fingerprint, Describe: c.Describe, Index: index, Policies: c.Policies, Effective: index})
 	if p := c.Sequences; p != nil {
 		plan := &SequencePlan{Stride: p.Stride, Offsets: map[conflict.RegionID]int64{}}
 		for r, off := range p.Offsets {
@@ -330,6 +357,10 @@ func (m *Membership) add(index uint64, c Command) error {
 		}
 	}
 	m.Members[c.Region] = mem
+	if e := m.latest(); e != nil && e.Pending() && !c.Witness {
+		// It learns of the epoch before it ships anything.
+		e.Fences[c.Region] = 0
+	}
 	return nil
 }
 
@@ -405,6 +436,7 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 	if p := m.Progress[c.Region]; cur.Witness || (cur.State == Joining && (p == nil || p.Shipped == 0)) {
 		// Nothing of its own to wait for.
 		cur.State, cur.Since = Removed, index
+		m.settle(index)
 		return Result{}, nil
 	}
 	waiting, lost := m.drain(c.Region)
@@ -427,6 +459,7 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 		cur.Lost = lost
 		res.Uneven = m.uneven(c.Region)
 	}
+	m.settle(index) // a pending epoch no longer waits for it
 	return res, nil
 }
 
@@ -510,6 +543,7 @@ func (m *Membership) report(index uint64, c Command) error {
 		p.Applied = merged
 	}
 	m.Progress[c.Region] = &p
+	m.settle(index)
 	return nil
 }
 

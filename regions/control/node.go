@@ -175,9 +175,9 @@ func (n *Node) Forward(ctx context.Context, peer conflict.RegionID, body []byte)
 	if err := json.Unmarshal(body, &c); err != nil {
 		return nil, fmt.Errorf("forwarded command from %s does not decode: %w", peer, err)
 	}
-	if (c.Op == regions.OpReport || c.Op == regions.OpActivate) && c.Region != peer {
+	if (c.Op == regions.OpReport || c.Op == regions.OpActivate || c.Op == regions.OpFence) && c.Region != peer {
 		// A region speaks for itself only: its positions, its having
-		// caught up.
+		// caught up, its fence for a policy change.
 		return json.Marshal(answer{Error: fmt.Sprintf("%s: %s may not %s region %s", regions.ErrRefused, peer, c.Op, c.Region), Refused: true})
 	}
 	res, index, err := n.applyLocal(ctx, body)

@@ -1,0 +1,163 @@
+package regions
+
+import (
+	"encoding/json"
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/polyregion/polyregion/conflict"
+)
+
+var epochTables = map[string]conflict.Policy{
+	"public.accounts": {},
+	"public.hits":     {Counters: []string{"n"}},
+}
+
+func foundedWithPolicies(t *testing.T, ids ...conflict.RegionID) *Membership {
+	t.Helper()
+	m := &Membership{}
+	var mems []Member
+	for _, id := range ids {
+		mems = append(mems, Member{ID: id, URL: "https://" + string(id) + ":7480"})
+	}
+	mustApply(t, m, 1, Command{Op: OpInit, Members: mems, Fingerprint: "fp1", Policies: epochTables})
+	return m
+}
+
+func priorityTables() map[string]conflict.Policy {
+	return map[string]conflict.Policy{
+		"public.accounts": {Kind: conflict.RegionPriority, Priority: []conflict.RegionID{"us", "eu"}},
+		"public.hits":     {Counters: []string{"n"}, Deletes: conflict.DeleteWins},
+	}
+}
+
+// refusedUnchanged is refusedWith comparing the whole membership, epochs
+// included.
+func refusedUnchanged(t *testing.T, m *Membership, c Command, want string) {
+	t.Helper()
+	before, _ := json.Marshal(m)
+	applied := m.Applied
+	_, err := m.Apply(applied, c) // a refused command still counts as applied
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), want) {
+		t.Fatalf("%s %s: got %v, want a refusal naming %q", c.Op, c.Region, err, want)
+	}
+	after, _ := json.Marshal(m)
+	if string(after) != string(before) {
+		t.Fatalf("a refused %s changed the membership:\n%s\n%s", c.Op, before, after)
+	}
+}
+
+func report(t *testing.T, m *Membership, index uint64, r conflict.RegionID, shipped uint64, applied map[conflict.RegionID]uint64) {
+	t.Helper()
+	mustApply(t, m, index, Command{Op: OpReport, Region: r, Progress: &Progress{Shipped: shipped, Applied: applied}})
+}
+
+// TestAPolicyChangeIsInEffectOnceEveryRegionAppliedWhatCameBeforeIt: the
+// announced epoch waits for every region's fence, then for every region to
+// have applied every other's transactions up to that one's fence; another
+// change waits until then.
+func TestAPolicyChangeIsInEffectOnceEveryRegionAppliedWhatCameBeforeIt(t *testing.T) {
+	m := foundedWithPolicies(t, "us", "eu", "ap")
+	if e := m.Epoch(); e.Number != 1 || e.Pending() || len(e.Policies) != 2 {
+		t.Fatalf("founding epoch: %+v", e)
+	}
+	mustApply(t, m, 2, Command{Op: OpConfigure, Policies: priorityTables()})
+	e := m.Epoch()
+	if e.Number != 2 || !e.Pending() || e.Index != 2 || e.Policies["public.accounts"].Kind != conflict.RegionPriority || e.Fingerprint == "" {
+		t.Fatalf("announced epoch: %+v", e)
+	}
+	mustApply(t, m, 3, Command{Op: OpConfigure, Policies: priorityTables()}) // a retry
+	if m.Epoch().Number != 2 {
+		t.Fatalf("a repeated change announced epoch %d", m.Epoch().Number)
+	}
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: epochTables}, "epoch 2 is not in effect yet (ap has not reported its fence; eu has not reported its fence; us has not reported its fence)")
+
+	mustApply(t, m, 4, Command{Op: OpFence, Region: "us", Epoch: 2, Fence: 10})
+	mustApply(t, m, 5, Command{Op: OpFence, Region: "us", Epoch: 2, Fence: 10}) // a retry
+	refusedUnchanged(t, m, Command{Op: OpFence, Region: "us", Epoch: 2, Fence: 11}, "reported fence 10 for epoch 2 already")
+	refusedUnchanged(t, m, Command{Op: OpFence, Region: "eu", Epoch: 3, Fence: 1}, "epoch 3 is not the latest")
+	refusedUnchanged(t, m, Command{Op: OpFence, Region: "sa", Epoch: 2, Fence: 1}, "not a member that replicates")
+	mustApply(t, m, 6, Command{Op: OpFence, Region: "eu", Epoch: 2, Fence: 5})
+	mustApply(t, m, 7, Command{Op: OpFence, Region: "ap", Epoch: 2, Fence: 0})
+	if w := m.EpochWaits(); len(w) != 4 || w[0] != "ap has applied 0 of eu's transactions, 5 are from before eu learned of epoch 2" {
+		t.Fatalf("waits with every fence in and nothing applied: %q", w)
+	}
+	report(t, m, 8, "us", 12, map[conflict.RegionID]uint64{"eu": 5})
+	report(t, m, 9, "eu", 6, map[conflict.RegionID]uint64{"us": 9})
+	report(t, m, 10, "ap", 0, map[conflict.RegionID]uint64{"us": 12, "eu": 6})
+	if w := m.EpochWaits(); len(w) != 1 || !strings.Contains(w[0], "eu has applied 9 of us's transactions, 10 are from before") || !m.Epoch().Pending() {
+		t.Fatalf("waits with eu one short: %q", w)
+	}
+	report(t, m, 11, "eu", 6, map[conflict.RegionID]uint64{"us": 10})
+	if e := m.Epoch(); e.Pending() || e.Effective != 11 || m.EpochWaits() != nil {
+		t.Fatalf("epoch 2 after every region applied up to every fence: %+v waits %q", e, m.EpochWaits())
+	}
+	// Late fences and reports change nothing; the next change may come.
+	mustApply(t, m, 12, Command{Op: OpFence, Region: "ap", Epoch: 2, Fence: 0})
+	mustApply(t, m, 13, Command{Op: OpConfigure, Policies: epochTables})
+	if e := m.Epoch(); e.Number != 3 || !e.Pending() || e.Policies["public.accounts"].Kind != "" {
+		t.Fatalf("epoch 3: %+v", e)
+	}
+	if len(m.Epochs) != 3 || m.Epochs[1].Effective != 11 {
+		t.Fatalf("earlier epochs are kept as they were: %+v", m.Epochs)
+	}
+}
+
+// TestAPolicyChangeDoesNotWaitForARemovedRegion: a region that is down
+// holds a change until it is removed; a region added meanwhile ships
+// nothing from before it learned of the epoch.
+func TestAPolicyChangeDoesNotWaitForARemovedRegion(t *testing.T) {
+	m := foundedWithPolicies(t, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpConfigure, Policies: priorityTables()})
+	mustApply(t, m, 3, Command{Op: OpFence, Region: "us", Epoch: 2, Fence: 4})
+	mustApply(t, m, 4, Command{Op: OpFence, Region: "eu", Epoch: 2, Fence: 2})
+	report(t, m, 5, "us", 4, map[conflict.RegionID]uint64{"eu": 2})
+	report(t, m, 6, "eu", 2, map[conflict.RegionID]uint64{"us": 4})
+	if w := m.EpochWaits(); len(w) != 1 || w[0] != "ap has not reported its fence" {
+		t.Fatalf("waits with ap down: %q", w)
+	}
+	mustApply(t, m, 7, Command{Op: OpAdd, Region: "sa", URL: "https://sa:7480", From: "us"})
+	if f, ok := m.Epoch().Fences["sa"]; !ok || f != 0 {
+		t.Fatalf("a region added during the change: fence %d (%v), want 0", f, ok)
+	}
+	mustApply(t, m, 8, Command{Op: OpAdd, Region: "w1", URL: "https://w1:7480", Witness: true})
+	mustApply(t, m, 9, Command{Op: OpRemove, Region: "ap", Force: true})
+	if w := m.EpochWaits(); len(w) != 2 || !strings.HasPrefix(w[0], "sa has applied 0 of eu's transactions, 2 are from before") {
+		t.Fatalf("waits after ap's removal: %q", w)
+	}
+	report(t, m, 10, "sa", 0, map[conflict.RegionID]uint64{"us": 4, "eu": 2})
+	if e := m.Epoch(); e.Pending() || e.Effective != 10 {
+		t.Fatalf("epoch 2 once sa loaded what came before: %+v", e)
+	}
+}
+
+// TestAPolicyChangeKeepsTheTablesAndWhatMerges: refused, naming the
+// difference, with nothing changed.
+func TestAPolicyChangeKeepsTheTablesAndWhatMerges(t *testing.T) {
+	m := foundedWithPolicies(t, "us", "eu")
+	more := priorityTables()
+	more["public.extra"] = conflict.Policy{}
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: more}, "adds public.extra")
+	less := priorityTables()
+	delete(less, "public.hits")
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: less}, "drops public.hits")
+	counters := priorityTables()
+	counters["public.accounts"] = conflict.Policy{Counters: []string{"balance"}}
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: counters}, "table public.accounts: epoch 2 changes which columns merge")
+	bad := priorityTables()
+	bad["public.accounts"] = conflict.Policy{Kind: "fastest"}
+	if _, err := m.Apply(2, Command{Op: OpConfigure, Policies: bad}); !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), "table public.accounts") {
+		t.Fatalf("an invalid policy: %v", err)
+	}
+	if _, err := m.Apply(2, Command{Op: OpConfigure}); !errors.Is(err, ErrInvalid) {
+		t.Fatalf("no policies: %v", err)
+	}
+	if e := m.Epoch(); e.Number != 1 {
+		t.Fatalf("refused changes announced epoch %d", e.Number)
+	}
+	fresh := &Membership{}
+	if _, err := fresh.Apply(1, Command{Op: OpInit, Members: []Member{{ID: "us"}}, Fingerprint: "f", Policies: bad}); !errors.Is(err, ErrInvalid) || len(fresh.Epochs) != 0 {
+		t.Fatalf("init with an invalid policy: %v", err)
+	}
+}
