@@ -20,5 +20,5 @@ func FoldUpdate(a, b Version) Version {
 	if b.HLC > a.HLC || (b.HLC == a.HLC && b.Origin > a.Origin) {
 		w = b
 	}
-	return Version{Vector: Merge(a.Vector, b.Vector), HLC: w.HLC, Origin: w.Origin}
+	return Version{Vector: Merge(a.Vector, b.Vector), HLC: w.HLC, Origin: w.Origin, Epoch: max(a.Epoch, b.Epoch)}
 }

@@ -29,7 +29,8 @@ func TestFoldUpdateEqualsDecideForUpdatesOfALiveRow(t *testing.T) {
 			if rng.Intn(2) == 0 || len(inbox[i]) == 0 {
 				// A local update: ticks the region's entry, its timestamp
 				// moved past the version it overwrote (as the reader does).
-				v := Version{Vector: held[i].Vector.Tick(regions[i]), HLC: Next(now.Add(skew[i]), held[i].HLC), Origin: regions[i]}
+				v := Version{Vector: held[i].Vector.Tick(regions[i]), HLC: Next(now.Add(skew[i]), held[i].HLC), Origin: regions[i],
+					Epoch: max(held[i].Epoch, uint64(rng.Intn(3)))}
 				held[i] = v
 				for j := range inbox {
 					if j != i {
@@ -49,13 +50,13 @@ func TestFoldUpdateEqualsDecideForUpdatesOfALiveRow(t *testing.T) {
 				want := d.Result
 				want.Vector = Merge(want.Vector, nil)
 				got := FoldUpdate(held[i], r)
-				if got.Vector.String() != want.Vector.String() || got.HLC != want.HLC || got.Origin != want.Origin {
+				if got.Vector.String() != want.Vector.String() || got.HLC != want.HLC || got.Origin != want.Origin || got.Epoch != want.Epoch {
 					t.Fatalf("round %d: local %v remote %v: Decide %v, FoldUpdate %v", round, held[i], r, want, got)
 				}
 				held[i] = want
 				folded = FoldUpdate(folded, r)
 			}
-			if folded.Vector.String() != held[i].Vector.String() || folded.HLC != held[i].HLC || folded.Origin != held[i].Origin {
+			if folded.Vector.String() != held[i].Vector.String() || folded.HLC != held[i].HLC || folded.Origin != held[i].Origin || folded.Epoch != held[i].Epoch {
 				t.Fatalf("round %d: folding the batch gives %v, one by one %v", round, folded, held[i])
 			}
 		}

@@ -26,7 +26,12 @@ type controlStatus struct {
 	Quorum bool     `json:"quorum"`
 	Voters []string `json:"voters"`
 	Epoch  struct {
-		Number uint64 `json:"number"`
+		Number    uint64            `json:"number"`
+		Effective uint64            `json:"effective"`
+		Fences    map[string]uint64 `json:"fences"`
+		Policies  map[string]struct {
+			Kind string
+		} `json:"policies"`
 	} `json:"epoch"`
 	Members []struct {
 		ID    string `json:"id"`

@@ -50,6 +50,64 @@ type Cluster struct {
 	// configuration; Fingerprint and Describe leave both out, so that
 	// regions still applying a membership change keep exchanging changes.
 	Agreed bool
+	// Changes are the policy changes agreed by the control plane: the
+	// epochs after the founding one (whose policies are Tables'), as far
+	// as this region knows them (see epochs.go). Fingerprint and Describe
+	// leave them out: regions learn of a change at different moments and
+	// keep exchanging changes meanwhile.
+	Changes []Epoch
+}
+
+// KnownEpoch is the latest configuration epoch c knows (1: the founding
+// one).
+func (c Cluster) KnownEpoch() uint64 {
+	if len(c.Changes) == 0 {
+		return 1
+	}
+	return c.Changes[len(c.Changes)-1].Number
+}
+
+// Policies are the tables' policies by table name.
+func (c Cluster) Policies() map[string]conflict.Policy {
+	out := make(map[string]conflict.Policy, len(c.Tables))
+	for _, t := range c.Tables {
+		out[t.Name] = t.Policy
+	}
+	return out
+}
+
+// InEffect are the numbers of the changes in effect.
+func (c Cluster) InEffect() []uint64 {
+	var out []uint64
+	for _, e := range c.Changes {
+		if e.Effective > 0 {
+			out = append(out, e.Number)
+		}
+	}
+	return out
+}
+
+// TableEpochs returns the policies of table name by epoch, from the
+// founding one (Tables') on. A change that does not name the table keeps
+// its policy.
+func (c Cluster) TableEpochs(name string) (conflict.Epochs, error) {
+	t, ok := c.Table(name)
+	if !ok {
+		return conflict.Epochs{}, fmt.Errorf("table %s is not replicated", name)
+	}
+	ps := []conflict.Policy{t.Policy}
+	for _, e := range c.Changes {
+		p, ok := e.Policies[name]
+		if !ok {
+			p = ps[len(ps)-1]
+		}
+		ps = append(ps, p)
+	}
+	e, err := conflict.NewEpochs(1, ps...)
+	if err != nil {
+		return conflict.Epochs{}, fmt.Errorf("table %s: %w", name, err)
+	}
+	return e, nil
 }
 
 var identRe = regexp.MustCompile(`^[a-z_][a-z0-9_$]{0,62}$`)

@@ -140,6 +140,11 @@ type Txn struct {
 	// parts are applied in one local transaction.
 	Part int  `json:"part,omitempty"`
 	More bool `json:"more,omitempty"`
+	// Known is the latest configuration epoch the origin knew when it
+	// shipped the transaction (0 under the founding configuration): a
+	// region that does not know that epoch yet waits for it before it
+	// applies the transaction (see conflict/epochs.go).
+	Known uint64 `json:"known,omitempty"`
 }
 
 // Encode serialises a transaction for the outbox and the wire, in the

@@ -13,7 +13,7 @@ package replicator
 //	change  = varint(T) varint(Op) string(Key) list(value Row)
 //	          list(string key, string value: Deltas) version
 //	version = list(string region, uvarint count: Vector) u64le(HLC)
-//	          byte(flags) [string(Origin)] [stamps]
+//	          byte(flags) [string(Origin)] [stamps] [uvarint(Epoch)]
 //	stamps  = list(string column, u64le HLC, string origin: Stamps)
 //	value   = uvarint(len(Text)<<2 | Unchanged<<1 | Null) Text bytes
 //
@@ -23,8 +23,15 @@ package replicator
 // strictly increasing key order. The version flags are 1 for Deleted and 2
 // when the version's origin is the transaction's (the origin string is
 // written only without flag 2); flag 4 says the version's column stamps
-// follow (column-level last-writer-wins; a non-empty map). Varints are encoding/binary's, zig-zag for
-// signed values.
+// follow (column-level last-writer-wins; a non-empty map); flag 8 that the
+// version's epoch follows (written only from epoch 2 on: a row whose
+// writes are all from the founding configuration carries none). Varints
+// are encoding/binary's, zig-zag for signed values.
+//
+// Version 2 is version 1 with uvarint(Known) after More: the configuration
+// epoch the origin knew when it shipped the transaction (2 or more; a
+// transaction shipped under the founding configuration is written as
+// version 1, which every release reads).
 //
 // The encoding is canonical: the decoder accepts only what the encoder
 // writes (minimal varints, sorted keys, 0/1 bools, no trailing bytes), so
@@ -44,13 +51,17 @@ const (
 	// binaryMagic starts every binary payload. It is not valid UTF-8 on
 	// its own and not JSON whitespace or '{'.
 	binaryMagic = 0xB7
-	// binaryVersion is the format version this code writes and reads.
-	binaryVersion = 1
+	// binaryVersion is the format version this code writes for a
+	// transaction shipped under the founding configuration;
+	// binaryVersionKnown the one for a later epoch. Both are read.
+	binaryVersion      = 1
+	binaryVersionKnown = 2
 
 	versionDeleted    = 1 // Version.Deleted
 	versionTxnOrigin  = 2 // Version.Origin equals Txn.Origin (not written)
 	versionStamps     = 4 // Version.Stamps follow
-	versionFlagsKnown = versionDeleted | versionTxnOrigin | versionStamps
+	versionEpoch      = 8 // Version.Epoch follows (2 or more)
+	versionFlagsKnown = versionDeleted | versionTxnOrigin | versionStamps | versionEpoch
 
 	// Smallest encodings, used to bound counts by the bytes left before
 	// allocating anything.
@@ -71,13 +82,20 @@ type kv[K ~string, V any] struct {
 // appendBinary appends t's binary form to b.
 func (t *Txn) appendBinary(b []byte) []byte {
 	e := encoder{b: b}
-	e.b = append(e.b, binaryMagic, binaryVersion)
+	if t.Known > 1 {
+		e.b = append(e.b, binaryMagic, binaryVersionKnown)
+	} else {
+		e.b = append(e.b, binaryMagic, binaryVersion)
+	}
 	e.str(string(t.Origin))
 	e.uvarint(uint64(t.Seq))
 	e.str(t.LSN)
 	e.varint(t.CommitUnix)
 	e.varint(int64(t.Part))
 	e.bool(t.More)
+	if t.Known > 1 {
+		e.uvarint(t.Known)
+	}
 	e.list(len(t.Shapes), t.Shapes == nil)
 	for i := range t.Shapes {
 		s := &t.Shapes[i]
@@ -148,6 +166,9 @@ func (e *encoder) change(c *Change, origin conflict.RegionID) {
 	if len(c.Version.Stamps) > 0 {
 		flags |= versionStamps
 	}
+	if c.Version.Epoch > 1 {
+		flags |= versionEpoch
+	}
 	e.b = append(e.b, flags)
 	if flags&versionTxnOrigin == 0 {
 		e.str(string(c.Version.Origin))
@@ -161,6 +182,9 @@ func (e *encoder) change(c *Change, origin conflict.RegionID) {
 			e.b = binary.LittleEndian.AppendUint64(e.b, uint64(s.v.HLC))
 			e.str(string(s.v.Origin))
 		}
+	}
+	if flags&versionEpoch != 0 {
+		e.uvarint(c.Version.Epoch)
 	}
 }
 
@@ -219,7 +243,7 @@ func (e *encoder) bool(v bool) {
 // binarySize estimates the length of t's binary form, erring on the large
 // side, so that Encode allocates once.
 func (t *Txn) binarySize() int {
-	n := 2 + 3 + len(t.Origin) + 10 + 3 + len(t.LSN) + 10 + 10 + 1 + 3 + 3
+	n := 2 + 3 + len(t.Origin) + 10 + 3 + len(t.LSN) + 10 + 10 + 1 + 10 + 3 + 3
 	for i := range t.Shapes {
 		s := &t.Shapes[i]
 		n += 3 + len(s.Table) + 9 + 2*len(s.Key)
@@ -232,8 +256,8 @@ func (t *Txn) binarySize() int {
 	}
 	for i := range t.Changes {
 		c := &t.Changes[i]
-		// T, Op, Key length, Row/Deltas/Vector counts, HLC, flags, origin.
-		n += 2 + 1 + 3 + len(c.Key) + 3 + 2 + 2 + 8 + 1
+		// T, Op, Key length, Row/Deltas/Vector counts, HLC, flags, epoch.
+		n += 2 + 1 + 3 + len(c.Key) + 3 + 2 + 2 + 8 + 1 + 10
 		if c.Version.Origin != t.Origin {
 			n += 3 + len(c.Version.Origin)
 		}
@@ -385,8 +409,8 @@ func decodeBinary(b []byte) (*Txn, error) {
 	if len(b) < 2 {
 		return nil, fmt.Errorf("decode transaction: truncated header")
 	}
-	if b[1] != binaryVersion {
-		return nil, fmt.Errorf("decode transaction: binary format version %d is not supported (this replicator reads version %d)", b[1], binaryVersion)
+	if b[1] != binaryVersion && b[1] != binaryVersionKnown {
+		return nil, fmt.Errorf("decode transaction: binary format version %d is not supported (this replicator reads versions %d and %d)", b[1], binaryVersion, binaryVersionKnown)
 	}
 	d := &decoder{s: string(b), off: 2}
 	t := &Txn{}
@@ -396,6 +420,11 @@ func decodeBinary(b []byte) (*Txn, error) {
 	t.CommitUnix = d.varint("commit time")
 	t.Part = d.int("part")
 	t.More = d.bool("more")
+	if b[1] == binaryVersionKnown {
+		if t.Known = d.uvarint("known epoch"); t.Known < 2 && d.err == nil {
+			d.fail("known epoch %d written in format version %d, which is for epoch 2 on", t.Known, binaryVersionKnown)
+		}
+	}
 	if n, isNil := d.list("shapes", minShapeSize); !isNil {
 		t.Shapes = make([]Shape, n)
 	}
@@ -497,6 +526,11 @@ func decodeBinary(b []byte) (*Txn, error) {
 			}
 			if flags&versionStamps != 0 {
 				c.Version.Stamps = d.stamps()
+			}
+			if flags&versionEpoch != 0 {
+				if c.Version.Epoch = d.uvarint("version epoch"); c.Version.Epoch < 2 && d.err == nil {
+					d.fail("version: epoch %d written out, though epochs below 2 are not", c.Version.Epoch)
+				}
 			}
 		}
 		if d.err != nil {

@@ -62,10 +62,11 @@ func TestCodecRoundTrip(t *testing.T) {
 		{Origin: "us", Seq: 1, Shapes: []Shape{}, Changes: []Change{}},
 		{Origin: "us", Seq: 1, Part: 0, More: false, CommitUnix: -5},
 		benchTxn(50),
+		epochTxn(),
 	}
 	for i, want := range cases {
 		b := mustEncode(t, want)
-		if b[0] != binaryMagic || b[1] != binaryVersion {
+		if version := byte(binaryVersion); b[0] != binaryMagic || b[1] != version && !(want.Known > 1 && b[1] == binaryVersionKnown) {
 			t.Fatalf("case %d: header % x", i, b[:2])
 		}
 		got, err := DecodeTxn(b)
@@ -83,6 +84,32 @@ func TestCodecRoundTrip(t *testing.T) {
 	got, _ := DecodeTxn(mustEncode(t, richTxn()))
 	if got.Changes[2].Row != nil || got.Changes[5].Row == nil || got.Changes[6].Row == nil {
 		t.Fatalf("nil vs empty row lost: %#v %#v %#v", got.Changes[2].Row, got.Changes[5].Row, got.Changes[6].Row)
+	}
+}
+
+// epochTxn is richTxn shipped under epoch 3, its versions from epochs 2
+// and 3 (and one from the founding configuration, which carries none).
+func epochTxn() *Txn {
+	t := richTxn()
+	t.Known = 3
+	t.Changes[0].Version.Epoch = 3
+	t.Changes[1].Version.Epoch = 2
+	return t
+}
+
+// TestCodecWritesEpochsOnlyFromEpoch2: a transaction of the founding
+// configuration is written in the format every release reads, byte for
+// byte as before epochs existed.
+func TestCodecWritesEpochsOnlyFromEpoch2(t *testing.T) {
+	plain := mustEncode(t, richTxn())
+	one := richTxn()
+	one.Known, one.Changes[0].Version.Epoch = 1, 1
+	if b := mustEncode(t, one); !bytes.Equal(b, plain) {
+		t.Fatal("epoch 1 changed the encoding")
+	}
+	b := mustEncode(t, epochTxn())
+	if b[1] != binaryVersionKnown || len(b) != len(plain)+3 {
+		t.Fatalf("epoch 3: format %d, %d bytes (founding: %d)", b[1], len(b), len(plain))
 	}
 }
 
@@ -227,7 +254,13 @@ func TestCodecRejectsMalformed(t *testing.T) {
 		{"garbage", "byte 0x00, neither", []byte{0, 1, 2}},
 		{"null", "byte 0x6e, neither", []byte("null")},
 		{"header only", "truncated header", []byte{binaryMagic}},
-		{"version 2", "version 2 is not supported", with(func(b []byte) []byte { b[1] = 2; return b })},
+		{"version 3", "version 3 is not supported", with(func(b []byte) []byte { b[1] = 3; return b })},
+		{"known epoch 1", "known epoch 1 written in format version 2", with(func(b []byte) []byte {
+			b[1] = binaryVersionKnown
+			return append(append(append([]byte(nil), b[:shapesAt]...), 1), b[shapesAt:]...)
+		})},
+		{"version epoch 1", "epoch 1 written out", append(with(func(b []byte) []byte { b[len(b)-1] |= versionEpoch; return b }), 1)},
+		{"version epoch cut", "version epoch: truncated", with(func(b []byte) []byte { b[len(b)-1] |= versionEpoch; return b })},
 		{"version 0", "version 0 is not supported", with(func(b []byte) []byte { b[1] = 0; return b })},
 		{"trailing", "1 bytes left over", append(with(func(b []byte) []byte { return b }), 0)},
 		{"bool", "not a boolean", with(func(b []byte) []byte { b[shapesAt-1] = 2; return b })},

@@ -33,6 +33,9 @@ type LocalWrite struct {
 	// most.
 	Old     []Value
 	OldFull bool
+	// Epoch is the configuration epoch the region ranks the write under
+	// (0 under the founding configuration; see conflict/epochs.go).
+	Epoch uint64
 }
 
 // Versioned is a local write's outcome: its version, the counter sums it
@@ -52,6 +55,9 @@ type Versioned struct {
 //     version and its siblings: causally later writes to a row always
 //     carry larger timestamps, whatever the clocks say, and the value does
 //     not depend on when the reader got to the write;
+//   - its epoch is the higher of the recorded one and the write's own: a
+//     row's conflicts are ranked under the latest epoch any of its writes
+//     was made under;
 //   - column stamps (column_lww): the columns an update did not change keep
 //     the stamps they had (without the full old row every column counts as
 //     changed);
@@ -71,6 +77,7 @@ func VersionLocalWrite(p conflict.Policy, prior Recorded, w LocalWrite) (Version
 		HLC:     conflict.Next(w.Commit, prior.Version.Latest()),
 		Origin:  w.Region,
 		Deleted: w.Op == conflict.OpDelete,
+		Epoch:   max(prior.Version.Epoch, w.Epoch),
 	}}
 	full := w.Old
 	if !w.OldFull {

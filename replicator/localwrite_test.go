@@ -143,3 +143,20 @@ func TestChangedColumnsComparesTheOldRow(t *testing.T) {
 		t.Fatal("a row-level table has stamped columns")
 	}
 }
+
+// TestVersionLocalWriteCarriesTheRowsLatestEpoch: a row's epoch is the
+// latest its writes were made under, the recorded one or the write's.
+func TestVersionLocalWriteCarriesTheRowsLatestEpoch(t *testing.T) {
+	kv := Shape{Table: "public.kv", Columns: []string{"id", "v"}, Key: []int{0}}
+	w := LocalWrite{Region: "us", Op: conflict.OpUpdate, Shape: kv, Row: []Value{{Text: "1"}, {Text: "b"}}}
+	for _, c := range []struct{ recorded, write, want uint64 }{{0, 0, 0}, {2, 0, 2}, {0, 2, 2}, {3, 2, 3}, {2, 3, 3}} {
+		w.Epoch = c.write
+		v, err := VersionLocalWrite(conflict.Policy{}, Recorded{Version: conflict.Version{Vector: conflict.Vector{"eu": 1}, Origin: "eu", Epoch: c.recorded}}, w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if v.Version.Epoch != c.want {
+			t.Errorf("recorded epoch %d, write's %d: version's %d, want %d", c.recorded, c.write, v.Version.Epoch, c.want)
+		}
+	}
+}

@@ -64,8 +64,113 @@ the membership, for operators).`,
 	initCmd.Flags().StringVar(&url, "url", "", "this region's link URL, as the others reach it")
 	initCmd.Flags().StringSliceVar(&members, "members", nil, "founding regions already replicating in step (default: this region alone)")
 	_ = initCmd.MarkFlagRequired("config")
-	cmd.AddCommand(initCmd)
+	cmd.AddCommand(initCmd, configureCmd())
 	return cmd
+}
+
+func configureCmd() *cobra.Command {
+	var (
+		path string
+		wait time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "configure --config FILE [--wait DURATION]",
+		Short: "Change the tables' policies at the next epoch, while every region writes",
+		Long: `Change conflict policies through the control plane: the policies of the
+tables in FILE's tables: become the next configuration epoch, agreed by
+every region. FILE is a region's configuration, edited; the other regions'
+files need no edit (once the cluster holds the policies, the control
+plane's are the ones that apply).
+
+The change takes effect at the same point everywhere: every region learns
+of the epoch and reports the last transaction it shipped before (its
+fence); once every region applied every other's transactions up to that
+one's fence, the epoch is in effect and each region ranks its new writes
+under it. A row's conflicts are then decided under the policy of the
+latest epoch any of its writes was made under, the same in every region,
+so two regions never keep different rows. A region that is down holds
+the change until it is back or removed (status names it).
+
+A change may alter how writes rank (policy, priority, deletes, resolver),
+not the tables nor which columns are counters, max or min or resolved
+column by column; one change at a time.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, _, err := loadConfig(path)
+			if err != nil {
+				return &exitError{exitConfig, err}
+			}
+			var ans node.ChangeAnswer
+			if err := controlRequest(cmd.Context(), path, "/control/configure", node.ConfigureRequest{Policies: cfg.Cluster.Policies()}, &ans); err != nil {
+				return err
+			}
+			printChange(ans)
+			if wait <= 0 || ans.Control == nil || !ans.Control.EpochPending {
+				return nil
+			}
+			return waitEpoch(cmd.Context(), path, ans.Control.Epoch, wait)
+		},
+	}
+	cmd.Flags().StringVar(&path, "config", "", "region config file (YAML) holding the new policies")
+	cmd.Flags().DurationVar(&wait, "wait", 0, "wait this long for the epoch to be in effect (0: return once it is announced)")
+	_ = cmd.MarkFlagRequired("config")
+	return cmd
+}
+
+// waitEpoch waits until epoch is in effect as the region of the config at
+// path sees it, printing what it waits for when that changes.
+func waitEpoch(ctx context.Context, path string, epoch uint64, within time.Duration) error {
+	cfg, _, err := loadConfig(path)
+	if err != nil {
+		return &exitError{exitConfig, err}
+	}
+	base, err := opsURL(cfg.HTTPListen)
+	if err != nil {
+		return &exitError{exitConfig, err}
+	}
+	deadline := time.Now().Add(within)
+	last := ""
+	for {
+		st, ok := epochState(ctx, base)
+		if ok && (st.Epoch.Number > epoch || (st.Epoch.Number == epoch && st.Epoch.Effective > 0)) {
+			fmt.Printf("%s\tepoch %d in effect\n", time.Now().UTC().Format(time.RFC3339), epoch)
+			return nil
+		}
+		if w := strings.Join(st.EpochWaits, "; "); ok && w != last {
+			fmt.Printf("%s\tepoch %d waiting: %s\n", time.Now().UTC().Format(time.RFC3339), epoch, w)
+			last = w
+		}
+		if time.Now().After(deadline) {
+			return &exitError{exitRuntime, fmt.Errorf("epoch %d is not in effect after %s (waiting: %s)", epoch, within, orNone(last))}
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// epochState reads the latest epoch and what it waits for from the
+// control plane of the replicator at base.
+func epochState(ctx context.Context, base string) (st struct {
+	Epoch      regions.Epoch `json:"epoch"`
+	EpochWaits []string      `json:"epoch_waits"`
+}, ok bool) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/control", nil)
+	if err != nil {
+		return st, false
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return st, false
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+		return st, false
+	}
+	return st, true
 }
 
 func regionCmd() *cobra.Command {
@@ -323,6 +428,12 @@ func printControl(w io.Writer, c *obs.ControlView) {
 	}
 	fmt.Fprintf(w, "control plane\tepoch %d, term %d, commit index %d, leader %s, this region %s, %s\n", c.Epoch, c.Term, c.CommitIndex, orNone(c.Leader), c.Role, q)
 	fmt.Fprintf(w, "voters\t%s\n", strings.Join(c.Voters, ", "))
+	if c.EpochPending {
+		fmt.Fprintf(w, "epoch %d\tannounced, not in effect yet\n", c.Epoch)
+		for _, r := range c.EpochWaits {
+			fmt.Fprintf(w, "\twaiting: %s\n", r)
+		}
+	}
 	if c.Sequences != "" {
 		fmt.Fprintf(w, "sequence offsets\t%s\n", c.Sequences)
 	}

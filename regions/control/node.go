@@ -581,6 +581,9 @@ type Status struct {
 	Members   []regions.Member `json:"members"`
 	// Sequences is the members' sequence offsets (nil: no plan).
 	Sequences *regions.SequencePlan `json:"sequences,omitempty"`
+	// EpochWaits: what the latest epoch, announced, waits for before it
+	// is in effect.
+	EpochWaits []string `json:"epoch_waits,omitempty"`
 }
 
 // Status returns the control plane as this region sees it.
@@ -618,6 +621,7 @@ func (n *Node) Status() Status {
 	sort.Strings(st.Nonvoters)
 	m := n.fsm.membership()
 	st.Epoch, st.Members, st.Sequences = m.Epoch(), m.Sorted(), m.Sequences
+	st.EpochWaits = m.EpochWaits()
 	return st
 }
 

@@ -135,7 +135,7 @@ func controlView(n *control.Node, self conflict.RegionID) *obs.ControlView {
 	st := n.Status()
 	v := &obs.ControlView{Role: st.Role, Leader: string(st.Leader), Term: st.Term, CommitIndex: st.CommitIndex, AppliedIndex: st.AppliedIndex,
 		LastContactSeconds: st.LastContactSeconds, Quorum: st.Quorum, Voters: st.Voters, Nonvoters: st.Nonvoters,
-		Initialised: st.Epoch.Number > 0, Epoch: st.Epoch.Number}
+		Initialised: st.Epoch.Number > 0, Epoch: st.Epoch.Number, EpochPending: st.Epoch.Pending(), EpochWaits: st.EpochWaits}
 	if st.Sequences != nil {
 		v.Sequences = st.Sequences.String()
 	}

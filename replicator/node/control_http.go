@@ -60,6 +60,12 @@ type ReseedRequest struct {
 	From conflict.RegionID `json:"from"`
 }
 
+// ConfigureRequest asks for a policy change: every replicated table's
+// policy, as the next epoch.
+type ConfigureRequest struct {
+	Policies map[string]conflict.Policy `json:"policies"`
+}
+
 // ChangeAnswer is what a change returns: the result and the control plane
 // after it, as this region sees it.
 type ChangeAnswer struct {
@@ -87,7 +93,7 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		if err := decodeStrict(body, &req); err != nil {
 			return regions.Result{}, err
 		}
-		c := regions.Command{Fingerprint: cfg.Cluster.Fingerprint(), Describe: cfg.Cluster.Describe()}
+		c := regions.Command{Fingerprint: cfg.Cluster.Fingerprint(), Describe: cfg.Cluster.Describe(), Policies: cfg.Cluster.Policies()}
 		urls := map[conflict.RegionID]string{cfg.Region: req.URL}
 		for _, p := range cfg.Peers {
 			urls[p.ID] = p.URL
@@ -135,6 +141,13 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		}
 		id := conflict.RegionID(ctx.Value(pathID{}).(string))
 		return n.Apply(ctx, regions.Command{Op: regions.OpRemove, Region: id, Force: req.Force})
+	})
+	routes["POST /control/configure"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
+		var req ConfigureRequest
+		if err := decodeStrict(body, &req); err != nil {
+			return regions.Result{}, err
+		}
+		return n.Apply(ctx, regions.Command{Op: regions.OpConfigure, Policies: req.Policies})
 	})
 	routes["POST /control/regions/{id}/reseed"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
 		var req ReseedRequest

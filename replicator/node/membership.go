@@ -79,7 +79,38 @@ func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Cluster.Regions = regs
 	cfg.Cluster.Agreed = true
 	cfg.Cluster.Sequences = m.Sequences
+	cfg.Cluster.Tables, cfg.Cluster.Changes = agreedPolicies(cfg.Cluster.Tables, m.Epochs)
 	return cfg
+}
+
+// agreedPolicies are the tables with the founding epoch's policies where
+// the control plane holds them (a cluster founded by a release that
+// recorded none keeps the configuration's), and the policy changes after
+// it. The configuration's policies are not the agreed ones once the
+// cluster holds them: a change goes through cluster configure.
+func agreedPolicies(tables []regions.Table, epochs []regions.Epoch) ([]regions.Table, []regions.Epoch) {
+	if len(epochs) == 0 {
+		return tables, nil
+	}
+	out := slices.Clone(tables)
+	if founding := epochs[0].Policies; founding != nil {
+		for i, t := range out {
+			if p, ok := founding[t.Name]; ok {
+				out[i].Policy = p
+			}
+		}
+	}
+	return out, slices.Clone(epochs[1:])
+}
+
+// epochsShape is what of the policy changes a data plane runs with: each
+// epoch and whether it is in effect.
+func epochsShape(c regions.Cluster) string {
+	var b strings.Builder
+	for _, e := range c.Changes {
+		fmt.Fprintf(&b, "%d:%v ", e.Number, e.Effective > 0)
+	}
+	return b.String()
 }
 
 // confirmMembers returns what a data plane running with running calls to
@@ -154,6 +185,13 @@ func (rt *runtime) watchDataPlaneConfig(ctx context.Context, base, running Confi
 				changed.Store(true)
 				rt.log.Info("the membership or the peers changed: restarting the data plane with them",
 					"regions", regionNames(next.Cluster.Regions), "peers", next.PeerNames())
+				restart()
+				return
+			}
+			if epochsShape(next.Cluster) != epochsShape(running.Cluster) {
+				changed.Store(true)
+				rt.log.Info("a policy change was announced or came into effect: restarting the data plane with it",
+					"epoch", next.Cluster.KnownEpoch(), "in_effect", next.Cluster.InEffect())
 				restart()
 				return
 			}

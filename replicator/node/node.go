@@ -300,6 +300,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 
 	reader := postgres.NewReader(postgres.ReaderConfig{
 		Region: cfg.Region, ConnString: cfg.Database, Tables: cfg.Cluster.Tables, Logger: log,
+		Known: cfg.Cluster.KnownEpoch(), InEffect: cfg.Cluster.InEffect(),
 	})
 	rt.reader.Store(reader)
 	pool, err := pgxpool.New(ctx, cfg.Database)
@@ -364,6 +365,11 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	go func() {
 		defer wg.Done()
 		graves.run(gctx, cfg.TombstoneInterval)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rt.reportFence(gctx, cfg)
 	}()
 	stopping := make(chan struct{})
 	for _, p := range cfg.Peers {
@@ -787,6 +793,20 @@ func (f *follower) applyWithRetry(ctx context.Context, a *postgres.Applier, batc
 		seq, err := a.Apply(ctx, batch)
 		if err == nil {
 			return seq, nil
+		}
+		if errors.Is(err, postgres.ErrEpochUnknown) {
+			// What came before it is applied; the rest waits until the
+			// control plane brings the epoch, which restarts the data
+			// plane with it (ending ctx).
+			if attempt == 1 {
+				f.log.Info("waiting for a configuration epoch", "err", err)
+			}
+			select {
+			case <-ctx.Done():
+				return 0, ctx.Err()
+			case <-time.After(time.Second):
+			}
+			continue
 		}
 		if !postgres.IsRetryable(err) || attempt >= 20 {
 			return 0, fmt.Errorf("apply %d transactions from %s (seq %d..%d): %w", len(batch), f.peer.ID, batch[0].Seq, batch[len(batch)-1].Seq, err)

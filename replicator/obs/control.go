@@ -28,9 +28,13 @@ type ControlView struct {
 	Nonvoters []string `json:"nonvoters,omitempty"`
 	// Initialised: the cluster was founded (cluster init) and this region
 	// applied it.
-	Initialised bool         `json:"initialised"`
-	Epoch       uint64       `json:"epoch"`
-	Members     []MemberView `json:"members"`
+	Initialised bool   `json:"initialised"`
+	Epoch       uint64 `json:"epoch"`
+	// EpochPending: the latest epoch (a policy change) was announced and
+	// is not in effect yet; EpochWaits says what it waits for.
+	EpochPending bool         `json:"epoch_pending,omitempty"`
+	EpochWaits   []string     `json:"epoch_waits,omitempty"`
+	Members      []MemberView `json:"members"`
 	// Self is this region's membership state ("" when not a member).
 	Self string `json:"self"`
 	// Sequences is the members' sequence offsets ("stride=16;eu=0,us=1").

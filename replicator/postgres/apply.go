@@ -102,6 +102,10 @@ type Applier struct {
 	// owners maps a table to the function its writes run through (see
 	// ownerexec.go).
 	owners map[string]string
+	// epochs are each table's policies by configuration epoch, known the
+	// latest epoch this region knows (see conflict/epochs.go).
+	epochs map[string]conflict.Epochs
+	known  uint64
 }
 
 // Errors an operator may need to act on.
@@ -109,6 +113,10 @@ var (
 	// ErrGap: the source's next transaction is not the one after the last
 	// applied here; applying it would skip transactions.
 	ErrGap = errors.New("transaction sequence gap")
+	// ErrEpochUnknown: the source shipped a transaction under a
+	// configuration epoch this region has not learned of yet; it is
+	// applied once the control plane brings the epoch here.
+	ErrEpochUnknown = errors.New("configuration epoch not known here yet")
 )
 
 // retryable marks errors after which the same batch may simply be retried.
@@ -157,8 +165,17 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}
+	epochs := map[string]conflict.Epochs{}
+	for _, t := range cfg.Cluster.Tables {
+		e, err := cfg.Cluster.TableEpochs(t.Name)
+		if err != nil {
+			conn.Close(context.Background())
+			return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
+		}
+		epochs[t.Name] = e
+	}
 	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]bool{}, paused: newParkedShapes(),
-		gate: newContention(cfg.LockTimeout, deadlockTimeout)}, nil
+		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch()}, nil
 }
 
 // Close ends the applier's session.
@@ -249,6 +266,16 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 	if err := a.gate.sync(ctx, a.conn); err != nil {
 		return 0, err
 	}
+	// A transaction shipped under an epoch not known here waits for it
+	// (applied once the control plane brings it); those before it go in.
+	var unknown error
+	for i, t := range txns {
+		if t.Known > a.known {
+			unknown = fmt.Errorf("%w: %s shipped transaction %d knowing epoch %d, this region knows epoch %d; it waits for the control plane to bring it", ErrEpochUnknown, t.Origin, t.Seq, t.Known, a.known)
+			txns = txns[:i]
+			break
+		}
+	}
 	var last replicator.Seq
 	for len(txns) > 0 {
 		n := a.gate.chunk(len(txns))
@@ -263,7 +290,7 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 		a.gate.succeeded()
 		last, txns = seq, txns[n:]
 	}
-	return last, nil
+	return last, unknown
 }
 
 func (a *Applier) applyChunk(ctx context.Context, txns []*replicator.Txn) (replicator.Seq, error) {

@@ -24,7 +24,7 @@ type conflictRow struct {
 	localVersion, remoteVersion                          string
 	localHLC, remoteHLC                                  int64
 	localRow, remoteRow                                  *string
-	sourceSeq                                            int64
+	sourceSeq, epoch                                     int64
 	reason                                               string
 	pol                                                  conflict.Policy
 	lost                                                 conflict.Outcome // outcome(), once known
@@ -42,7 +42,7 @@ func newConflictRecord(region conflict.RegionID, pol conflict.Policy, sh replica
 	lv := before.version()
 	r := &conflictRow{region: string(region), tbl: sh.Table, key: c.Key, kind: string(d.Kind), policy: pol.Label(), winner: d.Winner.String(), winnerOrigin: string(d.Result.Origin),
 		localOrigin: string(lv.Origin), remoteOrigin: string(c.Version.Origin), localVersion: lv.Vector.String(), remoteVersion: c.Version.Vector.String(),
-		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(seq), reason: d.Reason, pol: pol}
+		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(seq), reason: d.Reason, pol: pol, epoch: int64(d.Epoch)}
 	switch {
 	case d.Against.Origin != lv.Origin || d.Against.Tick != lv.Vector.Get(lv.Origin):
 		// The remote write superseded the row's and met a sibling: the
@@ -67,21 +67,33 @@ func newConflictRecord(region conflict.RegionID, pol conflict.Policy, sh replica
 	return r
 }
 
+// overturnedRecord logs the row's write when it had won under an earlier
+// epoch's policy and loses under the decision's (conflict.Decision's
+// AlsoLost): it is the record's local side, and it is overwritten.
+func overturnedRecord(region conflict.RegionID, pol conflict.Policy, sh replicator.Shape, seq replicator.Seq, c *replicator.Change, before rowState, d conflict.Decision, w conflict.Write) *conflictRow {
+	d.Reason = fmt.Sprintf("the row's write %s:%d had won under an earlier epoch's policy and loses under epoch %d's (%s) to %s's write: %s",
+		w.Origin, w.Tick, d.Epoch, pol.Label(), d.Result.Origin, d.Reason)
+	d.Against = w
+	r := newConflictRecord(region, pol, sh, seq, c, before, d)
+	r.lost = conflict.Overwritten
+	return r
+}
+
 // defersImage reports whether the local row's image for a conflict on s
 // is left to loadImages: in the fast path, for a row the batch has not
 // written, whose image would otherwise be read from the table now, one
 // query per conflict (on the rows every region writes, most applied
 // changes can be conflicts). A custom resolver needs the image at once,
 // and so does a policy that may keep the local row's write as a sibling.
-func defersImage(ex *executor, pol conflict.Policy, s *rowState) bool {
-	if ex.careful || pol.KeepsSiblings() || !s.exists || s.image != nil {
+func defersImage(ex *executor, epochs conflict.Epochs, s *rowState) bool {
+	if ex.careful || epochs.KeepsSiblingsAt() || !s.exists || s.image != nil {
 		return false
 	}
 	return s.baseDeferred || (len(s.pending) == 0 && !s.written)
 }
 
 const conflictColumns = `region, tbl, key, kind, policy, winner, winner_origin, local_origin, remote_origin,
-		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason, outcome`
+		local_version, remote_version, local_hlc, remote_hlc, local_row, remote_row, source_seq, reason, outcome, epoch`
 
 // outcome is what the conflict cost the write that lost it (see
 // conflict.Policy.Outcome); the local image must be known. Worked out once:
@@ -114,9 +126,9 @@ func (r *conflictRow) decideOutcome() conflict.Outcome {
 // stmt writes one record (careful mode: inside the change's savepoint).
 func (r *conflictRow) stmt() stmt {
 	return stmt{sql: `INSERT INTO polyregion.conflict_log (` + conflictColumns + `)
-		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17, $18)`,
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14::jsonb, $15::jsonb, $16, $17, $18, $19)`,
 		args: []any{r.region, r.tbl, r.key, r.kind, r.policy, r.winner, r.winnerOrigin, r.localOrigin, r.remoteOrigin,
-			r.localVersion, r.remoteVersion, r.localHLC, r.remoteHLC, r.localRow, r.remoteRow, r.sourceSeq, r.reason, string(r.outcome())},
+			r.localVersion, r.remoteVersion, r.localHLC, r.remoteHLC, r.localRow, r.remoteRow, r.sourceSeq, r.reason, string(r.outcome()), r.epoch},
 		want: -1}
 }
 
@@ -125,22 +137,24 @@ func conflictsStmt(rows []*conflictRow) stmt {
 	n := len(rows)
 	tbl, key, kind, pol, winner, wo := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 	lo, ro, lv, rv, reason, outcome := make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
-	lh, rh, seq := make([]int64, n), make([]int64, n), make([]int64, n)
+	lh, rh, seq, epoch := make([]int64, n), make([]int64, n), make([]int64, n), make([]int64, n)
 	lrow, rrow := make([]*string, n), make([]*string, n)
 	for i, r := range rows {
 		tbl[i], key[i], kind[i], pol[i], winner[i], wo[i] = r.tbl, r.key, r.kind, r.policy, r.winner, r.winnerOrigin
 		lo[i], ro[i], lv[i], rv[i], reason[i] = r.localOrigin, r.remoteOrigin, r.localVersion, r.remoteVersion, r.reason
 		lh[i], rh[i], seq[i], lrow[i], rrow[i] = r.localHLC, r.remoteHLC, r.sourceSeq, r.localRow, r.remoteRow
 		outcome[i] = string(r.outcome())
+		epoch[i] = r.epoch
 	}
 	return stmt{sql: `INSERT INTO polyregion.conflict_log (` + conflictColumns + `)
-		SELECT $1, u.tbl, u.key, u.kind, u.policy, u.winner, u.wo, u.lo, u.ro, u.lv, u.rv, u.lh, u.rh, u.lrow::jsonb, u.rrow::jsonb, u.seq, u.reason, u.outcome
+		SELECT $1, u.tbl, u.key, u.kind, u.policy, u.winner, u.wo, u.lo, u.ro, u.lv, u.rv, u.lh, u.rh, u.lrow::jsonb, u.rrow::jsonb, u.seq, u.reason, u.outcome, u.epoch
 		FROM ROWS FROM (pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::text[]),
 		  pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::text[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]),
 		  pg_catalog.unnest($9::text[]), pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::bigint[]),
 		  pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]), pg_catalog.unnest($15::text[]), pg_catalog.unnest($16::bigint[]),
-		  pg_catalog.unnest($17::text[]), pg_catalog.unnest($18::text[])) AS u(tbl, key, kind, policy, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason, outcome)`,
-		args: []any{rows[0].region, tbl, key, kind, pol, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason, outcome},
+		  pg_catalog.unnest($17::text[]), pg_catalog.unnest($18::text[]), pg_catalog.unnest($19::bigint[]))
+		  AS u(tbl, key, kind, policy, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason, outcome, epoch)`,
+		args: []any{rows[0].region, tbl, key, kind, pol, winner, wo, lo, ro, lv, rv, lh, rh, lrow, rrow, seq, reason, outcome, epoch},
 		want: int64(n)}
 }
 

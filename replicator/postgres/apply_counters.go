@@ -63,6 +63,12 @@ type foldRow struct {
 // IDENTITY FULL here.
 func (a *Applier) countersOnly(sh replicator.Shape) bool {
 	pol := a.policy(sh.Table)
+	// Under every epoch's policy (a later one may rank writes otherwise).
+	for _, p := range a.tableEpochs(sh.Table).Policies {
+		if (p.Kind != "" && p.Kind != conflict.LastWriterWins) || p.Deletes == conflict.UpdateWins {
+			return false
+		}
+	}
 	// Under update_wins a live row keeps the live writes that lost to it
 	// as siblings (a later delete may bring them back): only a decision
 	// can keep them.
@@ -239,12 +245,12 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 	return []stmt{lock, update}
 }
 
-// foldMetaSQL is updateMetaSQL where each row ($14) either replaces a
+// foldMetaSQL is updateMetaSQL where each row ($15) either replaces a
 // version over its tuple as read (as updateMetaSQL does) or folds an
 // update into the live version recorded (conflict.FoldUpdate: vectors
 // merged, timestamp, origin and source sequence of the higher-ranked
 // write; the update's deltas, in counters, added to the recorded sums;
-// deleted flag and xid stay).
+// the higher epoch; deleted flag and xid stay).
 const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   vv = CASE WHEN u.fold THEN polyregion.vv_merge(m.vv, u.vv) ELSE u.vv END,
 	   hlc = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.hlc ELSE u.hlc END,
@@ -256,11 +262,13 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   siblings = CASE WHEN u.fold THEN m.siblings ELSE u.siblings::jsonb END,
 	   stamps = CASE WHEN u.fold THEN m.stamps ELSE u.stamps::jsonb END,
 	   own = CASE WHEN u.fold THEN m.own ELSE u.own::jsonb END,
+	   epoch = CASE WHEN u.fold THEN GREATEST(m.epoch, u.epoch) ELSE u.epoch END,
 	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
-	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]), pg_catalog.unnest($14::bool[]))
-	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, tuple_xmin, fold)
+	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]),
+	     pg_catalog.unnest($15::bool[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, epoch, tuple_xmin, fold)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted ELSE m.xmin = u.tuple_xmin::xid END`
 
 // rowQuerier is a connection or a transaction.

@@ -17,24 +17,38 @@ import (
 	"github.com/polyregion/polyregion/replicator"
 )
 
+// policy is the table's policy in the founding epoch: what merges (and
+// is shipped with a write) is the same in every epoch; how writes rank is
+// the decision's epoch's (tableEpochs).
 func (a *Applier) policy(table string) conflict.Policy {
 	t, _ := a.cfg.Cluster.Table(table)
 	return t.Policy
 }
 
+// tableEpochs are the table's policies by epoch.
+func (a *Applier) tableEpochs(table string) conflict.Epochs {
+	if e, ok := a.epochs[table]; ok {
+		return e
+	}
+	return conflict.Epochs{Policies: []conflict.Policy{a.policy(table)}}
+}
+
 // applyChange decides one remote change against the local row and queues
 // the writes it needs.
 func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.Txn, sh replicator.Shape, c *replicator.Change, s *rowState) error {
-	pol := a.policy(sh.Table)
+	epochs := a.tableEpochs(sh.Table)
 	local := s.version()
 	localExists := s.exists || s.meta != nil
-	d := conflict.Decide(pol, local, localExists, c.Version, c.Op)
+	d := conflict.DecideAt(epochs, local, localExists, c.Version, c.Op)
+	// The policy of the epoch that ranks the writes (what merges is the
+	// same in every epoch).
+	pol := epochs.At(d.Epoch)
 	merged := losesNothing(sh, pol, d)
 	if d.Conflict && !merged {
 		// The local row's image goes into the conflict log (and to a
 		// custom resolver); it is read only when needed, and in the fast
 		// path with the batch's other conflicts (see defersImage).
-		if defersImage(ex, pol, s) {
+		if defersImage(ex, epochs, s) {
 			s.baseDeferred = true
 		} else if err := a.ensureImage(ctx, ex.tx, sh, c.Key, s); err != nil {
 			return err

@@ -247,7 +247,7 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 			deletedAt = time.Now()
 		}
 		rows = append(rows, []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
-			xid, counters, m.srcSeq, deletedAt, encodeSiblings(m.version.Siblings, m.siblings), encodeStamps(m.version.Stamps), ownValue(m)})
+			xid, counters, m.srcSeq, deletedAt, encodeSiblings(m.version.Siblings, m.siblings), encodeStamps(m.version.Stamps), ownValue(m), int64(m.version.Epoch)})
 	}
 	if _, err := e.tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(rows)); err != nil {
 		var pe *pgconn.PgError

@@ -245,6 +245,11 @@ func planChange(in changeInput) (changePlan, error) {
 	if d.Conflict && !in.merged {
 		p.record = newConflictRecord(in.region, pol, *sh, in.seq, c, before, d)
 		ops = append(ops, op{kind: opConflict, conflict: p.record})
+		for _, w := range d.AlsoLost {
+			r := overturnedRecord(in.region, pol, *sh, in.seq, c, before, d, w)
+			p.more = append(p.more, r)
+			ops = append(ops, op{kind: opConflict, conflict: r})
+		}
 	}
 	for _, l := range joinLosses {
 		if l.decided {

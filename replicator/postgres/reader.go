@@ -34,6 +34,11 @@ type ReaderConfig struct {
 	// local transaction that commits with the source's commit.
 	PartChanges int
 	Logger      *slog.Logger
+	// Known is the latest configuration epoch the region knows (0 or 1:
+	// the founding one) and InEffect the epochs the control plane says
+	// are in effect (see epochs.go).
+	Known    uint64
+	InEffect []uint64
 }
 
 func (c *ReaderConfig) defaults() {
@@ -68,6 +73,7 @@ func (c *ReaderConfig) defaults() {
 type Reader struct {
 	cfg    ReaderConfig
 	tables map[string]regions.Table
+	epochs readerEpochs // set by Run before anything is versioned
 
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
@@ -198,6 +204,9 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.advance(st.lsn)
+	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, st.nextSeq-1); err != nil {
+		return err
+	}
 
 	stream, err := StartChangeStream(ctx, r.cfg.ConnString, "polyregion-reader", "reader", SlotName(string(r.cfg.Region)), st.lsn,
 		PublicationName(string(r.cfg.Region)), true, true)

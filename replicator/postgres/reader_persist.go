@@ -187,7 +187,9 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			CommitUnix: t.commitTime.UnixMicro(),
 			Part:       t.part,
 			More:       t.more,
+			Known:      r.epochs.known,
 		}
+		epoch := r.epochs.rank(t.commitLSN)
 		shapeIdx := map[string]int{}
 		out.Changes = make([]replicator.Change, 0, len(t.changes))
 		var polRel *relation
@@ -204,7 +206,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			}
 			v, err := replicator.VersionLocalWrite(pol, replicator.Recorded{Version: prior.version, Counters: prior.counters}, replicator.LocalWrite{
 				Region: r.cfg.Region, Commit: t.commitTime, Op: c.op, Shape: c.rel.shape, Row: c.row,
-				Old: c.old, OldFull: c.rel.msg != nil && c.rel.msg.ReplicaIdentity == 'f',
+				Old: c.old, OldFull: c.rel.msg != nil && c.rel.msg.ReplicaIdentity == 'f', Epoch: epoch,
 			})
 			if err != nil {
 				return fmt.Errorf("reader: %s key %s: %w", c.rel.name, c.key, err)

@@ -138,6 +138,9 @@ var schemaDDL = []string{
 	// when nothing of it is (see conflict.Outcome); NULL in records logged
 	// before it existed. Added after the table, so it upgrades older schemas.
 	`ALTER TABLE polyregion.conflict_log ADD COLUMN IF NOT EXISTS outcome text`,
+	// epoch: the configuration epoch whose policy decided (NULL before
+	// epochs existed; 0 under the founding configuration).
+	`ALTER TABLE polyregion.conflict_log ADD COLUMN IF NOT EXISTS epoch bigint`,
 	`CREATE TABLE IF NOT EXISTS polyregion.parked (
 		id        bigserial PRIMARY KEY,
 		parked_at timestamptz NOT NULL DEFAULT now(),
@@ -169,6 +172,20 @@ var schemaDDL = []string{
 	// own: the row of the version's own write, when the row holds more
 	// (max and min columns merged from the writes kept as siblings).
 	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS own jsonb`,
+	// epoch: the highest configuration epoch among the row's writes (its
+	// conflicts are ranked under that epoch's policy; 0 under the founding
+	// configuration, see conflict/epochs.go).
+	`ALTER TABLE polyregion.row_version ADD COLUMN IF NOT EXISTS epoch bigint NOT NULL DEFAULT 0`,
+	// epochs: the policy changes this region learned of. fence is the last
+	// transaction it shipped before it learned of the epoch (everything
+	// after is stamped as known under it); effective_lsn, once every region
+	// applied what came before the epoch, the WAL position from which the
+	// region's own writes are ranked under it.
+	`CREATE TABLE IF NOT EXISTS polyregion.epochs (
+		number        bigint PRIMARY KEY,
+		fence         bigint NOT NULL,
+		learned_at    timestamptz NOT NULL DEFAULT now(),
+		effective_lsn pg_lsn)`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,

@@ -57,6 +57,9 @@ type SnapshotHeader struct {
 	// PauseMillis is how long Source's writers to the replicated tables
 	// waited while the snapshot was taken.
 	PauseMillis int64 `json:"pause_ms"`
+	// VersionColumns are the row_version columns the versions part
+	// carries, in order (absent from sources that predate the list).
+	VersionColumns []string `json:"version_columns,omitempty"`
 }
 
 // SnapshotPosition is one source region's position.

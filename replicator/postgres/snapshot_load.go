@@ -224,7 +224,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	if err := l.owners.deferred(ctx); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: check deferred constraints: %w", err)
 	}
-	if sum.Versions, err = l.versions(ctx); err != nil {
+	if sum.Versions, err = l.versions(ctx, h.VersionColumns); err != nil {
 		return h, sum, err
 	}
 	if sum.Parked, err = l.parked(ctx); err != nil {
@@ -582,23 +582,33 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 	return nil
 }
 
-// versions loads the rows' versions. A live row's version names the
-// transaction that wrote the row here: this one.
-func (l *loader) versions(ctx context.Context) (int64, error) {
+// versions loads the rows' versions, the columns the source listed (sent
+// is nil from a source that predates the list). A live row's version
+// names the transaction that wrote the row here: this one.
+func (l *loader) versions(ctx context.Context, sent []string) (int64, error) {
 	if err := l.open(frameVersions, ""); err != nil {
 		return 0, err
 	}
+	if sent == nil {
+		sent = versionColumnsBefore
+	}
+	for _, c := range sent {
+		if !slices.Contains(versionColumns, c) {
+			return 0, refuseJoin("the snapshot carries row version column %q, which this release does not know: upgrade this region to the source's release", c)
+		}
+	}
 	if _, err := l.tx.Exec(ctx, `CREATE TEMPORARY TABLE polyregion_load_versions (
 		tbl text, key text, vv text, hlc bigint, origin text, deleted boolean, counters jsonb,
-		src_seq bigint, deleted_at timestamptz, siblings jsonb, stamps jsonb, own jsonb) ON COMMIT DROP`); err != nil {
+		src_seq bigint, deleted_at timestamptz, siblings jsonb, stamps jsonb, own jsonb, epoch bigint NOT NULL DEFAULT 0) ON COMMIT DROP`); err != nil {
 		return 0, fmt.Errorf("load snapshot: %w", err)
 	}
-	cols := strings.Join(versionColumns, ", ")
+	cols := strings.Join(sent, ", ")
 	n, err := l.copyIn(ctx, "row versions", "COPY pg_temp.polyregion_load_versions ("+cols+") FROM STDIN (FORMAT text)")
 	if err != nil {
 		return 0, err
 	}
-	if _, err := l.tx.Exec(ctx, "INSERT INTO polyregion.row_version ("+cols+", xid) SELECT "+cols+
+	all := strings.Join(versionColumns, ", ")
+	if _, err := l.tx.Exec(ctx, "INSERT INTO polyregion.row_version ("+all+", xid) SELECT "+all+
 		", CASE WHEN deleted THEN NULL ELSE pg_catalog.pg_current_xact_id()::xid END FROM pg_temp.polyregion_load_versions"); err != nil {
 		return 0, fmt.Errorf("load snapshot: row versions: %w", err)
 	}

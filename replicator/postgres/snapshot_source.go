@@ -79,6 +79,7 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 		return sum, err
 	}
 	defer tx.Rollback(context.Background())
+	h.VersionColumns = versionColumns
 	if err := writeSnapshotJSON(w, frameHeader, h); err != nil {
 		return sum, fmt.Errorf("snapshot: send header: %w", err)
 	}
@@ -116,8 +117,11 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 // version and of a parked change (row_version.xid is the local transaction
 // that wrote the row: the loading region sets its own).
 var (
-	versionColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "counters", "src_seq", "deleted_at", "siblings", "stamps", "own"}
-	parkedColumns  = []string{"source", "seq", "tbl", "key", "change", "shape", "reason"}
+	versionColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "counters", "src_seq", "deleted_at", "siblings", "stamps", "own", "epoch"}
+	// versionColumnsBefore are those of a source from before epochs,
+	// whose header does not list them.
+	versionColumnsBefore = versionColumns[:len(versionColumns)-1]
+	parkedColumns        = []string{"source", "seq", "tbl", "key", "change", "shape", "reason"}
 )
 
 // copyPart sends one part: its opening frame, the COPY's data, its end.

@@ -111,9 +111,9 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 	for i, k := range keys {
 		tbls[i], ks[i] = k.tbl, k.key
 	}
-	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq, m.tuple_xmin, m.siblings, m.stamps, m.own
+	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq, m.tuple_xmin, m.siblings, m.stamps, m.own, m.epoch
 		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
-		CROSS JOIN LATERAL (SELECT v.tbl, v.key, v.vv, v.hlc, v.origin, v.deleted, v.xid, v.counters, v.src_seq, v.xmin::text AS tuple_xmin, v.siblings, v.stamps, v.own
+		CROSS JOIN LATERAL (SELECT v.tbl, v.key, v.vv, v.hlc, v.origin, v.deleted, v.xid, v.counters, v.src_seq, v.xmin::text AS tuple_xmin, v.siblings, v.stamps, v.own, v.epoch
 			FROM polyregion.row_version v WHERE v.tbl = k.tbl AND v.key = k.key`+cond+` LIMIT 1`+forUpdate+`) m`, tbls, ks)
 	if err != nil {
 		return nil, fmt.Errorf("load row versions: %w", err)
@@ -125,9 +125,9 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 		var hlc int64
 		var deleted bool
 		var counters map[string]string
-		var srcSeq int64
+		var srcSeq, epoch int64
 		var sibs, stamps, own []byte
-		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq, &tupleXmin, &sibs, &stamps, &own); err != nil {
+		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq, &tupleXmin, &sibs, &stamps, &own, &epoch); err != nil {
 			return nil, fmt.Errorf("load row versions: %w", err)
 		}
 		vec, err := conflict.ParseVector(vv)
@@ -149,7 +149,7 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 			}
 		}
 		out[k] = &meta{
-			version:   conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted, Siblings: ws, Stamps: st},
+			version:   conflict.Version{Vector: vec, HLC: conflict.Timestamp(hlc), Origin: conflict.RegionID(origin), Deleted: deleted, Siblings: ws, Stamps: st, Epoch: uint64(epoch)},
 			siblings:  sd,
 			own:       ownRow.Row,
 			ownStamps: ownRow.Stamps,
@@ -169,7 +169,7 @@ type querier interface {
 // metaWriter accumulates row_version upserts for one statement.
 type metaWriter struct {
 	tbl, key, vv, origin, xid []string
-	hlc, srcSeq               []int64
+	hlc, srcSeq, epoch        []int64
 	deleted                   []bool
 	counters, siblings        []*string
 	stamps, own               []*string
@@ -196,6 +196,7 @@ func (w *metaWriter) add(k metaKey, m *meta) {
 	w.siblings = append(w.siblings, encodeSiblings(m.version.Siblings, m.siblings))
 	w.stamps = append(w.stamps, encodeStamps(m.version.Stamps))
 	w.own = append(w.own, ownValue(m))
+	w.epoch = append(w.epoch, int64(m.version.Epoch))
 }
 
 // storedOwn is row_version.own: a version's own write's row and stamps.
@@ -214,32 +215,34 @@ func ownValue(m *meta) *string {
 	return &s
 }
 
-const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, deleted_at, siblings, stamps, own)
+const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, deleted_at, siblings, stamps, own, epoch)
 	SELECT tbl, key, vv, hlc, origin, deleted,
 	       CASE WHEN xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(xid, '')::xid END,
-	       counters::jsonb, src_seq, CASE WHEN deleted THEN pg_catalog.now() END, siblings::jsonb, stamps::jsonb, own::jsonb
+	       counters::jsonb, src_seq, CASE WHEN deleted THEN pg_catalog.now() END, siblings::jsonb, stamps::jsonb, own::jsonb, epoch
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
-	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]))
-	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own)
+	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bigint[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, epoch)
 	ON CONFLICT (tbl, key) DO UPDATE SET vv = excluded.vv, hlc = excluded.hlc, origin = excluded.origin,
 	   deleted = excluded.deleted, xid = excluded.xid, counters = excluded.counters, src_seq = excluded.src_seq,
-	   siblings = excluded.siblings, stamps = excluded.stamps, own = excluded.own, deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
+	   siblings = excluded.siblings, stamps = excluded.stamps, own = excluded.own, epoch = excluded.epoch,
+	   deleted_at = CASE WHEN excluded.deleted THEN coalesce(m.deleted_at, excluded.deleted_at) END`
 
 // updateMetaSQL replaces versions that exist, each only if its tuple is
-// still the one read (xmin, $13); the caller compares the row count. An
+// still the one read (xmin, $14); the caller compares the row count. An
 // xid of '@' (appliers only) is the writing transaction's.
 const updateMetaSQL = `UPDATE polyregion.row_version AS m SET vv = u.vv, hlc = u.hlc, origin = u.origin, deleted = u.deleted,
 	   xid = CASE WHEN u.xid = '@' THEN pg_catalog.pg_current_xact_id()::xid ELSE NULLIF(u.xid, '')::xid END, counters = u.counters::jsonb, src_seq = u.src_seq,
-	   siblings = u.siblings::jsonb, stamps = u.stamps::jsonb, own = u.own::jsonb, deleted_at = CASE WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
+	   siblings = u.siblings::jsonb, stamps = u.stamps::jsonb, own = u.own::jsonb, epoch = u.epoch,
+	   deleted_at = CASE WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),
 	     pg_catalog.unnest($5::text[]), pg_catalog.unnest($6::bool[]), pg_catalog.unnest($7::text[]), pg_catalog.unnest($8::text[]), pg_catalog.unnest($9::bigint[]),
-	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::text[]))
-	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, tuple_xmin)
+	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]))
+	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, epoch, tuple_xmin)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND m.xmin = u.tuple_xmin::xid`
 
 // metaCopyColumns are the row_version columns copyRow fills.
-var metaCopyColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "xid", "counters", "src_seq", "deleted_at", "siblings", "stamps", "own"}
+var metaCopyColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "xid", "counters", "src_seq", "deleted_at", "siblings", "stamps", "own", "epoch"}
 
 // copyRow is a new version as a COPY row (the reader's: xid is a number or
 // empty, never this transaction's).
@@ -264,7 +267,7 @@ func copyRow(k metaKey, m *meta) ([]any, error) {
 		deletedAt = time.Now()
 	}
 	return []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
-		xid, counters, m.srcSeq, deletedAt, encodeSiblings(m.version.Siblings, m.siblings), encodeStamps(m.version.Stamps), ownValue(m)}, nil
+		xid, counters, m.srcSeq, deletedAt, encodeSiblings(m.version.Siblings, m.siblings), encodeStamps(m.version.Stamps), ownValue(m), int64(m.version.Epoch)}, nil
 }
 
 // errVersionRace: a version the reader was about to create was recorded
@@ -282,5 +285,5 @@ func retryablePersist(err error) bool {
 }
 
 func (w *metaWriter) args() []any {
-	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters, w.srcSeq, w.siblings, w.stamps, w.own}
+	return []any{w.tbl, w.key, w.vv, w.hlc, w.origin, w.deleted, w.xid, w.counters, w.srcSeq, w.siblings, w.stamps, w.own, w.epoch}
 }
