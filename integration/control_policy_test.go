@@ -118,10 +118,12 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 	} else if err := os.WriteFile(newPath+".counters", cb, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	asked := time.Now()
 	out := mustPolyregion(t, ctx, "cluster", "configure", "--config", newPath, "--wait", "90s")
 	if !strings.Contains(out, "epoch 2 in effect") {
 		t.Fatalf("cluster configure --wait:\n%s", out)
 	}
+	t.Logf("epoch 2 in effect %.1fs after cluster configure:\n%s", time.Since(asked).Seconds(), out)
 	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
@@ -144,12 +146,39 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	// The same two writes logged in several regions (each region logs
+	// the conflicts it decides); how many were decided otherwise in
+	// another region, as the writes each had received by then ranked
+	// them, is reported: the rows themselves must agree.
+	pairs, logged := map[string]map[string]bool{}, map[string]int{}
+	defer func() {
+		several, differ := 0, 0
+		for p, n := range logged {
+			if n > 1 {
+				several++
+				if len(pairs[p]) > 1 {
+					differ++
+				}
+			}
+		}
+		t.Logf("pairs of writes logged in more than one region: %d, decided under another epoch or for another winner somewhere: %d", several, differ)
+	}()
 	for _, r := range h.Regions {
 		st := waitControl(t, r, 30*time.Second, "epoch 2 in effect with every region's fence", func(c controlStatus) bool {
 			return c.Epoch.Number == 2 && c.Epoch.Effective > 0 && len(c.Epoch.Fences) == 3
 		})
 		if st.Epoch.Policies["public.kv"].Kind != "region_priority" {
 			t.Fatalf("%s: epoch 2's policy %+v", r.Name, st.Epoch.Policies)
+		}
+		for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+			_, metrics := opsGet(t, r, "/metrics")
+			if strings.Contains(metrics, fmt.Sprintf("polyregion_control_epoch{region=%q} 2", r.Name)) &&
+				strings.Contains(metrics, fmt.Sprintf("polyregion_control_epoch_pending{region=%q} 0", r.Name)) {
+				break
+			}
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("%s: /metrics does not show epoch 2 in effect:\n%s", r.Name, metrics)
+			}
 		}
 		if !strings.Contains(r.Logs(1<<22), "reported the fence of a policy change") {
 			t.Fatalf("%s did not report its fence:\n%s", r.Name, r.Logs(4000))
@@ -158,17 +187,27 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		rows, err := conn.Query(ctx, `SELECT key, coalesce(epoch, -1), policy, winner_origin, local_origin, remote_origin, reason FROM polyregion.conflict_log ORDER BY id`)
+		rows, err := conn.Query(ctx, `SELECT key, coalesce(epoch, -1), policy, winner_origin, local_origin, remote_origin, reason, local_hlc, remote_hlc FROM polyregion.conflict_log ORDER BY id`)
 		if err != nil {
 			t.Fatal(err)
 		}
 		byEpoch := map[int64]int{}
 		for rows.Next() {
 			var key, policy, winner, lo, ro, reason string
-			var epoch int64
-			if err := rows.Scan(&key, &epoch, &policy, &winner, &lo, &ro, &reason); err != nil {
+			var epoch, lh, rh int64
+			if err := rows.Scan(&key, &epoch, &policy, &winner, &lo, &ro, &reason, &lh, &rh); err != nil {
 				t.Fatal(err)
 			}
+			a, b := fmt.Sprintf("%s@%d", lo, lh), fmt.Sprintf("%s@%d", ro, rh)
+			if b < a {
+				a, b = b, a
+			}
+			pair := key + " " + a + " " + b
+			if pairs[pair] == nil {
+				pairs[pair] = map[string]bool{}
+			}
+			pairs[pair][fmt.Sprintf("%d/%s", epoch, winner)] = true
+			logged[pair]++
 			byEpoch[epoch]++
 			want := map[int64]string{0: "last_writer_wins", 2: "region_priority"}[epoch]
 			if policy != want {

@@ -147,6 +147,9 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		if err := decodeStrict(body, &req); err != nil {
 			return regions.Result{}, err
 		}
+		if err := configurable(cfg.Cluster, n.Membership(), req.Policies); err != nil {
+			return regions.Result{}, err
+		}
 		return n.Apply(ctx, regions.Command{Op: regions.OpConfigure, Policies: req.Policies})
 	})
 	routes["POST /control/regions/{id}/reseed"] = changeHandler(n, func(ctx context.Context, body []byte) (regions.Result, error) {
@@ -157,6 +160,30 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		id := conflict.RegionID(ctx.Value(pathID{}).(string))
 		return n.Apply(ctx, regions.Command{Op: regions.OpReseed, Region: id, From: req.From})
 	})
+}
+
+// configurable checks a policy change against this region's tables as
+// the data plane runs them (the control plane checks it against the
+// founding policies it holds; a cluster founded by an earlier release
+// holds none, and a change its data planes could not take must not be
+// agreed).
+func configurable(c regions.Cluster, m regions.Membership, policies map[string]conflict.Policy) error {
+	c.Tables, c.Changes = agreedPolicies(c.Tables, m.Epochs)
+	c.Changes = append(c.Changes, regions.Epoch{Number: c.KnownEpoch() + 1, Policies: policies})
+	for name := range policies {
+		if _, ok := c.Table(name); !ok {
+			return fmt.Errorf("%w: table %s is not replicated (a policy change keeps the replicated tables)", regions.ErrRefused, name)
+		}
+	}
+	for _, t := range c.Tables {
+		if _, ok := policies[t.Name]; !ok {
+			return fmt.Errorf("%w: the change gives no policy for table %s (a policy change gives every replicated table's)", regions.ErrRefused, t.Name)
+		}
+		if _, err := c.TableEpochs(t.Name); err != nil {
+			return fmt.Errorf("%w: %v", regions.ErrRefused, err)
+		}
+	}
+	return nil
 }
 
 type pathID struct{}

@@ -1,9 +1,14 @@
 package node
 
 import (
+	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
+
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
 )
 
 func TestControlChangesComeFromThisMachineOrCarryTheAdminToken(t *testing.T) {
@@ -28,6 +33,35 @@ func TestControlChangesComeFromThisMachineOrCarryTheAdminToken(t *testing.T) {
 		adminOnly(tc.token, ok).ServeHTTP(rec, req)
 		if rec.Code != tc.want {
 			t.Errorf("%s: %d, want %d (%s)", tc.name, rec.Code, tc.want, rec.Body.String())
+		}
+	}
+}
+
+// TestAPolicyChangeTheDataPlaneCannotTakeIsRefused: checked against the
+// tables as the data plane runs them, also in a cluster whose founding
+// epoch holds no policies (founded by an earlier release).
+func TestAPolicyChangeTheDataPlaneCannotTakeIsRefused(t *testing.T) {
+	c := regions.Cluster{Tables: []regions.Table{{Name: "public.hits", Policy: conflict.Policy{Counters: []string{"n"}}}, {Name: "public.kv"}}}
+	older := regions.Membership{Epochs: []regions.Epoch{{Number: 1}}}
+	founded := regions.Membership{Epochs: []regions.Epoch{{Number: 1, Policies: c.Policies()}}}
+	ok := map[string]conflict.Policy{"public.hits": {Counters: []string{"n"}, Deletes: conflict.DeleteWins}, "public.kv": {Kind: conflict.RegionPriority}}
+	for _, m := range []regions.Membership{older, founded} {
+		if err := configurable(c, m, ok); err != nil {
+			t.Fatalf("a change of ranking refused: %v", err)
+		}
+		bad := map[string]conflict.Policy{"public.hits": {}, "public.kv": {}}
+		if err := configurable(c, m, bad); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "table public.hits: epoch 2 changes which columns merge") {
+			t.Fatalf("a change of the counters: %v", err)
+		}
+		if err := configurable(c, m, map[string]conflict.Policy{"public.kv": {}}); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "no policy for table public.hits") {
+			t.Fatalf("a change that leaves a table out: %v", err)
+		}
+		more := map[string]conflict.Policy{"public.extra": {}}
+		for k, v := range ok {
+			more[k] = v
+		}
+		if err := configurable(c, m, more); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "table public.extra is not replicated") {
+			t.Fatalf("a change that adds a table: %v", err)
 		}
 	}
 }

@@ -79,6 +79,7 @@ func controlReasons(c *ControlView) (down, degraded []string) {
 // region that runs one).
 type controlMetrics struct {
 	leader, quorum, term, commit, applied, contact prometheus.Gauge
+	epoch, epochPending                            prometheus.Gauge
 	members                                        *prometheus.GaugeVec
 }
 
@@ -94,6 +95,9 @@ func (m *Metrics) enableControl() {
 		applied: f.gauge("polyregion_control_applied_index", "The control plane's last log index this region applied."),
 		contact: f.gauge("polyregion_control_last_contact_seconds", "Seconds since this region last heard from the control plane's leader (0 on the leader, -1 never)."),
 		members: f.gaugeVec("polyregion_control_members", "Members of the cluster by state, as this region applied the membership.", []string{"state"}),
+		epoch:   f.gauge("polyregion_control_epoch", "The latest configuration epoch (policy change) this region applied (1: the founding configuration)."),
+		epochPending: f.gauge("polyregion_control_epoch_pending",
+			"1 while the latest policy change is announced and not in effect yet (it waits for every region's fence and for every region to apply what came before it), else 0."),
 	}
 	for _, s := range memberStates {
 		c.members.WithLabelValues(s)
@@ -114,6 +118,8 @@ func (m *Metrics) observeControl(v *ControlView) {
 	c.commit.Set(float64(v.CommitIndex))
 	c.applied.Set(float64(v.AppliedIndex))
 	c.contact.Set(v.LastContactSeconds)
+	c.epoch.Set(float64(v.Epoch))
+	c.epochPending.Set(b2f(v.EpochPending))
 	counts := map[string]int{}
 	for _, mem := range v.Members {
 		counts[mem.State]++

@@ -103,6 +103,8 @@ func MissingSeries(used map[string][]string, families map[string]bool) []string 
 func TestMetricsDeployFilesUseExistingSeries(t *testing.T) {
 	m := NewMetrics("us", []conflict.RegionID{"eu", "ap"}, []regions.Table{{Name: "public.t"}, {Name: "public.c", Policy: conflict.Policy{Counters: []string{"n"}}}})
 	m.Applied("eu", 2, 10, 1, []Conflict{{"public.t", string(conflict.UpdateUpdate), "last_writer_wins", string(conflict.Overwritten)}}, 4, 3*time.Millisecond)
+	m.enableControl() // a region with control: set
+	m.observeControl(&ControlView{Initialised: true, Epoch: 2, EpochPending: true})
 	fams, err := m.Registry.Gather()
 	if err != nil {
 		t.Fatal(err)
