@@ -42,6 +42,12 @@
 //     then HLC, then Origin byte order, then tombstone over live.
 //     Requirement: every write's HLC exceeds those of the writes it saw
 //     ([Clock.Observe], [Next] over [Version.Latest]).
+//   - Policy changes: [DecideAt] takes a table's policies by configuration
+//     epoch ([Epochs]); a row's version carries the highest epoch among
+//     its writes and its competing writes are ranked under that epoch's
+//     policy, so the guarantees above hold across a change made while
+//     regions write, provided the regions follow the protocol in
+//     epochs.go. With one policy, DecideAt decides exactly as Decide.
 //   - Result.Vector is always Merge(local.Vector, remote.Vector).
 //   - The winner depends only on the two versions and the policy, never on
 //     the wall clock at decision time.
