@@ -174,6 +174,7 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 			_, metrics := opsGet(t, r, "/metrics")
 			if strings.Contains(metrics, fmt.Sprintf("polyregion_control_epoch{region=%q} 2", r.Name)) &&
 				strings.Contains(metrics, fmt.Sprintf("polyregion_control_epoch_pending{region=%q} 0", r.Name)) {
+				checkDeploySeries(t, metrics, true) // the alerts' control-plane series
 				break
 			}
 			if time.Since(start) > 30*time.Second {
