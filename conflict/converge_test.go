@@ -284,30 +284,7 @@ func rank(p Policy, a, b Write) bool { // a above b
 // expected is the documented winner: the highest-ranked write that no
 // other write has seen, and the writes that lost (the others of them).
 func expected(p Policy, h *history) (winner int, lost []int) {
-	var frontier []int
-	for i, hw := range h.writes {
-		seen := false
-		for j, o := range h.writes {
-			if j != i && o.w.saw(o.vec, hw.w) {
-				seen = true
-			}
-		}
-		if !seen {
-			frontier = append(frontier, i)
-		}
-	}
-	winner = frontier[0]
-	for _, i := range frontier[1:] {
-		if rank(p, h.writes[i].w, h.writes[winner].w) {
-			winner = i
-		}
-	}
-	for _, i := range frontier {
-		if i != winner {
-			lost = append(lost, i)
-		}
-	}
-	return winner, lost
+	return expectedAt(Epochs{Policies: []Policy{p}}, h)
 }
 
 // interleavings calls visit with every order of the writes that keeps each
@@ -344,6 +321,13 @@ func interleavings(h *history, visit func([]int)) {
 
 func (rep *replica) check(t *testing.T, p Policy, h *history, winner int, lost []int, where string) {
 	t.Helper()
+	rep.checkRow(t, fmt.Sprintf("policy %s %v", p.Label(), p.Priority), h, h, winner, lost, where)
+}
+
+// checkRow checks that rep holds the winner's row and names every loser;
+// show describes the history in a failure.
+func (rep *replica) checkRow(t *testing.T, label string, h *history, show fmt.Stringer, winner int, lost []int, where string) {
+	t.Helper()
 	w := h.writes[winner].w
 	got := Write{Origin: rep.ver.Origin, Tick: rep.ver.Vector.Get(rep.ver.Origin), HLC: rep.ver.HLC, Deleted: rep.ver.Deleted}
 	wantData := winner
@@ -351,13 +335,11 @@ func (rep *replica) check(t *testing.T, p Policy, h *history, winner int, lost [
 		wantData = -1
 	}
 	if got != w || rep.data != wantData || rep.exists == w.Deleted {
-		t.Fatalf("policy %s %v, %s: row holds write %v (data %d, exists %v), want write %d %v\n%s",
-			p.Label(), p.Priority, where, got, rep.data, rep.exists, winner, w, h)
+		t.Fatalf("%s, %s: row holds write %v (data %d, exists %v), want write %d %v\n%s", label, where, got, rep.data, rep.exists, winner, w, show)
 	}
 	for _, i := range lost {
 		if !rep.losers[i] {
-			t.Fatalf("policy %s %v, %s: write %d %v lost and is not named in the conflict log\n%s",
-				p.Label(), p.Priority, where, i, h.writes[i].w, h)
+			t.Fatalf("%s, %s: write %d %v lost and is not named in the conflict log\n%s", label, where, i, h.writes[i].w, show)
 		}
 	}
 }

@@ -252,12 +252,6 @@ func epochsIn(h *epochHistory) int {
 
 func (rep *replica) checkAt(t *testing.T, label string, h *epochHistory, winner int, lost []int, where string) {
 	t.Helper()
-	w := h.writes[winner].w
-	got := Write{Origin: rep.ver.Origin, Tick: rep.ver.Vector.Get(rep.ver.Origin), HLC: rep.ver.HLC, Deleted: rep.ver.Deleted}
-	wantData := winner
-	if w.Deleted {
-		wantData = -1
-	}
 	var top uint64
 	for _, hw := range h.writes {
 		top = max(top, hw.epoch)
@@ -265,81 +259,5 @@ func (rep *replica) checkAt(t *testing.T, label string, h *epochHistory, winner 
 	if rep.ver.Epoch != top {
 		t.Fatalf("%s, %s: row's epoch %d, want %d (the highest of its writes')\n%s", label, where, rep.ver.Epoch, top, h)
 	}
-	if got != w || rep.data != wantData || rep.exists == w.Deleted {
-		t.Fatalf("%s, %s: row holds write %v (data %d, exists %v), want write %d %v\n%s", label, where, got, rep.data, rep.exists, winner, w, h)
-	}
-	for _, i := range lost {
-		if !rep.losers[i] {
-			t.Fatalf("%s, %s: write %d %v lost and is not named in the conflict log\n%s", label, where, i, h.writes[i].w, h)
-		}
-	}
-}
-
-// TestNewEpochsRefusesAChangeOfWhatMerges: a change at an epoch may rank
-// writes differently; it may not change the columns that merge.
-func TestNewEpochsRefusesAChangeOfWhatMerges(t *testing.T) {
-	base := Policy{Counters: []string{"hits"}}
-	for _, ok := range []Policy{
-		{Counters: []string{"hits"}, Kind: RegionPriority, Priority: []RegionID{"eu", "us"}},
-		{Counters: []string{"hits", "hits"}, Deletes: DeleteWins},
-	} {
-		if _, err := NewEpochs(1, base, ok); err != nil {
-			t.Errorf("%s -> %s refused: %v", base.Fingerprint(), ok.Fingerprint(), err)
-		}
-	}
-	for _, bad := range []Policy{
-		{},
-		{Counters: []string{"hits", "misses"}},
-		{Counters: []string{"hits"}, Max: []string{"seen_at"}, Deletes: DeleteWins},
-		{Counters: []string{"hits"}, Columns: ColumnLWW, Deletes: DeleteWins},
-	} {
-		_, err := NewEpochs(1, base, bad)
-		if err == nil || !strings.Contains(err.Error(), "epoch 2 changes which columns merge") {
-			t.Errorf("%s -> %s: err %v, want a refusal naming epoch 2", base.Fingerprint(), bad.Fingerprint(), err)
-		}
-	}
-	if _, err := NewEpochs(3); err == nil {
-		t.Error("no policies accepted")
-	}
-	e, err := NewEpochs(3, base, Policy{Counters: []string{"hits"}, Kind: RegionPriority}, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if e.Latest() != 5 || !e.Knows(5) || e.Knows(6) || e.At(0).Kind != "" || e.At(4).Kind != RegionPriority || e.At(9).Kind != "" {
-		t.Fatalf("epochs 3-5: latest %d, at 0 %q, at 4 %q, at 9 %q", e.Latest(), e.At(0).Kind, e.At(4).Kind, e.At(9).Kind)
-	}
-	if !e.KeepsSiblingsAt() {
-		t.Error("epochs whose policies differ must keep siblings")
-	}
-	if one, _ := NewEpochs(1, base); one.KeepsSiblingsAt() {
-		t.Error("last-writer-wins alone keeps no siblings")
-	}
-}
-
-// TestDecideAtRanksUnderTheRowsLaterEpoch: the README's example of a
-// change from last-writer-wins to region priority. The row holds eu's
-// write from epoch 1; us's concurrent write is older but us outranks eu
-// under epoch 2's policy: ranked under epoch 2 when either version
-// carries it, under epoch 1 otherwise; the result carries the higher
-// epoch.
-func TestDecideAtRanksUnderTheRowsLaterEpoch(t *testing.T) {
-	e := mustEpochs(t, Policy{}, Policy{Kind: RegionPriority, Priority: []RegionID{"us", "eu"}})
-	local := Version{Vector: Vector{"eu": 1}, HLC: 20, Origin: "eu", Epoch: 1}
-	remote := Version{Vector: Vector{"us": 1}, HLC: 10, Origin: "us", Epoch: 1}
-	if d := DecideAt(e, local, true, remote, OpUpdate); d.Winner != Local || d.Epoch != 1 || d.Result.Epoch != 1 {
-		t.Fatalf("both in epoch 1: winner %s epoch %d result epoch %d, want local 1 1 (%s)", d.Winner, d.Epoch, d.Result.Epoch, d.Reason)
-	}
-	for _, c := range []struct{ local, remote uint64 }{{2, 1}, {1, 2}, {2, 2}} {
-		local.Epoch, remote.Epoch = c.local, c.remote
-		d := DecideAt(e, local, true, remote, OpUpdate)
-		if d.Winner != Remote || d.Epoch != 2 || d.Result.Epoch != 2 || d.Result.Origin != "us" {
-			t.Fatalf("epochs %d/%d: winner %s epoch %d result %+v, want remote under epoch 2 (%s)", c.local, c.remote, d.Winner, d.Epoch, d.Result, d.Reason)
-		}
-	}
-	// The epoch travels with causal successors too.
-	local.Epoch, remote.Epoch = 2, 1
-	next := Version{Vector: Vector{"eu": 2}, HLC: 30, Origin: "eu", Epoch: 1}
-	if d := DecideAt(e, local, true, next, OpUpdate); d.Conflict || d.Result.Epoch != 2 {
-		t.Fatalf("successor: conflict %v result epoch %d, want none and 2", d.Conflict, d.Result.Epoch)
-	}
+	rep.checkRow(t, label, h.history, h, winner, lost, where)
 }

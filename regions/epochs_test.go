@@ -16,13 +16,7 @@ var epochTables = map[string]conflict.Policy{
 
 func foundedWithPolicies(t *testing.T, ids ...conflict.RegionID) *Membership {
 	t.Helper()
-	m := &Membership{}
-	var mems []Member
-	for _, id := range ids {
-		mems = append(mems, Member{ID: id, URL: "https://" + string(id) + ":7480"})
-	}
-	mustApply(t, m, 1, Command{Op: OpInit, Members: mems, Fingerprint: "fp1", Policies: epochTables})
-	return m
+	return foundedAs(t, epochTables, ids...)
 }
 
 func priorityTables() map[string]conflict.Policy {

@@ -10,12 +10,18 @@ import (
 
 func founded(t *testing.T, ids ...conflict.RegionID) *Membership {
 	t.Helper()
+	return foundedAs(t, nil, ids...)
+}
+
+// foundedAs is founded with the founding policies recorded.
+func foundedAs(t *testing.T, policies map[string]conflict.Policy, ids ...conflict.RegionID) *Membership {
+	t.Helper()
 	m := &Membership{}
 	var mems []Member
 	for _, id := range ids {
 		mems = append(mems, Member{ID: id, URL: "https://" + string(id) + ":7480"})
 	}
-	if _, err := m.Apply(1, Command{Op: OpInit, Members: mems, Fingerprint: "fp1"}); err != nil {
+	if _, err := m.Apply(1, Command{Op: OpInit, Members: mems, Fingerprint: "fp1", Policies: policies}); err != nil {
 		t.Fatal(err)
 	}
 	return m

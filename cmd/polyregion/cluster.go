@@ -119,13 +119,9 @@ column by column; one change at a time.`,
 // waitEpoch waits until epoch is in effect as the region of the config at
 // path sees it, printing what it waits for when that changes.
 func waitEpoch(ctx context.Context, path string, epoch uint64, within time.Duration) error {
-	cfg, _, err := loadConfig(path)
+	base, err := opsBase(path)
 	if err != nil {
-		return &exitError{exitConfig, err}
-	}
-	base, err := opsURL(cfg.HTTPListen)
-	if err != nil {
-		return &exitError{exitConfig, err}
+		return err
 	}
 	deadline := time.Now().Add(within)
 	last := ""
@@ -156,21 +152,38 @@ func epochState(ctx context.Context, base string) (st struct {
 	Epoch      regions.Epoch `json:"epoch"`
 	EpochWaits []string      `json:"epoch_waits"`
 }, ok bool) {
+	return st, liveControl(ctx, base, &st)
+}
+
+// liveControl decodes the replicator's live GET /control at base into v
+// (false when it cannot be read).
+func liveControl(ctx context.Context, base string, v any) bool {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/control", nil)
 	if err != nil {
-		return st, false
+		return false
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return st, false
+		return false
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
-		return st, false
+	return resp.StatusCode == http.StatusOK && json.NewDecoder(resp.Body).Decode(v) == nil
+}
+
+// opsBase is the operations server's URL of the region whose
+// configuration is at path.
+func opsBase(path string) (string, error) {
+	cfg, _, err := loadConfig(path)
+	if err != nil {
+		return "", &exitError{exitConfig, err}
 	}
-	return st, true
+	base, err := opsURL(cfg.HTTPListen)
+	if err != nil {
+		return "", &exitError{exitConfig, err}
+	}
+	return base, nil
 }
 
 func regionCmd() *cobra.Command {
@@ -297,13 +310,9 @@ reseed of ID is under way.`,
 // region answered for), shows region id active, printing each state it
 // passes.
 func waitActive(ctx context.Context, path, id string, within time.Duration) error {
-	cfg, _, err := loadConfig(path)
+	base, err := opsBase(path)
 	if err != nil {
-		return &exitError{exitConfig, err}
-	}
-	base, err := opsURL(cfg.HTTPListen)
-	if err != nil {
-		return &exitError{exitConfig, err}
+		return err
 	}
 	deadline := time.Now().Add(within)
 	last := ""
@@ -330,21 +339,10 @@ func waitActive(ctx context.Context, path, id string, within time.Duration) erro
 // memberState reads id's state from the control plane of the replicator
 // at base ("" when it cannot be read).
 func memberState(ctx context.Context, base, id string) string {
-	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/control", nil)
-	if err != nil {
-		return ""
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return ""
-	}
-	defer resp.Body.Close()
 	var st struct {
 		Members []regions.Member `json:"members"`
 	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&st) != nil {
+	if !liveControl(ctx, base, &st) {
 		return ""
 	}
 	for _, m := range st.Members {
