@@ -94,30 +94,8 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 	time.Sleep(time.Second)
 
 	// The new policy, from us's configuration edited.
-	b, err := os.ReadFile(us.ConfigPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var edited RegionConfig
-	if err := yaml.Unmarshal(b, &edited); err != nil {
-		t.Fatal(err)
-	}
-	edited.Tables = []TableSpec{{Name: "public.kv", Policy: "region_priority", Priority: []string{"ap", "us", "eu"}}}
-	nb, err := yaml.Marshal(edited)
-	if err != nil {
-		t.Fatal(err)
-	}
-	newPath := filepath.Join(filepath.Dir(us.ConfigPath), "us-priority.yaml")
-	if err := os.WriteFile(newPath, nb, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	counters := edited
-	counters.Tables = []TableSpec{{Name: "public.kv", Counters: []string{"val"}}}
-	if cb, err := yaml.Marshal(counters); err != nil {
-		t.Fatal(err)
-	} else if err := os.WriteFile(newPath+".counters", cb, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	newPath := withTables(t, us, "priority", []TableSpec{{Name: "public.kv", Policy: "region_priority", Priority: []string{"ap", "us", "eu"}}})
+	countersPath := withTables(t, us, "counters", []TableSpec{{Name: "public.kv", Counters: []string{"val"}}})
 	asked := time.Now()
 	out := mustPolyregion(t, ctx, "cluster", "configure", "--config", newPath, "--wait", "90s")
 	if !strings.Contains(out, "epoch 2 in effect") {
@@ -134,7 +112,7 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 	}
 	// Another change while none is pending is taken; one that changes
 	// what merges is refused.
-	if out, err := polyregion(ctx, "cluster", "configure", "--config", newPath+".counters"); err == nil || !strings.Contains(out, "changes which columns merge") {
+	if out, err := polyregion(ctx, "cluster", "configure", "--config", countersPath); err == nil || !strings.Contains(out, "changes which columns merge") {
 		t.Fatalf("a change of the counters: %v\n%s", err, out)
 	}
 
@@ -237,6 +215,30 @@ func TestAPolicyChangeTakesEffectAtOneEpochEverywhere(t *testing.T) {
 		}
 		t.Logf("%s: conflicts by epoch %v", r.Name, byEpoch)
 	}
+}
+
+// withTables writes r's configuration with tables in place of its own,
+// as an operator edits it for cluster configure, and returns its path.
+func withTables(t *testing.T, r *Region, name string, tables []TableSpec) string {
+	t.Helper()
+	b, err := os.ReadFile(r.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var edited RegionConfig
+	if err := yaml.Unmarshal(b, &edited); err != nil {
+		t.Fatal(err)
+	}
+	edited.Tables = tables
+	nb, err := yaml.Marshal(edited)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(filepath.Dir(r.ConfigPath), r.Name+"-"+name+".yaml")
+	if err := os.WriteFile(path, nb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
 }
 
 // higher is the region of a and b that ap > us > eu ranks higher.

@@ -171,11 +171,31 @@ func waitStatus(t *testing.T, r *Region, within time.Duration, what string, ok f
 // the others).
 func startFounded(t *testing.T, ctx context.Context, tables []TableSpec, configure func(*RegionConfig)) *Harness {
 	t.Helper()
+	return startFoundedThrough(t, ctx, tables, configure, nil)
+}
+
+// startFoundedThrough is startFounded with every link through nf (nil:
+// direct), which the test cuts and heals.
+func startFoundedThrough(t *testing.T, ctx context.Context, tables []TableSpec, configure func(*RegionConfig), nf *NetFaults) *Harness {
+	t.Helper()
 	dir := t.TempDir()
-	h := startRegions(t, Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
+	spec := Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
 		c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
 		configure(c)
-	}})
+	}}
+	if nf != nil {
+		spec.Configure = nf.Configure(spec.Configure)
+	}
+	h := startRegions(t, spec)
+	if nf != nil {
+		names := make([]string, len(h.Regions))
+		for i, r := range h.Regions {
+			names[i] = r.Name
+		}
+		if err := nf.Check(names); err != nil {
+			t.Fatal(err)
+		}
+	}
 	us := h.Regions[0]
 	for _, r := range h.Regions {
 		if err := r.WaitReady(ctx, time.Minute); err != nil {

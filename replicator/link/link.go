@@ -68,6 +68,11 @@ type Hello struct {
 	Region      conflict.RegionID `json:"region"`
 	Fingerprint string            `json:"fingerprint"`
 	Describe    map[string]string `json:"describe"`
+	// Epochs are the policy changes the speaker knows (regions.Cluster.Offer):
+	// a region cut off from the control plane learns from them an epoch
+	// its peer ships under (see regions/learn.go). Absent from releases
+	// before policy changes, and while none was made.
+	Epochs []regions.Epoch `json:"epochs,omitempty"`
 }
 
 // Frame types.
@@ -375,7 +380,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, 256<<10)
-	hello, _ := json.Marshal(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe()})
+	hello, _ := json.Marshal(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe(), Epochs: s.cfg.Cluster.Offer()})
 	if err := replicator.WriteFrame(bw, frameHello, hello); err != nil {
 		return
 	}
@@ -568,6 +573,10 @@ type ClientConfig struct {
 	// OnConnected, when set, is called once a stream's hello was accepted
 	// (the link is up until Stream returns).
 	OnConnected func()
+	// OnEpochs, when set, receives the policy changes the peer knows, from
+	// each stream's hello that names some, before any transaction of that
+	// stream.
+	OnEpochs func(epochs []regions.Epoch)
 }
 
 // Client follows one peer's outbox.
@@ -738,6 +747,9 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 			}
 			if h.Fingerprint != c.cfg.Cluster.Fingerprint() {
 				return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
+			}
+			if len(h.Epochs) > 0 && c.cfg.OnEpochs != nil {
+				c.cfg.OnEpochs(h.Epochs)
 			}
 			if c.cfg.OnConnected != nil {
 				c.cfg.OnConnected()

@@ -302,6 +302,56 @@ func TestPolicyMismatchIsRefusedNamingTheDifference(t *testing.T) {
 	}
 }
 
+// TestHelloTellsThePolicyChangesTheServerKnows: a stream's hello carries
+// the epochs the serving region knows, before its first transaction (a
+// region cut off from the control plane learns from them the epoch its
+// peer ships under); a region that knows none offers none.
+func TestHelloTellsThePolicyChangesTheServerKnows(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	changed := cluster
+	changed.Changes = []regions.Epoch{{Number: 2, Fingerprint: "f2", Index: 9, Effective: 12,
+		Policies: map[string]conflict.Policy{"public.kv": {Kind: conflict.RegionPriority, Priority: []conflict.RegionID{"us", "eu"}}},
+		Fences:   map[conflict.RegionID]uint64{"us": 3}}}
+	for _, c := range []struct {
+		name   string
+		server regions.Cluster
+	}{
+		{"a change", changed},
+		{"none", cluster},
+	} {
+		tlsCfg, _ := ClientTLS(TLSFiles{})
+		var events []string
+		cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: serve(t, ob, TLSFiles{}, c.server), Token: secret, TLS: tlsCfg, Cluster: cluster,
+			OnEpochs: func(es []regions.Epoch) {
+				for _, e := range es {
+					events = append(events, fmt.Sprintf("epoch %d %s %s fences %d effective %d", e.Number, e.Fingerprint, e.Policies["public.kv"].Kind, len(e.Fences), e.Effective))
+				}
+			}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		errDone := errors.New("done")
+		err = cl.Stream(ctx, 0, func(tx *replicator.Txn) error {
+			events = append(events, fmt.Sprintf("txn %d", tx.Seq))
+			return errDone
+		})
+		cancel()
+		cl.Close()
+		if !errors.Is(err, errDone) {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		want := []string{"txn 1"}
+		if c.name == "a change" {
+			want = []string{"epoch 2 f2 region_priority fences 0 effective 0", "txn 1"}
+		}
+		if fmt.Sprint(events) != fmt.Sprint(want) {
+			t.Fatalf("%s: %q, want %q", c.name, events, want)
+		}
+	}
+}
+
 func TestMutualTLS(t *testing.T) {
 	p := newPKI(t)
 	ob := newMemOutbox()

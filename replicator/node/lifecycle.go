@@ -52,6 +52,8 @@ type runtime struct {
 	// loading is set while a snapshot loads (membership changes wait for
 	// it).
 	loading atomic.Bool
+	// learned are the policy changes taken from peers (see epochs.go).
+	learned learnedEpochs
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }
@@ -214,6 +216,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 				return err
 			}
 		}
+		learnErr := rt.loadLearned(ctx, cfg)
 		dcfg := rt.dataPlaneConfig(cfg)
 		if missing := unconfiguredMembers(dcfg); len(missing) > 0 {
 			rt.log.Warn("members of the cluster that this region cannot follow: add them to peers: (url, token) and reload", "regions", missing)
@@ -222,6 +225,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		began := time.Now()
 		reseedAt := rt.reseedSince(cfg.Region)
 		dcfg, draining, err := rt.reseed(ctx, dcfg, drained)
+		if err == nil && learnErr != nil {
+			err = fmt.Errorf("read the policy changes learned from peers: %w", learnErr)
+		}
 		drained = false
 		if err == nil {
 			runCtx, endRun := context.WithCancel(ctx)

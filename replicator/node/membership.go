@@ -80,6 +80,7 @@ func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Cluster.Agreed = true
 	cfg.Cluster.Sequences = m.Sequences
 	cfg.Cluster.Tables, cfg.Cluster.Changes = agreedPolicies(cfg.Cluster.Tables, m.Epochs)
+	cfg.Cluster.Changes = withLearned(cfg.Cluster.Changes, rt.learnedSoFar())
 	return cfg
 }
 

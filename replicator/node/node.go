@@ -300,7 +300,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 
 	reader := postgres.NewReader(postgres.ReaderConfig{
 		Region: cfg.Region, ConnString: cfg.Database, Tables: cfg.Cluster.Tables, Logger: log,
-		Known: cfg.Cluster.KnownEpoch(), InEffect: cfg.Cluster.InEffect(),
+		Known: cfg.Cluster.KnownEpoch(), InEffect: cfg.Cluster.InEffect(), Learned: learnedIn(cfg.Cluster.Changes),
 	})
 	rt.reader.Store(reader)
 	pool, err := pgxpool.New(ctx, cfg.Database)
@@ -373,7 +373,11 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	}()
 	stopping := make(chan struct{})
 	for _, p := range cfg.Peers {
-		f, err := newFollower(cfg, p, reader, pool, order, graves, rt.mon, stopping, log)
+		var onEpochs func([]regions.Epoch)
+		if rt.control != nil {
+			onEpochs = func(es []regions.Epoch) { rt.learnEpochs(cfg.Cluster, p.ID, es) }
+		}
+		f, err := newFollower(cfg, p, reader, pool, order, graves, rt.mon, stopping, log, onEpochs)
 		if err != nil {
 			cancel(err)
 			break
@@ -447,7 +451,8 @@ type follower struct {
 	removed func(conflict.RegionID) bool
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger) (*follower, error) {
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger,
+	onEpochs func([]regions.Epoch)) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", p.ID, err)
@@ -460,6 +465,7 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool
 			}
 		},
 		OnConnected: func() { mon.LinkUp(p.ID) },
+		OnEpochs:    onEpochs,
 	})
 	if err != nil {
 		return nil, err
@@ -796,8 +802,8 @@ func (f *follower) applyWithRetry(ctx context.Context, a *postgres.Applier, batc
 		}
 		if errors.Is(err, postgres.ErrEpochUnknown) {
 			// What came before it is applied; the rest waits until the
-			// control plane brings the epoch, which restarts the data
-			// plane with it (ending ctx).
+			// control plane or a peer's stream brings the epoch, which
+			// restarts the data plane with it (ending ctx).
 			if attempt == 1 {
 				f.log.Info("waiting for a configuration epoch", "err", err)
 			}

@@ -115,7 +115,8 @@ var (
 	ErrGap = errors.New("transaction sequence gap")
 	// ErrEpochUnknown: the source shipped a transaction under a
 	// configuration epoch this region has not learned of yet; it is
-	// applied once the control plane brings the epoch here.
+	// applied once the epoch is known here (from the control plane, or
+	// from the hello of a peer's stream: see regions/learn.go).
 	ErrEpochUnknown = errors.New("configuration epoch not known here yet")
 )
 
@@ -267,11 +268,12 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 		return 0, err
 	}
 	// A transaction shipped under an epoch not known here waits for it
-	// (applied once the control plane brings it); those before it go in.
+	// (applied once the control plane or a peer brings it); those before
+	// it go in.
 	var unknown error
 	for i, t := range txns {
 		if t.Known > a.known {
-			unknown = fmt.Errorf("%w: %s shipped transaction %d knowing epoch %d, this region knows epoch %d; it waits for the control plane to bring it", ErrEpochUnknown, t.Origin, t.Seq, t.Known, a.known)
+			unknown = fmt.Errorf("%w: %s shipped transaction %d knowing epoch %d, this region knows epoch %d; it waits for the control plane or a peer to bring it", ErrEpochUnknown, t.Origin, t.Seq, t.Known, a.known)
 			txns = txns[:i]
 			break
 		}

@@ -7,16 +7,21 @@ package postgres
 // and, once the control plane says the epoch is in effect, the WAL
 // position from which the region's own writes are ranked under it. Both
 // are recorded once, before anything is shipped under them, and survive
-// restarts.
+// restarts. An epoch learned from a peer (regions/learn.go) is recorded
+// with its policies: the control plane does not hold it here yet.
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator"
 )
 
@@ -46,8 +51,9 @@ func (e readerEpochs) rank(commit pglogrepl.LSN) uint64 {
 // prepareEpochs records the fence of every epoch up to known the region
 // had not learned of before (fence: the last transaction shipped so far)
 // and the position from which each epoch of inEffect is in effect, where
-// not recorded yet, and returns what the reader stamps with.
-func prepareEpochs(ctx context.Context, conn *pgx.Conn, known uint64, inEffect []uint64, fence replicator.Seq) (readerEpochs, error) {
+// not recorded yet, and returns what the reader stamps with. The epochs of
+// learned are recorded with their policies.
+func prepareEpochs(ctx context.Context, conn *pgx.Conn, known uint64, inEffect []uint64, learned []regions.Epoch, fence replicator.Seq) (readerEpochs, error) {
 	out := readerEpochs{}
 	if known < 2 {
 		return out, nil
@@ -58,8 +64,16 @@ func prepareEpochs(ctx context.Context, conn *pgx.Conn, known uint64, inEffect [
 		return out, fmt.Errorf("reader: epochs: %w", err)
 	}
 	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.epochs (number, fence)
-		SELECT g, $2 FROM pg_catalog.generate_series(2, $1::bigint) g ON CONFLICT (number) DO NOTHING`, int64(known), int64(fence)); err != nil {
+	policies := map[string]map[string]conflict.Policy{}
+	for _, e := range learned {
+		policies[strconv.FormatUint(e.Number, 10)] = e.Policies
+	}
+	pj, err := json.Marshal(policies)
+	if err != nil {
+		return out, fmt.Errorf("reader: epochs: %w", err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.epochs (number, fence, policies)
+		SELECT g, $2, $3::jsonb -> g::text FROM pg_catalog.generate_series(2, $1::bigint) g ON CONFLICT (number) DO NOTHING`, int64(known), int64(fence), string(pj)); err != nil {
 		return out, fmt.Errorf("reader: record epoch fences: %w", err)
 	}
 	nums := make([]int64, len(inEffect))
@@ -113,4 +127,42 @@ func ReadFence(ctx context.Context, connString string, epoch uint64) (fence uint
 		return 0, false, fmt.Errorf("read the fence of epoch %d: %w", epoch, err)
 	}
 	return uint64(f), true, nil
+}
+
+// LearnedEpochs returns the epochs this region learned from a peer and
+// recorded (with their policies; see prepareEpochs), in order: none
+// before the reader of this release first ran.
+func LearnedEpochs(ctx context.Context, connString string) ([]regions.Epoch, error) {
+	conn, err := Connect(ctx, connString)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	var recorded bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = pg_catalog.to_regclass('polyregion.epochs') AND a.attname = 'policies' AND NOT a.attisdropped)`).Scan(&recorded); err != nil {
+		return nil, fmt.Errorf("read the epochs learned from peers: %w", err)
+	}
+	if !recorded {
+		return nil, nil
+	}
+	rows, err := conn.Query(ctx, `SELECT number, policies::text FROM polyregion.epochs WHERE policies IS NOT NULL ORDER BY number`)
+	if err != nil {
+		return nil, fmt.Errorf("read the epochs learned from peers: %w", err)
+	}
+	defer rows.Close()
+	var out []regions.Epoch
+	for rows.Next() {
+		var n int64
+		var pj string
+		if err := rows.Scan(&n, &pj); err != nil {
+			return nil, fmt.Errorf("read the epochs learned from peers: %w", err)
+		}
+		e := regions.Epoch{Number: uint64(n)}
+		if err := json.Unmarshal([]byte(pj), &e.Policies); err != nil {
+			return nil, fmt.Errorf("epoch %d learned from a peer: policies: %w", n, err)
+		}
+		out = append(out, e)
+	}
+	return out, rows.Err()
 }

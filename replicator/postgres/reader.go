@@ -39,6 +39,11 @@ type ReaderConfig struct {
 	// are in effect (see epochs.go).
 	Known    uint64
 	InEffect []uint64
+	// Learned are the epochs up to Known taken from a peer rather than
+	// from the control plane (see regions/learn.go): their policies are
+	// recorded with their fences, so that a restart while the control
+	// plane is still out of reach knows them (LearnedEpochs).
+	Learned []regions.Epoch
 }
 
 func (c *ReaderConfig) defaults() {
@@ -204,7 +209,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.advance(st.lsn)
-	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, st.nextSeq-1); err != nil {
+	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, r.cfg.Learned, st.nextSeq-1); err != nil {
 		return err
 	}
 

@@ -186,6 +186,10 @@ var schemaDDL = []string{
 		fence         bigint NOT NULL,
 		learned_at    timestamptz NOT NULL DEFAULT now(),
 		effective_lsn pg_lsn)`,
+	// policies: an epoch's tables' policies, recorded when the region
+	// learned it from a peer, not from the control plane (see
+	// regions/learn.go).
+	`ALTER TABLE polyregion.epochs ADD COLUMN IF NOT EXISTS policies jsonb`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,
