@@ -32,7 +32,7 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	if err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, []string{"us", "eu"}); err != nil {
+	if _, err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, nil, []string{"us", "eu"}); err != nil {
 		t.Fatal(err)
 	}
 	sh, err := postgres.LoadShape(ctx, conn, "public.kv")
@@ -157,7 +157,7 @@ func TestAppliedInsertAfterUnversionedLocalDelete(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	if err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, []string{"us", "eu"}); err != nil {
+	if _, err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, nil, []string{"us", "eu"}); err != nil {
 		t.Fatal(err)
 	}
 	sh, err := postgres.LoadShape(ctx, conn, "public.kv")

@@ -22,7 +22,7 @@ func TestARegionCutOffFromTheLeaderLearnsAPolicyChangeFromAPeer(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
 	nf := NewNetFaults()
 	t.Cleanup(nf.Close) // runs after the harness is closed
-	h := startFoundedThrough(t, ctx, tables, func(*RegionConfig) {}, nf)
+	h := startFoundedThrough(t, ctx, kvSchema, tables, func(*RegionConfig) {}, nf)
 	st := waitControl(t, h.Regions[0], time.Minute, "a leader", func(c controlStatus) bool { return c.Leader != "" })
 	var leader, cut, mid *Region
 	for _, r := range h.Regions {

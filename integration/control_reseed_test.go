@@ -171,15 +171,15 @@ func waitStatus(t *testing.T, r *Region, within time.Duration, what string, ok f
 // the others).
 func startFounded(t *testing.T, ctx context.Context, tables []TableSpec, configure func(*RegionConfig)) *Harness {
 	t.Helper()
-	return startFoundedThrough(t, ctx, tables, configure, nil)
+	return startFoundedThrough(t, ctx, kvSchema, tables, configure, nil)
 }
 
-// startFoundedThrough is startFounded with every link through nf (nil:
-// direct), which the test cuts and heals.
-func startFoundedThrough(t *testing.T, ctx context.Context, tables []TableSpec, configure func(*RegionConfig), nf *NetFaults) *Harness {
+// startFoundedThrough is startFounded with schema, and with every link
+// through nf (nil: direct), which the test cuts and heals.
+func startFoundedThrough(t *testing.T, ctx context.Context, schema []string, tables []TableSpec, configure func(*RegionConfig), nf *NetFaults) *Harness {
 	t.Helper()
 	dir := t.TempDir()
-	spec := Spec{SchemaSQL: kvSchema, Tables: tables, Configure: func(region string, c *RegionConfig) {
+	spec := Spec{SchemaSQL: schema, Tables: tables, Configure: func(region string, c *RegionConfig) {
 		c.Control = &ControlSection{Dir: filepath.Join(dir, region+"-control"), ReportInterval: "1s"}
 		configure(c)
 	}}

@@ -62,10 +62,10 @@ func (m *Membership) configure(index uint64, c Command) error {
 		return refuse("epoch %d is not in effect yet (%s); one policy change at a time", cur.Number, strings.Join(m.awaiting(cur), "; "))
 	}
 	if cur.Policies != nil {
-		if err := sameTables(cur.Policies, c.Policies); err != nil {
+		if err := keepsTables(cur.Policies, c.Policies); err != nil {
 			return refuse("%v", err)
 		}
-		for _, name := range slices.Sorted(maps.Keys(c.Policies)) {
+		for _, name := range slices.Sorted(maps.Keys(cur.Policies)) {
 			if _, err := conflict.NewEpochs(cur.Number, cur.Policies[name], c.Policies[name]); err != nil {
 				return refuse("table %s: %v", name, err)
 			}
@@ -81,33 +81,20 @@ func (m *Membership) configure(index uint64, c Command) error {
 	return nil
 }
 
-// sameTables refuses a change of the replicated tables' set: adding or
-// dropping a table is not a policy change.
-func sameTables(cur, next map[string]conflict.Policy) error {
-	var added, dropped []string
-	for name := range next {
-		if _, ok := cur[name]; !ok {
-			added = append(added, name)
-		}
-	}
+// keepsTables refuses a change that drops a replicated table (a change
+// may add tables: see tables.go).
+func keepsTables(cur, next map[string]conflict.Policy) error {
+	var dropped []string
 	for name := range cur {
 		if _, ok := next[name]; !ok {
 			dropped = append(dropped, name)
 		}
 	}
-	if len(added)+len(dropped) == 0 {
+	if len(dropped) == 0 {
 		return nil
 	}
-	slices.Sort(added)
 	slices.Sort(dropped)
-	var parts []string
-	if len(added) > 0 {
-		parts = append(parts, "adds "+strings.Join(added, ", "))
-	}
-	if len(dropped) > 0 {
-		parts = append(parts, "drops "+strings.Join(dropped, ", "))
-	}
-	return fmt.Errorf("the change %s: a policy change keeps the replicated tables (each table's policy is given for every one of them)", strings.Join(parts, " and "))
+	return fmt.Errorf("the change drops %s: a change gives the policy of every replicated table (dropping a table is not supported)", strings.Join(dropped, ", "))
 }
 
 // policiesFingerprint is a stable digest of a set of tables' policies.

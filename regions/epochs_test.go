@@ -126,16 +126,13 @@ func TestAPolicyChangeDoesNotWaitForARemovedRegion(t *testing.T) {
 	}
 }
 
-// TestAPolicyChangeKeepsTheTablesAndWhatMerges: refused, naming the
+// TestAPolicyChangeKeepsEveryTableAndWhatMerges: refused, naming the
 // difference, with nothing changed.
-func TestAPolicyChangeKeepsTheTablesAndWhatMerges(t *testing.T) {
+func TestAPolicyChangeKeepsEveryTableAndWhatMerges(t *testing.T) {
 	m := foundedWithPolicies(t, "us", "eu")
-	more := priorityTables()
-	more["public.extra"] = conflict.Policy{}
-	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: more}, "adds public.extra")
 	less := priorityTables()
 	delete(less, "public.hits")
-	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: less}, "drops public.hits")
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: less}, "the change drops public.hits")
 	counters := priorityTables()
 	counters["public.accounts"] = conflict.Policy{Counters: []string{"balance"}}
 	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: counters}, "table public.accounts: epoch 2 changes which columns merge")
@@ -154,4 +151,38 @@ func TestAPolicyChangeKeepsTheTablesAndWhatMerges(t *testing.T) {
 	if _, err := fresh.Apply(1, Command{Op: OpInit, Members: []Member{{ID: "us"}}, Fingerprint: "f", Policies: bad}); !errors.Is(err, ErrInvalid) || len(fresh.Epochs) != 0 {
 		t.Fatalf("init with an invalid policy: %v", err)
 	}
+}
+
+// TestAChangeMayAddATable: a change naming a table the cluster does not
+// replicate adds it at its epoch; the next change must keep it.
+func TestAChangeMayAddATable(t *testing.T) {
+	m := foundedWithPolicies(t, "us", "eu")
+	more := priorityTables()
+	more["public.extra"] = conflict.Policy{Counters: []string{"n"}}
+	mustApply(t, m, 2, Command{Op: OpConfigure, Policies: more})
+	if e := m.Epoch(); e.Number != 2 || e.Policies["public.extra"].Counters[0] != "n" {
+		t.Fatalf("epoch 2: %+v", e)
+	}
+	c := Cluster{Regions: []conflict.RegionID{"us", "eu"}, Tables: []Table{{Name: "public.accounts"}, {Name: "public.hits", Policy: epochTables["public.hits"]}},
+		Changes: m.Epochs[1:]}
+	before := c.Fingerprint()
+	c = c.WithAddedTables()
+	if tb, ok := c.Table("public.extra"); !ok || tb.Added != 2 || len(c.Tables) != 3 {
+		t.Fatalf("tables with the change: %+v", c.Tables)
+	}
+	if c.Fingerprint() != before || c.Describe()["table public.extra"] != "" {
+		t.Fatalf("an added table changed the fingerprint or the description: %v", c.Describe())
+	}
+	if e, err := c.TableEpochs("public.extra"); err != nil || len(e.Policies) != 2 || e.Policies[0].Counters[0] != "n" {
+		t.Fatalf("the added table's epochs: %+v, %v", e, err)
+	}
+	for n, r := range []conflict.RegionID{"us", "eu"} {
+		mustApply(t, m, uint64(3+n), Command{Op: OpFence, Region: r, Epoch: 2})
+	}
+	report(t, m, 5, "us", 0, map[conflict.RegionID]uint64{"eu": 0})
+	report(t, m, 6, "eu", 0, map[conflict.RegionID]uint64{"us": 0})
+	if m.Epoch().Pending() {
+		t.Fatalf("epoch 2 still pending: %v", m.EpochWaits())
+	}
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: priorityTables()}, "the change drops public.extra")
 }

@@ -30,9 +30,8 @@ import (
 // numbered from 2) that c does not know yet, in order, each with only its
 // number, policies and fingerprint: the changes to append to c.Changes.
 // It refuses, naming the epoch, an offer c could not run with: an epoch
-// c knows with other policies, a gap after c's latest, a change of the
-// replicated tables, or one the tables' merges cannot take (see
-// conflict.NewEpochs).
+// c knows with other policies, a gap after c's latest, a table dropped,
+// or a change the tables' merges cannot take (see conflict.NewEpochs).
 func (c Cluster) Learn(offered []Epoch) ([]Epoch, error) {
 	known := c.KnownEpoch()
 	byNumber := map[uint64]Epoch{}
@@ -56,22 +55,23 @@ func (c Cluster) Learn(offered []Epoch) ([]Epoch, error) {
 			return nil, fmt.Errorf("epoch %d: no policies", n)
 		}
 		for _, name := range slices.Sorted(maps.Keys(e.Policies)) {
-			if _, ok := c.Table(name); !ok {
-				return nil, fmt.Errorf("epoch %d: table %s is not replicated here", n, name)
+			if err := ValidateTableName(name); err != nil {
+				return nil, fmt.Errorf("epoch %d: %v", n, err)
 			}
 			if err := e.Policies[name].Validate(); err != nil {
 				return nil, fmt.Errorf("epoch %d: table %s: %v", n, name, err)
 			}
 		}
-		for _, t := range c.Tables {
+		for _, t := range next.WithAddedTables().Tables {
 			if _, ok := e.Policies[t.Name]; !ok {
 				return nil, fmt.Errorf("epoch %d: no policy for table %s", n, t.Name)
 			}
 		}
 		l := Epoch{Number: n, Fingerprint: policiesFingerprint(e.Policies), Policies: maps.Clone(e.Policies)}
 		next.Changes = append(next.Changes, l)
-		for _, t := range c.Tables {
-			if _, err := next.TableEpochs(t.Name); err != nil {
+		with := next.WithAddedTables()
+		for _, t := range with.Tables {
+			if _, err := with.TableEpochs(t.Name); err != nil {
 				return nil, fmt.Errorf("epoch %d: %v", n, err)
 			}
 		}

@@ -22,6 +22,9 @@ type Table struct {
 	// Name is the schema-qualified table name, e.g. "public.accounts".
 	Name   string
 	Policy conflict.Policy
+	// Added is the configuration epoch that added the table (0: a
+	// founding table; see tables.go).
+	Added uint64
 }
 
 // Schema returns the schema part of Name.
@@ -223,9 +226,11 @@ func (c Cluster) Fingerprint() string {
 		regs[i] = string(r)
 	}
 	sort.Strings(regs)
-	tabs := make([]string, len(c.Tables))
-	for i, t := range c.Tables {
-		tabs[i] = t.Name + "=" + t.Policy.Fingerprint()
+	tabs := make([]string, 0, len(c.Tables))
+	for _, t := range c.Tables {
+		if t.Added == 0 { // regions learn of an added table at different moments
+			tabs = append(tabs, t.Name+"="+t.Policy.Fingerprint())
+		}
 	}
 	sort.Strings(tabs)
 	text := "regions:" + strings.Join(regs, ",") + "\ntables:" + strings.Join(tabs, "\n")
@@ -256,7 +261,9 @@ func (c Cluster) Describe() map[string]string {
 		out["regions"] = "agreed by the control plane"
 	}
 	for _, t := range c.Tables {
-		out["table "+t.Name] = t.Policy.Fingerprint()
+		if t.Added == 0 {
+			out["table "+t.Name] = t.Policy.Fingerprint()
+		}
 	}
 	if c.Sequences != nil && !c.Agreed {
 		out["sequences"] = c.Sequences.describe()

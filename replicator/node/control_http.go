@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/regions/control"
 	"github.com/polyregion/polyregion/replicator/obs"
+	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
 // The control plane's operations endpoints (on the operations server,
@@ -147,8 +149,16 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		if err := decodeStrict(body, &req); err != nil {
 			return regions.Result{}, err
 		}
-		if err := configurable(cfg.Cluster, n.Membership(), req.Policies); err != nil {
+		added, err := configurable(cfg.Cluster, n.Membership(), req.Policies)
+		if err != nil {
 			return regions.Result{}, err
+		}
+		if len(added) > 0 {
+			// Each region checks its own copy when it learns of the
+			// change; this one is checked before the change is agreed.
+			if err := checkTables(ctx, cfg.Database, added); err != nil {
+				return regions.Result{}, fmt.Errorf("%w: %v", regions.ErrRefused, err)
+			}
 		}
 		return n.Apply(ctx, regions.Command{Op: regions.OpConfigure, Policies: req.Policies})
 	})
@@ -167,23 +177,43 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 // founding policies it holds; a cluster founded by an earlier release
 // holds none, and a change its data planes could not take must not be
 // agreed).
-func configurable(c regions.Cluster, m regions.Membership, policies map[string]conflict.Policy) error {
+// It returns the tables the change adds.
+func configurable(c regions.Cluster, m regions.Membership, policies map[string]conflict.Policy) ([]string, error) {
 	c.Tables, c.Changes = agreedPolicies(c.Tables, m.Epochs)
-	c.Changes = append(c.Changes, regions.Epoch{Number: c.KnownEpoch() + 1, Policies: policies})
+	c = c.WithAddedTables()
+	var added []string
 	for name := range policies {
 		if _, ok := c.Table(name); !ok {
-			return fmt.Errorf("%w: table %s is not replicated (a policy change keeps the replicated tables)", regions.ErrRefused, name)
+			if err := regions.ValidateTableName(name); err != nil {
+				return nil, badInput{err}
+			}
+			added = append(added, name)
 		}
 	}
+	slices.Sort(added)
 	for _, t := range c.Tables {
 		if _, ok := policies[t.Name]; !ok {
-			return fmt.Errorf("%w: the change gives no policy for table %s (a policy change gives every replicated table's)", regions.ErrRefused, t.Name)
-		}
-		if _, err := c.TableEpochs(t.Name); err != nil {
-			return fmt.Errorf("%w: %v", regions.ErrRefused, err)
+			return nil, fmt.Errorf("%w: the change gives no policy for table %s (a change gives every replicated table's; dropping a table is not supported)", regions.ErrRefused, t.Name)
 		}
 	}
-	return nil
+	c.Changes = append(c.Changes, regions.Epoch{Number: c.KnownEpoch() + 1, Policies: policies})
+	c = c.WithAddedTables()
+	for _, t := range c.Tables {
+		if _, err := c.TableEpochs(t.Name); err != nil {
+			return nil, fmt.Errorf("%w: %v", regions.ErrRefused, err)
+		}
+	}
+	return added, nil
+}
+
+// checkTables checks tables in the local database.
+func checkTables(ctx context.Context, connString string, tables []string) error {
+	conn, err := postgres.Connect(ctx, connString)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return postgres.CheckTables(ctx, conn, tables)
 }
 
 type pathID struct{}

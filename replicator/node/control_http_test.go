@@ -46,22 +46,26 @@ func TestAPolicyChangeTheDataPlaneCannotTakeIsRefused(t *testing.T) {
 	founded := regions.Membership{Epochs: []regions.Epoch{{Number: 1, Policies: c.Policies()}}}
 	ok := map[string]conflict.Policy{"public.hits": {Counters: []string{"n"}, Deletes: conflict.DeleteWins}, "public.kv": {Kind: conflict.RegionPriority}}
 	for _, m := range []regions.Membership{older, founded} {
-		if err := configurable(c, m, ok); err != nil {
-			t.Fatalf("a change of ranking refused: %v", err)
+		if added, err := configurable(c, m, ok); err != nil || len(added) != 0 {
+			t.Fatalf("a change of ranking refused: %v (adds %v)", err, added)
 		}
 		bad := map[string]conflict.Policy{"public.hits": {}, "public.kv": {}}
-		if err := configurable(c, m, bad); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "table public.hits: epoch 2 changes which columns merge") {
+		if _, err := configurable(c, m, bad); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "table public.hits: epoch 2 changes which columns merge") {
 			t.Fatalf("a change of the counters: %v", err)
 		}
-		if err := configurable(c, m, map[string]conflict.Policy{"public.kv": {}}); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "no policy for table public.hits") {
+		if _, err := configurable(c, m, map[string]conflict.Policy{"public.kv": {}}); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "no policy for table public.hits") {
 			t.Fatalf("a change that leaves a table out: %v", err)
 		}
 		more := map[string]conflict.Policy{"public.extra": {}}
 		for k, v := range ok {
 			more[k] = v
 		}
-		if err := configurable(c, m, more); !errors.Is(err, regions.ErrRefused) || !strings.Contains(err.Error(), "table public.extra is not replicated") {
-			t.Fatalf("a change that adds a table: %v", err)
+		if added, err := configurable(c, m, more); err != nil || len(added) != 1 || added[0] != "public.extra" {
+			t.Fatalf("a change that adds a table: %v (adds %v)", err, added)
+		}
+		more["Bad"] = conflict.Policy{}
+		if _, err := configurable(c, m, more); err == nil || !strings.Contains(err.Error(), `table "Bad"`) {
+			t.Fatalf("a change that adds a badly named table: %v", err)
 		}
 	}
 }

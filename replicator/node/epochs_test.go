@@ -69,3 +69,44 @@ func TestAnEpochLearnedFromAPeerRunsUntilTheControlPlaneBringsIt(t *testing.T) {
 		}
 	}
 }
+
+// TestTheClusterNotTheConfigurationSaysWhichTablesReplicate: a table in a
+// region's configuration that the cluster did not found with is not
+// replicated (its fingerprint would differ from its peers') until a change
+// adds it; in a cluster founded by an earlier release, the founding
+// description says which tables it founded with.
+func TestTheClusterNotTheConfigurationSaysWhichTablesReplicate(t *testing.T) {
+	file := []regions.Table{{Name: "public.kv"}, {Name: "public.notes", Policy: conflict.Policy{Counters: []string{"n"}}}}
+	kvOnly := regions.Cluster{Tables: []regions.Table{{Name: "public.kv"}}}
+	names := func(ts []regions.Table) string {
+		var out []string
+		for _, t := range ts {
+			out = append(out, fmt.Sprintf("%s@%d", t.Name, t.Added))
+		}
+		return strings.Join(out, " ")
+	}
+	adds := regions.Epoch{Number: 2, Index: 7, Policies: map[string]conflict.Policy{"public.kv": {}, "public.notes": {Kind: conflict.RegionPriority, Priority: []conflict.RegionID{"us"}}}}
+	for _, c := range []struct {
+		name     string
+		founding regions.Epoch
+		want     string
+	}{
+		{"founded with policies", regions.Epoch{Number: 1, Policies: kvOnly.Policies()}, "public.kv@0"},
+		{"founded by an earlier release", regions.Epoch{Number: 1, Describe: kvOnly.Describe()}, "public.kv@0"},
+		{"no record of the founding tables", regions.Epoch{Number: 1}, "public.kv@0 public.notes@0"},
+	} {
+		tables, changes := agreedPolicies(file, []regions.Epoch{c.founding})
+		if got := names(tables); got != c.want || len(changes) != 0 {
+			t.Errorf("%s: replicates %q (changes %d), want %q", c.name, got, len(changes), c.want)
+		}
+		tables, changes = agreedPolicies(file, []regions.Epoch{c.founding, adds})
+		with := regions.Cluster{Tables: tables, Changes: changes}.WithAddedTables()
+		want := "public.kv@0 public.notes@2"
+		if c.want == "public.kv@0 public.notes@0" {
+			want = c.want // the configuration's own, founding
+		}
+		if got := names(with.Tables); got != want {
+			t.Errorf("%s, once a change adds public.notes: replicates %q, want %q", c.name, got, want)
+		}
+	}
+}

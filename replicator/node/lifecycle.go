@@ -218,6 +218,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		learnErr := rt.loadLearned(ctx, cfg)
 		dcfg := rt.dataPlaneConfig(cfg)
+		if extra := notAgreed(cfg.Cluster.Tables, dcfg.Cluster); len(extra) > 0 {
+			rt.log.Warn("tables in the configuration that the cluster does not replicate: add them with cluster configure", "tables", extra)
+		}
 		if missing := unconfiguredMembers(dcfg); len(missing) > 0 {
 			rt.log.Warn("members of the cluster that this region cannot follow: add them to peers: (url, token) and reload", "regions", missing)
 		}
@@ -258,7 +261,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return nil // stopped before the data plane was up
 		}
 		var probs postgres.Problems
-		if errors.As(err, &probs) || !rt.databaseUnavailable(ctx, cfg, err) {
+		var waiting *tablesPending
+		if !errors.As(err, &waiting) && (errors.As(err, &probs) || !rt.databaseUnavailable(ctx, cfg, err)) {
 			return err
 		}
 		if time.Since(began) > time.Minute {
@@ -266,7 +270,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		rt.mon.DataPlane(err)
 		rt.mon.Metrics().Error(obs.ErrDataPlane)
-		rt.log.Error("local database unavailable; replication restarts once it is back", "err", err, "retry_in", backoff.String())
+		if waiting != nil {
+			rt.log.Error("replication here waits for a table the cluster added", "err", err, "retry_in", backoff.String())
+		} else {
+			rt.log.Error("local database unavailable; replication restarts once it is back", "err", err, "retry_in", backoff.String())
+		}
 		select {
 		case <-ctx.Done():
 			rt.log.Info("stopped while waiting for the local database")

@@ -81,27 +81,44 @@ func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Cluster.Sequences = m.Sequences
 	cfg.Cluster.Tables, cfg.Cluster.Changes = agreedPolicies(cfg.Cluster.Tables, m.Epochs)
 	cfg.Cluster.Changes = withLearned(cfg.Cluster.Changes, rt.learnedSoFar())
+	cfg.Cluster = cfg.Cluster.WithAddedTables()
 	return cfg
 }
 
-// agreedPolicies are the tables with the founding epoch's policies where
-// the control plane holds them (a cluster founded by a release that
-// recorded none keeps the configuration's), and the policy changes after
-// it. The configuration's policies are not the agreed ones once the
-// cluster holds them: a change goes through cluster configure.
+// agreedPolicies are the founding tables with the founding epoch's
+// policies where the control plane holds them (a cluster founded by a
+// release that recorded none keeps the configuration's), and the policy
+// changes after it. The configuration's tables and policies are not the
+// agreed ones once the cluster holds them: a table the configuration adds
+// is replicated once a change adds it (cluster configure; see
+// regions/tables.go), and a change of policy goes through it too.
 func agreedPolicies(tables []regions.Table, epochs []regions.Epoch) ([]regions.Table, []regions.Epoch) {
 	if len(epochs) == 0 {
 		return tables, nil
 	}
-	out := slices.Clone(tables)
-	if founding := epochs[0].Policies; founding != nil {
-		for i, t := range out {
-			if p, ok := founding[t.Name]; ok {
-				out[i].Policy = p
-			}
+	founding := epochs[0]
+	out := make([]regions.Table, 0, len(tables))
+	for _, t := range tables {
+		if p, ok := founding.Policies[t.Name]; ok {
+			t.Policy = p
+		} else if founding.Policies != nil || (len(founding.Describe) > 0 && founding.Describe["table "+t.Name] == "") {
+			continue // not a founding table (an earlier release recorded their description only)
 		}
+		out = append(out, t)
 	}
 	return out, slices.Clone(epochs[1:])
+}
+
+// notAgreed names the tables of the configuration that the data plane
+// does not replicate (the cluster has not added them).
+func notAgreed(configured []regions.Table, running regions.Cluster) []string {
+	var out []string
+	for _, t := range configured {
+		if _, ok := running.Table(t.Name); !ok {
+			out = append(out, t.Name)
+		}
+	}
+	return out
 }
 
 // epochsShape is what of the policy changes a data plane runs with: each

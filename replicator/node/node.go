@@ -9,7 +9,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -232,6 +234,32 @@ func (c *Config) PeerNames() []string {
 	return out
 }
 
+// addedTables lists the founding tables and maps each table added by a
+// change to the epoch that added it.
+func (c *Config) addedTables() ([]string, map[string]uint64) {
+	var founding []string
+	added := map[string]uint64{}
+	for _, t := range c.Cluster.Tables {
+		if t.Added > 0 {
+			added[t.Name] = t.Added
+		} else {
+			founding = append(founding, t.Name)
+		}
+	}
+	return founding, added
+}
+
+// tablesPending: a table the cluster added cannot be replicated here yet
+// (missing, without a primary key or privileges, or locked by the
+// applications for longer than the seed waits): the data plane starts
+// again after a while, as for an unavailable database.
+type tablesPending struct{ err error }
+
+func (e *tablesPending) Error() string {
+	return fmt.Sprintf("a table the cluster added cannot be replicated here yet (create it as in the other regions; replication here waits until then): %v", e.err)
+}
+func (e *tablesPending) Unwrap() error { return e.err }
+
 // TableNames lists the replicated tables.
 func (c *Config) TableNames() []string {
 	out := make([]string, len(c.Cluster.Tables))
@@ -249,11 +277,27 @@ func Prepare(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if err := postgres.Preflight(ctx, conn, cfg.TableNames()); err != nil {
+	founding, added := cfg.addedTables()
+	if err := postgres.Preflight(ctx, conn, founding); err != nil {
 		return err
 	}
-	if err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), cfg.PeerNames()); err != nil {
+	if err := postgres.CheckTables(ctx, conn, slices.Sorted(maps.Keys(added))); err != nil {
+		return &tablesPending{err: err}
+	}
+	pending, err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), added, cfg.PeerNames())
+	if err != nil {
 		return err
+	}
+	for _, t := range pending {
+		began := time.Now()
+		rows, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, added[t])
+		if err != nil {
+			return &tablesPending{err: err}
+		}
+		if cfg.Logger != nil {
+			cfg.Logger.Info("replicating a table added by the cluster: its rows here are shipped as this region's", "table", t, "epoch", added[t], "rows", rows,
+				"writes_held_ms", time.Since(began).Milliseconds())
+		}
 	}
 	if loss, err := postgres.ReadSlotLoss(ctx, conn, string(cfg.Region)); err != nil {
 		return err

@@ -138,6 +138,20 @@ func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
 			}
 		}
 	}
+	tp, err := tableProblems(ctx, conn, user, tables)
+	if err != nil {
+		return err
+	}
+	if probs = append(probs, tp...); len(probs) > 0 {
+		return probs
+	}
+	return nil
+}
+
+// tableProblems lists what keeps tables from being replicated here: a
+// table missing or without a primary key, a privilege user lacks.
+func tableProblems(ctx context.Context, conn *pgx.Conn, user string, tables []string) (Problems, error) {
+	var probs Problems
 	for _, t := range tables {
 		sh, err := LoadShape(ctx, conn, t)
 		if err != nil {
@@ -145,17 +159,34 @@ func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
 				probs = append(probs, err.Error())
 				continue
 			}
-			return err
+			return nil, err
 		}
 		for _, priv := range []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRIGGER"} {
 			var ok bool
 			if err := conn.QueryRow(ctx, `SELECT pg_catalog.has_table_privilege(current_user, $1, $2)`, qualified(sh.Table), priv).Scan(&ok); err != nil {
-				return fmt.Errorf("preflight: %w", err)
+				return nil, fmt.Errorf("preflight: %w", err)
 			}
 			if !ok {
 				probs = append(probs, fmt.Sprintf("role %q lacks %s on %s", user, priv, t))
 			}
 		}
+	}
+	return probs, nil
+}
+
+// CheckTables reports what keeps tables from being replicated here (nil:
+// nothing).
+func CheckTables(ctx context.Context, conn *pgx.Conn, tables []string) error {
+	if len(tables) == 0 {
+		return nil
+	}
+	var user string
+	if err := conn.QueryRow(ctx, `SELECT current_user`).Scan(&user); err != nil {
+		return fmt.Errorf("check tables: %w", err)
+	}
+	probs, err := tableProblems(ctx, conn, user, tables)
+	if err != nil {
+		return err
 	}
 	if len(probs) > 0 {
 		return probs
@@ -166,34 +197,54 @@ func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
 // Prepare creates what the region's reader and appliers need: the schema,
 // the publication over the replicated tables (kept in step with the config),
 // the replication slot and one replication origin per peer. Idempotent.
-func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string, peers []string) error {
+// The tables of added (table -> the epoch that added it) not seeded here
+// yet are left out of the publication and returned: SeedTable publishes
+// each.
+func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string, added map[string]uint64, peers []string) ([]string, error) {
 	if err := Install(ctx, conn); err != nil {
-		return err
+		return nil, err
+	}
+	held, err := unseeded(ctx, conn, added)
+	if err != nil {
+		return nil, err
 	}
 	pub := PublicationName(region)
 	var exists bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)`, pub).Scan(&exists); err != nil {
-		return fmt.Errorf("prepare publication: %w", err)
+		return nil, fmt.Errorf("prepare publication: %w", err)
 	}
-	list := make([]string, len(tables))
-	for i, t := range tables {
-		list[i] = qualified(t)
+	var list, pending []string
+	for _, t := range tables {
+		if held[t] {
+			pending = append(pending, t)
+		} else {
+			list = append(list, qualified(t))
+		}
 	}
-	stmt := "CREATE PUBLICATION " + quoteIdent(pub) + " FOR TABLE " + strings.Join(list, ", ") + " WITH (publish = 'insert, update, delete, truncate')"
-	if exists {
+	forTables := ""
+	if len(list) > 0 {
+		forTables = " FOR TABLE " + strings.Join(list, ", ")
+	}
+	stmt := "CREATE PUBLICATION " + quoteIdent(pub) + forTables + " WITH (publish = 'insert, update, delete, truncate')"
+	switch {
+	case exists && len(list) > 0:
 		stmt = "ALTER PUBLICATION " + quoteIdent(pub) + " SET TABLE " + strings.Join(list, ", ")
+	case exists:
+		stmt = "" // every table waits for its seed (not with founding tables)
 	}
-	if _, err := conn.Exec(ctx, stmt); err != nil {
-		return fmt.Errorf("prepare publication %s: %w", pub, err)
+	if stmt != "" {
+		if _, err := conn.Exec(ctx, stmt); err != nil {
+			return nil, fmt.Errorf("prepare publication %s: %w", pub, err)
+		}
 	}
 	if err := prepareSlot(ctx, conn, region); err != nil {
-		return err
+		return nil, err
 	}
 	if err := prepareTruncateCapture(ctx, conn, tables); err != nil {
-		return err
+		return nil, err
 	}
 	if err := prepareOwnerExec(ctx, conn, tables); err != nil {
-		return err
+		return nil, err
 	}
 	origins := []string{VersionsOrigin}
 	for _, p := range peers {
@@ -202,10 +253,10 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	for _, o := range origins {
 		if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_create($1)
 			WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, o); err != nil {
-			return fmt.Errorf("prepare replication origin %s: %w", o, err)
+			return nil, fmt.Errorf("prepare replication origin %s: %w", o, err)
 		}
 	}
-	return nil
+	return pending, nil
 }
 
 // prepareTruncateCapture puts the TRUNCATE capture trigger on every

@@ -147,21 +147,10 @@ func (r *Reader) addTruncated(ctx context.Context, conn *pgx.Conn, cur *pendingT
 	if _, ok := r.tables[name]; !ok {
 		return nil
 	}
-	var rel *relation
-	for _, c := range rels {
-		if c.name == name && len(c.shape.Columns) > 0 {
-			rel = c
-			break
-		}
-	}
-	if rel == nil {
-		// The stream describes a relation before its first change; the
-		// capture comes before the TRUNCATE itself.
-		sh, err := LoadShape(ctx, conn, name)
-		if err != nil {
-			return fmt.Errorf("reader: TRUNCATE of %s: %w", name, err)
-		}
-		rel = &relation{name: name, shape: sh}
+	// The capture comes before the TRUNCATE itself.
+	rel, err := r.relationOf(ctx, conn, rels, name)
+	if err != nil {
+		return fmt.Errorf("reader: TRUNCATE of %s: %w", name, err)
 	}
 	var keys [][]string
 	if err := json.Unmarshal([]byte(body), &keys); err != nil {
@@ -182,6 +171,23 @@ func (r *Reader) addTruncated(ctx context.Context, conn *pgx.Conn, cur *pendingT
 	}
 	cur.truncated[name] = true
 	return nil
+}
+
+// relationOf returns the replicated table name as the stream last
+// described it, or from the catalog when the stream has not described it
+// yet (it does before a table's first change: a message about the table
+// can come earlier).
+func (r *Reader) relationOf(ctx context.Context, conn *pgx.Conn, rels map[uint32]*relation, name string) (*relation, error) {
+	for _, c := range rels {
+		if c.name == name && len(c.shape.Columns) > 0 {
+			return c, nil
+		}
+	}
+	sh, err := LoadShape(ctx, conn, name)
+	if err != nil {
+		return nil, err
+	}
+	return &relation{name: name, shape: sh}, nil
 }
 
 // skippableRowMessage reports whether a pgoutput message is a row change

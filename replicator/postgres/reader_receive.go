@@ -109,11 +109,17 @@ func (s *readSession) truncated(msg *pglogrepl.TruncateMessage) {
 }
 
 // message handles a logical decoding message: the keys a TRUNCATE removed
-// (inside its transaction), or an applier's barrier.
+// or the rows of a table added (inside its transaction), or an applier's
+// barrier.
 func (s *readSession) message(msg *pglogrepl.LogicalDecodingMessage) error {
 	switch {
 	case msg.Prefix == TruncatePrefix && msg.Transactional:
 		if err := s.r.addTruncated(s.ctx, s.conn, s.cur, s.rels, msg.Content); err != nil {
+			return err
+		}
+		return s.streamIfLarge()
+	case msg.Prefix == SeedPrefix && msg.Transactional:
+		if err := s.r.addSeeded(s.ctx, s.conn, s.cur, s.rels, msg.Content); err != nil {
 			return err
 		}
 		return s.streamIfLarge()

@@ -190,6 +190,14 @@ var schemaDDL = []string{
 	// learned it from a peer, not from the control plane (see
 	// regions/learn.go).
 	`ALTER TABLE polyregion.epochs ADD COLUMN IF NOT EXISTS policies jsonb`,
+	// seeded: the tables added at an epoch whose rows from before this
+	// region replicated them were emitted into its change stream (see
+	// seed.go), once each.
+	`CREATE TABLE IF NOT EXISTS polyregion.seeded (
+		tbl       text PRIMARY KEY,
+		epoch     bigint NOT NULL,
+		rows      bigint NOT NULL,
+		seeded_at timestamptz NOT NULL DEFAULT now())`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,

@@ -1,0 +1,138 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var notesSchema = append(append([]string(nil), kvSchema...),
+	`CREATE TABLE public.notes (id integer PRIMARY KEY, body text, n bigint NOT NULL DEFAULT 0)`)
+
+// TestATableAddedAtAnEpochSeedsEveryRegionsRows: three regions replicate
+// public.kv; public.notes exists in each and is not replicated: us holds
+// 300 rows, eu 20 (ten of them on us's keys, with other values); ap has
+// no such table. While us and eu keep writing notes (updates of us's rows,
+// inserts of new ones), cluster configure adds the table: ap's replication
+// waits, saying why in /health, until the table is created there. Every
+// region then holds every
+// region's rows, those written before the change and during it: the ten
+// keys both held are decided by the policy, the same way everywhere, and
+// every later write reaches every region. Each region seeded the table
+// once; a change that drops it is refused, and so is one that adds a table
+// missing in the region that takes the command.
+func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
+	tables := []TableSpec{{Name: "public.kv"}}
+	ctx := ctxFor(t, 6*time.Minute)
+	h := startFoundedThrough(t, ctx, notesSchema, tables, func(*RegionConfig) {}, nil)
+	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
+	mustExec(t, ctx, us, `INSERT INTO public.notes (id, body) SELECT g, 'us ' || g FROM pg_catalog.generate_series(1, 300) g`)
+	mustExec(t, ctx, eu, `INSERT INTO public.notes (id, body) SELECT g, 'eu ' || g FROM pg_catalog.generate_series(291, 310) g`)
+	mustExec(t, ctx, ap, `DROP TABLE public.notes`)
+
+	// us bumps n of its first 50 rows and inserts rows from 1000 on; eu
+	// inserts rows from 2000 on; each counts what it wrote.
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 2)
+	inserted := map[string]*int{"us": new(int), "eu": new(int)}
+	for _, w := range []struct {
+		r    *Region
+		base int
+	}{{us, 1000}, {eu, 2000}} {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := w.r.Conn(ctx)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer conn.Close(context.Background())
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := conn.Exec(ctx, `INSERT INTO public.notes (id, body) VALUES ($1, $2)`, w.base+i, fmt.Sprintf("%s insert %d", w.r.Name, i)); err != nil {
+					errs <- fmt.Errorf("%s: %w", w.r.Name, err)
+					return
+				}
+				*inserted[w.r.Name] = i + 1
+				if w.r == us {
+					if _, err := conn.Exec(ctx, `UPDATE public.notes SET n = n + 1 WHERE id = $1`, 1+i%50); err != nil {
+						errs <- fmt.Errorf("%s: %w", w.r.Name, err)
+						return
+					}
+				}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}()
+	}
+	time.Sleep(time.Second)
+
+	out := mustPolyregion(t, ctx, "cluster", "configure", "--config",
+		withTables(t, us, "notes", []TableSpec{{Name: "public.kv"}, {Name: "public.notes"}}))
+	if !strings.Contains(out, "epoch 2") {
+		t.Fatalf("cluster configure:\n%s", out)
+	}
+	// ap has no such table yet: its replication waits, saying so, and
+	// goes on once the table is there.
+	waitHealth(t, ap, time.Minute, "waiting for the added table", func(code int, body string) bool {
+		return code == 200 && strings.Contains(body, "a table the cluster added cannot be replicated here yet") && strings.Contains(body, "public.notes")
+	})
+	mustExec(t, ctx, ap, notesSchema[len(notesSchema)-1])
+	for _, r := range h.Regions {
+		waitControl(t, r, 2*time.Minute, "epoch 2 in effect with every region's fence", func(c controlStatus) bool {
+			return c.Epoch.Number == 2 && c.Epoch.Effective > 0 && len(c.Epoch.Fences) == 3
+		})
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		t.Fatalf("writer: %v", err)
+	default:
+	}
+	if err := h.WaitConverged(ctx, []string{"public.kv", "public.notes"}, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	updates := *inserted["us"]
+	for _, r := range h.Regions {
+		for q, want := range map[string]int{
+			`SELECT count(*) FROM public.notes WHERE id BETWEEN 1 AND 310`:                                          310,
+			`SELECT count(*) FROM public.notes WHERE id BETWEEN 1 AND 290 AND body = 'us ' || id`:                   290,
+			`SELECT count(*) FROM public.notes WHERE id BETWEEN 301 AND 310 AND body = 'eu ' || id`:                 10,
+			`SELECT count(*) FROM public.notes WHERE id >= 1000 AND id < 2000`:                                      *inserted["us"],
+			`SELECT count(*) FROM public.notes WHERE id >= 2000`:                                                    *inserted["eu"],
+			`SELECT coalesce(sum(n), 0)::int FROM public.notes WHERE id BETWEEN 1 AND 50`:                           updates,
+			`SELECT count(*) FROM polyregion.seeded WHERE tbl = 'public.notes' AND epoch = 2`:                       1,
+			`SELECT count(*) FROM public.notes WHERE id BETWEEN 291 AND 300 AND body IN ('us ' || id, 'eu ' || id)`: 10,
+		} {
+			if n := queryInt(t, ctx, r, q); n != int64(want) {
+				t.Fatalf("%s: %s = %d, want %d", r.Name, q, n, want)
+			}
+		}
+		if !strings.Contains(r.Logs(1<<22), "replicating a table added by the cluster") {
+			t.Fatalf("%s did not log seeding the table:\n%s", r.Name, r.Logs(4000))
+		}
+	}
+	t.Logf("us inserted %d notes and bumped counts %d times, eu inserted %d, while the table was added; seeded rows: us %d, eu %d, ap %d",
+		*inserted["us"], updates, *inserted["eu"],
+		queryInt(t, ctx, us, `SELECT rows FROM polyregion.seeded`), queryInt(t, ctx, eu, `SELECT rows FROM polyregion.seeded`), queryInt(t, ctx, ap, `SELECT rows FROM polyregion.seeded`))
+
+	if out, err := polyregion(ctx, "cluster", "configure", "--config", withTables(t, us, "kv-only", tables)); err == nil || !strings.Contains(out, "dropping a table is not supported") {
+		t.Fatalf("a change that drops the table: %v\n%s", err, out)
+	}
+	if out, err := polyregion(ctx, "cluster", "configure", "--config", withTables(t, us, "nope", []TableSpec{{Name: "public.kv"}, {Name: "public.notes"}, {Name: "public.nope"}})); err == nil || !strings.Contains(out, "public.nope") || !strings.Contains(out, "refused") {
+		t.Fatalf("a change that adds a table missing in the region that takes it: %v\n%s", err, out)
+	}
+	if c, _ := controlOf(us); c.Epoch.Number != 2 {
+		t.Fatalf("a refused change announced epoch %d", c.Epoch.Number)
+	}
+}
