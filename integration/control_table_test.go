@@ -33,8 +33,8 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 	mustExec(t, ctx, eu, `INSERT INTO public.notes (id, body) SELECT g, 'eu ' || g FROM pg_catalog.generate_series(291, 310) g`)
 	mustExec(t, ctx, ap, `DROP TABLE public.notes`)
 
-	// us bumps n of its first 50 rows and inserts rows from 1000 on; eu
-	// inserts rows from 2000 on; each counts what it wrote.
+	// us bumps n of its first 50 rows and inserts rows from 100000 on; eu
+	// inserts rows from 200000 on; each counts what it wrote.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 2)
@@ -42,7 +42,7 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 	for _, w := range []struct {
 		r    *Region
 		base int
-	}{{us, 1000}, {eu, 2000}} {
+	}{{us, 100000}, {eu, 200000}} {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -108,8 +108,8 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 			`SELECT count(*) FROM public.notes WHERE id BETWEEN 1 AND 310`:                                          310,
 			`SELECT count(*) FROM public.notes WHERE id BETWEEN 1 AND 290 AND body = 'us ' || id`:                   290,
 			`SELECT count(*) FROM public.notes WHERE id BETWEEN 301 AND 310 AND body = 'eu ' || id`:                 10,
-			`SELECT count(*) FROM public.notes WHERE id >= 1000 AND id < 2000`:                                      *inserted["us"],
-			`SELECT count(*) FROM public.notes WHERE id >= 2000`:                                                    *inserted["eu"],
+			`SELECT count(*) FROM public.notes WHERE id >= 100000 AND id < 200000`:                                  *inserted["us"],
+			`SELECT count(*) FROM public.notes WHERE id >= 200000`:                                                  *inserted["eu"],
 			`SELECT coalesce(sum(n), 0)::int FROM public.notes WHERE id BETWEEN 1 AND 50`:                           updates,
 			`SELECT count(*) FROM polyregion.seeded WHERE tbl = 'public.notes' AND epoch = 2`:                       1,
 			`SELECT count(*) FROM public.notes WHERE id BETWEEN 291 AND 300 AND body IN ('us ' || id, 'eu ' || id)`: 10,
