@@ -215,6 +215,12 @@ func startFoundedThrough(t *testing.T, ctx context.Context, schema []string, tab
 			}
 		}
 	}
+	for _, r := range h.Regions {
+		// Each reported running this release (a change waits for that).
+		waitControl(t, r, time.Minute, "every region's release reported", func(c controlStatus) bool {
+			return c.Takes["us"] > 0 && c.Takes["eu"] > 0 && c.Takes["ap"] > 0
+		})
+	}
 	for i, r := range h.Regions {
 		mustExec(t, ctx, r, `INSERT INTO public.kv (id, val) VALUES ($1, 'marker')`, 900+i)
 	}

@@ -25,7 +25,10 @@ type controlStatus struct {
 	Term   uint64   `json:"term"`
 	Quorum bool     `json:"quorum"`
 	Voters []string `json:"voters"`
-	Epoch  struct {
+	// Takes: what each region's release takes of the changes made at an
+	// epoch, as last reported.
+	Takes map[string]int `json:"takes"`
+	Epoch struct {
 		Number    uint64            `json:"number"`
 		Effective uint64            `json:"effective"`
 		Fences    map[string]uint64 `json:"fences"`

@@ -34,6 +34,18 @@ const (
 	OpFence = "fence"
 )
 
+// What a region's release takes (Progress.Takes): a change made at an
+// epoch ships transactions in a format releases before it refuse, and a
+// table it adds is seeded only by a release that knows how.
+const (
+	// TakesPolicyChanges: epochs, and transactions stamped with them.
+	TakesPolicyChanges = 1
+	// TakesAddedTables: a change may add a table (regions/tables.go).
+	TakesAddedTables = 2
+	// Takes is what this release takes.
+	Takes = TakesAddedTables
+)
+
 // Pending reports whether the epoch was announced and is not in effect
 // yet (epoch 1, the founding configuration, is in effect from init).
 func (e Epoch) Pending() bool { return e.Number > 1 && e.Effective == 0 }
@@ -61,6 +73,14 @@ func (m *Membership) configure(index uint64, c Command) error {
 	if cur.Pending() {
 		return refuse("epoch %d is not in effect yet (%s); one policy change at a time", cur.Number, strings.Join(m.awaiting(cur), "; "))
 	}
+	need, what := TakesPolicyChanges, "policy changes"
+	if cur.Policies != nil && len(addedTables(cur.Policies, c.Policies)) > 0 {
+		need, what = TakesAddedTables, "tables added at an epoch"
+	}
+	if behind := m.notTaking(need); len(behind) > 0 {
+		return refuse("%s %s not reported running a release that takes %s: upgrade every region first (each reports what it runs every report_interval)",
+			strings.Join(behind, ", "), map[bool]string{true: "has", false: "have"}[len(behind) == 1], what)
+	}
 	if cur.Policies != nil {
 		if err := keepsTables(cur.Policies, c.Policies); err != nil {
 			return refuse("%v", err)
@@ -79,6 +99,30 @@ func (m *Membership) configure(index uint64, c Command) error {
 	m.Epochs = append(m.Epochs, next)
 	m.settle(index)
 	return nil
+}
+
+// notTaking names the regions that replicate and have not reported taking
+// need.
+func (m *Membership) notTaking(need int) []string {
+	var out []string
+	for _, mem := range m.fenced() {
+		if p := m.Progress[mem.ID]; p == nil || p.Takes < need {
+			out = append(out, string(mem.ID))
+		}
+	}
+	return out
+}
+
+// addedTables names the tables of next that cur does not have.
+func addedTables(cur, next map[string]conflict.Policy) []string {
+	var out []string
+	for name := range next {
+		if _, ok := cur[name]; !ok {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // keepsTables refuses a change that drops a replicated table (a change

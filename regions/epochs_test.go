@@ -16,7 +16,11 @@ var epochTables = map[string]conflict.Policy{
 
 func foundedWithPolicies(t *testing.T, ids ...conflict.RegionID) *Membership {
 	t.Helper()
-	return foundedAs(t, epochTables, ids...)
+	m := foundedAs(t, epochTables, ids...)
+	for _, id := range ids {
+		report(t, m, 1, id, 0, nil) // each runs this release
+	}
+	return m
 }
 
 func priorityTables() map[string]conflict.Policy {
@@ -44,7 +48,7 @@ func refusedUnchanged(t *testing.T, m *Membership, c Command, want string) {
 
 func report(t *testing.T, m *Membership, index uint64, r conflict.RegionID, shipped uint64, applied map[conflict.RegionID]uint64) {
 	t.Helper()
-	mustApply(t, m, index, Command{Op: OpReport, Region: r, Progress: &Progress{Shipped: shipped, Applied: applied}})
+	mustApply(t, m, index, Command{Op: OpReport, Region: r, Progress: &Progress{Shipped: shipped, Applied: applied, Takes: Takes}})
 }
 
 // TestAPolicyChangeIsInEffectOnceEveryRegionAppliedWhatCameBeforeIt: the
@@ -185,4 +189,29 @@ func TestAChangeMayAddATable(t *testing.T) {
 		t.Fatalf("epoch 2 still pending: %v", m.EpochWaits())
 	}
 	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: priorityTables()}, "the change drops public.extra")
+}
+
+// TestAChangeWaitsForEveryRegionToRunAReleaseThatTakesIt: until every
+// region that replicates reported running a release that takes policy
+// changes (tables added at an epoch, for a change adding one), a change is
+// refused, naming them; a witness is not waited for.
+func TestAChangeWaitsForEveryRegionToRunAReleaseThatTakesIt(t *testing.T) {
+	m := foundedAs(t, epochTables, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w1", URL: "https://w1:7480", Witness: true})
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: priorityTables()}, "ap, eu, us have not reported running a release that takes policy changes: upgrade every region first")
+	mustApply(t, m, 3, Command{Op: OpReport, Region: "us", Progress: &Progress{Takes: Takes}})
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "eu", Progress: &Progress{Takes: TakesPolicyChanges}})
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: priorityTables()}, "ap has not reported running a release that takes policy changes")
+	mustApply(t, m, 5, Command{Op: OpReport, Region: "ap", Progress: &Progress{Takes: Takes}})
+	more := priorityTables()
+	more["public.extra"] = conflict.Policy{}
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: more}, "eu has not reported running a release that takes tables added at an epoch")
+	mustApply(t, m, 6, Command{Op: OpConfigure, Policies: priorityTables()})
+	if m.Epoch().Number != 2 {
+		t.Fatalf("a change every region takes: epoch %d", m.Epoch().Number)
+	}
+	mustApply(t, m, 7, Command{Op: OpReport, Region: "us", Progress: &Progress{Takes: 0}})
+	if m.Progress["us"].Takes != 0 {
+		t.Fatal("a region that runs an earlier release again still counts as taking changes")
+	}
 }

@@ -88,6 +88,11 @@ type Progress struct {
 	Shipped uint64                       `json:"shipped"`
 	Applied map[conflict.RegionID]uint64 `json:"applied,omitempty"`
 	Index   uint64                       `json:"index"`
+	// Takes is what the region's release takes of the changes made at an
+	// epoch (TakesPolicyChanges, TakesAddedTables; 0: a release from
+	// before them). A change is refused until every region that
+	// replicates reported taking it.
+	Takes int `json:"takes,omitempty"`
 }
 
 // Membership is the state the control plane agrees on: who the members
@@ -531,6 +536,8 @@ func (m *Membership) report(index uint64, c Command) error {
 	p.Index = index
 	// Positions never move back in the agreed record: a report that is
 	// older than one already applied keeps the larger values.
+	// (What the release takes is the latest report's: a region runs
+	// another release after a restart.)
 	if old := m.Progress[c.Region]; old != nil {
 		p.Shipped = max(p.Shipped, old.Shipped)
 		merged := map[conflict.RegionID]uint64{}

@@ -584,6 +584,9 @@ type Status struct {
 	// EpochWaits: what the latest epoch, announced, waits for before it
 	// is in effect.
 	EpochWaits []string `json:"epoch_waits,omitempty"`
+	// Takes: what each region that reported runs takes of the changes
+	// made at an epoch (regions.Takes; absent: not reported).
+	Takes map[conflict.RegionID]int `json:"takes,omitempty"`
 }
 
 // Status returns the control plane as this region sees it.
@@ -622,6 +625,12 @@ func (n *Node) Status() Status {
 	m := n.fsm.membership()
 	st.Epoch, st.Members, st.Sequences = m.Epoch(), m.Sorted(), m.Sequences
 	st.EpochWaits = m.EpochWaits()
+	for r, p := range m.Progress {
+		if st.Takes == nil {
+			st.Takes = map[conflict.RegionID]int{}
+		}
+		st.Takes[r] = p.Takes
+	}
 	return st
 }
 

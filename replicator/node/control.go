@@ -123,7 +123,7 @@ func (rt *runtime) readProgress(ctx context.Context, cfg Config) (regions.Progre
 	if err != nil {
 		return regions.Progress{}, err
 	}
-	p := regions.Progress{Shipped: uint64(max(shipped, 0)), Applied: map[conflict.RegionID]uint64{}}
+	p := regions.Progress{Shipped: uint64(max(shipped, 0)), Applied: map[conflict.RegionID]uint64{}, Takes: regions.Takes}
 	for r, seq := range applied {
 		p.Applied[r] = uint64(max(seq, 0))
 	}
