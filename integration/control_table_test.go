@@ -22,8 +22,9 @@ var notesSchema = append(append([]string(nil), kvSchema...),
 // region's rows, those written before the change and during it: the ten
 // keys both held are decided by the policy, the same way everywhere, and
 // every later write reaches every region. Each region seeded the table
-// once; a change that drops it is refused, and so is one that adds a table
-// missing in the region that takes the command.
+// once; a change that adds a table missing in the region that takes the
+// command is refused. Then a change drops public.kv: a row written to it
+// stays in its region, while notes keep flowing both ways.
 func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 	tables := []TableSpec{{Name: "public.kv"}}
 	ctx := ctxFor(t, 6*time.Minute)
@@ -126,13 +127,36 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 		*inserted["us"], updates, *inserted["eu"],
 		queryInt(t, ctx, us, `SELECT rows FROM polyregion.seeded`), queryInt(t, ctx, eu, `SELECT rows FROM polyregion.seeded`), queryInt(t, ctx, ap, `SELECT rows FROM polyregion.seeded`))
 
-	if out, err := polyregion(ctx, "cluster", "configure", "--config", withTables(t, us, "kv-only", tables)); err == nil || !strings.Contains(out, "dropping a table is not supported") {
-		t.Fatalf("a change that drops the table: %v\n%s", err, out)
-	}
 	if out, err := polyregion(ctx, "cluster", "configure", "--config", withTables(t, us, "nope", []TableSpec{{Name: "public.kv"}, {Name: "public.notes"}, {Name: "public.nope"}})); err == nil || !strings.Contains(out, "public.nope") || !strings.Contains(out, "refused") {
 		t.Fatalf("a change that adds a table missing in the region that takes it: %v\n%s", err, out)
 	}
 	if c, _ := controlOf(us); c.Epoch.Number != 2 {
 		t.Fatalf("a refused change announced epoch %d", c.Epoch.Number)
+	}
+
+	// public.kv is dropped: its changes stay where they are made, and the
+	// links (their fingerprint the founding tables') go on with notes.
+	out = mustPolyregion(t, ctx, "cluster", "configure", "--config", withTables(t, us, "notes-only", []TableSpec{{Name: "public.notes"}}), "--wait", "90s")
+	if !strings.Contains(out, "epoch 3 in effect") {
+		t.Fatalf("cluster configure dropping public.kv:\n%s", out)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (7000, 'after the drop')`)
+	mustExec(t, ctx, us, `INSERT INTO public.notes (id, body) VALUES (300000, 'after the drop')`)
+	mustExec(t, ctx, eu, `INSERT INTO public.notes (id, body) VALUES (300001, 'after the drop')`)
+	for _, r := range h.Regions {
+		waitRow(t, ctx, r, `SELECT count(*) FROM public.notes WHERE id IN (300000, 300001)`, 2)
+		want := int64(0)
+		if r == us {
+			want = 1
+		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM public.kv WHERE id = 7000`); n != want {
+			t.Fatalf("%s holds %d copies of the kv row written in us after kv was dropped, want %d", r.Name, n, want)
+		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.parked`); n != 0 {
+			t.Fatalf("%s parked %d changes", r.Name, n)
+		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE tablename = 'kv'`); n != 0 {
+			t.Fatalf("%s still publishes public.kv", r.Name)
+		}
 	}
 }

@@ -40,10 +40,11 @@ const (
 const (
 	// TakesPolicyChanges: epochs, and transactions stamped with them.
 	TakesPolicyChanges = 1
-	// TakesAddedTables: a change may add a table (regions/tables.go).
-	TakesAddedTables = 2
+	// TakesTableChanges: a change may add or drop a table
+	// (regions/tables.go).
+	TakesTableChanges = 2
 	// Takes is what this release takes.
-	Takes = TakesAddedTables
+	Takes = TakesTableChanges
 )
 
 // Pending reports whether the epoch was announced and is not in effect
@@ -74,19 +75,20 @@ func (m *Membership) configure(index uint64, c Command) error {
 		return refuse("epoch %d is not in effect yet (%s); one policy change at a time", cur.Number, strings.Join(m.awaiting(cur), "; "))
 	}
 	need, what := TakesPolicyChanges, "policy changes"
-	if cur.Policies != nil && len(addedTables(cur.Policies, c.Policies)) > 0 {
-		need, what = TakesAddedTables, "tables added at an epoch"
+	if cur.Policies != nil && (len(addedTables(cur.Policies, c.Policies)) > 0 || len(addedTables(c.Policies, cur.Policies)) > 0) {
+		need, what = TakesTableChanges, "tables added or dropped at an epoch"
 	}
 	if behind := m.notTaking(need); len(behind) > 0 {
 		return refuse("%s %s not reported running a release that takes %s: upgrade every region first (each reports what it runs every report_interval)",
 			strings.Join(behind, ", "), map[bool]string{true: "has", false: "have"}[len(behind) == 1], what)
 	}
 	if cur.Policies != nil {
-		if err := keepsTables(cur.Policies, c.Policies); err != nil {
-			return refuse("%v", err)
-		}
 		for _, name := range slices.Sorted(maps.Keys(cur.Policies)) {
-			if _, err := conflict.NewEpochs(cur.Number, cur.Policies[name], c.Policies[name]); err != nil {
+			next, ok := c.Policies[name]
+			if !ok {
+				continue // dropped
+			}
+			if _, err := conflict.NewEpochs(cur.Number, cur.Policies[name], next); err != nil {
 				return refuse("table %s: %v", name, err)
 			}
 		}
@@ -123,22 +125,6 @@ func addedTables(cur, next map[string]conflict.Policy) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// keepsTables refuses a change that drops a replicated table (a change
-// may add tables: see tables.go).
-func keepsTables(cur, next map[string]conflict.Policy) error {
-	var dropped []string
-	for name := range cur {
-		if _, ok := next[name]; !ok {
-			dropped = append(dropped, name)
-		}
-	}
-	if len(dropped) == 0 {
-		return nil
-	}
-	slices.Sort(dropped)
-	return fmt.Errorf("the change drops %s: a change gives the policy of every replicated table (dropping a table is not supported)", strings.Join(dropped, ", "))
 }
 
 // policiesFingerprint is a stable digest of a set of tables' policies.

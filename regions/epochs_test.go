@@ -130,13 +130,10 @@ func TestAPolicyChangeDoesNotWaitForARemovedRegion(t *testing.T) {
 	}
 }
 
-// TestAPolicyChangeKeepsEveryTableAndWhatMerges: refused, naming the
-// difference, with nothing changed.
-func TestAPolicyChangeKeepsEveryTableAndWhatMerges(t *testing.T) {
+// TestAPolicyChangeKeepsWhatMerges: refused, naming the difference, with
+// nothing changed.
+func TestAPolicyChangeKeepsWhatMerges(t *testing.T) {
 	m := foundedWithPolicies(t, "us", "eu")
-	less := priorityTables()
-	delete(less, "public.hits")
-	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: less}, "the change drops public.hits")
 	counters := priorityTables()
 	counters["public.accounts"] = conflict.Policy{Counters: []string{"balance"}}
 	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: counters}, "table public.accounts: epoch 2 changes which columns merge")
@@ -157,9 +154,10 @@ func TestAPolicyChangeKeepsEveryTableAndWhatMerges(t *testing.T) {
 	}
 }
 
-// TestAChangeMayAddATable: a change naming a table the cluster does not
-// replicate adds it at its epoch; the next change must keep it.
-func TestAChangeMayAddATable(t *testing.T) {
+// TestAChangeMayAddAndDropTables: a change naming a table the cluster does
+// not replicate adds it at its epoch, and one leaving a table out drops
+// it; the fingerprint stays the founding tables' throughout.
+func TestAChangeMayAddAndDropTables(t *testing.T) {
 	m := foundedWithPolicies(t, "us", "eu")
 	more := priorityTables()
 	more["public.extra"] = conflict.Policy{Counters: []string{"n"}}
@@ -170,7 +168,7 @@ func TestAChangeMayAddATable(t *testing.T) {
 	c := Cluster{Regions: []conflict.RegionID{"us", "eu"}, Tables: []Table{{Name: "public.accounts"}, {Name: "public.hits", Policy: epochTables["public.hits"]}},
 		Changes: m.Epochs[1:]}
 	before := c.Fingerprint()
-	c = c.WithAddedTables()
+	c = c.WithTableChanges()
 	if tb, ok := c.Table("public.extra"); !ok || tb.Added != 2 || len(c.Tables) != 3 {
 		t.Fatalf("tables with the change: %+v", c.Tables)
 	}
@@ -188,7 +186,23 @@ func TestAChangeMayAddATable(t *testing.T) {
 	if m.Epoch().Pending() {
 		t.Fatalf("epoch 2 still pending: %v", m.EpochWaits())
 	}
-	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: priorityTables()}, "the change drops public.extra")
+	less := map[string]conflict.Policy{"public.extra": more["public.extra"], "public.hits": epochTables["public.hits"]}
+	mustApply(t, m, 7, Command{Op: OpConfigure, Policies: less})
+	c.Changes = m.Epochs[1:]
+	c = c.WithTableChanges()
+	if len(c.Tables) != 2 || !c.IsDropped("public.accounts") || c.IsDropped("public.extra") || c.IsDropped("public.hits") || c.Fingerprint() != before {
+		t.Fatalf("after dropping public.accounts: tables %+v, dropped %+v, fingerprint %s (was %s)", c.Tables, c.Dropped, c.Fingerprint(), before)
+	}
+	if _, ok := c.Table("public.accounts"); ok {
+		t.Fatal("a dropped table is still replicated")
+	}
+	// Added again later, it is replicated again (and seeded again).
+	c.Changes = append(c.Changes, Epoch{Number: 4, Policies: more})
+	if again := c.WithTableChanges(); again.IsDropped("public.accounts") || again.Fingerprint() != before {
+		t.Fatalf("added again: tables %+v, dropped %+v", again.Tables, again.Dropped)
+	} else if tb, _ := again.Table("public.accounts"); tb.Added != 4 {
+		t.Fatalf("added again at epoch %d, want 4", tb.Added)
+	}
 }
 
 // TestAChangeWaitsForEveryRegionToRunAReleaseThatTakesIt: until every
@@ -205,7 +219,7 @@ func TestAChangeWaitsForEveryRegionToRunAReleaseThatTakesIt(t *testing.T) {
 	mustApply(t, m, 5, Command{Op: OpReport, Region: "ap", Progress: &Progress{Takes: Takes}})
 	more := priorityTables()
 	more["public.extra"] = conflict.Policy{}
-	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: more}, "eu has not reported running a release that takes tables added at an epoch")
+	refusedUnchanged(t, m, Command{Op: OpConfigure, Policies: more}, "eu has not reported running a release that takes tables added or dropped at an epoch")
 	mustApply(t, m, 6, Command{Op: OpConfigure, Policies: priorityTables()})
 	if m.Epoch().Number != 2 {
 		t.Fatalf("a change every region takes: epoch %d", m.Epoch().Number)

@@ -30,8 +30,8 @@ import (
 // numbered from 2) that c does not know yet, in order, each with only its
 // number, policies and fingerprint: the changes to append to c.Changes.
 // It refuses, naming the epoch, an offer c could not run with: an epoch
-// c knows with other policies, a gap after c's latest, a table dropped,
-// or a change the tables' merges cannot take (see conflict.NewEpochs).
+// c knows with other policies, a gap after c's latest, or a change the
+// tables' merges cannot take (see conflict.NewEpochs).
 func (c Cluster) Learn(offered []Epoch) ([]Epoch, error) {
 	known := c.KnownEpoch()
 	byNumber := map[uint64]Epoch{}
@@ -62,14 +62,9 @@ func (c Cluster) Learn(offered []Epoch) ([]Epoch, error) {
 				return nil, fmt.Errorf("epoch %d: table %s: %v", n, name, err)
 			}
 		}
-		for _, t := range next.WithAddedTables().Tables {
-			if _, ok := e.Policies[t.Name]; !ok {
-				return nil, fmt.Errorf("epoch %d: no policy for table %s", n, t.Name)
-			}
-		}
 		l := Epoch{Number: n, Fingerprint: policiesFingerprint(e.Policies), Policies: maps.Clone(e.Policies)}
 		next.Changes = append(next.Changes, l)
-		with := next.WithAddedTables()
+		with := next.WithTableChanges()
 		for _, t := range with.Tables {
 			if _, err := with.TableEpochs(t.Name); err != nil {
 				return nil, fmt.Errorf("epoch %d: %v", n, err)

@@ -89,7 +89,7 @@ type Progress struct {
 	Applied map[conflict.RegionID]uint64 `json:"applied,omitempty"`
 	Index   uint64                       `json:"index"`
 	// Takes is what the region's release takes of the changes made at an
-	// epoch (TakesPolicyChanges, TakesAddedTables; 0: a release from
+	// epoch (TakesPolicyChanges, TakesTableChanges; 0: a release from
 	// before them). A change is refused until every region that
 	// replicates reported taking it.
 	Takes int `json:"takes,omitempty"`

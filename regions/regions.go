@@ -11,6 +11,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -59,6 +60,9 @@ type Cluster struct {
 	// leave them out: regions learn of a change at different moments and
 	// keep exchanging changes meanwhile.
 	Changes []Epoch
+	// Dropped are the founding tables a change dropped (see tables.go):
+	// not replicated, still in Fingerprint and Describe.
+	Dropped []Table
 }
 
 // KnownEpoch is the latest configuration epoch c knows (1: the founding
@@ -227,10 +231,8 @@ func (c Cluster) Fingerprint() string {
 	}
 	sort.Strings(regs)
 	tabs := make([]string, 0, len(c.Tables))
-	for _, t := range c.Tables {
-		if t.Added == 0 { // regions learn of an added table at different moments
-			tabs = append(tabs, t.Name+"="+t.Policy.Fingerprint())
-		}
+	for _, t := range c.founding() {
+		tabs = append(tabs, t.Name+"="+t.Policy.Fingerprint())
 	}
 	sort.Strings(tabs)
 	text := "regions:" + strings.Join(regs, ",") + "\ntables:" + strings.Join(tabs, "\n")
@@ -247,6 +249,24 @@ func (c Cluster) Fingerprint() string {
 	return hex.EncodeToString(h[:12])
 }
 
+// founding are the tables c was founded with, dropped ones included:
+// regions learn of a change of the tables at different moments and keep
+// exchanging changes meanwhile (see tables.go).
+func (c Cluster) founding() []Table {
+	var out []Table
+	for _, t := range c.Tables {
+		if t.Added == 0 {
+			out = append(out, t)
+		}
+	}
+	for _, t := range c.Dropped {
+		if t.Added == 0 && !slices.ContainsFunc(out, func(o Table) bool { return o.Name == t.Name }) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // Describe is the human-readable form of what Fingerprint digests, used in
 // error messages that explain a disagreement.
 func (c Cluster) Describe() map[string]string {
@@ -260,10 +280,8 @@ func (c Cluster) Describe() map[string]string {
 	if c.Agreed {
 		out["regions"] = "agreed by the control plane"
 	}
-	for _, t := range c.Tables {
-		if t.Added == 0 {
-			out["table "+t.Name] = t.Policy.Fingerprint()
-		}
+	for _, t := range c.founding() {
+		out["table "+t.Name] = t.Policy.Fingerprint()
 	}
 	if c.Sequences != nil && !c.Agreed {
 		out["sequences"] = c.Sequences.describe()

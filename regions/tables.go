@@ -1,45 +1,78 @@
 package regions
 
-// Tables added at an epoch. A policy change may name tables the cluster
-// does not replicate yet: from that epoch on they are replicated too (a
-// change never drops one). A region replicates an added table from the
-// moment it learns of the epoch, as it stamps what it ships as known
-// under it, so its peers know the table before they receive a change of
-// it; its rows from before are read once and shipped as the region's
-// inserts (postgres/seed.go), so every region ends with every region's
-// rows, their conflicts decided by the table's policy.
+// Tables added and dropped at an epoch. A change gives the policy of every
+// table the cluster replicates from its epoch on: one it did not replicate
+// is added, one it leaves out is dropped.
 //
-// An added table's policy holds for every epoch before the one that added
-// it too (no write of it was ranked under those), and it is left out of
-// Fingerprint and Describe: regions learn of the epoch at different
-// moments and keep exchanging changes meanwhile.
+// A region replicates an added table from the moment it learns of the
+// epoch, as it stamps what it ships as known under it, so its peers know
+// the table before they receive a change of it; its rows from before are
+// read once and shipped as the region's inserts (postgres/seed.go), so
+// every region ends with every region's rows, their conflicts decided by
+// the table's policy. An added table's policy holds for every epoch before
+// the one that added it too (no write of it was ranked under those).
+//
+// A region stops replicating a dropped table when it learns of the epoch:
+// it no longer ships the table's changes, and skips those its peers still
+// ship until they learn of it too. Each region keeps the table's rows as
+// they are then; they are no longer kept in step.
+//
+// Neither changes Fingerprint or Describe: regions learn of the epoch at
+// different moments and keep exchanging changes meanwhile. So an added
+// table is left out of them, and a founding table that was dropped stays
+// in them (Cluster.Dropped).
 
 import (
 	"maps"
 	"slices"
 )
 
-// WithAddedTables returns c with the tables its changes add appended, each
-// with its policy at the epoch that added it and Added set to that epoch.
-func (c Cluster) WithAddedTables() Cluster {
-	have := map[string]bool{}
-	for _, t := range c.Tables {
-		have[t.Name] = true
-	}
-	tables := c.Tables
-	cloned := false
+// WithTableChanges returns c with the tables its changes add appended
+// (each with its policy at the epoch that added it and Added set to that
+// epoch) and those they drop moved to Dropped.
+func (c Cluster) WithTableChanges() Cluster {
+	tables := slices.Clone(c.Tables)
+	dropped := slices.Clone(c.Dropped)
 	for _, e := range c.Changes {
+		if e.Policies == nil {
+			continue
+		}
+		kept := tables[:0]
+		for _, t := range tables {
+			if _, ok := e.Policies[t.Name]; ok {
+				kept = append(kept, t)
+			} else if t.Added == 0 {
+				dropped = append(dropped, t)
+			}
+		}
+		tables = kept
 		for _, name := range slices.Sorted(maps.Keys(e.Policies)) {
-			if have[name] {
-				continue
+			if !slices.ContainsFunc(tables, func(t Table) bool { return t.Name == name }) {
+				tables = append(tables, Table{Name: name, Policy: e.Policies[name], Added: e.Number})
 			}
-			if !cloned {
-				tables, cloned = append([]Table(nil), c.Tables...), true
-			}
-			tables = append(tables, Table{Name: name, Policy: e.Policies[name], Added: e.Number})
-			have[name] = true
 		}
 	}
-	c.Tables = tables
+	c.Tables, c.Dropped = tables, dropped
 	return c
+}
+
+// IsDropped reports whether a change dropped table name and none added it
+// again.
+func (c Cluster) IsDropped(name string) bool {
+	if _, ok := c.Table(name); ok {
+		return false
+	}
+	return slices.ContainsFunc(c.Dropped, func(t Table) bool { return t.Name == name }) || c.addedThenDropped(name)
+}
+
+// addedThenDropped reports whether a change added table name and a later
+// one dropped it.
+func (c Cluster) addedThenDropped(name string) bool {
+	seen := false
+	for _, e := range c.Changes {
+		if _, ok := e.Policies[name]; ok {
+			seen = true
+		}
+	}
+	return seen
 }

@@ -180,7 +180,7 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 // It returns the tables the change adds.
 func configurable(c regions.Cluster, m regions.Membership, policies map[string]conflict.Policy) ([]string, error) {
 	c.Tables, c.Changes = agreedPolicies(c.Tables, m.Epochs)
-	c = c.WithAddedTables()
+	c = c.WithTableChanges()
 	var added []string
 	for name := range policies {
 		if _, ok := c.Table(name); !ok {
@@ -191,13 +191,8 @@ func configurable(c regions.Cluster, m regions.Membership, policies map[string]c
 		}
 	}
 	slices.Sort(added)
-	for _, t := range c.Tables {
-		if _, ok := policies[t.Name]; !ok {
-			return nil, fmt.Errorf("%w: the change gives no policy for table %s (a change gives every replicated table's; dropping a table is not supported)", regions.ErrRefused, t.Name)
-		}
-	}
 	c.Changes = append(c.Changes, regions.Epoch{Number: c.KnownEpoch() + 1, Policies: policies})
-	c = c.WithAddedTables()
+	c = c.WithTableChanges()
 	for _, t := range c.Tables {
 		if _, err := c.TableEpochs(t.Name); err != nil {
 			return nil, fmt.Errorf("%w: %v", regions.ErrRefused, err)

@@ -100,7 +100,7 @@ func TestTheClusterNotTheConfigurationSaysWhichTablesReplicate(t *testing.T) {
 			t.Errorf("%s: replicates %q (changes %d), want %q", c.name, got, len(changes), c.want)
 		}
 		tables, changes = agreedPolicies(file, []regions.Epoch{c.founding, adds})
-		with := regions.Cluster{Tables: tables, Changes: changes}.WithAddedTables()
+		with := regions.Cluster{Tables: tables, Changes: changes}.WithTableChanges()
 		want := "public.kv@0 public.notes@2"
 		if c.want == "public.kv@0 public.notes@0" {
 			want = c.want // the configuration's own, founding

@@ -81,7 +81,7 @@ func (rt *runtime) dataPlaneConfig(cfg Config) Config {
 	cfg.Cluster.Sequences = m.Sequences
 	cfg.Cluster.Tables, cfg.Cluster.Changes = agreedPolicies(cfg.Cluster.Tables, m.Epochs)
 	cfg.Cluster.Changes = withLearned(cfg.Cluster.Changes, rt.learnedSoFar())
-	cfg.Cluster = cfg.Cluster.WithAddedTables()
+	cfg.Cluster = cfg.Cluster.WithTableChanges()
 	return cfg
 }
 

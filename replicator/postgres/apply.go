@@ -106,6 +106,9 @@ type Applier struct {
 	// latest epoch this region knows (see conflict/epochs.go).
 	epochs map[string]conflict.Epochs
 	known  uint64
+	// dropped: tables a change dropped, whose changes are skipped;
+	// skipped: those skipped so far (logged once each).
+	dropped, skipped map[string]bool
 }
 
 // Errors an operator may need to act on.
@@ -176,7 +179,57 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		epochs[t.Name] = e
 	}
 	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]bool{}, paused: newParkedShapes(),
-		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch()}, nil
+		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch(), dropped: droppedTables(cfg.Cluster), skipped: map[string]bool{}}, nil
+}
+
+// droppedTables are the tables a change dropped (see regions/tables.go).
+func droppedTables(c regions.Cluster) map[string]bool {
+	out := map[string]bool{}
+	for _, t := range c.Dropped {
+		out[t.Name] = true
+	}
+	for _, e := range c.Changes {
+		for name := range e.Policies {
+			out[name] = true
+		}
+	}
+	for _, t := range c.Tables {
+		delete(out, t.Name)
+	}
+	return out
+}
+
+// withoutDropped returns txns without their changes of tables a change
+// dropped (a peer that has not learned of the change yet still ships
+// them): they are no longer applied here.
+func (a *Applier) withoutDropped(txns []*replicator.Txn) []*replicator.Txn {
+	if len(a.dropped) == 0 {
+		return txns
+	}
+	out := make([]*replicator.Txn, len(txns))
+	for i, t := range txns {
+		out[i] = t
+		var kept []replicator.Change
+		for j, c := range t.Changes {
+			if tbl := t.Shapes[c.T].Table; a.dropped[tbl] {
+				if kept == nil {
+					kept = append(make([]replicator.Change, 0, len(t.Changes)), t.Changes[:j]...)
+				}
+				if !a.skipped[tbl] {
+					a.skipped[tbl] = true
+					a.cfg.Logger.Info("changes of a table the cluster dropped are no longer applied", "table", tbl, "source", a.cfg.Source)
+				}
+			} else if kept != nil {
+				kept = append(kept, c)
+			}
+		}
+		if kept != nil {
+			cp := *t
+			cp.Changes = kept
+			out[i] = &cp
+		}
+	}
+	return out
 }
 
 // Close ends the applier's session.
@@ -278,6 +331,7 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 			break
 		}
 	}
+	txns = a.withoutDropped(txns)
 	var last replicator.Seq
 	for len(txns) > 0 {
 		n := a.gate.chunk(len(txns))

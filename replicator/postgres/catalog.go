@@ -204,6 +204,10 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if err := Install(ctx, conn); err != nil {
 		return nil, err
 	}
+	// A table dropped is seeded again if it is added again.
+	if _, err := conn.Exec(ctx, `DELETE FROM polyregion.seeded WHERE NOT (tbl = ANY ($1::text[]))`, tables); err != nil {
+		return nil, fmt.Errorf("prepare: seeded tables: %w", err)
+	}
 	held, err := unseeded(ctx, conn, added)
 	if err != nil {
 		return nil, err
