@@ -56,23 +56,24 @@ func (c Cluster) WithTableChanges() Cluster {
 	return c
 }
 
-// IsDropped reports whether a change dropped table name and none added it
-// again.
-func (c Cluster) IsDropped(name string) bool {
-	if _, ok := c.Table(name); ok {
-		return false
+// DroppedTables are the tables a change dropped and none added again:
+// founding ones (Dropped) and added ones a later change left out.
+func (c Cluster) DroppedTables() map[string]bool {
+	out := map[string]bool{}
+	for _, t := range c.Dropped {
+		out[t.Name] = true
 	}
-	return slices.ContainsFunc(c.Dropped, func(t Table) bool { return t.Name == name }) || c.addedThenDropped(name)
-}
-
-// addedThenDropped reports whether a change added table name and a later
-// one dropped it.
-func (c Cluster) addedThenDropped(name string) bool {
-	seen := false
 	for _, e := range c.Changes {
-		if _, ok := e.Policies[name]; ok {
-			seen = true
+		for name := range e.Policies {
+			out[name] = true
 		}
 	}
-	return seen
+	for _, t := range c.Tables {
+		delete(out, t.Name)
+	}
+	return out
 }
+
+// IsDropped reports whether a change dropped table name and none added it
+// again.
+func (c Cluster) IsDropped(name string) bool { return c.DroppedTables()[name] }

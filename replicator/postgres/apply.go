@@ -179,24 +179,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		epochs[t.Name] = e
 	}
 	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]bool{}, paused: newParkedShapes(),
-		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch(), dropped: droppedTables(cfg.Cluster), skipped: map[string]bool{}}, nil
-}
-
-// droppedTables are the tables a change dropped (see regions/tables.go).
-func droppedTables(c regions.Cluster) map[string]bool {
-	out := map[string]bool{}
-	for _, t := range c.Dropped {
-		out[t.Name] = true
-	}
-	for _, e := range c.Changes {
-		for name := range e.Policies {
-			out[name] = true
-		}
-	}
-	for _, t := range c.Tables {
-		delete(out, t.Name)
-	}
-	return out
+		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch(), dropped: cfg.Cluster.DroppedTables(), skipped: map[string]bool{}}, nil
 }
 
 // withoutDropped returns txns without their changes of tables a change

@@ -23,7 +23,7 @@ func TestChangesOfADroppedTableAreSkipped(t *testing.T) {
 			{Number: 3, Policies: map[string]conflict.Policy{"public.kv": {}, "public.notes": {}}},
 		},
 		Dropped: []regions.Table{{Name: "public.gone"}}}
-	dropped := droppedTables(c)
+	dropped := c.DroppedTables()
 	if len(dropped) != 2 || !dropped["public.gone"] || !dropped["public.old"] {
 		t.Fatalf("dropped: %v, want public.gone and public.old", dropped)
 	}

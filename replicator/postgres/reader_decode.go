@@ -134,24 +134,12 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 // array of key value arrays, see polyregion.capture_truncate) into deletes
 // of the current transaction.
 func (r *Reader) addTruncated(ctx context.Context, conn *pgx.Conn, cur *pendingTxn, rels map[uint32]*relation, content []byte) error {
-	if cur == nil {
-		return fmt.Errorf("reader: TRUNCATE capture outside a transaction")
-	}
-	if cur.remote {
-		return nil
-	}
-	name, body, ok := strings.Cut(string(content), "\n")
-	if !ok {
-		return fmt.Errorf("reader: malformed TRUNCATE capture (no table name) in transaction %d", cur.xid)
-	}
-	if _, ok := r.tables[name]; !ok {
-		return nil
-	}
 	// The capture comes before the TRUNCATE itself.
-	rel, err := r.relationOf(ctx, conn, rels, name)
-	if err != nil {
-		return fmt.Errorf("reader: TRUNCATE of %s: %w", name, err)
+	rel, body, err := r.messageTable(ctx, conn, cur, rels, content, "TRUNCATE capture")
+	if rel == nil || err != nil {
+		return err
 	}
+	name := rel.name
 	var keys [][]string
 	if err := json.Unmarshal([]byte(body), &keys); err != nil {
 		return fmt.Errorf("reader: malformed TRUNCATE capture of %s in transaction %d: %w", name, cur.xid, err)
@@ -171,6 +159,32 @@ func (r *Reader) addTruncated(ctx context.Context, conn *pgx.Conn, cur *pendingT
 	}
 	cur.truncated[name] = true
 	return nil
+}
+
+// messageTable reads the table a transactional message of a local
+// transaction is about ("table\n" and a body): its relation and the body,
+// or a nil relation when the message is to be left alone (a transaction
+// applied from a peer, a table not replicated). what names the message in
+// errors.
+func (r *Reader) messageTable(ctx context.Context, conn *pgx.Conn, cur *pendingTxn, rels map[uint32]*relation, content []byte, what string) (*relation, string, error) {
+	if cur == nil {
+		return nil, "", fmt.Errorf("reader: %s outside a transaction", what)
+	}
+	if cur.remote {
+		return nil, "", nil
+	}
+	name, body, ok := strings.Cut(string(content), "\n")
+	if !ok {
+		return nil, "", fmt.Errorf("reader: malformed %s (no table name) in transaction %d", what, cur.xid)
+	}
+	if _, ok := r.tables[name]; !ok {
+		return nil, "", nil
+	}
+	rel, err := r.relationOf(ctx, conn, rels, name)
+	if err != nil {
+		return nil, "", fmt.Errorf("reader: %s of %s: %w", what, name, err)
+	}
+	return rel, body, nil
 }
 
 // relationOf returns the replicated table name as the stream last

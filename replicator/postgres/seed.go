@@ -107,23 +107,11 @@ func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch 
 // addSeeded turns one seed message of an added table ("table\n" and a
 // JSON array of rows) into inserts of the current transaction.
 func (r *Reader) addSeeded(ctx context.Context, conn *pgx.Conn, cur *pendingTxn, rels map[uint32]*relation, content []byte) error {
-	if cur == nil {
-		return fmt.Errorf("reader: seed outside a transaction")
+	rel, body, err := r.messageTable(ctx, conn, cur, rels, content, "seed")
+	if rel == nil || err != nil {
+		return err
 	}
-	if cur.remote {
-		return nil
-	}
-	name, body, ok := strings.Cut(string(content), "\n")
-	if !ok {
-		return fmt.Errorf("reader: malformed seed (no table name) in transaction %d", cur.xid)
-	}
-	if _, ok := r.tables[name]; !ok {
-		return nil
-	}
-	rel, err := r.relationOf(ctx, conn, rels, name)
-	if err != nil {
-		return fmt.Errorf("reader: seed of %s: %w", name, err)
-	}
+	name := rel.name
 	var rows [][]*string
 	if err := json.Unmarshal([]byte(body), &rows); err != nil {
 		return fmt.Errorf("reader: malformed seed of %s in transaction %d: %w", name, cur.xid, err)
