@@ -518,6 +518,14 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool
 		pool: pool}, nil
 }
 
+// A retry round of parked changes takes up to parkedRetryBatch of them; a
+// round that resolved that many is followed by another after
+// parkedRetrySoon rather than the configured interval.
+const (
+	parkedRetryBatch = 500
+	parkedRetrySoon  = 20 * time.Millisecond
+)
+
 // errStopping ends a follower's stream between batches on a graceful stop.
 var errStopping = errors.New("stopping")
 
@@ -715,12 +723,20 @@ func (f *follower) once(ctx context.Context) error {
 				return errStopping
 			case t, ok = <-ch:
 			case <-retry.C:
-				n, err := applier.RetryParked(ctx, 500)
+				n, err := applier.RetryParked(ctx, parkedRetryBatch)
 				if err != nil {
 					return applyFailed{fmt.Errorf("retry parked changes: %w", err)}
 				}
 				if n > 0 {
 					f.log.Info("parked changes applied on retry", "count", n)
+				}
+				if n == parkedRetryBatch {
+					// More may be due (a table seeded here since, a shape
+					// that matches again): the next round soon, between
+					// the stream's batches.
+					retry.Reset(parkedRetrySoon)
+				} else {
+					retry.Reset(f.cfg.ParkedRetryInterval)
 				}
 				continue
 			}

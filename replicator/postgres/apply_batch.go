@@ -210,7 +210,8 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 }
 
 // RetryParked re-applies this source's parked changes that are due, oldest
-// first, each in its own local transaction: a child row whose parent has
+// first, all in one local transaction, or each in its own when any of
+// them fails: a child row whose parent has
 // arrived since, a row whose unique-key clash was cleared, a shape that
 // matches the table now. It first checks the shapes set aside against the
 // local tables again (making the changes of one that matches due now).
@@ -256,6 +257,7 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 	}
 	resolved := 0
 	putBack := map[string]bool{}
+	var ready []parkedChange
 	for _, p := range list {
 		key := shapeKey(p.shape)
 		if why := differs[key]; why != "" {
@@ -273,18 +275,22 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 			}
 			continue
 		}
-		p.change.T = 0
-		t := &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
-		err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
-			ex := a.executor(tx, true, time.Now(), 1)
-			ex.parkOnError = false
-			if _, err := a.applyChanges(ctx, ex, []*replicator.Txn{t}); err != nil {
-				return err
-			}
-			ex.queue(stmt{sql: `UPDATE polyregion.parked SET resolved_at = pg_catalog.now() WHERE id = $1`, args: []any{p.id}, want: 1})
-			ex.final = true
-			return ex.flush(ctx)
-		})
+		ready = append(ready, p)
+	}
+	if len(ready) > 1 {
+		// All in one transaction first (a shape that matches again, or a
+		// table seeded here since, makes many due at once); one at a time
+		// when any of them still fails.
+		err := a.retryParked(ctx, ready)
+		if err == nil {
+			return resolved + len(ready), nil
+		}
+		if ctx.Err() != nil {
+			return resolved, ctx.Err()
+		}
+	}
+	for _, p := range ready {
+		err := a.retryParked(ctx, []parkedChange{p})
 		if err == nil {
 			resolved++
 			continue
@@ -304,6 +310,30 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		}
 	}
 	return resolved, nil
+}
+
+// retryParked applies parked changes, in the order given, in one local
+// transaction (change by change, each under a savepoint) and marks them
+// resolved; any failure rolls all of them back.
+func (a *Applier) retryParked(ctx context.Context, list []parkedChange) error {
+	txns := make([]*replicator.Txn, len(list))
+	ids := make([]int64, len(list))
+	for i, p := range list {
+		p.change.T = 0
+		txns[i] = &replicator.Txn{Origin: a.cfg.Source, Seq: replicator.Seq(p.seq), Shapes: []replicator.Shape{p.shape}, Changes: []replicator.Change{p.change}}
+		ids[i] = p.id
+	}
+	return pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
+		ex := a.executor(tx, true, time.Now(), len(txns))
+		ex.parkOnError = false
+		if _, err := a.applyChanges(ctx, ex, txns); err != nil {
+			return err
+		}
+		ex.queue(stmt{sql: `UPDATE polyregion.parked SET resolved_at = pg_catalog.now() WHERE id = ANY ($1::bigint[]) AND resolved_at IS NULL`,
+			args: []any{ids}, want: int64(len(ids))})
+		ex.final = true
+		return ex.flush(ctx)
+	})
 }
 
 // checkShape compares the source's shape of a table with the local one and
