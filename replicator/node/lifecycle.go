@@ -243,6 +243,9 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			endRun()
 			rt.reader.Store(nil)
 			drained = drainEnded()
+			if errors.Is(err, errTablesReady) && ctx.Err() == nil {
+				continue // seed it
+			}
 			if (changed.Load() || drained) && ctx.Err() == nil && (err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrShutdownDeadline)) {
 				// Stopped for the new membership or peers, or to empty the
 				// region for its reseed (work abandoned at the deadline is

@@ -98,6 +98,10 @@ type Config struct {
 	// settings that can change while running are applied, the others are
 	// kept and the refusal is logged.
 	Reload <-chan Config
+
+	// waiting: the tables the cluster added that this run of the data
+	// plane leaves out, and the reason their changes are parked with.
+	waiting map[string]string
 }
 
 // Secrets returns every secret the configuration holds (the database
@@ -260,6 +264,19 @@ func (e *tablesPending) Error() string {
 }
 func (e *tablesPending) Unwrap() error { return e.err }
 
+// withoutTables is the configuration with the tables of w left out of the
+// replicated ones.
+func (c Config) withoutTables(w tablesWaiting) Config {
+	if len(w) == 0 {
+		return c
+	}
+	c.Cluster.Tables = slices.DeleteFunc(slices.Clone(c.Cluster.Tables), func(t regions.Table) bool {
+		_, ok := w[t.Name]
+		return ok
+	})
+	return c
+}
+
 // TableNames lists the replicated tables.
 func (c *Config) TableNames() []string {
 	out := make([]string, len(c.Cluster.Tables))
@@ -269,30 +286,46 @@ func (c *Config) TableNames() []string {
 	return out
 }
 
-// Prepare checks the local database and creates what replication needs.
-// It changes nothing when the check fails.
-func Prepare(ctx context.Context, cfg Config) error {
+// Prepare checks the local database and creates what replication needs,
+// and returns the tables the cluster added that cannot be replicated here
+// yet (see waiting.go): the rest is prepared without them. It changes
+// nothing when the check fails.
+func Prepare(ctx context.Context, cfg Config) (tablesWaiting, error) {
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer conn.Close(context.Background())
 	founding, added := cfg.addedTables()
 	if err := postgres.Preflight(ctx, conn, founding); err != nil {
-		return err
+		return nil, err
 	}
-	if err := postgres.CheckTables(ctx, conn, slices.Sorted(maps.Keys(added))); err != nil {
-		return &tablesPending{err: err}
+	waiting := tablesWaiting{}
+	for _, t := range slices.Sorted(maps.Keys(added)) {
+		err := postgres.CheckTables(ctx, conn, []string{t})
+		var probs postgres.Problems
+		switch {
+		case errors.As(err, &probs):
+			waiting[t] = waitingTable{reason: strings.Join(probs, "; ")}
+			delete(added, t)
+		case err != nil:
+			return nil, err
+		}
 	}
+	cfg = cfg.withoutTables(waiting)
 	pending, err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), added, cfg.PeerNames())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	for _, t := range pending {
 		began := time.Now()
 		rows, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, added[t])
 		if err != nil {
-			return &tablesPending{err: err}
+			if postgres.IsUnavailable(err) {
+				return nil, err
+			}
+			waiting[t] = waitingTable{reason: "seed: " + err.Error(), seed: true}
+			continue
 		}
 		if cfg.Logger != nil {
 			cfg.Logger.Info("replicating a table added by the cluster: its rows here are shipped as this region's", "table", t, "epoch", added[t], "rows", rows,
@@ -300,29 +333,29 @@ func Prepare(ctx context.Context, cfg Config) error {
 		}
 	}
 	if loss, err := postgres.ReadSlotLoss(ctx, conn, string(cfg.Region)); err != nil {
-		return err
+		return nil, err
 	} else if loss != nil && cfg.Logger != nil {
 		cfg.Logger.Error("replication slot lost: " + loss.Describe(string(cfg.Region)))
 	}
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
-		return err
+		return nil, err
 	}
 	if err := postgres.CheckColumnStamps(ctx, conn, cfg.Cluster.Tables); err != nil {
-		return err
+		return nil, err
 	}
 	if err := prepareSequences(ctx, conn, cfg); err != nil {
-		return err
+		return nil, err
 	}
 	open, err := postgres.UnconfinedTables(ctx, conn, cfg.TableNames())
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if len(open) > 0 && cfg.Logger != nil {
 		cfg.Logger.Warn("peers' changes to these tables are applied with the privileges of their owner, which is not an application role: "+
 			"triggers and defaults on them run with those privileges; give them an application role as owner (and GRANT it to the replicator's role)",
 			"tables", strings.Join(open, "; "))
 	}
-	return nil
+	return waiting, nil
 }
 
 // runDataPlane runs the reader, the link server and the followers until a
@@ -332,9 +365,24 @@ func Prepare(ctx context.Context, cfg Config) error {
 // it).
 func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	log := rt.log
-	if err := Prepare(stop, cfg); err != nil {
+	waiting, err := Prepare(stop, cfg)
+	if err != nil {
 		return err
 	}
+	if len(waiting) > 0 && cfg.JoinFrom != "" {
+		// A load takes every table the source replicates.
+		return &tablesPending{err: errors.New(strings.Join(waiting.healthReasons(), "; "))}
+	}
+	for _, t := range slices.Sorted(maps.Keys(waiting)) {
+		log.Error("a table the cluster added is not replicated here yet: peers' changes to it are parked until it is; every other table replicates", "table", t, "reason", waiting[t].reason)
+	}
+	rt.mon.TablesWaiting(waiting.healthReasons())
+	cfg.waiting = waiting.parkReasons(string(cfg.Region))
+	// A waiting table that can be prepared now ends this run (gracefully,
+	// as stop would) so that the next one seeds it.
+	stop, tablesReady := context.WithCancel(stop)
+	defer tablesReady()
+	var ready atomic.Bool
 	if err := join(stop, cfg, rt); err != nil {
 		return err
 	}
@@ -433,8 +481,16 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 			f.run(ctx)
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rt.watchWaiting(gctx, cfg, waiting, func() {
+			ready.Store(true)
+			tablesReady()
+		})
+	}()
 	rt.mon.DataPlane(nil)
-	log.Info("replicator running", "listen", cfg.Listen, "http", cfg.HTTPListen, "peers", len(cfg.Peers), "tables", len(cfg.Cluster.Tables))
+	log.Info("replicator running", "listen", cfg.Listen, "http", cfg.HTTPListen, "peers", len(cfg.Peers), "tables", len(cfg.Cluster.Tables)-len(waiting))
 	select {
 	case <-stop.Done():
 	case <-ctx.Done():
@@ -470,8 +526,15 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		return cause
 	}
 	log.Info("stopped cleanly: progress of every source and of the reader is saved", "took", time.Since(began).Round(time.Millisecond).String())
+	if ready.Load() {
+		return errTablesReady
+	}
 	return nil
 }
+
+// errTablesReady ends a run of the data plane that left out a table the
+// cluster added, once the table can be prepared: the next run seeds it.
+var errTablesReady = errors.New("a table the cluster added can be replicated now")
 
 // follower applies one peer's stream.
 type follower struct {
@@ -615,7 +678,7 @@ func (f *follower) run(ctx context.Context) {
 func (f *follower) once(ctx context.Context) error {
 	applier, err := postgres.NewApplier(ctx, postgres.ApplierConfig{
 		Region: f.cfg.Region, Source: f.peer.ID, ConnString: f.cfg.Database, Cluster: f.cfg.Cluster,
-		Versioner: f.reader, Logger: f.log, Order: f.order,
+		Versioner: f.reader, Logger: f.log, Order: f.order, Waiting: f.cfg.waiting,
 		OnCommit: func(s postgres.CommitStats) {
 			cs := make([]obs.Conflict, len(s.Conflicts))
 			for i, c := range s.Conflicts {

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -69,8 +70,11 @@ func (rt *runtime) reseed(ctx context.Context, dcfg Config, drained bool) (Confi
 		return dcfg, false, nil
 	}
 	// The schema as this release has it (the data plane prepares it too).
-	if err := Prepare(ctx, dcfg); err != nil {
+	if waiting, err := Prepare(ctx, dcfg); err != nil {
 		return dcfg, false, err
+	} else if len(waiting) > 0 {
+		// A reseed loads every table the source replicates.
+		return dcfg, false, &tablesPending{err: errors.New(strings.Join(waiting.healthReasons(), "; "))}
 	}
 	conn, err := postgres.Connect(ctx, dcfg.Database)
 	if err != nil {

@@ -108,6 +108,9 @@ type Observation struct {
 	// SlotLost, when set, says the region's slot was lost (local writes
 	// may never have been shipped) and what to do.
 	SlotLost string
+	// TablesWaiting says, one line each, which tables the cluster added
+	// are not replicated here yet and why.
+	TablesWaiting []string
 }
 
 // Evaluate computes the status an observation calls for and why. Only the
@@ -137,6 +140,7 @@ func Evaluate(c HealthConfig, o Observation) (string, []string) {
 	if o.SlotLost != "" {
 		degraded = append(degraded, o.SlotLost)
 	}
+	degraded = append(degraded, o.TablesWaiting...)
 	for _, p := range o.Peers {
 		if !p.LinkUp {
 			r := fmt.Sprintf("peer %s: link down for %.0fs", p.Peer, p.For)

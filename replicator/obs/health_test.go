@@ -44,6 +44,7 @@ func TestHealthEvaluateOnlyLocalTroubleIsUnavailable(t *testing.T) {
 		{"control plane not initialised yet", Observation{Peers: []PeerView{up}, Control: &ControlView{}}, StateServing, ""},
 		{"removed from the cluster", Observation{Peers: []PeerView{up}, Control: &ControlView{Initialised: true, Quorum: true, Self: "removed"}}, StateUnavailable, "removed from the cluster"},
 		{"slot lost: still serving, says so", Observation{Peers: []PeerView{up}, SlotLost: "the replication slot polyregion_us was lost"}, StateDegraded, "the replication slot polyregion_us was lost"},
+		{"a table the cluster added waits: still serving, says so", Observation{Peers: []PeerView{up}, TablesWaiting: []string{"table public.notes added by the cluster is not replicated here yet"}}, StateDegraded, "public.notes"},
 	}
 	for _, tc := range cases {
 		state, reasons := Evaluate(c, tc.o)

@@ -75,6 +75,8 @@ type Monitor struct {
 	health    HealthConfig
 	peers     map[string]*peerState
 	dataPlane error
+	// tablesWaiting: see TablesWaiting.
+	tablesWaiting []string
 	// joining: how far a joining region is ("" once it has caught up, or
 	// never joined); catchingUp: it loaded its snapshot and catches up.
 	joining    string
@@ -270,6 +272,15 @@ func (m *Monitor) DataPlane(err error) {
 	m.mu.Unlock()
 }
 
+// TablesWaiting records which tables the cluster added are not replicated
+// here yet and why, one line each (nil: none): /health says degraded with
+// them.
+func (m *Monitor) TablesWaiting(reasons []string) {
+	m.mu.Lock()
+	m.tablesWaiting = reasons
+	m.mu.Unlock()
+}
+
 // Joining records how far the region is in loading a peer's snapshot:
 // /health answers 503 with it until the region has caught up.
 func (m *Monitor) Joining(progress string) {
@@ -395,7 +406,7 @@ func (m *Monitor) probe(ctx context.Context, h HealthConfig) {
 		}
 	}
 	m.metrics.joining.Set(b2f(m.joining != ""))
-	o := Observation{ProbeErr: err, DataPlane: m.dataPlane, Joining: m.joining}
+	o := Observation{ProbeErr: err, DataPlane: m.dataPlane, Joining: m.joining, TablesWaiting: m.tablesWaiting}
 	writable := err == nil && !p.InRecovery && !p.ReadOnly
 	m.metrics.writable.Set(b2f(writable))
 	if err == nil {

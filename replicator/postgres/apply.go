@@ -51,6 +51,11 @@ type ApplierConfig struct {
 	// applier gives way instead of holding its rows while it waits, and
 	// retries in smaller transactions (see Apply and contention).
 	LockTimeout time.Duration
+	// Waiting maps tables the cluster added that are not replicated here
+	// yet (missing, say) to the reason their changes are parked with: they
+	// are applied once the table is seeded here and replicated (the next
+	// run of the data plane).
+	Waiting map[string]string
 }
 
 // CommitStats describes one committed apply transaction.

@@ -344,6 +344,9 @@ func (a *Applier) checkShape(ctx context.Context, tx pgx.Tx, src replicator.Shap
 	if _, ok := a.cfg.Cluster.Table(src.Table); !ok {
 		return fmt.Sprintf("table %s is not replicated in region %s", src.Table, a.cfg.Region), nil
 	}
+	if why, ok := a.cfg.Waiting[src.Table]; ok {
+		return why, nil
+	}
 	local, ok := a.shapes[src.Table]
 	if !ok {
 		var err error
