@@ -446,7 +446,7 @@ func (p *benchProfile) begin(ctx context.Context, h *Harness, phase string) func
 				continue
 			}
 			rows, err := conn.Query(ctx, `SELECT calls, round(total_exec_time)::bigint, rows, left(regexp_replace(query, '\s+', ' ', 'g'), 300)
-				FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 15`)
+				FROM pg_stat_statements ORDER BY total_exec_time DESC LIMIT 40`)
 			if err == nil {
 				var b strings.Builder
 				var calls, ms, n int64
