@@ -114,6 +114,9 @@ type Applier struct {
 	// dropped: tables a change dropped, whose changes are skipped;
 	// skipped: those skipped so far (logged once each).
 	dropped, skipped map[string]bool
+	// droppedSetAside: the parked changes of the dropped tables were set
+	// aside (see setAsideDropped).
+	droppedSetAside bool
 }
 
 // Errors an operator may need to act on.

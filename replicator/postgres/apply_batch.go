@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
 
@@ -229,6 +230,9 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 	a.shapes = map[string]replicator.Shape{}
 	a.full = map[string]bool{}
 	a.owners = nil // a table may have changed owner
+	if err := a.setAsideDropped(ctx); err != nil {
+		return 0, err
+	}
 	var list []parkedChange
 	differs := map[string]string{} // shapeKey -> difference here ("" when none)
 	err := pgx.BeginFunc(ctx, a.conn, func(tx pgx.Tx) error {
@@ -310,6 +314,35 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 		}
 	}
 	return resolved, nil
+}
+
+// setAsideDropped marks resolved, as not applied, this source's parked
+// changes of the tables a change dropped (parked before the drop: a shape
+// that differed, a parent that had not arrived): like the changes of those
+// tables peers still ship, they are no longer applied here, and parked
+// they would hold tombstone collection back for good. Once per applier
+// (the dropped tables are fixed for its life).
+func (a *Applier) setAsideDropped(ctx context.Context) error {
+	if len(a.dropped) == 0 || a.droppedSetAside {
+		return nil
+	}
+	rows, err := a.conn.Query(ctx, `UPDATE polyregion.parked
+		SET resolved_at = pg_catalog.now(), reason = 'not applied: the cluster dropped the table (parked because: ' OPERATOR(pg_catalog.||) reason OPERATOR(pg_catalog.||) ')'
+		WHERE source = $1 AND resolved_at IS NULL AND tbl = ANY ($2::text[])
+		RETURNING tbl`, string(a.cfg.Source), slices.Collect(maps.Keys(a.dropped)))
+	if err != nil {
+		return fmt.Errorf("set aside parked changes of dropped tables: %w", err)
+	}
+	counts := map[string]int{}
+	var tbl string
+	if _, err := pgx.ForEachRow(rows, []any{&tbl}, func() error { counts[tbl]++; return nil }); err != nil {
+		return fmt.Errorf("set aside parked changes of dropped tables: %w", err)
+	}
+	for _, t := range slices.Sorted(maps.Keys(counts)) {
+		a.cfg.Logger.Info("parked changes of a table the cluster dropped are set aside, not applied", "table", t, "source", a.cfg.Source, "count", counts[t])
+	}
+	a.droppedSetAside = true
+	return nil
 }
 
 // retryParked applies parked changes, in the order given, in one local
