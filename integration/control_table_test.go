@@ -76,6 +76,13 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 
+	// status names what each member's release takes.
+	st := mustPolyregion(t, ctx, "status", "--config", eu.ConfigPath)
+	for _, r := range h.Regions {
+		if !strings.Contains(st, "member "+r.Name) || strings.Count(st, "(release takes policy and table changes)") != 3 {
+			t.Fatalf("status does not show that %s's release takes table changes:\n%s", r.Name, st)
+		}
+	}
 	out := mustPolyregion(t, ctx, "cluster", "configure", "--config",
 		withTables(t, us, "notes", []TableSpec{{Name: "public.kv"}, {Name: "public.notes"}}))
 	if !strings.Contains(out, "epoch 2") {

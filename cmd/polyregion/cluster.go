@@ -447,6 +447,20 @@ func printControl(w io.Writer, c *obs.ControlView) {
 		case m.Lost > 0:
 			extra = fmt.Sprintf(" (forced: %d transactions lost)", m.Lost)
 		}
-		fmt.Fprintf(w, "member %s\t%s%s %s\n", m.ID, m.State, extra, m.URL)
+		fmt.Fprintf(w, "member %s\t%s%s %s%s\n", m.ID, m.State, extra, m.URL, releaseTakes(m))
 	}
+}
+
+// releaseTakes says what a member's release takes of the changes made at
+// an epoch ("" for a witness, which runs no data plane).
+func releaseTakes(m obs.MemberView) string {
+	switch {
+	case m.Witness:
+		return ""
+	case m.Takes >= regions.TakesTableChanges:
+		return " (release takes policy and table changes)"
+	case m.Takes >= regions.TakesPolicyChanges:
+		return " (release takes policy changes, not table changes)"
+	}
+	return " (release takes no change at an epoch, or has not reported)"
 }

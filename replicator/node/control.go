@@ -140,7 +140,8 @@ func controlView(n *control.Node, self conflict.RegionID) *obs.ControlView {
 		v.Sequences = st.Sequences.String()
 	}
 	for _, m := range st.Members {
-		v.Members = append(v.Members, obs.MemberView{ID: string(m.ID), URL: m.URL, State: string(m.State), Witness: m.Witness, From: string(m.From), Lost: m.Lost})
+		v.Members = append(v.Members, obs.MemberView{ID: string(m.ID), URL: m.URL, State: string(m.State), Witness: m.Witness, From: string(m.From), Lost: m.Lost,
+			Takes: st.Takes[m.ID]})
 		if m.ID == self {
 			v.Self = string(m.State)
 		}

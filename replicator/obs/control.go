@@ -51,6 +51,9 @@ type MemberView struct {
 	// Lost: transactions of a region removed by force that no surviving
 	// region had reported applying.
 	Lost uint64 `json:"lost,omitempty"`
+	// Takes: what the region's release takes of the changes made at an
+	// epoch, as it last reported (regions.Takes; 0: not reported).
+	Takes int `json:"takes,omitempty"`
 }
 
 // controlReasons is what the control plane adds to the health evaluation:
