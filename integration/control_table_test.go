@@ -187,5 +187,10 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 		if n := queryInt(t, ctx, r, `SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE tablename = 'kv'`); n != 0 {
 			t.Fatalf("%s still publishes public.kv", r.Name)
 		}
+		// The drop is in effect: kv's versions go, notes' stay.
+		waitRow(t, ctx, r, `SELECT count(*) FROM polyregion.row_version WHERE tbl = 'public.kv'`, 0)
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.row_version WHERE tbl = 'public.notes'`); n < 310 {
+			t.Fatalf("%s holds %d versions of notes rows", r.Name, n)
+		}
 	}
 }

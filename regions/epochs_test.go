@@ -3,6 +3,7 @@ package regions
 import (
 	"encoding/json"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -195,6 +196,24 @@ func TestAChangeMayAddAndDropTables(t *testing.T) {
 	}
 	if _, ok := c.Table("public.accounts"); ok {
 		t.Fatal("a dropped table is still replicated")
+	}
+	// Its versions may go once the change is in effect: no region ships
+	// its changes any more.
+	if s := c.DroppedSettled(); len(s) != 0 {
+		t.Fatalf("settled while the drop is pending: %v", s)
+	}
+	for n, r := range []conflict.RegionID{"us", "eu"} {
+		mustApply(t, m, uint64(8+n), Command{Op: OpFence, Region: r, Epoch: 3})
+	}
+	report(t, m, 10, "us", 0, map[conflict.RegionID]uint64{"eu": 0})
+	report(t, m, 11, "eu", 0, map[conflict.RegionID]uint64{"us": 0})
+	if m.Epoch().Pending() {
+		t.Fatalf("epoch 3 still pending: %v", m.EpochWaits())
+	}
+	c.Changes = m.Epochs[1:]
+	c = c.WithTableChanges()
+	if s := c.DroppedSettled(); !slices.Equal(s, []string{"public.accounts"}) {
+		t.Fatalf("settled once the drop is in effect: %v", s)
 	}
 	// Added again later, it is replicated again (and seeded again).
 	c.Changes = append(c.Changes, Epoch{Number: 4, Policies: more})

@@ -77,3 +77,40 @@ func (c Cluster) DroppedTables() map[string]bool {
 // IsDropped reports whether a change dropped table name and none added it
 // again.
 func (c Cluster) IsDropped(name string) bool { return c.DroppedTables()[name] }
+
+// DroppedSettled lists, sorted, the dropped tables (DroppedTables) whose
+// dropping change is in effect: no region ships their changes any more,
+// so what a region kept to replicate them (their rows' versions) can go.
+func (c Cluster) DroppedSettled() []string {
+	dropped := c.DroppedTables()
+	if len(dropped) == 0 {
+		return nil
+	}
+	at := map[string]Epoch{} // table -> the change that last left it out
+	cur := map[string]bool{}
+	for _, t := range c.founding() {
+		cur[t.Name] = true
+	}
+	for _, e := range c.Changes {
+		if e.Policies == nil {
+			continue
+		}
+		for name := range cur {
+			if _, ok := e.Policies[name]; !ok {
+				at[name] = e
+			}
+		}
+		cur = map[string]bool{}
+		for name := range e.Policies {
+			cur[name] = true
+		}
+	}
+	var out []string
+	for name := range dropped {
+		if e, ok := at[name]; ok && e.Effective > 0 {
+			out = append(out, name)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

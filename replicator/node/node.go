@@ -481,6 +481,13 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 			f.run(ctx)
 		}()
 	}
+	if settled := cfg.Cluster.DroppedSettled(); len(settled) > 0 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			purgeDropped(gctx, cfg, settled, log)
+		}()
+	}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -530,6 +537,24 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		return errTablesReady
 	}
 	return nil
+}
+
+// purgeDropped deletes the recorded versions of the tables the cluster
+// dropped for good (see regions.Cluster.DroppedSettled); a run that fails
+// leaves the rest to the next run of the data plane.
+func purgeDropped(ctx context.Context, cfg Config, tables []string, log *slog.Logger) {
+	conn, err := postgres.Connect(ctx, cfg.Database)
+	if err != nil {
+		return
+	}
+	defer conn.Close(context.Background())
+	n, err := postgres.PurgeVersions(ctx, conn, tables)
+	switch {
+	case err != nil && ctx.Err() == nil:
+		log.Warn("the versions of dropped tables are not all deleted yet (the next start goes on)", "tables", tables, "deleted", n, "err", err)
+	case n > 0:
+		log.Info("deleted the row versions of tables the cluster dropped", "tables", tables, "versions", n)
+	}
 }
 
 // errTablesReady ends a run of the data plane that left out a table the
