@@ -68,6 +68,13 @@ func connectWith(ctx context.Context, connString string, params map[string]strin
 		cfg.RuntimeParams[k] = v
 	}
 	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
+	if _, set := cfg.RuntimeParams["jit"]; !set {
+		// The replicator's statements are index lookups and writes over
+		// a batch's keys: costed past the JIT thresholds once a batch holds
+		// a few thousand keys, each would be compiled first (tens of
+		// milliseconds of a core) for nothing.
+		cfg.RuntimeParams["jit"] = "off"
+	}
 	SetTextForms(cfg.RuntimeParams)
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "polyregion"
