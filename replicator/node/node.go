@@ -792,7 +792,9 @@ func (f *follower) once(ctx context.Context) error {
 		return nil
 	}
 
-	retry := time.NewTicker(f.cfg.ParkedRetryInterval)
+	// The first round at once: changes parked before this start may be
+	// due now (a table seeded since, a shape fixed while the link was down).
+	retry := time.NewTicker(parkedRetrySoon)
 	defer retry.Stop()
 	var held *replicator.Txn
 	for {
