@@ -369,7 +369,8 @@ func benchDir(b *testing.B) string {
 // benchProfile, when BENCH_PROFILE names a directory, makes the replicator
 // benchmark leave diagnostics there: CPU profiles of each region's
 // replicator taken during each backlog's catch-up (BENCH_PROFILE_SECONDS
-// long, default 10) and each region's top statements (pg_stat_statements).
+// long, default 10), each region's top statements (pg_stat_statements)
+// and its lock waits (lockSampler).
 type benchProfile struct {
 	dir     string
 	seconds int
@@ -420,8 +421,9 @@ func (p *benchProfile) startReplicators(h *Harness) error {
 	return nil
 }
 
-// begin resets the statement statistics and starts taking CPU profiles;
-// the returned function waits for them and writes the statistics.
+// begin resets the statement statistics and starts taking CPU profiles
+// and sampling lock waits; the returned function waits for them and
+// writes the statistics.
 func (p *benchProfile) begin(ctx context.Context, h *Harness, phase string) func() {
 	if p == nil {
 		return func() {}
@@ -443,9 +445,16 @@ func (p *benchProfile) begin(ctx context.Context, h *Harness, phase string) func
 			}
 		}()
 	}
+	var samplers []func()
+	for _, r := range h.Regions {
+		samplers = append(samplers, lockSampler(ctx, r, filepath.Join(p.dir, phase+"-"+r.Name+"-lockwaits.txt")))
+	}
 	return func() {
 		for range h.Regions {
 			<-done
+		}
+		for _, stop := range samplers {
+			stop()
 		}
 		for _, r := range h.Regions {
 			conn, err := r.Conn(ctx)
