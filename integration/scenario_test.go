@@ -503,6 +503,7 @@ func TestScenarioCrashExactlyOnce(t *testing.T) {
 	// kill -9 of PostgreSQL primaries, one after the other.
 	for _, name := range []string{"ap", "us"} {
 		r := h.Region(name)
+		sampler.Crashing(name)
 		if err := CrashServer(ctx, r.Cluster, time.Second); err != nil {
 			t.Fatal(err)
 		}
@@ -520,6 +521,7 @@ func TestScenarioCrashExactlyOnce(t *testing.T) {
 	if err := eu.StopReplicator(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
+	sampler.Crashing("eu")
 	if err := CrashServer(ctx, eu.Cluster, 500*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -778,6 +780,7 @@ func TestScenarioRandomFaults(t *testing.T) {
 		case 7:
 			r := pick()
 			what = fmt.Sprintf("kill -9 PostgreSQL %s", r.Name)
+			sampler.Crashing(r.Name)
 			if err := KillServer(ctx, r.Cluster); err != nil {
 				t.Fatal(err)
 			}

@@ -434,19 +434,41 @@ func CounterTotals(ctx context.Context, h *Harness, query string, want map[strin
 // ---- sampling during the run: order, atomicity, acknowledgements ----
 
 // OrderSampler samples every region while a ledger run goes on.
+//
+// Appliers commit asynchronously, as PostgreSQL's own apply workers do: a
+// region whose server is killed may lose the last transactions it applied
+// (never one it acknowledged; the peer sends them again). So what a region
+// showed before its server was killed is not compared with what it shows
+// after: a scenario calls Crashing before it kills a server.
 type OrderSampler struct {
-	h          *Harness
-	mu         sync.Mutex
-	last       map[[2]string]int64 // (region, writer) -> last seen n
+	h    *Harness
+	mu   sync.Mutex
+	last map[[2]string]seen // (region, writer) -> last seen n
+	// crashes counts, per region, the kills of its server so far.
+	crashes    map[string]int
 	samples    int
 	violations []string
 	stop       chan struct{}
 	done       chan struct{}
 }
 
+// seen is a writer's n as a region showed it, between two kills of its
+// server (crash: how many kills came before).
+type seen struct {
+	n     int64
+	crash int
+}
+
+// Crashing tells the sampler that region's server is about to be killed.
+func (s *OrderSampler) Crashing(region string) {
+	s.mu.Lock()
+	s.crashes[region]++
+	s.mu.Unlock()
+}
+
 // StartOrderSampler samples every interval until Stop.
 func StartOrderSampler(ctx context.Context, h *Harness, interval time.Duration) *OrderSampler {
-	s := &OrderSampler{h: h, last: map[[2]string]int64{}, stop: make(chan struct{}), done: make(chan struct{})}
+	s := &OrderSampler{h: h, last: map[[2]string]seen{}, crashes: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		t := time.NewTicker(interval)
@@ -477,6 +499,9 @@ func (s *OrderSampler) violate(format string, args ...any) {
 // (server down or frozen) is skipped.
 func (s *OrderSampler) sample(ctx context.Context) {
 	for _, r := range s.h.Regions {
+		s.mu.Lock()
+		crash := s.crashes[r.Name]
+		s.mu.Unlock()
 		qctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 		conn, err := r.Cluster.Connect(qctx, AppDB)
 		if err != nil {
@@ -526,14 +551,22 @@ func (s *OrderSampler) sample(ctx context.Context) {
 		s.mu.Lock()
 		s.samples++
 		s.mu.Unlock()
+		s.mu.Lock()
+		killed := s.crashes[r.Name] != crash // while it was read
+		s.mu.Unlock()
 		for _, o := range got {
 			k := [2]string{r.Name, o.writer}
 			s.mu.Lock()
 			prev := s.last[k]
-			s.last[k] = max(prev, o.n)
+			if prev.crash != crash {
+				prev = seen{crash: crash} // shown before a kill of the server since
+			}
+			if !killed {
+				s.last[k] = seen{n: max(prev.n, o.n), crash: crash}
+			}
 			s.mu.Unlock()
-			if o.n < prev {
-				s.violate("ordering: region %s saw writer %s at n=%d after n=%d", r.Name, o.writer, o.n, prev)
+			if o.n < prev.n {
+				s.violate("ordering: region %s saw writer %s at n=%d after n=%d", r.Name, o.writer, o.n, prev.n)
 			}
 			if o.count != o.n || o.maxN != o.n {
 				s.violate("atomicity/order: region %s shows writer %s at n=%d but holds %d of its ledger rows (max n %d)", r.Name, o.writer, o.n, o.count, o.maxN)
