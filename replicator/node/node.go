@@ -371,8 +371,14 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	}
 	if len(waiting) > 0 && cfg.JoinFrom != "" {
 		// A load takes every table the source replicates.
-		return &tablesPending{err: errors.New(strings.Join(waiting.healthReasons(), "; "))}
+		return &tablesPending{err: errors.New(waiting.describe())}
 	}
+	if waiting.seeding() {
+		rt.seedFailures++
+	} else {
+		rt.seedFailures = 0
+	}
+	seedAfter := seedRetry(max(rt.seedFailures-1, 0))
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
 		log.Error("a table the cluster added is not replicated here yet: peers' changes to it are parked until it is; every other table replicates", "table", t, "reason", waiting[t].reason)
 	}
@@ -491,7 +497,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		rt.watchWaiting(gctx, cfg, waiting, func() {
+		rt.watchWaiting(gctx, cfg, waiting, seedAfter, func() {
 			ready.Store(true)
 			tablesReady()
 		})

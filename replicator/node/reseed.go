@@ -74,7 +74,7 @@ func (rt *runtime) reseed(ctx context.Context, dcfg Config, drained bool) (Confi
 		return dcfg, false, err
 	} else if len(waiting) > 0 {
 		// A reseed loads every table the source replicates.
-		return dcfg, false, &tablesPending{err: errors.New(strings.Join(waiting.healthReasons(), "; "))}
+		return dcfg, false, &tablesPending{err: errors.New(waiting.describe())}
 	}
 	conn, err := postgres.Connect(ctx, dcfg.Database)
 	if err != nil {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/polyregion/polyregion/replicator/postgres"
@@ -34,8 +35,11 @@ type waitingTable struct {
 type tablesWaiting map[string]waitingTable
 
 // seedRetryAfter is how long the data plane runs before it tries again a
-// seed that did not get its lock.
+// seed that did not get its lock (the first time; see seedRetry).
 const seedRetryAfter = 30 * time.Second
+
+// seedRetryMax caps the wait between two tries of a seed.
+const seedRetryMax = 10 * time.Minute
 
 // waitingCheckEvery is how often the data plane looks whether a missing
 // table can be prepared now.
@@ -63,14 +67,40 @@ func (w tablesWaiting) healthReasons() []string {
 	return out
 }
 
+// describe names each waiting table and why, for an error.
+func (w tablesWaiting) describe() string {
+	var out []string
+	for _, t := range slices.Sorted(maps.Keys(w)) {
+		out = append(out, t+": "+w[t].reason)
+	}
+	return strings.Join(out, "; ")
+}
+
+// seedRetry is how long a run of the data plane goes on before it tries
+// again a seed that did not get its lock, after failures runs in a row
+// that did not: seedRetryAfter doubling, at most seedRetryMax.
+func seedRetry(failures int) time.Duration {
+	return min(seedRetryAfter<<min(max(failures, 0), 5), seedRetryMax)
+}
+
+// seeding reports whether a seed is among the waiting tables.
+func (w tablesWaiting) seeding() bool {
+	for _, why := range w {
+		if why.seed {
+			return true
+		}
+	}
+	return false
+}
+
 // ready reports whether the waiting tables may be prepared now: a
-// seed that did not get its lock once seedRetryAfter has passed since
-// began, a missing table once the checks pass.
-func (w tablesWaiting) ready(ctx context.Context, database string, began time.Time) (bool, error) {
+// seed that did not get its lock once seedAfter has passed since began, a
+// missing table once the checks pass.
+func (w tablesWaiting) ready(ctx context.Context, database string, began time.Time, seedAfter time.Duration) (bool, error) {
 	var check []string
 	for t, why := range w {
 		if why.seed {
-			if time.Since(began) >= seedRetryAfter {
+			if time.Since(began) >= seedAfter {
 				return true, nil
 			}
 			continue
@@ -100,7 +130,7 @@ func (w tablesWaiting) ready(ctx context.Context, database string, began time.Ti
 
 // watchWaiting ends the run of the data plane (cancels it, and reports so)
 // once a waiting table can be prepared.
-func (rt *runtime) watchWaiting(ctx context.Context, cfg Config, w tablesWaiting, restart func()) {
+func (rt *runtime) watchWaiting(ctx context.Context, cfg Config, w tablesWaiting, seedAfter time.Duration, restart func()) {
 	if len(w) == 0 {
 		return
 	}
@@ -113,7 +143,7 @@ func (rt *runtime) watchWaiting(ctx context.Context, cfg Config, w tablesWaiting
 			return
 		case <-t.C:
 		}
-		ok, err := w.ready(ctx, cfg.Database, began)
+		ok, err := w.ready(ctx, cfg.Database, began, seedAfter)
 		if err != nil {
 			if ctx.Err() == nil {
 				rt.log.Debug("could not check the tables the cluster added", "err", err)

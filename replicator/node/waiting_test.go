@@ -34,10 +34,20 @@ func TestAWaitingTableIsLeftOutOfTheRunAndNamed(t *testing.T) {
 func TestASeedThatDidNotGetItsLockIsTriedAgainAfterAWhile(t *testing.T) {
 	w := tablesWaiting{"public.notes": {reason: "seed: lock timeout", seed: true}}
 	// No database is reached for a seed: only the time since the run began.
-	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now()); ok || err != nil {
+	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now(), seedRetry(0)); ok || err != nil {
 		t.Fatalf("ready at once: %v, %v", ok, err)
 	}
-	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now().Add(-seedRetryAfter)); !ok || err != nil {
+	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now().Add(-seedRetryAfter), seedRetry(0)); !ok || err != nil {
 		t.Fatalf("ready after %s: %v, %v", seedRetryAfter, ok, err)
+	}
+	// A seed that keeps missing its lock is tried less and less often.
+	if seedRetry(-1) != seedRetryAfter || seedRetry(0) != seedRetryAfter || seedRetry(1) != 2*seedRetryAfter || seedRetry(10) != seedRetryMax {
+		t.Fatalf("seed retries after %s, %s, %s", seedRetry(0), seedRetry(1), seedRetry(10))
+	}
+	if !w.seeding() || (tablesWaiting{"public.x": {reason: "missing"}}).seeding() {
+		t.Fatal("seeding")
+	}
+	if d := (tablesWaiting{"public.b": {reason: "two"}, "public.a": {reason: "one"}}).describe(); d != "public.a: one; public.b: two" {
+		t.Fatalf("describe: %q", d)
 	}
 }
