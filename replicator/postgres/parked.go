@@ -171,6 +171,10 @@ func (a *Applier) noteShape(ctx context.Context, tx pgx.Tx, sh replicator.Shape,
 		a.paused.mark(loadedReasons)
 	}
 	if changed, _ := a.paused.note(key, why); changed {
+		if _, waiting := a.cfg.Waiting[sh.Table]; waiting {
+			a.cfg.Logger.Warn("changes of a table the cluster added are parked until it is replicated here", "table", sh.Table, "source", a.cfg.Source, "reason", why)
+			return nil
+		}
 		a.cfg.Logger.Error("changes of this shape are parked: the table differs here; changes in the table's own shape go on",
 			"table", sh.Table, "source", a.cfg.Source, "difference", why)
 	}
