@@ -271,8 +271,7 @@ func (a *Applier) RetryParked(ctx context.Context, limit int) (int, error) {
 			}
 			putBack[key] = true
 			if changed, _ := a.paused.note(key, why); changed && p.reason != why {
-				a.cfg.Logger.Error("changes of this shape are parked: the table differs here; changes in the table's own shape go on",
-					"table", p.shape.Table, "source", a.cfg.Source, "difference", why)
+				a.logParkedShape(p.shape.Table, why)
 			}
 			if _, err := a.deferShape(ctx, p, key, why); err != nil {
 				return resolved, err

@@ -171,14 +171,20 @@ func (a *Applier) noteShape(ctx context.Context, tx pgx.Tx, sh replicator.Shape,
 		a.paused.mark(loadedReasons)
 	}
 	if changed, _ := a.paused.note(key, why); changed {
-		if _, waiting := a.cfg.Waiting[sh.Table]; waiting {
-			a.cfg.Logger.Warn("changes of a table the cluster added are parked until it is replicated here", "table", sh.Table, "source", a.cfg.Source, "reason", why)
-			return nil
-		}
-		a.cfg.Logger.Error("changes of this shape are parked: the table differs here; changes in the table's own shape go on",
-			"table", sh.Table, "source", a.cfg.Source, "difference", why)
+		a.logParkedShape(sh.Table, why)
 	}
 	return nil
+}
+
+// logParkedShape logs why changes of a shape of table are parked (once,
+// and again when the reason changes).
+func (a *Applier) logParkedShape(table, why string) {
+	if _, waiting := a.cfg.Waiting[table]; waiting {
+		a.cfg.Logger.Warn("changes of a table the cluster added are parked until it is replicated here", "table", table, "source", a.cfg.Source, "reason", why)
+		return
+	}
+	a.cfg.Logger.Error("changes of this shape are parked: the table differs here; changes in the table's own shape go on",
+		"table", table, "source", a.cfg.Source, "difference", why)
 }
 
 // makeShapeDueSQL makes every parked change of one source and shape due.
