@@ -158,6 +158,21 @@ func TestAPolicyChangeKeepsWhatMerges(t *testing.T) {
 // TestAChangeMayAddAndDropTables: a change naming a table the cluster does
 // not replicate adds it at its epoch, and one leaving a table out drops
 // it; the fingerprint stays the founding tables' throughout.
+// bringIntoEffect makes epoch, announced to us and eu (neither having
+// shipped anything), come into effect: both report their fence, then
+// their progress, from log index first on.
+func bringIntoEffect(t *testing.T, m *Membership, first, epoch uint64) {
+	t.Helper()
+	for n, r := range []conflict.RegionID{"us", "eu"} {
+		mustApply(t, m, first+uint64(n), Command{Op: OpFence, Region: r, Epoch: epoch})
+	}
+	report(t, m, first+2, "us", 0, map[conflict.RegionID]uint64{"eu": 0})
+	report(t, m, first+3, "eu", 0, map[conflict.RegionID]uint64{"us": 0})
+	if m.Epoch().Pending() {
+		t.Fatalf("epoch %d still pending: %v", epoch, m.EpochWaits())
+	}
+}
+
 func TestAChangeMayAddAndDropTables(t *testing.T) {
 	m := foundedWithPolicies(t, "us", "eu")
 	more := priorityTables()
@@ -179,14 +194,7 @@ func TestAChangeMayAddAndDropTables(t *testing.T) {
 	if e, err := c.TableEpochs("public.extra"); err != nil || len(e.Policies) != 2 || e.Policies[0].Counters[0] != "n" {
 		t.Fatalf("the added table's epochs: %+v, %v", e, err)
 	}
-	for n, r := range []conflict.RegionID{"us", "eu"} {
-		mustApply(t, m, uint64(3+n), Command{Op: OpFence, Region: r, Epoch: 2})
-	}
-	report(t, m, 5, "us", 0, map[conflict.RegionID]uint64{"eu": 0})
-	report(t, m, 6, "eu", 0, map[conflict.RegionID]uint64{"us": 0})
-	if m.Epoch().Pending() {
-		t.Fatalf("epoch 2 still pending: %v", m.EpochWaits())
-	}
+	bringIntoEffect(t, m, 3, 2)
 	less := map[string]conflict.Policy{"public.extra": more["public.extra"], "public.hits": epochTables["public.hits"]}
 	mustApply(t, m, 7, Command{Op: OpConfigure, Policies: less})
 	c.Changes = m.Epochs[1:]
@@ -202,14 +210,7 @@ func TestAChangeMayAddAndDropTables(t *testing.T) {
 	if s := c.DroppedSettled(); len(s) != 0 {
 		t.Fatalf("settled while the drop is pending: %v", s)
 	}
-	for n, r := range []conflict.RegionID{"us", "eu"} {
-		mustApply(t, m, uint64(8+n), Command{Op: OpFence, Region: r, Epoch: 3})
-	}
-	report(t, m, 10, "us", 0, map[conflict.RegionID]uint64{"eu": 0})
-	report(t, m, 11, "eu", 0, map[conflict.RegionID]uint64{"us": 0})
-	if m.Epoch().Pending() {
-		t.Fatalf("epoch 3 still pending: %v", m.EpochWaits())
-	}
+	bringIntoEffect(t, m, 8, 3)
 	c.Changes = m.Epochs[1:]
 	c = c.WithTableChanges()
 	if s := c.DroppedSettled(); !slices.Equal(s, []string{"public.accounts"}) {
