@@ -91,9 +91,9 @@ type Applier struct {
 	shapes map[string]replicator.Shape
 	// full: the local table has REPLICA IDENTITY FULL (loaded with shapes).
 	full map[string]bool
-	// alone: the table's writes commute with other tables' (standsAlone),
-	// as found at aloneAt.
-	alone   map[string]bool
+	// alone: what the table's writes commute with (commutes), as found at
+	// aloneAt.
+	alone   map[string]commuting
 	aloneAt time.Time
 	// paused holds the shapes of the source's changes that differ from the
 	// local table, with the reason: changes of those shapes are parked (and
@@ -186,7 +186,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		}
 		epochs[t.Name] = e
 	}
-	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]bool{}, paused: newParkedShapes(),
+	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]commuting{}, paused: newParkedShapes(),
 		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch(), dropped: cfg.Cluster.DroppedTables(), skipped: map[string]bool{}}, nil
 }
 

@@ -48,7 +48,7 @@ func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replica
 			}
 			// A probed key is one whose first change here is an insert.
 			k := metaKey{tbl, c.Key}
-			if parkWhy[c] != "" || c.Op != conflict.OpInsert || !probe[k] || !a.alone[tbl] || seen[k] {
+			if parkWhy[c] != "" || c.Op != conflict.OpInsert || !probe[k] || !a.alone[tbl].tables || seen[k] {
 				out[tbl] = true
 				continue
 			}

@@ -35,9 +35,9 @@ type executor struct {
 	lockTimeout time.Duration
 	relaxed     bool
 	noFold      bool // ApplyLarge: no counter-only row is taken in place
-	// alone reports whether a table's writes commute with other tables'
-	// (see standsAlone and bulk.add).
-	alone  func(table string) bool
+	// alone reports what a table's writes commute with (see commutes and
+	// bulk.add).
+	alone  func(table string) commuting
 	queued []stmt
 	// ops is room for one change's writes, reused change after change
 	// (see changeInput.ops).
@@ -68,7 +68,7 @@ type executor struct {
 // executor starts the writes of one apply transaction.
 func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int) *executor {
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout,
-		execAs: a.execAs, alone: func(t string) bool { return a.alone[t] }}
+		execAs: a.execAs, alone: func(t string) commuting { return a.alone[t] }}
 	if a.cfg.Versioner != nil {
 		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0, true) }
 	}

@@ -177,11 +177,10 @@ func (o op) setCols() []int {
 
 // bulk merges row writes into set-based statements. Consecutive writes of
 // the same kind to the same table (and, for updates, the same columns) form
-// a group, and so do such writes of a table that stands alone when only
-// writes of other such tables come between them (see joins); a key seen
-// twice starts a new group, so per-key order holds, and groups run in the
-// order they were formed (parents before children). Row versions are
-// written last, once per key.
+// a group, and so do such writes when only writes they commute with come
+// between them (see joins); a key seen twice starts a new group, so
+// per-key order holds, and groups run in the order they were formed
+// (parents before children). Row versions are written last, once per key.
 type bulk struct {
 	groups    []*group
 	metaOrder []*metaEntry
@@ -211,7 +210,7 @@ type group struct {
 	ops  []op
 }
 
-func (b *bulk) add(o op, alone func(table string) bool) {
+func (b *bulk) add(o op, commute func(table string) commuting) {
 	switch o.kind {
 	case opMeta:
 		if b.metas == nil {
@@ -237,7 +236,7 @@ func (b *bulk) add(o op, alone func(table string) bool) {
 	if o.kind == opUpdate {
 		cols = o.setCols()
 	}
-	g := b.joins(o, cols, alone)
+	g := b.joins(o, cols, commute)
 	if g == nil {
 		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: make(map[string]bool, groupStart), ops: make([]op, 0, groupStart)}
 		b.groups = append(b.groups, g)
@@ -274,22 +273,33 @@ const mergeReach = 16
 
 // joins returns the group a row write joins, or nil when it starts one:
 // the last group if it is of the same kind, table and columns and does not
-// hold the key yet; or, when the write's table stands alone, such a group
-// further back past groups of other tables that stand alone (their writes
-// commute with this one). A group of the same table in between stops the
-// search: writes of one table keep the source's order (a secondary unique
-// key freed by one write and taken by the next, say).
-func (b *bulk) joins(o op, cols []int, alone func(string) bool) *group {
-	movable := alone != nil && alone(o.sh.Table)
+// hold the key yet; or such a group further back, past groups the write
+// commutes with (see commutes): groups of other tables when both tables
+// stand alone, and groups of its own table that do not hold its key when
+// the table's rows commute. Any other group in between stops the search,
+// and so does a group that holds the key: writes of one row keep the
+// source's order, and so do writes of a table whose rows do not commute (a
+// secondary unique key freed by one write and taken by the next, say).
+func (b *bulk) joins(o op, cols []int, commute func(string) commuting) *group {
+	var own commuting
+	if commute != nil {
+		own = commute(o.sh.Table)
+	}
 	for i := len(b.groups) - 1; i >= 0 && i >= len(b.groups)-mergeReach; i-- {
 		g := b.groups[i]
 		if g.sh.Table == o.sh.Table {
-			if g.kind == o.kind && slices.Equal(g.cols, cols) && !g.keys[o.key] {
+			if g.keys[o.key] {
+				return nil
+			}
+			if g.kind == o.kind && slices.Equal(g.cols, cols) {
 				return g
 			}
-			return nil
+			if !own.rows {
+				return nil
+			}
+			continue
 		}
-		if !movable || !alone(g.sh.Table) {
+		if !own.tables || !commute(g.sh.Table).tables {
 			return nil
 		}
 	}

@@ -19,7 +19,7 @@ func benchBulk(b *testing.B, n, tables int) {
 	for i := range ops {
 		ops[i] = op{kind: opInsert, sh: shapes[i%tables], key: fmt.Sprintf(`["%d"]`, i), row: []replicator.Value{{Text: fmt.Sprint(i)}, {Text: "x"}}}
 	}
-	alone := func(string) bool { return false }
+	alone := func(string) commuting { return commuting{} }
 	b.ReportAllocs()
 	for b.Loop() {
 		bl := bulk{hint: n}
