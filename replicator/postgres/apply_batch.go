@@ -161,8 +161,12 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 		}
 		folded = nil
 	}
-	if err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe, release); err != nil {
+	open, err := a.readRows(ctx, ex.tx, shapeOf, byTable, states, probe, release)
+	if err != nil {
 		return 0, err
+	}
+	if open {
+		ex.open = "read_rows"
 	}
 	if len(folded) > 0 {
 		// A probed key with a tombstone was read and locked too.

@@ -57,6 +57,11 @@ type executor struct {
 	ranAs  []string
 	// final: the next flush is the transaction's last (see deferredCheck).
 	final bool
+	// open names a savepoint the batch's rows were read under: pipeline
+	// releases it with the first statements that write (until then only
+	// reads run in it), so that the rows' writes and versions carry the
+	// transaction's own id.
+	open string
 	// What the transaction took in, for CommitStats.
 	started       time.Time
 	txns, changes int
@@ -213,6 +218,12 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
+	if e.open != "" { // no statement went before: see pipeline
+		if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+e.open); err != nil {
+			return fmt.Errorf("apply: %w", err)
+		}
+		e.open = ""
+	}
 	rows := make([][]any, 0, len(entries))
 	for _, en := range entries {
 		k, m := en.key, en.meta
@@ -221,7 +232,7 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 		case "":
 		case "@":
 			// This transaction's xid: the xmin of the rows it writes (the
-			// fast path runs no subtransactions).
+			// fast path writes in no subtransaction: see executor.open).
 			if e.xid == 0 {
 				if err := e.tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_xact_id()::xid`).Scan(&e.xid); err != nil {
 					return fmt.Errorf("apply: transaction id: %w", err)
@@ -260,10 +271,15 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 }
 
 // pipeline runs statements in one round trip and checks each one's row
-// count.
+// count; the savepoint the rows were read under (open) is released first,
+// in the same round trip.
 func (e *executor) pipeline(ctx context.Context, stmts []stmt) error {
 	if len(stmts) == 0 {
 		return nil
+	}
+	if e.open != "" {
+		stmts = append([]stmt{{sql: "RELEASE SAVEPOINT " + e.open, want: -1}}, stmts...)
+		e.open = ""
 	}
 	var b pgx.Batch
 	names := make([]string, 0, len(stmts))

@@ -30,11 +30,15 @@ import (
 // times; only rows written locally again in that short time are then
 // waited for while locked.
 //
+// It reports whether the savepoint is still open: when no row was stale,
+// it is released with the batch's first write (executor.open) instead of
+// in a round trip of its own while the rows are held.
+//
 // Keys in probe (see applyChanges) are assumed absent here: only a tombstone
 // is looked up for them, and those that have one are read like the others
 // (a tombstone can hide an insert not yet versioned, and the decision
 // against it may write nothing that would check the assumption).
-func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState, probe map[metaKey]bool, release bool) error {
+func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState, probe map[metaKey]bool, release bool) (open bool, err error) {
 	var keys, probed []metaKey
 	for k := range states {
 		if probe[k] {
@@ -45,7 +49,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	}
 	tombs, err := loadTombstones(ctx, tx, probed)
 	if err != nil {
-		return fmt.Errorf("apply: %w", err)
+		return false, fmt.Errorf("apply: %w", err)
 	}
 	read := byTable
 	if len(tombs) > 0 {
@@ -60,31 +64,36 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	release = release && len(read) > 0 && a.cfg.Versioner != nil
 	if release {
 		if _, err := tx.Exec(ctx, "SAVEPOINT read_rows"); err != nil {
-			return fmt.Errorf("apply: %w", err)
+			return false, fmt.Errorf("apply: %w", err)
 		}
 	}
 	stale, err := a.readStates(ctx, tx, shapes, read, keys, tombs, states)
 	for attempt := 1; err == nil && release && len(stale) > 0 && attempt <= releaseAttempts; attempt++ {
 		if _, err = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT read_rows"); err != nil {
-			return fmt.Errorf("apply: %w", err)
+			return false, fmt.Errorf("apply: %w", err)
 		}
 		if err = a.barrier(ctx, len(stale), false); err == nil {
 			stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states)
 		}
 	}
 	if err != nil {
-		return err
+		return false, err
 	}
 	if release {
+		if len(stale) == 0 {
+			// The savepoint is released with the batch's first write (see
+			// executor.release), saving a round trip while rows are held.
+			return true, nil
+		}
 		// Back in the transaction itself: its writes must carry its own
 		// transaction id (see executor.copyMetas).
 		if _, err := tx.Exec(ctx, "RELEASE SAVEPOINT read_rows"); err != nil {
-			return fmt.Errorf("apply: %w", err)
+			return false, fmt.Errorf("apply: %w", err)
 		}
 	}
 	for attempt := 1; len(stale) > 0; attempt++ {
 		if attempt > 5 {
-			return retryable{fmt.Errorf("apply: %d rows keep changing locally while their versions are read", len(stale))}
+			return false, retryable{fmt.Errorf("apply: %d rows keep changing locally while their versions are read", len(stale))}
 		}
 		// Rows that exist are locked now: no local write to them can commit
 		// until this transaction ends.
@@ -93,7 +102,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 			lockedBefore[k] = states[k].exists
 		}
 		if err := a.barrier(ctx, len(stale), true); err != nil {
-			return err
+			return false, err
 		}
 		// Read the stale keys again: a row absent before may have been
 		// inserted meanwhile (and is locked now).
@@ -102,11 +111,11 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 			again[k.tbl] = append(again[k.tbl], k.key)
 		}
 		if err := a.readTablesRows(ctx, tx, shapes, again, states); err != nil {
-			return err
+			return false, err
 		}
 		metas, err := loadMeta(ctx, tx, stale)
 		if err != nil {
-			return fmt.Errorf("apply: %w", err)
+			return false, fmt.Errorf("apply: %w", err)
 		}
 		var still []metaKey
 		for _, k := range stale {
@@ -141,7 +150,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		}
 		stale = still
 	}
-	return nil
+	return false, nil
 }
 
 // releaseAttempts bounds how often readRows gives its rows back to wait
@@ -150,14 +159,20 @@ const releaseAttempts = 3
 
 // readStates reads (and locks) the rows of read and the versions of keys
 // (tombs: those already loaded) into states, and returns the keys whose
-// row was written locally after its version was recorded.
+// row was written locally after its version was recorded. Rows and
+// versions are read in one round trip.
 func (a *Applier) readStates(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, read map[string][]string, keys []metaKey, tombs map[metaKey]*meta, states map[metaKey]*rowState) ([]metaKey, error) {
-	if err := a.readTablesRows(ctx, tx, shapes, read, states); err != nil {
+	var b pgx.Batch
+	if err := a.queueTablesRows(&b, shapes, read, states); err != nil {
 		return nil, err
 	}
-	metas, err := loadMeta(ctx, tx, keys)
-	if err != nil {
-		return nil, fmt.Errorf("apply: %w", err)
+	metas := make(map[metaKey]*meta, len(keys)+len(tombs))
+	if len(keys) > 0 {
+		sql, args := metaQuery(keys, false, "")
+		b.Queue(sql, args...).Query(func(rows pgx.Rows) error { return scanMetas(rows, metas) })
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return nil, fmt.Errorf("apply: read rows and their versions: %w", err)
 	}
 	for k, m := range tombs {
 		metas[k] = m
@@ -224,6 +239,18 @@ func unversioned(s *rowState) bool {
 // applier never closes a lock cycle with an application that writes its
 // tables in that order.
 func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
+	var b pgx.Batch
+	if err := a.queueTablesRows(&b, shapes, byTable, states); err != nil {
+		return err
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("apply: read rows: %w", err)
+	}
+	return nil
+}
+
+// queueTablesRows queues readTablesRows's reads in b, in the same order.
+func (a *Applier) queueTablesRows(b *pgx.Batch, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
 	tables := make([]string, 0, len(byTable))
 	for tbl := range byTable {
 		tables = append(tables, tbl)
@@ -232,14 +259,14 @@ func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[stri
 	for _, tbl := range tables {
 		keys := byTable[tbl]
 		sort.Strings(keys)
-		if err := a.readTableRows(ctx, tx, shapes[tbl], keys, states); err != nil {
+		if err := a.queueTableRows(b, shapes[tbl], keys, states); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Shape, keys []string, states map[metaKey]*rowState) error {
+func (a *Applier) queueTableRows(b *pgx.Batch, sh replicator.Shape, keys []string, states map[metaKey]*rowState) error {
 	lk, err := lookupKeys(sh, keys)
 	if err != nil {
 		return err
@@ -256,34 +283,35 @@ func (a *Applier) readTableRows(ctx context.Context, tx pgx.Tx, sh replicator.Sh
 	// of the whole table once the batch is large or the statistics stale).
 	q := fmt.Sprintf(`SELECT %s FROM %s CROSS JOIN LATERAL (SELECT %s FROM %s t WHERE %s LIMIT 1 FOR UPDATE) r`,
 		strings.Join(out, ", "), lk.from, strings.Join(sel, ", "), qualified(sh.Table), lk.match)
-	rows, err := tx.Query(ctx, q, lk.args...)
-	if err != nil {
-		return fmt.Errorf("apply: read %s: %w", sh.Table, err)
-	}
-	defer rows.Close()
-	for _, key := range keys {
-		s := states[metaKey{sh.Table, key}]
-		s.exists, s.xmin, s.values, s.image, s.pending = false, "", nil, nil, nil
-	}
-	for rows.Next() {
-		var ord int64
-		var xmin string
-		dest := []any{&ord, &xmin}
-		counterVals := make([]*string, len(pol.Counters))
-		for i := range counterVals {
-			dest = append(dest, &counterVals[i])
+	b.Queue(q, lk.args...).Query(func(rows pgx.Rows) error {
+		for _, key := range keys {
+			s := states[metaKey{sh.Table, key}]
+			s.exists, s.xmin, s.values, s.image, s.pending = false, "", nil, nil, nil
 		}
-		if err := rows.Scan(dest...); err != nil {
-			return fmt.Errorf("apply: read %s: %w", sh.Table, err)
+		for rows.Next() {
+			var ord int64
+			var xmin string
+			dest := []any{&ord, &xmin}
+			counterVals := make([]*string, len(pol.Counters))
+			for i := range counterVals {
+				dest = append(dest, &counterVals[i])
+			}
+			if err := rows.Scan(dest...); err != nil {
+				return fmt.Errorf("%s: %w", sh.Table, err)
+			}
+			s := states[metaKey{sh.Table, keys[ord-1]}]
+			s.exists, s.xmin, s.image, s.pending = true, xmin, nil, nil
+			s.values = map[string]*string{}
+			for i, c := range pol.Counters {
+				s.values[c] = counterVals[i]
+			}
 		}
-		s := states[metaKey{sh.Table, keys[ord-1]}]
-		s.exists, s.xmin, s.image, s.pending = true, xmin, nil, nil
-		s.values = map[string]*string{}
-		for i, c := range pol.Counters {
-			s.values[c] = counterVals[i]
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("%s: %w", sh.Table, err)
 		}
-	}
-	return rows.Err()
+		return nil
+	})
+	return nil
 }
 
 // keyLookup is how a statement finds rows by arrays of keys: one text[]

@@ -94,6 +94,21 @@ func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (
 }
 
 func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, cond string) (map[metaKey]*meta, error) {
+	out := make(map[metaKey]*meta, len(keys))
+	if len(keys) == 0 {
+		return out, nil
+	}
+	sql, args := metaQuery(keys, lock, cond)
+	rows, err := q.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("load row versions: %w", err)
+	}
+	defer rows.Close()
+	return out, scanMetas(rows, out)
+}
+
+// metaQuery is the query loadMetaWhere runs (keys not empty).
+func metaQuery(keys []metaKey, lock bool, cond string) (string, []any) {
 	// One index probe per key, whatever the planner thinks of the table's
 	// size (LIMIT keeps the subquery a nested loop: a join would be hashed
 	// over a scan of every version once the batch is large or the
@@ -102,23 +117,19 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 	if lock {
 		forUpdate = " FOR UPDATE"
 	}
-	out := make(map[metaKey]*meta, len(keys))
-	if len(keys) == 0 {
-		return out, nil
-	}
 	tbls := make([]string, len(keys))
 	ks := make([]string, len(keys))
 	for i, k := range keys {
 		tbls[i], ks[i] = k.tbl, k.key
 	}
-	rows, err := q.Query(ctx, `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq, m.tuple_xmin, m.siblings, m.stamps, m.own, m.epoch
+	return `SELECT m.tbl, m.key, m.vv, m.hlc, m.origin, m.deleted, coalesce(m.xid::text, ''), m.counters, m.src_seq, m.tuple_xmin, m.siblings, m.stamps, m.own, m.epoch
 		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
 		CROSS JOIN LATERAL (SELECT v.tbl, v.key, v.vv, v.hlc, v.origin, v.deleted, v.xid, v.counters, v.src_seq, v.xmin::text AS tuple_xmin, v.siblings, v.stamps, v.own, v.epoch
-			FROM polyregion.row_version v WHERE v.tbl = k.tbl AND v.key = k.key`+cond+` LIMIT 1`+forUpdate+`) m`, tbls, ks)
-	if err != nil {
-		return nil, fmt.Errorf("load row versions: %w", err)
-	}
-	defer rows.Close()
+			FROM polyregion.row_version v WHERE v.tbl = k.tbl AND v.key = k.key` + cond + ` LIMIT 1` + forUpdate + `) m`, []any{tbls, ks}
+}
+
+// scanMetas reads metaQuery's rows into out.
+func scanMetas(rows pgx.Rows, out map[metaKey]*meta) error {
 	for rows.Next() {
 		var k metaKey
 		var vv, origin, xid, tupleXmin string
@@ -128,24 +139,24 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 		var srcSeq, epoch int64
 		var sibs, stamps, own []byte
 		if err := rows.Scan(&k.tbl, &k.key, &vv, &hlc, &origin, &deleted, &xid, &counters, &srcSeq, &tupleXmin, &sibs, &stamps, &own, &epoch); err != nil {
-			return nil, fmt.Errorf("load row versions: %w", err)
+			return fmt.Errorf("load row versions: %w", err)
 		}
 		vec, err := conflict.ParseVector(vv)
 		if err != nil {
-			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
+			return fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
 		}
 		ws, sd, err := parseSiblings(sibs)
 		if err != nil {
-			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
+			return fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
 		}
 		st, err := parseStamps(stamps)
 		if err != nil {
-			return nil, fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
+			return fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
 		}
 		var ownRow storedOwn
 		if len(own) > 0 {
 			if err := json.Unmarshal(own, &ownRow); err != nil {
-				return nil, fmt.Errorf("load row versions: %s %s: own row: %w", k.tbl, k.key, err)
+				return fmt.Errorf("load row versions: %s %s: own row: %w", k.tbl, k.key, err)
 			}
 		}
 		out[k] = &meta{
@@ -159,7 +170,10 @@ func loadMetaWhere(ctx context.Context, q querier, keys []metaKey, lock bool, co
 			tupleXmin: tupleXmin,
 		}
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return fmt.Errorf("load row versions: %w", err)
+	}
+	return nil
 }
 
 type querier interface {
