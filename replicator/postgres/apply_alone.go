@@ -22,9 +22,8 @@ const aloneFor = 30 * time.Second
 // commuting is what a table's writes commute with inside one apply
 // transaction.
 type commuting struct {
-	tables bool // with every other such table's writes (standsAlone)
-	// rows: also with the table's own writes of other rows (rowsCommute).
-	rows bool
+	tables bool // with the writes of every other table that stands alone
+	rows   bool // also with the table's own writes of other rows
 }
 
 // loadAlone finds out, for each table not known yet, what its writes

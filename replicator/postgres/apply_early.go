@@ -26,7 +26,7 @@ import (
 // versions are written with the rest of the batch, conditioned as usual.
 //
 // A table qualifies when its writes commute with other tables' (see
-// standsAlone), every change of it in the batch is an insert of a key
+// commutes), every change of it in the batch is an insert of a key
 // not seen before in the batch, and no tombstone is recorded for any of
 // those keys (a tombstoned key is read and decided with the others).
 // Moving these inserts ahead of the source's other writes then changes no

@@ -82,7 +82,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	if release {
 		if len(stale) == 0 {
 			// The savepoint is released with the batch's first write (see
-			// executor.release), saving a round trip while rows are held.
+			// executor.open), saving a round trip while rows are held.
 			return true, nil
 		}
 		// Back in the transaction itself: its writes must carry its own
