@@ -550,8 +550,6 @@ func (s *OrderSampler) sample(ctx context.Context) {
 		}
 		s.mu.Lock()
 		s.samples++
-		s.mu.Unlock()
-		s.mu.Lock()
 		killed := s.crashes[r.Name] != crash // while it was read
 		s.mu.Unlock()
 		for _, o := range got {

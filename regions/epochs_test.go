@@ -155,9 +155,6 @@ func TestAPolicyChangeKeepsWhatMerges(t *testing.T) {
 	}
 }
 
-// TestAChangeMayAddAndDropTables: a change naming a table the cluster does
-// not replicate adds it at its epoch, and one leaving a table out drops
-// it; the fingerprint stays the founding tables' throughout.
 // bringIntoEffect makes epoch, announced to us and eu (neither having
 // shipped anything), come into effect: both report their fence, then
 // their progress, from log index first on.
@@ -173,6 +170,9 @@ func bringIntoEffect(t *testing.T, m *Membership, first, epoch uint64) {
 	}
 }
 
+// TestAChangeMayAddAndDropTables: a change naming a table the cluster does
+// not replicate adds it at its epoch, and one leaving a table out drops
+// it; the fingerprint stays the founding tables' throughout.
 func TestAChangeMayAddAndDropTables(t *testing.T) {
 	m := foundedWithPolicies(t, "us", "eu")
 	more := priorityTables()

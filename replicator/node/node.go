@@ -378,7 +378,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	} else {
 		rt.seedFailures = 0
 	}
-	seedAfter := seedRetry(max(rt.seedFailures-1, 0))
+	seedAfter := seedRetry(rt.seedFailures - 1) // the runs before this one that missed the lock
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
 		log.Error("a table the cluster added is not replicated here yet: peers' changes to it are parked until it is; every other table replicates", "table", t, "reason", waiting[t].reason)
 	}

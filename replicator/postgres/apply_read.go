@@ -110,12 +110,9 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			again[k.tbl] = append(again[k.tbl], k.key)
 		}
-		if err := a.readTablesRows(ctx, tx, shapes, again, states); err != nil {
-			return false, err
-		}
-		metas, err := loadMeta(ctx, tx, stale)
+		metas, err := a.readRowsAndVersions(ctx, tx, shapes, again, stale, states)
 		if err != nil {
-			return false, fmt.Errorf("apply: %w", err)
+			return false, err
 		}
 		var still []metaKey
 		for _, k := range stale {
@@ -162,17 +159,9 @@ const releaseAttempts = 3
 // row was written locally after its version was recorded. Rows and
 // versions are read in one round trip.
 func (a *Applier) readStates(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, read map[string][]string, keys []metaKey, tombs map[metaKey]*meta, states map[metaKey]*rowState) ([]metaKey, error) {
-	var b pgx.Batch
-	if err := a.queueTablesRows(&b, shapes, read, states); err != nil {
+	metas, err := a.readRowsAndVersions(ctx, tx, shapes, read, keys, states)
+	if err != nil {
 		return nil, err
-	}
-	metas := make(map[metaKey]*meta, len(keys)+len(tombs))
-	if len(keys) > 0 {
-		sql, args := metaQuery(keys, false, "")
-		b.Queue(sql, args...).Query(func(rows pgx.Rows) error { return scanMetas(rows, metas) })
-	}
-	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return nil, fmt.Errorf("apply: read rows and their versions: %w", err)
 	}
 	for k, m := range tombs {
 		metas[k] = m
@@ -232,24 +221,31 @@ func unversioned(s *rowState) bool {
 	return s.meta != nil && !s.meta.version.Deleted
 }
 
-// readTablesRows reads (and locks) rows table by table in the order the
-// applications write them (replicator.TableOrder), each table's in key
-// order: every applier of the process takes row locks in the same order, so
-// two appliers reading overlapping rows never deadlock each other, and an
+// readRowsAndVersions reads (and locks) the rows of byTable into states
+// and returns the recorded versions of keys, in one round trip: rows table
+// by table in the order the applications write them
+// (replicator.TableOrder), each table's in key order, then the versions.
+// Every applier of the process takes row locks in the same order, so two
+// appliers reading overlapping rows never deadlock each other, and an
 // applier never closes a lock cycle with an application that writes its
 // tables in that order.
-func (a *Applier) readTablesRows(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
+func (a *Applier) readRowsAndVersions(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, keys []metaKey, states map[metaKey]*rowState) (map[metaKey]*meta, error) {
 	var b pgx.Batch
 	if err := a.queueTablesRows(&b, shapes, byTable, states); err != nil {
-		return err
+		return nil, err
+	}
+	metas := make(map[metaKey]*meta, len(keys))
+	if len(keys) > 0 {
+		sql, args := metaQuery(keys, false, "")
+		b.Queue(sql, args...).Query(func(rows pgx.Rows) error { return scanMetas(rows, metas) })
 	}
 	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return fmt.Errorf("apply: read rows: %w", err)
+		return nil, fmt.Errorf("apply: read rows and their versions: %w", err)
 	}
-	return nil
+	return metas, nil
 }
 
-// queueTablesRows queues readTablesRows's reads in b, in the same order.
+// queueTablesRows queues the reads of readRowsAndVersions's rows in b.
 func (a *Applier) queueTablesRows(b *pgx.Batch, shapes map[string]replicator.Shape, byTable map[string][]string, states map[metaKey]*rowState) error {
 	tables := make([]string, 0, len(byTable))
 	for tbl := range byTable {

@@ -41,11 +41,7 @@ type meta struct {
 
 type metaKey struct{ tbl, key string }
 
-func loadMeta(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
-	return loadMetaLocked(ctx, q, keys, false)
-}
-
-// loadTombstones is loadMeta for keys where only a tombstone can be
+// loadTombstones is loadMetaLocked (without locks) for keys where only a tombstone can be
 // recorded (a probe of the tombstones' index, far smaller than all
 // versions).
 func loadTombstones(ctx context.Context, q querier, keys []metaKey) (map[metaKey]*meta, error) {
@@ -87,8 +83,8 @@ func loadTombstones(ctx context.Context, q querier, keys []metaKey) (map[metaKey
 	return loadMetaWhere(ctx, q, probe, false, " AND v.deleted")
 }
 
-// loadMetaLocked is loadMeta, optionally locking the versions it finds
-// until the transaction ends, in the order of keys.
+// loadMetaLocked loads the recorded versions of keys, optionally locking
+// those it finds until the transaction ends, in the order of keys.
 func loadMetaLocked(ctx context.Context, q querier, keys []metaKey, lock bool) (map[metaKey]*meta, error) {
 	return loadMetaWhere(ctx, q, keys, lock, "")
 }
