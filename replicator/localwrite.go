@@ -36,6 +36,12 @@ type LocalWrite struct {
 	// Epoch is the configuration epoch the region ranks the write under
 	// (0 under the founding configuration; see conflict/epochs.go).
 	Epoch uint64
+	// Unseeded: the row's state before the write was never shipped (a row
+	// of a table being seeded that its seed had not reached yet). The
+	// write is the row's first shipped state, whatever old row the stream
+	// carries: its counters ship their whole values and every column
+	// counts as changed.
+	Unseeded bool
 }
 
 // Versioned is a local write's outcome: its version, the counter sums it
@@ -70,7 +76,8 @@ type Versioned struct {
 //     value, when the stream carries it, is the starting point. An
 //     unchanged (TOASTed) counter moves by 0. A delete keeps the sums in
 //     its tombstone: deltas that arrive while the row is deleted still
-//     count.
+//     count. An Unseeded write ignores the old row: its delta is its whole
+//     value.
 func VersionLocalWrite(p conflict.Policy, prior Recorded, w LocalWrite) (Versioned, error) {
 	out := Versioned{Version: conflict.Version{
 		Vector:  prior.Version.Vector.Tick(w.Region),
@@ -79,9 +86,12 @@ func VersionLocalWrite(p conflict.Policy, prior Recorded, w LocalWrite) (Version
 		Deleted: w.Op == conflict.OpDelete,
 		Epoch:   max(prior.Version.Epoch, w.Epoch),
 	}}
-	full := w.Old
+	full, old := w.Old, w.Old
 	if !w.OldFull {
 		full = nil
+	}
+	if w.Unseeded {
+		full, old = nil, nil
 	}
 	if cols := StampedColumns(w.Shape, p); len(cols) > 0 {
 		changed := ChangedColumns(w.Shape, cols, full, w.Row)
@@ -109,10 +119,10 @@ func VersionLocalWrite(p conflict.Policy, prior Recorded, w LocalWrite) (Version
 			if !known {
 				sum = oldV
 			}
-		case !known && w.Old != nil && i < len(w.Old) && !w.Old[i].Null && !w.Old[i].Unchanged:
+		case !known && old != nil && i < len(old) && !old[i].Null && !old[i].Unchanged:
 			// A row written before replication started: its old value
 			// comes from the stream.
-			oldV = w.Old[i].Text
+			oldV = old[i].Text
 			sum = oldV
 		}
 		if v.Unchanged {

@@ -68,6 +68,11 @@ func TestVersionLocalWrite(t *testing.T) {
 		{name: "a row written before replication: the stream's old value is the start", p: counted,
 			w:      LocalWrite{Op: conflict.OpUpdate, Shape: hits, Row: row("1", "41", "x"), Old: row("1", "40", "x"), OldFull: true},
 			vector: "us:1", hlc: at, sums: map[string]string{"hits": "41"}, deltas: map[string]string{"hits": "1"}},
+		{name: "a row its table's seed has not reached: the whole value, whatever the stream's old value", p: counted,
+			// Peers never had the row's 40: the write is its first
+			// shipped state, and the seed's row then follows it by 0.
+			w:      LocalWrite{Op: conflict.OpUpdate, Shape: hits, Row: row("1", "41", "x"), Old: row("1", "40", "x"), OldFull: true, Unseeded: true},
+			vector: "us:1", hlc: at, sums: map[string]string{"hits": "41"}, deltas: map[string]string{"hits": "41"}},
 		{name: "an unchanged counter moves by nothing", p: counted,
 			prior:  Recorded{Counters: map[string]string{"hits": "9"}},
 			w:      LocalWrite{Op: conflict.OpUpdate, Shape: hits, Row: row("1", "TOAST", "y")},
@@ -117,8 +122,12 @@ func TestVersionLocalWriteKeepsTheStampsOfUnchangedColumns(t *testing.T) {
 	if got, _ := VersionLocalWrite(p, prior, w); got.Version.Stamps != nil {
 		t.Fatalf("stamps %v without the old row, want none kept", got.Version.Stamps)
 	}
+	w.OldFull, w.Unseeded = true, true // the write is the row's first shipped state
+	if got, _ := VersionLocalWrite(p, prior, w); got.Version.Stamps != nil {
+		t.Fatalf("stamps %v of a row its seed had not reached, want none kept", got.Version.Stamps)
+	}
+	w.Unseeded = false
 	prior.Version.Deleted = true
-	w.OldFull = true
 	if got, _ := VersionLocalWrite(p, prior, w); got.Version.Stamps != nil {
 		t.Fatalf("stamps %v over a tombstone, want none kept", got.Version.Stamps)
 	}

@@ -319,17 +319,21 @@ func Prepare(ctx context.Context, cfg Config) (tablesWaiting, error) {
 	}
 	for _, t := range pending {
 		began := time.Now()
-		rows, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, added[t])
-		if err != nil {
-			if postgres.IsUnavailable(err) {
-				return nil, err
-			}
+		st, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, added[t])
+		var unfinished *postgres.SeedUnfinished
+		switch {
+		case errors.As(err, &unfinished):
+			// Published already: nothing replicates here without it.
+			return nil, &tablesPending{err: err}
+		case postgres.IsUnavailable(err):
+			return nil, err
+		case err != nil:
 			waiting[t] = waitingTable{reason: "seed: " + err.Error(), seed: true}
 			continue
 		}
 		if cfg.Logger != nil {
-			cfg.Logger.Info("replicating a table added by the cluster: its rows here are shipped as this region's", "table", t, "epoch", added[t], "rows", rows,
-				"writes_held_ms", time.Since(began).Milliseconds())
+			cfg.Logger.Info("replicating a table added by the cluster: its rows here are shipped as this region's", "table", t, "epoch", added[t], "rows", st.Rows,
+				"chunks", st.Chunks, "resumed", st.Resumed, "took_ms", time.Since(began).Milliseconds(), "writes_held_longest_ms", st.LongestHold.Milliseconds())
 		}
 	}
 	if loss, err := postgres.ReadSlotLoss(ctx, conn, string(cfg.Region)); err != nil {

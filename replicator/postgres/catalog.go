@@ -198,8 +198,8 @@ func CheckTables(ctx context.Context, conn *pgx.Conn, tables []string) error {
 // the publication over the replicated tables (kept in step with the config),
 // the replication slot and one replication origin per peer. Idempotent.
 // The tables of added (table -> the epoch that added it) not seeded here
-// yet are left out of the publication and returned: SeedTable publishes
-// each.
+// yet are returned, and left out of the publication unless their seed
+// began: SeedTable publishes each.
 func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string, added map[string]uint64, peers []string) ([]string, error) {
 	if err := Install(ctx, conn); err != nil {
 		return nil, err
@@ -208,7 +208,7 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if _, err := conn.Exec(ctx, `DELETE FROM polyregion.seeded WHERE NOT (tbl = ANY ($1::text[]))`, tables); err != nil {
 		return nil, fmt.Errorf("prepare: seeded tables: %w", err)
 	}
-	held, err := unseeded(ctx, conn, added)
+	held, begun, err := unseeded(ctx, conn, added)
 	if err != nil {
 		return nil, err
 	}
@@ -221,7 +221,10 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	for _, t := range tables {
 		if held[t] {
 			pending = append(pending, t)
-		} else {
+		}
+		// A seed that began keeps its table published: the writes since
+		// are in the stream, and the seed goes on.
+		if !held[t] || begun[t] {
 			list = append(list, qualified(t))
 		}
 	}

@@ -79,6 +79,7 @@ type Reader struct {
 	cfg    ReaderConfig
 	tables map[string]regions.Table
 	epochs readerEpochs // set by Run before anything is versioned
+	seeds  map[string]seedWindow
 
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
@@ -210,6 +211,9 @@ func (r *Reader) Run(ctx context.Context) error {
 	}
 	r.advance(st.lsn)
 	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, r.cfg.Learned, st.nextSeq-1); err != nil {
+		return err
+	}
+	if r.seeds, err = loadSeedWindows(ctx, conn); err != nil {
 		return err
 	}
 

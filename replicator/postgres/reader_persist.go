@@ -198,6 +198,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			sl := &slots[slotOf[0]]
 			slotOf = slotOf[1:]
 			prior := sl.cur
+			unseeded := prior == nil && r.unseededWrite(c.rel.name, t.commitLSN)
 			if prior == nil {
 				prior = &meta{}
 			}
@@ -206,7 +207,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			}
 			v, err := replicator.VersionLocalWrite(pol, replicator.Recorded{Version: prior.version, Counters: prior.counters}, replicator.LocalWrite{
 				Region: r.cfg.Region, Commit: t.commitTime, Op: c.op, Shape: c.rel.shape, Row: c.row,
-				Old: c.old, OldFull: c.rel.msg != nil && c.rel.msg.ReplicaIdentity == 'f', Epoch: epoch,
+				Old: c.old, OldFull: c.rel.msg != nil && c.rel.msg.ReplicaIdentity == 'f', Epoch: epoch, Unseeded: unseeded,
 			})
 			if err != nil {
 				return fmt.Errorf("reader: %s key %s: %w", c.rel.name, c.key, err)

@@ -198,6 +198,19 @@ var schemaDDL = []string{
 		epoch     bigint NOT NULL,
 		rows      bigint NOT NULL,
 		seeded_at timestamptz NOT NULL DEFAULT now())`,
+	// began_lsn and ended_lsn: the WAL positions that bound the seed's
+	// transactions (a local write committed between them may touch a row
+	// its seed had not reached: see Reader.unseeded).
+	`ALTER TABLE polyregion.seeded ADD COLUMN IF NOT EXISTS began_lsn pg_lsn`,
+	`ALTER TABLE polyregion.seeded ADD COLUMN IF NOT EXISTS ended_lsn pg_lsn`,
+	// seeding: a seed begun and not finished (its table is published
+	// already; see seed.go).
+	`CREATE TABLE IF NOT EXISTS polyregion.seeding (
+		tbl       text PRIMARY KEY,
+		epoch     bigint NOT NULL,
+		began_lsn pg_lsn NOT NULL,
+		rows      bigint NOT NULL DEFAULT 0,
+		began_at  timestamptz NOT NULL DEFAULT now())`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,

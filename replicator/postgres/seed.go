@@ -1,23 +1,51 @@
 package postgres
 
-// Seeding a table added at an epoch (see regions/tables.go): once, in one
-// transaction, the table is locked against writes (SHARE: applications'
-// writes wait; reads go on), added to the region's publication, and every
-// row it holds is emitted into the WAL as transactional logical decoding
+// Seeding a table added at an epoch (see regions/tables.go): every row the
+// table holds is emitted into the WAL as transactional logical decoding
 // messages (SeedPrefix: "table\n" and a JSON array of rows, each an array
 // of the columns' text values or null, as the change stream renders
-// them). The reader turns those into inserts of the transaction, which it
-// versions and ships like any local write (addSeeded). Rows committed
-// before the seed are in it, those after are in the change stream from
-// the publication's change on: none is missed or shipped twice.
+// them). The reader turns those into inserts of their transaction, which
+// it versions and ships like any local write (addSeeded).
+//
+// The rows go in chunks of seedChunkRows in key order, one transaction
+// each. Each locks the table against writes (SHARE: applications' writes
+// wait, reads go on) only while it reads its chunk, so applications wait
+// for one chunk at a time, never for the whole table. The first also adds
+// the table to the region's publication, so every write from then on is
+// in the change stream. What that gives:
+//
+//   - A row's chunk carries its latest committed state: no write to the
+//     table is in progress while a chunk reads (the lock), and every
+//     earlier write is in the stream before the chunk's transaction. So
+//     the chunk's row is a causal successor of whatever the stream already
+//     carried of the row, with the same values: nothing older overwrites
+//     anything newer, and an update that left a TOASTed value out of the
+//     stream is completed by the row's chunk.
+//   - A row written between the first chunk and its own is first shipped
+//     by that write. The reader knows (Reader.unseededWrite: no version
+//     recorded, committed inside the seed's WAL bounds) and ships its
+//     counters' whole values, not the change from an old value no peer
+//     has (with REPLICA IDENTITY FULL the stream carries that old value).
+//   - Rows deleted before their chunk are in no chunk; their delete went
+//     in the stream.
+//
+// A seed that stops after its first chunk (the process stopped, or a chunk
+// could not get the lock) is recorded in polyregion.seeding: the table
+// stays published (Prepare), the data plane does not start without it, and
+// the next run seeds it again from the first key, keeping the WAL position
+// where it began. Rows the earlier run emitted go again as successors of
+// themselves, with their current values.
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator"
@@ -30,78 +58,246 @@ const SeedPrefix = "polyregion.seed"
 // seedBatchRows is how many rows one seed message carries.
 const seedBatchRows = 1000
 
-// seedLockTimeout bounds the wait for the applications' transactions on a
-// table being seeded (a longer one is retried with the data plane).
-const seedLockTimeout = "30s"
+// seedChunkRows is how many rows one seed transaction reads, holding the
+// table's writers meanwhile (15-40 ms for a million-row table here).
+const seedChunkRows = 5000
+
+// seedLockAttempt bounds one wait for a chunk's lock: writers that come
+// after the wait queue behind it, so it is short, and tried again.
+const seedLockAttempt = 200 * time.Millisecond
+
+// seedLockBudget bounds how long a chunk tries to get its lock (the seed is
+// then tried again with the data plane).
+const seedLockBudget = 30 * time.Second
+
+// SeedStats is what a seed did.
+type SeedStats struct {
+	Rows   int64 // rows emitted
+	Chunks int   // transactions
+	// LongestHold is the longest time one chunk held the table's writers,
+	// from its lock to its commit.
+	LongestHold time.Duration
+	// Resumed: a seed begun by an earlier run went on.
+	Resumed bool
+}
+
+// SeedUnfinished is a seed that began (its table is published) and could
+// not finish: the region's data plane must not run without the table.
+type SeedUnfinished struct {
+	Table string
+	Err   error
+}
+
+func (e *SeedUnfinished) Error() string {
+	return fmt.Sprintf("the seed of %s began and could not finish (it goes on from the first key when the data plane starts again): %v", e.Table, e.Err)
+}
+
+func (e *SeedUnfinished) Unwrap() error { return e.Err }
 
 // unseeded returns the tables of added (table -> epoch that added it) not
-// seeded here yet.
-func unseeded(ctx context.Context, conn *pgx.Conn, added map[string]uint64) (map[string]bool, error) {
-	out := map[string]bool{}
+// seeded here yet, and of those, the ones whose seed began.
+func unseeded(ctx context.Context, conn *pgx.Conn, added map[string]uint64) (map[string]bool, map[string]bool, error) {
+	out, begun := map[string]bool{}, map[string]bool{}
 	for t := range added {
-		var done bool
-		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeded WHERE tbl = $1)`, t).Scan(&done); err != nil {
-			return nil, fmt.Errorf("seeded tables: %w", err)
+		var done, started bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeded WHERE tbl = $1), EXISTS (SELECT FROM polyregion.seeding WHERE tbl = $1)`, t).Scan(&done, &started); err != nil {
+			return nil, nil, fmt.Errorf("seeded tables: %w", err)
 		}
 		if !done {
 			out[t] = true
+			begun[t] = started
 		}
 	}
-	return out, nil
+	return out, begun, nil
 }
 
 // SeedTable seeds table, added at epoch, into the region's change stream
-// (see above) and returns how many rows it emitted. A table seeded
-// already is left alone (0, nil).
-func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch uint64) (int64, error) {
+// (see above). A table seeded already is left alone (zero stats, nil).
+// An error after the seed began is a *SeedUnfinished.
+func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch uint64) (SeedStats, error) {
+	var st SeedStats
 	sh, err := LoadShape(ctx, conn, table)
 	if err != nil {
-		return 0, fmt.Errorf("seed %s: %w", table, err)
+		return st, fmt.Errorf("seed %s: %w", table, err)
 	}
-	tx, err := conn.Begin(ctx)
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeding WHERE tbl = $1)`, table).Scan(&st.Resumed); err != nil {
+		return st, fmt.Errorf("seed %s: %w", table, err)
+	}
+	begun := st.Resumed
+	var after []string // the last key seeded; nil: none yet
+	for {
+		done, err := seedChunk(ctx, conn, region, table, epoch, sh, &after, &st, begun)
+		if err != nil {
+			if begun && !IsUnavailable(err) {
+				return st, &SeedUnfinished{Table: table, Err: err}
+			}
+			return st, err
+		}
+		begun = true
+		if done {
+			return st, nil
+		}
+	}
+}
+
+// seedChunk emits the rows after *after (from the first when nil), up to
+// seedChunkRows of them, in one transaction, moving *after to the last;
+// done when they were the last ones (or the table is seeded already).
+func seedChunk(ctx context.Context, conn *pgx.Conn, region, table string, epoch uint64, sh replicator.Shape, after *[]string, st *SeedStats, begun bool) (done bool, err error) {
+	tx, held, err := lockForSeed(ctx, conn, table)
 	if err != nil {
-		return 0, fmt.Errorf("seed %s: %w", table, err)
+		return false, err
 	}
 	defer tx.Rollback(context.Background())
-	var done bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeded WHERE tbl = $1)`, table).Scan(&done); err != nil || done {
-		return 0, err
-	}
-	for _, stmt := range []string{
-		"SET LOCAL lock_timeout = '" + seedLockTimeout + "'",
-		"LOCK TABLE " + qualified(table) + " IN SHARE MODE",
-	} {
-		if _, err := tx.Exec(ctx, stmt); err != nil {
-			return 0, fmt.Errorf("seed %s: %w", table, err)
+	if !begun {
+		var seeded bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeded WHERE tbl = $1)`, table).Scan(&seeded); err != nil || seeded {
+			return true, err
+		}
+		// Under the lock no write to the table is in progress: every one
+		// committed so far is before this position, every later one after
+		// this transaction.
+		if _, err := tx.Exec(ctx, `INSERT INTO polyregion.seeding (tbl, epoch, began_lsn) VALUES ($1, $2, pg_catalog.pg_current_wal_insert_lsn())
+			ON CONFLICT (tbl) DO NOTHING`, table, int64(epoch)); err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
 		}
 	}
-	var member bool
-	if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname || '.' || tablename = $2)`,
-		PublicationName(region), table).Scan(&member); err != nil {
-		return 0, fmt.Errorf("seed %s: %w", table, err)
-	}
-	if !member {
-		if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+quoteIdent(PublicationName(region))+" ADD TABLE "+qualified(table)); err != nil {
-			return 0, fmt.Errorf("seed %s: publish: %w", table, err)
+	if *after == nil {
+		// Published in the first chunk of each run (Prepare keeps a begun
+		// seed's table published; this makes sure, under the lock).
+		var member bool
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname || '.' || tablename = $2)`,
+			PublicationName(region), table).Scan(&member); err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+		if !member {
+			if _, err := tx.Exec(ctx, "ALTER PUBLICATION "+quoteIdent(PublicationName(region))+" ADD TABLE "+qualified(table)); err != nil {
+				return false, fmt.Errorf("seed %s: publish: %w", table, err)
+			}
 		}
 	}
+	args := []any{SeedPrefix, table, seedChunkRows}
+	for _, k := range *after {
+		args = append(args, k)
+	}
+	var n int64
+	var last *string
+	if err := tx.QueryRow(ctx, seedChunkSQL(sh, *after != nil), args...).Scan(&n, &last); err != nil {
+		return false, fmt.Errorf("seed %s: %w", table, err)
+	}
+	st.Rows += n
+	done = n < seedChunkRows
+	if done {
+		tag, err := tx.Exec(ctx, `INSERT INTO polyregion.seeded (tbl, epoch, rows, began_lsn, ended_lsn)
+			SELECT tbl, epoch, $2, began_lsn, pg_catalog.pg_current_wal_insert_lsn() FROM polyregion.seeding WHERE tbl = $1`, table, st.Rows)
+		if err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+		if tag.RowsAffected() != 1 {
+			return false, fmt.Errorf("seed %s: its start is not recorded (polyregion.seeding)", table)
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM polyregion.seeding WHERE tbl = $1`, table); err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+	} else {
+		if last == nil {
+			return false, fmt.Errorf("seed %s: a full chunk without a last row", table)
+		}
+		key, err := seedKey(sh, *last)
+		if err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+		*after = key
+		if _, err := tx.Exec(ctx, `UPDATE polyregion.seeding SET rows = $2 WHERE tbl = $1`, table, st.Rows); err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return false, fmt.Errorf("seed %s: %w", table, err)
+	}
+	st.Chunks++
+	st.LongestHold = max(st.LongestHold, time.Since(held))
+	return done, nil
+}
+
+// lockForSeed begins a transaction holding table's SHARE lock and returns
+// when it got it. Each wait is bounded by seedLockAttempt (writers queue
+// behind a waiting lock request); attempts go on for seedLockBudget.
+func lockForSeed(ctx context.Context, conn *pgx.Conn, table string) (pgx.Tx, time.Time, error) {
+	began := time.Now()
+	for {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			return nil, time.Time{}, fmt.Errorf("seed %s: %w", table, err)
+		}
+		_, err = tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", seedLockAttempt.Milliseconds()))
+		if err == nil {
+			_, err = tx.Exec(ctx, "LOCK TABLE "+qualified(table)+" IN SHARE MODE")
+		}
+		if err == nil {
+			return tx, time.Now(), nil
+		}
+		tx.Rollback(context.Background())
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "55P03" {
+			return nil, time.Time{}, fmt.Errorf("seed %s: %w", table, err)
+		}
+		if time.Since(began) > seedLockBudget {
+			return nil, time.Time{}, fmt.Errorf("seed %s: writers held the table for more than %s: %w", table, seedLockBudget, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, time.Time{}, ctx.Err()
+		case <-time.After(seedLockAttempt / 2):
+		}
+	}
+}
+
+// seedChunkSQL reads up to $3 rows of sh's table in key order (after the
+// key in $4... when after), emits them as seed messages ($1 prefix, $2
+// table) and returns how many and the last one (its JSON array).
+func seedChunkSQL(sh replicator.Shape, after bool) string {
 	vals := make([]string, len(sh.Columns))
 	for i, c := range sh.Columns {
 		// format('%s', v) renders v with its type's output function, as
 		// the change stream does (a cast to text may not).
 		vals[i] = fmt.Sprintf("CASE WHEN t.%[1]s IS NULL THEN NULL ELSE pg_catalog.format('%%s', t.%[1]s) END", quoteIdent(c))
 	}
-	var rows int64
-	if err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT coalesce(pg_catalog.sum(m.n), 0)::bigint FROM (
-		SELECT pg_catalog.count(*) AS n, pg_catalog.pg_logical_emit_message(true, $1, $2 || E'\n' || pg_catalog.json_agg(r.a)::text) AS lsn
-		FROM (SELECT pg_catalog.json_build_array(%s) AS a, (pg_catalog.row_number() OVER () - 1) / %d AS b FROM %s t) r
-		GROUP BY r.b) m`, strings.Join(vals, ", "), seedBatchRows, qualified(table)), SeedPrefix, table).Scan(&rows); err != nil {
-		return 0, fmt.Errorf("seed %s: %w", table, err)
+	keys := make([]string, len(sh.Key))
+	bounds := make([]string, len(sh.Key))
+	for j, i := range sh.Key {
+		keys[j] = "t." + quoteIdent(sh.Columns[i])
+		bounds[j] = fmt.Sprintf("CAST($%d::text AS %s)", 4+j, sh.Types[i])
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.seeded (tbl, epoch, rows) VALUES ($1, $2, $3)`, table, int64(epoch), rows); err != nil {
-		return 0, fmt.Errorf("seed %s: %w", table, err)
+	order := strings.Join(keys, ", ")
+	where := ""
+	if after {
+		where = fmt.Sprintf(" WHERE (%s) > (%s)", order, strings.Join(bounds, ", "))
 	}
-	return rows, tx.Commit(ctx)
+	return fmt.Sprintf(`WITH c AS MATERIALIZED (
+		SELECT pg_catalog.json_build_array(%s) AS a, pg_catalog.row_number() OVER (ORDER BY %s) AS i
+		FROM %s t%s ORDER BY %s LIMIT $3)
+	SELECT (SELECT coalesce(pg_catalog.sum(m.n), 0)::bigint FROM (
+			SELECT pg_catalog.count(*) AS n, pg_catalog.pg_logical_emit_message(true, $1, $2 || E'\n' || pg_catalog.json_agg(c.a)::text) AS lsn
+			FROM c GROUP BY (c.i - 1) / %d) m),
+		(SELECT c.a::text FROM c ORDER BY c.i DESC LIMIT 1)`,
+		strings.Join(vals, ", "), order, qualified(sh.Table), where, order, seedBatchRows)
+}
+
+// seedKey takes the key values out of a seeded row (its JSON array).
+func seedKey(sh replicator.Shape, row string) ([]string, error) {
+	var vals []*string
+	if err := json.Unmarshal([]byte(row), &vals); err != nil || len(vals) != len(sh.Columns) {
+		return nil, fmt.Errorf("malformed seeded row (%d bytes)", len(row))
+	}
+	key := make([]string, len(sh.Key))
+	for j, i := range sh.Key {
+		if vals[i] == nil {
+			return nil, fmt.Errorf("seeded row with a null key column %q", sh.Columns[i])
+		}
+		key[j] = *vals[i]
+	}
+	return key, nil
 }
 
 // addSeeded turns one seed message of an added table ("table\n" and a
