@@ -249,3 +249,34 @@ func TestAChangeWaitsForEveryRegionToRunAReleaseThatTakesIt(t *testing.T) {
 		t.Fatal("a region that runs an earlier release again still counts as taking changes")
 	}
 }
+
+// TestAMembershipRestoredFromASnapshotTakesFences: the control plane's
+// snapshot is the membership's JSON, in which an announced epoch's empty
+// fences (and an empty sequence plan) are left out. A region restored from
+// a snapshot taken right after an announcement (as after a kill -9 during
+// a change) applies the fences that follow it in the log, and a join, as
+// the regions that never restarted do.
+func TestAMembershipRestoredFromASnapshotTakesFences(t *testing.T) {
+	m := foundedWithPolicies(t, "us", "eu", "ap")
+	mustApply(t, m, 2, Command{Op: OpConfigure, Policies: priorityTables()})
+	b, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var restored Membership
+	if err := json.Unmarshal(b, &restored); err != nil {
+		t.Fatal(err)
+	}
+	for _, mm := range []*Membership{m, &restored} {
+		mustApply(t, mm, 3, Command{Op: OpFence, Region: "us", Epoch: 2, Fence: 10})
+		mustApply(t, mm, 4, Command{Op: OpAdd, Region: "sa", URL: "https://sa.example:7000", From: "us"})
+	}
+	if f := restored.Epoch().Fences; f["us"] != 10 || len(f) != 2 {
+		t.Fatalf("restored: fences %v, want us's 10 and the joining sa's 0", f)
+	}
+	a, _ := json.Marshal(m)
+	r, _ := json.Marshal(&restored)
+	if string(a) != string(r) {
+		t.Fatalf("the restored membership went another way:\n%s\n%s", a, r)
+	}
+}

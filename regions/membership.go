@@ -221,6 +221,14 @@ func (m *Membership) Apply(index uint64, c Command) (Result, error) {
 	if m.Progress == nil {
 		m.Progress = map[conflict.RegionID]*Progress{}
 	}
+	// A membership restored from a snapshot (its JSON) lacks the maps that
+	// were empty: a pending epoch's fences, a sequence plan's offsets.
+	if e := m.latest(); e != nil && e.Fences == nil {
+		e.Fences = map[conflict.RegionID]uint64{}
+	}
+	if m.Sequences != nil && m.Sequences.Offsets == nil {
+		m.Sequences.Offsets = map[conflict.RegionID]int64{}
+	}
 	m.Applied = max(m.Applied, index)
 	if c.Op == OpNoop {
 		return Result{}, nil
