@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -144,4 +145,94 @@ func TestATableSeededWhileWrittenEndsTheSameEverywhere(t *testing.T) {
 	}
 	t.Logf("us wrote %d times while the tables were added (%d counted increments); parked in eu: %d, in ap: %d; us's seeds:%s",
 		writes, increments, queryInt(t, ctx, h.Regions[1], `SELECT count(*) FROM polyregion.parked`), queryInt(t, ctx, h.Regions[2], `SELECT count(*) FROM polyregion.parked`), seedLog)
+}
+
+// TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts: us's replicator is
+// killed (-9) while it seeds a 300,000-row counter table the cluster
+// added, with increments going on. The table stays published (its writes
+// since are in the stream) and the seed recorded as begun; the restarted
+// replicator seeds it again from the first key and every region ends with
+// us's sums, every increment counted once.
+func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
+	const rows = 300000
+	schema := append(append([]string(nil), kvSchema...),
+		`CREATE TABLE public.tally (id integer PRIMARY KEY, note text, hits bigint NOT NULL DEFAULT 0)`,
+		`ALTER TABLE public.tally REPLICA IDENTITY FULL`)
+	ctx := ctxFor(t, 6*time.Minute)
+	h := startFoundedThrough(t, ctx, schema, []TableSpec{{Name: "public.kv"}}, func(*RegionConfig) {}, nil)
+	us := h.Regions[0]
+	mustExec(t, ctx, us, fmt.Sprintf(`INSERT INTO public.tally (id, note, hits) SELECT g, 'row ' || g, 1 FROM pg_catalog.generate_series(1, %d) g`, rows))
+
+	stop := make(chan struct{})
+	done := make(chan error, 1)
+	go func() {
+		conn, err := us.Conn(ctx)
+		if err != nil {
+			done <- err
+			return
+		}
+		defer conn.Close(context.Background())
+		rng := rand.New(rand.NewPCG(3, 5))
+		for {
+			select {
+			case <-stop:
+				done <- nil
+				return
+			default:
+			}
+			if _, err := conn.Exec(ctx, `UPDATE public.tally SET hits = hits + 1 WHERE id = $1`, 1+rng.IntN(rows)); err != nil {
+				done <- err
+				return
+			}
+		}
+	}()
+	mustPolyregion(t, ctx, "cluster", "configure", "--config",
+		withTables(t, us, "tally", []TableSpec{{Name: "public.kv"}, {Name: "public.tally", Counters: []string{"hits"}}}))
+	watch, err := us.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer watch.Close(context.Background())
+	for seeding := false; !seeding; time.Sleep(5 * time.Millisecond) {
+		if err := watch.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeding WHERE tbl = 'public.tally' AND rows > 0)`).Scan(&seeding); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := us.StopReplicator(syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	cut := queryInt(t, ctx, us, `SELECT coalesce(max(rows), 0) FROM polyregion.seeding WHERE tbl = 'public.tally'`)
+	if cut == 0 {
+		t.Fatal("the seed ended before the replicator was killed: nothing tested")
+	}
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE tablename = 'tally'`); n != 1 {
+		t.Fatalf("the table of the cut seed is not published: the writes since would be lost")
+	}
+	time.Sleep(500 * time.Millisecond) // increments while the replicator is down
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		waitControl(t, r, 2*time.Minute, "epoch 2 in effect", func(c controlStatus) bool { return c.Epoch.Number == 2 && c.Epoch.Effective > 0 })
+	}
+	close(stop)
+	if err := <-done; err != nil {
+		t.Fatalf("writer: %v", err)
+	}
+	if err := h.WaitConverged(ctx, []string{"public.kv", "public.tally"}, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	sum := queryInt(t, ctx, us, `SELECT sum(hits) FROM public.tally`)
+	for _, r := range h.Regions {
+		if got := queryInt(t, ctx, r, `SELECT sum(hits) FROM public.tally`); got != sum {
+			t.Fatalf("%s: sum(hits) = %d, us has %d", r.Name, got, sum)
+		}
+		if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.seeding`); n != 0 {
+			t.Fatalf("%s still records a seed under way", r.Name)
+		}
+	}
+	if !strings.Contains(us.Logs(1<<24), `"table":"public.tally","epoch":2,"rows":`+fmt.Sprint(rows)) || !strings.Contains(us.Logs(1<<24), `"resumed":true`) {
+		t.Fatalf("us did not log the seed going on:\n%s", us.Logs(3000))
+	}
+	t.Logf("the seed was cut after %d rows; %d increments in all, the same sum everywhere", cut, sum-rows)
 }
