@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // TestATableSeededWhileWrittenEndsTheSameEverywhere: us holds two tables
@@ -46,59 +48,38 @@ func TestATableSeededWhileWrittenEndsTheSameEverywhere(t *testing.T) {
 		t.Fatalf("only %d bodies are stored out of line", n)
 	}
 
-	stop := make(chan struct{})
-	var wg sync.WaitGroup
 	var mu sync.Mutex
 	increments, writes := 0, 0
-	errs := make(chan error, 2)
-	for w := range 2 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conn, err := us.Conn(ctx)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer conn.Close(context.Background())
-			rng := rand.New(rand.NewPCG(uint64(w), 11))
-			for i := 0; ; i++ {
-				select {
-				case <-stop:
-					return
-				default:
-				}
-				var sql string
-				var args []any
-				inc := 0
-				switch i % 20 {
-				case 0:
-					sql, args = `DELETE FROM public.tally WHERE id = $1`, []any{1 + rng.IntN(tallyRows)}
-				case 1:
-					sql, args = `DELETE FROM public.docs WHERE id = $1 AND id % 10 <> 0`, []any{1 + rng.IntN(docRows)}
-				case 2:
-					sql, args = `INSERT INTO public.docs (id, title, body) VALUES ($1, 'new', 'new body')`, []any{100000*(w+1) + i}
-				case 3:
-					sql, args = `INSERT INTO public.tally (id, note, hits) VALUES ($1, 'new', 1)`, []any{100000*(w+1) + i}
-				case 4, 5, 6, 7, 8, 9:
-					sql, args = `UPDATE public.docs SET title = 'retitled ' || $2::int WHERE id = $1`, []any{docRows - 10*rng.IntN(docRows/100), i} // the last chunk's
-				default:
-					sql, args, inc = `UPDATE public.tally SET hits = hits + 1 WHERE id = $1`, []any{1 + rng.IntN(tallyRows)}, 1
-				}
-				tag, err := conn.Exec(ctx, sql, args...)
-				if err != nil {
-					errs <- fmt.Errorf("%s: %w", sql, err)
-					return
-				}
-				mu.Lock()
-				writes++
-				if tag.RowsAffected() == 1 {
-					increments += inc
-				}
-				mu.Unlock()
-			}
-		}()
-	}
+	ws := startWriters(ctx, us, 2, 11, func(conn *pgx.Conn, rng *rand.Rand, w, i int) error {
+		var sql string
+		var args []any
+		inc := 0
+		switch i % 20 {
+		case 0:
+			sql, args = `DELETE FROM public.tally WHERE id = $1`, []any{1 + rng.IntN(tallyRows)}
+		case 1:
+			sql, args = `DELETE FROM public.docs WHERE id = $1 AND id % 10 <> 0`, []any{1 + rng.IntN(docRows)}
+		case 2:
+			sql, args = `INSERT INTO public.docs (id, title, body) VALUES ($1, 'new', 'new body')`, []any{100000*(w+1) + i}
+		case 3:
+			sql, args = `INSERT INTO public.tally (id, note, hits) VALUES ($1, 'new', 1)`, []any{100000*(w+1) + i}
+		case 4, 5, 6, 7, 8, 9:
+			sql, args = `UPDATE public.docs SET title = 'retitled ' || $2::int WHERE id = $1`, []any{docRows - 10*rng.IntN(docRows/100), i} // the last chunk's
+		default:
+			sql, args, inc = `UPDATE public.tally SET hits = hits + 1 WHERE id = $1`, []any{1 + rng.IntN(tallyRows)}, 1
+		}
+		tag, err := conn.Exec(ctx, sql, args...)
+		if err != nil {
+			return fmt.Errorf("%s: %w", sql, err)
+		}
+		mu.Lock()
+		writes++
+		if tag.RowsAffected() == 1 {
+			increments += inc
+		}
+		mu.Unlock()
+		return nil
+	})
 	time.Sleep(500 * time.Millisecond)
 	out := mustPolyregion(t, ctx, "cluster", "configure", "--config",
 		withTables(t, us, "seeded", []TableSpec{{Name: "public.kv"}, {Name: "public.tally", Counters: []string{"hits"}}, {Name: "public.docs"}}), "--wait", "2m")
@@ -106,13 +87,7 @@ func TestATableSeededWhileWrittenEndsTheSameEverywhere(t *testing.T) {
 		t.Fatalf("cluster configure:\n%s", out)
 	}
 	time.Sleep(time.Second)
-	close(stop)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		t.Fatalf("writer: %v", err)
-	default:
-	}
+	ws.stop(t)
 	if err := h.WaitConverged(ctx, []string{"public.kv", "public.tally", "public.docs"}, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -163,29 +138,10 @@ func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
 	us := h.Regions[0]
 	mustExec(t, ctx, us, fmt.Sprintf(`INSERT INTO public.tally (id, note, hits) SELECT g, 'row ' || g, 1 FROM pg_catalog.generate_series(1, %d) g`, rows))
 
-	stop := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		conn, err := us.Conn(ctx)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer conn.Close(context.Background())
-		rng := rand.New(rand.NewPCG(3, 5))
-		for {
-			select {
-			case <-stop:
-				done <- nil
-				return
-			default:
-			}
-			if _, err := conn.Exec(ctx, `UPDATE public.tally SET hits = hits + 1 WHERE id = $1`, 1+rng.IntN(rows)); err != nil {
-				done <- err
-				return
-			}
-		}
-	}()
+	ws := startWriters(ctx, us, 1, 5, func(conn *pgx.Conn, rng *rand.Rand, _, _ int) error {
+		_, err := conn.Exec(ctx, `UPDATE public.tally SET hits = hits + 1 WHERE id = $1`, 1+rng.IntN(rows))
+		return err
+	})
 	mustPolyregion(t, ctx, "cluster", "configure", "--config",
 		withTables(t, us, "tally", []TableSpec{{Name: "public.kv"}, {Name: "public.tally", Counters: []string{"hits"}}}))
 	watch, err := us.Conn(ctx)
@@ -215,10 +171,7 @@ func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
 	for _, r := range h.Regions {
 		waitControl(t, r, 2*time.Minute, "epoch 2 in effect", func(c controlStatus) bool { return c.Epoch.Number == 2 && c.Epoch.Effective > 0 })
 	}
-	close(stop)
-	if err := <-done; err != nil {
-		t.Fatalf("writer: %v", err)
-	}
+	ws.stop(t)
 	if err := h.WaitConverged(ctx, []string{"public.kv", "public.tally"}, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}

@@ -31,16 +31,16 @@ import (
 func TestASeedHoldsWritesOneChunkAtATime(t *testing.T) {
 	const rows = 23456
 	ap, conn, ctx := seedCheckRegion(t, rows)
-	writers := startItemWriters(t, ctx, ap, rows)
-	for writers.commits.Load() < 50 {
+	ws := startItemWriters(ctx, ap, rows)
+	for ws.commits.Load() < 50 {
 		time.Sleep(10 * time.Millisecond)
 	}
 	began := time.Now()
 	st, err := postgres.SeedTable(ctx, conn, "ap", "public.items", 2)
 	took := time.Since(began)
-	during := writers.commits.Load()
+	during := ws.commits.Load()
 	time.Sleep(200 * time.Millisecond)
-	writers.stop(t)
+	ws.stop(t)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,7 +70,7 @@ func TestASeedHoldsWritesOneChunkAtATime(t *testing.T) {
 func TestASeedCutShortGoesOn(t *testing.T) {
 	const rows = 100000
 	ap, conn, ctx := seedCheckRegion(t, rows)
-	writers := startItemWriters(t, ctx, ap, rows)
+	ws := startItemWriters(ctx, ap, rows)
 	watch, err := ap.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -112,7 +112,7 @@ func TestASeedCutShortGoesOn(t *testing.T) {
 	}
 	again, err := postgres.SeedTable(ctx, conn, "ap", "public.items", 2)
 	time.Sleep(200 * time.Millisecond)
-	writers.stop(t)
+	ws.stop(t)
 	if err != nil || !again.Resumed {
 		t.Fatalf("the seed going on: %+v %v", again, err)
 	}
@@ -149,66 +149,78 @@ func seedCheckRegion(t *testing.T, rows int) (*Region, *pgx.Conn, context.Contex
 	return ap, conn, ctx
 }
 
-// itemWriters update, insert and delete rows of public.items until
-// stopped.
-type itemWriters struct {
-	commits atomic.Int64
+// writers run step over and over in goroutines of their own, each with
+// its own connection to a region, until stopped.
+type writers struct {
+	commits atomic.Int64 // steps that returned nil
 	done    chan struct{}
 	wg      sync.WaitGroup
 	errs    chan error
 }
 
-func startItemWriters(t *testing.T, ctx context.Context, ap *Region, rows int) *itemWriters {
-	w := &itemWriters{done: make(chan struct{}), errs: make(chan error, 2)}
-	for n := range 2 {
-		w.wg.Add(1)
+// startWriters starts n writers on r; step gets writer w's connection,
+// random source (seeded with w and seed) and step number i.
+func startWriters(ctx context.Context, r *Region, n int, seed uint64, step func(conn *pgx.Conn, rng *rand.Rand, w, i int) error) *writers {
+	ws := &writers{done: make(chan struct{}), errs: make(chan error, n)}
+	for w := range n {
+		ws.wg.Add(1)
 		go func() {
-			defer w.wg.Done()
-			c, err := ap.Conn(ctx)
+			defer ws.wg.Done()
+			conn, err := r.Conn(ctx)
 			if err != nil {
-				w.errs <- err
+				ws.errs <- err
 				return
 			}
-			defer c.Close(context.Background())
-			rng := rand.New(rand.NewPCG(uint64(n), 7))
+			defer conn.Close(context.Background())
+			rng := rand.New(rand.NewPCG(uint64(w), seed))
 			for i := 0; ; i++ {
 				select {
-				case <-w.done:
+				case <-ws.done:
 					return
 				default:
 				}
-				g := 1 + rng.IntN(rows)
-				var sql string
-				var args []any
-				switch i % 10 {
-				case 0:
-					sql, args = `DELETE FROM public.items WHERE a = $1 AND b = $2`, []any{g / 1000, "k" + strconv.Itoa(g)}
-				case 1:
-					g = 1000000*(n+1) + i
-					sql, args = `INSERT INTO public.items (a, b, v) VALUES ($1, $2, 'new')`, []any{g / 1000, "k" + strconv.Itoa(g)}
-				default:
-					sql, args = `UPDATE public.items SET n = n + 1 WHERE a = $1 AND b = $2`, []any{g / 1000, "k" + strconv.Itoa(g)}
-				}
-				if _, err := c.Exec(ctx, sql, args...); err != nil {
-					w.errs <- err
+				if err := step(conn, rng, w, i); err != nil {
+					ws.errs <- err
 					return
 				}
-				w.commits.Add(1)
+				ws.commits.Add(1)
 			}
 		}()
 	}
-	return w
+	return ws
 }
 
-func (w *itemWriters) stop(t *testing.T) {
+// stop stops the writers and fails the test if one failed.
+func (ws *writers) stop(t *testing.T) {
 	t.Helper()
-	close(w.done)
-	w.wg.Wait()
+	close(ws.done)
+	ws.wg.Wait()
 	select {
-	case err := <-w.errs:
+	case err := <-ws.errs:
 		t.Fatalf("writer: %v", err)
 	default:
 	}
+}
+
+// startItemWriters starts two writers that update, insert and delete rows
+// of public.items.
+func startItemWriters(ctx context.Context, ap *Region, rows int) *writers {
+	return startWriters(ctx, ap, 2, 7, func(c *pgx.Conn, rng *rand.Rand, w, i int) error {
+		g := 1 + rng.IntN(rows)
+		var sql string
+		var args []any
+		switch i % 10 {
+		case 0:
+			sql, args = `DELETE FROM public.items WHERE a = $1 AND b = $2`, []any{g / 1000, "k" + strconv.Itoa(g)}
+		case 1:
+			g = 1000000*(w+1) + i
+			sql, args = `INSERT INTO public.items (a, b, v) VALUES ($1, $2, 'new')`, []any{g / 1000, "k" + strconv.Itoa(g)}
+		default:
+			sql, args = `UPDATE public.items SET n = n + 1 WHERE a = $1 AND b = $2`, []any{g / 1000, "k" + strconv.Itoa(g)}
+		}
+		_, err := c.Exec(ctx, sql, args...)
+		return err
+	})
 }
 
 // checkSeededStream replays what the slot decoded from the first seed
