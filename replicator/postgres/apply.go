@@ -99,8 +99,8 @@ type Applier struct {
 	// local table, with the reason: changes of those shapes are parked (and
 	// only those; see parked.go).
 	paused parkedShapes
-	// readAll: the last attempt failed, so the next one reads every row it
-	// touches (see applyChanges).
+	// readAll: an attempt failed and none has committed since, so the next
+	// one reads every row it touches (see applyChanges).
 	readAll bool
 	// gate sizes local transactions under lock contention (see Apply).
 	gate contention
@@ -326,27 +326,37 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 	var last replicator.Seq
 	for len(txns) > 0 {
 		n := a.gate.chunk(len(txns))
-		seq, err := a.applyChunk(ctx, txns[:n])
-		a.readAll = err != nil
+		seq, committed, err := a.applyChunk(ctx, txns[:n])
 		if err != nil {
+			a.readAll = true
 			if isLockFailure(err) {
 				a.gate.failed(n)
 			}
 			return last, err
 		}
-		a.gate.succeeded()
+		// A chunk an earlier attempt committed is skipped without a
+		// transaction: it neither clears readAll (the chunk that failed
+		// comes after it, and must read every row) nor counts as a
+		// commit without contention.
+		if committed {
+			a.readAll = false
+			a.gate.succeeded()
+		}
 		last, txns = seq, txns[n:]
 	}
 	return last, unknown
 }
 
-func (a *Applier) applyChunk(ctx context.Context, txns []*replicator.Txn) (replicator.Seq, error) {
-	last, err := a.apply(ctx, txns, false)
+// applyChunk applies txns in one local transaction (change by change
+// after a data error); committed is false when every one of them was
+// applied already.
+func (a *Applier) applyChunk(ctx context.Context, txns []*replicator.Txn) (last replicator.Seq, committed bool, err error) {
+	last, committed, err = a.apply(ctx, txns, false)
 	if err != nil && isDataError(err) {
 		a.cfg.Logger.Warn("apply batch hit a data error; re-applying change by change", "source", a.cfg.Source, "err", err)
-		last, err = a.apply(ctx, txns, true)
+		last, committed, err = a.apply(ctx, txns, true)
 	}
-	return last, err
+	return last, committed, err
 }
 
 func isDataError(err error) bool {
@@ -361,39 +371,40 @@ func isDataError(err error) bool {
 	return false
 }
 
-func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful bool) (replicator.Seq, error) {
+func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful bool) (replicator.Seq, bool, error) {
 	started := time.Now()
 	tx, applied, err := a.begin(ctx)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
 	defer tx.Rollback(context.Background())
 	var todo []*replicator.Txn
 	for _, t := range txns {
 		if t.Origin != a.cfg.Source {
-			return 0, fmt.Errorf("apply: transaction from %s on the link from %s", t.Origin, a.cfg.Source)
+			return 0, false, fmt.Errorf("apply: transaction from %s on the link from %s", t.Origin, a.cfg.Source)
 		}
 		if t.More || t.Part > 0 {
-			return 0, fmt.Errorf("apply: transaction %s/%d arrives in parts; use ApplyLarge", t.Origin, t.Seq)
+			return 0, false, fmt.Errorf("apply: transaction %s/%d arrives in parts; use ApplyLarge", t.Origin, t.Seq)
 		}
 		if int64(t.Seq) <= applied {
 			continue
 		}
 		if int64(t.Seq) != applied+1+int64(len(todo)) {
-			return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1+int64(len(todo)), t.Seq)
+			return replicator.Seq(applied), false, fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1+int64(len(todo)), t.Seq)
 		}
 		todo = append(todo, t)
 	}
 	if len(todo) == 0 {
-		return replicator.Seq(applied), nil
+		return replicator.Seq(applied), false, nil
 	}
 
 	ex := a.executor(tx, careful, started, len(todo))
 	maxHLC, err := a.applyChanges(ctx, ex, todo)
 	if err != nil {
-		return 0, err
+		return 0, false, err
 	}
-	return a.commit(ctx, ex, todo[len(todo)-1], maxHLC)
+	seq, err := a.commit(ctx, ex, todo[len(todo)-1], maxHLC)
+	return seq, err == nil, err
 }
 
 // commit records the source's progress (last applied transaction) with the
@@ -445,8 +456,15 @@ var ErrNeedsCareful = errors.New("large transaction needs a change-by-change app
 // transaction with the source's progress, holding one part in memory at a
 // time. A transaction already applied is consumed and skipped.
 func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next func() (*replicator.Txn, error), careful bool) (seq replicator.Seq, err error) {
+	skip := false
 	defer func() {
-		a.readAll = err != nil
+		// Skipping a transaction applied already clears nothing (see Apply).
+		switch {
+		case err != nil:
+			a.readAll = true
+		case !skip:
+			a.readAll = false
+		}
 		if isLockFailure(err) {
 			a.gate.failed(1)
 		}
@@ -463,7 +481,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 		return 0, err
 	}
 	defer tx.Rollback(context.Background())
-	skip := int64(first.Seq) <= applied
+	skip = int64(first.Seq) <= applied
 	if !skip && int64(first.Seq) != applied+1 {
 		return replicator.Seq(applied), fmt.Errorf("apply from %s: %w: next is %d, got %d", a.cfg.Source, ErrGap, applied+1, first.Seq)
 	}
