@@ -264,8 +264,10 @@ type rowState struct {
 	// unlocked: the row was absent when read, so nothing held the key (see
 	// executor.flush).
 	unlocked bool
-	// baseDeferred: the row's image as read from the table is left to
-	// loadImages (see defersImage); pending then holds every write since.
+	// baseDeferred: the row's image as read from the table is not loaded
+	// yet; pending holds every write of the batch to it since. It is read
+	// when first needed: by ensureImage, or by loadImages for a conflict
+	// record (see defersImage).
 	baseDeferred bool
 }
 
@@ -279,8 +281,12 @@ type imageWrite struct {
 // this batch's writes).
 func (s *rowState) imageKnown() bool { return s.image != nil || len(s.pending) > 0 || s.baseDeferred }
 
-// foldImage brings image up to date with the pending writes.
+// foldImage brings image up to date with the pending writes; while the
+// row as read is not loaded (baseDeferred) they wait for it.
 func (s *rowState) foldImage() {
+	if s.baseDeferred {
+		return
+	}
 	for _, w := range s.pending {
 		s.image = rowImage(w.sh, w.row, s.image)
 	}

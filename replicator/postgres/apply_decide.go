@@ -158,14 +158,34 @@ func mergesOnly(sh replicator.Shape, pol conflict.Policy) bool {
 // hasMaxMin reports whether the policy merges any column by max or min.
 func hasMaxMin(pol conflict.Policy) bool { return len(pol.Max)+len(pol.Min) > 0 }
 
-// ensureImage loads the local row's image unless it is known. A row this
-// batch wrote always has one, so the database (which has not seen the
-// batch's queued writes yet) is read only for rows the batch has not touched.
+// ensureImage loads the local row's image unless it is known: the row as
+// read from the table with the batch's writes to it folded in. A row the
+// batch wrote whole has one already. One it wrote only some columns of
+// (counters, max and min columns) before its image was needed is read now
+// (baseDeferred), and its writes folded in: in the fast path the table has
+// not seen the batch's queued writes yet; in careful mode it has, and
+// folding them again changes nothing (each sets its columns' values).
 func (a *Applier) ensureImage(ctx context.Context, tx pgx.Tx, sh replicator.Shape, key string, s *rowState) error {
+	if s.baseDeferred && s.exists {
+		img, err := readImage(ctx, tx, sh, key)
+		if err != nil {
+			return err
+		}
+		s.image, s.baseDeferred = img, false
+		s.foldImage()
+		return nil
+	}
 	s.foldImage()
 	if s.image != nil || !s.exists || s.written {
 		return nil
 	}
+	img, err := readImage(ctx, tx, sh, key)
+	s.image = img
+	return err
+}
+
+// readImage reads a row's image from the table.
+func readImage(ctx context.Context, tx pgx.Tx, sh replicator.Shape, key string) (json.RawMessage, error) {
 	// Values in their text form (each type's output function, as the
 	// change stream sends them), so a row's image reads the same whichever
 	// region logs or resolves it.
@@ -178,11 +198,11 @@ func (a *Applier) ensureImage(ctx context.Context, tx pgx.Tx, sh replicator.Shap
 	where, args := keyWhere(sh, key, 0)
 	q := fmt.Sprintf("SELECT pg_catalog.json_object(ARRAY[%s]::text[], ARRAY[%s]::text[]) FROM %s t WHERE %s",
 		strings.Join(names, ", "), strings.Join(vals, ", "), qualified(sh.Table), where)
-	err := tx.QueryRow(ctx, q, args...).Scan(&s.image)
-	if err != nil {
-		return fmt.Errorf("apply: read %s key %s: %w", sh.Table, key, err)
+	var img json.RawMessage
+	if err := tx.QueryRow(ctx, q, args...).Scan(&img); err != nil {
+		return nil, fmt.Errorf("apply: read %s key %s: %w", sh.Table, key, err)
 	}
-	return nil
+	return img, nil
 }
 
 // rowImage returns prev (a JSON object, may be nil) with the columns row

@@ -47,6 +47,11 @@ func maxMinValues(ctx context.Context, tx pgx.Tx, sh replicator.Shape, pol confl
 	case conflict.KeepLocal:
 		img, st := s.ownImage()
 		if img == nil {
+			if s.exists {
+				// ensureImage runs before every such decision: merging
+				// without the row's own values would diverge.
+				return maxMinResult{}, fmt.Errorf("apply: %s key %s: the local row's image is not loaded for its max and min columns", sh.Table, c.Key)
+			}
 			return maxMinResult{}, nil // no local row to hold values
 		}
 		if top, err = imageRow(sh, img); err != nil {

@@ -194,9 +194,13 @@ func planChange(in changeInput) (changePlan, error) {
 			row[i] = v
 		}
 		ops = append(ops, op{kind: opUpdate, sh: sh, key: c.Key, row: row})
-		if s.imageKnown() {
-			s.pending = append(s.pending, imageWrite{*sh, row})
+		if !s.imageKnown() {
+			// This write sets some columns only: the row's image is the
+			// row as read with it folded in, read when a later decision
+			// or conflict record of the batch needs it.
+			s.baseDeferred = true
 		}
+		s.pending = append(s.pending, imageWrite{*sh, row})
 		s.written = true
 	}
 	if s.exists {

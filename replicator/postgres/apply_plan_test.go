@@ -277,6 +277,45 @@ func TestPlanChangeLeavesTheRowStateAsRead(t *testing.T) {
 	}
 }
 
+// A change older than the row (a write the row's version has seen) only
+// adds its increments. When the row's image was not read, the write waits
+// in pending with the row as read marked unloaded, so that a later change
+// of the batch that needs the image (a max column merged with a sibling, a
+// conflict record) reads the row and folds the increment in, instead of
+// finding the row written and no image.
+func TestPlanChangeAnIncrementLeavesTheRowToBeRead(t *testing.T) {
+	s := liveRow("10", version(300, "eu", conflict.Vector{"eu": 2, "us": 1}), 3)
+	p, d, err := plan(t, deleteWins, planShape, s, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"),
+		Deltas: map[string]string{"hits": "2"}, Version: version(200, "us", conflict.Vector{"eu": 1, "us": 1})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.Action != conflict.Skip || kinds(p) != "update,version" || rowText(opOf(p, opUpdate).row) != "-|-|12" {
+		t.Fatalf("decision %v, writes %s: want the increment alone", d.Action, kinds(p))
+	}
+	n := p.next
+	if !n.written || !n.baseDeferred || len(n.pending) != 1 || n.image != nil {
+		t.Fatalf("next state: written %v, base deferred %v, %d pending, image %s", n.written, n.baseDeferred, len(n.pending), n.image)
+	}
+	// Folding waits for the row as read.
+	n.foldImage()
+	if n.image != nil || len(n.pending) != 1 {
+		t.Fatalf("folded without the row as read: image %s, %d pending", n.image, len(n.pending))
+	}
+	// With the image known, the increment is folded in as before.
+	s.image = []byte(`{"id": "1", "name": "a", "hits": "10"}`)
+	p, _, err = plan(t, deleteWins, planShape, s, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"),
+		Deltas: map[string]string{"hits": "2"}, Version: version(200, "us", conflict.Vector{"eu": 1, "us": 1})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n = p.next
+	n.foldImage()
+	if n.baseDeferred || string(n.image) != `{"hits":"12","id":"1","name":"a"}` {
+		t.Fatalf("image %s (base deferred %v), want the row as read with the increment", n.image, n.baseDeferred)
+	}
+}
+
 func TestPlanChangeRefusesAMalformedDelta(t *testing.T) {
 	_, _, err := plan(t, lwwCounters, planShape, liveRow("10", version(100, "us", conflict.Vector{"us": 1}), 3),
 		replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "b", "7"), Deltas: map[string]string{"hits": "two"},
