@@ -1,9 +1,7 @@
 package integration
 
 import (
-	"context"
 	"testing"
-	"time"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -24,40 +22,13 @@ import (
 // policy logs the conflict with the local row as it was, increment
 // included; before the fix the record had no local row.
 func TestAMaxColumnCountsASiblingAfterACounterWrite(t *testing.T) {
-	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{
-		`CREATE TABLE public.hits (id integer PRIMARY KEY, n bigint NOT NULL, at timestamptz NOT NULL)`,
-		`CREATE TABLE public.named (id integer PRIMARY KEY, n bigint NOT NULL, name text NOT NULL)`}})
-	ctx := ctxFor(t, 2*time.Minute)
-	ap := h.Regions[0]
-	url := ap.Cluster.URL("polyregion", AppDB)
-	conn, err := postgres.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := postgres.Prepare(ctx, conn, "ap", []string{"public.hits", "public.named"}, nil, []string{"us", "eu"}); err != nil {
-		t.Fatal(err)
-	}
-	sh, err := postgres.LoadShape(ctx, conn, "public.hits")
-	if err != nil {
-		t.Fatal(err)
-	}
-	named, err := postgres.LoadShape(ctx, conn, "public.named")
-	if err != nil {
-		t.Fatal(err)
-	}
 	pol := conflict.Policy{Deletes: conflict.DeleteWins, Counters: []string{"n"}, Max: []string{"at"}}
-	cluster := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: []regions.Table{
-		{Name: "public.hits", Policy: pol}, {Name: "public.named", Policy: conflict.Policy{Counters: []string{"n"}}}}}
-	applier := func(src conflict.RegionID) *postgres.Applier {
-		a, err := postgres.NewApplier(ctx, postgres.ApplierConfig{Region: "ap", Source: src, ConnString: url, Cluster: cluster, BarrierTimeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { a.Close() })
-		return a
-	}
-	fromUS, fromEU := applier("us"), applier("eu")
+	b := startApplierBench(t, []string{
+		`CREATE TABLE public.hits (id integer PRIMARY KEY, n bigint NOT NULL, at timestamptz NOT NULL)`,
+		`CREATE TABLE public.named (id integer PRIMARY KEY, n bigint NOT NULL, name text NOT NULL)`},
+		regions.Table{Name: "public.hits", Policy: pol}, regions.Table{Name: "public.named", Policy: conflict.Policy{Counters: []string{"n"}}})
+	ctx, ap, sh, named := b.ctx, b.ap, b.shapes["public.hits"], b.shapes["public.named"]
+	fromUS, fromEU := b.applier(t, "us", postgres.ApplierConfig{}), b.applier(t, "eu", postgres.ApplierConfig{})
 	ts := func(s int64) conflict.Timestamp { return conflict.MakeTimestamp(1_700_000_000_000+s*1000, 0) }
 	write := func(src conflict.RegionID, seq replicator.Seq, op conflict.Op, n, at string, vec conflict.Vector, hlc conflict.Timestamp) *replicator.Txn {
 		return &replicator.Txn{Origin: src, Seq: seq, LSN: "0/1", Shapes: []replicator.Shape{sh, named}, Changes: []replicator.Change{{

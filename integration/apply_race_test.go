@@ -23,32 +23,9 @@ import (
 // which the tombstone collector then forgot, so the region kept a row every
 // other region deleted.
 func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
-	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}})
-	ctx := ctxFor(t, 2*time.Minute)
-	ap := h.Regions[0]
-	url := ap.Cluster.URL("polyregion", AppDB)
-	conn, err := postgres.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, nil, []string{"us", "eu"}); err != nil {
-		t.Fatal(err)
-	}
-	sh, err := postgres.LoadShape(ctx, conn, "public.kv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: []regions.Table{{Name: "public.kv"}}}
-	applier := func(src conflict.RegionID) *postgres.Applier {
-		a, err := postgres.NewApplier(ctx, postgres.ApplierConfig{Region: "ap", Source: src, ConnString: url, Cluster: cluster, BarrierTimeout: 5 * time.Second})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { a.Close() })
-		return a
-	}
-	fromUS, fromEU := applier("us"), applier("eu")
+	b := startApplierBench(t, []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.kv"})
+	ctx, ap, sh := b.ctx, b.ap, b.shapes["public.kv"]
+	fromUS, fromEU := b.applier(t, "us", postgres.ApplierConfig{}), b.applier(t, "eu", postgres.ApplierConfig{})
 	const key = `["1"]`
 	row := func(v string) []replicator.Value { return []replicator.Value{{Text: "1"}, {Text: v}} }
 	ts := func(ms int64) conflict.Timestamp { return conflict.MakeTimestamp(1_700_000_000_000+ms, 0) }
@@ -148,34 +125,14 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 // writes are versioned: the reader would then version them on top of it and
 // record the applied row as deleted.
 func TestAppliedInsertAfterUnversionedLocalDelete(t *testing.T) {
-	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}})
-	ctx := ctxFor(t, 2*time.Minute)
-	ap := h.Regions[0]
-	url := ap.Cluster.URL("polyregion", AppDB)
-	conn, err := postgres.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, nil, []string{"us", "eu"}); err != nil {
-		t.Fatal(err)
-	}
-	sh, err := postgres.LoadShape(ctx, conn, "public.kv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: []regions.Table{{Name: "public.kv"}}}
-	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: url, Tables: cluster.Tables})
+	b := startApplierBench(t, []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.kv"})
+	ctx, ap, sh := b.ctx, b.ap, b.shapes["public.kv"]
+	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: b.url, Tables: b.cluster.Tables})
 	rctx, stopReader := context.WithCancel(ctx)
 	readerDone := make(chan error, 1)
 	go func() { readerDone <- reader.Run(rctx) }()
 	defer func() { stopReader(); <-readerDone }()
-	fromUS, err := postgres.NewApplier(ctx, postgres.ApplierConfig{Region: "ap", Source: "us", ConnString: url, Cluster: cluster,
-		Versioner: reader, BarrierTimeout: 30 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fromUS.Close()
+	fromUS := b.applier(t, "us", postgres.ApplierConfig{Versioner: reader, BarrierTimeout: 30 * time.Second})
 	local, err := ap.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)

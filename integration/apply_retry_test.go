@@ -19,33 +19,11 @@ import (
 // took that for a commit and assumed the key absent again: the insert
 // failed on every retry (in the demo, 20 times in a row on two links).
 func TestAFailedBatchReadsItsRowsWhenRetriedInParts(t *testing.T) {
-	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}})
-	ctx := ctxFor(t, 2*time.Minute)
-	ap := h.Regions[0]
-	url := ap.Cluster.URL("polyregion", AppDB)
-	conn, err := postgres.Connect(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := postgres.Prepare(ctx, conn, "ap", []string{"public.kv"}, nil, []string{"us", "eu"}); err != nil {
-		t.Fatal(err)
-	}
-	sh, err := postgres.LoadShape(ctx, conn, "public.kv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cluster := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: []regions.Table{{Name: "public.kv"}}}
-	applier := func(src conflict.RegionID) *postgres.Applier {
-		a, err := postgres.NewApplier(ctx, postgres.ApplierConfig{Region: "ap", Source: src, ConnString: url, Cluster: cluster,
-			BarrierTimeout: 5 * time.Second, LockTimeout: 50 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { a.Close() })
-		return a
-	}
-	fromUS, fromEU := applier("us"), applier("eu")
+	b := startApplierBench(t, []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.kv"})
+	ctx, ap, sh := b.ctx, b.ap, b.shapes["public.kv"]
+	// Lock waits time out soon: the batch goes on in parts.
+	fromUS := b.applier(t, "us", postgres.ApplierConfig{LockTimeout: 50 * time.Millisecond})
+	fromEU := b.applier(t, "eu", postgres.ApplierConfig{LockTimeout: 50 * time.Millisecond})
 	ts := func(ms int64) conflict.Timestamp { return conflict.MakeTimestamp(1_700_000_000_000+ms, 0) }
 	change := func(op conflict.Op, id, v string, vec conflict.Vector, origin conflict.RegionID, ms int64) replicator.Change {
 		return replicator.Change{Op: op, Key: `["` + id + `"]`, Row: []replicator.Value{{Text: id}, {Text: v}},
