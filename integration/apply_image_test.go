@@ -10,10 +10,10 @@ import (
 )
 
 // TestAMaxColumnCountsASiblingAfterACounterWrite: one batch brings two
-// writes of a row. The first is older than the row here
-// (a third region's write that saw it arrived first), so only its counter
-// increment is added; the second is concurrent with the row and loses to
-// it, so it is kept as a sibling and its max column counts. Before the
+// writes of a row. The first is older than the row here (a third region's
+// write that saw it arrived first), so only its counter increment is
+// added; the second is concurrent with the row and loses to it, so it is
+// kept as a sibling and its max column counts. Before the
 // fix, the counter-only write left the row marked written without its
 // image, the decision found no local row to merge into, and the max
 // column kept the row's own value: the region diverged from the others

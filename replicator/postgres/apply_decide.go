@@ -166,22 +166,15 @@ func hasMaxMin(pol conflict.Policy) bool { return len(pol.Max)+len(pol.Min) > 0 
 // not seen the batch's queued writes yet; in careful mode it has, and
 // folding them again changes nothing (each sets its columns' values).
 func (a *Applier) ensureImage(ctx context.Context, tx pgx.Tx, sh replicator.Shape, key string, s *rowState) error {
-	if s.baseDeferred && s.exists {
+	if s.exists && (s.baseDeferred || (s.image == nil && !s.written)) {
 		img, err := readImage(ctx, tx, sh, key)
 		if err != nil {
 			return err
 		}
 		s.image, s.baseDeferred = img, false
-		s.foldImage()
-		return nil
 	}
 	s.foldImage()
-	if s.image != nil || !s.exists || s.written {
-		return nil
-	}
-	img, err := readImage(ctx, tx, sh, key)
-	s.image = img
-	return err
+	return nil
 }
 
 // readImage reads a row's image from the table.
