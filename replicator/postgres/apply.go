@@ -300,6 +300,16 @@ func (s *rowState) version() conflict.Version {
 	return s.meta.version
 }
 
+// ownVersion is version with the vector the row's write was made with
+// (meta.ownVV): how the write is named to others.
+func (s *rowState) ownVersion() conflict.Version {
+	v := s.version()
+	if s.meta != nil {
+		v.Vector = s.meta.ownVector()
+	}
+	return v
+}
+
 // Apply applies source transactions in order, atomically as one local
 // transaction, with the source's progress. Transactions already applied are
 // skipped; a gap is an error (ErrGap). On a data error (foreign key, unique

@@ -40,8 +40,10 @@ type conflictRow struct {
 // (the row's image, when known) and the remote change.
 func newConflictRecord(region conflict.RegionID, pol conflict.Policy, sh replicator.Shape, seq replicator.Seq, c *replicator.Change, before rowState, d conflict.Decision) *conflictRow {
 	lv := before.version()
+	// The local write as every region names it: with the vector it was
+	// made with, not the row's (which holds what the row absorbed here).
 	r := &conflictRow{region: string(region), tbl: sh.Table, key: c.Key, kind: string(d.Kind), policy: pol.Label(), winner: d.Winner.String(), winnerOrigin: string(d.Result.Origin),
-		localOrigin: string(lv.Origin), remoteOrigin: string(c.Version.Origin), localVersion: lv.Vector.String(), remoteVersion: c.Version.Vector.String(),
+		localOrigin: string(lv.Origin), remoteOrigin: string(c.Version.Origin), localVersion: before.ownVersion().Vector.String(), remoteVersion: c.Version.Vector.String(),
 		localHLC: int64(lv.HLC), remoteHLC: int64(c.Version.HLC), sourceSeq: int64(seq), reason: d.Reason, pol: pol, epoch: int64(d.Epoch)}
 	switch {
 	case d.Against.Origin != lv.Origin || d.Against.Tick != lv.Vector.Get(lv.Origin):

@@ -55,6 +55,7 @@ type foldRow struct {
 	deltas  map[string]string // counter column -> summed delta
 	version conflict.Version  // the updates' versions, folded
 	seq     int64             // source sequence number of the update that ranks highest
+	own     conflict.Vector   // the vector that update was made with
 }
 
 // countersOnly reports whether updates of the table's rows can be folded:
@@ -131,13 +132,13 @@ func (b *bulk) fold(k metaKey, sh replicator.Shape, c *replicator.Change, seq in
 	}
 	f, ok := b.folds[k]
 	if !ok {
-		f = &foldRow{sh: sh, deltas: map[string]string{}, version: c.Version, seq: seq}
+		f = &foldRow{sh: sh, deltas: map[string]string{}, version: c.Version, seq: seq, own: c.Version.Vector}
 		b.folds[k] = f
 		b.foldOrder = append(b.foldOrder, k)
 	} else {
 		v := conflict.FoldUpdate(f.version, c.Version)
 		if v.HLC != f.version.HLC || v.Origin != f.version.Origin {
-			f.seq = seq
+			f.seq, f.own = seq, c.Version.Vector
 		}
 		f.version = v
 	}
@@ -181,7 +182,9 @@ func (b *bulk) foldStatements(order *replicator.TableOrder) []stmt {
 	}
 	for _, k := range b.foldOrder {
 		f := b.folds[k]
-		e := &metaEntry{key: k, meta: &meta{version: f.version, srcSeq: f.seq, counters: f.deltas}, xmin: "0", fold: true}
+		m := &meta{version: f.version, srcSeq: f.seq, counters: f.deltas}
+		m.withOwn(f.own)
+		e := &metaEntry{key: k, meta: m, xmin: "0", fold: true}
 		b.metas[k] = e
 		b.metaOrder = append(b.metaOrder, e)
 	}
@@ -249,8 +252,9 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 // version over its tuple as read (as updateMetaSQL does) or folds an
 // update into the live version recorded (conflict.FoldUpdate: vectors
 // merged, timestamp, origin and source sequence of the higher-ranked
-// write; the update's deltas, in counters, added to the recorded sums;
-// the higher epoch; deleted flag and xid stay).
+// write, and the vector that write was made with in own when the merged
+// one differs (meta.ownVV); the update's deltas, in counters, added to the
+// recorded sums; the higher epoch; deleted flag and xid stay).
 const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   vv = CASE WHEN u.fold THEN polyregion.vv_merge(m.vv, u.vv) ELSE u.vv END,
 	   hlc = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.hlc ELSE u.hlc END,
@@ -261,7 +265,12 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   counters = CASE WHEN u.fold THEN polyregion.counters_add(m.counters, u.counters::jsonb) ELSE u.counters::jsonb END,
 	   siblings = CASE WHEN u.fold THEN m.siblings ELSE u.siblings::jsonb END,
 	   stamps = CASE WHEN u.fold THEN m.stamps ELSE u.stamps::jsonb END,
-	   own = CASE WHEN u.fold THEN m.own ELSE u.own::jsonb END,
+	   own = CASE WHEN NOT u.fold THEN u.own::jsonb
+	              WHEN u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C") THEN
+	                   CASE WHEN polyregion.vv_merge(m.vv, u.vv) = coalesce(u.own::jsonb ->> 'vv', u.vv) THEN NULL
+	                        ELSE pg_catalog.jsonb_build_object('vv', coalesce(u.own::jsonb ->> 'vv', u.vv)) END
+	              WHEN m.own ->> 'vv' IS NOT NULL OR polyregion.vv_merge(m.vv, u.vv) = m.vv THEN m.own
+	              ELSE coalesce(m.own, '{}'::jsonb) || pg_catalog.jsonb_build_object('vv', m.vv) END,
 	   epoch = CASE WHEN u.fold THEN GREATEST(m.epoch, u.epoch) ELSE u.epoch END,
 	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),

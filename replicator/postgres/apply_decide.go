@@ -292,7 +292,7 @@ func resolverArgs(sh replicator.Shape, c *replicator.Change, s *rowState, w conf
 	if s.image != nil {
 		img = string(s.image)
 	}
-	v := s.version()
+	v := s.ownVersion()
 	v.Siblings = nil
 	version, _ = json.Marshal(v)
 	return img, version

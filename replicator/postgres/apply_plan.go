@@ -226,6 +226,7 @@ func planChange(in changeInput) (changePlan, error) {
 			nm.own, nm.ownStamps = s.meta.own, s.meta.ownStamps
 		}
 	}
+	nm.withOwn(holderVector(c, before, d))
 	switch {
 	case !s.exists:
 		nm.xid = ""
@@ -270,4 +271,17 @@ func planChange(in changeInput) (changePlan, error) {
 	s.meta = nm
 	p.ops, p.next = ops, s
 	return p, nil
+}
+
+// holderVector is the vector the write holding the row after d was made
+// with: a reinstated sibling's as kept, the local row's write's when it
+// stays (meta.ownVector), else the remote change's as shipped.
+func holderVector(c *replicator.Change, before rowState, d conflict.Decision) conflict.Vector {
+	switch {
+	case d.Action == conflict.Reinstate:
+		return before.meta.siblings[dotOf(d.Against)].vector(d.Against)
+	case d.Action == conflict.Skip || (d.Conflict && d.Winner == conflict.Local):
+		return before.ownVersion().Vector
+	}
+	return c.Version.Vector
 }

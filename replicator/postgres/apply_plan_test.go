@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"encoding/json"
 	"strings"
 	"testing"
 
@@ -445,5 +446,83 @@ func TestPlanChangeReinstatesASibling(t *testing.T) {
 	}
 	if p.record == nil || p.record.winner != "local" || p.record.localOrigin != "c" || p.record.remoteOrigin != "b" {
 		t.Fatalf("conflict record %+v: want c's sibling winning over b's write", p.record)
+	}
+}
+
+// A row that absorbs a write without giving it the row (a concurrent write
+// that lost) has a vector that holds more than its write's own. Every region
+// names that write with the vector it was made with, so that is what the
+// row keeps apart (meta.ownVV) and what a conflict record, a sibling and a
+// custom resolver get: here us, eu and ap update a row at once, and the
+// region deciding holds us's write and meets eu's, then ap's.
+func TestPlanChangeKeepsTheHoldingWritesOwnVector(t *testing.T) {
+	u := version(100, "us", conflict.Vector{"us": 2})
+	e := version(200, "eu", conflict.Vector{"us": 1, "eu": 1})
+	a := version(150, "ap", conflict.Vector{"us": 1, "ap": 1})
+	s := liveRow("10", u, 3)
+	s.image = []byte(`{"hits":"10","id":"1","name":"us"}`)
+
+	// eu's write wins and holds the row; the row's vector also holds us's.
+	p, d, err := plan(t, lww, planShape, s, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "eu", "10"), Version: e})
+	if err != nil || d.Winner != conflict.Remote {
+		t.Fatalf("eu's write: %v, %+v", err, d)
+	}
+	m := opOf(p, opMeta).meta
+	if m.version.Vector.String() != "eu:1,us:2" || m.ownVV.String() != "eu:1,us:1" {
+		t.Fatalf("after eu's write: row vector %s, own %s; want eu:1,us:2 and eu:1,us:1", m.version.Vector, m.ownVV)
+	}
+	if own := ownValue(m); own == nil || *own != `{"vv":"eu:1,us:1"}` {
+		t.Fatalf("stored own %v", own)
+	}
+	if p.record.localVersion != "us:2" {
+		t.Fatalf("first record's local version %s, want us:2", p.record.localVersion)
+	}
+
+	// ap's write loses to eu's: the record names eu's write as eu and ap
+	// name it, and the row keeps eu's own vector.
+	s = p.next
+	s.image = []byte(`{"hits":"10","id":"1","name":"eu"}`)
+	p, d, err = plan(t, lww, planShape, s, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "ap", "10"), Version: a})
+	if err != nil || d.Winner != conflict.Local {
+		t.Fatalf("ap's write: %v, %+v", err, d)
+	}
+	if p.record.localVersion != "eu:1,us:1" || p.record.remoteVersion != "ap:1,us:1" {
+		t.Fatalf("record names eu's write %s and ap's %s; want eu:1,us:1 and ap:1,us:1", p.record.localVersion, p.record.remoteVersion)
+	}
+	m = opOf(p, opMeta).meta
+	if m.version.Vector.String() != "ap:1,eu:1,us:2" || m.ownVV.String() != "eu:1,us:1" {
+		t.Fatalf("after ap's write: row vector %s, own %s", m.version.Vector, m.ownVV)
+	}
+	held := p.next
+	img, v := resolverArgs(planShape, &replicator.Change{Key: `["1"]`, Version: a}, &held, conflict.Write{Origin: "eu", Tick: 1, HLC: 200})
+	var rv conflict.Version
+	if err := json.Unmarshal(v, &rv); err != nil || rv.Vector.String() != "eu:1,us:1" || img == "null" {
+		t.Fatalf("resolver's local argument %s (%v), image %s: want eu's own vector", v, err, img)
+	}
+
+	// Under region priority a higher region's write takes the row and
+	// eu's is kept as a sibling, with its own vector.
+	prio := conflict.Policy{Kind: conflict.RegionPriority, Priority: []conflict.RegionID{"sa", "eu", "us", "ap"}}
+	sa := version(120, "sa", conflict.Vector{"us": 1, "sa": 1})
+	p, d, err = plan(t, prio, planShape, held, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "sa", "10"), Version: sa})
+	if err != nil || !d.SaveLocal {
+		t.Fatalf("sa's write: %v, %+v", err, d)
+	}
+	m = opOf(p, opMeta).meta
+	if sd, ok := m.siblings[dotKey{"eu", 1}]; !ok || sd.vv != "eu:1,us:1" {
+		t.Fatalf("siblings %+v: want eu's write kept with eu:1,us:1", m.siblings)
+	}
+	if m.ownVV.String() != "sa:1,us:1" {
+		t.Fatalf("sa's write holds the row with own %s, want sa:1,us:1", m.ownVV)
+	}
+
+	// A write that saw everything holds the row with its own vector.
+	all := version(300, "us", conflict.Vector{"us": 3, "eu": 1, "ap": 1, "sa": 1})
+	p, _, err = plan(t, prio, planShape, p.next, replicator.Change{Op: conflict.OpUpdate, Key: `["1"]`, Row: vals("1", "us", "10"), Version: all})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m = opOf(p, opMeta).meta; m.ownVV != nil || ownValue(m) != nil {
+		t.Fatalf("own %s kept for a write that saw the whole row", m.ownVV)
 	}
 }

@@ -120,9 +120,9 @@ func keptSiblings(sh replicator.Shape, t *replicator.Txn, c *replicator.Change, 
 			out[k] = sd
 		case d.SaveLocal && k == lw:
 			// The write's own row, not one its max and min columns were
-			// merged into.
+			// merged into, and its own vector, not the row's.
 			row, stamps := s.ownImage()
-			sd := siblingData{row: row, vv: local.Vector.String(), stamps: stamps}
+			sd := siblingData{row: row, vv: s.ownVersion().Vector.String(), stamps: stamps}
 			if s.meta != nil {
 				sd.seq = s.meta.srcSeq
 			}

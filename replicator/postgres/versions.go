@@ -33,6 +33,15 @@ type meta struct {
 	// that write's own column stamps (column_lww tables).
 	own       json.RawMessage
 	ownStamps map[string]conflict.Stamp
+	// ownVV is the vector the version's own write was made with (and
+	// shipped with from its origin) when the row's vector holds more: the
+	// writes the row absorbed without that write losing it (concurrent
+	// writes it won over, folded updates that ranked lower). nil when the
+	// row's vector is the write's own. Decisions take the row's vector;
+	// what names the write to others (a conflict record's local version,
+	// a custom resolver's argument, the vector kept with it as a sibling)
+	// takes this one, which every region holds alike.
+	ownVV conflict.Vector
 	// tupleXmin is the transaction that last wrote the row_version tuple
 	// itself, as loaded: an update conditioned on it finds out whether
 	// anybody changed the version since.
@@ -150,9 +159,15 @@ func scanMetas(rows pgx.Rows, out map[metaKey]*meta) error {
 			return fmt.Errorf("load row versions: %s %s: %w", k.tbl, k.key, err)
 		}
 		var ownRow storedOwn
+		var ownVV conflict.Vector
 		if len(own) > 0 {
 			if err := json.Unmarshal(own, &ownRow); err != nil {
 				return fmt.Errorf("load row versions: %s %s: own row: %w", k.tbl, k.key, err)
+			}
+			if ownRow.VV != "" {
+				if ownVV, err = conflict.ParseVector(ownRow.VV); err != nil {
+					return fmt.Errorf("load row versions: %s %s: own vector: %w", k.tbl, k.key, err)
+				}
 			}
 		}
 		out[k] = &meta{
@@ -160,6 +175,7 @@ func scanMetas(rows pgx.Rows, out map[metaKey]*meta) error {
 			siblings:  sd,
 			own:       ownRow.Row,
 			ownStamps: ownRow.Stamps,
+			ownVV:     ownVV,
 			xid:       xid,
 			counters:  counters,
 			srcSeq:    srcSeq,
@@ -209,20 +225,46 @@ func (w *metaWriter) add(k metaKey, m *meta) {
 	w.epoch = append(w.epoch, int64(m.version.Epoch))
 }
 
-// storedOwn is row_version.own: a version's own write's row and stamps.
+// storedOwn is row_version.own: what a version's own write holds apart
+// from the row: its row and stamps (meta.own, ownStamps) and its vector
+// (meta.ownVV), each only when the row's differs.
 type storedOwn struct {
-	Row    json.RawMessage           `json:"row"`
+	Row    json.RawMessage           `json:"row,omitempty"`
 	Stamps map[string]conflict.Stamp `json:"stamps,omitempty"`
+	VV     string                    `json:"vv,omitempty"`
 }
 
 // ownValue is the row_version.own value of m (nil when none).
 func ownValue(m *meta) *string {
-	if m.own == nil || m.version.Deleted {
+	var o storedOwn
+	if m.own != nil && !m.version.Deleted {
+		o.Row, o.Stamps = m.own, m.ownStamps
+	}
+	if len(m.ownVV) > 0 {
+		o.VV = m.ownVV.String()
+	}
+	if o.Row == nil && o.VV == "" {
 		return nil
 	}
-	b, _ := json.Marshal(storedOwn{Row: m.own, Stamps: m.ownStamps})
+	b, _ := json.Marshal(o)
 	s := string(b)
 	return &s
+}
+
+// ownVector is the vector m's own write was made with.
+func (m *meta) ownVector() conflict.Vector {
+	if len(m.ownVV) > 0 {
+		return m.ownVV
+	}
+	return m.version.Vector
+}
+
+// withOwn sets m.ownVV to own, or to nil when it is the row's vector.
+func (m *meta) withOwn(own conflict.Vector) {
+	m.ownVV = nil
+	if len(own) > 0 && own.String() != m.version.Vector.String() {
+		m.ownVV = own
+	}
 }
 
 const upsertMetaSQL = `INSERT INTO polyregion.row_version AS m (tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, deleted_at, siblings, stamps, own, epoch)
