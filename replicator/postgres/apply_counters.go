@@ -254,9 +254,17 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 // merged, timestamp, origin and source sequence of the higher-ranked
 // write, and the vector that write was made with in own when the merged
 // one differs (meta.ownVV); the update's deltas, in counters, added to the
-// recorded sums; the higher epoch; deleted flag and xid stay).
+// recorded sums; the higher epoch; deleted flag and xid stay). The merged
+// vector is worked out once per row (OFFSET 0 keeps the planner from
+// copying the call into each use).
 const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
-	   vv = CASE WHEN u.fold THEN polyregion.vv_merge(m.vv, u.vv) ELSE u.vv END,
+	   (vv, own) = (SELECT x.vv, CASE WHEN NOT u.fold THEN u.own::jsonb
+	                   WHEN u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C") THEN
+	                        CASE WHEN x.vv = coalesce(u.own::jsonb ->> 'vv', u.vv) THEN NULL
+	                             ELSE pg_catalog.jsonb_build_object('vv', coalesce(u.own::jsonb ->> 'vv', u.vv)) END
+	                   WHEN m.own ->> 'vv' IS NOT NULL OR x.vv = m.vv THEN m.own
+	                   ELSE coalesce(m.own, '{}'::jsonb) || pg_catalog.jsonb_build_object('vv', m.vv) END
+	                FROM (SELECT CASE WHEN u.fold THEN polyregion.vv_merge(m.vv, u.vv) ELSE u.vv END AS vv OFFSET 0) AS x),
 	   hlc = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.hlc ELSE u.hlc END,
 	   origin = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.origin ELSE u.origin END,
 	   src_seq = CASE WHEN u.fold AND NOT (u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C")) THEN m.src_seq ELSE u.src_seq END,
@@ -265,12 +273,6 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	   counters = CASE WHEN u.fold THEN polyregion.counters_add(m.counters, u.counters::jsonb) ELSE u.counters::jsonb END,
 	   siblings = CASE WHEN u.fold THEN m.siblings ELSE u.siblings::jsonb END,
 	   stamps = CASE WHEN u.fold THEN m.stamps ELSE u.stamps::jsonb END,
-	   own = CASE WHEN NOT u.fold THEN u.own::jsonb
-	              WHEN u.hlc > m.hlc OR (u.hlc = m.hlc AND u.origin COLLATE "C" > m.origin COLLATE "C") THEN
-	                   CASE WHEN polyregion.vv_merge(m.vv, u.vv) = coalesce(u.own::jsonb ->> 'vv', u.vv) THEN NULL
-	                        ELSE pg_catalog.jsonb_build_object('vv', coalesce(u.own::jsonb ->> 'vv', u.vv)) END
-	              WHEN m.own ->> 'vv' IS NOT NULL OR polyregion.vv_merge(m.vv, u.vv) = m.vv THEN m.own
-	              ELSE coalesce(m.own, '{}'::jsonb) || pg_catalog.jsonb_build_object('vv', m.vv) END,
 	   epoch = CASE WHEN u.fold THEN GREATEST(m.epoch, u.epoch) ELSE u.epoch END,
 	   deleted_at = CASE WHEN u.fold THEN m.deleted_at WHEN u.deleted THEN coalesce(m.deleted_at, pg_catalog.now()) END
 	FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::text[]), pg_catalog.unnest($4::bigint[]),

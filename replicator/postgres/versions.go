@@ -262,7 +262,7 @@ func (m *meta) ownVector() conflict.Vector {
 // withOwn sets m.ownVV to own, or to nil when it is the row's vector.
 func (m *meta) withOwn(own conflict.Vector) {
 	m.ownVV = nil
-	if len(own) > 0 && own.String() != m.version.Vector.String() {
+	if len(own) > 0 && conflict.Compare(own, m.version.Vector) != conflict.Equal {
 		m.ownVV = own
 	}
 }
