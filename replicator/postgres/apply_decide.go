@@ -256,7 +256,8 @@ func (a *Applier) runResolver(ctx context.Context, tx pgx.Tx, pol conflict.Polic
 
 // resolverArgs is a write's row image and version as a resolver gets them
 // (JSON; images built from the changes' own values, ordered by column
-// name): the remote change's, a sibling's as kept, or the local row's.
+// name): the remote change's, a sibling's as kept, or the local row's
+// write's as made (the same in every region).
 func resolverArgs(sh replicator.Shape, c *replicator.Change, s *rowState, w conflict.Write) (img string, version []byte) {
 	if w.Origin == c.Version.Origin && w.Tick == c.Version.Vector.Get(c.Version.Origin) {
 		if c.Row == nil {
@@ -288,9 +289,11 @@ func resolverArgs(sh replicator.Shape, c *replicator.Change, s *rowState, w conf
 			return img, version
 		}
 	}
+	// The local write as made: its own row (not one its max and min
+	// columns were merged into here) and its own vector.
 	img = "null"
-	if s.image != nil {
-		img = string(s.image)
+	if row, _ := s.ownImage(); row != nil {
+		img = string(row)
 	}
 	v := s.ownVersion()
 	v.Siblings = nil

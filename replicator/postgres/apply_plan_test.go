@@ -526,3 +526,23 @@ func TestPlanChangeKeepsTheHoldingWritesOwnVector(t *testing.T) {
 		t.Fatalf("own %s kept for a write that saw the whole row", m.ownVV)
 	}
 }
+
+// A custom resolver gets the local row's write as it was made, as every
+// region holds it: its own row (not the one its max column was merged
+// into here) and its own vector (not the row's, which absorbed more).
+func TestResolverArgsNameTheLocalWriteAsMade(t *testing.T) {
+	sh := replicator.Shape{Table: "public.usage", Columns: []string{"id", "note", "seen"}, Types: []string{"bigint", "text", "timestamptz"}, Key: []int{0}}
+	own := rowImage(sh, vals("1", "eu", "2026-01-01 00:00:05+00"), nil)
+	s := rowState{exists: true, xmin: "700", versioned: true,
+		image: rowImage(sh, vals("1", "eu", "2026-01-01 00:00:09+00"), nil), // seen: the max merged from a sibling
+		meta:  &meta{version: version(200, "eu", conflict.Vector{"eu": 1, "us": 2}), ownVV: conflict.Vector{"eu": 1, "us": 1}, own: own, xid: "700", tupleXmin: "701"}}
+	remote := version(150, "ap", conflict.Vector{"ap": 1, "us": 1})
+	img, v := resolverArgs(sh, &replicator.Change{Key: `["1"]`, Version: remote}, &s, conflict.Write{Origin: "eu", Tick: 1, HLC: 200})
+	var got conflict.Version
+	if err := json.Unmarshal(v, &got); err != nil {
+		t.Fatal(err)
+	}
+	if img != string(own) || got.Vector.String() != "eu:1,us:1" || got.Origin != "eu" || got.HLC != 200 {
+		t.Fatalf("local argument %s, version %s: want the write's own row %s and vector eu:1,us:1", img, v, own)
+	}
+}
