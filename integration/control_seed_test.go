@@ -130,13 +130,9 @@ func TestATableSeededWhileWrittenEndsTheSameEverywhere(t *testing.T) {
 // us's sums, every increment counted once.
 func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
 	const rows = 300000
-	schema := append(append([]string(nil), kvSchema...),
-		`CREATE TABLE public.tally (id integer PRIMARY KEY, note text, hits bigint NOT NULL DEFAULT 0)`,
-		`ALTER TABLE public.tally REPLICA IDENTITY FULL`)
 	ctx := ctxFor(t, 6*time.Minute)
-	h := startFoundedThrough(t, ctx, schema, []TableSpec{{Name: "public.kv"}}, func(*RegionConfig) {}, nil)
+	h := startTallyToAdd(t, ctx, rows)
 	us := h.Regions[0]
-	mustExec(t, ctx, us, fmt.Sprintf(`INSERT INTO public.tally (id, note, hits) SELECT g, 'row ' || g, 1 FROM pg_catalog.generate_series(1, %d) g`, rows))
 
 	ws := startWriters(ctx, us, 1, 5, func(conn *pgx.Conn, rng *rand.Rand, _, _ int) error {
 		_, err := conn.Exec(ctx, `UPDATE public.tally SET hits = hits + 1 WHERE id = $1`, 1+rng.IntN(rows))
@@ -188,4 +184,91 @@ func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
 		t.Fatalf("us did not log the seed going on:\n%s", us.Logs(3000))
 	}
 	t.Logf("the seed was cut after %d rows; %d increments in all, the same sum everywhere", cut, sum-rows)
+}
+
+// TestOtherTablesReplicateWhileATableSeeds: us seeds a table the cluster
+// added, and an application takes a write lock on it once the seed has
+// begun, so the seed waits for its next chunk's lock. Meanwhile the other
+// tables replicate both ways (the seed runs beside the data plane, not
+// before it). Once the application commits, the seed goes on and every
+// region ends with us's rows.
+func TestOtherTablesReplicateWhileATableSeeds(t *testing.T) {
+	const rows = 200000
+	ctx := ctxFor(t, 5*time.Minute)
+	h := startTallyToAdd(t, ctx, rows)
+	us, eu := h.Regions[0], h.Regions[1]
+	app, err := us.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close(context.Background())
+
+	mustPolyregion(t, ctx, "cluster", "configure", "--config",
+		withTables(t, us, "tally", []TableSpec{{Name: "public.kv"}, {Name: "public.tally", Counters: []string{"hits"}}}))
+	// Once the seed's first chunk is in, the application holds the table
+	// (an update left open): the seed waits for the next chunk's lock.
+	for seeding := false; !seeding; time.Sleep(2 * time.Millisecond) {
+		if err := app.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeding WHERE tbl = 'public.tally' AND rows > 0)`).Scan(&seeding); err != nil {
+			t.Fatal(err)
+		}
+	}
+	held, err := app.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := held.Exec(ctx, `UPDATE public.tally SET hits = hits + 1 WHERE id = 1`); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.seeded WHERE tbl = 'public.tally'`); n != 0 {
+		t.Fatal("the seed ended before the application took the table: nothing tested")
+	}
+	began := time.Now()
+	mustExec(t, ctx, eu, `INSERT INTO public.kv (id, val) VALUES (1001, 'from eu during the seed')`)
+	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (1002, 'from us during the seed')`)
+	for _, c := range []struct {
+		r  *Region
+		id int
+	}{{us, 1001}, {eu, 1002}} {
+		for queryInt(t, ctx, c.r, `SELECT count(*) FROM public.kv WHERE id = $1`, c.id) == 0 {
+			if time.Since(began) > 10*time.Second {
+				t.Fatalf("%s has not received kv %d 10 s after it was written, while us seeds public.tally: replication waits for the seed", c.r.Name, c.id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	crossed := time.Since(began)
+	seeded := queryInt(t, ctx, us, `SELECT coalesce(max(rows), 0) FROM polyregion.seeding WHERE tbl = 'public.tally'`)
+	if seeded == 0 || seeded >= rows {
+		t.Fatalf("the seed is not under way (%d of %d rows): nothing tested", seeded, rows)
+	}
+	if err := held.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		waitControl(t, r, 2*time.Minute, "epoch 2 in effect", func(c controlStatus) bool { return c.Epoch.Number == 2 && c.Epoch.Effective > 0 })
+	}
+	if err := h.WaitConverged(ctx, []string{"public.kv", "public.tally"}, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range h.Regions {
+		if got := queryInt(t, ctx, r, `SELECT sum(hits) FROM public.tally`); got != rows+1 {
+			t.Fatalf("%s: sum(hits) = %d, want %d (the seeded rows and the held increment)", r.Name, got, rows+1)
+		}
+		waitRow(t, ctx, r, `SELECT count(*) FROM polyregion.parked WHERE resolved_at IS NULL`, 0)
+	}
+	t.Logf("kv rows written in us and eu crossed in %s while us's seed waited for the table (%d of %d rows seeded)", crossed.Round(time.Millisecond), seeded, rows)
+}
+
+// startTallyToAdd starts three regions founded through the control plane
+// that replicate kv, us holding rows rows of public.tally (hits, a counter,
+// 1 in each; REPLICA IDENTITY FULL), which the cluster does not replicate
+// yet.
+func startTallyToAdd(t *testing.T, ctx context.Context, rows int) *Harness {
+	t.Helper()
+	schema := append(append([]string(nil), kvSchema...),
+		`CREATE TABLE public.tally (id integer PRIMARY KEY, note text, hits bigint NOT NULL DEFAULT 0)`,
+		`ALTER TABLE public.tally REPLICA IDENTITY FULL`)
+	h := startFoundedThrough(t, ctx, schema, []TableSpec{{Name: "public.kv"}}, func(*RegionConfig) {}, nil)
+	mustExec(t, ctx, h.Regions[0], fmt.Sprintf(`INSERT INTO public.tally (id, note, hits) SELECT g, 'row ' || g, 1 FROM pg_catalog.generate_series(1, %d) g`, rows))
+	return h
 }

@@ -57,6 +57,9 @@ type runtime struct {
 	// seedFailures counts the runs of the data plane in a row that left
 	// out a table whose seed did not get its lock (see waiting.go).
 	seedFailures int
+	// seedRunFailures counts the runs in a row whose seed, run with the
+	// data plane, did not finish (see seeding.go).
+	seedRunFailures int
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }

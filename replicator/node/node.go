@@ -287,18 +287,27 @@ func (c *Config) TableNames() []string {
 }
 
 // Prepare checks the local database and creates what replication needs,
-// and returns the tables the cluster added that cannot be replicated here
-// yet (see waiting.go): the rest is prepared without them. It changes
-// nothing when the check fails.
+// seeds the tables the cluster added that are to be seeded here, and
+// returns the tables the cluster added that cannot be replicated here yet
+// (see waiting.go): the rest is prepared without them. It changes nothing
+// when the check fails.
 func Prepare(ctx context.Context, cfg Config) (tablesWaiting, error) {
+	waiting, _, err := prepare(ctx, cfg, false)
+	return waiting, err
+}
+
+// prepare is Prepare; with seedLater the tables to seed are not seeded
+// but returned (table -> the epoch that added it) and among the waiting
+// ones, for the data plane to seed while it runs (see seedWhileRunning).
+func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, map[string]uint64, error) {
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer conn.Close(context.Background())
 	founding, added := cfg.addedTables()
 	if err := postgres.Preflight(ctx, conn, founding); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	waiting := tablesWaiting{}
 	for _, t := range slices.Sorted(maps.Keys(added)) {
@@ -309,24 +318,30 @@ func Prepare(ctx context.Context, cfg Config) (tablesWaiting, error) {
 			waiting[t] = waitingTable{reason: strings.Join(probs, "; ")}
 			delete(added, t)
 		case err != nil:
-			return nil, err
+			return nil, nil, err
 		}
 	}
 	cfg = cfg.withoutTables(waiting)
 	pending, err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), added, cfg.PeerNames())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
+	seeds := map[string]uint64{}
 	for _, t := range pending {
+		if seedLater {
+			waiting[t] = waitingTable{reason: "its rows here are being seeded into this region's change stream", seedNow: true}
+			seeds[t] = added[t]
+			continue
+		}
 		began := time.Now()
 		st, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, added[t])
 		var unfinished *postgres.SeedUnfinished
 		switch {
 		case errors.As(err, &unfinished):
 			// Published already: nothing replicates here without it.
-			return nil, &tablesPending{err: err}
+			return nil, nil, &tablesPending{err: err}
 		case postgres.IsUnavailable(err):
-			return nil, err
+			return nil, nil, err
 		case err != nil:
 			waiting[t] = waitingTable{reason: "seed: " + err.Error(), seed: true}
 			continue
@@ -337,29 +352,29 @@ func Prepare(ctx context.Context, cfg Config) (tablesWaiting, error) {
 		}
 	}
 	if loss, err := postgres.ReadSlotLoss(ctx, conn, string(cfg.Region)); err != nil {
-		return nil, err
+		return nil, nil, err
 	} else if loss != nil && cfg.Logger != nil {
 		cfg.Logger.Error("replication slot lost: " + loss.Describe(string(cfg.Region)))
 	}
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := postgres.CheckColumnStamps(ctx, conn, cfg.Cluster.Tables); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := prepareSequences(ctx, conn, cfg); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	open, err := postgres.UnconfinedTables(ctx, conn, cfg.TableNames())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(open) > 0 && cfg.Logger != nil {
 		cfg.Logger.Warn("peers' changes to these tables are applied with the privileges of their owner, which is not an application role: "+
 			"triggers and defaults on them run with those privileges; give them an application role as owner (and GRANT it to the replicator's role)",
 			"tables", strings.Join(open, "; "))
 	}
-	return waiting, nil
+	return waiting, seeds, nil
 }
 
 // runDataPlane runs the reader, the link server and the followers until a
@@ -369,7 +384,8 @@ func Prepare(ctx context.Context, cfg Config) (tablesWaiting, error) {
 // it).
 func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	log := rt.log
-	waiting, err := Prepare(stop, cfg)
+	// A seed runs with the data plane (a load takes every table anyway).
+	waiting, seeds, err := prepare(stop, cfg, cfg.JoinFrom == "")
 	if err != nil {
 		return err
 	}
@@ -439,7 +455,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	// cluster removed is told so (403) rather than refused as a stranger.
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokensOf(rt.currentPeers()), Control: ctrl,
-		Outbox: outbox, Logger: log, Snapshot: snapshotFor(cfg, order, log),
+		Outbox: outbox, Logger: log, Snapshot: snapshotUnlessSeeding(snapshotFor(cfg, order, log), seeds),
 		Advert: graves.Advert,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {
 			rt.mon.Metrics().Shipped(string(peer), e.Rows, len(e.Payload), !e.More)
@@ -506,6 +522,27 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 			tablesReady()
 		})
 	}()
+	var seedFailed atomic.Bool
+	defer func() { rt.seedRunFailures = nextSeedFailures(rt.seedRunFailures, len(seeds) > 0, seedFailed.Load()) }()
+	if len(seeds) > 0 {
+		backoff := seedRetry(rt.seedRunFailures)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if !rt.seedWhileRunning(gctx, cfg, seeds) {
+				seedFailed.Store(true)
+				select {
+				case <-gctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+			}
+			// Seeded (or to be tried again): the next run replicates
+			// the tables, and the parked changes become due.
+			ready.Store(true)
+			tablesReady()
+		}()
+	}
 	rt.mon.DataPlane(nil)
 	log.Info("replicator running", "listen", cfg.Listen, "http", cfg.HTTPListen, "peers", len(cfg.Peers), "tables", len(cfg.Cluster.Tables)-len(waiting))
 	select {

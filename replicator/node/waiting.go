@@ -7,8 +7,8 @@ package node
 // peers' changes of a waiting table are parked (they are applied, by the
 // usual decision, once the table is seeded here), and /health says
 // degraded, naming the table. Once the table can be prepared the data
-// plane restarts, seeds it before its appliers start, and the parked
-// changes are made due.
+// plane restarts and seeds it while it runs (seeding.go); the next run
+// replicates it, and the parked changes are made due.
 
 import (
 	"context"
@@ -29,6 +29,9 @@ type waitingTable struct {
 	// not go through (a lock the applications held): tried again after
 	// seedRetryAfter rather than as soon as the checks pass.
 	seed bool
+	// seedNow: the table is being seeded while the data plane runs (see
+	// seeding.go), which restarts it once the seed ends.
+	seedNow bool
 }
 
 // tablesWaiting maps each waiting table to why.
@@ -99,6 +102,9 @@ func (w tablesWaiting) seeding() bool {
 func (w tablesWaiting) ready(ctx context.Context, database string, began time.Time, seedAfter time.Duration) (bool, error) {
 	var check []string
 	for t, why := range w {
+		if why.seedNow {
+			continue // the seed running with the data plane ends the run itself
+		}
 		if why.seed {
 			if time.Since(began) >= seedAfter {
 				return true, nil

@@ -2,10 +2,12 @@ package node
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
 )
 
@@ -49,5 +51,36 @@ func TestASeedThatDidNotGetItsLockIsTriedAgainAfterAWhile(t *testing.T) {
 	}
 	if d := (tablesWaiting{"public.b": {reason: "two"}, "public.a": {reason: "one"}}).describe(); d != "public.a: one; public.b: two" {
 		t.Fatalf("describe: %q", d)
+	}
+}
+
+// A table seeded while the data plane runs ends the run itself when its
+// seed ends: the watch never restarts for it (its checks pass all along,
+// so it would restart the run over and over), nor reaches a database.
+func TestATableSeedingWithTheDataPlaneIsNotReadyByItsChecks(t *testing.T) {
+	w := tablesWaiting{"public.notes": {reason: "seeding", seedNow: true}}
+	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now().Add(-time.Hour), seedRetry(0)); ok || err != nil {
+		t.Fatalf("ready: %v, %v", ok, err)
+	}
+	if w.seeding() {
+		t.Fatal("a seed under way counted as one that missed its lock")
+	}
+	// Runs whose seed failed in a row: reset by a run whose seeds ended,
+	// kept by a run that ran none.
+	for _, c := range []struct {
+		before      int
+		ran, failed bool
+		want        int
+	}{{0, true, true, 1}, {3, true, true, 4}, {3, true, false, 0}, {3, false, false, 3}} {
+		if got := nextSeedFailures(c.before, c.ran, c.failed); got != c.want {
+			t.Errorf("nextSeedFailures(%d, %v, %v) = %d, want %d", c.before, c.ran, c.failed, got, c.want)
+		}
+	}
+	refuse := snapshotUnlessSeeding(func(context.Context, conflict.RegionID, io.Writer) error { return nil }, map[string]uint64{"public.notes": 2})
+	if err := refuse(context.Background(), "eu", io.Discard); err == nil || !strings.Contains(err.Error(), "public.notes") {
+		t.Fatalf("snapshot while seeding: %v", err)
+	}
+	if err := snapshotUnlessSeeding(func(context.Context, conflict.RegionID, io.Writer) error { return nil }, nil)(context.Background(), "eu", io.Discard); err != nil {
+		t.Fatalf("snapshot with no seed: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -79,7 +80,10 @@ type Reader struct {
 	cfg    ReaderConfig
 	tables map[string]regions.Table
 	epochs readerEpochs // set by Run before anything is versioned
-	seeds  map[string]seedWindow
+	// seeds are the WAL bounds of the seeds of added tables, finished or
+	// running (see reader_seeds.go): set by the decoding goroutine, read
+	// by the versioning one.
+	seeds atomic.Pointer[map[string]seedWindow]
 
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
@@ -213,7 +217,7 @@ func (r *Reader) Run(ctx context.Context) error {
 	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, r.cfg.Learned, st.nextSeq-1); err != nil {
 		return err
 	}
-	if r.seeds, err = loadSeedWindows(ctx, conn); err != nil {
+	if err := r.loadSeeds(ctx, conn); err != nil {
 		return err
 	}
 

@@ -31,10 +31,12 @@ package postgres
 //
 // A seed that stops after its first chunk (the process stopped, or a chunk
 // could not get the lock) is recorded in polyregion.seeding: the table
-// stays published (Prepare), the data plane does not start without it, and
-// the next run seeds it again from the first key, keeping the WAL position
-// where it began. Rows the earlier run emitted go again as successors of
-// themselves, with their current values.
+// stays published (Prepare), the reader keeps its window open (the table's
+// writes are inside the seed; see reader_seeds.go), and the next run seeds
+// it again from the first key, keeping the WAL position where it began.
+// Rows the earlier run emitted go again as successors of themselves, with
+// their current values. The seed runs while the data plane does (the
+// node parks peers' changes of the table meanwhile).
 
 import (
 	"context"
@@ -82,7 +84,9 @@ type SeedStats struct {
 }
 
 // SeedUnfinished is a seed that began (its table is published) and could
-// not finish: the region's data plane must not run without the table.
+// not finish: the table's writes are in the stream, and the reader must
+// take them as inside the seed (its window stays open) until a later run
+// finishes it.
 type SeedUnfinished struct {
 	Table string
 	Err   error
@@ -308,6 +312,9 @@ func (r *Reader) addSeeded(ctx context.Context, conn *pgx.Conn, cur *pendingTxn,
 		return err
 	}
 	name := rel.name
+	if err := r.seedBegun(ctx, conn, name); err != nil {
+		return err
+	}
 	var rows [][]*string
 	if err := json.Unmarshal([]byte(body), &rows); err != nil {
 		return fmt.Errorf("reader: malformed seed of %s in transaction %d: %w", name, cur.xid, err)

@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"math"
 	"strings"
 	"testing"
 
@@ -17,6 +18,9 @@ import (
 // message is refused, naming the table.
 func TestASeedMessageBecomesInsertsOfItsTransaction(t *testing.T) {
 	r := NewReader(ReaderConfig{Tables: []regions.Table{{Name: "public.notes", Added: 2}}})
+	// Where the seed began is known (a reader that does not know reads it
+	// from polyregion.seeding first).
+	r.seeds.Store(&map[string]seedWindow{"public.notes": {began: 1, ended: math.MaxUint64}})
 	rels := map[uint32]*relation{7: {name: "public.notes", shape: replicator.Shape{Table: "public.notes", Columns: []string{"id", "body"}, Types: []string{"integer", "text"}, Key: []int{0}}}}
 	ctx := context.Background()
 	cur := &pendingTxn{xid: 9}
