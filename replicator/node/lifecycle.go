@@ -54,12 +54,9 @@ type runtime struct {
 	loading atomic.Bool
 	// learned are the policy changes taken from peers (see epochs.go).
 	learned learnedEpochs
-	// seedFailures counts the runs of the data plane in a row that left
-	// out a table whose seed did not get its lock (see waiting.go).
+	// seedFailures counts the runs of the data plane in a row whose seed
+	// did not finish (see seeding.go): the next try waits longer.
 	seedFailures int
-	// seedRunFailures counts the runs in a row whose seed, run with the
-	// data plane, did not finish (see seeding.go).
-	seedRunFailures int
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }

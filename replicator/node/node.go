@@ -393,12 +393,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		// A load takes every table the source replicates.
 		return &tablesPending{err: errors.New(waiting.describe())}
 	}
-	if waiting.seeding() {
-		rt.seedFailures++
-	} else {
-		rt.seedFailures = 0
-	}
-	seedAfter := seedRetry(rt.seedFailures - 1) // the runs before this one that missed the lock
+	seedAfter := seedRetry(rt.seedFailures) // after the runs before this one whose seed failed
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
 		log.Error("a table the cluster added is not replicated here yet: peers' changes to it are parked until it is; every other table replicates", "table", t, "reason", waiting[t].reason)
 	}
@@ -523,9 +518,8 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		})
 	}()
 	var seedFailed atomic.Bool
-	defer func() { rt.seedRunFailures = nextSeedFailures(rt.seedRunFailures, len(seeds) > 0, seedFailed.Load()) }()
+	defer func() { rt.seedFailures = nextSeedFailures(rt.seedFailures, len(seeds) > 0, seedFailed.Load()) }()
 	if len(seeds) > 0 {
-		backoff := seedRetry(rt.seedRunFailures)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -534,7 +528,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 				select {
 				case <-gctx.Done():
 					return
-				case <-time.After(backoff):
+				case <-time.After(seedAfter):
 				}
 			}
 			// Seeded (or to be tried again): the next run replicates
