@@ -15,6 +15,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -36,7 +37,7 @@ func TestASeedHoldsWritesOneChunkAtATime(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	began := time.Now()
-	st, err := postgres.SeedTable(ctx, conn, "ap", "public.items", 2)
+	st, err := postgres.SeedTable(ctx, conn, "ap", itemsToSeed, nil)
 	took := time.Since(began)
 	during := ws.commits.Load()
 	time.Sleep(200 * time.Millisecond)
@@ -49,7 +50,7 @@ func TestASeedHoldsWritesOneChunkAtATime(t *testing.T) {
 	if st.Chunks < 4 {
 		t.Fatalf("%d chunks for %d rows, want one per %d rows at most", st.Chunks, st.Rows, 5000)
 	}
-	if again, err := postgres.SeedTable(ctx, conn, "ap", "public.items", 2); err != nil || again.Rows != 0 || again.Chunks != 0 {
+	if again, err := postgres.SeedTable(ctx, conn, "ap", itemsToSeed, nil); err != nil || again.Rows != 0 || again.Chunks != 0 {
 		t.Fatalf("seeding again: %+v %v, want nothing done", again, err)
 	}
 	seedTxns, between := checkSeededStream(t, ctx, ap, conn)
@@ -88,7 +89,7 @@ func TestASeedCutShortGoesOn(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}()
-	st, err := postgres.SeedTable(sctx, conn, "ap", "public.items", 2)
+	st, err := postgres.SeedTable(sctx, conn, "ap", itemsToSeed, nil)
 	cut()
 	if err == nil {
 		t.Fatalf("the seed ended (%+v) before it was cut: nothing tested", st)
@@ -110,7 +111,7 @@ func TestASeedCutShortGoesOn(t *testing.T) {
 	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND tablename = 'items'`, postgres.PublicationName("ap")); n != 1 {
 		t.Fatalf("prepare took the table of a begun seed out of the publication: writes since would be lost")
 	}
-	again, err := postgres.SeedTable(ctx, conn, "ap", "public.items", 2)
+	again, err := postgres.SeedTable(ctx, conn, "ap", itemsToSeed, nil)
 	time.Sleep(200 * time.Millisecond)
 	ws.stop(t)
 	if err != nil || !again.Resumed {
@@ -122,6 +123,9 @@ func TestASeedCutShortGoesOn(t *testing.T) {
 		t.Fatalf("%d seed transactions in the stream, the two attempts say %d and %d chunks", seedTxns, st.Chunks, again.Chunks)
 	}
 }
+
+// itemsToSeed is public.items, added by the cluster at epoch 2.
+var itemsToSeed = regions.Table{Name: "public.items", Added: 2}
 
 // seedCheckRegion starts one region whose public.items holds rows and is
 // about to be seeded (prepared, pending), with a test_decoding slot made

@@ -268,7 +268,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		var probs postgres.Problems
 		var waiting *tablesPending
-		if !errors.As(err, &waiting) && (errors.As(err, &probs) || !rt.databaseUnavailable(ctx, cfg, err)) {
+		var busy *postgres.LockBusy
+		if !errors.As(err, &waiting) && !errors.As(err, &busy) && (errors.As(err, &probs) || !rt.databaseUnavailable(ctx, cfg, err)) {
 			return err
 		}
 		if time.Since(began) > time.Minute {
@@ -276,9 +277,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		rt.mon.DataPlane(err)
 		rt.mon.Metrics().Error(obs.ErrDataPlane)
-		if waiting != nil {
+		switch {
+		case waiting != nil:
 			rt.log.Error("replication here waits for a table the cluster added", "err", err, "retry_in", backoff.String())
-		} else {
+		case busy != nil:
+			rt.log.Error("replication here waits for the applications to release a replicated table (the change it needs takes a lock they hold)", "err", err, "retry_in", backoff.String())
+		default:
 			rt.log.Error("local database unavailable; replication restarts once it is back", "err", err, "retry_in", backoff.String())
 		}
 		select {

@@ -264,6 +264,14 @@ func (e *tablesPending) Error() string {
 }
 func (e *tablesPending) Unwrap() error { return e.err }
 
+// tableToSeed is the table named t that the cluster added at epoch, to
+// seed.
+func (c *Config) tableToSeed(t string, epoch uint64) regions.Table {
+	tbl, _ := c.Cluster.Table(t)
+	tbl.Name, tbl.Added = t, epoch
+	return tbl
+}
+
 // withoutTables is the configuration with the tables of w left out of the
 // replicated ones.
 func (c Config) withoutTables(w tablesWaiting) Config {
@@ -329,12 +337,12 @@ func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, ma
 	seeds := map[string]uint64{}
 	for _, t := range pending {
 		if seedLater {
-			waiting[t] = waitingTable{reason: "its rows here are being seeded into this region's change stream", seedNow: true}
+			waiting[t] = waitingTable{reason: seedProgress(postgres.SeedStats{}, false), seedNow: true}
 			seeds[t] = added[t]
 			continue
 		}
 		began := time.Now()
-		st, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, added[t])
+		st, err := postgres.SeedTable(ctx, conn, string(cfg.Region), cfg.tableToSeed(t, added[t]), nil)
 		var unfinished *postgres.SeedUnfinished
 		switch {
 		case errors.As(err, &unfinished):
@@ -356,7 +364,9 @@ func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, ma
 	} else if loss != nil && cfg.Logger != nil {
 		cfg.Logger.Error("replication slot lost: " + loss.Describe(string(cfg.Region)))
 	}
-	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables); err != nil {
+	// A table to seed gets its triggers from its seed, under the seed's
+	// lock (it ran above, or runs with the data plane).
+	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables, pending); err != nil {
 		return nil, nil, err
 	}
 	if err := postgres.CheckColumnStamps(ctx, conn, cfg.Cluster.Tables); err != nil {
@@ -523,7 +533,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if !rt.seedWhileRunning(gctx, cfg, seeds) {
+			if !rt.seedWhileRunning(gctx, cfg, seeds, waiting) {
 				seedFailed.Store(true)
 				select {
 				case <-gctx.Done():

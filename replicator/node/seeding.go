@@ -31,8 +31,16 @@ import (
 )
 
 // seedWhileRunning seeds the tables (table -> the epoch that added it)
-// until ctx ends, and reports whether every seed finished.
-func (rt *runtime) seedWhileRunning(ctx context.Context, cfg Config, seeds map[string]uint64) bool {
+// until ctx ends, and reports whether every seed finished. /health shows
+// each seed's progress among waiting, the run's waiting tables.
+func (rt *runtime) seedWhileRunning(ctx context.Context, cfg Config, seeds map[string]uint64, waiting tablesWaiting) bool {
+	shown := maps.Clone(waiting)
+	report := func(t string, st postgres.SeedStats, done bool) {
+		why := shown[t]
+		why.reason = seedProgress(st, done)
+		shown[t] = why
+		rt.mon.TablesWaiting(shown.healthReasons())
+	}
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
 		if ctx.Err() == nil {
@@ -44,17 +52,30 @@ func (rt *runtime) seedWhileRunning(ctx context.Context, cfg Config, seeds map[s
 	for _, t := range slices.Sorted(maps.Keys(seeds)) {
 		began := time.Now()
 		rt.log.Info("seeding a table added by the cluster while the other tables replicate", "table", t, "epoch", seeds[t])
-		st, err := postgres.SeedTable(ctx, conn, string(cfg.Region), t, seeds[t])
+		st, err := postgres.SeedTable(ctx, conn, string(cfg.Region), cfg.tableToSeed(t, seeds[t]), func(st postgres.SeedStats) { report(t, st, false) })
 		if err != nil {
 			if ctx.Err() == nil {
 				rt.log.Error("the seed of a table the cluster added did not finish (it goes on when the data plane restarts)", "table", t, "rows", st.Rows, "err", err)
 			}
 			return false
 		}
+		report(t, st, true)
 		rt.log.Info("replicating a table added by the cluster: its rows here are shipped as this region's (the data plane restarts to apply peers' changes to it)", "table", t, "epoch", seeds[t], "rows", st.Rows,
 			"chunks", st.Chunks, "resumed", st.Resumed, "took_ms", time.Since(began).Milliseconds(), "writes_held_longest_ms", st.LongestHold.Milliseconds())
 	}
 	return true
+}
+
+// seedProgress is the /health reason of a table seeded while the data
+// plane runs, after st (done: the seed ended).
+func seedProgress(st postgres.SeedStats, done bool) string {
+	switch {
+	case done:
+		return fmt.Sprintf("seeded (%d rows into this region's change stream); replicated once the data plane restarts", st.Rows)
+	case st.Chunks == 0:
+		return "its rows here are being seeded into this region's change stream"
+	}
+	return fmt.Sprintf("its rows here are being seeded into this region's change stream: %d rows so far", st.Rows)
 }
 
 // nextSeedFailures is the count of runs in a row whose seed failed, after

@@ -9,6 +9,7 @@ import (
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
 func TestAWaitingTableIsLeftOutOfTheRunAndNamed(t *testing.T) {
@@ -82,5 +83,21 @@ func TestATableSeedingWithTheDataPlaneIsNotReadyByItsChecks(t *testing.T) {
 	}
 	if err := snapshotUnlessSeeding(func(context.Context, conflict.RegionID, io.Writer) error { return nil }, nil)(context.Background(), "eu", io.Discard); err != nil {
 		t.Fatalf("snapshot with no seed: %v", err)
+	}
+}
+
+func TestASeedsProgressIsShownInItsReason(t *testing.T) {
+	for _, c := range []struct {
+		st   postgres.SeedStats
+		done bool
+		want string
+	}{
+		{postgres.SeedStats{}, false, "its rows here are being seeded into this region's change stream"},
+		{postgres.SeedStats{Rows: 15000, Chunks: 3}, false, "its rows here are being seeded into this region's change stream: 15000 rows so far"},
+		{postgres.SeedStats{Rows: 15001, Chunks: 4}, true, "seeded (15001 rows into this region's change stream); replicated once the data plane restarts"},
+	} {
+		if got := seedProgress(c.st, c.done); got != c.want {
+			t.Errorf("seedProgress(%+v, %v) = %q, want %q", c.st, c.done, got, c.want)
+		}
 	}
 }

@@ -196,10 +196,13 @@ func CheckTables(ctx context.Context, conn *pgx.Conn, tables []string) error {
 
 // Prepare creates what the region's reader and appliers need: the schema,
 // the publication over the replicated tables (kept in step with the config),
-// the replication slot and one replication origin per peer. Idempotent.
+// the replication slot, the TRUNCATE capture trigger and one replication
+// origin per peer. Idempotent; what is in place already takes no lock on
+// the applications' tables, and what is not waits for their locks only
+// briefly (a *LockBusy when they hold a table past the budget).
 // The tables of added (table -> the epoch that added it) not seeded here
 // yet are returned, and left out of the publication unless their seed
-// began: SeedTable publishes each.
+// began: SeedTable publishes each and puts its triggers on.
 func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string, added map[string]uint64, peers []string) ([]string, error) {
 	if err := Install(ctx, conn); err != nil {
 		return nil, err
@@ -212,42 +215,29 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if err != nil {
 		return nil, err
 	}
-	pub := PublicationName(region)
-	var exists bool
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1)`, pub).Scan(&exists); err != nil {
-		return nil, fmt.Errorf("prepare publication: %w", err)
-	}
-	var list, pending []string
+	var list, pending, capture []string
+	keep := map[string]bool{}
 	for _, t := range tables {
+		keep[t] = true
 		if held[t] {
+			// Its seed puts the capture trigger on, under its own lock.
 			pending = append(pending, t)
+		} else {
+			capture = append(capture, t)
 		}
 		// A seed that began keeps its table published: the writes since
 		// are in the stream, and the seed goes on.
 		if !held[t] || begun[t] {
-			list = append(list, qualified(t))
+			list = append(list, t)
 		}
 	}
-	forTables := ""
-	if len(list) > 0 {
-		forTables = " FOR TABLE " + strings.Join(list, ", ")
-	}
-	stmt := "CREATE PUBLICATION " + quoteIdent(pub) + forTables + " WITH (publish = 'insert, update, delete, truncate')"
-	switch {
-	case exists && len(list) > 0:
-		stmt = "ALTER PUBLICATION " + quoteIdent(pub) + " SET TABLE " + strings.Join(list, ", ")
-	case exists:
-		stmt = "" // every table waits for its seed (not with founding tables)
-	}
-	if stmt != "" {
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return nil, fmt.Errorf("prepare publication %s: %w", pub, err)
-		}
+	if err := preparePublication(ctx, conn, PublicationName(region), list); err != nil {
+		return nil, err
 	}
 	if err := prepareSlot(ctx, conn, region); err != nil {
 		return nil, err
 	}
-	if err := prepareTruncateCapture(ctx, conn, tables); err != nil {
+	if err := prepareTruncateCapture(ctx, conn, capture, keep); err != nil {
 		return nil, err
 	}
 	if err := prepareOwnerExec(ctx, conn, tables); err != nil {
@@ -264,58 +254,6 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 		}
 	}
 	return pending, nil
-}
-
-// prepareTruncateCapture puts the TRUNCATE capture trigger on every
-// replicated table (replacing it, so a changed key is followed) and removes
-// it from tables no longer replicated.
-func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string) error {
-	want := map[string]bool{}
-	for _, t := range tables {
-		sh, err := LoadShape(ctx, conn, t)
-		if err != nil {
-			return fmt.Errorf("prepare truncate capture: %w", err)
-		}
-		want[t] = true
-		keys := make([]string, len(sh.Key))
-		for i, k := range sh.Key {
-			// format('%s', v) renders v with its type's output function,
-			// as the change stream does (a cast to text may not).
-			keys[i] = "pg_catalog.format('%s', " + quoteIdent(sh.Columns[k]) + ")"
-		}
-		stmt := fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.capture_truncate(%s, %s, %s)`,
-			quoteIdent(TruncateTrigger), qualified(t), quoteLiteral(t), quoteLiteral(strings.Join(keys, ", ")), quoteLiteral(qualified(t)))
-		if _, err := conn.Exec(ctx, stmt); err != nil {
-			return fmt.Errorf("prepare truncate capture on %s: %w", t, err)
-		}
-	}
-	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
-		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE g.tgname = $1`, TruncateTrigger)
-	if err != nil {
-		return fmt.Errorf("prepare truncate capture: %w", err)
-	}
-	var stale []string
-	for rows.Next() {
-		var name string
-		if err := rows.Scan(&name); err != nil {
-			rows.Close()
-			return fmt.Errorf("prepare truncate capture: %w", err)
-		}
-		if !want[name] {
-			stale = append(stale, name)
-		}
-	}
-	rows.Close()
-	if err := rows.Err(); err != nil {
-		return fmt.Errorf("prepare truncate capture: %w", err)
-	}
-	for _, name := range stale {
-		if _, err := conn.Exec(ctx, fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(TruncateTrigger), qualified(name))); err != nil {
-			return fmt.Errorf("remove truncate capture from %s (no longer replicated): %w", name, err)
-		}
-	}
-	return nil
 }
 
 // quoteLiteral quotes a SQL string literal in the escape form (E'...'),

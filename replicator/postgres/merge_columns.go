@@ -31,91 +31,94 @@ const ExactMerges = "polyregion.exact_merges"
 // PrepareColumnMerges puts MergeTrigger on every replicated table that has
 // max or min columns (replacing it, so a changed list is followed) and
 // removes it from the others. A column that does not exist, is part of the
-// primary key or has a type without an order is refused by name.
-func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.Table) error {
+// primary key or has a type without an order is refused by name. The
+// tables of later (tables whose seed has not ended) are left to their seed,
+// which puts the trigger on under its own lock (see SeedTable). Each change
+// locks its table briefly (see table_locks.go); one the applications hold
+// past the budget is a *LockBusy.
+func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.Table, later []string) error {
 	want := map[string]bool{}
 	for _, t := range tables {
 		if len(t.Policy.Max) == 0 && len(t.Policy.Min) == 0 {
 			continue
 		}
 		want[t.Name] = true
-		sh, err := LoadShape(ctx, conn, t.Name)
-		if err != nil {
-			return fmt.Errorf("prepare max and min columns: %w", err)
-		}
-		var sets []string
-		for _, l := range []struct {
-			name, fn string
-			cols     []string
-		}{{"max", "GREATEST", t.Policy.Max}, {"min", "LEAST", t.Policy.Min}} {
-			for _, c := range l.cols {
-				i := slices.Index(sh.Columns, c)
-				switch {
-				case i < 0:
-					return fmt.Errorf("table %s: %s column %q: no such column", t.Name, l.name, c)
-				case sh.IsKey(i):
-					return fmt.Errorf("table %s: %s column %q is part of the primary key", t.Name, l.name, c)
-				}
-				// GREATEST needs an order of the type: ask for one now
-				// rather than fail the applications' updates later.
-				if _, err := conn.Exec(ctx, fmt.Sprintf("SELECT %s(NULL::%s, NULL::%s)", l.fn, sh.Types[i], sh.Types[i])); err != nil {
-					return fmt.Errorf("table %s: %s column %q: type %s cannot be merged by %s: %w", t.Name, l.name, c, sh.Types[i], l.name, err)
-				}
-				q := quoteIdent(c)
-				sets = append(sets, fmt.Sprintf("NEW.%s := %s(OLD.%s, NEW.%s);", q, l.fn, q, q))
-			}
-		}
-		var oid uint32
-		if err := conn.QueryRow(ctx, `SELECT $1::pg_catalog.regclass::pg_catalog.oid`, qualified(t.Name)).Scan(&oid); err != nil {
-			return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
-		}
-		fn := fmt.Sprintf("polyregion.merge_columns_%d", oid)
-		// The appliers write exact values (they work out the merge over the
-		// writes that count, see ExactMerges): only the applications'
-		// writes are merged here.
-		src := fmt.Sprintf("\nBEGIN\n\tIF pg_catalog.current_setting('%s', true) = 'on' THEN\n\t\tRETURN NEW;\n\tEND IF;\n\t%s\n\tRETURN NEW;\nEND\n",
-			ExactMerges, strings.Join(sets, "\n\t"))
-		// In place already (the usual restart): nothing is taken, not even
-		// the brief locks on the table that creating a trigger needs.
-		var inPlace bool
-		err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid
-			WHERE g.tgrelid = $1::pg_catalog.oid AND g.tgname = $2 AND g.tgenabled = 'A' AND p.prosrc = $3
-			AND p.oid = pg_catalog.to_regprocedure($4))`, oid, MergeTrigger, src, fn+"()").Scan(&inPlace)
-		if err != nil {
-			return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
-		}
-		if inPlace {
+		if slices.Contains(later, t.Name) {
 			continue
 		}
-		body := fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $merge$%s$merge$`, fn, src)
-		trigger := fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()`,
-			quoteIdent(MergeTrigger), qualified(t.Name), fn)
-		// Also in sessions with session_replication_role = replica: a write
-		// there that moved a column back would stay in this region alone.
-		always := fmt.Sprintf(`ALTER TABLE %s ENABLE ALWAYS TRIGGER %s`, qualified(t.Name), quoteIdent(MergeTrigger))
-		for _, stmt := range []string{body, trigger, always} {
-			if _, err := conn.Exec(ctx, stmt); err != nil {
-				return fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
+		stmts, err := mergeColumnsDDL(ctx, conn, t)
+		if err != nil {
+			return err
+		}
+		if err := changeTables(ctx, conn, []string{t.Name}, "SHARE ROW EXCLUSIVE", "put the max and min trigger on "+t.Name, stmts); err != nil {
+			return err
+		}
+	}
+	return dropTriggerElsewhere(ctx, conn, MergeTrigger, want, "no max or min columns any more")
+}
+
+// mergeColumnsDDL returns the statements that put MergeTrigger on t as its
+// policy's max and min columns want it, or nothing when it is in place so
+// (the usual restart) or t has no such columns.
+func mergeColumnsDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]string, error) {
+	if len(t.Policy.Max) == 0 && len(t.Policy.Min) == 0 {
+		return nil, nil
+	}
+	sh, err := LoadShape(ctx, conn, t.Name)
+	if err != nil {
+		return nil, fmt.Errorf("prepare max and min columns: %w", err)
+	}
+	var sets []string
+	for _, l := range []struct {
+		name, fn string
+		cols     []string
+	}{{"max", "GREATEST", t.Policy.Max}, {"min", "LEAST", t.Policy.Min}} {
+		for _, c := range l.cols {
+			i := slices.Index(sh.Columns, c)
+			switch {
+			case i < 0:
+				return nil, fmt.Errorf("table %s: %s column %q: no such column", t.Name, l.name, c)
+			case sh.IsKey(i):
+				return nil, fmt.Errorf("table %s: %s column %q is part of the primary key", t.Name, l.name, c)
 			}
+			// GREATEST needs an order of the type: ask for one now
+			// rather than fail the applications' updates later.
+			if _, err := conn.Exec(ctx, fmt.Sprintf("SELECT %s(NULL::%s, NULL::%s)", l.fn, sh.Types[i], sh.Types[i])); err != nil {
+				return nil, fmt.Errorf("table %s: %s column %q: type %s cannot be merged by %s: %w", t.Name, l.name, c, sh.Types[i], l.name, err)
+			}
+			q := quoteIdent(c)
+			sets = append(sets, fmt.Sprintf("NEW.%s := %s(OLD.%s, NEW.%s);", q, l.fn, q, q))
 		}
 	}
-	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
-		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE g.tgname = $1`, MergeTrigger)
+	var oid uint32
+	if err := conn.QueryRow(ctx, `SELECT $1::pg_catalog.regclass::pg_catalog.oid`, qualified(t.Name)).Scan(&oid); err != nil {
+		return nil, fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
+	}
+	fn := fmt.Sprintf("polyregion.merge_columns_%d", oid)
+	// The appliers write exact values (they work out the merge over the
+	// writes that count, see ExactMerges): only the applications' writes
+	// are merged here.
+	src := fmt.Sprintf("\nBEGIN\n\tIF pg_catalog.current_setting('%s', true) = 'on' THEN\n\t\tRETURN NEW;\n\tEND IF;\n\t%s\n\tRETURN NEW;\nEND\n",
+		ExactMerges, strings.Join(sets, "\n\t"))
+	// In place already (the usual restart): nothing is taken, not even the
+	// brief locks on the table that creating a trigger needs.
+	var inPlace bool
+	err = conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g JOIN pg_catalog.pg_proc p ON p.oid = g.tgfoid
+		WHERE g.tgrelid = $1::pg_catalog.oid AND g.tgname = $2 AND g.tgenabled = 'A' AND p.prosrc = $3
+		AND p.oid = pg_catalog.to_regprocedure($4))`, oid, MergeTrigger, src, fn+"()").Scan(&inPlace)
 	if err != nil {
-		return fmt.Errorf("prepare max and min columns: %w", err)
+		return nil, fmt.Errorf("prepare max and min columns of %s: %w", t.Name, err)
 	}
-	stale, err := pgx.CollectRows(rows, pgx.RowTo[string])
-	if err != nil {
-		return fmt.Errorf("prepare max and min columns: %w", err)
+	if inPlace {
+		return nil, nil
 	}
-	for _, name := range stale {
-		if want[name] {
-			continue
-		}
-		if _, err := conn.Exec(ctx, fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(MergeTrigger), qualified(name))); err != nil {
-			return fmt.Errorf("remove the max and min trigger from %s (no such columns any more): %w", name, err)
-		}
-	}
-	return nil
+	return []string{
+		fmt.Sprintf(`CREATE OR REPLACE FUNCTION %s() RETURNS trigger LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $merge$%s$merge$`, fn, src),
+		fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION %s()`,
+			quoteIdent(MergeTrigger), qualified(t.Name), fn),
+		// Also in sessions with session_replication_role = replica: a
+		// write there that moved a column back would stay in this region
+		// alone.
+		fmt.Sprintf(`ALTER TABLE %s ENABLE ALWAYS TRIGGER %s`, qualified(t.Name), quoteIdent(MergeTrigger)),
+	}, nil
 }

@@ -41,15 +41,14 @@ package postgres
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator"
 )
 
@@ -64,12 +63,9 @@ const seedBatchRows = 1000
 // table's writers meanwhile (15-40 ms for a million-row table here).
 const seedChunkRows = 5000
 
-// seedLockAttempt bounds one wait for a chunk's lock: writers that come
-// after the wait queue behind it, so it is short, and tried again.
-const seedLockAttempt = 200 * time.Millisecond
-
-// seedLockBudget bounds how long a chunk tries to get its lock (the seed is
-// then tried again with the data plane).
+// seedLockBudget bounds how long a chunk tries to get its lock, each wait
+// at most tableLockAttempt (the seed is then tried again with the data
+// plane).
 const seedLockBudget = 30 * time.Second
 
 // SeedStats is what a seed did.
@@ -115,10 +111,12 @@ func unseeded(ctx context.Context, conn *pgx.Conn, added map[string]uint64) (map
 	return out, begun, nil
 }
 
-// SeedTable seeds table, added at epoch, into the region's change stream
-// (see above). A table seeded already is left alone (zero stats, nil).
-// An error after the seed began is a *SeedUnfinished.
-func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch uint64) (SeedStats, error) {
+// SeedTable seeds t, added at epoch t.Added, into the region's change
+// stream (see above), telling progress (when set) what it did after each
+// chunk. A table seeded already is left alone (zero stats, nil). An error
+// after the seed began is a *SeedUnfinished.
+func SeedTable(ctx context.Context, conn *pgx.Conn, region string, t regions.Table, progress func(SeedStats)) (SeedStats, error) {
+	table := t.Name
 	var st SeedStats
 	sh, err := LoadShape(ctx, conn, table)
 	if err != nil {
@@ -130,7 +128,7 @@ func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch 
 	begun := st.Resumed
 	var after []string // the last key seeded; nil: none yet
 	for {
-		done, err := seedChunk(ctx, conn, region, table, epoch, sh, &after, &st, begun)
+		done, err := seedChunk(ctx, conn, region, t, sh, &after, &st, begun)
 		if err != nil {
 			if begun && !IsUnavailable(err) {
 				return st, &SeedUnfinished{Table: table, Err: err}
@@ -138,6 +136,9 @@ func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch 
 			return st, err
 		}
 		begun = true
+		if progress != nil {
+			progress(st)
+		}
 		if done {
 			return st, nil
 		}
@@ -147,12 +148,31 @@ func SeedTable(ctx context.Context, conn *pgx.Conn, region, table string, epoch 
 // seedChunk emits the rows after *after (from the first when nil), up to
 // seedChunkRows of them, in one transaction, moving *after to the last;
 // done when they were the last ones (or the table is seeded already).
-func seedChunk(ctx context.Context, conn *pgx.Conn, region, table string, epoch uint64, sh replicator.Shape, after *[]string, st *SeedStats, begun bool) (done bool, err error) {
-	tx, held, err := lockForSeed(ctx, conn, table)
+func seedChunk(ctx context.Context, conn *pgx.Conn, region string, t regions.Table, sh replicator.Shape, after *[]string, st *SeedStats, begun bool) (done bool, err error) {
+	table, epoch := t.Name, t.Added
+	// The first chunk of a run puts the table's triggers on (unless in
+	// place) before it publishes the table: with the lock that creating a
+	// trigger takes, which holds the writers as SHARE does.
+	var triggers []string
+	mode := "SHARE"
+	if *after == nil {
+		if triggers, err = tableTriggersDDL(ctx, conn, t); err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+		if len(triggers) > 0 {
+			mode = "SHARE ROW EXCLUSIVE"
+		}
+	}
+	tx, held, err := lockForSeed(ctx, conn, table, mode)
 	if err != nil {
 		return false, err
 	}
 	defer tx.Rollback(context.Background())
+	for _, stmt := range triggers {
+		if _, err := tx.Exec(ctx, stmt); err != nil {
+			return false, fmt.Errorf("seed %s: %w", table, err)
+		}
+	}
 	if !begun {
 		var seeded bool
 		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeded WHERE tbl = $1)`, table).Scan(&seeded); err != nil || seeded {
@@ -170,8 +190,9 @@ func seedChunk(ctx context.Context, conn *pgx.Conn, region, table string, epoch 
 		// Published in the first chunk of each run (Prepare keeps a begun
 		// seed's table published; this makes sure, under the lock).
 		var member bool
-		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname || '.' || tablename = $2)`,
-			PublicationName(region), table).Scan(&member); err != nil {
+		if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_publication_rel r JOIN pg_catalog.pg_publication p ON p.oid = r.prpubid
+			WHERE p.pubname = $1 AND r.prrelid = pg_catalog.to_regclass($2))`,
+			PublicationName(region), qualified(table)).Scan(&member); err != nil {
 			return false, fmt.Errorf("seed %s: %w", table, err)
 		}
 		if !member {
@@ -224,37 +245,10 @@ func seedChunk(ctx context.Context, conn *pgx.Conn, region, table string, epoch 
 	return done, nil
 }
 
-// lockForSeed begins a transaction holding table's SHARE lock and returns
-// when it got it. Each wait is bounded by seedLockAttempt (writers queue
-// behind a waiting lock request); attempts go on for seedLockBudget.
-func lockForSeed(ctx context.Context, conn *pgx.Conn, table string) (pgx.Tx, time.Time, error) {
-	began := time.Now()
-	for {
-		tx, err := conn.Begin(ctx)
-		if err != nil {
-			return nil, time.Time{}, fmt.Errorf("seed %s: %w", table, err)
-		}
-		_, err = tx.Exec(ctx, fmt.Sprintf("SET LOCAL lock_timeout = '%dms'", seedLockAttempt.Milliseconds()))
-		if err == nil {
-			_, err = tx.Exec(ctx, "LOCK TABLE "+qualified(table)+" IN SHARE MODE")
-		}
-		if err == nil {
-			return tx, time.Now(), nil
-		}
-		tx.Rollback(context.Background())
-		var pe *pgconn.PgError
-		if !errors.As(err, &pe) || pe.Code != "55P03" {
-			return nil, time.Time{}, fmt.Errorf("seed %s: %w", table, err)
-		}
-		if time.Since(began) > seedLockBudget {
-			return nil, time.Time{}, fmt.Errorf("seed %s: writers held the table for more than %s: %w", table, seedLockBudget, err)
-		}
-		select {
-		case <-ctx.Done():
-			return nil, time.Time{}, ctx.Err()
-		case <-time.After(seedLockAttempt / 2):
-		}
-	}
+// lockForSeed begins a transaction holding table in mode (see lockTables),
+// for at most seedLockBudget.
+func lockForSeed(ctx context.Context, conn *pgx.Conn, table, mode string) (pgx.Tx, time.Time, error) {
+	return lockTables(ctx, conn, []string{table}, mode, seedLockBudget, "seed "+table)
 }
 
 // seedChunkSQL reads up to $3 rows of sh's table in key order (after the

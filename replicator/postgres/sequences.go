@@ -109,22 +109,31 @@ func prepareSequence(ctx context.Context, conn *pgx.Conn, k KeySequence, stride,
 	if increment == stride && ((next-offset)%stride+stride)%stride == 0 && next > maxKey {
 		return 0, nil
 	}
-	tx, err := conn.Begin(ctx)
+	// ALTER SEQUENCE waits for every open transaction that took a number,
+	// and holds the sessions that take one after it: each wait is short
+	// (see table_locks.go).
+	err = retryLocked(ctx, conn, []string{k.Sequence}, []string{k.Sequence}, prepareLockBudget, "set up sequence "+k.Sequence, func() error {
+		tx, err := beginLocking(ctx, conn)
+		if err != nil {
+			return err
+		}
+		defer func() { _ = tx.Rollback(context.Background()) }()
+		// ALTER SEQUENCE holds the sequence until commit: no session takes
+		// a number between the read below and setval.
+		if _, err := tx.Exec(ctx, fmt.Sprintf(`ALTER SEQUENCE %s INCREMENT BY %d`, k.Sequence, stride)); err != nil {
+			return err
+		}
+		if _, last, maxKey, _, err = read(tx); err != nil {
+			return err
+		}
+		next = regions.NextInterleaved(max(last, maxKey), stride, offset)
+		if _, err := tx.Exec(ctx, `SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, false)`, k.Sequence, next); err != nil {
+			return err
+		}
+		return tx.Commit(ctx)
+	})
 	if err != nil {
 		return 0, err
 	}
-	defer func() { _ = tx.Rollback(context.Background()) }()
-	// ALTER SEQUENCE holds the sequence until commit: no session takes a
-	// number between the read below and setval.
-	if _, err := tx.Exec(ctx, fmt.Sprintf(`ALTER SEQUENCE %s INCREMENT BY %d`, k.Sequence, stride)); err != nil {
-		return 0, err
-	}
-	if _, last, maxKey, _, err = read(tx); err != nil {
-		return 0, err
-	}
-	next = regions.NextInterleaved(max(last, maxKey), stride, offset)
-	if _, err := tx.Exec(ctx, `SELECT pg_catalog.setval($1::pg_catalog.regclass, $2, false)`, k.Sequence, next); err != nil {
-		return 0, err
-	}
-	return next, tx.Commit(ctx)
+	return next, nil
 }

@@ -1,0 +1,112 @@
+package postgres
+
+// The TRUNCATE capture trigger: BEFORE TRUNCATE, polyregion.capture_truncate
+// writes the keys of the rows a TRUNCATE removes into the change stream
+// (TruncatePrefix messages), so that every region deletes those rows and
+// no more (see schema.go).
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/regions"
+)
+
+// truncateTriggerType is pg_trigger.tgtype of a BEFORE TRUNCATE statement
+// trigger (TRIGGER_TYPE_BEFORE | TRIGGER_TYPE_TRUNCATE).
+const truncateTriggerType = 2 | 32
+
+// prepareTruncateCapture puts the TRUNCATE capture trigger on every table
+// of tables not in place already (a changed key is followed), and removes
+// it from tables not among keep (no longer replicated). Each change locks
+// its table briefly (see table_locks.go); one the applications hold past
+// the budget is a *LockBusy.
+func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string, keep map[string]bool) error {
+	for _, t := range tables {
+		stmts, err := truncateCaptureDDL(ctx, conn, t)
+		if err != nil {
+			return err
+		}
+		if err := changeTables(ctx, conn, []string{t}, "SHARE ROW EXCLUSIVE", "put the TRUNCATE capture trigger on "+t, stmts); err != nil {
+			return err
+		}
+	}
+	return dropTriggerElsewhere(ctx, conn, TruncateTrigger, keep, "no longer replicated")
+}
+
+// dropTriggerElsewhere removes trigger from every table not among keep
+// (why: what such a table is), each under a brief lock (see
+// table_locks.go).
+func dropTriggerElsewhere(ctx context.Context, conn *pgx.Conn, trigger string, keep map[string]bool, why string) error {
+	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
+		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+		WHERE g.tgname = $1`, trigger)
+	if err != nil {
+		return fmt.Errorf("find trigger %s: %w", trigger, err)
+	}
+	on, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return fmt.Errorf("find trigger %s: %w", trigger, err)
+	}
+	for _, name := range on {
+		if keep[name] {
+			continue
+		}
+		drop := fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(trigger), qualified(name))
+		if err := changeTables(ctx, conn, []string{name}, "ACCESS EXCLUSIVE", "remove trigger "+trigger+" from "+name+" ("+why+")", []string{drop}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// truncateCaptureDDL returns the statement that puts the TRUNCATE capture
+// trigger on table as its key is now, or nothing when the trigger is in
+// place so (enabled, same arguments).
+func truncateCaptureDDL(ctx context.Context, conn *pgx.Conn, table string) ([]string, error) {
+	sh, err := LoadShape(ctx, conn, table)
+	if err != nil {
+		return nil, fmt.Errorf("prepare truncate capture: %w", err)
+	}
+	keys := make([]string, len(sh.Key))
+	for i, k := range sh.Key {
+		// format('%s', v) renders v with its type's output function,
+		// as the change stream does (a cast to text may not).
+		keys[i] = "pg_catalog.format('%s', " + quoteIdent(sh.Columns[k]) + ")"
+	}
+	args := []string{table, strings.Join(keys, ", "), qualified(table)}
+	var tgargs []byte // pg_trigger.tgargs: each argument ends with a zero byte
+	for _, a := range args {
+		tgargs = append(append(tgargs, a...), 0)
+	}
+	var inPlace bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g
+		WHERE g.tgrelid = pg_catalog.to_regclass($1) AND g.tgname = $2 AND g.tgtype = $3 AND g.tgenabled = 'O'
+		  AND g.tgfoid = 'polyregion.capture_truncate()'::pg_catalog.regprocedure AND g.tgargs = $4::bytea)`,
+		qualified(table), TruncateTrigger, truncateTriggerType, tgargs).Scan(&inPlace); err != nil {
+		return nil, fmt.Errorf("prepare truncate capture on %s: %w", table, err)
+	}
+	if inPlace {
+		return nil, nil
+	}
+	return []string{fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.capture_truncate(%s, %s, %s)`,
+		quoteIdent(TruncateTrigger), qualified(table), quoteLiteral(args[0]), quoteLiteral(args[1]), quoteLiteral(args[2]))}, nil
+}
+
+// tableTriggersDDL returns the statements that put the replicator's
+// triggers on t (TRUNCATE capture, and max and min merges when its policy
+// has such columns) as they are not in place already.
+func tableTriggersDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]string, error) {
+	stmts, err := truncateCaptureDDL(ctx, conn, t.Name)
+	if err != nil {
+		return nil, err
+	}
+	merges, err := mergeColumnsDDL(ctx, conn, t)
+	if err != nil {
+		return nil, err
+	}
+	return append(stmts, merges...), nil
+}
