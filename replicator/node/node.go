@@ -460,7 +460,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	// cluster removed is told so (403) rather than refused as a stranger.
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokensOf(rt.currentPeers()), Control: ctrl,
-		Outbox: outbox, Logger: log, Snapshot: snapshotUnlessSeeding(snapshotFor(cfg, order, log), seeds),
+		Outbox: outbox, Logger: log, Snapshot: snapshotUnlessWaiting(snapshotFor(cfg, order, log), waiting),
 		Advert: graves.Advert,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {
 			rt.mon.Metrics().Shipped(string(peer), e.Rows, len(e.Payload), !e.More)

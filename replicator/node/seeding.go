@@ -90,17 +90,31 @@ func nextSeedFailures(before int, ran, failed bool) int {
 	return before
 }
 
-// snapshotUnlessSeeding serves snapshots with serve, except while seeds
-// (the tables this run seeds) are not empty: such a table holds rows the
-// seed has not versioned nor shipped yet, and its peers' changes are
-// parked here. The joining region is refused (its load is cut and tried
-// again) until the next run, which replicates the tables.
-func snapshotUnlessSeeding(serve func(context.Context, conflict.RegionID, io.Writer) error, seeds map[string]uint64) func(context.Context, conflict.RegionID, io.Writer) error {
-	if len(seeds) == 0 {
+// snapshotUnlessWaiting serves snapshots with serve, except while a table
+// waits here (waiting, this run's): a table being seeded holds rows the
+// seed has not versioned nor shipped yet, one whose seed has not begun
+// holds only unversioned rows, and peers' changes to either are parked
+// here. The joining region is refused (its load is cut and tried again)
+// until a run replicates every table.
+func snapshotUnlessWaiting(serve func(context.Context, conflict.RegionID, io.Writer) error, waiting tablesWaiting) func(context.Context, conflict.RegionID, io.Writer) error {
+	if len(waiting) == 0 {
 		return serve
 	}
-	tables := strings.Join(slices.Sorted(maps.Keys(seeds)), ", ")
-	return func(context.Context, conflict.RegionID, io.Writer) error {
-		return fmt.Errorf("this region is seeding %s, added by the cluster: a snapshot is served once the seed has ended", tables)
+	var seeding, other []string
+	for _, t := range slices.Sorted(maps.Keys(waiting)) {
+		if waiting[t].seedNow {
+			seeding = append(seeding, t)
+		} else {
+			other = append(other, t+" ("+waiting[t].reason+")")
+		}
 	}
+	var why []string
+	if len(seeding) > 0 {
+		why = append(why, "this region is seeding "+strings.Join(seeding, ", ")+", added by the cluster")
+	}
+	if len(other) > 0 {
+		why = append(why, "this region does not replicate "+strings.Join(other, ", ")+" yet")
+	}
+	err := fmt.Errorf("%s: a snapshot is served once every table replicates here", strings.Join(why, "; "))
+	return func(context.Context, conflict.RegionID, io.Writer) error { return err }
 }
