@@ -227,10 +227,14 @@ func TestOtherTablesReplicateWhileATableSeeds(t *testing.T) {
 	if seeded == 0 || seeded >= rows {
 		t.Fatalf("the seed is not under way (%d of %d rows): nothing tested", seeded, rows)
 	}
-	// /health shows how far the seed is.
+	// /health and /metrics show how far the seed is.
 	waitHealth(t, us, 10*time.Second, "showing the seed's progress", func(_ int, body string) bool {
 		return strings.Contains(body, fmt.Sprintf("table public.tally added by the cluster is not replicated here yet (peers' changes to it are parked; every other table replicates): its rows here are being seeded into this region's change stream: %d rows so far", seeded))
 	})
+	_, metrics := opsGet(t, us, "/metrics")
+	if v, ok := metricValue(metrics, "polyregion_seed_rows"); !ok || v != float64(seeded) {
+		t.Fatalf("/metrics: polyregion_seed_rows %v (%v), want %d", v, ok, seeded)
+	}
 	if err := held.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}

@@ -40,6 +40,7 @@ func (rt *runtime) seedWhileRunning(ctx context.Context, cfg Config, seeds map[s
 		why.reason = seedProgress(st, done)
 		shown[t] = why
 		rt.mon.TablesWaiting(shown.healthReasons())
+		rt.mon.Seeded(st.Rows)
 	}
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {

@@ -84,6 +84,7 @@ type Metrics struct {
 	joining      prometheus.Gauge
 	confirmed    prometheus.Gauge
 	joinRows     prometheus.Gauge
+	seedRows     prometheus.Gauge
 	joinBytes    prometheus.Gauge
 }
 
@@ -129,6 +130,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 	m.confirmed.Set(1)
 	m.joinRows = f.gauge("polyregion_join_loaded_rows", "Rows of the tables loaded so far from a peer's snapshot by the current or last join (0: never joined in this process).")
 	m.joinBytes = f.gauge("polyregion_join_received_bytes", "Snapshot bytes received so far by the current or last join.")
+	m.seedRows = f.gauge("polyregion_seed_rows", "Rows of a table the cluster added seeded so far into this region's change stream by the current or last seed (0: none in this process).")
 	m.probeDur = f.histogram("polyregion_probe_duration_seconds", "Time one health probe of the local database took.",
 		[]float64{.001, .005, .01, .025, .05, .1, .25, .5, 1, 2})
 

@@ -313,6 +313,12 @@ func (m *Monitor) JoinLoaded(rows, bytes int64) {
 	m.metrics.joinBytes.Set(float64(bytes))
 }
 
+// Seeded records how many rows of a table the cluster added the current
+// seed has emitted (for /metrics).
+func (m *Monitor) Seeded(rows int64) {
+	m.metrics.seedRows.Set(float64(rows))
+}
+
 // JoinPeerGrace is how long a joined region waits for a peer's link to come
 // up before it stops waiting to catch up with that peer.
 const JoinPeerGrace = 10 * time.Second
