@@ -351,7 +351,7 @@ func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, ma
 		case postgres.IsUnavailable(err):
 			return nil, nil, err
 		case err != nil:
-			waiting[t] = waitingTable{reason: "seed: " + err.Error(), seed: true}
+			waiting[t] = waitingTable{reason: "seed: " + err.Error()}
 			continue
 		}
 		if cfg.Logger != nil {
@@ -522,7 +522,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		rt.watchWaiting(gctx, cfg, waiting, seedAfter, func() {
+		rt.watchWaiting(gctx, cfg, waiting, func() {
 			ready.Store(true)
 			tablesReady()
 		})

@@ -1,8 +1,9 @@
 package node
 
 // Tables the cluster added that cannot be replicated here yet (missing,
-// without a primary key or privileges, or held by the applications for
-// longer than the seed waits for its lock). They do not hold the rest of
+// without a primary key or privileges, or being seeded, which the
+// applications may hold for longer than the seed waits for its lock: it is
+// then tried again after seedRetry). They do not hold the rest of
 // the region's replication: the data plane runs with every other table,
 // peers' changes of a waiting table are parked (they are applied, by the
 // usual decision, once the table is seeded here), and /health says
@@ -25,10 +26,6 @@ import (
 // waitingTable is why one added table is not replicated here yet.
 type waitingTable struct {
 	reason string
-	// seed: the table is here and passed the checks, but its seed did
-	// not go through (a lock the applications held): tried again after
-	// seedRetryAfter rather than as soon as the checks pass.
-	seed bool
 	// seedNow: the table is being seeded while the data plane runs (see
 	// seeding.go), which restarts it once the seed ends.
 	seedNow bool
@@ -38,7 +35,7 @@ type waitingTable struct {
 type tablesWaiting map[string]waitingTable
 
 // seedRetryAfter is how long the data plane runs before it tries again a
-// seed that did not get its lock (the first time; see seedRetry).
+// seed that failed (did not get its lock; the first time, see seedRetry).
 const seedRetryAfter = 30 * time.Second
 
 // seedRetryMax caps the wait between two tries of a seed.
@@ -86,30 +83,13 @@ func seedRetry(failures int) time.Duration {
 	return min(seedRetryAfter<<min(max(failures, 0), 5), seedRetryMax)
 }
 
-// seeding reports whether a seed is among the waiting tables.
-func (w tablesWaiting) seeding() bool {
-	for _, why := range w {
-		if why.seed {
-			return true
-		}
-	}
-	return false
-}
-
-// ready reports whether the waiting tables may be prepared now: a
-// seed that did not get its lock once seedAfter has passed since began, a
-// missing table once the checks pass.
-func (w tablesWaiting) ready(ctx context.Context, database string, began time.Time, seedAfter time.Duration) (bool, error) {
+// ready reports whether a waiting table other than the ones seeding now
+// passes the checks, so that the data plane may restart to seed it.
+func (w tablesWaiting) ready(ctx context.Context, database string) (bool, error) {
 	var check []string
 	for t, why := range w {
 		if why.seedNow {
 			continue // the seed running with the data plane ends the run itself
-		}
-		if why.seed {
-			if time.Since(began) >= seedAfter {
-				return true, nil
-			}
-			continue
 		}
 		check = append(check, t)
 	}
@@ -136,11 +116,10 @@ func (w tablesWaiting) ready(ctx context.Context, database string, began time.Ti
 
 // watchWaiting ends the run of the data plane (cancels it, and reports so)
 // once a waiting table can be prepared.
-func (rt *runtime) watchWaiting(ctx context.Context, cfg Config, w tablesWaiting, seedAfter time.Duration, restart func()) {
+func (rt *runtime) watchWaiting(ctx context.Context, cfg Config, w tablesWaiting, restart func()) {
 	if len(w) == 0 {
 		return
 	}
-	began := time.Now()
 	t := time.NewTicker(waitingCheckEvery)
 	defer t.Stop()
 	for {
@@ -149,7 +128,7 @@ func (rt *runtime) watchWaiting(ctx context.Context, cfg Config, w tablesWaiting
 			return
 		case <-t.C:
 		}
-		ok, err := w.ready(ctx, cfg.Database, began, seedAfter)
+		ok, err := w.ready(ctx, cfg.Database)
 		if err != nil {
 			if ctx.Err() == nil {
 				rt.log.Debug("could not check the tables the cluster added", "err", err)

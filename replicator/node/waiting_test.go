@@ -5,7 +5,6 @@ import (
 	"io"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -34,21 +33,9 @@ func TestAWaitingTableIsLeftOutOfTheRunAndNamed(t *testing.T) {
 	}
 }
 
-func TestASeedThatDidNotGetItsLockIsTriedAgainAfterAWhile(t *testing.T) {
-	w := tablesWaiting{"public.notes": {reason: "seed: lock timeout", seed: true}}
-	// No database is reached for a seed: only the time since the run began.
-	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now(), seedRetry(0)); ok || err != nil {
-		t.Fatalf("ready at once: %v, %v", ok, err)
-	}
-	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now().Add(-seedRetryAfter), seedRetry(0)); !ok || err != nil {
-		t.Fatalf("ready after %s: %v, %v", seedRetryAfter, ok, err)
-	}
-	// A seed that keeps missing its lock is tried less and less often.
+func TestASeedThatFailsIsTriedLessAndLessOften(t *testing.T) {
 	if seedRetry(-1) != seedRetryAfter || seedRetry(0) != seedRetryAfter || seedRetry(1) != 2*seedRetryAfter || seedRetry(10) != seedRetryMax {
 		t.Fatalf("seed retries after %s, %s, %s", seedRetry(0), seedRetry(1), seedRetry(10))
-	}
-	if !w.seeding() || (tablesWaiting{"public.x": {reason: "missing"}}).seeding() {
-		t.Fatal("seeding")
 	}
 	if d := (tablesWaiting{"public.b": {reason: "two"}, "public.a": {reason: "one"}}).describe(); d != "public.a: one; public.b: two" {
 		t.Fatalf("describe: %q", d)
@@ -60,11 +47,8 @@ func TestASeedThatDidNotGetItsLockIsTriedAgainAfterAWhile(t *testing.T) {
 // so it would restart the run over and over), nor reaches a database.
 func TestATableSeedingWithTheDataPlaneIsNotReadyByItsChecks(t *testing.T) {
 	w := tablesWaiting{"public.notes": {reason: "seeding", seedNow: true}}
-	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db", time.Now().Add(-time.Hour), seedRetry(0)); ok || err != nil {
+	if ok, err := w.ready(context.Background(), "postgres://unreachable.invalid/db"); ok || err != nil {
 		t.Fatalf("ready: %v, %v", ok, err)
-	}
-	if w.seeding() {
-		t.Fatal("a seed under way counted as one that missed its lock")
 	}
 	// Runs whose seed failed in a row: reset by a run whose seeds ended,
 	// kept by a run that ran none.
@@ -86,7 +70,7 @@ func TestATableSeedingWithTheDataPlaneIsNotReadyByItsChecks(t *testing.T) {
 			"this region is seeding public.notes, added by the cluster: a snapshot is served once every table replicates here"},
 		// A seed that missed its lock, a table missing here: their rows
 		// here are not versioned, their peers' changes parked.
-		{tablesWaiting{"public.notes": {reason: "seed: writers held it", seed: true}, "public.tags": {reason: "no such table"}},
+		{tablesWaiting{"public.notes": {reason: "seed: writers held it"}, "public.tags": {reason: "no such table"}},
 			"this region does not replicate public.notes (seed: writers held it), public.tags (no such table) yet: a snapshot is served once every table replicates here"},
 		{tablesWaiting{"public.notes": {reason: "seeding", seedNow: true}, "public.tags": {reason: "no such table"}},
 			"this region is seeding public.notes, added by the cluster; this region does not replicate public.tags (no such table) yet: a snapshot is served once every table replicates here"},
