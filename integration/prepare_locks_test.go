@@ -24,7 +24,8 @@ import (
 // other writers get through between them), then refuses with an error
 // naming the session that held the table; once the trigger is in place,
 // preparing again takes no lock at all. Setting up a key's sequence waits
-// as briefly for transactions that took numbers from it.
+// as briefly for transactions that took numbers from it; a trigger left on
+// a table no longer replicated stays there while the table is held.
 func TestPrepareWaitsBrieflyForAHeldTable(t *testing.T) {
 	h := startClusters(t, Spec{Regions: []string{"ap"}, SchemaSQL: []string{
 		`CREATE TABLE public.items (id integer PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`,
@@ -138,6 +139,27 @@ func TestPrepareWaitsBrieflyForAHeldTable(t *testing.T) {
 	changed, err := postgres.PrepareSequences(ctx, conn, []string{"public.events"}, plan, "ap")
 	if err != nil || len(changed) != 1 || changed[0].Next%16 != 2 {
 		t.Fatalf("sequence set up once free: %+v %v, want one change to a number of ap's (2 mod 16)", changed, err)
+	}
+
+	// The table is no longer replicated: its trigger comes off, but not
+	// while the applications hold it (again is still open); that does not
+	// stop the start, and a later one takes it off.
+	capture := `SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgrelid = 'public.items'::regclass AND tgname = $1`
+	left, err := postgres.RemoveStaleTriggers(ctx, conn, nil)
+	if err != nil || len(left) != 1 || !strings.Contains(left[0].Error(), "public.items") {
+		t.Fatalf("stale trigger on a held table: %v %v, want it left, named", left, err)
+	}
+	if n := queryInt(t, ctx, ap, capture, postgres.TruncateTrigger); n != 1 {
+		t.Fatalf("the trigger of the held table is gone")
+	}
+	if err := again.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if left, err := postgres.RemoveStaleTriggers(ctx, conn, nil); err != nil || len(left) != 0 {
+		t.Fatalf("stale trigger on a free table: %v %v", left, err)
+	}
+	if n := queryInt(t, ctx, ap, capture, postgres.TruncateTrigger); n != 0 {
+		t.Fatalf("the trigger of a table no longer replicated stayed on")
 	}
 }
 

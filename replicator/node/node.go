@@ -369,6 +369,15 @@ func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, ma
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables, pending); err != nil {
 		return nil, nil, err
 	}
+	left, err := postgres.RemoveStaleTriggers(ctx, conn, cfg.Cluster.Tables)
+	if err != nil {
+		return nil, nil, err
+	}
+	for _, busy := range left {
+		if cfg.Logger != nil {
+			cfg.Logger.Warn("a trigger stays on a table that no longer needs it until a later start (the applications held the table)", "err", busy.Error())
+		}
+	}
 	if err := postgres.CheckColumnStamps(ctx, conn, cfg.Cluster.Tables); err != nil {
 		return nil, nil, err
 	}

@@ -216,9 +216,7 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 		return nil, err
 	}
 	var list, pending, capture []string
-	keep := map[string]bool{}
 	for _, t := range tables {
-		keep[t] = true
 		if held[t] {
 			// Its seed puts the capture trigger on, under its own lock.
 			pending = append(pending, t)
@@ -237,7 +235,7 @@ func Prepare(ctx context.Context, conn *pgx.Conn, region string, tables []string
 	if err := prepareSlot(ctx, conn, region); err != nil {
 		return nil, err
 	}
-	if err := prepareTruncateCapture(ctx, conn, capture, keep); err != nil {
+	if err := prepareTruncateCapture(ctx, conn, capture); err != nil {
 		return nil, err
 	}
 	if err := prepareOwnerExec(ctx, conn, tables); err != nil {

@@ -7,6 +7,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 
@@ -20,11 +21,11 @@ import (
 const truncateTriggerType = 2 | 32
 
 // prepareTruncateCapture puts the TRUNCATE capture trigger on every table
-// of tables not in place already (a changed key is followed), and removes
-// it from tables not among keep (no longer replicated). Each change locks
-// its table briefly (see table_locks.go); one the applications hold past
-// the budget is a *LockBusy.
-func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string, keep map[string]bool) error {
+// of tables not in place already (a changed key is followed). Each change
+// locks its table briefly (see table_locks.go); one the applications hold
+// past the budget is a *LockBusy. RemoveStaleTriggers takes it off tables
+// no longer replicated.
+func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string) error {
 	for _, t := range tables {
 		stmts, err := truncateCaptureDDL(ctx, conn, t)
 		if err != nil {
@@ -34,33 +35,61 @@ func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string
 			return err
 		}
 	}
-	return dropTriggerElsewhere(ctx, conn, TruncateTrigger, keep, "no longer replicated")
+	return nil
+}
+
+// RemoveStaleTriggers takes the replicator's triggers off the tables that
+// no longer need them: the TRUNCATE capture trigger off tables not among
+// tables (no longer replicated), the max and min trigger off tables without
+// such columns. Each removal locks its table briefly (see table_locks.go);
+// a table the applications hold past the budget keeps its trigger until a
+// later start (returned, with why: harmless meanwhile, as the reader skips
+// what the trigger writes of a table it does not replicate, and the merge
+// trigger only keeps such columns from moving back).
+func RemoveStaleTriggers(ctx context.Context, conn *pgx.Conn, tables []regions.Table) ([]*LockBusy, error) {
+	replicated, merged := map[string]bool{}, map[string]bool{}
+	for _, t := range tables {
+		replicated[t.Name] = true
+		merged[t.Name] = len(t.Policy.Max) > 0 || len(t.Policy.Min) > 0
+	}
+	left, err := dropTriggerElsewhere(ctx, conn, TruncateTrigger, replicated, "no longer replicated")
+	if err != nil {
+		return left, err
+	}
+	more, err := dropTriggerElsewhere(ctx, conn, MergeTrigger, merged, "no max or min columns any more")
+	return append(left, more...), err
 }
 
 // dropTriggerElsewhere removes trigger from every table not among keep
 // (why: what such a table is), each under a brief lock (see
-// table_locks.go).
-func dropTriggerElsewhere(ctx context.Context, conn *pgx.Conn, trigger string, keep map[string]bool, why string) error {
+// table_locks.go); it returns the tables it could not lock.
+func dropTriggerElsewhere(ctx context.Context, conn *pgx.Conn, trigger string, keep map[string]bool, why string) ([]*LockBusy, error) {
 	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
 		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 		WHERE g.tgname = $1`, trigger)
 	if err != nil {
-		return fmt.Errorf("find trigger %s: %w", trigger, err)
+		return nil, fmt.Errorf("find trigger %s: %w", trigger, err)
 	}
 	on, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return fmt.Errorf("find trigger %s: %w", trigger, err)
+		return nil, fmt.Errorf("find trigger %s: %w", trigger, err)
 	}
+	var left []*LockBusy
 	for _, name := range on {
 		if keep[name] {
 			continue
 		}
 		drop := fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(trigger), qualified(name))
-		if err := changeTables(ctx, conn, []string{name}, "ACCESS EXCLUSIVE", "remove trigger "+trigger+" from "+name+" ("+why+")", []string{drop}); err != nil {
-			return err
+		err := changeTables(ctx, conn, []string{name}, "ACCESS EXCLUSIVE", "remove trigger "+trigger+" from "+name+" ("+why+")", []string{drop})
+		var busy *LockBusy
+		switch {
+		case errors.As(err, &busy):
+			left = append(left, busy)
+		case err != nil:
+			return left, err
 		}
 	}
-	return nil
+	return left, nil
 }
 
 // truncateCaptureDDL returns the statement that puts the TRUNCATE capture
