@@ -30,17 +30,15 @@ const ExactMerges = "polyregion.exact_merges"
 
 // PrepareColumnMerges puts MergeTrigger on every replicated table that has
 // max or min columns (replacing it, so a changed list is followed;
-// RemoveStaleTriggers takes it off the others). A column that does not exist, is part of the
-// primary key or has a type without an order is refused by name. The
-// tables of later (tables whose seed has not ended) are left to their seed,
-// which puts the trigger on under its own lock (see SeedTable). Each change
-// locks its table briefly (see table_locks.go); one the applications hold
-// past the budget is a *LockBusy.
+// RemoveStaleTriggers takes it off the others). A column that does not
+// exist, is part of the primary key or has a type without an order is
+// refused by name. The tables of later (tables whose seed has not ended)
+// are left to their seed, which puts the trigger on under its own lock
+// (see SeedTable). Each change locks its table briefly (see
+// table_locks.go); one the applications hold past the budget is a
+// *LockBusy.
 func PrepareColumnMerges(ctx context.Context, conn *pgx.Conn, tables []regions.Table, later []string) error {
 	for _, t := range tables {
-		if len(t.Policy.Max) == 0 && len(t.Policy.Min) == 0 {
-			continue
-		}
 		if slices.Contains(later, t.Name) {
 			continue
 		}

@@ -64,10 +64,7 @@ type tableOwner struct {
 func (o tableOwner) confined() bool { return !o.super && !o.self }
 
 func tableOwners(ctx context.Context, conn *pgx.Conn, tables []string) ([]tableOwner, error) {
-	list := make([]string, len(tables))
-	for i, t := range tables {
-		list[i] = qualified(t)
-	}
+	list := qualifiedNames(tables)
 	rows, err := conn.Query(ctx, `SELECT r.oid::int8, r.rolname, r.rolsuper, r.rolname = current_user,
 			pg_catalog.array_agg(n.nspname || '.' || c.relname ORDER BY 1)
 		FROM pg_catalog.unnest($1::text[]) AS t(name)

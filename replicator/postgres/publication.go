@@ -76,9 +76,5 @@ func forTables(tables []string) string {
 
 // qualifiedList quotes tables, comma separated.
 func qualifiedList(tables []string) string {
-	q := make([]string, len(tables))
-	for i, t := range tables {
-		q[i] = qualified(t)
-	}
-	return strings.Join(q, ", ")
+	return strings.Join(qualifiedNames(tables), ", ")
 }

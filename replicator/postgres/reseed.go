@@ -162,10 +162,7 @@ func (c ReseedCheck) Refusal(region string) string {
 // localReferences lists foreign keys from tables that are not replicated to
 // replicated ones.
 func localReferences(ctx context.Context, q reseedQuerier, tables []string) ([]string, error) {
-	list := make([]string, len(tables))
-	for i, t := range tables {
-		list[i] = qualified(t)
-	}
+	list := qualifiedNames(tables)
 	rows, err := q.Query(ctx, `SELECT k.conrelid::pg_catalog.regclass::text || ' (' || k.conname || ') -> ' || k.confrelid::pg_catalog.regclass::text
 		FROM pg_catalog.pg_constraint k
 		WHERE k.contype = 'f'

@@ -328,6 +328,15 @@ func qualified(name string) string {
 	return pgx.Identifier{s, r}.Sanitize()
 }
 
+// qualifiedNames quotes each "schema.table" name of tables.
+func qualifiedNames(tables []string) []string {
+	q := make([]string, len(tables))
+	for i, t := range tables {
+		q[i] = qualified(t)
+	}
+	return q
+}
+
 // SlotName is the replication slot a region's reader owns.
 func SlotName(region string) string { return "polyregion_" + region }
 

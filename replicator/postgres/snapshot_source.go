@@ -336,10 +336,7 @@ func waitReaderPassed(ctx context.Context, cfg SnapshotConfig, side *pgx.Conn, w
 // referenceOrder orders tables so that every table comes after the tables
 // its foreign keys reference (ties and cycles by name).
 func referenceOrder(ctx context.Context, conn *pgx.Conn, tables []string) ([]string, error) {
-	list := make([]string, len(tables))
-	for i, t := range tables {
-		list[i] = qualified(t)
-	}
+	list := qualifiedNames(tables)
 	rows, err := conn.Query(ctx, `SELECT pn.nspname || '.' || p.relname, cn.nspname || '.' || c.relname
 		FROM pg_catalog.pg_constraint k
 		JOIN pg_catalog.pg_class c ON c.oid = k.conrelid JOIN pg_catalog.pg_namespace cn ON cn.oid = c.relnamespace

@@ -54,10 +54,7 @@ func (e *LockBusy) Error() string {
 // no longer); attempts go on for budget, then a *LockBusy for what says
 // which sessions held the tables.
 func lockTables(ctx context.Context, conn *pgx.Conn, tables []string, mode string, budget time.Duration, what string) (pgx.Tx, time.Time, error) {
-	names := make([]string, len(tables))
-	for i, t := range tables {
-		names[i] = qualified(t)
-	}
+	names := qualifiedNames(tables)
 	var tx pgx.Tx
 	err := retryLocked(ctx, conn, tables, names, budget, what, func() error {
 		t, err := beginLocking(ctx, conn)
