@@ -16,6 +16,7 @@ import (
 	"context"
 	"fmt"
 	"math"
+	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -70,18 +71,46 @@ func (r *Reader) loadSeeds(ctx context.Context, conn *pgx.Conn) error {
 // seedBegun makes sure the window of table's seed is known once one of its
 // messages is decoded (a seed that began after the windows were read).
 func (r *Reader) seedBegun(ctx context.Context, conn *pgx.Conn, table string) error {
+	return r.awaitSeed(ctx, table, func() (map[string]seedWindow, error) { return loadSeedWindows(ctx, conn) })
+}
+
+// seedVisibleWithin bounds the wait for a decoded seed's first transaction
+// to be visible to the reader's queries.
+const seedVisibleWithin = 10 * time.Second
+
+// awaitSeed is seedBegun with the windows read by load. The walsender may
+// send a transaction as soon as its commit record is flushed, a moment
+// before the committing session lets other sessions see it (PostgreSQL
+// marks a transaction visible after it writes the record), so a seed whose
+// message was just decoded may not show in polyregion.seeding yet: read
+// again until it does, for at most seedVisibleWithin.
+func (r *Reader) awaitSeed(ctx context.Context, table string, load func() (map[string]seedWindow, error)) error {
 	if w := r.seeds.Load(); w != nil {
 		if _, ok := (*w)[table]; ok {
 			return nil
 		}
 	}
-	if err := r.loadSeeds(ctx, conn); err != nil {
-		return err
+	deadline := time.Now().Add(seedVisibleWithin)
+	pause := time.Millisecond
+	for {
+		w, err := load()
+		if err != nil {
+			return err
+		}
+		r.seeds.Store(&w)
+		if _, ok := w[table]; ok {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("reader: a seed of %s is in the stream, and where it began is not recorded (polyregion.seeding) after %s", table, seedVisibleWithin)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(pause):
+		}
+		pause = min(2*pause, 100*time.Millisecond)
 	}
-	if _, ok := (*r.seeds.Load())[table]; !ok {
-		return fmt.Errorf("reader: a seed of %s is in the stream, and where it began is not recorded (polyregion.seeding)", table)
-	}
-	return nil
 }
 
 // unseededWrite reports whether a local write to table committed at commit
