@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strconv"
 	"strings"
 )
 
@@ -116,6 +117,11 @@ func (d decimal) String() string {
 // type is not known here: a result too large for an integer column is left
 // for PostgreSQL to reject.
 func MergeCounter(current, delta string) (string, error) {
+	if c, ok := smallInt(current); ok {
+		if d, ok := smallInt(delta); ok {
+			return strconv.FormatInt(c+d, 10), nil
+		}
+	}
 	c, err := parseDecimal(current)
 	if err != nil {
 		return "", fmt.Errorf("counter: current value %q: %w", clip(current), err)
@@ -132,6 +138,11 @@ func MergeCounter(current, delta string) (string, error) {
 // MergeCounter(old, CounterDelta(old, new)) equals new, at the larger of
 // the two scales.
 func CounterDelta(oldValue, newValue string) (string, error) {
+	if o, ok := smallInt(oldValue); ok {
+		if n, ok := smallInt(newValue); ok {
+			return strconv.FormatInt(n-o, 10), nil
+		}
+	}
 	o, err := parseDecimal(oldValue)
 	if err != nil {
 		return "", fmt.Errorf("counter: old value %q: %w", clip(oldValue), err)
@@ -141,4 +152,32 @@ func CounterDelta(oldValue, newValue string) (string, error) {
 		return "", fmt.Errorf("counter: new value %q: %w", clip(newValue), err)
 	}
 	return add(n, o, true).String(), nil
+}
+
+// smallIntDigits bounds the integers smallInt takes: the sum or difference
+// of two of them fits in an int64 (|x| < 10^18, and 2·10^18 < 2^63).
+const smallIntDigits = 18
+
+// smallInt parses s as parseDecimal would an integer ([+-]digits, "" is 0)
+// of at most smallIntDigits digits: the counters of rate limits and totals,
+// added without math/big. Anything else (a fraction, more digits, a value
+// parseDecimal rejects) is not ok, and takes the exact decimal path.
+func smallInt(s string) (int64, bool) {
+	if s == "" {
+		return 0, true
+	}
+	digits := s
+	if digits[0] == '+' || digits[0] == '-' {
+		digits = digits[1:]
+	}
+	if digits == "" || len(digits) > smallIntDigits {
+		return 0, false
+	}
+	for i := 0; i < len(digits); i++ {
+		if c := digits[i]; c < '0' || c > '9' {
+			return 0, false
+		}
+	}
+	n, err := strconv.ParseInt(s, 10, 64)
+	return n, err == nil
 }

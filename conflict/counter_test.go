@@ -1,6 +1,8 @@
 package conflict
 
 import (
+	"math/rand/v2"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -133,5 +135,60 @@ func TestCounterErrors(t *testing.T) {
 	// The limits themselves are accepted.
 	if _, err := MergeCounter(strings.Repeat("9", maxIntDigits)+"."+strings.Repeat("9", maxFracDigits), "1"); err != nil {
 		t.Errorf("value at PostgreSQL's numeric limits rejected: %v", err)
+	}
+}
+
+// The integer fast path (smallInt) gives exactly what the exact decimal
+// path gives, on every input it takes, and leaves every other input to it.
+func TestSmallIntegersAddAsDecimalsDo(t *testing.T) {
+	bigPath := func(a, b string, negate bool) (string, error) {
+		x, err := parseDecimal(a)
+		if err != nil {
+			return "", err
+		}
+		y, err := parseDecimal(b)
+		if err != nil {
+			return "", err
+		}
+		return add(x, y, negate).String(), nil
+	}
+	values := []string{"", "0", "-0", "+0", "1", "-1", "+7", "007", "-007", "42",
+		"999999999999999999", "-999999999999999999", "1000000000000000000", "-1000000000000000000",
+		"9223372036854775807", "-9223372036854775808", "99999999999999999999",
+		"1.5", "-0.50", ".5", "5.", "+", "-", "1e3", " 1", "1 ", "NaN", "x"}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 2000 {
+		n := rng.Int64N(2_000_000_000_000_000_000) - 1_000_000_000_000_000_000
+		values = append(values, strconv.FormatInt(n>>(rng.IntN(60)), 10))
+	}
+	for _, a := range values {
+		for _, b := range values[:40] {
+			for _, negate := range []bool{false, true} {
+				want, wantErr := bigPath(a, b, negate)
+				var got string
+				var err error
+				if negate {
+					got, err = CounterDelta(b, a) // a - b
+				} else {
+					got, err = MergeCounter(a, b)
+				}
+				if (err != nil) != (wantErr != nil) || got != want {
+					t.Fatalf("%q %v %q: got %q (%v), the exact path gives %q (%v)", a, map[bool]string{false: "+", true: "-"}[negate], b, got, err, want, wantErr)
+				}
+			}
+		}
+	}
+	for _, s := range []string{"1.5", "1000000000000000000", "-1000000000000000000", "+", "1e3", " 1"} {
+		if _, ok := smallInt(s); ok {
+			t.Errorf("smallInt took %q", s)
+		}
+	}
+}
+
+func BenchmarkMergeCounterSmall(b *testing.B) {
+	for b.Loop() {
+		if _, err := MergeCounter("123456", "7"); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -240,12 +240,15 @@ func (b *bulk) add(o op, commute func(table string) commuting) {
 	if g == nil {
 		g = &group{kind: o.kind, sh: o.sh, cols: cols, keys: make(map[string]bool, groupStart), ops: make([]op, 0, groupStart)}
 		b.groups = append(b.groups, g)
-	} else if len(g.ops) == groupStart {
-		// A group that outgrows its start is a run of one table's writes
-		// (a backlog's holds thousands): sized for the batch (bounded) at
-		// once instead of grown one doubling at a time. Most groups of a
-		// batch whose tables alternate hold a write or two and stay small.
-		g.grow(min(b.hint, 1024))
+	} else if len(g.ops) == cap(g.ops) {
+		// A group that outgrows its room is a run of one table's writes
+		// (a backlog's holds thousands): it grows eightfold at a time, up
+		// to the batch's size, rather than one doubling at a time (each
+		// copying its keys) or to the batch's size at once (which a batch
+		// of many tables' writes leaves mostly empty, and zeroes anyway).
+		// Most groups of a batch whose tables alternate hold a write or
+		// two and stay small.
+		g.grow(min(b.hint, 8*cap(g.ops)))
 	}
 	g.keys[o.key] = true
 	g.ops = append(g.ops, o)
