@@ -22,8 +22,12 @@ func TestEveryColumnTypeAndUnchangedToast(t *testing.T) {
 			big text)`,
 		`ALTER TABLE public.everything ALTER COLUMN big SET STORAGE EXTERNAL`,
 		`CREATE TABLE public.composite (a text, b integer, c date, val text, PRIMARY KEY (a, b, c))`,
+		// The same columns but the enum: inserting runs no code here, so
+		// long runs of inserts are applied by COPY.
+		`CREATE TABLE public.plain (LIKE public.everything INCLUDING ALL)`,
+		`ALTER TABLE public.plain DROP COLUMN m`,
 	}
-	tables := []TableSpec{{Name: "public.everything"}, {Name: "public.composite"}}
+	tables := []TableSpec{{Name: "public.everything"}, {Name: "public.composite"}, {Name: "public.plain"}}
 	h := startRegions(t, Spec{SchemaSQL: schema, Tables: tables})
 	ctx := ctxFor(t, 3*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
@@ -37,6 +41,14 @@ func TestEveryColumnTypeAndUnchangedToast(t *testing.T) {
 		 (SELECT string_agg(md5(g::text), '') FROM generate_series(1, 4000) g)),
 		(2, NULL, NULL, 'NaN', '-Infinity', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL)`)
 	mustExec(t, ctx, us, `INSERT INTO public.composite VALUES ('k1', 1, '2026-01-01', 'one'), ('k,2"', -7, '1999-12-31', 'two')`)
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// 300 rows in one transaction: applied as one run of inserts, by COPY
+	// into plain (see TestALongRunOfInsertsGoesInByCopy), every value read
+	// back as the type's input reads its text.
+	mustExec(t, ctx, us, `INSERT INTO public.plain SELECT e.id * 1000 + g, n, i4, f8, r4, b, t, vc, ch, j, jb, ia, ta, by, ts, tsn, d, tm, iv, u, inet_col,
+		CASE WHEN g = 1 THEN big END FROM public.everything e CROSS JOIN pg_catalog.generate_series(1, 150) g`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}

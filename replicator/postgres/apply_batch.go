@@ -50,6 +50,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	// either fails the batch, and the retry reads every row.
 	probe := make(map[metaKey]bool, n)
 	optimistic := !ex.careful && !a.readAll
+	ex.copyInserts = optimistic
 	shapeOf := map[string]replicator.Shape{}
 	mismatch := map[string]string{} // shapeKey -> difference ("" when equal)
 	parkWhy := map[*replicator.Change]string{}

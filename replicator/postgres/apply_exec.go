@@ -57,6 +57,11 @@ type executor struct {
 	ranAs  []string
 	// final: the next flush is the transaction's last (see deferredCheck).
 	final bool
+	// copyInserts: long runs of inserts may go by COPY (a batch's first
+	// attempt; see apply_copy.go); inert: whether each table written so
+	// far may take them.
+	copyInserts bool
+	inert       map[string]bool
 	// open names a savepoint the batch's rows were read under: pipeline
 	// releases it with the first statements that write (until then only
 	// reads run in it), so that the rows' writes and versions carry the
@@ -272,8 +277,34 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 
 // pipeline runs statements in one round trip and checks each one's row
 // count; the savepoint the rows were read under (open) is released first,
-// in the same round trip.
+// in the same round trip. A run of inserts that goes by COPY (see
+// apply_copy.go) splits the round trip in two, around it.
 func (e *executor) pipeline(ctx context.Context, stmts []stmt) error {
+	if e.copyInserts {
+		from := 0
+		for i, s := range stmts {
+			if s.copy == nil {
+				continue
+			}
+			if err := e.send(ctx, stmts[from:i]); err != nil {
+				return err
+			}
+			done, err := e.copyInsert(ctx, s.copy)
+			if err != nil {
+				return err
+			}
+			from = i
+			if done {
+				from++
+			}
+		}
+		stmts = stmts[from:]
+	}
+	return e.send(ctx, stmts)
+}
+
+// send runs statements in one round trip (see pipeline).
+func (e *executor) send(ctx context.Context, stmts []stmt) error {
 	if len(stmts) == 0 {
 		return nil
 	}

@@ -27,6 +27,9 @@ type stmt struct {
 	// deferredCheck stands for the transaction's deferred triggers, run
 	// in the owner's function (executor.deferredStmt) where it is sent.
 	deferredCheck bool
+	// copy: the statement inserts this group's rows, which may go in one
+	// COPY instead (see apply_copy.go).
+	copy *group
 }
 
 func insertStmt(sh replicator.Shape, row []replicator.Value) stmt {
@@ -318,7 +321,11 @@ func (b *bulk) rowStatements() []stmt {
 			out = append(out, g.ops[0].stmt())
 			continue
 		}
-		out = append(out, g.stmt())
+		s := g.stmt()
+		if g.copyable() {
+			s.copy = g
+		}
+		out = append(out, s)
 	}
 	return out
 }

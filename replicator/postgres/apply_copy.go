@@ -1,0 +1,128 @@
+package postgres
+
+// Inserting a long run of new rows with COPY. A group of inserts is
+// otherwise one INSERT ... SELECT over arrays ... ON CONFLICT DO NOTHING:
+// each row a speculative insertion, 4-6 us a row on the server, where COPY
+// takes 1.6-3 (100,000 rows of five columns, PostgreSQL 15). A backlog of
+// inserts is made of such runs.
+//
+// COPY runs as the replicator, so only into a table where inserting runs
+// no code anyone but a superuser wrote (copiesInert): the owner's function
+// that confines such code (ownerexec.go) has nothing to confine there.
+// COPY has no ON CONFLICT: a key present here (a local insert that raced
+// the apply) fails it with a unique violation, which fails the batch as
+// the INSERT's short count does (retryable), and the retry, reading every
+// row, writes with INSERT. So COPY is used only on a batch's first
+// attempt (executor.copyInserts), and a violation of another unique
+// constraint reaches the INSERT, which reports it as a data error.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/polyregion/polyregion/replicator"
+)
+
+// copyInsertMin is the shortest run of inserts copied: a COPY is a round
+// trip of its own (and the first into a table in a transaction one more,
+// see copiesInert), where statements go pipelined.
+const copyInsertMin = 256
+
+// copyable reports whether g's rows may go in one COPY: inserts, enough of
+// them, every value given (an insert carries its whole row; an unchanged
+// TOASTed value has no text to copy).
+func (g *group) copyable() bool {
+	if g.kind != opInsert || len(g.ops) < copyInsertMin {
+		return false
+	}
+	for _, o := range g.ops {
+		for _, v := range o.row {
+			if v.Unchanged {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// copyInsert copies g's rows into their table when it may (see above):
+// done is false when it may not, and the group's INSERT is to run instead.
+func (e *executor) copyInsert(ctx context.Context, g *group) (done bool, err error) {
+	if e.open != "" { // see pipeline: the rows' writes carry the transaction's id
+		if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+e.open); err != nil {
+			return false, fmt.Errorf("apply: %w", err)
+		}
+		e.open = ""
+	}
+	table := g.sh.Table
+	inert, ok := e.inert[table]
+	if !ok {
+		if inert, err = copiesInert(ctx, e.tx, table); err != nil {
+			return false, fmt.Errorf("apply: %w", err)
+		}
+		if e.inert == nil {
+			e.inert = map[string]bool{}
+		}
+		e.inert[table] = inert
+	}
+	if !inert {
+		return false, nil
+	}
+	cols := make([]string, len(g.sh.Columns))
+	for i, c := range g.sh.Columns {
+		cols[i] = quoteIdent(c)
+	}
+	var buf bytes.Buffer
+	for _, o := range g.ops {
+		appendCopyRow(&buf, o.row)
+	}
+	tag, err := e.tx.Conn().PgConn().CopyFrom(ctx, &buf, "COPY "+qualified(table)+" ("+strings.Join(cols, ", ")+") FROM STDIN")
+	if err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23505" {
+			return false, retryable{fmt.Errorf("apply: copy into %s: a row was inserted locally while the batch was applied: %w", table, err)}
+		}
+		return false, fmt.Errorf("apply: copy into %s: %w", table, err)
+	}
+	if n := tag.RowsAffected(); n != int64(len(g.ops)) {
+		return false, retryable{fmt.Errorf("apply: copy into %s took %d rows, want %d", table, n, len(g.ops))}
+	}
+	return true, nil
+}
+
+// appendCopyRow appends row as one line of COPY's text format: values
+// tab-separated, NULL as \N, and backslash, newline, carriage return and
+// tab escaped. A value is the column type's text output (as the change
+// stream carries it), which the type's input reads back.
+func appendCopyRow(buf *bytes.Buffer, row []replicator.Value) {
+	for i, v := range row {
+		if i > 0 {
+			buf.WriteByte('\t')
+		}
+		if v.Null {
+			buf.WriteString(`\N`)
+			continue
+		}
+		s := v.Text
+		for j := 0; j < len(s); j++ {
+			switch c := s[j]; c {
+			case '\\':
+				buf.WriteString(`\\`)
+			case '\n':
+				buf.WriteString(`\n`)
+			case '\r':
+				buf.WriteString(`\r`)
+			case '\t':
+				buf.WriteString(`\t`)
+			default:
+				buf.WriteByte(c)
+			}
+		}
+	}
+	buf.WriteByte('\n')
+}
