@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -23,13 +24,15 @@ import (
 // writes by INSERT and decides the clash as an insert/insert conflict.
 func TestALongRunOfInsertsGoesInByCopy(t *testing.T) {
 	b := startApplierBench(t, []string{
-		`CREATE TABLE public.events (id bigint PRIMARY KEY, note text, n integer)`,
+		// A default of a copied column does not keep a table from COPY.
+		`CREATE TABLE public.events (id bigint PRIMARY KEY, note text, n integer DEFAULT 7)`,
+		`CREATE TABLE public.handles (id bigint PRIMARY KEY, handle text UNIQUE)`,
 		`CREATE TABLE public.audited (id bigint PRIMARY KEY, note text, n integer)`,
 		`CREATE TABLE public.audit_log (id bigint, note text)`,
 		`CREATE FUNCTION public.audit() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN INSERT INTO public.audit_log VALUES (NEW.id, NEW.note); RETURN NEW; END$$`,
 		`CREATE TRIGGER audited_insert BEFORE INSERT ON public.audited FOR EACH ROW EXECUTE FUNCTION public.audit()`,
 		`ALTER TABLE public.audited ENABLE ALWAYS TRIGGER audited_insert`,
-	}, regions.Table{Name: "public.events"}, regions.Table{Name: "public.audited"})
+	}, regions.Table{Name: "public.events"}, regions.Table{Name: "public.audited"}, regions.Table{Name: "public.handles"})
 	ctx, ap := b.ctx, b.ap
 	// Every statement of the appliers' sessions is logged: which writes
 	// went by COPY shows there.
@@ -125,6 +128,66 @@ func TestALongRunOfInsertsGoesInByCopy(t *testing.T) {
 	}
 	if got := queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.conflict_log WHERE tbl = 'public.events' AND key = '["700"]'`); got != 1 {
 		t.Fatalf("%d conflicts logged for row 700, want 1", got)
+	}
+
+	// A transaction applied in parts whose run holds a key that is here:
+	// the COPY fails as a data error, and the transaction is applied
+	// again change by change (a retry in parts starts over, and would
+	// copy again).
+	if _, err := fromEU.Apply(ctx, []*replicator.Txn{{Origin: "eu", Seq: 2, LSN: "0/1", Shapes: []replicator.Shape{events},
+		Changes: []replicator.Change{insert(events, 1000, "eu", 2, 5)}}}); err != nil {
+		t.Fatal(err)
+	}
+	var third []replicator.Change
+	for id := 901; id <= 1200; id++ {
+		third = append(third, insert(events, id, "us", 3, 30))
+	}
+	large := txn(3, third)
+	none := func() (*replicator.Txn, error) {
+		return nil, fmt.Errorf("a one-part transaction asked for another part")
+	}
+	if _, err := fromUS.ApplyLarge(ctx, large, none, false); !errors.Is(err, postgres.ErrNeedsCareful) {
+		t.Fatalf("a large transaction whose COPY found its key here: %v, want it applied with care", err)
+	}
+	if _, err := fromUS.ApplyLarge(ctx, large, none, true); err != nil {
+		t.Fatalf("applied with care: %v", err)
+	}
+	if got := queryInt(t, ctx, ap, `SELECT count(*) FROM public.events`); got != 1200 {
+		t.Fatalf("%d rows in events, want 1200", got)
+	}
+	if got := queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.conflict_log WHERE tbl = 'public.events' AND key = '["1000"]'`); got != 1 {
+		t.Fatalf("%d conflicts logged for row 1000, want 1", got)
+	}
+
+	// A run whose row breaks another unique constraint (eu took the
+	// handle first): a data error, not a race. The batch goes in change by
+	// change at once, the row at fault parked; retried, it would fail the
+	// same way.
+	handles := b.shapes["public.handles"]
+	handle := func(id int, h string, origin conflict.RegionID, seq uint64) replicator.Change {
+		return replicator.Change{Op: conflict.OpInsert, Key: fmt.Sprintf(`["%d"]`, id), Row: []replicator.Value{{Text: fmt.Sprint(id)}, {Text: h}},
+			Version: conflict.Version{Vector: conflict.Vector{origin: seq}, HLC: conflict.MakeTimestamp(1_700_000_000_000+40, 0), Origin: origin}}
+	}
+	if _, err := fromEU.Apply(ctx, []*replicator.Txn{{Origin: "eu", Seq: 3, LSN: "0/1", Shapes: []replicator.Shape{handles},
+		Changes: []replicator.Change{handle(5000, "taken", "eu", 3)}}}); err != nil {
+		t.Fatal(err)
+	}
+	var fourth []replicator.Change
+	for id := 1; id <= 300; id++ {
+		h := fmt.Sprintf("h%d", id)
+		if id == 100 {
+			h = "taken"
+		}
+		fourth = append(fourth, handle(id, h, "us", 4))
+	}
+	if _, err := fromUS.Apply(ctx, []*replicator.Txn{{Origin: "us", Seq: 4, LSN: "0/1", Shapes: []replicator.Shape{handles}, Changes: fourth}}); err != nil {
+		t.Fatalf("a run breaking another unique constraint: %v, want it applied with the row at fault parked", err)
+	}
+	if got := queryInt(t, ctx, ap, `SELECT count(*) FROM public.handles`); got != 300 {
+		t.Fatalf("%d rows in handles, want 300 (299 of us's, eu's one)", got)
+	}
+	if got := queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.parked WHERE tbl = 'public.handles' AND key = '["100"]'`); got != 1 {
+		t.Fatalf("%d parked changes of handle 100, want 1", got)
 	}
 }
 

@@ -505,6 +505,7 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	// Rows folded in one part would be locked before the rows a later
 	// part reads, whatever the lock order: parts read every row.
 	ex.noFold = true
+	ex.large = true
 	var maxHLC conflict.Timestamp
 	part := first
 	for {

@@ -10,11 +10,13 @@ package postgres
 // no code anyone but a superuser wrote (copiesInert): the owner's function
 // that confines such code (ownerexec.go) has nothing to confine there.
 // COPY has no ON CONFLICT: a key present here (a local insert that raced
-// the apply) fails it with a unique violation, which fails the batch as
-// the INSERT's short count does (retryable), and the retry, reading every
-// row, writes with INSERT. So COPY is used only on a batch's first
-// attempt (executor.copyInserts), and a violation of another unique
-// constraint reaches the INSERT, which reports it as a data error.
+// the apply) fails it with a unique violation of the primary key. In a
+// batch that fails the batch as the INSERT's short count does (retryable),
+// and the retry, reading every row, writes by INSERT: COPY is used only on
+// a batch's first attempt (executor.copyInserts). Any other unique
+// violation, and any in a transaction applied in parts (whose retry would
+// start over on a new attempt), is a data error: the changes are then
+// applied one at a time, and the one at fault is parked.
 
 import (
 	"bytes"
@@ -60,17 +62,17 @@ func (e *executor) copyInsert(ctx context.Context, g *group) (done bool, err err
 		e.open = ""
 	}
 	table := g.sh.Table
-	inert, ok := e.inert[table]
+	target, ok := e.inert[table]
 	if !ok {
-		if inert, err = copiesInert(ctx, e.tx, table); err != nil {
+		if target, err = copiesInert(ctx, e.tx, table, g.sh.Columns); err != nil {
 			return false, fmt.Errorf("apply: %w", err)
 		}
 		if e.inert == nil {
-			e.inert = map[string]bool{}
+			e.inert = map[string]copyTarget{}
 		}
-		e.inert[table] = inert
+		e.inert[table] = target
 	}
-	if !inert {
+	if !target.inert {
 		return false, nil
 	}
 	cols := make([]string, len(g.sh.Columns))
@@ -84,7 +86,7 @@ func (e *executor) copyInsert(ctx context.Context, g *group) (done bool, err err
 	tag, err := e.tx.Conn().PgConn().CopyFrom(ctx, &buf, "COPY "+qualified(table)+" ("+strings.Join(cols, ", ")+") FROM STDIN")
 	if err != nil {
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "23505" {
+		if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == target.pkey && target.pkey != "" && !e.large {
 			return false, retryable{fmt.Errorf("apply: copy into %s: a row was inserted locally while the batch was applied: %w", table, err)}
 		}
 		return false, fmt.Errorf("apply: copy into %s: %w", table, err)

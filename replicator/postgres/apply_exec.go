@@ -59,9 +59,10 @@ type executor struct {
 	final bool
 	// copyInserts: long runs of inserts may go by COPY (a batch's first
 	// attempt; see apply_copy.go); inert: whether each table written so
-	// far may take them.
+	// far may take them. large: the transaction is applied in parts.
 	copyInserts bool
-	inert       map[string]bool
+	inert       map[string]copyTarget
+	large       bool
 	// open names a savepoint the batch's rows were read under: pipeline
 	// releases it with the first statements that write (until then only
 	// reads run in it), so that the rows' writes and versions carry the

@@ -83,7 +83,10 @@ const seedVisibleWithin = 10 * time.Second
 // before the committing session lets other sessions see it (PostgreSQL
 // marks a transaction visible after it writes the record), so a seed whose
 // message was just decoded may not show in polyregion.seeding yet: read
-// again until it does, for at most seedVisibleWithin.
+// again until it does, for at most seedVisibleWithin. (Under synchronous
+// replication the moment lasts until the standby confirms the commit; a
+// wait past the bound fails the reader, which starts again from its
+// confirmed position: nothing is lost.)
 func (r *Reader) awaitSeed(ctx context.Context, table string, load func() (map[string]seedWindow, error)) error {
 	if w := r.seeds.Load(); w != nil {
 		if _, ok := (*w)[table]; ok {

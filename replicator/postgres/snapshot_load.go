@@ -536,11 +536,15 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
 	if fn != "" {
-		inert, err := copiesInert(ctx, l.tx, t.Name)
+		names := make([]string, len(t.Columns))
+		for i, c := range t.Columns {
+			names[i] = c.Name
+		}
+		target, err := copiesInert(ctx, l.tx, t.Name, names)
 		if err != nil {
 			return fmt.Errorf("load snapshot: %w", err)
 		}
-		if inert {
+		if target.inert {
 			fn = ""
 		}
 	}
