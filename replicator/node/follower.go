@@ -36,8 +36,12 @@ type follower struct {
 	applied atomic.Uint64
 	pool    *pgxpool.Pool
 	// carefulSeq is a large transaction to apply change by change (it hit a
-	// data error in the fast path).
+	// data error in the fast path); retrySeq one whose last attempt failed
+	// (retryably), whose next reads every row: it is retried on a new
+	// stream, by a new Applier, which would otherwise assume again what
+	// failed (an inserted key absent here).
 	carefulSeq replicator.Seq
+	retrySeq   replicator.Seq
 	order      *replicator.TableOrder // shared by the process's appliers
 	arrivals   arrivalRate
 	// removed reports whether the cluster removed a region.
@@ -237,9 +241,15 @@ func (f *follower) once(ctx context.Context) error {
 			prev = t
 			return t, nil
 		}
+		if f.retrySeq == first.Seq {
+			applier.ReadEveryRow()
+		}
 		seq, err := applier.ApplyLarge(ctx, first, next, careful)
 		if prev != nil {
 			budget.Release(weight(prev))
+		}
+		if postgres.IsRetryable(err) {
+			f.retrySeq = first.Seq
 		}
 		if errors.Is(err, postgres.ErrNeedsCareful) {
 			// Stream it again and apply it change by change.

@@ -231,6 +231,12 @@ func (a *Applier) Close() error {
 	return a.conn.Close(context.Background())
 }
 
+// ReadEveryRow makes the next apply read every row it touches, as a retry
+// does (see readAll): for a transaction whose last attempt failed on
+// another Applier (a large transaction is retried on a new stream, and so
+// on a new Applier).
+func (a *Applier) ReadEveryRow() { a.readAll = true }
+
 // Applied returns the sequence number of the last source transaction applied
 // here (0 when none).
 func (a *Applier) Applied(ctx context.Context) (replicator.Seq, error) {
@@ -505,7 +511,6 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	// Rows folded in one part would be locked before the rows a later
 	// part reads, whatever the lock order: parts read every row.
 	ex.noFold = true
-	ex.large = true
 	var maxHLC conflict.Timestamp
 	part := first
 	for {

@@ -10,12 +10,12 @@ package postgres
 // no code anyone but a superuser wrote (copiesInert): the owner's function
 // that confines such code (ownerexec.go) has nothing to confine there.
 // COPY has no ON CONFLICT: a key present here (a local insert that raced
-// the apply) fails it with a unique violation of the primary key. In a
-// batch that fails the batch as the INSERT's short count does (retryable),
-// and the retry, reading every row, writes by INSERT: COPY is used only on
-// a batch's first attempt (executor.copyInserts). Any other unique
-// violation, and any in a transaction applied in parts (whose retry would
-// start over on a new attempt), is a data error: the changes are then
+// the apply) fails it with a unique violation of the primary key. That
+// fails the batch as the INSERT's short count does (retryable), and the
+// retry, reading every row, writes by INSERT: COPY is used only on a
+// batch's first attempt (executor.copyInserts; a large transaction's
+// retry comes by a new Applier, told to read every row). Any other unique
+// violation is a data error, as it is for the INSERT: the changes are then
 // applied one at a time, and the one at fault is parked.
 
 import (
@@ -86,7 +86,7 @@ func (e *executor) copyInsert(ctx context.Context, g *group) (done bool, err err
 	tag, err := e.tx.Conn().PgConn().CopyFrom(ctx, &buf, "COPY "+qualified(table)+" ("+strings.Join(cols, ", ")+") FROM STDIN")
 	if err != nil {
 		var pe *pgconn.PgError
-		if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == target.pkey && target.pkey != "" && !e.large {
+		if errors.As(err, &pe) && pe.Code == "23505" && pe.ConstraintName == target.pkey && target.pkey != "" {
 			return false, retryable{fmt.Errorf("apply: copy into %s: a row was inserted locally while the batch was applied: %w", table, err)}
 		}
 		return false, fmt.Errorf("apply: copy into %s: %w", table, err)

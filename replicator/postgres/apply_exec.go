@@ -59,10 +59,9 @@ type executor struct {
 	final bool
 	// copyInserts: long runs of inserts may go by COPY (a batch's first
 	// attempt; see apply_copy.go); inert: whether each table written so
-	// far may take them. large: the transaction is applied in parts.
+	// far may take them.
 	copyInserts bool
 	inert       map[string]copyTarget
-	large       bool
 	// open names a savepoint the batch's rows were read under: pipeline
 	// releases it with the first statements that write (until then only
 	// reads run in it), so that the rows' writes and versions carry the
