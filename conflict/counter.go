@@ -170,14 +170,9 @@ func smallInt(s string) (int64, bool) {
 	if digits[0] == '+' || digits[0] == '-' {
 		digits = digits[1:]
 	}
-	if digits == "" || len(digits) > smallIntDigits {
+	if len(digits) > smallIntDigits {
 		return 0, false
 	}
-	for i := 0; i < len(digits); i++ {
-		if c := digits[i]; c < '0' || c > '9' {
-			return 0, false
-		}
-	}
-	n, err := strconv.ParseInt(s, 10, 64)
+	n, err := strconv.ParseInt(s, 10, 64) // digits only, after a sign
 	return n, err == nil
 }

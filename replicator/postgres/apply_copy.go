@@ -55,11 +55,8 @@ func (g *group) copyable() bool {
 // copyInsert copies g's rows into their table when it may (see above):
 // done is false when it may not, and the group's INSERT is to run instead.
 func (e *executor) copyInsert(ctx context.Context, g *group) (done bool, err error) {
-	if e.open != "" { // see pipeline: the rows' writes carry the transaction's id
-		if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+e.open); err != nil {
-			return false, fmt.Errorf("apply: %w", err)
-		}
-		e.open = ""
+	if err := e.releaseOpen(ctx); err != nil {
+		return false, err
 	}
 	table := g.sh.Table
 	target, ok := e.inert[table]

@@ -215,6 +215,20 @@ func (e *executor) limitLockWaits(ctx context.Context) error {
 	return nil
 }
 
+// releaseOpen releases the savepoint the rows were read under (open), in a
+// round trip of its own, before a write that cannot go in pipeline's: the
+// writes carry the transaction's own id.
+func (e *executor) releaseOpen(ctx context.Context) error {
+	if e.open == "" {
+		return nil
+	}
+	if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+e.open); err != nil {
+		return fmt.Errorf("apply: %w", err)
+	}
+	e.open = ""
+	return nil
+}
+
 // copyMetas inserts new versions with COPY (several times cheaper per row
 // than INSERT ... ON CONFLICT). A version the local reader recorded for one
 // of these keys meanwhile is a unique violation: retryable, the batch is
@@ -223,11 +237,8 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	if e.open != "" { // no statement went before: see pipeline
-		if _, err := e.tx.Exec(ctx, "RELEASE SAVEPOINT "+e.open); err != nil {
-			return fmt.Errorf("apply: %w", err)
-		}
-		e.open = ""
+	if err := e.releaseOpen(ctx); err != nil { // no statement went before: see pipeline
+		return err
 	}
 	rows := make([][]any, 0, len(entries))
 	for _, en := range entries {
