@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -240,13 +239,11 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 	if err := e.releaseOpen(ctx); err != nil { // no statement went before: see pipeline
 		return err
 	}
-	rows := make([][]any, 0, len(entries))
+	vc := newVersionCopy(len(entries))
 	for _, en := range entries {
 		k, m := en.key, en.meta
-		var xid any
-		switch m.xid {
-		case "":
-		case "@":
+		var xid *uint32
+		if m.xid == "@" {
 			// This transaction's xid: the xmin of the rows it writes (the
 			// fast path writes in no subtransaction: see executor.open).
 			if e.xid == 0 {
@@ -254,29 +251,18 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 					return fmt.Errorf("apply: transaction id: %w", err)
 				}
 			}
-			xid = e.xid
-		default:
-			x, err := strconv.ParseUint(m.xid, 10, 32)
-			if err != nil {
-				return fmt.Errorf("apply: version of %s %s: xid %q: %w", k.tbl, k.key, m.xid, err)
+			xid = &e.xid
+		} else {
+			var err error
+			if xid, err = parseXid(k, m.xid); err != nil {
+				return fmt.Errorf("apply: %w", err)
 			}
-			xid = uint32(x)
 		}
-		var counters, deletedAt any
-		if len(m.counters) > 0 {
-			b, err := json.Marshal(m.counters)
-			if err != nil {
-				return fmt.Errorf("apply: version of %s %s: %w", k.tbl, k.key, err)
-			}
-			counters = string(b)
+		if err := vc.add(k, m, xid); err != nil {
+			return fmt.Errorf("apply: %w", err)
 		}
-		if m.version.Deleted {
-			deletedAt = time.Now()
-		}
-		rows = append(rows, []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
-			xid, counters, m.srcSeq, deletedAt, encodeSiblings(m.version.Siblings, m.siblings), encodeStamps(m.version.Stamps), ownValue(m), int64(m.version.Epoch)})
 	}
-	if _, err := e.tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(rows)); err != nil {
+	if err := vc.write(ctx, e.tx); err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) && pe.Code == "23505" {
 			return retryable{fmt.Errorf("apply: a row version was recorded locally while the batch was applied: %w", err)}

@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -168,15 +167,8 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 		}
 	}
 
-	var (
-		seqs     []int64
-		parts    []int32
-		mores    []bool
-		lsns     []string
-		commits  []time.Time
-		nrows    []int32
-		payloads [][]byte
-	)
+	entries := make([]outboxEntry, 0, len(batch))
+	size := 0
 	next := st.nextSeq
 	var maxHLC conflict.Timestamp
 	for _, t := range batch {
@@ -232,13 +224,9 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 		if err != nil {
 			return fmt.Errorf("reader: encode transaction: %w", err)
 		}
-		seqs = append(seqs, int64(next))
-		parts = append(parts, int32(t.part))
-		mores = append(mores, t.more)
-		lsns = append(lsns, t.commitLSN.String())
-		commits = append(commits, t.commitTime)
-		nrows = append(nrows, int32(len(out.Changes)))
-		payloads = append(payloads, payload)
+		entries = append(entries, outboxEntry{seq: int64(next), part: int32(t.part), more: t.more, lsn: t.commitLSN,
+			commit: t.commitTime, rows: int32(len(out.Changes)), payload: payload})
+		size += outboxEntryFixed + len(payload)
 		if !t.more {
 			next++
 		}
@@ -250,18 +238,20 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	// nobody recorded one meanwhile. Otherwise the batch is versioned again
 	// on top of what is there now.
 	var upd metaWriter
-	ins := make([][]any, 0, len(slots))
+	ins := newVersionCopy(len(slots))
 	for _, i := range order {
 		sl := &slots[i]
 		if sl.existed {
 			upd.add(sl.k, sl.cur)
 			upd.tupleXmin = append(upd.tupleXmin, sl.xmin)
-		} else {
-			row, err := copyRow(sl.k, sl.cur)
-			if err != nil {
-				return err
-			}
-			ins = append(ins, row)
+			continue
+		}
+		xid, err := parseXid(sl.k, sl.cur.xid)
+		if err != nil {
+			return fmt.Errorf("reader: %w", err)
+		}
+		if err := ins.add(sl.k, sl.cur, xid); err != nil {
+			return fmt.Errorf("reader: %w", err)
 		}
 	}
 	if len(upd.key) > 0 {
@@ -273,22 +263,17 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			return errVersionRace
 		}
 	}
-	if len(ins) > 0 {
-		// COPY: several times cheaper per row than INSERT ... ON CONFLICT.
-		// A version recorded meanwhile is a unique violation.
-		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"polyregion", "row_version"}, metaCopyColumns, pgx.CopyFromRows(ins)); err != nil {
-			var pe *pgconn.PgError
-			if errors.As(err, &pe) && pe.Code == "23505" {
-				return errVersionRace
-			}
-			return fmt.Errorf("reader: persist row versions: %w", err)
+	// COPY: several times cheaper per row than INSERT ... ON CONFLICT. A
+	// version recorded meanwhile is a unique violation.
+	if err := ins.write(ctx, tx); err != nil {
+		var pe *pgconn.PgError
+		if errors.As(err, &pe) && pe.Code == "23505" {
+			return errVersionRace
 		}
+		return fmt.Errorf("reader: persist row versions: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload)
-		SELECT * FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), pg_catalog.unnest($2::int[]), pg_catalog.unnest($3::bool[]),
-			pg_catalog.unnest($4::pg_lsn[]), pg_catalog.unnest($5::timestamptz[]), pg_catalog.unnest($6::int[]), pg_catalog.unnest($7::bytea[]))`,
-		seqs, parts, mores, lsns, commits, nrows, payloads); err != nil {
-		return fmt.Errorf("reader: append outbox: %w", err)
+	if err := appendOutbox(ctx, tx, entries, size); err != nil {
+		return err
 	}
 	st.nextSeq, st.hlc = next, hlcNow
 	return nil

@@ -9,8 +9,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -292,35 +290,6 @@ const updateMetaSQL = `UPDATE polyregion.row_version AS m SET vv = u.vv, hlc = u
 	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]))
 	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, epoch, tuple_xmin)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND m.xmin = u.tuple_xmin::xid`
-
-// metaCopyColumns are the row_version columns copyRow fills.
-var metaCopyColumns = []string{"tbl", "key", "vv", "hlc", "origin", "deleted", "xid", "counters", "src_seq", "deleted_at", "siblings", "stamps", "own", "epoch"}
-
-// copyRow is a new version as a COPY row (the reader's: xid is a number or
-// empty, never this transaction's).
-func copyRow(k metaKey, m *meta) ([]any, error) {
-	var xid any
-	if m.xid != "" {
-		x, err := strconv.ParseUint(m.xid, 10, 32)
-		if err != nil {
-			return nil, fmt.Errorf("reader: version of %s %s: xid %q: %w", k.tbl, k.key, m.xid, err)
-		}
-		xid = uint32(x)
-	}
-	var counters, deletedAt any
-	if len(m.counters) > 0 {
-		b, err := json.Marshal(m.counters)
-		if err != nil {
-			return nil, fmt.Errorf("reader: version of %s %s: %w", k.tbl, k.key, err)
-		}
-		counters = string(b)
-	}
-	if m.version.Deleted {
-		deletedAt = time.Now()
-	}
-	return []any{k.tbl, k.key, m.version.Vector.String(), int64(m.version.HLC), string(m.version.Origin), m.version.Deleted,
-		xid, counters, m.srcSeq, deletedAt, encodeSiblings(m.version.Siblings, m.siblings), encodeStamps(m.version.Stamps), ownValue(m), int64(m.version.Epoch)}, nil
-}
 
 // errVersionRace: a version the reader was about to create was recorded
 // by an applier meanwhile; the batch must be versioned again.

@@ -1,0 +1,124 @@
+package postgres
+
+import (
+	"bytes"
+	"encoding/binary"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+	"github.com/polyregion/polyregion/conflict"
+)
+
+// copyStream reads back a binary COPY stream in tests: rows of fields,
+// each field's bytes or nil for NULL.
+func readCopyStream(t *testing.T, data []byte) [][][]byte {
+	t.Helper()
+	if !bytes.HasPrefix(data, []byte(copySignature)) {
+		t.Fatalf("stream starts %q, want the COPY signature", data[:min(len(data), 11)])
+	}
+	r := data[len(copySignature):]
+	next := func(n int) []byte {
+		t.Helper()
+		if len(r) < n {
+			t.Fatalf("stream ends early")
+		}
+		p := r[:n]
+		r = r[n:]
+		return p
+	}
+	if flags, ext := binary.BigEndian.Uint32(next(4)), binary.BigEndian.Uint32(next(4)); flags != 0 || ext != 0 {
+		t.Fatalf("flags %x, header extension %d: want none", flags, ext)
+	}
+	var rows [][][]byte
+	for {
+		n := int16(binary.BigEndian.Uint16(next(2)))
+		if n == -1 {
+			break
+		}
+		row := make([][]byte, n)
+		for i := range row {
+			l := int32(binary.BigEndian.Uint32(next(4)))
+			if l >= 0 {
+				row[i] = next(int(l))
+			}
+		}
+		rows = append(rows, row)
+	}
+	if len(r) != 0 {
+		t.Fatalf("%d bytes after the trailer", len(r))
+	}
+	return rows
+}
+
+// A new version's COPY row reads back, through pgx's own binary decoders,
+// as the version: a live row with counters, stamps and an xid, and a
+// tombstone with none of them and the time it was deleted.
+func TestVersionCopyRowsReadBackAsWritten(t *testing.T) {
+	live := &meta{
+		version: conflict.Version{Vector: conflict.Vector{"us": 3, "eu": 12}, HLC: 1 << 50, Origin: "us", Epoch: 4,
+			Stamps: map[string]conflict.Stamp{"title": {Origin: "eu", HLC: 77}}},
+		xid: "4000000000", counters: map[string]string{"hits": "-12"}, srcSeq: 42,
+	}
+	tomb := &meta{version: conflict.Version{Vector: conflict.Vector{"ap": 1}, HLC: 5, Origin: "ap", Deleted: true}}
+	keys := []metaKey{{"public.docs", `["a\tb"]`}, {"public.docs", `["c"]`}}
+	vc := newVersionCopy(2)
+	before := time.Now()
+	for i, m := range []*meta{live, tomb} {
+		xid, err := parseXid(keys[i], m.xid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := vc.add(keys[i], m, xid); err != nil {
+			t.Fatal(err)
+		}
+	}
+	rows := readCopyStream(t, vc.b.finish())
+	if len(rows) != 2 {
+		t.Fatalf("%d rows, want 2", len(rows))
+	}
+	pm := pgtype.NewMap()
+	for i, m := range []*meta{live, tomb} {
+		row := rows[i]
+		if len(row) != versionFields {
+			t.Fatalf("row %d has %d fields, want %d", i, len(row), versionFields)
+		}
+		var tbl, key, vv, origin string
+		var hlc, srcSeq, epoch int64
+		var deleted bool
+		var xid pgtype.Uint32
+		var deletedAt pgtype.Timestamptz
+		var counters, siblings, stamps, own *string
+		for j, f := range []struct {
+			oid uint32
+			dst any
+		}{{pgtype.TextOID, &tbl}, {pgtype.TextOID, &key}, {pgtype.TextOID, &vv}, {pgtype.Int8OID, &hlc}, {pgtype.TextOID, &origin},
+			{pgtype.BoolOID, &deleted}, {pgtype.XIDOID, &xid}, {pgtype.JSONBOID, &counters}, {pgtype.Int8OID, &srcSeq},
+			{pgtype.TimestamptzOID, &deletedAt}, {pgtype.JSONBOID, &siblings}, {pgtype.JSONBOID, &stamps}, {pgtype.JSONBOID, &own}, {pgtype.Int8OID, &epoch}} {
+			if err := pm.Scan(f.oid, pgtype.BinaryFormatCode, row[j], f.dst); err != nil {
+				t.Fatalf("row %d field %d: %v", i, j, err)
+			}
+		}
+		if tbl != keys[i].tbl || key != keys[i].key || vv != m.version.Vector.String() || hlc != int64(m.version.HLC) || origin != string(m.version.Origin) ||
+			deleted != m.version.Deleted || srcSeq != m.srcSeq || epoch != int64(m.version.Epoch) {
+			t.Fatalf("row %d reads back as %s %s %s %d %s %v %d %d", i, tbl, key, vv, hlc, origin, deleted, srcSeq, epoch)
+		}
+		if want, _ := parseXid(keys[i], m.xid); (want == nil) != !xid.Valid || (want != nil && *want != xid.Uint32) {
+			t.Fatalf("row %d xid reads back as %+v, want %v", i, xid, m.xid)
+		}
+		if m.version.Deleted != deletedAt.Valid || (deletedAt.Valid && (deletedAt.Time.Before(before.Truncate(time.Microsecond)) || deletedAt.Time.After(time.Now()))) {
+			t.Fatalf("row %d deleted_at %+v", i, deletedAt)
+		}
+		if siblings != nil || own != nil {
+			t.Fatalf("row %d: siblings %v, own %v: want NULL", i, siblings, own)
+		}
+		if m == live {
+			if counters == nil || *counters != `{"hits":"-12"}` || stamps == nil || !strings.Contains(*stamps, `"title"`) {
+				t.Fatalf("counters %v, stamps %v", counters, stamps)
+			}
+		} else if counters != nil || stamps != nil {
+			t.Fatalf("tombstone: counters %v, stamps %v: want NULL", counters, stamps)
+		}
+	}
+}
