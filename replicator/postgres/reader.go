@@ -184,6 +184,9 @@ type pendingTxn struct {
 	// truncated names the tables whose TRUNCATE capture this transaction
 	// carried (their rows became deletes).
 	truncated map[string]bool
+	// visible: the transaction is known visible to the reader's queries
+	// (see reader_visible.go).
+	visible bool
 }
 
 type rawChange struct {

@@ -44,6 +44,12 @@ func (s *readSession) receive(ev StreamEvent) error {
 func (s *readSession) decoded(msg pglogrepl.Message) error {
 	switch msg := msg.(type) {
 	case *pglogrepl.RelationMessage:
+		if _, ok := s.r.tables[msg.Namespace+"."+msg.RelationName]; ok {
+			// Its key and column types are read from the catalog.
+			if err := s.catalogSeesCurrent(); err != nil {
+				return err
+			}
+		}
 		rel, err := s.r.relation(s.ctx, s.conn, msg)
 		if err != nil {
 			return err
@@ -114,11 +120,17 @@ func (s *readSession) truncated(msg *pglogrepl.TruncateMessage) {
 func (s *readSession) message(msg *pglogrepl.LogicalDecodingMessage) error {
 	switch {
 	case msg.Prefix == TruncatePrefix && msg.Transactional:
+		if err := s.catalogSeesCurrent(); err != nil {
+			return err
+		}
 		if err := s.r.addTruncated(s.ctx, s.conn, s.cur, s.rels, msg.Content); err != nil {
 			return err
 		}
 		return s.streamIfLarge()
 	case msg.Prefix == SeedPrefix && msg.Transactional:
+		if err := s.catalogSeesCurrent(); err != nil {
+			return err
+		}
 		if err := s.r.addSeeded(s.ctx, s.conn, s.cur, s.rels, msg.Content); err != nil {
 			return err
 		}

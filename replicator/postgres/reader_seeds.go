@@ -16,7 +16,6 @@ import (
 	"context"
 	"fmt"
 	"math"
-	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -74,16 +73,12 @@ func (r *Reader) seedBegun(ctx context.Context, conn *pgx.Conn, table string) er
 	return r.awaitSeed(ctx, table, func() (map[string]seedWindow, error) { return loadSeedWindows(ctx, conn) })
 }
 
-// seedVisibleWithin bounds the wait for a decoded seed's first transaction
-// to be visible to the reader's queries.
-const seedVisibleWithin = 10 * time.Second
-
 // awaitSeed is seedBegun with the windows read by load. The walsender may
 // send a transaction as soon as its commit record is flushed, a moment
 // before the committing session lets other sessions see it (PostgreSQL
 // marks a transaction visible after it writes the record), so a seed whose
 // message was just decoded may not show in polyregion.seeding yet: read
-// again until it does, for at most seedVisibleWithin. (Under synchronous
+// again until it does, for at most visibleWithin. (Under synchronous
 // replication the moment lasts until the standby confirms the commit; a
 // wait past the bound fails the reader, which starts again from its
 // confirmed position: nothing is lost.)
@@ -93,27 +88,19 @@ func (r *Reader) awaitSeed(ctx context.Context, table string, load func() (map[s
 			return nil
 		}
 	}
-	deadline := time.Now().Add(seedVisibleWithin)
-	pause := time.Millisecond
-	for {
+	ok, err := untilTrue(ctx, visibleWithin, func() (bool, error) {
 		w, err := load()
 		if err != nil {
-			return err
+			return false, err
 		}
 		r.seeds.Store(&w)
-		if _, ok := w[table]; ok {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("reader: a seed of %s is in the stream, and where it began is not recorded (polyregion.seeding) after %s", table, seedVisibleWithin)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(pause):
-		}
-		pause = min(2*pause, 100*time.Millisecond)
+		_, ok := w[table]
+		return ok, nil
+	})
+	if err == nil && !ok {
+		err = fmt.Errorf("reader: a seed of %s is in the stream, and where it began is not recorded (polyregion.seeding) after %s", table, visibleWithin)
 	}
+	return err
 }
 
 // unseededWrite reports whether a local write to table committed at commit
