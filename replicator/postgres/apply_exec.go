@@ -258,9 +258,7 @@ func (e *executor) copyMetas(ctx context.Context, entries []*metaEntry) error {
 				return fmt.Errorf("apply: %w", err)
 			}
 		}
-		if err := vc.add(k, m, xid); err != nil {
-			return fmt.Errorf("apply: %w", err)
-		}
+		vc.add(k, m, xid)
 	}
 	if err := vc.write(ctx, e.tx); err != nil {
 		var pe *pgconn.PgError

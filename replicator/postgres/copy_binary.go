@@ -9,6 +9,7 @@ package postgres
 
 import (
 	"encoding/binary"
+	"io"
 	"time"
 
 	"github.com/jackc/pglogrepl"
@@ -25,13 +26,61 @@ type binaryCopy struct {
 	buf []byte
 }
 
-// newBinaryCopy starts a stream; size is a hint of its length in bytes.
-func newBinaryCopy(size int) *binaryCopy {
-	b := &binaryCopy{buf: make([]byte, 0, len(copySignature)+8+size+2)}
+// header starts the stream.
+func (b *binaryCopy) header() {
 	b.buf = append(b.buf, copySignature...)
 	b.buf = binary.BigEndian.AppendUint32(b.buf, 0) // flags: no OIDs
 	b.buf = binary.BigEndian.AppendUint32(b.buf, 0) // no header extension
-	return b
+}
+
+// trailer ends the stream.
+func (b *binaryCopy) trailer() {
+	b.buf = binary.BigEndian.AppendUint16(b.buf, 0xffff)
+}
+
+// copyChunk is how much of a stream copyReader encodes ahead of the COPY:
+// as much as the COPY sends at a time.
+const copyChunk = 64 << 10
+
+// copyReader is the data of a binary COPY of n rows, each encoded by
+// encode as the COPY reads the stream: the server works on the first rows
+// while later ones are encoded (encoding all before sending would leave
+// the server idle meanwhile). An error of encode ends the COPY with it.
+type copyReader struct {
+	b      binaryCopy
+	n, i   int
+	encode func(b *binaryCopy, i int) error
+	off    int
+	done   bool
+}
+
+func newCopyReader(n int, encode func(b *binaryCopy, i int) error) *copyReader {
+	return &copyReader{n: n, encode: encode}
+}
+
+func (r *copyReader) Read(p []byte) (int, error) {
+	for r.off == len(r.b.buf) {
+		if r.done {
+			return 0, io.EOF
+		}
+		r.b.buf, r.off = r.b.buf[:0], 0
+		if r.i == 0 {
+			r.b.header()
+		}
+		for len(r.b.buf) < copyChunk && r.i < r.n {
+			if err := r.encode(&r.b, r.i); err != nil {
+				return 0, err
+			}
+			r.i++
+		}
+		if r.i == r.n {
+			r.b.trailer()
+			r.done = true
+		}
+	}
+	n := copy(p, r.b.buf[r.off:])
+	r.off += n
+	return n, nil
 }
 
 // row starts a row of n fields.
@@ -71,11 +120,6 @@ func (b *binaryCopy) timestamptz(t time.Time) {
 func (b *binaryCopy) bytea(p []byte) {
 	b.buf = binary.BigEndian.AppendUint32(b.buf, uint32(len(p)))
 	b.buf = append(b.buf, p...)
-}
-
-// finish ends the stream and returns it.
-func (b *binaryCopy) finish() []byte {
-	return binary.BigEndian.AppendUint16(b.buf, 0xffff)
 }
 
 func (b *binaryCopy) null() {

@@ -3,6 +3,8 @@ package postgres
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -70,11 +72,13 @@ func TestVersionCopyRowsReadBackAsWritten(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := vc.add(keys[i], m, xid); err != nil {
-			t.Fatal(err)
-		}
+		vc.add(keys[i], m, xid)
 	}
-	rows := readCopyStream(t, vc.b.finish())
+	data, err := io.ReadAll(newCopyReader(len(vc.rows), vc.encode))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := readCopyStream(t, data)
 	if len(rows) != 2 {
 		t.Fatalf("%d rows, want 2", len(rows))
 	}
@@ -120,5 +124,64 @@ func TestVersionCopyRowsReadBackAsWritten(t *testing.T) {
 		} else if counters != nil || stamps != nil {
 			t.Fatalf("tombstone: counters %v, stamps %v: want NULL", counters, stamps)
 		}
+	}
+}
+
+// A stream longer than a chunk is encoded as it is read, whatever the
+// reader's buffer: read a few bytes at a time it is the same stream, and
+// rows are encoded only a chunk ahead of the reading. An error encoding a
+// row ends the stream with it.
+func TestCopyStreamsAreEncodedAsRead(t *testing.T) {
+	const n = 5000
+	payload := bytes.Repeat([]byte{0xab}, 100)
+	rowOf := func(b *binaryCopy, i int) { b.row(2); b.int8(int64(i)); b.bytea(payload) }
+	var whole binaryCopy
+	whole.header()
+	for i := 0; i < n; i++ {
+		rowOf(&whole, i)
+	}
+	whole.trailer()
+
+	encoded := 0
+	r := newCopyReader(n, func(b *binaryCopy, i int) error {
+		if i != encoded {
+			t.Fatalf("row %d encoded after %d rows", i, encoded)
+		}
+		encoded++
+		rowOf(b, i)
+		return nil
+	})
+	var got []byte
+	p := make([]byte, 7)
+	for {
+		k, err := r.Read(p)
+		got = append(got, p[:k]...)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ahead := encoded*(2+12+104) - len(got); ahead > copyChunk+200 {
+			t.Fatalf("%d bytes encoded ahead of the reading", ahead)
+		}
+	}
+	if !bytes.Equal(got, whole.buf) {
+		t.Fatalf("stream read %d bytes, want %d the same as encoded at once", len(got), len(whole.buf))
+	}
+	if rows := readCopyStream(t, got); len(rows) != n {
+		t.Fatalf("%d rows, want %d", len(rows), n)
+	}
+
+	bad := errors.New("row 3000 cannot be encoded")
+	r = newCopyReader(n, func(b *binaryCopy, i int) error {
+		if i == 3000 {
+			return bad
+		}
+		rowOf(b, i)
+		return nil
+	})
+	if _, err := io.ReadAll(r); !errors.Is(err, bad) {
+		t.Fatalf("reading a stream whose row fails: %v, want its error", err)
 	}
 }

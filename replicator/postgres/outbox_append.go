@@ -1,13 +1,12 @@
 package postgres
 
 // Appending the reader's versioned transactions to the outbox: one binary
-// COPY per batch. Binding the batch as arrays instead made pgx encode every
+// COPY per batch, encoded as it is sent. Binding the batch as arrays instead made pgx encode every
 // payload into a bytea[] parameter by reflection and grow it by copying
 // (about a fifth of the origin replicator's CPU on an insert backlog), and
 // the server unnest them again.
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"time"
@@ -27,20 +26,15 @@ type outboxEntry struct {
 	payload []byte
 }
 
-// outboxFields is the number of an outbox row's columns;
-// outboxEntryFixed the bytes a row takes in the COPY besides its payload.
-const (
-	outboxFields     = 7
-	outboxEntryFixed = 2 + 7*4 + 8 + 4 + 1 + 8 + 8 + 4
-)
+// outboxFields is the number of an outbox row's columns.
+const outboxFields = 7
 
 const outboxCopySQL = `COPY polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload) FROM STDIN (FORMAT binary)`
 
-// encodeOutbox returns the COPY data of entries; size is their length
-// without the stream's header and trailer.
-func encodeOutbox(entries []outboxEntry, size int) []byte {
-	b := newBinaryCopy(size)
-	for _, e := range entries {
+// outboxCopy is the COPY data of entries.
+func outboxCopy(entries []outboxEntry) *copyReader {
+	return newCopyReader(len(entries), func(b *binaryCopy, i int) error {
+		e := &entries[i]
 		b.row(outboxFields)
 		b.int8(e.seq)
 		b.int4(e.part)
@@ -49,16 +43,16 @@ func encodeOutbox(entries []outboxEntry, size int) []byte {
 		b.timestamptz(e.commit)
 		b.int4(e.rows)
 		b.bytea(e.payload)
-	}
-	return b.finish()
+		return nil
+	})
 }
 
 // appendOutbox writes entries in tx.
-func appendOutbox(ctx context.Context, tx pgx.Tx, entries []outboxEntry, size int) error {
+func appendOutbox(ctx context.Context, tx pgx.Tx, entries []outboxEntry) error {
 	if len(entries) == 0 {
 		return nil
 	}
-	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(encodeOutbox(entries, size)), outboxCopySQL)
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, outboxCopy(entries), outboxCopySQL)
 	if err != nil {
 		return fmt.Errorf("reader: append outbox: %w", err)
 	}

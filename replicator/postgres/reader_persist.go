@@ -168,7 +168,6 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	}
 
 	entries := make([]outboxEntry, 0, len(batch))
-	size := 0
 	next := st.nextSeq
 	var maxHLC conflict.Timestamp
 	for _, t := range batch {
@@ -226,7 +225,6 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 		}
 		entries = append(entries, outboxEntry{seq: int64(next), part: int32(t.part), more: t.more, lsn: t.commitLSN,
 			commit: t.commitTime, rows: int32(len(out.Changes)), payload: payload})
-		size += outboxEntryFixed + len(payload)
 		if !t.more {
 			next++
 		}
@@ -250,9 +248,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 		if err != nil {
 			return fmt.Errorf("reader: %w", err)
 		}
-		if err := ins.add(sl.k, sl.cur, xid); err != nil {
-			return fmt.Errorf("reader: %w", err)
-		}
+		ins.add(sl.k, sl.cur, xid)
 	}
 	if len(upd.key) > 0 {
 		tag, err := tx.Exec(ctx, updateMetaSQL, append(upd.args(), upd.tupleXmin)...)
@@ -272,7 +268,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 		}
 		return fmt.Errorf("reader: persist row versions: %w", err)
 	}
-	if err := appendOutbox(ctx, tx, entries, size); err != nil {
+	if err := appendOutbox(ctx, tx, entries); err != nil {
 		return err
 	}
 	st.nextSeq, st.hlc = next, hlcNow

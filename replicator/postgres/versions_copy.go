@@ -5,7 +5,6 @@ package postgres
 // meanwhile by someone else is a unique violation of the COPY.
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,40 +21,56 @@ const versionFields = 14
 
 // versionCopy gathers new versions for one COPY.
 type versionCopy struct {
-	b *binaryCopy
-	n int
+	rows []versionRow
 	// now stamps deleted_at of tombstones (when they may be collected).
 	now time.Time
 }
 
+type versionRow struct {
+	k   metaKey
+	m   *meta
+	xid *uint32
+}
+
 func newVersionCopy(n int) *versionCopy {
-	return &versionCopy{b: newBinaryCopy(n * 96), now: time.Now()}
+	return &versionCopy{rows: make([]versionRow, 0, n), now: time.Now()}
 }
 
 // add appends k's version m; xid is the xmin the version describes, or nil
-// for none (a tombstone, or a version of a row no write here made).
-func (c *versionCopy) add(k metaKey, m *meta, xid *uint32) error {
+// for none (a tombstone, or a version of a row no write here made). m is
+// read when the COPY is sent.
+func (c *versionCopy) add(k metaKey, m *meta, xid *uint32) {
+	if xid != nil {
+		x := *xid
+		xid = &x
+	}
+	c.rows = append(c.rows, versionRow{k, m, xid})
+}
+
+// encode writes row i of the COPY.
+func (c *versionCopy) encode(b *binaryCopy, i int) error {
+	r := &c.rows[i]
+	m := r.m
 	var counters *string
 	if len(m.counters) > 0 {
-		b, err := json.Marshal(m.counters)
+		j, err := json.Marshal(m.counters)
 		if err != nil {
-			return fmt.Errorf("version of %s %s: %w", k.tbl, k.key, err)
+			return fmt.Errorf("version of %s %s: %w", r.k.tbl, r.k.key, err)
 		}
-		s := string(b)
+		s := string(j)
 		counters = &s
 	}
-	b := c.b
 	b.row(versionFields)
-	b.text(k.tbl)
-	b.text(k.key)
+	b.text(r.k.tbl)
+	b.text(r.k.key)
 	b.text(m.version.Vector.String())
 	b.int8(int64(m.version.HLC))
 	b.text(string(m.version.Origin))
 	b.bool(m.version.Deleted)
-	if xid == nil {
+	if r.xid == nil {
 		b.null()
 	} else {
-		b.xid(*xid)
+		b.xid(*r.xid)
 	}
 	b.jsonb(counters)
 	b.int8(m.srcSeq)
@@ -68,22 +83,21 @@ func (c *versionCopy) add(k metaKey, m *meta, xid *uint32) error {
 	b.jsonb(encodeStamps(m.version.Stamps))
 	b.jsonb(ownValue(m))
 	b.int8(int64(m.version.Epoch))
-	c.n++
 	return nil
 }
 
 // write copies the versions in tx. A key whose version was recorded since
 // it was read fails with a unique violation (23505).
 func (c *versionCopy) write(ctx context.Context, tx pgx.Tx) error {
-	if c.n == 0 {
+	if len(c.rows) == 0 {
 		return nil
 	}
-	tag, err := tx.Conn().PgConn().CopyFrom(ctx, bytes.NewReader(c.b.finish()), versionCopySQL)
+	tag, err := tx.Conn().PgConn().CopyFrom(ctx, newCopyReader(len(c.rows), c.encode), versionCopySQL)
 	if err != nil {
 		return err
 	}
-	if tag.RowsAffected() != int64(c.n) {
-		return fmt.Errorf("%d of %d row versions written", tag.RowsAffected(), c.n)
+	if tag.RowsAffected() != int64(len(c.rows)) {
+		return fmt.Errorf("%d of %d row versions written", tag.RowsAffected(), len(c.rows))
 	}
 	return nil
 }
