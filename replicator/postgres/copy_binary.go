@@ -2,7 +2,7 @@ package postgres
 
 // The data of a COPY ... FROM STDIN (FORMAT binary) written field by field
 // for a table whose column types the caller knows: no per-value type lookup
-// or reflection, one buffer sized once. The layout is PostgreSQL's (the
+// or reflection, encoded a chunk at a time as the COPY sends it. The layout is PostgreSQL's (the
 // COPY reference, "Binary Format"): a signature, flags and header
 // extension; per row the number of fields, then each field's length and
 // bytes in the type's send format (-1 for NULL); a trailer of -1.
@@ -129,15 +129,6 @@ func (b *binaryCopy) null() {
 func (b *binaryCopy) text(s string) {
 	b.buf = binary.BigEndian.AppendUint32(b.buf, uint32(len(s)))
 	b.buf = append(b.buf, s...)
-}
-
-// textOrNull writes s, or NULL when s is nil.
-func (b *binaryCopy) textOrNull(s *string) {
-	if s == nil {
-		b.null()
-		return
-	}
-	b.text(*s)
 }
 
 // jsonb writes a JSON document (jsonb's binary form is a version byte, 1,

@@ -10,10 +10,11 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgtype"
+
 	"github.com/polyregion/polyregion/conflict"
 )
 
-// copyStream reads back a binary COPY stream in tests: rows of fields,
+// readCopyStream reads back a binary COPY stream in tests: rows of fields,
 // each field's bytes or nil for NULL.
 func readCopyStream(t *testing.T, data []byte) [][][]byte {
 	t.Helper()
@@ -65,8 +66,8 @@ func TestVersionCopyRowsReadBackAsWritten(t *testing.T) {
 	}
 	tomb := &meta{version: conflict.Version{Vector: conflict.Vector{"ap": 1}, HLC: 5, Origin: "ap", Deleted: true}}
 	keys := []metaKey{{"public.docs", `["a\tb"]`}, {"public.docs", `["c"]`}}
-	vc := newVersionCopy(2)
 	before := time.Now()
+	vc := newVersionCopy(2)
 	for i, m := range []*meta{live, tomb} {
 		xid, err := parseXid(keys[i], m.xid)
 		if err != nil {

@@ -1,10 +1,10 @@
 package postgres
 
 // Appending the reader's versioned transactions to the outbox: one binary
-// COPY per batch, encoded as it is sent. Binding the batch as arrays instead made pgx encode every
-// payload into a bytea[] parameter by reflection and grow it by copying
-// (about a fifth of the origin replicator's CPU on an insert backlog), and
-// the server unnest them again.
+// COPY per batch, encoded as it is sent. Binding the batch as arrays
+// instead made pgx encode every payload into a bytea[] parameter by
+// reflection and grow it by copying (about a fifth of the origin
+// replicator's CPU on an insert backlog), and the server unnest them again.
 
 import (
 	"context"
