@@ -60,6 +60,7 @@ func TestATypeMadeWithItsRowsReplicates(t *testing.T) {
 	if err := app.QueryRow(ctx, `SELECT pg_catalog.pg_backend_pid()`).Scan(&pid); err != nil {
 		t.Fatal(err)
 	}
+	awaitSetting(t, ctx, app, "synchronous_standby_names", "nobody")
 	committed := make(chan error, 1)
 	go func() {
 		tx, err := app.Begin(ctx)
@@ -169,6 +170,7 @@ func TestWhichTransactionsAreVisible(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer us.Cluster.Exec(context.Background(), "postgres", `ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_catalog.pg_reload_conf()`)
+	awaitSetting(t, ctx, open, "synchronous_standby_names", "nobody")
 	if _, err := open.Exec(ctx, `BEGIN`); err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +184,11 @@ func TestWhichTransactionsAreVisible(t *testing.T) {
 		done <- err
 	}()
 	for queryInt(t, ctx, us, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE wait_event = 'SyncRep'`) == 0 {
-		time.Sleep(10 * time.Millisecond)
+		select {
+		case err := <-done:
+			t.Fatalf("the commit ended without waiting for the standby: %v", err)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 	if visible(second) {
 		t.Fatalf("transaction %d, its commit waiting for the standby, is visible", second)
@@ -195,5 +201,26 @@ func TestWhichTransactionsAreVisible(t *testing.T) {
 	}
 	if !visible(second) {
 		t.Fatalf("transaction %d is not visible after its commit", second)
+	}
+}
+
+// awaitSetting waits until conn's session has taken a configuration
+// reload that set name to want (each session takes it between commands,
+// once the server has passed the reload on to it).
+func awaitSetting(t *testing.T, ctx context.Context, conn *pgx.Conn, name, want string) {
+	t.Helper()
+	for {
+		var got string
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.current_setting($1)`, name).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got == want {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("the session's %s is still %q, want %q", name, got, want)
+		case <-time.After(10 * time.Millisecond):
+		}
 	}
 }

@@ -46,10 +46,23 @@ func TestEveryColumnTypeAndUnchangedToast(t *testing.T) {
 	}
 	// 300 rows in one transaction: applied as one run of inserts, by COPY
 	// into plain (see TestALongRunOfInsertsGoesInByCopy), every value read
-	// back as the type's input reads its text.
+	// back as the type's input reads its text. eu's server logs every
+	// statement meanwhile (its sessions take the setting at the reload):
+	// the COPY shows there.
+	if err := eu.Cluster.Exec(ctx, "postgres", `ALTER SYSTEM SET log_statement = 'all'`, `SELECT pg_catalog.pg_reload_conf()`); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	logFrom := logSize(t, eu)
 	mustExec(t, ctx, us, `INSERT INTO public.plain SELECT e.id * 1000 + g, n, i4, f8, r4, b, t, vc, ch, j, jb, ia, ta, by, ts, tsn, d, tm, iv, u, inet_col,
 		CASE WHEN g = 1 THEN big END FROM public.everything e CROSS JOIN pg_catalog.generate_series(1, 150) g`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if n := copiesInto(logSince(t, eu, logFrom), "plain"); n != 1 {
+		t.Fatalf("eu applied the 300 rows by %d COPY statements, want 1", n)
+	}
+	if err := eu.Cluster.Exec(ctx, "postgres", `ALTER SYSTEM RESET log_statement`, `SELECT pg_catalog.pg_reload_conf()`); err != nil {
 		t.Fatal(err)
 	}
 	// Update other columns only: the big value is sent as unchanged.
