@@ -62,6 +62,21 @@ type ClusterOptions struct {
 	WalLevel string
 }
 
+// localeArgs are initdb's locale options for $POLYREGION_TEST_LOCALE:
+// empty or "C" for the C locale (the default), "icu:TAG" for an ICU
+// collation (as many production databases use; "icu:en-US"), anything
+// else an operating-system locale ("C.UTF-8").
+func localeArgs(locale string) []string {
+	switch {
+	case locale == "" || locale == "C":
+		return []string{"--locale=C"}
+	case strings.HasPrefix(locale, "icu:"):
+		return []string{"--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=" + strings.TrimPrefix(locale, "icu:")}
+	default:
+		return []string{"--locale=" + locale}
+	}
+}
+
 // runAs returns the credential to run server binaries with: PostgreSQL
 // refuses to run as root, so as root the harness uses $POLYREGION_PG_USER
 // (default "postgres").
@@ -135,7 +150,8 @@ func NewCluster(ctx context.Context, dir, name string, opt ClusterOptions) (*Clu
 			_ = os.Chown(d, uid, gid)
 		}
 	}
-	if err := c.run(ctx, "initdb", "-D", c.Dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "--no-sync"); err != nil {
+	args := append([]string{"-D", c.Dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"}, localeArgs(os.Getenv("POLYREGION_TEST_LOCALE"))...)
+	if err := c.run(ctx, "initdb", args...); err != nil {
 		return nil, err
 	}
 	wal := opt.WalLevel
