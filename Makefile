@@ -35,16 +35,21 @@ test: setup lint
 	@$(MAKE) --no-print-directory test-newer-pg
 
 # test-newer-pg runs the integration tests whose behaviour depends on the
-# server's version, and the core guarantees, on a newer PostgreSQL than the
-# system's (server binaries from the npm registry: .ci/setup-newer-pg), in
-# databases with an ICU collation (NEWER_PG_LOCALE; the system's run uses
-# the C locale).
-NEWER_PG ?= 17
-NEWER_PG_LOCALE ?= icu:en-US
+# server's version, and the core guarantees, on newer PostgreSQL releases
+# than the system's (server binaries from the npm registry:
+# .ci/setup-newer-pg), each in databases of another locale than the
+# system's run (the C locale). NEWER_PGS lists MAJOR:LOCALE pairs; LOCALE
+# as POLYREGION_TEST_LOCALE takes it (C, an operating system locale, or
+# icu:TAG).
+NEWER_PGS ?= 17:icu:en-US 18:C.UTF-8
 NEWER_PG_TESTS ?= ^(TestReaderDecodesOnlyWhatItShips|TestKillReplicatorsMidStreamExactlyOnce|TestConcurrentOverlappingWritesConverge|TestCountersKeepEveryIncrement|TestApplierWaitsForTheReaderHoldingNoApplicationRow|TestAppliedInsertAfterUnversionedLocalDelete|TestTombstonesKeptUntilEveryRegionSawTheDelete|TestLargeTransactionInPartsAtomically|TestTruncateReplicatesAsDeletesOfWhatItSaw|TestEveryColumnTypeAndUnchangedToast|TestApplicationTriggersCannotReachTheReplicatorsTables|TestHotRowsApplierNeverDeadlocksWithApplications|TestUpgradeInPlaceWithABacklog|TestIndexEmbeddedThreeRegions|TestScenarioPartitionHeal|TestScenarioStopLongerThanWalSenderTimeout|TestHealthForDNSFailover|TestSequenceKeysDoNotCollideAcrossRegions|TestRegionsJoinOnlineFromOneRegionWithData|TestJoinRefusesARegionThatIsNotNew|TestJoinedRegionIndexesWhatItLoaded|TestReseedARegionPastTheOutboxCap|TestReseedARegionThroughTheControlPlane|TestALostSlotIsReportedUntilTheRegionIsReseeded|TestRegionsJoinAndLeaveThroughTheControlPlane|TestAPolicyChangeTakesEffectAtOneEpochEverywhere|TestJoinLoadsAsTheOwnerUnlessTheCopyRunsNoCode|TestATableAddedAtAnEpochSeedsEveryRegionsRows|TestATableSeededWhileWrittenEndsTheSameEverywhere|TestALongRunOfInsertsGoesInByCopy|TestALargeTransactionClashingWithALocalRowGoesIn|TestATypeMadeWithItsRowsReplicates|TestWhichTransactionsAreVisible|TestTextKeysReplicateInAnyCollation)$$
 test-newer-pg:
-	@bindir=$$(./.ci/setup-newer-pg $(NEWER_PG)) && \
-	PG_BINDIR="$$bindir" POLYREGION_TEST_PG_MAJOR=$(NEWER_PG) POLYREGION_TEST_LOCALE='$(NEWER_PG_LOCALE)' $(GO) test $(TESTFLAGS) -run '$(NEWER_PG_TESTS)' ./integration/
+	@for v in $(NEWER_PGS); do \
+		major=$${v%%:*}; locale=$${v#*:}; \
+		bindir=$$(./.ci/setup-newer-pg $$major) || exit 1; \
+		echo "integration tests on PostgreSQL $$major, locale $$locale"; \
+		PG_BINDIR="$$bindir" POLYREGION_TEST_PG_MAJOR=$$major POLYREGION_TEST_LOCALE="$$locale" $(GO) test $(TESTFLAGS) -run '$(NEWER_PG_TESTS)' ./integration/ || exit 1; \
+	done
 
 unit:
 	$(GO) test -count=1 -short ./conflict/... ./regions/... ./replicator/...
