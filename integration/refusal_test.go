@@ -16,9 +16,20 @@ import (
 // problem named, and nothing is created.
 func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 	h := startClusters(t, Spec{
-		Regions:        []string{"us"},
-		SchemaSQL:      []string{`CREATE TABLE public.nopk (a integer, b text)`, `CREATE TABLE public.ok (id integer PRIMARY KEY)`},
-		Tables:         []TableSpec{{Name: "public.nopk"}, {Name: "public.ok"}, {Name: "public.missing"}},
+		Regions: []string{"us"},
+		SchemaSQL: []string{`CREATE TABLE public.nopk (a integer, b text)`, `CREATE TABLE public.ok (id integer PRIMARY KEY)`,
+			// Keys the database compares otherwise than by their bytes.
+			`CREATE COLLATION public.caseless (provider = icu, locale = 'und-u-ks-level2', deterministic = false)`,
+			`CREATE TABLE public.users_ci (email text COLLATE public.caseless PRIMARY KEY)`,
+			`CREATE EXTENSION citext`,
+			`CREATE DOMAIN public.email AS public.citext`,
+			`CREATE TABLE public.users_citext (tenant integer, email public.citext, PRIMARY KEY (tenant, email))`,
+			`CREATE TABLE public.users_domain (email public.email PRIMARY KEY)`,
+			// Keys that compare by their bytes: not refused.
+			`CREATE TABLE public.codes (code varchar(20) PRIMARY KEY, label text COLLATE public.caseless)`,
+			`CREATE TABLE public.fixed (code char(3), tag text COLLATE "C", PRIMARY KEY (code, tag))`},
+		Tables: []TableSpec{{Name: "public.nopk"}, {Name: "public.ok"}, {Name: "public.missing"},
+			{Name: "public.users_ci"}, {Name: "public.users_citext"}, {Name: "public.users_domain"}, {Name: "public.codes"}, {Name: "public.fixed"}},
 		ClusterOptions: ClusterOptions{WalLevel: "replica", Settings: map[string]string{"track_commit_timestamp": "off"}},
 	})
 	ctx := ctxFor(t, time.Minute)
@@ -35,9 +46,18 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 		if !errors.As(err, &ee) || ee.ExitCode() != 3 {
 			t.Fatalf("%s: exit %v, want exit code 3; output:\n%s", sub, err, out.String())
 		}
-		for _, want := range []string{"wal_level", "track_commit_timestamp", "lacks REPLICATION", "public.nopk: table has no primary key", "public.missing: table does not exist"} {
+		t.Logf("%s refused:\n%s", sub, out.String())
+		for _, want := range []string{"wal_level", "track_commit_timestamp", "lacks REPLICATION", "public.nopk: table has no primary key", "public.missing: table does not exist",
+			`public.users_ci: primary key column "email" is in the nondeterministic collation public.caseless`,
+			`public.users_citext: primary key column "email" is of type public.citext, which compares 'A' and 'a' as equal`,
+			`public.users_domain: primary key column "email" is of type public.citext`} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("%s output does not mention %q:\n%s", sub, want, out.String())
+			}
+		}
+		for _, clean := range []string{"public.ok", "public.codes", "public.fixed"} {
+			if strings.Contains(out.String(), clean) {
+				t.Errorf("%s output names %s, whose key compares by its bytes:\n%s", sub, clean, out.String())
 			}
 		}
 	}
