@@ -29,12 +29,13 @@ type (
 const AppDB = harness.AppDB
 
 var (
-	Start       = harness.Start
-	BuildBinary = harness.BuildBinary
-	ModuleRoot  = harness.ModuleRoot
-	PGBinDir    = harness.PGBinDir
-	FreePort    = harness.FreePort
-	Retry       = harness.Retry
+	Start           = harness.Start
+	BuildBinary     = harness.BuildBinary
+	ModuleRoot      = harness.ModuleRoot
+	PGBinDir        = harness.PGBinDir
+	RequestedLocale = harness.RequestedLocale
+	FreePort        = harness.FreePort
+	Retry           = harness.Retry
 
 	CounterSchema = harness.CounterSchema
 	CounterTables = harness.CounterTables

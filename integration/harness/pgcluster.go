@@ -62,19 +62,31 @@ type ClusterOptions struct {
 	WalLevel string
 }
 
-// localeArgs are initdb's locale options for $POLYREGION_TEST_LOCALE:
-// empty or "C" for the C locale (the default), "icu:TAG" for an ICU
-// collation (as many production databases use; "icu:en-US"), anything
-// else an operating-system locale ("C.UTF-8").
-func localeArgs(locale string) []string {
+// RequestedLocale is the locale $POLYREGION_TEST_LOCALE asks the test databases
+// for, as pg_database records it: the provider ('c' for the operating
+// system's, 'i' for ICU) and the locale. Empty or "C": the C locale (the
+// default); "icu:TAG": an ICU collation (as many production databases
+// use; "icu:en-US"); anything else an operating-system locale
+// ("C.UTF-8").
+func RequestedLocale() (provider byte, locale string) {
+	l := os.Getenv("POLYREGION_TEST_LOCALE")
 	switch {
-	case locale == "" || locale == "C":
-		return []string{"--locale=C"}
-	case strings.HasPrefix(locale, "icu:"):
-		return []string{"--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=" + strings.TrimPrefix(locale, "icu:")}
+	case l == "":
+		return 'c', "C"
+	case strings.HasPrefix(l, "icu:"):
+		return 'i', strings.TrimPrefix(l, "icu:")
 	default:
-		return []string{"--locale=" + locale}
+		return 'c', l
 	}
+}
+
+// localeArgs are initdb's options for RequestedLocale.
+func localeArgs() []string {
+	provider, locale := RequestedLocale()
+	if provider == 'i' {
+		return []string{"--locale=C.UTF-8", "--locale-provider=icu", "--icu-locale=" + locale}
+	}
+	return []string{"--locale=" + locale}
 }
 
 // runAs returns the credential to run server binaries with: PostgreSQL
@@ -150,7 +162,7 @@ func NewCluster(ctx context.Context, dir, name string, opt ClusterOptions) (*Clu
 			_ = os.Chown(d, uid, gid)
 		}
 	}
-	args := append([]string{"-D", c.Dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"}, localeArgs(os.Getenv("POLYREGION_TEST_LOCALE"))...)
+	args := append([]string{"-D", c.Dir, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-sync"}, localeArgs()...)
 	if err := c.run(ctx, "initdb", args...); err != nil {
 		return nil, err
 	}
