@@ -32,8 +32,9 @@ func joinBulkRows() int {
 // takes writes (ledger transactions with counter columns, updates and
 // deletes of its rows); eu joins from us while us writes, then ap joins
 // from eu while both write. ap's replicator is killed (-9) during its load
-// and eu's (the source) during the next one: nothing of a cut load is kept,
-// and the join completes. At the end the three regions are identical, every
+// and eu's (the source) during the next one: a cut load keeps the parts it
+// committed (and no position), the next goes on after them from a new
+// snapshot, and the join completes. At the end the three regions are identical, every
 // ledger transaction is there exactly once in each, the counters hold every
 // increment, every region's updates and deletes of the bulk rows are there
 // once, and the loaded rows were never shipped back out.
@@ -119,18 +120,18 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLoading(t, ctx, ap, "public.bulk", 3*time.Minute)
+	waitChunks(t, ctx, ap, 1, 3*time.Minute)
 	if err := ap.StopReplicator(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
-	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.bulk`) + queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.applied`); n != 0 {
-		t.Fatalf("ap kept %d rows and positions of a load its replicator did not finish", n)
-	}
+	kept := keptOfCutLoad(t, ctx, ap, 0)
 	if err := ap.StartReplicatorWith("--join", "eu"); err != nil {
 		t.Fatal(err)
 	}
 	// ap stops reading (frozen) so the source cannot finish sending, and
 	// the source is killed mid-stream.
 	waitLoading(t, ctx, ap, "public.bulk", 3*time.Minute)
+	waitChunks(t, ctx, ap, kept.chunks+1, 3*time.Minute)
 	failedBefore := strings.Count(ap.Logs(1<<24), "the snapshot could not be loaded")
 	if err := ap.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -147,9 +148,7 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 			t.Fatalf("ap did not report the load cut short by its source's kill:\n%s", ap.Logs(4000))
 		}
 	}
-	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.bulk`) + queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.applied`); n != 0 {
-		t.Fatalf("ap kept %d rows and positions of a load whose source was killed", n)
-	}
+	keptOfCutLoad(t, ctx, ap, kept.rows)
 	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
 		t.Fatal(err)
 	}
@@ -189,9 +188,13 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 			t.Errorf("region %s: status does not say it joined from %s: %v\n%s", r.Name, src, err, out)
 		}
 	}
+	// Each load after a cut went on after what the cut one had committed.
+	if n := strings.Count(ap.Logs(1<<24), "joining: going on with a load cut short"); n < 2 {
+		t.Errorf("ap went on with its cut load %d times, want 2 (after each cut)", n)
+	}
 	for _, r := range []*Region{eu, ap} {
 		for _, line := range strings.Split(r.Logs(1<<24), "\n") {
-			if strings.Contains(line, "joined: snapshot loaded") || strings.Contains(line, "could not be loaded") || strings.Contains(line, "snapshot: table loaded") {
+			if strings.Contains(line, "joined: snapshot loaded") || strings.Contains(line, "could not be loaded") || strings.Contains(line, "going on with a load") {
 				t.Logf("%s: %s", r.Name, line)
 			}
 		}
@@ -533,4 +536,40 @@ func TestJoinedRegionIndexesWhatItLoaded(t *testing.T) {
 			t.Fatalf("region %s indexed %v, want 3000 profiles and 400 memberships", r.Name, diffs)
 		}
 	}
+}
+
+// cutLoad is what a load cut short kept.
+type cutLoad struct{ chunks, rows int64 }
+
+// waitChunks waits until r's load has committed at least n chunks of
+// public.bulk.
+func waitChunks(t *testing.T, ctx context.Context, r *Region, n int64, within time.Duration) {
+	t.Helper()
+	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
+		if queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.join_units WHERE 'public.bulk' = ANY (tables)`) >= n {
+			return
+		}
+		if time.Since(start) > within {
+			t.Fatalf("%s committed fewer than %d chunks of public.bulk in %s", r.Name, n, within)
+		}
+	}
+}
+
+// keptOfCutLoad checks what a load cut short kept in r: the rows of the
+// chunks it committed, no fewer than atLeast and exactly as many as its
+// parts record, and no position (it streams nothing until the load ends).
+func keptOfCutLoad(t *testing.T, ctx context.Context, r *Region, atLeast int64) cutLoad {
+	t.Helper()
+	if n := queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.applied`) + queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.joined`); n != 0 {
+		t.Fatalf("%s recorded positions or its join (%d rows) for a load that did not finish", r.Name, n)
+	}
+	var c cutLoad
+	c.chunks = int64(queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.join_units WHERE 'public.bulk' = ANY (tables)`))
+	recorded := int64(queryInt(t, ctx, r, `SELECT coalesce(sum(rows), 0) FROM polyregion.join_units WHERE 'public.bulk' = ANY (tables)`))
+	c.rows = int64(queryInt(t, ctx, r, `SELECT count(*) FROM public.bulk`))
+	if c.rows != recorded || c.rows <= atLeast || c.chunks == 0 {
+		t.Fatalf("%s kept %d bulk rows in %d chunks recorded as %d rows, want as many as recorded and more than %d", r.Name, c.rows, c.chunks, recorded, atLeast)
+	}
+	t.Logf("%s: a cut load kept %d bulk rows in %d chunks", r.Name, c.rows, c.chunks)
+	return c
 }

@@ -35,7 +35,11 @@ func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	fw := &flushWriter{w: bufio.NewWriterSize(w, 256<<10), f: w.(http.Flusher)}
 	s.cfg.Logger.Info("link: serving a snapshot", "peer", string(peer))
-	if err := s.cfg.Snapshot(r.Context(), peer, fw); err != nil {
+	ctx := r.Context()
+	if resume, ok := r.URL.Query()["resume"]; ok {
+		ctx = context.WithValue(ctx, resumeKey{}, []byte(resume[0]))
+	}
+	if err := s.cfg.Snapshot(ctx, peer, fw); err != nil {
 		s.cfg.Logger.Error("link: snapshot failed", "peer", string(peer), "err", err)
 		// Abort the response so the peer cannot take it for complete.
 		panic(http.ErrAbortHandler)
@@ -43,6 +47,18 @@ func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
 	if err := fw.Flush(); err != nil {
 		s.cfg.Logger.Warn("link: snapshot not delivered", "peer", string(peer), "err", err)
 	}
+}
+
+type resumeKey struct{}
+
+// SnapshotResume returns, inside ServerConfig.Snapshot, what the joining
+// peer said it loaded before (its request's resume parameter, a JSON
+// document the data plane reads), and whether it sent one: a peer that
+// sends none predates loads that go on where they stopped, and takes the
+// snapshot whole.
+func SnapshotResume(ctx context.Context) ([]byte, bool) {
+	b, ok := ctx.Value(resumeKey{}).([]byte)
+	return b, ok
 }
 
 // flushWriter buffers and flushes the response.
@@ -68,14 +84,19 @@ func (f *flushWriter) Flush() error {
 }
 
 // Snapshot asks the peer for a consistent snapshot of itself and hands the
-// stream to load, which reads it to its end.
+// stream to load, which reads it to its end. resume says what this region
+// loaded before (see SnapshotResume; nil sends none).
 //
 // A stream silent for SnapshotIdleTimeout is ended (a half-open connection,
 // a source that hangs): load sees it fail.
-func (c *Client) Snapshot(ctx context.Context, load func(io.Reader) error) error {
+func (c *Client) Snapshot(ctx context.Context, resume []byte, load func(io.Reader) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, err := c.request(ctx, http.MethodGet, "/v1/snapshot", url.Values{})
+	q := url.Values{}
+	if resume != nil {
+		q.Set("resume", string(resume))
+	}
+	resp, err := c.request(ctx, http.MethodGet, "/v1/snapshot", q)
 	if err != nil {
 		return fmt.Errorf("snapshot from %s: %w", c.cfg.Peer, err)
 	}

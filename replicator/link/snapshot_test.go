@@ -22,7 +22,7 @@ func TestSnapshotIsServedOnlyToAnAuthenticatedPeerWithTheSameConfig(t *testing.T
 	}}, TLSFiles{})
 	ctx := context.Background()
 	var got []byte
-	if err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(ctx, func(r io.Reader) error {
+	if err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(ctx, nil, func(r io.Reader) error {
 		var err error
 		got, err = io.ReadAll(r)
 		return err
@@ -33,19 +33,19 @@ func TestSnapshotIsServedOnlyToAnAuthenticatedPeerWithTheSameConfig(t *testing.T
 		t.Fatalf("got %d bytes for %v, want %d for eu", len(got), asked, len(payload))
 	}
 	load := func(io.Reader) error { t.Fatal("a refused snapshot was handed to load"); return nil }
-	if err := client(t, url, "not-the-secret-at-all", TLSFiles{}, cluster).Snapshot(ctx, load); !errors.Is(err, ErrUnauthorized) {
+	if err := client(t, url, "not-the-secret-at-all", TLSFiles{}, cluster).Snapshot(ctx, nil, load); !errors.Is(err, ErrUnauthorized) {
 		t.Fatalf("wrong token: %v", err)
 	}
 	other := regions.Cluster{Regions: []conflict.RegionID{"us", "eu", "ap"}, Tables: cluster.Tables}
 	var mm *MismatchError
-	if err := client(t, url, secret, TLSFiles{}, other).Snapshot(ctx, load); !errors.As(err, &mm) {
+	if err := client(t, url, secret, TLSFiles{}, other).Snapshot(ctx, nil, load); !errors.As(err, &mm) {
 		t.Fatalf("other config: %v", err)
 	}
 	if len(asked) != 1 {
 		t.Fatalf("refused requests took snapshots: %v", asked)
 	}
 	none := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster}, TLSFiles{})
-	if err := client(t, none, secret, TLSFiles{}, cluster).Snapshot(ctx, load); !errors.Is(err, ErrNotServed) {
+	if err := client(t, none, secret, TLSFiles{}, cluster).Snapshot(ctx, nil, load); !errors.Is(err, ErrNotServed) {
 		t.Fatalf("server without snapshots: %v", err)
 	}
 }
@@ -59,7 +59,7 @@ func TestSnapshotThatFailsMidwayBreaksTheStream(t *testing.T) {
 		}
 		return errors.New("source database went away")
 	}}, TLSFiles{})
-	err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(context.Background(), func(r io.Reader) error {
+	err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(context.Background(), nil, func(r io.Reader) error {
 		_, err := io.ReadAll(r)
 		return err
 	})
@@ -87,7 +87,7 @@ func TestSnapshotThatGoesSilentIsEnded(t *testing.T) {
 		return ctx.Err()
 	}}, TLSFiles{})
 	start := time.Now()
-	err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(context.Background(), func(r io.Reader) error {
+	err := client(t, url, secret, TLSFiles{}, cluster).Snapshot(context.Background(), nil, func(r io.Reader) error {
 		_, err := io.ReadAll(r)
 		return err
 	})

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -26,9 +27,10 @@ import (
 // twice. Every region keeps its outbox for a configured peer until the
 // peer acknowledges it, so what the new region needs is still there.
 //
-// The load is one local transaction: a load cut short (either replicator
-// killed, the link broken) leaves nothing, and is started again from the
-// beginning until it succeeds. Until the region has loaded its snapshot
+// The load commits in parts (see replicator/postgres/snapshot_units.go): a
+// load cut short (either replicator killed, the link broken) keeps the
+// parts it committed and goes on after them, from a new snapshot of the
+// same peer, until it succeeds. Until the region has loaded its snapshot
 // and caught up with its peers, /health answers 503 (joining).
 
 // join loads the region from cfg.JoinFrom's snapshot, unless it joined or
@@ -58,6 +60,9 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		return nil
 	}
 	if cfg.JoinFrom == "" {
+		if _, err := loadedBefore(ctx, cfg, log); err != nil {
+			return err
+		}
 		if st.Reseeding {
 			// Streams alone cannot fill it again (peers trimmed what it
 			// would need), and it would serve a part of the rows.
@@ -88,9 +93,13 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		var h postgres.SnapshotHeader
 		var sum postgres.SnapshotSummary
 		err := peersAccept(ctx, cfg, peer.ID)
+		var resume []byte
+		if err == nil {
+			resume, err = loadedBefore(ctx, cfg, log)
+		}
 		if err == nil {
 			rt.loading.Store(true)
-			err = client.Snapshot(ctx, func(r io.Reader) error {
+			err = client.Snapshot(ctx, resume, func(r io.Reader) error {
 				var err error
 				h, sum, err = postgres.LoadSnapshot(ctx, postgres.LoadConfig{
 					Region: string(cfg.Region), From: string(peer.ID), ConnString: cfg.Database, Tables: cfg.TableNames(), Logger: log,
@@ -123,7 +132,7 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		case !retryJoin(err):
 			return fmt.Errorf("join from %s: %w", peer.ID, err)
 		}
-		log.Warn("joining: the snapshot could not be loaded; nothing of it was kept, trying again", "from", string(peer.ID), "attempt", attempt, "err", err, "retry_in", backoff.String())
+		log.Warn("joining: the snapshot could not be loaded; the parts committed are kept and the load goes on after them", "from", string(peer.ID), "attempt", attempt, "err", err, "retry_in", backoff.String())
 		mon.Joining(fmt.Sprintf("loading a snapshot from %s failed (attempt %d), retrying: %v", peer.ID, attempt, err))
 		select {
 		case <-ctx.Done():
@@ -132,6 +141,29 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 		}
 		backoff = min(2*backoff, 15*time.Second)
 	}
+}
+
+// loadedBefore reads what an earlier load committed, as the snapshot
+// request's resume parameter. Parts loaded from another region than
+// cfg.JoinFrom are refused: the load must end from the region it began
+// with (its rows and positions are that region's).
+func loadedBefore(ctx context.Context, cfg Config, log *slog.Logger) ([]byte, error) {
+	conn, err := postgres.Connect(ctx, cfg.Database)
+	if err != nil {
+		return nil, err
+	}
+	defer conn.Close(context.Background())
+	source, resume, rows, err := postgres.ReadJoinResume(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	if source != "" && source != string(cfg.JoinFrom) {
+		return nil, postgres.Problems{fmt.Sprintf("region %s loaded %d rows of a snapshot of %s before its load was cut short: start it with --join %s to finish that load", cfg.Region, rows, source, source)}
+	}
+	if source != "" {
+		log.Info("joining: going on with a load cut short", "from", source, "rows_loaded", rows, "tables_done", len(resume.Done), "tables_in_part", len(resume.After))
+	}
+	return json.Marshal(resume)
 }
 
 // markCaughtUp records, once the region has caught up, that it did: a
@@ -252,9 +284,16 @@ func snapshotFor(cfg Config, order *replicator.TableOrder, log *slog.Logger) fun
 		one.Lock()
 		defer one.Unlock()
 		began := time.Now()
-		sum, err := postgres.WriteSnapshot(ctx, postgres.SnapshotConfig{
+		sc := postgres.SnapshotConfig{
 			Region: string(cfg.Region), ConnString: cfg.Database, Tables: cfg.TableNames(), LockOrder: order, Logger: log.With("peer", string(peer)),
-		}, w)
+		}
+		if b, ok := link.SnapshotResume(ctx); ok {
+			sc.Resume = &postgres.SnapshotResume{}
+			if err := json.Unmarshal(b, sc.Resume); err != nil {
+				return fmt.Errorf("snapshot for %s: what it loaded before: %w", peer, err)
+			}
+		}
+		sum, err := postgres.WriteSnapshot(ctx, sc, w)
 		if err != nil {
 			return err
 		}

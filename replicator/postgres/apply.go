@@ -117,6 +117,11 @@ type Applier struct {
 	// droppedSetAside: the parked changes of the dropped tables were set
 	// aside (see setAsideDropped).
 	droppedSetAside bool
+	// replayThrough: up to this transaction of the source, a change may be
+	// one the region's join loaded already (see apply_replay.go).
+	replayThrough replicator.Seq
+	// unitKeys: each table's primary key as the join's units ordered it.
+	unitKeys map[string][]chunkKey
 }
 
 // Errors an operator may need to act on.
@@ -186,8 +191,14 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 		}
 		epochs[t.Name] = e
 	}
+	var replay int64
+	if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT seq FROM polyregion.join_replay WHERE source = $1), 0)`, string(cfg.Source)).Scan(&replay); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
+	}
 	return &Applier{cfg: cfg, conn: conn, shapes: map[string]replicator.Shape{}, full: map[string]bool{}, alone: map[string]commuting{}, paused: newParkedShapes(),
-		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch(), dropped: cfg.Cluster.DroppedTables(), skipped: map[string]bool{}}, nil
+		gate: newContention(cfg.LockTimeout, deadlockTimeout), epochs: epochs, known: cfg.Cluster.KnownEpoch(), dropped: cfg.Cluster.DroppedTables(), skipped: map[string]bool{},
+		replayThrough: replicator.Seq(max(replay, 0))}, nil
 }
 
 // withoutDropped returns txns without their changes of tables a change
@@ -419,6 +430,9 @@ func (a *Applier) apply(ctx context.Context, txns []*replicator.Txn, careful boo
 	if len(todo) == 0 {
 		return replicator.Seq(applied), false, nil
 	}
+	if todo, err = a.withoutLoaded(ctx, tx, todo); err != nil {
+		return replicator.Seq(applied), false, err
+	}
 
 	ex := a.executor(tx, careful, started, len(todo))
 	maxHLC, err := a.applyChanges(ctx, ex, todo)
@@ -515,7 +529,11 @@ func (a *Applier) ApplyLarge(ctx context.Context, first *replicator.Txn, next fu
 	part := first
 	for {
 		if !skip {
-			h, err := a.applyChanges(ctx, ex, []*replicator.Txn{part})
+			parts, err := a.withoutLoaded(ctx, tx, []*replicator.Txn{part})
+			if err != nil {
+				return 0, err
+			}
+			h, err := a.applyChanges(ctx, ex, parts)
 			if err == nil {
 				err = ex.flush(ctx)
 			}

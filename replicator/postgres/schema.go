@@ -103,6 +103,28 @@ var schemaDDL = []string{
 	// kept in joined once it loaded: a reseed is carried out once.
 	`ALTER TABLE polyregion.reseeding ADD COLUMN IF NOT EXISTS control_index bigint NOT NULL DEFAULT 0`,
 	`ALTER TABLE polyregion.joined ADD COLUMN IF NOT EXISTS reseed_index bigint NOT NULL DEFAULT 0`,
+	// join_units: the parts of a join's load committed so far (see
+	// snapshot_units.go): the tables a part loaded whole, or one table's
+	// rows up to the key after (the key columns' text forms; NULL once the
+	// table is done), with the positions of the snapshot it came from. A
+	// load cut short goes on after the last one. Kept once the region
+	// joined: its applier tells by them which unit holds a row (see
+	// apply_replay.go); a re-seed empties it.
+	`CREATE TABLE IF NOT EXISTS polyregion.join_units (
+		id        bigserial PRIMARY KEY,
+		source    text NOT NULL,
+		tables    text[] NOT NULL,
+		after     text[],
+		rows      bigint NOT NULL,
+		positions jsonb NOT NULL,
+		loaded_at timestamptz NOT NULL DEFAULT now())`,
+	// join_replay: per source, the last transaction some unit of the load
+	// held (the latest of its snapshots' positions), when the streams
+	// start before it: up to there the applier drops the changes of rows
+	// whose unit held them already (see apply_replay.go).
+	`CREATE TABLE IF NOT EXISTS polyregion.join_replay (
+		source text PRIMARY KEY,
+		seq    bigint NOT NULL)`,
 	// slot_lost: the slot was missing when the replicator started, after
 	// its reader had versioned local writes up to versioned_to; it was
 	// created again at recreated_at. Local transactions committed between

@@ -21,7 +21,13 @@ import (
 //	'V' the versions follow, 'K' the parked changes follow
 //	'D' COPY data of the current part, in text form (any number)
 //	'E' end of the current part (JSON snapshotPart with its row count)
+//	'C' commit what came since the last commit (JSON SnapshotUnit)
 //	'Z' end of the snapshot (JSON SnapshotSummary)
+//
+// A snapshot asked for in units (SnapshotHeader.Units) ends each unit with
+// a 'C' frame, and its rows, versions and parked changes come unit by
+// unit (see snapshot_units.go); otherwise they come as tables, then 'V'
+// and 'K' for all of them, with no 'C'.
 //
 // A stream that ends without 'Z' is incomplete and nothing of it is kept.
 //
@@ -38,6 +44,7 @@ const (
 	frameData     = 'D'
 	frameEnd      = 'E'
 	frameDone     = 'Z'
+	frameCommit   = 'C'
 )
 
 // SnapshotHeader says what a snapshot holds and where the joining region
@@ -60,6 +67,10 @@ type SnapshotHeader struct {
 	// VersionColumns are the row_version columns the versions part
 	// carries, in order (absent from sources that predate the list).
 	VersionColumns []string `json:"version_columns,omitempty"`
+	// Units: the snapshot comes in units, each ended by a commit frame
+	// (asked for with a SnapshotResume; absent from sources that predate
+	// them, which send it whole).
+	Units bool `json:"units,omitempty"`
 }
 
 // SnapshotPosition is one source region's position.
@@ -88,6 +99,9 @@ type SnapshotColumn struct {
 type snapshotPart struct {
 	Name string `json:"name,omitempty"`
 	Rows int64  `json:"rows"`
+	// Restart: the table's rows come whole, replacing the chunks of it
+	// the joining region loaded before (see snapshot_units.go).
+	Restart bool `json:"restart,omitempty"`
 }
 
 // SnapshotSummary ends a snapshot: rows per table, versions and parked

@@ -109,10 +109,12 @@ func MarkCaughtUp(ctx context.Context, connString string) error {
 }
 
 // LoadSnapshot loads a snapshot (WriteSnapshot's stream) into a joining
-// region, in one transaction: the rows, their versions, the parked changes
-// and the positions from which every peer's stream resumes are all there
-// or none is, so a load cut short (a kill, a broken link) leaves the region
-// as it was and is simply run again.
+// region. A snapshot in units commits unit by unit, each with its
+// snapshot's positions, and a load cut short (a kill, a broken link) is
+// run again and goes on after the last unit committed (see
+// snapshot_units.go); one from a source that sends no units is loaded in
+// one transaction. Either way the positions from which every peer's stream
+// resumes are recorded in the last transaction, once everything is in.
 //
 // Loaded rows carry the replication origin of the snapshot's source, like
 // applied rows: the region's reader never ships them, and its search feed
@@ -173,7 +175,15 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	defer conn.Close(context.Background())
-	own, floor, err := checkNew(ctx, conn, cfg.Region, h.Tables)
+	before, err := readJoinUnits(ctx, conn)
+	if err != nil {
+		return h, sum, err
+	}
+	if len(before) > 0 && before[0].Source != h.Source {
+		return h, sum, refuseJoin("this region loaded part of a snapshot of %s before: join from %s to finish that load", before[0].Source, before[0].Source)
+	}
+	resume := resumeFrom(unitsOfJoin(before))
+	own, floor, err := checkNew(ctx, conn, cfg.Region, h.Tables, resume.Loaded())
 	if err != nil {
 		return h, sum, err
 	}
@@ -191,86 +201,66 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 	if _, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, OriginName(h.Source)); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: replication origin: %w", err)
 	}
-	tx, err := conn.Begin(ctx)
-	if err != nil {
-		return h, sum, fmt.Errorf("load snapshot: %w", err)
+	l := loader{conn: conn, br: br, cr: cr, cfg: cfg, h: h, own: own, positions: positions, resume: resume, rows: map[string]int64{}}
+	for _, u := range before {
+		l.before += u.Rows
 	}
-	defer tx.Rollback(context.Background())
-	// Deferrable constraints (foreign keys among the tables, above all) are
-	// checked once everything is in, as the owner (see below). Rows staged
-	// in temporary tables stay in this session's memory up to
-	// temp_buffers (default 8 MB, then they go to disk and back).
-	for _, set := range []string{`SET LOCAL synchronous_commit = on`, `SET CONSTRAINTS ALL DEFERRED`, `SET LOCAL temp_buffers = '256MB'`} {
-		if _, err := tx.Exec(ctx, set); err != nil {
-			return h, sum, fmt.Errorf("load snapshot: %w", err)
-		}
-	}
-	if err := checkJoinable(ctx, tx, cfg.Region, h, own); err != nil {
+	if err := l.begin(ctx); err != nil {
 		return h, sum, err
 	}
-	l := loader{tx: tx, br: br, cr: cr, cfg: cfg, h: h, owners: ownerRun{tx: tx}}
-	for _, t := range h.Tables {
-		l.progress(t.Name)
-		if err := l.table(ctx, t); err != nil {
+	defer func() { l.tx.Rollback(context.Background()) }()
+	if !h.Units && !resume.Empty() {
+		// A source that predates loads in units sends everything again.
+		var loaded []string
+		for _, t := range h.Tables {
+			if slices.Contains(resume.Loaded(), t.Name) {
+				loaded = append(loaded, t.Name)
+			}
+		}
+		if err := l.discard(ctx, loaded); err != nil {
 			return h, sum, err
 		}
-		l.done++
-	}
-	l.progress("")
-	// Deferred triggers the rows queued (constraint triggers, deferred
-	// foreign-key checks) run now, inside the owner's function: at commit
-	// they would run as the replicator. With tables of several owners, as
-	// the first (never as the replicator), as for applied transactions.
-	if err := l.owners.deferred(ctx); err != nil {
-		return h, sum, fmt.Errorf("load snapshot: check deferred constraints: %w", err)
-	}
-	if sum.Versions, err = l.versions(ctx, h.VersionColumns); err != nil {
-		return h, sum, err
-	}
-	if sum.Parked, err = l.parked(ctx); err != nil {
-		return h, sum, err
-	}
-	if typ, payload, err = readSnapshotFrame(br); err != nil {
-		return h, sum, err
 	}
 	var sent SnapshotSummary
-	if typ != frameDone {
-		return h, sum, fmt.Errorf("snapshot: frame %q where its end was due", typ)
+	for done := false; !done; {
+		if typ, payload, err = readSnapshotFrame(br); err != nil {
+			return h, sum, err
+		}
+		switch typ {
+		case frameTable:
+			err = l.table(ctx, payload)
+		case frameVersions:
+			var n int64
+			n, err = l.versions(ctx, h.VersionColumns)
+			sum.Versions += n
+		case frameParked:
+			var n int64
+			n, err = l.parked(ctx)
+			sum.Parked += n
+		case frameCommit:
+			err = l.commitUnit(ctx, payload)
+		case frameDone:
+			if err := json.Unmarshal(payload, &sent); err != nil {
+				return h, sum, fmt.Errorf("snapshot: end: %w", err)
+			}
+			done = true
+		default:
+			err = fmt.Errorf("snapshot: unexpected frame %q", typ)
+		}
+		if err != nil {
+			return h, sum, err
+		}
 	}
-	if err := json.Unmarshal(payload, &sent); err != nil {
-		return h, sum, fmt.Errorf("snapshot: end: %w", err)
-	}
+	l.progress("")
 	sum.Rows = l.rows
 	if err := sameCounts(sent, sum); err != nil {
 		return h, sum, err
 	}
-	for _, p := range positions {
-		var lsn any
-		if p.LSN != "" {
-			lsn = p.LSN
-		}
-		if _, err := tx.Exec(ctx, `INSERT INTO polyregion.applied (source, seq, lsn, hlc) VALUES ($1, $2, $3::pg_lsn, $4)`, p.Region, p.Seq, lsn, p.HLC); err != nil {
-			return h, sum, fmt.Errorf("load snapshot: record the position of %s: %w", p.Region, err)
-		}
+	if h.Units && l.pending {
+		return h, sum, fmt.Errorf("snapshot: ended with a part not committed")
 	}
-	var total int64
-	for _, n := range sum.Rows {
-		total += n
-	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.joined (region, source, source_seq, rows, pause_ms, reseed_index)
-		VALUES ($1, $2, $3, $4, $5, coalesce((SELECT max(control_index) FROM polyregion.reseeding), 0))`,
-		cfg.Region, h.Source, h.SourceSeq, total, h.PauseMillis); err != nil {
-		return h, sum, fmt.Errorf("load snapshot: %w", err)
-	}
-	// The loaded rows replace whatever a lost slot left unshipped (and a
-	// slot the load itself dropped and recreated is not a loss).
-	for _, q := range []string{`DELETE FROM polyregion.reseeding`, `DELETE FROM polyregion.slot_lost`} {
-		if _, err := tx.Exec(ctx, q); err != nil {
-			return h, sum, fmt.Errorf("load snapshot: %w", err)
-		}
-	}
-	if err := tx.Commit(ctx); err != nil {
-		return h, sum, fmt.Errorf("load snapshot: commit: %w", err)
+	if err := l.finish(ctx); err != nil {
+		return h, sum, err
 	}
 	return h, sum, nil
 }
@@ -283,7 +273,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 // applied each source (both zero unless re-seeded).
 func checkNew(ctx context.Context, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
-}, region string, tables []SnapshotTable) (own int64, floor map[string]int64, err error) {
+}, region string, tables []SnapshotTable, loaded []string) (own int64, floor map[string]int64, err error) {
 	var joined bool
 	if err := q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM polyregion.joined) OR EXISTS (SELECT 1 FROM polyregion.applied)`).Scan(&joined); err != nil {
 		return 0, nil, fmt.Errorf("load snapshot: %w", err)
@@ -306,9 +296,13 @@ func checkNew(ctx context.Context, q interface {
 		return 0, nil, refuseJoin("region %s has shipped transactions of its own to the replicated tables (%d): only a region that has not written to them can join from a snapshot, or one prepared for re-seeding (polyregion reseed)", region, shipped)
 	}
 	own = max(prepared, 0)
-	names := make([]string, len(tables))
-	for i, t := range tables {
-		names[i] = t.Name
+	var names []string
+	for _, t := range tables {
+		if slices.Contains(loaded, t.Name) {
+			// Rows and versions of a load cut short, which goes on.
+			continue
+		}
+		names = append(names, t.Name)
 		var held bool
 		if err := q.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM ONLY "+qualified(t.Name)+")").Scan(&held); err != nil {
 			return 0, nil, fmt.Errorf("load snapshot: %w", err)
@@ -353,9 +347,9 @@ func resetSlot(ctx context.Context, conn *pgx.Conn, region string) error {
 }
 
 // checkJoinable pauses the region's own writers to the tables until the
-// load commits, and checks again, under that pause, that the region is new
+// load (or its unit) commits, and checks again, under that pause, that the region is new
 // and that its tables have the source's columns.
-func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHeader, own int64) error {
+func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHeader, own int64, loaded []string) error {
 	if _, err := tx.Exec(ctx, `LOCK TABLE polyregion.applied, polyregion.joined, polyregion.reseeding IN EXCLUSIVE MODE`); err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
@@ -366,7 +360,7 @@ func checkJoinable(ctx context.Context, tx pgx.Tx, region string, h SnapshotHead
 	if _, err := tx.Exec(ctx, "LOCK TABLE "+strings.Join(list, ", ")+" IN EXCLUSIVE MODE"); err != nil {
 		return fmt.Errorf("load snapshot: pause this region's writes to the replicated tables: %w", err)
 	}
-	if again, _, err := checkNew(ctx, tx, region, h.Tables); err != nil {
+	if again, _, err := checkNew(ctx, tx, region, h.Tables, loaded); err != nil {
 		return err
 	} else if again != own {
 		return fmt.Errorf("load snapshot: region %s was prepared for re-seeding again meanwhile", region)
@@ -444,48 +438,33 @@ func sameCounts(sent, loaded SnapshotSummary) error {
 }
 
 type loader struct {
-	tx     pgx.Tx
-	br     *bufio.Reader
-	cr     *countingReader
-	cfg    LoadConfig
-	h      SnapshotHeader
-	done   int
-	rows   map[string]int64
-	last   time.Time
-	owners ownerRun
+	conn      *pgx.Conn
+	tx        pgx.Tx
+	br        *bufio.Reader
+	cr        *countingReader
+	cfg       LoadConfig
+	h         SnapshotHeader
+	own       int64
+	positions []SnapshotPosition // this snapshot's (JoinPositions)
+	resume    SnapshotResume     // what was committed before this unit
+	done      int                // tables loaded whole from a source that sends no units
+	before    int64              // rows committed (by this attempt and earlier ones)
+	rows      map[string]int64   // rows loaded by this attempt
+	unitRows  int64              // rows loaded since the last commit
+	pending   bool               // something was loaded since the last commit
+	last      time.Time
+	owners    ownerRun
 }
 
 func (l *loader) progress(table string) {
 	if l.cfg.Progress == nil {
 		return
 	}
-	p := LoadProgress{Source: l.h.Source, Table: table, TablesDone: l.done, TablesTotal: len(l.h.Tables), Bytes: l.cr.n}
-	for _, n := range l.rows {
-		p.Rows += n
-	}
+	p := LoadProgress{Source: l.h.Source, Table: table, TablesDone: l.done + len(l.resume.Done), TablesTotal: len(l.h.Tables), Bytes: l.cr.n, Rows: l.before + l.unitRows}
 	for _, t := range l.h.Tables {
 		p.Estimate += t.Estimate
 	}
 	l.cfg.Progress(p)
-}
-
-// open reads the frame that opens the next part.
-func (l *loader) open(want byte, name string) error {
-	typ, payload, err := readSnapshotFrame(l.br)
-	if err != nil {
-		return err
-	}
-	var p snapshotPart
-	if typ != want {
-		return fmt.Errorf("snapshot: frame %q where %q was due", typ, want)
-	}
-	if err := json.Unmarshal(payload, &p); err != nil {
-		return fmt.Errorf("snapshot: %w", err)
-	}
-	if p.Name != name {
-		return fmt.Errorf("snapshot: part %q where %q was due", p.Name, name)
-	}
-	return nil
 }
 
 // copyIn runs a COPY FROM STDIN fed with the current part's data, and
@@ -513,16 +492,27 @@ func (l *loader) copyIn(ctx context.Context, what, copySQL string) (int64, error
 	return tag.RowsAffected(), nil
 }
 
-// table loads one table's rows: directly when applying as the owner takes
-// no privilege away or the copy runs no code (copiesInert), else into a
-// temporary table and from there through the owner's function.
-func (l *loader) table(ctx context.Context, t SnapshotTable) error {
-	if l.rows == nil {
-		l.rows = map[string]int64{}
+// table loads the rows of the part payload opens (a table, or a chunk of
+// one): directly when applying as the owner takes no privilege away or the
+// copy runs no code (copiesInert), else into a temporary table and from
+// there through the owner's function.
+func (l *loader) table(ctx context.Context, payload []byte) error {
+	var part snapshotPart
+	if err := json.Unmarshal(payload, &part); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
 	}
-	if err := l.open(frameTable, t.Name); err != nil {
-		return err
+	i := slices.IndexFunc(l.h.Tables, func(t SnapshotTable) bool { return t.Name == part.Name })
+	if i < 0 {
+		return fmt.Errorf("snapshot: rows of %q, which its header does not list", part.Name)
 	}
+	t := l.h.Tables[i]
+	if part.Restart {
+		if err := l.discard(ctx, []string{t.Name}); err != nil {
+			return err
+		}
+	}
+	l.progress(t.Name)
+	l.pending = true
 	cols := make([]string, len(t.Columns))
 	defs := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
@@ -550,7 +540,11 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 	}
 	if fn == "" {
 		n, err := l.copyIn(ctx, t.Name, "COPY "+qualified(t.Name)+" ("+list+") FROM STDIN (FORMAT text)")
-		l.rows[t.Name] = n
+		l.rows[t.Name] += n
+		l.unitRows += n
+		if err == nil && !l.h.Units {
+			l.done++
+		}
 		if err == nil {
 			l.cfg.Logger.Info("snapshot: table loaded", "table", t.Name, "rows", n, "copied", "directly")
 		}
@@ -581,7 +575,11 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 	if _, err := l.tx.Exec(ctx, "DROP TABLE pg_temp.polyregion_load"); err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
-	l.rows[t.Name] = n
+	l.rows[t.Name] += n
+	l.unitRows += n
+	if !l.h.Units {
+		l.done++
+	}
 	l.cfg.Logger.Info("snapshot: table loaded", "table", t.Name, "rows", n, "copied", "as its owner")
 	return nil
 }
@@ -590,9 +588,7 @@ func (l *loader) table(ctx context.Context, t SnapshotTable) error {
 // is nil from a source that predates the list). A live row's version
 // names the transaction that wrote the row here: this one.
 func (l *loader) versions(ctx context.Context, sent []string) (int64, error) {
-	if err := l.open(frameVersions, ""); err != nil {
-		return 0, err
-	}
+	l.pending = true
 	if sent == nil {
 		sent = versionColumnsBefore
 	}
@@ -616,15 +612,16 @@ func (l *loader) versions(ctx context.Context, sent []string) (int64, error) {
 		", CASE WHEN deleted THEN NULL ELSE pg_catalog.pg_current_xact_id()::xid END FROM pg_temp.polyregion_load_versions"); err != nil {
 		return 0, fmt.Errorf("load snapshot: row versions: %w", err)
 	}
+	if _, err := l.tx.Exec(ctx, "DROP TABLE pg_temp.polyregion_load_versions"); err != nil {
+		return 0, fmt.Errorf("load snapshot: %w", err)
+	}
 	return n, nil
 }
 
 // parked loads the changes the source had parked: they are retried here as
 // there.
 func (l *loader) parked(ctx context.Context) (int64, error) {
-	if err := l.open(frameParked, ""); err != nil {
-		return 0, err
-	}
+	l.pending = true
 	n, err := l.copyIn(ctx, "parked changes", "COPY polyregion.parked ("+strings.Join(parkedColumns, ", ")+") FROM STDIN (FORMAT text)")
 	if err != nil {
 		return n, err

@@ -35,7 +35,10 @@ type SnapshotConfig struct {
 	// ReaderTimeout bounds the wait for the reader to version every local
 	// write before the snapshot (default 2 min).
 	ReaderTimeout time.Duration
-	Logger        *slog.Logger
+	// Resume, when set, asks for the snapshot in units (see
+	// snapshot_units.go), leaving out what the joining region loaded.
+	Resume *SnapshotResume
+	Logger *slog.Logger
 }
 
 func (c *SnapshotConfig) defaults() {
@@ -80,28 +83,27 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 	}
 	defer tx.Rollback(context.Background())
 	h.VersionColumns = versionColumns
+	h.Units = cfg.Resume != nil
+	if cfg.Resume != nil {
+		if unknown := unknownTables(h.Tables, *cfg.Resume); len(unknown) > 0 {
+			return sum, refuseJoin("the joining region loaded tables %s from this region before, which it does not replicate now", strings.Join(unknown, ", "))
+		}
+	}
 	if err := writeSnapshotJSON(w, frameHeader, h); err != nil {
 		return sum, fmt.Errorf("snapshot: send header: %w", err)
 	}
-	for _, t := range h.Tables {
-		cols := make([]string, len(t.Columns))
-		for i, c := range t.Columns {
-			cols[i] = quoteIdent(c.Name)
+	if cfg.Resume == nil {
+		for _, t := range h.Tables {
+			n, err := copyTable(ctx, tx, w, t, false)
+			if err != nil {
+				return sum, err
+			}
+			sum.Rows[t.Name] = n
 		}
-		n, err := copyPart(ctx, tx, w, frameTable, t.Name,
-			"COPY "+qualified(t.Name)+" ("+strings.Join(cols, ", ")+") TO STDOUT (FORMAT text)")
-		if err != nil {
+		if err := copyVersionsAndParked(ctx, tx, w, cfg.Tables, &sum); err != nil {
 			return sum, err
 		}
-		sum.Rows[t.Name] = n
-	}
-	list := quoteLiteral("{" + strings.Join(cfg.Tables, ",") + "}")
-	if sum.Versions, err = copyPart(ctx, tx, w, frameVersions, "",
-		"COPY (SELECT "+strings.Join(versionColumns, ", ")+" FROM polyregion.row_version WHERE tbl = ANY ("+list+"::text[])) TO STDOUT (FORMAT text)"); err != nil {
-		return sum, err
-	}
-	if sum.Parked, err = copyPart(ctx, tx, w, frameParked, "",
-		"COPY (SELECT "+strings.Join(parkedColumns, ", ")+" FROM polyregion.parked WHERE resolved_at IS NULL AND tbl = ANY ("+list+"::text[]) ORDER BY id) TO STDOUT (FORMAT text)"); err != nil {
+	} else if err := sendUnits(ctx, tx, w, h.Tables, *cfg.Resume, &sum); err != nil {
 		return sum, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -111,6 +113,62 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 		return sum, fmt.Errorf("snapshot: send end: %w", err)
 	}
 	return sum, nil
+}
+
+// sendUnits sends what the joining region still lacks (see
+// snapshot_units.go): the tables that go whole first, in one unit, then
+// the others in chunks.
+func sendUnits(ctx context.Context, tx pgx.Tx, w io.Writer, tables []SnapshotTable, resume SnapshotResume, sum *SnapshotSummary) error {
+	names := make([]string, len(tables))
+	for i, t := range tables {
+		names[i] = t.Name
+	}
+	whole, err := wholeTables(ctx, tx, names)
+	if err != nil {
+		return err
+	}
+	all, chunked, restart := splitUnits(tables, whole, resume)
+	if len(all) > 0 {
+		if err := sendWhole(ctx, tx, w, all, restart, sum); err != nil {
+			return err
+		}
+	}
+	for _, t := range chunked {
+		if err := sendChunks(ctx, tx, w, t, resume.After[t.Name], sum); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// copyTable sends one table's rows whole; restart: they replace the parts
+// of it the joining region loaded before.
+func copyTable(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, restart bool) (int64, error) {
+	cols := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		cols[i] = quoteIdent(c.Name)
+	}
+	return sendPart(ctx, tx, w, frameTable, snapshotPart{Name: t.Name, Restart: restart},
+		"COPY "+qualified(t.Name)+" ("+strings.Join(cols, ", ")+") TO STDOUT (FORMAT text)")
+}
+
+// copyVersionsAndParked sends the row versions and the parked changes of
+// tables, adding their counts to sum.
+func copyVersionsAndParked(ctx context.Context, tx pgx.Tx, w io.Writer, tables []string, sum *SnapshotSummary) error {
+	list := quoteLiteral("{" + strings.Join(tables, ",") + "}")
+	n, err := copyPart(ctx, tx, w, frameVersions, "",
+		"COPY (SELECT "+strings.Join(versionColumns, ", ")+" FROM polyregion.row_version WHERE tbl = ANY ("+list+"::text[])) TO STDOUT (FORMAT text)")
+	if err != nil {
+		return err
+	}
+	sum.Versions += n
+	n, err = copyPart(ctx, tx, w, frameParked, "",
+		"COPY (SELECT "+strings.Join(parkedColumns, ", ")+" FROM polyregion.parked WHERE resolved_at IS NULL AND tbl = ANY ("+list+"::text[]) ORDER BY id) TO STDOUT (FORMAT text)")
+	if err != nil {
+		return err
+	}
+	sum.Parked += n
+	return nil
 }
 
 // versionColumns and parkedColumns are what a snapshot carries of a row's
@@ -126,11 +184,17 @@ var (
 
 // copyPart sends one part: its opening frame, the COPY's data, its end.
 func copyPart(ctx context.Context, tx pgx.Tx, w io.Writer, open byte, name, copySQL string) (int64, error) {
+	return sendPart(ctx, tx, w, open, snapshotPart{Name: name}, copySQL)
+}
+
+// sendPart is copyPart with the opening frame's payload.
+func sendPart(ctx context.Context, tx pgx.Tx, w io.Writer, open byte, part snapshotPart, copySQL string) (int64, error) {
+	name := part.Name
 	what := name
 	if what == "" {
 		what = map[byte]string{frameVersions: "row versions", frameParked: "parked changes"}[open]
 	}
-	if err := writeSnapshotJSON(w, open, snapshotPart{Name: name}); err != nil {
+	if err := writeSnapshotJSON(w, open, part); err != nil {
 		return 0, fmt.Errorf("snapshot: send %s: %w", what, err)
 	}
 	fw := &frameWriter{w: w}
@@ -221,7 +285,13 @@ func pausedSnapshot(ctx context.Context, cfg SnapshotConfig, lock, side, snap *p
 	if err := waitReaderPassed(ctx, cfg, side, pausedReaderWait); err != nil {
 		return nil, ctx.Err() == nil, err
 	}
-	tx, err := snap.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	// Read only, but for a snapshot in units: it indexes the row versions
+	// of a table sent in chunks in a temporary table (see chunkVersions).
+	mode := pgx.ReadOnly
+	if cfg.Resume != nil {
+		mode = pgx.ReadWrite
+	}
+	tx, err := snap.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: mode})
 	if err != nil {
 		return nil, false, fmt.Errorf("snapshot: %w", err)
 	}
