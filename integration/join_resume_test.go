@@ -19,18 +19,23 @@ import (
 // and again in us's stream, which eu resumes from the first snapshot's
 // position. It must count once. At the end both regions hold the same
 // rows, and every row's counter equals the increments us's writers made
-// to it.
+// to it. The rows are keyed by a text and a number, the text in letters a
+// collation orders otherwise than their bytes ('Ä' among the a's, or after
+// 'z'), so chunks end inside a text's rows and the key ranges are compared
+// in the database's collation (make test runs it in C, ICU's en-US and
+// C.UTF-8).
 func TestACutJoinKeepsEveryIncrement(t *testing.T) {
-	const rows = 450_000
+	shards := []string{"a", "Ä", "B", "é", "z"}
+	const perShard = 90_000
 	schema := []string{
-		`CREATE TABLE public.hits (id bigint PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`,
+		`CREATE TABLE public.hits (shard text, id bigint, n bigint NOT NULL DEFAULT 0, PRIMARY KEY (shard, id))`,
 		`ALTER TABLE public.hits REPLICA IDENTITY FULL`,
 	}
 	tables := []TableSpec{{Name: "public.hits", Counters: []string{"n"}}}
 	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema, Tables: tables})
 	ctx := ctxFor(t, 8*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
-	mustExec(t, ctx, us, `INSERT INTO public.hits (id) SELECT g FROM pg_catalog.generate_series(1, $1::int) g`, rows)
+	mustExec(t, ctx, us, `INSERT INTO public.hits (shard, id) SELECT s, g FROM pg_catalog.unnest($1::text[]) s, pg_catalog.generate_series(1, $2::int) g`, shards, perShard)
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +44,7 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 	}
 
 	// Writers: each transaction increments one random row by one.
-	var made sync.Map // id -> *atomic.Int64, committed increments
+	var made sync.Map // hitKey -> *atomic.Int64, committed increments
 	var total atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -61,12 +66,12 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 					return
 				default:
 				}
-				id := rng.Int63n(rows) + 1
-				if _, err := conn.Exec(ctx, `UPDATE public.hits SET n = n + 1 WHERE id = $1`, id); err != nil {
+				k := hitKey{shards[rng.Intn(len(shards))], rng.Int63n(perShard) + 1}
+				if _, err := conn.Exec(ctx, `UPDATE public.hits SET n = n + 1 WHERE shard = $1 AND id = $2`, k.shard, k.id); err != nil {
 					werr.Store(err.Error())
 					return
 				}
-				c, _ := made.LoadOrStore(id, new(atomic.Int64))
+				c, _ := made.LoadOrStore(k, new(atomic.Int64))
 				c.(*atomic.Int64).Add(1)
 				total.Add(1)
 				time.Sleep(time.Millisecond)
@@ -91,6 +96,18 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 		t.Fatalf("eu committed %d chunks before the kill, want 1", n)
 	}
 	mustExec(t, ctx, eu, `DROP TRIGGER slow_load ON public.hits`)
+	// Started without --join, eu refuses to run on a part of a load and
+	// names where to finish it.
+	if err := eu.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitExited(t, eu, time.Minute)
+	if logs := eu.Logs(1 << 20); !strings.Contains(logs, "before its load was cut short: start it with --join us to finish that load") {
+		t.Fatalf("eu started without --join on a cut load did not refuse naming us:\n%s", eu.Logs(3000))
+	}
+	if err := eu.StopReplicator(syscall.SIGTERM); err != nil { // reaps it
+		t.Fatal(err)
+	}
 	before := total.Load()
 	// The next snapshot is a later one: increments made meanwhile are in
 	// its chunks and in the stream both.
@@ -113,26 +130,26 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 	if !strings.Contains(eu.Logs(1<<24), "joining: going on with a load cut short") {
 		t.Fatalf("eu's second load did not go on after its first:\n%s", eu.Logs(4000))
 	}
-	want := map[int64]int64{}
+	want := map[hitKey]int64{}
 	var sum int64
 	made.Range(func(k, v any) bool {
-		want[k.(int64)] = v.(*atomic.Int64).Load()
-		sum += want[k.(int64)]
+		want[k.(hitKey)] = v.(*atomic.Int64).Load()
+		sum += want[k.(hitKey)]
 		return true
 	})
 	for _, r := range h.Regions {
 		got := counters(t, ctx, r)
 		wrong := 0
-		for id, n := range want {
-			if got[id] != n {
+		for k, n := range want {
+			if got[k] != n {
 				if wrong++; wrong <= 5 {
-					t.Errorf("%s: row %d counts %d increments, us's writers made %d", r.Name, id, got[id], n)
+					t.Errorf("%s: row %v counts %d increments, us's writers made %d", r.Name, k, got[k], n)
 				}
 			}
 		}
-		for id, n := range got {
-			if _, ok := want[id]; !ok {
-				t.Errorf("%s: row %d counts %d increments, us's writers made none", r.Name, id, n)
+		for k, n := range got {
+			if _, ok := want[k]; !ok {
+				t.Errorf("%s: row %v counts %d increments, us's writers made none", r.Name, k, n)
 			}
 		}
 		if wrong > 0 {
@@ -140,7 +157,7 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 		}
 	}
 	want0 := sum
-	t.Logf("%d increments to %d rows, %d of them after the first load was cut", want0, rows, want0-before)
+	t.Logf("%d increments to %d rows, %d of them after the first load was cut", want0, len(shards)*perShard, want0-before)
 }
 
 // waitChunksOf waits until r's load has committed at least n chunks of
@@ -157,26 +174,33 @@ func waitChunksOf(t *testing.T, ctx context.Context, r *Region, table string, n 
 	}
 }
 
+// hitKey is a row of public.hits.
+type hitKey struct {
+	shard string
+	id    int64
+}
+
 // counters reads the rows of public.hits incremented at least once.
-func counters(t *testing.T, ctx context.Context, r *Region) map[int64]int64 {
+func counters(t *testing.T, ctx context.Context, r *Region) map[hitKey]int64 {
 	t.Helper()
 	conn, err := r.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close(context.Background())
-	rows, err := conn.Query(ctx, `SELECT id, n FROM public.hits WHERE n <> 0`)
+	rows, err := conn.Query(ctx, `SELECT shard, id, n FROM public.hits WHERE n <> 0`)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rows.Close()
-	out := map[int64]int64{}
+	out := map[hitKey]int64{}
 	for rows.Next() {
-		var id, n int64
-		if err := rows.Scan(&id, &n); err != nil {
+		var k hitKey
+		var n int64
+		if err := rows.Scan(&k.shard, &k.id, &n); err != nil {
 			t.Fatal(err)
 		}
-		out[id] = n
+		out[k] = n
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatal(err)

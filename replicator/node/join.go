@@ -158,7 +158,7 @@ func loadedBefore(ctx context.Context, cfg Config, log *slog.Logger) ([]byte, er
 		return nil, err
 	}
 	if source != "" && source != string(cfg.JoinFrom) {
-		return nil, postgres.Problems{fmt.Sprintf("region %s loaded %d rows of a snapshot of %s before its load was cut short: start it with --join %s to finish that load", cfg.Region, rows, source, source)}
+		return nil, fmt.Errorf("%w: region %s loaded %d rows of a snapshot of %s before its load was cut short: start it with --join %s to finish that load", postgres.ErrCannotJoin, cfg.Region, rows, source, source)
 	}
 	if source != "" {
 		log.Info("joining: going on with a load cut short", "from", source, "rows_loaded", rows, "tables_done", len(resume.Done), "tables_in_part", len(resume.After))
