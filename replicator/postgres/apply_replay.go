@@ -93,7 +93,9 @@ func (a *Applier) loadedThrough(ctx context.Context, q querier, sh replicator.Sh
 		a.unitKeys[sh.Table] = ck
 	}
 	if len(ck) != len(sh.Key) {
-		return nil, fmt.Errorf("apply: %s: changes keyed by %d columns, the table's primary key has %d", sh.Table, len(sh.Key), len(ck))
+		// Keyed otherwise than the table here: such changes are parked
+		// with the difference (see applyChanges), none is dropped.
+		return make([]replicator.Seq, len(keys)), nil
 	}
 	lk, err := lookupKeys(sh, keys)
 	if err != nil {
