@@ -196,6 +196,11 @@ func (l *loader) finish(ctx context.Context) error {
 			return fmt.Errorf("snapshot: ended with tables not loaded (%d of %d done)", len(r.Done), len(l.h.Tables))
 		}
 	} else {
+		for _, t := range l.h.Tables {
+			if _, ok := l.rows[t.Name]; !ok {
+				return fmt.Errorf("snapshot: ended without the rows of %s", t.Name)
+			}
+		}
 		for _, n := range l.rows {
 			total += n
 		}

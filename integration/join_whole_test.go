@@ -1,0 +1,112 @@
+package integration
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"testing"
+	"time"
+
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// TestACutLoadFinishedFromASourceThatSendsNoUnits: a region whose load in
+// units was cut after its first chunk asks again, and the source is of a
+// release that sends its snapshot whole (no units). The region removes
+// what it had loaded, loads the whole snapshot in one transaction, records
+// that snapshot's positions and no replay bound, and then streams like any
+// joined region: at the end both regions hold the same rows.
+func TestACutLoadFinishedFromASourceThatSendsNoUnits(t *testing.T) {
+	const rows = 450_000
+	schema := []string{`CREATE TABLE public.items (id bigint PRIMARY KEY, v text NOT NULL)`}
+	tables := []TableSpec{{Name: "public.items"}}
+	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema, Tables: tables})
+	ctx := ctxFor(t, 6*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+	mustExec(t, ctx, us, `INSERT INTO public.items SELECT g, md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, rows)
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	usDSN, euDSN := us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
+	conn, err := postgres.Connect(ctx, euDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	names := []string{"public.items"}
+	// What eu's replicator prepares before it loads (its schema, slot,
+	// origins and the functions it applies rows through as their owner).
+	if _, err := postgres.Prepare(ctx, conn, "eu", names, nil, []string{"us"}); err != nil {
+		t.Fatal(err)
+	}
+	load := func(resume *postgres.SnapshotResume, cutAfterUnits int64) error {
+		pr, pw := io.Pipe()
+		lctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		go func() {
+			_, err := postgres.WriteSnapshot(lctx, postgres.SnapshotConfig{Region: "us", ConnString: usDSN, Tables: names, Resume: resume, Logger: quiet}, pw)
+			pw.CloseWithError(err)
+		}()
+		if cutAfterUnits > 0 {
+			go func() {
+				for lctx.Err() == nil {
+					var n int64
+					if err := conn.QueryRow(lctx, `SELECT count(*) FROM polyregion.join_units`).Scan(&n); err == nil && n >= cutAfterUnits {
+						pw.CloseWithError(errors.New("link broken by the test"))
+						return
+					}
+					time.Sleep(5 * time.Millisecond)
+				}
+			}()
+		}
+		_, _, err := postgres.LoadSnapshot(ctx, postgres.LoadConfig{Region: "eu", From: "us", ConnString: euDSN, Tables: names, Logger: quiet}, pr)
+		pr.Close()
+		return err
+	}
+	err = load(&postgres.SnapshotResume{}, 1)
+	if err == nil {
+		t.Fatal("a load cut after its first chunk succeeded")
+	}
+	t.Logf("the load in units ended: %v", err)
+	kept := queryInt(t, ctx, eu, `SELECT count(*) FROM public.items`)
+	if units := queryInt(t, ctx, eu, `SELECT count(*) FROM polyregion.join_units`); units < 1 || kept != int64(units)*200_000 || kept >= rows {
+		t.Fatalf("the cut load kept %d rows in %d chunks", kept, units)
+	}
+	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM polyregion.applied`); n != 0 {
+		t.Fatalf("the cut load recorded %d positions", n)
+	}
+
+	// The source sends it whole.
+	if err := load(nil, 0); err != nil {
+		t.Fatal(err)
+	}
+	for q, want := range map[string]int64{
+		`SELECT count(*) FROM public.items`:                          rows,
+		`SELECT count(*) FROM polyregion.join_units`:                 0,
+		`SELECT count(*) FROM polyregion.join_replay`:                0,
+		`SELECT rows FROM polyregion.joined`:                         rows,
+		`SELECT count(*) FROM polyregion.applied`:                    1,
+		`SELECT count(DISTINCT id) FROM public.items`:                rows,
+		`SELECT count(*) FROM public.items WHERE v <> md5(id::text)`: 0,
+	} {
+		if got := queryInt(t, ctx, eu, q); got != want {
+			t.Errorf("eu: %s = %d, want %d", q, got, want)
+		}
+	}
+	t.Logf("the cut load kept %d rows; the whole snapshot replaced them", kept)
+
+	// eu then streams like any joined region.
+	if err := eu.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, us, `UPDATE public.items SET v = 'changed in us' WHERE id % 1000 = 0`)
+	mustExec(t, ctx, eu, `INSERT INTO public.items VALUES (0, 'written in eu')`)
+	if err := h.WaitConverged(ctx, names, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
