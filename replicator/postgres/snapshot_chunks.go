@@ -28,13 +28,15 @@ type chunkKey struct {
 // foreign key ties to a replicated table (themselves included) and those
 // with changes parked here.
 func wholeTables(ctx context.Context, tx pgx.Tx, tables []string) (map[string]bool, error) {
-	rows, err := tx.Query(ctx, `SELECT t FROM pg_catalog.unnest($1::text[]) t
+	// $1: the tables' names as the replicator writes them (parked.tbl),
+	// $2: the same quoted for to_regclass.
+	rows, err := tx.Query(ctx, `SELECT x.name FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS x(name, quoted)
 		WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_constraint k
 			WHERE k.contype = 'f'
-			AND (k.conrelid = pg_catalog.to_regclass(t) OR k.confrelid = pg_catalog.to_regclass(t))
-			AND k.conrelid = ANY (SELECT pg_catalog.to_regclass(u)::pg_catalog.oid FROM pg_catalog.unnest($1::text[]) u)
-			AND k.confrelid = ANY (SELECT pg_catalog.to_regclass(u)::pg_catalog.oid FROM pg_catalog.unnest($1::text[]) u))
-		OR EXISTS (SELECT 1 FROM polyregion.parked p WHERE p.resolved_at IS NULL AND p.tbl = t)`, qualifiedNames(tables))
+			AND (k.conrelid = pg_catalog.to_regclass(x.quoted) OR k.confrelid = pg_catalog.to_regclass(x.quoted))
+			AND k.conrelid = ANY (SELECT pg_catalog.to_regclass(u)::pg_catalog.oid FROM pg_catalog.unnest($2::text[]) u)
+			AND k.confrelid = ANY (SELECT pg_catalog.to_regclass(u)::pg_catalog.oid FROM pg_catalog.unnest($2::text[]) u))
+		OR EXISTS (SELECT 1 FROM polyregion.parked p WHERE p.resolved_at IS NULL AND p.tbl = x.name)`, tables, qualifiedNames(tables))
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: tables tied by foreign keys or with parked changes: %w", err)
 	}
@@ -43,12 +45,8 @@ func wholeTables(ctx context.Context, tx pgx.Tx, tables []string) (map[string]bo
 		return nil, fmt.Errorf("snapshot: tables tied by foreign keys or with parked changes: %w", err)
 	}
 	whole := map[string]bool{}
-	for _, q := range names {
-		for _, t := range tables {
-			if qualified(t) == q {
-				whole[t] = true
-			}
-		}
+	for _, t := range names {
+		whole[t] = true
 	}
 	return whole, nil
 }
