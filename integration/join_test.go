@@ -120,7 +120,7 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitLoading(t, ctx, ap, "public.bulk", 3*time.Minute)
-	waitChunks(t, ctx, ap, 1, 3*time.Minute)
+	waitChunksOf(t, ctx, ap, "public.bulk", 1, 3*time.Minute)
 	if err := ap.StopReplicator(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
@@ -131,7 +131,7 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 	// ap stops reading (frozen) so the source cannot finish sending, and
 	// the source is killed mid-stream.
 	waitLoading(t, ctx, ap, "public.bulk", 3*time.Minute)
-	waitChunks(t, ctx, ap, kept.chunks+1, 3*time.Minute)
+	waitChunksOf(t, ctx, ap, "public.bulk", kept.chunks+1, 3*time.Minute)
 	failedBefore := strings.Count(ap.Logs(1<<24), "the snapshot could not be loaded")
 	if err := ap.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
@@ -540,20 +540,6 @@ func TestJoinedRegionIndexesWhatItLoaded(t *testing.T) {
 
 // cutLoad is what a load cut short kept.
 type cutLoad struct{ chunks, rows int64 }
-
-// waitChunks waits until r's load has committed at least n chunks of
-// public.bulk.
-func waitChunks(t *testing.T, ctx context.Context, r *Region, n int64, within time.Duration) {
-	t.Helper()
-	for start := time.Now(); ; time.Sleep(20 * time.Millisecond) {
-		if queryInt(t, ctx, r, `SELECT count(*) FROM polyregion.join_units WHERE 'public.bulk' = ANY (tables)`) >= n {
-			return
-		}
-		if time.Since(start) > within {
-			t.Fatalf("%s committed fewer than %d chunks of public.bulk in %s", r.Name, n, within)
-		}
-	}
-}
 
 // keptOfCutLoad checks what a load cut short kept in r: the rows of the
 // chunks it committed, no fewer than atLeast and exactly as many as its

@@ -35,21 +35,12 @@ func TestACutLoadFinishedFromASourceThatSendsNoUnits(t *testing.T) {
 		t.Fatal(err)
 	}
 	usDSN, euDSN := us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
-	conn, err := postgres.Connect(ctx, euDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	names := []string{"public.items"}
-	// What eu's replicator prepares before it loads (its schema, slot,
-	// origins and the functions it applies rows through as their owner).
-	if _, err := postgres.Prepare(ctx, conn, "eu", names, nil, []string{"us"}); err != nil {
-		t.Fatal(err)
-	}
+	conn := prepareJoiner(t, ctx, euDSN, names)
 	load := func(resume *postgres.SnapshotResume, cutAfterUnits int64) error {
 		return loadInProcess(ctx, conn, usDSN, euDSN, names, resume, cutAfterUnits)
 	}
-	err = load(&postgres.SnapshotResume{}, 1)
+	err := load(&postgres.SnapshotResume{}, 1)
 	if err == nil {
 		t.Fatal("a load cut after its first chunk succeeded")
 	}
@@ -90,6 +81,23 @@ func TestACutLoadFinishedFromASourceThatSendsNoUnits(t *testing.T) {
 	if err := h.WaitConverged(ctx, names, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// prepareJoiner prepares eu as its replicator does before it loads (its
+// schema, slot, origins and the functions it applies rows through as
+// their owner) and returns a session of the replicator's role there,
+// closed when the test ends.
+func prepareJoiner(t *testing.T, ctx context.Context, euDSN string, names []string) *pgx.Conn {
+	t.Helper()
+	conn, err := postgres.Connect(ctx, euDSN)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if _, err := postgres.Prepare(ctx, conn, "eu", names, nil, []string{"us"}); err != nil {
+		t.Fatal(err)
+	}
+	return conn
 }
 
 // loadInProcess loads eu (through conn, euDSN) from a snapshot of us
@@ -165,14 +173,7 @@ func TestALoadInUnitsSendsTiedAndParkedTablesWhole(t *testing.T) {
 		VALUES ('ap', 7, 'public.logs', '["3"]', '{}', '{}', 'parked by the test', pg_catalog.now() + interval '1 day')`); err != nil {
 		t.Fatal(err)
 	}
-	conn, err := postgres.Connect(ctx, euDSN)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if _, err := postgres.Prepare(ctx, conn, "eu", names, nil, []string{"us"}); err != nil {
-		t.Fatal(err)
-	}
+	conn := prepareJoiner(t, ctx, euDSN, names)
 	if err := loadInProcess(ctx, conn, usDSN, euDSN, names, &postgres.SnapshotResume{}, 0); err != nil {
 		t.Fatal(err)
 	}

@@ -123,21 +123,9 @@ func (l *loader) commitUnit(ctx context.Context, payload []byte) error {
 		return fmt.Errorf("load snapshot: commit a part: %w", err)
 	}
 	l.before += l.unitRows
-	l.resume = resumeFrom(append(unitsOf(l.resume), loadedUnit{Tables: u.Tables, After: u.After}))
+	l.resume.add(loadedUnit{Tables: u.Tables, After: u.After})
 	l.unitRows, l.pending = 0, false
 	return l.begin(ctx)
-}
-
-// unitsOf restates r as units (for resumeFrom to add one).
-func unitsOf(r SnapshotResume) []loadedUnit {
-	var out []loadedUnit
-	if len(r.Done) > 0 {
-		out = append(out, loadedUnit{Tables: r.Done})
-	}
-	for t, after := range r.After {
-		out = append(out, loadedUnit{Tables: []string{t}, After: after})
-	}
-	return out
 }
 
 // discard removes what earlier attempts loaded of tables (in reverse

@@ -73,22 +73,27 @@ type loadedUnit struct {
 func resumeFrom(units []loadedUnit) SnapshotResume {
 	var r SnapshotResume
 	for _, u := range units {
-		for _, t := range u.Tables {
-			if u.After == nil {
-				if !r.done(t) {
-					r.Done = append(r.Done, t)
-				}
-				delete(r.After, t)
-				continue
+		r.add(u)
+	}
+	return r
+}
+
+// add records that u was committed after what r holds.
+func (r *SnapshotResume) add(u loadedUnit) {
+	for _, t := range u.Tables {
+		if u.After == nil {
+			if !r.done(t) {
+				r.Done = append(r.Done, t)
 			}
-			if r.After == nil {
-				r.After = map[string][]string{}
-			}
-			r.After[t] = u.After
+			delete(r.After, t)
+			continue
 		}
+		if r.After == nil {
+			r.After = map[string][]string{}
+		}
+		r.After[t] = u.After
 	}
 	sort.Strings(r.Done)
-	return r
 }
 
 // JoinStart is where a region whose load came in units streams every

@@ -59,9 +59,10 @@ func TestResumeFollowsTheCommittedUnits(t *testing.T) {
 	if !resumeFrom(nil).Empty() || r.Empty() {
 		t.Fatal("Empty wrong")
 	}
-	// unitsOf restates it: adding a unit to the restatement is adding it
-	// to the units.
-	again := resumeFrom(append(unitsOf(r), loadedUnit{Tables: []string{"public.big"}}))
+	// A unit committed later adds to it: the last chunk makes its table
+	// done.
+	again := r
+	again.add(loadedUnit{Tables: []string{"public.big"}})
 	if !reflect.DeepEqual(again.Done, []string{"public.a", "public.b", "public.big", "public.other"}) || len(again.After) != 0 {
 		t.Fatalf("after the last chunk: %+v", again)
 	}
