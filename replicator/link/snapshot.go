@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 )
 
@@ -17,8 +18,12 @@ var ErrNotServed = errors.New("peer does not serve this")
 
 // snapshot serves GET /v1/snapshot: a joining peer, authenticated like a
 // stream and with the same configuration, receives a consistent snapshot of
-// this region. A snapshot that fails part way ends the response early; the
-// peer sees it incomplete (it lacks its end frame) and keeps nothing of it.
+// this region. A snapshot that fails before it sent anything is answered
+// with an error status: 422 with the reason when the source refuses it
+// (RefuseSnapshot), 503 otherwise (the reason stays in this region's log).
+// One that fails part way ends the response early; the peer sees it
+// incomplete (it lacks its end frame) and keeps no part of it that did
+// not end.
 func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
 	peer, ok := s.authenticate(w, r)
 	if !ok {
@@ -31,23 +36,46 @@ func (s *Server) snapshot(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "region "+string(s.cfg.Region)+" serves no snapshots", http.StatusNotFound)
 		return
 	}
-	w.Header().Set("Content-Type", "application/octet-stream")
-	w.WriteHeader(http.StatusOK)
-	fw := &flushWriter{w: bufio.NewWriterSize(w, 256<<10), f: w.(http.Flusher)}
+	fw := &flushWriter{rw: w}
+	fw.w = bufio.NewWriterSize(startWriter{fw}, 256<<10)
 	s.cfg.Logger.Info("link: serving a snapshot", "peer", string(peer))
 	ctx := r.Context()
 	if resume, ok := r.URL.Query()["resume"]; ok {
 		ctx = context.WithValue(ctx, resumeKey{}, []byte(resume[0]))
 	}
-	if err := s.cfg.Snapshot(ctx, peer, fw); err != nil {
+	err := s.cfg.Snapshot(ctx, peer, fw)
+	switch {
+	case err != nil && !fw.started && errors.Is(err, ErrSnapshotRefused):
+		// Nothing was sent yet: the peer is told why, and stops asking.
+		s.cfg.Logger.Warn("link: snapshot refused", "peer", string(peer), "err", err)
+		http.Error(w, err.Error(), http.StatusUnprocessableEntity)
+	case err != nil && !fw.started:
+		s.cfg.Logger.Error("link: snapshot failed", "peer", string(peer), "err", err)
+		http.Error(w, "region "+string(s.cfg.Region)+" could not take a snapshot (its log says why); try again", http.StatusServiceUnavailable)
+	case err != nil:
 		s.cfg.Logger.Error("link: snapshot failed", "peer", string(peer), "err", err)
 		// Abort the response so the peer cannot take it for complete.
 		panic(http.ErrAbortHandler)
-	}
-	if err := fw.Flush(); err != nil {
-		s.cfg.Logger.Warn("link: snapshot not delivered", "peer", string(peer), "err", err)
+	default:
+		if err := fw.Flush(); err != nil {
+			s.cfg.Logger.Warn("link: snapshot not delivered", "peer", string(peer), "err", err)
+		}
 	}
 }
+
+// ErrSnapshotRefused marks a snapshot the peer refuses for a reason that
+// asking again cannot fix (its message says which).
+var ErrSnapshotRefused = errors.New("snapshot refused")
+
+// RefuseSnapshot marks err, returned by ServerConfig.Snapshot before it
+// wrote anything, as a refusal: the joining peer receives its text (so it
+// must carry no secret) and stops asking.
+func RefuseSnapshot(err error) error { return snapshotRefusal{err} }
+
+type snapshotRefusal struct{ err error }
+
+func (e snapshotRefusal) Error() string   { return e.err.Error() }
+func (e snapshotRefusal) Unwrap() []error { return []error{e.err, ErrSnapshotRefused} }
 
 type resumeKey struct{}
 
@@ -61,26 +89,52 @@ func SnapshotResume(ctx context.Context) ([]byte, bool) {
 	return b, ok
 }
 
-// flushWriter buffers and flushes the response.
+// flushWriter buffers and flushes the response. The response's status
+// goes out with its first bytes: until then a failed snapshot can still
+// be answered with an error status.
 type flushWriter struct {
-	w *bufio.Writer
-	f http.Flusher
+	w       *bufio.Writer
+	rw      http.ResponseWriter
+	started bool
+}
+
+// startWriter is what the buffer writes to: it sends the status first.
+type startWriter struct{ f *flushWriter }
+
+func (s startWriter) Write(p []byte) (int, error) {
+	if !s.f.started {
+		s.f.started = true
+		s.f.rw.Header().Set("Content-Type", "application/octet-stream")
+		s.f.rw.WriteHeader(http.StatusOK)
+	}
+	return s.f.rw.Write(p)
 }
 
 func (f *flushWriter) Write(p []byte) (int, error) {
 	n, err := f.w.Write(p)
 	if err == nil && f.w.Buffered() == 0 {
-		f.f.Flush()
+		f.flushResponse()
 	}
 	return n, err
 }
 
+// Flush sends what is buffered (and the status, if nothing went yet).
 func (f *flushWriter) Flush() error {
+	if !f.started && f.w.Buffered() == 0 {
+		// An empty snapshot: the status alone.
+		_, _ = startWriter{f}.Write(nil)
+	}
 	if err := f.w.Flush(); err != nil {
 		return err
 	}
-	f.f.Flush()
+	f.flushResponse()
 	return nil
+}
+
+func (f *flushWriter) flushResponse() {
+	if fl, ok := f.rw.(http.Flusher); ok && f.started {
+		fl.Flush()
+	}
 }
 
 // Snapshot asks the peer for a consistent snapshot of itself and hands the
@@ -101,6 +155,10 @@ func (c *Client) Snapshot(ctx context.Context, resume []byte, load func(io.Reade
 		return fmt.Errorf("snapshot from %s: %w", c.cfg.Peer, err)
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode == http.StatusUnprocessableEntity {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+		return fmt.Errorf("snapshot from %s: %w: %s", c.cfg.Peer, ErrSnapshotRefused, strings.TrimSpace(string(b)))
+	}
 	if err := c.refusal(resp, "snapshot"); err != nil {
 		return err
 	}

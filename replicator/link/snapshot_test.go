@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,6 +66,44 @@ func TestSnapshotThatFailsMidwayBreaksTheStream(t *testing.T) {
 	})
 	if err == nil {
 		t.Fatal("a snapshot that failed midway read as complete")
+	}
+}
+
+// A snapshot the source refuses before it sent anything reaches the peer
+// as a refusal with its reason (the peer stops asking); one that fails
+// before it sent anything for another reason is answered 503 without the
+// error's text (it may name the source's database), and load never runs.
+// What the source buffered but did not send is not sent.
+func TestSnapshotRefusedOrFailedBeforeItBeganIsAnswered(t *testing.T) {
+	fail := func(err error) ServerConfig {
+		return ServerConfig{Outbox: newMemOutbox(), Cluster: cluster, Snapshot: func(_ context.Context, _ conflict.RegionID, w io.Writer) error {
+			if _, werr := w.Write([]byte("header frame, buffered")); werr != nil {
+				return werr
+			}
+			return err
+		}}
+	}
+	load := func(io.Reader) error { t.Fatal("a snapshot that never began was handed to load"); return nil }
+	ctx := context.Background()
+	refused := serveWith(t, fail(RefuseSnapshot(errors.New("the joining region loaded tables public.gone from this region before"))), TLSFiles{})
+	err := client(t, refused, secret, TLSFiles{}, cluster).Snapshot(ctx, nil, load)
+	if !errors.Is(err, ErrSnapshotRefused) || !strings.Contains(err.Error(), "loaded tables public.gone") {
+		t.Fatalf("refused snapshot: %v", err)
+	}
+	failed := serveWith(t, fail(errors.New("connect to user=replicator password=hunter2: refused")), TLSFiles{})
+	err = client(t, failed, secret, TLSFiles{}, cluster).Snapshot(ctx, nil, load)
+	if err == nil || errors.Is(err, ErrSnapshotRefused) || !strings.Contains(err.Error(), "HTTP 503") || strings.Contains(err.Error(), "hunter2") {
+		t.Fatalf("failed snapshot: %v", err)
+	}
+	// An empty snapshot is still a snapshot.
+	empty := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster, Snapshot: func(context.Context, conflict.RegionID, io.Writer) error { return nil }}, TLSFiles{})
+	var got []byte
+	if err := client(t, empty, secret, TLSFiles{}, cluster).Snapshot(ctx, nil, func(r io.Reader) error {
+		var err error
+		got, err = io.ReadAll(r)
+		return err
+	}); err != nil || len(got) != 0 {
+		t.Fatalf("empty snapshot: %d bytes, %v", len(got), err)
 	}
 }
 

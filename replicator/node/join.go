@@ -144,7 +144,8 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 }
 
 // loadedBefore reads what an earlier load committed, as the snapshot
-// request's resume parameter. Parts loaded from another region than
+// request's resume parameter (forgetting first what it loaded of tables
+// the region no longer replicates). Parts loaded from another region than
 // cfg.JoinFrom are refused: the load must end from the region it began
 // with (its rows and positions are that region's).
 func loadedBefore(ctx context.Context, cfg Config, log *slog.Logger) ([]byte, error) {
@@ -153,6 +154,13 @@ func loadedBefore(ctx context.Context, cfg Config, log *slog.Logger) ([]byte, er
 		return nil, err
 	}
 	defer conn.Close(context.Background())
+	forgotten, err := postgres.ForgetJoinParts(ctx, conn, cfg.TableNames())
+	if err != nil {
+		return nil, err
+	}
+	if len(forgotten) > 0 {
+		log.Warn("joining: tables loaded in part before are no longer replicated: the load goes on without them (their rows loaded so far stay, not replicated)", "tables", strings.Join(forgotten, ", "))
+	}
 	source, resume, rows, err := postgres.ReadJoinResume(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -250,10 +258,12 @@ func peerAccepts(ctx context.Context, cfg Config, p Peer) error {
 
 // retryJoin reports whether a failed load may succeed when tried again
 // (the link or the source failed) rather than being refused for good (the
-// configurations differ, credentials are wrong, the region is not new).
+// configurations differ, credentials are wrong, the region is not new,
+// the source refuses it).
 func retryJoin(err error) bool {
 	var mm *link.MismatchError
-	return !errors.As(err, &mm) && !errors.Is(err, link.ErrUnauthorized) && !errors.Is(err, link.ErrNotServed) && !errors.Is(err, postgres.ErrCannotJoin)
+	return !errors.As(err, &mm) && !errors.Is(err, link.ErrUnauthorized) && !errors.Is(err, link.ErrNotServed) &&
+		!errors.Is(err, link.ErrSnapshotRefused) && !errors.Is(err, postgres.ErrCannotJoin)
 }
 
 // joinProgress reports a load's progress on /health and, every 10 s, in
@@ -294,6 +304,9 @@ func snapshotFor(cfg Config, order *replicator.TableOrder, log *slog.Logger) fun
 			}
 		}
 		sum, err := postgres.WriteSnapshot(ctx, sc, w)
+		if errors.Is(err, postgres.ErrCannotJoin) {
+			return link.RefuseSnapshot(err)
+		}
 		if err != nil {
 			return err
 		}

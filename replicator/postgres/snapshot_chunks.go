@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -288,16 +287,4 @@ func splitUnits(tables []SnapshotTable, whole map[string]bool, resume SnapshotRe
 		}
 	}
 	return wholeTables, chunked, restart
-}
-
-// unknownTables names tables resume mentions that the snapshot does not
-// hold.
-func unknownTables(tables []SnapshotTable, resume SnapshotResume) []string {
-	var out []string
-	for _, t := range resume.Loaded() {
-		if !slices.ContainsFunc(tables, func(s SnapshotTable) bool { return s.Name == t }) {
-			out = append(out, t)
-		}
-	}
-	return out
 }

@@ -58,6 +58,39 @@ func ReadJoinResume(ctx context.Context, conn *pgx.Conn) (source string, resume 
 	return units[0].Source, resumeFrom(lu), rows, nil
 }
 
+// ForgetJoinParts forgets, before a load cut short goes on, the parts it
+// loaded of tables the region no longer replicates (the configuration
+// changed between two attempts): their units and recorded versions go, so
+// the next snapshot is asked for the replicated tables alone. The rows
+// loaded stay in their tables (nothing this region holds is deleted); they
+// are no longer replicated. It returns the tables forgotten.
+func ForgetJoinParts(ctx context.Context, conn *pgx.Conn, replicated []string) ([]string, error) {
+	var forgotten []string
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		rows, err := tx.Query(ctx, `SELECT DISTINCT t FROM polyregion.join_units, pg_catalog.unnest(tables) t
+			WHERE NOT t = ANY ($1::text[]) ORDER BY 1`, replicated)
+		if err != nil {
+			return err
+		}
+		if forgotten, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil || len(forgotten) == 0 {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `DELETE FROM polyregion.join_units WHERE NOT tables && $1::text[]`, replicated); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE polyregion.join_units SET tables = ARRAY(SELECT t FROM pg_catalog.unnest(tables) t WHERE t = ANY ($1::text[]))
+			WHERE tables && $2::text[]`, replicated, forgotten); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `DELETE FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`, forgotten)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("load snapshot: forget the parts of tables no longer replicated: %w", err)
+	}
+	return forgotten, nil
+}
+
 // begin opens the transaction of the next unit (of the whole load, for a
 // source that sends no units): the region's writers to the tables wait
 // until it commits, and the region is checked again under that pause.

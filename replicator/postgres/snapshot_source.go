@@ -72,6 +72,12 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 	if len(cfg.Tables) == 0 {
 		return sum, errors.New("snapshot: no replicated tables")
 	}
+	if cfg.Resume != nil {
+		// Before the writers are paused: asking again cannot help.
+		if unknown := cfg.Resume.Unknown(cfg.Tables); len(unknown) > 0 {
+			return sum, refuseJoin("the joining region loaded tables %s from this region before, which it does not replicate now (a region of this release forgets them before it asks)", strings.Join(unknown, ", "))
+		}
+	}
 	snap, err := Connect(ctx, cfg.ConnString)
 	if err != nil {
 		return sum, fmt.Errorf("snapshot: %w", err)
@@ -84,11 +90,6 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 	defer tx.Rollback(context.Background())
 	h.VersionColumns = versionColumns
 	h.Units = cfg.Resume != nil
-	if cfg.Resume != nil {
-		if unknown := unknownTables(h.Tables, *cfg.Resume); len(unknown) > 0 {
-			return sum, refuseJoin("the joining region loaded tables %s from this region before, which it does not replicate now", strings.Join(unknown, ", "))
-		}
-	}
 	if err := writeSnapshotJSON(w, frameHeader, h); err != nil {
 		return sum, fmt.Errorf("snapshot: send header: %w", err)
 	}

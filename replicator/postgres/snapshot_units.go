@@ -62,6 +62,17 @@ func (r SnapshotResume) Loaded() []string {
 	return out
 }
 
+// Unknown names the tables r holds rows of that tables does not list.
+func (r SnapshotResume) Unknown(tables []string) []string {
+	var out []string
+	for _, t := range r.Loaded() {
+		if !slices.Contains(tables, t) {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
 // loadedUnit is a committed unit as join_units records it.
 type loadedUnit struct {
 	Tables    []string

@@ -89,7 +89,7 @@ func TestUnitsSplitTablesWholeAndInChunks(t *testing.T) {
 	if !reflect.DeepEqual(restart, map[string]bool{"public.log": true}) {
 		t.Fatalf("restart %v", restart)
 	}
-	if got := unknownTables(tables, SnapshotResume{Done: []string{"public.gone"}}); !reflect.DeepEqual(got, []string{"public.gone"}) {
+	if got := (SnapshotResume{Done: []string{"public.gone", "public.big"}, After: map[string][]string{"public.log": {"9"}}}).Unknown([]string{"public.big", "public.log"}); !reflect.DeepEqual(got, []string{"public.gone"}) {
 		t.Fatalf("unknown %v", got)
 	}
 }
