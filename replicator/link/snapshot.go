@@ -150,6 +150,10 @@ func (c *Client) Snapshot(ctx context.Context, resume []byte, load func(io.Reade
 	if resume != nil {
 		q.Set("resume", string(resume))
 	}
+	// The source answers with its first bytes, after it took the snapshot:
+	// the wait for them is bounded like any silence of the stream.
+	idle := time.AfterFunc(SnapshotIdleTimeout, cancel)
+	defer idle.Stop()
 	resp, err := c.request(ctx, http.MethodGet, "/v1/snapshot", q)
 	if err != nil {
 		return fmt.Errorf("snapshot from %s: %w", c.cfg.Peer, err)
@@ -162,8 +166,7 @@ func (c *Client) Snapshot(ctx context.Context, resume []byte, load func(io.Reade
 	if err := c.refusal(resp, "snapshot"); err != nil {
 		return err
 	}
-	idle := time.AfterFunc(SnapshotIdleTimeout, cancel)
-	defer idle.Stop()
+	idle.Reset(SnapshotIdleTimeout)
 	return load(&watchedReader{r: resp.Body, idle: idle})
 }
 

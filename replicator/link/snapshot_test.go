@@ -133,4 +133,23 @@ func TestSnapshotThatGoesSilentIsEnded(t *testing.T) {
 	if err == nil || time.Since(start) > 10*time.Second {
 		t.Fatalf("silent source: %v after %s", err, time.Since(start))
 	}
+	// Silent before its first byte (its status goes out with it): the
+	// wait for the answer is bounded the same way.
+	mute := serveWith(t, ServerConfig{Outbox: newMemOutbox(), Cluster: cluster, Snapshot: func(ctx context.Context, _ conflict.RegionID, w io.Writer) error {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	}}, TLSFiles{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	start = time.Now()
+	err = client(t, mute, secret, TLSFiles{}, cluster).Snapshot(ctx, nil, func(r io.Reader) error {
+		t.Error("a source that sent nothing was handed to load")
+		return nil
+	})
+	if err == nil || time.Since(start) > 10*time.Second {
+		t.Fatalf("source silent before its first byte: %v after %s", err, time.Since(start))
+	}
 }
