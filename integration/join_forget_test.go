@@ -36,14 +36,7 @@ func TestACutLoadGoesOnWithoutATableNoLongerReplicated(t *testing.T) {
 	mustExec(t, ctx, us, `INSERT INTO public.a_kept SELECT g, 'kept' FROM pg_catalog.generate_series(1, 1000) g`)
 	mustExec(t, ctx, us, `INSERT INTO public.b_items SELECT g, md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, items)
 	mustExec(t, ctx, us, `INSERT INTO public.c_logs SELECT g, 'log' FROM pg_catalog.generate_series(1, 500) g`)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	usDSN, euDSN := us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
-	conn := prepareJoiner(t, ctx, euDSN, names)
+	conn, usDSN, euDSN := startJoinInProcess(t, ctx, us, eu, names)
 	if err := loadInProcess(ctx, conn, usDSN, euDSN, names, &postgres.SnapshotResume{}, 2); err == nil {
 		t.Fatal("a load cut after two units succeeded")
 	}

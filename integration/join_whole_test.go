@@ -28,15 +28,8 @@ func TestACutLoadFinishedFromASourceThatSendsNoUnits(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
 	mustExec(t, ctx, us, `INSERT INTO public.items SELECT g, md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, rows)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	usDSN, euDSN := us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
 	names := []string{"public.items"}
-	conn := prepareJoiner(t, ctx, euDSN, names)
+	conn, usDSN, euDSN := startJoinInProcess(t, ctx, us, eu, names)
 	load := func(resume *postgres.SnapshotResume, cutAfterUnits int64) error {
 		return loadInProcess(ctx, conn, usDSN, euDSN, names, resume, cutAfterUnits)
 	}
@@ -83,12 +76,20 @@ func TestACutLoadFinishedFromASourceThatSendsNoUnits(t *testing.T) {
 	}
 }
 
-// prepareJoiner prepares eu as its replicator does before it loads (its
-// schema, slot, origins and the functions it applies rows through as
-// their owner) and returns a session of the replicator's role there,
-// closed when the test ends.
-func prepareJoiner(t *testing.T, ctx context.Context, euDSN string, names []string) *pgx.Conn {
+// startJoinInProcess starts us's replicator and prepares eu as its
+// replicator does before it loads (its schema, slot, origins and the
+// functions it applies rows through as their owner), for a load run in
+// the test's process. It returns a session of the replicator's role in
+// eu, closed when the test ends, and both regions' connection strings.
+func startJoinInProcess(t *testing.T, ctx context.Context, us, eu *Region, names []string) (conn *pgx.Conn, usDSN, euDSN string) {
 	t.Helper()
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	usDSN, euDSN = us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
 	conn, err := postgres.Connect(ctx, euDSN)
 	if err != nil {
 		t.Fatal(err)
@@ -97,7 +98,7 @@ func prepareJoiner(t *testing.T, ctx context.Context, euDSN string, names []stri
 	if _, err := postgres.Prepare(ctx, conn, "eu", names, nil, []string{"us"}); err != nil {
 		t.Fatal(err)
 	}
-	return conn
+	return conn, usDSN, euDSN
 }
 
 // loadInProcess loads eu (through conn, euDSN) from a snapshot of us
@@ -155,15 +156,9 @@ func TestALoadInUnitsSendsTiedAndParkedTablesWhole(t *testing.T) {
 	mustExec(t, ctx, us, `INSERT INTO public.child SELECT g, g % 10 + 1 FROM pg_catalog.generate_series(1, 100) g`)
 	mustExec(t, ctx, us, `INSERT INTO public.items SELECT g, 'item' FROM pg_catalog.generate_series(1, 5000) g`)
 	mustExec(t, ctx, us, `INSERT INTO public.logs SELECT g, 'log' FROM pg_catalog.generate_series(1, 10) g`)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	conn, usDSN, euDSN := startJoinInProcess(t, ctx, us, eu, names)
 	// A change us parked (from a region that is not there), not due for a
 	// retry while the test runs.
-	usDSN, euDSN := us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
 	usConn, err := postgres.Connect(ctx, usDSN)
 	if err != nil {
 		t.Fatal(err)
@@ -173,7 +168,6 @@ func TestALoadInUnitsSendsTiedAndParkedTablesWhole(t *testing.T) {
 		VALUES ('ap', 7, 'public.logs', '["3"]', '{}', '{}', 'parked by the test', pg_catalog.now() + interval '1 day')`); err != nil {
 		t.Fatal(err)
 	}
-	conn := prepareJoiner(t, ctx, euDSN, names)
 	if err := loadInProcess(ctx, conn, usDSN, euDSN, names, &postgres.SnapshotResume{}, 0); err != nil {
 		t.Fatal(err)
 	}

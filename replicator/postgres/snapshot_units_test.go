@@ -40,13 +40,14 @@ func TestJoinStartIsTheEarliestPositionAndReplayTheLatest(t *testing.T) {
 // in chunks the last key of its last chunk; a whole unit after chunks of a
 // table (it went whole since) makes it done.
 func TestResumeFollowsTheCommittedUnits(t *testing.T) {
-	r := resumeFrom([]loadedUnit{
+	units := []loadedUnit{
 		{Tables: []string{"public.a", "public.b"}},
 		{Tables: []string{"public.big"}, After: []string{"100"}},
 		{Tables: []string{"public.big"}, After: []string{"200"}},
 		{Tables: []string{"public.other"}, After: []string{"x", "1"}},
 		{Tables: []string{"public.other"}},
-	})
+	}
+	r := resumeFrom(units)
 	if !reflect.DeepEqual(r.Done, []string{"public.a", "public.b", "public.other"}) {
 		t.Fatalf("done %v", r.Done)
 	}
@@ -60,8 +61,8 @@ func TestResumeFollowsTheCommittedUnits(t *testing.T) {
 		t.Fatal("Empty wrong")
 	}
 	// A unit committed later adds to it: the last chunk makes its table
-	// done.
-	again := r
+	// done. (A resume of its own: r's After map is not shared.)
+	again := resumeFrom(units)
 	again.add(loadedUnit{Tables: []string{"public.big"}})
 	if !reflect.DeepEqual(again.Done, []string{"public.a", "public.b", "public.big", "public.other"}) || len(again.After) != 0 {
 		t.Fatalf("after the last chunk: %+v", again)
