@@ -171,23 +171,43 @@ func TestWhichTransactionsAreVisible(t *testing.T) {
 	}
 	defer us.Cluster.Exec(context.Background(), "postgres", `ALTER SYSTEM RESET synchronous_standby_names`, `SELECT pg_catalog.pg_reload_conf()`)
 	awaitSetting(t, ctx, open, "synchronous_standby_names", "nobody")
-	if _, err := open.Exec(ctx, `BEGIN`); err != nil {
-		t.Fatal(err)
+	// The session takes the setting before the server's checkpointer
+	// marks standbys as defined, and until then a commit does not wait:
+	// commit rows until one waits.
+	waiting := func() bool {
+		return queryInt(t, ctx, us, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE wait_event = 'SyncRep'`) > 0
 	}
-	second := xidOf()
-	if _, err := open.Exec(ctx, `INSERT INTO public.t VALUES (1)`); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() {
-		_, err := open.Exec(ctx, `COMMIT`)
-		done <- err
-	}()
-	for queryInt(t, ctx, us, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE wait_event = 'SyncRep'`) == 0 {
-		select {
-		case err := <-done:
-			t.Fatalf("the commit ended without waiting for the standby: %v", err)
-		case <-time.After(10 * time.Millisecond):
+	var second uint32
+	var done chan error
+	for row := 1; second == 0; row++ {
+		if row > 200 {
+			t.Fatal("no commit waited for the standby in 200 tries")
+		}
+		if _, err := open.Exec(ctx, `BEGIN`); err != nil {
+			t.Fatal(err)
+		}
+		xid := xidOf()
+		if _, err := open.Exec(ctx, `INSERT INTO public.t VALUES ($1)`, row); err != nil {
+			t.Fatal(err)
+		}
+		done = make(chan error, 1)
+		go func() {
+			_, err := open.Exec(ctx, `COMMIT`)
+			done <- err
+		}()
+		committed := false
+		for !committed && !waiting() {
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Fatal(err)
+				}
+				committed = true // without waiting: try another row
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if !committed {
+			second = xid
 		}
 	}
 	if visible(second) {
