@@ -21,6 +21,11 @@ import (
 type Watermark struct {
 	Applied   map[conflict.RegionID]int64 `json:"applied"`
 	Versioned int64                       `json:"versioned"`
+	// Settled is, per origin, how far the region has settled that
+	// origin's deletes (its recorded tombstone floors): a tombstone is
+	// collected once every member's floor covers it. Absent from a region
+	// of an earlier release, which holds every collection up.
+	Settled map[string]int64 `json:"settled,omitempty"`
 }
 
 // tombstones trims the outbox of what every peer acknowledged, and
@@ -151,7 +156,16 @@ func (g *tombstones) round(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	own, _ := json.Marshal(Watermark{Applied: applied, Versioned: versioned})
+	w := Watermark{Applied: applied, Versioned: versioned}
+	if current {
+		w.Settled, err = postgres.RaiseTombstoneFloors(ctx, conn, g.settledHere(adverts, applied, versioned))
+	} else {
+		w.Settled, err = postgres.TombstoneFloors(ctx, conn)
+	}
+	if err != nil {
+		return err
+	}
+	own, _ := json.Marshal(w)
 	g.mu.Lock()
 	g.own = own
 	g.mu.Unlock()
@@ -168,13 +182,34 @@ func (g *tombstones) round(ctx context.Context) error {
 	if len(tables) == 0 {
 		return nil
 	}
-	// How far each origin's writes are settled everywhere: its tombstones,
-	// and siblings it wrote, up to there can no longer meet a concurrent write.
+	collect := g.settledEverywhere(adverts, w.Settled)
+	for _, origin := range g.cfg.Cluster.Regions {
+		safe := collect[string(origin)]
+		if safe == 0 {
+			continue
+		}
+		n, err := postgres.CollectTombstones(ctx, conn, tables, string(origin), safe, collect)
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			g.log.Debug("tombstones collected", "origin", string(origin), "up_to_seq", safe, "count", n)
+		}
+	}
+	return nil
+}
+
+// settledHere is, per origin, how far this region has settled the
+// origin's deletes: their tombstones, and siblings the origin wrote, up to
+// there can no longer meet a concurrent write here. Its own deletes are
+// settled no further than it has versioned (with no other member, that
+// far: a region that joins later loads a snapshot that holds them).
+func (g *tombstones) settledHere(adverts map[conflict.RegionID]Watermark, applied map[conflict.RegionID]int64, versioned int64) map[string]int64 {
 	safeFor := map[string]int64{}
 	for _, origin := range g.cfg.Cluster.Regions {
 		safe := int64(math.MaxInt64)
 		for _, r := range g.cfg.Cluster.Regions {
-			if r == g.cfg.Region || r == origin || (g.removed != nil && g.removed(r)) {
+			if r == g.cfg.Region || r == origin || g.gone(r) {
 				continue
 			}
 			w, ok := adverts[r]
@@ -189,24 +224,36 @@ func (g *tombstones) round(ctx context.Context) error {
 			// parked here (an insert behind the delete whose tombstone
 			// this is) would otherwise bring the row back when retried.
 			safe = min(safe, applied[origin])
+		} else {
+			safe = min(safe, versioned)
 		}
 		safeFor[string(origin)] = safe
 	}
-	for _, origin := range g.cfg.Cluster.Regions {
-		safe := safeFor[string(origin)]
-		if safe == 0 {
-			continue
-		}
-		n, err := postgres.CollectTombstones(ctx, conn, tables, string(origin), safe, safeFor)
-		if err != nil {
-			return err
-		}
-		if n > 0 {
-			g.log.Debug("tombstones collected", "origin", string(origin), "up_to_seq", safe, "count", n)
-		}
-	}
-	return nil
+	return safeFor
 }
+
+// settledEverywhere is, per origin, how far every member has settled its
+// deletes (each member's recorded floor; this region's is own): a
+// tombstone is collected only then, so that when this region writes its
+// key again, every other region takes that first write as following the
+// delete (see postgres.SupersedesSettled).
+func (g *tombstones) settledEverywhere(adverts map[conflict.RegionID]Watermark, own map[string]int64) map[string]int64 {
+	out := map[string]int64{}
+	for _, origin := range g.cfg.Cluster.Regions {
+		safe := own[string(origin)]
+		for _, r := range g.cfg.Cluster.Regions {
+			if r == g.cfg.Region || g.gone(r) {
+				continue
+			}
+			safe = min(safe, adverts[r].Settled[string(origin)])
+		}
+		out[string(origin)] = safe
+	}
+	return out
+}
+
+// gone reports whether the cluster removed region r.
+func (g *tombstones) gone(r conflict.RegionID) bool { return g.removed != nil && g.removed(r) }
 
 // keepOutbox caps the outbox, reads what the peers said (their watermarks
 // and acknowledgements), then confirms the membership current and, if it

@@ -37,8 +37,17 @@ func (a *Applier) tableEpochs(table string) conflict.Epochs {
 // the writes it needs.
 func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.Txn, sh replicator.Shape, c *replicator.Change, s *rowState) error {
 	epochs := a.tableEpochs(sh.Table)
+	gone, err := a.settledTombstone(ctx, ex, sh, c, s)
+	if err != nil {
+		return err
+	}
+	if gone {
+		// As if the tombstone were collected, as it is where the write was
+		// made: the version tuple stays, to be written over.
+		s.meta = &meta{tupleXmin: s.meta.tupleXmin}
+	}
 	local := s.version()
-	localExists := s.exists || s.meta != nil
+	localExists := s.exists || (s.meta != nil && !gone)
 	d := conflict.DecideAt(epochs, local, localExists, c.Version, c.Op)
 	// The policy of the epoch that ranks the writes (what merges is the
 	// same in every epoch).

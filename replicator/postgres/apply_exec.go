@@ -43,6 +43,9 @@ type executor struct {
 	ops []op
 	n   int
 	xid uint32 // this transaction's xid, once asked for
+	// floors are the region's tombstone floors, once a change needed them
+	// (see settledTombstone).
+	floors map[string]int64
 	// unlockedKeys: a version is to be written for a key whose row was
 	// absent when read; waitReader then runs before versions are written
 	// (see flush). deferred holds, in careful mode, the version writes of

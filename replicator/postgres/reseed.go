@@ -286,7 +286,7 @@ func PrepareReseed(ctx context.Context, p ReseedPlan) (map[string]int64, error) 
 			return nil, fmt.Errorf("reseed: %w", err)
 		}
 	}
-	for _, q := range []string{`DELETE FROM polyregion.applied`, `DELETE FROM polyregion.joined`, `DELETE FROM polyregion.slot_lost`, `DELETE FROM polyregion.join_units`, `DELETE FROM polyregion.join_replay`} {
+	for _, q := range []string{`DELETE FROM polyregion.applied`, `DELETE FROM polyregion.joined`, `DELETE FROM polyregion.slot_lost`, `DELETE FROM polyregion.join_units`, `DELETE FROM polyregion.join_replay`, `DELETE FROM polyregion.tombstone_floor`} {
 		if _, err := tx.Exec(ctx, q); err != nil {
 			return nil, fmt.Errorf("reseed: %w", err)
 		}

@@ -233,6 +233,13 @@ var schemaDDL = []string{
 		began_lsn pg_lsn NOT NULL,
 		rows      bigint NOT NULL DEFAULT 0,
 		began_at  timestamptz NOT NULL DEFAULT now())`,
+	// tombstone_floor: per origin region, how far this region has settled
+	// its deletes (see RaiseTombstoneFloors): every write concurrent with
+	// one of them, or before it, has been applied here. It only rises.
+	`CREATE TABLE IF NOT EXISTS polyregion.tombstone_floor (
+		origin     text PRIMARY KEY,
+		seq        bigint NOT NULL,
+		updated_at timestamptz NOT NULL DEFAULT now())`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,

@@ -71,6 +71,11 @@ type SnapshotHeader struct {
 	// (asked for with a SnapshotResume; absent from sources that predate
 	// them, which send it whole).
 	Units bool `json:"units,omitempty"`
+	// TombstoneFloors are Source's tombstone floors at the snapshot
+	// (absent from sources that predate them): every write concurrent
+	// with a delete they cover is in the snapshot, so the joining region
+	// starts with them.
+	TombstoneFloors map[string]int64 `json:"tombstone_floors,omitempty"`
 }
 
 // SnapshotPosition is one source region's position.

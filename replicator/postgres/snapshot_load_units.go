@@ -238,6 +238,9 @@ func (l *loader) finish(ctx context.Context) error {
 	if _, err := l.tx.Exec(ctx, `DELETE FROM polyregion.join_replay`); err != nil {
 		return fmt.Errorf("load snapshot: %w", err)
 	}
+	if err := setTombstoneFloors(ctx, l.tx, l.h.TombstoneFloors); err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
 	for _, p := range start {
 		if replay[p.Region] > p.Seq {
 			if _, err := l.tx.Exec(ctx, `INSERT INTO polyregion.join_replay (source, seq) VALUES ($1, $2)`, p.Region, replay[p.Region]); err != nil {

@@ -457,6 +457,9 @@ func readSnapshotHeader(ctx context.Context, tx pgx.Tx, order []string, h *Snaps
 	if err := rows.Err(); err != nil {
 		return fmt.Errorf("snapshot: applied positions: %w", err)
 	}
+	if h.TombstoneFloors, err = TombstoneFloors(ctx, tx); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
+	}
 	for _, t := range order {
 		st := SnapshotTable{Name: t}
 		cols, err := copiedColumns(ctx, tx, t)
