@@ -43,7 +43,7 @@ func RaiseTombstoneFloors(ctx context.Context, conn *pgx.Conn, floors map[string
 	}
 	_, err = conn.Exec(ctx, `INSERT INTO polyregion.tombstone_floor AS f (origin, seq)
 		SELECT key, value::bigint FROM pg_catalog.jsonb_each_text($1::jsonb) WHERE value::bigint > 0
-		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, updated_at = now() WHERE f.seq < excluded.seq`, string(raise))
+		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, updated_at = pg_catalog.now() WHERE f.seq < excluded.seq`, string(raise))
 	if err != nil {
 		return nil, fmt.Errorf("raise tombstone floors: %w", err)
 	}
