@@ -25,6 +25,7 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/replicator"
@@ -34,18 +35,8 @@ import (
 // origin's floor as it is) and returns every floor now recorded. A floor
 // never goes down.
 func RaiseTombstoneFloors(ctx context.Context, conn *pgx.Conn, floors map[string]int64) (map[string]int64, error) {
-	if floors == nil {
-		floors = map[string]int64{}
-	}
-	raise, err := json.Marshal(floors)
-	if err != nil {
-		return nil, fmt.Errorf("raise tombstone floors: %w", err)
-	}
-	_, err = conn.Exec(ctx, `INSERT INTO polyregion.tombstone_floor AS f (origin, seq)
-		SELECT key, value::bigint FROM pg_catalog.jsonb_each_text($1::jsonb) WHERE value::bigint > 0
-		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, updated_at = pg_catalog.now() WHERE f.seq < excluded.seq`, string(raise))
-	if err != nil {
-		return nil, fmt.Errorf("raise tombstone floors: %w", err)
+	if err := raiseFloors(ctx, conn, floors); err != nil {
+		return nil, err
 	}
 	return TombstoneFloors(ctx, conn)
 }
@@ -54,19 +45,28 @@ func RaiseTombstoneFloors(ctx context.Context, conn *pgx.Conn, floors map[string
 // snapshot a region loads (none from a source that predates them): the
 // region's rows are the snapshot's.
 func setTombstoneFloors(ctx context.Context, tx pgx.Tx, floors map[string]int64) error {
-	if floors == nil {
-		floors = map[string]int64{}
-	}
-	set, err := json.Marshal(floors)
-	if err != nil {
-		return fmt.Errorf("tombstone floors: %w", err)
-	}
 	if _, err := tx.Exec(ctx, `DELETE FROM polyregion.tombstone_floor`); err != nil {
 		return fmt.Errorf("tombstone floors: %w", err)
 	}
-	if _, err := tx.Exec(ctx, `INSERT INTO polyregion.tombstone_floor (origin, seq)
-		SELECT key, value::bigint FROM pg_catalog.jsonb_each_text($1::jsonb) WHERE value::bigint > 0`, string(set)); err != nil {
-		return fmt.Errorf("tombstone floors: %w", err)
+	return raiseFloors(ctx, tx, floors)
+}
+
+// raiseFloors raises the recorded floors to floors where they are lower.
+func raiseFloors(ctx context.Context, q interface {
+	Exec(context.Context, string, ...any) (pgconn.CommandTag, error)
+}, floors map[string]int64) error {
+	if floors == nil {
+		floors = map[string]int64{}
+	}
+	raise, err := json.Marshal(floors)
+	if err != nil {
+		return fmt.Errorf("raise tombstone floors: %w", err)
+	}
+	_, err = q.Exec(ctx, `INSERT INTO polyregion.tombstone_floor AS f (origin, seq)
+		SELECT key, value::bigint FROM pg_catalog.jsonb_each_text($1::jsonb) WHERE value::bigint > 0
+		ON CONFLICT (origin) DO UPDATE SET seq = excluded.seq, updated_at = pg_catalog.now() WHERE f.seq < excluded.seq`, string(raise))
+	if err != nil {
+		return fmt.Errorf("raise tombstone floors: %w", err)
 	}
 	return nil
 }
