@@ -2,10 +2,12 @@ package integration
 
 import (
 	"context"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
 
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
@@ -57,23 +59,7 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 	if _, err := hold.Exec(ctx, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1 FOR UPDATE`, key); err != nil {
 		t.Fatal(err)
 	}
-	waiting := func(n int64) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			var got int64
-			if err := hold.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'`, AppDB).Scan(&got); err != nil {
-				t.Fatal(err)
-			}
-			if got >= n {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d sessions wait for a lock, want %d", got, n)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}
+	waiting := func(n int64) { t.Helper(); waitLockWaiters(t, ctx, hold, n) }
 	// us re-inserts it (after its delete); eu, which saw only the first
 	// insert, deletes it later by the clock: concurrent with both, and the
 	// last writer.
@@ -116,6 +102,121 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 	if rows != 0 || tombstones != 1 {
 		t.Fatalf("after us's re-insert and eu's later concurrent delete: %d rows and %d tombstones, want 0 and 1 (a row recorded as deleted survives)", rows, tombstones)
 	}
+}
+
+// waitLockWaiters waits until n sessions of the application database wait
+// for a lock.
+func waitLockWaiters(t *testing.T, ctx context.Context, conn *pgx.Conn, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var got int64
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'`, AppDB).Scan(&got); err != nil {
+			t.Fatal(err)
+		}
+		if got >= n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions wait for a lock, want %d", got, n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAppliersOfTwoSourcesWriteAnAbsentKeyInTurn: us and eu both write
+// again a row deleted here, at once. The row is absent: neither applier
+// can lock it. Before key locks, eu read it absent while us's insert was
+// not committed, inserted it too, and its batch failed ("affected 0 rows,
+// a local write raced the apply") to be tried again; under a steady stream
+// of such keys from several sources, a region's batches kept failing
+// against each other (a region catching up from three sources did not
+// catch up). Now eu waits for us's commit and decides on top of us's row:
+// both batches commit at their first attempt, and the last writer's row
+// is the one kept. us's batch writes again 1 key (locked alone) or 300
+// (past the 256 a transaction locks one by one: it takes the wide lock).
+func TestAppliersOfTwoSourcesWriteAnAbsentKeyInTurn(t *testing.T) {
+	t.Run("one key", func(t *testing.T) { appliersWriteAnAbsentKeyInTurn(t, 1) })
+	t.Run("300 keys", func(t *testing.T) { appliersWriteAnAbsentKeyInTurn(t, 300) })
+}
+
+func appliersWriteAnAbsentKeyInTurn(t *testing.T, n int) {
+	b := startApplierBench(t, []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.kv"})
+	ctx, ap, sh := b.ctx, b.ap, b.shapes["public.kv"]
+	fromUS, fromEU := b.applier(t, "us", postgres.ApplierConfig{}), b.applier(t, "eu", postgres.ApplierConfig{})
+	ts := func(ms int64) conflict.Timestamp { return conflict.MakeTimestamp(1_700_000_000_000+ms, 0) }
+	// us's transaction seq writes every key; its version is {us: seq}.
+	usTxn := func(seq int, op conflict.Op) []*replicator.Txn {
+		t := &replicator.Txn{Origin: "us", Seq: replicator.Seq(seq), LSN: "0/1", Shapes: []replicator.Shape{sh}}
+		for id := 1; id <= n; id++ {
+			c := replicator.Change{Op: op, Key: fmt.Sprintf(`["%d"]`, id),
+				Version: conflict.Version{Vector: conflict.Vector{"us": uint64(seq)}, HLC: ts(int64(seq)), Origin: "us", Deleted: op == conflict.OpDelete}}
+			if op != conflict.OpDelete {
+				c.Row = []replicator.Value{{Text: fmt.Sprint(id)}, {Text: fmt.Sprintf("us %d", seq)}}
+			}
+			t.Changes = append(t.Changes, c)
+		}
+		return []*replicator.Txn{t}
+	}
+	// us inserts the rows and deletes them; eu has seen both.
+	for seq, op := range []conflict.Op{conflict.OpInsert, conflict.OpDelete} {
+		if _, err := fromUS.Apply(ctx, usTxn(seq+1, op)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A session holds row 1's tombstone: us's applier has inserted the
+	// rows again and waits to write their versions when eu's starts.
+	const key = `["1"]`
+	hold, err := ap.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hold.Close(context.Background())
+	if _, err := hold.Exec(ctx, `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.Exec(ctx, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1 FOR UPDATE`, key); err != nil {
+		t.Fatal(err)
+	}
+	usErr := make(chan error, 1)
+	go func() {
+		_, err := fromUS.Apply(ctx, usTxn(3, conflict.OpInsert))
+		usErr <- err
+	}()
+	waitLockWaiters(t, ctx, hold, 1)
+	// eu writes row 1 again after us's delete, concurrently with us's
+	// second insert and later by the clock: the last writer.
+	euErr := make(chan error, 1)
+	go func() {
+		_, err := fromEU.Apply(ctx, []*replicator.Txn{{Origin: "eu", Seq: 1, LSN: "0/1", Shapes: []replicator.Shape{sh},
+			Changes: []replicator.Change{{Op: conflict.OpInsert, Key: key, Row: []replicator.Value{{Text: "1"}, {Text: "eu 1"}},
+				Version: conflict.Version{Vector: conflict.Vector{"us": 2, "eu": 1}, HLC: ts(4), Origin: "eu"}}}}})
+		euErr <- err
+	}()
+	waitLockWaiters(t, ctx, hold, 2)
+	if _, err := hold.Exec(ctx, `COMMIT`); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-usErr; err != nil {
+		t.Fatalf("us's batch: %v", err)
+	}
+	if err := <-euErr; err != nil {
+		t.Fatalf("eu's batch failed at its first attempt: %v", err)
+	}
+	var v, vv string
+	var others, live int64
+	if err := hold.QueryRow(ctx, `SELECT k.v, m.vv, (SELECT count(*) FROM public.kv WHERE id > 1 AND v = 'us 3'),
+		(SELECT count(*) FROM polyregion.row_version WHERE tbl = 'public.kv' AND NOT deleted)
+		FROM public.kv k, polyregion.row_version m WHERE k.id = 1 AND m.tbl = 'public.kv' AND m.key = $1 AND NOT m.deleted`, key).Scan(&v, &vv, &others, &live); err != nil {
+		t.Fatal(err)
+	}
+	if v != "eu 1" {
+		t.Fatalf("row 1 holds %q, want eu's (the last writer's) %q", v, "eu 1")
+	}
+	if others != int64(n-1) || live != int64(n) {
+		t.Fatalf("%d of the other %d rows hold us's second insert and %d live versions, want all and %d", others, n-1, live, n)
+	}
+	t.Logf("row 1 kept %q with version %s", v, vv)
 }
 
 // TestAppliedInsertAfterUnversionedLocalDelete: a row inserted and deleted

@@ -166,6 +166,13 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	if err != nil {
 		return 0, err
 	}
+	// Keys read absent are held by nothing: the appliers of other sources
+	// are kept off those deleted here (see key_locks.go).
+	if !ex.noFold {
+		if err := a.lockAbsent(ctx, ex, shapeOf, states); err != nil {
+			return 0, err
+		}
+	}
 	if open {
 		ex.open = "read_rows"
 	}
