@@ -48,17 +48,7 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 	}
 	// A session holds the tombstone's version so both appliers reach it
 	// before either commits.
-	hold, err := ap.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close(context.Background())
-	if _, err := hold.Exec(ctx, `BEGIN`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hold.Exec(ctx, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1 FOR UPDATE`, key); err != nil {
-		t.Fatal(err)
-	}
+	hold := holdLocks(t, ctx, ap, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1 FOR UPDATE`, key)
 	waiting := func(n int64) { t.Helper(); waitLockWaiters(t, ctx, hold, n) }
 	// us re-inserts it (after its delete); eu, which saw only the first
 	// insert, deletes it later by the clock: concurrent with both, and the
@@ -85,7 +75,7 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 		t.Fatal(err)
 	}
 	// As the follower does: a retryable error applies the batch again.
-	err = <-euErr
+	err := <-euErr
 	for attempt := 1; err != nil; attempt++ {
 		if !postgres.IsRetryable(err) || attempt > 5 {
 			t.Fatal(err)
@@ -102,6 +92,24 @@ func TestConcurrentAppliersOnADeletedRow(t *testing.T) {
 	if rows != 0 || tombstones != 1 {
 		t.Fatalf("after us's re-insert and eu's later concurrent delete: %d rows and %d tombstones, want 0 and 1 (a row recorded as deleted survives)", rows, tombstones)
 	}
+}
+
+// holdLocks opens a session of r that begins a transaction and runs sql
+// in it (taking the locks sql takes); closed when the test ends.
+func holdLocks(t *testing.T, ctx context.Context, r *Region, sql string, args ...any) *pgx.Conn {
+	t.Helper()
+	hold, err := r.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hold.Close(context.Background()) })
+	if _, err := hold.Exec(ctx, `BEGIN`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := hold.Exec(ctx, sql, args...); err != nil {
+		t.Fatal(err)
+	}
+	return hold
 }
 
 // waitLockWaiters waits until n sessions of the application database wait
@@ -167,17 +175,7 @@ func appliersWriteAnAbsentKeyInTurn(t *testing.T, n int) {
 	// A session holds row 1's tombstone: us's applier has inserted the
 	// rows again and waits to write their versions when eu's starts.
 	const key = `["1"]`
-	hold, err := ap.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close(context.Background())
-	if _, err := hold.Exec(ctx, `BEGIN`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hold.Exec(ctx, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1 FOR UPDATE`, key); err != nil {
-		t.Fatal(err)
-	}
+	hold := holdLocks(t, ctx, ap, `SELECT FROM polyregion.row_version WHERE tbl = 'public.kv' AND key = $1 FOR UPDATE`, key)
 	usErr := make(chan error, 1)
 	go func() {
 		_, err := fromUS.Apply(ctx, usTxn(3, conflict.OpInsert))

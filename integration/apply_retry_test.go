@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -52,17 +51,7 @@ func TestAFailedBatchReadsItsRowsWhenRetriedInParts(t *testing.T) {
 	}
 	// An application holds row 1: the batch's lock wait times out, and
 	// the applier goes on two source transactions at a time.
-	hold, err := ap.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer hold.Close(context.Background())
-	if _, err := hold.Exec(ctx, `BEGIN`); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := hold.Exec(ctx, `SELECT FROM public.kv WHERE id = 1 FOR UPDATE`); err != nil {
-		t.Fatal(err)
-	}
+	hold := holdLocks(t, ctx, ap, `SELECT FROM public.kv WHERE id = 1 FOR UPDATE`)
 	if _, err := fromUS.Apply(ctx, batch); err == nil || !postgres.IsRetryable(err) {
 		t.Fatalf("apply while row 1 is held: %v, want a lock timeout", err)
 	}
