@@ -231,16 +231,26 @@ func unversioned(s *rowState) bool {
 // tables in that order.
 func (a *Applier) readRowsAndVersions(ctx context.Context, tx pgx.Tx, shapes map[string]replicator.Shape, byTable map[string][]string, keys []metaKey, states map[metaKey]*rowState) (map[metaKey]*meta, error) {
 	var b pgx.Batch
-	if err := a.queueTablesRows(&b, shapes, byTable, states); err != nil {
+	metas, err := a.queueRowsAndVersions(&b, shapes, byTable, keys, states)
+	if err != nil {
+		return nil, err
+	}
+	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
+		return nil, fmt.Errorf("apply: read rows and their versions: %w", err)
+	}
+	return metas, nil
+}
+
+// queueRowsAndVersions queues readRowsAndVersions's reads in b; the map
+// it returns holds the versions once b has run.
+func (a *Applier) queueRowsAndVersions(b *pgx.Batch, shapes map[string]replicator.Shape, byTable map[string][]string, keys []metaKey, states map[metaKey]*rowState) (map[metaKey]*meta, error) {
+	if err := a.queueTablesRows(b, shapes, byTable, states); err != nil {
 		return nil, err
 	}
 	metas := make(map[metaKey]*meta, len(keys))
 	if len(keys) > 0 {
 		sql, args := metaQuery(keys, false, "")
 		b.Queue(sql, args...).Query(func(rows pgx.Rows) error { return scanMetas(rows, metas) })
-	}
-	if err := tx.SendBatch(ctx, &b).Close(); err != nil {
-		return nil, fmt.Errorf("apply: read rows and their versions: %w", err)
 	}
 	return metas, nil
 }

@@ -16,27 +16,27 @@ import (
 
 // An applier locks the rows it reads (FOR UPDATE), but a row that is
 // absent has nothing to lock. Two appliers of different sources that both
-// find a deleted key absent (its tombstone recorded) and write it again
-// would both insert it, and decide and write its version from the same
-// tombstone: one of them then fails its whole batch ("affected 0 rows")
-// and tries again. Under a steady stream of keys deleted and written
-// again by several regions (a region catching up, above all), the batches
-// of one source kept failing against those of another.
+// find a key absent (deleted here, its tombstone recorded or collected;
+// or never written here) and write it would both insert it, and decide
+// and write its version from the same state: one of them then fails its
+// whole batch ("affected 0 rows") and tries again. Under a steady stream
+// of keys deleted and written again by several regions (a region catching
+// up, above all), the batches of one source kept failing against those of
+// another.
 //
 // So once an apply transaction has read its rows, it takes an advisory
-// lock per key it found absent with a tombstone (held to its commit): the
-// applier of another source that found the same key absent waits until
-// this transaction ends, then reads the key again and decides on top of
-// what this one wrote. Keys with no version at all (new keys: an event
-// table's, a backlog of inserts) take none; two sources inserting the same
-// new key at once is an insert/insert conflict, rare, and fails a batch
-// as before, which is tried again reading every row. Applications take no
-// such lock: a local write that races an apply fails the batch too.
+// lock per key it found absent or assumed absent (held to its commit),
+// and reads those keys again in the same round trip: the applier of
+// another source that wrote one of them in between (before this one held
+// its lock) has committed by then, and one that wants one of them later
+// waits until this transaction ends and reads it then. Either way the key
+// is decided on top of what the other wrote. Applications take no such
+// lock: a local write that races an apply still fails the batch, which is
+// tried again reading every row.
 //
-// The locks are taken in ascending order, each tried first and waited for
-// only when held, with no time limit: the holder is another applier past
-// its reads, which waits for no key lock and for application rows only up
-// to the lock timeout. A transaction with many such keys (more than
+// The locks are taken in ascending order with no time limit: the holder
+// is another applier past its reads, which waits for no key lock and for
+// application rows only up to the lock timeout. A transaction with many such keys (more than
 // keyLockLimit) takes one wide lock exclusively instead, and every other
 // transaction takes that one shared before its key locks: the lock table
 // (max_locks_per_transaction times the server's connections, shared by
@@ -76,86 +76,62 @@ func keyLockIDs(keys []metaKey) []int32 {
 	return ids
 }
 
-// lockKeys takes the locks of keys for the rest of the transaction (see
-// above). It reports whether it waited for another transaction's locks:
-// that one has ended since, and what this one read of those keys may no
-// longer hold.
-func (e *executor) lockKeys(ctx context.Context, keys []metaKey) (waited bool, err error) {
-	if len(keys) == 0 {
-		return false, nil
-	}
+// queueKeyLocks queues in b the statements that take the locks of keys
+// for the rest of the transaction (see above).
+func (e *executor) queueKeyLocks(b *pgx.Batch, keys []metaKey) {
 	ids := keyLockIDs(keys)
-	wide := "_shared"
-	if ids == nil {
-		wide = ""
-	}
-	b := &pgx.Batch{}
 	b.Queue(`SET LOCAL lock_timeout = 0`)
-	// A function returning void casts to the empty text.
-	b.Queue(fmt.Sprintf(`SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock%[1]s($1::int4, 0) THEN 0
-		ELSE pg_catalog.length(pg_catalog.pg_advisory_xact_lock%[1]s($1::int4, 0)::text) + 1 END`, wide), int32(wideLockSpace))
-	if ids != nil {
+	if ids == nil {
+		b.Queue(`SELECT pg_catalog.pg_advisory_xact_lock($1::int4, 0)`, int32(wideLockSpace))
+	} else {
+		b.Queue(`SELECT pg_catalog.pg_advisory_xact_lock_shared($1::int4, 0)`, int32(wideLockSpace))
 		// unnest yields the ids in the array's (ascending) order, and each
 		// row's lock is taken before the next row's.
-		b.Queue(`SELECT pg_catalog.count(*) FILTER (WHERE w > 0) FROM (
-			SELECT CASE WHEN pg_catalog.pg_try_advisory_xact_lock($1::int4, k) THEN 0
-				ELSE pg_catalog.length(pg_catalog.pg_advisory_xact_lock($1::int4, k)::text) + 1 END AS w
-			FROM pg_catalog.unnest($2::int4[]) AS k) AS l`, int32(keyLockSpace), ids)
+		b.Queue(`SELECT pg_catalog.pg_advisory_xact_lock($1::int4, k) FROM pg_catalog.unnest($2::int4[]) AS k`, int32(keyLockSpace), ids)
 	}
 	b.Queue(fmt.Sprintf(`SET LOCAL lock_timeout = %d`, e.lockTimeout.Milliseconds()))
-	br := e.tx.SendBatch(ctx, b)
-	defer br.Close()
-	var w int64
-	if _, err = br.Exec(); err == nil {
-		if err = br.QueryRow().Scan(&w); err == nil && ids != nil {
-			var n int64
-			err = br.QueryRow().Scan(&n)
-			w += n
-		}
-	}
-	if err == nil {
-		_, err = br.Exec()
-	}
-	if err == nil {
-		err = br.Close()
-	}
-	if err != nil {
-		return false, fmt.Errorf("apply: lock the batch's keys: %w", err)
-	}
-	return w > 0, nil
 }
 
-// lockAbsent takes the key locks of the keys states found absent with a
-// tombstone (see above). When it had to wait for another applier, it reads
-// those keys again: the other may have written them.
+// lockAbsent takes the key locks of the keys states found (or assumed)
+// absent and reads them again (see above). A key found as it was keeps
+// the state read first; one another applier wrote meanwhile takes what
+// is there now.
 func (a *Applier) lockAbsent(ctx context.Context, ex *executor, shapes map[string]replicator.Shape, states map[metaKey]*rowState) error {
 	var keys []metaKey
+	byTable := map[string][]string{}
+	before := map[metaKey]*meta{}
 	for k, s := range states {
-		if !s.exists && s.meta != nil {
+		if !s.exists {
 			keys = append(keys, k)
+			byTable[k.tbl] = append(byTable[k.tbl], k.key)
+			before[k] = s.meta
 		}
 	}
-	waited, err := ex.lockKeys(ctx, keys)
-	if err != nil || !waited {
-		return err
+	if len(keys) == 0 {
+		return nil
 	}
-	byTable := map[string][]string{}
-	for _, k := range keys {
-		byTable[k.tbl] = append(byTable[k.tbl], k.key)
-	}
-	metas, err := a.readRowsAndVersions(ctx, ex.tx, shapes, byTable, keys, states)
+	var b pgx.Batch
+	ex.queueKeyLocks(&b, keys)
+	metas, err := a.queueRowsAndVersions(&b, shapes, byTable, keys, states)
 	if err != nil {
 		return err
 	}
+	if err := ex.tx.SendBatch(ctx, &b).Close(); err != nil {
+		return fmt.Errorf("apply: lock and read again the keys found absent: %w", err)
+	}
 	for _, k := range keys {
-		s := states[k]
+		s, was, now := states[k], before[k], metas[k]
+		if !s.exists && (was == nil) == (now == nil) && (was == nil || was.tupleXmin == now.tupleXmin) {
+			s.meta = was // as read (and judged) first
+			continue
+		}
 		s.unlocked = !s.exists
-		s.meta = metas[k]
-		s.versioned = s.meta != nil
+		s.meta = now
+		s.versioned = now != nil
 		if unversioned(s) {
-			// Written locally too since (not versioned yet): decided again
+			// Written locally since, and not versioned yet: decided again
 			// in a batch that reads it as readRows does.
-			return retryable{fmt.Errorf("apply: %s %s was written locally while another source's applier held it", k.tbl, k.key)}
+			return retryable{fmt.Errorf("apply: %s %s was written locally while this batch read it", k.tbl, k.key)}
 		}
 	}
 	return nil
