@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -90,4 +91,10 @@ func TestKeysDeletedAndWrittenAgainConverge(t *testing.T) {
 	for _, r := range h.Regions {
 		waitRow(t, ctx, r, `SELECT count(*) FROM polyregion.row_version WHERE deleted`, 0)
 	}
+	var retries []string
+	for _, r := range h.Regions {
+		n, _ := metricValue(scrapeMetrics(ctx, r), "polyregion_errors_total", `kind="apply_retry"`)
+		retries = append(retries, fmt.Sprintf("%s %.0f", r.Name, n))
+	}
+	t.Logf("batches retried: %s", strings.Join(retries, ", "))
 }

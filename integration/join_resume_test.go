@@ -203,8 +203,9 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 			t.Errorf("%s: %d rows count otherwise than their increments", r.Name, wrong)
 		}
 	}
-	t.Logf("%d increments to %d rows from three regions, %d of them after sa's first load was cut; sa's load went on after a cut %d times (%d chunks kept when the source was killed); notes: %d in every region",
-		sum, len(shards)*perShard, sum-before, cuts, kept, queryInt(t, ctx, sa, `SELECT count(*) FROM public.notes`))
+	retried, _ := metricValue(scrapeMetrics(ctx, sa), "polyregion_errors_total", `kind="apply_retry"`)
+	t.Logf("%d increments to %d rows from three regions, %d of them after sa's first load was cut; sa's load went on after a cut %d times (%d chunks kept when the source was killed); notes: %d in every region; sa retried %.0f batches since its last start",
+		sum, len(shards)*perShard, sum-before, cuts, kept, queryInt(t, ctx, sa, `SELECT count(*) FROM public.notes`), retried)
 }
 
 // waitChunksOf waits until r's load has committed at least n chunks of
