@@ -35,8 +35,10 @@ import (
 // tried again reading every row.
 //
 // The locks are taken in ascending order with no time limit: the holder
-// is another applier past its reads, which waits for no key lock and for
-// application rows only up to the lock timeout. A transaction with many such keys (more than
+// is another applier past its own key locks, which waits for no key lock,
+// and for a row this one holds (a counter row it adds to in place) only
+// up to the lock timeout; should a cycle form anyway, the server's
+// deadlock check ends it. A transaction with many such keys (more than
 // keyLockLimit) takes one wide lock exclusively instead, and every other
 // transaction takes that one shared before its key locks: the lock table
 // (max_locks_per_transaction times the server's connections, shared by
