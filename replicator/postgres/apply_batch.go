@@ -169,7 +169,7 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	// Keys read absent are held by nothing: the appliers of other sources
 	// are kept off those deleted here (see key_locks.go).
 	if !ex.noFold {
-		if err := a.lockAbsent(ctx, ex, shapeOf, states); err != nil {
+		if err := a.lockAbsent(ctx, ex, shapeOf, states, probe); err != nil {
 			return 0, err
 		}
 	}

@@ -79,8 +79,9 @@ func keyLockIDs(keys []metaKey) []int32 {
 }
 
 // queueKeyLocks queues in b the statements that take the locks of keys
-// for the rest of the transaction (see above).
-func (e *executor) queueKeyLocks(b *pgx.Batch, keys []metaKey) {
+// for the rest of the transaction (see above); wide: the wide lock
+// instead.
+func (e *executor) queueKeyLocks(b *pgx.Batch, keys []metaKey) (wide bool) {
 	ids := keyLockIDs(keys)
 	b.Queue(`SET LOCAL lock_timeout = 0`)
 	if ids == nil {
@@ -92,28 +93,41 @@ func (e *executor) queueKeyLocks(b *pgx.Batch, keys []metaKey) {
 		b.Queue(`SELECT pg_catalog.pg_advisory_xact_lock($1::int4, k) FROM pg_catalog.unnest($2::int4[]) AS k`, int32(keyLockSpace), ids)
 	}
 	b.Queue(fmt.Sprintf(`SET LOCAL lock_timeout = %d`, e.lockTimeout.Milliseconds()))
+	return ids == nil
 }
 
 // lockAbsent takes the key locks of the keys states found (or assumed)
 // absent and reads them again (see above). A key found as it was keeps
 // the state read first; one another applier wrote meanwhile takes what
 // is there now.
-func (a *Applier) lockAbsent(ctx context.Context, ex *executor, shapes map[string]replicator.Shape, states map[metaKey]*rowState) error {
+//
+// A transaction past keyLockLimit (the wide lock) reads again only the
+// keys it read before, not those it assumed absent, having found no
+// tombstone for them (see probe in applyChanges): a long run of new keys
+// (a backlog of inserts) read again would cost what assuming them absent
+// saves. A clash on one of
+// those fails the batch as before, which is tried again reading every
+// row.
+func (a *Applier) lockAbsent(ctx context.Context, ex *executor, shapes map[string]replicator.Shape, states map[metaKey]*rowState, probe map[metaKey]bool) error {
 	var keys []metaKey
-	byTable := map[string][]string{}
-	before := map[metaKey]*meta{}
 	for k, s := range states {
 		if !s.exists {
 			keys = append(keys, k)
-			byTable[k.tbl] = append(byTable[k.tbl], k.key)
-			before[k] = s.meta
 		}
 	}
 	if len(keys) == 0 {
 		return nil
 	}
 	var b pgx.Batch
-	ex.queueKeyLocks(&b, keys)
+	if ex.queueKeyLocks(&b, keys) {
+		keys = slices.DeleteFunc(keys, func(k metaKey) bool { return probe[k] && states[k].meta == nil })
+	}
+	byTable := map[string][]string{}
+	before := map[metaKey]*meta{}
+	for _, k := range keys {
+		byTable[k.tbl] = append(byTable[k.tbl], k.key)
+		before[k] = states[k].meta
+	}
 	metas, err := a.queueRowsAndVersions(&b, shapes, byTable, keys, states)
 	if err != nil {
 		return err
