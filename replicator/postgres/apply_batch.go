@@ -166,8 +166,8 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 	if err != nil {
 		return 0, err
 	}
-	// Keys read absent are held by nothing: the appliers of other sources
-	// are kept off those deleted here (see key_locks.go).
+	// Keys found or assumed absent are held by nothing: key locks keep the
+	// appliers of other sources off them (see key_locks.go).
 	if !ex.noFold {
 		if err := a.lockAbsent(ctx, ex, shapeOf, states, probe); err != nil {
 			return 0, err

@@ -105,9 +105,8 @@ func (e *executor) queueKeyLocks(b *pgx.Batch, keys []metaKey) (wide bool) {
 // keys it read before, not those it assumed absent, having found no
 // tombstone for them (see probe in applyChanges): a long run of new keys
 // (a backlog of inserts) read again would cost what assuming them absent
-// saves. A clash on one of
-// those fails the batch as before, which is tried again reading every
-// row.
+// saves. A clash on one of those fails the batch as before, which is
+// tried again reading every row.
 func (a *Applier) lockAbsent(ctx context.Context, ex *executor, shapes map[string]replicator.Shape, states map[metaKey]*rowState, probe map[metaKey]bool) error {
 	var keys []metaKey
 	for k, s := range states {
