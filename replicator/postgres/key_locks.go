@@ -1,7 +1,7 @@
 package postgres
 
 // Key locks: appliers of different sources exclude each other on the keys
-// a batch writes, absent rows included.
+// a batch finds (or assumes) absent, which no row lock can hold.
 
 import (
 	"context"
