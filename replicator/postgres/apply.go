@@ -122,6 +122,9 @@ type Applier struct {
 	replayThrough replicator.Seq
 	// unitKeys: each table's primary key as the join's units ordered it.
 	unitKeys map[string][]chunkKey
+	// liveKeys: keys found with a live version recorded, which their
+	// counter updates fold into (see apply_fold_versions.go).
+	liveKeys map[metaKey]struct{}
 }
 
 // Errors an operator may need to act on.
@@ -362,6 +365,7 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 		seq, committed, err := a.applyChunk(ctx, txns[:n])
 		if err != nil {
 			a.readAll = true
+			a.liveKeys = nil
 			if isLockFailure(err) {
 				a.gate.failed(n)
 			}

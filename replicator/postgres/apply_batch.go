@@ -132,6 +132,21 @@ func (a *Applier) applyChanges(ctx context.Context, ex *executor, txns []*replic
 			byTable[k.tbl] = append(byTable[k.tbl], k.key)
 		}
 	}
+	// A key with no live version recorded cannot be folded: it is read
+	// and decided instead (see apply_fold_versions.go).
+	if len(folded) > 0 {
+		missing, err := a.unversionedFolds(ctx, ex.tx, folded)
+		if err != nil {
+			return 0, err
+		}
+		for _, k := range keys { // in the order of their first change, as the others
+			if missing[k] {
+				delete(folded, k)
+				states[k] = &rowState{}
+				byTable[k.tbl] = append(byTable[k.tbl], k.key)
+			}
+		}
+	}
 	// Waits for the reader hold no application row only in one-part
 	// batches (a large transaction's earlier parts hold their rows anyway,
 	// and each wait given back would take one more subtransaction id).
