@@ -39,9 +39,11 @@ import (
 // too, possibly before the reader has versioned an earlier local write;
 // sums and rows agree again once it has, and a tombstone keeps the sums
 // as they were when the row was deleted).
-// A key the fold cannot take (no row here, no recorded version, or a
-// tombstone) fails the batch, which is then applied again reading every
-// row. Concurrent updates of such rows lose nothing and are not logged.
+// A key with no live version recorded is read and decided instead (see
+// apply_fold_versions.go). A key the fold still cannot take (no row here,
+// or a tombstone recorded since it was looked up) fails the batch, which
+// is then applied again reading every row. Concurrent updates of such
+// rows lose nothing and are not logged.
 
 // keyUse is how one batch uses a key.
 type keyUse struct {
