@@ -6,7 +6,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -126,27 +125,43 @@ func versionKeyExprs(keys []chunkKey) []string {
 }
 
 // chunkEnd returns the key of the last row of the chunk after lo: the
-// snapshotChunkRows-th row in key order, or nil when fewer rows are left
-// (the chunk runs to the table's end).
+// snapshotChunkRows-th row in key order, or nil when no row is left after
+// that one (the chunk runs to the table's end, rather than leaving an
+// empty chunk to follow it).
 func chunkEnd(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string) ([]string, error) {
 	cols := rowKeyExprs(keys)
 	sel := make([]string, len(cols))
 	for i, c := range cols {
 		sel[i] = c + "::text"
 	}
-	q := fmt.Sprintf("SELECT %s FROM ONLY %s t WHERE %s ORDER BY %s OFFSET %d LIMIT 1",
+	// The chunk's last row and the row after it, if any.
+	q := fmt.Sprintf("SELECT %s FROM ONLY %s t WHERE %s ORDER BY %s OFFSET %d LIMIT 2",
 		strings.Join(sel, ", "), qualified(table), keyRange(keys, cols, lo, nil), strings.Join(cols, ", "), snapshotChunkRows-1)
-	hi := make([]string, len(keys))
-	dest := make([]any, len(keys))
-	for i := range hi {
-		dest[i] = &hi[i]
-	}
-	err := tx.QueryRow(ctx, q).Scan(dest...)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, nil
-	}
+	rows, err := tx.Query(ctx, q)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
+	}
+	defer rows.Close()
+	var hi []string
+	n := 0
+	for rows.Next() {
+		if n++; n > 1 {
+			continue
+		}
+		hi = make([]string, len(keys))
+		dest := make([]any, len(keys))
+		for i := range hi {
+			dest[i] = &hi[i]
+		}
+		if err := rows.Scan(dest...); err != nil {
+			return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
+	}
+	if n < 2 {
+		return nil, nil
 	}
 	return hi, nil
 }
