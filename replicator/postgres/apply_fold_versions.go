@@ -41,7 +41,7 @@ func (a *Applier) unversionedFolds(ctx context.Context, q querier, folded map[me
 	if len(ask) == 0 {
 		return nil, nil
 	}
-	live, err := loadLive(ctx, q, ask)
+	live, err := loadMetaWhere(ctx, q, ask, false, " AND NOT v.deleted")
 	if err != nil {
 		return nil, fmt.Errorf("apply: %w", err)
 	}
@@ -50,41 +50,11 @@ func (a *Applier) unversionedFolds(ctx context.Context, q querier, folded map[me
 	}
 	missing := map[metaKey]bool{}
 	for _, k := range ask {
-		if live[k] {
+		if live[k] != nil {
 			a.liveKeys[k] = struct{}{}
 		} else {
 			missing[k] = true
 		}
 	}
 	return missing, nil
-}
-
-// loadLive reports which of keys have a live (not deleted) version
-// recorded, one index probe per key (LIMIT keeps it a nested loop, as in
-// metaQuery).
-func loadLive(ctx context.Context, q querier, keys []metaKey) (map[metaKey]bool, error) {
-	tbls := make([]string, len(keys))
-	ks := make([]string, len(keys))
-	for i, k := range keys {
-		tbls[i], ks[i] = k.tbl, k.key
-	}
-	rows, err := q.Query(ctx, `SELECT k.tbl, k.key
-		FROM ROWS FROM (pg_catalog.unnest($1::text[]), pg_catalog.unnest($2::text[])) AS k(tbl, key)
-		CROSS JOIN LATERAL (SELECT FROM polyregion.row_version v WHERE v.tbl = k.tbl AND v.key = k.key AND NOT v.deleted LIMIT 1) m`, tbls, ks)
-	if err != nil {
-		return nil, fmt.Errorf("look up live row versions: %w", err)
-	}
-	defer rows.Close()
-	out := make(map[metaKey]bool, len(keys))
-	for rows.Next() {
-		var k metaKey
-		if err := rows.Scan(&k.tbl, &k.key); err != nil {
-			return nil, fmt.Errorf("look up live row versions: %w", err)
-		}
-		out[k] = true
-	}
-	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("look up live row versions: %w", err)
-	}
-	return out, nil
 }

@@ -141,29 +141,21 @@ func chunkEnd(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo 
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
 	}
-	defer rows.Close()
-	var hi []string
-	n := 0
-	for rows.Next() {
-		if n++; n > 1 {
-			continue
-		}
-		hi = make([]string, len(keys))
+	ends, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]string, error) {
+		hi := make([]string, len(keys))
 		dest := make([]any, len(keys))
 		for i := range hi {
 			dest[i] = &hi[i]
 		}
-		if err := rows.Scan(dest...); err != nil {
-			return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
-		}
-	}
-	if err := rows.Err(); err != nil {
+		return hi, r.Scan(dest...)
+	})
+	if err != nil {
 		return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
 	}
-	if n < 2 {
+	if len(ends) < 2 {
 		return nil, nil
 	}
-	return hi, nil
+	return ends[0], nil
 }
 
 // sendChunks sends table's rows after lo in chunks, each with the
