@@ -1,8 +1,9 @@
 # polyregion: active-active PostgreSQL replication across regions.
 #
 #   make demo   start three local regions, write conflicting traffic, check convergence
-#   make test   unit tests, fuzz seeds and the real-PostgreSQL integration tests
-#               (the system's PostgreSQL, then a subset on a newer one)
+#   make test   unit tests (also under the race detector), fuzz seeds and the
+#               real-PostgreSQL integration tests (the system's PostgreSQL,
+#               then a subset on a newer one)
 #   make bench  benchmarks
 #   make build  build bin/polyregion
 #   make lint   gofmt + go vet
@@ -12,7 +13,7 @@ BIN     ?= bin/polyregion
 PKGS    ?= ./...
 TESTFLAGS ?= -count=1 -timeout 40m
 
-.PHONY: all build setup demo test test-newer-pg unit fuzz bench lint clean
+.PHONY: all build setup demo test test-race test-newer-pg unit fuzz bench lint clean
 
 all: build
 
@@ -32,7 +33,15 @@ demo:
 
 test: setup lint
 	$(GO) test $(TESTFLAGS) $(PKGS)
+	@$(MAKE) --no-print-directory test-race
 	@$(MAKE) --no-print-directory test-newer-pg
+
+# test-race runs every package's tests but the integration tests (which
+# run the replicator as separate processes) under the race detector: the
+# links, the control plane and the appliers run concurrently in-process
+# there.
+test-race:
+	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
 
 # test-newer-pg runs the integration tests whose behaviour depends on the
 # server's version, and the core guarantees, on newer PostgreSQL releases

@@ -532,8 +532,13 @@ func ClientTLS(f TLSFiles) (*tls.Config, error) {
 }
 
 // NewHTTPServer returns an http.Server speaking HTTP/2 (over TLS when tlsCfg
-// is set, cleartext HTTP/2 otherwise).
+// is set, cleartext HTTP/2 otherwise). The server gets its own copy of
+// tlsCfg: net/http adds its protocols to the configuration it serves with,
+// which would race with any other server started from the same one.
 func NewHTTPServer(addr string, h http.Handler, tlsCfg *tls.Config) *http.Server {
+	if tlsCfg != nil {
+		tlsCfg = tlsCfg.Clone()
+	}
 	srv := &http.Server{Addr: addr, Handler: h, TLSConfig: tlsCfg, ReadHeaderTimeout: 10 * time.Second}
 	var p http.Protocols
 	p.SetHTTP1(true)
