@@ -36,12 +36,15 @@ test: setup lint
 	@$(MAKE) --no-print-directory test-race
 	@$(MAKE) --no-print-directory test-newer-pg
 
-# test-race runs every package's tests but the integration tests (which
-# run the replicator as separate processes) under the race detector: the
-# links, the control plane and the appliers run concurrently in-process
-# there.
+# test-race runs every package's tests but the integration tests under the
+# race detector, then integration tests that exercise every concurrent
+# part of the replicator (links, appliers of several sources, the reader,
+# joins with kills, the control plane, the search feed) with replicators
+# built with it: a race any of them reports fails the test.
+RACE_TESTS ?= ^(TestScenarioPartitionHeal|TestRegionsJoinAndLeaveThroughTheControlPlane|TestRegionsJoinOnlineFromOneRegionWithData|TestHotRowsApplierNeverDeadlocksWithApplications|TestIndexEmbeddedThreeRegions|TestCountersKeepEveryIncrement)$$
 test-race:
 	$(GO) test -race -count=1 -timeout 20m $$($(GO) list ./... | grep -v /integration)
+	POLYREGION_TEST_RACE=1 $(GO) test $(TESTFLAGS) -run '$(RACE_TESTS)' ./integration/
 
 # test-newer-pg runs the integration tests whose behaviour depends on the
 # server's version, and the core guarantees, on newer PostgreSQL releases

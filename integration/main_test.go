@@ -140,6 +140,14 @@ func startRegionsWith(t *testing.T, spec Spec, noReplicators bool) *Harness {
 		t.Fatalf("start regions: %v", err)
 	}
 	t.Cleanup(func() {
+		// With POLYREGION_TEST_RACE set the replicators are built with the
+		// race detector, which reports a race in the replicator's log and
+		// lets it run on.
+		for _, r := range h.Regions {
+			if race := r.RaceReport(); race != "" {
+				t.Errorf("replicator %s: %s", r.Name, race)
+			}
+		}
 		if t.Failed() {
 			t.Log(h.Describe())
 			for _, r := range h.Regions {

@@ -12,6 +12,7 @@
 package harness
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -95,14 +96,19 @@ type Harness struct {
 // AppDB is the application database in every region.
 const AppDB = "app"
 
-// BuildBinary builds the replicator into dir and returns its path.
+// BuildBinary builds the replicator into dir and returns its path; with
+// POLYREGION_TEST_RACE set, with the race detector (see Region.RaceReport).
 func BuildBinary(ctx context.Context, dir string) (string, error) {
 	root, err := ModuleRoot()
 	if err != nil {
 		return "", err
 	}
 	out := filepath.Join(dir, "polyregion")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/polyregion")
+	args := []string{"build", "-o", out}
+	if os.Getenv("POLYREGION_TEST_RACE") != "" {
+		args = append(args, "-race")
+	}
+	cmd := exec.CommandContext(ctx, "go", append(args, "./cmd/polyregion")...)
 	cmd.Dir = root
 	if b, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("build replicator: %w\n%s", err, b)
@@ -496,6 +502,22 @@ func (r *Region) Logs(maxBytes int) string {
 	b, _ := os.ReadFile(r.LogPath)
 	if len(b) > maxBytes {
 		b = b[len(b)-maxBytes:]
+	}
+	return string(b)
+}
+
+// RaceReport returns the first data race the replicator's log holds (a
+// binary built with the race detector writes its reports there), or "".
+func (r *Region) RaceReport() string {
+	b, _ := os.ReadFile(r.LogPath)
+	const start, sep = "WARNING: DATA RACE", "=================="
+	i := bytes.Index(b, []byte(start))
+	if i < 0 {
+		return ""
+	}
+	b = b[i:]
+	if j := bytes.Index(b, []byte(sep)); j >= 0 {
+		b = b[:j]
 	}
 	return string(b)
 }
