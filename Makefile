@@ -6,7 +6,7 @@
 #               then a subset on a newer one)
 #   make bench  benchmarks
 #   make build  build bin/polyregion
-#   make lint   gofmt + go vet
+#   make lint   gofmt + go vet + staticcheck (a tool in go.mod)
 
 GO      ?= go
 BIN     ?= bin/polyregion
@@ -86,6 +86,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	$(GO) tool staticcheck $(PKGS)
 
 clean:
 	rm -rf bin

@@ -219,7 +219,7 @@ func TestSearchNodeOpenSearch(t *testing.T) {
 		t.Helper()
 		res, err := c.Index(ctx, opensearchapi.IndexReq{
 			Index: "items", DocumentID: id, Body: strings.NewReader(body),
-			Params: opensearchapi.IndexParams{Version: opensearchapi.ToPointer(version), VersionType: vtype, Refresh: "true"},
+			Params: opensearchapi.IndexParams{Version: new(version), VersionType: vtype, Refresh: "true"},
 		})
 		return status(res.Inspect(), err)
 	}
@@ -227,7 +227,7 @@ func TestSearchNodeOpenSearch(t *testing.T) {
 		t.Helper()
 		res, err := c.Document.Delete(ctx, opensearchapi.DocumentDeleteReq{
 			Index: "items", DocumentID: id,
-			Params: opensearchapi.DocumentDeleteParams{Version: opensearchapi.ToPointer(version), VersionType: "external", Refresh: "true"},
+			Params: opensearchapi.DocumentDeleteParams{Version: new(version), VersionType: "external", Refresh: "true"},
 		})
 		return status(res.Inspect(), err)
 	}

@@ -111,7 +111,7 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		self := false
 		for _, r := range founders {
 			if !known[r] {
-				return regions.Result{}, fmt.Errorf("%w: founding member %q is not in regions:", regions.ErrInvalid, r)
+				return regions.Result{}, fmt.Errorf("%w: founding member %q is not listed under regions", regions.ErrInvalid, r)
 			}
 			self = self || r == cfg.Region
 			c.Members = append(c.Members, regions.Member{ID: r, URL: urls[r]})

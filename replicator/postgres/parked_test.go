@@ -43,7 +43,7 @@ func TestShapeKeyTellsKeysApart(t *testing.T) {
 	if shapeKey(usersShape(0)) == shapeKey(usersShape(0, 1)) {
 		t.Fatal("shapes with different primary keys share a key")
 	}
-	if shapeKey(usersShape(0, 1)) != shapeKey(usersShape(0, 1)) {
+	if a, b := shapeKey(usersShape(0, 1)), shapeKey(usersShape(0, 1)); a != b {
 		t.Fatal("equal shapes have different keys")
 	}
 	if shapeKey(usersShape(0)) == "" {

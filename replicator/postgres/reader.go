@@ -88,7 +88,6 @@ type Reader struct {
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
 	changed   chan struct{} // closed and replaced on every advance
-	waiters   int
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Stop
