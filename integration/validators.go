@@ -683,12 +683,13 @@ type TaggedWrites struct {
 	Maybe     map[string]bool   // commit outcome unknown
 	Prev      map[string]string // tag -> tag it overwrote (read in the same transaction)
 	Key       map[string]int
+	XID       map[string]uint32 // tag -> the transaction that committed it
 	n         map[string]int
 }
 
 // NewTaggedWrites returns an empty record.
 func NewTaggedWrites() *TaggedWrites {
-	return &TaggedWrites{Maybe: map[string]bool{}, Prev: map[string]string{}, Key: map[string]int{}, n: map[string]int{}}
+	return &TaggedWrites{Maybe: map[string]bool{}, Prev: map[string]string{}, Key: map[string]int{}, XID: map[string]uint32{}, n: map[string]int{}}
 }
 
 // Write makes one tagged read-modify-write of key id in region r. It
@@ -704,6 +705,7 @@ func (tw *TaggedWrites) Write(ctx context.Context, r *Region, id int) (string, e
 	tw.Key[tag] = id
 	tw.mu.Unlock()
 	var prev *string
+	var xid uint32
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	err = pgx.BeginFunc(tctx, pool, func(tx pgx.Tx) error {
@@ -712,14 +714,12 @@ func (tw *TaggedWrites) Write(ctx context.Context, r *Region, id int) (string, e
 		err := tx.QueryRow(tctx, `SELECT tag FROM public.tagged WHERE id = $1 FOR UPDATE`, id).Scan(&cur)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
-			_, err = tx.Exec(tctx, `INSERT INTO public.tagged (id, tag, region) VALUES ($1, $2, $3)`, id, tag, r.Name)
-			return err
+			return tx.QueryRow(tctx, `INSERT INTO public.tagged (id, tag, region) VALUES ($1, $2, $3) RETURNING xmin`, id, tag, r.Name).Scan(&xid)
 		case err != nil:
 			return err
 		}
 		prev = &cur
-		_, err = tx.Exec(tctx, `UPDATE public.tagged SET tag = $2, prev = $3, region = $4 WHERE id = $1`, id, tag, cur, r.Name)
-		return err
+		return tx.QueryRow(tctx, `UPDATE public.tagged SET tag = $2, prev = $3, region = $4 WHERE id = $1 RETURNING xmin`, id, tag, cur, r.Name).Scan(&xid)
 	})
 	tw.mu.Lock()
 	defer tw.mu.Unlock()
@@ -734,6 +734,7 @@ func (tw *TaggedWrites) Write(ctx context.Context, r *Region, id int) (string, e
 		return tag, err
 	}
 	tw.Committed = append(tw.Committed, tag)
+	tw.XID[tag] = xid
 	if prev != nil {
 		tw.Prev[tag] = *prev
 	}
