@@ -7,7 +7,7 @@ package postgres
 // them). The reader turns those into inserts of their transaction, which
 // it versions and ships like any local write (addSeeded).
 //
-// The rows go in chunks of seedChunkRows in key order, one transaction
+// The rows go in chunks of SeedChunkRows in key order, one transaction
 // each. Each locks the table against writes (SHARE: applications' writes
 // wait, reads go on) only while it reads its chunk, so applications wait
 // for one chunk at a time, never for the whole table. The first also adds
@@ -59,9 +59,11 @@ const SeedPrefix = "polyregion.seed"
 // seedBatchRows is how many rows one seed message carries.
 const seedBatchRows = 1000
 
-// seedChunkRows is how many rows one seed transaction reads, holding the
-// table's writers meanwhile (15-40 ms for a million-row table here).
-const seedChunkRows = 5000
+// SeedChunkRows is how many rows one seed transaction reads, holding the
+// table's writers meanwhile (15-40 ms for a million-row table here). A
+// seed whose rows are a multiple of it ends with a chunk that reads none
+// and emits no seed message (it only records the seed's end).
+const SeedChunkRows = 5000
 
 // seedLockBudget bounds how long a chunk tries to get its lock, each wait
 // at most tableLockAttempt (the seed is then tried again with the data
@@ -146,7 +148,7 @@ func SeedTable(ctx context.Context, conn *pgx.Conn, region string, t regions.Tab
 }
 
 // seedChunk emits the rows after *after (from the first when nil), up to
-// seedChunkRows of them, in one transaction, moving *after to the last;
+// SeedChunkRows of them, in one transaction, moving *after to the last;
 // done when they were the last ones (or the table is seeded already).
 func seedChunk(ctx context.Context, conn *pgx.Conn, region string, t regions.Table, sh replicator.Shape, after *[]string, st *SeedStats, begun bool) (done bool, err error) {
 	table, epoch := t.Name, t.Added
@@ -201,7 +203,7 @@ func seedChunk(ctx context.Context, conn *pgx.Conn, region string, t regions.Tab
 			}
 		}
 	}
-	args := []any{SeedPrefix, table, seedChunkRows}
+	args := []any{SeedPrefix, table, SeedChunkRows}
 	for _, k := range *after {
 		args = append(args, k)
 	}
@@ -211,7 +213,7 @@ func seedChunk(ctx context.Context, conn *pgx.Conn, region string, t regions.Tab
 		return false, fmt.Errorf("seed %s: %w", table, err)
 	}
 	st.Rows += n
-	done = n < seedChunkRows
+	done = n < SeedChunkRows
 	if done {
 		tag, err := tx.Exec(ctx, `INSERT INTO polyregion.seeded (tbl, epoch, rows, began_lsn, ended_lsn)
 			SELECT tbl, epoch, $2, began_lsn, pg_catalog.pg_current_wal_insert_lsn() FROM polyregion.seeding WHERE tbl = $1`, table, st.Rows)
