@@ -90,8 +90,8 @@ func (o *Outbox) Retained(ctx context.Context) (oldest, newest replicator.Seq, e
 	return replicator.Seq(lo), replicator.Seq(hi), nil
 }
 
-// Changed implements link.Outbox.
-func (o *Outbox) Changed() <-chan struct{} { return o.reader.Changed() }
+// Changed implements link.Outbox: the reader's Appended.
+func (o *Outbox) Changed() <-chan struct{} { return o.reader.Appended() }
 
 // Ack implements link.Outbox: it records the peer's position (trimming is
 // Trim's, once the membership is known to be current). A position beyond

@@ -88,6 +88,11 @@ type Reader struct {
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
 	changed   chan struct{} // closed and replaced on every advance
+	// nextSeq is the sequence the next transaction appended to the outbox
+	// gets, as last committed; appended is closed and replaced when it
+	// moves.
+	nextSeq  replicator.Seq
+	appended chan struct{}
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Stop
@@ -96,19 +101,33 @@ type Reader struct {
 // NewReader returns a Reader; Run starts it.
 func NewReader(cfg ReaderConfig) *Reader {
 	cfg.defaults()
-	r := &Reader{cfg: cfg, tables: map[string]regions.Table{}, changed: make(chan struct{}), stop: make(chan struct{})}
+	r := &Reader{cfg: cfg, tables: map[string]regions.Table{}, changed: make(chan struct{}), appended: make(chan struct{}), stop: make(chan struct{})}
 	for _, t := range cfg.Tables {
 		r.tables[t.Name] = t
 	}
 	return r
 }
 
-// Changed returns a channel closed the next time the reader versions more
-// of the stream (new outbox entries or a passed barrier).
-func (r *Reader) Changed() <-chan struct{} {
+// Appended returns a channel closed the next time the outbox gains
+// entries (once they are committed). The reader moves on with every
+// transaction it decodes, applied ones from peers included; the outbox's
+// readers wake only for what they can send.
+func (r *Reader) Appended() <-chan struct{} {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.changed
+	return r.appended
+}
+
+// noteAppended records the next sequence to assign, as committed: a move
+// wakes the outbox's readers.
+func (r *Reader) noteAppended(next replicator.Seq) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if next != r.nextSeq {
+		r.nextSeq = next
+		close(r.appended)
+		r.appended = make(chan struct{})
+	}
 }
 
 // Versioned returns the position before which every local commit is
@@ -216,6 +235,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.advance(st.lsn)
+	r.noteAppended(st.nextSeq)
 	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, r.cfg.Learned, st.nextSeq-1); err != nil {
 		return err
 	}
