@@ -2,8 +2,7 @@ package integration
 
 import (
 	"context"
-	"fmt"
-	"sync"
+	"math/rand/v2"
 	"testing"
 	"time"
 
@@ -19,7 +18,7 @@ import (
 // that finds it, one that finds nothing more, and one more if the wake
 // came after that read), once per keepalive and a few times when it
 // (re)connects: us's outbox reads (pg_stat_statements) stay within that
-// for its 100 transactions and two peers. Woken by every move of the
+// for its transactions (about 100) and two peers. Woken by every move of the
 // reader, they read more than twice as often.
 func TestLinksReadTheOutboxWhenItGrows(t *testing.T) {
 	h := startRegions(t, Spec{Regions: []string{"us", "eu", "ap"}, SchemaSQL: kvSchema, Tables: []TableSpec{{Name: "public.kv"}},
@@ -29,41 +28,29 @@ func TestLinksReadTheOutboxWhenItGrows(t *testing.T) {
 	if err := us.Cluster.Exec(ctx, AppDB, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`, `SELECT pg_stat_statements_reset()`); err != nil {
 		t.Fatal(err)
 	}
-	const perRegion, ownTxns = 300, 100
 	began := time.Now()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(h.Regions))
+	var all []*writers
 	for i, r := range h.Regions {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			conn, err := r.Conn(ctx)
-			if err != nil {
-				errs <- err
-				return
-			}
-			defer conn.Close(context.Background())
-			rows, every := perRegion, 10*time.Millisecond
-			if r == us {
-				rows, every = ownTxns, 30*time.Millisecond
-			}
-			for n := range rows {
-				if _, err := conn.Exec(ctx, `INSERT INTO public.kv (id, val) VALUES ($1, $2)`, i*perRegion+n, r.Name); err != nil {
-					errs <- fmt.Errorf("%s: %w", r.Name, err)
-					return
-				}
-				time.Sleep(every)
-			}
-		}()
+		every := 10 * time.Millisecond
+		if r == us {
+			every = 30 * time.Millisecond
+		}
+		all = append(all, startWriters(ctx, r, 1, 0, func(c *pgx.Conn, _ *rand.Rand, _, n int) error {
+			_, err := c.Exec(ctx, `INSERT INTO public.kv (id, val) VALUES ($1, $2)`, i*1_000_000+n, r.Name)
+			time.Sleep(every)
+			return err
+		}))
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
+	time.Sleep(3 * time.Second)
+	var rows int64
+	for _, w := range all {
+		w.stop(t)
+		rows += w.commits.Load()
 	}
+	ownTxns := all[0].commits.Load()
 	waitFor(ctx, t, time.Minute, "every region holds every row", func() bool {
 		for _, r := range h.Regions {
-			if queryInt(t, ctx, r, `SELECT count(*) FROM public.kv`) != int64((len(h.Regions)-1)*perRegion+ownTxns) {
+			if queryInt(t, ctx, r, `SELECT count(*) FROM public.kv`) != rows {
 				return false
 			}
 		}
