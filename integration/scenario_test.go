@@ -275,10 +275,7 @@ func TestScenarioThreeWayConflict(t *testing.T) {
 					var ts time.Time
 					conn, err := r.Conn(ctx)
 					if err == nil {
-						s.tw.mu.Lock()
-						xid := s.tw.XID[tag]
-						s.tw.mu.Unlock()
-						err = conn.QueryRow(ctx, `SELECT pg_xact_commit_timestamp($1::text::xid)`, strconv.FormatUint(uint64(xid), 10)).Scan(&ts)
+						err = conn.QueryRow(ctx, `SELECT pg_xact_commit_timestamp($1::text::xid)`, strconv.FormatUint(uint64(s.tw.XIDOf(tag)), 10)).Scan(&ts)
 						conn.Close(context.Background())
 					}
 					if err != nil {

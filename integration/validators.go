@@ -692,6 +692,13 @@ func NewTaggedWrites() *TaggedWrites {
 	return &TaggedWrites{Maybe: map[string]bool{}, Prev: map[string]string{}, Key: map[string]int{}, XID: map[string]uint32{}, n: map[string]int{}}
 }
 
+// XIDOf returns the transaction that committed tag (0 when none did).
+func (tw *TaggedWrites) XIDOf(tag string) uint32 {
+	tw.mu.Lock()
+	defer tw.mu.Unlock()
+	return tw.XID[tag]
+}
+
 // Write makes one tagged read-modify-write of key id in region r. It
 // returns the tag written (committed, or recorded as maybe on error).
 func (tw *TaggedWrites) Write(ctx context.Context, r *Region, id int) (string, error) {

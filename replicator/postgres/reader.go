@@ -88,11 +88,7 @@ type Reader struct {
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
 	changed   chan struct{} // closed and replaced on every advance
-	// nextSeq is the sequence the next transaction appended to the outbox
-	// gets, as last committed; appended is closed and replaced when it
-	// moves.
-	nextSeq  replicator.Seq
-	appended chan struct{}
+	appended  chan struct{} // closed and replaced when outbox entries commit
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Stop
@@ -118,16 +114,13 @@ func (r *Reader) Appended() <-chan struct{} {
 	return r.appended
 }
 
-// noteAppended records the next sequence to assign, as committed: a move
-// wakes the outbox's readers.
-func (r *Reader) noteAppended(next replicator.Seq) {
+// noteAppended wakes the outbox's readers: entries were committed (or,
+// when the reader starts, may be there).
+func (r *Reader) noteAppended() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if next != r.nextSeq {
-		r.nextSeq = next
-		close(r.appended)
-		r.appended = make(chan struct{})
-	}
+	close(r.appended)
+	r.appended = make(chan struct{})
 }
 
 // Versioned returns the position before which every local commit is
@@ -235,7 +228,7 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 	r.advance(st.lsn)
-	r.noteAppended(st.nextSeq)
+	r.noteAppended()
 	if r.epochs, err = prepareEpochs(ctx, conn, r.cfg.Known, r.cfg.InEffect, r.cfg.Learned, st.nextSeq-1); err != nil {
 		return err
 	}

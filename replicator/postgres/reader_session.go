@@ -84,7 +84,7 @@ func (s *readSession) finish(res persistResult) error {
 	s.st = res.st
 	s.confirmed = max(s.confirmed, s.st.lsn)
 	s.r.advance(s.st.lsn)
-	s.r.noteAppended(s.st.nextSeq)
+	s.r.noteAppended()
 	return nil
 }
 
@@ -181,7 +181,7 @@ func (s *readSession) commitLarge() error {
 	s.st = s.bigSt
 	s.confirmed = max(s.confirmed, s.st.lsn)
 	s.r.advance(s.st.lsn)
-	s.r.noteAppended(s.st.nextSeq)
+	s.r.noteAppended()
 	return nil
 }
 
