@@ -87,10 +87,10 @@ type Reader struct {
 
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
-	// waits counts the positions appliers wait for (see WaitVersioned):
-	// the reader versions its batch as soon as it has passed one of them
-	// instead of when the batch is due.
-	waits    map[pglogrepl.LSN]int
+	// wanted is the furthest position an applier waits for (see
+	// WaitVersioned): the reader versions its batch as soon as it has
+	// passed it instead of when the batch is due.
+	wanted   pglogrepl.LSN
 	changed  chan struct{} // closed and replaced on every advance
 	appended chan struct{} // closed and replaced when outbox entries commit
 
@@ -166,26 +166,12 @@ func (r *Reader) advance(lsn pglogrepl.LSN) {
 // the WAL is reached once the stream has brought a later commit or a
 // keepalive past it, and the reader then versions what it holds at once.
 func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
-	r.mu.Lock()
-	if r.versioned >= lsn {
-		r.mu.Unlock()
-		return nil
-	}
-	if r.waits == nil {
-		r.waits = map[pglogrepl.LSN]int{}
-	}
-	r.waits[lsn]++
-	r.mu.Unlock()
-	defer func() {
-		r.mu.Lock()
-		if r.waits[lsn]--; r.waits[lsn] == 0 {
-			delete(r.waits, lsn)
-		}
-		r.mu.Unlock()
-	}()
 	for {
 		r.mu.Lock()
 		done, ch := r.versioned >= lsn, r.changed
+		if !done && lsn > r.wanted {
+			r.wanted = lsn
+		}
 		r.mu.Unlock()
 		if done {
 			return nil
@@ -198,18 +184,15 @@ func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
 	}
 }
 
-// waitedFor returns the nearest position an applier waits for that is not
+// waitedFor returns the furthest position an applier waits for that is not
 // versioned yet (0 when none).
 func (r *Reader) waitedFor() pglogrepl.LSN {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	var near pglogrepl.LSN
-	for l := range r.waits {
-		if l > r.versioned && (near == 0 || l < near) {
-			near = l
-		}
+	if r.wanted > r.versioned {
+		return r.wanted
 	}
-	return near
+	return 0
 }
 
 type relation struct {
