@@ -223,18 +223,7 @@ func appliersWriteAnAbsentKeyInTurn(t *testing.T, n int) {
 // An applied insert of the row must not commit its version before those
 // writes are versioned: the reader would then version them on top of it and
 // record the applied row as deleted.
-//
-// The applier waits for the reader in two ways, each run alone here: for
-// the reader to pass the WAL position its writes saw (the reader versions
-// what it holds at once then), and behind a barrier it emits. The first
-// has a wait longer than the test may take, so the test fails unless the
-// reader passes the position by itself.
 func TestAppliedInsertAfterUnversionedLocalDelete(t *testing.T) {
-	t.Run("barrier", func(t *testing.T) { appliedInsertAfterUnversionedLocalDelete(t, -1) })
-	t.Run("passive", func(t *testing.T) { appliedInsertAfterUnversionedLocalDelete(t, time.Hour) })
-}
-
-func appliedInsertAfterUnversionedLocalDelete(t *testing.T, passive time.Duration) {
 	b := startApplierBench(t, []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.kv"})
 	ctx, ap, sh := b.ctx, b.ap, b.shapes["public.kv"]
 	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: b.url, Tables: b.cluster.Tables})
@@ -242,7 +231,7 @@ func appliedInsertAfterUnversionedLocalDelete(t *testing.T, passive time.Duratio
 	readerDone := make(chan error, 1)
 	go func() { readerDone <- reader.Run(rctx) }()
 	defer func() { stopReader(); <-readerDone }()
-	fromUS := b.applier(t, "us", postgres.ApplierConfig{Versioner: reader, BarrierTimeout: 30 * time.Second, PassiveWait: passive})
+	fromUS := b.applier(t, "us", postgres.ApplierConfig{Versioner: reader, BarrierTimeout: 30 * time.Second})
 	local, err := ap.Conn(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -326,29 +315,6 @@ func appliedInsertAfterUnversionedLocalDelete(t *testing.T, passive time.Duratio
 	if _, err := hold.Exec(ctx, `COMMIT`); err != nil {
 		t.Fatal(err)
 	}
-	// Other sessions commit, as they do in a busy region: the stream brings
-	// the reader past the applier's writes.
-	busy, err := ap.Conn(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer busy.Close(context.Background())
-	quiet := make(chan struct{})
-	busyDone := make(chan error, 1)
-	go func() {
-		for id := 3; ; id++ {
-			select {
-			case <-quiet:
-				busyDone <- nil
-				return
-			case <-time.After(50 * time.Millisecond):
-			}
-			if _, err := busy.Exec(ctx, `INSERT INTO public.kv VALUES ($1, 'other')`, id); err != nil {
-				busyDone <- err
-				return
-			}
-		}
-	}()
 	err = <-applied
 	for attempt := 1; err != nil; attempt++ {
 		if !postgres.IsRetryable(err) || attempt > 5 {
@@ -357,10 +323,6 @@ func appliedInsertAfterUnversionedLocalDelete(t *testing.T, passive time.Duratio
 		t.Logf("us batch retried: %v", err)
 		_, err = fromUS.Apply(ctx, txn(3, replicator.Change{Op: conflict.OpInsert, Key: key, Row: row("us 3"),
 			Version: conflict.Version{Vector: conflict.Vector{"us": 3}, HLC: ts(3), Origin: "us"}}))
-	}
-	close(quiet)
-	if err := <-busyDone; err != nil {
-		t.Fatal(err)
 	}
 	versioned()
 	var rows int64

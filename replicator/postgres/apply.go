@@ -35,10 +35,6 @@ type ApplierConfig struct {
 	Logger     *slog.Logger
 	// BarrierTimeout bounds the wait for the local reader.
 	BarrierTimeout time.Duration
-	// PassiveWait bounds how long the applier waits for the local reader
-	// to pass a WAL position on its own before it emits a barrier (see
-	// barrier): default 15ms, negative to emit one at once.
-	PassiveWait time.Duration
 	// OnCommit, when set, is called after each apply transaction commits
 	// (for metrics); it must not block.
 	OnCommit func(CommitStats)
@@ -174,9 +170,6 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	}
 	if cfg.BarrierTimeout <= 0 {
 		cfg.BarrierTimeout = 30 * time.Second
-	}
-	if cfg.PassiveWait == 0 {
-		cfg.PassiveWait = 15 * time.Millisecond
 	}
 	if cfg.Order == nil {
 		cfg.Order = replicator.NewTableOrder()

@@ -90,7 +90,7 @@ func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replica
 		return nil, err
 	}
 	if ex.unlockedKeys {
-		if err := a.barrier(ctx, ex.tx, n, false); err != nil {
+		if err := a.barrier(ctx, n, false); err != nil {
 			return nil, err
 		}
 		ex.unlockedKeys = false

@@ -82,7 +82,7 @@ func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int)
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout,
 		execAs: a.execAs, alone: func(t string) commuting { return a.alone[t] }}
 	if a.cfg.Versioner != nil {
-		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, tx, 0, true) }
+		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0, true) }
 	}
 	return ex
 }

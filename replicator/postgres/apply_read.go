@@ -12,7 +12,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
 
 	"github.com/polyregion/polyregion/replicator"
@@ -73,7 +72,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		if _, err = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT read_rows"); err != nil {
 			return false, fmt.Errorf("apply: %w", err)
 		}
-		if err = a.barrier(ctx, tx, len(stale), false); err == nil {
+		if err = a.barrier(ctx, len(stale), false); err == nil {
 			stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states)
 		}
 	}
@@ -102,7 +101,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			lockedBefore[k] = states[k].exists
 		}
-		if err := a.barrier(ctx, tx, len(stale), true); err != nil {
+		if err := a.barrier(ctx, len(stale), true); err != nil {
 			return false, err
 		}
 		// Read the stale keys again: a row absent before may have been
@@ -180,44 +179,10 @@ func (a *Applier) readStates(ctx context.Context, tx pgx.Tx, shapes map[string]r
 }
 
 // barrier waits until the local reader has versioned every local commit
-// that tx's reads and writes so far could see.
-//
-// Each such commit is in the WAL before the position written now, so the
-// applier first waits, up to PassiveWait, for the reader to pass that
-// position: the stream brings it past it with the next commit of any
-// session (or a keepalive), and the reader then versions what it holds at
-// once. Only when nothing else commits meanwhile (an idle region, or WAL
-// not yet flushed after commits without synchronous_commit) does the
-// applier emit a barrier: a transaction of its own that flushes the WAL
-// and that the reader waits for, which costs two more local transactions.
-func (a *Applier) barrier(ctx context.Context, tx pgx.Tx, rows int, holdingRows bool) error {
+// that precedes it.
+func (a *Applier) barrier(ctx context.Context, rows int, holdingRows bool) error {
 	if a.cfg.Versioner == nil {
 		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", rows)
-	}
-	started := time.Now()
-	err := a.awaitReader(ctx, tx)
-	if a.cfg.OnReaderWait != nil {
-		a.cfg.OnReaderWait(time.Since(started), holdingRows)
-	}
-	return err
-}
-
-func (a *Applier) awaitReader(ctx context.Context, tx pgx.Tx) error {
-	if a.cfg.PassiveWait > 0 {
-		var at string
-		if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_insert_lsn()::text`).Scan(&at); err != nil {
-			return fmt.Errorf("apply: WAL position: %w", err)
-		}
-		l, err := pglogrepl.ParseLSN(at)
-		if err != nil {
-			return fmt.Errorf("apply: WAL position %q: %w", at, err)
-		}
-		pctx, cancel := context.WithTimeout(ctx, a.cfg.PassiveWait)
-		err = a.cfg.Versioner.WaitVersioned(pctx, l)
-		cancel()
-		if err == nil || ctx.Err() != nil {
-			return err
-		}
 	}
 	// Emitted from a session of its own, after everything tx has read or
 	// written (so after it in the WAL), and flushed (see EmitBarrier).
@@ -235,8 +200,12 @@ func (a *Applier) awaitReader(ctx context.Context, tx pgx.Tx) error {
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	started := time.Now()
 	err = a.cfg.Versioner.WaitVersioned(wctx, l)
 	cancel()
+	if a.cfg.OnReaderWait != nil {
+		a.cfg.OnReaderWait(time.Since(started), holdingRows)
+	}
 	if err != nil {
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}

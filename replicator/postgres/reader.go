@@ -87,12 +87,8 @@ type Reader struct {
 
 	mu        sync.Mutex
 	versioned pglogrepl.LSN // every local commit before this is versioned
-	// wanted is the furthest position an applier waits for (see
-	// WaitVersioned): the reader versions its batch as soon as it has
-	// passed it instead of when the batch is due.
-	wanted   pglogrepl.LSN
-	changed  chan struct{} // closed and replaced on every advance
-	appended chan struct{} // closed and replaced when outbox entries commit
+	changed   chan struct{} // closed and replaced on every advance
+	appended  chan struct{} // closed and replaced when outbox entries commit
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Stop
@@ -161,17 +157,10 @@ func (r *Reader) advance(lsn pglogrepl.LSN) {
 // WaitVersioned blocks until every local write committed before lsn has been
 // versioned (is in row_version). Appliers call it when they find a row
 // written locally whose version is not recorded yet.
-//
-// The position need not be a barrier's (see EmitBarrier): any position in
-// the WAL is reached once the stream has brought a later commit or a
-// keepalive past it, and the reader then versions what it holds at once.
 func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
 	for {
 		r.mu.Lock()
 		done, ch := r.versioned >= lsn, r.changed
-		if !done && lsn > r.wanted {
-			r.wanted = lsn
-		}
 		r.mu.Unlock()
 		if done {
 			return nil
@@ -182,17 +171,6 @@ func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
 			return fmt.Errorf("wait for reader to version local writes up to %s: %w", lsn, ctx.Err())
 		}
 	}
-}
-
-// waitedFor returns the furthest position an applier waits for that is not
-// versioned yet (0 when none).
-func (r *Reader) waitedFor() pglogrepl.LSN {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.wanted > r.versioned {
-		return r.wanted
-	}
-	return 0
 }
 
 type relation struct {

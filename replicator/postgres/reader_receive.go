@@ -15,12 +15,8 @@ import (
 // receive handles one message of the change stream.
 func (s *readSession) receive(ev StreamEvent) error {
 	if ev.Keepalive {
-		// Between transactions, every commit before the server's send
-		// position has reached us; with nothing in flight the slot may
-		// move on.
-		if s.cur == nil {
-			s.passed = max(s.passed, ev.WALEnd)
-		}
+		// Nothing in flight: every commit before the server's send
+		// position has reached us, so the slot may move on.
 		if s.cur == nil && len(s.batch) == 0 && !s.inflight && ev.WALEnd > s.confirmed {
 			s.confirmed = ev.WALEnd
 			s.r.advance(s.confirmed)
@@ -167,15 +163,10 @@ func (s *readSession) commit(msg *pglogrepl.CommitMessage) error {
 	}
 	s.cur.endLSN = msg.TransactionEndLSN
 	if s.bigTx != nil {
-		if err := s.commitLarge(); err != nil {
-			return err
-		}
-		s.passed = max(s.passed, msg.TransactionEndLSN)
-		return nil
+		return s.commitLarge()
 	}
 	done := s.cur
 	s.cur = nil
-	s.passed = max(s.passed, done.endLSN)
 	if done.endLSN <= s.st.lsn {
 		return nil // versioned before a restart
 	}

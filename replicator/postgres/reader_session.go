@@ -23,16 +23,11 @@ type readSession struct {
 	pconn  *pgx.Conn   // the persister's session
 	st     readerState // as last persisted
 
-	rels         map[uint32]*relation
-	cur          *pendingTxn // the transaction being decoded
-	batch        []*pendingTxn
-	batchChanges int
-	confirmed    pglogrepl.LSN // reported to the server as flushed
-	// passed is how far the stream has brought every commit: the end of
-	// the last one decoded, or a keepalive's position between
-	// transactions. Once the batch is versioned, so is every local
-	// commit before it.
-	passed        pglogrepl.LSN
+	rels          map[uint32]*relation
+	cur           *pendingTxn // the transaction being decoded
+	batch         []*pendingTxn
+	batchChanges  int
+	confirmed     pglogrepl.LSN // reported to the server as flushed
 	flushDeadline time.Time
 
 	// Versioning runs in its own goroutine, one batch at a time, while the
@@ -88,14 +83,7 @@ func (s *readSession) finish(res persistResult) error {
 	}
 	s.st = res.st
 	s.confirmed = max(s.confirmed, s.st.lsn)
-	at := s.st.lsn
-	if len(s.batch) == 0 {
-		// Nothing decoded waits to be versioned: the transactions passed
-		// since the batch was handed over were applied ones or had
-		// nothing to version.
-		at = max(at, s.passed)
-	}
-	s.r.advance(at)
+	s.r.advance(s.st.lsn)
 	s.r.noteAppended()
 	return nil
 }
@@ -224,7 +212,7 @@ func (s *readSession) tick() error {
 		}
 	}
 	cfg := s.r.cfg
-	if len(s.batch) > 0 && (s.batchChanges >= cfg.BatchChanges || len(s.batch) >= cfg.BatchTxns || time.Now().After(s.flushDeadline) || s.waitedOn()) {
+	if len(s.batch) > 0 && (s.batchChanges >= cfg.BatchChanges || len(s.batch) >= cfg.BatchTxns || time.Now().After(s.flushDeadline)) {
 		if s.inflight && s.batchChanges >= 4*cfg.BatchChanges {
 			if err := s.await(); err != nil {
 				return err
@@ -236,14 +224,6 @@ func (s *readSession) tick() error {
 		return s.sendStatus()
 	}
 	return nil
-}
-
-// waitedOn reports whether an applier waits for a position the stream has
-// passed: the batch holds every local commit before it, and is versioned
-// now rather than when due.
-func (s *readSession) waitedOn() bool {
-	want := s.r.waitedFor()
-	return want != 0 && want <= s.passed
 }
 
 // wait is how long to wait for the next message before tick is due again.
