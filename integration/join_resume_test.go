@@ -17,8 +17,8 @@ import (
 // from us, and then all three write at once: each transaction increments
 // a random counter row, and every fourth also deletes a random note or
 // writes one, again after a delete or over another region's (conflicts
-// last-writer-wins decides, while tombstones are collected). sa joins
-// from eu meanwhile. Its replicator is killed (-9) once the first chunk
+// last-writer-wins decides, while tombstones are collected), until 2 s
+// into sa's catch-up. sa joins from eu meanwhile. Its replicator is killed (-9) once the first chunk
 // is in, and eu's (the source's) as the next attempt begins loading (when
 // eu was still sending, the attempt after it comes from a third
 // snapshot). Each attempt goes on from a later snapshot, so an increment
