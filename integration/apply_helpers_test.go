@@ -64,3 +64,15 @@ func (b *applierBench) applier(t *testing.T, src conflict.RegionID, cfg postgres
 	t.Cleanup(func() { a.Close() })
 	return a
 }
+
+// reader runs ap's local reader until the test ends (appliers given it as
+// their Versioner wait for it as in a running replicator).
+func (b *applierBench) reader(t *testing.T) *postgres.Reader {
+	t.Helper()
+	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: b.url, Tables: b.cluster.Tables})
+	ctx, stop := context.WithCancel(b.ctx)
+	done := make(chan error, 1)
+	go func() { done <- reader.Run(ctx) }()
+	t.Cleanup(func() { stop(); <-done })
+	return reader
+}

@@ -226,11 +226,7 @@ func appliersWriteAnAbsentKeyInTurn(t *testing.T, n int) {
 func TestAppliedInsertAfterUnversionedLocalDelete(t *testing.T) {
 	b := startApplierBench(t, []string{`CREATE TABLE public.kv (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.kv"})
 	ctx, ap, sh := b.ctx, b.ap, b.shapes["public.kv"]
-	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: b.url, Tables: b.cluster.Tables})
-	rctx, stopReader := context.WithCancel(ctx)
-	readerDone := make(chan error, 1)
-	go func() { readerDone <- reader.Run(rctx) }()
-	defer func() { stopReader(); <-readerDone }()
+	reader := b.reader(t)
 	fromUS := b.applier(t, "us", postgres.ApplierConfig{Versioner: reader, BarrierTimeout: 30 * time.Second})
 	local, err := ap.Conn(ctx)
 	if err != nil {

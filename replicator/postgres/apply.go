@@ -359,6 +359,11 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 		}
 	}
 	txns = a.withoutDropped(txns)
+	// A retry reads every row until the whole batch is in, not only in
+	// the chunk that failed: the chunks after it would otherwise assume
+	// again what failed (a new key absent here that another source's
+	// applier wrote meanwhile) and fail one after the other.
+	retry, committedAny := a.readAll, false
 	var last replicator.Seq
 	for len(txns) > 0 {
 		n := a.gate.chunk(len(txns))
@@ -372,14 +377,17 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 			return last, err
 		}
 		// A chunk an earlier attempt committed is skipped without a
-		// transaction: it neither clears readAll (the chunk that failed
-		// comes after it, and must read every row) nor counts as a
-		// commit without contention.
+		// transaction: it does not count as a commit without contention
+		// (the chunk that failed comes after it, and must read every row).
 		if committed {
-			a.readAll = false
+			committedAny = true
+			a.readAll = retry
 			a.gate.succeeded()
 		}
 		last, txns = seq, txns[n:]
+	}
+	if committedAny {
+		a.readAll = false
 	}
 	return last, unknown
 }
