@@ -362,8 +362,10 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 	// A retry reads every row until the whole batch is in, not only in
 	// the chunk that failed: the chunks after it would otherwise assume
 	// again what failed (a new key absent here that another source's
-	// applier wrote meanwhile) and fail one after the other.
-	retry, committedAny := a.readAll, false
+	// applier wrote meanwhile) and fail one after the other. So readAll
+	// is cleared only once every chunk is in, and only if one of them
+	// committed here.
+	committedAny := false
 	var last replicator.Seq
 	for len(txns) > 0 {
 		n := a.gate.chunk(len(txns))
@@ -381,7 +383,6 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 		// (the chunk that failed comes after it, and must read every row).
 		if committed {
 			committedAny = true
-			a.readAll = retry
 			a.gate.succeeded()
 		}
 		last, txns = seq, txns[n:]
