@@ -87,8 +87,10 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		return err
 	}
 	// Every applier locks rows of different tables in one order, the one
-	// applications write them in (and so does a snapshot's pause).
+	// applications write them in (and so does a snapshot's pause), and
+	// claims the rows it reads from the others before it locks them.
 	order := replicator.NewTableOrder()
+	shared := appliersShare{order: order, claims: replicator.NewClaims()}
 	var ctrl link.Control
 	if rt.control != nil {
 		ctrl = rt.control
@@ -137,7 +139,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		if rt.control != nil {
 			onEpochs = func(es []regions.Epoch) { rt.learnEpochs(cfg.Cluster, p.ID, es) }
 		}
-		f, err := newFollower(cfg, p, reader, pool, order, graves, rt.mon, stopping, log, onEpochs)
+		f, err := newFollower(cfg, p, reader, pool, shared, graves, rt.mon, stopping, log, onEpochs)
 		if err != nil {
 			cancel(err)
 			break

@@ -42,13 +42,21 @@ type follower struct {
 	// failed (an inserted key absent here).
 	carefulSeq replicator.Seq
 	retrySeq   replicator.Seq
-	order      *replicator.TableOrder // shared by the process's appliers
+	shared     appliersShare
 	arrivals   arrivalRate
 	// removed reports whether the cluster removed a region.
 	removed func(conflict.RegionID) bool
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, order *replicator.TableOrder, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger,
+// appliersShare is what every applier of the process shares: the order in
+// which they lock the rows of different tables (the one applications
+// write them in), and their claims on rows (see replicator.Claims).
+type appliersShare struct {
+	order  *replicator.TableOrder
+	claims *replicator.Claims
+}
+
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, shared appliersShare, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger,
 	onEpochs func([]regions.Epoch)) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
@@ -67,7 +75,7 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool
 	if err != nil {
 		return nil, err
 	}
-	return &follower{cfg: cfg, peer: p, reader: reader, order: order, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop,
+	return &follower{cfg: cfg, peer: p, reader: reader, shared: shared, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop,
 		pool: pool}, nil
 }
 
@@ -168,7 +176,7 @@ func (f *follower) run(ctx context.Context) {
 func (f *follower) once(ctx context.Context) error {
 	applier, err := postgres.NewApplier(ctx, postgres.ApplierConfig{
 		Region: f.cfg.Region, Source: f.peer.ID, ConnString: f.cfg.Database, Cluster: f.cfg.Cluster,
-		Versioner: f.reader, Logger: f.log, Order: f.order, Waiting: f.cfg.waiting,
+		Versioner: f.reader, Logger: f.log, Order: f.shared.order, Claims: f.shared.claims, Waiting: f.cfg.waiting,
 		OnCommit: func(s postgres.CommitStats) {
 			cs := make([]obs.Conflict, len(s.Conflicts))
 			for i, c := range s.Conflicts {
@@ -178,6 +186,7 @@ func (f *follower) once(ctx context.Context) error {
 			f.mon.PeerApplied(f.peer.ID, uint64(s.LastSeq), s.LastCommitUnix)
 		},
 		OnReaderWait: func(d time.Duration, holdingRows bool) { f.mon.Metrics().ReaderWait(string(f.peer.ID), d, holdingRows) },
+		OnClaimWait:  func(d time.Duration) { f.mon.Metrics().ClaimWait(string(f.peer.ID), d) },
 	})
 	if err != nil {
 		return applyFailed{err}

@@ -69,6 +69,8 @@ type Metrics struct {
 	refused     *prometheus.CounterVec
 	readerWaits *prometheus.CounterVec
 	readerWait  *prometheus.CounterVec
+	claimWaits  *prometheus.CounterVec
+	claimWait   *prometheus.CounterVec
 
 	slotRetained prometheus.Gauge
 	slotMax      prometheus.Gauge
@@ -107,6 +109,8 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 		[]float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30})
 	m.readerWaits = f.counterVec("polyregion_apply_reader_waits_total", "Waits of the applier for the local reader to version local writes it found unversioned, by whether the apply transaction held application rows locked meanwhile (holding_rows=true: local writers of those rows waited too).", []string{"peer", "holding_rows"})
 	m.readerWait = f.counterVec("polyregion_apply_reader_wait_seconds_total", "Time the applier waited for the local reader, by whether it held application rows locked meanwhile.", []string{"peer", "holding_rows"})
+	m.claimWaits = f.counterVec("polyregion_apply_claim_waits_total", "Apply transactions that waited, before they began, for rows the applier of another peer held in an apply transaction of its own.", []string{"peer"})
+	m.claimWait = f.counterVec("polyregion_apply_claim_wait_seconds_total", "Time the applier waited for rows the applier of another peer held, before its transactions began (holding no row meanwhile).", []string{"peer"})
 	m.parkedTotal = f.counterVec("polyregion_parked_total", "Changes from the peer parked (could not be applied yet).", peer)
 	m.backlog = f.gaugeVec("polyregion_outbox_backlog_transactions", "This region's transactions the peer has not confirmed yet.", peer)
 	m.conflicts = f.counterVec("polyregion_conflicts_total", "Concurrent writes resolved here and logged, by table, what collided, the table's policy and outcome: overwritten (the losing write's data is gone) or merged (nothing of it is).", []string{"table", "kind", "policy", "outcome"})
@@ -138,7 +142,7 @@ func NewMetrics(region conflict.RegionID, peers []conflict.RegionID, tables []re
 		for _, v := range []*prometheus.GaugeVec{m.lagSeconds, m.lagTxns, m.linkUp, m.backlog} {
 			v.WithLabelValues(string(p))
 		}
-		for _, v := range []*prometheus.CounterVec{m.shippedTxns, m.shippedRows, m.shippedB, m.appliedTxns, m.appliedRows, m.parkedTotal, m.merged} {
+		for _, v := range []*prometheus.CounterVec{m.shippedTxns, m.shippedRows, m.shippedB, m.appliedTxns, m.appliedRows, m.parkedTotal, m.merged, m.claimWaits, m.claimWait} {
 			v.WithLabelValues(string(p))
 		}
 		m.applyDur.WithLabelValues(string(p))
@@ -211,6 +215,13 @@ func (m *Metrics) ReaderWait(peer string, d time.Duration, holdingRows bool) {
 	h := strconv.FormatBool(holdingRows)
 	m.readerWaits.WithLabelValues(peer, h).Inc()
 	m.readerWait.WithLabelValues(peer, h).Add(d.Seconds())
+}
+
+// ClaimWait counts one wait of the peer's applier for rows another peer's
+// applier held.
+func (m *Metrics) ClaimWait(peer string, d time.Duration) {
+	m.claimWaits.WithLabelValues(peer).Inc()
+	m.claimWait.WithLabelValues(peer).Add(d.Seconds())
 }
 
 // MembershipConfirmed records whether the last watermark round confirmed

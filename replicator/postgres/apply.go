@@ -43,6 +43,12 @@ type ApplierConfig struct {
 	// transaction held application rows locked meanwhile; it must not
 	// block.
 	OnReaderWait func(d time.Duration, holdingRows bool)
+	// Claims, shared by every applier of a process, keeps them off each
+	// other's rows (see claimRows); nil: this applier claims none.
+	Claims *replicator.Claims
+	// OnClaimWait, when set, is called after each apply transaction that
+	// waited for its claim, with how long; it must not block.
+	OnClaimWait func(d time.Duration)
 	// Order is the order in which rows of different tables are locked;
 	// every applier of a process shares one (nil: one of its own).
 	Order *replicator.TableOrder
@@ -342,7 +348,9 @@ func (s *rowState) ownVersion() conflict.Version {
 // application), and later attempts apply fewer source transactions at a
 // time, down to one, and wait longer (see contention). A failed attempt may
 // have committed a first part; calling Apply again with the same batch
-// skips what was applied.
+// skips what was applied. Before each local transaction begins, its rows
+// are claimed from the process's other appliers (see claimRows): those
+// wait for each other there, not for row locks.
 func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator.Seq, error) {
 	if err := a.gate.sync(ctx, a.conn); err != nil {
 		return 0, err
@@ -369,7 +377,12 @@ func (a *Applier) Apply(ctx context.Context, txns []*replicator.Txn) (replicator
 	var last replicator.Seq
 	for len(txns) > 0 {
 		n := a.gate.chunk(len(txns))
+		release, err := a.claimRows(ctx, txns[:n])
+		if err != nil {
+			return last, err
+		}
 		seq, committed, err := a.applyChunk(ctx, txns[:n])
+		release()
 		if err != nil {
 			a.readAll = true
 			a.liveKeys = nil
