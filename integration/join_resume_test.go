@@ -17,9 +17,9 @@ import (
 // from us, and then all three write at once: each transaction increments
 // a random counter row, and every fourth also deletes a random note or
 // writes one, again after a delete or over another region's (conflicts
-// last-writer-wins decides, while tombstones are collected), until 2 s
-// into sa's catch-up. sa joins from eu meanwhile. Its replicator is killed (-9) once the first chunk
-// is in, and eu's (the source's) as the next attempt begins loading (when
+// last-writer-wins decides, while tombstones are collected), until sa
+// has caught up. sa joins from eu meanwhile. Its replicator is killed
+// (-9) once the first chunk is in, and eu's (the source's) as the next attempt begins loading (when
 // eu was still sending, the attempt after it comes from a third
 // snapshot). Each attempt goes on from a later snapshot, so an increment
 // made between two snapshots reaches sa twice, in the rows of a later
@@ -160,17 +160,18 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 	// INSERT ... ON CONFLICT): gone once the load is in.
 	waitLoaded(t, ctx, sa, 4*time.Minute)
 	mustExec(t, ctx, sa, `DROP TRIGGER slow_load ON public.hits`)
-	// The writers go on into sa's catch-up, then stop: three regions
-	// writing as fast as they can on a 2-core machine can keep a fourth
-	// catching up for minutes (it applies all three; CI saw it trail them
-	// past 4 minutes). The join must end with every increment kept.
-	time.Sleep(2 * time.Second)
+	// The writers go on until sa has caught up with all three: it applies
+	// them all, and its appliers of different sources share rows (before
+	// they claimed their rows, they failed each other's batches on their
+	// lock timeouts, and sa trailed three writers like these past 4
+	// minutes on a 2-core machine).
+	waitJoined(t, ctx, sa, 4*time.Minute)
+	time.Sleep(time.Second)
 	close(stop)
 	wg.Wait()
 	if e := werr.Load(); e != nil {
 		t.Fatalf("writer failed: %v", e)
 	}
-	waitJoined(t, ctx, sa, 4*time.Minute)
 	if err := h.WaitConverged(ctx, names, 3*time.Minute); err != nil {
 		t.Fatal(err)
 	}
