@@ -19,9 +19,9 @@ import (
 // writes one, again after a delete or over another region's (conflicts
 // last-writer-wins decides, while tombstones are collected), until sa
 // has caught up. sa joins from eu meanwhile. Its replicator is killed
-// (-9) once the first chunk is in, and eu's (the source's) as the next attempt begins loading (when
-// eu was still sending, the attempt after it comes from a third
-// snapshot). Each attempt goes on from a later snapshot, so an increment
+// (-9) once the first chunk is in, and eu's (the source's) as the next
+// attempt begins loading (when eu was still sending, the attempt after it
+// comes from a third snapshot). Each attempt goes on from a later snapshot, so an increment
 // made between two snapshots reaches sa twice, in the rows of a later
 // chunk and again in a stream that sa resumes from an earlier snapshot's
 // position. It must count once. At the end the four regions hold the same

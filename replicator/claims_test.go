@@ -3,6 +3,7 @@ package replicator
 import (
 	"context"
 	"errors"
+	"hash/fnv"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -178,5 +179,10 @@ func TestNilClaimsClaimNothing(t *testing.T) {
 	release()
 	if ClaimID("public.a", `["1"]`) == ClaimID("public.b", `["1"]`) || ClaimID("public.ab", `["1"]`) == ClaimID("public.a", `b["1"]`) {
 		t.Fatal("ClaimID does not tell the rows of different tables apart")
+	}
+	h := fnv.New64a()
+	h.Write([]byte("public.a\x00[\"1\"]"))
+	if ClaimID("public.a", `["1"]`) != h.Sum64() {
+		t.Fatal("ClaimID is not FNV-1a of the table, a zero byte and the key")
 	}
 }
