@@ -52,8 +52,11 @@ type Entry struct {
 // in increasing Seq order with no gaps.
 type Outbox interface {
 	// Read returns up to limit entries after (seq, part), in (Seq, Part)
-	// order. Parts of a transaction become visible all at once.
-	Read(ctx context.Context, seq replicator.Seq, part int, limit int) ([]Entry, error)
+	// order, and whether more may be there already: true when it stopped
+	// at limit or at a bound of its own, false when it returned every
+	// entry there was (the server then waits for Changed instead of
+	// reading again). Parts of a transaction become visible all at once.
+	Read(ctx context.Context, seq replicator.Seq, part int, limit int) (entries []Entry, more bool, err error)
 	// Changed returns a channel closed when new entries may exist.
 	Changed() <-chan struct{}
 	// Ack records that peer durably applied every entry up to seq.
@@ -398,7 +401,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	}
 	for {
 		changed := s.cfg.Outbox.Changed()
-		entries, err := s.cfg.Outbox.Read(ctx, pos, posPart, s.cfg.BatchSize)
+		entries, more, err := s.cfg.Outbox.Read(ctx, pos, posPart, s.cfg.BatchSize)
 		if err != nil {
 			if ctx.Err() == nil {
 				s.cfg.Logger.Error("link: read outbox", "peer", string(peer), "err", err)
@@ -431,8 +434,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 				return
 			}
 		}
-		if len(entries) > 0 && !due {
-			continue // more may follow (reads are bounded); flush once drained or when the buffer fills
+		if more && !due {
+			continue // flush once drained or when the buffer fills
 		}
 		if err := bw.Flush(); err != nil {
 			return
@@ -440,9 +443,11 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 		if err := rc.Flush(); err != nil {
 			return
 		}
-		if len(entries) > 0 {
+		if more {
 			continue
 		}
+		// Drained: an entry appended since the read began closes changed
+		// (taken before the read), so nothing is left waiting.
 		timer := time.NewTimer(s.cfg.Keepalive)
 		select {
 		case <-ctx.Done():

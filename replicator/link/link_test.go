@@ -39,6 +39,8 @@ type memOutbox struct {
 	assigned replicator.Seq
 	// ackCalls records every Ack call, refused positions included.
 	ackCalls []replicator.Seq
+	// reads counts Read calls.
+	reads int
 }
 
 func newMemOutbox() *memOutbox {
@@ -54,16 +56,22 @@ func (m *memOutbox) add(t *replicator.Txn) {
 	m.mu.Unlock()
 }
 
-func (m *memOutbox) Read(_ context.Context, after replicator.Seq, part int, limit int) ([]Entry, error) {
+func (m *memOutbox) Read(_ context.Context, after replicator.Seq, part int, limit int) ([]Entry, bool, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.reads++
 	var out []Entry
+	more := false
 	for _, e := range m.entries {
-		if (e.Seq > after || (e.Seq == after && e.Part > part)) && len(out) < limit {
+		if e.Seq > after || (e.Seq == after && e.Part > part) {
+			if len(out) == limit {
+				more = true
+				break
+			}
 			out = append(out, e)
 		}
 	}
-	return out, nil
+	return out, more, nil
 }
 
 func (m *memOutbox) Retained(context.Context) (replicator.Seq, replicator.Seq, error) {
@@ -268,6 +276,43 @@ func TestStreamResumesFromAppliedPositionAndRecordsAcks(t *testing.T) {
 	}
 	if ob.acks["eu"] != 6 {
 		t.Fatalf("ack recorded %d, want 6", ob.acks["eu"])
+	}
+}
+
+// A stream reads the outbox once for each append, not a second time to
+// find nothing more: after a read that returned every entry there was, it
+// waits for the next append.
+func TestStreamReadsTheOutboxOnceForEachAppend(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	url := serve(t, ob, TLSFiles{}, cluster)
+	cl := client(t, url, secret, TLSFiles{}, cluster)
+	const n = 50
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	began := time.Now()
+	errDone := errors.New("done")
+	// Each transaction is appended once the previous one arrived, so the
+	// stream has drained the outbox every time.
+	err := cl.Stream(ctx, 0, func(tx *replicator.Txn) error {
+		if tx.Seq == n {
+			return errDone
+		}
+		ob.add(txn(int(tx.Seq) + 1))
+		return nil
+	})
+	if !errors.Is(err, errDone) {
+		t.Fatalf("stream: %v", err)
+	}
+	ob.mu.Lock()
+	reads := ob.reads
+	ob.mu.Unlock()
+	// One read per append, one per keepalive (100 ms here), and one more
+	// when an append lands between taking the wake channel and reading.
+	bound := n + int(time.Since(began)/(100*time.Millisecond)) + 2
+	t.Logf("%d reads for %d appends in %s", reads, n, time.Since(began).Round(time.Millisecond))
+	if reads > bound {
+		t.Fatalf("%d outbox reads for %d appends, more than %d: the stream reads again after a read that returned everything", reads, n, bound)
 	}
 }
 

@@ -52,27 +52,34 @@ func NewOutbox(pool *pgxpool.Pool, reader *Reader, region conflict.RegionID, pee
 	return &Outbox{pool: pool, reader: reader, region: string(region), peers: ps, maxTxns: maxTxns}
 }
 
-// Read implements link.Outbox.
-func (o *Outbox) Read(ctx context.Context, after replicator.Seq, part int, limit int) ([]link.Entry, error) {
+// Read implements link.Outbox: more when it stopped at limit or at
+// maxReadBytes.
+func (o *Outbox) Read(ctx context.Context, after replicator.Seq, part int, limit int) ([]link.Entry, bool, error) {
 	rows, err := o.pool.Query(ctx, `SELECT seq, part, more, rows, payload FROM polyregion.outbox
 		WHERE (seq, part) > ($1, $2) ORDER BY seq, part LIMIT $3`, int64(after), part, limit)
 	if err != nil {
-		return nil, fmt.Errorf("read outbox: %w", err)
+		return nil, false, fmt.Errorf("read outbox: %w", err)
 	}
 	defer rows.Close()
 	var out []link.Entry
 	size := 0
-	for size < maxReadBytes && rows.Next() {
+	for rows.Next() {
+		if size >= maxReadBytes {
+			return out, true, nil
+		}
 		var e link.Entry
 		var seq int64
 		if err := rows.Scan(&seq, &e.Part, &e.More, &e.Rows, &e.Payload); err != nil {
-			return nil, fmt.Errorf("read outbox: %w", err)
+			return nil, false, fmt.Errorf("read outbox: %w", err)
 		}
 		e.Seq = replicator.Seq(seq)
 		out = append(out, e)
 		size += len(e.Payload)
 	}
-	return out, rows.Err()
+	if err := rows.Err(); err != nil {
+		return nil, false, fmt.Errorf("read outbox: %w", err)
+	}
+	return out, len(out) == limit, nil
 }
 
 // maxReadBytes bounds one Read's payloads (large transactions' parts are
