@@ -78,7 +78,7 @@ fuzz:
 
 # bench: BENCH selects benchmarks (default all); BENCH_ROWS, BENCH_REPS and
 # BENCH_LAG_SECONDS scale the data-plane benchmark, BENCH_JOIN_ROWS the join
-# seed benchmark. .ci/setup-bench installs
+# seed benchmark, BENCH_STEADY_SECONDS the steady-load benchmark. .ci/setup-bench installs
 # pglogical, its second baseline (not needed by the tests).
 BENCH ?= .
 bench: setup build
