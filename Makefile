@@ -78,8 +78,9 @@ fuzz:
 
 # bench: BENCH selects benchmarks (default all); BENCH_ROWS, BENCH_REPS and
 # BENCH_LAG_SECONDS scale the data-plane benchmark, BENCH_JOIN_ROWS the join
-# seed benchmark, BENCH_STEADY_SECONDS the steady-load benchmark. .ci/setup-bench installs
-# pglogical, its second baseline (not needed by the tests).
+# seed benchmark, BENCH_STEADY_SECONDS the steady-load benchmark.
+# .ci/setup-bench installs pglogical, its second baseline (not needed by the
+# tests).
 BENCH ?= .
 bench: setup build
 	@./.ci/setup-bench

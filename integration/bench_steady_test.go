@@ -91,6 +91,7 @@ func BenchmarkSteadyLoad(b *testing.B) {
 	defer h.Close()
 	d := steadySeconds()
 
+	time.Sleep(2 * time.Second) // the new clusters' startup work settles
 	without, nWithout := steadyPhase(b, ctx, h.Regions, d)
 	// No replicator has run: the rows written are forgotten, and each
 	// writer starts again from 1.
@@ -110,7 +111,7 @@ func BenchmarkSteadyLoad(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	time.Sleep(2 * time.Second) // startup work settles
+	time.Sleep(2 * time.Second) // the replicators' startup work settles
 	with, nWith := steadyPhase(b, ctx, h.Regions, d)
 
 	// Every region ends with every row written in the second phase.
