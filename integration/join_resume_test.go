@@ -21,10 +21,10 @@ import (
 // has caught up. sa joins from eu meanwhile. Its replicator is killed
 // (-9) once the first chunk is in, and eu's (the source's) as the next
 // attempt begins loading (when eu was still sending, the attempt after it
-// comes from a third snapshot). Each attempt goes on from a later snapshot, so an increment
-// made between two snapshots reaches sa twice, in the rows of a later
-// chunk and again in a stream that sa resumes from an earlier snapshot's
-// position. It must count once. At the end the four regions hold the same
+// comes from a third snapshot). Each attempt goes on from a later
+// snapshot, so an increment made between two snapshots reaches sa twice,
+// in the rows of a later chunk and again in a stream that sa resumes from
+// an earlier snapshot's position. It must count once. At the end the four regions hold the same
 // rows, and every row's counter equals the increments the writers of all
 // three regions made to it. The rows are keyed by a text and a number,
 // the text in letters a collation orders otherwise than their bytes ('Ä'

@@ -141,14 +141,14 @@ func (c *Claims) grant() {
 	c.waiting = kept
 }
 
-// Held reports how many rows are held (for tests and metrics).
+// Held reports how many rows are held (for tests).
 func (c *Claims) Held() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.held)
 }
 
-// Waiting reports how many claims wait.
+// Waiting reports how many claims wait (for tests).
 func (c *Claims) Waiting() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
