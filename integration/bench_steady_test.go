@@ -80,11 +80,14 @@ func steadyPhase(b *testing.B, ctx context.Context, regions []*Region, d time.Du
 // 10 ms (about 100 transactions/s), first without replicators, then with
 // them, on the same clusters. It prints the machine's CPU time per
 // transaction written in each phase and their ratio, after checking that
-// every region holds every row.
+// every region holds every row. BENCH_PROFILE leaves the replicators' CPU
+// profiles, top statements and lock waits of the second phase there.
 func BenchmarkSteadyLoad(b *testing.B) {
 	ctx := context.Background()
+	prof := newBenchProfile()
 	h, err := Start(ctx, Spec{Regions: []string{"us", "eu", "ap"}, SchemaSQL: joinBenchSchema,
-		Tables: []TableSpec{{Name: "public.bulk"}, {Name: "public.lag"}}, Dir: benchDir(b), Binary: binary})
+		Tables: []TableSpec{{Name: "public.bulk"}, {Name: "public.lag"}}, Dir: benchDir(b), Binary: binary,
+		ClusterOptions: prof.clusterOptions()})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -101,10 +104,8 @@ func BenchmarkSteadyLoad(b *testing.B) {
 		}
 	}
 
-	for _, r := range h.Regions {
-		if err := r.StartReplicator(); err != nil {
-			b.Fatal(err)
-		}
+	if err := prof.startReplicators(h); err != nil {
+		b.Fatal(err)
 	}
 	for _, r := range h.Regions {
 		if err := r.WaitReady(ctx, 2*time.Minute); err != nil {
@@ -112,7 +113,9 @@ func BenchmarkSteadyLoad(b *testing.B) {
 		}
 	}
 	time.Sleep(2 * time.Second) // the replicators' startup work settles
+	profiled := prof.begin(ctx, h, "steady")
 	with, nWith := steadyPhase(b, ctx, h.Regions, d)
+	profiled()
 
 	// Every region ends with every row written in the second phase.
 	deadline := time.Now().Add(time.Minute)
