@@ -15,10 +15,11 @@ import (
 // held back by a session that locks polyregion.row_version while a local
 // write waits to be versioned.
 //
-//  1. A peer's transaction updates a row and inserts a history row: the
-//     new key needs the wait. A local update of the updated row must not
-//     wait for it (before: the applier had locked and updated the row, then
-//     waited, and the local update timed out).
+//  1. A peer's transaction updates a row and inserts a history row whose
+//     key was inserted and deleted here, not versioned yet: the new key
+//     needs the wait. A local update of the updated row must not wait for
+//     it (before: the applier had locked and updated the row, then waited,
+//     and the local update timed out).
 //  2. A peer updates a row just written here and not versioned yet: the
 //     applier must wait without holding it. A second local update of that
 //     row must not wait (before: the applier waited holding it).
@@ -99,8 +100,12 @@ func TestApplierWaitsForTheReaderHoldingNoApplicationRow(t *testing.T) {
 		}
 	}
 
-	// 1. An update and a new history row from us.
+	// 1. An update and a new history row from us, whose key eu inserted and
+	// deleted just before (its reader holds both, unversioned).
 	release := stall(10)
+	if err := app(eu, `BEGIN; INSERT INTO public.hist VALUES ('us-1', 'eu'); DELETE FROM public.hist WHERE id = 'us-1'; COMMIT`); err != nil {
+		t.Fatal(err)
+	}
 	if err := app(us, `BEGIN; UPDATE public.hot SET v = 'us 2' WHERE id = 2; INSERT INTO public.hist VALUES ('us-1', 'x'); COMMIT`); err != nil {
 		t.Fatal(err)
 	}

@@ -83,7 +83,9 @@ func (h *Harness) Quiesced(ctx context.Context) (bool, string, error) {
 
 // readerPassedBarrier emits a barrier and waits briefly for the region's
 // reader to version every local write before it. It returns the reader's next
-// outbox sequence number, or why it is not there yet.
+// outbox sequence number, or why it is not there yet. The barrier is one the
+// reader records passing (in reader_state), as it does only for barriers
+// with that prefix.
 func (r *Region) readerPassedBarrier(ctx context.Context) (int64, string, error) {
 	conn, err := r.Conn(ctx)
 	if err != nil {
@@ -93,7 +95,7 @@ func (r *Region) readerPassedBarrier(ctx context.Context) (int64, string, error)
 	var next int64
 	var passed bool
 	var barrier string
-	err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, 'polyregion.barrier', 'quiesce')::text`).Scan(&barrier)
+	err = conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, 'polyregion.barrier-recorded', 'quiesce')::text`).Scan(&barrier)
 	for i := 0; err == nil && i < 50; i++ {
 		err = conn.QueryRow(ctx, `SELECT coalesce((SELECT lsn >= $1::pg_lsn FROM polyregion.reader_state LIMIT 1), false),
 			coalesce((SELECT next_seq FROM polyregion.reader_state LIMIT 1), 1)`, barrier).Scan(&passed, &next)

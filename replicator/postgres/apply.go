@@ -19,10 +19,11 @@ import (
 )
 
 // Versioner is what the applier needs from the local reader: a way to wait
-// until every local write committed before a WAL position has a recorded
-// version. Implemented by *Reader.
+// until every local write to some keys committed before a barrier has a
+// recorded version (see reader_key_barrier.go). Implemented by *Reader.
 type Versioner interface {
-	WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error
+	ExpectBarrier() (token uint64, done func())
+	WaitBarrier(ctx context.Context, lsn pglogrepl.LSN, token uint64) error
 }
 
 // ApplierConfig configures an Applier for one source region.

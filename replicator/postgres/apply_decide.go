@@ -116,7 +116,7 @@ func (a *Applier) applyChange(ctx context.Context, ex *executor, t *replicator.T
 	before := *s
 	*s = p.next
 	if s.unlocked {
-		ex.unlockedKeys = true
+		ex.unlocked = append(ex.unlocked, metaKey{sh.Table, c.Key})
 	}
 	err = ex.run(ctx, p.ops)
 	ex.ops = p.ops[:0] // run copied or executed them

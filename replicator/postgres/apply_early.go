@@ -89,11 +89,11 @@ func (a *Applier) insertEarly(ctx context.Context, ex *executor, txns []*replica
 	if err := ex.flushRows(ctx); err != nil {
 		return nil, err
 	}
-	if ex.unlockedKeys {
-		if err := a.barrier(ctx, n, false); err != nil {
+	if len(ex.unlocked) > 0 {
+		if err := a.barrier(ctx, ex.unlocked, false); err != nil {
 			return nil, err
 		}
-		ex.unlockedKeys = false
+		ex.unlocked = nil
 	}
 	return early, nil
 }

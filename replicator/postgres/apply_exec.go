@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -46,13 +47,13 @@ type executor struct {
 	// floors are the region's tombstone floors, once a change needed them
 	// (see settledTombstone).
 	floors map[string]int64
-	// unlockedKeys: a version is to be written for a key whose row was
-	// absent when read; waitReader then runs before versions are written
-	// (see flush). deferred holds, in careful mode, the version writes of
-	// the changes already run.
-	unlockedKeys bool
-	waitReader   func(context.Context) error
-	deferred     []stmt
+	// unlocked lists the keys a version is to be written for whose row
+	// was absent when read; waitReader then runs for them before versions
+	// are written (see flush). deferred holds, in careful mode, the version
+	// writes of the changes already run.
+	unlocked   []metaKey
+	waitReader func(context.Context, []metaKey) error
+	deferred   []stmt
 	// execAs returns the function a table's writes run through ("" for
 	// none; see ownerexec.go); ranAs lists those this transaction used.
 	execAs func(ctx context.Context, tx pgx.Tx, table string) (string, error)
@@ -82,7 +83,7 @@ func (a *Applier) executor(tx pgx.Tx, careful bool, started time.Time, txns int)
 	ex := &executor{tx: tx, careful: careful, parkOnError: true, started: started, txns: txns, order: a.cfg.Order, lockTimeout: a.gate.timeout,
 		execAs: a.execAs, alone: func(t string) commuting { return a.alone[t] }}
 	if a.cfg.Versioner != nil {
-		ex.waitReader = func(ctx context.Context) error { return a.barrier(ctx, 0, true) }
+		ex.waitReader = func(ctx context.Context, keys []metaKey) error { return a.barrier(ctx, keys, true) }
 	}
 	return ex
 }
@@ -166,13 +167,14 @@ func (e *executor) flush(ctx context.Context) error {
 	folds := e.bulk.foldStatements(e.order)
 	metas := append(e.deferred, e.bulk.metaStatements()...)
 	newMetas := e.bulk.newMetas()
-	wait := e.unlockedKeys && e.waitReader != nil
-	e.bulk, e.queued, e.deferred, e.unlockedKeys = bulk{}, nil, nil, false
+	unlocked := e.unlocked
+	wait := len(unlocked) > 0 && e.waitReader != nil
+	e.bulk, e.queued, e.deferred, e.unlocked = bulk{}, nil, nil, nil
 	if wait {
 		if err := e.pipeline(ctx, rows); err != nil {
 			return err
 		}
-		if err := e.waitReader(ctx); err != nil {
+		if err := e.waitReader(ctx, unlocked); err != nil {
 			return err
 		}
 		rows = nil
@@ -190,8 +192,17 @@ func (e *executor) flush(ctx context.Context) error {
 	if e.final {
 		last = append(last, stmt{deferredCheck: true})
 	}
+	// The transaction's id, when a new version needs it (see copyMetas),
+	// comes in the same round trip.
+	var xid int64
+	if e.xid == 0 && slices.ContainsFunc(newMetas, func(en *metaEntry) bool { return en.meta.xid == "@" }) {
+		last = append(last, stmt{sql: `SELECT pg_catalog.pg_current_xact_id()::xid::text::int8`, counted: true, got: &xid, want: -1})
+	}
 	if err := e.pipeline(ctx, last); err != nil {
 		return err
+	}
+	if xid != 0 {
+		e.xid = uint32(xid)
 	}
 	return e.copyMetas(ctx, newMetas)
 }
@@ -339,6 +350,9 @@ func (e *executor) send(ctx context.Context, stmts []stmt) error {
 		var err error
 		if s.counted {
 			err = br.QueryRow().Scan(&n)
+			if err == nil && s.got != nil {
+				*s.got = n
+			}
 		} else {
 			var tag pgconn.CommandTag
 			tag, err = br.Exec()

@@ -72,7 +72,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		if _, err = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT read_rows"); err != nil {
 			return false, fmt.Errorf("apply: %w", err)
 		}
-		if err = a.barrier(ctx, len(stale), false); err == nil {
+		if err = a.barrier(ctx, stale, false); err == nil {
 			stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states)
 		}
 	}
@@ -101,7 +101,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		for _, k := range stale {
 			lockedBefore[k] = states[k].exists
 		}
-		if err := a.barrier(ctx, len(stale), true); err != nil {
+		if err := a.barrier(ctx, stale, true); err != nil {
 			return false, err
 		}
 		// Read the stale keys again: a row absent before may have been
@@ -178,11 +178,11 @@ func (a *Applier) readStates(ctx context.Context, tx pgx.Tx, shapes map[string]r
 	return stale, nil
 }
 
-// barrier waits until the local reader has versioned every local commit
-// that precedes it.
-func (a *Applier) barrier(ctx context.Context, rows int, holdingRows bool) error {
+// barrier waits until the local reader has versioned every local write to
+// keys committed before it (see reader_key_barrier.go).
+func (a *Applier) barrier(ctx context.Context, keys []metaKey, holdingRows bool) error {
 	if a.cfg.Versioner == nil {
-		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", rows)
+		return fmt.Errorf("apply: %d rows have local writes without recorded versions and no reader runs here", len(keys))
 	}
 	// Emitted from a session of its own, after everything tx has read or
 	// written (so after it in the WAL), and flushed (see EmitBarrier).
@@ -193,7 +193,9 @@ func (a *Applier) barrier(ctx context.Context, rows int, holdingRows bool) error
 		}
 		a.side = side
 	}
-	l, err := EmitBarrier(ctx, a.side)
+	token, forget := a.cfg.Versioner.ExpectBarrier()
+	defer forget()
+	l, err := emitKeyBarrier(ctx, a.side, token, keys)
 	if err != nil {
 		a.side.Close(context.Background())
 		a.side = nil
@@ -201,7 +203,7 @@ func (a *Applier) barrier(ctx context.Context, rows int, holdingRows bool) error
 	}
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
 	started := time.Now()
-	err = a.cfg.Versioner.WaitVersioned(wctx, l)
+	err = a.cfg.Versioner.WaitBarrier(wctx, l, token)
 	cancel()
 	if a.cfg.OnReaderWait != nil {
 		a.cfg.OnReaderWait(time.Since(started), holdingRows)

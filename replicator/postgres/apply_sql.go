@@ -24,6 +24,8 @@ type stmt struct {
 	// counted: the statement returns the rows processed as its one value
 	// (a call of an exec_as function) instead of in its command tag.
 	counted bool
+	// got, when set, receives a counted statement's value.
+	got *int64
 	// deferredCheck stands for the transaction's deferred triggers, run
 	// in the owner's function (executor.deferredStmt) where it is sent.
 	deferredCheck bool

@@ -89,6 +89,10 @@ type Reader struct {
 	versioned pglogrepl.LSN // every local commit before this is versioned
 	changed   chan struct{} // closed and replaced on every advance
 	appended  chan struct{} // closed and replaced when outbox entries commit
+	// barriers are the key barriers expected (see reader_key_barrier.go),
+	// true once passed.
+	barriers  map[uint64]bool
+	lastToken uint64
 
 	stopOnce sync.Once
 	stop     chan struct{} // closed by Stop

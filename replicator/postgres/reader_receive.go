@@ -135,22 +135,48 @@ func (s *readSession) message(msg *pglogrepl.LogicalDecodingMessage) error {
 			return err
 		}
 		return s.streamIfLarge()
-	case msg.Prefix == BarrierPrefix && !msg.Transactional:
-		if err := s.flush(); err != nil {
+	case msg.Prefix == KeyBarrierPrefix && !msg.Transactional:
+		kb, err := decodeKeyBarrier(msg.Content)
+		if err != nil {
+			return fmt.Errorf("reader: barrier at %s: %w", msg.LSN, err)
+		}
+		if s.holdsUnversioned(kb.keys) {
+			return s.versionThrough(msg.LSN, false)
+		}
+		// Every local write to its keys before it is versioned: what is
+		// held waits for FlushInterval, as it would without the barrier.
+		if s.cur == nil && len(s.batch) == 0 && !s.inflight {
+			s.confirmed = max(s.confirmed, msg.LSN)
+			s.r.advance(msg.LSN)
+		}
+		s.r.passBarrier(kb.token)
+	case (msg.Prefix == BarrierPrefix || msg.Prefix == RecordedBarrierPrefix) && !msg.Transactional:
+		return s.versionThrough(msg.LSN, msg.Prefix == RecordedBarrierPrefix)
+	}
+	return nil
+}
+
+// versionThrough passes a barrier at lsn by versioning every local commit
+// before it (everything decoded so far). Only a waiter in another session
+// needs the position written (record): the appliers' barriers, about one
+// per applied batch at a light rate, are waited for in this process.
+// Unwritten, reader_state.lsn stays at the last local transaction
+// versioned, which is what a restart and the checks of a lost slot or a
+// re-seed need; the slot, confirmed past the barrier, does not send again
+// what lies between.
+func (s *readSession) versionThrough(lsn pglogrepl.LSN, record bool) error {
+	if err := s.flush(); err != nil {
+		return err
+	}
+	if record && lsn > s.st.lsn {
+		if err := s.r.saveBarrier(s.ctx, s.conn, &s.st, lsn); err != nil {
 			return err
 		}
-		if msg.LSN > s.st.lsn {
-			// Record the position so others can see the reader passed the
-			// barrier.
-			if err := s.r.saveBarrier(s.ctx, s.conn, &s.st, msg.LSN); err != nil {
-				return err
-			}
-		}
-		if msg.LSN > s.confirmed && s.cur == nil {
-			s.confirmed = msg.LSN
-		}
-		s.r.advance(msg.LSN)
 	}
+	if lsn > s.confirmed && s.cur == nil {
+		s.confirmed = lsn
+	}
+	s.r.advance(lsn)
 	return nil
 }
 

@@ -36,6 +36,7 @@ type readSession struct {
 	jobs          chan []*pendingTxn
 	results       chan persistResult
 	inflight      bool
+	inflightBatch []*pendingTxn // the batch in flight, while it is
 	pcancel       context.CancelFunc
 	persisterDone chan struct{}
 
@@ -77,7 +78,7 @@ func (s *readSession) close() {
 }
 
 func (s *readSession) finish(res persistResult) error {
-	s.inflight = false
+	s.inflight, s.inflightBatch = false, nil
 	if res.err != nil {
 		return res.err
 	}
@@ -102,7 +103,7 @@ func (s *readSession) start() {
 		return
 	}
 	s.jobs <- s.batch
-	s.inflight = true
+	s.inflight, s.inflightBatch = true, s.batch
 	s.batch, s.batchChanges = nil, 0
 }
 

@@ -388,9 +388,13 @@ const TruncatePrefix = "polyregion.truncate"
 // replicated table.
 const TruncateTrigger = "polyregion_capture_truncate"
 
-// BarrierPrefix is the logical message prefix the applier uses to wait for
-// the reader to version every local write committed before it.
+// BarrierPrefix is the logical message prefix of the barriers the
+// replicator's own goroutines wait at (see EmitBarrier).
 const BarrierPrefix = "polyregion.barrier"
+
+// RecordedBarrierPrefix is the logical message prefix of the barriers a
+// session of its own waits at (see EmitRecordedBarrier).
+const RecordedBarrierPrefix = "polyregion.barrier-recorded"
 
 // FlushWAL returns once every commit made before the call is durable: it
 // commits a transaction of its own that writes to the WAL (a commit flushes
@@ -412,19 +416,31 @@ func FlushWAL(ctx context.Context, conn interface {
 const FlushPrefix = "polyregion.flush"
 
 // EmitBarrier writes a barrier message to the WAL and returns its position;
-// the reader passes it once every local commit before it is versioned. conn
-// must not be inside a transaction. The message goes out in a transaction
-// of its own that takes a transaction id and commits with
-// synchronous_commit=local, so the commit flushes the WAL past the message:
-// the walsender decodes only flushed WAL, and a bare message may wait for
-// the WAL writer, seconds when the server is idle.
+// the reader passes it once every local commit before it is versioned, and
+// tells only the waiters in its own process (Reader.WaitVersioned): passing
+// it writes nothing. conn must not be inside a transaction. The message goes
+// out in a transaction of its own that takes a transaction id and commits
+// with synchronous_commit=local, so the commit flushes the WAL past the
+// message: the walsender decodes only flushed WAL, and a bare message may
+// wait for the WAL writer, seconds when the server is idle.
 func EmitBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	return emitBarrier(ctx, conn, BarrierPrefix)
+}
+
+// EmitRecordedBarrier is EmitBarrier for a waiter in another process or
+// session: the reader also records that it passed the barrier, in
+// reader_state.lsn (at or past the barrier's position once it has).
+func EmitRecordedBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	return emitBarrier(ctx, conn, RecordedBarrierPrefix)
+}
+
+func emitBarrier(ctx context.Context, conn *pgx.Conn, prefix string) (pglogrepl.LSN, error) {
 	var lsn string
 	// The transaction id is the message's content: a function result the
 	// query does not use would be planned away (pg_current_xact_id is
 	// stable), and the transaction would commit without a record to flush.
 	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, pg_catalog.pg_current_xact_id()::text)::text
-		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, BarrierPrefix).Scan(&lsn)
+		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, prefix).Scan(&lsn)
 	if err != nil {
 		return 0, fmt.Errorf("emit barrier: %w", err)
 	}

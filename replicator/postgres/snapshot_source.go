@@ -373,7 +373,7 @@ func pauseWriters(ctx context.Context, cfg SnapshotConfig, lock *pgx.Conn, order
 // recorded a position past it: every local write committed before the
 // barrier is then versioned and in the outbox.
 func waitReaderPassed(ctx context.Context, cfg SnapshotConfig, side *pgx.Conn, within time.Duration) error {
-	at, err := EmitBarrier(ctx, side)
+	at, err := EmitRecordedBarrier(ctx, side)
 	if err != nil {
 		return fmt.Errorf("snapshot: %w", err)
 	}
