@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
@@ -21,13 +23,8 @@ import (
 // barriers are still versioned, once, and a reader started again resumes
 // where the first stopped.
 func TestAReaderBarrierWithNothingToVersionWritesNothing(t *testing.T) {
-	b := startApplierBench(t, []string{`CREATE TABLE public.t (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.t"})
+	b, conn := startBarrierBench(t)
 	ctx := b.ctx
-	conn, err := postgres.Connect(ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	state := func() string {
 		t.Helper()
 		var s string
@@ -143,13 +140,8 @@ func TestAReaderBarrierWithNothingToVersionWritesNothing(t *testing.T) {
 // When one does, the reader versions it first. The reader here holds what
 // it decodes for a minute unless a barrier needs it.
 func TestAKeyBarrierWaitsOnlyForItsKeys(t *testing.T) {
-	b := startApplierBench(t, []string{`CREATE TABLE public.t (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.t"})
+	b, conn := startBarrierBench(t)
 	ctx := b.ctx
-	conn, err := postgres.Connect(ctx, b.url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
 	reader := postgres.NewReader(postgres.ReaderConfig{Region: "ap", ConnString: b.url, Tables: b.cluster.Tables, FlushInterval: time.Minute})
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
@@ -218,4 +210,17 @@ func TestAKeyBarrierWaitsOnlyForItsKeys(t *testing.T) {
 	if !deleted {
 		t.Fatal("a barrier for key 1 passed before the local delete of key 1 was versioned")
 	}
+}
+
+// startBarrierBench starts ap with one table, public.t, and opens a
+// replicator session to it (closed when the test ends).
+func startBarrierBench(t *testing.T) (*applierBench, *pgx.Conn) {
+	t.Helper()
+	b := startApplierBench(t, []string{`CREATE TABLE public.t (id integer PRIMARY KEY, v text)`}, regions.Table{Name: "public.t"})
+	conn, err := postgres.Connect(b.ctx, b.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	return b, conn
 }

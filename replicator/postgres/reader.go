@@ -90,8 +90,8 @@ type Reader struct {
 	changed   chan struct{} // closed and replaced on every advance
 	appended  chan struct{} // closed and replaced when outbox entries commit
 	// barriers are the key barriers expected (see reader_key_barrier.go),
-	// true once passed.
-	barriers  map[uint64]bool
+	// each with the position the reader passed it at (0 until then).
+	barriers  map[uint64]pglogrepl.LSN
 	lastToken uint64
 
 	stopOnce sync.Once
@@ -162,11 +162,17 @@ func (r *Reader) advance(lsn pglogrepl.LSN) {
 // versioned (is in row_version). Appliers call it when they find a row
 // written locally whose version is not recorded yet.
 func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
+	return r.waitUntil(ctx, lsn, func() bool { return r.versioned >= lsn })
+}
+
+// waitUntil blocks until done, called with r.mu held, reports true after
+// an advance; lsn names the wait in its error.
+func (r *Reader) waitUntil(ctx context.Context, lsn pglogrepl.LSN, done func() bool) error {
 	for {
 		r.mu.Lock()
-		done, ch := r.versioned >= lsn, r.changed
+		ok, ch := done(), r.changed
 		r.mu.Unlock()
-		if done {
+		if ok {
 			return nil
 		}
 		select {

@@ -17,7 +17,6 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
@@ -108,33 +107,21 @@ func emitKeyBarrier(ctx context.Context, conn *pgx.Conn, token uint64, keys []me
 	if content == nil || len(keys) == 0 {
 		return EmitBarrier(ctx, conn)
 	}
-	var lsn string
-	// The transaction id ends the content: as in EmitBarrier, the commit
-	// then has a record to flush.
-	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1,
-			$2::bytea OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.pg_current_xact_id()::text, 'UTF8'))::text
-		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, KeyBarrierPrefix, content).Scan(&lsn)
-	if err != nil {
-		return 0, fmt.Errorf("emit barrier: %w", err)
-	}
-	l, err := pglogrepl.ParseLSN(lsn)
-	if err != nil {
-		return 0, fmt.Errorf("barrier position %q: %w", lsn, err)
-	}
-	return l, nil
+	return emitBarrierWith(ctx, conn, KeyBarrierPrefix, content)
 }
 
 // ExpectBarrier registers a key barrier about to be emitted and returns its
-// token; done forgets it (after WaitBarrier, whatever its outcome).
+// token; done forgets it (after WaitBarrier, whatever its outcome). Tokens
+// are unique within the process only (see WaitBarrier).
 func (r *Reader) ExpectBarrier() (token uint64, done func()) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.lastToken++
 	token = r.lastToken
 	if r.barriers == nil {
-		r.barriers = map[uint64]bool{}
+		r.barriers = map[uint64]pglogrepl.LSN{}
 	}
-	r.barriers[token] = false
+	r.barriers[token] = 0
 	return token, func() {
 		r.mu.Lock()
 		delete(r.barriers, token)
@@ -144,32 +131,23 @@ func (r *Reader) ExpectBarrier() (token uint64, done func()) {
 
 // WaitBarrier blocks until the reader has passed the key barrier token
 // emitted at lsn: every local write to its keys committed before it is
-// versioned.
+// versioned. A barrier of the same token passed before lsn is another's:
+// one emitted before a restart (tokens start again with the process) and
+// decoded again after it.
 func (r *Reader) WaitBarrier(ctx context.Context, lsn pglogrepl.LSN, token uint64) error {
-	for {
-		r.mu.Lock()
-		done, ch := r.versioned >= lsn || r.barriers[token], r.changed
-		r.mu.Unlock()
-		if done {
-			return nil
-		}
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return fmt.Errorf("wait for reader to version local writes up to %s: %w", lsn, ctx.Err())
-		}
-	}
+	return r.waitUntil(ctx, lsn, func() bool { return r.versioned >= lsn || r.barriers[token] >= lsn })
 }
 
-// passBarrier marks a key barrier passed and wakes its waiter (a token no
-// longer registered is one whose waiter gave up).
-func (r *Reader) passBarrier(token uint64) {
+// passBarrier records that the reader passed the key barrier token at lsn
+// and wakes its waiter (a token no longer registered is one whose waiter
+// gave up).
+func (r *Reader) passBarrier(token uint64, lsn pglogrepl.LSN) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if _, ok := r.barriers[token]; !ok {
+	if at, ok := r.barriers[token]; !ok || at >= lsn {
 		return
 	}
-	r.barriers[token] = true
+	r.barriers[token] = lsn
 	close(r.changed)
 	r.changed = make(chan struct{})
 }

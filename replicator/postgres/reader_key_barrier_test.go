@@ -1,8 +1,10 @@
 package postgres
 
 import (
+	"context"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestKeyBarrierContentRoundTrips(t *testing.T) {
@@ -68,5 +70,28 @@ func TestHoldsUnversioned(t *testing.T) {
 		if got := c.s.holdsUnversioned(want); got != c.held {
 			t.Errorf("%s: holdsUnversioned = %v, want %v", c.name, got, c.held)
 		}
+	}
+}
+
+// A barrier of the same token passed before the waiter's own is another
+// waiter's, decoded again after a restart: it does not release the wait.
+func TestWaitBarrierNeedsItsOwnPosition(t *testing.T) {
+	r := NewReader(ReaderConfig{})
+	token, done := r.ExpectBarrier()
+	defer done()
+	r.passBarrier(token, 100)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := r.WaitBarrier(ctx, 200, token); err == nil {
+		t.Fatal("a barrier passed at 100 released the wait for the one at 200")
+	}
+	r.passBarrier(token, 200)
+	if err := r.WaitBarrier(context.Background(), 200, token); err != nil {
+		t.Fatal(err)
+	}
+	done()
+	r.passBarrier(token, 300) // forgotten: nothing recorded
+	if _, ok := r.barriers[token]; ok {
+		t.Fatal("a forgotten token was recorded")
 	}
 }

@@ -149,7 +149,7 @@ func (s *readSession) message(msg *pglogrepl.LogicalDecodingMessage) error {
 			s.confirmed = max(s.confirmed, msg.LSN)
 			s.r.advance(msg.LSN)
 		}
-		s.r.passBarrier(kb.token)
+		s.r.passBarrier(kb.token, msg.LSN)
 	case (msg.Prefix == BarrierPrefix || msg.Prefix == RecordedBarrierPrefix) && !msg.Transactional:
 		return s.versionThrough(msg.LSN, msg.Prefix == RecordedBarrierPrefix)
 	}

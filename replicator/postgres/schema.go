@@ -435,12 +435,18 @@ func EmitRecordedBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, er
 }
 
 func emitBarrier(ctx context.Context, conn *pgx.Conn, prefix string) (pglogrepl.LSN, error) {
+	return emitBarrierWith(ctx, conn, prefix, nil)
+}
+
+// emitBarrierWith emits a barrier whose message carries content followed
+// by the emitting transaction's id: a function result the query does not
+// use would be planned away (pg_current_xact_id is stable), and the
+// transaction would commit without a record to flush.
+func emitBarrierWith(ctx context.Context, conn *pgx.Conn, prefix string, content []byte) (pglogrepl.LSN, error) {
 	var lsn string
-	// The transaction id is the message's content: a function result the
-	// query does not use would be planned away (pg_current_xact_id is
-	// stable), and the transaction would commit without a record to flush.
-	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1, pg_catalog.pg_current_xact_id()::text)::text
-		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, prefix).Scan(&lsn)
+	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1,
+			pg_catalog.coalesce($2::bytea, ''::bytea) OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.pg_current_xact_id()::text, 'UTF8'))::text
+		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, prefix, content).Scan(&lsn)
 	if err != nil {
 		return 0, fmt.Errorf("emit barrier: %w", err)
 	}
