@@ -445,7 +445,7 @@ func emitBarrier(ctx context.Context, conn *pgx.Conn, prefix string) (pglogrepl.
 func emitBarrierWith(ctx context.Context, conn *pgx.Conn, prefix string, content []byte) (pglogrepl.LSN, error) {
 	var lsn string
 	err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_logical_emit_message(false, $1,
-			pg_catalog.coalesce($2::bytea, ''::bytea) OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.pg_current_xact_id()::text, 'UTF8'))::text
+			coalesce($2::bytea, ''::bytea) OPERATOR(pg_catalog.||) pg_catalog.convert_to(pg_catalog.pg_current_xact_id()::text, 'UTF8'))::text
 		FROM (SELECT pg_catalog.set_config('synchronous_commit', 'local', true)) AS flush`, prefix, content).Scan(&lsn)
 	if err != nil {
 		return 0, fmt.Errorf("emit barrier: %w", err)
