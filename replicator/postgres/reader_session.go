@@ -36,7 +36,7 @@ type readSession struct {
 	jobs          chan []*pendingTxn
 	results       chan persistResult
 	inflight      bool
-	inflightBatch []*pendingTxn // the batch in flight, while it is
+	inflightBatch []*pendingTxn // the batch the persister is versioning
 	pcancel       context.CancelFunc
 	persisterDone chan struct{}
 
