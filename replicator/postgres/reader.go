@@ -165,8 +165,8 @@ func (r *Reader) WaitVersioned(ctx context.Context, lsn pglogrepl.LSN) error {
 	return r.waitUntil(ctx, lsn, func() bool { return r.versioned >= lsn })
 }
 
-// waitUntil blocks until done, called with r.mu held, reports true after
-// an advance; lsn names the wait in its error.
+// waitUntil blocks until done (called with r.mu held, again after every
+// advance or passed barrier) reports true; lsn names the wait in its error.
 func (r *Reader) waitUntil(ctx context.Context, lsn pglogrepl.LSN, done func() bool) error {
 	for {
 		r.mu.Lock()

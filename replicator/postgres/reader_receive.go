@@ -15,12 +15,8 @@ import (
 // receive handles one message of the change stream.
 func (s *readSession) receive(ev StreamEvent) error {
 	if ev.Keepalive {
-		// Nothing in flight: every commit before the server's send
-		// position has reached us, so the slot may move on.
-		if s.cur == nil && len(s.batch) == 0 && !s.inflight && ev.WALEnd > s.confirmed {
-			s.confirmed = ev.WALEnd
-			s.r.advance(s.confirmed)
-		}
+		// Every commit before the server's send position has reached us.
+		s.passedIdle(ev.WALEnd)
 		if ev.ReplyRequested {
 			return s.sendStatus()
 		}
@@ -145,15 +141,22 @@ func (s *readSession) message(msg *pglogrepl.LogicalDecodingMessage) error {
 		}
 		// Every local write to its keys before it is versioned: what is
 		// held waits for FlushInterval, as it would without the barrier.
-		if s.cur == nil && len(s.batch) == 0 && !s.inflight {
-			s.confirmed = max(s.confirmed, msg.LSN)
-			s.r.advance(msg.LSN)
-		}
+		s.passedIdle(msg.LSN)
 		s.r.passBarrier(kb.token, msg.LSN)
 	case (msg.Prefix == BarrierPrefix || msg.Prefix == RecordedBarrierPrefix) && !msg.Transactional:
 		return s.versionThrough(msg.LSN, msg.Prefix == RecordedBarrierPrefix)
 	}
 	return nil
+}
+
+// passedIdle notes that every commit before lsn has been decoded: with
+// nothing held unversioned, every local one is versioned and the slot may
+// move on.
+func (s *readSession) passedIdle(lsn pglogrepl.LSN) {
+	if s.cur == nil && len(s.batch) == 0 && !s.inflight && lsn > s.confirmed {
+		s.confirmed = lsn
+		s.r.advance(lsn)
+	}
 }
 
 // versionThrough passes a barrier at lsn by versioning every local commit

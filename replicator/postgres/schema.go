@@ -424,18 +424,14 @@ const FlushPrefix = "polyregion.flush"
 // message: the walsender decodes only flushed WAL, and a bare message may
 // wait for the WAL writer, seconds when the server is idle.
 func EmitBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
-	return emitBarrier(ctx, conn, BarrierPrefix)
+	return emitBarrierWith(ctx, conn, BarrierPrefix, nil)
 }
 
 // EmitRecordedBarrier is EmitBarrier for a waiter in another process or
 // session: the reader also records that it passed the barrier, in
 // reader_state.lsn (at or past the barrier's position once it has).
 func EmitRecordedBarrier(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
-	return emitBarrier(ctx, conn, RecordedBarrierPrefix)
-}
-
-func emitBarrier(ctx context.Context, conn *pgx.Conn, prefix string) (pglogrepl.LSN, error) {
-	return emitBarrierWith(ctx, conn, prefix, nil)
+	return emitBarrierWith(ctx, conn, RecordedBarrierPrefix, nil)
 }
 
 // emitBarrierWith emits a barrier whose message carries content followed
