@@ -68,12 +68,16 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		}
 	}
 	stale, err := a.readStates(ctx, tx, shapes, read, keys, tombs, states)
+	settled := map[metaKey]string{}
 	for attempt := 1; err == nil && release && len(stale) > 0 && attempt <= releaseAttempts; attempt++ {
 		if _, err = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT read_rows"); err != nil {
 			return false, fmt.Errorf("apply: %w", err)
 		}
+		before := rowVersionsRead(stale, states)
 		if err = a.barrier(ctx, stale, false); err == nil {
-			stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states)
+			if stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states); err == nil {
+				stale = unchangedSince(before, settled, stale, states)
+			}
 		}
 	}
 	if err != nil {
@@ -133,14 +137,8 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 			}
 			if s.exists && lockedBefore[k] {
 				// Locked since before the barrier, so every write to it is
-				// versioned by now: it was written before replication
-				// started here (or in a subtransaction, or frozen). Its
-				// version is what is recorded, or empty.
-				if s.meta == nil {
-					s.meta = &meta{xid: s.xmin}
-				} else {
-					s.meta.xid = s.xmin
-				}
+				// versioned by now.
+				takeAsVersioned(s)
 				continue
 			}
 			still = append(still, k)
@@ -148,6 +146,64 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		stale = still
 	}
 	return false, nil
+}
+
+// rowVersionsRead returns the xmin read of every stale key whose row
+// exists.
+func rowVersionsRead(stale []metaKey, states map[metaKey]*rowState) map[metaKey]string {
+	xmins := make(map[metaKey]string, len(stale))
+	for _, k := range stale {
+		if s := states[k]; s.exists {
+			xmins[k] = s.xmin
+		}
+	}
+	return xmins
+}
+
+// unchangedSince returns the keys of stale that are still stale for a
+// reason a barrier can end, and settles the others. A row read before a
+// key barrier and read again after it with the same xmin is the same row
+// version, and its writer committed before the barrier (the applier saw
+// it committed before it emitted the barrier); the barrier passed, so the
+// reader has versioned every such write of the key. A row still
+// unversioned then is one the reader never versions (written before
+// replication started here, in a subtransaction, or frozen): waiting
+// again, with or without its lock, would change nothing. The typical case
+// is a region's rows from before it replicated: without this every batch
+// touching one of them waited for the reader releaseAttempts times and
+// then once more holding its rows.
+//
+// settled keeps, across the attempts of one read, the xmin each key was
+// settled at: a later attempt reads every row again, and a settled row
+// still at that xmin stays settled.
+func unchangedSince(before, settled map[metaKey]string, stale []metaKey, states map[metaKey]*rowState) []metaKey {
+	for k, xmin := range before {
+		if s := states[k]; s.exists && s.xmin == xmin {
+			settled[k] = xmin
+		}
+	}
+	still := stale[:0]
+	for _, k := range stale {
+		s := states[k]
+		if xmin, ok := settled[k]; ok && s.exists && s.xmin == xmin {
+			takeAsVersioned(s)
+			continue
+		}
+		still = append(still, k)
+	}
+	return still
+}
+
+// takeAsVersioned settles a row every write of which the reader has
+// versioned (see unchangedSince): it was written before replication
+// started here (or in a subtransaction, or frozen), so its version is what
+// is recorded, or empty.
+func takeAsVersioned(s *rowState) {
+	if s.meta == nil {
+		s.meta = &meta{xid: s.xmin}
+	} else {
+		s.meta.xid = s.xmin
+	}
 }
 
 // releaseAttempts bounds how often readRows gives its rows back to wait
