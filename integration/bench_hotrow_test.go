@@ -146,8 +146,10 @@ func hotRowConnect(ctx context.Context, r *Region) (*pgx.Conn, error) {
 // runHotRows runs perRegion clients in every region at once for d, each on
 // its own session, one transaction after another with no pause and no
 // retry: a failed transaction is counted and the client goes on with the
-// next one. tag keeps history ids of different runs apart.
-func runHotRows(ctx context.Context, h *Harness, perRegion int, d time.Duration, tag string) (map[string]*hotRowStats, error) {
+// next one. tag keeps history ids of different runs apart. measure, when
+// set, is called once every client has connected and again once every
+// client has finished, their sessions still open.
+func runHotRows(ctx context.Context, h *Harness, perRegion int, d time.Duration, tag string, measure func() error) (map[string]*hotRowStats, error) {
 	out := map[string]*hotRowStats{}
 	type client struct {
 		r    *Region
@@ -174,6 +176,11 @@ func runHotRows(ctx context.Context, h *Harness, perRegion int, d time.Duration,
 		}
 	}
 	defer closeAll()
+	if measure != nil {
+		if err := measure(); err != nil {
+			return nil, err
+		}
+	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	var errs []error
@@ -250,6 +257,11 @@ func runHotRows(ctx context.Context, h *Harness, perRegion int, d time.Duration,
 	wg.Wait()
 	if err := ctx.Err(); err != nil {
 		return out, err
+	}
+	if measure != nil {
+		if err := measure(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	return out, errors.Join(errs...)
 }
@@ -592,7 +604,8 @@ func BenchmarkHotRows(b *testing.B) {
 
 	fmt.Println("phase 1: without replicators")
 	off1 := logOffsets(h)
-	without, err := runHotRows(ctx, h, clients, d, "p1")
+	var cpu1 cpuPhase
+	without, err := runHotRows(ctx, h, clients, d, "p1", cpu1.measure(ctx, h))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -620,7 +633,8 @@ func BenchmarkHotRows(b *testing.B) {
 	waits0 := replicatorMetric(ctx, h, "polyregion_apply_reader_waits_total", `holding_rows="true"`)
 	waited0 := replicatorMetric(ctx, h, "polyregion_apply_reader_wait_seconds_total", `holding_rows="true"`)
 	off2 := logOffsets(h)
-	with, err := runHotRows(ctx, h, clients, d, "p2")
+	var cpu2 cpuPhase
+	with, err := runHotRows(ctx, h, clients, d, "p2", cpu2.measure(ctx, h))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -677,6 +691,9 @@ func BenchmarkHotRows(b *testing.B) {
 	fmt.Fprintf(&t, "%-44s %12d %12d\n", "server log deadlocks (replicator involved)", dl.WithReplicator, dl1.WithReplicator)
 	fmt.Fprintf(&t, "%-44s %12d %12d\n", "failed application transactions", hotRowSum(with, func(s *hotRowStats) int64 { return s.Failed }), hotRowSum(without, func(s *hotRowStats) int64 { return s.Failed }))
 	fmt.Print(t.String())
+	hotRowPrintCPU(cpu1.split(), cpu2.split(),
+		hotRowSum(without, func(s *hotRowStats) int64 { return s.Committed }),
+		hotRowSum(with, func(s *hotRowStats) int64 { return s.Committed }))
 
 	fmt.Printf("hotrow_clients_per_region=%d\n", clients)
 	if len(hotRowTables[0].Max) > 0 {
@@ -708,4 +725,27 @@ func BenchmarkHotRows(b *testing.B) {
 	fmt.Printf("applier_failures=%d\n", failures)
 	fmt.Printf("applier_reader_waits_holding_rows=%.0f\n", waits)
 	fmt.Printf("applier_reader_wait_holding_rows_ms=%.0f\n", waited*1000)
+}
+
+// hotRowPrintCPU prints where each phase's CPU went, per committed
+// transaction (every region's together), the groups side by side.
+func hotRowPrintCPU(without, with cpuSplit, txnsWithout, txnsWith int64) {
+	var t strings.Builder
+	fmt.Fprintf(&t, "\n%-44s %12s %12s\n", "CPU ms per transaction", "with", "without")
+	seen := map[string]bool{}
+	for _, g := range append(with.groups(), without.groups()...) {
+		if seen[g] {
+			continue
+		}
+		seen[g] = true
+		fmt.Fprintf(&t, "%-44s %12.3f %12.3f\n", "  "+g, perTxn(with.byGroup[g], txnsWith), perTxn(without.byGroup[g], txnsWithout))
+	}
+	fmt.Fprintf(&t, "%-44s %12.3f %12.3f\n", "all", perTxn(with.total(), txnsWith), perTxn(without.total(), txnsWithout))
+	fmt.Fprintf(&t, "%-44s %11.0f%% %11.0f%%\n", "machine busy", 100*with.busy, 100*without.busy)
+	fmt.Print(t.String())
+	fmt.Printf("hotrow_cpu_ms_per_txn_with=%.3f\n", perTxn(with.total(), txnsWith))
+	fmt.Printf("hotrow_cpu_ms_per_txn_without=%.3f\n", perTxn(without.total(), txnsWithout))
+	fmt.Printf("hotrow_replication_cpu_ms_per_txn=%.3f\n", perTxn(with.total(), txnsWith)-perTxn(without.total(), txnsWithout))
+	fmt.Printf("hotrow_machine_busy_with=%.2f\n", with.busy)
+	fmt.Printf("hotrow_machine_busy_without=%.2f\n", without.busy)
 }

@@ -20,7 +20,7 @@ func TestHotRowsApplierNeverDeadlocksWithApplications(t *testing.T) {
 	h := startRegions(t, Spec{SchemaSQL: hotRowSchema(), Tables: hotRowTables})
 	ctx := ctxFor(t, 10*time.Minute)
 	offsets := logOffsets(h)
-	stats, err := runHotRows(ctx, h, 2, 12*time.Second, "t")
+	stats, err := runHotRows(ctx, h, 2, 12*time.Second, "t", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
