@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 // Where a benchmark phase's CPU went, by who spent it: the servers'
@@ -60,21 +62,13 @@ func takeCPUSnapshot(ctx context.Context, h *Harness) (cpuSnapshot, error) {
 		if err != nil {
 			return s, err
 		}
-		rows, err := conn.Query(ctx, `SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_catalog.pg_stat_activity`)
-		if err == nil {
-			for rows.Next() {
-				var pid int
-				var who string
-				if err = rows.Scan(&pid, &who); err != nil {
-					break
-				}
-				names[pid] = cpuGroup(who)
-			}
-			rows.Close()
-			if err == nil {
-				err = rows.Err()
-			}
-		}
+		rows, _ := conn.Query(ctx, `SELECT pid, coalesce(nullif(application_name, ''), backend_type) FROM pg_catalog.pg_stat_activity`)
+		var pid int
+		var who string
+		_, err = pgx.ForEachRow(rows, []any{&pid, &who}, func() error {
+			names[pid] = cpuGroup(who)
+			return nil
+		})
 		conn.Close(context.Background())
 		if err != nil {
 			return s, fmt.Errorf("region %s: sessions: %w", r.Name, err)

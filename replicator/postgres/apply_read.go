@@ -73,7 +73,7 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 		if _, err = tx.Exec(ctx, "ROLLBACK TO SAVEPOINT read_rows"); err != nil {
 			return false, fmt.Errorf("apply: %w", err)
 		}
-		before := rowVersionsRead(stale, states)
+		before := xminsRead(stale, states)
 		if err = a.barrier(ctx, stale, false); err == nil {
 			if stale, err = a.readStates(ctx, tx, shapes, read, keys, tombs, states); err == nil {
 				stale = unchangedSince(before, settled, stale, states)
@@ -148,9 +148,9 @@ func (a *Applier) readRows(ctx context.Context, tx pgx.Tx, shapes map[string]rep
 	return false, nil
 }
 
-// rowVersionsRead returns the xmin read of every stale key whose row
+// xminsRead returns the xmin read of every stale key whose row
 // exists.
-func rowVersionsRead(stale []metaKey, states map[metaKey]*rowState) map[metaKey]string {
+func xminsRead(stale []metaKey, states map[metaKey]*rowState) map[metaKey]string {
 	xmins := make(map[metaKey]string, len(stale))
 	for _, k := range stale {
 		if s := states[k]; s.exists {

@@ -23,7 +23,7 @@ func TestUnchangedSinceSettlesRowsTheBarrierCannotVersion(t *testing.T) {
 
 	// Attempt 1: a and b were read before the barrier at the same xmin;
 	// d was absent. After it, b was written again (xmin 210).
-	before := rowVersionsRead([]metaKey{a, b, d}, states)
+	before := xminsRead([]metaKey{a, b, d}, states)
 	if _, ok := before[d]; ok {
 		t.Fatalf("an absent row has no xmin to compare: %v", before)
 	}
@@ -40,7 +40,7 @@ func TestUnchangedSinceSettlesRowsTheBarrierCannotVersion(t *testing.T) {
 	// must stay settled though it was not stale before this barrier; b
 	// holds at 210 this time and settles.
 	states[a].meta = nil
-	before = rowVersionsRead([]metaKey{b, d}, states)
+	before = xminsRead([]metaKey{b, d}, states)
 	still = unchangedSince(before, settled, []metaKey{a, b, d}, states)
 	if !slices.Equal(still, []metaKey{d}) {
 		t.Fatalf("attempt 2: still stale %v, want d", still)
