@@ -54,7 +54,10 @@ func (c *SnapshotConfig) defaults() {
 }
 
 // WriteSnapshot writes a consistent snapshot of the region's replicated
-// tables to w (see snapshot_format.go).
+// tables to w (see snapshot_format.go). A w with a Flush method (the
+// link's response) is flushed once the header is written: from then on a
+// failure ends the stream early rather than answering with an error status,
+// and the joining region, seeing it incomplete, asks again.
 //
 // Consistent means: the rows, their versions and the positions are those of
 // one instant at which every local write to the tables was already
