@@ -1,14 +1,15 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
-	binenc "encoding/binary"
 	"encoding/json"
 	"io"
 	"log/slog"
 	"testing"
 	"time"
 
+	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
@@ -54,14 +55,17 @@ func TestTheSnapshotHeaderGoesOutBeforeTheRows(t *testing.T) {
 	if sum.Rows["public.items"] != 1000 {
 		t.Fatalf("the snapshot holds %d rows, want 1000", sum.Rows["public.items"])
 	}
-	// The stream opens with the header frame: 'H', its length, its JSON.
+	// The stream opens with the header frame; headerEnd is where it ends.
 	b := w.buf.Bytes()
-	if len(b) < 5 || b[0] != 'H' {
-		t.Fatalf("the snapshot does not open with a header frame: %q", b[:min(len(b), 16)])
+	r := bytes.NewReader(b)
+	br := bufio.NewReader(r)
+	typ, payload, err := replicator.ReadFrame(br, 1<<20)
+	if err != nil || typ != 'H' {
+		t.Fatalf("the snapshot does not open with a header frame: %q, %v", typ, err)
 	}
-	headerEnd := 5 + int(binenc.BigEndian.Uint32(b[1:5]))
+	headerEnd := len(b) - r.Len() - br.Buffered()
 	var hdr postgres.SnapshotHeader
-	if err := json.Unmarshal(b[5:headerEnd], &hdr); err != nil {
+	if err := json.Unmarshal(payload, &hdr); err != nil {
 		t.Fatalf("the header frame: %v", err)
 	}
 	if len(w.flushes) == 0 || w.flushes[0] != headerEnd {
