@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -14,6 +15,12 @@ import (
 // TestUpgradeInPlaceWithABacklog: the code before parked shapes, owner
 // functions and bounded index documents changed the schema.
 const upgradeFrom = "073aba8babd2e066eab2e6d0c24a3985010473cb"
+
+// rowVersionKeysInCSQL counts row_version's key columns (tbl, key) that
+// compare in the C collation.
+const rowVersionKeysInCSQL = `SELECT count(*) FROM pg_catalog.pg_attribute
+	WHERE attrelid = 'polyregion.row_version'::pg_catalog.regclass AND attname IN ('tbl', 'key')
+	AND attcollation = 'pg_catalog."C"'::pg_catalog.regcollation`
 
 // buildRelease builds the replicator as it was at commit, from the
 // repository's history.
@@ -95,6 +102,9 @@ func TestUpgradeInPlaceWithABacklog(t *testing.T) {
 		if got := queryInt(t, ctx, r, `SELECT count(*) FROM information_schema.columns WHERE table_schema = 'polyregion' AND table_name = 'parked' AND column_name = 'next_retry_at'`); got != 0 {
 			t.Fatalf("%s: the old schema already has parked.next_retry_at", r.Name)
 		}
+		if got := queryInt(t, ctx, r, rowVersionKeysInCSQL); got != 0 {
+			t.Fatalf("%s: the old schema already has %d row_version key columns in the C collation", r.Name, got)
+		}
 	}
 
 	// Upgrade: both replicators replaced by the current build.
@@ -125,6 +135,12 @@ func TestUpgradeInPlaceWithABacklog(t *testing.T) {
 		}
 		if got := queryInt(t, ctx, r, `SELECT count(*) FROM pg_catalog.pg_proc WHERE proname LIKE 'exec\_as\_%' AND pronamespace = 'polyregion'::regnamespace AND prosecdef`); got != 1 {
 			t.Errorf("%s: %d owner functions after the upgrade, want 1", r.Name, got)
+		}
+		if got := queryInt(t, ctx, r, rowVersionKeysInCSQL); got != 2 {
+			t.Errorf("%s: %d row_version key columns in the C collation after the upgrade, want 2", r.Name, got)
+		}
+		if !strings.Contains(r.Logs(1<<20), "keys move to the C collation") {
+			t.Errorf("%s: the upgrade converted row_version's keys without saying so in the log", r.Name)
 		}
 	}
 }

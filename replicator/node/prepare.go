@@ -54,6 +54,11 @@ func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, ma
 		}
 	}
 	cfg = cfg.withoutTables(waiting)
+	if convert, n, err := postgres.RowVersionKeysToConvert(ctx, conn); err != nil {
+		return nil, nil, err
+	} else if convert && cfg.Logger != nil {
+		cfg.Logger.Info("row versions' keys move to the C collation, once: their indexes are rebuilt before replication starts", "versions_estimate", n)
+	}
 	pending, err := postgres.Prepare(ctx, conn, string(cfg.Region), cfg.TableNames(), added, cfg.PeerNames())
 	if err != nil {
 		return nil, nil, err
