@@ -77,8 +77,9 @@ fuzz:
 	$(GO) test -run=XXX -fuzz=FuzzJoinColumnsIsASemilattice -fuzztime=15s ./conflict/
 
 # bench: BENCH selects benchmarks (default all); BENCH_ROWS, BENCH_REPS and
-# BENCH_LAG_SECONDS scale the data-plane benchmark, BENCH_JOIN_ROWS the join
-# seed benchmark, BENCH_STEADY_SECONDS the steady-load benchmark.
+# BENCH_LAG_SECONDS scale the data-plane benchmark, BENCH_JOIN_ROWS and
+# BENCH_JOIN_PAIRS the join seed benchmark, BENCH_STEADY_SECONDS the
+# steady-load benchmark.
 # .ci/setup-bench installs pglogical, its second baseline (not needed by the
 # tests).
 BENCH ?= .
