@@ -336,14 +336,18 @@ var schemaDDL = []string{
 // are there. The table is not rewritten; its indexes on
 // the keys are rebuilt, once, under the install's lock.
 const rowVersionKeysInC = `DO $$ BEGIN
-		IF EXISTS (SELECT FROM pg_catalog.pg_attribute a
-		    WHERE a.attrelid = 'polyregion.row_version'::pg_catalog.regclass AND a.attname IN ('tbl', 'key')
-		    AND a.attcollation OPERATOR(pg_catalog.<>) 'pg_catalog."C"'::pg_catalog.regcollation) THEN
+		IF ` + rowVersionKeysNotInC + ` THEN
 			ALTER TABLE polyregion.row_version
 				ALTER COLUMN tbl TYPE pg_catalog.text COLLATE pg_catalog."C",
 				ALTER COLUMN key TYPE pg_catalog.text COLLATE pg_catalog."C";
 		END IF;
 	END $$`
+
+// rowVersionKeysNotInC is true while a key column of row_version is in
+// another collation than C (false before the table exists).
+const rowVersionKeysNotInC = `EXISTS (SELECT FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = pg_catalog.to_regclass('polyregion.row_version') AND a.attname IN ('tbl', 'key')
+		AND a.attcollation OPERATOR(pg_catalog.<>) 'pg_catalog."C"'::pg_catalog.regcollation)`
 
 // RowVersionKeysToConvert reports whether the next Install gives row
 // versions' keys the C collation (see rowVersionKeysInC), rebuilding their
@@ -352,10 +356,7 @@ const rowVersionKeysInC = `DO $$ BEGIN
 func RowVersionKeysToConvert(ctx context.Context, conn *pgx.Conn) (bool, int64, error) {
 	var convert bool
 	var estimate int64
-	err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute a
-			WHERE a.attrelid = c.oid AND a.attname IN ('tbl', 'key')
-			AND a.attcollation OPERATOR(pg_catalog.<>) 'pg_catalog."C"'::pg_catalog.regcollation),
-		GREATEST(c.reltuples, 0)::int8
+	err := conn.QueryRow(ctx, `SELECT `+rowVersionKeysNotInC+`, GREATEST(c.reltuples, 0)::int8
 		FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass('polyregion.row_version')`).Scan(&convert, &estimate)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return false, 0, nil
