@@ -135,8 +135,10 @@ func TestATableSeededWhileWrittenEndsTheSameEverywhere(t *testing.T) {
 // killed (-9) while it seeds a 300,000-row counter table the cluster
 // added, with increments going on. The table stays published (its writes
 // since are in the stream) and the seed recorded as begun; the restarted
-// replicator seeds it again from the first key and every region ends with
-// us's sums, every increment counted once.
+// replicator seeds it again from the first key (waiting first for an
+// application holding the table, with /health saying how far the cut seed
+// had come) and every region ends with us's sums, every increment counted
+// once.
 func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
 	const rows = 300000
 	ctx := ctxFor(t, 6*time.Minute)
@@ -170,7 +172,22 @@ func TestASeedCutByAKillGoesOnWhenTheReplicatorRestarts(t *testing.T) {
 		t.Fatalf("the table of the cut seed is not published: the writes since would be lost")
 	}
 	time.Sleep(500 * time.Millisecond) // increments while the replicator is down
+	// An application holds the table across the restart: the resumed
+	// seed waits for its first chunk's lock, and /health says how far the
+	// cut one had come.
+	held, _ := holdRow(t, ctx, us, `UPDATE public.tally SET hits = hits + 1 WHERE id = 1`)
+	defer held.Rollback(context.Background())
 	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, us, 20*time.Second, "saying the seed goes on from the first key", func(_ int, body string) bool {
+		return strings.Contains(body, fmt.Sprintf("its rows here are being seeded into this region's change stream, again from the first key: an earlier run had seeded %d rows when it stopped", cut))
+	})
+	_, metrics := opsGet(t, us, "/metrics")
+	if v, ok := metricValue(metrics, "polyregion_seed_rows"); !ok || v != 0 {
+		t.Fatalf("/metrics: polyregion_seed_rows %v (%v) before the resumed seed's first chunk, want 0", v, ok)
+	}
+	if err := held.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	for _, r := range h.Regions {
@@ -236,19 +253,32 @@ func TestOtherTablesReplicateWhileATableSeeds(t *testing.T) {
 	if seeded == 0 || seeded >= rows {
 		t.Fatalf("the seed is not under way (%d of %d rows): nothing tested", seeded, rows)
 	}
-	// /health and /metrics show how far the seed is.
+	// /health and /metrics show how far the seed is. The epoch coming into
+	// effect restarts the data plane; when that cut the seed after the
+	// application took the table, the next run's seed goes on from the
+	// first key and waits for its first chunk's lock, saying how far the
+	// earlier run had come.
+	const waitingTally = "table public.tally added by the cluster is not replicated here yet (peers' changes to it are parked; every other table replicates): its rows here are being seeded into this region's change stream"
+	soFar := fmt.Sprintf("%s: %d rows so far", waitingTally, seeded)
+	again := fmt.Sprintf("%s, again from the first key: an earlier run had seeded %d rows when it stopped", waitingTally, seeded)
+	var resumed bool
 	waitHealth(t, us, 10*time.Second, "showing the seed's progress", func(_ int, body string) bool {
-		return strings.Contains(body, fmt.Sprintf("table public.tally added by the cluster is not replicated here yet (peers' changes to it are parked; every other table replicates): its rows here are being seeded into this region's change stream: %d rows so far", seeded))
+		resumed = strings.Contains(body, again)
+		return resumed || strings.Contains(body, soFar)
 	})
 	_, metrics := opsGet(t, us, "/metrics")
-	if v, ok := metricValue(metrics, "polyregion_seed_rows"); !ok || v != float64(seeded) {
-		t.Fatalf("/metrics: polyregion_seed_rows %v (%v), want %d", v, ok, seeded)
+	want := seeded
+	if resumed {
+		want = 0 // the rows this run's seed emitted
+	}
+	if v, ok := metricValue(metrics, "polyregion_seed_rows"); !ok || v != float64(want) {
+		t.Fatalf("/metrics: polyregion_seed_rows %v (%v), want %d (the seed resumed: %v)", v, ok, want, resumed)
 	}
 	if err := held.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
 	tallyEndsEverywhere(t, ctx, h, rows+1, "the seeded rows and the held increment")
-	t.Logf("kv rows written in us and eu crossed in %s while us's seed waited for the table (%d of %d rows seeded)", crossed.Round(time.Millisecond), seeded, rows)
+	t.Logf("kv rows written in us and eu crossed in %s while us's seed waited for the table (%d of %d rows seeded; cut by the epoch's restart and resumed: %v)", crossed.Round(time.Millisecond), seeded, rows, resumed)
 }
 
 // TestAHeldTableDoesNotHoldReplication: an application transaction is

@@ -73,6 +73,8 @@ func seedProgress(st postgres.SeedStats, done bool) string {
 	switch {
 	case done:
 		return fmt.Sprintf("seeded (%d rows into this region's change stream); replicated once the data plane restarts", st.Rows)
+	case st.Chunks == 0 && st.Resumed:
+		return fmt.Sprintf("its rows here are being seeded into this region's change stream, again from the first key: an earlier run had seeded %d rows when it stopped", st.Earlier)
 	case st.Chunks == 0:
 		return "its rows here are being seeded into this region's change stream"
 	}

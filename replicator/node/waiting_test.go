@@ -93,6 +93,8 @@ func TestASeedsProgressIsShownInItsReason(t *testing.T) {
 	}{
 		{postgres.SeedStats{}, false, "its rows here are being seeded into this region's change stream"},
 		{postgres.SeedStats{Rows: 15000, Chunks: 3}, false, "its rows here are being seeded into this region's change stream: 15000 rows so far"},
+		{postgres.SeedStats{Resumed: true, Earlier: 25000}, false, "its rows here are being seeded into this region's change stream, again from the first key: an earlier run had seeded 25000 rows when it stopped"},
+		{postgres.SeedStats{Rows: 5000, Chunks: 1, Resumed: true, Earlier: 25000}, false, "its rows here are being seeded into this region's change stream: 5000 rows so far"},
 		{postgres.SeedStats{Rows: 15001, Chunks: 4}, true, "seeded (15001 rows into this region's change stream); replicated once the data plane restarts"},
 	} {
 		if got := seedProgress(c.st, c.done); got != c.want {

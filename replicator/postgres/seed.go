@@ -77,8 +77,11 @@ type SeedStats struct {
 	// LongestHold is the longest time one chunk held the table's writers,
 	// from its lock to its commit.
 	LongestHold time.Duration
-	// Resumed: a seed begun by an earlier run went on.
+	// Resumed: a seed begun by an earlier run went on; Earlier is how many
+	// rows that run had seeded when it stopped (this one emits them again,
+	// from the first key).
 	Resumed bool
+	Earlier int64
 }
 
 // SeedUnfinished is a seed that began (its table is published) and could
@@ -115,8 +118,9 @@ func unseeded(ctx context.Context, conn *pgx.Conn, added map[string]uint64) (map
 
 // SeedTable seeds t, added at epoch t.Added, into the region's change
 // stream (see above), telling progress (when set) what it did after each
-// chunk. A table seeded already is left alone (zero stats, nil). An error
-// after the seed began is a *SeedUnfinished.
+// chunk, and before the first when it resumes an earlier run's seed. A
+// table seeded already is left alone (zero stats, nil). An error after the
+// seed began is a *SeedUnfinished.
 func SeedTable(ctx context.Context, conn *pgx.Conn, region string, t regions.Table, progress func(SeedStats)) (SeedStats, error) {
 	table := t.Name
 	var st SeedStats
@@ -124,8 +128,16 @@ func SeedTable(ctx context.Context, conn *pgx.Conn, region string, t regions.Tab
 	if err != nil {
 		return st, fmt.Errorf("seed %s: %w", table, err)
 	}
-	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM polyregion.seeding WHERE tbl = $1)`, table).Scan(&st.Resumed); err != nil {
+	var earlier *int64
+	if err := conn.QueryRow(ctx, `SELECT max(rows) FROM polyregion.seeding WHERE tbl = $1`, table).Scan(&earlier); err != nil {
 		return st, fmt.Errorf("seed %s: %w", table, err)
+	}
+	if earlier != nil {
+		st.Resumed, st.Earlier = true, *earlier
+		if progress != nil {
+			// Its first chunk may wait for the table's writers.
+			progress(st)
+		}
 	}
 	begun := st.Resumed
 	var after []string // the last key seeded; nil: none yet
