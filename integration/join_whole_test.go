@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -108,15 +109,24 @@ func startJoinInProcess(t *testing.T, ctx context.Context, us, eu *Region, names
 // units.
 func loadInProcess(ctx context.Context, conn *pgx.Conn, usDSN, euDSN string, names []string, resume *postgres.SnapshotResume, cutAfterUnits int64) error {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	return loadFromSource(ctx, conn, euDSN, postgres.SnapshotConfig{Region: "us", ConnString: usDSN, Tables: names, Resume: resume, Logger: quiet}, cutAfterUnits)
+}
+
+// loadFromSource is loadInProcess with the source's configuration; it
+// returns once the source's session has ended.
+func loadFromSource(ctx context.Context, conn *pgx.Conn, euDSN string, source postgres.SnapshotConfig, cutAfterUnits int64) error {
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	names := source.Tables
 	pr, pw := io.Pipe()
 	lctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		_, err := postgres.WriteSnapshot(lctx, postgres.SnapshotConfig{Region: "us", ConnString: usDSN, Tables: names, Resume: resume, Logger: quiet}, pw)
+	var wg sync.WaitGroup
+	defer func() { cancel(); wg.Wait() }()
+	wg.Go(func() {
+		_, err := postgres.WriteSnapshot(lctx, source, pw)
 		pw.CloseWithError(err)
-	}()
+	})
 	if cutAfterUnits > 0 {
-		go func() {
+		wg.Go(func() {
 			for lctx.Err() == nil {
 				var n int64
 				if err := conn.QueryRow(lctx, `SELECT count(*) FROM polyregion.join_units`).Scan(&n); err == nil && n >= cutAfterUnits {
@@ -125,7 +135,7 @@ func loadInProcess(ctx context.Context, conn *pgx.Conn, usDSN, euDSN string, nam
 				}
 				time.Sleep(5 * time.Millisecond)
 			}
-		}()
+		})
 	}
 	_, _, err := postgres.LoadSnapshot(ctx, postgres.LoadConfig{Region: "eu", From: "us", ConnString: euDSN, Tables: names, Logger: quiet}, pr)
 	pr.Close()

@@ -124,11 +124,11 @@ func versionKeyExprs(keys []chunkKey) []string {
 	return out
 }
 
-// chunkEnd returns the key of the last row of the chunk after lo: the
-// snapshotChunkRows-th row in key order, or nil when no row is left after
-// that one (the chunk runs to the table's end, rather than leaving an
-// empty chunk to follow it).
-func chunkEnd(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string) ([]string, error) {
+// chunkEnd returns the key of the last row of the chunk after lo (the
+// snapshotChunkRows-th row in key order) and the key of the row after it,
+// or nils when no row is left after that one (the chunk runs to the
+// table's end, rather than leaving an empty chunk to follow it).
+func chunkEnd(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string) (last, next []string, err error) {
 	cols := rowKeyExprs(keys)
 	sel := make([]string, len(cols))
 	for i, c := range cols {
@@ -139,7 +139,7 @@ func chunkEnd(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo 
 		strings.Join(sel, ", "), qualified(table), keyRange(keys, cols, lo, nil), strings.Join(cols, ", "), snapshotChunkRows-1)
 	rows, err := tx.Query(ctx, q)
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
+		return nil, nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
 	}
 	ends, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([]string, error) {
 		hi := make([]string, len(keys))
@@ -150,22 +150,24 @@ func chunkEnd(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo 
 		return hi, r.Scan(dest...)
 	})
 	if err != nil {
-		return nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
+		return nil, nil, fmt.Errorf("snapshot: next chunk of %s: %w", table, err)
 	}
 	if len(ends) < 2 {
-		return nil, nil
+		return nil, nil, nil
 	}
-	return ends[0], nil
+	return ends[0], ends[1], nil
 }
 
 // sendChunks sends table's rows after lo in chunks, each with the
 // versions of its key range and a commit frame, and adds what it sent to
-// sum.
+// sum. A table of more than spoolAboveChunks chunks whose key is not in
+// the order of its rows on disk has them read in passes and spooled (see
+// snapshot_spool.go).
 //
 // A table of more than one chunk has its versions indexed by key first
 // (chunkVersions), so each chunk reads its own; the last or only chunk
 // reads them from row_version directly.
-func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo []string, sum *SnapshotSummary) error {
+func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo []string, how chunkReading, sum *SnapshotSummary) error {
 	keys, err := chunkKeys(ctx, tx, t.Name)
 	if err != nil {
 		return err
@@ -173,14 +175,33 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 	if lo != nil && len(lo) != len(keys) {
 		return fmt.Errorf("snapshot: asked to go on with %s after a key of %d columns; its primary key has %d", t.Name, len(lo), len(keys))
 	}
+	// The chunks' bounds, when read ahead; nil: each is read as its chunk
+	// goes (the first rows go out sooner).
+	var bounds []chunkBound
+	if len(keys) == 1 {
+		corr, err := keyCorrelation(ctx, tx, t.Name, keys[0])
+		if err != nil {
+			return err
+		}
+		if keyOutOfDiskOrder(len(keys), corr) {
+			if bounds, err = chunkBounds(ctx, tx, t.Name, keys, lo); err != nil {
+				return err
+			}
+			if len(bounds) > spoolAboveChunks {
+				return sendSpooled(ctx, tx, w, t, keys[0], lo, bounds, how, sum)
+			}
+		}
+	}
 	cols := make([]string, len(t.Columns))
 	for i, c := range t.Columns {
 		cols[i] = "t." + quoteIdent(c.Name)
 	}
 	indexed := false
-	for {
-		hi, err := chunkEnd(ctx, tx, t.Name, keys, lo)
-		if err != nil {
+	for i := 0; ; i++ {
+		var hi []string
+		if bounds != nil {
+			hi = bounds[i].last
+		} else if hi, _, err = chunkEnd(ctx, tx, t.Name, keys, lo); err != nil {
 			return err
 		}
 		if hi != nil && !indexed {
@@ -195,19 +216,8 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 			return err
 		}
 		sum.Rows[t.Name] += n
-		versions := fmt.Sprintf("SELECT %s FROM polyregion.row_version v WHERE v.tbl = %s AND %s",
-			strings.Join(versionColumns, ", "), quoteLiteral(t.Name), keyRange(keys, versionKeyExprs(keys), lo, hi))
-		if indexed {
-			versions = fmt.Sprintf("SELECT %s FROM pg_temp.polyregion_chunk_versions v WHERE %s",
-				strings.Join(versionColumns, ", "), keyRange(keys, indexedKeyExprs(keys), lo, hi))
-		}
-		v, err := copyPart(ctx, tx, w, frameVersions, "", "COPY ("+versions+") TO STDOUT (FORMAT text)")
-		if err != nil {
+		if err := endChunk(ctx, tx, w, t.Name, keys, lo, hi, indexed, sum); err != nil {
 			return err
-		}
-		sum.Versions += v
-		if err := writeSnapshotJSON(w, frameCommit, SnapshotUnit{Tables: []string{t.Name}, After: hi}); err != nil {
-			return fmt.Errorf("snapshot: send the end of a chunk of %s: %w", t.Name, err)
 		}
 		if hi == nil {
 			break
@@ -215,9 +225,35 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 		lo = hi
 	}
 	if indexed {
-		if _, err := tx.Exec(ctx, `DROP TABLE pg_temp.polyregion_chunk_versions`); err != nil {
-			return fmt.Errorf("snapshot: %w", err)
-		}
+		return dropChunkVersions(ctx, tx)
+	}
+	return nil
+}
+
+// endChunk sends the versions of the chunk (lo, hi] of table, from
+// chunkVersions's table when indexed, and the chunk's commit frame.
+func endChunk(ctx context.Context, tx pgx.Tx, w io.Writer, table string, keys []chunkKey, lo, hi []string, indexed bool, sum *SnapshotSummary) error {
+	versions := fmt.Sprintf("SELECT %s FROM polyregion.row_version v WHERE v.tbl = %s AND %s",
+		strings.Join(versionColumns, ", "), quoteLiteral(table), keyRange(keys, versionKeyExprs(keys), lo, hi))
+	if indexed {
+		versions = fmt.Sprintf("SELECT %s FROM pg_temp.polyregion_chunk_versions v WHERE %s",
+			strings.Join(versionColumns, ", "), keyRange(keys, indexedKeyExprs(keys), lo, hi))
+	}
+	v, err := copyPart(ctx, tx, w, frameVersions, "", "COPY ("+versions+") TO STDOUT (FORMAT text)")
+	if err != nil {
+		return err
+	}
+	sum.Versions += v
+	if err := writeSnapshotJSON(w, frameCommit, SnapshotUnit{Tables: []string{table}, After: hi}); err != nil {
+		return fmt.Errorf("snapshot: send the end of a chunk of %s: %w", table, err)
+	}
+	return nil
+}
+
+// dropChunkVersions drops chunkVersions's table.
+func dropChunkVersions(ctx context.Context, tx pgx.Tx) error {
+	if _, err := tx.Exec(ctx, `DROP TABLE pg_temp.polyregion_chunk_versions`); err != nil {
+		return fmt.Errorf("snapshot: %w", err)
 	}
 	return nil
 }

@@ -38,7 +38,12 @@ type SnapshotConfig struct {
 	// Resume, when set, asks for the snapshot in units (see
 	// snapshot_units.go), leaving out what the joining region loaded.
 	Resume *SnapshotResume
-	Logger *slog.Logger
+	// SpoolBytes bounds how much of a table one pass over it spools on
+	// this host's disk (os.TempDir), for a table whose key is not in the
+	// order of its rows on disk (see snapshot_spool.go; default
+	// DefaultSpoolBytes).
+	SpoolBytes int64
+	Logger     *slog.Logger
 }
 
 func (c *SnapshotConfig) defaults() {
@@ -47,6 +52,9 @@ func (c *SnapshotConfig) defaults() {
 	}
 	if c.ReaderTimeout <= 0 {
 		c.ReaderTimeout = 2 * time.Minute
+	}
+	if c.SpoolBytes <= 0 {
+		c.SpoolBytes = DefaultSpoolBytes
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -114,7 +122,7 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 		if err := copyVersionsAndParked(ctx, tx, w, cfg.Tables, &sum); err != nil {
 			return sum, err
 		}
-	} else if err := sendUnits(ctx, tx, w, h.Tables, *cfg.Resume, &sum); err != nil {
+	} else if err := sendUnits(ctx, tx, w, h.Tables, *cfg.Resume, chunkReading{spoolBytes: cfg.SpoolBytes, log: cfg.Logger}, &sum); err != nil {
 		return sum, err
 	}
 	if err := tx.Commit(ctx); err != nil {
@@ -129,7 +137,7 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 // sendUnits sends what the joining region still lacks (see
 // snapshot_units.go): the tables that go whole first, in one unit, then
 // the others in chunks.
-func sendUnits(ctx context.Context, tx pgx.Tx, w io.Writer, tables []SnapshotTable, resume SnapshotResume, sum *SnapshotSummary) error {
+func sendUnits(ctx context.Context, tx pgx.Tx, w io.Writer, tables []SnapshotTable, resume SnapshotResume, how chunkReading, sum *SnapshotSummary) error {
 	names := make([]string, len(tables))
 	for i, t := range tables {
 		names[i] = t.Name
@@ -145,7 +153,7 @@ func sendUnits(ctx context.Context, tx pgx.Tx, w io.Writer, tables []SnapshotTab
 		}
 	}
 	for _, t := range chunked {
-		if err := sendChunks(ctx, tx, w, t, resume.After[t.Name], sum); err != nil {
+		if err := sendChunks(ctx, tx, w, t, resume.After[t.Name], how, sum); err != nil {
 			return err
 		}
 	}
@@ -200,8 +208,16 @@ func copyPart(ctx context.Context, tx pgx.Tx, w io.Writer, open byte, name, copy
 
 // sendPart is copyPart with the opening frame's payload.
 func sendPart(ctx context.Context, tx pgx.Tx, w io.Writer, open byte, part snapshotPart, copySQL string) (int64, error) {
-	name := part.Name
-	what := name
+	return sendFramed(w, open, part, part.Name, func(fw io.Writer) (int64, error) {
+		tag, err := tx.Conn().PgConn().CopyTo(ctx, fw, copySQL)
+		return tag.RowsAffected(), err
+	})
+}
+
+// sendFramed sends one part: its opening frame, the data fill writes (as
+// COPY text rows; it returns how many), its end. what names the part in
+// errors ("" for versions and parked changes).
+func sendFramed(w io.Writer, open byte, part snapshotPart, what string, fill func(io.Writer) (int64, error)) (int64, error) {
 	if what == "" {
 		what = map[byte]string{frameVersions: "row versions", frameParked: "parked changes"}[open]
 	}
@@ -209,17 +225,17 @@ func sendPart(ctx context.Context, tx pgx.Tx, w io.Writer, open byte, part snaps
 		return 0, fmt.Errorf("snapshot: send %s: %w", what, err)
 	}
 	fw := &frameWriter{w: w}
-	tag, err := tx.Conn().PgConn().CopyTo(ctx, fw, copySQL)
+	rows, err := fill(fw)
 	if err == nil {
 		err = fw.Flush()
 	}
 	if err != nil {
 		return 0, fmt.Errorf("snapshot: copy %s: %w", what, err)
 	}
-	if err := writeSnapshotJSON(w, frameEnd, snapshotPart{Name: name, Rows: tag.RowsAffected()}); err != nil {
+	if err := writeSnapshotJSON(w, frameEnd, snapshotPart{Name: part.Name, Rows: rows}); err != nil {
 		return 0, fmt.Errorf("snapshot: send %s: %w", what, err)
 	}
-	return tag.RowsAffected(), nil
+	return rows, nil
 }
 
 // takeSnapshot pauses the tables' writers, waits for the reader to version
