@@ -29,9 +29,31 @@ const (
 	joinLagSteady = 10 * time.Second      // lag measured before the join, for comparison
 )
 
-var joinBenchSchema = []string{
-	`CREATE TABLE public.bulk (id bigint PRIMARY KEY, payload text NOT NULL, n integer NOT NULL DEFAULT 0)`,
-	`CREATE TABLE public.lag (origin text NOT NULL, n bigint NOT NULL, ts timestamptz NOT NULL, PRIMARY KEY (origin, n))`,
+var joinBenchSchema = joinBenchSchemaKeyed("bigint")
+
+// joinBenchSchemaKeyed is the join benchmark's tables, bulk keyed by key
+// (bigint or uuid).
+func joinBenchSchemaKeyed(key string) []string {
+	return []string{
+		`CREATE TABLE public.bulk (id ` + key + ` PRIMARY KEY, payload text NOT NULL, n integer NOT NULL DEFAULT 0)`,
+		`CREATE TABLE public.lag (origin text NOT NULL, n bigint NOT NULL, ts timestamptz NOT NULL, PRIMARY KEY (origin, n))`,
+	}
+}
+
+// benchJoinKey is the key of the table a joining region is seeded with
+// (BENCH_JOIN_KEY): bigint (default), numbered in the order the rows are
+// written, or uuid, the same rows keyed by their number's MD5 (random
+// order on disk, the same in every region).
+func benchJoinKey(b *testing.B) (typ, expr string) {
+	switch k := os.Getenv("BENCH_JOIN_KEY"); k {
+	case "", "bigint":
+		return "bigint", "g"
+	case "uuid":
+		return "uuid", "pg_catalog.md5(g::text)::uuid"
+	default:
+		b.Fatalf("BENCH_JOIN_KEY=%q: bigint or uuid", k)
+	}
+	return "", ""
 }
 
 // lagRecorder keeps, for every row a writing region wrote, when another
@@ -151,8 +173,8 @@ type joinPair struct {
 }
 
 // BenchmarkJoinSeed seeds new regions from one holding BENCH_JOIN_ROWS
-// rows while three regions write (each a row every 10 ms, each watching
-// the others'): for each of BENCH_JOIN_PAIRS new regions, pg_dump | psql
+// rows (keyed as BENCH_JOIN_KEY says) while three regions write (each a
+// row every 10 ms, each watching the others'): for each of BENCH_JOIN_PAIRS new regions, pg_dump | psql
 // of the table into it, then the table emptied and the region joined;
 // rows/s of the join's load next to pg_dump | psql's, the median of the
 // pairs' ratios, and the replication lag among the writing regions during
@@ -166,7 +188,8 @@ func BenchmarkJoinSeed(b *testing.B) {
 	for i := range pairs {
 		names = append(names, fmt.Sprintf("s%d", i+1))
 	}
-	h, err := Start(ctx, Spec{Regions: names, SchemaSQL: joinBenchSchema,
+	keyType, keyExpr := benchJoinKey(b)
+	h, err := Start(ctx, Spec{Regions: names, SchemaSQL: joinBenchSchemaKeyed(keyType),
 		Tables: []TableSpec{{Name: "public.bulk"}, {Name: "public.lag"}}, Dir: benchDir(b), Binary: binary})
 	if err != nil {
 		b.Fatal(err)
@@ -175,7 +198,7 @@ func BenchmarkJoinSeed(b *testing.B) {
 	writers, joiners := h.Regions[:3], h.Regions[3:]
 	// The three writing regions start identical, each holding the rows.
 	for _, r := range writers {
-		if err := r.Cluster.Exec(ctx, AppDB, fmt.Sprintf(`INSERT INTO public.bulk (id, payload) SELECT g, pg_catalog.md5(g::text) FROM pg_catalog.generate_series(1, %d) g`, rows),
+		if err := r.Cluster.Exec(ctx, AppDB, fmt.Sprintf(`INSERT INTO public.bulk (id, payload) SELECT %s, pg_catalog.md5(g::text) FROM pg_catalog.generate_series(1, %d) g`, keyExpr, rows),
 			`VACUUM ANALYZE public.bulk`); err != nil {
 			b.Fatal(err)
 		}
@@ -258,6 +281,7 @@ func BenchmarkJoinSeed(b *testing.B) {
 	fmt.Fprintf(&t, "%-44s %14.2f\n", "join / pg_dump | psql, each pair", median(ratios))
 	fmt.Print(t.String())
 	fmt.Printf("join_seed_rows=%d\n", rows)
+	fmt.Printf("join_seed_key=%s\n", keyType)
 	fmt.Printf("join_seed_pairs=%d\n", len(done))
 	fmt.Printf("pg_dump_rows_per_s=%.0f\n", median(dumps))
 	fmt.Printf("join_seed_rows_per_s=%.0f\n", median(joins))
