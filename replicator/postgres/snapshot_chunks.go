@@ -175,20 +175,25 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 	if lo != nil && len(lo) != len(keys) {
 		return fmt.Errorf("snapshot: asked to go on with %s after a key of %d columns; its primary key has %d", t.Name, len(lo), len(keys))
 	}
-	// The chunks' bounds, when read ahead; nil: each is read as its chunk
-	// goes (the first rows go out sooner).
+	// The first chunks' bounds, when read ahead; the others are read as
+	// their chunk goes (the first rows go out sooner).
 	var bounds []chunkBound
 	if len(keys) == 1 {
 		corr, err := keyCorrelation(ctx, tx, t.Name, keys[0])
 		if err != nil {
 			return err
 		}
-		if keyOutOfDiskOrder(len(keys), corr) {
-			if bounds, err = chunkBounds(ctx, tx, t.Name, keys, lo); err != nil {
+		if keyOutOfDiskOrder(len(keys), keys[0].typ, corr) {
+			if bounds, err = chunkBounds(ctx, tx, t.Name, keys, lo, spoolAboveChunks+1); err != nil {
 				return err
 			}
-			if len(bounds) > spoolAboveChunks {
-				return sendSpooled(ctx, tx, w, t, keys[0], lo, bounds, how, sum)
+			per, err := chunkBytes(ctx, tx, t.Name)
+			if err != nil {
+				return err
+			}
+			// Spooled one chunk a pass, a chunk is read as by itself.
+			if len(bounds) > spoolAboveChunks && chunksPerPass(how.spoolBytes, per) > 1 {
+				return sendSpooled(ctx, tx, w, t, keys[0], lo, bounds, per, how, sum)
 			}
 		}
 	}
@@ -199,7 +204,7 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 	indexed := false
 	for i := 0; ; i++ {
 		var hi []string
-		if bounds != nil {
+		if i < len(bounds) {
 			hi = bounds[i].last
 		} else if hi, _, err = chunkEnd(ctx, tx, t.Name, keys, lo); err != nil {
 			return err

@@ -224,6 +224,11 @@ func sendFramed(w io.Writer, open byte, part snapshotPart, what string, fill fun
 	if err := writeSnapshotJSON(w, open, part); err != nil {
 		return 0, fmt.Errorf("snapshot: send %s: %w", what, err)
 	}
+	return continueFramed(w, part, what, fill)
+}
+
+// continueFramed is sendFramed after its opening frame.
+func continueFramed(w io.Writer, part snapshotPart, what string, fill func(io.Writer) (int64, error)) (int64, error) {
 	fw := &frameWriter{w: w}
 	rows, err := fill(fw)
 	if err == nil {

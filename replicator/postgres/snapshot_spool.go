@@ -23,14 +23,20 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/replicator"
 )
 
 // DefaultSpoolBytes is how much of a table one pass spools on the source's
@@ -53,15 +59,16 @@ const spoolCorrelation = 0.9
 const spoolAboveChunks = 8
 
 // keyOutOfDiskOrder decides whether a table's key is not in the order of
-// its rows on disk, for spooling its chunks: its key is one column
-// (width_bucket routes one value), and the statistics say its rows are not
-// in key order, or say nothing (never analyzed: one pass is linear
-// whatever the order).
-func keyOutOfDiskOrder(keyColumns int, correlation *float64) bool {
-	if keyColumns != 1 {
+// its rows on disk, for spooling its chunks: its key is one column of a
+// type that is not an array (width_bucket routes one scalar value), and the
+// statistics say its rows are not in key order. A table never analyzed
+// keeps its chunks read one by one, as a key in disk order needs: its
+// passes would each read the table.
+func keyOutOfDiskOrder(keyColumns int, typ string, correlation *float64) bool {
+	if keyColumns != 1 || strings.HasSuffix(typ, "]") || correlation == nil {
 		return false
 	}
-	return correlation == nil || (*correlation < spoolCorrelation && *correlation > -spoolCorrelation)
+	return *correlation < spoolCorrelation && *correlation > -spoolCorrelation
 }
 
 // chunksPerPass is how many chunks one pass spools within budget bytes,
@@ -70,8 +77,11 @@ func chunksPerPass(budget, chunkBytes int64) int {
 	if chunkBytes <= 0 || budget/chunkBytes < 1 {
 		return 1
 	}
-	return int(min(budget/chunkBytes, 1<<16))
+	return int(min(budget/chunkBytes, maxChunksPerPass))
 }
+
+// maxChunksPerPass bounds the files one pass keeps open.
+const maxChunksPerPass = 1024
 
 // keyCorrelation reads the statistics' correlation of the key column with
 // the table's order on disk; nil when the table was never analyzed.
@@ -88,64 +98,57 @@ func keyCorrelation(ctx context.Context, tx pgx.Tx, table string, key chunkKey) 
 }
 
 // chunkBytes estimates a chunk's size from the table's size on disk
-// (TOAST included) per row: the rows by the statistics, or when the table
-// was never analyzed, chunks full chunks (those the load still sends; a
-// resumed load so overestimates, and spools less per pass).
-func chunkBytes(ctx context.Context, tx pgx.Tx, table string, chunks int) (int64, error) {
+// (TOAST included) per row by the statistics (0: never analyzed). The
+// rows' text can be larger (compressed values, bytea's hex): a pass
+// measures what it spooled, and the next passes go by that.
+func chunkBytes(ctx context.Context, tx pgx.Tx, table string) (int64, error) {
 	var size int64
 	var tuples float64
 	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_table_size(c.oid), c.reltuples::float8 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)`,
 		qualified(table)).Scan(&size, &tuples); err != nil {
 		return 0, fmt.Errorf("snapshot: size of %s: %w", table, err)
 	}
-	return estimateChunkBytes(size, tuples, chunks), nil
-}
-
-// estimateChunkBytes is chunkBytes's arithmetic: size bytes over tuples
-// rows (negative: never analyzed), chunks chunks still to send.
-func estimateChunkBytes(size int64, tuples float64, chunks int) int64 {
 	if tuples < 1 {
-		tuples = float64(chunks) * float64(snapshotChunkRows)
+		return 0, nil
 	}
-	if tuples < 1 {
-		return 0
-	}
-	return int64(float64(size) / tuples * float64(snapshotChunkRows))
+	return int64(float64(size) / tuples * float64(snapshotChunkRows)), nil
 }
 
 // chunkBound is where one chunk ends: its last key, and the first key of
 // the chunk after it (both nil for the last chunk: to the table's end).
 type chunkBound struct{ last, next []string }
 
-// chunkBounds reads the bounds of every chunk of table after lo.
-func chunkBounds(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string) ([]chunkBound, error) {
+// chunkBounds reads the bounds of the chunks of table after lo, at most
+// limit of them (0: all).
+func chunkBounds(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string, limit int) ([]chunkBound, error) {
 	var out []chunkBound
-	for {
+	for limit == 0 || len(out) < limit {
 		last, next, err := chunkEnd(ctx, tx, table, keys, lo)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, chunkBound{last: last, next: next})
 		if last == nil {
-			return out, nil
+			break
 		}
 		lo = last
 	}
+	return out, nil
 }
 
 // spoolPass reads the rows of the chunks bounds (after lo) in one pass and
 // writes each chunk's to a file of its own in dir, returning the files
-// (rewound) and each one's rows.
-func spoolPass(ctx context.Context, tx pgx.Tx, dir string, t SnapshotTable, key chunkKey, lo []string, bounds []chunkBound) ([]*os.File, []int64, error) {
+// (rewound), each one's rows and the bytes spooled.
+func spoolPass(ctx context.Context, tx pgx.Tx, dir string, t SnapshotTable, key chunkKey, lo []string, bounds []chunkBound) ([]*os.File, []int64, int64, error) {
 	files := make([]*os.File, len(bounds))
 	r := &chunkRouter{out: make([]*bufio.Writer, len(bounds)), rows: make([]int64, len(bounds))}
-	fail := func(err error) ([]*os.File, []int64, error) {
+	fail := func(err error) ([]*os.File, []int64, int64, error) {
 		for _, f := range files {
 			if f != nil {
 				f.Close()
 			}
 		}
-		return nil, nil, fmt.Errorf("snapshot: spool the chunks of %s: %w", t.Name, err)
+		return nil, nil, 0, fmt.Errorf("snapshot: spool the chunks of %s: %w", t.Name, err)
 	}
 	for i := range files {
 		f, err := os.CreateTemp(dir, "chunk-*")
@@ -185,7 +188,7 @@ func spoolPass(ctx context.Context, tx pgx.Tx, dir string, t SnapshotTable, key 
 			return fail(err)
 		}
 	}
-	return files, r.rows, nil
+	return files, r.rows, r.bytes, nil
 }
 
 // chunkRouter takes COPY text rows, each led by its chunk's number and a
@@ -193,6 +196,7 @@ func spoolPass(ctx context.Context, tx pgx.Tx, dir string, t SnapshotTable, key 
 type chunkRouter struct {
 	out     []*bufio.Writer
 	rows    []int64
+	bytes   int64  // written to the chunks
 	partial []byte // a row whose end has not come yet
 }
 
@@ -229,7 +233,8 @@ func (r *chunkRouter) route(line []byte) error {
 		return fmt.Errorf("a spooled row for chunk %q of %d", line[:tab], len(r.out))
 	}
 	r.rows[i]++
-	_, err = r.out[i].Write(line[tab+1:])
+	n, err := r.out[i].Write(line[tab+1:])
+	r.bytes += int64(n)
 	return err
 }
 
@@ -254,58 +259,192 @@ type chunkReading struct {
 	log        *slog.Logger
 }
 
-// sendSpooled sends the chunks bounds of t (after lo), read in passes of
-// as many chunks as how.spoolBytes holds, each chunk from its file with
+// spoolKeepalive is how often a pass under way sends an empty data frame
+// in the part it opened: the joining region ends a stream silent for
+// three minutes (link.SnapshotIdleTimeout), and a pass over a table larger
+// than memory reads it from disk before sending anything.
+var spoolKeepalive = 30 * time.Second
+
+// sendSpooled sends the chunks of t after lo, the first bounds read
+// (the others are read here), in passes of as many chunks as
+// how.spoolBytes holds at per bytes a chunk, each chunk from its file with
 // its versions and commit frame.
-func sendSpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, key chunkKey, lo []string, bounds []chunkBound, how chunkReading, sum *SnapshotSummary) error {
+func sendSpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, key chunkKey, lo []string, bounds []chunkBound, per int64, how chunkReading, sum *SnapshotSummary) error {
 	keys := []chunkKey{key}
-	if err := chunkVersions(ctx, tx, t.Name, keys); err != nil {
-		return err
-	}
-	per, err := chunkBytes(ctx, tx, t.Name, len(bounds))
-	if err != nil {
-		return err
-	}
-	step := chunksPerPass(how.spoolBytes, per)
-	passes := (len(bounds) + step - 1) / step
-	how.log.Info("sending a table's chunks from passes over its rows: its key is not in the order of its rows on disk", "table", t.Name,
-		"chunks", len(bounds), "passes", passes, "spool_bytes_estimate", per*int64(min(step, len(bounds))))
-	dir, err := os.MkdirTemp("", "polyregion-snapshot-*")
+	dir, err := spoolDir()
 	if err != nil {
 		return fmt.Errorf("snapshot: spool the chunks of %s: %w", t.Name, err)
 	}
 	defer os.RemoveAll(dir)
-	for start := 0; start < len(bounds); start += step {
-		group := bounds[start:min(start+step, len(bounds))]
-		files, rows, err := spoolPass(ctx, tx, dir, t, key, lo, group)
+	// Each pass opens its first chunk's part before it reads, and keeps
+	// the stream alive while it does.
+	open := func() (func() error, error) {
+		if err := writeSnapshotJSON(w, frameTable, snapshotPart{Name: t.Name}); err != nil {
+			return nil, fmt.Errorf("snapshot: send %s: %w", t.Name, err)
+		}
+		return keepAlive(w), nil
+	}
+	stop, err := open()
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if stop != nil {
+			stop()
+		}
+	}()
+	if last := bounds[len(bounds)-1].last; last != nil {
+		rest, err := chunkBounds(ctx, tx, t.Name, keys, last, 0)
 		if err != nil {
 			return err
 		}
-		err = func() error {
-			defer func() {
-				for _, f := range files {
-					f.Close()
-					os.Remove(f.Name())
-				}
-			}()
-			for i, b := range group {
-				if _, err := sendFramed(w, frameTable, snapshotPart{Name: t.Name}, t.Name, func(fw io.Writer) (int64, error) {
-					_, err := io.Copy(fw, files[i])
-					return rows[i], err
-				}); err != nil {
-					return err
-				}
-				sum.Rows[t.Name] += rows[i]
-				if err := endChunk(ctx, tx, w, t.Name, keys, lo, b.last, true, sum); err != nil {
-					return err
-				}
-				lo = b.last
+		bounds = append(bounds, rest...)
+	}
+	if err := chunkVersions(ctx, tx, t.Name, keys); err != nil {
+		return err
+	}
+	step := chunksPerPass(how.spoolBytes, per)
+	how.log.Info("sending a table's chunks from passes over its rows: its key is not in the order of its rows on disk", "table", t.Name,
+		"chunks", len(bounds), "passes", (len(bounds)+step-1)/step, "spool_bytes_estimate", per*int64(min(step, len(bounds))))
+	for start := 0; start < len(bounds); {
+		if stop == nil {
+			if stop, err = open(); err != nil {
+				return err
 			}
-			return nil
-		}()
+		}
+		group := bounds[start:min(start+step, len(bounds))]
+		files, rows, spooled, err := spoolPass(ctx, tx, dir, t, key, lo, group)
+		kept := stop()
+		stop = nil
 		if err != nil {
 			return err
 		}
+		if kept != nil {
+			closeSpool(files)
+			return fmt.Errorf("snapshot: send %s: %w", t.Name, kept)
+		}
+		if err := sendPass(ctx, tx, w, t, keys, lo, group, files, rows, sum); err != nil {
+			return err
+		}
+		lo = group[len(group)-1].last
+		start += len(group)
+		// The next passes go by what this one spooled.
+		step = chunksPerPass(how.spoolBytes, spooled/int64(len(group)))
 	}
 	return dropChunkVersions(ctx, tx)
+}
+
+// sendPass sends the chunks group (after lo) from their files, the first
+// one's part open already, and closes and removes the files.
+func sendPass(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, keys []chunkKey, lo []string, group []chunkBound, files []*os.File, rows []int64, sum *SnapshotSummary) error {
+	defer closeSpool(files)
+	for i, b := range group {
+		fill := func(fw io.Writer) (int64, error) {
+			_, err := io.Copy(fw, files[i])
+			return rows[i], err
+		}
+		var err error
+		if i == 0 {
+			_, err = continueFramed(w, snapshotPart{Name: t.Name}, t.Name, fill)
+		} else {
+			_, err = sendFramed(w, frameTable, snapshotPart{Name: t.Name}, t.Name, fill)
+		}
+		if err != nil {
+			return err
+		}
+		sum.Rows[t.Name] += rows[i]
+		if err := endChunk(ctx, tx, w, t.Name, keys, lo, b.last, true, sum); err != nil {
+			return err
+		}
+		lo = b.last
+	}
+	return nil
+}
+
+// closeSpool closes and removes a pass's files.
+func closeSpool(files []*os.File) {
+	for _, f := range files {
+		f.Close()
+		os.Remove(f.Name())
+	}
+}
+
+// keepAlive writes an empty data frame to w, flushed, every
+// spoolKeepalive until the returned stop, which returns the first write's
+// error, if any. Nothing else may write to w meanwhile.
+func keepAlive(w io.Writer) (stop func() error) {
+	flush(w)
+	done, errc := make(chan struct{}), make(chan error, 1)
+	go func() {
+		t := time.NewTicker(spoolKeepalive)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				errc <- nil
+				return
+			case <-t.C:
+				if err := replicator.WriteFrame(w, frameData, nil); err != nil {
+					errc <- err
+					return
+				}
+				if err := flush(w); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}
+	}()
+	return func() error {
+		close(done)
+		return <-errc
+	}
+}
+
+// flush sends what w holds, when it can.
+func flush(w io.Writer) error {
+	if f, ok := w.(interface{ Flush() error }); ok {
+		return f.Flush()
+	}
+	return nil
+}
+
+// spoolDir makes a pass's directory in the temporary directory, named for
+// this process, and removes those of processes that are gone (a source
+// killed while it spooled).
+func spoolDir() (string, error) {
+	removeStaleSpools(os.TempDir())
+	return os.MkdirTemp("", fmt.Sprintf("%s%d-*", spoolPrefix, os.Getpid()))
+}
+
+// spoolPrefix begins the name of every spool directory, followed by the
+// process's id.
+const spoolPrefix = "polyregion-snapshot-"
+
+// removeStaleSpools removes the spool directories in dir of processes
+// that no longer run.
+func removeStaleSpools(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		rest, ok := strings.CutPrefix(e.Name(), spoolPrefix)
+		if !ok || !e.IsDir() {
+			continue
+		}
+		pidText, _, ok := strings.Cut(rest, "-")
+		pid, err := strconv.Atoi(pidText)
+		if !ok || err != nil || pid <= 0 || processRuns(pid) {
+			continue
+		}
+		os.RemoveAll(filepath.Join(dir, e.Name()))
+	}
+}
+
+// processRuns reports whether a process of that id runs (one of another
+// user counts).
+func processRuns(pid int) bool {
+	err := syscall.Kill(pid, 0)
+	return err == nil || errors.Is(err, syscall.EPERM)
 }

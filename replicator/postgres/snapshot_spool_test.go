@@ -3,28 +3,36 @@ package postgres
 import (
 	"bufio"
 	"bytes"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAKeyIsOutOfDiskOrderByItsStatistics(t *testing.T) {
 	f := func(v float64) *float64 { return &v }
 	for _, c := range []struct {
 		keys int
+		typ  string
 		corr *float64
 		want bool
 	}{
-		{1, f(0.003), true},  // random keys: UUIDs
-		{1, f(-0.4), true},   // partly ordered
-		{1, nil, true},       // never analyzed: one pass is linear anyway
-		{1, f(1), false},     // a sequence's keys, inserted in order
-		{1, f(-0.95), false}, // in reverse order: a range is still a run of pages
-		{1, f(0.9), false},
-		{2, f(0), false}, // width_bucket routes one value
-		{2, nil, false},
+		{1, "uuid", f(0.003), true}, // random keys
+		{1, "text", f(-0.4), true},  // partly ordered
+		{1, "uuid", nil, false},     // never analyzed: chunk by chunk, as an ordered key needs
+		{1, "bigint", f(1), false},  // a sequence's keys, inserted in order
+		{1, "bigint", f(-0.95), false},
+		{1, "bigint", f(0.9), false},
+		{1, "integer[]", f(0), false},            // width_bucket would take the array apart
+		{1, "character varying(20)", f(0), true}, // a type modifier is not an array
+		{2, "text", f(0), false},                 // width_bucket routes one value
 	} {
-		if got := keyOutOfDiskOrder(c.keys, c.corr); got != c.want {
-			t.Errorf("keyOutOfDiskOrder(%d, %v) = %v, want %v", c.keys, c.corr, got, c.want)
+		if got := keyOutOfDiskOrder(c.keys, c.typ, c.corr); got != c.want {
+			t.Errorf("keyOutOfDiskOrder(%d, %q, %v) = %v, want %v", c.keys, c.typ, c.corr, got, c.want)
 		}
 	}
 }
@@ -38,7 +46,7 @@ func TestChunksPerPassStayWithinTheSpool(t *testing.T) {
 		{1 << 30, 2 << 30, 1}, // a chunk larger than the budget still goes, alone
 		{1, 20 << 20, 1},
 		{1 << 30, 0, 1}, // an empty table's estimate
-		{1 << 62, 1, 1 << 16},
+		{1 << 62, 1, maxChunksPerPass},
 	} {
 		if got := chunksPerPass(c.budget, c.chunk); got != c.want {
 			t.Errorf("chunksPerPass(%d, %d) = %d, want %d", c.budget, c.chunk, got, c.want)
@@ -86,20 +94,79 @@ func TestChunkRouterSendsEachRowToItsChunk(t *testing.T) {
 	}
 }
 
-func TestAChunksSizeIsEstimatedWithOrWithoutStatistics(t *testing.T) {
-	for _, c := range []struct {
-		size   int64
-		tuples float64
-		chunks int
-		want   int64
-	}{
-		{1 << 30, 10_000_000, 50, 21474836}, // 107 bytes a row
-		{1 << 30, -1, 50, 21474836},         // never analyzed: 50 chunks of rows
-		{1 << 30, 0, 5, 214748364},          // analyzed empty, rows since
-		{0, -1, 0, 0},
-	} {
-		if got := estimateChunkBytes(c.size, c.tuples, c.chunks); got != c.want {
-			t.Errorf("estimateChunkBytes(%d, %v, %d) = %d, want %d", c.size, c.tuples, c.chunks, got, c.want)
+func TestAPassKeepsTheStreamAliveInItsPart(t *testing.T) {
+	defer func(d time.Duration) { spoolKeepalive = d }(spoolKeepalive)
+	spoolKeepalive = 5 * time.Millisecond
+	var buf bytes.Buffer
+	if err := writeSnapshotJSON(&buf, frameTable, snapshotPart{Name: "public.t"}); err != nil {
+		t.Fatal(err)
+	}
+	opened := buf.Len()
+	w := &signalingWriter{w: &buf, wrote: make(chan struct{}, 100)}
+	stop := keepAlive(w)
+	for range 4 { // two frames: a header and an empty payload each
+		select {
+		case <-w.wrote:
+		case <-time.After(10 * time.Second):
+			t.Fatal("no empty frame within 10 s")
 		}
 	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	alive := buf.Len()
+	if _, err := continueFramed(&buf, snapshotPart{Name: "public.t"}, "public.t", func(w io.Writer) (int64, error) {
+		_, err := io.WriteString(w, "1\ta\n")
+		return 1, err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	br := bufio.NewReader(&buf)
+	if typ, _, err := readSnapshotFrame(br); err != nil || typ != frameTable {
+		t.Fatalf("first frame %q, %v", typ, err)
+	}
+	if alive < opened+2*5 || (alive-opened)%5 != 0 {
+		t.Fatalf("%d bytes before the data: no empty frames kept the stream alive", alive)
+	}
+	// A loading region of any release reads the empty frames as no data.
+	pr := &partReader{br: br, progress: func() {}}
+	got, err := io.ReadAll(pr)
+	if err != nil || string(got) != "1\ta\n" || pr.end == nil || pr.end.Rows != 1 {
+		t.Fatalf("the part read %q, %v, end %+v", got, err, pr.end)
+	}
+}
+
+func TestSpoolsOfProcessesThatAreGoneAreRemoved(t *testing.T) {
+	dir := t.TempDir()
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Skip("no process to outlive:", err)
+	}
+	dead := filepath.Join(dir, fmt.Sprintf("%s%d-123", spoolPrefix, gone.Process.Pid))
+	live := filepath.Join(dir, fmt.Sprintf("%s%d-456", spoolPrefix, os.Getpid()))
+	other := filepath.Join(dir, "polyregion-other-1-2")
+	for _, d := range []string{dead, live, other} {
+		if err := os.MkdirAll(filepath.Join(d, "x"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	removeStaleSpools(dir)
+	for d, want := range map[string]bool{dead: false, live: true, other: true} {
+		if _, err := os.Stat(d); (err == nil) != want {
+			t.Errorf("%s kept: %v, want %v", filepath.Base(d), err == nil, want)
+		}
+	}
+}
+
+// signalingWriter tells of each write to w, which it makes while nothing
+// else uses w.
+type signalingWriter struct {
+	w     io.Writer
+	wrote chan struct{}
+}
+
+func (s *signalingWriter) Write(p []byte) (int, error) {
+	n, err := s.w.Write(p)
+	s.wrote <- struct{}{}
+	return n, err
 }
