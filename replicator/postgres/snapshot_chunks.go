@@ -175,26 +175,10 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 	if lo != nil && len(lo) != len(keys) {
 		return fmt.Errorf("snapshot: asked to go on with %s after a key of %d columns; its primary key has %d", t.Name, len(lo), len(keys))
 	}
-	// The first chunks' bounds, when read ahead; the others are read as
-	// their chunk goes (the first rows go out sooner).
-	var bounds []chunkBound
 	if len(keys) == 1 {
-		corr, err := keyCorrelation(ctx, tx, t.Name, keys[0])
-		if err != nil {
+		spooled, err := trySpooled(ctx, tx, w, t, keys[0], lo, how, sum)
+		if spooled || err != nil {
 			return err
-		}
-		if keyOutOfDiskOrder(len(keys), keys[0].typ, corr) {
-			if bounds, err = chunkBounds(ctx, tx, t.Name, keys, lo, spoolAboveChunks+1); err != nil {
-				return err
-			}
-			per, err := chunkBytes(ctx, tx, t.Name)
-			if err != nil {
-				return err
-			}
-			// Spooled one chunk a pass, a chunk is read as by itself.
-			if len(bounds) > spoolAboveChunks && chunksPerPass(how.spoolBytes, per) > 1 {
-				return sendSpooled(ctx, tx, w, t, keys[0], lo, bounds, per, how, sum)
-			}
 		}
 	}
 	cols := make([]string, len(t.Columns))
@@ -202,11 +186,9 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 		cols[i] = "t." + quoteIdent(c.Name)
 	}
 	indexed := false
-	for i := 0; ; i++ {
-		var hi []string
-		if i < len(bounds) {
-			hi = bounds[i].last
-		} else if hi, _, err = chunkEnd(ctx, tx, t.Name, keys, lo); err != nil {
+	for {
+		hi, _, err := chunkEnd(ctx, tx, t.Name, keys, lo)
+		if err != nil {
 			return err
 		}
 		if hi != nil && !indexed {

@@ -97,43 +97,62 @@ func keyCorrelation(ctx context.Context, tx pgx.Tx, table string, key chunkKey) 
 	return corr, nil
 }
 
-// chunkBytes estimates a chunk's size from the table's size on disk
-// (TOAST included) per row by the statistics (0: never analyzed). The
-// rows' text can be larger (compressed values, bytea's hex): a pass
-// measures what it spooled, and the next passes go by that.
-func chunkBytes(ctx context.Context, tx pgx.Tx, table string) (int64, error) {
-	var size int64
+// tableRows is the statistics' estimate of table's rows (0: never
+// analyzed).
+func tableRows(ctx context.Context, tx pgx.Tx, table string) (int64, error) {
 	var tuples float64
-	if err := tx.QueryRow(ctx, `SELECT pg_catalog.pg_table_size(c.oid), c.reltuples::float8 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)`,
-		qualified(table)).Scan(&size, &tuples); err != nil {
+	if err := tx.QueryRow(ctx, `SELECT c.reltuples::float8 FROM pg_catalog.pg_class c WHERE c.oid = pg_catalog.to_regclass($1)`,
+		qualified(table)).Scan(&tuples); err != nil {
 		return 0, fmt.Errorf("snapshot: size of %s: %w", table, err)
 	}
-	if tuples < 1 {
-		return 0, nil
+	return int64(max(tuples, 0)), nil
+}
+
+// chunkBytes estimates a chunk's size in COPY text from a sample of the
+// table's pages (TABLESAMPLE SYSTEM: whole pages, about a thousandth of
+// them), or when the sample holds too few rows, from the table's size on
+// disk (TOAST included) per row: compressed values and bytea's hex make
+// the text larger, so a pass measures what it spooled and the next passes
+// go by that.
+func chunkBytes(ctx context.Context, tx pgx.Tx, table string, rows int64) (int64, error) {
+	var sampled, textBytes, size int64
+	if err := tx.QueryRow(ctx, fmt.Sprintf(`SELECT count(*), coalesce(sum(pg_catalog.octet_length(t::text)), 0), pg_catalog.pg_table_size(%s::regclass)
+		FROM ONLY %s t TABLESAMPLE SYSTEM (0.1) REPEATABLE (0)`, quoteLiteral(qualified(table)), qualified(table))).Scan(&sampled, &textBytes, &size); err != nil {
+		return 0, fmt.Errorf("snapshot: size of %s: %w", table, err)
 	}
-	return int64(float64(size) / tuples * float64(snapshotChunkRows)), nil
+	return estimateChunkBytes(sampled, textBytes, size, rows), nil
+}
+
+// estimateChunkBytes is chunkBytes's arithmetic: sampled rows of
+// textBytes in all, or size bytes on disk for rows rows.
+func estimateChunkBytes(sampled, textBytes, size, rows int64) int64 {
+	switch {
+	case sampled >= 100:
+		return textBytes / sampled * snapshotChunkRows
+	case rows > 0:
+		return size / rows * snapshotChunkRows
+	}
+	return 0
 }
 
 // chunkBound is where one chunk ends: its last key, and the first key of
 // the chunk after it (both nil for the last chunk: to the table's end).
 type chunkBound struct{ last, next []string }
 
-// chunkBounds reads the bounds of the chunks of table after lo, at most
-// limit of them (0: all).
-func chunkBounds(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string, limit int) ([]chunkBound, error) {
+// chunkBounds reads the bounds of every chunk of table after lo.
+func chunkBounds(ctx context.Context, tx pgx.Tx, table string, keys []chunkKey, lo []string) ([]chunkBound, error) {
 	var out []chunkBound
-	for limit == 0 || len(out) < limit {
+	for {
 		last, next, err := chunkEnd(ctx, tx, table, keys, lo)
 		if err != nil {
 			return nil, err
 		}
 		out = append(out, chunkBound{last: last, next: next})
 		if last == nil {
-			break
+			return out, nil
 		}
 		lo = last
 	}
-	return out, nil
 }
 
 // spoolPass reads the rows of the chunks bounds (after lo) in one pass and
@@ -265,19 +284,41 @@ type chunkReading struct {
 // than memory reads it from disk before sending anything.
 var spoolKeepalive = 30 * time.Second
 
-// sendSpooled sends the chunks of t after lo, the first bounds read
-// (the others are read here), in passes of as many chunks as
-// how.spoolBytes holds at per bytes a chunk, each chunk from its file with
-// its versions and commit frame.
-func sendSpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, key chunkKey, lo []string, bounds []chunkBound, per int64, how chunkReading, sum *SnapshotSummary) error {
-	keys := []chunkKey{key}
+// trySpooled sends the chunks of t after lo spooled when its key (one
+// column) is not in disk order and the statistics count more rows than
+// spoolAboveChunks chunks hold, and reports whether it did. Nothing is sent
+// when it does not (a spool directory that cannot be made is logged).
+func trySpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, key chunkKey, lo []string, how chunkReading, sum *SnapshotSummary) (bool, error) {
+	corr, err := keyCorrelation(ctx, tx, t.Name, key)
+	if err != nil || !keyOutOfDiskOrder(1, key.typ, corr) {
+		return false, err
+	}
+	rows, err := tableRows(ctx, tx, t.Name)
+	if err != nil || rows <= spoolAboveChunks*snapshotChunkRows {
+		return false, err
+	}
+	per, err := chunkBytes(ctx, tx, t.Name, rows)
+	// Spooled one chunk a pass, a chunk is read as by itself.
+	if err != nil || chunksPerPass(how.spoolBytes, per) < 2 {
+		return false, err
+	}
 	dir, err := spoolDir()
 	if err != nil {
-		return fmt.Errorf("snapshot: spool the chunks of %s: %w", t.Name, err)
+		how.log.Warn("cannot spool the chunks of a table whose key is not in the order of its rows on disk: sending them one by one, each reading the table", "table", t.Name, "err", err)
+		return false, nil
 	}
 	defer os.RemoveAll(dir)
+	return true, sendSpooled(ctx, tx, w, t, key, lo, dir, per, how, sum)
+}
+
+// sendSpooled sends the chunks of t after lo in passes spooled in dir, of
+// as many chunks as how.spoolBytes holds at per bytes a chunk, each chunk
+// from its file with its versions and commit frame.
+func sendSpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, key chunkKey, lo []string, dir string, per int64, how chunkReading, sum *SnapshotSummary) error {
+	keys := []chunkKey{key}
 	// Each pass opens its first chunk's part before it reads, and keeps
-	// the stream alive while it does.
+	// the stream alive while it does (the first also reads the bounds and
+	// the versions).
 	open := func() (func() error, error) {
 		if err := writeSnapshotJSON(w, frameTable, snapshotPart{Name: t.Name}); err != nil {
 			return nil, fmt.Errorf("snapshot: send %s: %w", t.Name, err)
@@ -293,12 +334,9 @@ func sendSpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, k
 			stop()
 		}
 	}()
-	if last := bounds[len(bounds)-1].last; last != nil {
-		rest, err := chunkBounds(ctx, tx, t.Name, keys, last, 0)
-		if err != nil {
-			return err
-		}
-		bounds = append(bounds, rest...)
+	bounds, err := chunkBounds(ctx, tx, t.Name, keys, lo)
+	if err != nil {
+		return err
 	}
 	if err := chunkVersions(ctx, tx, t.Name, keys); err != nil {
 		return err
@@ -410,15 +448,17 @@ func flush(w io.Writer) error {
 }
 
 // spoolDir makes a pass's directory in the temporary directory, named for
-// this process, and removes those of processes that are gone (a source
-// killed while it spooled).
+// this process (its id and start), and removes those of processes that
+// are gone (a source killed while it spooled; the same id started again,
+// as a container's first process is, counts as gone).
 func spoolDir() (string, error) {
 	removeStaleSpools(os.TempDir())
-	return os.MkdirTemp("", fmt.Sprintf("%s%d-*", spoolPrefix, os.Getpid()))
+	pid := os.Getpid()
+	return os.MkdirTemp("", fmt.Sprintf("%s%d-%d-*", spoolPrefix, pid, processStart(pid)))
 }
 
 // spoolPrefix begins the name of every spool directory, followed by the
-// process's id.
+// process's id and start.
 const spoolPrefix = "polyregion-snapshot-"
 
 // removeStaleSpools removes the spool directories in dir of processes
@@ -433,9 +473,13 @@ func removeStaleSpools(dir string) {
 		if !ok || !e.IsDir() {
 			continue
 		}
-		pidText, _, ok := strings.Cut(rest, "-")
-		pid, err := strconv.Atoi(pidText)
-		if !ok || err != nil || pid <= 0 || processRuns(pid) {
+		parts := strings.SplitN(rest, "-", 3)
+		if len(parts) < 3 {
+			continue
+		}
+		pid, err1 := strconv.Atoi(parts[0])
+		start, err2 := strconv.ParseInt(parts[1], 10, 64)
+		if err1 != nil || err2 != nil || pid <= 0 || (processRuns(pid) && processStart(pid) == start) {
 			continue
 		}
 		os.RemoveAll(filepath.Join(dir, e.Name()))
@@ -447,4 +491,28 @@ func removeStaleSpools(dir string) {
 func processRuns(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
+}
+
+// processStart is when the process of that id started (clock ticks after
+// boot, from /proc); 0 where that cannot be read.
+func processStart(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// The command, in parentheses, may hold spaces: the fields after it
+	// are the state (3rd) to the start time (22nd).
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0
+	}
+	fields := strings.Fields(string(b[i+1:]))
+	if len(fields) < 20 {
+		return 0
+	}
+	start, err := strconv.ParseInt(fields[19], 10, 64)
+	if err != nil {
+		return 0
+	}
+	return start
 }

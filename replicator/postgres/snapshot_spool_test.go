@@ -142,19 +142,25 @@ func TestSpoolsOfProcessesThatAreGoneAreRemoved(t *testing.T) {
 	if err := gone.Run(); err != nil {
 		t.Skip("no process to outlive:", err)
 	}
-	dead := filepath.Join(dir, fmt.Sprintf("%s%d-123", spoolPrefix, gone.Process.Pid))
-	live := filepath.Join(dir, fmt.Sprintf("%s%d-456", spoolPrefix, os.Getpid()))
-	other := filepath.Join(dir, "polyregion-other-1-2")
-	for _, d := range []string{dead, live, other} {
+	me := os.Getpid()
+	dead := filepath.Join(dir, fmt.Sprintf("%s%d-%d-123", spoolPrefix, gone.Process.Pid, 1))
+	live := filepath.Join(dir, fmt.Sprintf("%s%d-%d-456", spoolPrefix, me, processStart(me)))
+	// The same id started again (a container's first process restarted).
+	again := filepath.Join(dir, fmt.Sprintf("%s%d-%d-789", spoolPrefix, me, processStart(me)-1))
+	other := filepath.Join(dir, "polyregion-other-1-2-3")
+	for _, d := range []string{dead, live, again, other} {
 		if err := os.MkdirAll(filepath.Join(d, "x"), 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
 	removeStaleSpools(dir)
-	for d, want := range map[string]bool{dead: false, live: true, other: true} {
+	for d, want := range map[string]bool{dead: false, live: true, again: false, other: true} {
 		if _, err := os.Stat(d); (err == nil) != want {
 			t.Errorf("%s kept: %v, want %v", filepath.Base(d), err == nil, want)
 		}
+	}
+	if processStart(me) <= 0 {
+		t.Errorf("this process's start: %d", processStart(me))
 	}
 }
 
@@ -167,6 +173,24 @@ type signalingWriter struct {
 
 func (s *signalingWriter) Write(p []byte) (int, error) {
 	n, err := s.w.Write(p)
-	s.wrote <- struct{}{}
+	select {
+	case s.wrote <- struct{}{}:
+	default: // the test has seen enough
+	}
 	return n, err
+}
+
+func TestAChunksSizeIsEstimatedFromASampleOrTheSizeOnDisk(t *testing.T) {
+	for _, c := range []struct {
+		sampled, text, size, rows int64
+		want                      int64
+	}{
+		{2000, 150_000, 1 << 30, 10_000_000, 75 * snapshotChunkRows}, // the rows' text
+		{99, 7_425, 1 << 30, 10_000_000, 107 * snapshotChunkRows},    // too few sampled: the size on disk
+		{0, 0, 0, 0, 0},
+	} {
+		if got := estimateChunkBytes(c.sampled, c.text, c.size, c.rows); got != c.want {
+			t.Errorf("estimateChunkBytes(%d, %d, %d, %d) = %d, want %d", c.sampled, c.text, c.size, c.rows, got, c.want)
+		}
+	}
 }
