@@ -8,16 +8,20 @@ package postgres
 // so read the whole table once per chunk (500 times for 100M rows), which
 // for a table larger than memory is that many passes over the disk.
 //
-// So such a table's chunks, when there are more than a few
-// (spoolAboveChunks), are read together: one pass over the table
-// routes each row to its chunk (width_bucket over the chunks' first keys,
-// in the key's collation), spooled to a file on the source's disk, and the
-// chunks then go out one after the other from their files, each with its
+// So such a table's chunks, when its statistics count more than a few
+// (spoolAboveChunks), are read together: one pass over the table routes
+// each row to its chunk (width_bucket over the chunks' first keys, in the
+// key's collation), spooled to a file on the source's disk, and the chunks
+// then go out one after the other from their files, each with its
 // versions and commit as before. The bounds are those the chunks get
 // anyway (chunkEnd; an index-only scan), so what a chunk holds, and how a
-// cut load resumes, do not change. A pass spools at most SpoolBytes (by
-// the table's size on disk per row): a larger table takes several passes, each
-// over the key range of its chunks.
+// cut load resumes, do not change. A pass spools about SpoolBytes
+// (estimated from a sample of the rows' text, then from what the first
+// pass wrote): a larger table takes several passes, each over the key
+// range of its chunks. A pass sends empty data frames while it reads, in
+// the part it opened first, so the joining region does not take the
+// silence for a dead stream; where no spool directory can be made, the
+// chunks go one by one.
 
 import (
 	"bufio"
@@ -53,9 +57,10 @@ const spoolCorrelation = 0.9
 // order may send one by one. Reading a chunk visits nearly every page, so
 // chunk by chunk costs chunks x pages; spooling costs a write and a read
 // of every row on the source's disk. With the table in memory (two cores,
-// UUID keys) a 1M-row table (five chunks) loaded at 1.14 of pg_dump | psql
-// chunk by chunk and 0.93 spooled; spooling wins from about eight chunks
-// there, and by far once the table does not fit in memory.
+// UUID keys) a 1M-row table (five chunks) loaded at 1.17 and 1.11 of
+// pg_dump | psql chunk by chunk and 0.90 and 0.95 spooled, a 3M-row one
+// (fifteen) within the spread either way; the reads saved grow with the
+// table, and count most once it does not fit in memory.
 const spoolAboveChunks = 8
 
 // keyOutOfDiskOrder decides whether a table's key is not in the order of
