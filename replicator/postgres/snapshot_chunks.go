@@ -101,6 +101,15 @@ func keyRange(keys []chunkKey, exprs []string, lo, hi []string) string {
 	return strings.Join(conds, " AND ")
 }
 
+// rowColumns are the snapshot's columns of a table's rows (alias t).
+func rowColumns(t SnapshotTable) []string {
+	cols := make([]string, len(t.Columns))
+	for i, c := range t.Columns {
+		cols[i] = "t." + quoteIdent(c.Name)
+	}
+	return cols
+}
+
 // rowKeyExprs are the key columns of a table's rows (alias t).
 func rowKeyExprs(keys []chunkKey) []string {
 	out := make([]string, len(keys))
@@ -181,10 +190,7 @@ func sendChunks(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, lo
 			return err
 		}
 	}
-	cols := make([]string, len(t.Columns))
-	for i, c := range t.Columns {
-		cols[i] = "t." + quoteIdent(c.Name)
-	}
+	cols := rowColumns(t)
 	indexed := false
 	for {
 		hi, _, err := chunkEnd(ctx, tx, t.Name, keys, lo)

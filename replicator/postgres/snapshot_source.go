@@ -106,10 +106,8 @@ func WriteSnapshot(ctx context.Context, cfg SnapshotConfig, w io.Writer) (Snapsh
 	}
 	// The header goes out at once: the joining region checks itself and
 	// opens its load while this region reads the first rows.
-	if f, ok := w.(interface{ Flush() error }); ok {
-		if err := f.Flush(); err != nil {
-			return sum, fmt.Errorf("snapshot: send header: %w", err)
-		}
+	if err := flush(w); err != nil {
+		return sum, fmt.Errorf("snapshot: send header: %w", err)
 	}
 	if cfg.Resume == nil {
 		for _, t := range h.Tables {

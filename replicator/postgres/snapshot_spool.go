@@ -194,13 +194,9 @@ func spoolPass(ctx context.Context, tx pgx.Tx, dir string, t SnapshotTable, key 
 		}
 		bucket = fmt.Sprintf("pg_catalog.width_bucket(%s, ARRAY[%s])", col, strings.Join(firsts, ", "))
 	}
-	cols := make([]string, len(t.Columns))
-	for i, c := range t.Columns {
-		cols[i] = "t." + quoteIdent(c.Name)
-	}
 	keys := []chunkKey{key}
 	q := fmt.Sprintf("COPY (SELECT %s, %s FROM ONLY %s t WHERE %s) TO STDOUT (FORMAT text)",
-		bucket, strings.Join(cols, ", "), qualified(t.Name), keyRange(keys, rowKeyExprs(keys), lo, bounds[len(bounds)-1].last))
+		bucket, strings.Join(rowColumns(t), ", "), qualified(t.Name), keyRange(keys, rowKeyExprs(keys), lo, bounds[len(bounds)-1].last))
 	if _, err := tx.Conn().PgConn().CopyTo(ctx, r, q); err != nil {
 		return fail(err)
 	}
