@@ -14,8 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgxpool"
-
 	"github.com/polyregion/polyregion/conflict"
 	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator"
@@ -63,7 +61,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		Known: cfg.Cluster.KnownEpoch(), InEffect: cfg.Cluster.InEffect(), Learned: learnedIn(cfg.Cluster.Changes),
 	})
 	rt.reader.Store(reader)
-	pool, err := pgxpool.New(ctx, cfg.Database)
+	pool, err := postgres.OpenPool(ctx, cfg.Database)
 	if err != nil {
 		return fmt.Errorf("outbox pool: %w", err)
 	}

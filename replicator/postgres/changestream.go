@@ -19,7 +19,8 @@ import (
 
 // OpenReplication opens a replication-protocol session to the database of
 // connString, named app in pg_stat_activity, with the text forms every
-// session that reads rows uses (SetTextForms).
+// session that reads rows uses (SetTextForms) and no session timeouts
+// (pinTimeouts).
 func OpenReplication(ctx context.Context, connString, app string) (*pgconn.PgConn, error) {
 	rc, err := pgconn.ParseConfig(connString)
 	if err != nil {
@@ -28,6 +29,7 @@ func OpenReplication(ctx context.Context, connString, app string) (*pgconn.PgCon
 	rc.RuntimeParams["replication"] = "database"
 	SetTextForms(rc.RuntimeParams)
 	rc.RuntimeParams["application_name"] = app
+	pinTimeouts(rc)
 	c, err := pgconn.ConnectConfig(ctx, rc)
 	if err != nil {
 		return nil, fmt.Errorf("replication connection: %w", err)

@@ -1,13 +1,15 @@
 package postgres
 
-// Sessions: every replicator session pins search_path and the text forms
-// of values (date style, time zone, float digits).
+// Sessions: every replicator session pins search_path, the text forms of
+// values (date style, time zone, float digits) and its timeouts (off: see
+// session_timeouts.go).
 
 import (
 	"context"
 	"fmt"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 )
 
 // Connect opens a regular session with the settings every replicator
@@ -67,6 +69,30 @@ func connectWith(ctx context.Context, connString string, params map[string]strin
 	for k, v := range params {
 		cfg.RuntimeParams[k] = v
 	}
+	sessionSettings(cfg)
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
+	}
+	return conn, nil
+}
+
+// OpenPool opens a pool of sessions with the settings of every replicator
+// session (sessionSettings).
+func OpenPool(ctx context.Context, connString string) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("parse connection string: %w", err)
+	}
+	sessionSettings(pc.ConnConfig)
+	return pgxpool.NewWithConfig(ctx, pc)
+}
+
+// sessionSettings gives cfg what every replicator session runs with:
+// search_path pinned to pg_catalog, no JIT (unless the connection string
+// asks for it), the values' text forms, its name, and no session timeouts
+// (pinTimeouts).
+func sessionSettings(cfg *pgx.ConnConfig) {
 	cfg.RuntimeParams["search_path"] = "pg_catalog, pg_temp"
 	if _, set := cfg.RuntimeParams["jit"]; !set {
 		// The replicator's statements are index lookups and writes over
@@ -79,9 +105,5 @@ func connectWith(ctx context.Context, connString string, params map[string]strin
 	if cfg.RuntimeParams["application_name"] == "" {
 		cfg.RuntimeParams["application_name"] = "polyregion"
 	}
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return nil, fmt.Errorf("connect to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
-	}
-	return conn, nil
+	pinTimeouts(&cfg.Config)
 }
