@@ -131,13 +131,13 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		defer wg.Done()
 		rt.reportFence(gctx, cfg)
 	}()
-	stopping := make(chan struct{})
+	stopping, readerWaitsEnd := make(chan struct{}), make(chan struct{})
 	for _, p := range cfg.Peers {
 		var onEpochs func([]regions.Epoch)
 		if rt.control != nil {
 			onEpochs = func(es []regions.Epoch) { rt.learnEpochs(cfg.Cluster, p.ID, es) }
 		}
-		f, err := newFollower(cfg, p, reader, pool, shared, graves, rt.mon, stopping, log, onEpochs)
+		f, err := newFollower(cfg, p, reader, pool, shared, graves, rt.mon, stopSignals{stopping, readerWaitsEnd}, log, onEpochs)
 		if err != nil {
 			cancel(err)
 			break
@@ -201,11 +201,16 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	// Graceful stop: followers commit the batch in flight and acknowledge
 	// it; then the reader versions what it decoded and confirms it (the
 	// followers may need it until they are done); links to peers close.
+	// A batch still waiting for the reader half the deadline in is rolled
+	// back: the reader may have far to go (a region that just joined
+	// passes every loaded row first).
 	began := time.Now()
 	deadline := rt.shutdownTimeout()
 	log.Info("stopping: finishing the work in flight", "deadline", deadline.String())
 	timer := time.AfterFunc(deadline, func() { cancel(ErrShutdownDeadline) })
 	defer timer.Stop()
+	waits := time.AfterFunc(deadline/2, func() { close(readerWaitsEnd) })
+	defer waits.Stop()
 	close(stopping)
 	gcancel()
 	wg.Add(1)

@@ -31,6 +31,10 @@ type follower struct {
 	log    *slog.Logger
 	mon    *obs.Monitor
 	stop   <-chan struct{} // closed: finish the batch in flight, acknowledge it, return
+	// readerWaitsEnd closes half the stop's deadline after stop: a batch
+	// still waiting for the local reader then is rolled back (see
+	// postgres.ApplierConfig.ReaderWaitsEnd).
+	readerWaitsEnd <-chan struct{}
 	// applied is the last transaction committed here (maybe not yet
 	// durable: see durable.go); acknowledgements wait for durable.
 	applied atomic.Uint64
@@ -56,7 +60,7 @@ type appliersShare struct {
 	claims *replicator.Claims
 }
 
-func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, shared appliersShare, graves *tombstones, mon *obs.Monitor, stop <-chan struct{}, log *slog.Logger,
+func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool, shared appliersShare, graves *tombstones, mon *obs.Monitor, stop stopSignals, log *slog.Logger,
 	onEpochs func([]regions.Epoch)) (*follower, error) {
 	tlsCfg, err := link.ClientTLS(p.TLS)
 	if err != nil {
@@ -75,9 +79,13 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool
 	if err != nil {
 		return nil, err
 	}
-	return &follower{cfg: cfg, peer: p, reader: reader, shared: shared, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop,
-		pool: pool}, nil
+	return &follower{cfg: cfg, peer: p, reader: reader, shared: shared, client: client, log: log.With("peer", string(p.ID)), mon: mon, stop: stop.begun,
+		readerWaitsEnd: stop.readerWaitsEnd, pool: pool}, nil
 }
+
+// stopSignals tell followers that the data plane stops: begun closes as the
+// stop begins, readerWaitsEnd half its deadline later.
+type stopSignals struct{ begun, readerWaitsEnd <-chan struct{} }
 
 // A retry round of parked changes takes up to parkedRetryBatch of them; a
 // round that resolved that many is followed by another after
@@ -118,7 +126,7 @@ func (f *follower) run(ctx context.Context) {
 		if errors.Is(err, errPeerRemoved) {
 			continue
 		}
-		if errors.Is(err, errStopping) {
+		if errors.Is(err, errStopping) || errors.Is(err, postgres.ErrApplyStopped) {
 			seq := f.applied.Load()
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
 			aerr := f.durable(actx)
@@ -126,7 +134,12 @@ func (f *follower) run(ctx context.Context) {
 				aerr = f.client.Ack(actx, replicator.Seq(seq))
 			}
 			cancel()
-			f.log.Info("follower stopped: batch in flight committed", "applied_seq", seq, "acknowledged", aerr == nil)
+			if errors.Is(err, errStopping) {
+				f.log.Info("follower stopped: batch in flight committed", "applied_seq", seq, "acknowledged", aerr == nil)
+			} else {
+				// Still waiting for the reader half the deadline in.
+				f.log.Info("follower stopped: the batch in flight was still waiting for the local reader and was rolled back; it comes again at the next start", "applied_seq", seq, "acknowledged", aerr == nil)
+			}
 			return
 		}
 		var mm *link.MismatchError
@@ -176,7 +189,7 @@ func (f *follower) run(ctx context.Context) {
 func (f *follower) once(ctx context.Context) error {
 	applier, err := postgres.NewApplier(ctx, postgres.ApplierConfig{
 		Region: f.cfg.Region, Source: f.peer.ID, ConnString: f.cfg.Database, Cluster: f.cfg.Cluster,
-		Versioner: f.reader, Logger: f.log, Order: f.shared.order, Claims: f.shared.claims, Waiting: f.cfg.waiting,
+		Versioner: f.reader, Logger: f.log, Order: f.shared.order, Claims: f.shared.claims, Waiting: f.cfg.waiting, ReaderWaitsEnd: f.readerWaitsEnd,
 		OnCommit: func(s postgres.CommitStats) {
 			cs := make([]obs.Conflict, len(s.Conflicts))
 			for i, c := range s.Conflicts {

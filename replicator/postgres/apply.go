@@ -36,6 +36,12 @@ type ApplierConfig struct {
 	Logger     *slog.Logger
 	// BarrierTimeout bounds the wait for the local reader.
 	BarrierTimeout time.Duration
+	// ReaderWaitsEnd, closed as the data plane stops (half its deadline
+	// in), ends a wait for the local reader with ErrApplyStopped: the
+	// batch is rolled back and comes again at the next start. Such a wait
+	// can outlast any deadline (a region that just joined has its reader
+	// pass every row it loaded first).
+	ReaderWaitsEnd <-chan struct{}
 	// OnCommit, when set, is called after each apply transaction commits
 	// (for metrics); it must not block.
 	OnCommit func(CommitStats)
@@ -147,6 +153,11 @@ var (
 )
 
 // retryable marks errors after which the same batch may simply be retried.
+// ErrApplyStopped ends an Apply that waited for the local reader when the
+// data plane stopped (ApplierConfig.ReaderWaitsEnd): of its batch, only the
+// chunks before the one waiting are committed.
+var ErrApplyStopped = errors.New("stopping: the wait for the local reader was given up")
+
 type retryable struct{ err error }
 
 func (r retryable) Error() string { return r.err.Error() }

@@ -7,6 +7,7 @@ package postgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -258,16 +259,43 @@ func (a *Applier) barrier(ctx context.Context, keys []metaKey, holdingRows bool)
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	wctx, cancel := context.WithTimeout(ctx, a.cfg.BarrierTimeout)
+	wctx, stopped := untilClosed(wctx, a.cfg.ReaderWaitsEnd)
 	started := time.Now()
 	err = a.cfg.Versioner.WaitBarrier(wctx, l, token)
+	gaveUp := stopped()
 	cancel()
 	if a.cfg.OnReaderWait != nil {
 		a.cfg.OnReaderWait(time.Since(started), holdingRows)
 	}
-	if err != nil {
+	switch {
+	case err != nil && gaveUp:
+		return fmt.Errorf("apply: %w", ErrApplyStopped)
+	case err != nil:
 		return retryable{fmt.Errorf("apply: %w", err)}
 	}
 	return nil
+}
+
+// untilClosed returns ctx, ended as well once end closes, and a function
+// that releases it and reports whether end ended it.
+func untilClosed(ctx context.Context, end <-chan struct{}) (context.Context, func() bool) {
+	if end == nil {
+		return ctx, func() bool { return false }
+	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-end:
+			cancel(ErrApplyStopped)
+		case <-done:
+		}
+	}()
+	return ctx, func() bool {
+		close(done)
+		cancel(nil)
+		return errors.Is(context.Cause(ctx), ErrApplyStopped)
+	}
 }
 
 // unversioned reports whether a row was written locally after its version

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"context"
 	"slices"
 	"testing"
 )
@@ -55,5 +56,23 @@ func TestUnchangedSinceSettlesRowsTheBarrierCannotVersion(t *testing.T) {
 	still = unchangedSince(map[metaKey]string{}, settled, []metaKey{a, d}, states)
 	if !slices.Equal(still, []metaKey{a, d}) {
 		t.Fatalf("attempt 3: still stale %v, want a and d", still)
+	}
+}
+
+func TestAReaderWaitEndsWhenItsEndCloses(t *testing.T) {
+	end := make(chan struct{})
+	ctx, stopped := untilClosed(context.Background(), end)
+	close(end)
+	<-ctx.Done()
+	if !stopped() {
+		t.Error("a wait ended by its end does not say so")
+	}
+	ctx, stopped = untilClosed(context.Background(), make(chan struct{}))
+	if ctx.Err() != nil || stopped() {
+		t.Error("a wait released before its end closed says the end ended it")
+	}
+	ctx, stopped = untilClosed(context.Background(), nil)
+	if ctx.Err() != nil || stopped() {
+		t.Error("a wait with no end says it ended")
 	}
 }

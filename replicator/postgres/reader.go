@@ -282,7 +282,11 @@ func (r *Reader) Run(ctx context.Context) error {
 		}
 	}()
 	for {
-		if r.stopping() && s.cur == nil && s.bigTx == nil {
+		// A transaction in progress that has nothing to version (applied
+		// from a peer, or versioned before a restart) is left: the
+		// position stays before it. A region that just joined has its
+		// reader pass every loaded row first, in transactions of 200,000.
+		if r.stopping() && (s.cur == nil || s.cur.remote) && s.bigTx == nil {
 			return s.finishStop()
 		}
 		if err := s.tick(); err != nil {

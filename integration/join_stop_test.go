@@ -1,0 +1,107 @@
+package integration
+
+import (
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestARegionJustJoinedStopsWithinItsDeadline: a region that has just
+// loaded a large snapshot has its reader pass every loaded row first
+// (before PostgreSQL 16 the change stream carries them), and an applier
+// that must wait for the reader (a peer's insert) waits behind all of
+// them. Stopped then, the region rolls back the batch still waiting half
+// its shutdown_timeout in, leaves the loaded transaction its reader was
+// passing, and exits 0 within the deadline; the batch comes again at the
+// next start, once. Before, the stop waited for the reader to pass every
+// loaded row, overran the deadline and exited 1.
+func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
+	const rows = 1_500_000
+	schema := []string{
+		`CREATE TABLE public.bulk (id bigint PRIMARY KEY, payload text NOT NULL)`,
+		`CREATE TABLE public.marks (id bigint PRIMARY KEY, region text NOT NULL)`,
+	}
+	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema,
+		Tables:    []TableSpec{{Name: "public.bulk"}, {Name: "public.marks"}},
+		Configure: func(region string, c *RegionConfig) { c.ShutdownTimeout = "3s" }})
+	ctx := ctxFor(t, 6*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+	mustExec(t, ctx, us, `INSERT INTO public.bulk SELECT g, pg_catalog.md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, rows)
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	// us inserts a row every 10 ms until the end: each one eu applies
+	// waits for eu's reader.
+	stop := make(chan struct{})
+	var once sync.Once
+	var wg sync.WaitGroup
+	var written atomic.Int64
+	werr := make(chan error, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for i := int64(1); ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+			pool, err := us.Pool(ctx)
+			if err == nil {
+				_, err = pool.Exec(ctx, `INSERT INTO public.marks VALUES ($1, 'us')`, i)
+			}
+			if err != nil {
+				werr <- err
+				return
+			}
+			written.Store(i)
+		}
+	}()
+	stopWriting := func() {
+		once.Do(func() { close(stop) })
+		wg.Wait()
+	}
+	defer stopWriting()
+
+	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	waitLoaded(t, ctx, eu, 4*time.Minute)
+	// Long enough for eu to follow us again; far shorter than its reader
+	// takes to pass the loaded rows (seconds).
+	waitLog(t, eu, time.Minute, `"msg":"replicator running"`)
+	time.Sleep(500 * time.Millisecond)
+	if err := eu.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st := eu.LastExit(); st == nil || st.ExitCode() != 0 {
+		t.Fatalf("eu's exit after SIGTERM: %v, want code 0 (a stop within shutdown_timeout)\n%s", st, eu.Logs(6000))
+	}
+	t.Logf("eu stopped:\n%s", grepLines(eu.Logs(1<<22), "stop"))
+
+	// Started again, eu catches up and holds every row once.
+	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, eu, 4*time.Minute)
+	stopWriting()
+	select {
+	case err := <-werr:
+		t.Fatal(err)
+	default:
+	}
+	if err := waitCount(ctx, eu, `SELECT count(*) FROM public.marks`, written.Load(), 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, []string{"public.bulk", "public.marks"}, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.bulk`); n != rows {
+		t.Fatalf("eu holds %d rows of public.bulk, want %d", n, rows)
+	}
+}
