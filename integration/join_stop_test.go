@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -82,7 +83,11 @@ func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
 	if st := eu.LastExit(); st == nil || st.ExitCode() != 0 {
 		t.Fatalf("eu's exit after SIGTERM: %v, want code 0 (a stop within shutdown_timeout)\n%s", st, eu.Logs(6000))
 	}
-	t.Logf("eu stopped:\n%s", grepLines(eu.Logs(1<<22), "stop"))
+	stopped := grepLines(eu.Logs(1<<22), "stop")
+	if !strings.Contains(stopped, "still waiting for the local reader was rolled back") {
+		t.Fatalf("eu's stop found no batch waiting for its reader (the reader caught up first?): the case is not tested\n%s", stopped)
+	}
+	t.Logf("eu stopped:\n%s", stopped)
 
 	// Started again, eu catches up and holds every row once.
 	if err := eu.StartReplicatorWith("--join", "us"); err != nil {

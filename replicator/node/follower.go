@@ -137,8 +137,10 @@ func (f *follower) run(ctx context.Context) {
 			if errors.Is(err, errStopping) {
 				f.log.Info("follower stopped: batch in flight committed", "applied_seq", seq, "acknowledged", aerr == nil)
 			} else {
-				// Still waiting for the reader half the deadline in.
-				f.log.Info("follower stopped: the batch in flight was still waiting for the local reader and was rolled back; it comes again at the next start", "applied_seq", seq, "acknowledged", aerr == nil)
+				// Still waiting for the reader half the deadline in: the
+				// chunk waiting is rolled back (chunks before it may have
+				// committed; the next start reads where it stands).
+				f.log.Info("follower stopped: the part of the batch in flight still waiting for the local reader was rolled back; it comes again at the next start", "acknowledged_seq", seq, "acknowledged", aerr == nil)
 			}
 			return
 		}

@@ -152,12 +152,12 @@ var (
 	ErrEpochUnknown = errors.New("configuration epoch not known here yet")
 )
 
-// retryable marks errors after which the same batch may simply be retried.
 // ErrApplyStopped ends an Apply that waited for the local reader when the
 // data plane stopped (ApplierConfig.ReaderWaitsEnd): of its batch, only the
 // chunks before the one waiting are committed.
 var ErrApplyStopped = errors.New("stopping: the wait for the local reader was given up")
 
+// retryable marks errors after which the same batch may simply be retried.
 type retryable struct{ err error }
 
 func (r retryable) Error() string { return r.err.Error() }

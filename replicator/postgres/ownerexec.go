@@ -102,7 +102,7 @@ func tableOwners(ctx context.Context, conn *pgx.Conn, tables []string) ([]tableO
 const execAsBody = `RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
 DECLARE
 	n bigint;
-	names text[] := '{search_path,TimeZone,DateStyle,IntervalStyle,extra_float_digits,client_encoding,standard_conforming_strings,bytea_output,synchronous_commit,lock_timeout,statement_timeout,default_transaction_read_only,default_transaction_isolation}';
+	names text[] := '{search_path,TimeZone,DateStyle,IntervalStyle,extra_float_digits,client_encoding,standard_conforming_strings,bytea_output,synchronous_commit,lock_timeout,statement_timeout,default_transaction_read_only,default_transaction_isolation,idle_in_transaction_session_timeout,idle_session_timeout,transaction_timeout}';
 	saved text[];
 BEGIN
 	saved := ` + settingsNow + `;
@@ -111,7 +111,10 @@ BEGIN
 	-- No operator by name: the search_path in force may be the owner's.
 	IF ` + settingsNow + ` OPERATOR(pg_catalog.<>) saved THEN
 		FOR i IN 1 .. pg_catalog.array_length(names, 1) LOOP
-			PERFORM pg_catalog.set_config(names[i], saved[i], false);
+			-- NULL: a setting this server does not have (transaction_timeout before 17).
+			IF saved[i] IS NOT NULL THEN
+				PERFORM pg_catalog.set_config(names[i], saved[i], false);
+			END IF;
 		END LOOP;
 	END IF;
 	RETURN n;
@@ -126,7 +129,8 @@ const settingsNow = `ARRAY[pg_catalog.current_setting('search_path'), pg_catalog
 		pg_catalog.current_setting('standard_conforming_strings'), pg_catalog.current_setting('bytea_output'),
 		pg_catalog.current_setting('synchronous_commit'), pg_catalog.current_setting('lock_timeout'),
 		pg_catalog.current_setting('statement_timeout'), pg_catalog.current_setting('default_transaction_read_only'),
-		pg_catalog.current_setting('default_transaction_isolation')]`
+		pg_catalog.current_setting('default_transaction_isolation'), pg_catalog.current_setting('idle_in_transaction_session_timeout'),
+		pg_catalog.current_setting('idle_session_timeout'), pg_catalog.current_setting('transaction_timeout', true)]`
 
 func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
 	tx, err := conn.Begin(ctx)

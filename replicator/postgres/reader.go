@@ -135,7 +135,8 @@ func (r *Reader) Versioned() pglogrepl.LSN {
 	return r.versioned
 }
 
-// Stop asks Run to return nil at the next transaction boundary, after
+// Stop asks Run to return nil at the next transaction boundary (at once
+// within a transaction it only passes over: applied from a peer), after
 // versioning what it has decoded and confirming it to the slot.
 func (r *Reader) Stop() { r.stopOnce.Do(func() { close(r.stop) }) }
 

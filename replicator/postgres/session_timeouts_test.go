@@ -12,7 +12,7 @@ func TestPinTimeoutsTurnsOffWhatTheConnectionStringLeavesUnset(t *testing.T) {
 		t.Fatal(err)
 	}
 	pinTimeouts(cfg)
-	want := map[string]string{"statement_timeout": "10min", "idle_in_transaction_session_timeout": "0", "idle_session_timeout": "0"}
+	want := map[string]string{"statement_timeout": "10min", "lock_timeout": "0", "idle_in_transaction_session_timeout": "0", "idle_session_timeout": "0"}
 	for k, v := range want {
 		if got := cfg.RuntimeParams[k]; got != v {
 			t.Errorf("%s = %q, want %q", k, got, v)
