@@ -38,9 +38,9 @@ type ApplierConfig struct {
 	BarrierTimeout time.Duration
 	// ReaderWaitsEnd, closed as the data plane stops (half its deadline
 	// in), ends a wait for the local reader with ErrApplyStopped: the
-	// batch is rolled back and comes again at the next start. Such a wait
-	// can outlast any deadline (a region that just joined has its reader
-	// pass every row it loaded first).
+	// apply transaction waiting is rolled back and comes again at the next
+	// start. Such a wait can outlast any deadline (a region that just
+	// joined has its reader pass every row it loaded first).
 	ReaderWaitsEnd <-chan struct{}
 	// OnCommit, when set, is called after each apply transaction commits
 	// (for metrics); it must not block.
