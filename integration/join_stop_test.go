@@ -3,7 +3,6 @@ package integration
 import (
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,16 +19,12 @@ import (
 // loaded row, overran the deadline and exited 1.
 func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
 	const rows = 1_500_000
-	schema := []string{
-		`CREATE TABLE public.bulk (id bigint PRIMARY KEY, payload text NOT NULL)`,
-		`CREATE TABLE public.marks (id bigint PRIMARY KEY, region text NOT NULL)`,
-	}
-	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema,
-		Tables:    []TableSpec{{Name: "public.bulk"}, {Name: "public.marks"}},
+	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: joinBenchSchemaKeyed("bigint"),
+		Tables:    []TableSpec{{Name: "public.bulk"}, {Name: "public.lag"}},
 		Configure: func(region string, c *RegionConfig) { c.ShutdownTimeout = "3s" }})
 	ctx := ctxFor(t, 6*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
-	mustExec(t, ctx, us, `INSERT INTO public.bulk SELECT g, pg_catalog.md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, rows)
+	mustExec(t, ctx, us, `INSERT INTO public.bulk (id, payload) SELECT g, pg_catalog.md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, rows)
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
@@ -39,34 +34,12 @@ func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
 	// us inserts a row every 10 ms until the end: each one eu applies
 	// waits for eu's reader.
 	stop := make(chan struct{})
-	var once sync.Once
-	var wg sync.WaitGroup
-	var written atomic.Int64
 	werr := make(chan error, 1)
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for i := int64(1); ; i++ {
-			select {
-			case <-stop:
-				return
-			case <-time.After(10 * time.Millisecond):
-			}
-			pool, err := us.Pool(ctx)
-			if err == nil {
-				_, err = pool.Exec(ctx, `INSERT INTO public.marks VALUES ($1, 'us')`, i)
-			}
-			if err != nil {
-				werr <- err
-				return
-			}
-			written.Store(i)
-		}
-	}()
-	stopWriting := func() {
-		once.Do(func() { close(stop) })
-		wg.Wait()
-	}
+	go func() { werr <- writeLagRows(ctx, us, stop) }()
+	stopWriting := sync.OnceValue(func() error {
+		close(stop)
+		return <-werr
+	})
 	defer stopWriting()
 
 	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
@@ -94,16 +67,14 @@ func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitJoined(t, ctx, eu, 4*time.Minute)
-	stopWriting()
-	select {
-	case err := <-werr:
-		t.Fatal(err)
-	default:
-	}
-	if err := waitCount(ctx, eu, `SELECT count(*) FROM public.marks`, written.Load(), 2*time.Minute); err != nil {
+	if err := stopWriting(); err != nil {
 		t.Fatal(err)
 	}
-	if err := h.WaitConverged(ctx, []string{"public.bulk", "public.marks"}, 2*time.Minute); err != nil {
+	written := queryInt(t, ctx, us, `SELECT count(*) FROM public.lag`)
+	if err := waitCount(ctx, eu, `SELECT count(*) FROM public.lag`, written, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, []string{"public.bulk", "public.lag"}, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.bulk`); n != rows {
