@@ -1,0 +1,74 @@
+package integration
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/polyregion/polyregion/replicator/postgres"
+)
+
+// Outbox payloads are never compressed by pglz: lz4 where the server has
+// it, stored as they are where it has not (pglz made the reader's writes
+// of a backlog several times slower). A schema of an earlier release on a
+// server without lz4 is set so at the next install.
+func TestOutboxPayloadsAreNotCompressedByPglz(t *testing.T) {
+	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: kvSchema, Tables: []TableSpec{{Name: "public.kv"}}})
+	ctx := ctxFor(t, 2*time.Minute)
+	conn, err := postgres.Connect(ctx, h.Regions[0].Cluster.URL("polyregion", AppDB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if err := postgres.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	// A large, compressible payload, as a backlog's entry is.
+	written := func() (method string) {
+		t.Helper()
+		var m *string
+		if _, err := conn.Exec(ctx, `INSERT INTO polyregion.outbox (seq, part, more, lsn, commit_ts, rows, payload)
+			VALUES (1, 0, false, '0/1', pg_catalog.now(), 1000, pg_catalog.convert_to(pg_catalog.repeat('a row of the backlog ', 10000), 'UTF8'))`); err != nil {
+			t.Fatal(err)
+		}
+		// As stored (what RETURNING gives is the value before it was).
+		if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_column_compression(payload) FROM polyregion.outbox`).Scan(&m); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, `DELETE FROM polyregion.outbox`); err != nil {
+			t.Fatal(err)
+		}
+		if m == nil {
+			return "none"
+		}
+		return *m
+	}
+	if m := written(); m == "pglz" {
+		t.Fatalf("a new schema's outbox payload was compressed by %s", m)
+	}
+
+	// The setting of an earlier release: compressed as the server's default.
+	if _, err := conn.Exec(ctx, `ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTENDED, ALTER COLUMN payload SET COMPRESSION pglz`); err != nil {
+		t.Fatal(err)
+	}
+	if m := written(); m != "pglz" {
+		t.Fatalf("the earlier release's setting compressed the payload by %s, want pglz (the test would show nothing)", m)
+	}
+	for range 2 { // the second install changes nothing
+		if err := postgres.Install(ctx, conn); err != nil {
+			t.Fatal(err)
+		}
+		if m := written(); m == "pglz" {
+			t.Fatalf("after an install over the earlier release's schema the outbox payload was compressed by %s", m)
+		}
+	}
+	var compression, storage string
+	if err := conn.QueryRow(ctx, `SELECT a.attcompression::text, a.attstorage::text FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload'`).Scan(&compression, &storage); err != nil {
+		t.Fatal(err)
+	}
+	if compression != "l" && storage != "e" {
+		t.Fatalf("outbox payload: compression %q, storage %q; want lz4 (l) or stored uncompressed (e)", compression, storage)
+	}
+	t.Logf("outbox payload: compression %q, storage %q", compression, storage)
+}
