@@ -369,8 +369,10 @@ func benchDir(b *testing.B) string {
 // benchProfile, when BENCH_PROFILE names a directory, makes the replicator
 // benchmark leave diagnostics there: CPU profiles of each region's
 // replicator taken during each backlog's catch-up (BENCH_PROFILE_SECONDS
-// long, default 10), each region's top statements (pg_stat_statements)
-// and its lock waits (lockSampler).
+// long, default 10), execution traces of them over the same time (where
+// each goroutine waited: go tool trace -pprof=sync or -pprof=net), each
+// region's top statements (pg_stat_statements) and its lock waits
+// (lockSampler).
 type benchProfile struct {
 	dir     string
 	seconds int
@@ -431,26 +433,29 @@ func (p *benchProfile) begin(ctx context.Context, h *Harness, phase string) func
 	for _, r := range h.Regions {
 		_ = r.Cluster.Exec(ctx, AppDB, `CREATE EXTENSION IF NOT EXISTS pg_stat_statements`, `SELECT pg_stat_statements_reset()`)
 	}
-	done := make(chan struct{}, len(h.Regions))
+	kinds := []struct{ suffix, path string }{{".pprof", "profile"}, {".trace", "trace"}}
+	done := make(chan struct{}, len(h.Regions)*len(kinds))
 	for _, r := range h.Regions {
-		go func() {
-			defer func() { done <- struct{}{} }()
-			out := filepath.Join(p.dir, phase+"-"+r.Name+".pprof")
-			url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.addrs[r.Name], p.seconds)
-			for i := 0; i < 50; i++ { // the replicator is starting
-				if err := exec.Command("curl", "-sf", "-o", out, url).Run(); err == nil {
-					return
+		for _, k := range kinds {
+			go func() {
+				defer func() { done <- struct{}{} }()
+				out := filepath.Join(p.dir, phase+"-"+r.Name+k.suffix)
+				url := fmt.Sprintf("http://%s/debug/pprof/%s?seconds=%d", p.addrs[r.Name], k.path, p.seconds)
+				for i := 0; i < 50; i++ { // the replicator is starting
+					if err := exec.Command("curl", "-sf", "-o", out, url).Run(); err == nil {
+						return
+					}
+					time.Sleep(100 * time.Millisecond)
 				}
-				time.Sleep(100 * time.Millisecond)
-			}
-		}()
+			}()
+		}
 	}
 	var samplers []func()
 	for _, r := range h.Regions {
 		samplers = append(samplers, lockSampler(ctx, r, filepath.Join(p.dir, phase+"-"+r.Name+"-lockwaits.txt")))
 	}
 	return func() {
-		for range h.Regions {
+		for range cap(done) {
 			<-done
 		}
 		for _, stop := range samplers {
