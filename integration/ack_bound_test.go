@@ -150,12 +150,7 @@ func TestForgedAckIsRefusedAndChangesNothing(t *testing.T) {
 	if err := us.Cluster.Exec(ctx, AppDB, `UPDATE polyregion.peer_ack SET seq = `+forged+` WHERE peer = 'eu'`); err != nil {
 		t.Fatal(err)
 	}
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	if got, newest := queryInt(t, ctx, us, ackSQL), queryInt(t, ctx, us, newestSQL); got > newest {
 		t.Fatalf("eu's position %d left beyond us's newest %d after a restart", got, newest)
 	}

@@ -177,12 +177,7 @@ func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
 	if err := SeedLedger(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	out := mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath, "--url", "http://"+us.Listen)
 	if !strings.Contains(out, "member us") || !strings.Contains(out, "active") {
 		t.Fatalf("cluster init output does not show us active:\n%s", out)
@@ -213,10 +208,7 @@ func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
 
 	// eu is added, then joins from us.
 	mustPolyregion(t, ctx, "region", "add", "eu", "--url", "http://"+eu.Listen, "--from", "us", "--config", us.ConfigPath)
-	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, eu, 3*time.Minute)
+	joinFrom(t, ctx, eu, "us", 3*time.Minute)
 	waitControl(t, us, time.Minute, "eu active and voting", func(c controlStatus) bool {
 		return c.state("eu") == "active" && slices.Equal(c.Voters, []string{"eu", "us"})
 	})
@@ -277,10 +269,7 @@ func TestRegionsJoinAndLeaveThroughTheControlPlane(t *testing.T) {
 		t.Fatal(err)
 	}
 	mustExec(t, ctx, leader, `INSERT INTO public.marks VALUES (2, 'written while the replicator was down during a join')`)
-	if err := sa.StartReplicatorWith("--join", source.Name); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, sa, 3*time.Minute)
+	joinFrom(t, ctx, sa, source.Name, 3*time.Minute)
 	after := waitControl(t, source, time.Minute, "sa active under a new leader", func(c controlStatus) bool {
 		return c.state("sa") == "active" && c.Leader != "" && c.Leader != leader.Name && c.Term > before.Term
 	})
@@ -395,18 +384,10 @@ func TestAWitnessKeepsTwoRegionsAMajority(t *testing.T) {
 	ctx := ctxFor(t, 5*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
 	mustExec(t, ctx, us, `INSERT INTO public.notes SELECT g, 'note ' || g FROM generate_series(1, 100) g`)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath)
 	mustPolyregion(t, ctx, "region", "add", "eu", "--url", "http://"+eu.Listen, "--from", "us", "--config", us.ConfigPath)
-	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, eu, 2*time.Minute)
+	joinFrom(t, ctx, eu, "us", 2*time.Minute)
 	waitControl(t, us, time.Minute, "two voters", func(c controlStatus) bool { return slices.Equal(c.Voters, []string{"eu", "us"}) })
 
 	// The witness, with a token per region.
@@ -503,19 +484,11 @@ func TestRegionsAddedOnlineTakeTheirOwnSequenceNumbers(t *testing.T) {
 	ctx := ctxFor(t, 5*time.Minute)
 	us, eu, ap := h.Regions[0], h.Regions[1], h.Regions[2]
 	mustExec(t, ctx, us, `INSERT INTO public.events (region, n) SELECT 'seed', g FROM generate_series(1, 50) g`)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	mustPolyregion(t, ctx, "cluster", "init", "--config", us.ConfigPath)
 	for _, r := range []*Region{eu, ap} {
 		mustPolyregion(t, ctx, "region", "add", r.Name, "--url", "http://"+r.Listen, "--from", "us", "--config", us.ConfigPath)
-		if err := r.StartReplicatorWith("--join", "us"); err != nil {
-			t.Fatal(err)
-		}
-		waitJoined(t, ctx, r, 2*time.Minute)
+		joinFrom(t, ctx, r, "us", 2*time.Minute)
 	}
 	offsets := map[string]int64{"us": 1, "eu": 0, "ap": 2}
 	out := mustPolyregion(t, ctx, "status", "--config", ap.ConfigPath)

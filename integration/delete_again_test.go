@@ -26,17 +26,9 @@ func TestKeysDeletedAndWrittenAgainConverge(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
 	us := h.Regions[0]
 	mustExec(t, ctx, us, `INSERT INTO public.notes SELECT g, 'first' FROM pg_catalog.generate_series(1, $1::int) g`, notes)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	for _, r := range h.Regions[1:] {
-		if err := r.StartReplicatorWith("--join", "us"); err != nil {
-			t.Fatal(err)
-		}
-		waitJoined(t, ctx, r, 4*time.Minute)
+		joinFrom(t, ctx, r, "us", 4*time.Minute)
 	}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup

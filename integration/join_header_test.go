@@ -39,12 +39,7 @@ func TestTheSnapshotHeaderGoesOutBeforeTheRows(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	us := h.Regions[0]
 	mustExec(t, ctx, us, `INSERT INTO public.items SELECT g, md5(g::text) FROM pg_catalog.generate_series(1, 1000) g`)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	w := &flushRecorder{}
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 	sum, err := postgres.WriteSnapshot(ctx, postgres.SnapshotConfig{Region: "us", ConnString: us.Cluster.URL("polyregion", AppDB),

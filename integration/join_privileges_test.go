@@ -25,16 +25,8 @@ func TestJoinLoadsAsTheOwnerUnlessTheCopyRunsNoCode(t *testing.T) {
 	for _, tbl := range []string{"plain", "checked", "labelled"} {
 		mustExec(t, ctx, us, `INSERT INTO public.`+tbl+` (id, val) SELECT g, 'v' || g FROM generate_series(1, 50) g`)
 	}
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, eu, 2*time.Minute)
+	startReady(t, ctx, us)
+	joinFrom(t, ctx, eu, "us", 2*time.Minute)
 	for _, tbl := range []string{"kv", "plain", "checked", "labelled"} {
 		if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.`+tbl); n != 50 {
 			t.Fatalf("eu loaded %d rows of public.%s, want 50", n, tbl)

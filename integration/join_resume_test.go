@@ -46,17 +46,9 @@ func TestACutJoinKeepsEveryIncrement(t *testing.T) {
 	us, eu, ap, sa := h.Regions[0], h.Regions[1], h.Regions[2], h.Regions[3]
 	mustExec(t, ctx, us, `INSERT INTO public.hits (shard, id) SELECT s, g FROM pg_catalog.unnest($1::text[]) s, pg_catalog.generate_series(1, $2::int) g`, shards, perShard)
 	mustExec(t, ctx, us, `INSERT INTO public.notes SELECT g, 'first' FROM pg_catalog.generate_series(1, $1::int) g`, notes)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	for _, r := range []*Region{eu, ap} {
-		if err := r.StartReplicatorWith("--join", "us"); err != nil {
-			t.Fatal(err)
-		}
-		waitJoined(t, ctx, r, 4*time.Minute)
+		joinFrom(t, ctx, r, "us", 4*time.Minute)
 	}
 
 	// Writers, one per region: each transaction increments one random row

@@ -25,12 +25,7 @@ func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
 	ctx := ctxFor(t, 6*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
 	mustExec(t, ctx, us, `INSERT INTO public.bulk (id, payload) SELECT g, pg_catalog.md5(g::text) FROM pg_catalog.generate_series(1, $1::int) g`, rows)
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	// us inserts a row every 10 ms until the end: each one eu applies
 	// waits for eu's reader.
 	stop := make(chan struct{})
@@ -63,10 +58,7 @@ func TestARegionJustJoinedStopsWithinItsDeadline(t *testing.T) {
 	t.Logf("eu stopped:\n%s", stopped)
 
 	// Started again, eu catches up and holds every row once.
-	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, eu, 4*time.Minute)
+	joinFrom(t, ctx, eu, "us", 4*time.Minute)
 	if err := stopWriting(); err != nil {
 		t.Fatal(err)
 	}

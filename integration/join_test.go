@@ -52,12 +52,7 @@ func TestRegionsJoinOnlineFromOneRegionWithData(t *testing.T) {
 	if err := SeedLedger(ctx, h); err != nil {
 		t.Fatal(err)
 	}
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 
 	ledger := NewLedger()
 	churn := newBulkChurn(rows)
@@ -219,6 +214,27 @@ func waitJoined(t *testing.T, ctx context.Context, r *Region, within time.Durati
 	}
 	st, _ := statusOf(r)
 	t.Fatalf("region %s did not join within %s: %+v\n%s", r.Name, within, st, r.Logs(4000))
+}
+
+// startReady starts the region's replicator and waits until it is ready.
+func startReady(t *testing.T, ctx context.Context, r *Region) {
+	t.Helper()
+	if err := r.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.WaitReady(ctx, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// joinFrom starts the region's replicator with --join from and waits until
+// it has joined (see waitJoined).
+func joinFrom(t *testing.T, ctx context.Context, r *Region, from string, within time.Duration) {
+	t.Helper()
+	if err := r.StartReplicatorWith("--join", from); err != nil {
+		t.Fatal(err)
+	}
+	waitJoined(t, ctx, r, within)
 }
 
 // loaded reports whether the region has loaded a snapshot (its schema may
@@ -520,10 +536,7 @@ func TestJoinedRegionIndexesWhatItLoaded(t *testing.T) {
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}
-	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, eu, 2*time.Minute)
+	joinFrom(t, ctx, eu, "us", 2*time.Minute)
 	mustExec(t, ctx, us, `UPDATE public.profiles SET score = score + 1, name = 'renamed in us' WHERE id % 10 = 0`)
 	mustExec(t, ctx, eu, `UPDATE public.profiles SET tags = ARRAY['eu'] WHERE id % 10 = 5`)
 	mustExec(t, ctx, eu, `DELETE FROM public.memberships WHERE member % 5 = 0`)

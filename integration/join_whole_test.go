@@ -84,12 +84,7 @@ func TestACutLoadFinishedFromASourceThatSendsNoUnits(t *testing.T) {
 // eu, closed when the test ends, and both regions' connection strings.
 func startJoinInProcess(t *testing.T, ctx context.Context, us, eu *Region, names []string) (conn *pgx.Conn, usDSN, euDSN string) {
 	t.Helper()
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	usDSN, euDSN = us.Cluster.URL("polyregion", AppDB), eu.Cluster.URL("polyregion", AppDB)
 	conn, err := postgres.Connect(ctx, euDSN)
 	if err != nil {

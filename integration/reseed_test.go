@@ -105,10 +105,7 @@ func TestReseedARegionPastTheOutboxCap(t *testing.T) {
 	if n := queryInt(t, ctx, ap, `SELECT count(*) FROM public.kv`) + queryInt(t, ctx, ap, `SELECT count(*) FROM polyregion.applied`); n != 0 {
 		t.Fatalf("ap started without --join applied %d rows and positions", n)
 	}
-	if err := ap.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, ap, 2*time.Minute)
+	joinFrom(t, ctx, ap, "us", 2*time.Minute)
 	mustExec(t, ctx, ap, `INSERT INTO public.kv (id, val) VALUES (600, 'ap after the re-seed')`)
 	mustExec(t, ctx, us, `UPDATE public.kv SET val = 'us later' WHERE id = 1`)
 	if err := h.WaitConverged(ctx, tableNames(tables), 2*time.Minute); err != nil {

@@ -79,12 +79,7 @@ func TestSequenceKeysDoNotCollideAcrossRegions(t *testing.T) {
 	if err := us.StopReplicator(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	startReady(t, ctx, us)
 	mustExec(t, ctx, us, `INSERT INTO public.events (region, n) VALUES ('us', -1)`)
 	if got := queryInt(t, ctx, us, `SELECT max(id) FROM public.events WHERE region = 'us'`); got != next+16 {
 		t.Errorf("after a restart us handed out %d, want %d (the next of its own numbers)", got, next+16)

@@ -32,16 +32,8 @@ func TestTheRolesTimeoutsCutNoJoinAndNoLargeApply(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if err := us.StartReplicator(); err != nil {
-		t.Fatal(err)
-	}
-	if err := us.WaitReady(ctx, time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if err := eu.StartReplicatorWith("--join", "us"); err != nil {
-		t.Fatal(err)
-	}
-	waitJoined(t, ctx, eu, 4*time.Minute)
+	startReady(t, ctx, us)
+	joinFrom(t, ctx, eu, "us", 4*time.Minute)
 	if n := queryInt(t, ctx, eu, `SELECT count(*) FROM public.wide`); n != rows {
 		t.Fatalf("eu joined with %d rows, want %d", n, rows)
 	}
