@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/polyregion/polyregion/indexer"
-	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
 // A rebuild interrupted part way resumes where it stopped (same
@@ -21,14 +20,7 @@ func TestIndexRebuildResumesAfterInterruption(t *testing.T) {
 	ctx := ctxFor(t, 4*time.Minute)
 	r := h.Regions[0]
 	dsn := r.Cluster.URL("polyregion", AppDB)
-	conn, err := postgres.Connect(ctx, dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if err := postgres.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn := installedSchema(t, ctx, r)
 	const rows = 12000
 	if err := fillDocs(ctx, r, 1, rows); err != nil {
 		t.Fatal(err)

@@ -38,6 +38,22 @@ var rowVersionKeysInC = []string{
 	`key:"C"`, `row_version_pkey:"C","C"`, `row_version_siblings:"C","C"`, `row_version_tombstones:"C","C"`, `tbl:"C"`,
 }
 
+// installedSchema connects to r's application database as the replicator's
+// role and installs the replicator's schema there; the connection closes
+// with the test.
+func installedSchema(t *testing.T, ctx context.Context, r *Region) *pgx.Conn {
+	t.Helper()
+	conn, err := postgres.Connect(ctx, r.Cluster.URL("polyregion", AppDB))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	if err := postgres.Install(ctx, conn); err != nil {
+		t.Fatal(err)
+	}
+	return conn
+}
+
 // Row versions' keys compare in C whatever the database's collation: a new
 // schema has them so, and an install over a schema of an earlier release
 // (keys in the database's default collation) converts them in place,
@@ -45,14 +61,7 @@ var rowVersionKeysInC = []string{
 func TestRowVersionKeysCompareInC(t *testing.T) {
 	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: kvSchema, Tables: []TableSpec{{Name: "public.kv"}}})
 	ctx := ctxFor(t, 2*time.Minute)
-	conn, err := postgres.Connect(ctx, h.Regions[0].Cluster.URL("polyregion", AppDB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if err := postgres.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn := installedSchema(t, ctx, h.Regions[0])
 	if got := rowVersionKeyCollations(t, ctx, conn); !slices.Equal(got, rowVersionKeysInC) {
 		t.Fatalf("a new schema's row_version keys: %q, want %q", got, rowVersionKeysInC)
 	}

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"context"
 	"testing"
 	"time"
 
@@ -15,14 +14,7 @@ import (
 func TestOutboxPayloadsAreNotCompressedByPglz(t *testing.T) {
 	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: kvSchema, Tables: []TableSpec{{Name: "public.kv"}}})
 	ctx := ctxFor(t, 2*time.Minute)
-	conn, err := postgres.Connect(ctx, h.Regions[0].Cluster.URL("polyregion", AppDB))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	if err := postgres.Install(ctx, conn); err != nil {
-		t.Fatal(err)
-	}
+	conn := installedSchema(t, ctx, h.Regions[0])
 	// A large, compressible payload, as a backlog's entry is.
 	written := func() (method string) {
 		t.Helper()
