@@ -321,16 +321,19 @@ var schemaDDL = []string{
 	// rather than by pglz: writing a 300,000-row backlog's 300 entries took
 	// its reader's COPY 918 ms under pglz and 286 ms uncompressed
 	// (PostgreSQL 17), for WAL and outbox pages the size of the payloads
-	// until the peers acknowledge them.
-	`DO $$ BEGIN
-		IF (SELECT a.attcompression FROM pg_catalog.pg_attribute a
-		    WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload') <> 'l' THEN
-			EXECUTE 'ALTER TABLE polyregion.outbox ALTER COLUMN payload SET COMPRESSION lz4';
-		END IF;
-	EXCEPTION WHEN feature_not_supported OR undefined_column OR syntax_error THEN
-		IF (SELECT a.attstorage FROM pg_catalog.pg_attribute a
-		    WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload') <> 'e' THEN
-			ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
+	// until the peers acknowledge them. A server that has lz4 since (a new
+	// build of the same release) compresses them again.
+	`DO $$ DECLARE c "char"; s "char"; BEGIN
+		SELECT a.attcompression, a.attstorage INTO c, s FROM pg_catalog.pg_attribute a
+		WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload';
+		IF c <> 'l' OR s <> 'x' THEN
+			BEGIN
+				EXECUTE 'ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTENDED, ALTER COLUMN payload SET COMPRESSION lz4';
+			EXCEPTION WHEN feature_not_supported THEN
+				IF s <> 'e' THEN
+					ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
+				END IF;
+			END;
 		END IF;
 	END $$`,
 }
