@@ -48,7 +48,20 @@ type fileConfig struct {
 	Search *searchFile `yaml:"search"`
 	// Control enables the control plane (membership agreed through raft).
 	Control *controlFile `yaml:"control"`
+	// Join tunes the snapshots this region serves to regions joining from it.
+	Join joinFile `yaml:"join"`
 }
+
+// joinFile is the join: section.
+type joinFile struct {
+	// Spool bounds how much of a table one pass over it writes to this
+	// host's disk (TMPDIR) for a joining region: a size such as 512MiB or
+	// 2GiB, or bytes (default 1GiB; see postgres.DefaultSpoolBytes).
+	Spool string `yaml:"spool"`
+}
+
+// minSpoolBytes is the smallest join.spool taken.
+const minSpoolBytes = 1 << 20
 
 // controlFile is the control: section.
 type controlFile struct {
@@ -204,6 +217,16 @@ func (fc fileConfig) toNode() (node.Config, error) {
 	}
 	if fc.OutboxMaxTransactions < 0 {
 		return cfg, fmt.Errorf("outbox_max_transactions: must be 0 (no cap) or positive, got %d", fc.OutboxMaxTransactions)
+	}
+	if fc.Join.Spool != "" {
+		n, err := parseSize(fc.Join.Spool)
+		if err != nil {
+			return cfg, fmt.Errorf("join.spool: %w", err)
+		}
+		if n < minSpoolBytes {
+			return cfg, fmt.Errorf("join.spool: must be at least 1MiB, got %q", fc.Join.Spool)
+		}
+		cfg.SpoolBytes = n
 	}
 	for _, r := range fc.Regions {
 		cfg.Cluster.Regions = append(cfg.Cluster.Regions, conflict.RegionID(r))

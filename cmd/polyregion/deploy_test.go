@@ -169,7 +169,17 @@ type k8sObject struct {
 					} `yaml:"ports"`
 					LivenessProbe  *k8sProbe `yaml:"livenessProbe"`
 					ReadinessProbe *k8sProbe `yaml:"readinessProbe"`
+					VolumeMounts   []struct {
+						Name      string `yaml:"name"`
+						MountPath string `yaml:"mountPath"`
+					} `yaml:"volumeMounts"`
 				} `yaml:"containers"`
+				Volumes []struct {
+					Name     string `yaml:"name"`
+					EmptyDir *struct {
+						SizeLimit string `yaml:"sizeLimit"`
+					} `yaml:"emptyDir"`
+				} `yaml:"volumes"`
 			} `yaml:"spec"`
 		} `yaml:"template"`
 	} `yaml:"spec"`
@@ -236,6 +246,27 @@ func TestDeployKubernetesProbesHitServedPaths(t *testing.T) {
 	_, httpPort, _ := net.SplitHostPort(cfg.HTTPListen)
 	if grace := time.Duration(set.Spec.Template.Spec.TerminationGracePeriodSeconds) * time.Second; grace <= cfg.ShutdownTimeout {
 		t.Errorf("terminationGracePeriodSeconds %s must exceed shutdown_timeout %s", grace, cfg.ShutdownTimeout)
+	}
+
+	// The temporary directory holds a pass of a join's spool, with room to
+	// spare (a pass's size is estimated).
+	spool := cfg.SpoolBytes
+	if spool == 0 {
+		spool = postgres.DefaultSpoolBytes
+	}
+	tmpLimit := int64(-1)
+	for _, m := range set.Spec.Template.Spec.Containers[0].VolumeMounts {
+		for _, v := range set.Spec.Template.Spec.Volumes {
+			if m.MountPath == "/tmp" && v.Name == m.Name && v.EmptyDir != nil {
+				// Kubernetes writes binary units without the B.
+				if tmpLimit, err = parseSize(v.EmptyDir.SizeLimit + "B"); err != nil {
+					t.Fatalf("/tmp's sizeLimit: %v", err)
+				}
+			}
+		}
+	}
+	if tmpLimit < 3*spool/2 {
+		t.Errorf("/tmp holds %d bytes (an emptyDir with a sizeLimit is wanted there); a join's spool takes about %d a pass: give it half as much again", tmpLimit, spool)
 	}
 
 	// The paths the probes ask for, against the real operations handler.

@@ -285,6 +285,14 @@ func joinProgress(mon *obs.Monitor, log *slog.Logger) func(postgres.LoadProgress
 	}
 }
 
+// snapshotConfig is what a snapshot this region serves reads, and how.
+func snapshotConfig(cfg Config, order *replicator.TableOrder, log *slog.Logger) postgres.SnapshotConfig {
+	return postgres.SnapshotConfig{
+		Region: string(cfg.Region), ConnString: cfg.Database, Tables: cfg.TableNames(), LockOrder: order, Logger: log,
+		SpoolBytes: cfg.SpoolBytes,
+	}
+}
+
 // snapshotFor serves this region's snapshots to joining peers.
 // One at a time: each pauses the region's writers briefly and reads every
 // replicated row.
@@ -294,9 +302,7 @@ func snapshotFor(cfg Config, order *replicator.TableOrder, log *slog.Logger) fun
 		one.Lock()
 		defer one.Unlock()
 		began := time.Now()
-		sc := postgres.SnapshotConfig{
-			Region: string(cfg.Region), ConnString: cfg.Database, Tables: cfg.TableNames(), LockOrder: order, Logger: log.With("peer", string(peer)),
-		}
+		sc := snapshotConfig(cfg, order, log.With("peer", string(peer)))
 		if b, ok := link.SnapshotResume(ctx); ok {
 			sc.Resume = &postgres.SnapshotResume{}
 			if err := json.Unmarshal(b, sc.Resume); err != nil {

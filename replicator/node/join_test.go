@@ -3,8 +3,11 @@ package node
 import (
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"testing"
 
+	"github.com/polyregion/polyregion/regions"
 	"github.com/polyregion/polyregion/replicator/link"
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
@@ -26,6 +29,21 @@ func TestRetryJoin(t *testing.T) {
 	} {
 		if got := retryJoin(c.err); got != c.retry {
 			t.Errorf("retryJoin(%v) = %v, want %v", c.err, got, c.retry)
+		}
+	}
+}
+
+// A snapshot served to a joining region reads this region's replicated
+// tables and spools within the configured budget (join.spool); unset, the
+// default.
+func TestASnapshotServedSpoolsWithinTheConfiguredBudget(t *testing.T) {
+	cfg := Config{Region: "us", Database: "postgres://polyregion@localhost/app",
+		Cluster: regions.Cluster{Tables: []regions.Table{{Name: "public.kv"}, {Name: "public.notes"}}}}
+	for _, spool := range []int64{0, 64 << 20} {
+		cfg.SpoolBytes = spool
+		sc := snapshotConfig(cfg, nil, slog.New(slog.DiscardHandler))
+		if sc.SpoolBytes != spool || sc.Region != "us" || sc.ConnString != cfg.Database || !slices.Equal(sc.Tables, []string{"public.kv", "public.notes"}) {
+			t.Errorf("join.spool %d: snapshot config %+v", spool, sc)
 		}
 	}
 }

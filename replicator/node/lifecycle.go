@@ -356,6 +356,7 @@ func (rt *runtime) reload(cur, next Config) {
 	}
 	same("regions/tables (the agreed configuration)", cur.Cluster.Fingerprint(), next.Cluster.Fingerprint())
 	same("outbox_max_transactions", cur.OutboxMaxTxns, next.OutboxMaxTxns)
+	same("join.spool", cur.SpoolBytes, next.SpoolBytes)
 	same("http.listen", cur.HTTPListen, next.HTTPListen)
 	same("control", cur.Control, next.Control)
 	for _, k := range refused {

@@ -51,6 +51,10 @@ type Config struct {
 	// (0: no cap). Past it the peer must be re-seeded; status shows the
 	// backlog per peer so operators see it coming.
 	OutboxMaxTxns int64
+	// SpoolBytes bounds how much of a table one pass over it spools on
+	// this host's disk when a region joins from this one (0: the default,
+	// postgres.DefaultSpoolBytes).
+	SpoolBytes int64
 	// ParkedRetryInterval is how often parked changes are retried.
 	ParkedRetryInterval time.Duration
 	// TombstoneInterval is how often the region refreshes its watermark

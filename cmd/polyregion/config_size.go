@@ -1,0 +1,41 @@
+package main
+
+import (
+	"fmt"
+	"math"
+	"strconv"
+	"strings"
+)
+
+// sizeUnits are the suffixes parseSize takes, in bytes.
+var sizeUnits = []struct {
+	suffix string
+	bytes  int64
+}{
+	// Longest first: "MiB" before "B".
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"TiB", 1 << 40},
+	{"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9}, {"TB", 1e12},
+	{"B", 1},
+}
+
+// parseSize reads a size in bytes: a whole number, optionally followed by
+// one of sizeUnits (binary KiB, MiB, GiB, TiB or decimal kB, MB, GB, TB),
+// with or without a space between them.
+func parseSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	unit := int64(1)
+	for _, u := range sizeUnits {
+		if strings.HasSuffix(t, u.suffix) {
+			t, unit = strings.TrimSpace(strings.TrimSuffix(t, u.suffix)), u.bytes
+			break
+		}
+	}
+	n, err := strconv.ParseInt(t, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("%q is not a size: want a whole number of bytes, or one followed by KiB, MiB, GiB, TiB, kB, MB, GB or TB", s)
+	}
+	if n > math.MaxInt64/unit {
+		return 0, fmt.Errorf("%q is too large", s)
+	}
+	return n * unit, nil
+}
