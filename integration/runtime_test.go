@@ -25,17 +25,19 @@ func TestRuntimeSIGTERMAndSIGHUP(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// SIGHUP: log level and hold change; listen is refused.
+	// SIGHUP: log level and hold change; listen and join.spool are refused.
 	rewriteConfig(t, us, func(c *RegionConfig) {
 		c.Log.Level = "debug"
 		c.Health["hold"] = "7s"
 		c.Listen = "127.0.0.1:1"
+		c.Join = map[string]string{"spool": "64MiB"}
 	})
 	if err := us.Signal(syscall.SIGHUP); err != nil {
 		t.Fatal(err)
 	}
 	waitLog(t, us, 5*time.Second, `"msg":"config reload: log.level applied","from":"INFO","to":"DEBUG"`)
 	waitLog(t, us, 5*time.Second, `"key":"listen"`)
+	waitLog(t, us, 5*time.Second, `"key":"join.spool"`)
 	waitLog(t, us, 5*time.Second, `"health.hold":"3s -> 7s"`)
 	for start := time.Now(); opsSnapshot(t, us).HoldSeconds != 7; time.Sleep(100 * time.Millisecond) {
 		if time.Since(start) > 5*time.Second {
@@ -45,7 +47,7 @@ func TestRuntimeSIGTERMAndSIGHUP(t *testing.T) {
 	if !us.Running() {
 		t.Fatal("the replicator exited on SIGHUP")
 	}
-	rewriteConfig(t, us, func(c *RegionConfig) { c.Listen = us.Listen })
+	rewriteConfig(t, us, func(c *RegionConfig) { c.Listen, c.Join = us.Listen, nil })
 
 	// SIGTERM while both regions write.
 	iss := &ledgerIssued{rows: map[string]int64{}, sum: map[string]int64{}, txns: map[string]int64{}}

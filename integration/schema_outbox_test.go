@@ -55,13 +55,25 @@ func TestOutboxPayloadsAreNotCompressedByPglz(t *testing.T) {
 			t.Fatal(err)
 		}
 		before := written()
-		for range 2 { // the second install changes nothing
+		var set string
+		for i := range 2 {
 			if err := postgres.Install(ctx, conn); err != nil {
 				t.Fatal(err)
 			}
 			if m := written(); m != want {
 				t.Fatalf("after an install over an outbox set with %q (payloads compressed by %s) the payload was compressed by %s, want %s", earlier, before, m, want)
 			}
+			// The second install alters nothing (an ALTER locks the table
+			// and writes the column's catalog row again).
+			var xmin string
+			if err := conn.QueryRow(ctx, `SELECT a.xmin::text FROM pg_catalog.pg_attribute a
+				WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload'`).Scan(&xmin); err != nil {
+				t.Fatal(err)
+			}
+			if i == 1 && xmin != set {
+				t.Fatalf("a second install altered the outbox's payload column again (its catalog row went from xmin %s to %s)", set, xmin)
+			}
+			set = xmin
 		}
 	}
 	var compression, storage string

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"strconv"
@@ -30,12 +31,15 @@ func parseSize(s string) (int64, error) {
 			break
 		}
 	}
-	n, err := strconv.ParseInt(t, 10, 64)
-	if err != nil || n < 0 {
-		return 0, fmt.Errorf("%q is not a size: want a whole number of bytes, or one followed by KiB, MiB, GiB, TiB, kB, MB, GB or TB", s)
+	if t == "" || t[0] < '0' || t[0] > '9' {
+		return 0, fmt.Errorf("%q is not a size: want a whole number of bytes, or one followed by B, KiB, MiB, GiB, TiB (binary) or kB, KB, MB, GB, TB (decimal)", s)
 	}
-	if n > math.MaxInt64/unit {
+	n, err := strconv.ParseInt(t, 10, 64)
+	if errors.Is(err, strconv.ErrRange) || err == nil && n > math.MaxInt64/unit {
 		return 0, fmt.Errorf("%q is too large", s)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%q is not a size: want a whole number of bytes, or one followed by B, KiB, MiB, GiB, TiB (binary) or kB, KB, MB, GB, TB (decimal)", s)
 	}
 	return n * unit, nil
 }

@@ -30,7 +30,7 @@ func TestParseSize(t *testing.T) {
 			t.Errorf("parseSize(%q) = %d, %v; want %d", c.in, got, err, c.want)
 		}
 	}
-	for _, in := range []string{"", "GiB", "1.5GiB", "-1GiB", "1 gigabyte", "1gib", "1e9", "9999999TiB", "0x10"} {
+	for _, in := range []string{"", "GiB", "1.5GiB", "-1GiB", "+1GiB", "1 gigabyte", "1gib", "1e9", "9999999TiB", "99999999999999999999", "0x10"} {
 		if n, err := parseSize(in); err == nil {
 			t.Errorf("parseSize(%q) = %d, want an error", in, n)
 		} else if !strings.Contains(err.Error(), in) {

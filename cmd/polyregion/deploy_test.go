@@ -257,7 +257,7 @@ func TestDeployKubernetesProbesHitServedPaths(t *testing.T) {
 	tmpLimit := int64(-1)
 	for _, m := range set.Spec.Template.Spec.Containers[0].VolumeMounts {
 		for _, v := range set.Spec.Template.Spec.Volumes {
-			if m.MountPath == "/tmp" && v.Name == m.Name && v.EmptyDir != nil {
+			if m.MountPath == "/tmp" && v.Name == m.Name && v.EmptyDir != nil && v.EmptyDir.SizeLimit != "" {
 				// Kubernetes writes binary units without the B.
 				if tmpLimit, err = parseSize(v.EmptyDir.SizeLimit + "B"); err != nil {
 					t.Fatalf("/tmp's sizeLimit: %v", err)

@@ -262,6 +262,8 @@ type RegionConfig struct {
 	Sequences *SequencesSection `yaml:"sequences,omitempty"`
 	// Control is the control: section, if any.
 	Control *ControlSection `yaml:"control,omitempty"`
+	// Join is the join: section (spool).
+	Join map[string]string `yaml:"join,omitempty"`
 	// Witnesses are control-plane voters with no database.
 	Witnesses []PeerEntry `yaml:"witnesses,omitempty"`
 }

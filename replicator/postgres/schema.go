@@ -321,19 +321,18 @@ var schemaDDL = []string{
 	// rather than by pglz: writing a 300,000-row backlog's 300 entries took
 	// its reader's COPY 918 ms under pglz and 286 ms uncompressed
 	// (PostgreSQL 17), for WAL and outbox pages the size of the payloads
-	// until the peers acknowledge them. A server that has lz4 since (a new
-	// build of the same release) compresses them again.
-	`DO $$ DECLARE c "char"; s "char"; BEGIN
+	// until the peers acknowledge them. Whether the server has lz4 is read
+	// from the settings, not tried, so that a start changes (and locks)
+	// the table only when it must: when the server gained lz4, or lost it
+	// (a payload over 2 kB would then fail to go in).
+	`DO $$ DECLARE lz4 boolean; c "char"; s "char"; BEGIN
+		SELECT coalesce('lz4' = ANY (g.enumvals), false) INTO lz4 FROM pg_catalog.pg_settings g WHERE g.name = 'default_toast_compression';
 		SELECT a.attcompression, a.attstorage INTO c, s FROM pg_catalog.pg_attribute a
 		WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload';
-		IF c <> 'l' OR s <> 'x' THEN
-			BEGIN
-				EXECUTE 'ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTENDED, ALTER COLUMN payload SET COMPRESSION lz4';
-			EXCEPTION WHEN feature_not_supported THEN
-				IF s <> 'e' THEN
-					ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
-				END IF;
-			END;
+		IF coalesce(lz4, false) AND (c <> 'l' OR s <> 'x') THEN
+			ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTENDED, ALTER COLUMN payload SET COMPRESSION lz4;
+		ELSIF NOT coalesce(lz4, false) AND s <> 'e' THEN
+			ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
 		END IF;
 	END $$`,
 }

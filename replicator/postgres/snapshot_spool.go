@@ -299,9 +299,14 @@ func trySpooled(ctx context.Context, tx pgx.Tx, w io.Writer, t SnapshotTable, ke
 		return false, err
 	}
 	per, err := chunkBytes(ctx, tx, t.Name, rows)
-	// Spooled one chunk a pass, a chunk is read as by itself.
-	if err != nil || chunksPerPass(how.spoolBytes, per) < 2 {
+	if err != nil {
 		return false, err
+	}
+	// Spooled one chunk a pass, a chunk is read as by itself.
+	if chunksPerPass(how.spoolBytes, per) < 2 {
+		how.log.Warn("the spool holds less than two chunks of a table whose key is not in the order of its rows on disk: sending them one by one, each reading the table; raise join.spool", "table", t.Name,
+			"spool_bytes", how.spoolBytes, "chunk_bytes_estimate", per)
+		return false, nil
 	}
 	dir, err := spoolDir()
 	if err != nil {
