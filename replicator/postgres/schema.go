@@ -325,13 +325,14 @@ var schemaDDL = []string{
 	// from the settings, not tried, so that a start changes (and locks)
 	// the table only when it must: when the server gained lz4, or lost it
 	// (a payload over 2 kB would then fail to go in).
-	`DO $$ DECLARE lz4 boolean; c "char"; s "char"; BEGIN
-		SELECT coalesce('lz4' = ANY (g.enumvals), false) INTO lz4 FROM pg_catalog.pg_settings g WHERE g.name = 'default_toast_compression';
+	`DO $$ DECLARE c "char"; s "char";
+		lz4 boolean := coalesce((SELECT 'lz4' = ANY (g.enumvals) FROM pg_catalog.pg_settings g WHERE g.name = 'default_toast_compression'), false);
+	BEGIN
 		SELECT a.attcompression, a.attstorage INTO c, s FROM pg_catalog.pg_attribute a
 		WHERE a.attrelid = 'polyregion.outbox'::pg_catalog.regclass AND a.attname = 'payload';
-		IF coalesce(lz4, false) AND (c <> 'l' OR s <> 'x') THEN
+		IF lz4 AND (c <> 'l' OR s <> 'x') THEN
 			ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTENDED, ALTER COLUMN payload SET COMPRESSION lz4;
-		ELSIF NOT coalesce(lz4, false) AND s <> 'e' THEN
+		ELSIF NOT lz4 AND s <> 'e' THEN
 			ALTER TABLE polyregion.outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
 		END IF;
 	END $$`,
