@@ -45,16 +45,22 @@ type Member struct {
 	// Lost is set for a region removed by force: how many of its
 	// transactions no surviving region had reported applying.
 	Lost uint64 `json:"lost,omitempty"`
+	// Unvoted is set for a region that began leaving while it was still
+	// joining: it never had a vote, and draining it must not give it one
+	// (a voter added then, typically a region whose host is gone, would
+	// cost the cluster its majority for good).
+	Unvoted bool `json:"unvoted,omitempty"`
 }
 
 // Voter reports whether the member votes in the control plane: active
-// regions, regions being re-seeded or on their way out, and witnesses. A
+// regions, regions being re-seeded or on their way out (unless they left
+// before they ever voted), and witnesses. A
 // joining region follows the log without voting until it has caught up,
 // so adding it can never cost the cluster its majority; a region being
 // re-seeded keeps its vote (its control plane does not depend on its
 // rows), so re-seeding one never costs the majority either.
 func (m Member) Voter() bool {
-	return m.State == Active || m.State == Reseeding || m.State == Leaving
+	return m.State == Active || m.State == Reseeding || (m.State == Leaving && !m.Unvoted)
 }
 
 // Loading reports whether the member loads (or is about to load) a
@@ -436,9 +442,12 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 		}
 	}
 	if cur.Voter() && !cur.Witness {
+		// Only an active region counts: one that is leaving can never be
+		// active again, and a cluster left with none could never add or
+		// re-seed a region.
 		left := 0
 		for _, o := range m.Members {
-			if o.ID != c.Region && o.Voter() && !o.Witness {
+			if o.ID != c.Region && o.State == Active && !o.Witness {
 				left++
 			}
 		}
@@ -461,6 +470,7 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 		}
 		if len(waiting) > 0 {
 			if cur.State != Leaving {
+				cur.Unvoted = cur.State == Joining
 				cur.State, cur.Since = Leaving, index
 			}
 			return Result{Waiting: waiting}, nil

@@ -233,6 +233,34 @@ func TestAJoiningRegionThatShippedIsDrainedAndAWitnessVotesOnceItRuns(t *testing
 	if m.State("eu") != Leaving || len(res.Waiting) == 0 {
 		t.Fatalf("a joining region that shipped transactions was removed without a drain: %s %+v", m.State("eu"), res)
 	}
+	// It never voted, and its drain must not give it a vote: its host is
+	// typically gone, and a voter added then would cost the majority.
+	if m.Members["eu"].Voter() {
+		t.Fatal("a joining region that began leaving votes")
+	}
+	mustApply(t, m, 7, Command{Op: OpRemove, Region: "eu"}) // asked again: still waiting, still no vote
+	if m.State("eu") != Leaving || m.Members["eu"].Voter() {
+		t.Fatalf("a second remove of a draining joining region: %s, voter %v", m.State("eu"), m.Members["eu"].Voter())
+	}
+}
+
+func TestALeavingRegionDoesNotCountAsTheActiveOneThatStays(t *testing.T) {
+	m := founded(t, "us", "eu")
+	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w", URL: "https://w", Witness: true})
+	mustApply(t, m, 3, Command{Op: OpActivate, Region: "w"})
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3}})
+	mustApply(t, m, 5, Command{Op: OpRemove, Region: "eu"})
+	if m.State("eu") != Leaving || !m.Members["eu"].Voter() {
+		t.Fatalf("an active region being drained: %s, voter %v", m.State("eu"), m.Members["eu"].Voter())
+	}
+	// eu can never be active again: removing us would leave no region
+	// to add or re-seed one from, for good.
+	refusedWith(t, m, Command{Op: OpRemove, Region: "us", Force: true}, "last active region")
+	refusedWith(t, m, Command{Op: OpRemove, Region: "us"}, "last active region")
+	mustApply(t, m, 6, Command{Op: OpRemove, Region: "eu", Force: true})
+	if m.State("eu") != Removed || m.State("us") != Active {
+		t.Fatalf("after eu's forced removal: %s", m.Describe())
+	}
 }
 
 func TestUnfollowedNamesMembersARunningDataPlaneDoesNotWaitFor(t *testing.T) {

@@ -198,6 +198,34 @@ func TestRegionsJoinTheControlPlaneAndVoteOnceActive(t *testing.T) {
 	}
 }
 
+// A joining region that shipped transactions and is then removed is
+// drained; it never voted and must not start to, or a region whose host
+// is gone would take the cluster's majority with it.
+func TestADrainedJoiningRegionNeverVotes(t *testing.T) {
+	nw := newNetwork()
+	us := nw.start(t, "us")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := us.Init(ctx, regions.Command{Members: []regions.Member{{ID: "us", URL: "https://us:7480"}}, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+	// ap is added and never runs here: its host is gone.
+	apply(t, us, regions.Command{Op: regions.OpAdd, Region: "ap", URL: "https://ap:7480", From: "us"})
+	apply(t, us, regions.Command{Op: regions.OpReport, Region: "ap", Progress: &regions.Progress{Shipped: 1}})
+	if res := apply(t, us, regions.Command{Op: regions.OpRemove, Region: "ap"}); len(res.Waiting) == 0 {
+		t.Fatalf("ap shipped a transaction and was removed without a drain: %+v", res)
+	}
+	// Give the leader's reconciliation time to act on the new state.
+	time.Sleep(time.Second)
+	if v := voters(us); v != "us" {
+		t.Fatalf("voters while ap drains: %s, want us", v)
+	}
+	res := apply(t, us, regions.Command{Op: regions.OpRemove, Region: "ap", Force: true})
+	if us.Membership().State("ap") != regions.Removed {
+		t.Fatalf("ap after a forced removal: %s (%+v)", us.Membership().State("ap"), res)
+	}
+}
+
 func TestAChangeIsRefusedWithoutAMajorityAndTheMajorityGoesOn(t *testing.T) {
 	nw := newNetwork()
 	us, eu, ap := nw.start(t, "us"), nw.start(t, "eu"), nw.start(t, "ap")
