@@ -371,9 +371,17 @@ func (n *Node) Activate(ctx context.Context) error {
 // Run keeps the node's duties until ctx ends: the leader keeps raft's
 // voters in line with the membership, a founder applies its pending init,
 // and the region reports its positions.
+//
+// The report runs beside the loop, one at a time: reading the positions
+// waits for the local database and reader (a stalled synchronous standby,
+// a reader far behind), and the leader's reconciliation and the
+// membership's snapshots must not wait with it.
 func (n *Node) Run(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	reported := make(chan struct{}, 1)
+	reported <- struct{}{} // no report in flight
+	defer func() { <-reported }()
 	for {
 		select {
 		case <-ctx.Done():
@@ -387,7 +395,14 @@ func (n *Node) Run(ctx context.Context) {
 			n.reconcile()
 		}
 		n.snapshotMembership()
-		n.report(ctx)
+		select {
+		case <-reported:
+			go func() {
+				defer func() { reported <- struct{}{} }()
+				n.report(ctx)
+			}()
+		default: // the last one is still reading or sending
+		}
 	}
 }
 

@@ -91,12 +91,18 @@ func (nw *network) start(t *testing.T, r conflict.RegionID) *Node {
 	return nw.startIn(t, r, t.TempDir())
 }
 
-func (nw *network) startIn(t *testing.T, r conflict.RegionID, dir string) *Node {
+// startIn starts r's node on dir; set, when given, changes its
+// configuration first.
+func (nw *network) startIn(t *testing.T, r conflict.RegionID, dir string, set ...func(*Config)) *Node {
 	t.Helper()
-	n, err := Open(Config{
+	cfg := Config{
 		Region: r, Dir: dir, Dial: nw.dialer(r), Forward: nw.forwarder(r),
 		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
-	})
+	}
+	for _, f := range set {
+		f(&cfg)
+	}
+	n, err := Open(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -224,6 +230,31 @@ func TestADrainedJoiningRegionNeverVotes(t *testing.T) {
 	if us.Membership().State("ap") != regions.Removed {
 		t.Fatalf("ap after a forced removal: %s (%+v)", us.Membership().State("ap"), res)
 	}
+}
+
+// Reading the region's positions waits for its database and reader; the
+// leader must keep raft's voters in line with the membership meanwhile.
+func TestAStuckPositionReadDoesNotHoldTheVoters(t *testing.T) {
+	nw := newNetwork()
+	us := nw.startIn(t, "us", t.TempDir(), func(c *Config) {
+		c.ReportInterval = 100 * time.Millisecond
+		c.Progress = func(ctx context.Context) (regions.Progress, error) {
+			<-ctx.Done() // a database that does not answer
+			return regions.Progress{}, ctx.Err()
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := us.Init(ctx, regions.Command{Members: []regions.Member{{ID: "us", URL: "https://us:7480"}}, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+	eu := nw.start(t, "eu")
+	apply(t, us, regions.Command{Op: regions.OpAdd, Region: "eu", URL: "https://eu:7480", From: "us"})
+	eventually(t, "eu to follow the log", func() bool { return eu.Membership().State("eu") == regions.Joining })
+	if err := eu.Activate(ctx); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "eu to vote", func() bool { return voters(us) == "eu,us" })
 }
 
 func TestAChangeIsRefusedWithoutAMajorityAndTheMajorityGoesOn(t *testing.T) {
