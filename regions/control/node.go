@@ -274,6 +274,10 @@ func (n *Node) applyAt(ctx context.Context, c regions.Command) (regions.Result, 
 			}
 			st := n.Status()
 			msg := fmt.Sprintf("%s: region %s reaches no leader among the voters %s", ErrNoQuorum.Error(), n.cfg.Region, strings.Join(st.Voters, ", "))
+			if len(st.Voters) == 0 && len(st.Nonvoters) == 0 {
+				// No configuration at all: not a lost majority.
+				msg = fmt.Sprintf("%s: region %s has no control-plane state yet: run `polyregion cluster init` on the region that holds the data first, or add this region from a member (`polyregion region add`)", ErrNoQuorum.Error(), n.cfg.Region)
+			}
 			if last != nil {
 				msg += " (last attempt: " + last.Error() + ")"
 			}

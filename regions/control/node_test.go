@@ -257,6 +257,17 @@ func TestAStuckPositionReadDoesNotHoldTheVoters(t *testing.T) {
 	eventually(t, "eu to vote", func() bool { return voters(us) == "eu,us" })
 }
 
+func TestAChangeBeforeInitSaysSo(t *testing.T) {
+	nw := newNetwork()
+	us := nw.start(t, "us")
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, err := us.Apply(ctx, regions.Command{Op: regions.OpAdd, Region: "eu", URL: "https://eu:7480", From: "us"})
+	if !errors.Is(err, ErrNoQuorum) || !strings.Contains(err.Error(), "cluster init") {
+		t.Fatalf("a change before init: got %v, want an error naming cluster init", err)
+	}
+}
+
 func TestAChangeIsRefusedWithoutAMajorityAndTheMajorityGoesOn(t *testing.T) {
 	nw := newNetwork()
 	us, eu, ap := nw.start(t, "us"), nw.start(t, "eu"), nw.start(t, "ap")
