@@ -149,6 +149,10 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		if err := decodeStrict(body, &req); err != nil {
 			return regions.Result{}, err
 		}
+		if cfg.Database == "" {
+			// A witness: it holds no tables to check the change against.
+			return regions.Result{}, fmt.Errorf("%w: %s is a witness, which has no tables: change the configuration through a region", regions.ErrInvalid, cfg.Region)
+		}
 		added, err := configurable(cfg.Cluster, n.Membership(), req.Policies)
 		if err != nil {
 			return regions.Result{}, err

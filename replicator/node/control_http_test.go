@@ -69,3 +69,17 @@ func TestAPolicyChangeTheDataPlaneCannotTakeIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// A witness holds no tables: a configuration change sent to it is refused
+// with the reason, not failed on a database it does not have.
+func TestAConfigurationChangeSentToAWitnessSaysWhy(t *testing.T) {
+	routes := map[string]http.Handler{}
+	controlRoutes(routes, Config{Region: "w1", Control: &ControlConfig{}}, nil)
+	req := httptest.NewRequest(http.MethodPost, "/control/configure", strings.NewReader(`{"policies":{"public.extra":{}}}`))
+	req.RemoteAddr = "127.0.0.1:5000"
+	rec := httptest.NewRecorder()
+	routes["POST /control/configure"].ServeHTTP(rec, req)
+	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "w1 is a witness") {
+		t.Fatalf("configure on a witness: %d %s", rec.Code, rec.Body.String())
+	}
+}
