@@ -85,7 +85,7 @@ func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) 
 		admin = cfg.Control.AdminToken
 	}
 	changeHandler := func(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
-		return adminOnly(admin, changeHandlerOf(n, cfg.Region, do))
+		return adminOnly(admin, "control changes", changeHandlerOf(n, cfg.Region, do))
 	}
 	routes["GET /control"] = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, n.Status())
@@ -232,20 +232,21 @@ func decodeStrict(body []byte, v any) error {
 	return nil
 }
 
-// adminOnly lets a change through when it presents the admin token, or,
-// with none configured, when it comes from the machine itself: the
-// operations server also answers DNS health checkers and scrapers, which
-// must not be able to remove a region.
-func adminOnly(token string, h http.Handler) http.Handler {
+// adminOnly lets a request for what (control changes, the conflict
+// report) through when it presents the admin token, or, with none
+// configured, when it comes from the machine itself: the operations server
+// also answers DNS health checkers and scrapers, which must not be able to
+// remove a region or read row images.
+func adminOnly(token, what string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if token != "" {
 			got, _ := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 			if subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
-				http.Error(w, "control changes need the admin token (control.admin_token)", http.StatusForbidden)
+				http.Error(w, what+" need the admin token (control.admin_token)", http.StatusForbidden)
 				return
 			}
 		} else if host, _, err := net.SplitHostPort(r.RemoteAddr); err != nil || !isLoopback(host) {
-			http.Error(w, "control changes are taken from this machine only (loopback); set control.admin_token to take them from elsewhere", http.StatusForbidden)
+			http.Error(w, what+" are accepted from this machine only (loopback); set control.admin_token to accept them from elsewhere", http.StatusForbidden)
 			return
 		}
 		h.ServeHTTP(w, r)

@@ -30,7 +30,7 @@ func TestControlChangesComeFromThisMachineOrCarryTheAdminToken(t *testing.T) {
 			req.Header.Set("Authorization", tc.auth)
 		}
 		rec := httptest.NewRecorder()
-		adminOnly(tc.token, ok).ServeHTTP(rec, req)
+		adminOnly(tc.token, "control changes", ok).ServeHTTP(rec, req)
 		if rec.Code != tc.want {
 			t.Errorf("%s: %d, want %d (%s)", tc.name, rec.Code, tc.want, rec.Body.String())
 		}
@@ -81,5 +81,25 @@ func TestAConfigurationChangeSentToAWitnessSaysWhy(t *testing.T) {
 	routes["POST /control/configure"].ServeHTTP(rec, req)
 	if rec.Code != http.StatusBadRequest || !strings.Contains(rec.Body.String(), "w1 is a witness") {
 		t.Fatalf("configure on a witness: %d %s", rec.Code, rec.Body.String())
+	}
+}
+
+// The conflict report carries row images: not for whatever reaches the
+// operations server's /health and /metrics.
+func TestTheConflictReportIsServedLikeControlChanges(t *testing.T) {
+	for _, tc := range []struct {
+		name, token, remote string
+	}{
+		{"another machine, no token configured", "", "10.0.0.7:5000"},
+		{"loopback without the configured token", "admin-token-0123456789", "127.0.0.1:5000"},
+	} {
+		h := reportHandler(Config{Region: "us", Control: &ControlConfig{AdminToken: tc.token}}, nil)
+		req := httptest.NewRequest(http.MethodGet, "/conflicts/report", nil)
+		req.RemoteAddr = tc.remote
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusForbidden || !strings.Contains(rec.Body.String(), "conflict report requests") {
+			t.Errorf("%s: %d %s, want 403 naming the conflict report", tc.name, rec.Code, rec.Body.String())
+		}
 	}
 }
