@@ -565,9 +565,12 @@ func (n *Node) report(ctx context.Context) {
 	n.mu.Unlock()
 }
 
-// covers reports whether the recorded progress already holds p.
+// covers reports whether the recorded progress already holds p: its
+// positions, and what its release takes (a region restarted on another
+// release while its writes stood still must still say so, or the
+// configuration changes that wait for it are refused).
 func covers(old, p regions.Progress) bool {
-	if p.Shipped > old.Shipped {
+	if p.Takes != old.Takes || p.Shipped > old.Shipped {
 		return false
 	}
 	for r, v := range p.Applied {
