@@ -421,6 +421,13 @@ func (m *Membership) reseed(index uint64, c Command) error {
 	case src.State != Active:
 		return refuse("source %s is %s; a snapshot comes from an active region", c.From, src.State)
 	}
+	// A region re-seeded is emptied and loaded again: one loading its
+	// snapshot from it would resume from a region whose rows are gone.
+	for _, o := range m.Sorted() {
+		if o.Loading() && o.From == c.Region {
+			return refuse("region %s is loading its snapshot from %s: wait until it %s, or remove it first", o.ID, c.Region, map[MemberState]string{Joining: "joined", Reseeding: "is re-seeded"}[o.State])
+		}
+	}
 	cur.State, cur.From, cur.Since = Reseeding, c.From, index
 	return nil
 }

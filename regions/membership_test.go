@@ -321,6 +321,11 @@ func TestAReseededRegionKeepsItsVoteAndIsActiveAgainOnceItCaughtUp(t *testing.T)
 	refusedWith(t, m, Command{Op: OpReseed, Region: "us", From: "ap"}, "source ap is reseeding")
 	refusedWith(t, m, Command{Op: OpRemove, Region: "eu"}, "ap is loading its snapshot from eu")
 	refusedWith(t, m, Command{Op: OpAdd, Region: "me", URL: "u", From: "ap"}, "source ap is reseeding")
+	// eu serves ap's snapshot: emptying eu would leave ap resuming from a
+	// region whose rows are gone. So would re-seeding us while sa loads
+	// from it.
+	refusedWith(t, m, Command{Op: OpReseed, Region: "eu", From: "us"}, "ap is loading its snapshot from eu")
+	refusedWith(t, m, Command{Op: OpReseed, Region: "us", From: "eu"}, "sa is loading its snapshot from us")
 
 	mustApply(t, m, 6, Command{Op: OpActivate, Region: "ap"})
 	if ap := m.Members["ap"]; ap.State != Active || ap.Since != 6 || ap.Loading() {
