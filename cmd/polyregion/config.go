@@ -32,11 +32,8 @@ type fileConfig struct {
 	// replicated tables' keys (agreed: identical in every region).
 	Sequences *sequencesFile `yaml:"sequences"`
 	// OutboxMaxTransactions caps what is kept for a peer that is away.
-	OutboxMaxTransactions int64 `yaml:"outbox_max_transactions"`
-	Log                   struct {
-		Format string `yaml:"format"` // text | json
-		Level  string `yaml:"level"`  // debug | info | warn | error
-	} `yaml:"log"`
+	OutboxMaxTransactions int64   `yaml:"outbox_max_transactions"`
+	Log                   logFile `yaml:"log"`
 	// HTTP is the operations server: /health, /live, /status, /metrics.
 	HTTP struct {
 		Listen string `yaml:"listen"`
@@ -180,6 +177,11 @@ func loadConfig(path string) (node.Config, fileConfig, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&fc); err != nil {
+		return node.Config{}, fileConfig{}, fmt.Errorf("config %s: %w", path, err)
+	}
+	// The log section is the command's, not the node's: checked here so
+	// that check, run and a reload refuse the same files.
+	if err := fc.Log.validate(); err != nil {
 		return node.Config{}, fileConfig{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	cfg, err := fc.toNode()

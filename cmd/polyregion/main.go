@@ -81,39 +81,6 @@ Exit codes: 0 ok, 1 runtime failure, 2 bad usage or configuration,
 	}
 }
 
-// parseLevel reads log.level.
-func parseLevel(level string) (slog.Level, error) {
-	switch strings.ToLower(level) {
-	case "", "info":
-		return slog.LevelInfo, nil
-	case "debug":
-		return slog.LevelDebug, nil
-	case "warn", "warning":
-		return slog.LevelWarn, nil
-	case "error":
-		return slog.LevelError, nil
-	}
-	return 0, fmt.Errorf("log.level: %q is not one of debug, info, warn, error", level)
-}
-
-// newLogger returns a logger writing to stderr in format (text or json);
-// its level is lv's, which a reload may change.
-func newLogger(format, level string, lv *slog.LevelVar) (*slog.Logger, error) {
-	l, err := parseLevel(level)
-	if err != nil {
-		return nil, err
-	}
-	lv.Set(l)
-	opts := &slog.HandlerOptions{Level: lv}
-	switch strings.ToLower(format) {
-	case "", "text":
-		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
-	case "json":
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
-	}
-	return nil, fmt.Errorf("log.format: %q is not one of text, json", format)
-}
-
 func runCmd() *cobra.Command {
 	var path, joinFrom string
 	cmd := &cobra.Command{

@@ -11,9 +11,9 @@ import (
 )
 
 // watchReload re-reads the config file on SIGHUP until ctx ends. It applies
-// log.level itself, refuses log.format (logged), and hands the new config to
-// the replicator, which applies what can change while running and logs the
-// rest as refused. An invalid file changes nothing.
+// log.level itself, keeps log.format (logged: restart to change it), and
+// hands the new config to the replicator, which applies what can change
+// while running and logs the rest as kept. An invalid file changes nothing.
 func watchReload(ctx context.Context, path string, fc fileConfig, level *slog.LevelVar, log *slog.Logger) <-chan node.Config {
 	out := make(chan node.Config, 1)
 	hup := make(chan os.Signal, 1)
@@ -26,20 +26,9 @@ func watchReload(ctx context.Context, path string, fc fileConfig, level *slog.Le
 				return
 			case <-hup:
 			}
-			log.Info("SIGHUP: reloading the config", "path", path)
-			cfg, next, err := loadConfig(path)
-			if err != nil {
-				log.Error("config reload refused: the file is invalid; keeping the running config", "err", err)
+			cfg, ok := reread(path, fc, level, log)
+			if !ok {
 				continue
-			}
-			if lv, err := parseLevel(next.Log.Level); err != nil {
-				log.Error("config reload: log.level refused", "err", err)
-			} else if lv != level.Level() {
-				log.Info("config reload: log.level applied", "from", level.Level().String(), "to", lv.String())
-				level.Set(lv)
-			}
-			if next.Log.Format != fc.Log.Format {
-				log.Warn("config reload: setting changed but cannot change while running; restart to apply it", "key", "log.format")
 			}
 			select {
 			case <-out: // an unread reload is superseded
@@ -49,6 +38,36 @@ func watchReload(ctx context.Context, path string, fc fileConfig, level *slog.Le
 		}
 	}()
 	return out
+}
+
+// reread reads the config file again for a reload and returns the config
+// for the replicator. Every part is checked before any is applied: a file
+// with any invalid part changes nothing (ok false), as the README promises;
+// a reload used to apply the health settings of a file whose log.level run
+// would refuse. A valid setting that cannot change while running is not a
+// refusal of the file: it is kept and named, and the rest applies.
+func reread(path string, fc fileConfig, level *slog.LevelVar, log *slog.Logger) (node.Config, bool) {
+	log.Info("SIGHUP: reloading the config", "path", path)
+	cfg, next, err := loadConfig(path)
+	if err != nil {
+		log.Error("config reload refused: the file is invalid; keeping the running config", "err", err)
+		return node.Config{}, false
+	}
+	// loadConfig checked the log section; this guards the promise above
+	// should the two ever part.
+	lv, err := parseLevel(next.Log.Level)
+	if err != nil {
+		log.Error("config reload refused: the file is invalid; keeping the running config", "err", err)
+		return node.Config{}, false
+	}
+	if lv != level.Level() {
+		log.Info("config reload: log.level applied", "from", level.Level().String(), "to", lv.String())
+		level.Set(lv)
+	}
+	if next.Log.Format != fc.Log.Format {
+		log.Warn("config reload: setting changed but cannot change while running; restart to apply it", "key", "log.format")
+	}
+	return cfg, true
 }
 
 // exitOnSecondSignal restores the default action of SIGTERM and SIGINT once

@@ -23,10 +23,7 @@ type witnessFile struct {
 	HTTP    struct {
 		Listen string `yaml:"listen"`
 	} `yaml:"http"`
-	Log struct {
-		Format string `yaml:"format"`
-		Level  string `yaml:"level"`
-	} `yaml:"log"`
+	Log logFile `yaml:"log"`
 }
 
 // loadWitnessConfig reads, expands and validates a witness's config file.
@@ -42,6 +39,9 @@ func loadWitnessConfig(path string) (node.WitnessConfig, witnessFile, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(raw))
 	dec.KnownFields(true)
 	if err := dec.Decode(&wf); err != nil {
+		return node.WitnessConfig{}, wf, fmt.Errorf("config %s: %w", path, err)
+	}
+	if err := wf.Log.validate(); err != nil {
 		return node.WitnessConfig{}, wf, fmt.Errorf("config %s: %w", path, err)
 	}
 	cfg := node.WitnessConfig{ID: conflict.RegionID(wf.Witness), Listen: wf.Listen, TLS: wf.TLS.files(), HTTPListen: wf.HTTP.Listen}
