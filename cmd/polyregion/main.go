@@ -108,7 +108,9 @@ joins.`,
 			if err != nil {
 				return &exitError{exitConfig, fmt.Errorf("config %s: %w", path, err)}
 			}
-			log = slog.New(obs.NewRedactor(cfg.Secrets()...).Handler(log.Handler()))
+			// Run finds this redactor in the logger and adds to it the
+			// tokens a reload brings, so slog's default redacts them too.
+			_, log = obs.RedactLogger(log, cfg.Secrets()...)
 			cfg.Logger = log
 			cfg.JoinFrom = conflict.RegionID(joinFrom)
 			slog.SetDefault(log)

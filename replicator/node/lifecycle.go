@@ -78,9 +78,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return fmt.Errorf("config: %w", err)
 	}
 	// No log line, health reason or returned error shows a secret of the
-	// configuration, whatever a driver or library quotes.
-	red := obs.NewRedactor(cfg.Secrets()...)
-	cfg.Logger = slog.New(red.Handler(cfg.Logger.Handler()))
+	// configuration, whatever a driver or library quotes. The redactor is
+	// the caller's when its logger has one, so that the tokens a reload
+	// adds to it (rt.red) reach every line the process logs.
+	red, logger := obs.RedactLogger(cfg.Logger, cfg.Secrets()...)
+	cfg.Logger = logger
 	defer func() { err = red.Error(err) }()
 	rt := &runtime{log: cfg.Logger.With("region", string(cfg.Region)), red: red}
 	rt.shutdown.Store(int64(cfg.ShutdownTimeout))

@@ -33,9 +33,15 @@ func NewRedactor(secrets ...string) *Redactor {
 	return r
 }
 
-// Add adds secrets (a reloaded configuration's new tokens, say).
+// Add adds secrets (a reloaded configuration's new tokens, say). Safe for
+// concurrent use: the command and the replicator share one redactor.
 func (r *Redactor) Add(secrets ...string) {
-	r.secrets.Store(forms(*r.secrets.Load(), secrets))
+	for {
+		old := r.secrets.Load()
+		if r.secrets.CompareAndSwap(old, forms(*old, secrets)) {
+			return
+		}
+	}
 }
 
 // forms returns known with secrets and their encoded forms added, longest
@@ -96,14 +102,30 @@ type redactedError struct {
 func (e *redactedError) Error() string { return e.msg }
 func (e *redactedError) Unwrap() error { return e.err }
 
+// RedactLogger returns a logger that redacts secrets, and the redactor it
+// filters through: log's own, with secrets added, when log redacts already
+// (the command wraps its logger, slog's default too, before Run), so that
+// a secret added later (a reload's new token) reaches every line, whichever
+// logger writes it; otherwise a new one wrapping log.
+func RedactLogger(log *slog.Logger, secrets ...string) (*Redactor, *slog.Logger) {
+	if rh, ok := log.Handler().(*redactHandler); ok {
+		rh.r.Add(secrets...)
+		return rh.r, log
+	}
+	r := NewRedactor(secrets...)
+	return r, slog.New(r.Handler(log.Handler()))
+}
+
 // Handler wraps h so that no record it writes carries a secret: the message
 // and every attribute (strings, errors, anything formatted) are redacted.
 func (r *Redactor) Handler(h slog.Handler) slog.Handler {
 	if r == nil {
 		return h
 	}
-	if rh, ok := h.(*redactHandler); ok && (rh.r == r || slices.Equal(*rh.r.secrets.Load(), *r.secrets.Load())) {
-		return h // already redacting these (the command and Run both wrap)
+	// Only r itself is not wrapped twice: another redactor with the same
+	// secrets today may be given others later (Add), which h would miss.
+	if rh, ok := h.(*redactHandler); ok && rh.r == r {
+		return h
 	}
 	return &redactHandler{inner: h, r: r}
 }
