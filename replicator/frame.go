@@ -35,12 +35,37 @@ func ReadFrame(r *bufio.Reader, limit uint32) (byte, []byte, error) {
 	if n > limit {
 		return 0, nil, fmt.Errorf("frame of %d bytes exceeds the limit of %d", n, limit)
 	}
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(r, buf); err != nil {
+	buf, err := readPayload(r, int(n))
+	if err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF
 		}
 		return 0, nil, err
 	}
 	return hdr[0], buf, nil
+}
+
+// readStep bounds how far the payload's buffer runs ahead of the bytes
+// that arrived: the length is only the sender's word, and a header alone
+// must not make the receiver allocate up to the limit (1GiB on a link).
+const readStep = 4 << 20
+
+// readPayload reads n bytes, growing the buffer as they arrive (at most
+// doubling it, so a large frame costs at most about twice its size).
+func readPayload(r io.Reader, n int) ([]byte, error) {
+	buf := make([]byte, 0, min(n, readStep))
+	for len(buf) < n {
+		step := min(n-len(buf), readStep)
+		if len(buf)+step > cap(buf) {
+			grown := make([]byte, len(buf), min(n, max(2*cap(buf), len(buf)+step)))
+			copy(grown, buf)
+			buf = grown
+		}
+		got, err := io.ReadFull(r, buf[len(buf):len(buf)+step])
+		buf = buf[:len(buf)+got]
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
 }
