@@ -129,9 +129,9 @@ func (c *bufferedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
 // address, TLS and token as its stream, upgraded from one HTTP/1.1
 // request. The peer authenticates it like any link request.
 func DialControl(ctx context.Context, cfg ClientConfig) (net.Conn, error) {
-	u, err := url.Parse(cfg.URL)
+	u, err := cfg.peerURL()
 	if err != nil {
-		return nil, fmt.Errorf("peer %s url: %w", cfg.Peer, err)
+		return nil, err
 	}
 	host := u.Host
 	if u.Port() == "" {

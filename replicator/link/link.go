@@ -597,8 +597,8 @@ type Client struct {
 
 // NewClient returns a Client.
 func NewClient(cfg ClientConfig) (*Client, error) {
-	if _, err := url.Parse(cfg.URL); err != nil {
-		return nil, fmt.Errorf("peer %s url: %w", cfg.Peer, err)
+	if _, err := cfg.peerURL(); err != nil {
+		return nil, err
 	}
 	if cfg.IdleTimeout <= 0 {
 		cfg.IdleTimeout = 15 * time.Second

@@ -173,6 +173,9 @@ func (c *Config) Validate() error {
 		if p.URL == "" {
 			return fmt.Errorf("peers[%d] (%s): url is required", i, p.ID)
 		}
+		if err := link.CheckURL(p.URL, p.TLS); err != nil {
+			return fmt.Errorf("peers[%d] (%s): %w", i, p.ID, err)
+		}
 		if p.Token == "" {
 			return fmt.Errorf("peers[%d] (%s): token is required (a shared secret, at least 16 characters)", i, p.ID)
 		}
@@ -187,6 +190,12 @@ func (c *Config) Validate() error {
 	}
 	if err := validateWitnesses(c.Witnesses, inCluster, c.Control != nil); err != nil {
 		return err
+	}
+	// A witness is reached like a peer, with its token: the same rule.
+	for i, w := range c.Witnesses {
+		if err := link.CheckURL(w.URL, w.TLS); err != nil {
+			return fmt.Errorf("witnesses[%d] (%s): %w", i, w.ID, err)
+		}
 	}
 	if c.JoinFrom != "" && !seen[c.JoinFrom] {
 		return fmt.Errorf("join: region %q is not one of this region's peers", c.JoinFrom)
