@@ -608,6 +608,14 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		ForceAttemptHTTP2:   true,
 		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 15 * time.Second}).DialContext,
 		TLSHandshakeTimeout: 5 * time.Second,
+		// A connection that received nothing for IdleTimeout is pinged,
+		// and closed when the ping is not answered within IdleTimeout
+		// either: a request sent on a connection whose path went silent
+		// (an ack, the wait for a stream's headers) fails after that
+		// instead of waiting for the kernel to give up on it (about 15
+		// minutes). A live peer answers pings however quiet the
+		// request.
+		HTTP2: &http.HTTP2Config{SendPingTimeout: cfg.IdleTimeout, PingTimeout: cfg.IdleTimeout},
 	}
 	var p http.Protocols
 	if cfg.TLS != nil {
@@ -692,7 +700,8 @@ func (c *Client) refusal(resp *http.Response, what string) error {
 func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*replicator.Txn) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	resp, err := c.request(ctx, http.MethodGet, "/v1/stream", url.Values{"after": {strconv.FormatUint(uint64(after), 10)}})
+	var conn streamConn
+	resp, err := c.request(conn.trace(ctx), http.MethodGet, "/v1/stream", url.Values{"after": {strconv.FormatUint(uint64(after), 10)}})
 	if err != nil {
 		return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
 	}
@@ -700,9 +709,10 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 	if err := c.refusal(resp, "stream"); err != nil {
 		return err
 	}
-	// A watchdog ends a stream that went silent (half-open connection). It
-	// times only the waits for frames: while the receiver holds a
-	// transaction (backpressure) the clock is stopped.
+	// A watchdog ends a stream that went silent (half-open connection), and
+	// drops its connection (see silent.go). It times only the waits for
+	// frames: while the receiver holds a transaction (backpressure) the
+	// clock is stopped.
 	activity := make(chan struct{}, 1)
 	waiting := make(chan bool) // true: waiting for a frame; false: busy in fn
 	go func() {
@@ -722,6 +732,7 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 				}
 			case <-t.C:
 				cancel()
+				conn.drop()
 				return
 			}
 		}
