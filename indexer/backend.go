@@ -342,9 +342,17 @@ type bulkOutcome struct {
 
 // item classifies one item's answer. 409 is a version conflict: the engine
 // already holds this version or a newer one, which is success for a feed
-// that may replay; so is 404 for a delete. 429 and 5xx are retried with the batch.
-func (o *bulkOutcome) item(op int, del bool, status int, reason string, err error) {
+// that may replay; so is 404 for a delete. 429, 5xx and errors about the
+// index rather than the document (indexRefusals) are retried with the
+// batch. errType is the error's type, such as version_conflict_engine_exception.
+func (o *bulkOutcome) item(op int, index string, del bool, status int, errType, reason string, err error) {
 	switch {
+	case indexRefusals[errType]:
+		// Before the delete rule: a delete's 404 from a missing index
+		// is not a missing document.
+		if o.transport == nil {
+			o.transport = indexRefusal(index, status, errType, reason)
+		}
 	case del && status == http.StatusNotFound:
 		// Deleting a document the engine never had: it records the
 		// version all the same.
@@ -360,6 +368,32 @@ func (o *bulkOutcome) item(op int, del bool, status int, reason string, err erro
 	default:
 		o.rejected = append(o.rejected, Rejection{Op: op, Status: status, Reason: reason})
 	}
+}
+
+// indexRefusals are the per-item error types that are about the index, not
+// the document: it is closed, blocked for writes (during a _shrink, _clone
+// or _split, or read-only past the disk flood-stage watermark), missing, or
+// not writable with the feed's credentials. They arrive as items of a bulk
+// answer of 200 with a 400, 403 or 404 that would read as a document's
+// fault; each passes once the index or the permissions are mended, while a
+// dead letter would confirm the change and lose it for the index.
+var indexRefusals = map[string]bool{
+	"index_closed_exception":    true,
+	"cluster_block_exception":   true,
+	"index_not_found_exception": true,
+	"security_exception":        true,
+}
+
+// indexRefusal is the error the feed reports (log and health) while it
+// retries a batch an index refused: the index and the error type. A
+// security_exception's reason names the user or API key id and roles,
+// which the error type and the index already point to: it is left out.
+func indexRefusal(index string, status int, errType, reason string) error {
+	msg := fmt.Sprintf("index %s refuses writes (%d %s); the batch is retried until it takes them", index, status, errType)
+	if errType != "security_exception" && reason != "" {
+		msg += ": " + reason
+	}
+	return errors.New(msg)
 }
 
 func (o *bulkOutcome) result() ([]Rejection, error) {

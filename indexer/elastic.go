@@ -56,7 +56,7 @@ func (b *elasticBackend) Bulk(ctx context.Context, ops []Op) ([]Rejection, error
 		OnError: func(_ context.Context, err error) {
 			mu.Lock()
 			defer mu.Unlock()
-			out.item(-1, false, 0, "", err)
+			out.item(-1, "", false, 0, "", "", err)
 		},
 	})
 	if err != nil {
@@ -77,7 +77,7 @@ func (b *elasticBackend) Bulk(ctx context.Context, ops []Op) ([]Rejection, error
 				if r.Error.Cause.Reason != "" {
 					reason += " (" + r.Error.Cause.Type + ": " + r.Error.Cause.Reason + ")"
 				}
-				out.item(i, op.Delete, r.Status, reason, err)
+				out.item(i, op.Index, op.Delete, r.Status, r.Error.Type, reason, err)
 			},
 		}
 		if op.Delete {

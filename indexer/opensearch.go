@@ -66,7 +66,7 @@ func (b *openSearchBackend) Bulk(ctx context.Context, ops []Op) ([]Rejection, er
 		OnError: func(_ context.Context, err error) {
 			mu.Lock()
 			defer mu.Unlock()
-			out.item(-1, false, 0, "", err)
+			out.item(-1, "", false, 0, "", "", err)
 		},
 	})
 	if err != nil {
@@ -84,14 +84,15 @@ func (b *openSearchBackend) Bulk(ctx context.Context, ops []Op) ([]Rejection, er
 			OnFailure: func(_ context.Context, _ opensearchutil.BulkIndexerItem, r opensearchapi.BulkRespItem, err error) {
 				mu.Lock()
 				defer mu.Unlock()
-				reason := ""
+				errType, reason := "", ""
 				if r.Error != nil {
+					errType = r.Error.Type
 					reason = r.Error.Type + ": " + r.Error.Reason
 					if r.Error.Cause.Reason != "" {
 						reason += " (" + r.Error.Cause.Type + ": " + r.Error.Cause.Reason + ")"
 					}
 				}
-				out.item(i, op.Delete, r.Status, reason, err)
+				out.item(i, op.Index, op.Delete, r.Status, errType, reason, err)
 			},
 		}
 		if op.Delete {
