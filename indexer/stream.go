@@ -35,6 +35,8 @@ type streamer struct {
 	conn *pgx.Conn // lookups (unchanged TOASTed values), dead letters, lag
 	repl *postgres.ChangeStream
 	rels map[uint32]*relState
+	// record saves refused rows to the dead-letter table.
+	record func(context.Context, []deadLetter) error
 
 	ops     []Op
 	opBytes int // documents and ids in ops
@@ -64,7 +66,8 @@ func (f *Feed) stream(ctx context.Context, g *generation) error {
 		return err
 	}
 	defer repl.Close()
-	s := &streamer{f: f, g: g, conn: conn, repl: repl, rels: map[uint32]*relState{}}
+	s := &streamer{f: f, g: g, conn: conn, repl: repl, rels: map[uint32]*relState{},
+		record: func(ctx context.Context, dls []deadLetter) error { return saveDeadLetters(ctx, conn, dls) }}
 	if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, g.Slot).Scan(&s.acked); err != nil {
 		return fmt.Errorf("index feed: slot %s: %w", g.Slot, err)
 	}
@@ -95,10 +98,8 @@ func (s *streamer) run(ctx context.Context) error {
 			}
 			nextPoll = now.Add(cfg.PollInterval)
 		}
-		if len(s.ops) > 0 && !now.Before(s.due) {
-			if err := s.flush(ctx); err != nil {
-				return err
-			}
+		if err := s.flushIfDue(ctx, now); err != nil {
+			return err
 		}
 		if !now.Before(nextStatus) || s.acked > s.sent {
 			if err := s.sendStatus(ctx); err != nil {
@@ -107,7 +108,7 @@ func (s *streamer) run(ctx context.Context) error {
 			nextStatus = time.Now().Add(10 * time.Second)
 		}
 		wait := time.Until(nextPoll)
-		if len(s.ops) > 0 {
+		if s.pending() {
 			wait = min(wait, time.Until(s.due))
 		}
 		wait = max(wait, time.Millisecond)
@@ -121,7 +122,7 @@ func (s *streamer) run(ctx context.Context) error {
 		switch {
 		case !ok:
 		case ev.Keepalive:
-			if !s.inTxn && len(s.ops) == 0 && len(s.commits) == 0 && ev.WALEnd > s.acked {
+			if !s.inTxn && !s.pending() && len(s.commits) == 0 && ev.WALEnd > s.acked {
 				// Nothing pending: everything up to the server's end is
 				// in the engine.
 				s.acked = ev.WALEnd
@@ -194,7 +195,7 @@ func (s *streamer) handle(ctx context.Context, data []byte) error {
 	case *pglogrepl.CommitMessage:
 		s.inTxn = false
 		s.commits = append(s.commits, pendingCommit{end: m.TransactionEndLSN, time: m.CommitTime})
-		if len(s.ops) == 0 && len(s.dls) == 0 {
+		if !s.pending() {
 			return s.ackCommits()
 		}
 		if len(s.ops) >= s.f.cfg.BatchDocs {
@@ -307,7 +308,9 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 	}
 	doc, err := tm.doc(row)
 	if err != nil {
-		return s.deadLetter(ctx, deadLetter{index: rs.phys, table: rs.name, key: key, id: id, version: s.txnLSN, reason: err.Error()})
+		// A value the document cannot hold (a timestamp before the
+		// common era or past year 9999).
+		return s.refuse(ctx, rs, key, id, err.Error())
 	}
 	if why := docOversize(doc, limit); why != "" {
 		return s.refuse(ctx, rs, key, id, why)
@@ -315,9 +318,9 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 	return s.add(ctx, Op{Index: rs.phys, ID: id, Version: version, Doc: doc, Table: rs.name, Key: key})
 }
 
-// refuse records a row whose document is over the size limit, and removes
-// the row's older document from the index: a search must not go on
-// finding content the row no longer has.
+// refuse records a row whose document is over the size limit or cannot be
+// rendered, and removes the row's older document from the index: a search
+// must not go on finding content the row no longer has.
 func (s *streamer) refuse(ctx context.Context, rs *relState, key, id, why string) error {
 	if err := s.add(ctx, Op{Index: rs.phys, ID: id, Version: int64(s.txnLSN), Delete: true, Table: rs.name, Key: key}); err != nil {
 		return err
@@ -368,11 +371,21 @@ func (s *streamer) fill(ctx context.Context, tm *tableMap, row []replicator.Valu
 	return true, nil
 }
 
-// add batches an operation, writing the batch once it is full.
-func (s *streamer) add(ctx context.Context, op Op) error {
-	if len(s.ops) == 0 {
+// pending reports whether operations or dead letters wait for a flush.
+// Either holds back the acknowledgement of their transaction.
+func (s *streamer) pending() bool { return len(s.ops) > 0 || len(s.dls) > 0 }
+
+// startDue starts the flush deadline when the first operation or dead
+// letter is batched.
+func (s *streamer) startDue() {
+	if !s.pending() {
 		s.due = time.Now().Add(s.f.cfg.FlushInterval)
 	}
+}
+
+// add batches an operation, writing the batch once it is full.
+func (s *streamer) add(ctx context.Context, op Op) error {
+	s.startDue()
 	s.ops = append(s.ops, op)
 	s.opBytes += len(op.Doc) + len(op.ID) + len(op.Key)
 	return s.flushIfFull(ctx)
@@ -380,8 +393,20 @@ func (s *streamer) add(ctx context.Context, op Op) error {
 
 // deadLetter records a refused row with the batch it belongs to.
 func (s *streamer) deadLetter(ctx context.Context, d deadLetter) error {
+	s.startDue()
 	s.dls = append(s.dls, d)
 	return s.flushIfFull(ctx)
+}
+
+// flushIfDue writes the batch once its oldest change has waited
+// FlushInterval. Dead letters alone count: a refused row is the last
+// change of a quiet table as often as any other, and its transaction is
+// acknowledged only once its dead letter is recorded.
+func (s *streamer) flushIfDue(ctx context.Context, now time.Time) error {
+	if s.pending() && !now.Before(s.due) {
+		return s.flush(ctx)
+	}
+	return nil
 }
 
 // flushIfFull writes the batch once it holds BatchDocs operations or dead
@@ -417,7 +442,7 @@ func (s *streamer) flush(ctx context.Context) error {
 		s.ops, s.opBytes = s.ops[:0], 0
 	}
 	if len(s.dls) > 0 {
-		if err := saveDeadLetters(ctx, s.conn, s.dls); err != nil {
+		if err := s.record(ctx, s.dls); err != nil {
 			return err
 		}
 		for _, d := range s.dls {
