@@ -315,8 +315,14 @@ const maxIDBytes = 512
 
 // DocID derives a document id from primary key values in text form: the
 // value itself for a one-column key; for a composite key the parts joined by
-// '|' with '\' and '|' escaped. An id longer than the engines accept is
-// replaced by "sha256:" and the hex digest of the full id.
+// '|' with '\' and '|' escaped. An id the engines cannot take is replaced by
+// "sha256:" and the hex digest of the full id: one longer than they accept,
+// and the empty id of a one-column key whose value is the empty string
+// (Elasticsearch and OpenSearch would make up a new id for each write and
+// refuse the delete; bbolt refuses an empty key). Every other id stays as
+// it was, so existing indices keep their documents; like a long key's, the
+// empty key's id is shared only by a key whose value is that very digest
+// text. A composite key is never empty: it holds at least one '|'.
 func DocID(parts []string) string {
 	var id string
 	if len(parts) == 1 {
@@ -328,7 +334,7 @@ func DocID(parts []string) string {
 		}
 		id = strings.Join(esc, "|")
 	}
-	if len(id) > maxIDBytes {
+	if id == "" || len(id) > maxIDBytes {
 		sum := sha256.Sum256([]byte(id))
 		return "sha256:" + hex.EncodeToString(sum[:])
 	}
