@@ -389,12 +389,21 @@ var indexRefusals = map[string]bool{
 // security_exception's reason names the user or API key id and roles,
 // which the error type and the index already point to: it is left out.
 func indexRefusal(index string, status int, errType, reason string) error {
+	if errType == "index_not_found_exception" {
+		// Retrying cannot bring it back: the feed starts over, finds the
+		// index gone and builds it again (Feed.step).
+		return fmt.Errorf("%w: %s (%d %s)", errIndexMissing, index, status, errType)
+	}
 	msg := fmt.Sprintf("index %s refuses writes (%d %s); the batch is retried until it takes them", index, status, errType)
 	if errType != "security_exception" && reason != "" {
 		msg += ": " + reason
 	}
 	return errors.New(msg)
 }
+
+// errIndexMissing marks a batch written to an index the engine no longer
+// has (deleted by hand): bulkRetry gives it back instead of retrying.
+var errIndexMissing = errors.New("index missing from the engine")
 
 func (o *bulkOutcome) result() ([]Rejection, error) {
 	if o.transport != nil {

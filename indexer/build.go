@@ -3,6 +3,7 @@ package indexer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"sort"
 	"strconv"
@@ -314,6 +315,9 @@ func bulkRetry(ctx context.Context, cfg Config, be Backend, ops []Op, onDown fun
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
+		}
+		if errors.Is(err, errIndexMissing) {
+			return nil, err
 		}
 		if onDown != nil {
 			onDown(err)

@@ -1,9 +1,14 @@
 package indexer
 
 import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 // Per-item errors about the index rather than the document (closed,
@@ -44,5 +49,31 @@ func TestBulkOutcomeRetriesIndexLevelErrors(t *testing.T) {
 	o.item(3, "p-1", false, http.StatusBadRequest, "document_parsing_exception", "document_parsing_exception: failed to parse field [n]", nil)
 	if rej, err := o.result(); err != nil || len(rej) != 1 || rej[0].Op != 3 {
 		t.Fatalf("mapping conflict: rejections %v, error %v", rej, err)
+	}
+}
+
+// missingIndexBackend answers every batch as an engine that lost the index.
+type missingIndexBackend struct {
+	Backend
+	calls int
+}
+
+func (b *missingIndexBackend) Bulk(context.Context, []Op) ([]Rejection, error) {
+	b.calls++
+	var o bulkOutcome
+	o.item(0, "p-1", false, http.StatusNotFound, "index_not_found_exception", "no such index [p-1]", nil)
+	return o.result()
+}
+
+// An index deleted by hand does not come back by retrying: the batch is
+// given back at once, so the feed starts over, finds it gone and builds
+// it again.
+func TestBulkRetryGivesBackABatchForAMissingIndex(t *testing.T) {
+	be := &missingIndexBackend{}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := bulkRetry(ctx, Config{Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}, be, []Op{{Index: "p-1", ID: "1", Version: 1}}, nil)
+	if !errors.Is(err, errIndexMissing) || be.calls != 1 {
+		t.Fatalf("bulkRetry: %v after %d calls, want errIndexMissing after one", err, be.calls)
 	}
 }
