@@ -163,6 +163,16 @@ func foundThree(t *testing.T, ctx context.Context, n *Node) {
 	}
 }
 
+// foundAlone initialises the cluster through n with its region as the
+// only founder.
+func foundAlone(t *testing.T, ctx context.Context, n *Node) {
+	t.Helper()
+	r := n.cfg.Region
+	if _, err := n.Init(ctx, regions.Command{Members: []regions.Member{{ID: r, URL: "https://" + string(r) + ":7480"}}, Fingerprint: "fp1"}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func voters(n *Node) string { return strings.Join(n.Status().Voters, ",") }
 
 func TestRegionsJoinTheControlPlaneAndVoteOnceActive(t *testing.T) {
@@ -170,9 +180,7 @@ func TestRegionsJoinTheControlPlaneAndVoteOnceActive(t *testing.T) {
 	us := nw.start(t, "us")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if _, err := us.Init(ctx, regions.Command{Members: []regions.Member{{ID: "us", URL: "https://us:7480"}}, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundAlone(t, ctx, us)
 	if _, err := us.Init(ctx, regions.Command{Members: []regions.Member{{ID: "us"}}, Fingerprint: "fp1"}); !errors.Is(err, regions.ErrRefused) {
 		t.Fatalf("a second init: got %v, want a refusal", err)
 	}
@@ -212,9 +220,7 @@ func TestADrainedJoiningRegionNeverVotes(t *testing.T) {
 	us := nw.start(t, "us")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if _, err := us.Init(ctx, regions.Command{Members: []regions.Member{{ID: "us", URL: "https://us:7480"}}, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundAlone(t, ctx, us)
 	// ap is added and never runs here: its host is gone.
 	apply(t, us, regions.Command{Op: regions.OpAdd, Region: "ap", URL: "https://ap:7480", From: "us"})
 	apply(t, us, regions.Command{Op: regions.OpReport, Region: "ap", Progress: &regions.Progress{Shipped: 1}})
@@ -245,9 +251,7 @@ func TestAStuckPositionReadDoesNotHoldTheVoters(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	if _, err := us.Init(ctx, regions.Command{Members: []regions.Member{{ID: "us", URL: "https://us:7480"}}, Fingerprint: "fp1"}); err != nil {
-		t.Fatal(err)
-	}
+	foundAlone(t, ctx, us)
 	eu := nw.start(t, "eu")
 	apply(t, us, regions.Command{Op: regions.OpAdd, Region: "eu", URL: "https://eu:7480", From: "us"})
 	eventually(t, "eu to follow the log", func() bool { return eu.Membership().State("eu") == regions.Joining })

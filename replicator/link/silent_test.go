@@ -99,12 +99,10 @@ func (p *silentProxy) close() {
 	}
 }
 
-// After the idle watchdog ended a stream whose path went silent, the next
-// stream reaches the peer again (over a new connection) instead of waiting
-// on the dead one until the kernel gives up on it (about 15 minutes).
-func TestStreamAfterASilentPathReachesThePeerAgain(t *testing.T) {
-	ob := newMemOutbox()
-	ob.add(txn(1))
+// silentClient serves ob and returns a client that reaches it through a
+// proxy whose path can go silent, with a short idle timeout.
+func silentClient(t *testing.T, ob *memOutbox) (*Client, *silentProxy) {
+	t.Helper()
 	target := serve(t, ob, TLSFiles{}, cluster)
 	px := newSilentProxy(t, strings.TrimPrefix(target, "http://"))
 	cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: "http://" + px.ln.Addr().String(), Token: secret,
@@ -112,11 +110,21 @@ func TestStreamAfterASilentPathReachesThePeerAgain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cl.Close()
+	t.Cleanup(cl.Close)
+	return cl, px
+}
+
+// After the idle watchdog ended a stream whose path went silent, the next
+// stream reaches the peer again (over a new connection) instead of waiting
+// on the dead one until the kernel gives up on it (about 15 minutes).
+func TestStreamAfterASilentPathReachesThePeerAgain(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	cl, px := silentClient(t, ob)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	err = cl.Stream(ctx, 0, func(*replicator.Txn) error {
+	err := cl.Stream(ctx, 0, func(*replicator.Txn) error {
 		px.silence()
 		return nil
 	})
@@ -141,14 +149,7 @@ func TestStreamAfterASilentPathReachesThePeerAgain(t *testing.T) {
 func TestAckOnASilentPathFailsAfterAnUnansweredPing(t *testing.T) {
 	ob := newMemOutbox()
 	ob.add(txn(1))
-	target := serve(t, ob, TLSFiles{}, cluster)
-	px := newSilentProxy(t, strings.TrimPrefix(target, "http://"))
-	cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: "http://" + px.ln.Addr().String(), Token: secret,
-		Cluster: cluster, IdleTimeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cl.Close()
+	cl, px := silentClient(t, ob)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := cl.Ack(ctx, 0); err != nil {
@@ -157,9 +158,9 @@ func TestAckOnASilentPathFailsAfterAnUnansweredPing(t *testing.T) {
 
 	px.silence()
 	start := time.Now()
-	err = cl.Ack(ctx, 0)
-	if took := time.Since(start); ctx.Err() != nil || took > 3*time.Second {
-		t.Fatalf("ack over a silent path: %v after %s, want it to end within 3s", err, took.Round(time.Millisecond))
+	err := cl.Ack(ctx, 0)
+	if took := time.Since(start); err == nil || ctx.Err() != nil || took > 3*time.Second {
+		t.Fatalf("ack over a silent path: %v after %s, want it to fail within 3s", err, took.Round(time.Millisecond))
 	}
 	if err := cl.Ack(ctx, 0); err != nil {
 		t.Fatalf("the ack after: %v", err)
