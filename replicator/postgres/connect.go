@@ -51,6 +51,8 @@ func SetTextForms(params map[string]string) {
 	params["IntervalStyle"] = "postgres"
 	params["extra_float_digits"] = "3"
 	params["TimeZone"] = "UTC"
+	// A bytea key read \001\002 here and \x0102 elsewhere would be two keys.
+	params["bytea_output"] = "hex"
 }
 
 func connect(ctx context.Context, connString string, params map[string]string) (*pgx.Conn, error) {
