@@ -110,6 +110,11 @@ func build(ctx context.Context, cfg Config, be Backend, g *generation) error {
 			return err
 		}
 	}
+	// The generation streams its slot up to where the WAL is now before
+	// it may go live (Feed.catchUp).
+	if g.CatchUpLSN, err = currentLSN(ctx, conn); err != nil {
+		return err
+	}
 	g.State = stateReady
 	if err := g.save(ctx, conn); err != nil {
 		return err

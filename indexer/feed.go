@@ -227,9 +227,10 @@ func (f *Feed) Run(ctx context.Context) error {
 	}
 }
 
-// step does one thing: switch to a ready generation, build the first
-// one, or stream the live one (building a newer one alongside when the
-// configuration changed) until something changes.
+// step does one thing: switch to a ready generation that has caught up,
+// build the first one, or stream the live one (building a newer one
+// alongside when the configuration changed, and streaming a ready one into
+// its own indices until it has caught up) until something changes.
 func (f *Feed) step(ctx context.Context) error {
 	conn, err := postgres.Connect(ctx, f.cfg.Database)
 	if err != nil {
@@ -261,7 +262,16 @@ func (f *Feed) step(ctx context.Context) error {
 		next = nil
 	}
 	if next != nil && next.State == stateReady {
-		return f.switchTo(ctx, conn, live, next)
+		caught, err := caughtUp(ctx, conn, next)
+		if err != nil {
+			return err
+		}
+		if live == nil || caught {
+			if err := f.waitBackground(ctx); err != nil {
+				return err
+			}
+			return f.switchTo(ctx, conn, live, next)
+		}
 	}
 	if live != nil {
 		missing, err := f.missingIndex(ctx, live)
@@ -292,12 +302,96 @@ func (f *Feed) step(ctx context.Context) error {
 	if next != nil && f.building.CompareAndSwap(false, true) {
 		go func() {
 			defer f.building.Store(false)
-			if err := f.buildLocked(ctx, next); err != nil && ctx.Err() == nil && !errors.Is(err, errBuildElsewhere) {
+			err := f.prepareNext(ctx, next)
+			if err != nil && ctx.Err() == nil && !errors.Is(err, errBuildElsewhere) {
 				f.cfg.Logger.Warn("index rebuild interrupted; it resumes", "generation", next.Gen, "err", err)
+				// Not at once: the live stream hands back to step when
+				// nothing feeds a ready generation.
+				select {
+				case <-ctx.Done():
+				case <-time.After(5 * time.Second):
+				}
 			}
 		}()
 	}
-	return f.stream(ctx, live)
+	return f.stream(ctx, live, 0)
+}
+
+// prepareNext builds a newer generation (unless another process does) and
+// then streams its slot into its own indices, the aliases staying on the
+// live generation, until it has confirmed the WAL position of the end of
+// its copy. The live stream then hands back to step, which switches.
+func (f *Feed) prepareNext(ctx context.Context, g *generation) error {
+	if g.State == stateBuilding {
+		if err := f.buildLocked(ctx, g); err != nil {
+			return err
+		}
+	}
+	if g.CatchUpLSN == 0 {
+		// Made ready by an earlier release: catch up to where the WAL is
+		// now.
+		conn, err := postgres.Connect(ctx, f.cfg.Database)
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		if g.CatchUpLSN, err = currentLSN(ctx, conn); err != nil {
+			return err
+		}
+		if err := g.save(ctx, conn); err != nil {
+			return err
+		}
+	}
+	f.cfg.Logger.Info("index generation catching up", "generation", g.Gen, "to", g.CatchUpLSN.String())
+	return f.stream(ctx, g, g.CatchUpLSN)
+}
+
+// waitBackground waits for the background build or catch-up to end (it
+// is ending when step switches: the generation has caught up).
+func (f *Feed) waitBackground(ctx context.Context) error {
+	for f.building.Load() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// waitSlotReleased waits (a few seconds at most) until no session uses a
+// slot.
+func waitSlotReleased(ctx context.Context, conn *pgx.Conn, slot string) error {
+	for range 100 {
+		var active bool
+		if err := conn.QueryRow(ctx, `SELECT coalesce((SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), false)`, slot).Scan(&active); err != nil {
+			return fmt.Errorf("slot %s: %w", slot, err)
+		}
+		if !active {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// caughtUp reports whether a ready generation's slot has confirmed its
+// catch-up position.
+func caughtUp(ctx context.Context, conn *pgx.Conn, g *generation) (bool, error) {
+	if g.CatchUpLSN == 0 {
+		return false, nil
+	}
+	var ok bool
+	err := conn.QueryRow(ctx, `SELECT coalesce((SELECT confirmed_flush_lsn >= $2::pg_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), false)`,
+		g.Slot, g.CatchUpLSN.String()).Scan(&ok)
+	if err != nil {
+		return false, fmt.Errorf("index generation %d: %w", g.Gen, err)
+	}
+	return ok, nil
 }
 
 // buildLocked builds a generation holding the build lock on its own
@@ -331,9 +425,22 @@ func (f *Feed) missingIndex(ctx context.Context, g *generation) (string, error) 
 	return "", nil
 }
 
-// switchTo makes a ready generation live: aliases first (searches move
-// at once), then the state, then the old generation's slot and indices go.
+// switchTo makes a ready generation live. With a live generation (its
+// stream stopped, so its indices hold no change past the WAL position
+// now), the new one first streams up to that position: the aliases never
+// move to indices older than the ones they leave. Then the aliases move
+// (searches follow at once), then the state, then the old generation's
+// slot and indices go.
 func (f *Feed) switchTo(ctx context.Context, conn *pgx.Conn, live, next *generation) error {
+	if live != nil {
+		to, err := currentLSN(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if err := f.stream(ctx, next, to); err != nil {
+			return err
+		}
+	}
 	for alias, phys := range next.Indices {
 		if err := f.be.SwapAlias(ctx, alias, phys); err != nil {
 			return err
@@ -382,9 +489,10 @@ func (f *Feed) retire(ctx context.Context, conn *pgx.Conn, g *generation, dropIn
 // Rebuild builds a new generation of the indices from the current tables
 // (or resumes one an interrupted rebuild left), reporting progress through
 // cfg.Progress. When it returns, the generation is ready: a running feed
-// switches its aliases to it within its poll interval (a stopped one when
-// it starts), and searches keep being served from the old generation
-// until then.
+// (a stopped one when it starts) streams the changes made since the copy
+// began into it, and switches its aliases to it once it has caught up.
+// Searches keep being served from the old generation, which keeps
+// streaming, until then.
 func Rebuild(ctx context.Context, cfg Config, be Backend) (int, error) {
 	cfg.defaults()
 	if err := cfg.Validate(); err != nil {

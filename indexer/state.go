@@ -20,7 +20,10 @@ import (
 //     ready, then live (aliases point at it and its slot feeds it), and is
 //     retired when a newer one goes live. Its progress is the slot's
 //     confirmed position: the slot advances only after the engine accepted
-//     a batch.
+//     a batch. A ready generation streams its slot into its own indices
+//     while the live one goes on serving, and goes live only once its slot
+//     has confirmed catch_up_lsn (the WAL position when its copy ended):
+//     the aliases never move to indices older than the ones they leave.
 //   - index_dead_letter: documents the engine refused (mapping conflict,
 //     too large) or that could not be rendered, with the reason.
 var stateDDL = []string{
@@ -34,6 +37,7 @@ var stateDDL = []string{
 		progress    jsonb NOT NULL DEFAULT '{}',
 		created_at  timestamptz NOT NULL DEFAULT now(),
 		updated_at  timestamptz NOT NULL DEFAULT now())`,
+	`ALTER TABLE polyregion.index_generation ADD COLUMN IF NOT EXISTS catch_up_lsn pg_lsn`,
 	`CREATE TABLE IF NOT EXISTS polyregion.index_dead_letter (
 		id        bigserial PRIMARY KEY,
 		logged_at timestamptz NOT NULL DEFAULT now(),
@@ -67,6 +71,7 @@ type generation struct {
 	State       string
 	Slot        string
 	StartLSN    pglogrepl.LSN // 0 until the slot exists
+	CatchUpLSN  pglogrepl.LSN // WAL position at the end of the copy, streamed up to before going live (0 until then)
 	Indices     map[string]string
 	Fingerprint string
 	Progress    map[string]tableProgress
@@ -129,7 +134,7 @@ func prepare(ctx context.Context, conn *pgx.Conn, region string, specs []IndexSp
 }
 
 func loadGenerations(ctx context.Context, conn *pgx.Conn) ([]*generation, error) {
-	rows, err := conn.Query(ctx, `SELECT gen, state, slot, coalesce(start_lsn::text, ''), indices, fingerprint, progress
+	rows, err := conn.Query(ctx, `SELECT gen, state, slot, coalesce(start_lsn::text, ''), coalesce(catch_up_lsn::text, ''), indices, fingerprint, progress
 		FROM polyregion.index_generation WHERE state <> 'retired' ORDER BY gen`)
 	if err != nil {
 		return nil, fmt.Errorf("load index generations: %w", err)
@@ -138,12 +143,17 @@ func loadGenerations(ctx context.Context, conn *pgx.Conn) ([]*generation, error)
 	var out []*generation
 	for rows.Next() {
 		g := &generation{}
-		var lsn string
-		if err := rows.Scan(&g.Gen, &g.State, &g.Slot, &lsn, &g.Indices, &g.Fingerprint, &g.Progress); err != nil {
+		var lsn, catchUp string
+		if err := rows.Scan(&g.Gen, &g.State, &g.Slot, &lsn, &catchUp, &g.Indices, &g.Fingerprint, &g.Progress); err != nil {
 			return nil, fmt.Errorf("load index generations: %w", err)
 		}
 		if lsn != "" {
 			if g.StartLSN, err = pglogrepl.ParseLSN(lsn); err != nil {
+				return nil, err
+			}
+		}
+		if catchUp != "" {
+			if g.CatchUpLSN, err = pglogrepl.ParseLSN(catchUp); err != nil {
 				return nil, err
 			}
 		}
@@ -174,12 +184,15 @@ func newGeneration(ctx context.Context, conn *pgx.Conn, region, fp string, specs
 }
 
 func (g *generation) save(ctx context.Context, conn *pgx.Conn) error {
-	var lsn any
+	var lsn, catchUp any
 	if g.StartLSN != 0 {
 		lsn = g.StartLSN.String()
 	}
-	_, err := conn.Exec(ctx, `UPDATE polyregion.index_generation SET state = $2, start_lsn = $3::pg_lsn, progress = $4, updated_at = now() WHERE gen = $1`,
-		g.Gen, g.State, lsn, g.Progress)
+	if g.CatchUpLSN != 0 {
+		catchUp = g.CatchUpLSN.String()
+	}
+	_, err := conn.Exec(ctx, `UPDATE polyregion.index_generation SET state = $2, start_lsn = $3::pg_lsn, progress = $4, catch_up_lsn = $5::pg_lsn, updated_at = now() WHERE gen = $1`,
+		g.Gen, g.State, lsn, g.Progress, catchUp)
 	if err != nil {
 		return fmt.Errorf("save index generation %d: %w", g.Gen, err)
 	}
@@ -193,6 +206,15 @@ func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
 		return fmt.Errorf("drop slot %s: %w", slot, err)
 	}
 	return nil
+}
+
+// currentLSN is the server's current WAL write position.
+func currentLSN(ctx context.Context, conn *pgx.Conn) (pglogrepl.LSN, error) {
+	var s string
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.pg_current_wal_lsn()::text`).Scan(&s); err != nil {
+		return 0, fmt.Errorf("current WAL position: %w", err)
+	}
+	return pglogrepl.ParseLSN(s)
 }
 
 // buildLockKey serialises builders (the running feed and the rebuild

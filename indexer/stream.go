@@ -48,16 +48,28 @@ type streamer struct {
 	acked   pglogrepl.LSN
 	sent    pglogrepl.LSN // last position reported to the server
 	due     time.Time     // flush deadline of the oldest batched change
+	// until is where a ready generation's catch-up ends (0 for the live
+	// generation): it leaves the feed's status alone and looks for no
+	// newer generation.
+	until pglogrepl.LSN
 }
 
-// stream feeds a live generation from its slot until ctx ends, a newer
-// generation is ready, or an error.
-func (f *Feed) stream(ctx context.Context, g *generation) error {
+// stream feeds a generation's indices from its slot: the live generation
+// (until 0) until ctx ends, step has a newer generation to see to, or an
+// error; a ready one (catching up) until its slot has confirmed until.
+func (f *Feed) stream(ctx context.Context, g *generation, until pglogrepl.LSN) error {
 	conn, err := postgres.Connect(ctx, f.cfg.Database)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.Background())
+	var acked pglogrepl.LSN
+	if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, g.Slot).Scan(&acked); err != nil {
+		return fmt.Errorf("index feed: slot %s: %w", g.Slot, err)
+	}
+	if until != 0 && acked >= until {
+		return nil
+	}
 	// The search index follows every write, applied ones included: no
 	// origin filter.
 	repl, err := postgres.StartChangeStream(ctx, f.cfg.Database, "polyregion-index", "index feed", g.Slot, 0,
@@ -66,12 +78,16 @@ func (f *Feed) stream(ctx context.Context, g *generation) error {
 		return err
 	}
 	defer repl.Close()
-	s := &streamer{f: f, g: g, conn: conn, repl: repl, rels: map[uint32]*relState{},
+	s := &streamer{f: f, g: g, conn: conn, repl: repl, rels: map[uint32]*relState{}, acked: acked, sent: acked, until: until,
 		record: func(ctx context.Context, dls []deadLetter) error { return saveDeadLetters(ctx, conn, dls) }}
-	if err := conn.QueryRow(ctx, `SELECT confirmed_flush_lsn FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, g.Slot).Scan(&s.acked); err != nil {
-		return fmt.Errorf("index feed: slot %s: %w", g.Slot, err)
+	if until != 0 {
+		if err := s.run(ctx); err != nil {
+			return err
+		}
+		// The slot is free for the switch once its session is gone.
+		repl.Close()
+		return waitSlotReleased(ctx, conn, g.Slot)
 	}
-	s.sent = s.acked
 	f.mu.Lock()
 	f.status.Generation, f.status.AckedLSN = g.Gen, s.acked.String()
 	f.mu.Unlock()
@@ -86,16 +102,21 @@ func (s *streamer) run(ctx context.Context) error {
 	nextStatus := time.Now().Add(10 * time.Second)
 	for {
 		now := time.Now()
-		if !now.Before(nextPoll) {
+		if s.until != 0 && s.acked >= s.until {
+			return s.sendStatus(ctx)
+		}
+		if !now.Before(nextPoll) && s.until == 0 {
 			ready, err := s.poll(ctx)
 			if err != nil {
 				return err
 			}
 			if ready {
 				// A rebuilt generation is ready: hand over what is batched,
-				// then let step switch.
+				// then let step see to it.
 				return s.flush(ctx)
 			}
+		}
+		if !now.Before(nextPoll) {
 			nextPoll = now.Add(cfg.PollInterval)
 		}
 		if err := s.flushIfDue(ctx, now); err != nil {
@@ -138,16 +159,21 @@ func (s *streamer) run(ctx context.Context) error {
 	}
 }
 
-// poll refreshes the lag and reports whether a newer generation is ready.
+// poll refreshes the lag and reports whether step has a newer generation
+// to see to: one ready and caught up (to switch to), or one ready that
+// nothing catches up.
 func (s *streamer) poll(ctx context.Context) (bool, error) {
 	var behind int64
-	var ready bool
+	var ready, caught bool
 	err := s.conn.QueryRow(ctx, `SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
 			FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), 0),
-		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state = 'ready' AND gen > $2)`, s.g.Slot, s.g.Gen).Scan(&behind, &ready)
+		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state = 'ready' AND gen > $2),
+		EXISTS (SELECT 1 FROM polyregion.index_generation g JOIN pg_catalog.pg_replication_slots r ON r.slot_name = g.slot
+			WHERE g.state = 'ready' AND g.gen > $2 AND r.confirmed_flush_lsn >= g.catch_up_lsn)`, s.g.Slot, s.g.Gen).Scan(&behind, &ready, &caught)
 	if err != nil {
 		return false, fmt.Errorf("index feed: lag: %w", err)
 	}
+	ready = caught || ready && !s.f.building.Load()
 	f := s.f
 	// An idle feed asks the engine too, so an engine that went away shows
 	// (as an unknown lag) before a change needs it.
@@ -187,6 +213,9 @@ func (s *streamer) handle(ctx context.Context, data []byte) error {
 	switch m := msg.(type) {
 	case *pglogrepl.BeginMessage:
 		s.inTxn, s.txnLSN, s.txnTime = true, m.FinalLSN, m.CommitTime
+		if s.until != 0 {
+			return nil
+		}
 		s.f.mu.Lock()
 		if s.f.oldest.IsZero() {
 			s.f.oldest = m.CommitTime
@@ -461,6 +490,9 @@ func (s *streamer) ackCommits() error {
 	if len(s.commits) > 0 {
 		s.acked = max(s.acked, s.commits[len(s.commits)-1].end)
 		s.commits = s.commits[:0]
+	}
+	if s.until != 0 {
+		return nil
 	}
 	s.f.mu.Lock()
 	if s.inTxn {

@@ -93,7 +93,7 @@ the search: section changes).`,
 			if err != nil {
 				return &exitError{exitRuntime, err}
 			}
-			fmt.Printf("generation %d built in %s; the replicator switches the aliases to it\n", gen, time.Since(start).Round(time.Millisecond))
+			fmt.Printf("generation %d built in %s; the replicator catches it up, then switches the aliases to it\n", gen, time.Since(start).Round(time.Millisecond))
 			return nil
 		},
 	}
