@@ -58,12 +58,15 @@ type Backend interface {
 	// holds (no error: that is the point of versions), or is listed as
 	// rejected.
 	Bulk(ctx context.Context, ops []Op) ([]Rejection, error)
-	// DeleteAll removes every document of a physical index (TRUNCATE).
-	DeleteAll(ctx context.Context, index string) error
 	// Refresh makes the index's writes visible to searches and scans.
 	Refresh(ctx context.Context, index string) error
 	// Scan calls fn for every document of an index or alias.
 	Scan(ctx context.Context, index string, fn func(id string, source []byte) error) error
+	// ScanIDs calls fn with the id of every document of a physical index
+	// (as of its last refresh). fn may write to the index meanwhile
+	// (a TRUNCATE deletes what it is given): a document written after the
+	// scan began may or may not be passed.
+	ScanIDs(ctx context.Context, index string, fn func(id string) error) error
 	Close() error
 }
 
@@ -276,15 +279,6 @@ func (r *rest) DeleteIndex(ctx context.Context, name string) error {
 	return nil
 }
 
-func (r *rest) DeleteAll(ctx context.Context, index string) error {
-	_, err := r.do(ctx, http.MethodPost, "/"+url.PathEscape(index)+"/_delete_by_query?conflicts=proceed&refresh=true",
-		map[string]any{"query": map[string]any{"match_all": map[string]any{}}})
-	if err != nil {
-		return fmt.Errorf("delete all documents of %s: %w", index, err)
-	}
-	return nil
-}
-
 func (r *rest) Refresh(ctx context.Context, index string) error {
 	if _, err := r.do(ctx, http.MethodPost, "/"+url.PathEscape(index)+"/_refresh", nil); err != nil {
 		return fmt.Errorf("refresh %s: %w", index, err)
@@ -293,6 +287,17 @@ func (r *rest) Refresh(ctx context.Context, index string) error {
 }
 
 func (r *rest) Scan(ctx context.Context, index string, fn func(id string, source []byte) error) error {
+	return r.scroll(ctx, index, true, fn)
+}
+
+func (r *rest) ScanIDs(ctx context.Context, index string, fn func(id string) error) error {
+	return r.scroll(ctx, index, false, func(id string, _ []byte) error { return fn(id) })
+}
+
+// scroll pages through every document of an index in a scroll context: a
+// view of the index as of its last refresh, which writes made meanwhile do
+// not change. withSource false reads the ids alone.
+func (r *rest) scroll(ctx context.Context, index string, withSource bool, fn func(id string, source []byte) error) error {
 	type page struct {
 		ScrollID string `json:"_scroll_id"`
 		Hits     struct {
@@ -302,8 +307,11 @@ func (r *rest) Scan(ctx context.Context, index string, fn func(id string, source
 			} `json:"hits"`
 		} `json:"hits"`
 	}
-	b, err := r.do(ctx, http.MethodPost, "/"+url.PathEscape(index)+"/_search?scroll=2m",
-		map[string]any{"size": 1000, "sort": []any{"_doc"}, "query": map[string]any{"match_all": map[string]any{}}})
+	query := map[string]any{"size": 1000, "sort": []any{"_doc"}, "query": map[string]any{"match_all": map[string]any{}}}
+	if !withSource {
+		query["_source"] = false
+	}
+	b, err := r.do(ctx, http.MethodPost, "/"+url.PathEscape(index)+"/_search?scroll=2m", query)
 	if err != nil {
 		return fmt.Errorf("scan %s: %w", index, err)
 	}

@@ -343,36 +343,52 @@ func (p *physical) apply(ops []Op, idx []int) ([]Rejection, error) {
 	return rejected, nil
 }
 
-// DeleteAll removes every document (their versions stay).
-func (e *Embedded) DeleteAll(_ context.Context, index string) error {
+// scanIDsPage is how many ids ScanIDs reads in one store transaction.
+const scanIDsPage = 1000
+
+// ScanIDs calls fn with the id of every document of an index, in id order.
+// It reads them in pages and calls fn between its reads, so fn may write to
+// the index (a store write transaction would wait for a read one this
+// goroutine still held open).
+func (e *Embedded) ScanIDs(ctx context.Context, index string, fn func(id string) error) error {
 	e.mu.Lock()
-	defer e.mu.Unlock()
 	p, err := e.index(index)
+	e.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	b := p.idx.NewBatch()
-	err = p.meta.Update(func(tx *bbolt.Tx) error {
-		sb := tx.Bucket(bucketSource)
-		var ids [][]byte
-		if err := sb.ForEach(func(k, _ []byte) error {
-			ids = append(ids, append([]byte(nil), k...))
+	var after []byte
+	for {
+		ids := make([]string, 0, scanIDsPage)
+		err := p.meta.View(func(tx *bbolt.Tx) error {
+			c := tx.Bucket(bucketSource).Cursor()
+			k, _ := c.First()
+			if after != nil {
+				if k, _ = c.Seek(after); k != nil && string(k) == string(after) {
+					k, _ = c.Next()
+				}
+			}
+			for ; k != nil && len(ids) < scanIDsPage; k, _ = c.Next() {
+				ids = append(ids, string(k))
+			}
 			return nil
-		}); err != nil {
+		})
+		if err != nil {
 			return err
 		}
 		for _, id := range ids {
-			b.Delete(string(id))
-			if err := sb.Delete(id); err != nil {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(id); err != nil {
 				return err
 			}
 		}
-		return nil
-	})
-	if err != nil {
-		return err
+		if len(ids) < scanIDsPage {
+			return nil
+		}
+		after = []byte(ids[len(ids)-1])
 	}
-	return p.idx.Batch(b)
 }
 
 // Refresh is immediate for the embedded index.

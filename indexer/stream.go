@@ -244,10 +244,9 @@ func (s *streamer) handle(ctx context.Context, data []byte) error {
 		}
 		for _, id := range m.RelationIDs {
 			if rs := s.rels[id]; rs != nil && rs.tm != nil {
-				if err := s.f.be.DeleteAll(ctx, rs.phys); err != nil {
+				if err := s.truncate(ctx, rs); err != nil {
 					return err
 				}
-				s.f.cfg.Logger.Info("index emptied by TRUNCATE", "table", rs.name, "index", rs.spec.Index)
 			}
 		}
 	}
