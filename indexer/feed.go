@@ -246,12 +246,29 @@ func (f *Feed) step(ctx context.Context) error {
 	}
 	fp := fingerprint(f.cfg.BackendKind, f.cfg.Indices)
 	var live, next *generation
+	var superseded []*generation
 	for _, g := range gens {
-		switch g.State {
-		case stateLive:
+		switch {
+		case g.State == stateLive:
 			live = g
+		case next != nil:
+			superseded = append(superseded, next)
+			next = g
 		default:
 			next = g
+		}
+	}
+	// Only the newest generation is built or caught up; an older one left
+	// ready or building (a rebuild asked for again meanwhile) would hold
+	// its slot's WAL for ever, or be switched to after the newer one.
+	// Not while this feed's own build or catch-up runs: it may be one of
+	// them.
+	if len(superseded) > 0 && !f.building.Load() {
+		for _, g := range superseded {
+			f.cfg.Logger.Info("index generation superseded by a newer one: abandoned", "generation", g.Gen, "newer", next.Gen)
+			if err := f.retire(ctx, conn, g, true); err != nil {
+				return err
+			}
 		}
 	}
 	if next != nil && next.Fingerprint != fp {
@@ -321,29 +338,73 @@ func (f *Feed) step(ctx context.Context) error {
 // then streams its slot into its own indices, the aliases staying on the
 // live generation, until it has confirmed the WAL position of the end of
 // its copy. The live stream then hands back to step, which switches.
+//
+// It catches up in rounds: the WAL written during a long round would
+// otherwise be streamed by switchTo, with the live stream stopped (its
+// searches lagging) meanwhile. A generation whose indices or slot went
+// missing can never catch up: it is abandoned, not retried for ever.
 func (f *Feed) prepareNext(ctx context.Context, g *generation) error {
 	if g.State == stateBuilding {
 		if err := f.buildLocked(ctx, g); err != nil {
 			return err
 		}
 	}
-	if g.CatchUpLSN == 0 {
-		// Made ready by an earlier release: catch up to where the WAL is
-		// now.
-		conn, err := postgres.Connect(ctx, f.cfg.Database)
-		if err != nil {
-			return err
-		}
-		defer conn.Close(context.Background())
-		if g.CatchUpLSN, err = currentLSN(ctx, conn); err != nil {
-			return err
-		}
-		if err := g.save(ctx, conn); err != nil {
-			return err
-		}
+	conn, err := postgres.Connect(ctx, f.cfg.Database)
+	if err != nil {
+		return err
 	}
-	f.cfg.Logger.Info("index generation catching up", "generation", g.Gen, "to", g.CatchUpLSN.String())
-	return f.stream(ctx, g, g.CatchUpLSN)
+	defer conn.Close(context.Background())
+	if gone, err := f.unusable(ctx, conn, g); err != nil || gone != "" {
+		if err == nil {
+			f.cfg.Logger.Warn("index generation abandoned before it went live: run `polyregion index rebuild` again", "generation", g.Gen, "missing", gone)
+			err = f.retire(ctx, conn, g, true)
+		}
+		return err
+	}
+	for {
+		if g.CatchUpLSN == 0 {
+			// Another round, or a generation made ready by an earlier
+			// release: catch up to where the WAL is now.
+			if g.CatchUpLSN, err = currentLSN(ctx, conn); err != nil {
+				return err
+			}
+			if err := g.save(ctx, conn); err != nil {
+				return err
+			}
+		}
+		f.cfg.Logger.Info("index generation catching up", "generation", g.Gen, "to", g.CatchUpLSN.String())
+		began := time.Now()
+		if err := f.stream(ctx, g, g.CatchUpLSN); err != nil {
+			return err
+		}
+		if time.Since(began) < catchUpRound {
+			return nil
+		}
+		g.CatchUpLSN = 0
+	}
+}
+
+// catchUpRound: a catch-up round this short leaves switchTo about as
+// little to stream with the live stream stopped.
+const catchUpRound = 10 * time.Second
+
+// unusable names what a ready or building generation lacks for good: one
+// of its indices, or its slot once it has one.
+func (f *Feed) unusable(ctx context.Context, conn *pgx.Conn, g *generation) (string, error) {
+	if g.State != stateReady {
+		return "", nil
+	}
+	if alias, err := f.missingIndex(ctx, g); err != nil || alias != "" {
+		return "index " + g.Indices[alias], err
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1)`, g.Slot).Scan(&ok); err != nil {
+		return "", fmt.Errorf("index generation %d: %w", g.Gen, err)
+	}
+	if !ok {
+		return "slot " + g.Slot, nil
+	}
+	return "", nil
 }
 
 // waitBackground waits for the background build or catch-up to end (it

@@ -165,15 +165,22 @@ func (s *streamer) run(ctx context.Context) error {
 func (s *streamer) poll(ctx context.Context) (bool, error) {
 	var behind int64
 	var ready, caught bool
-	err := s.conn.QueryRow(ctx, `SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+	// Only the newest generation counts: it is the one step sees to (an
+	// older one is abandoned there).
+	err := s.conn.QueryRow(ctx, `WITH newest AS (SELECT g.state, g.catch_up_lsn, r.confirmed_flush_lsn
+			FROM polyregion.index_generation g LEFT JOIN pg_catalog.pg_replication_slots r ON r.slot_name = g.slot
+			WHERE g.state IN ('building', 'ready') AND g.gen > $2 ORDER BY g.gen DESC LIMIT 1)
+		SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
 			FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), 0),
-		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state = 'ready' AND gen > $2),
-		EXISTS (SELECT 1 FROM polyregion.index_generation g JOIN pg_catalog.pg_replication_slots r ON r.slot_name = g.slot
-			WHERE g.state = 'ready' AND g.gen > $2 AND r.confirmed_flush_lsn >= g.catch_up_lsn)`, s.g.Slot, s.g.Gen).Scan(&behind, &ready, &caught)
+		EXISTS (SELECT 1 FROM newest WHERE state = 'ready'),
+		EXISTS (SELECT 1 FROM newest WHERE state = 'ready' AND confirmed_flush_lsn >= catch_up_lsn)`, s.g.Slot, s.g.Gen).Scan(&behind, &ready, &caught)
 	if err != nil {
 		return false, fmt.Errorf("index feed: lag: %w", err)
 	}
-	ready = caught || ready && !s.f.building.Load()
+	// Handed back once this feed's catch-up has ended (caught up, or to
+	// be started or retried): its last round may still be going when the
+	// slot passes the target it started with.
+	ready = (caught || ready) && !s.f.building.Load()
 	f := s.f
 	// An idle feed asks the engine too, so an engine that went away shows
 	// (as an unknown lag) before a change needs it.
@@ -456,11 +463,19 @@ func (s *streamer) flushIfFull(ctx context.Context) error {
 func (s *streamer) flush(ctx context.Context) error {
 	if len(s.ops) > 0 {
 		ops := dedupe(s.ops)
-		rej, err := bulkRetry(ctx, s.f.cfg, s.f.be, ops, func(err error) { s.f.setError(err, true) })
+		// A catch-up's writes (into indices nothing searches yet) leave
+		// the feed's health to the live stream.
+		var onDown func(error)
+		if s.until == 0 {
+			onDown = func(err error) { s.f.setError(err, true) }
+		}
+		rej, err := bulkRetry(ctx, s.f.cfg, s.f.be, ops, onDown)
 		if err != nil {
 			return err
 		}
-		s.f.setError(nil, false)
+		if s.until == 0 {
+			s.f.setError(nil, false)
+		}
 		for _, r := range rej {
 			op := ops[r.Op]
 			s.dls = append(s.dls, deadLetter{index: op.Index, table: op.Table, key: op.Key, id: op.ID, version: pglogrepl.LSN(op.Version), status: r.Status, reason: r.Reason, doc: op.Doc})
