@@ -37,7 +37,14 @@ var stateDDL = []string{
 		progress    jsonb NOT NULL DEFAULT '{}',
 		created_at  timestamptz NOT NULL DEFAULT now(),
 		updated_at  timestamptz NOT NULL DEFAULT now())`,
-	`ALTER TABLE polyregion.index_generation ADD COLUMN IF NOT EXISTS catch_up_lsn pg_lsn`,
+	// Checked first: ALTER TABLE takes its lock before it looks, and this
+	// runs at every start of the feed (a backup's reads would hold it up).
+	`DO $$ BEGIN
+		IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute WHERE attrelid = 'polyregion.index_generation'::pg_catalog.regclass
+				AND attname = 'catch_up_lsn' AND NOT attisdropped) THEN
+			ALTER TABLE polyregion.index_generation ADD COLUMN catch_up_lsn pg_lsn;
+		END IF;
+	END $$`,
 	`CREATE TABLE IF NOT EXISTS polyregion.index_dead_letter (
 		id        bigserial PRIMARY KEY,
 		logged_at timestamptz NOT NULL DEFAULT now(),
