@@ -318,7 +318,12 @@ func (r *rest) scroll(ctx context.Context, index string, withSource bool, fn fun
 	var scrollID string
 	defer func() {
 		if scrollID != "" {
-			_, _ = r.do(context.Background(), http.MethodDelete, "/_search/scroll", map[string]any{"scroll_id": scrollID})
+			// Also after ctx ended, but bounded: an engine that went
+			// silent must not hold the feed's stop (the scroll expires
+			// on its own).
+			cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			_, _ = r.do(cctx, http.MethodDelete, "/_search/scroll", map[string]any{"scroll_id": scrollID})
 		}
 	}()
 	for {
