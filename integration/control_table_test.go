@@ -79,7 +79,7 @@ func TestATableAddedAtAnEpochSeedsEveryRegionsRows(t *testing.T) {
 	// status names what each member's release takes.
 	st := mustPolyregion(t, ctx, "status", "--config", eu.ConfigPath)
 	for _, r := range h.Regions {
-		if !strings.Contains(st, "member "+r.Name) || strings.Count(st, "(release takes policy and table changes)") != 3 {
+		if !strings.Contains(st, "member "+r.Name) || strings.Count(st, "(release takes policy and table changes, and the later membership rules)") != 3 {
 			t.Fatalf("status does not show that %s's release takes table changes:\n%s", r.Name, st)
 		}
 	}

@@ -43,9 +43,23 @@ const (
 	// TakesTableChanges: a change may add or drop a table
 	// (regions/tables.go).
 	TakesTableChanges = 2
+	// TakesMembershipRules: the membership's later rules (a joining
+	// region drained on removal gets no vote; only an active region
+	// counts as the one that stays; a region another loads its snapshot
+	// from is not re-seeded). The control plane applies them once every
+	// region that replicates runs a release that has them (rules), so
+	// that a rolling upgrade never has two releases decide one command
+	// differently.
+	TakesMembershipRules = 3
 	// Takes is what this release takes.
-	Takes = TakesTableChanges
+	Takes = TakesMembershipRules
 )
+
+// rules reports whether the control plane applies the membership rules
+// of TakesMembershipRules: every region that replicates reported running
+// a release that has them. Witnesses report nothing: upgrade them before
+// the last region (README, Upgrading).
+func (m *Membership) rules() bool { return len(m.notTaking(TakesMembershipRules)) == 0 }
 
 // Pending reports whether the epoch was announced and is not in effect
 // yet (epoch 1, the founding configuration, is in effect from init).

@@ -424,7 +424,7 @@ func (m *Membership) reseed(index uint64, c Command) error {
 	// A region re-seeded is emptied and loaded again: one loading its
 	// snapshot from it would resume from a region whose rows are gone.
 	for _, o := range m.Sorted() {
-		if o.Loading() && o.From == c.Region {
+		if m.rules() && o.Loading() && o.From == c.Region {
 			return refuse("region %s is loading its snapshot from %s: wait until it %s, or remove it first", o.ID, c.Region, map[MemberState]string{Joining: "joined", Reseeding: "is re-seeded"}[o.State])
 		}
 	}
@@ -451,10 +451,12 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 	if cur.Voter() && !cur.Witness {
 		// Only an active region counts: one that is leaving can never be
 		// active again, and a cluster left with none could never add or
-		// re-seed a region.
+		// re-seed a region. (Releases before the rule counted every
+		// voter.)
+		rules := m.rules()
 		left := 0
 		for _, o := range m.Members {
-			if o.ID != c.Region && o.State == Active && !o.Witness {
+			if o.ID != c.Region && !o.Witness && (o.State == Active || !rules && o.Voter()) {
 				left++
 			}
 		}
@@ -477,7 +479,7 @@ func (m *Membership) remove(index uint64, c Command) (Result, error) {
 		}
 		if len(waiting) > 0 {
 			if cur.State != Leaving {
-				cur.Unvoted = cur.State == Joining
+				cur.Unvoted = cur.State == Joining && m.rules()
 				cur.State, cur.Since = Leaving, index
 			}
 			return Result{Waiting: waiting}, nil

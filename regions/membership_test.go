@@ -48,6 +48,15 @@ func refusedWith(t *testing.T, m *Membership, c Command, want string) {
 	}
 }
 
+// takeTheRules has every region named report running a release that has
+// the membership rules of TakesMembershipRules.
+func takeTheRules(t *testing.T, m *Membership, index uint64, ids ...conflict.RegionID) {
+	t.Helper()
+	for _, id := range ids {
+		mustApply(t, m, index, Command{Op: OpReport, Region: id, Progress: &Progress{Takes: TakesMembershipRules}})
+	}
+}
+
 func TestNothingButInitBeforeTheClusterIsInitialised(t *testing.T) {
 	m := &Membership{}
 	refusedWith(t, m, Command{Op: OpAdd, Region: "eu", URL: "u", From: "us"}, "not initialised")
@@ -228,7 +237,8 @@ func TestAJoiningRegionThatShippedIsDrainedAndAWitnessVotesOnceItRuns(t *testing
 		t.Fatal("an activated witness does not vote")
 	}
 	mustApply(t, m, 4, Command{Op: OpAdd, Region: "eu", URL: "https://eu", From: "us"})
-	mustApply(t, m, 5, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3}})
+	takeTheRules(t, m, 4, "us")
+	mustApply(t, m, 5, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3, Takes: TakesMembershipRules}})
 	res := mustApply(t, m, 6, Command{Op: OpRemove, Region: "eu"})
 	if m.State("eu") != Leaving || len(res.Waiting) == 0 {
 		t.Fatalf("a joining region that shipped transactions was removed without a drain: %s %+v", m.State("eu"), res)
@@ -248,7 +258,8 @@ func TestALeavingRegionDoesNotCountAsTheActiveOneThatStays(t *testing.T) {
 	m := founded(t, "us", "eu")
 	mustApply(t, m, 2, Command{Op: OpAdd, Region: "w", URL: "https://w", Witness: true})
 	mustApply(t, m, 3, Command{Op: OpActivate, Region: "w"})
-	mustApply(t, m, 4, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3}})
+	takeTheRules(t, m, 3, "us")
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3, Takes: TakesMembershipRules}})
 	mustApply(t, m, 5, Command{Op: OpRemove, Region: "eu"})
 	if m.State("eu") != Leaving || !m.Members["eu"].Voter() {
 		t.Fatalf("an active region being drained: %s, voter %v", m.State("eu"), m.Members["eu"].Voter())
@@ -308,6 +319,7 @@ func TestAReseededRegionKeepsItsVoteAndIsActiveAgainOnceItCaughtUp(t *testing.T)
 		t.Fatalf("reseed without a source: %v", err)
 	}
 
+	takeTheRules(t, m, 3, "us", "eu", "ap", "sa")
 	mustApply(t, m, 4, Command{Op: OpReseed, Region: "ap", From: "eu"})
 	ap := m.Members["ap"]
 	if ap.State != Reseeding || ap.From != "eu" || ap.Since != 4 || !ap.Voter() || !ap.Loading() {
@@ -334,5 +346,40 @@ func TestAReseededRegionKeepsItsVoteAndIsActiveAgainOnceItCaughtUp(t *testing.T)
 	mustApply(t, m, 7, Command{Op: OpReseed, Region: "ap", From: "us"}) // again, from another source
 	if ap := m.Members["ap"]; ap.State != Reseeding || ap.From != "us" || ap.Since != 7 {
 		t.Fatalf("second reseed: %+v", ap)
+	}
+}
+
+// Until every region that replicates reports a release that has them, the
+// membership's later rules do not apply: a release before them decides
+// the same commands the old way, and two releases must never decide one
+// command differently.
+func TestTheLaterMembershipRulesWaitForEveryRegionsRelease(t *testing.T) {
+	// A region another loads its snapshot from is re-seeded.
+	m := founded(t, "us", "eu", "ap")
+	takeTheRules(t, m, 2, "us", "eu") // ap runs an older release
+	mustApply(t, m, 3, Command{Op: OpAdd, Region: "sa", URL: "https://sa", From: "us"})
+	mustApply(t, m, 4, Command{Op: OpReseed, Region: "us", From: "eu"})
+	if m.State("us") != Reseeding {
+		t.Fatalf("under the old rules us is re-seeded while sa loads from it: %s", m.Describe())
+	}
+
+	// A joining region drained on removal votes.
+	m = founded(t, "us", "eu")
+	takeTheRules(t, m, 2, "us")
+	mustApply(t, m, 3, Command{Op: OpAdd, Region: "me", URL: "https://me", From: "us"})
+	mustApply(t, m, 4, Command{Op: OpReport, Region: "me", Progress: &Progress{Shipped: 2}})
+	mustApply(t, m, 5, Command{Op: OpRemove, Region: "me"})
+	if m.State("me") != Leaving || !m.Members["me"].Voter() {
+		t.Fatalf("under the old rules a joining region drained on removal votes: %s, voter %v", m.State("me"), m.Members["me"].Voter())
+	}
+
+	// A leaving region counts as one that stays.
+	m = founded(t, "us", "eu")
+	takeTheRules(t, m, 2, "us")
+	mustApply(t, m, 3, Command{Op: OpReport, Region: "eu", Progress: &Progress{Shipped: 3}})
+	mustApply(t, m, 4, Command{Op: OpRemove, Region: "eu"})
+	mustApply(t, m, 5, Command{Op: OpRemove, Region: "us", Force: true})
+	if m.State("us") != Removed {
+		t.Fatalf("under the old rules us is removed while eu leaves: %s", m.Describe())
 	}
 }

@@ -457,6 +457,8 @@ func releaseTakes(m obs.MemberView) string {
 	switch {
 	case m.Witness:
 		return ""
+	case m.Takes >= regions.TakesMembershipRules:
+		return " (release takes policy and table changes, and the later membership rules)"
 	case m.Takes >= regions.TakesTableChanges:
 		return " (release takes policy and table changes)"
 	case m.Takes >= regions.TakesPolicyChanges:

@@ -223,7 +223,8 @@ func TestADrainedJoiningRegionNeverVotes(t *testing.T) {
 	foundAlone(t, ctx, us)
 	// ap is added and never runs here: its host is gone.
 	apply(t, us, regions.Command{Op: regions.OpAdd, Region: "ap", URL: "https://ap:7480", From: "us"})
-	apply(t, us, regions.Command{Op: regions.OpReport, Region: "ap", Progress: &regions.Progress{Shipped: 1}})
+	apply(t, us, regions.Command{Op: regions.OpReport, Region: "us", Progress: &regions.Progress{Takes: regions.TakesMembershipRules}})
+	apply(t, us, regions.Command{Op: regions.OpReport, Region: "ap", Progress: &regions.Progress{Shipped: 1, Takes: regions.TakesMembershipRules}})
 	if res := apply(t, us, regions.Command{Op: regions.OpRemove, Region: "ap"}); len(res.Waiting) == 0 {
 		t.Fatalf("ap shipped a transaction and was removed without a drain: %+v", res)
 	}
