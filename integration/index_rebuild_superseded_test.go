@@ -2,9 +2,6 @@ package integration
 
 import (
 	"context"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -17,35 +14,8 @@ import (
 // yet supersedes it: the feed abandons the older one (its slot would hold
 // WAL for ever) and goes live with the newer one, and never switches back.
 func TestIndexRebuildSupersededIsAbandoned(t *testing.T) {
-	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: benchIndexSchema, Tables: []TableSpec{{Name: "public.docs"}}})
-	ctx := ctxFor(t, 4*time.Minute)
-	r := h.Regions[0]
-	dsn := r.Cluster.URL("polyregion", AppDB)
-	conn := installedSchema(t, ctx, r)
-	if err := fillDocs(ctx, r, 1, 2000); err != nil {
-		t.Fatal(err)
-	}
-	be, err := indexer.Open(ctx, indexer.BackendConfig{Kind: indexer.KindEmbedded, Dir: filepath.Join(h.Spec.Dir, "index")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	specs := []indexer.IndexSpec{{Table: "public.docs", Index: "docs", Exclude: []string{"body"}}}
-	cfg := indexer.Config{Region: "us", Database: dsn, BackendKind: indexer.KindEmbedded, Indices: specs, BatchDocs: 500,
-		PollInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	run := func() func() {
-		feed, err := indexer.New(cfg, be)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- feed.Run(fctx) }()
-		return func() { cancel(); <-done }
-	}
-	stop := run()
-	waitIndexed(ctx, t, r, be, specs, time.Minute)
-	stop()
+	ctx, d := indexedDocs(t, 2000, 500)
+	r, conn, be, specs, cfg := d.r, d.conn, d.be, d.specs, d.cfg
 
 	// Two rebuilds while no feed runs: both end ready.
 	older, err := indexer.Rebuild(ctx, cfg, be)
@@ -62,13 +32,8 @@ func TestIndexRebuildSupersededIsAbandoned(t *testing.T) {
 	if newer <= older {
 		t.Fatalf("second rebuild: generation %d after %d", newer, older)
 	}
-	state := func(gen int) (s string) {
-		if err := conn.QueryRow(ctx, `SELECT state FROM polyregion.index_generation WHERE gen = $1`, gen).Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
-	stop = run()
+	state := func(gen int) string { return d.state(t, ctx, gen) }
+	stop := startFeed(t, ctx, cfg, be)
 	defer stop()
 	waitFor(ctx, t, time.Minute, "the newer generation live", func() bool { return state(newer) == "live" })
 	// Several polls later it still is, and the older one is gone with its
@@ -95,39 +60,12 @@ func TestIndexRebuildSupersededIsAbandoned(t *testing.T) {
 // generation goes on; the feed's start takes no lock that a reader of its
 // state (a backup) holds it up behind.
 func TestIndexRebuildThatCannotCatchUpIsAbandoned(t *testing.T) {
-	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: benchIndexSchema, Tables: []TableSpec{{Name: "public.docs"}}})
-	ctx := ctxFor(t, 4*time.Minute)
-	r := h.Regions[0]
-	dsn := r.Cluster.URL("polyregion", AppDB)
-	conn := installedSchema(t, ctx, r)
-	if err := fillDocs(ctx, r, 1, 2000); err != nil {
-		t.Fatal(err)
-	}
-	be, err := indexer.Open(ctx, indexer.BackendConfig{Kind: indexer.KindEmbedded, Dir: filepath.Join(h.Spec.Dir, "index")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	specs := []indexer.IndexSpec{{Table: "public.docs", Index: "docs", Exclude: []string{"body"}}}
-	cfg := indexer.Config{Region: "us", Database: dsn, BackendKind: indexer.KindEmbedded, Indices: specs, BatchDocs: 500,
-		PollInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	run := func() func() {
-		feed, err := indexer.New(cfg, be)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- feed.Run(fctx) }()
-		return func() { cancel(); <-done }
-	}
-	stop := run()
-	waitIndexed(ctx, t, r, be, specs, time.Minute)
-	stop()
+	ctx, d := indexedDocs(t, 2000, 500)
+	r, conn, be, specs, cfg := d.r, d.conn, d.be, d.specs, d.cfg
 
 	// A reader of the feed's state holds its lock throughout, as a backup
 	// would.
-	reader, err := pgx.Connect(ctx, dsn)
+	reader, err := pgx.Connect(ctx, cfg.Database)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,14 +92,9 @@ func TestIndexRebuildThatCannotCatchUpIsAbandoned(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	stop = run()
+	stop := startFeed(t, ctx, cfg, be)
 	defer stop()
-	state := func(g int) (s string) {
-		if err := conn.QueryRow(ctx, `SELECT state FROM polyregion.index_generation WHERE gen = $1`, g).Scan(&s); err != nil {
-			t.Fatal(err)
-		}
-		return s
-	}
+	state := func(g int) string { return d.state(t, ctx, g) }
 	waitFor(ctx, t, time.Minute, "the generation that lost its index abandoned", func() bool { return state(gen) == "retired" })
 	if s := state(1); s != "live" {
 		t.Fatalf("generation 1 is %s, want live", s)

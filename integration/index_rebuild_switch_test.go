@@ -3,9 +3,6 @@ package integration
 import (
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
@@ -23,33 +20,10 @@ import (
 func TestIndexRebuildSwitchKeepsChanges(t *testing.T) {
 	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: benchIndexSchema, Tables: []TableSpec{{Name: "public.docs"}}})
 	ctx := ctxFor(t, 4*time.Minute)
-	r := h.Regions[0]
-	dsn := r.Cluster.URL("polyregion", AppDB)
-	conn := installedSchema(t, ctx, r)
-	const rows = 12000
-	if err := fillDocs(ctx, r, 1, rows); err != nil {
-		t.Fatal(err)
-	}
-	be, err := indexer.Open(ctx, indexer.BackendConfig{Kind: indexer.KindEmbedded, Dir: filepath.Join(h.Spec.Dir, "index")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
+	d := newDocsIndex(t, ctx, h, 12000, 1000)
+	r, conn, be, specs, cfg := d.r, d.conn, d.be, d.specs, d.cfg
 	emb := be.(*indexer.Embedded)
-	specs := []indexer.IndexSpec{{Table: "public.docs", Index: "docs", Exclude: []string{"body"}}}
-	cfg := indexer.Config{Region: "us", Database: dsn, BackendKind: indexer.KindEmbedded, Indices: specs, BatchDocs: 1000,
-		PollInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	startFeed := func() func() {
-		feed, err := indexer.New(cfg, be)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- feed.Run(fctx) }()
-		var once sync.Once
-		return func() { once.Do(func() { cancel(); <-done }) }
-	}
+	startFeed := func() func() { return startFeed(t, ctx, cfg, be) }
 	stopFeed := startFeed()
 	defer func() { stopFeed() }()
 	waitIndexed(ctx, t, r, be, specs, time.Minute)

@@ -3,9 +3,6 @@ package integration
 import (
 	"context"
 	"errors"
-	"io"
-	"log/slog"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -18,21 +15,9 @@ import (
 func TestIndexRebuildResumesAfterInterruption(t *testing.T) {
 	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: benchIndexSchema, Tables: []TableSpec{{Name: "public.docs"}}})
 	ctx := ctxFor(t, 4*time.Minute)
-	r := h.Regions[0]
-	dsn := r.Cluster.URL("polyregion", AppDB)
-	conn := installedSchema(t, ctx, r)
 	const rows = 12000
-	if err := fillDocs(ctx, r, 1, rows); err != nil {
-		t.Fatal(err)
-	}
-	be, err := indexer.Open(ctx, indexer.BackendConfig{Kind: indexer.KindEmbedded, Dir: filepath.Join(h.Spec.Dir, "index")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	specs := []indexer.IndexSpec{{Table: "public.docs", Index: "docs", Exclude: []string{"body"}}}
-	cfg := indexer.Config{Region: "us", Database: dsn, BackendKind: indexer.KindEmbedded, Indices: specs, BatchDocs: 1000,
-		PollInterval: 200 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	d := newDocsIndex(t, ctx, h, rows, 1000)
+	r, conn, be, specs, cfg := d.r, d.conn, d.be, d.specs, d.cfg
 
 	// Interrupted after the third batch.
 	ictx, cancel := context.WithCancel(ctx)
@@ -90,14 +75,7 @@ func TestIndexRebuildResumesAfterInterruption(t *testing.T) {
 	}
 
 	// The feed switches to the generation and streams from its start.
-	feed, err := indexer.New(cfg, be)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fctx, fcancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- feed.Run(fctx) }()
-	defer func() { fcancel(); <-done }()
+	defer startFeed(t, ctx, cfg, be)()
 	diffs := waitIndexed(ctx, t, r, be, specs, time.Minute)
 	t.Logf("generation %d resumed after %d of %d rows: %v", gen, copied, rows, diffs)
 }

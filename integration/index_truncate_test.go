@@ -74,21 +74,7 @@ func testIndexTruncate(t *testing.T, kind SearchKind) {
 		t.Fatal(err)
 	}
 
-	startFeed := func() (stop func()) {
-		feed, err := indexer.New(cfg, be)
-		if err != nil {
-			t.Fatal(err)
-		}
-		fctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- feed.Run(fctx) }()
-		return func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Error(err)
-			}
-		}
-	}
+	startFeed := func() (stop func()) { return startFeed(t, ctx, cfg, be) }
 	// caughtUp waits until the feed confirmed everything written so far
 	// (it confirms only what the engine took), then compares the index
 	// with the table.
