@@ -279,6 +279,21 @@ func (f *Feed) step(ctx context.Context) error {
 		next = nil
 	}
 	if next != nil && next.State == stateReady {
+		// One whose index or slot went missing can never catch up, nor
+		// go live: abandoned, not tried again for ever.
+		gone, err := f.unusable(ctx, conn, next)
+		if err != nil {
+			return err
+		}
+		if gone != "" && !f.building.Load() {
+			f.cfg.Logger.Warn("index generation abandoned before it went live: run `polyregion index rebuild` again", "generation", next.Gen, "missing", gone)
+			if err := f.retire(ctx, conn, next, true); err != nil {
+				return err
+			}
+			next = nil
+		}
+	}
+	if next != nil && next.State == stateReady {
 		caught, err := caughtUp(ctx, conn, next)
 		if err != nil {
 			return err
@@ -341,8 +356,7 @@ func (f *Feed) step(ctx context.Context) error {
 //
 // It catches up in rounds: the WAL written during a long round would
 // otherwise be streamed by switchTo, with the live stream stopped (its
-// searches lagging) meanwhile. A generation whose indices or slot went
-// missing can never catch up: it is abandoned, not retried for ever.
+// searches lagging) meanwhile.
 func (f *Feed) prepareNext(ctx context.Context, g *generation) error {
 	if g.State == stateBuilding {
 		if err := f.buildLocked(ctx, g); err != nil {
@@ -354,13 +368,6 @@ func (f *Feed) prepareNext(ctx context.Context, g *generation) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	if gone, err := f.unusable(ctx, conn, g); err != nil || gone != "" {
-		if err == nil {
-			f.cfg.Logger.Warn("index generation abandoned before it went live: run `polyregion index rebuild` again", "generation", g.Gen, "missing", gone)
-			err = f.retire(ctx, conn, g, true)
-		}
-		return err
-	}
 	for {
 		if g.CatchUpLSN == 0 {
 			// Another round, or a generation made ready by an earlier
@@ -388,8 +395,8 @@ func (f *Feed) prepareNext(ctx context.Context, g *generation) error {
 // little to stream with the live stream stopped.
 const catchUpRound = 10 * time.Second
 
-// unusable names what a ready or building generation lacks for good: one
-// of its indices, or its slot once it has one.
+// unusable names what a ready generation lacks for good: one of its
+// indices, or its slot.
 func (f *Feed) unusable(ctx context.Context, conn *pgx.Conn, g *generation) (string, error) {
 	if g.State != stateReady {
 		return "", nil
