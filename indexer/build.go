@@ -111,7 +111,7 @@ func build(ctx context.Context, cfg Config, be Backend, g *generation) error {
 		}
 	}
 	// The generation streams its slot up to where the WAL is now before
-	// it may go live (Feed.catchUp).
+	// it may go live (Feed.prepareNext).
 	if g.CatchUpLSN, err = currentLSN(ctx, conn); err != nil {
 		return err
 	}

@@ -424,7 +424,7 @@ func (m *Membership) reseed(index uint64, c Command) error {
 	// A region re-seeded is emptied and loaded again: one loading its
 	// snapshot from it would resume from a region whose rows are gone.
 	for _, o := range m.Sorted() {
-		if m.rules() && o.Loading() && o.From == c.Region {
+		if o.Loading() && o.From == c.Region && m.rules() {
 			return refuse("region %s is loading its snapshot from %s: wait until it %s, or remove it first", o.ID, c.Region, map[MemberState]string{Joining: "joined", Reseeding: "is re-seeded"}[o.State])
 		}
 	}

@@ -80,10 +80,7 @@ type ChangeAnswer struct {
 const applyTimeout = 8 * time.Second
 
 func controlRoutes(routes map[string]http.Handler, cfg Config, n *control.Node) {
-	admin := ""
-	if cfg.Control != nil {
-		admin = cfg.Control.AdminToken
-	}
+	admin := cfg.adminToken()
 	changeHandler := func(n *control.Node, do func(ctx context.Context, body []byte) (regions.Result, error)) http.Handler {
 		return adminOnly(admin, "control changes", changeHandlerOf(n, cfg.Region, do))
 	}
@@ -230,6 +227,15 @@ func decodeStrict(body []byte, v any) error {
 		return badInput{err}
 	}
 	return nil
+}
+
+// adminToken is the token that lets control changes and conflict reports
+// through from other machines ("" when none is configured).
+func (c Config) adminToken() string {
+	if c.Control == nil {
+		return ""
+	}
+	return c.Control.AdminToken
 }
 
 // adminOnly lets a request for what (control changes, the conflict

@@ -392,20 +392,16 @@ func (rt *runtime) reload(cur, next Config) {
 	}
 }
 
-// reportPool returns the pool the conflict report reads through: at most
-// two sessions, opened on demand, with the settings of every replicator
-// session (search_path pinned).
 // reportHandler serves this region's conflict report. Reports carry row
 // images: they are served like control changes, to this machine or to a
 // request that presents the admin token, not to whatever reaches /health.
 func reportHandler(cfg Config, q audit.Querier) http.Handler {
-	admin := ""
-	if cfg.Control != nil {
-		admin = cfg.Control.AdminToken
-	}
-	return adminOnly(admin, "conflict report requests", audit.Handler(audit.DB{Name: "region " + string(cfg.Region), Q: q}))
+	return adminOnly(cfg.adminToken(), "conflict report requests", audit.Handler(audit.DB{Name: "region " + string(cfg.Region), Q: q}))
 }
 
+// reportPool returns the pool the conflict report reads through: at most
+// two sessions, opened on demand, with the settings of every replicator
+// session (search_path pinned).
 func reportPool(database string) (*pgxpool.Pool, error) {
 	pc, err := pgxpool.ParseConfig(database)
 	if err != nil {

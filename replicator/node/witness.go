@@ -69,6 +69,9 @@ func (c *WitnessConfig) Validate() error {
 		if r.URL == "" {
 			return fmt.Errorf("regions[%d] (%s): url is required", i, r.ID)
 		}
+		if err := link.CheckURL(r.URL, r.TLS); err != nil {
+			return fmt.Errorf("regions[%d] (%s): %w", i, r.ID, err)
+		}
 		if len(r.Token) < 16 {
 			return fmt.Errorf("regions[%d] (%s): token is required (a shared secret, at least 16 characters)", i, r.ID)
 		}
