@@ -95,13 +95,20 @@ func StartChangeStream(ctx context.Context, connString, app, who, slot string, f
 	if serverMajor(conn.ParameterStatus("server_version")) >= failoverSlotMajor {
 		// A slot created by an earlier release becomes a failover slot
 		// (see createSlot); it changes nothing where no standby syncs it.
-		if _, err := conn.Exec(ctx, "ALTER_REPLICATION_SLOT "+quoteIdent(slot)+" ( FAILOVER true )").ReadAll(); err != nil {
+		err := whileSlotHeld(ctx, slot, func() error {
+			_, err := conn.Exec(ctx, "ALTER_REPLICATION_SLOT "+quoteIdent(slot)+" ( FAILOVER true )").ReadAll()
+			return err
+		})
+		if err != nil {
 			conn.Close(context.Background())
 			return nil, fmt.Errorf("%s: make slot %s a failover slot: %w", who, slot, err)
 		}
 	}
 	args := PgoutputArgs(publication, messages, skipApplied && filtersOrigins(conn))
-	if err := pglogrepl.StartReplication(ctx, conn, slot, from, pglogrepl.StartReplicationOptions{PluginArgs: args}); err != nil {
+	err = whileSlotHeld(ctx, slot, func() error {
+		return pglogrepl.StartReplication(ctx, conn, slot, from, pglogrepl.StartReplicationOptions{PluginArgs: args})
+	})
+	if err != nil {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("%s: start replication on slot %s: %w", who, slot, err)
 	}

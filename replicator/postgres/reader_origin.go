@@ -12,7 +12,6 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -50,20 +49,12 @@ func filtersOrigins(conn *pgconn.PgConn) bool {
 // session of an earlier run may hold it for a moment after its connection
 // closed (the server ends the backend asynchronously): that is waited out.
 func markVersionsSession(ctx context.Context, conn *pgx.Conn) error {
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	err := whileInUse(ctx, 10*time.Second, func() error {
 		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, VersionsOrigin)
-		var pgErr *pgconn.PgError
-		if err == nil || !errors.As(err, &pgErr) || pgErr.Code != "55006" || time.Now().After(deadline) {
-			if err != nil {
-				return fmt.Errorf("reader: mark the versioning session with origin %s: %w", VersionsOrigin, err)
-			}
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("reader: mark the versioning session with origin %s: %w", VersionsOrigin, err)
 	}
+	return nil
 }
