@@ -15,7 +15,6 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -46,10 +45,10 @@ func filtersOrigins(conn *pgconn.PgConn) bool {
 }
 
 // markVersionsSession gives the reader's writing session VersionsOrigin. A
-// session of an earlier run may hold it for a moment after its connection
-// closed (the server ends the backend asynchronously): that is waited out.
+// session of an earlier run may hold it after its connection closed, until
+// its statement in progress ends (see inuse.go): that is waited out.
 func markVersionsSession(ctx context.Context, conn *pgx.Conn) error {
-	err := whileInUse(ctx, 10*time.Second, func() error {
+	err := whileInUse(ctx, slotHeldWait, func() error {
 		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, VersionsOrigin)
 		return err
 	})
