@@ -47,6 +47,15 @@ type fileConfig struct {
 	Control *controlFile `yaml:"control"`
 	// Join tunes the snapshots this region serves to regions joining from it.
 	Join joinFile `yaml:"join"`
+	// ConflictLog is the conflict_log: section.
+	ConflictLog conflictLogFile `yaml:"conflict_log"`
+}
+
+// conflictLogFile is the conflict_log: section.
+type conflictLogFile struct {
+	// Retention is how long the region keeps its conflict log records
+	// (default node.DefaultConflictRetention; 0s keeps them for good).
+	Retention *time.Duration `yaml:"retention"`
 }
 
 // joinFile is the join: section.
@@ -205,6 +214,11 @@ func (fc fileConfig) toNode() (node.Config, error) {
 
 		HTTPListen:      fc.HTTP.Listen,
 		ShutdownTimeout: fc.ShutdownTimeout,
+
+		ConflictRetention: node.DefaultConflictRetention,
+	}
+	if fc.ConflictLog.Retention != nil {
+		cfg.ConflictRetention = *fc.ConflictLog.Retention
 	}
 	health, err := fc.Health.toObs()
 	if err != nil {

@@ -5,6 +5,9 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/polyregion/polyregion/replicator/node"
 )
 
 const sequencesConfig = `region: us
@@ -39,5 +42,30 @@ func TestConfigSequencesPlan(t *testing.T) {
 	cfg, _, err = loadConfig(writeConfig(t, sequencesConfig))
 	if err != nil || cfg.Cluster.Sequences != nil {
 		t.Fatalf("no plan: %v, %+v", err, cfg.Cluster.Sequences)
+	}
+}
+
+// conflict_log.retention: 30 days when absent, 0s keeps every record, a
+// negative duration is refused naming the key.
+func TestConfigConflictLogRetention(t *testing.T) {
+	for _, c := range []struct {
+		extra string
+		want  time.Duration
+	}{
+		{"", node.DefaultConflictRetention},
+		{"conflict_log: {retention: 0s}\n", 0},
+		{"conflict_log: {retention: 36h}\n", 36 * time.Hour},
+	} {
+		cfg, _, err := loadConfig(writeConfig(t, sequencesConfig+c.extra))
+		if err != nil {
+			t.Fatalf("%q: %v", c.extra, err)
+		}
+		if cfg.ConflictRetention != c.want {
+			t.Errorf("%q: retention %s, want %s", c.extra, cfg.ConflictRetention, c.want)
+		}
+	}
+	_, _, err := loadConfig(writeConfig(t, sequencesConfig+"conflict_log: {retention: -1h}\n"))
+	if err == nil || !strings.Contains(err.Error(), "conflict_log.retention: must be 0") {
+		t.Fatalf("negative retention: %v", err)
 	}
 }

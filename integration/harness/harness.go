@@ -266,6 +266,8 @@ type RegionConfig struct {
 	Join map[string]string `yaml:"join,omitempty"`
 	// Witnesses are control-plane voters with no database.
 	Witnesses []PeerEntry `yaml:"witnesses,omitempty"`
+	// ConflictLog is the conflict_log: section (retention).
+	ConflictLog map[string]string `yaml:"conflict_log,omitempty"`
 }
 
 // ControlSection is the control: section (the control plane).

@@ -131,6 +131,11 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		defer wg.Done()
 		rt.reportFence(gctx, cfg)
 	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		rt.pruneConflicts(gctx, pool)
+	}()
 	stopping, readerWaitsEnd := make(chan struct{}), make(chan struct{})
 	for _, p := range cfg.Peers {
 		var onEpochs func([]regions.Epoch)

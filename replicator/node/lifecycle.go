@@ -38,6 +38,8 @@ type runtime struct {
 	mon      *obs.Monitor
 	reader   atomic.Pointer[postgres.Reader]
 	shutdown atomic.Int64 // ShutdownTimeout in force
+	// retention is the ConflictRetention in force.
+	retention atomic.Int64
 	// links serves the link address for the life of the process.
 	links *links
 	// control is the control plane (nil: not configured); ctx outlives
@@ -60,6 +62,8 @@ type runtime struct {
 }
 
 func (rt *runtime) shutdownTimeout() time.Duration { return time.Duration(rt.shutdown.Load()) }
+
+func (rt *runtime) conflictRetention() time.Duration { return time.Duration(rt.retention.Load()) }
 
 // Run runs the region's replicator until ctx ends or a part fails.
 //
@@ -86,6 +90,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	defer func() { err = red.Error(err) }()
 	rt := &runtime{log: cfg.Logger.With("region", string(cfg.Region)), red: red}
 	rt.shutdown.Store(int64(cfg.ShutdownTimeout))
+	rt.retention.Store(int64(cfg.ConflictRetention))
 	initialPeers := append([]Peer(nil), cfg.Peers...)
 	rt.peers.Store(&initialPeers)
 	initialWitnesses := append([]Peer(nil), cfg.Witnesses...)
@@ -378,6 +383,7 @@ func (rt *runtime) reload(cur, next Config) {
 		{"health.max_index_lag", old.MaxIndexLag, nh.MaxIndexLag},
 		{"health.stall_after", old.StallAfter, nh.StallAfter},
 		{"shutdown_timeout", rt.shutdownTimeout(), next.ShutdownTimeout},
+		{"conflict_log.retention", rt.conflictRetention(), next.ConflictRetention},
 	} {
 		if c.old != c.new {
 			changed = append(changed, c.key, fmt.Sprintf("%s -> %s", c.old, c.new))
@@ -385,6 +391,7 @@ func (rt *runtime) reload(cur, next Config) {
 	}
 	rt.mon.SetHealth(nh)
 	rt.shutdown.Store(int64(next.ShutdownTimeout))
+	rt.retention.Store(int64(next.ConflictRetention))
 	if len(changed) > 0 {
 		rt.log.Info("config reload: applied", changed...)
 	} else {

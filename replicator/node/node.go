@@ -75,6 +75,10 @@ type Config struct {
 	// IndexLag, when set, reports how far the regional search index is
 	// behind; health and metrics use it. nil: no index.
 	IndexLag IndexLag
+	// ConflictRetention is how long conflict log records are kept (0: for
+	// good); older ones are deleted as the region runs. A reload applies
+	// it.
+	ConflictRetention time.Duration
 	// ShutdownTimeout bounds a graceful stop (default 30s): past it, work in
 	// flight is abandoned (it is redone after a restart) and Run returns
 	// ErrShutdownDeadline.
@@ -131,6 +135,9 @@ func (c *Config) Validate() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	if c.ConflictRetention < 0 {
+		return fmt.Errorf("conflict_log.retention: must be 0 (keep every record) or positive, got %s", c.ConflictRetention)
 	}
 	if c.HTTPListen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {

@@ -27,10 +27,11 @@ const (
 	ErrDataPlane      = "data_plane"      // reader or link server failed; the data plane restarts
 	ErrProbe          = "probe"           // the local database did not answer a health probe
 	ErrTombstones     = "tombstones"      // a watermark/tombstone round failed
+	ErrConflictLog    = "conflict_log"    // records past the conflict log's retention could not be deleted
 )
 
 // ErrorKinds lists every error kind.
-var ErrorKinds = []string{ErrLink, ErrApply, ErrApplyRetry, ErrConfigMismatch, ErrUnauthorized, ErrTooFarBehind, ErrDataPlane, ErrProbe, ErrTombstones}
+var ErrorKinds = []string{ErrLink, ErrApply, ErrApplyRetry, ErrConfigMismatch, ErrUnauthorized, ErrTooFarBehind, ErrDataPlane, ErrProbe, ErrTombstones, ErrConflictLog}
 
 // Health states as /health and polyregion_health_status name them.
 const (
