@@ -18,10 +18,12 @@ import (
 
 // Embedded is the zero-setup backend: bleve indices in a local directory,
 // searched through SearchHandler. Each document's source and version are
-// kept beside its index (the version also after a delete), so the same
-// ordering rules hold as for the external engines.
+// kept beside its index (the version also for an hour after a delete; see
+// embedded_deletes.go), so the same ordering rules hold as for the
+// external engines.
 type Embedded struct {
 	dir string
+	now func() time.Time
 
 	mu      sync.Mutex
 	open    map[string]*physical // physical name -> index
@@ -32,10 +34,12 @@ type Embedded struct {
 
 // physical is one physical index: bleve's inverted index for searches, and
 // beside it a bolt file with each document's source and version (deleted
-// documents keep their version), written in one transaction per batch.
+// documents keep their version for a while), written in one transaction
+// per batch.
 type physical struct {
 	idx  bleve.Index
 	meta *bbolt.DB
+	now  func() time.Time
 }
 
 var (
@@ -48,8 +52,10 @@ func (p *physical) close() error {
 }
 
 // openMeta opens (creating) a physical index's document store; another
-// process holding it is an error after a second, not a hang.
-func openMeta(path string) (*bbolt.DB, error) {
+// process holding it is an error after a second, not a hang. A store
+// written before deletions were listed has its deletions listed as made
+// at now.
+func openMeta(path string, now time.Time) (*bbolt.DB, error) {
 	db, err := bbolt.Open(path, 0o640, &bbolt.Options{Timeout: time.Second})
 	if err != nil {
 		return nil, fmt.Errorf("embedded index store %s: %w", path, err)
@@ -60,7 +66,7 @@ func openMeta(path string) (*bbolt.DB, error) {
 				return err
 			}
 		}
-		return nil
+		return listDeleted(tx, now)
 	})
 	if err != nil {
 		_ = db.Close()
@@ -80,7 +86,7 @@ func OpenEmbedded(dir string) (*Embedded, error) {
 	if err := os.MkdirAll(dir, 0o750); err != nil {
 		return nil, fmt.Errorf("search.dir: %w", err)
 	}
-	e := &Embedded{dir: dir, open: map[string]*physical{}, aliases: map[string]string{}, views: map[string]*view{}}
+	e := &Embedded{dir: dir, now: time.Now, open: map[string]*physical{}, aliases: map[string]string{}, views: map[string]*view{}}
 	b, err := os.ReadFile(e.aliasFile())
 	switch {
 	case err == nil:
@@ -116,7 +122,7 @@ func (e *Embedded) index(name string) (*physical, error) {
 	if _, err := os.Stat(e.path(name)); err != nil {
 		return nil, fmt.Errorf("open embedded index %s: %w", name, err)
 	}
-	meta, err := openMeta(e.metaPath(name))
+	meta, err := openMeta(e.metaPath(name), e.now())
 	if err != nil {
 		return nil, err
 	}
@@ -125,7 +131,7 @@ func (e *Embedded) index(name string) (*physical, error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("open embedded index %s: %w", name, err)
 	}
-	p := &physical{idx: idx, meta: meta}
+	p := &physical{idx: idx, meta: meta, now: e.now}
 	e.open[name] = p
 	return p, nil
 }
@@ -138,7 +144,7 @@ func (e *Embedded) CreateIndex(_ context.Context, name string, m map[string]any)
 	if _, err := os.Stat(e.path(name)); err == nil {
 		return nil
 	}
-	meta, err := openMeta(e.metaPath(name))
+	meta, err := openMeta(e.metaPath(name), e.now())
 	if err != nil {
 		return err
 	}
@@ -147,7 +153,7 @@ func (e *Embedded) CreateIndex(_ context.Context, name string, m map[string]any)
 		_ = meta.Close()
 		return fmt.Errorf("create embedded index %s: %w", name, err)
 	}
-	e.open[name] = &physical{idx: idx, meta: meta}
+	e.open[name] = &physical{idx: idx, meta: meta, now: e.now}
 	return nil
 }
 
@@ -295,11 +301,13 @@ func bulkParts(ops []Op, idx []int, maxBytes int) [][]int {
 }
 
 // apply writes the operations at idx (positions in ops) to one physical
-// index: sources and versions first, in one bolt transaction, then the
-// inverted index in one bleve batch.
+// index: sources and versions first, in one bolt transaction (which also
+// drops versions of documents deleted long enough ago), then the inverted
+// index in one bleve batch.
 func (p *physical) apply(ops []Op, idx []int) ([]Rejection, error) {
 	var rejected []Rejection
 	b := p.idx.NewBatch()
+	now := p.now()
 	err := p.meta.Update(func(tx *bbolt.Tx) error {
 		vb, sb := tx.Bucket(bucketVersion), tx.Bucket(bucketSource)
 		for _, i := range idx {
@@ -331,8 +339,13 @@ func (p *physical) apply(ops []Op, idx []int) ([]Rejection, error) {
 			if err := vb.Put([]byte(op.ID), v[:]); err != nil {
 				return err
 			}
+			if op.Delete {
+				if err := noteDeleted(tx, now, []byte(op.ID), v[:]); err != nil {
+					return err
+				}
+			}
 		}
-		return nil
+		return purgeDeleted(tx, now.Add(-deletedVersionsKept), purgePerBatch)
 	})
 	if err != nil {
 		return nil, err
