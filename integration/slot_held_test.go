@@ -1,6 +1,8 @@
 package integration
 
 import (
+	"context"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -12,8 +14,11 @@ import (
 // walsender is busy leaves that walsender holding the region's slot until
 // the server notices the connection gone. The replicator started again
 // meanwhile must wait for the slot, not exit (it did: "replication slot is
-// active for PID", and the region stopped replicating). Here a session of
-// the test holds the slot for a few seconds after the restart.
+// active for PID", and the region stopped replicating). Its appliers'
+// sessions, in the middle of a statement, hold their replication origins
+// the same way: the applier waits too, rather than failing its link. Here
+// sessions of the test hold the slot and an origin for a few seconds after
+// the restart.
 func TestAReplicatorWaitsOutASlotStillHeld(t *testing.T) {
 	h := startRegions(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: kvSchema, Tables: []TableSpec{{Name: "public.kv"}}})
 	ctx := ctxFor(t, 3*time.Minute)
@@ -29,18 +34,31 @@ func TestAReplicatorWaitsOutASlotStillHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer holder.Close()
+	// The origin eu's applier of us's changes takes, held the same way.
+	origin, err := eu.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer origin.Close(context.Background())
+	if _, err := origin.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, postgres.OriginName(us.Name)); err != nil {
+		t.Fatal(err)
+	}
 	if err := eu.StartReplicator(); err != nil {
-		holder.Close()
 		t.Fatal(err)
 	}
 	mustExec(t, ctx, eu, `INSERT INTO public.kv (id, val) VALUES (2, 'while held')`)
 	time.Sleep(4 * time.Second)
 	running := eu.Running()
 	holder.Close()
+	origin.Close(context.Background())
 	if !running {
 		t.Fatalf("eu's replicator exited while its slot was held:\n%s", eu.Logs(2000))
 	}
 	mustExec(t, ctx, us, `INSERT INTO public.kv (id, val) VALUES (3, 'after')`)
 	waitRow(t, ctx, us, `SELECT count(*) FROM public.kv`, 3)
 	waitRow(t, ctx, eu, `SELECT count(*) FROM public.kv`, 3)
+	if logs := eu.Logs(1 << 20); strings.Contains(logs, "already active") {
+		t.Fatalf("eu's applier failed on the origin held, rather than waiting for it:\n%s", logs)
+	}
 }

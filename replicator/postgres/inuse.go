@@ -2,7 +2,8 @@ package postgres
 
 // Objects an earlier session of this replicator may still hold. The server
 // ends a backend asynchronously: after a replicator is killed, its
-// walsender keeps the replication slot until it notices the connection
+// walsender keeps the replication slot, and a session in the middle of a
+// statement its replication origin, until it notices the connection
 // gone, which takes from a moment (an idle walsender) to
 // wal_sender_timeout (60 s by default; one busy decoding a large
 // transaction notices only when it next writes). A session that starts
@@ -17,10 +18,10 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
-// slotHeldWait bounds the wait for a replication slot another session
-// holds: beyond the default wal_sender_timeout, the holder is not a session
-// the server is about to end but a live one (a second replicator for the
-// same region, or a tool reading the slot).
+// slotHeldWait bounds the wait for a replication slot or origin another
+// session holds: beyond the default wal_sender_timeout, the holder is not
+// a session the server is about to end but a live one (a second
+// replicator for the same region, or a tool reading the slot).
 const slotHeldWait = 90 * time.Second
 
 // inUseRetry is the pause between attempts.
