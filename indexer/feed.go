@@ -240,6 +240,13 @@ func (f *Feed) step(ctx context.Context) error {
 	if err := prepare(ctx, conn, f.cfg.Region, f.cfg.Indices); err != nil {
 		return err
 	}
+	dropped, err := dropRetiredSlots(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if len(dropped) > 0 {
+		f.cfg.Logger.Info("slots of retired index generations dropped", "slots", dropped)
+	}
 	gens, err := loadGenerations(ctx, conn)
 	if err != nil {
 		return err
@@ -335,14 +342,23 @@ func (f *Feed) step(ctx context.Context) error {
 		go func() {
 			defer f.building.Store(false)
 			err := f.prepareNext(ctx, next)
-			if err != nil && ctx.Err() == nil && !errors.Is(err, errBuildElsewhere) {
+			if err == nil || ctx.Err() != nil {
+				return
+			}
+			// Not at once: the live stream hands back to step (which
+			// tries again) when nothing builds or catches up the newest
+			// generation. Another process building it (index rebuild)
+			// is looked at again less often: if it died, its lock is
+			// gone by then and this feed takes the build over.
+			wait := 5 * time.Second
+			if errors.Is(err, errBuildElsewhere) {
+				wait = 10 * time.Second
+			} else {
 				f.cfg.Logger.Warn("index rebuild interrupted; it resumes", "generation", next.Gen, "err", err)
-				// Not at once: the live stream hands back to step when
-				// nothing feeds a ready generation.
-				select {
-				case <-ctx.Done():
-				case <-time.After(5 * time.Second):
-				}
+			}
+			select {
+			case <-ctx.Done():
+			case <-time.After(wait):
 			}
 		}()
 	}

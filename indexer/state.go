@@ -12,6 +12,8 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
 // The feed's durable state lives in the replicator's schema:
@@ -140,6 +142,29 @@ func prepare(ctx context.Context, conn *pgx.Conn, region string, specs []IndexSp
 	return nil
 }
 
+// dropRetiredSlots drops the slots of retired generations that no session
+// uses and returns their names: a retirement interrupted between marking
+// the generation and dropping its slot (a kill, the slot still held) left
+// them, holding WAL for ever. One in use is left to the next step.
+func dropRetiredSlots(ctx context.Context, conn *pgx.Conn) ([]string, error) {
+	rows, err := conn.Query(ctx, `SELECT g.slot FROM polyregion.index_generation g
+		JOIN pg_catalog.pg_replication_slots r ON r.slot_name = g.slot
+		WHERE g.state = 'retired' AND NOT r.active ORDER BY g.gen`)
+	if err != nil {
+		return nil, fmt.Errorf("slots of retired index generations: %w", err)
+	}
+	slots, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("slots of retired index generations: %w", err)
+	}
+	for _, s := range slots {
+		if err := dropSlot(ctx, conn, s); err != nil {
+			return nil, err
+		}
+	}
+	return slots, nil
+}
+
 func loadGenerations(ctx context.Context, conn *pgx.Conn) ([]*generation, error) {
 	rows, err := conn.Query(ctx, `SELECT gen, state, slot, coalesce(start_lsn::text, ''), coalesce(catch_up_lsn::text, ''), indices, fingerprint, progress
 		FROM polyregion.index_generation WHERE state <> 'retired' ORDER BY gen`)
@@ -206,9 +231,13 @@ func (g *generation) save(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// dropSlot removes a generation's slot; a missing slot is no error.
+// dropSlot removes a generation's slot; a missing slot is no error. A
+// walsender of an earlier run still holding it is waited out.
 func dropSlot(ctx context.Context, conn *pgx.Conn, slot string) error {
-	_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot)
+	err := postgres.WhileSlotHeld(ctx, slot, func() error {
+		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_drop_replication_slot(slot_name) FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("drop slot %s: %w", slot, err)
 	}

@@ -160,27 +160,22 @@ func (s *streamer) run(ctx context.Context) error {
 }
 
 // poll refreshes the lag and reports whether step has a newer generation
-// to see to: one ready and caught up (to switch to), or one ready that
-// nothing catches up.
+// to see to: one ready and caught up (to switch to), or one building or
+// ready that nothing builds or catches up (an attempt failed: step tries
+// again).
 func (s *streamer) poll(ctx context.Context) (bool, error) {
 	var behind int64
-	var ready, caught bool
-	// Only the newest generation counts: it is the one step sees to (an
-	// older one is abandoned there).
-	err := s.conn.QueryRow(ctx, `WITH newest AS (SELECT g.state, g.catch_up_lsn, r.confirmed_flush_lsn
-			FROM polyregion.index_generation g LEFT JOIN pg_catalog.pg_replication_slots r ON r.slot_name = g.slot
-			WHERE g.state IN ('building', 'ready') AND g.gen > $2 ORDER BY g.gen DESC LIMIT 1)
-		SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
+	var pending bool
+	err := s.conn.QueryRow(ctx, `SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
 			FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), 0),
-		EXISTS (SELECT 1 FROM newest WHERE state = 'ready'),
-		EXISTS (SELECT 1 FROM newest WHERE state = 'ready' AND confirmed_flush_lsn >= catch_up_lsn)`, s.g.Slot, s.g.Gen).Scan(&behind, &ready, &caught)
+		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state IN ('building', 'ready') AND gen > $2)`, s.g.Slot, s.g.Gen).Scan(&behind, &pending)
 	if err != nil {
 		return false, fmt.Errorf("index feed: lag: %w", err)
 	}
-	// Handed back once this feed's catch-up has ended (caught up, or to
-	// be started or retried): its last round may still be going when the
-	// slot passes the target it started with.
-	ready = (caught || ready) && !s.f.building.Load()
+	// Handed back once this feed's build or catch-up has ended (caught
+	// up, or to be started or retried): its last round may still be going
+	// when the slot passes the target it started with.
+	ready := pending && !s.f.building.Load()
 	f := s.f
 	// An idle feed asks the engine too, so an engine that went away shows
 	// (as an unknown lag) before a change needs it.

@@ -95,7 +95,7 @@ func StartChangeStream(ctx context.Context, connString, app, who, slot string, f
 	if serverMajor(conn.ParameterStatus("server_version")) >= failoverSlotMajor {
 		// A slot created by an earlier release becomes a failover slot
 		// (see createSlot); it changes nothing where no standby syncs it.
-		err := whileSlotHeld(ctx, slot, func() error {
+		err := WhileSlotHeld(ctx, slot, func() error {
 			_, err := conn.Exec(ctx, "ALTER_REPLICATION_SLOT "+quoteIdent(slot)+" ( FAILOVER true )").ReadAll()
 			return err
 		})
@@ -105,7 +105,7 @@ func StartChangeStream(ctx context.Context, connString, app, who, slot string, f
 		}
 	}
 	args := PgoutputArgs(publication, messages, skipApplied && filtersOrigins(conn))
-	err = whileSlotHeld(ctx, slot, func() error {
+	err = WhileSlotHeld(ctx, slot, func() error {
 		return pglogrepl.StartReplication(ctx, conn, slot, from, pglogrepl.StartReplicationOptions{PluginArgs: args})
 	})
 	if err != nil {

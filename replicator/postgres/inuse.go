@@ -45,9 +45,9 @@ func whileInUse(ctx context.Context, bound time.Duration, op func() error) error
 	}
 }
 
-// whileSlotHeld runs op, an acquisition of slot, waiting out a holder of
+// WhileSlotHeld runs op, an acquisition of slot, waiting out a holder of
 // the slot for up to slotHeldWait; past that the error says what holds it.
-func whileSlotHeld(ctx context.Context, slot string, op func() error) error {
+func WhileSlotHeld(ctx context.Context, slot string, op func() error) error {
 	err := whileInUse(ctx, slotHeldWait, op)
 	if inUse(err) {
 		return fmt.Errorf("slot %s is still held by another session after %s; is a second replicator running for this region? %w", slot, slotHeldWait, err)
