@@ -50,7 +50,7 @@ func TestAReplicatorWaitsOutASlotStillHeld(t *testing.T) {
 	mustExec(t, ctx, eu, `INSERT INTO public.kv (id, val) VALUES (2, 'while held')`)
 	time.Sleep(4 * time.Second)
 	running := eu.Running()
-	holder.Close()
+	holder.Close() // both let go; the deferred closes then do nothing
 	origin.Close(context.Background())
 	if !running {
 		t.Fatalf("eu's replicator exited while its slot was held:\n%s", eu.Logs(2000))

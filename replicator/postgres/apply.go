@@ -199,13 +199,7 @@ func NewApplier(ctx context.Context, cfg ApplierConfig) (*Applier, error) {
 	if err != nil {
 		return nil, fmt.Errorf("applier for %s: %w", cfg.Source, err)
 	}
-	// A session of an earlier run may still hold the origin until its
-	// statement in progress ends (see inuse.go).
-	err = whileInUse(ctx, slotHeldWait, func() error {
-		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, OriginName(string(cfg.Source)))
-		return err
-	})
-	if err != nil {
+	if err := takeOrigin(ctx, conn, OriginName(string(cfg.Source))); err != nil {
 		conn.Close(context.Background())
 		return nil, fmt.Errorf("applier for %s: set up replication origin: %w", cfg.Source, err)
 	}

@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 )
 
@@ -53,6 +54,16 @@ func WhileSlotHeld(ctx context.Context, slot string, op func() error) error {
 		return fmt.Errorf("slot %s is still held by another session after %s; is a second replicator running for this region? %w", slot, slotHeldWait, err)
 	}
 	return err
+}
+
+// takeOrigin gives conn's session the replication origin named origin,
+// waiting out a session of an earlier run that still holds it for up to
+// slotHeldWait.
+func takeOrigin(ctx context.Context, conn *pgx.Conn, origin string) error {
+	return whileInUse(ctx, slotHeldWait, func() error {
+		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, origin)
+		return err
+	})
 }
 
 func inUse(err error) bool {

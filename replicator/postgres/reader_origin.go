@@ -48,11 +48,7 @@ func filtersOrigins(conn *pgconn.PgConn) bool {
 // session of an earlier run may hold it after its connection closed, until
 // its statement in progress ends (see inuse.go): that is waited out.
 func markVersionsSession(ctx context.Context, conn *pgx.Conn) error {
-	err := whileInUse(ctx, slotHeldWait, func() error {
-		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, VersionsOrigin)
-		return err
-	})
-	if err != nil {
+	if err := takeOrigin(ctx, conn, VersionsOrigin); err != nil {
 		return fmt.Errorf("reader: mark the versioning session with origin %s: %w", VersionsOrigin, err)
 	}
 	return nil

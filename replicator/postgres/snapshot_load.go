@@ -198,11 +198,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_replication_origin WHERE roname = $1)`, OriginName(h.Source)); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: replication origin: %w", err)
 	}
-	err = whileInUse(ctx, slotHeldWait, func() error { // see inuse.go
-		_, err := conn.Exec(ctx, `SELECT pg_catalog.pg_replication_origin_session_setup($1)`, OriginName(h.Source))
-		return err
-	})
-	if err != nil {
+	if err := takeOrigin(ctx, conn, OriginName(h.Source)); err != nil {
 		return h, sum, fmt.Errorf("load snapshot: replication origin: %w", err)
 	}
 	l := loader{conn: conn, br: br, cr: cr, cfg: cfg, h: h, own: own, positions: positions, resume: resume, rows: map[string]int64{}}
