@@ -39,7 +39,6 @@ type Embedded struct {
 type physical struct {
 	idx  bleve.Index
 	meta *bbolt.DB
-	now  func() time.Time
 }
 
 var (
@@ -131,7 +130,7 @@ func (e *Embedded) index(name string) (*physical, error) {
 		_ = meta.Close()
 		return nil, fmt.Errorf("open embedded index %s: %w", name, err)
 	}
-	p := &physical{idx: idx, meta: meta, now: e.now}
+	p := &physical{idx: idx, meta: meta}
 	e.open[name] = p
 	return p, nil
 }
@@ -153,7 +152,7 @@ func (e *Embedded) CreateIndex(_ context.Context, name string, m map[string]any)
 		_ = meta.Close()
 		return fmt.Errorf("create embedded index %s: %w", name, err)
 	}
-	e.open[name] = &physical{idx: idx, meta: meta, now: e.now}
+	e.open[name] = &physical{idx: idx, meta: meta}
 	return nil
 }
 
@@ -270,7 +269,7 @@ func (e *Embedded) Bulk(_ context.Context, ops []Op) ([]Rejection, error) {
 			return nil, err
 		}
 		for _, part := range bulkParts(ops, byIndex[name], embeddedBatchBytes) {
-			rej, err := p.apply(ops, part)
+			rej, err := p.apply(ops, part, e.now())
 			if err != nil {
 				return nil, fmt.Errorf("embedded index %s: %w", name, err)
 			}
@@ -302,12 +301,11 @@ func bulkParts(ops []Op, idx []int, maxBytes int) [][]int {
 
 // apply writes the operations at idx (positions in ops) to one physical
 // index: sources and versions first, in one bolt transaction (which also
-// drops versions of documents deleted long enough ago), then the inverted
-// index in one bleve batch.
-func (p *physical) apply(ops []Op, idx []int) ([]Rejection, error) {
+// drops versions of documents deleted long enough before now), then the
+// inverted index in one bleve batch.
+func (p *physical) apply(ops []Op, idx []int, now time.Time) ([]Rejection, error) {
 	var rejected []Rejection
 	b := p.idx.NewBatch()
-	now := p.now()
 	err := p.meta.Update(func(tx *bbolt.Tx) error {
 		vb, sb := tx.Bucket(bucketVersion), tx.Bucket(bucketSource)
 		for _, i := range idx {
