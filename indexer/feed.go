@@ -345,20 +345,18 @@ func (f *Feed) step(ctx context.Context) error {
 			if err == nil || ctx.Err() != nil {
 				return
 			}
-			// Not at once: the live stream hands back to step (which
-			// tries again) when nothing builds or catches up the newest
-			// generation. Another process building it (index rebuild)
-			// is looked at again less often: if it died, its lock is
-			// gone by then and this feed takes the build over.
-			wait := 5 * time.Second
+			// The live stream hands back to step (which tries again)
+			// when nothing builds or catches up the newest generation:
+			// after a failure, not at once; while another process
+			// builds it (index rebuild), once its build lock is free
+			// (it finished, or died and this feed takes the build over).
 			if errors.Is(err, errBuildElsewhere) {
-				wait = 10 * time.Second
-			} else {
-				f.cfg.Logger.Warn("index rebuild interrupted; it resumes", "generation", next.Gen, "err", err)
+				return
 			}
+			f.cfg.Logger.Warn("index rebuild interrupted; it resumes", "generation", next.Gen, "err", err)
 			select {
 			case <-ctx.Done():
-			case <-time.After(wait):
+			case <-time.After(5 * time.Second):
 			}
 		}()
 	}

@@ -162,13 +162,18 @@ func (s *streamer) run(ctx context.Context) error {
 // poll refreshes the lag and reports whether step has a newer generation
 // to see to: one ready and caught up (to switch to), or one building or
 // ready that nothing builds or catches up (an attempt failed: step tries
-// again).
+// again). While another process holds the build lock (`index rebuild`
+// builds), the live stream runs on: step would only find it held again.
 func (s *streamer) poll(ctx context.Context) (bool, error) {
 	var behind int64
 	var pending bool
 	err := s.conn.QueryRow(ctx, `SELECT coalesce((SELECT pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), confirmed_flush_lsn)::bigint
 			FROM pg_catalog.pg_replication_slots WHERE slot_name = $1), 0),
-		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state IN ('building', 'ready') AND gen > $2)`, s.g.Slot, s.g.Gen).Scan(&behind, &pending)
+		EXISTS (SELECT 1 FROM polyregion.index_generation WHERE state IN ('building', 'ready') AND gen > $2)
+		AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND granted
+			AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+			AND classid = $3::oid AND objid = $4::oid AND objsubid = 1)`,
+		s.g.Slot, s.g.Gen, uint32(buildLockKey>>32), uint32(buildLockKey&0xffffffff)).Scan(&behind, &pending)
 	if err != nil {
 		return false, fmt.Errorf("index feed: lag: %w", err)
 	}

@@ -17,7 +17,7 @@ import (
 // generation was never built until the feed restarted. And the slot of a
 // retired generation (its retirement interrupted before the slot was
 // dropped) is dropped when the feed starts, instead of holding WAL for
-// ever.
+// ever. While the lock is held, the live stream is not restarted.
 func TestIndexRebuildRetriedAndRetiredSlotsDropped(t *testing.T) {
 	ctx, d := indexedDocs(t, 2000, 500)
 	r, be := d.r, d.be
@@ -65,7 +65,20 @@ func TestIndexRebuildRetriedAndRetiredSlotsDropped(t *testing.T) {
 	waitFor(ctx, t, 30*time.Second, "a generation building beside the live one", func() bool {
 		return count(`SELECT count(*) FROM polyregion.index_generation WHERE state = 'building' AND gen > 100`) == 1
 	})
-	time.Sleep(2 * time.Second)
+	// While the lock's holder builds (as `index rebuild` would), the live
+	// stream runs on in one session: before, it was stopped and started
+	// again every 10 s to look at the build again.
+	livePID := `SELECT coalesce((SELECT s.active_pid FROM pg_catalog.pg_replication_slots s
+		JOIN polyregion.index_generation g ON g.slot = s.slot_name WHERE g.state = 'live'), 0)`
+	waitFor(ctx, t, 30*time.Second, "the live generation streaming", func() bool { return count(livePID) != 0 })
+	pid := count(livePID)
+	deadline := time.Now().Add(14 * time.Second)
+	for time.Now().Before(deadline) {
+		if now := count(livePID); now != pid {
+			t.Fatalf("the live stream was restarted (walsender %d, then %d) while another session held the build lock", pid, now)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	lock.Close(context.Background())
 	waitFor(ctx, t, time.Minute, "the rebuilt generation live", func() bool {
 		return count(`SELECT count(*) FROM polyregion.index_generation WHERE state = 'live' AND gen > 100`) == 1
