@@ -119,6 +119,14 @@ func TestConflictReportAcrossRegions(t *testing.T) {
 		if row.A.HLC >= row.B.HLC || row.A.Version == "" || row.B.Version == "" {
 			t.Errorf("%s: sides a=%+v b=%+v", id, row.A, row.B)
 		}
+		// The row images, read for the listed rows from the log that
+		// logged each first.
+		if id == `public.kv ["1"]` && (!strings.Contains(string(row.A.Row), `us <b>&</b>`) || !strings.Contains(string(row.B.Row), `"eu"`)) {
+			t.Errorf("%s: row images a=%s b=%s, want us's and eu's values", id, row.A.Row, row.B.Row)
+		}
+		if id == `public.kv ["3"]` && (string(row.A.Row) != "null" || !strings.Contains(string(row.B.Row), `ap-after-delete`)) {
+			t.Errorf("%s: row images a=%s b=%s, want us's delete (null) and ap's update", id, row.A.Row, row.B.Row)
+		}
 	}
 	if len(rep.Rows) != 4 {
 		t.Errorf("%d detail rows, want 4", len(rep.Rows))

@@ -113,7 +113,7 @@ Exit codes: 0 ok, 1 a database could not be read, 2 bad flags or config.`,
 	fl.StringVar(&region, "region", "", "only conflicts in which either write came from this region")
 	fl.StringVar(&pair, "pair", "", "only conflicts between writes of these two regions (a,b)")
 	fl.StringVar(&format, "format", audit.FormatTable, "output format: "+strings.Join(audit.Formats, ", "))
-	fl.IntVar(&limit, "limit", 100, "detail rows to show, newest first (0: all)")
+	fl.IntVar(&limit, "limit", audit.DefaultLimit, "detail rows to show, lost writes first, then newest first (0: all)")
 	fl.StringVarP(&output, "output", "o", "", "write the report to this file instead of standard output")
 	return cmd
 }

@@ -138,12 +138,17 @@ const (
 // Formats lists the formats in the order help texts name them.
 var Formats = []string{FormatTable, FormatCSV, FormatJSON, FormatHTML}
 
+// DefaultLimit is how many detail rows a report lists unless told
+// otherwise (limit=0 lists them all).
+const DefaultLimit = 100
+
 // ParseQuery reads filters and a format from URL query parameters: since,
-// until, table, region, pair, limit, format (default json). Unknown
+// until, table, region, pair, limit (default DefaultLimit), format
+// (default json). Unknown
 // parameters are refused, so a misspelt filter never silently widens a
 // report.
 func ParseQuery(q url.Values, now time.Time) (Filters, string, error) {
-	var f Filters
+	f := Filters{Limit: DefaultLimit}
 	format := FormatJSON
 	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(q)) {
