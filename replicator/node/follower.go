@@ -98,6 +98,20 @@ const (
 // errStopping ends a follower's stream between batches on a graceful stop.
 var errStopping = errors.New("stopping")
 
+// errStoppedBeforeSetup: a graceful stop came while the applier's session
+// was being set up (waiting for its replication origin).
+var errStoppedBeforeSetup = errors.New("stopped before the applier's session was set up")
+
+// stopped reports whether a graceful stop has begun.
+func (f *follower) stopped() bool {
+	select {
+	case <-f.stop:
+		return true
+	default:
+		return false
+	}
+}
+
 // errPeerRemoved ends a follower's stream once the cluster removed its
 // peer: nothing more of it is applied.
 var errPeerRemoved = errors.New("the cluster removed the peer")
@@ -125,6 +139,10 @@ func (f *follower) run(ctx context.Context) {
 		}
 		if errors.Is(err, errPeerRemoved) {
 			continue
+		}
+		if errors.Is(err, errStoppedBeforeSetup) {
+			f.log.Info("follower stopped before its session was set up: nothing was in flight")
+			return
 		}
 		if errors.Is(err, errStopping) || errors.Is(err, postgres.ErrApplyStopped) {
 			seq := f.applied.Load()
@@ -189,7 +207,11 @@ func (f *follower) run(ctx context.Context) {
 }
 
 func (f *follower) once(ctx context.Context) error {
-	applier, err := postgres.NewApplier(ctx, postgres.ApplierConfig{
+	// Setting up may wait for a session of an earlier run to let go of
+	// the replication origin; a graceful stop ends that wait.
+	setup, setUp := postgres.WithStop(ctx, f.stop)
+	defer setUp()
+	applier, err := postgres.NewApplier(setup, postgres.ApplierConfig{
 		Region: f.cfg.Region, Source: f.peer.ID, ConnString: f.cfg.Database, Cluster: f.cfg.Cluster,
 		Versioner: f.reader, Logger: f.log, Order: f.shared.order, Claims: f.shared.claims, Waiting: f.cfg.waiting, ReaderWaitsEnd: f.readerWaitsEnd,
 		OnCommit: func(s postgres.CommitStats) {
@@ -203,7 +225,11 @@ func (f *follower) once(ctx context.Context) error {
 		OnReaderWait: func(d time.Duration, holdingRows bool) { f.mon.Metrics().ReaderWait(string(f.peer.ID), d, holdingRows) },
 		OnClaimWait:  func(d time.Duration) { f.mon.Metrics().ClaimWait(string(f.peer.ID), d) },
 	})
+	setUp()
 	if err != nil {
+		if f.stopped() && ctx.Err() == nil {
+			return errStoppedBeforeSetup
+		}
 		return applyFailed{err}
 	}
 	defer applier.Close()

@@ -70,3 +70,19 @@ func inUse(err error) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == "55006"
 }
+
+// WithStop returns a context that also ends when stop is closed: a wait
+// for a held slot or origin at start ends with a graceful stop instead of
+// holding it up to its deadline. Cancel it once the wait is over (what it
+// started must not depend on it afterwards).
+func WithStop(ctx context.Context, stop <-chan struct{}) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-stop:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}

@@ -247,9 +247,14 @@ func (r *Reader) Run(ctx context.Context) error {
 		return err
 	}
 
-	stream, err := StartChangeStream(ctx, r.cfg.ConnString, "polyregion-reader", "reader", SlotName(string(r.cfg.Region)), st.lsn,
+	sctx, started := WithStop(ctx, r.stop)
+	stream, err := StartChangeStream(sctx, r.cfg.ConnString, "polyregion-reader", "reader", SlotName(string(r.cfg.Region)), st.lsn,
 		PublicationName(string(r.cfg.Region)), true, true)
+	started()
 	if err != nil {
+		if r.stopping() && ctx.Err() == nil {
+			return nil // stopped while waiting for its slot: nothing decoded, nothing to save
+		}
 		return err
 	}
 	defer stream.Close()
