@@ -476,22 +476,32 @@ func caughtUp(ctx context.Context, conn *pgx.Conn, g *generation) (bool, error) 
 	return ok, nil
 }
 
-// buildLocked builds a generation holding the build lock on its own
-// session.
+// buildLocked builds a generation holding the build lock.
 func (f *Feed) buildLocked(ctx context.Context, g *generation) error {
-	lconn, err := postgres.Connect(ctx, f.cfg.Database)
+	release, err := lockBuild(ctx, f.cfg.Database)
 	if err != nil {
 		return err
 	}
-	defer lconn.Close(context.Background())
-	ok, err := tryBuildLock(ctx, lconn)
-	if err != nil {
-		return err
-	}
-	if !ok {
-		return errBuildElsewhere
-	}
+	defer release()
 	return build(ctx, f.cfg, f.be, g)
+}
+
+// lockBuild takes the build lock on a session of its own (errBuildElsewhere
+// when another holds it); release ends the session and so the lock.
+func lockBuild(ctx context.Context, database string) (release func(), err error) {
+	lconn, err := postgres.Connect(ctx, database)
+	if err != nil {
+		return nil, err
+	}
+	ok, err := tryBuildLock(ctx, lconn)
+	if err == nil && !ok {
+		err = errBuildElsewhere
+	}
+	if err != nil {
+		lconn.Close(context.Background())
+		return nil, err
+	}
+	return func() { lconn.Close(context.Background()) }, nil
 }
 
 func (f *Feed) missingIndex(ctx context.Context, g *generation) (string, error) {
@@ -588,6 +598,13 @@ func Rebuild(ctx context.Context, cfg Config, be Backend) (int, error) {
 	if err := prepare(ctx, conn, cfg.Region, cfg.Indices); err != nil {
 		return 0, err
 	}
+	// The lock first: a running feed that saw the new generation before
+	// this process held it would take the build over.
+	release, err := lockBuild(ctx, cfg.Database)
+	if err != nil {
+		return 0, err
+	}
+	defer release()
 	gens, err := loadGenerations(ctx, conn)
 	if err != nil {
 		return 0, err
@@ -604,8 +621,7 @@ func Rebuild(ctx context.Context, cfg Config, be Backend) (int, error) {
 			return 0, err
 		}
 	}
-	f := &Feed{cfg: cfg, be: be}
-	if err := f.buildLocked(ctx, g); err != nil {
+	if err := build(ctx, cfg, be, g); err != nil {
 		return g.Gen, err
 	}
 	return g.Gen, nil

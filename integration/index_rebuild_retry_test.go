@@ -2,6 +2,7 @@ package integration
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,7 +18,8 @@ import (
 // generation was never built until the feed restarted. And the slot of a
 // retired generation (its retirement interrupted before the slot was
 // dropped) is dropped when the feed starts, instead of holding WAL for
-// ever. While the lock is held, the live stream is not restarted.
+// ever. While the lock is held, the live stream is not restarted, and an
+// `index rebuild` is refused before it records a generation.
 func TestIndexRebuildRetriedAndRetiredSlotsDropped(t *testing.T) {
 	ctx, d := indexedDocs(t, 2000, 500)
 	r, be := d.r, d.be
@@ -49,8 +51,6 @@ func TestIndexRebuildRetriedAndRetiredSlotsDropped(t *testing.T) {
 	// generation, which fails while the lock is held.
 	cfg := d.cfg
 	cfg.Indices = []indexer.IndexSpec{{Table: "public.docs", Index: "docs"}}
-	stop := startFeed(t, ctx, cfg, be)
-	defer stop()
 	count := func(sql string) int {
 		t.Helper()
 		var n int
@@ -59,6 +59,17 @@ func TestIndexRebuildRetriedAndRetiredSlotsDropped(t *testing.T) {
 		}
 		return n
 	}
+	// A rebuild command refused while the lock is held leaves no
+	// generation behind for a running feed to build in its stead.
+	gens := count(`SELECT count(*) FROM polyregion.index_generation`)
+	if _, err := indexer.Rebuild(ctx, cfg, be); err == nil || !strings.Contains(err.Error(), "another process is building") {
+		t.Fatalf("rebuild with the build lock held elsewhere: %v, want refused", err)
+	}
+	if n := count(`SELECT count(*) FROM polyregion.index_generation`); n != gens {
+		t.Fatalf("a refused rebuild left %d generations, %d before", n, gens)
+	}
+	stop := startFeed(t, ctx, cfg, be)
+	defer stop()
 	waitFor(ctx, t, 30*time.Second, "the retired generation's slot dropped", func() bool {
 		return count(`SELECT count(*) FROM pg_catalog.pg_replication_slots WHERE slot_name = '`+orphan+`'`) == 0
 	})

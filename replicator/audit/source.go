@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"iter"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -49,20 +50,34 @@ type DB struct {
 	Q    Querier
 }
 
-// identityOrderSQL sorts conflict log records as CompareRecords does:
-// write a is the one with the lower (hybrid timestamp, origin, vector);
-// text compares byte by byte (COLLATE "C", which is Go's order for UTF-8).
-const identityOrderSQL = `
-	CROSS JOIN LATERAL (SELECT (c.remote_hlc, c.remote_origin COLLATE "C", c.remote_version COLLATE "C")
-		< (c.local_hlc, c.local_origin COLLATE "C", c.local_version COLLATE "C") AS ra) o`
+// identityOrder returns the SQL that sorts conflict log records as
+// CompareRecords does (a lateral join naming whether the remote write is
+// a, and the ORDER BY): write a is the one with the lower (hybrid
+// timestamp, origin, vector), and text compares as Go compares the bytes
+// the client receives. COLLATE "C" compares the database's own bytes,
+// which the client receives as they are when its encoding is the
+// database's (or either is SQL_ASCII); otherwise text is compared as
+// converted to the client's encoding, or non-ASCII keys would come out of
+// order. Encoding names are the server's (letters, digits, '_').
+func identityOrder(serverEnc, clientEnc string) (join, orderBy string) {
+	txt := func(col string) string { return col + ` COLLATE "C"` }
+	if serverEnc != clientEnc && serverEnc != "SQL_ASCII" && clientEnc != "SQL_ASCII" {
+		txt = func(col string) string { return "pg_catalog.convert_to(" + col + ", '" + clientEnc + "')" }
+	}
+	either := func(remote, local string) string {
+		return txt("(CASE WHEN o.ra THEN c." + remote + " ELSE c." + local + " END)")
+	}
+	join = `
+	CROSS JOIN LATERAL (SELECT (c.remote_hlc, ` + txt("c.remote_origin") + `, ` + txt("c.remote_version") + `)
+		< (c.local_hlc, ` + txt("c.local_origin") + `, ` + txt("c.local_version") + `) AS ra) o`
+	orderBy = ` ORDER BY ` + txt("c.tbl") + `, ` + txt("c.key") + `,
+	CASE WHEN o.ra THEN c.remote_hlc ELSE c.local_hlc END, ` + either("remote_origin", "local_origin") + `, ` + either("remote_version", "local_version") + `,
+	CASE WHEN o.ra THEN c.local_hlc ELSE c.remote_hlc END, ` + either("local_origin", "remote_origin") + `, ` + either("local_version", "remote_version")
+	return join, orderBy
+}
 
-const identityOrderBy = ` ORDER BY c.tbl COLLATE "C", c.key COLLATE "C",
-	CASE WHEN o.ra THEN c.remote_hlc ELSE c.local_hlc END,
-	(CASE WHEN o.ra THEN c.remote_origin ELSE c.local_origin END) COLLATE "C",
-	(CASE WHEN o.ra THEN c.remote_version ELSE c.local_version END) COLLATE "C",
-	CASE WHEN o.ra THEN c.local_hlc ELSE c.remote_hlc END,
-	(CASE WHEN o.ra THEN c.local_origin ELSE c.remote_origin END) COLLATE "C",
-	(CASE WHEN o.ra THEN c.local_version ELSE c.remote_version END) COLLATE "C"`
+// encodingName matches the names PostgreSQL gives encodings.
+var encodingName = regexp.MustCompile(`^[A-Za-z0-9_]+$`)
 
 // Records implements Source; the filters run in the database, and the row
 // images are left to Images.
@@ -92,13 +107,23 @@ func (d DB) Records(ctx context.Context, f Filters) iter.Seq2[Record, error] {
 			pa, pb := arg(a), arg(b)
 			conds = append(conds, fmt.Sprintf("((c.local_origin = %s AND c.remote_origin = %s) OR (c.local_origin = %s AND c.remote_origin = %s))", pa, pb, pb, pa))
 		}
+		var serverEnc, clientEnc string
+		err := queryRow(ctx, d.Q, `SELECT pg_catalog.current_setting('server_encoding'), pg_catalog.current_setting('client_encoding')`, &serverEnc, &clientEnc)
+		if err == nil && (!encodingName.MatchString(serverEnc) || !encodingName.MatchString(clientEnc)) {
+			err = fmt.Errorf("unexpected encoding names %q, %q", serverEnc, clientEnc)
+		}
+		if err != nil {
+			yield(Record{}, fmt.Errorf("read conflict log of %s: %w", d.Name, err))
+			return
+		}
+		join, orderBy := identityOrder(serverEnc, clientEnc)
 		sql := `SELECT c.id, c.logged_at, c.region, c.tbl, c.key, c.kind, c.policy, c.winner, c.winner_origin, c.local_origin, c.remote_origin,
 			c.local_version, c.remote_version, c.local_hlc, c.remote_hlc, c.source_seq, c.reason, coalesce(c.outcome, '')
-			FROM polyregion.conflict_log c` + identityOrderSQL
+			FROM polyregion.conflict_log c` + join
 		if len(conds) > 0 {
 			sql += " WHERE " + strings.Join(conds, " AND ")
 		}
-		sql += identityOrderBy
+		sql += orderBy
 		rows, err := d.Q.Query(ctx, sql, args...)
 		if err != nil {
 			yield(Record{}, fmt.Errorf("read conflict log of %s: %w", d.Name, err))
@@ -121,6 +146,26 @@ func (d DB) Records(ctx context.Context, f Filters) iter.Seq2[Record, error] {
 			yield(Record{}, fmt.Errorf("read conflict log of %s: %w", d.Name, err))
 		}
 	}
+}
+
+// queryRow scans the one row of sql into dest through a Querier.
+func queryRow(ctx context.Context, q Querier, sql string, dest ...any) error {
+	rows, err := q.Query(ctx, sql)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	if !rows.Next() {
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		return pgx.ErrNoRows
+	}
+	if err := rows.Scan(dest...); err != nil {
+		return err
+	}
+	rows.Close()
+	return rows.Err()
 }
 
 // imagesPerQuery bounds the ids one images query names.
@@ -158,13 +203,27 @@ func (d DB) Images(ctx context.Context, ids []int64) (map[int64]Images, error) {
 }
 
 // Sources reads several sources (one per region, say) together, merging
-// their records in identity order.
+// their records in identity order. They are read at once: sources that
+// read a database each need a connection (or pool) of their own.
 type Sources []Source
+
+// flatten lists the sources src reads, nested Sources included.
+func flatten(src Source) []Source {
+	ss, ok := src.(Sources)
+	if !ok {
+		return []Source{src}
+	}
+	var out []Source
+	for _, s := range ss {
+		out = append(out, flatten(s)...)
+	}
+	return out
+}
 
 // Records implements Source.
 func (s Sources) Records(ctx context.Context, f Filters) iter.Seq2[Record, error] {
 	return func(yield func(Record, error) bool) {
-		for r, err := range merged(ctx, f, s) {
+		for r, err := range merged(ctx, f, flatten(s)) {
 			if !yield(r.Record, err) || err != nil {
 				return
 			}
@@ -244,10 +303,7 @@ func Read(ctx context.Context, src Source, f Filters, now time.Time) (Report, er
 	if err := f.Validate(); err != nil {
 		return Report{}, err
 	}
-	srcs := []Source{src}
-	if ss, ok := src.(Sources); ok {
-		srcs = ss
-	}
+	srcs := flatten(src)
 	b := newBuilder(f, now)
 	for r, err := range merged(ctx, f, srcs) {
 		if err != nil {
