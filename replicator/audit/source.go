@@ -108,7 +108,10 @@ func (d DB) Records(ctx context.Context, f Filters) iter.Seq2[Record, error] {
 			conds = append(conds, fmt.Sprintf("((c.local_origin = %s AND c.remote_origin = %s) OR (c.local_origin = %s AND c.remote_origin = %s))", pa, pb, pb, pa))
 		}
 		var serverEnc, clientEnc string
-		err := queryRow(ctx, d.Q, `SELECT pg_catalog.current_setting('server_encoding'), pg_catalog.current_setting('client_encoding')`, &serverEnc, &clientEnc)
+		settings, err := d.Q.Query(ctx, `SELECT pg_catalog.current_setting('server_encoding'), pg_catalog.current_setting('client_encoding')`)
+		if err == nil {
+			_, err = pgx.ForEachRow(settings, []any{&serverEnc, &clientEnc}, func() error { return nil })
+		}
 		if err == nil && (!encodingName.MatchString(serverEnc) || !encodingName.MatchString(clientEnc)) {
 			err = fmt.Errorf("unexpected encoding names %q, %q", serverEnc, clientEnc)
 		}
@@ -148,26 +151,6 @@ func (d DB) Records(ctx context.Context, f Filters) iter.Seq2[Record, error] {
 	}
 }
 
-// queryRow scans the one row of sql into dest through a Querier.
-func queryRow(ctx context.Context, q Querier, sql string, dest ...any) error {
-	rows, err := q.Query(ctx, sql)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	if !rows.Next() {
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		return pgx.ErrNoRows
-	}
-	if err := rows.Scan(dest...); err != nil {
-		return err
-	}
-	rows.Close()
-	return rows.Err()
-}
-
 // imagesPerQuery bounds the ids one images query names.
 const imagesPerQuery = 5000
 
@@ -179,13 +162,9 @@ func (d DB) Images(ctx context.Context, ids []int64) (map[int64]Images, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read conflict log of %s: %w", d.Name, err)
 		}
-		for rows.Next() {
-			var id int64
-			var local, remote *string
-			if err := rows.Scan(&id, &local, &remote); err != nil {
-				rows.Close()
-				return nil, fmt.Errorf("read conflict log of %s: %w", d.Name, err)
-			}
+		var id int64
+		var local, remote *string
+		_, err = pgx.ForEachRow(rows, []any{&id, &local, &remote}, func() error {
 			var im Images
 			if local != nil {
 				im.Local = json.RawMessage(*local)
@@ -194,8 +173,9 @@ func (d DB) Images(ctx context.Context, ids []int64) (map[int64]Images, error) {
 				im.Remote = json.RawMessage(*remote)
 			}
 			out[id] = im
-		}
-		if err := rows.Err(); err != nil {
+			return nil
+		})
+		if err != nil {
 			return nil, fmt.Errorf("read conflict log of %s: %w", d.Name, err)
 		}
 	}
