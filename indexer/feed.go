@@ -99,6 +99,9 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) defaults() {
+	// Documents are JSON, in UTF-8: the feed's sessions receive their text
+	// in it whatever the database's encoding.
+	c.Database = postgres.WithUTF8Text(c.Database)
 	if c.BatchDocs <= 0 {
 		c.BatchDocs = 2000
 	}

@@ -65,6 +65,9 @@ type Spec struct {
 	// Configure, when set, may change a region's config before it is written
 	// (to inject a disagreement, say).
 	Configure func(region string, c *RegionConfig)
+	// Encodings gives regions' application databases an encoding other
+	// than the cluster's (UTF8), by region name ("WIN1252", say).
+	Encodings map[string]string
 }
 
 // Region is one region of a harness: its PostgreSQL cluster and its
@@ -164,7 +167,7 @@ func Start(ctx context.Context, spec Spec) (*Harness, error) {
 			mu.Lock()
 			h.Regions = append(h.Regions, r)
 			mu.Unlock()
-			errs[i] = r.setupDatabase(ctx, spec.SchemaSQL)
+			errs[i] = r.setupDatabase(ctx, spec.SchemaSQL, spec.Encodings[name])
 		}()
 	}
 	wg.Wait()
@@ -216,12 +219,16 @@ func indexOf(list []string, s string) int {
 // Roles: "app" owns the application's tables; "polyregion" replicates. It
 // has REPLICATION and membership in app (PostgreSQL requires table
 // ownership to add tables to a publication) and nothing of a superuser's.
-func (r *Region) setupDatabase(ctx context.Context, schema []string) error {
+func (r *Region) setupDatabase(ctx context.Context, schema []string, encoding string) error {
 	c := r.Cluster
+	create := `CREATE DATABASE app OWNER app`
+	if encoding != "" {
+		create += ` ENCODING '` + encoding + `' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0`
+	}
 	if err := c.Exec(ctx, "postgres",
 		`CREATE ROLE app LOGIN`,
 		`CREATE ROLE polyregion LOGIN REPLICATION IN ROLE app`,
-		`CREATE DATABASE app OWNER app`,
+		create,
 	); err != nil {
 		return err
 	}

@@ -76,6 +76,10 @@ type Hello struct {
 	// its peer ships under (see regions/learn.go). Absent from releases
 	// before policy changes, and while none was made.
 	Epochs []regions.Epoch `json:"epochs,omitempty"`
+	// Encoding is the text encoding of the speaker's database sessions
+	// (their client_encoding): the bytes of every text value it ships are
+	// in it. Absent from releases before it was sent.
+	Encoding string `json:"encoding,omitempty"`
 }
 
 // Frame types.
@@ -154,6 +158,9 @@ type ServerConfig struct {
 	// Control, when set, is the region's control plane: peers reach it
 	// over the link (/v1/control/...), and peers it removed are refused.
 	Control Control
+	// Encoding is the text encoding of this region's database sessions,
+	// sent in each stream's hello (see Hello.Encoding).
+	Encoding string
 }
 
 // Server serves /v1/stream, /v1/ack and /v1/snapshot.
@@ -383,7 +390,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
 	bw := bufio.NewWriterSize(w, 256<<10)
-	hello, _ := json.Marshal(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe(), Epochs: s.cfg.Cluster.Offer()})
+	hello, _ := json.Marshal(Hello{Region: s.cfg.Region, Fingerprint: s.cfg.Cluster.Fingerprint(), Describe: s.cfg.Cluster.Describe(), Epochs: s.cfg.Cluster.Offer(),
+		Encoding: s.cfg.Encoding})
 	if err := replicator.WriteFrame(bw, frameHello, hello); err != nil {
 		return
 	}
@@ -587,6 +595,9 @@ type ClientConfig struct {
 	// each stream's hello that names some, before any transaction of that
 	// stream.
 	OnEpochs func(epochs []regions.Epoch)
+	// Encoding is the text encoding of this region's database sessions: a
+	// stream whose hello names another is refused (see replicator.EncodingDifference).
+	Encoding string
 }
 
 // Client follows one peer's outbox.
@@ -768,6 +779,9 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 			}
 			if h.Fingerprint != c.cfg.Cluster.Fingerprint() {
 				return &MismatchError{Peer: c.cfg.Peer, Differences: regions.Diff(c.cfg.Cluster.Describe(), h.Describe)}
+			}
+			if d := replicator.EncodingDifference(c.cfg.Encoding, h.Encoding, string(c.cfg.Peer)); d != "" {
+				return &MismatchError{Peer: c.cfg.Peer, Differences: []string{d}}
 			}
 			if len(h.Epochs) > 0 && c.cfg.OnEpochs != nil {
 				c.cfg.OnEpochs(h.Epochs)

@@ -347,6 +347,49 @@ func TestPolicyMismatchIsRefusedNamingTheDifference(t *testing.T) {
 	}
 }
 
+// TestStreamFromADatabaseOfAnotherEncodingIsRefused: a peer whose
+// database sessions exchange text in another encoding is refused before
+// any of its transactions is applied, naming both encodings; the same
+// encoding (told in any case), or a peer or region that does not say
+// (a release before it was sent), streams.
+func TestStreamFromADatabaseOfAnotherEncodingIsRefused(t *testing.T) {
+	ob := newMemOutbox()
+	ob.add(txn(1))
+	for _, c := range []struct {
+		here, there string
+		refused     bool
+	}{
+		{"UTF8", "WIN1252", true},
+		{"SQL_ASCII", "UTF8", true},
+		{"UTF8", "UTF8", false},
+		{"LATIN1", "latin1", false},
+		{"UTF8", "", false},
+		{"", "LATIN1", false},
+	} {
+		url := serveWith(t, ServerConfig{Outbox: ob, Cluster: cluster, Encoding: c.there}, TLSFiles{})
+		tlsCfg, _ := ClientTLS(TLSFiles{})
+		cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: url, Token: secret, TLS: tlsCfg, Cluster: cluster, Encoding: c.here})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var applied int
+		errDone := errors.New("done")
+		err = cl.Stream(ctx, 0, func(*replicator.Txn) error { applied++; return errDone })
+		cancel()
+		cl.Close()
+		var mm *MismatchError
+		switch {
+		case c.refused && (!errors.As(err, &mm) || applied != 0):
+			t.Errorf("%s here, %q there: %v after %d transactions applied, want a mismatch before any", c.here, c.there, err, applied)
+		case c.refused && (!strings.Contains(err.Error(), c.here) || !strings.Contains(err.Error(), c.there) || !strings.Contains(err.Error(), "client_encoding")):
+			t.Errorf("%s here, %q there: %v does not name both encodings and what to set", c.here, c.there, err)
+		case !c.refused && !errors.Is(err, errDone):
+			t.Errorf("%s here, %q there: %v, want the stream", c.here, c.there, err)
+		}
+	}
+}
+
 // TestHelloTellsThePolicyChangesTheServerKnows: a stream's hello carries
 // the epochs the serving region knows, before its first transaction (a
 // region cut off from the control plane learns from them the epoch its

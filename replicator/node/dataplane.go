@@ -38,6 +38,14 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		// A load takes every table the source replicates.
 		return &tablesPending{err: errors.New(waiting.describe())}
 	}
+	if cfg.encoding, err = postgres.SessionEncoding(stop, cfg.Database); err != nil {
+		return err
+	}
+	if cfg.encoding != "UTF8" {
+		log.Warn("the database sessions exchange text in "+cfg.encoding+", not UTF8: every region must use the same encoding, and keys, parked changes and conflict records' row images are kept as JSON, "+
+			"where each byte outside ASCII becomes U+FFFD (two keys that differ only there are one row to the replicator; a parked change is applied so when retried); "+
+			"client_encoding=UTF8 in the connection string, set in every region before they first replicate, avoids both", "client_encoding", cfg.encoding)
+	}
 	seedAfter := seedRetry(rt.seedFailures) // after the runs before this one whose seed failed
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
 		log.Error("a table the cluster added is not replicated here yet: peers' changes to it are parked until it is; every other table replicates", "table", t, "reason", waiting[t].reason)
@@ -98,7 +106,7 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	server := link.NewServer(link.ServerConfig{
 		Region: cfg.Region, Cluster: cfg.Cluster, Tokens: tokensOf(rt.currentPeers()), Control: ctrl,
 		Outbox: outbox, Logger: log, Snapshot: snapshotUnlessWaiting(snapshotFor(cfg, order, log), waiting),
-		Advert: graves.Advert,
+		Advert: graves.Advert, Encoding: cfg.encoding,
 		Shipped: func(peer conflict.RegionID, e link.Entry) {
 			rt.mon.Metrics().Shipped(string(peer), e.Rows, len(e.Payload), !e.More)
 		},

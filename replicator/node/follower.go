@@ -75,6 +75,7 @@ func newFollower(cfg Config, p Peer, reader *postgres.Reader, pool *pgxpool.Pool
 		},
 		OnConnected: func() { mon.LinkUp(p.ID) },
 		OnEpochs:    onEpochs,
+		Encoding:    cfg.encoding,
 	})
 	if err != nil {
 		return nil, err

@@ -80,7 +80,8 @@ func join(ctx context.Context, cfg Config, rt *runtime) error {
 	if err != nil {
 		return fmt.Errorf("join from %s: %w", peer.ID, err)
 	}
-	client, err := link.NewClient(link.ClientConfig{Region: cfg.Region, Peer: peer.ID, URL: peer.URL, Token: peer.Token, TLS: tlsCfg, Cluster: cfg.Cluster})
+	client, err := link.NewClient(link.ClientConfig{Region: cfg.Region, Peer: peer.ID, URL: peer.URL, Token: peer.Token, TLS: tlsCfg, Cluster: cfg.Cluster,
+		Encoding: cfg.encoding})
 	if err != nil {
 		return fmt.Errorf("join from %s: %w", peer.ID, err)
 	}
@@ -237,7 +238,7 @@ func peerAccepts(ctx context.Context, cfg Config, p Peer) error {
 	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var accepted atomic.Bool
-	client, err := link.NewClient(link.ClientConfig{Region: cfg.Region, Peer: p.ID, URL: p.URL, Token: p.Token, TLS: tlsCfg, Cluster: cfg.Cluster,
+	client, err := link.NewClient(link.ClientConfig{Region: cfg.Region, Peer: p.ID, URL: p.URL, Token: p.Token, TLS: tlsCfg, Cluster: cfg.Cluster, Encoding: cfg.encoding,
 		OnConnected: func() { accepted.Store(true); cancel() }})
 	if err != nil {
 		return fmt.Errorf("peer %s: %w", p.ID, err)

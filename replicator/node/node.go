@@ -100,6 +100,10 @@ type Config struct {
 	// waiting: the tables the cluster added that this run of the data
 	// plane leaves out, and the reason their changes are parked with.
 	waiting map[string]string
+	// encoding: the text encoding this run's database sessions exchange
+	// text in (postgres.SessionEncoding), sent to peers and compared with
+	// theirs.
+	encoding string
 }
 
 // Secrets returns every secret the configuration holds (the database

@@ -109,3 +109,16 @@ func sessionSettings(cfg *pgx.ConnConfig) {
 	}
 	pinTimeouts(&cfg.Config)
 }
+
+// SessionEncoding is the text encoding the region's sessions exchange text
+// in (their client_encoding: the database's own unless the connection
+// string or PGCLIENTENCODING sets another). Every text value the reader
+// ships is in it, and the appliers write what peers ship as if it were.
+func SessionEncoding(ctx context.Context, connString string) (string, error) {
+	conn, err := Connect(ctx, connString)
+	if err != nil {
+		return "", err
+	}
+	defer conn.Close(context.Background())
+	return conn.PgConn().ParameterStatus("client_encoding"), nil
+}

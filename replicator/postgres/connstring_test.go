@@ -60,3 +60,43 @@ func TestParseConnStringTakesValidForms(t *testing.T) {
 		}
 	}
 }
+
+// TestWithUTF8TextSetsTheClientEncodingAndKeepsTheRest: whatever form the
+// string takes and whatever encoding it asked for, the sessions it opens
+// receive UTF-8, and everything else it says (hosts, password, options)
+// is kept.
+func TestWithUTF8TextSetsTheClientEncodingAndKeepsTheRest(t *testing.T) {
+	for _, s := range []string{
+		"postgres://app:p%40ss%2Fw@127.0.0.1:5432/db",
+		"postgres://app:secret@127.0.0.1:5432,10.0.0.2:5433/db?sslmode=disable&application_name=x",
+		"postgresql://app@127.0.0.1/db?client_encoding=LATIN1&sslmode=disable",
+		"host=127.0.0.1 port=5432 user=app password='a b' dbname=db",
+		"host=127.0.0.1 user=app client_encoding=WIN1252 dbname=db",
+	} {
+		before, err := ParseConnString(s)
+		if err != nil {
+			t.Fatalf("%q: %v", s, err)
+		}
+		w := WithUTF8Text(s)
+		after, err := ParseConnString(w)
+		if err != nil {
+			t.Fatalf("WithUTF8Text(%q) = %q: %v", s, w, err)
+		}
+		if got := after.RuntimeParams["client_encoding"]; got != "UTF8" {
+			t.Errorf("WithUTF8Text(%q): client_encoding %q, want UTF8", s, got)
+		}
+		if after.Password != before.Password || after.User != before.User || after.Database != before.Database ||
+			after.Host != before.Host || after.Port != before.Port || len(after.Fallbacks) != len(before.Fallbacks) {
+			t.Errorf("WithUTF8Text(%q) = %q changed the connection: %s@%s:%d/%s (%d fallbacks), was %s@%s:%d/%s (%d)", s, w,
+				after.User, after.Host, after.Port, after.Database, len(after.Fallbacks), before.User, before.Host, before.Port, before.Database, len(before.Fallbacks))
+		}
+		for k, v := range before.RuntimeParams {
+			if k != "client_encoding" && after.RuntimeParams[k] != v {
+				t.Errorf("WithUTF8Text(%q): %s = %q, was %q", s, k, after.RuntimeParams[k], v)
+			}
+		}
+		if again := WithUTF8Text(w); again != w {
+			t.Errorf("WithUTF8Text twice: %q, then %q", w, again)
+		}
+	}
+}

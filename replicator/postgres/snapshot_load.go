@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/polyregion/polyregion/replicator"
 )
 
 // LoadConfig configures LoadSnapshot.
@@ -175,6 +177,9 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	defer conn.Close(context.Background())
+	if d := replicator.EncodingDifference(conn.PgConn().ParameterStatus("client_encoding"), h.Encoding, h.Source); d != "" {
+		return h, sum, refuseJoin("%s", d)
+	}
 	before, err := readJoinUnits(ctx, conn)
 	if err != nil {
 		return h, sum, err
