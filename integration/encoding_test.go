@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,7 +22,8 @@ const encodedNotesSchema = `CREATE TABLE public.notes (id text PRIMARY KEY, titl
 // UTF8, eu's in WIN1252, and each replicator's sessions exchange text in
 // their database's encoding. A value's bytes would be applied as they
 // arrive, so "é" written in us would read "Ã©" in eu, and eu's "é" (one
-// byte, 0xE9) would be refused by us's server and stop the stream. Instead
+// byte, 0xE9) would be refused by us's server and stop the stream. check
+// names each region's encoding and warns in eu. Instead
 // eu's join from us is refused before it loads anything, and once eu runs
 // each region refuses the other's stream, naming both encodings and the
 // setting that reconciles them; nothing crosses. eu's search index, whose
@@ -40,6 +42,17 @@ func TestRegionsWhoseTextEncodingsDifferRefuseEachOther(t *testing.T) {
 	ctx := ctxFor(t, 4*time.Minute)
 	us, eu := h.Regions[0], h.Regions[1]
 	mustExec(t, ctx, us, `INSERT INTO public.notes VALUES ('seed', U&'caf\00e9')`)
+	for _, c := range []struct {
+		r       *Region
+		enc     string
+		warning bool
+	}{{us, "UTF8", false}, {eu, "WIN1252", true}} {
+		out, err := exec.Command(binary, "check", "--config", c.r.ConfigPath).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "ready") || !strings.Contains(string(out), "text in "+c.enc) ||
+			strings.Contains(string(out), "warning: the database sessions exchange text in "+c.enc) != c.warning {
+			t.Fatalf("check in %s (%s, warning %v): %v\n%s", c.r.Name, c.enc, c.warning, err, out)
+		}
+	}
 	if err := us.StartReplicator(); err != nil {
 		t.Fatal(err)
 	}

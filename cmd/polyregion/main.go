@@ -22,6 +22,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/polyregion/polyregion/conflict"
+	"github.com/polyregion/polyregion/replicator"
 	"github.com/polyregion/polyregion/replicator/node"
 	"github.com/polyregion/polyregion/replicator/obs"
 	"github.com/polyregion/polyregion/replicator/postgres"
@@ -158,7 +159,8 @@ table exists and has a primary key, and that column_lww tables have
 REPLICA IDENTITY FULL. Prints every problem found and exits 3
 if there is any. Names every replicated table whose key comes from a
 sequence, with a warning when no sequences: plan gives each region its own
-numbers.`,
+numbers. Says which encoding the region's sessions exchange text in (every
+region must use the same), with a warning when it is not UTF8.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, conn, err := configAndConn(cmd.Context(), path)
 			if err != nil {
@@ -189,7 +191,11 @@ numbers.`,
 					"rows inserted in two regions under one key conflict and one is lost (set sequences: in the configuration)\n",
 					k.Table, k.Column, k.Sequence)
 			}
-			fmt.Printf("region %s: ready (config fingerprint %s)\n", cfg.Region, cfg.Cluster.Fingerprint())
+			enc := conn.PgConn().ParameterStatus("client_encoding")
+			if w := replicator.EncodingWarning(enc); w != "" {
+				fmt.Printf("warning: %s\n", w)
+			}
+			fmt.Printf("region %s: ready (config fingerprint %s, text in %s)\n", cfg.Region, cfg.Cluster.Fingerprint(), enc)
 			return nil
 		},
 	}

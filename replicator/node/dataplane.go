@@ -41,10 +41,8 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 	if cfg.encoding, err = postgres.SessionEncoding(stop, cfg.Database); err != nil {
 		return err
 	}
-	if cfg.encoding != "UTF8" {
-		log.Warn("the database sessions exchange text in "+cfg.encoding+", not UTF8: every region must use the same encoding, and keys, parked changes and conflict records' row images are kept as JSON, "+
-			"where each byte outside ASCII becomes U+FFFD (two keys that differ only there are one row to the replicator; a parked change is applied so when retried); "+
-			"client_encoding=UTF8 in the connection string, set in every region before they first replicate, avoids both", "client_encoding", cfg.encoding)
+	if w := replicator.EncodingWarning(cfg.encoding); w != "" {
+		log.Warn(w, "client_encoding", cfg.encoding)
 	}
 	seedAfter := seedRetry(rt.seedFailures) // after the runs before this one whose seed failed
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
