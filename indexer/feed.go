@@ -99,9 +99,6 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) defaults() {
-	// Documents are JSON, in UTF-8: the feed's sessions receive their text
-	// in it whatever the database's encoding.
-	c.Database = postgres.WithUTF8Text(c.Database)
 	if c.BatchDocs <= 0 {
 		c.BatchDocs = 2000
 	}
@@ -200,6 +197,9 @@ func (f *Feed) setError(err error, engineDown bool) {
 // Run feeds the indices until ctx ends, recovering from errors (the
 // database or the engine away) by retrying with backoff.
 func (f *Feed) Run(ctx context.Context) error {
+	// Documents are JSON, in UTF-8: every session of the feed receives its
+	// text in it, whatever the database's encoding.
+	ctx = postgres.WithUTF8Text(ctx)
 	desc, err := f.be.Describe(ctx)
 	if err != nil {
 		f.cfg.Logger.Warn("search engine not reachable yet; the feed waits for it", "err", err)
@@ -589,6 +589,7 @@ func (f *Feed) retire(ctx context.Context, conn *pgx.Conn, g *generation, dropIn
 // Searches keep being served from the old generation, which keeps
 // streaming, until then.
 func Rebuild(ctx context.Context, cfg Config, be Backend) (int, error) {
+	ctx = postgres.WithUTF8Text(ctx)
 	cfg.defaults()
 	if err := cfg.Validate(); err != nil {
 		return 0, err

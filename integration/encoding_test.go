@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -28,7 +29,9 @@ const encodedNotesSchema = `CREATE TABLE public.notes (id text PRIMARY KEY, titl
 // each region refuses the other's stream, naming both encodings and the
 // setting that reconciles them; nothing crosses. eu's search index, whose
 // documents are JSON, holds its own rows' text as written (it read them in
-// WIN1252 and gave the engine U+FFFD for every byte outside ASCII).
+// WIN1252 and gave the engine U+FFFD for every byte outside ASCII). Last,
+// eu's sessions switched to UTF8 while its outbox holds a transaction read
+// in WIN1252 that us has not acknowledged: it refuses to start.
 func TestRegionsWhoseTextEncodingsDifferRefuseEachOther(t *testing.T) {
 	dir := testDir(t)
 	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: []string{encodedNotesSchema}, Tables: []TableSpec{{Name: "public.notes"}},
@@ -111,6 +114,37 @@ func TestRegionsWhoseTextEncodingsDifferRefuseEachOther(t *testing.T) {
 	}
 	if docs := searchDocs(t, ctx, eu); len(docs) != 1 {
 		t.Fatalf("eu's index holds %v, want its own row only", docs)
+	}
+
+	// eu's row waits in its outbox, read in WIN1252. Were eu's sessions
+	// switched to UTF8 now, it would ship those bytes as UTF-8: it refuses
+	// to start, naming the backlog.
+	if err := eu.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(eu.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	switched := strings.Replace(string(b), "?sslmode=disable\n", "?sslmode=disable&client_encoding=UTF8\n", 1)
+	if switched == string(b) {
+		t.Fatalf("eu's configuration has no connection string to switch:\n%s", b)
+	}
+	if err := os.WriteFile(eu.ConfigPath, []byte(switched), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := eu.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, time.Minute, "eu to refuse to start with its backlog", func() bool { return !eu.Running() })
+	if logs := eu.Logs(1 << 20); !strings.Contains(logs, "exchange text in UTF8 now and did in WIN1252 before") || !strings.Contains(logs, "not every peer has acknowledged") {
+		t.Fatalf("eu started in UTF8 sessions over a WIN1252 backlog, or did not say why it would not:\n%s", logs)
+	}
+	if err := eu.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if st := eu.LastExit(); st == nil || st.Success() {
+		t.Fatalf("eu exited %v over its backlog, want a failure", st)
 	}
 }
 

@@ -17,7 +17,7 @@ func EncodingDifference(here, there, peer string) string {
 		return ""
 	}
 	return fmt.Sprintf("text encoding: this region's database sessions exchange text in %s, region %s's in %s, so its text would be stored here as other characters; "+
-		"set the same client_encoding in every region's database connection string (UTF8 suits every database encoding) before the regions first replicate", here, peer, there)
+		"set the same client_encoding in every region's database connection string (UTF8 suits every database encoding but SQL_ASCII, whose bytes are never converted) before the regions first replicate", here, peer, there)
 }
 
 // EncodingWarning says what a region whose database sessions exchange text

@@ -15,6 +15,7 @@ import (
 
 	"github.com/polyregion/polyregion/indexer"
 	"github.com/polyregion/polyregion/replicator/node"
+	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
 func indexCmd() *cobra.Command {
@@ -126,7 +127,8 @@ latest writes to show as differences. Exit code 3 when an index differs.`,
 				return &exitError{exitConfig, err}
 			}
 			defer be.Close()
-			_, conn, err := configAndConn(ctx, path)
+			// The feed wrote the documents from text read in UTF-8.
+			_, conn, err := configAndConn(postgres.WithUTF8Text(ctx), path)
 			if err != nil {
 				return err
 			}

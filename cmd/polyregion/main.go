@@ -191,7 +191,7 @@ region must use the same), with a warning when it is not UTF8.`,
 					"rows inserted in two regions under one key conflict and one is lost (set sequences: in the configuration)\n",
 					k.Table, k.Column, k.Sequence)
 			}
-			enc := conn.PgConn().ParameterStatus("client_encoding")
+			enc := postgres.TextEncoding(conn.PgConn())
 			if w := replicator.EncodingWarning(enc); w != "" {
 				fmt.Printf("warning: %s\n", w)
 			}

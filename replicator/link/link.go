@@ -76,9 +76,10 @@ type Hello struct {
 	// its peer ships under (see regions/learn.go). Absent from releases
 	// before policy changes, and while none was made.
 	Epochs []regions.Epoch `json:"epochs,omitempty"`
-	// Encoding is the text encoding of the speaker's database sessions
-	// (their client_encoding): the bytes of every text value it ships are
-	// in it. Absent from releases before it was sent.
+	// Encoding is the encoding the speaker's database sessions exchange
+	// text in (see postgres.TextEncoding): the bytes of every text value it
+	// ships are in it (postgres.KeepTextEncoding). Absent from releases
+	// before it was sent.
 	Encoding string `json:"encoding,omitempty"`
 }
 

@@ -42,7 +42,10 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		return err
 	}
 	if w := replicator.EncodingWarning(cfg.encoding); w != "" {
-		log.Warn(w, "client_encoding", cfg.encoding)
+		log.Warn(w, "text_encoding", cfg.encoding)
+	}
+	if err := keepTextEncoding(stop, cfg); err != nil {
+		return err
 	}
 	seedAfter := seedRetry(rt.seedFailures) // after the runs before this one whose seed failed
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
@@ -264,3 +267,21 @@ func purgeDropped(ctx context.Context, cfg Config, tables []string, log *slog.Lo
 // errTablesReady ends a run of the data plane that left out a table the
 // cluster added, once the table can be prepared: the next run seeds it.
 var errTablesReady = errors.New("a table the cluster added can be replicated now")
+
+// keepTextEncoding records the encoding this run's sessions exchange text
+// in, refusing a change while the outbox holds transactions read in the
+// one before that some region still waits for (postgres.KeepTextEncoding).
+func keepTextEncoding(ctx context.Context, cfg Config) error {
+	conn, err := postgres.Connect(ctx, cfg.Database)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	var waitedFor []string
+	for _, r := range cfg.Cluster.Regions {
+		if r != cfg.Region {
+			waitedFor = append(waitedFor, string(r))
+		}
+	}
+	return postgres.KeepTextEncoding(ctx, conn, cfg.encoding, waitedFor)
+}

@@ -28,6 +28,7 @@ func OpenReplication(ctx context.Context, connString, app string) (*pgconn.PgCon
 	}
 	rc.RuntimeParams["replication"] = "database"
 	SetTextForms(rc.RuntimeParams)
+	textInUTF8(ctx, rc.RuntimeParams)
 	rc.RuntimeParams["application_name"] = app
 	pinTimeouts(rc)
 	c, err := pgconn.ConnectConfig(ctx, rc)

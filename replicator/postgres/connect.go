@@ -72,6 +72,7 @@ func connectWith(ctx context.Context, connString string, params map[string]strin
 		cfg.RuntimeParams[k] = v
 	}
 	sessionSettings(cfg)
+	textInUTF8(ctx, cfg.RuntimeParams)
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s:%d/%s: %w", cfg.Host, cfg.Port, cfg.Database, err)
@@ -108,17 +109,4 @@ func sessionSettings(cfg *pgx.ConnConfig) {
 		cfg.RuntimeParams["application_name"] = "polyregion"
 	}
 	pinTimeouts(&cfg.Config)
-}
-
-// SessionEncoding is the text encoding the region's sessions exchange text
-// in (their client_encoding: the database's own unless the connection
-// string or PGCLIENTENCODING sets another). Every text value the reader
-// ships is in it, and the appliers write what peers ship as if it were.
-func SessionEncoding(ctx context.Context, connString string) (string, error) {
-	conn, err := Connect(ctx, connString)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(context.Background())
-	return conn.PgConn().ParameterStatus("client_encoding"), nil
 }

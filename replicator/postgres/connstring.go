@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"errors"
-	"net/url"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -61,27 +60,4 @@ func ConnSecrets(s string) []string {
 
 func isURL(s string) bool {
 	return strings.HasPrefix(s, "postgres://") || strings.HasPrefix(s, "postgresql://")
-}
-
-// WithUTF8Text returns connString with client_encoding set to UTF8 (in
-// place of any it set): sessions opened with it receive text in UTF-8
-// whatever the database's encoding, as JSON documents need (Go's encoder
-// turns bytes that are not UTF-8 into U+FFFD). The rest of the string is
-// left as written.
-func WithUTF8Text(connString string) string {
-	if !isURL(connString) {
-		// Of a keyword repeated in a keyword/value string, the last counts.
-		if strings.HasSuffix(connString, " client_encoding=UTF8") {
-			return connString
-		}
-		return connString + " client_encoding=UTF8"
-	}
-	base, query, _ := strings.Cut(connString, "?")
-	q, err := url.ParseQuery(query)
-	if err != nil {
-		// The parser refuses it as well (ParseConnString said so first).
-		return connString
-	}
-	q.Set("client_encoding", "UTF8")
-	return base + "?" + q.Encode()
 }

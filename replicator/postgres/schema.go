@@ -35,6 +35,7 @@ const Schema = "polyregion"
 //   - applied: per source region, the last transaction applied here; written
 //     in the same transaction as the rows it covers.
 //   - peer_ack: per peer, the last outbox transaction it durably applied.
+//   - text_encoding: the encoding the region's sessions exchange text in.
 //   - joined: whether and how the region joined from another's snapshot.
 //   - reseeding: the region was emptied to be loaded again from a snapshot.
 //   - slot_lost: the region's slot was found gone after its reader had
@@ -77,6 +78,11 @@ var schemaDDL = []string{
 		lsn        pg_lsn,
 		hlc        bigint NOT NULL DEFAULT 0,
 		applied_at timestamptz NOT NULL DEFAULT now())`,
+	// text_encoding: the encoding the region's sessions exchange text in
+	// (see KeepTextEncoding); one row.
+	`CREATE TABLE IF NOT EXISTS polyregion.text_encoding (
+		one      boolean PRIMARY KEY DEFAULT true CHECK (one),
+		encoding text NOT NULL)`,
 	`CREATE TABLE IF NOT EXISTS polyregion.peer_ack (
 		peer       text PRIMARY KEY,
 		seq        bigint NOT NULL,

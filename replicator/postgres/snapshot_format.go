@@ -76,8 +76,8 @@ type SnapshotHeader struct {
 	// with a delete they cover is in the snapshot, so the joining region
 	// starts with them.
 	TombstoneFloors map[string]int64 `json:"tombstone_floors,omitempty"`
-	// Encoding is the text encoding Source's rows are sent in (its
-	// session's client_encoding; absent from sources that predate it).
+	// Encoding is the text encoding Source's rows are sent in (see
+	// TextEncoding; absent from sources that predate it).
 	Encoding string `json:"encoding,omitempty"`
 }
 

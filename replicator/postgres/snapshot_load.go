@@ -177,7 +177,7 @@ func loadSnapshot(ctx context.Context, cfg LoadConfig, r io.Reader) (SnapshotHea
 		return h, sum, fmt.Errorf("load snapshot: %w", err)
 	}
 	defer conn.Close(context.Background())
-	if d := replicator.EncodingDifference(conn.PgConn().ParameterStatus("client_encoding"), h.Encoding, h.Source); d != "" {
+	if d := replicator.EncodingDifference(TextEncoding(conn.PgConn()), h.Encoding, h.Source); d != "" {
 		return h, sum, refuseJoin("%s", d)
 	}
 	before, err := readJoinUnits(ctx, conn)

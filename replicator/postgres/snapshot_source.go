@@ -246,7 +246,7 @@ func continueFramed(w io.Writer, part snapshotPart, what string, fill func(io.Wr
 // snap, and lets the writers go on. It returns that transaction and what the
 // snapshot holds.
 func takeSnapshot(ctx context.Context, cfg SnapshotConfig, snap *pgx.Conn) (pgx.Tx, SnapshotHeader, error) {
-	h := SnapshotHeader{Source: cfg.Region, Encoding: snap.PgConn().ParameterStatus("client_encoding")}
+	h := SnapshotHeader{Source: cfg.Region, Encoding: TextEncoding(snap.PgConn())}
 	side, err := Connect(ctx, cfg.ConnString)
 	if err != nil {
 		return nil, h, fmt.Errorf("snapshot: %w", err)
