@@ -148,6 +148,51 @@ func TestRegionsWhoseTextEncodingsDifferRefuseEachOther(t *testing.T) {
 	}
 }
 
+// TestARegionAloneChangesItsEncodingAtARestart: a region with no peer
+// switches its sessions' encoding over what its outbox holds (nobody waits
+// for it; a region joining later streams only what follows its snapshot),
+// and records the new one: switching back with a peer would be checked
+// against it.
+func TestARegionAloneChangesItsEncodingAtARestart(t *testing.T) {
+	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: []string{encodedNotesSchema}, Tables: []TableSpec{{Name: "public.notes"}},
+		Encodings: map[string]string{"us": "WIN1252"}})
+	ctx := ctxFor(t, 2*time.Minute)
+	us := h.Regions[0]
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, time.Minute, "us to record its encoding", func() bool {
+		var enc string
+		return queryAs(t, ctx, us, `SELECT encoding FROM polyregion.text_encoding`).Scan(&enc) == nil && enc == "WIN1252"
+	})
+	mustExec(t, ctx, us, `INSERT INTO public.notes VALUES (U&'caf\00e9', U&'caf\00e9')`)
+	waitFor(ctx, t, time.Minute, "us to ship its row", func() bool {
+		var n int64
+		return queryAs(t, ctx, us, `SELECT count(*) FROM polyregion.outbox`).Scan(&n) == nil && n > 0
+	})
+	if err := us.StopReplicator(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(us.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(us.ConfigPath, []byte(strings.Replace(string(b), "?sslmode=disable\n", "?sslmode=disable&client_encoding=UTF8\n", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := us.StartReplicator(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, time.Minute, "us to run in UTF8 sessions and record it", func() bool {
+		var enc string
+		return us.Running() && queryAs(t, ctx, us, `SELECT encoding FROM polyregion.text_encoding`).Scan(&enc) == nil && enc == "UTF8"
+	})
+	time.Sleep(2 * time.Second)
+	if !us.Running() {
+		t.Fatalf("us stopped after switching its encoding alone:\n%s", us.Logs(4000))
+	}
+}
+
 // TestRegionsReplicateAcrossDatabaseEncodingsInUTF8Sessions: with
 // client_encoding=UTF8 in both regions' connection strings, a UTF8 and a
 // WIN1252 database replicate text both ways, each server converting it.

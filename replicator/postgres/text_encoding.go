@@ -40,7 +40,8 @@ func TextEncoding(conn *pgconn.PgConn) string {
 
 // SessionEncoding is the encoding the sessions connString opens exchange
 // text in (TextEncoding): their client_encoding, the database's own unless
-// the connection string sets another. Every text value the reader ships is
+// the connection string (or a setting of the role or database) sets
+// another. Every text value the reader ships is
 // in it, and the appliers write what peers ship as if it were.
 func SessionEncoding(ctx context.Context, connString string) (string, error) {
 	conn, err := Connect(ctx, connString)
@@ -74,7 +75,9 @@ func textInUTF8(ctx context.Context, params map[string]string) {
 // exchange text in, and refuses a change of it while the outbox holds
 // transactions a peer (of peers) has not acknowledged: they were read in
 // the encoding before and would be taken for enc. A first start records it
-// and checks nothing.
+// and checks nothing; so does a region with no peers (a region that joins
+// it later streams only what it ships after its snapshot, whose header
+// names the encoding then).
 func KeepTextEncoding(ctx context.Context, conn *pgx.Conn, enc string, peers []string) error {
 	return pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		var before string
@@ -85,16 +88,18 @@ func KeepTextEncoding(ctx context.Context, conn *pgx.Conn, enc string, peers []s
 			return fmt.Errorf("text encoding: %w", err)
 		case before == enc:
 			return nil
+		case len(peers) == 0:
 		default:
 			var waiting int64
-			if err := tx.QueryRow(ctx, `SELECT count(*) FROM polyregion.outbox WHERE seq > (
+			if err := tx.QueryRow(ctx, `SELECT count(DISTINCT seq) FROM polyregion.outbox WHERE seq > (
 					SELECT CASE WHEN count(*) = pg_catalog.cardinality($1::text[]) THEN coalesce(min(seq), 0) ELSE 0 END
 					FROM polyregion.peer_ack WHERE peer = ANY ($1::text[]))`, peers).Scan(&waiting); err != nil {
 				return fmt.Errorf("text encoding: %w", err)
 			}
 			if waiting > 0 {
 				return Problems{fmt.Sprintf("the database sessions exchange text in %s now and did in %s before, and the outbox holds %d transactions read in %s that not every peer has acknowledged: "+
-					"they would be taken for %s; run with the connection string's client_encoding as before until no peer has a backlog (status), then change it", enc, before, waiting, before, enc)}
+					"they would be taken for %s. Start with the setting as before; to change it, stop the applications' writes in every region, wait until no region has a backlog (status), "+
+					"then stop every replicator, set the same client_encoding in every region and start them again", enc, before, waiting, before, enc)}
 			}
 		}
 		if _, err := tx.Exec(ctx, `INSERT INTO polyregion.text_encoding (encoding) VALUES ($1)
