@@ -145,6 +145,12 @@ func testIndexTruncate(t *testing.T, kind SearchKind) {
 
 	// The feed replays them, as after a crash before it confirmed them.
 	stop()
+	// The feed closed its stream; its walsender lets go of the slot a
+	// moment later.
+	waitFor(ctx, t, 10*time.Second, "the feed's walsender to let go of its slot", func() bool {
+		var active bool
+		return admin.QueryRow(ctx, `SELECT active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1`, slot).Scan(&active) == nil && !active
+	})
 	for _, q := range []string{`SELECT pg_catalog.pg_drop_replication_slot($1)`,
 		`SELECT pg_catalog.pg_copy_logical_replication_slot(($1 || '_saved')::name, $1::name)`,
 		`SELECT pg_catalog.pg_drop_replication_slot(($1 || '_saved')::name)`} {
