@@ -2,8 +2,6 @@ package integration
 
 import (
 	"context"
-	"encoding/json"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -91,19 +89,13 @@ func TestRegionsWhoseTextEncodingsDifferRefuseEachOther(t *testing.T) {
 	mustExec(t, ctx, eu, `INSERT INTO public.notes VALUES (U&'\00e9t\00e9', U&'na\00efve \20ac')`)
 	// eu's own row in its index, text and key as written.
 	waitFor(ctx, t, time.Minute, "eu's index to hold its row", func() bool {
-		docs := searchDocs(t, ctx, eu)
+		docs := searchDocs(ctx, t, eu, "")
 		return docs["été"]["title"] == "naïve €"
 	})
 	// Both streams refused from their first frame: nothing crossed, though
 	// each reader shipped its region's row (the streams are tried again).
 	waitFor(ctx, t, time.Minute, "both readers to ship their row", func() bool {
-		var n int64
-		for _, r := range []*Region{us, eu} {
-			if err := queryAs(t, ctx, r, `SELECT count(*) FROM polyregion.outbox`).Scan(&n); err != nil || n == 0 {
-				return false
-			}
-		}
-		return true
+		return queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.outbox`) > 0 && queryInt(t, ctx, eu, `SELECT count(*) FROM polyregion.outbox`) > 0
 	})
 	time.Sleep(2 * time.Second)
 	if got := notes(t, ctx, us); len(got) != 2 || got["café"] != "café €" || got["seed"] != "café" {
@@ -112,7 +104,7 @@ func TestRegionsWhoseTextEncodingsDifferRefuseEachOther(t *testing.T) {
 	if got := notes(t, ctx, eu); len(got) != 1 || got["été"] != "naïve €" {
 		t.Fatalf("eu holds %q, want its own row only", got)
 	}
-	if docs := searchDocs(t, ctx, eu); len(docs) != 1 {
+	if docs := searchDocs(ctx, t, eu, ""); len(docs) != 1 {
 		t.Fatalf("eu's index holds %v, want its own row only", docs)
 	}
 
@@ -162,13 +154,11 @@ func TestARegionAloneChangesItsEncodingAtARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(ctx, t, time.Minute, "us to record its encoding", func() bool {
-		var enc string
-		return queryAs(t, ctx, us, `SELECT encoding FROM polyregion.text_encoding`).Scan(&enc) == nil && enc == "WIN1252"
+		return recordedEncoding(ctx, us) == "WIN1252"
 	})
 	mustExec(t, ctx, us, `INSERT INTO public.notes VALUES (U&'caf\00e9', U&'caf\00e9')`)
 	waitFor(ctx, t, time.Minute, "us to ship its row", func() bool {
-		var n int64
-		return queryAs(t, ctx, us, `SELECT count(*) FROM polyregion.outbox`).Scan(&n) == nil && n > 0
+		return queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.outbox`) > 0
 	})
 	if err := us.StopReplicator(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -184,8 +174,7 @@ func TestARegionAloneChangesItsEncodingAtARestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(ctx, t, time.Minute, "us to run in UTF8 sessions and record it", func() bool {
-		var enc string
-		return us.Running() && queryAs(t, ctx, us, `SELECT encoding FROM polyregion.text_encoding`).Scan(&enc) == nil && enc == "UTF8"
+		return us.Running() && recordedEncoding(ctx, us) == "UTF8"
 	})
 	time.Sleep(2 * time.Second)
 	if !us.Running() {
@@ -232,28 +221,14 @@ func sameNotes(got, want map[string]string) bool {
 	return len(got) == len(want)
 }
 
-// utf8Conn opens a session to r's application database that receives text
-// in UTF-8.
-func utf8Conn(t *testing.T, ctx context.Context, r *Region) *pgx.Conn {
+// notes reads public.notes in r, text in UTF-8.
+func notes(t *testing.T, ctx context.Context, r *Region) map[string]string {
 	t.Helper()
 	conn, err := pgx.Connect(ctx, r.Cluster.URL("postgres", AppDB)+"&client_encoding=UTF8")
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { conn.Close(context.Background()) })
-	return conn
-}
-
-// queryAs runs one query in r's application database, text in UTF-8.
-func queryAs(t *testing.T, ctx context.Context, r *Region, sql string, args ...any) pgx.Row {
-	t.Helper()
-	return utf8Conn(t, ctx, r).QueryRow(ctx, sql, args...)
-}
-
-// notes reads public.notes in r, text in UTF-8.
-func notes(t *testing.T, ctx context.Context, r *Region) map[string]string {
-	t.Helper()
-	conn := utf8Conn(t, ctx, r)
+	defer conn.Close(context.Background())
 	rows, err := conn.Query(ctx, `SELECT id, title FROM public.notes`)
 	if err != nil {
 		t.Fatal(err)
@@ -263,31 +238,18 @@ func notes(t *testing.T, ctx context.Context, r *Region) map[string]string {
 	if _, err := pgx.ForEachRow(rows, []any{&id, &title}, func() error { out[id] = title; return nil }); err != nil {
 		t.Fatal(err)
 	}
-	conn.Close(ctx)
 	return out
 }
 
-// searchDocs returns the documents of r's embedded notes index by id.
-func searchDocs(t *testing.T, ctx context.Context, r *Region) map[string]map[string]any {
-	t.Helper()
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+r.HTTPListen+"/search/notes?size=1000", nil)
-	resp, err := httpClient.Do(req)
+// recordedEncoding is the encoding r's replicator recorded ("" before it
+// recorded one).
+func recordedEncoding(ctx context.Context, r *Region) string {
+	conn, err := r.Conn(ctx)
 	if err != nil {
-		return nil
+		return ""
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Hits []struct {
-			ID     string         `json:"_id"`
-			Source map[string]any `json:"_source"`
-		} `json:"hits"`
-	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil {
-		return nil
-	}
-	docs := map[string]map[string]any{}
-	for _, h := range out.Hits {
-		docs[h.ID] = h.Source
-	}
-	return docs
+	defer conn.Close(context.Background())
+	var enc string
+	_ = conn.QueryRow(ctx, `SELECT encoding FROM polyregion.text_encoding`).Scan(&enc)
+	return enc
 }

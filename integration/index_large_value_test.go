@@ -189,6 +189,21 @@ func scrapeMetrics(ctx context.Context, r *Region) string {
 // embedded notes index (every document for an empty query).
 func searchIDs(ctx context.Context, t *testing.T, r *Region, q string) map[string]bool {
 	t.Helper()
+	docs := searchDocs(ctx, t, r, q)
+	if docs == nil {
+		return nil
+	}
+	ids := map[string]bool{}
+	for id := range docs {
+		ids[id] = true
+	}
+	return ids
+}
+
+// searchDocs returns the documents a query finds in a region's embedded
+// notes index, by id (nil while the index does not answer).
+func searchDocs(ctx context.Context, t *testing.T, r *Region, q string) map[string]map[string]any {
+	t.Helper()
 	u := "http://" + r.HTTPListen + "/search/notes?size=1000"
 	if q != "" {
 		u += "&q=" + url.QueryEscape(q)
@@ -201,7 +216,8 @@ func searchIDs(ctx context.Context, t *testing.T, r *Region, q string) map[strin
 	defer resp.Body.Close()
 	var out struct {
 		Hits []struct {
-			ID string `json:"_id"`
+			ID     string         `json:"_id"`
+			Source map[string]any `json:"_source"`
 		} `json:"hits"`
 	}
 	if resp.StatusCode != http.StatusOK {
@@ -210,11 +226,11 @@ func searchIDs(ctx context.Context, t *testing.T, r *Region, q string) map[strin
 	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
 		t.Fatalf("region %s: search %q: %v", r.Name, q, err)
 	}
-	ids := map[string]bool{}
+	docs := map[string]map[string]any{}
 	for _, h := range out.Hits {
-		ids[h.ID] = true
+		docs[h.ID] = h.Source
 	}
-	return ids
+	return docs
 }
 
 // waitSearchIDs waits until a query finds exactly the given ids.

@@ -38,14 +38,11 @@ func runDataPlane(stop context.Context, cfg Config, rt *runtime) error {
 		// A load takes every table the source replicates.
 		return &tablesPending{err: errors.New(waiting.describe())}
 	}
-	if cfg.encoding, err = postgres.SessionEncoding(stop, cfg.Database); err != nil {
+	if cfg.encoding, err = keepTextEncoding(stop, cfg); err != nil {
 		return err
 	}
 	if w := replicator.EncodingWarning(cfg.encoding); w != "" {
 		log.Warn(w, "text_encoding", cfg.encoding)
-	}
-	if err := keepTextEncoding(stop, cfg); err != nil {
-		return err
 	}
 	seedAfter := seedRetry(rt.seedFailures) // after the runs before this one whose seed failed
 	for _, t := range slices.Sorted(maps.Keys(waiting)) {
@@ -268,20 +265,22 @@ func purgeDropped(ctx context.Context, cfg Config, tables []string, log *slog.Lo
 // cluster added, once the table can be prepared: the next run seeds it.
 var errTablesReady = errors.New("a table the cluster added can be replicated now")
 
-// keepTextEncoding records the encoding this run's sessions exchange text
-// in, refusing a change while the outbox holds transactions read in the
-// one before that some region still waits for (postgres.KeepTextEncoding).
-func keepTextEncoding(ctx context.Context, cfg Config) error {
+// keepTextEncoding returns the encoding this run's sessions exchange text
+// in (postgres.TextEncoding) and records it, refusing a change while the
+// outbox holds transactions read in the one before that some region still
+// waits for (postgres.KeepTextEncoding).
+func keepTextEncoding(ctx context.Context, cfg Config) (string, error) {
 	conn, err := postgres.Connect(ctx, cfg.Database)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer conn.Close(context.Background())
+	enc := postgres.TextEncoding(conn.PgConn())
 	var waitedFor []string
 	for _, r := range cfg.Cluster.Regions {
 		if r != cfg.Region {
 			waitedFor = append(waitedFor, string(r))
 		}
 	}
-	return postgres.KeepTextEncoding(ctx, conn, cfg.encoding, waitedFor)
+	return enc, postgres.KeepTextEncoding(ctx, conn, enc, waitedFor)
 }

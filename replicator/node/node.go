@@ -101,7 +101,7 @@ type Config struct {
 	// plane leaves out, and the reason their changes are parked with.
 	waiting map[string]string
 	// encoding: the text encoding this run's database sessions exchange
-	// text in (postgres.SessionEncoding), sent to peers and compared with
+	// text in (postgres.TextEncoding), sent to peers and compared with
 	// theirs.
 	encoding string
 }

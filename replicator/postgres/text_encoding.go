@@ -33,23 +33,13 @@ func textEncoding(server, client string) string {
 	return client
 }
 
-// TextEncoding is the encoding conn's text arrives in and is taken in.
+// TextEncoding is the encoding conn's text arrives in and is taken in: its
+// client_encoding (the database's own unless the connection string, or a
+// setting of the role or database, sets another), but for SQL_ASCII. Every
+// text value the reader ships is in its sessions', and the appliers write
+// what peers ship as if it were in theirs.
 func TextEncoding(conn *pgconn.PgConn) string {
 	return textEncoding(conn.ParameterStatus("server_encoding"), conn.ParameterStatus("client_encoding"))
-}
-
-// SessionEncoding is the encoding the sessions connString opens exchange
-// text in (TextEncoding): their client_encoding, the database's own unless
-// the connection string (or a setting of the role or database) sets
-// another. Every text value the reader ships is
-// in it, and the appliers write what peers ship as if it were.
-func SessionEncoding(ctx context.Context, connString string) (string, error) {
-	conn, err := Connect(ctx, connString)
-	if err != nil {
-		return "", err
-	}
-	defer conn.Close(context.Background())
-	return TextEncoding(conn.PgConn()), nil
 }
 
 type utf8TextKey struct{}
