@@ -14,10 +14,18 @@ import (
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
 
-// relState is what the stream knows of one relation.
+// relState is what the stream knows of one relation: the indices it
+// feeds (none when the table is not indexed; several when more than one
+// index is built from it).
 type relState struct {
-	name string
-	tm   *tableMap // nil when the table is not indexed
+	name    string
+	targets []indexTarget
+}
+
+// indexTarget is one index a relation feeds: its columns mapped from the
+// relation's, and the engine's name of the index's current generation.
+type indexTarget struct {
+	tm   *tableMap
 	spec IndexSpec
 	phys string
 }
@@ -250,8 +258,12 @@ func (s *streamer) handle(ctx context.Context, data []byte) error {
 			return err
 		}
 		for _, id := range m.RelationIDs {
-			if rs := s.rels[id]; rs != nil && rs.tm != nil {
-				if err := s.truncate(ctx, rs); err != nil {
+			rs := s.rels[id]
+			if rs == nil {
+				continue
+			}
+			for _, t := range rs.targets {
+				if err := s.truncate(ctx, rs.name, t); err != nil {
 					return err
 				}
 			}
@@ -263,33 +275,45 @@ func (s *streamer) handle(ctx context.Context, data []byte) error {
 func (s *streamer) relation(ctx context.Context, m *pglogrepl.RelationMessage) error {
 	name := m.Namespace + "." + m.RelationName
 	rs := &relState{name: name}
+	var shape replicator.Shape
 	for _, spec := range s.f.cfg.Indices {
 		if spec.Table != name {
 			continue
 		}
-		shape, err := postgres.StreamShape(ctx, s.conn, m)
-		if err != nil {
-			return fmt.Errorf("index feed: %w", err)
+		if len(rs.targets) == 0 {
+			var err error
+			if shape, err = postgres.StreamShape(ctx, s.conn, m); err != nil {
+				return fmt.Errorf("index feed: %w", err)
+			}
 		}
 		tm, err := newTableMap(spec, shape)
 		if err != nil {
 			return fmt.Errorf("index feed: %w", err)
 		}
-		rs.tm, rs.spec, rs.phys = tm, spec, s.g.Indices[spec.Index]
+		rs.targets = append(rs.targets, indexTarget{tm: tm, spec: spec, phys: s.g.Indices[spec.Index]})
 	}
 	s.rels[m.RelationID] = rs
 	return nil
 }
 
+// row feeds one change of a relation to every index built from it.
 func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.TupleData, del bool) error {
 	rs := s.rels[relID]
 	if rs == nil {
 		return fmt.Errorf("index feed: change for unknown relation %d", relID)
 	}
-	if rs.tm == nil {
-		return nil
+	for _, t := range rs.targets {
+		if err := s.rowInto(ctx, rs.name, t, newT, oldT, del); err != nil {
+			return err
+		}
 	}
-	tm := rs.tm
+	return nil
+}
+
+// rowInto writes one change to one index: a delete of the old key's
+// document when the key changed or the row went, and the new document.
+func (s *streamer) rowInto(ctx context.Context, table string, t indexTarget, newT, oldT *pglogrepl.TupleData, del bool) error {
+	tm := t.tm
 	version := int64(s.txnLSN)
 	var row []replicator.Value
 	var key string
@@ -310,7 +334,7 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 			if err != nil {
 				return err
 			}
-			if err := s.add(ctx, Op{Index: rs.phys, ID: id, Version: version, Delete: true, Table: rs.name, Key: oldKey}); err != nil {
+			if err := s.add(ctx, Op{Index: t.phys, ID: id, Version: version, Delete: true, Table: table, Key: oldKey}); err != nil {
 				return err
 			}
 		}
@@ -325,7 +349,7 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 	limit := s.f.cfg.MaxDocumentBytes
 	lens := tupleLens(len(tm.shape.Columns), newT)
 	if why := tm.oversize(limit, lens); why != "" {
-		return s.refuse(ctx, rs, key, id, why)
+		return s.refuse(ctx, table, t.phys, key, id, why)
 	}
 	tm.convert(row, newT, false, true) // the key columns are in already
 	if miss := tm.unchanged(row); len(miss) > 0 {
@@ -338,29 +362,29 @@ func (s *streamer) row(ctx context.Context, relID uint32, newT, oldT *pglogrepl.
 			return nil
 		}
 		if why := tm.oversize(limit, lens); why != "" {
-			return s.refuse(ctx, rs, key, id, why)
+			return s.refuse(ctx, table, t.phys, key, id, why)
 		}
 	}
 	doc, err := tm.doc(row)
 	if err != nil {
 		// A value the document cannot hold (a timestamp before the
 		// common era or past year 9999).
-		return s.refuse(ctx, rs, key, id, err.Error())
+		return s.refuse(ctx, table, t.phys, key, id, err.Error())
 	}
 	if why := docOversize(doc, limit); why != "" {
-		return s.refuse(ctx, rs, key, id, why)
+		return s.refuse(ctx, table, t.phys, key, id, why)
 	}
-	return s.add(ctx, Op{Index: rs.phys, ID: id, Version: version, Doc: doc, Table: rs.name, Key: key})
+	return s.add(ctx, Op{Index: t.phys, ID: id, Version: version, Doc: doc, Table: table, Key: key})
 }
 
 // refuse records a row whose document is over the size limit or cannot be
 // rendered, and removes the row's older document from the index: a search
 // must not go on finding content the row no longer has.
-func (s *streamer) refuse(ctx context.Context, rs *relState, key, id, why string) error {
-	if err := s.add(ctx, Op{Index: rs.phys, ID: id, Version: int64(s.txnLSN), Delete: true, Table: rs.name, Key: key}); err != nil {
+func (s *streamer) refuse(ctx context.Context, table, phys, key, id, why string) error {
+	if err := s.add(ctx, Op{Index: phys, ID: id, Version: int64(s.txnLSN), Delete: true, Table: table, Key: key}); err != nil {
 		return err
 	}
-	return s.deadLetter(ctx, deadLetter{index: rs.phys, table: rs.name, key: key, id: id, version: s.txnLSN, reason: why})
+	return s.deadLetter(ctx, deadLetter{index: phys, table: table, key: key, id: id, version: s.txnLSN, reason: why})
 }
 
 // fill reads the values the stream did not carry (unchanged TOASTed

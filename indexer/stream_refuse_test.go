@@ -61,7 +61,7 @@ func TestStreamRefusesUnrenderableRowAndConfirms(t *testing.T) {
 			t.Fatal(err)
 		}
 		var recorded []deadLetter
-		s := &streamer{f: f, acked: 10, rels: map[uint32]*relState{1: {name: "public.t", tm: tm, spec: f.cfg.Indices[0], phys: "t-1"}},
+		s := &streamer{f: f, acked: 10, rels: map[uint32]*relState{1: {name: "public.t", targets: []indexTarget{{tm: tm, spec: f.cfg.Indices[0], phys: "t-1"}}}},
 			record: func(_ context.Context, dls []deadLetter) error { recorded = append(recorded, dls...); return nil }}
 		msgs := [][]byte{msgBegin(100)}
 		if c.filler {

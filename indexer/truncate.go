@@ -15,22 +15,22 @@ import "context"
 // sees every document; the deletes go through the batch like any change
 // (written every BatchDocs, also while the scan goes on), so the memory is
 // bounded whatever the index's size.
-func (s *streamer) truncate(ctx context.Context, rs *relState) error {
+func (s *streamer) truncate(ctx context.Context, table string, t indexTarget) error {
 	if err := s.flush(ctx); err != nil {
 		return err
 	}
-	if err := s.f.be.Refresh(ctx, rs.phys); err != nil {
+	if err := s.f.be.Refresh(ctx, t.phys); err != nil {
 		return err
 	}
 	version := int64(s.txnLSN)
 	n := 0
-	err := s.f.be.ScanIDs(ctx, rs.phys, func(id string) error {
+	err := s.f.be.ScanIDs(ctx, t.phys, func(id string) error {
 		n++
-		return s.add(ctx, Op{Index: rs.phys, ID: id, Version: version, Delete: true, Table: rs.name})
+		return s.add(ctx, Op{Index: t.phys, ID: id, Version: version, Delete: true, Table: table})
 	})
 	if err != nil {
 		return err
 	}
-	s.f.cfg.Logger.Info("index emptied by TRUNCATE", "table", rs.name, "index", rs.spec.Index, "documents", n)
+	s.f.cfg.Logger.Info("index emptied by TRUNCATE", "table", table, "index", t.spec.Index, "documents", n)
 	return nil
 }

@@ -66,7 +66,7 @@ func TestStreamTruncateIsAVersionedDelete(t *testing.T) {
 	// The transaction: inserts "gone", truncates, inserts "kept"; then
 	// the same again (a replay).
 	for pass := range 2 {
-		s := &streamer{f: f, acked: 10, rels: map[uint32]*relState{1: {name: "public.t", tm: tm, spec: f.cfg.Indices[0], phys: phys}},
+		s := &streamer{f: f, acked: 10, rels: map[uint32]*relState{1: {name: "public.t", targets: []indexTarget{{tm: tm, spec: f.cfg.Indices[0], phys: phys}}}},
 			record: func(context.Context, []deadLetter) error { return nil }}
 		if err := s.handle(ctx, msgBegin(100)); err != nil {
 			t.Fatal(err)
