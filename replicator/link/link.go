@@ -724,19 +724,26 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 	// A watchdog ends a stream that went silent (half-open connection), and
 	// drops its connection (see silent.go). It times only the waits for
 	// frames: while the receiver holds a transaction (backpressure) the
-	// clock is stopped.
+	// clock is stopped. Any bytes arriving count, not only whole frames: a
+	// frame of a large transaction may take longer than IdleTimeout to
+	// arrive over a slow link, and ending its stream would only have it
+	// sent again, from its start, for ever.
 	activity := make(chan struct{}, 1)
 	waiting := make(chan bool) // true: waiting for a frame; false: busy in fn
 	go func() {
 		t := time.NewTimer(c.cfg.IdleTimeout)
 		defer t.Stop()
+		busy := false
 		for {
 			select {
 			case <-ctx.Done():
 				return
 			case <-activity:
-				t.Reset(c.cfg.IdleTimeout)
+				if !busy { // a signal left over from before fn began restarts nothing
+					t.Reset(c.cfg.IdleTimeout)
+				}
 			case w := <-waiting:
+				busy = !w
 				if w {
 					t.Reset(c.cfg.IdleTimeout)
 				} else {
@@ -755,7 +762,7 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 		case <-ctx.Done():
 		}
 	}
-	br := bufio.NewReaderSize(resp.Body, 256<<10)
+	br := bufio.NewReaderSize(activeReader{resp.Body, activity}, 256<<10)
 	next, nextPart := after+1, 0
 	for {
 		typ, payload, err := replicator.ReadFrame(br, maxFrame)
@@ -764,10 +771,6 @@ func (c *Client) Stream(ctx context.Context, after replicator.Seq, fn func(*repl
 				return fmt.Errorf("stream from %s: idle or cancelled: %w", c.cfg.Peer, ctx.Err())
 			}
 			return fmt.Errorf("stream from %s: %w", c.cfg.Peer, err)
-		}
-		select {
-		case activity <- struct{}{}:
-		default:
 		}
 		switch typ {
 		case frameHello:

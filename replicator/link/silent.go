@@ -2,6 +2,7 @@ package link
 
 import (
 	"context"
+	"io"
 	"net"
 	"net/http/httptrace"
 	"sync"
@@ -38,4 +39,21 @@ func (s *streamConn) drop() {
 	if conn != nil {
 		_ = conn.Close()
 	}
+}
+
+// activeReader tells a stream's watchdog of every read that brought bytes.
+type activeReader struct {
+	r        io.Reader
+	activity chan<- struct{}
+}
+
+func (a activeReader) Read(p []byte) (int, error) {
+	n, err := a.r.Read(p)
+	if n > 0 {
+		select {
+		case a.activity <- struct{}{}:
+		default:
+		}
+	}
+	return n, err
 }

@@ -2,6 +2,8 @@ package link
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"net"
 	"strings"
 	"sync"
@@ -20,6 +22,9 @@ type silentProxy struct {
 	ln       net.Listener
 	target   string
 	accepted atomic.Int32
+	// paced, when set before the first connection, forwards at most 16 KB
+	// every 10 ms (about 1.6 MB/s: a slow path, not a silent one).
+	paced bool
 
 	mu    sync.Mutex
 	pairs []*proxied
@@ -58,20 +63,26 @@ func (p *silentProxy) accept() {
 		p.mu.Lock()
 		p.pairs = append(p.pairs, pair)
 		p.mu.Unlock()
-		go pair.forward(c, s)
-		go pair.forward(s, c)
+		go pair.forward(c, s, p.paced)
+		go pair.forward(s, c, p.paced)
 	}
 }
 
 // forward copies src to dst until the pair goes silent, then reads and
 // drops what src sends (so neither side sees its writes fail).
-func (p *proxied) forward(src, dst net.Conn) {
+func (p *proxied) forward(src, dst net.Conn, paced bool) {
 	buf := make([]byte, 32<<10)
+	if paced {
+		buf = buf[:16<<10]
+	}
 	for {
 		n, err := src.Read(buf)
 		if n > 0 && !p.silent.Load() {
 			if _, err := dst.Write(buf[:n]); err != nil {
 				return
+			}
+			if paced {
+				time.Sleep(10 * time.Millisecond)
 			}
 		}
 		if err != nil {
@@ -102,9 +113,15 @@ func (p *silentProxy) close() {
 // silentClient serves ob and returns a client that reaches it through a
 // proxy whose path can go silent, with a short idle timeout.
 func silentClient(t *testing.T, ob *memOutbox) (*Client, *silentProxy) {
+	return proxiedClient(t, ob, false)
+}
+
+// proxiedClient is silentClient with the path paced when paced is set.
+func proxiedClient(t *testing.T, ob *memOutbox, paced bool) (*Client, *silentProxy) {
 	t.Helper()
 	target := serve(t, ob, TLSFiles{}, cluster)
 	px := newSilentProxy(t, strings.TrimPrefix(target, "http://"))
+	px.paced = paced
 	cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: "http://" + px.ln.Addr().String(), Token: secret,
 		Cluster: cluster, IdleTimeout: 300 * time.Millisecond})
 	if err != nil {
@@ -167,5 +184,31 @@ func TestAckOnASilentPathFailsAfterAnUnansweredPing(t *testing.T) {
 	}
 	if n := px.accepted.Load(); n < 2 {
 		t.Fatalf("%d connection(s) dialled, want a new one after the silent path", n)
+	}
+}
+
+// A transaction whose frame takes longer than the idle timeout to arrive
+// over a slow path (here about 1 s for 1.5 MB, against a 300 ms timeout)
+// still arrives: bytes arriving keep the stream alive, not only whole
+// frames. Before, the watchdog ended the stream mid-frame and the next
+// stream started the same frame again, never getting past it.
+func TestAFrameSlowerThanTheIdleTimeoutArrives(t *testing.T) {
+	ob := newMemOutbox()
+	big := txn(1)
+	text := make([]byte, 768<<10)
+	if _, err := rand.Read(text); err != nil {
+		t.Fatal(err)
+	}
+	big.Changes[0].Row[0].Text = hex.EncodeToString(text) // 1.5 MB that no compression shrinks
+	ob.add(big)
+	ob.add(txn(2))
+	cl, _ := proxiedClient(t, ob, true)
+	start := time.Now()
+	got, err := collect(t, cl, 0, 2)
+	if err != nil || len(got) != 2 || got[0] != 1 || got[1] != 2 {
+		t.Fatalf("stream over a slow path: %v, %v after %s; want transactions 1 and 2", got, err, time.Since(start).Round(time.Millisecond))
+	}
+	if took := time.Since(start); took < 600*time.Millisecond {
+		t.Fatalf("the path was not slow: the frame arrived in %s, under twice the idle timeout", took.Round(time.Millisecond))
 	}
 }
