@@ -53,6 +53,11 @@ func (b *elasticBackend) Bulk(ctx context.Context, ops []Op) ([]Rejection, error
 		Client:     b.client,
 		NumWorkers: 1, // one request at a time: the batch is already large
 		FlushBytes: 8 << 20,
+		// The indexer's worker sends its requests without a context of
+		// its own (context.Background): this one makes them end with the
+		// call, so a node that never answers holds nothing after Bulk
+		// returned, and a batch over FlushBytes does not wait for ever.
+		OnFlushStart: func(context.Context) context.Context { return ctx },
 		OnError: func(_ context.Context, err error) {
 			mu.Lock()
 			defer mu.Unlock()
