@@ -103,10 +103,15 @@ func (c *BackendConfig) Validate() error {
 		if len(c.URLs) == 0 {
 			return fmt.Errorf("search.urls: at least one %s URL is required", c.Kind)
 		}
-		for _, u := range c.URLs {
+		for i, u := range c.URLs {
+			// The URL may hold a password: the message names it by its
+			// place in the list, and shows it only parsed, without one.
 			p, err := url.Parse(u)
-			if err != nil || (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-				return fmt.Errorf("search.urls: %q is not an http(s) URL", u)
+			if err != nil {
+				return fmt.Errorf("search.urls[%d] is not a URL (a password in it must be percent-encoded)", i)
+			}
+			if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
+				return fmt.Errorf("search.urls[%d]: %q is not an http(s) URL", i, p.Redacted())
 			}
 		}
 		if c.APIKey != "" && c.Kind != KindElasticsearch {

@@ -218,3 +218,25 @@ func TestEmbeddedVersions(t *testing.T) {
 		t.Fatalf("after swap: %+v", out)
 	}
 }
+
+// A search URL the settings refuse is named by its place in the list: the
+// message never carries the password the URL holds.
+func TestRefusedSearchURLsKeepTheirPasswords(t *testing.T) {
+	for _, u := range []string{"https://elastic:pa#ss@es:9200", "https://elastic:a/b@es:9200", "ftp://elastic:s3cret@es:21"} {
+		err := (&BackendConfig{Kind: KindElasticsearch, URLs: []string{"https://es:9200", u}}).Validate()
+		if err == nil {
+			t.Fatalf("%s: accepted", u)
+		}
+		if !strings.Contains(err.Error(), "search.urls[1]") {
+			t.Errorf("%s: %v does not name the URL's place", u, err)
+		}
+		for _, secret := range []string{"pa#ss", "a/b", "s3cret"} {
+			if strings.Contains(err.Error(), secret) {
+				t.Errorf("%s: the message carries the password: %v", u, err)
+			}
+		}
+	}
+	if err := (&BackendConfig{Kind: KindElasticsearch, URLs: []string{"https://elastic:s3cret@es:9200"}}).Validate(); err != nil {
+		t.Errorf("a URL with credentials refused: %v", err)
+	}
+}
