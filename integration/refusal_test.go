@@ -13,7 +13,9 @@ import (
 
 // TestCheckRefusesWithEveryProblemNamed: a database that cannot be
 // replicated is refused by `polyregion check` (and by `run`) with every
-// problem named, and nothing is created.
+// problem named, and nothing is created. Among them: a replica identity
+// that leaves the primary key out of the WAL (before, the reader stopped
+// at the first delete of such a table, at every restart again).
 func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 	h := startClusters(t, Spec{
 		Regions: []string{"us"},
@@ -27,9 +29,17 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 			`CREATE TABLE public.users_domain (email public.email PRIMARY KEY)`,
 			// Keys that compare by their bytes: not refused.
 			`CREATE TABLE public.codes (code varchar(20) PRIMARY KEY, label text COLLATE public.caseless)`,
-			`CREATE TABLE public.fixed (code char(3), tag text COLLATE "C", PRIMARY KEY (code, tag))`},
+			`CREATE TABLE public.fixed (code char(3), tag text COLLATE "C", PRIMARY KEY (code, tag))`,
+			// Replica identities that leave the key out of the WAL, and one that keeps it.
+			`CREATE TABLE public.ri_email (id integer PRIMARY KEY, email text NOT NULL UNIQUE)`,
+			`ALTER TABLE public.ri_email REPLICA IDENTITY USING INDEX ri_email_email_key`,
+			`CREATE TABLE public.ri_nothing (id integer PRIMARY KEY)`,
+			`ALTER TABLE public.ri_nothing REPLICA IDENTITY NOTHING`,
+			`CREATE TABLE public.ri_covering (id integer PRIMARY KEY, tag text NOT NULL, UNIQUE (tag, id))`,
+			`ALTER TABLE public.ri_covering REPLICA IDENTITY USING INDEX ri_covering_tag_id_key`},
 		Tables: []TableSpec{{Name: "public.nopk"}, {Name: "public.ok"}, {Name: "public.missing"},
-			{Name: "public.users_ci"}, {Name: "public.users_citext"}, {Name: "public.users_domain"}, {Name: "public.codes"}, {Name: "public.fixed"}},
+			{Name: "public.users_ci"}, {Name: "public.users_citext"}, {Name: "public.users_domain"}, {Name: "public.codes"}, {Name: "public.fixed"},
+			{Name: "public.ri_email"}, {Name: "public.ri_nothing"}, {Name: "public.ri_covering"}},
 		ClusterOptions: ClusterOptions{WalLevel: "replica", Settings: map[string]string{"track_commit_timestamp": "off"}},
 	})
 	ctx := ctxFor(t, time.Minute)
@@ -50,12 +60,14 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 		for _, want := range []string{"wal_level", "track_commit_timestamp", "lacks REPLICATION", "public.nopk: table has no primary key", "public.missing: table does not exist",
 			`public.users_ci: primary key column "email" is in the nondeterministic collation public.caseless`,
 			`public.users_citext: primary key column "email" is of type public.citext, which compares 'A' and 'a' as equal`,
-			`public.users_domain: primary key column "email" is of type public.citext`} {
+			`public.users_domain: primary key column "email" is of type public.citext`,
+			`public.ri_email: its REPLICA IDENTITY index public.ri_email_email_key does not hold every primary key column`,
+			`public.ri_nothing: REPLICA IDENTITY NOTHING`} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("%s output does not mention %q:\n%s", sub, want, out.String())
 			}
 		}
-		for _, clean := range []string{"public.ok", "public.codes", "public.fixed"} {
+		for _, clean := range []string{"public.ok", "public.codes", "public.fixed", "public.ri_covering"} {
 			if strings.Contains(out.String(), clean) {
 				t.Errorf("%s output names %s, whose key compares by its bytes:\n%s", sub, clean, out.String())
 			}

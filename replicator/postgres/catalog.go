@@ -150,7 +150,8 @@ func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
 
 // tableProblems lists what keeps tables from being replicated here: a
 // table missing or without a primary key, a primary key that compares
-// otherwise than by its bytes, a privilege user lacks.
+// otherwise than by its bytes, a replica identity that leaves the key out
+// of the WAL, a privilege user lacks.
 func tableProblems(ctx context.Context, conn *pgx.Conn, user string, tables []string) (Problems, error) {
 	var probs Problems
 	for _, t := range tables {
@@ -167,6 +168,13 @@ func tableProblems(ctx context.Context, conn *pgx.Conn, user string, tables []st
 			return nil, err
 		}
 		probs = append(probs, kp...)
+		ri, err := replicaIdentityProblem(ctx, conn, t)
+		if err != nil {
+			return nil, err
+		}
+		if ri != "" {
+			probs = append(probs, ri)
+		}
 		for _, priv := range []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRIGGER"} {
 			var ok bool
 			if err := conn.QueryRow(ctx, `SELECT pg_catalog.has_table_privilege(current_user, $1, $2)`, qualified(sh.Table), priv).Scan(&ok); err != nil {

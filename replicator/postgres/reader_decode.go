@@ -82,6 +82,11 @@ func fillUnchanged(newT, oldT *pglogrepl.TupleData) {
 	}
 }
 
+// oldKeyHint says why an old row may lack its key: a replica identity
+// changed after the replicator checked it at start (see
+// replica_identity.go).
+const oldKeyHint = "the WAL's old row lacks the primary key: set the table's REPLICA IDENTITY to DEFAULT or FULL, then restart the replicator; changes already in the WAL stay unreadable"
+
 func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uint32, op conflict.Op, newT, oldT *pglogrepl.TupleData) error {
 	if cur == nil {
 		return fmt.Errorf("reader: row change outside a transaction")
@@ -100,7 +105,7 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 	case conflict.OpDelete:
 		key, err := rel.shape.KeyOf(tupleValues(rel, oldT))
 		if err != nil {
-			return fmt.Errorf("reader: delete: %w", err)
+			return fmt.Errorf("reader: delete from %s: %w (%s)", rel.name, err, oldKeyHint)
 		}
 		cur.changes = append(cur.changes, rawChange{rel: rel, op: op, key: key})
 	default:
@@ -114,7 +119,7 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 			// one written.
 			oldKey, err := rel.shape.KeyOf(tupleValues(rel, oldT))
 			if err != nil {
-				return fmt.Errorf("reader: update: %w", err)
+				return fmt.Errorf("reader: update of %s: old row: %w (%s)", rel.name, err, oldKeyHint)
 			}
 			if oldKey != key {
 				cur.changes = append(cur.changes, rawChange{rel: rel, op: conflict.OpDelete, key: oldKey})
