@@ -85,7 +85,7 @@ func fillUnchanged(newT, oldT *pglogrepl.TupleData) {
 // oldKeyHint says why an old row may lack its key: a replica identity
 // changed after the replicator checked it at start (see
 // replica_identity.go).
-const oldKeyHint = "the WAL's old row lacks the primary key: set the table's REPLICA IDENTITY to DEFAULT or FULL, then restart the replicator; changes already in the WAL stay unreadable"
+const oldKeyHint = "the WAL's old row lacks the primary key: set the table's REPLICA IDENTITY to DEFAULT or FULL; a change already in the WAL without its key cannot be shipped, and the region must then be re-seeded from a peer (region reseed)"
 
 func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uint32, op conflict.Op, newT, oldT *pglogrepl.TupleData) error {
 	if cur == nil {
