@@ -220,3 +220,49 @@ func waitRow(t *testing.T, ctx context.Context, r *Region, sql string, want int6
 	}
 	t.Fatalf("region %s: %s = %d, want %d", r.Name, sql, got, want)
 }
+
+// TestAChangeAnApplicationTriggerRefusesIsParked: a peer's change that a
+// trigger of the receiving region's application refuses (RAISE EXCEPTION)
+// is parked with the trigger's message, and the changes after it, of that
+// table and others, go on; once the trigger is gone, the parked change is
+// applied. Before, only constraint and value errors were parked: the
+// trigger's error stopped every later change from that peer.
+func TestAChangeAnApplicationTriggerRefusesIsParked(t *testing.T) {
+	schema := []string{
+		`CREATE TABLE public.orders (id integer PRIMARY KEY, status text NOT NULL)`,
+		`CREATE TABLE public.other (id integer PRIMARY KEY, val text)`,
+	}
+	tables := []TableSpec{{Name: "public.orders"}, {Name: "public.other"}}
+	h := startClusters(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema, Tables: tables})
+	ctx := ctxFor(t, 3*time.Minute)
+	us, eu := h.Regions[0], h.Regions[1]
+	mustExec(t, ctx, eu, `CREATE FUNCTION public.no_cancelled() RETURNS trigger LANGUAGE plpgsql AS $$
+		BEGIN
+			IF NEW.status = 'cancelled' THEN
+				RAISE EXCEPTION 'orders here are never cancelled (order %)', NEW.id;
+			END IF;
+			RETURN NEW;
+		END $$`)
+	mustExec(t, ctx, eu, `CREATE TRIGGER no_cancelled BEFORE INSERT OR UPDATE ON public.orders FOR EACH ROW EXECUTE FUNCTION public.no_cancelled()`)
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatalf("replicators did not come up: %v", err)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.orders VALUES (1, 'cancelled')`)
+	mustExec(t, ctx, us, `INSERT INTO public.orders VALUES (2, 'open')`)
+	mustExec(t, ctx, us, `INSERT INTO public.other VALUES (1, 'after the refused order')`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.other WHERE id = 1`, 1)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.orders WHERE id = 2`, 1)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM polyregion.parked WHERE tbl = 'public.orders' AND resolved_at IS NULL`, 1)
+	if reason := queryString(t, ctx, eu, `SELECT reason FROM polyregion.parked WHERE tbl = 'public.orders' LIMIT 1`); !strings.Contains(reason, "orders here are never cancelled (order 1)") {
+		t.Errorf("parked order's reason %q does not carry the trigger's message", reason)
+	}
+	mustExec(t, ctx, eu, `DROP TRIGGER no_cancelled ON public.orders`)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM public.orders WHERE id = 1 AND status = 'cancelled'`, 1)
+	waitRow(t, ctx, eu, `SELECT count(*) FROM polyregion.parked WHERE resolved_at IS NULL`, 0)
+	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -430,6 +430,13 @@ func (a *Applier) applyChunk(ctx context.Context, txns []*replicator.Txn) (last 
 	return last, committed, err
 }
 
+// isDataError reports whether the local database refused a change for
+// what the change holds, here: a constraint (class 23), a value (22), an
+// application's trigger raising an error (P0), a row-level security
+// policy or a privilege (42501), a value too large for an index (54000).
+// Such a change is parked with the reason and retried, and the rest of
+// the stream goes on; any other error stops the stream until it passes
+// (a lock, a connection, a server going down).
 func isDataError(err error) bool {
 	var r retryable
 	if errors.As(err, &r) {
@@ -437,7 +444,12 @@ func isDataError(err error) bool {
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
-		return strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "22")
+		switch {
+		case strings.HasPrefix(pe.Code, "23"), strings.HasPrefix(pe.Code, "22"), strings.HasPrefix(pe.Code, "P0"):
+			return true
+		case pe.Code == "42501", pe.Code == "54000":
+			return true
+		}
 	}
 	return false
 }
