@@ -283,14 +283,90 @@ func saveDeadLetters(ctx context.Context, conn *pgx.Conn, dls []deadLetter) erro
 	b := &pgx.Batch{}
 	for _, d := range dls {
 		var doc any
+		reason := d.reason
 		if len(d.doc) > 0 && len(d.doc) < 1<<20 {
-			doc = string(d.doc)
+			if why := jsonbRefuses(d.doc); why != "" {
+				// The record must be kept whatever the document holds: a
+				// failed insert would stop the feed at this change for ever.
+				reason += " (the document is not kept here: " + why + ")"
+			} else {
+				doc = string(d.doc)
+			}
 		}
 		b.Queue(`INSERT INTO polyregion.index_dead_letter (index, tbl, key, doc_id, version, status, reason, doc) VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7, $8::jsonb)`,
-			d.index, d.table, d.key, d.id, d.version.String(), d.status, d.reason, doc)
+			d.index, d.table, d.key, d.id, d.version.String(), d.status, reason, doc)
 	}
 	if err := conn.SendBatch(ctx, b).Close(); err != nil {
 		return fmt.Errorf("dead-letter table: %w", err)
 	}
 	return nil
+}
+
+// jsonbRefuses names what in a document's JSON text jsonb refuses to
+// store, or returns "": an escaped NUL character (\u0000, which a json
+// column's value may hold) and an escaped UTF-16 surrogate without its
+// pair.
+func jsonbRefuses(doc []byte) string {
+	inString := false
+	for i := 0; i < len(doc); i++ {
+		c := doc[i]
+		if !inString {
+			inString = c == '"'
+			continue
+		}
+		switch c {
+		case '"':
+			inString = false
+		case '\\':
+			if i+1 >= len(doc) {
+				return ""
+			}
+			if doc[i+1] != 'u' {
+				i++ // the escaped character
+				continue
+			}
+			r, ok := hex4(doc, i+2)
+			switch {
+			case !ok:
+				return ""
+			case r == 0:
+				return `it holds \u0000, which jsonb cannot store`
+			case r >= 0xD800 && r <= 0xDBFF:
+				lo, ok := rune(0), false
+				if i+7 < len(doc) && doc[i+6] == '\\' && doc[i+7] == 'u' {
+					lo, ok = hex4(doc, i+8)
+				}
+				if !ok || lo < 0xDC00 || lo > 0xDFFF {
+					return "it holds a UTF-16 high surrogate without its low half, which jsonb cannot store"
+				}
+				i += 11
+				continue
+			case r >= 0xDC00 && r <= 0xDFFF:
+				return "it holds a UTF-16 low surrogate without its high half, which jsonb cannot store"
+			}
+			i += 5
+		}
+	}
+	return ""
+}
+
+// hex4 reads the four hex digits at doc[at:].
+func hex4(doc []byte, at int) (rune, bool) {
+	if at+4 > len(doc) {
+		return 0, false
+	}
+	var r rune
+	for _, c := range doc[at : at+4] {
+		switch {
+		case c >= '0' && c <= '9':
+			r = r<<4 | rune(c-'0')
+		case c >= 'a' && c <= 'f':
+			r = r<<4 | rune(c-'a'+10)
+		case c >= 'A' && c <= 'F':
+			r = r<<4 | rune(c-'A'+10)
+		default:
+			return 0, false
+		}
+	}
+	return r, true
 }
