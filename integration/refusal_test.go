@@ -36,10 +36,14 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 			`CREATE TABLE public.ri_nothing (id integer PRIMARY KEY)`,
 			`ALTER TABLE public.ri_nothing REPLICA IDENTITY NOTHING`,
 			`CREATE TABLE public.ri_covering (id integer PRIMARY KEY, tag text NOT NULL, UNIQUE (tag, id))`,
-			`ALTER TABLE public.ri_covering REPLICA IDENTITY USING INDEX ri_covering_tag_id_key`},
+			`ALTER TABLE public.ri_covering REPLICA IDENTITY USING INDEX ri_covering_tag_id_key`,
+			// The key only among the index's INCLUDE columns: not logged.
+			`CREATE TABLE public.ri_include (id integer PRIMARY KEY, email text NOT NULL)`,
+			`CREATE UNIQUE INDEX ri_include_email ON public.ri_include (email) INCLUDE (id)`,
+			`ALTER TABLE public.ri_include REPLICA IDENTITY USING INDEX ri_include_email`},
 		Tables: []TableSpec{{Name: "public.nopk"}, {Name: "public.ok"}, {Name: "public.missing"},
 			{Name: "public.users_ci"}, {Name: "public.users_citext"}, {Name: "public.users_domain"}, {Name: "public.codes"}, {Name: "public.fixed"},
-			{Name: "public.ri_email"}, {Name: "public.ri_nothing"}, {Name: "public.ri_covering"}},
+			{Name: "public.ri_email"}, {Name: "public.ri_nothing"}, {Name: "public.ri_covering"}, {Name: "public.ri_include"}},
 		ClusterOptions: ClusterOptions{WalLevel: "replica", Settings: map[string]string{"track_commit_timestamp": "off"}},
 	})
 	ctx := ctxFor(t, time.Minute)
@@ -62,6 +66,7 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 			`public.users_citext: primary key column "email" is of type public.citext, which compares 'A' and 'a' as equal`,
 			`public.users_domain: primary key column "email" is of type public.citext`,
 			`public.ri_email: its REPLICA IDENTITY index public.ri_email_email_key does not hold every primary key column`,
+			`public.ri_include: its REPLICA IDENTITY index public.ri_include_email does not hold every primary key column`,
 			`public.ri_nothing: REPLICA IDENTITY NOTHING`} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("%s output does not mention %q:\n%s", sub, want, out.String())
@@ -304,4 +309,28 @@ func TestColumnDroppedWhileChangesInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitRow(t, ctx, eu, `SELECT count(*) FROM public.items`, 2)
+}
+
+// TestAReplicaIdentitySwitchedWhileRunningStopsTheReader: a table switched,
+// while its replicator runs, to an identity index without the primary key
+// stops the reader at its next update, with the table and the fix named:
+// an update that moved the key without touching the index's columns has
+// no old row in the WAL, and shipped as it was it would have left the old
+// key in every other region.
+func TestAReplicaIdentitySwitchedWhileRunningStopsTheReader(t *testing.T) {
+	schema := []string{`CREATE TABLE public.accounts (id integer PRIMARY KEY, email text NOT NULL UNIQUE)`}
+	tables := []TableSpec{{Name: "public.accounts"}}
+	h := startClusters(t, Spec{Regions: []string{"us"}, SchemaSQL: schema, Tables: tables})
+	ctx := ctxFor(t, time.Minute)
+	us := h.Regions[0]
+	if err := h.StartReplicators(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.WaitConverged(ctx, tableNames(tables), 30*time.Second); err != nil {
+		t.Fatalf("replicator did not come up: %v", err)
+	}
+	mustExec(t, ctx, us, `INSERT INTO public.accounts VALUES (1, 'a@example.com')`)
+	mustExec(t, ctx, us, `ALTER TABLE public.accounts REPLICA IDENTITY USING INDEX accounts_email_key`)
+	mustExec(t, ctx, us, `UPDATE public.accounts SET id = 2 WHERE id = 1`)
+	waitLog(t, us, 30*time.Second, "update of public.accounts: its replica identity does not log the primary key")
 }

@@ -168,13 +168,11 @@ func tableProblems(ctx context.Context, conn *pgx.Conn, user string, tables []st
 			return nil, err
 		}
 		probs = append(probs, kp...)
-		ri, err := replicaIdentityProblem(ctx, conn, t)
+		ri, err := replicaIdentityProblems(ctx, conn, t)
 		if err != nil {
 			return nil, err
 		}
-		if ri != "" {
-			probs = append(probs, ri)
-		}
+		probs = append(probs, ri...)
 		for _, priv := range []string{"SELECT", "INSERT", "UPDATE", "DELETE", "TRIGGER"} {
 			var ok bool
 			if err := conn.QueryRow(ctx, `SELECT pg_catalog.has_table_privilege(current_user, $1, $2)`, qualified(sh.Table), priv).Scan(&ok); err != nil {

@@ -101,6 +101,9 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 	if _, ok := r.tables[rel.name]; !ok {
 		return nil
 	}
+	if op != conflict.OpInsert && !identityLogsKey(rel.msg, rel.shape.Key) {
+		return fmt.Errorf("reader: %s of %s: its replica identity does not log the primary key (%s)", op, rel.name, oldKeyHint)
+	}
 	switch op {
 	case conflict.OpDelete:
 		key, err := rel.shape.KeyOf(tupleValues(rel, oldT))
