@@ -111,7 +111,9 @@ func (c *BackendConfig) Validate() error {
 				return fmt.Errorf("search.urls[%d] is not a URL (a password in it must be percent-encoded)", i)
 			}
 			if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-				return fmt.Errorf("search.urls[%d]: %q is not an http(s) URL", i, p.Redacted())
+				// Not even the redacted form: without "//" the text after
+				// the scheme is opaque, password and all.
+				return fmt.Errorf("search.urls[%d] is not an http(s) URL with a host (https://host:port)", i)
 			}
 		}
 		if c.APIKey != "" && c.Kind != KindElasticsearch {

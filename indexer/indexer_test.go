@@ -222,7 +222,7 @@ func TestEmbeddedVersions(t *testing.T) {
 // A search URL the settings refuse is named by its place in the list: the
 // message never carries the password the URL holds.
 func TestRefusedSearchURLsKeepTheirPasswords(t *testing.T) {
-	for _, u := range []string{"https://elastic:pa#ss@es:9200", "https://elastic:a/b@es:9200", "ftp://elastic:s3cret@es:21"} {
+	for _, u := range []string{"https://elastic:pa#ss@es:9200", "https://elastic:a/b@es:9200", "ftp://elastic:s3cret@es:21", "elastic:s3cret@es:9200"} {
 		err := (&BackendConfig{Kind: KindElasticsearch, URLs: []string{"https://es:9200", u}}).Validate()
 		if err == nil {
 			t.Fatalf("%s: accepted", u)

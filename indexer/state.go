@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/polyregion/polyregion/replicator/postgres"
 )
@@ -280,26 +281,48 @@ func saveDeadLetters(ctx context.Context, conn *pgx.Conn, dls []deadLetter) erro
 	if len(dls) == 0 {
 		return nil
 	}
+	err := insertDeadLetters(ctx, conn, dls, true)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && strings.HasPrefix(pe.Code, "22") {
+		// A document the database still refuses (an escape its encoding
+		// cannot hold, say): the records must be kept whatever the
+		// documents hold, or the feed would stop at this change for ever.
+		err = insertDeadLetters(ctx, conn, dls, false)
+	}
+	if err != nil {
+		return fmt.Errorf("dead-letter table: %w", err)
+	}
+	return nil
+}
+
+// insertDeadLetters records dls, with their documents when withDocs and
+// jsonb can store them; each reason says when its document is left out.
+func insertDeadLetters(ctx context.Context, conn *pgx.Conn, dls []deadLetter, withDocs bool) error {
 	b := &pgx.Batch{}
 	for _, d := range dls {
 		var doc any
-		reason := d.reason
+		reason := storableText(d.reason)
 		if len(d.doc) > 0 && len(d.doc) < 1<<20 {
-			if why := jsonbRefuses(d.doc); why != "" {
-				// The record must be kept whatever the document holds: a
-				// failed insert would stop the feed at this change for ever.
+			switch why := jsonbRefuses(d.doc); {
+			case why != "":
 				reason += " (the document is not kept here: " + why + ")"
-			} else {
+			case !withDocs:
+				reason += " (the document is not kept here: the database refused it)"
+			default:
 				doc = string(d.doc)
 			}
 		}
 		b.Queue(`INSERT INTO polyregion.index_dead_letter (index, tbl, key, doc_id, version, status, reason, doc) VALUES ($1, $2, $3, $4, $5::pg_lsn, $6, $7, $8::jsonb)`,
 			d.index, d.table, d.key, d.id, d.version.String(), d.status, reason, doc)
 	}
-	if err := conn.SendBatch(ctx, b).Close(); err != nil {
-		return fmt.Errorf("dead-letter table: %w", err)
-	}
-	return nil
+	return conn.SendBatch(ctx, b).Close()
+}
+
+// storableText is s as a text column takes it: the engine's reason for a
+// refusal may quote the refused value, and a NUL or bytes that are not
+// UTF-8 there would fail the dead letter's insert.
+func storableText(s string) string {
+	return strings.ToValidUTF8(strings.ReplaceAll(s, "\x00", `\u0000`), "\uFFFD")
 }
 
 // jsonbRefuses names what in a document's JSON text jsonb refuses to

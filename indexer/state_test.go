@@ -26,3 +26,12 @@ func TestJSONBRefusesEscapedNULAndLoneSurrogates(t *testing.T) {
 		}
 	}
 }
+
+// A refusal's reason that quotes a NUL or bytes that are not UTF-8 is
+// recorded with those spelt out or replaced, not refused by the column.
+func TestStorableTextHasNoNULAndIsUTF8(t *testing.T) {
+	got := storableText("Preview of field's value: 'a\x00b\xffc'")
+	if got != "Preview of field's value: 'a\\u0000b\uFFFDc'" {
+		t.Errorf("storableText = %q", got)
+	}
+}

@@ -584,8 +584,9 @@ type ClientConfig struct {
 	Token   string
 	TLS     *tls.Config
 	Cluster regions.Cluster
-	// IdleTimeout: no frame (keepalives included) for this long ends the
-	// stream so it can be re-established.
+	// IdleTimeout: no bytes (of a frame or a keepalive) for this long, while
+	// the receiver waits for the next frame, ends the stream so it can be
+	// re-established.
 	IdleTimeout time.Duration
 	// OnAdvert, when set, receives each non-empty keepalive payload.
 	OnAdvert func(payload []byte)

@@ -432,11 +432,12 @@ func (a *Applier) applyChunk(ctx context.Context, txns []*replicator.Txn) (last 
 
 // isDataError reports whether the local database refused a change for
 // what the change holds, here: a constraint (class 23), a value (22), an
-// application's trigger raising an error (P0), a row-level security
-// policy or a privilege (42501), a value too large for an index (54000).
-// Such a change is parked with the reason and retried, and the rest of
-// the stream goes on; any other error stops the stream until it passes
-// (a lock, a connection, a server going down).
+// application's row trigger raising an error (P0), a value too large for
+// an index (54000). Such a change is parked with the reason and retried,
+// and the rest of the stream goes on; any other error stops the stream
+// until it passes (a lock, a connection, a server going down, a privilege
+// missing, which would otherwise park every change of the tables it
+// covers).
 func isDataError(err error) bool {
 	var r retryable
 	if errors.As(err, &r) {
@@ -447,7 +448,7 @@ func isDataError(err error) bool {
 		switch {
 		case strings.HasPrefix(pe.Code, "23"), strings.HasPrefix(pe.Code, "22"), strings.HasPrefix(pe.Code, "P0"):
 			return true
-		case pe.Code == "42501", pe.Code == "54000":
+		case pe.Code == "54000":
 			return true
 		}
 	}
