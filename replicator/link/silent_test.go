@@ -22,8 +22,8 @@ type silentProxy struct {
 	ln       net.Listener
 	target   string
 	accepted atomic.Int32
-	// paced, when set before the first connection, forwards at most 16 KB
-	// every 10 ms (about 1.6 MB/s: a slow path, not a silent one).
+	// paced forwards at most 16 KB every 10 ms (about 1.6 MB/s: a slow
+	// path, not a silent one).
 	paced bool
 
 	mu    sync.Mutex
@@ -35,13 +35,13 @@ type proxied struct {
 	silent         atomic.Bool
 }
 
-func newSilentProxy(t *testing.T, target string) *silentProxy {
+func newSilentProxy(t *testing.T, target string, paced bool) *silentProxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &silentProxy{ln: ln, target: target}
+	p := &silentProxy{ln: ln, target: target, paced: paced}
 	go p.accept()
 	t.Cleanup(p.close)
 	return p
@@ -120,8 +120,7 @@ func silentClient(t *testing.T, ob *memOutbox) (*Client, *silentProxy) {
 func proxiedClient(t *testing.T, ob *memOutbox, paced bool) (*Client, *silentProxy) {
 	t.Helper()
 	target := serve(t, ob, TLSFiles{}, cluster)
-	px := newSilentProxy(t, strings.TrimPrefix(target, "http://"))
-	px.paced = paced
+	px := newSilentProxy(t, strings.TrimPrefix(target, "http://"), paced)
 	cl, err := NewClient(ClientConfig{Region: "eu", Peer: "us", URL: "http://" + px.ln.Addr().String(), Token: secret,
 		Cluster: cluster, IdleTimeout: 300 * time.Millisecond})
 	if err != nil {
