@@ -104,15 +104,13 @@ func (c *BackendConfig) Validate() error {
 			return fmt.Errorf("search.urls: at least one %s URL is required", c.Kind)
 		}
 		for i, u := range c.URLs {
-			// The URL may hold a password: the message names it by its
-			// place in the list, and shows it only parsed, without one.
+			// The URL may hold a password: the messages name it only by
+			// its place in the list.
 			p, err := url.Parse(u)
 			if err != nil {
 				return fmt.Errorf("search.urls[%d] is not a URL (a password in it must be percent-encoded)", i)
 			}
 			if (p.Scheme != "http" && p.Scheme != "https") || p.Host == "" {
-				// Not even the redacted form: without "//" the text after
-				// the scheme is opaque, password and all.
 				return fmt.Errorf("search.urls[%d] is not an http(s) URL with a host (https://host:port)", i)
 			}
 		}

@@ -445,12 +445,7 @@ func isDataError(err error) bool {
 	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
-		switch {
-		case strings.HasPrefix(pe.Code, "23"), strings.HasPrefix(pe.Code, "22"), strings.HasPrefix(pe.Code, "P0"):
-			return true
-		case pe.Code == "54000":
-			return true
-		}
+		return strings.HasPrefix(pe.Code, "23") || strings.HasPrefix(pe.Code, "22") || strings.HasPrefix(pe.Code, "P0") || pe.Code == "54000"
 	}
 	return false
 }

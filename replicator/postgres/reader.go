@@ -188,6 +188,9 @@ type relation struct {
 	msg   *pglogrepl.RelationMessage
 	name  string
 	shape replicator.Shape
+	// keyLogged: the relation's old rows carry its key (identityLogsKey),
+	// worked out once per relation message.
+	keyLogged bool
 }
 
 type pendingTxn struct {

@@ -31,7 +31,7 @@ func (r *Reader) relation(ctx context.Context, conn *pgx.Conn, msg *pglogrepl.Re
 	if err != nil {
 		return nil, fmt.Errorf("reader: %w", err)
 	}
-	return &relation{msg: msg, name: name, shape: sh}, nil
+	return &relation{msg: msg, name: name, shape: sh, keyLogged: identityLogsKey(msg, sh.Key)}, nil
 }
 
 func tupleValues(rel *relation, t *pglogrepl.TupleData) []replicator.Value {
@@ -101,7 +101,7 @@ func (r *Reader) addChange(cur *pendingTxn, rels map[uint32]*relation, relID uin
 	if _, ok := r.tables[rel.name]; !ok {
 		return nil
 	}
-	if op != conflict.OpInsert && !identityLogsKey(rel.msg, rel.shape.Key) {
+	if op != conflict.OpInsert && !rel.keyLogged {
 		return fmt.Errorf("reader: %s of %s: its replica identity does not log the primary key (%s)", op, rel.name, oldKeyHint)
 	}
 	switch op {
@@ -209,7 +209,7 @@ func (r *Reader) relationOf(ctx context.Context, conn *pgx.Conn, rels map[uint32
 	if err != nil {
 		return nil, err
 	}
-	return &relation{name: name, shape: sh}, nil
+	return &relation{name: name, shape: sh, keyLogged: true}, nil // its changes carry their keys
 }
 
 // skippableRowMessage reports whether a pgoutput message is a row change
