@@ -98,6 +98,9 @@ func prepare(ctx context.Context, cfg Config, seedLater bool) (tablesWaiting, ma
 	if err := postgres.PrepareColumnMerges(ctx, conn, cfg.Cluster.Tables, pending); err != nil {
 		return nil, nil, err
 	}
+	if err := postgres.PrepareDeleteMarks(ctx, conn, cfg.Cluster.Tables, pending); err != nil {
+		return nil, nil, err
+	}
 	left, err := postgres.RemoveStaleTriggers(ctx, conn, cfg.Cluster.Tables)
 	if err != nil {
 		return nil, nil, err

@@ -41,8 +41,9 @@ import (
 // as they were when the row was deleted).
 // A key with no live version recorded is read and decided instead (see
 // apply_fold_versions.go). A key the fold still cannot take (no row here,
-// or a tombstone recorded since it was looked up) fails the batch, which
-// is then applied again reading every row. Concurrent updates of such
+// a tombstone recorded since it was looked up, or a local delete not
+// versioned yet: see delete_marks.go) fails the batch, which is then
+// applied again reading every row. Concurrent updates of such
 // rows lose nothing and are not logged.
 
 // keyUse is how one batch uses a key.
@@ -256,7 +257,9 @@ func (b *bulk) foldRows(ks []metaKey) []stmt {
 // merged, timestamp, origin and source sequence of the higher-ranked
 // write, and the vector that write was made with in own when the merged
 // one differs (meta.ownVV); the update's deltas, in counters, added to the
-// recorded sums; the higher epoch; deleted flag and xid stay). The merged
+// recorded sums; the higher epoch; deleted flag and xid stay), unless an
+// application's delete of the row waits to be versioned (see
+// delete_marks.go). The merged
 // vector is worked out once per row (OFFSET 0 keeps the planner from
 // copying the call into each use).
 const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
@@ -282,7 +285,9 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	     pg_catalog.unnest($10::text[]), pg_catalog.unnest($11::text[]), pg_catalog.unnest($12::text[]), pg_catalog.unnest($13::bigint[]), pg_catalog.unnest($14::text[]),
 	     pg_catalog.unnest($15::bool[]))
 	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, epoch, tuple_xmin, fold)
-	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted ELSE m.xmin = u.tuple_xmin::xid END`
+	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted
+	        AND NOT EXISTS (SELECT FROM polyregion.unversioned_deletes d WHERE d.tbl = u.tbl AND pg_catalog.to_jsonb(d.key) = u.key::pg_catalog.jsonb)
+	    ELSE m.xmin = u.tuple_xmin::xid END`
 
 // rowQuerier is a connection or a transaction.
 type rowQuerier interface {

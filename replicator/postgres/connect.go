@@ -24,10 +24,22 @@ func Connect(ctx context.Context, connString string) (*pgx.Conn, error) {
 // DEALLOCATE statements: one it put in place of a statement the session
 // prepared would run with the replicator's privileges. So the session
 // prepares nothing by name (as the appliers, see connectApplier).
+//
+// Their writes are the replicator's own, as the appliers' are (see
+// ExactMerges): the delete mark trigger leaves them alone (see
+// delete_marks.go), and max and min columns take what they write.
 func connectOwnerRun(ctx context.Context, connString string) (*pgx.Conn, error) {
-	return connectWith(ctx, connString, nil, func(c *pgx.ConnConfig) {
+	conn, err := connectWith(ctx, connString, nil, func(c *pgx.ConnConfig) {
 		c.DefaultQueryExecMode = pgx.QueryExecModeCacheDescribe
 	})
+	if err != nil {
+		return nil, err
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_catalog.set_config($1, 'on', false)", ExactMerges); err != nil {
+		conn.Close(context.Background())
+		return nil, fmt.Errorf("set %s: %w", ExactMerges, err)
+	}
+	return conn, nil
 }
 
 // connectDataPlane is Connect for the sessions that version and apply rows.

@@ -23,9 +23,10 @@ import (
 // when a delete removed a value the row had merged.
 const MergeTrigger = "polyregion_merge_columns"
 
-// ExactMerges is the setting with which a session's writes of max and min
-// columns are taken as they are (the appliers'): the merge trigger leaves
-// them alone.
+// ExactMerges marks the replicator's writing sessions (the appliers', and
+// those that load or empty whole tables): the merge trigger takes their
+// writes of max and min columns as they are, and the delete mark trigger
+// leaves their deletes alone (see delete_marks.go).
 const ExactMerges = "polyregion.exact_merges"
 
 // PrepareColumnMerges puts MergeTrigger on every replicated table that has

@@ -170,7 +170,9 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	entries := make([]outboxEntry, 0, len(batch))
 	next := st.nextSeq
 	var maxHLC conflict.Timestamp
+	var unmark []int64 // transactions whose delete marks go (see delete_marks.go)
 	for _, t := range batch {
+		marked := t.part > 0 // an earlier part may have deleted
 		out := replicator.Txn{
 			Origin:     r.cfg.Region,
 			Seq:        next,
@@ -208,6 +210,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version, Deltas: v.Deltas}
 			if c.op == conflict.OpDelete {
 				nm.xid = ""
+				marked = marked || marksDeletes(r.tables[c.rel.name])
 			}
 			sl.cur = nm
 			si, ok := shapeIdx[c.rel.name]
@@ -227,6 +230,9 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			commit: t.commitTime, rows: int32(len(out.Changes)), payload: payload})
 		if !t.more {
 			next++
+			if marked {
+				unmark = append(unmark, int64(t.xid))
+			}
 		}
 	}
 	hlcNow := max(maxHLC, st.hlc)
@@ -270,6 +276,14 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 	}
 	if err := appendOutbox(ctx, tx, entries); err != nil {
 		return err
+	}
+	// The deletes are versioned with this transaction: folds may take
+	// their keys again once it commits. A transaction in parts keeps its
+	// marks until its last part.
+	if len(unmark) > 0 {
+		if _, err := tx.Exec(ctx, unmarkDeletesSQL, unmark); err != nil {
+			return fmt.Errorf("reader: remove delete marks: %w", err)
+		}
 	}
 	st.nextSeq, st.hlc = next, hlcNow
 	return nil

@@ -280,6 +280,7 @@ func PrepareReseed(ctx context.Context, p ReseedPlan) (map[string]int64, error) 
 	}
 	for _, q := range []string{
 		`DELETE FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`,
+		forgetDeleteMarksSQL,
 		`DELETE FROM polyregion.parked WHERE resolved_at IS NULL AND tbl = ANY ($1::text[])`,
 	} {
 		if _, err := tx.Exec(ctx, q, tables); err != nil {

@@ -248,6 +248,17 @@ var schemaDDL = []string{
 		origin     text PRIMARY KEY,
 		seq        bigint NOT NULL,
 		updated_at timestamptz NOT NULL DEFAULT now())`,
+	// unversioned_deletes: the deletes of counter-only rows the reader has
+	// not versioned yet, marked by their transaction (see delete_marks.go).
+	// key: the row's key columns in the change stream's text form; xid: the
+	// low 32 bits of the deleting transaction's id, as the stream's BEGIN
+	// carries it.
+	`CREATE TABLE IF NOT EXISTS polyregion.unversioned_deletes (
+		tbl text NOT NULL,
+		key text[] NOT NULL,
+		xid bigint NOT NULL)`,
+	`CREATE INDEX IF NOT EXISTS unversioned_deletes_tbl ON polyregion.unversioned_deletes (tbl)`,
+	`CREATE INDEX IF NOT EXISTS unversioned_deletes_xid ON polyregion.unversioned_deletes (xid)`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
 	`CREATE INDEX IF NOT EXISTS row_version_siblings ON polyregion.row_version (tbl, key) WHERE siblings IS NOT NULL`,
@@ -269,12 +280,7 @@ var schemaDDL = []string{
 	// the change stream's text form, the quoted table. The settings match
 	// the reader's replication session, so keys are byte-identical to the
 	// ones the stream carries.
-	`CREATE OR REPLACE FUNCTION polyregion.capture_truncate() RETURNS trigger
-	LANGUAGE plpgsql SECURITY DEFINER
-	SET search_path = pg_catalog, pg_temp
-	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = '3'
-	SET timezone = 'UTC' SET bytea_output = 'hex'
-	AS $fn$
+	`CREATE OR REPLACE FUNCTION polyregion.capture_truncate() RETURNS trigger` + keyTriggerHeader + `
 	DECLARE
 		keys text;
 	BEGIN
@@ -283,12 +289,37 @@ var schemaDDL = []string{
 			RAISE EXCEPTION 'TRUNCATE of replicated table % must run at READ COMMITTED isolation (this transaction is %): the rows it removes are deleted in every region, and an older snapshot would not list all of them', TG_ARGV[0], pg_catalog.current_setting('transaction_isolation')
 				USING ERRCODE = 'feature_not_supported';
 		END IF;
+		-- The rows of a table taken in place are marked as deleted here
+		-- until the reader versions this transaction (see delete_marks.go).
+		IF EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = TG_RELID AND g.tgname = '` + DeleteMarkTrigger + `')
+		   AND pg_catalog.current_setting('` + ExactMerges + `', true) IS DISTINCT FROM 'on' THEN
+			EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, ARRAY[%s], $2 FROM ONLY %s', TG_ARGV[1], TG_ARGV[2])
+				USING TG_ARGV[0], pg_catalog.pg_current_xact_id()::text::bigint % 4294967296;
+		END IF;
 		FOR keys IN EXECUTE pg_catalog.format(
 			'SELECT pg_catalog.json_agg(k)::text FROM (SELECT pg_catalog.json_build_array(%s) AS k, (pg_catalog.row_number() OVER () - 1) / 5000 AS part FROM ONLY %s) AS s GROUP BY part',
 			TG_ARGV[1], TG_ARGV[2])
 		LOOP
 			PERFORM pg_catalog.pg_logical_emit_message(true, 'polyregion.truncate', TG_ARGV[0] || E'\n' || keys);
 		END LOOP;
+		RETURN NULL;
+	END
+	$fn$`,
+	// mark_delete marks a deleted row of a table taken in place until the
+	// reader versions its transaction (see delete_marks.go). Arguments: the
+	// table's name, and its key columns read from the deleted row ($1) each
+	// in the change stream's text form, as one text array. The appliers'
+	// sessions are left alone: the reader does not version their writes.
+	`CREATE OR REPLACE FUNCTION polyregion.mark_delete() RETURNS trigger` + keyTriggerHeader + `
+	DECLARE
+		k text[];
+	BEGIN
+		IF pg_catalog.current_setting('` + ExactMerges + `', true) = 'on' THEN
+			RETURN NULL;
+		END IF;
+		EXECUTE 'SELECT ' || TG_ARGV[1] INTO k USING OLD;
+		INSERT INTO polyregion.unversioned_deletes (tbl, key, xid)
+			VALUES (TG_ARGV[0], k, pg_catalog.pg_current_xact_id()::text::bigint % 4294967296);
 		RETURN NULL;
 	END
 	$fn$`,
@@ -441,6 +472,17 @@ func OriginName(source string) string { return "polyregion_from_" + source }
 // versions, outbox entries) carry on servers whose pgoutput filters by
 // origin, so that its walsender skips them instead of decoding them.
 const VersionsOrigin = "polyregion_versions"
+
+// keyTriggerHeader is what the trigger functions that render keys declare
+// after their name: they run as the replicator (they write its tables),
+// and with the settings of the reader's replication session, so the keys
+// they render are byte-identical to the ones the change stream carries.
+const keyTriggerHeader = `
+	LANGUAGE plpgsql SECURITY DEFINER
+	SET search_path = pg_catalog, pg_temp
+	SET datestyle = 'ISO' SET intervalstyle = 'postgres' SET extra_float_digits = '3'
+	SET timezone = 'UTC' SET bytea_output = 'hex'
+	AS $fn$`
 
 // TruncatePrefix is the logical message prefix of the keys a TRUNCATE of a
 // replicated table removed (see polyregion.capture_truncate).

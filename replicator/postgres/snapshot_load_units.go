@@ -171,7 +171,7 @@ func (l *loader) discard(ctx context.Context, tables []string) error {
 			return fmt.Errorf("load snapshot: remove the rows of %s loaded before, as its owner: %w", t, err)
 		}
 	}
-	for _, q := range []string{`DELETE FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`, `DELETE FROM polyregion.join_units WHERE tables && $1::text[]`} {
+	for _, q := range []string{`DELETE FROM polyregion.row_version WHERE tbl = ANY ($1::text[])`, forgetDeleteMarksSQL, `DELETE FROM polyregion.join_units WHERE tables && $1::text[]`} {
 		if _, err := l.tx.Exec(ctx, q, tables); err != nil {
 			return fmt.Errorf("load snapshot: %w", err)
 		}

@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -41,23 +42,35 @@ func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string
 // RemoveStaleTriggers takes the replicator's triggers off the tables that
 // no longer need them: the TRUNCATE capture trigger off tables not among
 // tables (no longer replicated), the max and min trigger off tables without
-// such columns. Each removal locks its table briefly (see table_locks.go);
+// such columns, the delete mark trigger off tables without counters. Each removal locks its table briefly (see table_locks.go);
 // a table the applications hold past the budget keeps its trigger until a
 // later start (returned, with why: harmless meanwhile, as the reader skips
 // what the trigger writes of a table it does not replicate, and the merge
 // trigger only keeps such columns from moving back).
 func RemoveStaleTriggers(ctx context.Context, conn *pgx.Conn, tables []regions.Table) ([]*LockBusy, error) {
-	replicated, merged := map[string]bool{}, map[string]bool{}
+	replicated, merged, marked := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, t := range tables {
 		replicated[t.Name] = true
 		merged[t.Name] = len(t.Policy.Max) > 0 || len(t.Policy.Min) > 0
+		marked[t.Name] = marksDeletes(t)
 	}
-	left, err := dropTriggerElsewhere(ctx, conn, TruncateTrigger, replicated, "no longer replicated")
-	if err != nil {
-		return left, err
+	var left []*LockBusy
+	for _, d := range []struct {
+		trigger string
+		keep    map[string]bool
+		why     string
+	}{
+		{TruncateTrigger, replicated, "no longer replicated"},
+		{MergeTrigger, merged, "no max or min columns any more"},
+		{DeleteMarkTrigger, marked, "no counter columns any more, or no longer replicated"},
+	} {
+		more, err := dropTriggerElsewhere(ctx, conn, d.trigger, d.keep, d.why)
+		left = append(left, more...)
+		if err != nil {
+			return left, err
+		}
 	}
-	more, err := dropTriggerElsewhere(ctx, conn, MergeTrigger, merged, "no max or min columns any more")
-	return append(left, more...), err
+	return left, nil
 }
 
 // dropTriggerElsewhere removes trigger from every table not among keep
@@ -107,27 +120,43 @@ func truncateCaptureDDL(ctx context.Context, conn *pgx.Conn, table string) ([]st
 		keys[i] = "pg_catalog.format('%s', " + quoteIdent(sh.Columns[k]) + ")"
 	}
 	args := []string{table, strings.Join(keys, ", "), qualified(table)}
+	inPlace, err := triggerInPlace(ctx, conn, table, placedTrigger{TruncateTrigger, truncateTriggerType, 'O', "polyregion.capture_truncate()"}, args)
+	if err != nil || inPlace {
+		return nil, err
+	}
+	return []string{fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.capture_truncate(%s, %s, %s)`,
+		quoteIdent(TruncateTrigger), qualified(table), quoteLiteral(args[0]), quoteLiteral(args[1]), quoteLiteral(args[2]))}, nil
+}
+
+// placedTrigger is how one of the replicator's triggers is put on a table.
+type placedTrigger struct {
+	name    string
+	tgtype  int16 // pg_trigger.tgtype
+	enabled byte  // pg_trigger.tgenabled: 'O' (origin and local sessions) or 'A' (always)
+	fn      string
+}
+
+// triggerInPlace reports whether trig is on table as it would be put on
+// (same type, function and arguments, enabled so).
+func triggerInPlace(ctx context.Context, conn *pgx.Conn, table string, trig placedTrigger, args []string) (bool, error) {
 	var tgargs []byte // pg_trigger.tgargs: each argument ends with a zero byte
 	for _, a := range args {
 		tgargs = append(append(tgargs, a...), 0)
 	}
 	var inPlace bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g
-		WHERE g.tgrelid = pg_catalog.to_regclass($1) AND g.tgname = $2 AND g.tgtype = $3 AND g.tgenabled = 'O'
-		  AND g.tgfoid = 'polyregion.capture_truncate()'::pg_catalog.regprocedure AND g.tgargs = $4::bytea)`,
-		qualified(table), TruncateTrigger, truncateTriggerType, tgargs).Scan(&inPlace); err != nil {
-		return nil, fmt.Errorf("prepare truncate capture on %s: %w", table, err)
+		WHERE g.tgrelid = pg_catalog.to_regclass($1) AND g.tgname = $2 AND g.tgtype = $3 AND g.tgenabled::pg_catalog.text = $4
+		  AND g.tgfoid = $5::pg_catalog.regprocedure AND g.tgargs = $6::bytea)`,
+		qualified(table), trig.name, trig.tgtype, string(trig.enabled), trig.fn, tgargs).Scan(&inPlace); err != nil {
+		return false, fmt.Errorf("look for trigger %s on %s: %w", trig.name, table, err)
 	}
-	if inPlace {
-		return nil, nil
-	}
-	return []string{fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.capture_truncate(%s, %s, %s)`,
-		quoteIdent(TruncateTrigger), qualified(table), quoteLiteral(args[0]), quoteLiteral(args[1]), quoteLiteral(args[2]))}, nil
+	return inPlace, nil
 }
 
 // tableTriggersDDL returns the statements that put the replicator's
-// triggers on t (TRUNCATE capture, and max and min merges when its policy
-// has such columns) as they are not in place already.
+// triggers on t (TRUNCATE capture, max and min merges when its policy has
+// such columns, delete marks when it has counters) as they are not in
+// place already.
 func tableTriggersDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]string, error) {
 	stmts, err := truncateCaptureDDL(ctx, conn, t.Name)
 	if err != nil {
@@ -137,5 +166,9 @@ func tableTriggersDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]s
 	if err != nil {
 		return nil, err
 	}
-	return append(stmts, merges...), nil
+	marks, err := deleteMarkDDL(ctx, conn, t)
+	if err != nil {
+		return nil, err
+	}
+	return slices.Concat(stmts, merges, marks), nil
 }

@@ -1,0 +1,119 @@
+package postgres
+
+// Deletes of counter-only rows the reader has not versioned yet.
+//
+// A peer's increment of a counter-only row is added in place (see
+// apply_counters.go) over whatever the row holds here, local increments
+// not versioned yet included: they commute. A delete does not. When an
+// application deletes such a row and inserts it again, and a peer's
+// increment is folded in before the local reader has versioned that, the
+// increment lands on the new row here, while the delete, versioned over
+// the version the fold left, is shipped as having seen the increment: the
+// other regions then drop it, and the regions keep different values for
+// good.
+//
+// So an AFTER DELETE trigger (and the TRUNCATE capture trigger) marks each
+// row of such a table an application deletes, in polyregion.unversioned_deletes,
+// with its transaction; the reader removes the marks of the transactions
+// it versions, in the transaction that records their versions. A fold
+// into a marked key finds no version to fold into (foldMetaSQL), which
+// fails the batch; it is then applied again reading every row, and the
+// read waits for the reader to version the delete (the row's tuple is not
+// the one its version was recorded over). The mark is committed with the
+// delete, so a fold that sees the new row sees the mark too (its version
+// is written by a later statement of the same transaction), and a fold
+// that locked the row before the delete is seen by the delete.
+//
+// The appliers' sessions, and the sessions that load or empty whole tables
+// (connectOwnerRun), mark nothing: the reader does not version their
+// writes. Marks left by a region emptied or loaded are removed with its
+// versions.
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/polyregion/polyregion/regions"
+)
+
+// DeleteMarkTrigger marks the rows the applications delete from a table
+// whose updates may be taken in place.
+const DeleteMarkTrigger = "polyregion_mark_delete"
+
+// deleteMarkTriggerType is pg_trigger.tgtype of an AFTER DELETE row
+// trigger (TRIGGER_TYPE_ROW | TRIGGER_TYPE_DELETE).
+const deleteMarkTriggerType = 1 | 8
+
+// marksDeletes reports whether t's deletes are marked: tables with counter
+// columns, the only ones whose updates may be taken in place (see
+// Applier.countersOnly).
+func marksDeletes(t regions.Table) bool {
+	return len(t.Policy.Counters) > 0
+}
+
+// PrepareDeleteMarks puts DeleteMarkTrigger on every replicated table with
+// counter columns (RemoveStaleTriggers takes it off the others). The
+// tables of later are left to their seed (see SeedTable). Each change
+// locks its table briefly (see table_locks.go); one the applications hold
+// past the budget is a *LockBusy.
+func PrepareDeleteMarks(ctx context.Context, conn *pgx.Conn, tables []regions.Table, later []string) error {
+	for _, t := range tables {
+		if slices.Contains(later, t.Name) {
+			continue
+		}
+		stmts, err := deleteMarkDDL(ctx, conn, t)
+		if err != nil {
+			return err
+		}
+		if err := changeTables(ctx, conn, []string{t.Name}, "SHARE ROW EXCLUSIVE", "put the delete mark trigger on "+t.Name, stmts); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// deleteMarkDDL returns the statements that put DeleteMarkTrigger on t as
+// its key is now, or nothing when it is in place so (enabled always, same
+// arguments) or t's deletes need no marks.
+func deleteMarkDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]string, error) {
+	if !marksDeletes(t) {
+		return nil, nil
+	}
+	sh, err := LoadShape(ctx, conn, t.Name)
+	if err != nil {
+		return nil, fmt.Errorf("prepare delete marks: %w", err)
+	}
+	keys := "ARRAY["
+	for i, k := range sh.Key {
+		if i > 0 {
+			keys += ", "
+		}
+		// As polyregion.capture_truncate renders keys: the change
+		// stream's text form.
+		keys += "pg_catalog.format('%s', ($1)." + quoteIdent(sh.Columns[k]) + ")"
+	}
+	keys += "]::pg_catalog.text[]"
+	args := []string{t.Name, keys}
+	inPlace, err := triggerInPlace(ctx, conn, t.Name, placedTrigger{DeleteMarkTrigger, deleteMarkTriggerType, 'A', "polyregion.mark_delete()"}, args)
+	if err != nil || inPlace {
+		return nil, err
+	}
+	return []string{
+		fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION polyregion.mark_delete(%s, %s)`,
+			quoteIdent(DeleteMarkTrigger), qualified(t.Name), quoteLiteral(args[0]), quoteLiteral(args[1])),
+		// Also in sessions with session_replication_role = replica: their
+		// deletes are shipped like any other.
+		fmt.Sprintf(`ALTER TABLE %s ENABLE ALWAYS TRIGGER %s`, qualified(t.Name), quoteIdent(DeleteMarkTrigger)),
+	}, nil
+}
+
+// unmarkDeletesSQL removes the marks of the transactions the reader
+// versions ($1: their ids, as the stream's BEGIN carries them).
+const unmarkDeletesSQL = `DELETE FROM polyregion.unversioned_deletes WHERE xid = ANY ($1::pg_catalog.int8[])`
+
+// forgetDeleteMarksSQL removes the marks of tables whose versions are
+// removed ($1: the tables).
+const forgetDeleteMarksSQL = `DELETE FROM polyregion.unversioned_deletes WHERE tbl = ANY ($1::pg_catalog.text[])`
