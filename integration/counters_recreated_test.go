@@ -18,26 +18,35 @@ import (
 // session that keeps it from appending to the outbox (it has versioned an
 // earlier transaction and waits to commit it), so the recreate waits to be
 // versioned while the increment is applied. A TRUNCATE and an insert
-// recreate a row of a second table at the same time.
+// recreate a row of a second table at the same time, and a delete and an
+// insert naming a partitioned table one of a replicated partition.
 func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) {
 	schema := []string{
 		`CREATE TABLE public.hits (id integer PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`,
 		`ALTER TABLE public.hits REPLICA IDENTITY FULL`,
 		`CREATE TABLE public.quota (id integer PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`,
 		`ALTER TABLE public.quota REPLICA IDENTITY FULL`,
+		`CREATE TABLE public.buckets (id integer PRIMARY KEY, n bigint NOT NULL DEFAULT 0) PARTITION BY RANGE (id)`,
+		`CREATE TABLE public.buckets_low PARTITION OF public.buckets FOR VALUES FROM (0) TO (100)`,
+		`CREATE TABLE public.buckets_high PARTITION OF public.buckets FOR VALUES FROM (100) TO (200)`,
+		`ALTER TABLE public.buckets_low REPLICA IDENTITY FULL`,
+		`ALTER TABLE public.buckets_high REPLICA IDENTITY FULL`,
 	}
-	tables := []TableSpec{{Name: "public.hits", Counters: []string{"n"}}, {Name: "public.quota", Counters: []string{"n"}}}
+	tables := []TableSpec{{Name: "public.hits", Counters: []string{"n"}}, {Name: "public.quota", Counters: []string{"n"}}, {Name: "public.buckets_low", Counters: []string{"n"}}, {Name: "public.buckets_high", Counters: []string{"n"}}}
 	h := startRegions(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema, Tables: tables})
 	ctx := ctxFor(t, 4*time.Minute)
 	us, eu := h.Region("us"), h.Region("eu")
 	mustExec(t, ctx, us, `INSERT INTO public.hits VALUES (1, 50), (2, 0)`)
 	mustExec(t, ctx, us, `INSERT INTO public.quota VALUES (1, 50)`)
+	mustExec(t, ctx, us, `INSERT INTO public.buckets VALUES (1, 50)`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// eu's increments reach us in place from now on (row 1 has a version).
 	mustExec(t, ctx, eu, `UPDATE public.hits SET n = n + 1 WHERE id = 1`)
 	mustExec(t, ctx, eu, `UPDATE public.quota SET n = n + 1 WHERE id = 1`)
+	mustExec(t, ctx, eu, `UPDATE public.buckets SET n = n + 1 WHERE id = 1`)
+	waitRow(t, ctx, us, `SELECT n FROM public.buckets_low WHERE id = 1`, 51)
 	waitRow(t, ctx, us, `SELECT n FROM public.hits WHERE id = 1`, 51)
 	waitRow(t, ctx, us, `SELECT n FROM public.quota WHERE id = 1`, 51)
 
@@ -71,11 +80,13 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	// arrive.
 	mustExec(t, ctx, us, `BEGIN; DELETE FROM public.hits WHERE id = 1; INSERT INTO public.hits VALUES (1, 100); COMMIT`)
 	mustExec(t, ctx, us, `BEGIN; TRUNCATE public.quota; INSERT INTO public.quota VALUES (1, 100); COMMIT`)
-	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 2 {
-		t.Errorf("%d delete marks wait for us's reader, want 2 (one per recreated row)", n)
+	mustExec(t, ctx, us, `BEGIN; DELETE FROM public.buckets WHERE id = 1; INSERT INTO public.buckets VALUES (1, 100); COMMIT`)
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 3 {
+		t.Errorf("%d delete marks wait for us's reader, want 3 (one per recreated row)", n)
 	}
 	mustExec(t, ctx, eu, `UPDATE public.hits SET n = n + 5 WHERE id = 1`)
 	mustExec(t, ctx, eu, `UPDATE public.quota SET n = n + 5 WHERE id = 1`)
+	mustExec(t, ctx, eu, `UPDATE public.buckets_low SET n = n + 5 WHERE id = 1`)
 	// Give us's applier time to take the increments (before the fix it
 	// added them to the new rows at once).
 	deadline := time.Now().Add(5 * time.Second)
@@ -87,7 +98,7 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 		t.Fatalf("the regions keep different rows: %v (hits: us n=%d, eu n=%d)", err,
 			queryInt(t, ctx, us, `SELECT n FROM public.hits WHERE id = 1`), queryInt(t, ctx, eu, `SELECT n FROM public.hits WHERE id = 1`))
 	}
-	for _, table := range tableNames(tables) {
+	for _, table := range []string{"public.hits", "public.quota", "public.buckets_low"} {
 		got := queryInt(t, ctx, us, `SELECT n FROM `+table+` WHERE id = 1`)
 		t.Logf("%s row 1 after the recreate and the concurrent increment: n = %d in both regions", table, got)
 		if got != 100 && got != 105 {
@@ -108,7 +119,7 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if after := queryString(t, ctx, us, triggers); after != before || strings.Count(after, ",") != 1 {
+	if after := queryString(t, ctx, us, triggers); after != before || strings.Count(after, ",") != 3 {
 		t.Errorf("mark triggers before the restart %q, after %q: want one per table, left in place", before, after)
 	}
 }

@@ -40,10 +40,14 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 			// The key only among the index's INCLUDE columns: not logged.
 			`CREATE TABLE public.ri_include (id integer PRIMARY KEY, email text NOT NULL)`,
 			`CREATE UNIQUE INDEX ri_include_email ON public.ri_include (email) INCLUDE (id)`,
-			`ALTER TABLE public.ri_include REPLICA IDENTITY USING INDEX ri_include_email`},
+			`ALTER TABLE public.ri_include REPLICA IDENTITY USING INDEX ri_include_email`,
+			// A partitioned table is refused; its partitions are not.
+			`CREATE TABLE public.parted (id integer PRIMARY KEY) PARTITION BY RANGE (id)`,
+			`CREATE TABLE public.parted_low PARTITION OF public.parted FOR VALUES FROM (0) TO (100)`},
 		Tables: []TableSpec{{Name: "public.nopk"}, {Name: "public.ok"}, {Name: "public.missing"},
 			{Name: "public.users_ci"}, {Name: "public.users_citext"}, {Name: "public.users_domain"}, {Name: "public.codes"}, {Name: "public.fixed"},
-			{Name: "public.ri_email"}, {Name: "public.ri_nothing"}, {Name: "public.ri_covering"}, {Name: "public.ri_include"}},
+			{Name: "public.ri_email"}, {Name: "public.ri_nothing"}, {Name: "public.ri_covering"}, {Name: "public.ri_include"},
+			{Name: "public.parted"}, {Name: "public.parted_low"}},
 		ClusterOptions: ClusterOptions{WalLevel: "replica", Settings: map[string]string{"track_commit_timestamp": "off"}},
 	})
 	ctx := ctxFor(t, time.Minute)
@@ -67,12 +71,13 @@ func TestCheckRefusesWithEveryProblemNamed(t *testing.T) {
 			`public.users_domain: primary key column "email" is of type public.citext`,
 			`public.ri_email: its REPLICA IDENTITY index public.ri_email_email_key does not hold every primary key column`,
 			`public.ri_include: its REPLICA IDENTITY index public.ri_include_email does not hold every primary key column`,
-			`public.ri_nothing: REPLICA IDENTITY NOTHING`} {
+			`public.ri_nothing: REPLICA IDENTITY NOTHING`,
+			`public.parted: table is partitioned`} {
 			if !strings.Contains(out.String(), want) {
 				t.Errorf("%s output does not mention %q:\n%s", sub, want, out.String())
 			}
 		}
-		for _, clean := range []string{"public.ok", "public.codes", "public.fixed", "public.ri_covering"} {
+		for _, clean := range []string{"public.ok", "public.codes", "public.fixed", "public.ri_covering", "public.parted_low"} {
 			if strings.Contains(out.String(), clean) {
 				t.Errorf("%s output names %s, whose key compares by its bytes:\n%s", sub, clean, out.String())
 			}

@@ -149,7 +149,8 @@ func Preflight(ctx context.Context, conn *pgx.Conn, tables []string) error {
 }
 
 // tableProblems lists what keeps tables from being replicated here: a
-// table missing or without a primary key, a primary key that compares
+// table missing or without a primary key, a partitioned table (its
+// partitions are replicated instead), a primary key that compares
 // otherwise than by its bytes, a replica identity that leaves the key out
 // of the WAL, a privilege user lacks.
 func tableProblems(ctx context.Context, conn *pgx.Conn, user string, tables []string) (Problems, error) {
@@ -162,6 +163,17 @@ func tableProblems(ctx context.Context, conn *pgx.Conn, user string, tables []st
 				continue
 			}
 			return nil, err
+		}
+		var partitioned bool
+		if err := conn.QueryRow(ctx, `SELECT c.relkind = 'p' FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(sh.Table)).Scan(&partitioned); err != nil {
+			return nil, fmt.Errorf("preflight: %w", err)
+		}
+		if partitioned {
+			// Its changes reach the change stream under its partitions'
+			// names, and a join's copy, a re-seed and a TRUNCATE's capture
+			// read its rows with ONLY: nothing of it would be replicated.
+			probs = append(probs, fmt.Sprintf("%s: table is partitioned, which is not replicated as one table: replicate its partitions, each as a table of its own", t))
+			continue
 		}
 		kp, err := keyEqualityProblems(ctx, conn, t)
 		if err != nil {

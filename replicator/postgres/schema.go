@@ -323,6 +323,19 @@ var schemaDDL = []string{
 		RETURN NULL;
 	END
 	$fn$`,
+	// mark_deletes is mark_delete once per DELETE statement, over the rows
+	// it removed (the transition table ` + deletedRows + `); its key
+	// columns are read from that table.
+	`CREATE OR REPLACE FUNCTION polyregion.mark_deletes() RETURNS trigger` + keyTriggerHeader + `
+	BEGIN
+		IF pg_catalog.current_setting('` + ExactMerges + `', true) = 'on' THEN
+			RETURN NULL;
+		END IF;
+		EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, %s, $2 FROM ` + deletedRows + `', TG_ARGV[1])
+			USING TG_ARGV[0], pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8 % 4294967296;
+		RETURN NULL;
+	END
+	$fn$`,
 	// vv_merge merges two version vectors in their text form
 	// ("region:count,..."), as conflict.Merge and Vector.String do: the
 	// larger count per region, zero counts dropped, regions in byte order.

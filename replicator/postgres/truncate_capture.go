@@ -79,7 +79,7 @@ func RemoveStaleTriggers(ctx context.Context, conn *pgx.Conn, tables []regions.T
 func dropTriggerElsewhere(ctx context.Context, conn *pgx.Conn, trigger string, keep map[string]bool, why string) ([]*LockBusy, error) {
 	rows, err := conn.Query(ctx, `SELECT n.nspname || '.' || c.relname FROM pg_catalog.pg_trigger g
 		JOIN pg_catalog.pg_class c ON c.oid = g.tgrelid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-		WHERE g.tgname = $1`, trigger)
+		WHERE g.tgname = $1 AND g.tgparentid = 0`, trigger) // a partition's copy goes with its parent's
 	if err != nil {
 		return nil, fmt.Errorf("find trigger %s: %w", trigger, err)
 	}
@@ -120,7 +120,7 @@ func truncateCaptureDDL(ctx context.Context, conn *pgx.Conn, table string) ([]st
 		keys[i] = "pg_catalog.format('%s', " + quoteIdent(sh.Columns[k]) + ")"
 	}
 	args := []string{table, strings.Join(keys, ", "), qualified(table)}
-	inPlace, err := triggerInPlace(ctx, conn, table, placedTrigger{TruncateTrigger, truncateTriggerType, 'O', "polyregion.capture_truncate()"}, args)
+	inPlace, err := triggerInPlace(ctx, conn, table, placedTrigger{TruncateTrigger, truncateTriggerType, 'O', "polyregion.capture_truncate()", ""}, args)
 	if err != nil || inPlace {
 		return nil, err
 	}
@@ -134,6 +134,7 @@ type placedTrigger struct {
 	tgtype  int16 // pg_trigger.tgtype
 	enabled byte  // pg_trigger.tgenabled: 'O' (origin and local sessions) or 'A' (always)
 	fn      string
+	old     string // the transition table of the rows removed, if any
 }
 
 // triggerInPlace reports whether trig is on table as it would be put on
@@ -146,8 +147,9 @@ func triggerInPlace(ctx context.Context, conn *pgx.Conn, table string, trig plac
 	var inPlace bool
 	if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g
 		WHERE g.tgrelid = pg_catalog.to_regclass($1) AND g.tgname = $2 AND g.tgtype = $3 AND g.tgenabled::pg_catalog.text = $4
-		  AND g.tgfoid = $5::pg_catalog.regprocedure AND g.tgargs = $6::bytea)`,
-		qualified(table), trig.name, trig.tgtype, string(trig.enabled), trig.fn, tgargs).Scan(&inPlace); err != nil {
+		  AND g.tgfoid = $5::pg_catalog.regprocedure AND g.tgargs = $6::bytea
+		  AND g.tgoldtable IS NOT DISTINCT FROM NULLIF($7::pg_catalog.text, '')::pg_catalog.name AND g.tgnewtable IS NULL)`,
+		qualified(table), trig.name, trig.tgtype, string(trig.enabled), trig.fn, tgargs, trig.old).Scan(&inPlace); err != nil {
 		return false, fmt.Errorf("look for trigger %s on %s: %w", trig.name, table, err)
 	}
 	return inPlace, nil
