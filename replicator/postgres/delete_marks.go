@@ -63,11 +63,24 @@ func marksDeletes(t regions.Table) bool {
 }
 
 // PrepareDeleteMarks puts DeleteMarkTrigger on every replicated table with
-// counter columns (RemoveStaleTriggers takes it off the others). The
+// counter columns (RemoveStaleTriggers takes it off the others), and
+// removes the marks of other tables. The
 // tables of later are left to their seed (see SeedTable). Each change
 // locks its table briefly (see table_locks.go); one the applications hold
 // past the budget is a *LockBusy.
 func PrepareDeleteMarks(ctx context.Context, conn *pgx.Conn, tables []regions.Table, later []string) error {
+	// Marks of a table whose deletes are marked no longer (taken out of
+	// replication, or its counters, before the reader versioned them)
+	// would fail folds of its keys once it is marked again.
+	marked := []string{}
+	for _, t := range tables {
+		if marksDeletes(t) {
+			marked = append(marked, t.Name)
+		}
+	}
+	if _, err := conn.Exec(ctx, `DELETE FROM polyregion.unversioned_deletes WHERE tbl <> ALL ($1::pg_catalog.text[])`, marked); err != nil {
+		return fmt.Errorf("prepare delete marks: %w", err)
+	}
 	for _, t := range tables {
 		if slices.Contains(later, t.Name) {
 			continue
