@@ -19,7 +19,9 @@ import (
 // earlier transaction and waits to commit it), so the recreate waits to be
 // versioned while the increment is applied. A TRUNCATE and an insert
 // recreate a row of a second table at the same time, and a delete and an
-// insert naming a partitioned table one of a replicated partition.
+// insert naming a partitioned table one of a replicated partition, and an
+// update that moves a row to another key and an insert of the old key a
+// fourth row.
 func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) {
 	schema := []string{
 		`CREATE TABLE public.hits (id integer PRIMARY KEY, n bigint NOT NULL DEFAULT 0)`,
@@ -36,18 +38,19 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	h := startRegions(t, Spec{Regions: []string{"us", "eu"}, SchemaSQL: schema, Tables: tables})
 	ctx := ctxFor(t, 4*time.Minute)
 	us, eu := h.Region("us"), h.Region("eu")
-	mustExec(t, ctx, us, `INSERT INTO public.hits VALUES (1, 50), (2, 0)`)
+	mustExec(t, ctx, us, `INSERT INTO public.hits VALUES (1, 50), (2, 0), (3, 50)`)
 	mustExec(t, ctx, us, `INSERT INTO public.quota VALUES (1, 50)`)
 	mustExec(t, ctx, us, `INSERT INTO public.buckets VALUES (1, 50)`)
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	// eu's increments reach us in place from now on (row 1 has a version).
-	mustExec(t, ctx, eu, `UPDATE public.hits SET n = n + 1 WHERE id = 1`)
+	mustExec(t, ctx, eu, `UPDATE public.hits SET n = n + 1 WHERE id IN (1, 3)`)
 	mustExec(t, ctx, eu, `UPDATE public.quota SET n = n + 1 WHERE id = 1`)
 	mustExec(t, ctx, eu, `UPDATE public.buckets SET n = n + 1 WHERE id = 1`)
 	waitRow(t, ctx, us, `SELECT n FROM public.buckets_low WHERE id = 1`, 51)
 	waitRow(t, ctx, us, `SELECT n FROM public.hits WHERE id = 1`, 51)
+	waitRow(t, ctx, us, `SELECT n FROM public.hits WHERE id = 3`, 51)
 	waitRow(t, ctx, us, `SELECT n FROM public.quota WHERE id = 1`, 51)
 
 	hold, err := us.Conn(ctx)
@@ -81,10 +84,12 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	mustExec(t, ctx, us, `BEGIN; DELETE FROM public.hits WHERE id = 1; INSERT INTO public.hits VALUES (1, 100); COMMIT`)
 	mustExec(t, ctx, us, `BEGIN; TRUNCATE public.quota; INSERT INTO public.quota VALUES (1, 100); COMMIT`)
 	mustExec(t, ctx, us, `BEGIN; DELETE FROM public.buckets WHERE id = 1; INSERT INTO public.buckets VALUES (1, 100); COMMIT`)
-	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 3 {
-		t.Errorf("%d delete marks wait for us's reader, want 3 (one per recreated row)", n)
+	mustExec(t, ctx, us, `BEGIN; UPDATE public.hits SET id = 1000 WHERE id = 3; INSERT INTO public.hits VALUES (3, 100); COMMIT`)
+	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 4 {
+		t.Errorf("%d delete marks wait for us's reader, want 4 (one per recreated row)", n)
 	}
 	mustExec(t, ctx, eu, `UPDATE public.hits SET n = n + 5 WHERE id = 1`)
+	mustExec(t, ctx, eu, `UPDATE public.hits SET n = n + 5 WHERE id = 3`)
 	mustExec(t, ctx, eu, `UPDATE public.quota SET n = n + 5 WHERE id = 1`)
 	mustExec(t, ctx, eu, `UPDATE public.buckets_low SET n = n + 5 WHERE id = 1`)
 	// Give us's applier time to take the increments (before the fix it
@@ -98,11 +103,14 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 		t.Fatalf("the regions keep different rows: %v (hits: us n=%d, eu n=%d)", err,
 			queryInt(t, ctx, us, `SELECT n FROM public.hits WHERE id = 1`), queryInt(t, ctx, eu, `SELECT n FROM public.hits WHERE id = 1`))
 	}
-	for _, table := range []string{"public.hits", "public.quota", "public.buckets_low"} {
-		got := queryInt(t, ctx, us, `SELECT n FROM `+table+` WHERE id = 1`)
-		t.Logf("%s row 1 after the recreate and the concurrent increment: n = %d in both regions", table, got)
+	for _, row := range []struct {
+		table string
+		id    int
+	}{{"public.hits", 1}, {"public.quota", 1}, {"public.buckets_low", 1}, {"public.hits", 3}} {
+		got := queryInt(t, ctx, us, `SELECT n FROM `+row.table+` WHERE id = $1`, row.id)
+		t.Logf("%s row %d after the recreate and the concurrent increment: n = %d in both regions", row.table, row.id, got)
 		if got != 100 && got != 105 {
-			t.Errorf("%s: n = %d, want 100 (the recreate won over the increment) or 105 (the increment counted on the new row)", table, got)
+			t.Errorf("%s row %d: n = %d, want 100 (the recreate won over the increment) or 105 (the increment counted on the new row)", row.table, row.id, got)
 		}
 	}
 	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 0 {
@@ -110,11 +118,11 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	}
 	// A restart finds the mark triggers in place and leaves them (no lock
 	// on the tables).
-	triggers := `SELECT string_agg(g.xmin::text, ',' ORDER BY g.tgrelid) FROM pg_catalog.pg_trigger g WHERE g.tgname = 'polyregion_mark_delete'`
+	triggers := `SELECT string_agg(g.xmin::text, ',' ORDER BY g.tgrelid, g.tgname) FROM pg_catalog.pg_trigger g WHERE g.tgname IN ('polyregion_mark_delete', 'polyregion_mark_key_change')`
 	before := queryString(t, ctx, us, triggers)
 	// A mark of a table whose deletes are marked no longer (here one not
 	// replicated) goes at the next start.
-	if err := us.Cluster.Exec(ctx, AppDB, `INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) VALUES ('public.gone', ARRAY['1'], 1)`); err != nil {
+	if err := us.Cluster.Exec(ctx, AppDB, `INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) VALUES ('public.gone', '["1"]', 1)`); err != nil {
 		t.Fatal(err)
 	}
 	stopAll(t, h)
@@ -124,8 +132,8 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	if err := h.WaitConverged(ctx, tableNames(tables), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if after := queryString(t, ctx, us, triggers); after != before || strings.Count(after, ",") != 3 {
-		t.Errorf("mark triggers before the restart %q, after %q: want one per table, left in place", before, after)
+	if after := queryString(t, ctx, us, triggers); after != before || strings.Count(after, ",") != 7 {
+		t.Errorf("mark triggers before the restart %q, after %q: want two per table, left in place", before, after)
 	}
 	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 0 {
 		t.Errorf("%d delete marks left after the restart, want 0 (the one of a table not replicated removed)", n)

@@ -75,14 +75,14 @@ func commutes(ctx context.Context, tx rowQuerier, table string) (commuting, erro
 		  WHERE f.contype = 'f' AND (f.conrelid = $1::pg_catalog.regclass OR f.confrelid = $1::pg_catalog.regclass)
 		    AND f.conrelid OPERATOR(pg_catalog.<>) f.confrelid)
 		+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_trigger g
-		  WHERE g.tgrelid = $1::pg_catalog.regclass AND NOT g.tgisinternal AND g.tgname OPERATOR(pg_catalog.<>) ALL (ARRAY[$2, $3, $4]::pg_catalog.name[]))
+		  WHERE g.tgrelid = $1::pg_catalog.regclass AND NOT g.tgisinternal AND g.tgname OPERATOR(pg_catalog.<>) ALL (ARRAY[$2, $3, $4, $5]::pg_catalog.name[]))
 		+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_rewrite w WHERE w.ev_class = $1::pg_catalog.regclass),
 		(SELECT pg_catalog.count(*) FROM pg_catalog.pg_index i
 		  WHERE i.indrelid = $1::pg_catalog.regclass AND i.indisunique AND NOT i.indisprimary)
 		+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_constraint c
 		  WHERE c.conrelid = $1::pg_catalog.regclass AND (c.contype = 'x' OR (c.contype = 'f' AND c.confrelid = c.conrelid)))
 		+ (SELECT pg_catalog.count(*) FROM pg_catalog.pg_class r WHERE r.oid = $1::pg_catalog.regclass AND r.relrowsecurity)`,
-		qualified(table), TruncateTrigger, MergeTrigger, DeleteMarkTrigger).Scan(&others, &ties)
+		qualified(table), TruncateTrigger, MergeTrigger, DeleteMarkTrigger, KeyChangeMarkTrigger).Scan(&others, &ties)
 	if err != nil {
 		return commuting{}, fmt.Errorf("foreign keys, triggers, rules and unique indexes of %s: %w", table, err)
 	}

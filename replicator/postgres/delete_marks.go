@@ -44,11 +44,17 @@ import (
 // whose updates may be taken in place.
 const DeleteMarkTrigger = "polyregion_mark_delete"
 
-// The mark trigger's types (pg_trigger.tgtype): AFTER DELETE for each
-// statement, or for each row (TRIGGER_TYPE_ROW) on a partition.
+// KeyChangeMarkTrigger marks the old keys of the rows an update moves to
+// another key, on the same tables.
+const KeyChangeMarkTrigger = "polyregion_mark_key_change"
+
+// The mark triggers' types (pg_trigger.tgtype): AFTER DELETE for each
+// statement, or for each row (TRIGGER_TYPE_ROW) on a partition or a
+// table with inheritance children or parents; AFTER UPDATE for each row.
 const (
 	deleteMarkStatementType = 8
 	deleteMarkRowType       = 1 | 8
+	keyChangeMarkType       = 1 | 16
 )
 
 // deletedRows is the name of the transition table of the rows a DELETE
@@ -62,12 +68,12 @@ func marksDeletes(t regions.Table) bool {
 	return len(t.Policy.Counters) > 0
 }
 
-// PrepareDeleteMarks puts DeleteMarkTrigger on every replicated table with
-// counter columns (RemoveStaleTriggers takes it off the others), and
-// removes the marks of other tables. The
-// tables of later are left to their seed (see SeedTable). Each change
-// locks its table briefly (see table_locks.go); one the applications hold
-// past the budget is a *LockBusy.
+// PrepareDeleteMarks puts DeleteMarkTrigger and KeyChangeMarkTrigger on
+// every replicated table with counter columns (RemoveStaleTriggers takes
+// them off the others), and removes the marks of other tables. The tables
+// of later are left to their seed (see SeedTable). Each change locks its
+// table briefly (see table_locks.go); one the applications hold past the
+// budget is a *LockBusy.
 func PrepareDeleteMarks(ctx context.Context, conn *pgx.Conn, tables []regions.Table, later []string) error {
 	// Marks of a table whose deletes are marked no longer (taken out of
 	// replication, or its counters, before the reader versioned them)
@@ -85,67 +91,109 @@ func PrepareDeleteMarks(ctx context.Context, conn *pgx.Conn, tables []regions.Ta
 		if slices.Contains(later, t.Name) {
 			continue
 		}
-		stmts, err := deleteMarkDDL(ctx, conn, t)
+		stmts, replaces, err := deleteMarkDDL(ctx, conn, t)
 		if err != nil {
 			return err
 		}
-		if err := changeTables(ctx, conn, []string{t.Name}, "SHARE ROW EXCLUSIVE", "put the delete mark trigger on "+t.Name, stmts); err != nil {
+		// Creating a trigger takes SHARE ROW EXCLUSIVE; dropping one in
+		// place already, ACCESS EXCLUSIVE (asked for from the start,
+		// never upgraded to).
+		mode := "SHARE ROW EXCLUSIVE"
+		if replaces {
+			mode = "ACCESS EXCLUSIVE"
+		}
+		if err := changeTables(ctx, conn, []string{t.Name}, mode, "put the delete mark triggers on "+t.Name, stmts); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// deleteMarkDDL returns the statements that put DeleteMarkTrigger on t as
-// its key is now, or nothing when it is in place so (enabled always, same
-// arguments) or t's deletes need no marks.
-func deleteMarkDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]string, error) {
+// deleteMarkDDL returns the statements that put DeleteMarkTrigger and
+// KeyChangeMarkTrigger on t as its key is now, or nothing when they are in
+// place so (enabled always, same arguments) or t's deletes need no marks;
+// replaces says whether one of them is dropped first.
+func deleteMarkDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) (stmts []string, replaces bool, err error) {
 	if !marksDeletes(t) {
-		return nil, nil
+		return nil, false, nil
 	}
 	sh, err := LoadShape(ctx, conn, t.Name)
 	if err != nil {
-		return nil, fmt.Errorf("prepare delete marks: %w", err)
+		return nil, false, fmt.Errorf("prepare delete marks: %w", err)
+	}
+	// A table's delete trigger runs once per DELETE over the rows it
+	// removed (a 100,000-row DELETE took 237 ms with it, 34 ms without;
+	// 1,117 ms with a trigger for each row). But a partition's (an
+	// inheritance child's) statement triggers do not fire for a DELETE
+	// naming its parent, and a parent's transition table holds its
+	// children's rows too: theirs runs for each row.
+	var perRow bool
+	if err := conn.QueryRow(ctx, `SELECT c.relkind = 'p' OR c.relhassubclass OR EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)
+		FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(t.Name)).Scan(&perRow); err != nil {
+		return nil, false, fmt.Errorf("prepare delete marks on %s: %w", t.Name, err)
 	}
 	// Keys as polyregion.capture_truncate renders them: the change
-	// stream's text form. A table's trigger runs once per DELETE over the
-	// rows it removed (a 100,000-row DELETE took 237 ms with it, 34 ms
-	// without; 1,117 ms with a trigger for each row), but a partition's
-	// (or an inheritance child's) statement triggers do not fire for a
-	// DELETE naming its parent: theirs runs for each row.
-	var perRow bool
-	if err := conn.QueryRow(ctx, `SELECT c.relkind = 'p' OR EXISTS (SELECT FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid)
-		FROM pg_catalog.pg_class c WHERE c.oid = $1::pg_catalog.regclass`, qualified(t.Name)).Scan(&perRow); err != nil {
-		return nil, fmt.Errorf("prepare delete marks on %s: %w", t.Name, err)
+	// stream's text form, from the transition table's columns or from
+	// the row ($1).
+	keysOf := func(row string) string {
+		keys := make([]string, len(sh.Key))
+		for i, k := range sh.Key {
+			keys[i] = "pg_catalog.format('%s', " + row + quoteIdent(sh.Columns[k]) + ")"
+		}
+		return "ARRAY[" + strings.Join(keys, ", ") + "]::pg_catalog.text[]"
 	}
-	row := ""
-	trig := placedTrigger{DeleteMarkTrigger, deleteMarkStatementType, 'A', "polyregion.mark_deletes()", deletedRows}
+	table, name := qualified(t.Name), quoteLiteral(t.Name)
+	rowArgs := []string{t.Name, keysOf("($1).")}
+	deletes := placedTrigger{DeleteMarkTrigger, deleteMarkStatementType, 'A', "polyregion.mark_deletes()", deletedRows}
+	deleteArgs := []string{t.Name, keysOf("")}
+	createDeletes := fmt.Sprintf(`CREATE TRIGGER %s AFTER DELETE ON %s REFERENCING OLD TABLE AS %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.mark_deletes(%s, %s)`,
+		quoteIdent(DeleteMarkTrigger), table, deletedRows, name, quoteLiteral(deleteArgs[1]))
 	if perRow {
-		row = "($1)."
-		trig = placedTrigger{DeleteMarkTrigger, deleteMarkRowType, 'A', "polyregion.mark_delete()", ""}
+		deletes = placedTrigger{DeleteMarkTrigger, deleteMarkRowType, 'A', "polyregion.mark_delete()", ""}
+		deleteArgs = rowArgs
+		createDeletes = fmt.Sprintf(`CREATE TRIGGER %s AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION polyregion.mark_delete(%s, %s)`,
+			quoteIdent(DeleteMarkTrigger), table, name, quoteLiteral(rowArgs[1]))
 	}
-	keys := make([]string, len(sh.Key))
+	// An update that moves a row to another key is shipped as a delete of
+	// the old key (and an insert of the new): its old key is marked too.
+	// The trigger fires only for updates that set a key column, and runs
+	// only for rows whose key changed.
+	keyCols, changed := make([]string, len(sh.Key)), make([]string, len(sh.Key))
 	for i, k := range sh.Key {
-		keys[i] = "pg_catalog.format('%s', " + row + quoteIdent(sh.Columns[k]) + ")"
+		keyCols[i] = quoteIdent(sh.Columns[k])
+		changed[i] = "OLD." + keyCols[i] + " IS DISTINCT FROM NEW." + keyCols[i]
 	}
-	args := []string{t.Name, "ARRAY[" + strings.Join(keys, ", ") + "]::pg_catalog.text[]"}
-	inPlace, err := triggerInPlace(ctx, conn, t.Name, trig, args)
-	if err != nil || inPlace {
-		return nil, err
+	createKeyChange := fmt.Sprintf(`CREATE TRIGGER %s AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) EXECUTE FUNCTION polyregion.mark_delete(%s, %s)`,
+		quoteIdent(KeyChangeMarkTrigger), strings.Join(keyCols, ", "), table, strings.Join(changed, " OR "), name, quoteLiteral(rowArgs[1]))
+	for _, w := range []struct {
+		trig   placedTrigger
+		args   []string
+		create string
+	}{
+		{deletes, deleteArgs, createDeletes},
+		{placedTrigger{KeyChangeMarkTrigger, keyChangeMarkType, 'A', "polyregion.mark_delete()", ""}, rowArgs, createKeyChange},
+	} {
+		inPlace, err := triggerInPlace(ctx, conn, t.Name, w.trig, w.args)
+		if err != nil {
+			return nil, false, err
+		}
+		if inPlace {
+			continue
+		}
+		var exists bool
+		if err := conn.QueryRow(ctx, `SELECT EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = $1::pg_catalog.regclass AND g.tgname = $2)`, table, w.trig.name).Scan(&exists); err != nil {
+			return nil, false, fmt.Errorf("prepare delete marks on %s: %w", t.Name, err)
+		}
+		if exists {
+			replaces = true
+			stmts = append(stmts, fmt.Sprintf(`DROP TRIGGER %s ON %s`, quoteIdent(w.trig.name), table))
+		}
+		stmts = append(stmts, w.create,
+			// Also in sessions with session_replication_role = replica:
+			// their writes are shipped like any other.
+			fmt.Sprintf(`ALTER TABLE %s ENABLE ALWAYS TRIGGER %s`, table, quoteIdent(w.trig.name)))
 	}
-	create := fmt.Sprintf(`CREATE TRIGGER %s AFTER DELETE ON %s REFERENCING OLD TABLE AS %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.mark_deletes(%s, %s)`,
-		quoteIdent(DeleteMarkTrigger), qualified(t.Name), deletedRows, quoteLiteral(args[0]), quoteLiteral(args[1]))
-	if perRow {
-		create = fmt.Sprintf(`CREATE TRIGGER %s AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION polyregion.mark_delete(%s, %s)`,
-			quoteIdent(DeleteMarkTrigger), qualified(t.Name), quoteLiteral(args[0]), quoteLiteral(args[1]))
-	}
-	return []string{
-		fmt.Sprintf(`DROP TRIGGER IF EXISTS %s ON %s`, quoteIdent(DeleteMarkTrigger), qualified(t.Name)),
-		create,
-		// Also in sessions with session_replication_role = replica: their
-		// deletes are shipped like any other.
-		fmt.Sprintf(`ALTER TABLE %s ENABLE ALWAYS TRIGGER %s`, qualified(t.Name), quoteIdent(DeleteMarkTrigger)),
-	}, nil
+	return stmts, replaces, nil
 }
 
 // unmarkDeletesSQL removes the marks of the transactions the reader

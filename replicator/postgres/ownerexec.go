@@ -102,7 +102,7 @@ func tableOwners(ctx context.Context, conn *pgx.Conn, tables []string) ([]tableO
 const execAsBody = `RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
 DECLARE
 	n bigint;
-	names text[] := '{search_path,TimeZone,DateStyle,IntervalStyle,extra_float_digits,client_encoding,standard_conforming_strings,bytea_output,synchronous_commit,lock_timeout,statement_timeout,default_transaction_read_only,default_transaction_isolation,idle_in_transaction_session_timeout,idle_session_timeout,transaction_timeout}';
+	names text[] := '{search_path,TimeZone,DateStyle,IntervalStyle,extra_float_digits,client_encoding,standard_conforming_strings,bytea_output,synchronous_commit,lock_timeout,statement_timeout,default_transaction_read_only,default_transaction_isolation,idle_in_transaction_session_timeout,idle_session_timeout,transaction_timeout,` + ExactMerges + `}';
 	saved text[];
 BEGIN
 	saved := ` + settingsNow + `;
@@ -130,7 +130,8 @@ const settingsNow = `ARRAY[pg_catalog.current_setting('search_path'), pg_catalog
 		pg_catalog.current_setting('synchronous_commit'), pg_catalog.current_setting('lock_timeout'),
 		pg_catalog.current_setting('statement_timeout'), pg_catalog.current_setting('default_transaction_read_only'),
 		pg_catalog.current_setting('default_transaction_isolation'), pg_catalog.current_setting('idle_in_transaction_session_timeout'),
-		pg_catalog.current_setting('idle_session_timeout'), pg_catalog.current_setting('transaction_timeout', true)]`
+		pg_catalog.current_setting('idle_session_timeout'), pg_catalog.current_setting('transaction_timeout', true),
+		pg_catalog.current_setting('` + ExactMerges + `', true)]`
 
 func createExecAs(ctx context.Context, conn *pgx.Conn, o tableOwner) error {
 	tx, err := conn.Begin(ctx)

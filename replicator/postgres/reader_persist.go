@@ -210,7 +210,7 @@ func (r *Reader) persistIn(ctx context.Context, tx pgx.Tx, st *readerState, batc
 			ch := replicator.Change{Op: c.op, Key: c.key, Row: c.row, Version: nm.version, Deltas: v.Deltas}
 			if c.op == conflict.OpDelete {
 				nm.xid = ""
-				marked = marked || marksDeletes(r.tables[c.rel.name])
+				marked = true // whatever the table's policy now: it may have marked it before
 			}
 			sl.cur = nm
 			si, ok := shapeIdx[c.rel.name]

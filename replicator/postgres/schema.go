@@ -250,14 +250,15 @@ var schemaDDL = []string{
 		updated_at timestamptz NOT NULL DEFAULT now())`,
 	// unversioned_deletes: the deletes of counter-only rows the reader has
 	// not versioned yet, marked by their transaction (see delete_marks.go).
-	// key: the row's key columns in the change stream's text form; xid: the
-	// low 32 bits of the deleting transaction's id, as the stream's BEGIN
+	// key: the row's key columns in the change stream's text form, as a
+	// JSON array (compared as jsonb with the appliers' keys); xid: the low
+	// 32 bits of the deleting transaction's id, as the stream's BEGIN
 	// carries it.
 	`CREATE TABLE IF NOT EXISTS polyregion.unversioned_deletes (
 		tbl text NOT NULL,
-		key text[] NOT NULL,
+		key jsonb NOT NULL,
 		xid bigint NOT NULL)`,
-	`CREATE INDEX IF NOT EXISTS unversioned_deletes_tbl ON polyregion.unversioned_deletes (tbl)`,
+	`CREATE INDEX IF NOT EXISTS unversioned_deletes_key ON polyregion.unversioned_deletes (tbl, key)`,
 	`CREATE INDEX IF NOT EXISTS unversioned_deletes_xid ON polyregion.unversioned_deletes (xid)`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
@@ -293,7 +294,7 @@ var schemaDDL = []string{
 		-- until the reader versions this transaction (see delete_marks.go).
 		IF EXISTS (SELECT FROM pg_catalog.pg_trigger g WHERE g.tgrelid = TG_RELID AND g.tgname = '` + DeleteMarkTrigger + `')
 		   AND pg_catalog.current_setting('` + ExactMerges + `', true) IS DISTINCT FROM 'on' THEN
-			EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, ARRAY[%s], $2 FROM ONLY %s', TG_ARGV[1], TG_ARGV[2])
+			EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, pg_catalog.to_jsonb(ARRAY[%s]::pg_catalog.text[]), $2 FROM ONLY %s', TG_ARGV[1], TG_ARGV[2])
 				USING TG_ARGV[0], pg_catalog.pg_current_xact_id()::text::bigint % 4294967296;
 		END IF;
 		FOR keys IN EXECUTE pg_catalog.format(
@@ -319,7 +320,7 @@ var schemaDDL = []string{
 		END IF;
 		EXECUTE 'SELECT ' || TG_ARGV[1] INTO k USING OLD;
 		INSERT INTO polyregion.unversioned_deletes (tbl, key, xid)
-			VALUES (TG_ARGV[0], k, pg_catalog.pg_current_xact_id()::text::bigint % 4294967296);
+			VALUES (TG_ARGV[0], pg_catalog.to_jsonb(k), pg_catalog.pg_current_xact_id()::text::bigint % 4294967296);
 		RETURN NULL;
 	END
 	$fn$`,
@@ -331,11 +332,15 @@ var schemaDDL = []string{
 		IF pg_catalog.current_setting('` + ExactMerges + `', true) = 'on' THEN
 			RETURN NULL;
 		END IF;
-		EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, %s, $2 FROM ` + deletedRows + `', TG_ARGV[1])
+		EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, pg_catalog.to_jsonb(%s), $2 FROM ` + deletedRows + `', TG_ARGV[1])
 			USING TG_ARGV[0], pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8 % 4294967296;
 		RETURN NULL;
 	END
 	$fn$`,
+	// The trigger functions run their arguments as SQL with the
+	// replicator's privileges: only the replicator may attach them
+	// (firing a trigger needs no EXECUTE).
+	`REVOKE EXECUTE ON FUNCTION polyregion.capture_truncate(), polyregion.mark_delete(), polyregion.mark_deletes() FROM PUBLIC`,
 	// vv_merge merges two version vectors in their text form
 	// ("region:count,..."), as conflict.Merge and Vector.String do: the
 	// larger count per region, zero counts dropped, regions in byte order.

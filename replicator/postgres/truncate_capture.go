@@ -63,6 +63,7 @@ func RemoveStaleTriggers(ctx context.Context, conn *pgx.Conn, tables []regions.T
 		{TruncateTrigger, replicated, "no longer replicated"},
 		{MergeTrigger, merged, "no max or min columns any more"},
 		{DeleteMarkTrigger, marked, "no counter columns any more, or no longer replicated"},
+		{KeyChangeMarkTrigger, marked, "no counter columns any more, or no longer replicated"},
 	} {
 		more, err := dropTriggerElsewhere(ctx, conn, d.trigger, d.keep, d.why)
 		left = append(left, more...)
@@ -168,7 +169,7 @@ func tableTriggersDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) ([]s
 	if err != nil {
 		return nil, err
 	}
-	marks, err := deleteMarkDDL(ctx, conn, t)
+	marks, _, err := deleteMarkDDL(ctx, conn, t)
 	if err != nil {
 		return nil, err
 	}
