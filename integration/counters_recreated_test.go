@@ -138,4 +138,20 @@ func TestACounterRowRecreatedWhileAPeersIncrementArrivesConverges(t *testing.T) 
 	if n := queryInt(t, ctx, us, `SELECT count(*) FROM polyregion.unversioned_deletes`); n != 0 {
 		t.Errorf("%d delete marks left after the restart, want 0 (the one of a table not replicated removed)", n)
 	}
+	// The triggers name no key column: changing a key column's type is not
+	// refused for them. And a key column renamed before the triggers are
+	// put on again fails no delete: the delete marks every row of its
+	// table instead.
+	stopAll(t, h)
+	if err := us.Cluster.Exec(ctx, AppDB, `ALTER TABLE public.quota ALTER COLUMN id TYPE bigint`); err != nil {
+		t.Errorf("changing the type of a key column of a table with mark triggers: %v", err)
+	}
+	if err := us.Cluster.Exec(ctx, AppDB, `ALTER TABLE public.hits RENAME COLUMN id TO hit`, `ALTER TABLE public.buckets RENAME COLUMN id TO bucket`); err != nil {
+		t.Fatal(err)
+	}
+	mustExec(t, ctx, us, `DELETE FROM public.hits WHERE hit = 2`)
+	mustExec(t, ctx, us, `DELETE FROM public.buckets WHERE bucket = 1`)
+	if got := queryString(t, ctx, us, `SELECT string_agg(tbl || ' ' || key::text, ', ' ORDER BY tbl) FROM polyregion.unversioned_deletes`); got != "public.buckets_low null, public.hits null" {
+		t.Errorf("marks after deletes from tables whose key columns were renamed: %q, want every row of each table marked", got)
+	}
 }

@@ -286,7 +286,8 @@ const foldMetaSQL = `UPDATE polyregion.row_version AS m SET
 	     pg_catalog.unnest($15::bool[]))
 	     AS u(tbl, key, vv, hlc, origin, deleted, xid, counters, src_seq, siblings, stamps, own, epoch, tuple_xmin, fold)
 	WHERE m.tbl = u.tbl AND m.key = u.key AND CASE WHEN u.fold THEN NOT m.deleted
-	        AND NOT EXISTS (SELECT FROM polyregion.unversioned_deletes d WHERE d.tbl = u.tbl AND d.key = u.key::pg_catalog.jsonb)
+	        AND NOT EXISTS (SELECT FROM polyregion.unversioned_deletes d WHERE d.key = u.key::pg_catalog.jsonb AND d.tbl = u.tbl)
+	        AND NOT EXISTS (SELECT FROM polyregion.unversioned_deletes d WHERE d.key = 'null'::pg_catalog.jsonb AND d.tbl = u.tbl)
 	    ELSE m.xmin = u.tuple_xmin::xid END`
 
 // rowQuerier is a connection or a transaction.

@@ -251,14 +251,17 @@ var schemaDDL = []string{
 	// unversioned_deletes: the deletes of counter-only rows the reader has
 	// not versioned yet, marked by their transaction (see delete_marks.go).
 	// key: the row's key columns in the change stream's text form, as a
-	// JSON array (compared as jsonb with the appliers' keys); xid: the low
-	// 32 bits of the deleting transaction's id, as the stream's BEGIN
-	// carries it.
+	// JSON array (compared as jsonb with the appliers' keys), or JSON null
+	// for every row of the table (its keys could not be read: a key column
+	// renamed since the trigger was put on); xid: the low 32 bits of the
+	// deleting transaction's id, as the stream's BEGIN carries it. The key
+	// is indexed by hash: a btree entry has a size limit a long key's JSON
+	// can pass, which would fail the application's delete.
 	`CREATE TABLE IF NOT EXISTS polyregion.unversioned_deletes (
 		tbl text NOT NULL,
 		key jsonb NOT NULL,
 		xid bigint NOT NULL)`,
-	`CREATE INDEX IF NOT EXISTS unversioned_deletes_key ON polyregion.unversioned_deletes (tbl, key)`,
+	`CREATE INDEX IF NOT EXISTS unversioned_deletes_key_hash ON polyregion.unversioned_deletes USING hash (key)`,
 	`CREATE INDEX IF NOT EXISTS unversioned_deletes_xid ON polyregion.unversioned_deletes (xid)`,
 	// The few rows that keep siblings, for status (without it, a scan of
 	// every version).
@@ -318,9 +321,13 @@ var schemaDDL = []string{
 		IF pg_catalog.current_setting('` + ExactMerges + `', true) = 'on' THEN
 			RETURN NULL;
 		END IF;
-		EXECUTE 'SELECT ' || TG_ARGV[1] INTO k USING OLD;
+		BEGIN
+			EXECUTE 'SELECT ' || TG_ARGV[1] INTO k USING OLD;
+		EXCEPTION WHEN undefined_column OR undefined_object OR datatype_mismatch THEN
+			k := NULL; -- every row of the table, rather than fail the application's write
+		END;
 		INSERT INTO polyregion.unversioned_deletes (tbl, key, xid)
-			VALUES (TG_ARGV[0], pg_catalog.to_jsonb(k), pg_catalog.pg_current_xact_id()::text::bigint % 4294967296);
+			VALUES (TG_ARGV[0], coalesce(pg_catalog.to_jsonb(k), 'null'::pg_catalog.jsonb), pg_catalog.pg_current_xact_id()::text::bigint % 4294967296);
 		RETURN NULL;
 	END
 	$fn$`,
@@ -332,8 +339,14 @@ var schemaDDL = []string{
 		IF pg_catalog.current_setting('` + ExactMerges + `', true) = 'on' THEN
 			RETURN NULL;
 		END IF;
-		EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, pg_catalog.to_jsonb(%s), $2 FROM ` + deletedRows + `', TG_ARGV[1])
-			USING TG_ARGV[0], pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8 % 4294967296;
+		BEGIN
+			EXECUTE pg_catalog.format('INSERT INTO polyregion.unversioned_deletes (tbl, key, xid) SELECT $1, pg_catalog.to_jsonb(%s), $2 FROM ` + deletedRows + `', TG_ARGV[1])
+				USING TG_ARGV[0], pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8 % 4294967296;
+		EXCEPTION WHEN undefined_column OR undefined_object OR datatype_mismatch THEN
+			-- Every row of the table, rather than fail the application's write.
+			INSERT INTO polyregion.unversioned_deletes (tbl, key, xid)
+				VALUES (TG_ARGV[0], 'null'::pg_catalog.jsonb, pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8 % 4294967296);
+		END;
 		RETURN NULL;
 	END
 	$fn$`,
