@@ -42,11 +42,13 @@ func prepareTruncateCapture(ctx context.Context, conn *pgx.Conn, tables []string
 // RemoveStaleTriggers takes the replicator's triggers off the tables that
 // no longer need them: the TRUNCATE capture trigger off tables not among
 // tables (no longer replicated), the max and min trigger off tables without
-// such columns, the delete mark trigger off tables without counters. Each removal locks its table briefly (see table_locks.go);
-// a table the applications hold past the budget keeps its trigger until a
-// later start (returned, with why: harmless meanwhile, as the reader skips
-// what the trigger writes of a table it does not replicate, and the merge
-// trigger only keeps such columns from moving back).
+// such columns, the delete mark triggers off tables without counters. Each
+// removal locks its table briefly (see table_locks.go); a table the
+// applications hold past the budget keeps its trigger until a later start
+// (returned, with why: harmless meanwhile, as the reader skips what the
+// capture trigger writes of a table it does not replicate, the merge
+// trigger only keeps such columns from moving back, and the marks of a
+// table not marked go at the next start).
 func RemoveStaleTriggers(ctx context.Context, conn *pgx.Conn, tables []regions.Table) ([]*LockBusy, error) {
 	replicated, merged, marked := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, t := range tables {
