@@ -143,11 +143,7 @@ func deleteMarkDDL(ctx context.Context, conn *pgx.Conn, t regions.Table) (stmts 
 	// stream's text form, from the transition table's columns or from
 	// the row ($1).
 	keysOf := func(row string) string {
-		keys := make([]string, len(sh.Key))
-		for i, k := range sh.Key {
-			keys[i] = "pg_catalog.format('%s', " + row + quoteIdent(sh.Columns[k]) + ")"
-		}
-		return "ARRAY[" + strings.Join(keys, ", ") + "]::pg_catalog.text[]"
+		return "ARRAY[" + strings.Join(keyTextExprs(sh, row), ", ") + "]::pg_catalog.text[]"
 	}
 	table, name := qualified(t.Name), quoteLiteral(t.Name)
 	rowArgs := []string{t.Name, keysOf("($1).")}

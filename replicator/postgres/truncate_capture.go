@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/polyregion/polyregion/regions"
+	"github.com/polyregion/polyregion/replicator"
 )
 
 // truncateTriggerType is pg_trigger.tgtype of a BEFORE TRUNCATE statement
@@ -116,19 +117,26 @@ func truncateCaptureDDL(ctx context.Context, conn *pgx.Conn, table string) ([]st
 	if err != nil {
 		return nil, fmt.Errorf("prepare truncate capture: %w", err)
 	}
-	keys := make([]string, len(sh.Key))
-	for i, k := range sh.Key {
-		// format('%s', v) renders v with its type's output function,
-		// as the change stream does (a cast to text may not).
-		keys[i] = "pg_catalog.format('%s', " + quoteIdent(sh.Columns[k]) + ")"
-	}
-	args := []string{table, strings.Join(keys, ", "), qualified(table)}
+	args := []string{table, strings.Join(keyTextExprs(sh, ""), ", "), qualified(table)}
 	inPlace, err := triggerInPlace(ctx, conn, table, placedTrigger{TruncateTrigger, truncateTriggerType, 'O', "polyregion.capture_truncate()", ""}, args)
 	if err != nil || inPlace {
 		return nil, err
 	}
 	return []string{fmt.Sprintf(`CREATE OR REPLACE TRIGGER %s BEFORE TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION polyregion.capture_truncate(%s, %s, %s)`,
 		quoteIdent(TruncateTrigger), qualified(table), quoteLiteral(args[0]), quoteLiteral(args[1]), quoteLiteral(args[2]))}, nil
+}
+
+// keyTextExprs returns, for each of sh's key columns, the SQL expression
+// of its value in the change stream's text form, the column read from row
+// (an alias and a dot, or "" for the column alone): format('%s', v)
+// renders v with its type's output function, as the change stream does
+// (a cast to text may not).
+func keyTextExprs(sh replicator.Shape, row string) []string {
+	keys := make([]string, len(sh.Key))
+	for i, k := range sh.Key {
+		keys[i] = "pg_catalog.format('%s', " + row + quoteIdent(sh.Columns[k]) + ")"
+	}
+	return keys
 }
 
 // placedTrigger is how one of the replicator's triggers is put on a table.
